@@ -1,0 +1,196 @@
+//! [`StreamChunk`], the wire type every consumer reads, local or remote.
+//!
+//! Only the runtime (and a remote consumer rebuilding a chunk) creates chunks: actors yield
+//! [`Output`](crate::Output), which has no `seq`, no `start` and no `error`.
+//!
+//! The JSON of each `type` (DESIGN.md §3); absent fields are omitted:
+//!
+//! ```json
+//! {"type":"start","seq":0,"data":{"run_id":"…","actor":"batch"}}
+//! {"type":"progress","seq":3,"actor":"researcher","progress":{"current":3,"total":10,"message":"batch 3"}}
+//! {"type":"data","seq":4,"data":{"token":" upon"}}
+//! {"type":"complete","seq":9,"data":{"text":"Once upon a time."}}
+//! {"type":"error","seq":9,"error":{"code":"cancelled","message":"cancelled by client","retryable":false}}
+//! ```
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{ActorError, ErrorCode};
+
+/// What a chunk is; serialised as the `type` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChunkType {
+    /// The first chunk of every run (and of every new attempt of a remote run).
+    Start,
+    /// How far the run has come.
+    Progress,
+    /// A partial result, e.g. one LLM token.
+    Data,
+    /// Terminal: the run succeeded; `data` is the result.
+    Complete,
+    /// Terminal: the run failed; `error` says why.
+    Error,
+}
+
+impl ChunkType {
+    /// Whether a chunk of this type ends its stream.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Complete | Self::Error)
+    }
+
+    /// The wire name, e.g. `"progress"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Start => "start",
+            Self::Progress => "progress",
+            Self::Data => "data",
+            Self::Complete => "complete",
+            Self::Error => "error",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "start" => Self::Start,
+            "progress" => Self::Progress,
+            "data" => Self::Data,
+            "complete" => Self::Complete,
+            "error" => Self::Error,
+            _ => return None,
+        })
+    }
+}
+
+/// The payload of a `progress` chunk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Progress {
+    /// Units done so far.
+    pub current: u64,
+    /// Units in all, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+    /// What is happening, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The payload of an `error` chunk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    /// The stable code.
+    pub code: ErrorCode,
+    /// A human-readable explanation.
+    pub message: String,
+    /// Whether running the same request again may succeed.
+    #[serde(default)]
+    pub retryable: bool,
+}
+
+impl From<&ActorError> for ErrorInfo {
+    fn from(err: &ActorError) -> Self {
+        Self {
+            code: err.code,
+            message: err.message.clone(),
+            retryable: err.retryable,
+        }
+    }
+}
+
+impl From<ErrorInfo> for ActorError {
+    fn from(info: ErrorInfo) -> Self {
+        ActorError::new(info.code, info.message).with_retryable(info.retryable)
+    }
+}
+
+/// A workflow marker, serialised as the `event` field (DESIGN.md §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Event {
+    /// A workflow action started.
+    ActionStart,
+    /// A workflow action finished; `data` is its result.
+    ActionComplete,
+    /// A workflow action failed and is run again: its earlier output is superseded.
+    ActionRetry,
+    /// A workflow action failed and the workflow goes on (`continue_on_error`).
+    ActionFailed,
+}
+
+/// One element of a run's stream: ordered by a gapless `seq` that starts at 0.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamChunk {
+    /// What the chunk is.
+    #[serde(rename = "type")]
+    pub kind: ChunkType,
+    /// Position in the stream: 0, 1, 2, … with no gaps.
+    pub seq: u64,
+    /// Payload of `start`, `data` and `complete` chunks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+    /// Payload of `progress` chunks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    /// Payload of `error` chunks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+    /// The team member that produced the chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// The workflow action that produced the chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// A workflow marker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<Event>,
+    /// On a `start` chunk: which attempt of a remote run this is (2 and up after a re-run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+}
+
+impl StreamChunk {
+    /// A chunk of the given type with no payload.
+    pub fn new(kind: ChunkType, seq: u64) -> Self {
+        Self {
+            kind,
+            seq,
+            data: None,
+            progress: None,
+            error: None,
+            actor: None,
+            step: None,
+            event: None,
+            attempt: None,
+        }
+    }
+
+    /// A terminal `error` chunk.
+    pub fn error(seq: u64, err: &ActorError) -> Self {
+        Self {
+            error: Some(err.into()),
+            ..Self::new(ChunkType::Error, seq)
+        }
+    }
+
+    /// Whether this chunk ends its stream.
+    pub fn is_terminal(&self) -> bool {
+        self.kind.is_terminal()
+    }
+
+    /// The token text of an LLM token `data` chunk (`{"token": …}`), if it is one.
+    pub fn token(&self) -> Option<&str> {
+        match (self.kind, &self.data) {
+            (ChunkType::Data, Some(Value::Object(map))) => map.get("token")?.as_str(),
+            _ => None,
+        }
+    }
+
+    /// Serialises the chunk as one line of JSON (no trailing newline).
+    pub fn to_json(&self) -> String {
+        // A StreamChunk holds only strings, numbers and JSON values: serialising cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}

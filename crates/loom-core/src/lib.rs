@@ -1,0 +1,55 @@
+//! # loom-core: actors that stream
+//!
+//! Loom runs *actors* and lets any caller consume their work as a live, ordered, cancellable
+//! stream of [`StreamChunk`]s: `start`, `progress`, `data`, then exactly one `complete` or
+//! `error`, numbered by a gapless `seq`.
+//!
+//! - [`Actor`] is what you implement: [`Actor::execute`] for one result, or [`Actor::stream`]
+//!   yielding [`Output`]s. Actors live as `Arc<dyn Actor>` in a [`Registry`].
+//! - [`Runtime`] runs them locally and returns a [`ChunkStream`]; it alone numbers chunks and
+//!   writes the terminal one, also on error, panic, deadline or cancel. Dropping the stream
+//!   cancels the actor.
+//! - [`ActorContext`] gives an actor its run id, its cancellation token and services.
+//! - [`Team`] runs several actors concurrently and merges their chunks, tagged with `actor`.
+//!
+//! ```
+//! use futures::StreamExt;
+//! use loom_core::{ChunkType, Extensions, Registry, RunOptions, Runtime};
+//! use serde_json::json;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), loom_core::ActorError> {
+//! let runtime = Runtime::new(Registry::with_builtins(), Extensions::new());
+//! let input = json!({ "count": 300, "batch_size": 100, "delay_ms": 0 });
+//! let mut chunks = runtime.run("batch", input, RunOptions::default())?;
+//! while let Some(chunk) = chunks.next().await {
+//!     println!("{}", chunk.to_json());
+//!     if chunk.kind == ChunkType::Complete {
+//!         assert_eq!(chunk.data.unwrap()["processed"], 300);
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod builtin;
+
+mod actor;
+mod chunk;
+mod context;
+mod error;
+mod output;
+mod registry;
+mod runtime;
+mod team;
+
+pub use actor::{parse_input, Actor, ActorStream};
+pub use async_trait::async_trait;
+pub use chunk::{ChunkType, ErrorInfo, Event, Progress, StreamChunk};
+pub use context::{new_run_id, ActorContext, Extensions};
+pub use error::{ActorError, ErrorCode};
+pub use output::{Output, OutputKind};
+pub use registry::Registry;
+pub use runtime::{run_actor, ChunkStream, Invoker, RunOptions, Runtime, DEFAULT_TIMEOUT};
+pub use team::Team;
+pub use tokio_util::sync::CancellationToken;

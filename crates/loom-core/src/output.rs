@@ -1,0 +1,130 @@
+//! [`Output`]: what an actor yields. The runtime turns each one into a numbered chunk.
+//!
+//! An `Output` has no `seq`, no `start` and no error variant on purpose: numbering, the first
+//! chunk and the single terminal chunk belong to the runtime, so no actor can break the stream
+//! contract. An actor fails by returning `Err(ActorError)` from its stream.
+
+use serde_json::Value;
+
+use crate::chunk::{ChunkType, Event, Progress, StreamChunk};
+
+/// The payload of one [`Output`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutputKind {
+    /// Becomes a `progress` chunk.
+    Progress(Progress),
+    /// Becomes a `data` chunk.
+    Data(Value),
+    /// Becomes the terminal `complete` chunk; the runtime stops reading the actor after it.
+    Complete(Value),
+}
+
+/// One item an actor yields, optionally tagged with the team member or workflow step it
+/// comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    /// The payload.
+    pub kind: OutputKind,
+    /// The team member that produced it.
+    pub actor: Option<String>,
+    /// The workflow action that produced it.
+    pub step: Option<String>,
+    /// A workflow marker.
+    pub event: Option<Event>,
+}
+
+impl Output {
+    fn of(kind: OutputKind) -> Self {
+        Self {
+            kind,
+            actor: None,
+            step: None,
+            event: None,
+        }
+    }
+
+    /// A `progress` output: `current` of `total` units, with an optional message.
+    pub fn progress(current: u64, total: Option<u64>, message: impl Into<Option<String>>) -> Self {
+        Self::of(OutputKind::Progress(Progress {
+            current,
+            total,
+            message: message.into(),
+        }))
+    }
+
+    /// A `data` output: a partial result.
+    pub fn data(value: impl Into<Value>) -> Self {
+        Self::of(OutputKind::Data(value.into()))
+    }
+
+    /// An LLM token: a `data` output `{"token": text}` carrying the delta only.
+    pub fn token(text: impl Into<String>) -> Self {
+        Self::data(serde_json::json!({ "token": text.into() }))
+    }
+
+    /// The `complete` output: the run's result.
+    pub fn complete(value: impl Into<Value>) -> Self {
+        Self::of(OutputKind::Complete(value.into()))
+    }
+
+    /// Tags the output with the team member that produced it.
+    pub fn with_actor(mut self, actor: impl Into<String>) -> Self {
+        self.actor = Some(actor.into());
+        self
+    }
+
+    /// Tags the output with the workflow step that produced it.
+    pub fn with_step(mut self, step: impl Into<String>) -> Self {
+        self.step = Some(step.into());
+        self
+    }
+
+    /// Marks the output as a workflow event.
+    pub fn with_event(mut self, event: Event) -> Self {
+        self.event = Some(event);
+        self
+    }
+
+    /// Whether this output ends the run.
+    pub fn is_complete(&self) -> bool {
+        matches!(self.kind, OutputKind::Complete(_))
+    }
+
+    /// Numbers the output, turning it into the chunk a consumer reads.
+    pub fn into_chunk(self, seq: u64) -> StreamChunk {
+        let mut chunk = match self.kind {
+            OutputKind::Progress(p) => StreamChunk {
+                progress: Some(p),
+                ..StreamChunk::new(ChunkType::Progress, seq)
+            },
+            OutputKind::Data(v) => StreamChunk {
+                data: Some(v),
+                ..StreamChunk::new(ChunkType::Data, seq)
+            },
+            OutputKind::Complete(v) => StreamChunk {
+                data: Some(v),
+                ..StreamChunk::new(ChunkType::Complete, seq)
+            },
+        };
+        chunk.actor = self.actor;
+        chunk.step = self.step;
+        chunk.event = self.event;
+        chunk
+    }
+
+    /// The output a forwarded chunk stands for (`start` and `error` chunks have none).
+    pub fn from_chunk(chunk: StreamChunk) -> Option<Self> {
+        let kind = match chunk.kind {
+            ChunkType::Progress => OutputKind::Progress(chunk.progress.unwrap_or_default()),
+            ChunkType::Data => OutputKind::Data(chunk.data.unwrap_or(Value::Null)),
+            ChunkType::Complete => OutputKind::Complete(chunk.data.unwrap_or(Value::Null)),
+            ChunkType::Start | ChunkType::Error => return None,
+        };
+        Some(Self {
+            kind,
+            actor: chunk.actor,
+            step: chunk.step,
+            event: chunk.event,
+        })
+    }
+}

@@ -1,0 +1,60 @@
+//! [`Registry`]: actors by type name, as the CLI, workers and workflows look them up.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::actor::Actor;
+
+/// Actors registered by their type name.
+#[derive(Clone, Default)]
+pub struct Registry {
+    actors: BTreeMap<String, Arc<dyn Actor>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A registry holding the built-in actors of `loom-core` (`echo`, `batch`, `team-demo`).
+    pub fn with_builtins() -> Self {
+        let mut registry = Self::new();
+        crate::builtin::register(&mut registry);
+        registry
+    }
+
+    /// Registers `actor` under its [`name`](Actor::name), replacing any actor of that name.
+    pub fn register(&mut self, actor: Arc<dyn Actor>) -> &mut Self {
+        self.actors.insert(actor.name().to_owned(), actor);
+        self
+    }
+
+    /// The actor registered under `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<dyn Actor>> {
+        self.actors.get(name).cloned()
+    }
+
+    /// Whether an actor is registered under `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.actors.contains_key(name)
+    }
+
+    /// Every registered actor, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Actor>> {
+        self.actors.values()
+    }
+
+    /// The registered type names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.actors.keys().cloned().collect()
+    }
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("actors", &self.actors.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}

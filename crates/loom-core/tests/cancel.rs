@@ -1,0 +1,117 @@
+//! Cancellation: dropping a stream or calling `cancel()` stops the actor.
+
+mod support;
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use loom_core::{ChunkType, ErrorCode, Output, RunOptions};
+use serde_json::Value;
+use support::*;
+use tokio::sync::oneshot;
+
+#[tokio::test]
+async fn dropping_the_stream_cancels_the_actor() {
+    let (hanger, dropped) = Hanger::new("hanger", 2);
+    let mut stream = run(hanger, RunOptions::default());
+    assert_eq!(next(&mut stream).await.kind, ChunkType::Start);
+    assert_eq!(next(&mut stream).await.kind, ChunkType::Data);
+    drop(stream);
+    tokio::time::timeout(LIMIT, dropped)
+        .await
+        .expect("in time")
+        .expect("the actor was dropped");
+}
+
+#[tokio::test]
+async fn dropping_the_stream_fires_the_token_that_spawned_work_holds() {
+    let (tx, rx) = oneshot::channel();
+    let tx = std::sync::Mutex::new(Some(tx));
+    let actor = fn_actor("spawner", move |_, ctx| {
+        let tx = tx.lock().expect("not poisoned").take();
+        async_stream::try_stream! {
+            let token = ctx.token().child_token();
+            tokio::spawn(async move {
+                token.cancelled().await;
+                if let Some(tx) = tx {
+                    let _ = tx.send(());
+                }
+            });
+            yield Output::data(1);
+            std::future::pending::<()>().await;
+            yield Output::complete(Value::Null);
+        }
+    });
+    let mut stream = run(actor, RunOptions::default());
+    next(&mut stream).await;
+    next(&mut stream).await;
+    drop(stream);
+    tokio::time::timeout(LIMIT, rx)
+        .await
+        .expect("in time")
+        .expect("the spawned work saw the cancel");
+}
+
+#[tokio::test]
+async fn cancel_ends_the_stream_with_cancelled_and_stops_the_actor() {
+    let (hanger, dropped) = Hanger::new("hanger", 1);
+    let mut stream = run(hanger, RunOptions::default());
+    next(&mut stream).await;
+    next(&mut stream).await;
+    stream.cancel();
+    let rest: Vec<_> = tokio::time::timeout(LIMIT, (&mut stream).collect::<Vec<_>>())
+        .await
+        .expect("in time");
+    assert_eq!(rest.len(), 1, "one terminal chunk: {rest:?}");
+    assert_eq!(rest[0].seq, 2);
+    assert_eq!(
+        rest[0].error.as_ref().map(|e| e.code),
+        Some(ErrorCode::Cancelled)
+    );
+    tokio::time::timeout(LIMIT, dropped)
+        .await
+        .expect("in time")
+        .expect("the actor was dropped");
+}
+
+#[tokio::test]
+async fn cancelling_the_parent_token_cancels_the_run() {
+    let parent = loom_core::CancellationToken::new();
+    let (hanger, _dropped) = Hanger::new("hanger", 0);
+    let options = RunOptions {
+        parent: Some(parent.clone()),
+        ..RunOptions::default()
+    };
+    let mut stream = run(hanger, options);
+    next(&mut stream).await;
+    parent.cancel();
+    let last = next(&mut stream).await;
+    assert_eq!(last.error.map(|e| e.code), Some(ErrorCode::Cancelled));
+}
+
+#[tokio::test]
+async fn a_cancelled_busy_actor_stops_at_its_next_chunk() {
+    let actor = fn_actor("busy", |_, _| {
+        async_stream::try_stream! {
+            loop {
+                yield Output::data(0);
+            }
+        }
+    });
+    let mut stream = run(
+        actor,
+        RunOptions {
+            timeout: Some(Duration::from_secs(60)),
+            ..RunOptions::default()
+        },
+    );
+    next(&mut stream).await;
+    next(&mut stream).await;
+    stream.cancel();
+    let last = next(&mut stream).await;
+    assert_eq!(last.error.map(|e| e.code), Some(ErrorCode::Cancelled));
+    assert!(tokio::time::timeout(LIMIT, stream.next())
+        .await
+        .expect("in time")
+        .is_none());
+}

@@ -1,0 +1,144 @@
+//! Teams: members run concurrently, chunks are tagged, one terminal chunk for the team.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use loom_core::{ChunkType, ErrorCode, Output, RunOptions, Team};
+use serde_json::{json, Value};
+use support::*;
+use tokio::sync::oneshot;
+
+#[tokio::test]
+async fn a_team_merges_member_streams_tagged_with_their_actor() {
+    // The gate proves interleaving: alpha cannot finish until beta has produced a chunk.
+    let (gate_tx, gate_rx) = oneshot::channel::<()>();
+    let gate_rx = Mutex::new(Some(gate_rx));
+    let gate_tx = Mutex::new(Some(gate_tx));
+    let alpha = fn_actor("alpha", move |_, _| {
+        let gate = gate_rx.lock().expect("not poisoned").take();
+        async_stream::try_stream! {
+            yield Output::token("a1");
+            if let Some(gate) = gate {
+                let _ = gate.await;
+            }
+            yield Output::token("a2");
+            yield Output::complete(json!("alpha done"));
+        }
+    });
+    let beta = fn_actor("beta", move |_, _| {
+        let gate = gate_tx.lock().expect("not poisoned").take();
+        async_stream::try_stream! {
+            yield Output::token("b1");
+            if let Some(gate) = gate {
+                let _ = gate.send(());
+            }
+            yield Output::complete(json!("beta done"));
+        }
+    });
+    let team = Team::new("duo", "two members")
+        .member(Arc::new(alpha))
+        .member(Arc::new(beta));
+    let chunks = collect(run(team, RunOptions::default())).await;
+    assert_contract(&chunks);
+
+    let tokens: Vec<(String, String)> = chunks
+        .iter()
+        .filter_map(|c| Some((c.actor.clone()?, c.token()?.to_owned())))
+        .collect();
+    let pos = |t: &str| {
+        tokens
+            .iter()
+            .position(|(_, tok)| tok == t)
+            .expect("token present")
+    };
+    assert!(pos("b1") < pos("a2"), "members interleave: {tokens:?}");
+    assert!(
+        tokens
+            .iter()
+            .all(|(actor, tok)| actor.as_bytes()[0] == tok.as_bytes()[0]),
+        "each token is tagged with the member that said it: {tokens:?}"
+    );
+    let complete = chunks.last().expect("terminal");
+    assert_eq!(complete.kind, ChunkType::Complete);
+    assert_eq!(
+        complete.data,
+        Some(json!({ "members": { "alpha": "alpha done", "beta": "beta done" } }))
+    );
+}
+
+#[tokio::test]
+async fn a_failing_member_fails_the_team_and_cancels_the_others() {
+    let (hanger, hanger_dropped) = Hanger::new("steady", 1);
+    let failing = fn_actor("flaky", |_, _| {
+        async_stream::try_stream! {
+            yield Output::token("x");
+            Err(failed("model refused"))?;
+            yield Output::complete(Value::Null);
+        }
+    });
+    let team = Team::new("pair", "")
+        .member(Arc::new(hanger))
+        .member(Arc::new(failing));
+    let chunks = collect(run(team, RunOptions::default())).await;
+    assert_contract(&chunks);
+    let error = chunks
+        .last()
+        .and_then(|c| c.error.clone())
+        .expect("an error chunk");
+    assert_eq!(error.code, ErrorCode::ActorFailed);
+    assert!(
+        error.message.contains("flaky") && error.message.contains("model refused"),
+        "{}",
+        error.message
+    );
+    tokio::time::timeout(LIMIT, hanger_dropped)
+        .await
+        .expect("in time")
+        .expect("the other member was cancelled");
+}
+
+#[tokio::test]
+async fn dropping_a_team_stream_cancels_every_member() {
+    let (one, one_dropped) = Hanger::new("one", 1);
+    let (two, two_dropped) = Hanger::new("two", 1);
+    let team = Team::new("pair", "")
+        .member(Arc::new(one))
+        .member(Arc::new(two));
+    let mut stream = run(team, RunOptions::default());
+    next(&mut stream).await;
+    next(&mut stream).await;
+    drop(stream);
+    for dropped in [one_dropped, two_dropped] {
+        tokio::time::timeout(LIMIT, dropped)
+            .await
+            .expect("in time")
+            .expect("member dropped");
+    }
+}
+
+#[tokio::test]
+async fn team_demo_runs_three_attributed_members() {
+    let stream = runtime()
+        .run(
+            "team-demo",
+            json!({ "topic": "rust" }),
+            RunOptions::default(),
+        )
+        .expect("team-demo is built in");
+    let chunks = collect(stream).await;
+    assert_contract(&chunks);
+    let actors: BTreeSet<_> = chunks.iter().filter_map(|c| c.actor.clone()).collect();
+    assert_eq!(
+        actors,
+        BTreeSet::from(["analyst".into(), "researcher".into(), "writer".into()])
+    );
+    let members = &chunks
+        .last()
+        .and_then(|c| c.data.clone())
+        .expect("complete data")["members"];
+    assert!(members["writer"]["text"]
+        .as_str()
+        .is_some_and(|t| t.contains("rust")));
+}

@@ -53,3 +53,8 @@ pub use registry::Registry;
 pub use runtime::{run_actor, ChunkStream, Invoker, RunOptions, Runtime, DEFAULT_TIMEOUT};
 pub use team::Team;
 pub use tokio_util::sync::CancellationToken;
+
+/// The README's library example, compiled and run as a doc-test so it cannot go stale.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

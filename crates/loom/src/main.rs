@@ -1,1 +1,229 @@
-fn main() {}
+//! `loom`: run actors (and, later, workflows) from a terminal with live progress and tokens.
+//!
+//! The binary is glue: it parses and validates arguments before any work starts, builds the
+//! runtime, and hands the run's chunks to [`render`]. Exit codes: 0 complete, 1 the run ended
+//! with an `error` chunk, 2 bad usage or input, 130 after Ctrl-C (which cancels the run and
+//! prints its terminal chunk first).
+
+mod render;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use loom_core::{ChunkStream, ChunkType, Extensions, Registry, RunOptions, Runtime, StreamChunk};
+use serde_json::Value;
+
+use render::{RenderMode, Renderer};
+
+/// How long a cancelled run may take to write its terminal chunk before the CLI gives up.
+const CANCEL_GRACE: Duration = Duration::from_secs(5);
+
+/// Loom: run actors and stream their work as it happens.
+#[derive(Parser, Debug)]
+#[command(name = "loom", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List and run actors.
+    #[command(subcommand)]
+    Actor(ActorCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ActorCommand {
+    /// List the registered actors.
+    List,
+    /// Run an actor and show its result (or, with --stream, its work as it happens).
+    Run(RunArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// The actor type to run (see `loom actor list`).
+    actor: String,
+    /// The input, as JSON.
+    #[arg(long, value_name = "JSON")]
+    input: Option<String>,
+    /// Shorthand for a `prompt` field in the input.
+    #[arg(long, value_name = "TEXT")]
+    prompt: Option<String>,
+    /// Show chunks as they arrive (tokens, progress, data), not only the result.
+    #[arg(long)]
+    stream: bool,
+    /// Print chunks as JSON Lines on stdout (all of them with --stream, else the last one).
+    #[arg(long)]
+    json: bool,
+    /// The run's deadline, e.g. `30s`, `500ms`, `10m`.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Option<Duration>,
+}
+
+/// An error in what the user asked for: printed on one line, exit code 2.
+#[derive(Debug)]
+struct UsageError(String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+fn usage(message: impl Into<String>) -> anyhow::Error {
+    UsageError(message.into()).into()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+        .and_then(|rt| rt.block_on(run(cli)));
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            let chain: Vec<String> = err.chain().map(ToString::to_string).collect();
+            eprintln!("loom: {}", chain.join(": "));
+            if err.is::<UsageError>() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let runtime = Runtime::new(Registry::with_builtins(), Extensions::new());
+    match cli.command {
+        Command::Actor(ActorCommand::List) => {
+            for actor in runtime.registry().iter() {
+                let kind = if actor.streams() {
+                    "streams"
+                } else {
+                    "execute"
+                };
+                println!("{:<12} {:<8} {}", actor.name(), kind, actor.description());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Actor(ActorCommand::Run(args)) => run_actor(&runtime, args).await,
+    }
+}
+
+async fn run_actor(runtime: &Runtime, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let input = build_input(args.input.as_deref(), args.prompt.as_deref())?;
+    if !runtime.registry().contains(&args.actor) {
+        let known = runtime.registry().names().join(", ");
+        return Err(usage(format!(
+            "unknown actor type '{}' (known: {known})",
+            args.actor
+        )));
+    }
+    let options = RunOptions {
+        timeout: args.timeout,
+        ..RunOptions::default()
+    };
+    let stream = runtime.run(&args.actor, input, options)?;
+    let mode = RenderMode {
+        stream: args.stream,
+        json: args.json,
+    };
+    Ok(follow(stream, mode).await)
+}
+
+/// Merges `--input` and `--prompt` into the actor's input; bad JSON is a usage error.
+fn build_input(input: Option<&str>, prompt: Option<&str>) -> anyhow::Result<Value> {
+    let mut value = match input {
+        Some(text) => serde_json::from_str(text)
+            .map_err(|e| usage(format!("--input is not valid JSON: {e}")))?,
+        None => Value::Object(Default::default()),
+    };
+    if let Some(prompt) = prompt {
+        match &mut value {
+            Value::Object(map) => {
+                map.insert("prompt".into(), Value::String(prompt.into()));
+            }
+            _ => bail!(usage("--prompt needs --input to be a JSON object")),
+        }
+    }
+    Ok(value)
+}
+
+/// Shows a run until its terminal chunk; Ctrl-C cancels it and still waits for (and prints)
+/// the terminal chunk. Returns the exit code.
+async fn follow(mut stream: ChunkStream, mode: RenderMode) -> ExitCode {
+    let mut renderer = Renderer::new(mode);
+    let mut interrupt = interrupt_signal();
+    let mut interrupted = false;
+    let mut terminal: Option<StreamChunk> = None;
+    loop {
+        let next = tokio::select! {
+            chunk = stream.next() => chunk,
+            _ = interrupt.recv(), if !interrupted => {
+                interrupted = true;
+                stream.cancel();
+                continue;
+            }
+            _ = tokio::time::sleep(CANCEL_GRACE), if interrupted => None,
+        };
+        let Some(chunk) = next else { break };
+        renderer.chunk(&chunk);
+        if chunk.is_terminal() {
+            terminal = Some(chunk);
+            break;
+        }
+    }
+    renderer.finish(terminal.as_ref());
+    match terminal.map(|c| c.kind) {
+        _ if interrupted => ExitCode::from(130),
+        Some(ChunkType::Complete) => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    }
+}
+
+/// Ctrl-C, registered before the run starts so an early Ctrl-C cancels instead of killing.
+fn interrupt_signal() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        while tokio::signal::ctrl_c().await.is_ok() {
+            if tx.send(()).await.is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Parses `500ms`, `30s`, `10m`, `1h` (a bare number is seconds).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration like 500ms, 30s or 10m"))?;
+    let secs = match unit {
+        "ms" => number / 1000.0,
+        "" | "s" => number,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => {
+            return Err(format!(
+                "unknown unit '{unit}' in '{text}' (use ms, s, m or h)"
+            ))
+        }
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("'{text}': {e}"))
+}

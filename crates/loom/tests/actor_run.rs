@@ -1,0 +1,195 @@
+//! `loom actor list|run`, run as a real subprocess: output, exit codes and Ctrl-C.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::*;
+
+#[test]
+fn actor_list_names_the_builtin_actors() {
+    let out = run(&["actor", "list"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    for name in ["echo", "batch", "team-demo"] {
+        assert!(
+            out.stdout.lines().any(|l| l.starts_with(name)),
+            "{name} listed:\n{}",
+            out.stdout
+        );
+    }
+}
+
+#[test]
+fn without_stream_only_the_result_is_printed() {
+    let out = run(&[
+        "actor",
+        "run",
+        "echo",
+        "--input",
+        r#"{"a":1}"#,
+        "--prompt",
+        "hi",
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let result: serde_json::Value =
+        serde_json::from_str(&out.stdout).expect("stdout is the JSON result");
+    assert_eq!(result, serde_json::json!({ "a": 1, "prompt": "hi" }));
+    assert!(
+        out.stderr.contains("✓ complete (2 chunks"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn batch_stream_json_prints_gapless_seq_ending_in_one_complete() {
+    let out = run(&[
+        "actor",
+        "run",
+        "batch",
+        "--stream",
+        "--json",
+        "--input",
+        r#"{"count":450,"delay_ms":1}"#,
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let chunks = chunks(&out.stdout);
+    assert_contract(&chunks);
+    assert_eq!(chunks.iter().filter(|c| c["type"] == "progress").count(), 5);
+    assert_eq!(
+        chunks.last().map(|c| c["data"]["processed"].clone()),
+        Some(serde_json::json!(450))
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "--json keeps stderr quiet: {}",
+        out.stderr
+    );
+}
+
+#[test]
+fn json_without_stream_prints_only_the_terminal_chunk() {
+    let out = run(&[
+        "actor",
+        "run",
+        "batch",
+        "--json",
+        "--input",
+        r#"{"count":10,"delay_ms":0}"#,
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let chunks = chunks(&out.stdout);
+    assert_eq!(chunks.len(), 1);
+    assert_eq!(chunks[0]["type"], "complete");
+}
+
+#[test]
+fn an_unknown_actor_is_one_line_on_stderr_and_exit_2() {
+    let out = run(&["actor", "run", "nope"]);
+    assert_eq!(out.code, Some(2));
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr.starts_with("loom: unknown actor type 'nope'"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn bad_input_json_is_one_line_on_stderr_and_exit_2() {
+    let out = run(&["actor", "run", "echo", "--input", "{bad"]);
+    assert_eq!(out.code, Some(2));
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr.starts_with("loom: --input is not valid JSON"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_bad_duration_is_rejected_with_exit_2() {
+    let out = run(&["actor", "run", "echo", "--timeout", "soon"]);
+    assert_eq!(out.code, Some(2));
+    assert!(out.stderr.contains("soon"), "{}", out.stderr);
+}
+
+#[test]
+fn a_run_that_ends_in_an_error_chunk_exits_1() {
+    let out = run(&["actor", "run", "batch", "--input", r#"{"batch_size":0}"#]);
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.contains("error/bad_input"), "{}", out.stderr);
+}
+
+#[test]
+fn a_run_past_its_timeout_ends_with_timeout_and_exit_1() {
+    let out = run(&[
+        "actor",
+        "run",
+        "batch",
+        "--json",
+        "--stream",
+        "--timeout",
+        "300ms",
+        "--input",
+        r#"{"delay_ms":10000}"#,
+    ]);
+    assert_eq!(out.code, Some(1));
+    let chunks = chunks(&out.stdout);
+    assert_contract(&chunks);
+    assert_eq!(
+        chunks.last().map(|c| c["error"]["code"].clone()),
+        Some(serde_json::json!("timeout"))
+    );
+}
+
+#[test]
+fn ctrl_c_cancels_the_run_prints_the_cancelled_chunk_and_exits_130() {
+    let mut child = loom(&[
+        "actor",
+        "run",
+        "batch",
+        "--stream",
+        "--json",
+        "--input",
+        r#"{"count":100000,"batch_size":10,"delay_ms":50}"#,
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("loom starts");
+    let lines = lines(&mut child);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains(r#""type":"data""#)) {
+        seen.push(lines.recv_timeout(LIMIT).expect("a data chunk in time"));
+    }
+    signal(child.id(), "INT");
+    let status = wait(&mut child);
+    assert_eq!(status.code(), Some(130));
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(5)) {
+        seen.push(line);
+    }
+    let chunks = chunks(&seen.join("\n"));
+    assert_contract(&chunks);
+    let last = chunks.last().expect("a terminal chunk");
+    assert_eq!(last["error"]["code"], "cancelled", "{last}");
+}
+
+#[test]
+fn team_demo_streams_attributed_tokens() {
+    let out = run(&[
+        "actor",
+        "run",
+        "team-demo",
+        "--stream",
+        "--input",
+        r#"{"topic":"looms"}"#,
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    for member in ["[researcher]", "[analyst]", "[writer]"] {
+        assert!(out.stdout.contains(member), "{member} in:\n{}", out.stdout);
+    }
+    assert!(out.stderr.contains("tokens"), "{}", out.stderr);
+}

@@ -1,0 +1,66 @@
+//! # loom-workflow: workflows that stream
+//!
+//! A workflow is a named list of actions written in YAML or JSON. Each action runs an actor
+//! (locally or on a worker: the same definition runs either way) or a parallel group of
+//! them; an action's input may reference the workflow input and earlier steps' outputs with
+//! `${{ … }}`. Running a workflow gives one [`ChunkStream`](loom_core::ChunkStream) that shows
+//! every step as it happens.
+//!
+//! - [`load`] / [`parse`] read a definition into a [`Workflow`] and reject every bad one
+//!   before any work starts, with a [`WorkflowError`] naming the file, the action, the line
+//!   and the [`Problem`]; [`validate`] re-checks a [`Workflow`] against a set of actor types.
+//! - [`WorkflowExecutor`] runs a [`Workflow`] through any [`Invoker`](loom_core::Invoker) (the
+//!   local [`Runtime`](loom_core::Runtime) or a remote client) and returns its stream: step
+//!   markers, the steps' forwarded chunks tagged with `step`, then one terminal chunk.
+//!
+//! The definition syntax and the stream's markers are documented in the crate's README.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use futures::StreamExt;
+//! use loom_core::{ChunkType, Extensions, Invoker, Registry, Runtime};
+//! use loom_workflow::WorkflowExecutor;
+//! use serde_json::json;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let runtime = Arc::new(Runtime::new(Registry::with_builtins(), Extensions::new()));
+//! let yaml = r#"
+//! name: squares
+//! input:
+//!   required: [count]
+//!   properties: { count: { type: integer } }
+//! actions:
+//!   - name: square
+//!     actorType: batch
+//!     input: { count: "${{ input.count }}", batch_size: 2, delay_ms: 0 }
+//!   - name: report
+//!     actorType: echo
+//!     input: { processed: "${{ steps.square.output.processed }}" }
+//! "#;
+//! let workflow = loom_workflow::parse(yaml, "squares.yaml", &|t| runtime.knows(t))?;
+//! let executor = WorkflowExecutor::new(runtime);
+//! let mut chunks = executor.stream(workflow, json!({ "count": 5 }));
+//! while let Some(chunk) = chunks.next().await {
+//!     if chunk.kind == ChunkType::Complete {
+//!         let data = chunk.data.unwrap_or_default();
+//!         assert_eq!(data["steps"]["report"]["processed"], 5);
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+mod definition;
+mod error;
+mod executor;
+mod reference;
+mod schema;
+
+pub use definition::{
+    load, parse, validate, Action, ActorAction, ParallelGroup, Workflow, DEFAULT_BACKOFF,
+    MAX_BACKOFF,
+};
+pub use error::{Problem, WorkflowError};
+pub use executor::{WorkflowExecutor, DEFAULT_WORKFLOW_TIMEOUT};
+pub use schema::{InputSchema, JsonType, PropertySchema};

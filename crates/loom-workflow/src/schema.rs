@@ -1,0 +1,235 @@
+//! [`InputSchema`]: the small subset of JSON Schema a workflow's `input` is checked against
+//! before any step runs.
+//!
+//! Supported: `type: object` (optional), `required: [names]`, `properties` with per-property
+//! `type` (`string`, `number`, `integer`, `boolean`, `object`, `array`), `description`,
+//! `default` (filled in when the property is absent) and `enum`, and
+//! `additionalProperties: false` to reject unknown properties. Anything else in the schema is
+//! rejected at load time, so a schema never silently checks less than it says.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// The workflow input's schema.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct InputSchema {
+    /// Always `object` when given.
+    #[serde(rename = "type", default)]
+    pub kind: Option<JsonType>,
+    /// Properties the input must have.
+    #[serde(default)]
+    pub required: Vec<String>,
+    /// Known properties.
+    #[serde(default)]
+    pub properties: BTreeMap<String, PropertySchema>,
+    /// Whether properties not listed in `properties` are accepted (default `true`).
+    #[serde(rename = "additionalProperties", default = "yes")]
+    pub additional_properties: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One property of the input.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PropertySchema {
+    /// The JSON type the value must have.
+    #[serde(rename = "type", default)]
+    pub kind: Option<JsonType>,
+    /// What the property is for, for people.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The value used when the property is absent.
+    #[serde(default)]
+    pub default: Option<Value>,
+    /// The only values allowed.
+    #[serde(rename = "enum", default)]
+    pub allowed: Option<Vec<Value>>,
+}
+
+/// A JSON type name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum JsonType {
+    /// A string.
+    String,
+    /// Any number.
+    Number,
+    /// A whole number.
+    Integer,
+    /// `true` or `false`.
+    Boolean,
+    /// A JSON object.
+    Object,
+    /// A JSON array.
+    Array,
+    /// `null`.
+    Null,
+}
+
+impl JsonType {
+    fn name(self) -> &'static str {
+        match self {
+            Self::String => "string",
+            Self::Number => "number",
+            Self::Integer => "integer",
+            Self::Boolean => "boolean",
+            Self::Object => "object",
+            Self::Array => "array",
+            Self::Null => "null",
+        }
+    }
+
+    fn matches(self, value: &Value) -> bool {
+        match self {
+            Self::String => value.is_string(),
+            Self::Number => value.is_number(),
+            Self::Integer => value.is_i64() || value.is_u64(),
+            Self::Boolean => value.is_boolean(),
+            Self::Object => value.is_object(),
+            Self::Array => value.is_array(),
+            Self::Null => value.is_null(),
+        }
+    }
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+impl InputSchema {
+    /// Checks the schema itself (called by the loader).
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if let Some(kind) = self.kind {
+            if kind != JsonType::Object {
+                return Err(format!(
+                    "the input is an object: `type` must be `object`, not `{}`",
+                    kind.name()
+                ));
+            }
+        }
+        for (name, property) in &self.properties {
+            if let (Some(kind), Some(default)) = (property.kind, &property.default) {
+                if !kind.matches(default) {
+                    return Err(format!(
+                        "the default of `{name}` is not of type {}",
+                        kind.name()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks `input` and returns it with defaults filled in; the error says what is wrong.
+    /// A `null` input counts as `{}`.
+    pub fn apply(&self, input: Value) -> Result<Value, String> {
+        let mut map = match input {
+            Value::Null => Map::new(),
+            Value::Object(map) => map,
+            other => {
+                return Err(format!(
+                    "the input must be a JSON object, not {}",
+                    type_name(&other)
+                ))
+            }
+        };
+        for (name, property) in &self.properties {
+            if let (false, Some(default)) = (map.contains_key(name), &property.default) {
+                map.insert(name.clone(), default.clone());
+            }
+        }
+        let missing: Vec<&str> = self
+            .required
+            .iter()
+            .filter(|name| !map.contains_key(*name))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "missing required input {}",
+                missing
+                    .iter()
+                    .map(|m| format!("`{m}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        for (name, value) in &map {
+            let Some(property) = self.properties.get(name) else {
+                if self.additional_properties {
+                    continue;
+                }
+                return Err(format!("unknown input `{name}`"));
+            };
+            if let Some(kind) = property.kind {
+                if !kind.matches(value) {
+                    return Err(format!(
+                        "input `{name}` must be of type {}, not {}",
+                        kind.name(),
+                        type_name(value)
+                    ));
+                }
+            }
+            if let Some(allowed) = &property.allowed {
+                if !allowed.contains(value) {
+                    return Err(format!(
+                        "input `{name}` must be one of {}",
+                        Value::Array(allowed.clone())
+                    ));
+                }
+            }
+        }
+        Ok(Value::Object(map))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn schema() -> InputSchema {
+        serde_json::from_value(json!({
+            "required": ["topic"],
+            "properties": {
+                "topic": {"type": "string"},
+                "words": {"type": "integer", "default": 100},
+                "tone": {"enum": ["plain", "formal"]}
+            },
+            "additionalProperties": false
+        }))
+        .unwrap_or_default()
+    }
+
+    #[test]
+    fn fills_defaults_and_checks_types() {
+        let schema = schema();
+        assert_eq!(
+            schema.apply(json!({"topic": "rust"})),
+            Ok(json!({"topic": "rust", "words": 100}))
+        );
+        let err = |v| schema.apply(v).unwrap_err();
+        assert!(err(json!({})).contains("missing required input `topic`"));
+        assert!(err(json!({"topic": 1})).contains("`topic` must be of type string"));
+        assert!(err(json!({"topic": "a", "x": 1})).contains("unknown input `x`"));
+        assert!(err(json!({"topic": "a", "tone": "loud"})).contains("one of"));
+        assert!(err(json!([1])).contains("must be a JSON object"));
+    }
+}

@@ -1,0 +1,341 @@
+//! The loader rejects every bad definition before anything runs, naming the file, the
+//! action, the problem and (where the parser knows it) the line.
+
+mod support;
+
+use loom_workflow::{parse, Action, Problem, WorkflowError};
+
+fn known(actor_type: &str) -> bool {
+    matches!(actor_type, "echo" | "batch")
+}
+
+fn reject(yaml: &str) -> WorkflowError {
+    match parse(yaml, "bad.yaml", &known) {
+        Ok(w) => panic!("should be rejected: {w:?}"),
+        Err(e) => e,
+    }
+}
+
+/// Asserts the message names the file, the line (when given), the action and the problem.
+fn assert_message(err: &WorkflowError, line: Option<usize>, action: &str, problem: &str) {
+    let message = err.to_string();
+    match line {
+        Some(line) => assert!(
+            message.starts_with(&format!("bad.yaml:{line}: ")),
+            "file and line in: {message}"
+        ),
+        None => assert!(message.starts_with("bad.yaml"), "file in: {message}"),
+    }
+    assert!(
+        message.contains(&format!("action '{action}'")),
+        "action in: {message}"
+    );
+    assert!(message.contains(problem), "'{problem}' in: {message}");
+    assert_eq!(err.action(), Some(action));
+}
+
+#[test]
+fn a_good_definition_loads() {
+    let workflow = parse(
+        r#"
+name: good
+actions:
+  - name: one
+    actorType: echo
+    input: { x: "${{ input.x }}" }
+    timeout: 500ms
+    retries: 2
+    backoff: 0
+    continue_on_error: true
+  - name: group
+    type: parallel
+    actions:
+      - { name: two, actorType: batch, streaming: true, timeout: 3 }
+      - { name: three, actorType: echo, input: "${{ steps.one.output }}" }
+"#,
+        "good.yaml",
+        &known,
+    )
+    .expect("loads");
+    assert_eq!(workflow.name, "good");
+    let names: Vec<&str> = workflow.steps().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["one", "two", "three"]);
+    let Action::Actor(one) = &workflow.actions[0] else {
+        panic!("one is an actor action")
+    };
+    assert_eq!(one.timeout, Some(std::time::Duration::from_millis(500)));
+    assert_eq!(one.retries, 2);
+    assert!(one.continue_on_error);
+    assert!(matches!(&workflow.actions[1], Action::Parallel(g) if g.actions.len() == 2));
+}
+
+#[test]
+fn an_unknown_field_names_the_action_and_line() {
+    let err = reject(
+        "name: w\nactions:\n  - name: a\n    actorType: echo\n  - name: b\n    actorTyp: echo\n",
+    );
+    assert_message(&err, Some(6), "b", "unknown field `actorTyp`");
+    assert!(matches!(err.problem(), Some(Problem::Syntax(_))));
+}
+
+#[test]
+fn an_unknown_field_inside_a_parallel_group_names_the_inner_action() {
+    let err = reject(
+        "name: w\nactions:\n  - name: g\n    type: parallel\n    actions:\n      - name: inner\n        actorType: echo\n        streamin: true\n",
+    );
+    assert_message(&err, Some(8), "inner", "unknown field `streamin`");
+}
+
+#[test]
+fn an_unknown_top_level_field_is_rejected_with_its_line() {
+    let err = reject("name: w\nsteps: []\nactions:\n  - { name: a, actorType: echo }\n");
+    let message = err.to_string();
+    assert!(message.starts_with("bad.yaml:2: "), "{message}");
+    assert!(message.contains("unknown field `steps`"), "{message}");
+}
+
+#[test]
+fn json_definitions_are_checked_the_same_way() {
+    let text = "{\n  \"name\": \"w\",\n  \"actions\": [\n    {\"name\": \"a\", \"actorType\": \"echo\"},\n    {\"name\": \"b\", \"actorType\": \"echo\", \"retry\": 1}\n  ]\n}\n";
+    let err = parse(text, "bad.json", &known).expect_err("rejected");
+    let message = err.to_string();
+    assert!(message.starts_with("bad.json:5: action 'b': "), "{message}");
+    assert!(message.contains("unknown field `retry`"), "{message}");
+    let text = text.replace(", \"retry\": 1", "");
+    assert!(parse(&text, "good.json", &known).is_ok());
+}
+
+#[test]
+fn a_yaml_syntax_error_gives_its_line() {
+    let err = reject("name: w\nactions:\n  - name: a\n  actorType: [echo\n");
+    assert!(matches!(err.problem(), Some(Problem::Syntax(_))));
+    assert!(err.line().is_some(), "{err}");
+    assert!(err.to_string().starts_with("bad.yaml:"), "{err}");
+}
+
+#[test]
+fn a_wrong_type_is_rejected() {
+    let err = reject("name: w\nactions:\n  - name: a\n    actorType: echo\n    retries: many\n");
+    assert_message(&err, Some(5), "a", "invalid type");
+}
+
+#[test]
+fn an_unknown_actor_type_is_rejected() {
+    let err = reject(
+        "name: w\nactions:\n  - name: a\n    actorType: echo\n  - name: b\n    actorType: nope\n",
+    );
+    assert_message(&err, Some(5), "b", "unknown actor type 'nope'");
+    assert_eq!(
+        err.problem(),
+        Some(&Problem::UnknownActorType("nope".into()))
+    );
+}
+
+#[test]
+fn duplicate_names_are_rejected_also_across_groups() {
+    let err = reject(
+        "name: w\nactions:\n  - name: a\n    actorType: echo\n  - name: a\n    actorType: echo\n",
+    );
+    assert_message(&err, Some(3), "a", "duplicate action name");
+    let err = reject(
+        "name: w\nactions:\n  - name: a\n    actorType: echo\n  - name: g\n    type: parallel\n    actions:\n      - { name: a, actorType: echo }\n",
+    );
+    assert_eq!(err.problem(), Some(&Problem::DuplicateName));
+}
+
+#[test]
+fn a_reference_to_a_later_step_is_rejected() {
+    let err = reject(
+        "name: w\nactions:\n  - name: a\n    actorType: echo\n    input: { x: \"${{ steps.b.output.text }}\" }\n  - name: b\n    actorType: echo\n",
+    );
+    assert_message(&err, Some(3), "a", "references step 'b'");
+    assert!(err.to_string().contains("which runs later"), "{err}");
+}
+
+#[test]
+fn a_reference_to_a_missing_step_is_rejected() {
+    let err = reject(
+        "name: w\nactions:\n  - name: a\n    actorType: echo\n    input: \"see ${{ steps.ghost.output }}\"\n",
+    );
+    assert_message(&err, Some(3), "a", "step 'ghost'");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+}
+
+#[test]
+fn a_reference_to_a_sibling_in_the_same_group_is_rejected() {
+    let err = reject(
+        "name: w\nactions:\n  - name: g\n    type: parallel\n    actions:\n      - { name: a, actorType: echo }\n      - name: b\n        actorType: echo\n        input: [\"${{ steps.a.output }}\"]\n",
+    );
+    assert_message(
+        &err,
+        Some(7),
+        "b",
+        "runs at the same time in parallel group 'g'",
+    );
+}
+
+#[test]
+fn a_reference_to_a_group_is_rejected() {
+    let err = reject(
+        "name: w\nactions:\n  - name: g\n    type: parallel\n    actions:\n      - { name: a, actorType: echo }\n  - name: b\n    actorType: echo\n    input: \"${{ steps.g.output }}\"\n",
+    );
+    assert_message(&err, Some(7), "b", "parallel group 'g'");
+}
+
+#[test]
+fn cycles_are_rejected() {
+    let err = reject(
+        "name: w\nactions:\n  - name: a\n    actorType: echo\n    input: \"${{ steps.b.output }}\"\n  - name: b\n    actorType: echo\n    input: \"${{ steps.a.output }}\"\n",
+    );
+    assert_message(&err, Some(3), "a", "reference cycle: a -> b -> a");
+    let err = reject(
+        "name: w\nactions:\n  - name: self\n    actorType: echo\n    input: \"${{ steps.self.output }}\"\n",
+    );
+    assert_message(&err, Some(3), "self", "reference cycle: self -> self");
+}
+
+#[test]
+fn a_malformed_reference_is_rejected() {
+    let err = reject(
+        "name: w\nactions:\n  - name: a\n    actorType: echo\n    input: \"${{ input.topic \"\n",
+    );
+    assert_message(&err, Some(3), "a", "bad reference");
+    assert!(err.to_string().contains("missing closing"), "{err}");
+    let err = reject(
+        "name: w\nactions:\n  - name: a\n    actorType: echo\n    input: \"${{ env.HOME }}\"\n",
+    );
+    assert_message(&err, Some(3), "a", "starts with `input` or `steps`");
+}
+
+#[test]
+fn structural_mistakes_are_rejected() {
+    let cases = [
+        ("name: w\nactions: []\n", None, "the workflow has no actions"),
+        ("name: w\nactions:\n  - name: a\n", Some("a"), "missing field `actorType`"),
+        (
+            "name: w\nactions:\n  - name: g\n    type: parallel\n    actorType: echo\n    actions: [{ name: a, actorType: echo }]\n",
+            Some("g"),
+            "field `actorType` is not allowed on a parallel group",
+        ),
+        (
+            "name: w\nactions:\n  - name: g\n    type: parallel\n    actions: []\n",
+            Some("g"),
+            "the parallel group has no actions",
+        ),
+        (
+            "name: w\nactions:\n  - name: g\n    type: parallel\n    actions:\n      - name: h\n        type: parallel\n        actions: [{ name: a, actorType: echo }]\n",
+            Some("h"),
+            "parallel groups cannot be nested",
+        ),
+        (
+            "name: w\nactions:\n  - name: a\n    actorType: echo\n    timeout: soon\n",
+            Some("a"),
+            "bad `timeout` 'soon'",
+        ),
+        (
+            "name: w\nactions:\n  - name: a\n    actorType: echo\n    backoff: 5 fortnights\n",
+            Some("a"),
+            "bad `backoff`",
+        ),
+        (
+            "name: w\nactions:\n  - name: a b\n    actorType: echo\n",
+            Some("a b"),
+            "invalid name 'a b'",
+        ),
+        (
+            "name: w\nactions:\n  - name: a\n    type: script\n",
+            Some("a"),
+            "unknown variant `script`",
+        ),
+        (
+            "name: w\ninput: { required: [x], properties: { x: { type: text } } }\nactions:\n  - { name: a, actorType: echo }\n",
+            None,
+            "unknown variant `text`",
+        ),
+        (
+            "name: w\ninput: { properties: { x: { type: integer, default: many } } }\nactions:\n  - { name: a, actorType: echo }\n",
+            None,
+            "bad input schema: the default of `x` is not of type integer",
+        ),
+    ];
+    for (yaml, action, problem) in cases {
+        let err = reject(yaml);
+        let message = err.to_string();
+        assert!(message.starts_with("bad.yaml"), "{message}");
+        assert!(message.contains(problem), "'{problem}' in: {message}");
+        if let Some(action) = action {
+            assert!(message.contains(&format!("action '{action}'")), "{message}");
+        }
+    }
+}
+
+#[test]
+fn an_unsupported_extension_and_a_missing_file_are_rejected() {
+    let err = parse("name: w", "workflow.toml", &known).expect_err("rejected");
+    assert_eq!(err.problem(), Some(&Problem::UnsupportedFormat));
+    assert!(err.to_string().starts_with("workflow.toml: "), "{err}");
+    let err = loom_workflow::load("/nonexistent/flow.yaml", &known).expect_err("rejected");
+    assert!(matches!(err, WorkflowError::Read { .. }));
+    assert!(
+        err.to_string()
+            .starts_with("/nonexistent/flow.yaml: cannot read"),
+        "{err}"
+    );
+}
+
+#[test]
+fn validate_rechecks_against_other_actor_types() {
+    let workflow = parse(
+        "name: w\nactions:\n  - name: a\n    actorType: batch\n",
+        "w.yaml",
+        &known,
+    )
+    .expect("loads");
+    let err = loom_workflow::validate(&workflow, &|t| t == "echo").expect_err("batch unknown");
+    assert_eq!(
+        err.to_string(),
+        "w.yaml:3: action 'a': unknown actor type 'batch'"
+    );
+}
+
+#[test]
+fn the_input_schema_is_enforced() {
+    let workflow = parse(
+        "name: w\ninput:\n  required: [topic]\n  properties:\n    topic: { type: string }\n    n: { type: integer, default: 3 }\nactions:\n  - { name: a, actorType: echo }\n",
+        "w.yaml",
+        &known,
+    )
+    .expect("loads");
+    let ok = workflow
+        .check_input(serde_json::json!({"topic": "t"}))
+        .expect("ok");
+    assert_eq!(ok, serde_json::json!({"topic": "t", "n": 3}));
+    let err = workflow
+        .check_input(serde_json::json!({}))
+        .expect_err("missing");
+    assert_eq!(
+        err.to_string(),
+        "workflow 'w': bad input: missing required input `topic`"
+    );
+    let err = workflow
+        .check_input(serde_json::json!({"topic": 7}))
+        .expect_err("wrong type");
+    assert!(
+        err.to_string().contains("`topic` must be of type string"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_examples_load() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/workflows");
+    let mut loaded = 0;
+    for entry in std::fs::read_dir(dir).expect("examples/workflows exists") {
+        let path = entry.expect("entry").path();
+        let workflow =
+            loom_workflow::load(&path, &support::example_types).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!workflow.actions.is_empty());
+        loaded += 1;
+    }
+    assert!(loaded >= 3, "three examples at least, found {loaded}");
+}

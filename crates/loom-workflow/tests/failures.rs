@@ -1,0 +1,203 @@
+//! Per-action failure handling: retries with backoff (each retry visible and superseding the
+//! earlier partial output), timeouts, and `continue_on_error`.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+
+use loom_core::{ChunkType, ErrorCode, Event};
+use loom_workflow::WorkflowExecutor;
+use serde_json::json;
+use support::*;
+
+fn one_step(actor_type: &str, options: &str) -> String {
+    format!(
+        "name: w\nactions:\n  - name: step\n    actorType: {actor_type}\n    streaming: true\n{options}  - name: next\n    actorType: echo\n    input: {{ got: \"${{{{ steps.step.output }}}}\" }}\n"
+    )
+}
+
+#[tokio::test]
+async fn retryable_failures_are_retried_and_supersede_earlier_output() {
+    let flaky = Flaky::new("flaky", 2, true);
+    let runtime = runtime_with(vec![flaky.clone()]);
+    let workflow = workflow(
+        &runtime,
+        &one_step("flaky", "    retries: 3\n    backoff: 1ms\n"),
+    );
+    let chunks = collect(WorkflowExecutor::new(runtime).stream(workflow, json!({}))).await;
+
+    assert_eq!(flaky.attempts.load(Ordering::SeqCst), 3);
+    let story: Vec<String> = chunks
+        .iter()
+        .filter(|c| c.step.as_deref() == Some("step"))
+        .map(|c| match (c.event, c.token()) {
+            (Some(e), _) => format!("{e:?}"),
+            (None, Some(t)) => t.to_owned(),
+            _ => "?".to_owned(),
+        })
+        .collect();
+    assert_eq!(
+        story,
+        [
+            "ActionStart",
+            "partial 1",
+            "ActionRetry",
+            "partial 2",
+            "ActionRetry",
+            "partial 3",
+            "ActionComplete"
+        ]
+    );
+    let retry = chunks
+        .iter()
+        .find(|c| c.event == Some(Event::ActionRetry))
+        .expect("a retry marker");
+    assert_eq!(retry.kind, ChunkType::Progress);
+    let message = retry
+        .progress
+        .as_ref()
+        .and_then(|p| p.message.as_deref())
+        .unwrap_or("");
+    assert!(message.contains("attempt 2 of 4"), "{message}");
+    assert!(
+        message.contains("the output of attempt 1 is superseded"),
+        "{message}"
+    );
+    assert!(message.contains("flaky attempt 1"), "{message}");
+    let result = terminal(&chunks).data.as_ref().expect("complete");
+    assert_eq!(result["steps"]["next"]["got"], json!({ "attempt": 3 }));
+}
+
+#[tokio::test]
+async fn failures_that_are_not_retryable_are_not_retried() {
+    let flaky = Flaky::new("flaky", 1, false);
+    let runtime = runtime_with(vec![flaky.clone()]);
+    let workflow = workflow(
+        &runtime,
+        &one_step("flaky", "    retries: 3\n    backoff: 1ms\n"),
+    );
+    let chunks = collect(WorkflowExecutor::new(runtime).stream(workflow, json!({}))).await;
+    assert_eq!(flaky.attempts.load(Ordering::SeqCst), 1);
+    assert!(!chunks.iter().any(|c| c.event == Some(Event::ActionRetry)));
+    let error = terminal(&chunks).error.as_ref().expect("error");
+    assert_eq!(error.code, ErrorCode::Upstream);
+    assert_eq!(error.message, "step 'step' failed: flaky attempt 1");
+}
+
+#[tokio::test]
+async fn the_workflow_fails_when_retries_run_out() {
+    let flaky = Flaky::new("flaky", 5, true);
+    let runtime = runtime_with(vec![flaky.clone()]);
+    let workflow = workflow(
+        &runtime,
+        &one_step("flaky", "    retries: 1\n    backoff: 0ms\n"),
+    );
+    let chunks = collect(WorkflowExecutor::new(runtime).stream(workflow, json!({}))).await;
+    assert_eq!(flaky.attempts.load(Ordering::SeqCst), 2);
+    let retries = chunks
+        .iter()
+        .filter(|c| c.event == Some(Event::ActionRetry))
+        .count();
+    assert_eq!(retries, 1);
+    let error = terminal(&chunks).error.as_ref().expect("error");
+    assert_eq!(error.message, "step 'step' failed: flaky attempt 2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_backoff_waits_between_attempts() {
+    let flaky = Flaky::new("flaky", 2, true);
+    let runtime = runtime_with(vec![flaky.clone()]);
+    let workflow = workflow(
+        &runtime,
+        &one_step("flaky", "    retries: 2\n    backoff: 3s\n"),
+    );
+    let started = tokio::time::Instant::now();
+    let chunks = collect(WorkflowExecutor::new(runtime).stream(workflow, json!({}))).await;
+    assert_eq!(terminal(&chunks).kind, ChunkType::Complete);
+    // 3 s before the second attempt, 6 s before the third (the clock is paused and jumps).
+    assert!(started.elapsed() >= std::time::Duration::from_secs(9));
+}
+
+#[tokio::test]
+async fn a_step_past_its_timeout_fails_with_timeout_and_is_stopped() {
+    let hang = Hang::new("hang");
+    let runtime = runtime_with(vec![hang.clone()]);
+    let workflow = workflow(&runtime, &one_step("hang", "    timeout: 50ms\n"));
+    let chunks = collect(WorkflowExecutor::new(runtime).stream(workflow, json!({}))).await;
+    let error = terminal(&chunks).error.as_ref().expect("error");
+    assert_eq!(error.code, ErrorCode::Timeout);
+    assert!(
+        error.message.starts_with("step 'step' failed: "),
+        "{}",
+        error.message
+    );
+    assert_eq!(hang.starts.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        hang.drops.load(Ordering::SeqCst),
+        1,
+        "the timed-out actor was stopped"
+    );
+}
+
+#[tokio::test]
+async fn a_timeout_is_retried_when_retries_are_set() {
+    let hang = Hang::new("hang");
+    let runtime = runtime_with(vec![hang.clone()]);
+    let workflow = workflow(
+        &runtime,
+        &one_step(
+            "hang",
+            "    timeout: 20ms\n    retries: 2\n    backoff: 0\n",
+        ),
+    );
+    let chunks = collect(WorkflowExecutor::new(runtime).stream(workflow, json!({}))).await;
+    assert_eq!(hang.starts.load(Ordering::SeqCst), 3);
+    assert_eq!(hang.drops.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        chunks
+            .iter()
+            .filter(|c| c.event == Some(Event::ActionRetry))
+            .count(),
+        2
+    );
+    assert_eq!(error_code(terminal(&chunks)), Some(ErrorCode::Timeout));
+}
+
+#[tokio::test]
+async fn continue_on_error_records_the_failure_and_goes_on() {
+    let flaky = Flaky::new("flaky", 1, false);
+    let runtime = runtime_with(vec![flaky]);
+    let workflow = workflow(
+        &runtime,
+        &one_step("flaky", "    continue_on_error: true\n"),
+    );
+    let chunks = collect(WorkflowExecutor::new(runtime).stream(workflow, json!({}))).await;
+    let failed = chunks
+        .iter()
+        .find(|c| c.event == Some(Event::ActionFailed))
+        .expect("an action-failed marker");
+    assert_eq!(failed.step.as_deref(), Some("step"));
+    assert_eq!(failed.kind, ChunkType::Data);
+    assert_eq!(
+        failed.data,
+        Some(
+            json!({ "error": { "code": "upstream", "message": "flaky attempt 1", "retryable": false } })
+        )
+    );
+    let done = terminal(&chunks);
+    assert_eq!(done.kind, ChunkType::Complete);
+    let result = done.data.as_ref().expect("result");
+    assert_eq!(result["steps"]["step"], json!(null));
+    assert_eq!(result["steps"]["next"]["got"], json!(null));
+    assert_eq!(result["failed"]["step"]["code"], json!("upstream"));
+}
+
+#[tokio::test]
+async fn an_unknown_actor_at_run_time_fails_the_step() {
+    // The runtime that loads the definition knows `flaky`; the one that runs it does not.
+    let loader = runtime_with(vec![Flaky::new("flaky", 0, false)]);
+    let workflow = workflow(&loader, &one_step("flaky", ""));
+    let runtime = runtime_with(vec![]);
+    let chunks = collect(WorkflowExecutor::new(runtime).stream(workflow, json!({}))).await;
+    assert_eq!(error_code(terminal(&chunks)), Some(ErrorCode::NotFound));
+}

@@ -1,0 +1,3 @@
+//! Remote stream benchmarks (see docs/performance.md).
+
+fn main() {}

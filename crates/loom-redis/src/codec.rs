@@ -1,0 +1,400 @@
+//! How chunks and requests look inside Redis stream entries (DESIGN.md §3, "Redis").
+//!
+//! A chunk entry has the fields `type <type> data <json-or-null> seq <n>`, in that order, then
+//! only the chunk's other fields that are present, each as JSON: `progress`, `error`, `actor`,
+//! `step`, `event`, `attempt`. A token entry is three short fields. [`decode_chunk`] rebuilds
+//! the exact [`StreamChunk`]; anything it cannot read is an error naming the problem, which the
+//! consumer turns into `error/internal` naming the entry id.
+//!
+//! A request entry in `loom:queue:{<type>}` has the fields `run_id <id> actor <type>
+//! input <json> timeout_ms <n> deadline_ms <unix ms>`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use loom_core::{ChunkType, StreamChunk};
+use redis::Value;
+use serde::de::DeserializeOwned;
+use serde_json::Value as Json;
+
+use crate::error::Error;
+use crate::keys::check_name;
+
+/// A Redis stream entry id, `<ms>-<seq>`, ordered as Redis orders them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct EntryId {
+    /// Milliseconds part.
+    pub ms: u64,
+    /// Sequence part.
+    pub seq: u64,
+}
+
+impl EntryId {
+    /// The id before every entry (`0-0`): reading after it reads the whole stream.
+    pub const ZERO: Self = Self { ms: 0, seq: 0 };
+}
+
+impl fmt::Display for EntryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+impl FromStr for EntryId {
+    type Err = Error;
+
+    /// Parses `<ms>-<seq>` or `<ms>` (meaning `<ms>-0`).
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let bad = || Error::InvalidEntryId(s.chars().take(64).collect());
+        let digits = |part: &str| {
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            part.parse::<u64>().map_err(|_| bad())
+        };
+        match s.split_once('-') {
+            Some((ms, seq)) => Ok(Self {
+                ms: digits(ms)?,
+                seq: digits(seq)?,
+            }),
+            None => Ok(Self {
+                ms: digits(s)?,
+                seq: 0,
+            }),
+        }
+    }
+}
+
+/// One entry of a stream as read: its id and its flat `field value …` list.
+#[derive(Debug, Clone)]
+pub(crate) struct RawEntry {
+    pub(crate) id: EntryId,
+    pub(crate) fields: Vec<Value>,
+}
+
+/// Appends `XADD <key> * <fields of chunk>` to `pipe`.
+pub(crate) fn add_chunk(pipe: &mut redis::Pipeline, key: &str, chunk: &StreamChunk) {
+    let cmd = pipe.cmd("XADD").arg(key).arg("*");
+    cmd.arg("type").arg(chunk.kind.as_str());
+    match &chunk.data {
+        Some(data) => cmd.arg("data").arg(json(data)),
+        None => cmd.arg("data").arg("null"),
+    };
+    cmd.arg("seq").arg(chunk.seq);
+    if let Some(progress) = &chunk.progress {
+        cmd.arg("progress").arg(json(progress));
+    }
+    if let Some(error) = &chunk.error {
+        cmd.arg("error").arg(json(error));
+    }
+    if let Some(actor) = &chunk.actor {
+        cmd.arg("actor").arg(json(actor));
+    }
+    if let Some(step) = &chunk.step {
+        cmd.arg("step").arg(json(step));
+    }
+    if let Some(event) = &chunk.event {
+        cmd.arg("event").arg(json(event));
+    }
+    if let Some(attempt) = chunk.attempt {
+        cmd.arg("attempt").arg(attempt);
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    // The chunk's parts hold only strings, numbers and JSON values: serialising cannot fail.
+    serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
+}
+
+/// The bytes of a string-like reply value.
+pub(crate) fn bytes(value: &Value) -> Option<&[u8]> {
+    match value {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        Value::VerbatimString { text, .. } => Some(text.as_bytes()),
+        _ => None,
+    }
+}
+
+/// The text of a string-like reply value.
+pub(crate) fn text(value: &Value) -> Option<&str> {
+    bytes(value).and_then(|b| std::str::from_utf8(b).ok())
+}
+
+fn parse_json<T: DeserializeOwned>(field: &str, raw: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(raw).map_err(|e| format!("field '{field}' is not valid: {e}"))
+}
+
+/// Rebuilds the chunk an entry stands for, or says why it cannot.
+pub(crate) fn decode_chunk(fields: &[Value]) -> Result<StreamChunk, String> {
+    if fields.len() % 2 != 0 {
+        return Err("odd number of field/value items".to_owned());
+    }
+    let mut kind = None;
+    let mut seq = None;
+    let mut data: Option<&[u8]> = None;
+    let mut chunk = StreamChunk::new(ChunkType::Start, 0);
+    for pair in fields.chunks_exact(2) {
+        let name = bytes(&pair[0]).ok_or("a field name is not a string")?;
+        let value = bytes(&pair[1]).ok_or("a field value is not a string")?;
+        match name {
+            b"type" => {
+                let name = std::str::from_utf8(value).unwrap_or("");
+                kind =
+                    Some(ChunkType::parse(name).ok_or_else(|| {
+                        format!("unknown type {:?}", String::from_utf8_lossy(value))
+                    })?);
+            }
+            b"seq" => {
+                let parsed = std::str::from_utf8(value)
+                    .ok()
+                    .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .ok_or("field 'seq' is not a number")?;
+                seq = Some(parsed);
+            }
+            b"data" => data = Some(value),
+            b"progress" => chunk.progress = Some(parse_json("progress", value)?),
+            b"error" => chunk.error = Some(parse_json("error", value)?),
+            b"actor" => chunk.actor = Some(parse_json("actor", value)?),
+            b"step" => chunk.step = Some(parse_json("step", value)?),
+            b"event" => chunk.event = Some(parse_json("event", value)?),
+            b"attempt" => chunk.attempt = Some(parse_json("attempt", value)?),
+            // Fields added by a newer writer are not this reader's business.
+            _ => {}
+        }
+    }
+    chunk.kind = kind.ok_or("missing field 'type'")?;
+    chunk.seq = seq.ok_or("missing field 'seq'")?;
+    let data = data.ok_or("missing field 'data'")?;
+    let data: Json = parse_json("data", data)?;
+    // `start`, `data` and `complete` always carry a payload (possibly JSON null); on other
+    // types `null` stands for "absent".
+    chunk.data = match chunk.kind {
+        ChunkType::Start | ChunkType::Data | ChunkType::Complete => Some(data),
+        _ if data.is_null() => None,
+        _ => Some(data),
+    };
+    Ok(chunk)
+}
+
+/// Whether an entry's `type` field says it is a terminal chunk (cheap check, no JSON).
+pub(crate) fn is_terminal_entry(fields: &[Value]) -> bool {
+    field(fields, "type").is_some_and(|t| t == b"complete" || t == b"error")
+}
+
+/// The `seq` field of an entry, if it has a readable one.
+pub(crate) fn entry_seq(fields: &[Value]) -> Option<u64> {
+    field(fields, "seq")
+        .and_then(|s| std::str::from_utf8(s).ok())
+        .and_then(|s| s.parse().ok())
+}
+
+/// The value of field `name` in a flat `field value …` list.
+pub(crate) fn field<'a>(fields: &'a [Value], name: &str) -> Option<&'a [u8]> {
+    fields
+        .chunks_exact(2)
+        .find(|pair| bytes(&pair[0]) == Some(name.as_bytes()))
+        .and_then(|pair| bytes(&pair[1]))
+}
+
+/// Reads one entry `[id, [field, value, …]]`.
+pub(crate) fn parse_entry(value: Value) -> Result<RawEntry, String> {
+    let Value::Array(mut parts) = value else {
+        return Err("an entry is not an array".to_owned());
+    };
+    if parts.len() != 2 {
+        return Err("an entry is not [id, fields]".to_owned());
+    }
+    let fields = match parts.pop() {
+        Some(Value::Array(fields)) => fields,
+        Some(Value::Map(pairs)) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        Some(Value::Nil) => Vec::new(),
+        _ => return Err("an entry's fields are not a list".to_owned()),
+    };
+    let id = parts
+        .pop()
+        .as_ref()
+        .and_then(text)
+        .and_then(|s| s.parse().ok())
+        .ok_or("an entry id is not <ms>-<seq>")?;
+    Ok(RawEntry { id, fields })
+}
+
+/// Reads an `XRANGE`/`XREVRANGE` reply.
+pub(crate) fn parse_entries(value: Value) -> Result<Vec<RawEntry>, String> {
+    match value {
+        Value::Array(items) => items.into_iter().map(parse_entry).collect(),
+        Value::Nil => Ok(Vec::new()),
+        _ => Err("a range reply is not an array".to_owned()),
+    }
+}
+
+/// Reads an `XREAD`/`XREADGROUP` reply (RESP2 array or RESP3 map) into `(key, entries)`.
+pub(crate) fn parse_read_reply(value: Value) -> Result<Vec<(String, Vec<RawEntry>)>, String> {
+    let pairs: Vec<(Value, Value)> = match value {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Map(pairs) => pairs,
+        Value::Array(items) => items
+            .into_iter()
+            .map(|item| match item {
+                Value::Array(mut kv) if kv.len() == 2 => {
+                    let entries = kv.pop().unwrap_or_default();
+                    let key = kv.pop().unwrap_or_default();
+                    Ok((key, entries))
+                }
+                _ => Err("a read reply item is not [key, entries]".to_owned()),
+            })
+            .collect::<Result<_, _>>()?,
+        _ => return Err("a read reply is not an array".to_owned()),
+    };
+    pairs
+        .into_iter()
+        .map(|(key, entries)| {
+            let key = text(&key).ok_or("a stream key is not text")?.to_owned();
+            Ok((key, parse_entries(entries)?))
+        })
+        .collect()
+}
+
+/// A request for one run, as it sits in an actor type's queue.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Request {
+    pub(crate) run_id: String,
+    pub(crate) actor: String,
+    pub(crate) input: Json,
+    /// The run's time budget, from when it was requested.
+    pub(crate) timeout_ms: u64,
+    /// When the run must have ended, in Unix milliseconds.
+    pub(crate) deadline_ms: u64,
+}
+
+impl Request {
+    /// Appends `XADD <queue> * <fields>` to `pipe`.
+    pub(crate) fn add_to(&self, pipe: &mut redis::Pipeline, queue: &str) {
+        pipe.cmd("XADD")
+            .arg(queue)
+            .arg("*")
+            .arg("run_id")
+            .arg(&self.run_id)
+            .arg("actor")
+            .arg(&self.actor)
+            .arg("input")
+            .arg(json(&self.input))
+            .arg("timeout_ms")
+            .arg(self.timeout_ms)
+            .arg("deadline_ms")
+            .arg(self.deadline_ms);
+    }
+
+    /// Reads a request entry, checking the names before they become keys.
+    pub(crate) fn decode(fields: &[Value]) -> Result<Self, String> {
+        let get = |name: &str| {
+            field(fields, name)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .ok_or_else(|| format!("missing or non-text field '{name}'"))
+        };
+        let number = |name: &str| {
+            get(name)?
+                .parse::<u64>()
+                .map_err(|_| format!("field '{name}' is not a number"))
+        };
+        let run_id = get("run_id")?.to_owned();
+        let actor = get("actor")?.to_owned();
+        check_name("run id", &run_id).map_err(|e| e.to_string())?;
+        check_name("actor type", &actor).map_err(|e| e.to_string())?;
+        let input = parse_json("input", get("input")?.as_bytes())?;
+        Ok(Self {
+            run_id,
+            actor,
+            input,
+            timeout_ms: number("timeout_ms")?,
+            deadline_ms: number("deadline_ms")?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use loom_core::{ActorError, Event, Output};
+    use serde_json::json;
+
+    use super::*;
+
+    fn fields_of(chunk: &StreamChunk) -> Vec<Value> {
+        let mut pipe = redis::pipe();
+        add_chunk(&mut pipe, "k", chunk);
+        let packed = pipe.cmd_iter().next().map(|c| {
+            c.args_iter()
+                .skip(3)
+                .map(|arg| match arg {
+                    redis::Arg::Simple(b) => Value::BulkString(b.to_vec()),
+                    _ => Value::Nil,
+                })
+                .collect::<Vec<_>>()
+        });
+        packed.unwrap_or_default()
+    }
+
+    #[test]
+    fn chunks_round_trip_with_fields_in_order() {
+        let token = Output::token(" upon").into_chunk(4);
+        let fields = fields_of(&token);
+        let names: Vec<_> = fields.iter().step_by(2).filter_map(text).collect();
+        assert_eq!(names, ["type", "data", "seq"]);
+        assert_eq!(text(&fields[3]), Some(r#"{"token":" upon"}"#));
+
+        let mut start = StreamChunk::new(ChunkType::Start, 7);
+        start.data = Some(json!({"run_id": "r"}));
+        start.attempt = Some(2);
+        let chunks = [
+            token,
+            start,
+            Output::progress(3, Some(10), Some("batch 3".to_owned()))
+                .with_actor("researcher")
+                .with_step("s1")
+                .with_event(Event::ActionStart)
+                .into_chunk(3),
+            Output::complete(json!(null)).into_chunk(9),
+            StreamChunk::error(9, &ActorError::cancelled()),
+        ];
+        for chunk in chunks {
+            let fields = fields_of(&chunk);
+            assert_eq!(decode_chunk(&fields).as_ref(), Ok(&chunk));
+        }
+    }
+
+    #[test]
+    fn undecodable_entries_say_why() {
+        let b = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        assert!(decode_chunk(&[b("type"), b("data"), b("data"), b("x")]).is_err());
+        assert!(
+            decode_chunk(&[b("type"), b("nope"), b("data"), b("null"), b("seq"), b("1")]).is_err()
+        );
+        assert!(decode_chunk(&[
+            b("type"),
+            b("data"),
+            b("data"),
+            b("null"),
+            b("seq"),
+            b("-1")
+        ])
+        .is_err());
+        assert!(
+            decode_chunk(&[b("type"), b("data"), b("data"), b("{"), b("seq"), b("1")]).is_err()
+        );
+        assert!(decode_chunk(&[b("type")]).is_err());
+    }
+
+    #[test]
+    fn entry_ids_parse_and_order() {
+        let a: EntryId = "5-1".parse().unwrap_or_default();
+        let b: EntryId = "6".parse().unwrap_or_default();
+        assert_eq!(a, EntryId { ms: 5, seq: 1 });
+        assert!(a < b);
+        assert_eq!(b.to_string(), "6-0");
+        for bad in ["", "-", "a-1", "1-", "1-2-3", "+1", "$"] {
+            assert!(bad.parse::<EntryId>().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! [`Error`]: what can go wrong talking to Redis, before a run's stream exists.
+//!
+//! Once a run has a stream, failures travel as `error` chunks (a [`StreamChunk`] with an
+//! [`ErrorCode`]), never as Rust errors. This type covers the calls around it: connecting,
+//! validating names and ids, enqueueing a request. [`Error::code`] maps each case to the wire
+//! code, so the CLI can exit 2 on bad input and the server can pick a status.
+//!
+//! [`StreamChunk`]: loom_core::StreamChunk
+
+use loom_core::{ActorError, ErrorCode};
+
+/// A failure of a `loom-redis` call.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An actor type name, run id or stream id that must not become part of a Redis key.
+    #[error("invalid {what} {name:?}: {reason}")]
+    InvalidName {
+        /// What the name was meant to be (`"actor type"`, `"stream id"`, `"key prefix"`).
+        what: &'static str,
+        /// The rejected name, shortened to at most 64 characters.
+        name: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// A Redis stream entry id that is not `<ms>` or `<ms>-<seq>` (or `$` where allowed).
+    #[error("invalid entry id {0:?}: expected <ms>-<seq>, e.g. 1700000000000-0")]
+    InvalidEntryId(String),
+    /// Options that do not fit together (e.g. a lease refreshed less often than it expires).
+    #[error("invalid options: {0}")]
+    InvalidOptions(String),
+    /// The worker was asked to serve an actor type its runtime does not have.
+    #[error("unknown actor type '{0}'")]
+    UnknownActor(String),
+    /// No stream with that id exists (it never did, or it expired).
+    #[error("no stream with id '{0}'")]
+    StreamNotFound(String),
+    /// Redis refused or failed a command, or could not be reached.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+impl Error {
+    /// The wire error code this failure stands for: `bad_input` for invalid names, ids and
+    /// options, `not_found` for unknown actors and streams, `upstream` for Redis failures.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::InvalidName { .. } | Self::InvalidEntryId(_) | Self::InvalidOptions(_) => {
+                ErrorCode::BadInput
+            }
+            Self::UnknownActor(_) | Self::StreamNotFound(_) => ErrorCode::NotFound,
+            Self::Redis(_) => ErrorCode::Upstream,
+        }
+    }
+
+    /// Whether the caller's input was at fault (the CLI exits 2 for these).
+    pub fn is_bad_input(&self) -> bool {
+        self.code() == ErrorCode::BadInput
+    }
+
+    pub(crate) fn invalid_name(what: &'static str, name: &str, reason: &'static str) -> Self {
+        let name = if name.chars().count() > 64 {
+            let mut short: String = name.chars().take(61).collect();
+            short.push_str("...");
+            short
+        } else {
+            name.to_owned()
+        };
+        Self::InvalidName { what, name, reason }
+    }
+}
+
+impl From<Error> for ActorError {
+    fn from(err: Error) -> Self {
+        let code = err.code();
+        let message = err.to_string();
+        ActorError::new(code, message).with_source(err)
+    }
+}

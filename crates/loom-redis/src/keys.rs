@@ -1,0 +1,171 @@
+//! [`Keys`]: the Redis key layout of DESIGN.md §3, and [`validate_name`], which every actor
+//! type name and run id passes before it becomes part of a key.
+//!
+//! With the default prefix `loom:` a run `<id>` of actor type `<type>` uses:
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `loom:stream:{<id>}` | stream | one entry per chunk (fields `type data seq …`) |
+//! | `loom:lease:{<id>}` | string | the worker's name, `PX` lease refreshed while the run lives |
+//! | `loom:cancel:{<id>}` | string | set when the run must stop (`cancelled`, `worker_lost`, `timeout`) |
+//! | `loom:queue:{<type>}` | stream | requests, read by the consumer group `loom-workers` |
+//! | `loom:cancel` | pub/sub channel | run ids whose cancel key was just set |
+//!
+//! The `{…}` are Redis Cluster hash tags: the stream, lease and cancel keys of one run hash to
+//! one slot, so the scripts that touch them together also work on a cluster.
+
+use crate::error::Error;
+
+/// The key prefix when none is configured.
+pub const DEFAULT_PREFIX: &str = "loom:";
+
+/// The consumer group every worker joins on each request queue.
+pub const GROUP: &str = "loom-workers";
+
+/// The longest accepted actor type name or id, in bytes: ids are 36-byte UUIDs, and a bound
+/// keeps hostile input from turning into huge keys.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Checks that `name` (an actor type name, run id or stream id) may become part of a key.
+///
+/// Rejected: the empty string, more than [`MAX_NAME_LEN`] bytes, whitespace, control
+/// characters, and `*` (a glob in `KEYS`/`SCAN`), `{` `}` (cluster hash tags) and `:` (the key
+/// separator). Returns [`Error::InvalidName`], whose [`code`](Error::code) is `bad_input`.
+///
+/// ```
+/// assert!(loom_redis::validate_name("chat-agent").is_ok());
+/// assert!(loom_redis::validate_name("a:b").is_err());
+/// ```
+pub fn validate_name(name: &str) -> Result<(), Error> {
+    check_name("name", name)
+}
+
+pub(crate) fn check_name(what: &'static str, name: &str) -> Result<(), Error> {
+    let reason = if name.is_empty() {
+        "must not be empty"
+    } else if name.len() > MAX_NAME_LEN {
+        "must be at most 128 bytes"
+    } else if name.chars().any(char::is_whitespace) {
+        "must not contain whitespace"
+    } else if name.chars().any(char::is_control) {
+        "must not contain control characters"
+    } else if name.contains(['*', '{', '}', ':']) {
+        "must not contain '*', '{', '}' or ':'"
+    } else {
+        return Ok(());
+    };
+    Err(Error::invalid_name(what, name, reason))
+}
+
+/// Builds the keys of the layout above under one prefix.
+///
+/// The methods take names that were already checked with [`validate_name`]; every public
+/// entry point of this crate checks them before calling these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Self {
+            prefix: DEFAULT_PREFIX.to_owned(),
+        }
+    }
+}
+
+impl Keys {
+    /// Keys under `prefix` (e.g. `"loom:"`, `"staging:loom:"`); the prefix may contain `:`
+    /// but no hash-tag braces, whitespace or control characters.
+    pub fn new(prefix: impl Into<String>) -> Result<Self, Error> {
+        let prefix = prefix.into();
+        if prefix.len() > MAX_NAME_LEN
+            || prefix
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '*' | '{' | '}'))
+        {
+            return Err(Error::invalid_name(
+                "key prefix",
+                &prefix,
+                "must be at most 128 bytes without whitespace, control characters, '*', '{' or '}'",
+            ));
+        }
+        Ok(Self { prefix })
+    }
+
+    /// The prefix, e.g. `loom:`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The chunk stream of run `run_id`: `loom:stream:{<id>}`.
+    pub fn stream(&self, run_id: &str) -> String {
+        format!("{}stream:{{{run_id}}}", self.prefix)
+    }
+
+    /// The lease of run `run_id`: `loom:lease:{<id>}`.
+    pub fn lease(&self, run_id: &str) -> String {
+        format!("{}lease:{{{run_id}}}", self.prefix)
+    }
+
+    /// The cancel flag of run `run_id`: `loom:cancel:{<id>}`.
+    pub fn cancel(&self, run_id: &str) -> String {
+        format!("{}cancel:{{{run_id}}}", self.prefix)
+    }
+
+    /// The request queue of actor type `actor_type`: `loom:queue:{<type>}`.
+    pub fn queue(&self, actor_type: &str) -> String {
+        format!("{}queue:{{{actor_type}}}", self.prefix)
+    }
+
+    /// The pub/sub channel on which cancelled run ids are published: `loom:cancel`.
+    pub fn cancel_channel(&self) -> String {
+        format!("{}cancel", self.prefix)
+    }
+
+    /// The consumer group of the request queues: `loom-workers`.
+    pub fn group(&self) -> &'static str {
+        GROUP
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_keeps_design_names_with_hash_tags() {
+        let keys = Keys::default();
+        assert_eq!(keys.stream("r1"), "loom:stream:{r1}");
+        assert_eq!(keys.lease("r1"), "loom:lease:{r1}");
+        assert_eq!(keys.cancel("r1"), "loom:cancel:{r1}");
+        assert_eq!(keys.queue("chat-agent"), "loom:queue:{chat-agent}");
+        assert_eq!(keys.cancel_channel(), "loom:cancel");
+        assert_eq!(
+            Keys::new("x:").map(|k| k.stream("a")).ok().as_deref(),
+            Some("x:stream:{a}")
+        );
+        assert!(Keys::new("bad{").is_err());
+    }
+
+    #[test]
+    fn hostile_names_are_rejected() {
+        for bad in [
+            "", "*", "a*", "{a}", "a}", "a:b", "a b", "a\tb", "a\nb", "a\u{7}b", "a\u{a0}b",
+        ] {
+            let err = validate_name(bad).expect_err(bad);
+            assert!(err.is_bad_input(), "{bad:?}");
+        }
+        assert!(validate_name(&"a".repeat(129)).is_err());
+        assert!(validate_name(&"a".repeat(128)).is_ok());
+        for good in [
+            "echo",
+            "chat-agent",
+            "team_demo",
+            "0b7c6f0e-8a1d-4c1e-9d55-3f1c2a7e9b10",
+            "é",
+        ] {
+            assert!(validate_name(good).is_ok(), "{good}");
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! # loom-redis: distributed streaming over Redis Streams
+//!
+//! When one process is not enough, Loom runs actors on workers and streams their chunks
+//! through Redis; the caller still reads one [`ChunkStream`](loom_core::ChunkStream).
+//!
+//! - [`Client`] connects to Redis (from a URL) and carries the timing every party agrees on
+//!   ([`ClientOptions`]: lease, visibility timeout, stream TTL). It also tails any stream
+//!   from any entry id ([`Client::tail`]) and cancels runs ([`Client::cancel`]).
+//! - [`RemoteInvoker`] implements [`loom_core::Invoker`]: it queues a request on
+//!   `loom:queue:{<type>}` and returns the run's stream; dropping it cancels the run on its
+//!   worker.
+//! - [`Worker`] serves the queues with a local [`loom_core::Runtime`]: it runs requests,
+//!   publishes their chunks with a [`Publisher`] (pipelined `XADD`s), keeps leases, re-runs
+//!   dead workers' requests and honours cancels.
+//! - The reader side is one multiplexed `XREAD` per process for all its streams; see
+//!   [`EntryStream`].
+//!
+//! Keys, entry fields and semantics follow DESIGN.md §3–§4 ([`Keys`] has the table).
+//!
+//! ```no_run
+//! use futures::StreamExt;
+//! use loom_core::{Extensions, Invoker, Registry, RunOptions, Runtime};
+//! use loom_redis::{Client, Worker, WorkerOptions};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = Client::connect("redis://127.0.0.1:6379").await?;
+//!
+//! // A worker (usually another process: `loom worker`).
+//! let runtime = Runtime::new(Registry::with_builtins(), Extensions::new());
+//! let worker = Worker::new(client.clone(), runtime, WorkerOptions::default());
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let worker = tokio::spawn(worker.run(async { let _ = stopped.await; }));
+//!
+//! // A caller.
+//! let input = serde_json::json!({ "count": 300, "batch_size": 100, "delay_ms": 0 });
+//! let mut chunks = client.invoker().invoke("batch", input, RunOptions::default()).await?;
+//! while let Some(chunk) = chunks.next().await {
+//!     println!("{}", chunk.to_json());
+//! }
+//! let _ = stop.send(());
+//! worker.await??;
+//! # Ok(()) }
+//! ```
+
+mod backoff;
+mod client;
+mod codec;
+mod error;
+mod keys;
+mod publisher;
+mod reader;
+mod remote;
+mod worker;
+
+pub use client::{Client, ClientOptions};
+pub use codec::EntryId;
+pub use error::Error;
+pub use keys::{validate_name, Keys, DEFAULT_PREFIX, GROUP, MAX_NAME_LEN};
+pub use publisher::{Publisher, MAX_PIPELINE, PUBLISH_BUFFER};
+pub use reader::{EntryStream, StreamEntry};
+pub use remote::{RemoteInvoker, Submitted};
+pub use worker::{Worker, WorkerOptions};

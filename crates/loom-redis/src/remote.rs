@@ -1,0 +1,224 @@
+//! [`RemoteInvoker`]: runs actors on workers, through Redis, behind the same
+//! [`Invoker`] seam the local runtime implements.
+//!
+//! `invoke` opens a reader on `loom:stream:{<run id>}` (from its start, so nothing can be
+//! missed), `XADD`s the request to `loom:queue:{<type>}`, and returns a [`ChunkStream`] of the
+//! worker's chunks with the worker's `seq` (no renumbering). Dropping that stream, or calling
+//! [`ChunkStream::cancel`], sets `loom:cancel:{<id>}` and publishes the id: the worker stops the
+//! actor and writes `error/cancelled`, which a stream that was only `cancel()`ed still yields.
+//! The worker enforces the deadline (`error/timeout`); the reader writes `error/timeout` itself
+//! if nothing terminal arrived by the deadline plus `deadline_grace`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use loom_core::{
+    new_run_id, ActorError, CancellationToken, ChunkStream, Invoker, RunOptions, DEFAULT_TIMEOUT,
+};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::client::{unix_ms, Client};
+use crate::codec::{EntryId, Request};
+use crate::error::Error;
+use crate::keys::check_name;
+use crate::reader::{self, EntryStream, Watch};
+
+/// Starts runs on remote workers (see the module docs).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), loom_core::ActorError> {
+/// use futures::StreamExt;
+/// use loom_core::{Invoker, RunOptions};
+///
+/// let client = loom_redis::Client::connect("redis://127.0.0.1:6379").await?;
+/// let invoker = client.invoker();
+/// let input = serde_json::json!({ "count": 300, "batch_size": 100 });
+/// let mut chunks = invoker.invoke("batch", input, RunOptions::default()).await?;
+/// while let Some(chunk) = chunks.next().await {
+///     println!("{}", chunk.to_json());
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct RemoteInvoker {
+    client: Client,
+    actors: Option<Arc<HashSet<String>>>,
+}
+
+/// A request placed in a queue by [`RemoteInvoker::submit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submitted {
+    /// The run id, which is also the stream id.
+    pub run_id: String,
+    /// The request's entry id in its queue.
+    pub entry_id: EntryId,
+}
+
+impl RemoteInvoker {
+    /// An invoker that sends requests through `client`.
+    pub fn new(client: Client) -> Self {
+        Self {
+            client,
+            actors: None,
+        }
+    }
+
+    /// Limits [`knows`](Invoker::knows) to these actor types. Without a list, every valid
+    /// name counts as known: whether a worker serves it is only known when one picks it up.
+    pub fn with_actors<I, S>(mut self, actors: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.actors = Some(Arc::new(actors.into_iter().map(Into::into).collect()));
+        self
+    }
+
+    /// The client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Queues a run of `actor_type` on `input` without reading it: a detached run, which goes
+    /// on whoever reads it, until it ends or [`Client::cancel`] stops it. Read it with
+    /// [`Client::tail`] or [`attach`](Self::attach).
+    pub async fn submit(
+        &self,
+        actor_type: &str,
+        input: Value,
+        options: &RunOptions,
+    ) -> Result<Submitted, Error> {
+        let request = self.request(actor_type, input, options)?;
+        self.enqueue(&request).await
+    }
+
+    /// Reads the run `run_id` after entry `from` (from its start when `None`), waiting for a
+    /// worker to pick it up if it is still queued, for at most the `pickup_timeout`. Unlike
+    /// [`Client::tail`], the stream need not exist yet. Dropping the result does not cancel.
+    pub async fn attach(&self, run_id: &str, from: Option<EntryId>) -> Result<EntryStream, Error> {
+        check_name("run id", run_id)?;
+        let options = self.client.options();
+        let watch = Watch::run(options, Instant::now() + DEFAULT_TIMEOUT);
+        reader::open(
+            self.client.clone(),
+            run_id.to_owned(),
+            from.unwrap_or(EntryId::ZERO),
+            watch,
+        )
+        .await
+    }
+
+    /// Starts a run and returns its chunks; like [`Invoker::invoke`] with this crate's error.
+    pub async fn start(
+        &self,
+        actor_type: &str,
+        input: Value,
+        options: RunOptions,
+    ) -> Result<ChunkStream, Error> {
+        let request = self.request(actor_type, input, &options)?;
+        let timeout = Duration::from_millis(request.timeout_ms);
+        let watch = Watch::run(self.client.options(), Instant::now() + timeout);
+        // Reading starts before the request exists, from the stream's start: nothing is missed.
+        let entries = reader::open(
+            self.client.clone(),
+            request.run_id.clone(),
+            EntryId::ZERO,
+            watch,
+        )
+        .await?;
+        self.enqueue(&request).await?;
+
+        let token = match &options.parent {
+            Some(parent) => parent.child_token(),
+            None => CancellationToken::new(),
+        };
+        let done = CancellationToken::new();
+        tokio::spawn(forward_cancel(
+            self.client.clone(),
+            request.run_id.clone(),
+            token.clone(),
+            done.clone(),
+        ));
+        let chunks = entries.map(move |entry| {
+            if entry.chunk.is_terminal() {
+                done.cancel();
+            }
+            entry.chunk
+        });
+        Ok(ChunkStream::new(request.run_id, Box::pin(chunks), token))
+    }
+
+    fn request(
+        &self,
+        actor_type: &str,
+        input: Value,
+        options: &RunOptions,
+    ) -> Result<Request, Error> {
+        check_name("actor type", actor_type)?;
+        let run_id = options.run_id.clone().unwrap_or_else(new_run_id);
+        check_name("run id", &run_id)?;
+        let timeout = options.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        let timeout_ms = timeout.as_millis().min(u128::from(u64::MAX / 2)) as u64;
+        Ok(Request {
+            run_id,
+            actor: actor_type.to_owned(),
+            input,
+            timeout_ms,
+            deadline_ms: unix_ms().saturating_add(timeout_ms),
+        })
+    }
+
+    async fn enqueue(&self, request: &Request) -> Result<Submitted, Error> {
+        let mut pipe = redis::pipe();
+        request.add_to(&mut pipe, &self.client.keys().queue(&request.actor));
+        let mut conn = self.client.conn();
+        let (id,): (String,) = pipe.query_async(&mut conn).await?;
+        Ok(Submitted {
+            run_id: request.run_id.clone(),
+            entry_id: id.parse()?,
+        })
+    }
+}
+
+/// Sends the cancel to the worker when the caller cancels (or drops) a stream that has not
+/// ended yet.
+async fn forward_cancel(
+    client: Client,
+    run_id: String,
+    token: CancellationToken,
+    done: CancellationToken,
+) {
+    tokio::select! {
+        biased;
+        _ = done.cancelled() => {}
+        _ = token.cancelled() => {
+            if let Err(e) = client.cancel(&run_id).await {
+                tracing::warn!(run_id, error = %e, "could not send the cancel");
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Invoker for RemoteInvoker {
+    async fn invoke(
+        &self,
+        actor_type: &str,
+        input: Value,
+        options: RunOptions,
+    ) -> Result<ChunkStream, ActorError> {
+        Ok(self.start(actor_type, input, options).await?)
+    }
+
+    fn knows(&self, actor_type: &str) -> bool {
+        check_name("actor type", actor_type).is_ok()
+            && self
+                .actors
+                .as_ref()
+                .is_none_or(|actors| actors.contains(actor_type))
+    }
+}

@@ -1,0 +1,229 @@
+//! Remote runs keep the stream contract: same chunks as a local run, replay from any entry id,
+//! several readers, the wire fields of DESIGN.md §3, TTL after the terminal, deadlines.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use loom_core::{ChunkType, ErrorCode, Invoker, RunOptions};
+use loom_redis::WorkerOptions;
+use serde_json::json;
+use support::*;
+
+#[tokio::test]
+async fn local_and_remote_runs_give_the_same_chunks() {
+    let server = RedisServer::start();
+    let client = client(&server, fast_options()).await;
+    let probe = Arc::new(Probe::default());
+    let runtime = runtime(&probe);
+    let worker = RunningWorker::spawn(&client, runtime.clone(), WorkerOptions::default());
+    let invoker = client.invoker();
+
+    let cases = [
+        (
+            "batch",
+            json!({ "count": 250, "batch_size": 50, "delay_ms": 0 }),
+        ),
+        ("echo", json!({ "hello": ["world", null, 1.5] })),
+        ("echo", json!(null)),
+        ("ticker", json!({ "count": 40, "delay_ms": 1 })),
+        ("batch", json!({ "batch_size": 0 })),
+        ("team-demo", json!({ "topic": "x" })),
+    ];
+    for (actor, input) in cases {
+        let run_id = loom_core::new_run_id();
+        let options = || RunOptions {
+            run_id: Some(run_id.clone()),
+            ..RunOptions::default()
+        };
+        let local = collect(30, runtime.run(actor, input.clone(), options()).unwrap()).await;
+        let remote = invoker
+            .invoke(actor, input.clone(), options())
+            .await
+            .unwrap();
+        assert_eq!(remote.run_id(), run_id);
+        let remote = collect(30, remote).await;
+        assert_contract(&remote);
+        if actor == "team-demo" {
+            // Members interleave by timing; the chunks are the same as a set.
+            let key = |c: &loom_core::StreamChunk| c.to_json();
+            let mut l: Vec<_> = local.iter().skip(1).map(key).collect();
+            let mut r: Vec<_> = remote.iter().skip(1).map(key).collect();
+            l.sort();
+            r.sort();
+            assert_eq!(l.len(), r.len());
+        } else {
+            assert_eq!(local, remote, "{actor} {input}");
+        }
+    }
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn entries_carry_design_fields_in_order_and_get_a_ttl_after_the_terminal() {
+    let server = RedisServer::start();
+    let mut options = fast_options();
+    options.stream_ttl = Duration::from_secs(777);
+    let client = client(&server, options).await;
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+
+    let chunks = client
+        .invoker()
+        .invoke("ticker", json!({ "count": 3 }), RunOptions::default())
+        .await
+        .unwrap();
+    let run_id = chunks.run_id().to_owned();
+    let chunks = collect(30, chunks).await;
+    assert_eq!(chunks.len(), 5);
+
+    let mut plain = server.plain();
+    let key = client.keys().stream(&run_id);
+    assert_eq!(
+        key,
+        format!("{}stream:{{{run_id}}}", client.keys().prefix())
+    );
+    let entries = entries(&mut plain, &key);
+    assert_eq!(entries.len(), 5);
+    let names = |i: usize| {
+        entries[i]
+            .1
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(0), ["type", "data", "seq"]);
+    assert_eq!(names(1), ["type", "data", "seq"]);
+    assert_eq!(entries[1].1[0].1, "data");
+    assert_eq!(entries[1].1[1].1, r#"{"token":"t0"}"#);
+    assert_eq!(entries[1].1[2].1, "1");
+    assert_eq!(entries[4].1[0].1, "complete");
+
+    let ttl: i64 = redis::cmd("TTL").arg(&key).query(&mut plain).unwrap();
+    assert!(ttl > 700 && ttl <= 777, "ttl {ttl}");
+    let lease: bool = redis::cmd("EXISTS")
+        .arg(client.keys().lease(&run_id))
+        .query(&mut plain)
+        .unwrap();
+    assert!(!lease, "the lease is deleted with the terminal chunk");
+    // The request was acknowledged and removed from its queue.
+    let queued: u64 = redis::cmd("XLEN")
+        .arg(client.keys().queue("ticker"))
+        .query(&mut plain)
+        .unwrap();
+    assert_eq!(queued, 0);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_stream_replays_from_any_entry_id_and_serves_two_readers() {
+    let server = RedisServer::start();
+    let client = client(&server, fast_options()).await;
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+
+    let invoker = client.invoker();
+    let submitted = invoker
+        .submit(
+            "ticker",
+            json!({ "count": 30, "delay_ms": 5 }),
+            &RunOptions::default(),
+        )
+        .await
+        .unwrap();
+    let run_id = submitted.run_id;
+    // Two readers at once while the run is live: one attached before the stream exists, one
+    // tailing once it does.
+    let first = invoker.attach(&run_id, None).await.unwrap();
+    let first = tokio::spawn(async move { within(30, first.collect::<Vec<_>>()).await });
+    within(10, async {
+        while client.tail(&run_id, None).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let second = collect(30, client.tail(&run_id, None).await.unwrap()).await;
+    let first: Vec<_> = first.await.unwrap();
+    assert_eq!(first.len(), 32);
+    assert_eq!(
+        first.iter().map(|e| e.chunk.clone()).collect::<Vec<_>>(),
+        second
+    );
+    assert_contract(&second);
+
+    // Replay after the 10th entry: exactly the rest, with their own ids.
+    let from = first[9].id.unwrap().to_string();
+    let rest: Vec<_> = within(
+        10,
+        client
+            .tail_entries(&run_id, Some(&from))
+            .await
+            .unwrap()
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    assert_eq!(rest, first[10..]);
+    // From the terminal entry, or `$` after the end: nothing, at once.
+    let last = first[31].id.unwrap().to_string();
+    assert!(collect(2, client.tail(&run_id, Some(&last)).await.unwrap())
+        .await
+        .is_empty());
+    assert!(collect(2, client.tail(&run_id, Some("$")).await.unwrap())
+        .await
+        .is_empty());
+    // From the start again, after it ended.
+    assert_eq!(
+        collect(10, client.tail(&run_id, Some("0")).await.unwrap()).await,
+        second
+    );
+
+    // Unknown stream and bad ids are typed errors.
+    let missing = client
+        .tail(&loom_core::new_run_id(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), ErrorCode::NotFound);
+    let bad = client.tail(&run_id, Some("12-x")).await.unwrap_err();
+    assert!(bad.is_bad_input());
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_remote_run_past_its_deadline_ends_with_timeout() {
+    let server = RedisServer::start();
+    let client = client(&server, fast_options()).await;
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+
+    let options = RunOptions {
+        timeout: Some(Duration::from_millis(300)),
+        ..RunOptions::default()
+    };
+    let chunks = client
+        .invoker()
+        .invoke(
+            "ticker",
+            json!({ "count": 1000, "delay_ms": 20 }),
+            options.clone(),
+        )
+        .await
+        .unwrap();
+    let chunks = collect(10, chunks).await;
+    assert_contract(&chunks);
+    let last = chunks.last().unwrap();
+    assert_eq!(last.kind, ChunkType::Error);
+    assert_eq!(last.error.as_ref().unwrap().code, ErrorCode::Timeout);
+    worker.stop().await;
+
+    // With no worker at all, the reader itself ends it at the deadline (plus grace).
+    let chunks = client
+        .invoker()
+        .invoke("ticker", json!({ "count": 1 }), options)
+        .await
+        .unwrap();
+    let chunks = collect(10, chunks).await;
+    assert_eq!(chunks.len(), 1);
+    assert_eq!(chunks[0].error.as_ref().unwrap().code, ErrorCode::Timeout);
+}

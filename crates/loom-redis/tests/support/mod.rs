@@ -1,0 +1,269 @@
+//! Shared test helpers: a real `redis-server` per test, fast timing, test actors, workers
+//! that can be stopped or killed, and collecting streams with a timeout.
+
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use loom_core::{
+    async_trait, parse_input, Actor, ActorContext, ActorStream, Extensions, Output, Registry,
+    Runtime, StreamChunk,
+};
+use loom_redis::{Client, ClientOptions, Worker, WorkerOptions};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A `redis-server` on a free loopback port, killed on drop; or the server named by
+/// `LOOM_TEST_REDIS_URL`, left alone.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    url: String,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        if let Ok(url) = std::env::var("LOOM_TEST_REDIS_URL") {
+            return Self {
+                child: None,
+                port: 0,
+                url,
+            };
+        }
+        let port = free_port();
+        let mut server = Self {
+            child: None,
+            port,
+            url: format!("redis://127.0.0.1:{port}/"),
+        };
+        server.spawn();
+        server
+    }
+
+    /// Whether this guard owns its server (and so may stop it).
+    pub fn is_own(&self) -> bool {
+        self.port != 0
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed to run these tests");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Kills the server (to test connection loss).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// A plain synchronous connection, as another program would use.
+    pub fn plain(&self) -> redis::Connection {
+        redis::Client::open(self.url.as_str())
+            .and_then(|c| c.get_connection())
+            .expect("connect to the test redis")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Short timings so crash and liveness tests take seconds, with a prefix of their own.
+pub fn fast_options() -> ClientOptions {
+    ClientOptions {
+        prefix: format!("t{}:", uuid::Uuid::new_v4().simple()),
+        lease_ttl: Duration::from_millis(800),
+        lease_refresh: Duration::from_millis(200),
+        visibility_timeout: Duration::from_millis(1500),
+        stream_ttl: Duration::from_secs(120),
+        pickup_timeout: Duration::from_secs(6),
+        deadline_grace: Duration::from_millis(500),
+        read_block: Duration::from_millis(500),
+    }
+}
+
+pub async fn client(server: &RedisServer, options: ClientOptions) -> Client {
+    within(10, Client::connect_with(server.url(), options))
+        .await
+        .expect("connect")
+}
+
+/// Records what the `ticker` actor saw.
+#[derive(Debug, Default)]
+pub struct Probe {
+    /// How many times a ticker run started.
+    pub starts: AtomicU32,
+    /// When a ticker saw its cancel.
+    pub cancelled_at: Mutex<Option<Instant>>,
+}
+
+/// `ticker`: yields `count` tokens `t0 t1 …`, one every `delay_ms`, then completes.
+#[derive(Debug, Clone)]
+pub struct Ticker {
+    pub probe: Arc<Probe>,
+}
+
+#[derive(Deserialize)]
+struct TickerInput {
+    count: u64,
+    #[serde(default)]
+    delay_ms: u64,
+}
+
+#[async_trait]
+impl Actor for Ticker {
+    fn name(&self) -> &str {
+        "ticker"
+    }
+
+    fn streams(&self) -> bool {
+        true
+    }
+
+    fn stream(self: Arc<Self>, input: Value, ctx: ActorContext) -> ActorStream {
+        Box::pin(async_stream::try_stream! {
+            let input: TickerInput = parse_input(input)?;
+            self.probe.starts.fetch_add(1, Ordering::SeqCst);
+            for i in 0..input.count {
+                if input.delay_ms > 0 {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(input.delay_ms)) => {}
+                        _ = ctx.cancelled() => {
+                            *self.probe.cancelled_at.lock().unwrap() = Some(Instant::now());
+                            // Stay stuck: only the runtime's cancel may end this run.
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                }
+                yield Output::token(format!("t{i}"));
+            }
+            yield Output::complete(json!({ "ticks": input.count }));
+        })
+    }
+}
+
+pub fn runtime(probe: &Arc<Probe>) -> Runtime {
+    let mut registry = Registry::with_builtins();
+    registry.register(Arc::new(Ticker {
+        probe: Arc::clone(probe),
+    }));
+    Runtime::new(registry, Extensions::new())
+}
+
+/// A worker running in a task: stop it gracefully, or kill it (abort, never acks).
+pub struct RunningWorker {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), loom_redis::Error>>,
+}
+
+impl RunningWorker {
+    pub fn spawn(client: &Client, runtime: Runtime, options: WorkerOptions) -> Self {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let worker = Worker::new(client.clone(), runtime, options);
+        let task = tokio::spawn(worker.run(async {
+            let _ = stopped.await;
+        }));
+        Self {
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        !self.task.is_finished()
+    }
+
+    /// Graceful shutdown; waits for it.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        within(30, &mut self.task)
+            .await
+            .expect("worker task")
+            .expect("worker run");
+    }
+
+    /// Dies like a killed process: no cleanup, no acks.
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// Awaits `fut` for at most `secs` seconds; a hang fails the test.
+pub async fn within<F: std::future::IntoFuture>(secs: u64, fut: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(secs), fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {secs} s"))
+}
+
+/// Every chunk of `stream` until it ends (at most `secs` seconds).
+pub async fn collect<S: Stream<Item = StreamChunk> + Unpin>(
+    secs: u64,
+    stream: S,
+) -> Vec<StreamChunk> {
+    within(secs, stream.collect::<Vec<_>>()).await
+}
+
+/// Asserts the stream contract: start first, gapless seq from the first, one terminal last.
+pub fn assert_contract(chunks: &[StreamChunk]) {
+    assert!(!chunks.is_empty(), "no chunks");
+    let first = chunks[0].seq;
+    for (i, chunk) in chunks.iter().enumerate() {
+        assert_eq!(chunk.seq, first + i as u64, "gap at {i}: {chunks:?}");
+        assert_eq!(
+            chunk.is_terminal(),
+            i == chunks.len() - 1,
+            "terminal placement: {chunks:?}"
+        );
+    }
+}
+
+/// The entries of a stream key, read with a plain client.
+pub fn entries(conn: &mut redis::Connection, key: &str) -> Vec<(String, Vec<(String, String)>)> {
+    let reply: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query(conn)
+        .expect("XRANGE");
+    reply
+}

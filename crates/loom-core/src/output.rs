@@ -91,6 +91,7 @@ impl Output {
     }
 
     /// Numbers the output, turning it into the chunk a consumer reads.
+    #[inline]
     pub fn into_chunk(self, seq: u64) -> StreamChunk {
         let mut chunk = match self.kind {
             OutputKind::Progress(p) => StreamChunk {

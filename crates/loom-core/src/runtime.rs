@@ -35,10 +35,12 @@ use crate::registry::Registry;
 /// enough that a stuck run does not live forever.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// How many outputs a busy actor may yield between two clock reads. A generator that never
-/// awaits never returns `Pending`, so the deadline timer alone could not stop it; reading
-/// the clock on every chunk would cost more than the rest of the hot path.
-const DEADLINE_CHECK_EVERY: u32 = 64;
+/// How many outputs an actor may yield back to back between two checks of its deadline and
+/// cancellation. A generator that never awaits never returns `Pending`, so the timer and the
+/// cancellation waker alone could not stop it; but reading the clock and the token's mutex on
+/// every chunk would cost more than the rest of the hot path. An actor that awaits is stopped
+/// at its next await instead.
+const CHECK_EVERY: u32 = 64;
 
 /// Knobs for one run.
 #[derive(Debug, Clone, Default)]
@@ -61,9 +63,16 @@ pub struct RunOptions {
 /// and keeps the stream readable, so the consumer still gets the terminal `error/cancelled`.
 pub struct ChunkStream {
     run_id: Arc<str>,
-    inner: BoxStream<'static, StreamChunk>,
+    inner: Source,
     cancel: CancellationToken,
     _cancel_on_drop: DropGuard,
+}
+
+/// Where a [`ChunkStream`]'s chunks come from. A local run is driven inline (no box, no
+/// dynamic call per chunk on the hot path); anything else is a boxed stream.
+enum Source {
+    Local(Drive),
+    Other(BoxStream<'static, StreamChunk>),
 }
 
 impl ChunkStream {
@@ -73,8 +82,12 @@ impl ChunkStream {
         inner: BoxStream<'static, StreamChunk>,
         cancel: CancellationToken,
     ) -> Self {
+        Self::with_source(run_id.into(), Source::Other(inner), cancel)
+    }
+
+    fn with_source(run_id: Arc<str>, inner: Source, cancel: CancellationToken) -> Self {
         Self {
-            run_id: run_id.into(),
+            run_id,
             inner,
             _cancel_on_drop: cancel.clone().drop_guard(),
             cancel,
@@ -101,7 +114,10 @@ impl Stream for ChunkStream {
     type Item = StreamChunk;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<StreamChunk>> {
-        self.inner.as_mut().poll_next(cx)
+        match &mut self.inner {
+            Source::Local(drive) => Pin::new(drive).poll_next(cx),
+            Source::Other(stream) => stream.as_mut().poll_next(cx),
+        }
     }
 }
 
@@ -222,9 +238,9 @@ pub fn run_actor(
         cancelled: None,
         deadline,
         sleep: None,
-        since_clock_read: 0,
+        since_check: 0,
     };
-    ChunkStream::new(run_id, Box::pin(drive), token)
+    ChunkStream::with_source(run_id, Source::Local(drive), token)
 }
 
 /// The state machine between an actor's stream and its consumer.
@@ -241,7 +257,8 @@ struct Drive {
     deadline: Instant,
     /// Created on the first `Pending`, like `cancelled`.
     sleep: Option<Pin<Box<Sleep>>>,
-    since_clock_read: u32,
+    /// Outputs since the last [`Drive::periodic_stop`] check.
+    since_check: u32,
 }
 
 impl Drive {
@@ -262,13 +279,20 @@ impl Drive {
         ActorError::new(ErrorCode::Timeout, "the run passed its deadline")
     }
 
-    fn is_past_deadline(&mut self) -> bool {
-        self.since_clock_read += 1;
-        if self.since_clock_read < DEADLINE_CHECK_EVERY {
-            return false;
+    /// The cheap, periodic check for an actor that keeps yielding without awaiting.
+    fn periodic_stop(&mut self) -> Option<ActorError> {
+        self.since_check += 1;
+        if self.since_check < CHECK_EVERY {
+            return None;
         }
-        self.since_clock_read = 0;
-        Instant::now() >= self.deadline
+        self.since_check = 0;
+        if self.token.is_cancelled() {
+            Some(ActorError::cancelled())
+        } else if Instant::now() >= self.deadline {
+            Some(self.timeout_error())
+        } else {
+            None
+        }
     }
 }
 
@@ -283,16 +307,13 @@ impl Stream for Drive {
         let Some(actor) = this.actor.as_mut() else {
             return Poll::Ready(None);
         };
-        if this.token.is_cancelled() {
-            return Poll::Ready(Some(this.finish(Err(ActorError::cancelled()))));
-        }
         let polled = catch_unwind(AssertUnwindSafe(|| actor.as_mut().poll_next(cx)));
         let outcome = match polled {
             Ok(Poll::Ready(Some(Ok(output)))) => {
                 if output.is_complete() {
                     Ok(output)
-                } else if this.is_past_deadline() {
-                    Err(this.timeout_error())
+                } else if let Some(err) = this.periodic_stop() {
+                    Err(err)
                 } else {
                     let chunk = output.into_chunk(this.seq);
                     this.seq += 1;

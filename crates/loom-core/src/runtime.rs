@@ -231,7 +231,7 @@ pub fn run_actor(
     start.attempt = options.attempt;
     let deadline = Instant::now() + options.timeout.unwrap_or(DEFAULT_TIMEOUT);
     let drive = Drive {
-        start: Some(start),
+        start: Some(Box::new(start)),
         actor: Some(actor.stream(input, ctx)),
         seq: options.first_seq + 1,
         token: token.clone(),
@@ -245,8 +245,9 @@ pub fn run_actor(
 
 /// The state machine between an actor's stream and its consumer.
 struct Drive {
-    /// The `start` chunk, until it is taken by the first poll.
-    start: Option<StreamChunk>,
+    /// The `start` chunk, until it is taken by the first poll (boxed: it is used once, and
+    /// keeping it inline would make every local `ChunkStream` three times larger).
+    start: Option<Box<StreamChunk>>,
     /// The actor's stream; `None` once the terminal chunk was written.
     actor: Option<ActorStream>,
     /// The `seq` of the next chunk.
@@ -302,7 +303,7 @@ impl Stream for Drive {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<StreamChunk>> {
         let this = self.get_mut();
         if let Some(start) = this.start.take() {
-            return Poll::Ready(Some(start));
+            return Poll::Ready(Some(*start));
         }
         let Some(actor) = this.actor.as_mut() else {
             return Poll::Ready(None);

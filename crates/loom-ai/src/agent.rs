@@ -1,0 +1,132 @@
+//! The `chat-agent` actor: an LLM's answer as a Loom stream.
+//!
+//! Input: `{"prompt": "…"}` or `{"messages": [{"role": "user", "content": "…"}, …]}` (both:
+//! the prompt follows the messages), with optional `model`, `system`, `temperature`,
+//! `max_tokens`. Output, after the runtime's `start`:
+//!
+//! ```json
+//! {"type":"data","seq":1,"data":{"token":"Once"}}
+//! {"type":"data","seq":2,"data":{"token":" upon"}}
+//! {"type":"data","seq":3,"data":{"tool_call":{"index":0,"id":"call_1","name":"f","arguments":"{\"a"}}}
+//! {"type":"complete","seq":9,"data":{"text":"Once upon…","finish_reason":"stop","usage":null}}
+//! ```
+//!
+//! `usage` is the upstream's figures, or `null` when it sent none — never zeros. The actor
+//! spawns nothing: the HTTP request lives inside its stream, so when the runtime drops the
+//! stream (cancel, deadline, consumer gone) the request is aborted with it.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use loom_core::{async_trait, parse_input, Actor, ActorContext, ActorError, ActorStream, Output};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::event::{Completion, TokenEvent};
+use crate::request::{CompletionRequest, Message};
+use crate::service::AiService;
+
+/// The actor's type name.
+pub const CHAT_AGENT: &str = "chat-agent";
+
+/// The `chat-agent` actor; see the [module docs](self).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChatAgent;
+
+#[derive(Deserialize)]
+struct Input {
+    prompt: Option<String>,
+    messages: Option<Vec<Message>>,
+    model: Option<String>,
+    system: Option<String>,
+    temperature: Option<f32>,
+    max_tokens: Option<u32>,
+}
+
+impl Input {
+    fn into_request(self) -> Result<CompletionRequest, ActorError> {
+        let mut messages = self.messages.unwrap_or_default();
+        if let Some(prompt) = self.prompt {
+            if prompt.trim().is_empty() {
+                return Err(ActorError::bad_input("\"prompt\" is empty"));
+            }
+            messages.push(Message::user(prompt));
+        }
+        if messages.is_empty() {
+            return Err(ActorError::bad_input(
+                "expected {\"prompt\": \"…\"} or a non-empty \"messages\" list",
+            ));
+        }
+        if self.max_tokens == Some(0) {
+            return Err(ActorError::bad_input("\"max_tokens\" must be at least 1"));
+        }
+        Ok(CompletionRequest {
+            messages,
+            system: self.system,
+            model: self.model,
+            temperature: self.temperature,
+            max_tokens: self.max_tokens,
+        })
+    }
+}
+
+/// The request `input` asks for, or `bad_input`.
+pub fn chat_request(input: Value) -> Result<CompletionRequest, ActorError> {
+    parse_input::<Input>(input)?.into_request()
+}
+
+#[async_trait]
+impl Actor for ChatAgent {
+    fn name(&self) -> &str {
+        CHAT_AGENT
+    }
+
+    fn description(&self) -> &str {
+        "streams an LLM's answer token by token (OpenAI-compatible server, or offline)"
+    }
+
+    fn streams(&self) -> bool {
+        true
+    }
+
+    fn stream(self: Arc<Self>, input: Value, ctx: ActorContext) -> ActorStream {
+        Box::pin(async_stream::try_stream! {
+            let request = chat_request(input)?;
+            let service = match ctx.get::<AiService>() {
+                Some(service) => service,
+                None => Arc::new(AiService::from_env()?),
+            };
+            // Also stop on the token, not only when the runtime drops us, so the request
+            // ends even where this stream is polled by something that checks it late.
+            let mut tokens = std::pin::pin!(service
+                .stream_completion(request)
+                .take_until(ctx.token().clone().cancelled_owned()));
+            let mut completion = Completion::default();
+            while let Some(event) = tokens.next().await {
+                match event? {
+                    TokenEvent::Text(text) => {
+                        completion.text.push_str(&text);
+                        yield Output::token(text);
+                    }
+                    TokenEvent::ToolCall(delta) => {
+                        yield Output::data(json!({ "tool_call": &delta }));
+                        completion.push(TokenEvent::ToolCall(delta));
+                    }
+                    other => completion.push(other),
+                }
+            }
+            if ctx.is_cancelled() {
+                Err(ActorError::cancelled())?;
+            }
+            let mut result = json!({
+                "text": completion.text,
+                "finish_reason": completion.finish_reason.as_ref().map(|r| r.as_str()),
+                "usage": completion.usage,
+            });
+            if !completion.tool_calls.is_empty() {
+                result["tool_calls"] = json!(completion.tool_calls);
+            }
+            yield Output::complete(result);
+        })
+    }
+}

@@ -1,0 +1,200 @@
+//! [`ChunkDecoder`]: turns the SSE events of a `chat/completions` stream into
+//! [`TokenEvent`]s.
+//!
+//! It reads only the fields it needs (`choices[].delta.content`, `.tool_calls`,
+//! `.finish_reason`, `usage`, `error`), borrowing strings from the event where it can, and
+//! tolerates what OpenAI-compatible servers differ on: unknown fields, missing `id`/`created`,
+//! `choices` absent or `null`, `usage` on every chunk (the last figures win), a
+//! `finish_reason` repeated on later chunks (the first wins), empty and role-only deltas.
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+
+use serde::Deserialize;
+
+use crate::error::AiError;
+use crate::event::{FinishReason, TokenEvent, ToolCallDelta, Usage};
+use crate::sse::SseEvent;
+
+/// How much of an undecodable event an error quotes.
+const QUOTE_BYTES: usize = 200;
+
+#[derive(Deserialize)]
+struct Chunk<'a> {
+    #[serde(default, borrow)]
+    choices: Option<Vec<Choice<'a>>>,
+    #[serde(default)]
+    usage: Option<Usage>,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+    /// vLLM's older in-stream error shape: `{"object":"error","message":…}`.
+    #[serde(default, borrow)]
+    object: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    message: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(default, borrow)]
+    delta: Option<Delta<'a>>,
+    #[serde(default, borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    tool_calls: Option<Vec<ToolCallWire<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallWire<'a> {
+    #[serde(default)]
+    index: u32,
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    function: Option<FunctionWire<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FunctionWire<'a> {
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+/// The state of one stream's decoding.
+#[derive(Debug, Default)]
+pub(crate) struct ChunkDecoder {
+    finished: bool,
+    done: bool,
+    usage: Option<Usage>,
+}
+
+impl ChunkDecoder {
+    /// Whether `data: [DONE]` arrived.
+    pub(crate) fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Decodes one event, appending the token events it carries to `out`.
+    pub(crate) fn decode(
+        &mut self,
+        event: &SseEvent<'_>,
+        out: &mut VecDeque<TokenEvent>,
+    ) -> Result<(), AiError> {
+        let data = event.data.trim_ascii();
+        if data == "[DONE]" {
+            self.done = true;
+            return Ok(());
+        }
+        if event.event == Some("error") {
+            return Err(AiError::Stream {
+                message: error_message(data),
+            });
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        let chunk: Chunk<'_> = serde_json::from_str(data).map_err(|e| AiError::Decode {
+            message: format!("{e} in event {:?}", quote(data)),
+        })?;
+        if let Some(error) = chunk.error.filter(|e| !e.is_null()) {
+            return Err(AiError::Stream {
+                message: value_message(&error),
+            });
+        }
+        if chunk.object.as_deref() == Some("error") {
+            return Err(AiError::Stream {
+                message: chunk
+                    .message
+                    .map(Cow::into_owned)
+                    .unwrap_or_else(|| quote(data).to_owned()),
+            });
+        }
+        for choice in chunk.choices.into_iter().flatten() {
+            if let Some(delta) = choice.delta {
+                if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
+                    out.push_back(TokenEvent::Text(text.into_owned()));
+                }
+                for call in delta.tool_calls.into_iter().flatten() {
+                    let (name, arguments) = match call.function {
+                        Some(f) => (f.name, f.arguments),
+                        None => (None, None),
+                    };
+                    out.push_back(TokenEvent::ToolCall(ToolCallDelta {
+                        index: call.index,
+                        id: call.id.map(Cow::into_owned),
+                        name: name.map(Cow::into_owned),
+                        arguments: arguments.map(Cow::into_owned).unwrap_or_default(),
+                    }));
+                }
+            }
+            if let Some(reason) = choice.finish_reason.filter(|r| !r.is_empty()) {
+                if !self.finished {
+                    self.finished = true;
+                    out.push_back(TokenEvent::Finish(FinishReason::parse(&reason)));
+                }
+            }
+        }
+        if let Some(usage) = chunk.usage {
+            self.usage = Some(usage);
+        }
+        Ok(())
+    }
+
+    /// Ends the stream: appends the usage, if the server sent any.
+    ///
+    /// A stream is complete when it sent `data: [DONE]`, or at least a `finish_reason`
+    /// (some servers close without `[DONE]`). Otherwise it was cut off, and the end is an
+    /// [`AiError::Interrupted`], after whatever tokens did arrive.
+    pub(crate) fn end(&mut self, out: &mut VecDeque<TokenEvent>) -> Result<(), AiError> {
+        if !self.done && !self.finished {
+            return Err(AiError::Interrupted {
+                message: "the server closed the stream before it was complete \
+                          (no finish_reason, no [DONE])"
+                    .to_owned(),
+            });
+        }
+        if let Some(usage) = self.usage.take() {
+            out.push_back(TokenEvent::Usage(usage));
+        }
+        Ok(())
+    }
+}
+
+/// The message of an error event's data: an OpenAI error object, a bare string, or the text.
+pub(crate) fn error_message(data: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(data) {
+        Ok(value) => value_message(value.get("error").unwrap_or(&value)),
+        Err(_) => quote(data).to_owned(),
+    }
+}
+
+/// The message in `{"message": …}`, a string, or the JSON text.
+fn value_message(value: &serde_json::Value) -> String {
+    if let Some(message) = value.get("message").and_then(|m| m.as_str()) {
+        return message.to_owned();
+    }
+    match value.as_str() {
+        Some(text) => text.to_owned(),
+        None => value.to_string(),
+    }
+}
+
+/// At most [`QUOTE_BYTES`] of `text`, cut at a character boundary.
+pub(crate) fn quote(text: &str) -> &str {
+    if text.len() <= QUOTE_BYTES {
+        return text;
+    }
+    let mut end = QUOTE_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}

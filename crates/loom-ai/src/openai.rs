@@ -1,0 +1,273 @@
+//! The client for OpenAI-compatible servers: sends `POST {base}/chat/completions` with
+//! `stream: true`, retries what failed before the first token, and turns the body into
+//! [`TokenEvent`]s through the [`SseParser`] and the [`ChunkDecoder`].
+//!
+//! There is no task and no channel between the socket and the caller: the caller's poll
+//! reads the body, so dropping the stream drops the response, which closes the connection
+//! at once (hyper cannot reuse a connection whose body was not read to the end).
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use serde::Serialize;
+
+use crate::config::{AiConfig, ApiKey, RetryPolicy};
+use crate::decode::{error_message, quote, ChunkDecoder};
+use crate::error::AiError;
+use crate::request::{CompletionRequest, Message};
+use crate::service::TokenStream;
+use crate::sse::{SseError, SseParser};
+
+/// A client for one OpenAI-compatible server; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct OpenAiClient {
+    http: reqwest::Client,
+    url: String,
+    api_key: Option<ApiKey>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    retry: RetryPolicy,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    model: &'a str,
+    messages: Vec<&'a Message>,
+    stream: bool,
+    stream_options: StreamOptions,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+impl OpenAiClient {
+    pub(crate) fn new(config: &AiConfig, base_url: &str) -> Result<Self, AiError> {
+        let base = base_url.trim_end_matches('/');
+        let url = format!("{base}/chat/completions");
+        reqwest::Url::parse(&url)
+            .map_err(|e| AiError::Config(format!("base URL {base_url:?}: {e}")))?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .read_timeout(config.idle_timeout)
+            .build()
+            .map_err(|e| AiError::Config(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Self {
+            http,
+            url,
+            api_key: config.api_key.clone(),
+            connect_timeout: config.connect_timeout,
+            idle_timeout: config.idle_timeout,
+            retry: config.retry.clone(),
+        })
+    }
+
+    /// Streams the answer to `request`; `model` is the default when it names none.
+    pub(crate) fn stream(&self, request: CompletionRequest, model: &str) -> TokenStream {
+        let client = self.clone();
+        let body = body(&request, model);
+        TokenStream::new(async_stream::try_stream! {
+            let mut response = client.open(body?).await?;
+            let mut parser = SseParser::new();
+            let mut decoder = ChunkDecoder::default();
+            let mut events = VecDeque::new();
+            'read: loop {
+                let bytes = match response.chunk().await {
+                    Ok(Some(bytes)) => bytes,
+                    Ok(None) => break,
+                    Err(e) => Err(client.body_error(&e))?,
+                };
+                parser.feed(&bytes)?;
+                while let Some(event) = parser.next_event() {
+                    decoder.decode(&event, &mut events)?;
+                    while let Some(token) = events.pop_front() {
+                        yield token;
+                    }
+                    if decoder.is_done() {
+                        break 'read;
+                    }
+                }
+            }
+            if !decoder.is_done() {
+                if let Some(event) = parser.finish() {
+                    decoder.decode(&event, &mut events)?;
+                }
+            }
+            decoder.end(&mut events)?;
+            while let Some(token) = events.pop_front() {
+                yield token;
+            }
+        })
+    }
+
+    /// Sends the request until it gets a success status, retrying 429, 5xx and connection
+    /// failures with capped exponential backoff. Nothing has been yielded yet when this
+    /// runs, so a retry can never repeat a token.
+    async fn open(&self, body: Bytes) -> Result<reqwest::Response, AiError> {
+        let mut retry = 0;
+        loop {
+            match self.send(body.clone()).await {
+                Ok(response) => return Ok(response),
+                Err(err) if err.is_retryable() && retry < self.retry.max_retries => {
+                    let delay = self.retry.delay(retry, err.retry_after());
+                    tracing::warn!(
+                        retry = retry + 1,
+                        ?delay,
+                        "AI request failed, retrying: {err}"
+                    );
+                    tokio::time::sleep(delay).await;
+                    retry += 1;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    async fn send(&self, body: Bytes) -> Result<reqwest::Response, AiError> {
+        let mut request = self
+            .http
+            .post(&self.url)
+            .header(CONTENT_TYPE, "application/json")
+            .header(ACCEPT, "text/event-stream")
+            .body(body);
+        if let Some(key) = &self.api_key {
+            let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
+                .map_err(|_| AiError::Config("the API key is not a valid header value".into()))?;
+            value.set_sensitive(true);
+            request = request.header(AUTHORIZATION, value);
+        }
+        // The connect timeout is reqwest's; this bounds the wait for the response headers.
+        let response =
+            tokio::time::timeout(self.connect_timeout + self.idle_timeout, request.send())
+                .await
+                .map_err(|_| AiError::Timeout {
+                    phase: "idle",
+                    after: self.idle_timeout,
+                })?
+                .map_err(|e| self.send_error(&e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let retry_after = retry_after(response.headers());
+        let text = tokio::time::timeout(self.idle_timeout, response.text())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        let message = if text.trim().is_empty() {
+            status.canonical_reason().unwrap_or("no message").to_owned()
+        } else {
+            error_message(&text)
+        };
+        Err(AiError::Status {
+            status: status.as_u16(),
+            message: self.scrub(message),
+            retry_after,
+        })
+    }
+
+    fn send_error(&self, err: &reqwest::Error) -> AiError {
+        if err.is_timeout() {
+            AiError::Timeout {
+                phase: if err.is_connect() { "connect" } else { "idle" },
+                after: if err.is_connect() {
+                    self.connect_timeout
+                } else {
+                    self.idle_timeout
+                },
+            }
+        } else {
+            AiError::Connect {
+                message: self.scrub(chain(err)),
+            }
+        }
+    }
+
+    fn body_error(&self, err: &reqwest::Error) -> AiError {
+        if err.is_timeout() {
+            AiError::Timeout {
+                phase: "idle",
+                after: self.idle_timeout,
+            }
+        } else {
+            AiError::Interrupted {
+                message: self.scrub(chain(err)),
+            }
+        }
+    }
+
+    /// Removes the API key from text that came from outside (a server may echo it).
+    fn scrub(&self, text: String) -> String {
+        match &self.api_key {
+            Some(key) if !key.expose().is_empty() && text.contains(key.expose()) => {
+                text.replace(key.expose(), "***")
+            }
+            _ => text,
+        }
+    }
+}
+
+/// The JSON body of a streaming `chat/completions` request.
+fn body(request: &CompletionRequest, default_model: &str) -> Result<Bytes, AiError> {
+    if request.messages.is_empty() {
+        return Err(AiError::BadRequest("no messages to complete".into()));
+    }
+    let model = request.model.as_deref().unwrap_or(default_model);
+    if model.trim().is_empty() {
+        return Err(AiError::BadRequest("no model named".into()));
+    }
+    let system = request.system.as_ref().map(|s| Message::system(s.clone()));
+    let body = Body {
+        model,
+        messages: system.iter().chain(&request.messages).collect(),
+        stream: true,
+        stream_options: StreamOptions {
+            include_usage: true,
+        },
+        temperature: request.temperature,
+        max_tokens: request.max_tokens,
+    };
+    serde_json::to_vec(&body)
+        .map(Bytes::from)
+        .map_err(|e| AiError::BadRequest(e.to_string()))
+}
+
+/// `Retry-After` in seconds (or OpenAI's `retry-after-ms`); an HTTP date is not honoured
+/// and falls back to the backoff.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(ms) = header("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
+        return Duration::try_from_secs_f64(ms / 1000.0).ok();
+    }
+    header("retry-after")
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+}
+
+/// An error and its causes, joined: reqwest's own message rarely says what happened.
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    quote(&text).to_owned()
+}
+
+impl From<SseError> for AiError {
+    fn from(err: SseError) -> Self {
+        AiError::Decode {
+            message: err.to_string(),
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Cancellation: dropping a token stream, or cancelling a `chat-agent` run, hangs up on the
+//! server at once — the fake server sees the disconnect.
+
+mod support;
+
+use futures::StreamExt;
+use loom_ai::{CompletionRequest, TokenEvent};
+use loom_core::{ChunkType, ErrorCode, Extensions, Registry, RunOptions, Runtime};
+use serde_json::json;
+use support::wire::{self, frame};
+use support::{within, FakeServer, Reply};
+
+fn endless_reply() -> Reply {
+    Reply::hold_open(vec![
+        frame(&wire::role_chunk()),
+        frame(&wire::text_chunk("one")),
+        frame(&wire::text_chunk(" two")),
+    ])
+}
+
+#[tokio::test]
+async fn dropping_the_token_stream_aborts_the_http_request() {
+    let server = FakeServer::start(vec![endless_reply()]).await;
+    let mut stream = server
+        .service()
+        .stream_completion(CompletionRequest::prompt("x"));
+    let first = within(stream.next()).await;
+    assert!(matches!(first, Some(Ok(TokenEvent::Text(ref t))) if t == "one"));
+    assert_eq!(server.hang_ups(), 0);
+    drop(stream);
+    within(server.hung_up()).await;
+    assert_eq!(server.hang_ups(), 1);
+}
+
+#[tokio::test]
+async fn cancelling_a_chat_agent_run_aborts_the_http_request() {
+    let server = FakeServer::start(vec![endless_reply()]).await;
+    let mut extensions = Extensions::new();
+    extensions.insert(server.service());
+    let mut registry = Registry::new();
+    loom_ai::register(&mut registry);
+    let runtime = Runtime::new(registry, extensions);
+    let mut chunks = runtime
+        .run("chat-agent", json!({"prompt": "go"}), RunOptions::default())
+        .expect("run");
+    assert_eq!(
+        within(chunks.next()).await.expect("start").kind,
+        ChunkType::Start
+    );
+    let token = within(chunks.next()).await.expect("token");
+    assert_eq!(token.token(), Some("one"));
+    chunks.cancel();
+    // The run keeps its contract: tokens may still come, then exactly one error/cancelled.
+    let mut last = None;
+    while let Some(chunk) = within(chunks.next()).await {
+        last = Some(chunk);
+    }
+    let last = last.expect("a terminal chunk");
+    assert_eq!(last.kind, ChunkType::Error);
+    assert_eq!(last.error.expect("error").code, ErrorCode::Cancelled);
+    within(server.hung_up()).await;
+    assert_eq!(server.hang_ups(), 1);
+}
+
+#[tokio::test]
+async fn dropping_a_chat_agent_run_aborts_the_http_request() {
+    let server = FakeServer::start(vec![endless_reply()]).await;
+    let mut extensions = Extensions::new();
+    extensions.insert(server.service());
+    let mut registry = Registry::new();
+    loom_ai::register(&mut registry);
+    let runtime = Runtime::new(registry, extensions);
+    let mut chunks = runtime
+        .run("chat-agent", json!({"prompt": "go"}), RunOptions::default())
+        .expect("run");
+    within(chunks.next()).await.expect("start");
+    within(chunks.next()).await.expect("token");
+    drop(chunks);
+    within(server.hung_up()).await;
+}

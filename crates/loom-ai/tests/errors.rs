@@ -1,0 +1,247 @@
+//! Errors: HTTP statuses with the server's message, retries before the first token only,
+//! timeouts, and the API key kept out of errors and `Debug`.
+
+mod support;
+
+use std::time::Duration;
+
+use loom_ai::{AiConfig, AiError, AiService, CompletionRequest, RetryPolicy};
+use loom_core::{ActorError, ErrorCode};
+use support::wire::{self, frame};
+use support::{drain, FakeServer, Reply};
+
+const KEY: &str = "sk-proj-SECRET-9f8e7d6c5b4a";
+
+async fn first_error(ai: &AiService) -> AiError {
+    let (_, _, error) = drain(ai.stream_completion(CompletionRequest::prompt("x"))).await;
+    error.expect("an error")
+}
+
+#[tokio::test]
+async fn a_4xx_is_surfaced_with_its_status_and_the_servers_message_and_not_retried() {
+    let server = FakeServer::start(vec![Reply::error(
+        404,
+        "The model `gpt-9` does not exist or you do not have access to it.",
+    )])
+    .await;
+    let error = first_error(&server.service()).await;
+    assert_eq!(error.status(), Some(404));
+    assert!(error.to_string().contains("404"), "{error}");
+    assert!(error
+        .to_string()
+        .contains("The model `gpt-9` does not exist"));
+    assert_eq!(error.code(), ErrorCode::BadInput);
+    assert_eq!(server.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn a_401_is_an_upstream_error() {
+    let server = FakeServer::start(vec![Reply::error(401, "Invalid authentication")]).await;
+    let error = first_error(&server.service()).await;
+    assert_eq!(error.status(), Some(401));
+    assert_eq!(error.code(), ErrorCode::Upstream);
+    assert!(!error.is_retryable());
+}
+
+#[tokio::test]
+async fn a_status_with_a_plain_body_quotes_the_body() {
+    let server = FakeServer::start(vec![Reply::Status {
+        status: 400,
+        body: "bad things".into(),
+        headers: Vec::new(),
+    }])
+    .await;
+    let error = first_error(&server.service()).await;
+    assert!(error.to_string().contains("bad things"), "{error}");
+}
+
+#[tokio::test]
+async fn a_429_is_retried_after_the_servers_retry_after() {
+    let ok = Reply::sse(wire::openai_stream(&["fine"], None));
+    let limited = Reply::error(429, "Rate limit reached").with_header("retry-after", "0.15");
+    let server = FakeServer::start(vec![limited, ok]).await;
+    let (text, _, error) = drain(
+        server
+            .service()
+            .stream_completion(CompletionRequest::prompt("x")),
+    )
+    .await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(text, "fine");
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2);
+    // The fake server's policy backs off 10 ms; 150 ms apart means Retry-After won.
+    let gap = requests[1].at - requests[0].at;
+    assert!(gap >= Duration::from_millis(145), "retried after {gap:?}");
+}
+
+#[tokio::test]
+async fn retry_after_is_capped_by_the_policy() {
+    let ok = Reply::sse(wire::openai_stream(&["fine"], None));
+    let limited = Reply::error(429, "slow down").with_header("retry-after", "3600");
+    let server = FakeServer::start(vec![limited, ok]).await;
+    // max_backoff is 200 ms in the fake server's config, so this does not wait an hour.
+    let (text, _, error) = drain(
+        server
+            .service()
+            .stream_completion(CompletionRequest::prompt("x")),
+    )
+    .await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(text, "fine");
+}
+
+#[tokio::test]
+async fn a_5xx_is_retried_with_backoff_then_given_up() {
+    let server = FakeServer::start(vec![Reply::error(503, "overloaded")]).await;
+    let ai = AiService::new(server.config().with_retry(RetryPolicy {
+        max_retries: 2,
+        initial_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_secs(1),
+    }))
+    .expect("ai");
+    let error = first_error(&ai).await;
+    assert_eq!(error.status(), Some(503));
+    assert!(error.to_string().contains("overloaded"));
+    let requests = server.requests();
+    assert_eq!(requests.len(), 3, "one try and two retries");
+    let first_gap = requests[1].at - requests[0].at;
+    let second_gap = requests[2].at - requests[1].at;
+    assert!(first_gap >= Duration::from_millis(50), "{first_gap:?}");
+    assert!(
+        second_gap >= Duration::from_millis(100),
+        "doubled: {second_gap:?}"
+    );
+}
+
+#[test]
+fn backoff_doubles_and_is_capped() {
+    let policy = RetryPolicy {
+        max_retries: 10,
+        initial_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(1),
+    };
+    assert_eq!(policy.delay(0, None), Duration::from_millis(100));
+    assert_eq!(policy.delay(2, None), Duration::from_millis(400));
+    assert_eq!(policy.delay(9, None), Duration::from_secs(1));
+    assert_eq!(
+        policy.delay(0, Some(Duration::from_secs(5))),
+        Duration::from_secs(1)
+    );
+}
+
+#[tokio::test]
+async fn a_stream_that_breaks_after_tokens_is_not_retried_and_keeps_its_tokens() {
+    let broken = Reply::sse(
+        [
+            frame(&wire::role_chunk()),
+            frame(&wire::text_chunk("half")),
+            frame(&wire::text_chunk(" a")),
+        ]
+        .concat(),
+    );
+    let server =
+        FakeServer::start(vec![broken, Reply::sse(wire::openai_stream(&["x"], None))]).await;
+    let (text, _, error) = drain(
+        server
+            .service()
+            .stream_completion(CompletionRequest::prompt("x")),
+    )
+    .await;
+    assert_eq!(text, "half a");
+    let error = error.expect("an error");
+    assert_eq!(error.code(), ErrorCode::Upstream);
+    assert_eq!(server.requests().len(), 1, "no retry after the first token");
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_a_connect_error() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let config =
+        AiConfig::openai_compatible(format!("http://{addr}/v1")).with_retry(RetryPolicy::none());
+    let error = first_error(&AiService::new(config).expect("ai")).await;
+    assert!(matches!(error, AiError::Connect { .. }), "{error:?}");
+    assert_eq!(error.code(), ErrorCode::Upstream);
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_hits_the_idle_timeout() {
+    let server = FakeServer::start(vec![Reply::Silence]).await;
+    let ai = AiService::new(
+        server
+            .config()
+            .with_retry(RetryPolicy::none())
+            .with_connect_timeout(Duration::from_millis(100))
+            .with_idle_timeout(Duration::from_millis(200)),
+    )
+    .expect("ai");
+    let error = first_error(&ai).await;
+    assert!(matches!(error, AiError::Timeout { .. }), "{error:?}");
+    assert_eq!(error.code(), ErrorCode::Timeout);
+}
+
+#[tokio::test]
+async fn a_stream_that_stalls_mid_way_hits_the_idle_timeout_after_its_tokens() {
+    let stalled = Reply::Sse {
+        pieces: vec![
+            frame(&wire::text_chunk("slow")),
+            frame(&wire::text_chunk("er")),
+        ],
+        pause: Duration::from_secs(30),
+        hold_open: false,
+    };
+    let server = FakeServer::start(vec![stalled]).await;
+    let ai = AiService::new(
+        server
+            .config()
+            .with_idle_timeout(Duration::from_millis(200)),
+    )
+    .expect("ai");
+    let (text, _, error) = drain(ai.stream_completion(CompletionRequest::prompt("x"))).await;
+    assert_eq!(text, "slow");
+    let error = error.expect("an error");
+    assert_eq!(error.code(), ErrorCode::Timeout, "{error:?}");
+}
+
+#[tokio::test]
+async fn the_api_key_is_in_no_debug_output_and_no_error() {
+    // A server that echoes the key back in its error message.
+    let server = FakeServer::start(vec![Reply::error(
+        401,
+        &format!("Incorrect API key provided: {KEY}."),
+    )])
+    .await;
+    let config = server.config().with_api_key(KEY);
+    assert!(!format!("{config:?}").contains(KEY));
+    assert!(!format!("{:?}", config.api_key).contains(KEY));
+    let ai = AiService::new(config).expect("ai");
+    assert!(!format!("{ai:?}").contains(KEY));
+    let error = first_error(&ai).await;
+    assert_eq!(
+        server.requests()[0].authorization.as_deref(),
+        Some(format!("Bearer {KEY}").as_str()),
+        "the key is sent"
+    );
+    assert!(!error.to_string().contains(KEY), "{error}");
+    assert!(!format!("{error:?}").contains(KEY));
+    let actor_error = ActorError::from(error);
+    assert!(!format!("{actor_error:?}").contains(KEY));
+    assert!(actor_error
+        .message
+        .contains("Incorrect API key provided: ***"));
+}
+
+#[test]
+fn ai_errors_map_to_actor_errors_with_their_code() {
+    let error = AiError::Status {
+        status: 500,
+        message: "boom".into(),
+        retry_after: None,
+    };
+    let actor_error = ActorError::from(error);
+    assert_eq!(actor_error.code, ErrorCode::Upstream);
+    assert!(actor_error.retryable);
+    assert!(actor_error.message.contains("boom"));
+}

@@ -41,8 +41,8 @@ pub struct Workflow {
     pub actions: Vec<Action>,
     /// The file (or source name) the definition came from, for messages.
     pub source: String,
-    /// The line each action's name is on, for messages.
-    lines: HashMap<String, usize>,
+    /// The lines each action name is on (more than one when names clash), for messages.
+    lines: HashMap<String, Vec<usize>>,
 }
 
 /// One entry of a workflow's `actions`.
@@ -125,9 +125,11 @@ impl Workflow {
     }
 
     fn error(&self, action: Option<&str>, problem: Problem) -> WorkflowError {
+        // A duplicate is reported where the name comes the second time.
+        let occurrence = usize::from(problem == Problem::DuplicateName);
         WorkflowError::Definition {
             file: self.source.clone(),
-            line: action.and_then(|a| self.lines.get(a).copied()),
+            line: action.and_then(|a| self.lines.get(a)?.get(occurrence).copied()),
             action: action.map(str::to_owned),
             problem: Box::new(problem),
         }
@@ -162,7 +164,7 @@ struct RawAction {
     name: String,
     #[serde(rename = "type", default)]
     kind: Option<RawType>,
-    #[serde(rename = "actorType", alias = "actor_type", default)]
+    #[serde(rename = "actorType", default)]
     actor_type: Option<String>,
     #[serde(default)]
     input: Option<Value>,
@@ -174,7 +176,7 @@ struct RawAction {
     retries: Option<u32>,
     #[serde(default)]
     backoff: Option<Value>,
-    #[serde(alias = "continueOnError", default)]
+    #[serde(default)]
     continue_on_error: Option<bool>,
     #[serde(default)]
     actions: Option<Vec<RawAction>>,
@@ -462,7 +464,7 @@ fn action_at(text: &str, format: Format, path: &str) -> Option<String> {
 /// The line of each action's `name:`, found by scanning the text, so that messages about an
 /// action can point at it. The least indented `name:` holding the workflow's own name is the
 /// workflow's and is skipped.
-fn action_lines(text: &str, raw: &RawWorkflow) -> HashMap<String, usize> {
+fn action_lines(text: &str, raw: &RawWorkflow) -> HashMap<String, Vec<usize>> {
     let mut found: Vec<(usize, usize, &str)> = Vec::new();
     for (index, line) in text.lines().enumerate() {
         let indent = line.len() - line.trim_start().len();
@@ -487,10 +489,10 @@ fn action_lines(text: &str, raw: &RawWorkflow) -> HashMap<String, usize> {
         .filter(|(_, _, value)| *value == raw.name)
         .min_by_key(|(line, indent, _)| (*indent, *line))
         .map(|(line, _, _)| *line);
-    let mut lines = HashMap::new();
+    let mut lines: HashMap<String, Vec<usize>> = HashMap::new();
     for (line, _, value) in found {
         if Some(line) != workflow_line {
-            lines.entry(value.to_owned()).or_insert(line);
+            lines.entry(value.to_owned()).or_default().push(line);
         }
     }
     lines

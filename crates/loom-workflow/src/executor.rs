@@ -207,6 +207,13 @@ fn run_workflow(
             let mut merged = futures::stream::select_all(running);
             let mut results = Map::new();
             while let Some(event) = merged.next().await {
+                if ctx.is_cancelled() {
+                    // The workflow itself was cancelled: its steps fail with `cancelled` as a
+                    // consequence, which is neither their failure nor worth a marker.
+                    drop(merged);
+                    Err(ActorError::cancelled())?;
+                    return;
+                }
                 match event {
                     StepEvent::Output(output) => yield output,
                     StepEvent::Done { name, outcome: Ok(value), .. } => {

@@ -70,7 +70,10 @@ async fn cancel_ends_the_stream_with_cancelled_and_stops_the_steps() {
     chunks.cancel();
     log.extend(until_terminal(&mut chunks).await);
     assert_contract(&log);
-    assert_eq!(error_code(terminal(&log)), Some(ErrorCode::Cancelled));
+    let error = terminal(&log).error.as_ref().expect("an error");
+    assert_eq!(error.code, ErrorCode::Cancelled);
+    assert_eq!(error.message, "cancelled by client", "not blamed on a step");
+    assert!(!log.iter().any(|c| c.event == Some(Event::ActionFailed)));
     l.wait_dropped().await;
     r.wait_dropped().await;
 }

@@ -136,7 +136,7 @@ fn duplicate_names_are_rejected_also_across_groups() {
     let err = reject(
         "name: w\nactions:\n  - name: a\n    actorType: echo\n  - name: a\n    actorType: echo\n",
     );
-    assert_message(&err, Some(3), "a", "duplicate action name");
+    assert_message(&err, Some(5), "a", "duplicate action name");
     let err = reject(
         "name: w\nactions:\n  - name: a\n    actorType: echo\n  - name: g\n    type: parallel\n    actions:\n      - { name: a, actorType: echo }\n",
     );

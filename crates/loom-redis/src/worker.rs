@@ -290,6 +290,8 @@ impl Fetcher {
             Err(e) => {
                 tracing::warn!(worker = %self.shared.name, error = %e, "cannot take requests; retrying");
                 self.conn = None;
+                // Redis may have restarted empty: create the groups again (idempotent).
+                self.groups_ready = false;
                 tokio::select! {
                     _ = self.backoff.wait() => (Vec::new(), false),
                     _ = shutdown => (Vec::new(), true),

@@ -1,0 +1,118 @@
+//! Cancel crosses Redis: dropping a remote stream or calling `cancel()` stops the actor on
+//! its worker, which writes `error/cancelled`.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use loom_core::{ChunkType, ErrorCode, Invoker, RunOptions};
+use loom_redis::WorkerOptions;
+use serde_json::json;
+use support::*;
+
+/// Reads chunks until `n` tokens arrived.
+async fn read_tokens(chunks: &mut loom_core::ChunkStream, n: usize) {
+    let mut tokens = 0;
+    while tokens < n {
+        let chunk = within(10, chunks.next()).await.expect("stream ended early");
+        if chunk.token().is_some() {
+            tokens += 1;
+        }
+    }
+}
+
+#[tokio::test]
+async fn cancel_stops_the_actor_on_the_worker_and_the_stream_ends_cancelled() {
+    let server = RedisServer::start();
+    let client = client(&server, fast_options()).await;
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+
+    let mut chunks = client
+        .invoker()
+        .invoke(
+            "ticker",
+            json!({ "count": 100000, "delay_ms": 10 }),
+            RunOptions::default(),
+        )
+        .await
+        .unwrap();
+    read_tokens(&mut chunks, 3).await;
+    let asked = Instant::now();
+    chunks.cancel();
+    let rest = collect(10, chunks).await;
+    let last = rest.last().unwrap();
+    assert_eq!(last.kind, ChunkType::Error);
+    assert_eq!(last.error.as_ref().unwrap().code, ErrorCode::Cancelled);
+    let seen = probe
+        .cancelled_at
+        .lock()
+        .unwrap()
+        .expect("the actor saw the cancel");
+    let delay = seen.duration_since(asked);
+    eprintln!("cancel reached the actor after {delay:?}");
+    // The target is 100 ms; this bound only catches a cancel that did not travel by pub/sub.
+    assert!(delay < Duration::from_secs(1), "{delay:?}");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn dropping_the_stream_cancels_the_run() {
+    let server = RedisServer::start();
+    let client = client(&server, fast_options()).await;
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+
+    let mut chunks = client
+        .invoker()
+        .invoke(
+            "ticker",
+            json!({ "count": 100000, "delay_ms": 10 }),
+            RunOptions::default(),
+        )
+        .await
+        .unwrap();
+    let run_id = chunks.run_id().to_owned();
+    read_tokens(&mut chunks, 2).await;
+    drop(chunks);
+
+    // Another reader sees the worker's terminal `error/cancelled`.
+    let rest = collect(10, client.tail(&run_id, None).await.unwrap()).await;
+    assert_contract(&rest);
+    let last = rest.last().unwrap();
+    assert_eq!(last.error.as_ref().unwrap().code, ErrorCode::Cancelled);
+    assert!(probe.cancelled_at.lock().unwrap().is_some());
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_run_cancelled_before_a_worker_takes_it_never_starts_its_actor() {
+    let server = RedisServer::start();
+    let client = client(&server, fast_options()).await;
+    let probe = Arc::new(Probe::default());
+
+    let invoker = client.invoker();
+    let submitted = invoker
+        .submit("ticker", json!({ "count": 5 }), &RunOptions::default())
+        .await
+        .unwrap();
+    client.cancel(&submitted.run_id).await.unwrap();
+    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+    let chunks: Vec<_> = within(
+        10,
+        invoker
+            .attach(&submitted.run_id, None)
+            .await
+            .unwrap()
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let chunks: Vec<_> = chunks.into_iter().map(|e| e.chunk).collect();
+    assert_contract(&chunks);
+    assert_eq!(chunks.len(), 2);
+    assert_eq!(chunks[1].error.as_ref().unwrap().code, ErrorCode::Cancelled);
+    assert_eq!(probe.starts.load(std::sync::atomic::Ordering::SeqCst), 0);
+    worker.stop().await;
+}

@@ -1,0 +1,163 @@
+//! Bad input never reaches Redis as a key, and entries Loom cannot read end a stream with an
+//! error naming the entry — never a panic, never a skip.
+
+mod support;
+
+use std::sync::Arc;
+
+use loom_core::{ChunkType, ErrorCode, Invoker, RunOptions};
+use loom_redis::{Publisher, Worker, WorkerOptions};
+use serde_json::json;
+use support::*;
+
+const HOSTILE: &[&str] = &["", "*", "a*", "{x}", "a}b", "a:b", "a b", "a\nb", "a\u{1}b"];
+
+#[tokio::test]
+async fn hostile_names_are_rejected_before_they_become_keys() {
+    let server = RedisServer::start();
+    let client = client(&server, fast_options()).await;
+    let invoker = client.invoker();
+    let long = "x".repeat(129);
+    for name in HOSTILE.iter().copied().chain([long.as_str()]) {
+        let err = invoker
+            .start(name, json!({}), RunOptions::default())
+            .await
+            .unwrap_err();
+        assert!(err.is_bad_input(), "{name:?}: {err}");
+        let err = invoker
+            .invoke(name, json!({}), RunOptions::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadInput);
+        assert!(!invoker.knows(name));
+        let run = RunOptions {
+            run_id: Some(name.to_owned()),
+            ..RunOptions::default()
+        };
+        assert!(invoker
+            .start("echo", json!({}), run)
+            .await
+            .unwrap_err()
+            .is_bad_input());
+        assert!(client.tail(name, None).await.unwrap_err().is_bad_input());
+        assert!(client.cancel(name).await.unwrap_err().is_bad_input());
+        assert!(Publisher::start(&client, name).unwrap_err().is_bad_input());
+        assert!(loom_redis::validate_name(name).is_err());
+    }
+    // A worker asked to serve a hostile or unknown actor type fails at once.
+    let probe = Arc::new(Probe::default());
+    for actor in ["a:b", "nope"] {
+        let options = WorkerOptions {
+            actors: vec![actor.to_owned()],
+            ..WorkerOptions::default()
+        };
+        let worker = Worker::new(client.clone(), runtime(&probe), options);
+        let err = within(5, worker.run(std::future::pending()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err.code(), ErrorCode::BadInput | ErrorCode::NotFound),
+            "{err}"
+        );
+    }
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query(&mut server.plain())
+        .unwrap();
+    assert!(
+        keys.iter().all(|k| !k.starts_with(client.keys().prefix())),
+        "{keys:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_undecodable_entry_ends_the_read_with_an_error_naming_it() {
+    let server = RedisServer::start();
+    let client = client(&server, fast_options()).await;
+    let mut plain = server.plain();
+    let run_id = loom_core::new_run_id();
+    let key = client.keys().stream(&run_id);
+    let add = |plain: &mut redis::Connection, fields: &[(&str, &str)]| -> String {
+        redis::cmd("XADD")
+            .arg(&key)
+            .arg("*")
+            .arg(fields)
+            .query(plain)
+            .unwrap()
+    };
+    add(
+        &mut plain,
+        &[("type", "start"), ("data", "{}"), ("seq", "0")],
+    );
+    add(
+        &mut plain,
+        &[
+            ("type", "data"),
+            ("data", "{\"token\":\"a\"}"),
+            ("seq", "1"),
+        ],
+    );
+    // The seed's plain client wrote this: no seq, data not JSON.
+    let junk = add(&mut plain, &[("type", "data"), ("data", "hello")]);
+    add(
+        &mut plain,
+        &[("type", "complete"), ("data", "{}"), ("seq", "3")],
+    );
+
+    let chunks = collect(10, client.tail(&run_id, None).await.unwrap()).await;
+    assert_eq!(chunks.len(), 3);
+    let last = &chunks[2];
+    assert_eq!(last.kind, ChunkType::Error);
+    assert_eq!(last.seq, 2);
+    let error = last.error.as_ref().unwrap();
+    assert_eq!(error.code, ErrorCode::Internal);
+    assert!(error.message.contains(&junk), "{}", error.message);
+
+    // A jump in seq is not skipped over either.
+    let run_id = loom_core::new_run_id();
+    let key = client.keys().stream(&run_id);
+    let add = |plain: &mut redis::Connection, fields: &[(&str, &str)]| -> String {
+        redis::cmd("XADD")
+            .arg(&key)
+            .arg("*")
+            .arg(fields)
+            .query(plain)
+            .unwrap()
+    };
+    add(
+        &mut plain,
+        &[("type", "start"), ("data", "{}"), ("seq", "0")],
+    );
+    let jump = add(&mut plain, &[("type", "data"), ("data", "1"), ("seq", "5")]);
+    let chunks = collect(10, client.tail(&run_id, None).await.unwrap()).await;
+    assert_eq!(chunks.len(), 2);
+    let error = chunks[1].error.as_ref().unwrap();
+    assert_eq!(error.code, ErrorCode::Internal);
+    assert!(error.message.contains(&jump), "{}", error.message);
+}
+
+#[tokio::test]
+async fn an_unreadable_request_is_dropped_without_stopping_the_worker() {
+    let server = RedisServer::start();
+    let client = client(&server, fast_options()).await;
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+    let mut plain = server.plain();
+    let queue = client.keys().queue("echo");
+    let _: String = redis::cmd("XADD")
+        .arg(&queue)
+        .arg("*")
+        .arg(&[("run_id", "a:b"), ("actor", "echo"), ("input", "{")])
+        .query(&mut plain)
+        .unwrap();
+    // The worker goes on serving.
+    let chunks = client
+        .invoker()
+        .invoke("echo", json!({ "ok": true }), RunOptions::default())
+        .await
+        .unwrap();
+    let chunks = collect(10, chunks).await;
+    assert_eq!(chunks.last().unwrap().kind, ChunkType::Complete);
+    assert!(worker.is_running());
+    worker.stop().await;
+}

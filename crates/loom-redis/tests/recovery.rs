@@ -1,0 +1,226 @@
+//! Crash recovery: a dead worker's run is re-run by another worker as attempt 2, continuing
+//! the stream gapless; with no worker left the reader gets `error/worker_lost`, never a hang;
+//! a long run on a healthy worker is never taken from it; shutdown finishes or hands back.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use loom_core::{ChunkStream, ChunkType, ErrorCode, Invoker, RunOptions};
+use loom_redis::{ClientOptions, WorkerOptions};
+use serde_json::json;
+use support::*;
+
+/// A lease long enough that the re-run (after the visibility timeout plus one sweep) always
+/// starts before the reader would give up.
+fn recovery_options() -> ClientOptions {
+    ClientOptions {
+        lease_ttl: Duration::from_secs(2),
+        ..fast_options()
+    }
+}
+
+async fn take(chunks: &mut ChunkStream, n: usize) -> Vec<loom_core::StreamChunk> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(within(10, chunks.next()).await.expect("stream ended early"));
+    }
+    out
+}
+
+fn starts(chunks: &[loom_core::StreamChunk]) -> Vec<&loom_core::StreamChunk> {
+    chunks
+        .iter()
+        .filter(|c| c.kind == ChunkType::Start)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_dead_workers_run_is_rerun_by_another_as_attempt_2_gapless() {
+    let server = RedisServer::start();
+    let client = client(&server, recovery_options()).await;
+    let probe = Arc::new(Probe::default());
+    let first = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+
+    let mut chunks = client
+        .invoker()
+        .invoke(
+            "ticker",
+            json!({ "count": 30, "delay_ms": 20 }),
+            RunOptions::default(),
+        )
+        .await
+        .unwrap();
+    let mut seen = take(&mut chunks, 4).await;
+    first.kill().await;
+    let second = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+    seen.extend(collect(20, chunks).await);
+
+    assert_contract(&seen);
+    let starts = starts(&seen);
+    assert_eq!(starts.len(), 2, "{seen:?}");
+    assert_eq!(starts[0].attempt, None);
+    assert_eq!(starts[1].attempt, Some(2));
+    assert_eq!(seen.last().unwrap().kind, ChunkType::Complete);
+    assert_eq!(probe.starts.load(Ordering::SeqCst), 2);
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn with_no_worker_left_the_reader_gets_worker_lost_and_a_late_worker_does_not_rerun() {
+    let server = RedisServer::start();
+    let client = client(&server, fast_options()).await;
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+
+    let mut chunks = client
+        .invoker()
+        .invoke(
+            "ticker",
+            json!({ "count": 1000, "delay_ms": 20 }),
+            RunOptions::default(),
+        )
+        .await
+        .unwrap();
+    let run_id = chunks.run_id().to_owned();
+    let mut seen = take(&mut chunks, 3).await;
+    worker.kill().await;
+    // Lease (0.8 s) plus visibility (1.5 s), plus checks: well inside 10 s.
+    seen.extend(collect(10, chunks).await);
+    assert_contract(&seen);
+    let last = seen.last().unwrap();
+    assert_eq!(last.error.as_ref().unwrap().code, ErrorCode::WorkerLost);
+
+    let mut plain = server.plain();
+    let mark: Option<String> = redis::cmd("GET")
+        .arg(client.keys().cancel(&run_id))
+        .query(&mut plain)
+        .unwrap();
+    assert_eq!(mark.as_deref(), Some("worker_lost"));
+    // Every reader sees the same terminal: it was written into the stream.
+    assert_eq!(
+        collect(10, client.tail(&run_id, None).await.unwrap()).await,
+        seen
+    );
+
+    // A worker arriving late acknowledges the request without running it again.
+    let late = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+    let queue = client.keys().queue("ticker");
+    within(10, async {
+        loop {
+            let left: u64 = redis::cmd("XLEN").arg(&queue).query(&mut plain).unwrap();
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(probe.starts.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        entries(&mut plain, &client.keys().stream(&run_id)).len(),
+        seen.len()
+    );
+    late.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_no_worker_picks_up_ends_with_worker_lost() {
+    let server = RedisServer::start();
+    let mut options = fast_options();
+    options.pickup_timeout = Duration::from_secs(2);
+    let client = client(&server, options).await;
+    let chunks = client
+        .invoker()
+        .invoke("ticker", json!({ "count": 1 }), RunOptions::default())
+        .await
+        .unwrap();
+    let chunks = collect(10, chunks).await;
+    assert_eq!(chunks.len(), 1);
+    assert_eq!(
+        chunks[0].error.as_ref().unwrap().code,
+        ErrorCode::WorkerLost
+    );
+}
+
+#[tokio::test]
+async fn a_run_longer_than_the_visibility_timeout_completes_once() {
+    let server = RedisServer::start();
+    let client = client(&server, fast_options()).await;
+    let probe = Arc::new(Probe::default());
+    // Two workers: the idle one must not take the long run from the busy one.
+    let a = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+    let b = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+
+    let chunks = client
+        .invoker()
+        .invoke(
+            "ticker",
+            json!({ "count": 40, "delay_ms": 100 }),
+            RunOptions::default(),
+        )
+        .await
+        .unwrap();
+    let chunks = collect(30, chunks).await; // 4 s: over twice the 1.5 s visibility timeout
+    assert_contract(&chunks);
+    assert_eq!(starts(&chunks).len(), 1);
+    assert_eq!(chunks.len(), 42);
+    assert_eq!(chunks.last().unwrap().kind, ChunkType::Complete);
+    assert_eq!(probe.starts.load(Ordering::SeqCst), 1);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_finishes_held_runs_or_hands_them_back() {
+    let server = RedisServer::start();
+    let client = client(&server, recovery_options()).await;
+    let probe = Arc::new(Probe::default());
+
+    // Finish: the run completes before the worker returns.
+    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+    let mut chunks = client
+        .invoker()
+        .invoke(
+            "ticker",
+            json!({ "count": 20, "delay_ms": 20 }),
+            RunOptions::default(),
+        )
+        .await
+        .unwrap();
+    let mut seen = take(&mut chunks, 2).await;
+    worker.stop().await;
+    seen.extend(collect(10, chunks).await);
+    assert_contract(&seen);
+    assert_eq!(starts(&seen).len(), 1);
+    assert_eq!(seen.last().unwrap().kind, ChunkType::Complete);
+
+    // Hand back: past the grace, another worker continues the stream as attempt 2.
+    let options = WorkerOptions {
+        shutdown_grace: Duration::from_millis(100),
+        ..WorkerOptions::default()
+    };
+    let leaving = RunningWorker::spawn(&client, runtime(&probe), options);
+    let mut chunks = client
+        .invoker()
+        .invoke(
+            "ticker",
+            json!({ "count": 30, "delay_ms": 20 }),
+            RunOptions::default(),
+        )
+        .await
+        .unwrap();
+    let mut seen = take(&mut chunks, 3).await;
+    leaving.stop().await;
+    let staying = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+    seen.extend(collect(20, chunks).await);
+    assert_contract(&seen);
+    let starts = starts(&seen);
+    assert_eq!(starts.len(), 2);
+    assert_eq!(starts[1].attempt, Some(2));
+    assert_eq!(seen.last().unwrap().kind, ChunkType::Complete);
+    staying.stop().await;
+}

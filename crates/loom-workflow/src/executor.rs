@@ -15,7 +15,7 @@
 //! |---|---|---|
 //! | `action-start` | a step (or parallel group) starts | `progress` chunk, `event`, `step`; `progress.current`/`total` = steps finished / steps in all |
 //! | forwarded | the step's own chunks | its `progress` chunks always, its `data` chunks (tokens, partial results) when `streaming: true`; tagged `step`, team members keep `actor` |
-//! | `action-retry` | a retryable failure is retried | `progress` chunk; everything the step forwarded since its `action-start` (or previous `action-retry`) is superseded |
+//! | `action-retry` | a retryable failure is retried, or a remote step is re-run by another worker (a second `start` in its stream) | `progress` chunk; everything the step forwarded since its `action-start` (or previous `action-retry`) is superseded |
 //! | `action-complete` | a step (or group) succeeded | `data` chunk, `event`, `step`; `data` is the step's result (a group's: its steps' results by name) |
 //! | `action-failed` | a `continue_on_error` step failed | `data` chunk `{"error": {code, message, retryable}}`; the step's output is `null` |
 //!
@@ -277,9 +277,17 @@ fn run_step(
                     let mut result = Err(ErrorInfo::from(&ActorError::internal(
                         "the step's stream ended without a terminal chunk",
                     )));
+                    let mut started = false;
                     while let Some(chunk) = chunks.next().await {
                         match chunk.kind {
-                            ChunkType::Start => {}
+                            // A second `start` is a remote run re-run on another worker after
+                            // its first worker was lost (DESIGN.md §3): what the step forwarded
+                            // so far is superseded, as after a retry of our own.
+                            ChunkType::Start if started => {
+                                let rerun = chunk.attempt.unwrap_or(2);
+                                yield StepEvent::Output(rerun_marker(&step.name, rerun, done, total));
+                            }
+                            ChunkType::Start => started = true,
                             ChunkType::Progress => yield StepEvent::Output(forwarded(chunk, &step.name)),
                             ChunkType::Data => {
                                 if step.streaming {
@@ -366,6 +374,16 @@ fn retry_marker(
         info.code,
         info.message,
         attempt - 1
+    );
+    Output::progress(done, Some(total), message)
+        .with_event(Event::ActionRetry)
+        .with_step(step)
+}
+
+fn rerun_marker(step: &str, rerun: u32, done: u64, total: u64) -> Output {
+    let message = format!(
+        "{step} re-run by another worker (run attempt {rerun}); the output of run attempt {} is superseded",
+        rerun.saturating_sub(1)
     );
     Output::progress(done, Some(total), message)
         .with_event(Event::ActionRetry)

@@ -201,3 +201,79 @@ async fn an_unknown_actor_at_run_time_fails_the_step() {
     let chunks = collect(WorkflowExecutor::new(runtime).stream(workflow, json!({}))).await;
     assert_eq!(error_code(terminal(&chunks)), Some(ErrorCode::NotFound));
 }
+
+/// An invoker whose runs look like a remote run re-run after its worker died: a token, a
+/// second `start` with `attempt: 2`, another token, `complete`.
+struct RerunInvoker;
+
+#[loom_core::async_trait]
+impl loom_core::Invoker for RerunInvoker {
+    async fn invoke(
+        &self,
+        _actor_type: &str,
+        _input: serde_json::Value,
+        _options: loom_core::RunOptions,
+    ) -> Result<loom_core::ChunkStream, loom_core::ActorError> {
+        use loom_core::StreamChunk;
+        let token = |seq, text: &str| StreamChunk {
+            data: Some(json!({ "token": text })),
+            ..StreamChunk::new(ChunkType::Data, seq)
+        };
+        let chunks = vec![
+            StreamChunk::new(ChunkType::Start, 0),
+            token(1, "lost"),
+            StreamChunk {
+                attempt: Some(2),
+                ..StreamChunk::new(ChunkType::Start, 2)
+            },
+            token(3, "kept"),
+            StreamChunk {
+                data: Some(json!("done")),
+                ..StreamChunk::new(ChunkType::Complete, 4)
+            },
+        ];
+        Ok(loom_core::ChunkStream::new(
+            "remote",
+            Box::pin(futures::stream::iter(chunks)),
+            loom_core::CancellationToken::new(),
+        ))
+    }
+
+    fn knows(&self, _actor_type: &str) -> bool {
+        true
+    }
+}
+
+#[tokio::test]
+async fn a_remote_re_run_marks_the_earlier_output_superseded() {
+    let workflow = loom_workflow::parse(&one_step("remote", ""), "w.yaml", &|_| true)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let executor = WorkflowExecutor::new(std::sync::Arc::new(RerunInvoker));
+    let chunks = collect(executor.stream(workflow, json!({}))).await;
+    let story: Vec<String> = chunks
+        .iter()
+        .filter(|c| c.step.as_deref() == Some("step"))
+        .map(|c| match (c.event, c.token()) {
+            (Some(e), _) => format!("{e:?}"),
+            (None, Some(t)) => t.to_owned(),
+            _ => "?".to_owned(),
+        })
+        .collect();
+    assert_eq!(
+        story,
+        [
+            "ActionStart",
+            "lost",
+            "ActionRetry",
+            "kept",
+            "ActionComplete"
+        ]
+    );
+    let retry = chunks
+        .iter()
+        .find(|c| c.event == Some(Event::ActionRetry))
+        .and_then(|c| c.progress.as_ref()?.message.clone())
+        .unwrap_or_default();
+    assert!(retry.contains("re-run by another worker"), "{retry}");
+    assert!(retry.contains("superseded"), "{retry}");
+}

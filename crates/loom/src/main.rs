@@ -1,4 +1,4 @@
-//! `loom`: run actors (and, later, workflows) from a terminal with live progress and tokens.
+//! `loom`: run actors and workflows from a terminal with live progress and tokens.
 //!
 //! The binary is glue: it parses and validates arguments before any work starts, builds the
 //! runtime, and hands the run's chunks to [`render`]. Exit codes: 0 complete, 1 the run ended
@@ -7,13 +7,19 @@
 
 mod render;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
-use loom_core::{ChunkStream, ChunkType, Extensions, Registry, RunOptions, Runtime, StreamChunk};
+use loom_ai::{AiService, CHAT_AGENT};
+use loom_core::{
+    ChunkStream, ChunkType, Extensions, Invoker, Registry, RunOptions, Runtime, StreamChunk,
+};
+use loom_workflow::WorkflowExecutor;
 use serde_json::Value;
 
 use render::{RenderMode, Renderer};
@@ -34,6 +40,61 @@ enum Command {
     /// List and run actors.
     #[command(subcommand)]
     Actor(ActorCommand),
+    /// Run and check workflow definitions (YAML or JSON).
+    #[command(subcommand)]
+    Workflow(WorkflowCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum WorkflowCommand {
+    /// Run a workflow and show its steps (and, with --stream, their tokens) as they happen.
+    Run(WorkflowRunArgs),
+    /// Check a workflow definition without running it; exit 2 with the problem when bad.
+    Validate {
+        /// The workflow file (.yaml, .yml or .json).
+        file: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct WorkflowRunArgs {
+    /// The workflow file (.yaml, .yml or .json).
+    file: PathBuf,
+    /// The workflow input, as JSON.
+    #[arg(long, value_name = "JSON")]
+    input: Option<String>,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+/// How a run is shown and bounded.
+#[derive(clap::Args, Debug)]
+struct OutputArgs {
+    /// Show chunks as they arrive (tokens, progress, data), not only the result.
+    #[arg(long)]
+    stream: bool,
+    /// Print chunks as JSON Lines on stdout (all of them with --stream, else the last one).
+    #[arg(long)]
+    json: bool,
+    /// The run's deadline, e.g. `30s`, `500ms`, `10m`.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Option<Duration>,
+}
+
+impl OutputArgs {
+    fn mode(&self) -> RenderMode {
+        RenderMode {
+            stream: self.stream,
+            json: self.json,
+        }
+    }
+
+    fn options(&self) -> RunOptions {
+        RunOptions {
+            timeout: self.timeout,
+            ..RunOptions::default()
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -54,15 +115,8 @@ struct RunArgs {
     /// Shorthand for a `prompt` field in the input.
     #[arg(long, value_name = "TEXT")]
     prompt: Option<String>,
-    /// Show chunks as they arrive (tokens, progress, data), not only the result.
-    #[arg(long)]
-    stream: bool,
-    /// Print chunks as JSON Lines on stdout (all of them with --stream, else the last one).
-    #[arg(long)]
-    json: bool,
-    /// The run's deadline, e.g. `30s`, `500ms`, `10m`.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    timeout: Option<Duration>,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 /// An error in what the user asked for: printed on one line, exit code 2.
@@ -103,7 +157,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let runtime = Runtime::new(Registry::with_builtins(), Extensions::new());
+    let ai = AiService::from_env().context("invalid AI configuration")?;
+    let offline = ai.is_offline();
+    let runtime = Arc::new(local_runtime(ai));
     match cli.command {
         Command::Actor(ActorCommand::List) => {
             for actor in runtime.registry().iter() {
@@ -116,29 +172,70 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Actor(ActorCommand::Run(args)) => run_actor(&runtime, args).await,
+        Command::Actor(ActorCommand::Run(args)) => {
+            let input = build_input(args.input.as_deref(), args.prompt.as_deref())?;
+            if !runtime.knows(&args.actor) {
+                let known = runtime.registry().names().join(", ");
+                return Err(usage(format!(
+                    "unknown actor type '{}' (known: {known})",
+                    args.actor
+                )));
+            }
+            if offline && args.actor == CHAT_AGENT {
+                announce_offline();
+            }
+            let stream = runtime
+                .invoke(&args.actor, input, args.output.options())
+                .await?;
+            Ok(follow(stream, args.output.mode()).await)
+        }
+        Command::Workflow(WorkflowCommand::Validate { file }) => {
+            let workflow = load_workflow(&file, runtime.as_ref())?;
+            println!(
+                "{}: ok (workflow '{}', {} steps)",
+                file.display(),
+                workflow.name,
+                workflow.steps().count()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Workflow(WorkflowCommand::Run(args)) => {
+            let workflow = load_workflow(&args.file, runtime.as_ref())?;
+            let input = build_input(args.input.as_deref(), None)?;
+            let input = workflow
+                .check_input(input)
+                .map_err(|e| usage(e.to_string()))?;
+            if offline && workflow.steps().any(|s| s.actor_type == CHAT_AGENT) {
+                announce_offline();
+            }
+            let executor = WorkflowExecutor::new(runtime);
+            let stream = executor.stream_with(workflow, input, args.output.options());
+            Ok(follow(stream, args.output.mode()).await)
+        }
     }
 }
 
-async fn run_actor(runtime: &Runtime, args: RunArgs) -> anyhow::Result<ExitCode> {
-    let input = build_input(args.input.as_deref(), args.prompt.as_deref())?;
-    if !runtime.registry().contains(&args.actor) {
-        let known = runtime.registry().names().join(", ");
-        return Err(usage(format!(
-            "unknown actor type '{}' (known: {known})",
-            args.actor
-        )));
-    }
-    let options = RunOptions {
-        timeout: args.timeout,
-        ..RunOptions::default()
-    };
-    let stream = runtime.run(&args.actor, input, options)?;
-    let mode = RenderMode {
-        stream: args.stream,
-        json: args.json,
-    };
-    Ok(follow(stream, mode).await)
+/// The in-process runtime: the built-in actors plus `chat-agent`, with the AI service.
+fn local_runtime(ai: AiService) -> Runtime {
+    let mut registry = Registry::with_builtins();
+    loom_ai::register(&mut registry);
+    let mut extensions = Extensions::new();
+    extensions.insert(ai);
+    Runtime::new(registry, extensions)
+}
+
+fn announce_offline() {
+    eprintln!(
+        "loom: using the offline provider (set OPENAI_BASE_URL or OPENAI_API_KEY for a real model)"
+    );
+}
+
+/// Loads and checks a workflow file; any problem is a usage error (exit 2).
+fn load_workflow(
+    file: &std::path::Path,
+    invoker: &dyn Invoker,
+) -> anyhow::Result<loom_workflow::Workflow> {
+    loom_workflow::load(file, &|t| invoker.knows(t)).map_err(|e| usage(e.to_string()))
 }
 
 /// Merges `--input` and `--prompt` into the actor's input; bad JSON is a usage error.

@@ -6,11 +6,11 @@
 //! spinner when stderr is not a terminal. A closed stdout pipe is not an error: writes to it
 //! are dropped.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use loom_core::{ChunkType, StreamChunk};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use loom_core::{ChunkType, Event, StreamChunk};
 use serde_json::Value;
 
 /// What to print, from the `--stream` and `--json` flags.
@@ -25,7 +25,11 @@ pub(crate) struct RenderMode {
 /// Prints one run's chunks as they arrive.
 pub(crate) struct Renderer {
     mode: RenderMode,
+    /// Holds the run's bar and one spinner line per running workflow step.
+    multi: MultiProgress,
     bar: ProgressBar,
+    /// Running workflow steps: their line and when they started.
+    steps: Vec<(String, ProgressBar, Instant)>,
     started: Instant,
     chunks: u64,
     tokens: u64,
@@ -38,18 +42,22 @@ pub(crate) struct Renderer {
 
 impl Renderer {
     pub(crate) fn new(mode: RenderMode) -> Self {
-        let bar = if mode.json {
-            ProgressBar::hidden()
+        let multi = if mode.json {
+            MultiProgress::with_draw_target(ProgressDrawTarget::hidden())
         } else {
-            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            MultiProgress::with_draw_target(ProgressDrawTarget::stderr())
+        };
+        let bar = multi.add(ProgressBar::new_spinner());
+        if !mode.json {
             bar.set_style(spinner_style());
             bar.enable_steady_tick(Duration::from_millis(100));
             bar.set_message("Processing…");
-            bar
-        };
+        }
         Self {
             mode,
+            multi,
             bar,
+            steps: Vec::new(),
             started: Instant::now(),
             chunks: 0,
             tokens: 0,
@@ -65,6 +73,10 @@ impl Renderer {
             if self.mode.stream || chunk.is_terminal() {
                 out(&format!("{}\n", chunk.to_json()));
             }
+            return;
+        }
+        if let (Some(event), Some(step)) = (chunk.event, &chunk.step) {
+            self.marker(event, step, chunk);
             return;
         }
         let label = label(chunk);
@@ -84,6 +96,68 @@ impl Renderer {
                 }
             }
             ChunkType::Start | ChunkType::Complete | ChunkType::Error => {}
+        }
+    }
+
+    /// A workflow marker: a spinner line per running step, then ✓/✗ and its duration.
+    fn marker(&mut self, event: Event, step: &str, chunk: &StreamChunk) {
+        self.flush_label(step);
+        match event {
+            Event::ActionStart => {
+                let line = self
+                    .multi
+                    .insert_before(&self.bar, ProgressBar::new_spinner());
+                line.set_style(step_style());
+                line.set_prefix(step.to_owned());
+                let message = chunk.progress.as_ref().and_then(|p| p.message.clone());
+                line.set_message(message.unwrap_or_default());
+                line.enable_steady_tick(Duration::from_millis(100));
+                self.steps.push((step.to_owned(), line, Instant::now()));
+            }
+            Event::ActionRetry => {
+                let message = chunk.progress.as_ref().and_then(|p| p.message.clone());
+                let message = format!("↻ {step}: {}", message.unwrap_or_default());
+                self.note(&message);
+            }
+            Event::ActionComplete => self.end_step(step, "✓", None),
+            _ => {
+                let error = chunk
+                    .data
+                    .as_ref()
+                    .and_then(|d| d["error"]["message"].as_str());
+                self.end_step(step, "✗", error.map(str::to_owned));
+            }
+        }
+    }
+
+    /// Ends a step's line with a mark and its duration (a plain line on stderr without a
+    /// terminal, where the spinners are hidden).
+    fn end_step(&mut self, step: &str, mark: &str, error: Option<String>) {
+        let Some(index) = self.steps.iter().position(|(s, _, _)| s == step) else {
+            return;
+        };
+        let (_, line, started) = self.steps.remove(index);
+        let detail = error.map(|e| format!(": {e}")).unwrap_or_default();
+        let text = format!(
+            "{mark} {step} ({:.2} s){detail}",
+            started.elapsed().as_secs_f64()
+        );
+        line.set_style(
+            ProgressStyle::with_template("{msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        line.finish_with_message(text.clone());
+        if !std::io::stderr().is_terminal() {
+            eprintln!("{text}");
+        }
+    }
+
+    /// A line for people, above the spinners.
+    fn note(&self, text: &str) {
+        if std::io::stderr().is_terminal() {
+            let _ = self.multi.println(text);
+        } else {
+            eprintln!("{text}");
         }
     }
 
@@ -168,6 +242,9 @@ impl Renderer {
         while !self.pending.is_empty() {
             self.flush(0);
         }
+        while let Some((step, _, _)) = self.steps.last().cloned() {
+            self.end_step(&step, "✗", None);
+        }
         self.bar.finish_and_clear();
         if self.mode.json {
             return;
@@ -231,6 +308,12 @@ fn out(text: &str) {
 
 fn spinner_style() -> ProgressStyle {
     ProgressStyle::with_template("{spinner:.cyan} {msg} ({elapsed})")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner())
+        .tick_chars("⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏ ")
+}
+
+fn step_style() -> ProgressStyle {
+    ProgressStyle::with_template("  {spinner:.cyan} {prefix:.bold} {msg} ({elapsed})")
         .unwrap_or_else(|_| ProgressStyle::default_spinner())
         .tick_chars("⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏ ")
 }

@@ -113,3 +113,98 @@ pub fn assert_contract(chunks: &[serde_json::Value]) {
         "the terminal chunk is last"
     );
 }
+
+/// A one-connection OpenAI-compatible server on loopback that answers a streaming chat
+/// completion with `events` (each sent as `data: …` and flushed), then, if `hold` is set,
+/// keeps the connection open until the client goes away. The receiver gets `()` when the
+/// client disconnected.
+pub struct FakeOpenAi {
+    pub base_url: String,
+    pub disconnected: mpsc::Receiver<()>,
+}
+
+impl FakeOpenAi {
+    pub fn start(events: Vec<String>, hold: bool) -> Self {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let base_url = format!("http://{}/v1", listener.local_addr().expect("addr"));
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let Ok((mut socket, _)) = listener.accept() else {
+                return;
+            };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Read the headers and the JSON body (the client sends Content-Length).
+            loop {
+                let Ok(n) = socket.read(&mut buf) else { return };
+                if n == 0 {
+                    return;
+                }
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+            }
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n";
+            if socket.write_all(head.as_bytes()).is_err() {
+                return;
+            }
+            for event in events {
+                if socket
+                    .write_all(format!("data: {event}\n\n").as_bytes())
+                    .is_err()
+                {
+                    let _ = tx.send(());
+                    return;
+                }
+                let _ = socket.flush();
+            }
+            if hold {
+                // Keep-alive comments until a write fails or a read sees the close.
+                socket
+                    .set_read_timeout(Some(Duration::from_millis(100)))
+                    .ok();
+                let deadline = Instant::now() + LIMIT;
+                while Instant::now() < deadline {
+                    match socket.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(e)
+                            if e.kind() == std::io::ErrorKind::WouldBlock
+                                || e.kind() == std::io::ErrorKind::TimedOut => {}
+                        Err(_) => break,
+                    }
+                    if socket.write_all(b": keep-alive\n\n").is_err() {
+                        break;
+                    }
+                }
+                let _ = tx.send(());
+            }
+        });
+        Self {
+            base_url,
+            disconnected: rx,
+        }
+    }
+}
+
+/// One `chat.completion.chunk` carrying a content delta, as OpenAI sends it.
+pub fn token_event(text: &str) -> String {
+    serde_json::json!({
+        "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "fake",
+        "choices": [{ "index": 0, "delta": { "content": text }, "finish_reason": null }]
+    })
+    .to_string()
+}

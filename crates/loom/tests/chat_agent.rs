@@ -1,0 +1,123 @@
+//! `loom actor run chat-agent`: offline by default, any OpenAI-compatible server by
+//! `OPENAI_BASE_URL`, and Ctrl-C stops the generation and the upstream request.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::json;
+use support::*;
+
+#[test]
+fn with_no_configuration_chat_agent_streams_from_the_offline_provider() {
+    let out = run(&["actor", "run", "chat-agent", "--stream", "--prompt", "hi"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout.contains("hi"),
+        "the offline text quotes the prompt: {}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("offline provider"),
+        "labelled offline: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("tokens/s"),
+        "a summary with tokens/s: {}",
+        out.stderr
+    );
+}
+
+#[test]
+fn openai_base_url_streams_tokens_from_that_server() {
+    let usage = json!({
+        "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "fake",
+        "choices": [], "usage": { "prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5 }
+    });
+    let finish_event = json!({
+        "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "fake",
+        "choices": [{ "index": 0, "delta": {}, "finish_reason": "stop" }]
+    });
+    let events = vec![
+        token_event("Hello"),
+        token_event(" world"),
+        finish_event.to_string(),
+        usage.to_string(),
+        "[DONE]".into(),
+    ];
+    let server = FakeOpenAi::start(events, false);
+    let child = loom(&[
+        "actor",
+        "run",
+        "chat-agent",
+        "--stream",
+        "--json",
+        "--prompt",
+        "hi",
+    ])
+    .env("OPENAI_BASE_URL", &server.base_url)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("loom starts");
+    let out = finish(child);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(!out.stderr.contains("offline"), "{}", out.stderr);
+    let chunks = chunks(&out.stdout);
+    assert_contract(&chunks);
+    let tokens: Vec<_> = chunks
+        .iter()
+        .filter_map(|c| c["data"]["token"].as_str())
+        .collect();
+    assert_eq!(tokens, ["Hello", " world"]);
+    let last = chunks.last().expect("terminal");
+    assert_eq!(last["data"]["text"], "Hello world");
+    assert_eq!(last["data"]["finish_reason"], "stop");
+    assert_eq!(last["data"]["usage"]["total_tokens"], 5);
+}
+
+#[test]
+fn ctrl_c_stops_the_generation_aborts_the_upstream_request_and_exits_130() {
+    let server = FakeOpenAi::start(vec![token_event("Once"), token_event(" upon")], true);
+    let mut child = loom(&[
+        "actor",
+        "run",
+        "chat-agent",
+        "--stream",
+        "--json",
+        "--prompt",
+        "Write a story",
+    ])
+    .env("OPENAI_BASE_URL", &server.base_url)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("loom starts");
+    let lines = lines(&mut child);
+    let mut seen = Vec::new();
+    while seen
+        .iter()
+        .filter(|l: &&String| l.contains(r#""token""#))
+        .count()
+        < 2
+    {
+        seen.push(lines.recv_timeout(LIMIT).expect("two tokens in time"));
+    }
+    signal(child.id(), "INT");
+    assert_eq!(wait(&mut child).code(), Some(130));
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(5)) {
+        seen.push(line);
+    }
+    let chunks = chunks(&seen.join("\n"));
+    assert_contract(&chunks);
+    assert_eq!(
+        chunks.last().map(|c| c["error"]["code"].clone()),
+        Some(json!("cancelled"))
+    );
+    server
+        .disconnected
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the upstream request was aborted");
+}

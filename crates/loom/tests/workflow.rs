@@ -1,0 +1,110 @@
+//! `loom workflow run|validate` on the shipped examples and on bad definitions.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::*;
+
+fn example(name: &str) -> String {
+    format!(
+        "{}/../../examples/workflows/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+#[test]
+fn every_example_validates() {
+    for name in [
+        "research-pipeline.yaml",
+        "batch-report.yaml",
+        "team-review.yaml",
+    ] {
+        let out = run(&["workflow", "validate", &example(name)]);
+        assert_eq!(out.code, Some(0), "{name}: {}", out.stderr);
+        assert!(out.stdout.contains(": ok"), "{}", out.stdout);
+    }
+}
+
+#[test]
+fn every_example_runs_offline_with_step_markers_and_one_gapless_stream() {
+    for name in [
+        "research-pipeline.yaml",
+        "batch-report.yaml",
+        "team-review.yaml",
+    ] {
+        let out = run(&["workflow", "run", &example(name), "--stream", "--json"]);
+        assert_eq!(out.code, Some(0), "{name}: {}", out.stderr);
+        let chunks = chunks(&out.stdout);
+        assert_contract(&chunks);
+        let starts = chunks
+            .iter()
+            .filter(|c| c["event"] == "action-start")
+            .count();
+        let completes = chunks
+            .iter()
+            .filter(|c| c["event"] == "action-complete")
+            .count();
+        assert!(
+            starts >= 2 && starts == completes,
+            "{name}: {starts} starts, {completes} completes"
+        );
+        assert_eq!(
+            chunks.last().map(|c| c["type"].clone()),
+            Some(serde_json::json!("complete"))
+        );
+    }
+}
+
+#[test]
+fn a_bad_definition_is_rejected_with_the_file_and_action_and_exit_2() {
+    let dir = std::env::temp_dir().join(format!("loom-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("bad.yaml");
+    std::fs::write(
+        &file,
+        "name: bad\nactions:\n  - name: first\n    type: actor\n    actorType: no-such-actor\n",
+    )
+    .expect("write");
+    let file = file.display().to_string();
+    for command in ["validate", "run"] {
+        let out = run(&["workflow", command, &file]);
+        assert_eq!(out.code, Some(2), "{command}: {}", out.stderr);
+        assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+        for part in ["bad.yaml", "first", "no-such-actor"] {
+            assert!(out.stderr.contains(part), "{part} in: {}", out.stderr);
+        }
+    }
+}
+
+#[test]
+fn ctrl_c_cancels_the_whole_workflow_and_exits_130() {
+    let mut child = loom(&[
+        "workflow",
+        "run",
+        &example("research-pipeline.yaml"),
+        "--stream",
+        "--json",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("loom starts");
+    let lines = lines(&mut child);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains(r#""token""#)) {
+        seen.push(lines.recv_timeout(LIMIT).expect("a token in time"));
+    }
+    signal(child.id(), "INT");
+    assert_eq!(wait(&mut child).code(), Some(130));
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(5)) {
+        seen.push(line);
+    }
+    let chunks = chunks(&seen.join("\n"));
+    assert_contract(&chunks);
+    assert_eq!(
+        chunks.last().map(|c| c["error"]["code"].clone()),
+        Some(serde_json::json!("cancelled"))
+    );
+}

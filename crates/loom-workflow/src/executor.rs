@@ -207,13 +207,6 @@ fn run_workflow(
             let mut merged = futures::stream::select_all(running);
             let mut results = Map::new();
             while let Some(event) = merged.next().await {
-                if ctx.is_cancelled() {
-                    // The workflow itself was cancelled: its steps fail with `cancelled` as a
-                    // consequence, which is neither their failure nor worth a marker.
-                    drop(merged);
-                    Err(ActorError::cancelled())?;
-                    return;
-                }
                 match event {
                     StepEvent::Output(output) => yield output,
                     StepEvent::Done { name, outcome: Ok(value), .. } => {
@@ -221,6 +214,13 @@ fn run_workflow(
                         steps.insert(name.clone(), value.clone());
                         results.insert(name.clone(), value.clone());
                         yield complete_marker(&name, value);
+                    }
+                    StepEvent::Done { outcome: Err(_), .. } if ctx.is_cancelled() => {
+                        // The workflow itself was cancelled: its steps fail with `cancelled`
+                        // as a consequence, which is neither their fault nor worth a marker.
+                        drop(merged);
+                        Err(ActorError::cancelled())?;
+                        return;
                     }
                     StepEvent::Done { name, continue_on_error: true, outcome: Err(info) } => {
                         done += 1;

@@ -7,26 +7,7 @@
 //! cancelling the workflow reaches every running step, local or remote, and whatever they
 //! run in turn (nested actors, in-flight LLM requests).
 //!
-//! # The stream
-//!
-//! `start` (its `data.actor` is the workflow's name), then for each action in order:
-//!
-//! | chunk | when | shape |
-//! |---|---|---|
-//! | `action-start` | a step (or parallel group) starts | `progress` chunk, `event`, `step`; `progress.current`/`total` = steps finished / steps in all |
-//! | forwarded | the step's own chunks | its `progress` chunks always, its `data` chunks (tokens, partial results) when `streaming: true`; tagged `step`, team members keep `actor` |
-//! | `action-retry` | a retryable failure is retried, or a remote step is re-run by another worker (a second `start` in its stream) | `progress` chunk; everything the step forwarded since its `action-start` (or previous `action-retry`) is superseded |
-//! | `action-complete` | a step (or group) succeeded | `data` chunk, `event`, `step`; `data` is the step's result (a group's: its steps' results by name) |
-//! | `action-failed` | a `continue_on_error` step failed | `data` chunk `{"error": {code, message, retryable}}`; the step's output is `null` |
-//!
-//! and finally `complete` with `{"steps": {name: output, …}}` (plus `"failed": {name: error}`
-//! when `continue_on_error` steps failed), or `error` naming the failed step after its
-//! running siblings were cancelled.
-//!
-//! Markers that start something are `progress` chunks (DESIGN.md §3); markers that end a step
-//! carry its result or error and are therefore `data` chunks. A chunk with `event` is always
-//! a marker of this workflow: forwarded chunks lose any `event` of their own (a nested
-//! workflow's markers become plain progress of the outer step).
+//! The stream's shape is documented on [`WorkflowExecutor`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +29,27 @@ pub const DEFAULT_WORKFLOW_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Runs workflows through an [`Invoker`]: the local [`Runtime`](loom_core::Runtime) or a
 /// remote client. Cheap to clone.
+///
+/// # The stream a workflow run produces
+///
+/// `start` (its `data.actor` is the workflow's name), then for each action in order:
+///
+/// | chunk | when | shape |
+/// |---|---|---|
+/// | `action-start` | a step (or parallel group) starts | `progress` chunk, `event`, `step`; `progress.current`/`total` = steps finished / steps in all |
+/// | forwarded | the step's own chunks | its `progress` chunks always, its `data` chunks (tokens, partial results) when `streaming: true`; tagged `step`, team members keep `actor` |
+/// | `action-retry` | a retryable failure is retried, or a remote step is re-run by another worker (a second `start` in its stream) | `progress` chunk; everything the step forwarded since its `action-start` (or previous `action-retry`) is superseded |
+/// | `action-complete` | a step (or group) succeeded | `data` chunk, `event`, `step`; `data` is the step's result (a group's: its steps' results by name) |
+/// | `action-failed` | a `continue_on_error` step failed | `data` chunk `{"error": {code, message, retryable}}`; the step's output is `null` |
+///
+/// and finally `complete` with `{"steps": {name: output, …}}` (plus `"failed": {name: error}`
+/// when `continue_on_error` steps failed), or `error` naming the failed step after its
+/// running siblings were cancelled.
+///
+/// Markers that start something are `progress` chunks (DESIGN.md §3); markers that end a step
+/// carry its result or error and are therefore `data` chunks. A chunk with `event` is always
+/// a marker of this workflow: forwarded chunks lose any `event` of their own (a nested
+/// workflow's markers become plain progress of the outer step).
 #[derive(Clone)]
 pub struct WorkflowExecutor {
     invoker: Arc<dyn Invoker>,
@@ -71,7 +73,7 @@ impl WorkflowExecutor {
         &self.invoker
     }
 
-    /// Runs `workflow` on `input` and returns its stream (see the [module docs](self)).
+    /// Runs `workflow` on `input` and returns its stream (its shape is described on [`WorkflowExecutor`]).
     /// Dropping the stream cancels every running step.
     ///
     /// Bad input ends the stream with `error/bad_input`; call

@@ -1,3 +1,485 @@
-//! Remote stream benchmarks (see docs/performance.md).
+//! Remote stream benchmarks, each printed next to its baseline from the same run, against a
+//! `redis-server` this binary starts on a free loopback port (or `LOOM_TEST_REDIS_URL`).
+//!
+//! - throughput: chunks/s of one remote stream end to end (actor → worker → Redis → reader)
+//!   against `redis-benchmark -P 16` XADD and a raw pipelined XADD loop (depth 16);
+//! - latency: actor yield → reader per chunk at 1,000 chunks/s, p50/p99, next to one bare
+//!   XADD round trip;
+//! - scale: 10,000 concurrent remote streams read by one process: Redis connections it uses
+//!   and its memory (RSS delta); the worker runs in a subprocess (this binary, `--worker`).
+//!
+//! `cargo bench -p loom-redis --bench remote_stream` (add `-- quick` for a short run, and
+//! `throughput`, `latency` or `scale` to run only those).
 
-fn main() {}
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::process::{Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use loom_core::{
+    async_trait, Actor, ActorContext, ActorStream, Extensions, Invoker, Output, Registry,
+    RunOptions, Runtime,
+};
+use loom_redis::{Client, ClientOptions, Worker, WorkerOptions};
+use serde_json::{json, Value};
+use support::RedisServer;
+
+/// The clock both the actor and the reader read (one process).
+fn origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+/// `flood`: yields `count` tokens as fast as it is pulled, then completes.
+struct Flood;
+
+#[async_trait]
+impl Actor for Flood {
+    fn name(&self) -> &str {
+        "flood"
+    }
+    fn streams(&self) -> bool {
+        true
+    }
+    fn stream(self: Arc<Self>, input: Value, _ctx: ActorContext) -> ActorStream {
+        let count = input["count"].as_u64().unwrap_or(0);
+        Box::pin(async_stream::try_stream! {
+            for _ in 0..count {
+                yield Output::token("tok");
+            }
+            yield Output::complete(json!({ "count": count }));
+        })
+    }
+}
+
+/// `paced`: yields `count` chunks, one per `every_us`, each stamped with its yield time.
+struct Paced;
+
+#[async_trait]
+impl Actor for Paced {
+    fn name(&self) -> &str {
+        "paced"
+    }
+    fn streams(&self) -> bool {
+        true
+    }
+    fn stream(self: Arc<Self>, input: Value, _ctx: ActorContext) -> ActorStream {
+        let count = input["count"].as_u64().unwrap_or(0);
+        let every = Duration::from_micros(input["every_us"].as_u64().unwrap_or(1000));
+        Box::pin(async_stream::try_stream! {
+            let mut tick = tokio::time::interval(every);
+            for _ in 0..count {
+                tick.tick().await;
+                let t = origin().elapsed().as_nanos() as u64;
+                yield Output::data(json!({ "t": t }));
+            }
+            yield Output::complete(json!(null));
+        })
+    }
+}
+
+/// `hold`: yields one token, waits `ms`, completes — an idle live stream.
+struct Hold;
+
+#[async_trait]
+impl Actor for Hold {
+    fn name(&self) -> &str {
+        "hold"
+    }
+    fn streams(&self) -> bool {
+        true
+    }
+    fn stream(self: Arc<Self>, input: Value, _ctx: ActorContext) -> ActorStream {
+        let ms = input["ms"].as_u64().unwrap_or(1000);
+        Box::pin(async_stream::try_stream! {
+            yield Output::token("hi");
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            yield Output::complete(json!(null));
+        })
+    }
+}
+
+fn runtime() -> Runtime {
+    let mut registry = Registry::new();
+    registry
+        .register(Arc::new(Flood))
+        .register(Arc::new(Paced))
+        .register(Arc::new(Hold));
+    Runtime::new(registry, Extensions::new())
+}
+
+fn options(prefix: &str) -> ClientOptions {
+    ClientOptions {
+        prefix: prefix.to_owned(),
+        ..ClientOptions::default()
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1e3)
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn connections(conn: &mut redis::aio::MultiplexedConnection) -> usize {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(conn)
+        .await
+        .unwrap_or_default();
+    list.lines().count()
+}
+
+/// `redis-benchmark -c 1 -P 16` XADD, in requests per second, if the tool is installed.
+fn redis_benchmark(port: &str, n: u64) -> Option<f64> {
+    let out = Command::new("redis-benchmark")
+        .args([
+            "-p",
+            port,
+            "-c",
+            "1",
+            "-P",
+            "16",
+            "-n",
+            &n.to_string(),
+            "-q",
+        ])
+        .args([
+            "XADD",
+            "bench:rb",
+            "*",
+            "type",
+            "data",
+            "data",
+            "{\"token\":\"tok\"}",
+            "seq",
+            "1",
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "XADD bench:rb * …: 226757.36 requests per second, p50=…"
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("requests per second"))?;
+    let before = line.split("requests per second").next()?;
+    before
+        .rsplit(':')
+        .next()?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
+}
+
+/// Raw pipelined XADD with the redis crate, depth 16, in XADDs per second.
+async fn raw_pipelined_xadd(url: &str, n: u64) -> f64 {
+    let client = redis::Client::open(url).expect("url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let start = Instant::now();
+    let mut seq = 0u64;
+    while seq < n {
+        let mut pipe = redis::pipe();
+        for _ in 0..16 {
+            pipe.cmd("XADD")
+                .arg("bench:raw")
+                .arg("*")
+                .arg("type")
+                .arg("data")
+                .arg("data")
+                .arg("{\"token\":\"tok\"}")
+                .arg("seq")
+                .arg(seq)
+                .ignore();
+            seq += 1;
+        }
+        pipe.query_async::<()>(&mut conn).await.expect("xadd");
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn throughput(server: &RedisServer, port: &str, n: u64) {
+    println!("## throughput: one remote stream, {n} token chunks");
+    let rb = redis_benchmark(port, n);
+    let raw = raw_pipelined_xadd(server.url(), n).await;
+    let prefix = "bench-tp:";
+    let worker_client = Client::connect_with(server.url(), options(prefix))
+        .await
+        .expect("connect");
+    let reader = Client::connect_with(server.url(), options(prefix))
+        .await
+        .expect("connect");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = Worker::new(worker_client, runtime(), WorkerOptions::default());
+    let worker = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    let mut best = 0.0f64;
+    for _ in 0..3 {
+        let start = Instant::now();
+        let mut chunks = reader
+            .invoker()
+            .invoke("flood", json!({ "count": n }), RunOptions::default())
+            .await
+            .expect("invoke");
+        let mut got = 0u64;
+        while let Some(chunk) = chunks.next().await {
+            got += 1;
+            if chunk.is_terminal() {
+                assert_eq!(chunk.kind, loom_core::ChunkType::Complete, "{chunk:?}");
+            }
+        }
+        assert_eq!(got, n + 2);
+        best = best.max(got as f64 / start.elapsed().as_secs_f64());
+    }
+    let _ = stop.send(());
+    let _ = worker.await;
+
+    // The two halves alone: publishing (no reader) and replaying a finished stream.
+    let run_id = loom_core::new_run_id();
+    let publisher = loom_redis::Publisher::start(&reader, &run_id).expect("publisher");
+    let start = Instant::now();
+    for seq in 0..=n {
+        let chunk = if seq == n {
+            Output::complete(json!(null)).into_chunk(seq)
+        } else {
+            Output::token("tok").into_chunk(seq)
+        };
+        publisher.send(chunk).await.expect("send");
+    }
+    publisher.finish().await.expect("finish");
+    let publish = (n + 1) as f64 / start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let replayed = reader
+        .tail(&run_id, None)
+        .await
+        .expect("tail")
+        .count()
+        .await;
+    let replay = replayed as f64 / start.elapsed().as_secs_f64();
+    println!("publish only (Publisher, no reader):  {publish:>10.0} chunks/s");
+    println!("replay only (tail of a finished stream): {replay:>10.0} chunks/s");
+    match rb {
+        Some(rb) => println!("redis-benchmark -c 1 -P 16 XADD: {rb:>10.0} /s"),
+        None => println!("redis-benchmark: not installed"),
+    }
+    println!("raw pipelined XADD (depth 16):    {raw:>10.0} /s");
+    println!("remote stream end to end (best of 3): {best:>10.0} chunks/s");
+    if let Some(rb) = rb {
+        println!(
+            "ratio to redis-benchmark -P 16:  {:.2} (target >= 0.70)",
+            best / rb
+        );
+    }
+    println!("ratio to raw pipelined XADD:     {:.2}", best / raw);
+}
+
+async fn latency(server: &RedisServer, count: u64) {
+    println!("## latency: actor yield -> reader, {count} chunks at 1,000 chunks/s");
+    let prefix = "bench-lat:";
+    let worker_client = Client::connect_with(server.url(), options(prefix))
+        .await
+        .expect("connect");
+    let reader = Client::connect_with(server.url(), options(prefix))
+        .await
+        .expect("connect");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = Worker::new(worker_client, runtime(), WorkerOptions::default());
+    let worker = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    let _ = origin();
+    let mut chunks = reader
+        .invoker()
+        .invoke(
+            "paced",
+            json!({ "count": count, "every_us": 1000 }),
+            RunOptions::default(),
+        )
+        .await
+        .expect("invoke");
+    let mut lat = Vec::with_capacity(count as usize);
+    while let Some(chunk) = chunks.next().await {
+        let now = origin().elapsed().as_nanos() as u64;
+        if let Some(t) = chunk.data.as_ref().and_then(|d| d["t"].as_u64()) {
+            lat.push(Duration::from_nanos(now.saturating_sub(t)));
+        }
+    }
+    let _ = stop.send(());
+    let _ = worker.await;
+    lat.sort();
+
+    let client = redis::Client::open(server.url()).expect("url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let mut rtt = Vec::with_capacity(count as usize);
+    for seq in 0..count {
+        let start = Instant::now();
+        redis::cmd("XADD")
+            .arg("bench:rtt")
+            .arg("*")
+            .arg("type")
+            .arg("data")
+            .arg("data")
+            .arg("{\"token\":\"tok\"}")
+            .arg("seq")
+            .arg(seq)
+            .query_async::<()>(&mut conn)
+            .await
+            .expect("xadd");
+        rtt.push(start.elapsed());
+    }
+    rtt.sort();
+    println!(
+        "yield -> reader:     p50 {}  p99 {}  (targets 0.15 ms / 1 ms)",
+        ms(percentile(&lat, 0.5)),
+        ms(percentile(&lat, 0.99))
+    );
+    println!(
+        "bare XADD round trip: p50 {}  p99 {}",
+        ms(percentile(&rtt, 0.5)),
+        ms(percentile(&rtt, 0.99))
+    );
+}
+
+async fn scale(server: &RedisServer, streams: usize) {
+    println!("## scale: {streams} concurrent remote streams read by one process");
+    let prefix = "bench-scale:";
+    let exe = std::env::current_exe().expect("own path");
+    let mut worker = Command::new(exe)
+        .args(["--worker", server.url(), prefix, &streams.to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the worker process");
+    let probe = redis::Client::open(server.url()).expect("url");
+    let mut probe = probe
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before_conns = connections(&mut probe).await;
+    let before_rss = rss_kib();
+
+    let reader = Client::connect_with(server.url(), options(prefix))
+        .await
+        .expect("connect");
+    let invoker = reader.invoker();
+    let start = Instant::now();
+    let mut live = Vec::with_capacity(streams);
+    for _ in 0..streams {
+        let chunks = invoker
+            .invoke("hold", json!({ "ms": 8000 }), RunOptions::default())
+            .await
+            .expect("invoke");
+        live.push(chunks);
+    }
+    // Every stream live: its start and first token arrived.
+    let firsts = futures::future::join_all(live.iter_mut().map(|c| async move {
+        let a = c.next().await;
+        let b = c.next().await;
+        a.is_some() && b.is_some()
+    }))
+    .await;
+    assert!(firsts.iter().all(|ok| *ok));
+    let ready = start.elapsed();
+    let conns = connections(&mut probe).await - before_conns;
+    let rss = rss_kib().saturating_sub(before_rss);
+    let ends = futures::future::join_all(live.into_iter().map(|mut c| async move {
+        let mut last = None;
+        while let Some(chunk) = c.next().await {
+            last = Some(chunk);
+        }
+        last.is_some_and(|l| l.kind == loom_core::ChunkType::Complete)
+    }))
+    .await;
+    let completed = ends.iter().filter(|ok| **ok).count();
+    let _ = worker.kill();
+    let _ = worker.wait();
+    println!(
+        "all {streams} streams live after {:.2} s",
+        ready.as_secs_f64()
+    );
+    println!("Redis connections used by the reading process: {conns}");
+    println!(
+        "reading process RSS delta: {} KiB ({:.1} KiB per stream)",
+        rss,
+        rss as f64 / streams as f64
+    );
+    println!("completed: {completed}/{streams}");
+}
+
+async fn run_worker(url: &str, prefix: &str, concurrency: usize) {
+    let client = Client::connect_with(url, options(prefix))
+        .await
+        .expect("connect");
+    let options = WorkerOptions {
+        concurrency,
+        ..WorkerOptions::default()
+    };
+    let _ = Worker::new(client, runtime(), options)
+        .run(std::future::pending())
+        .await;
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if args.get(1).map(String::as_str) == Some("--worker") {
+        let concurrency = args.get(4).and_then(|c| c.parse().ok()).unwrap_or(16);
+        rt.block_on(run_worker(&args[2], &args[3], concurrency));
+        return;
+    }
+    let quick = args.iter().any(|a| a == "quick");
+    let server = RedisServer::start();
+    let port = server
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap_or("6379")
+        .trim_end_matches('/')
+        .to_owned();
+    let only: Vec<&str> = ["throughput", "latency", "scale"]
+        .into_iter()
+        .filter(|name| args.iter().any(|a| a == name))
+        .collect();
+    let wants = |name: &str| only.is_empty() || only.contains(&name);
+    rt.block_on(async {
+        if wants("throughput") {
+            throughput(&server, &port, if quick { 50_000 } else { 200_000 }).await;
+        }
+        if wants("latency") {
+            latency(&server, if quick { 500 } else { 3000 }).await;
+        }
+        if wants("scale") {
+            scale(&server, if quick { 1000 } else { 10_000 }).await;
+        }
+    });
+}

@@ -34,10 +34,10 @@ use crate::keys::check_name;
 /// Chunks buffered between a run and its writer: enough to fill one large pipeline while the
 /// previous one is in flight, small enough (a few hundred KiB of tokens) to be the worker's
 /// memory bound per run.
-pub const PUBLISH_BUFFER: usize = 256;
+pub const PUBLISH_BUFFER: usize = 512;
 
 /// The most `XADD`s in one pipeline.
-pub const MAX_PIPELINE: usize = 256;
+pub const MAX_PIPELINE: usize = 512;
 
 /// Writes the chunks of one run to `loom:stream:{<id>}` (see the module docs).
 #[derive(Debug)]

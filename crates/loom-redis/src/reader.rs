@@ -44,7 +44,7 @@ use crate::error::Error;
 
 /// Entries one `XREAD` fetches per stream at most: large enough that a fast stream moves in
 /// few round trips, small enough that one reply stays well under a megabyte per stream.
-const READ_COUNT: usize = 256;
+const READ_COUNT: usize = 1024;
 
 /// Batches (of up to [`READ_COUNT`] entries) buffered per stream between the hub and its
 /// consumer. Two let the hub read the next batch while the consumer works on one; more would
@@ -392,6 +392,14 @@ impl Hub {
     }
 }
 
+fn deliver(sub: &mut Sub, entries: Vec<RawEntry>) {
+    if let Some(last) = entries.last() {
+        sub.last = last.id;
+        // Cannot be full: only the hub sends, and it checked for room.
+        let _ = sub.tx.try_send(entries);
+    }
+}
+
 struct HubTask {
     redis: redis::Client,
     commands: ConnectionManager,
@@ -429,19 +437,24 @@ impl HubTask {
     }
 
     fn dispatch(&mut self, reply: Vec<(String, Vec<RawEntry>)>) {
-        for (key, entries) in reply {
-            for sub in self.subs.iter_mut().filter(|s| s.in_round && s.key == key) {
+        for (key, mut entries) in reply {
+            let mut readers: Vec<&mut Sub> = self
+                .subs
+                .iter_mut()
+                .filter(|s| s.in_round && s.key == key)
+                .collect();
+            // The last reader takes the entries, the others (rare) get copies.
+            let Some(owner) = readers.pop() else { continue };
+            for sub in readers {
                 let fresh: Vec<RawEntry> = entries
                     .iter()
                     .filter(|e| e.id > sub.last)
                     .cloned()
                     .collect();
-                if let Some(last) = fresh.last() {
-                    sub.last = last.id;
-                    // Cannot be full: only the hub sends, and it checked for room.
-                    let _ = sub.tx.try_send(fresh);
-                }
+                deliver(sub, fresh);
             }
+            entries.retain(|e| e.id > owner.last);
+            deliver(owner, entries);
         }
     }
 

@@ -124,7 +124,8 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// Connects to the Redis at `url` (`redis://host:port/db`, `rediss://…`) with the default
-    /// options.
+    /// options. A malformed URL is [`Error::InvalidOptions`] (`bad_input`); an unreachable
+    /// server is [`Error::Redis`] (`upstream`).
     pub async fn connect(url: &str) -> Result<Self, Error> {
         Self::connect_with(url, ClientOptions::default()).await
     }
@@ -133,7 +134,8 @@ impl Client {
     pub async fn connect_with(url: &str, options: ClientOptions) -> Result<Self, Error> {
         options.check()?;
         let keys = Keys::new(options.prefix.clone())?;
-        let redis = redis::Client::open(url)?;
+        let redis = redis::Client::open(url)
+            .map_err(|e| Error::InvalidOptions(format!("invalid Redis URL: {e}")))?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_connection_timeout(Some(CONNECT_TIMEOUT))

@@ -1,6 +1,7 @@
 //! [`ChunkDecoder`]: turns the SSE events of a `chat/completions` stream into
 //! [`TokenEvent`]s.
 //!
+//! Most chunks take the fast path of [`skim`](crate::skim); the rest are deserialised here.
 //! It reads only the fields it needs (`choices[].delta.content`, `.tool_calls`,
 //! `.finish_reason`, `usage`, `error`), borrowing strings from the event where it can, and
 //! tolerates what OpenAI-compatible servers differ on: unknown fields, missing `id`/`created`,
@@ -14,6 +15,7 @@ use serde::Deserialize;
 
 use crate::error::AiError;
 use crate::event::{FinishReason, TokenEvent, ToolCallDelta, Usage};
+use crate::skim::skim;
 use crate::sse::SseEvent;
 
 /// How much of an undecodable event an error quotes.
@@ -101,6 +103,18 @@ impl ChunkDecoder {
         if data.is_empty() {
             return Ok(());
         }
+        if let Some(skimmed) = skim(data) {
+            if let Some(text) = skimmed.content.filter(|t| !t.is_empty()) {
+                out.push_back(TokenEvent::Text(text.into_owned()));
+            }
+            if let Some(reason) = skimmed.finish_reason.filter(|r| !r.is_empty()) {
+                self.finish(&reason, out);
+            }
+            if let Some(usage) = skimmed.usage {
+                self.usage = Some(usage);
+            }
+            return Ok(());
+        }
         let chunk: Chunk<'_> = serde_json::from_str(data).map_err(|e| AiError::Decode {
             message: format!("{e} in event {:?}", quote(data)),
         })?;
@@ -136,16 +150,21 @@ impl ChunkDecoder {
                 }
             }
             if let Some(reason) = choice.finish_reason.filter(|r| !r.is_empty()) {
-                if !self.finished {
-                    self.finished = true;
-                    out.push_back(TokenEvent::Finish(FinishReason::parse(&reason)));
-                }
+                self.finish(&reason, out);
             }
         }
         if let Some(usage) = chunk.usage {
             self.usage = Some(usage);
         }
         Ok(())
+    }
+
+    /// Reports the first finish reason; servers that repeat it are not believed twice.
+    fn finish(&mut self, reason: &str, out: &mut VecDeque<TokenEvent>) {
+        if !self.finished {
+            self.finished = true;
+            out.push_back(TokenEvent::Finish(FinishReason::parse(reason)));
+        }
     }
 
     /// Ends the stream: appends the usage, if the server sent any.

@@ -65,6 +65,7 @@ mod offline;
 mod openai;
 mod request;
 mod service;
+mod skim;
 mod sse;
 
 use std::sync::Arc;

@@ -112,12 +112,22 @@ impl<'a> Reader<'a> {
             return None;
         }
         let start = self.i + 1;
+        let bytes = self.bytes();
         let mut at = start;
         let mut escaped = false;
         loop {
-            let found = memchr::memchr2(b'"', b'\\', self.bytes().get(at..)?)?;
-            at += found;
-            if self.bytes()[at] == b'\\' {
+            // Keys and most tokens are a few bytes long, where a plain loop beats SIMD
+            // set-up; a long string switches to memchr.
+            let end = bytes.len().min(at + 32);
+            let near = bytes[at.min(end)..end]
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\');
+            at = match near {
+                Some(found) => at + found,
+                None if end == bytes.len() => return None,
+                None => end + memchr::memchr2(b'"', b'\\', bytes.get(end..)?)?,
+            };
+            if bytes[at] == b'\\' {
                 escaped = true;
                 at += 2;
                 continue;
@@ -301,6 +311,8 @@ mod tests {
             r#"{"ch\u006fices":[]}"#,
             r#"{"choices":[{"delta":{"content":nul}}]}"#,
             r#"[1]"#,
+            "{\"a\":\"x\\",
+            r#"{"a":"a string longer than thirty-two bytes without its closing quote"#,
         ] {
             assert_eq!(skim(data), None, "{data}");
         }

@@ -28,8 +28,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Timing and naming that workers and readers of one Redis must agree on.
 ///
-/// The defaults keep `lease_ttl + visibility_timeout` at 15 s, DESIGN.md's bound on how long a
-/// reader waits before `error/worker_lost`. Tests shorten them.
+/// The defaults keep `lease_ttl + visibility_timeout` at 13 s, so that with the reader's
+/// check interval (`lease_refresh`) a reader ends with `error/worker_lost` within DESIGN.md's
+/// 15 s of its worker's death. Tests shorten them.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     /// The key prefix (default `loom:`).
@@ -43,7 +44,7 @@ pub struct ClientOptions {
     pub lease_refresh: Duration,
     /// How long a request may sit unrefreshed in a dead worker's pending list before another
     /// worker re-runs it, and how long a reader waits after a lease expired for a new attempt
-    /// to start (default 10 s).
+    /// to start (default 8 s).
     pub visibility_timeout: Duration,
     /// How long a finished (or abandoned) chunk stream stays readable (default 3,600 s).
     pub stream_ttl: Duration,
@@ -64,7 +65,7 @@ impl Default for ClientOptions {
             prefix: DEFAULT_PREFIX.to_owned(),
             lease_ttl: Duration::from_secs(5),
             lease_refresh: Duration::from_millis(1500),
-            visibility_timeout: Duration::from_secs(10),
+            visibility_timeout: Duration::from_secs(8),
             stream_ttl: Duration::from_secs(3600),
             pickup_timeout: Duration::from_secs(30),
             deadline_grace: Duration::from_secs(2),

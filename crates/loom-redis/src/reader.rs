@@ -237,7 +237,9 @@ fn follow(
                     let now = Instant::now();
                     if std::mem::take(&mut heard) {
                         redis_ok_at = now;
-                        alive_until = alive_until.max(now + watch.lease_ttl);
+                        // A chunk proves a worker holds the run: from here on only its lease
+                        // counts, not the grace a queued request gets for its pickup.
+                        alive_until = now + watch.lease_ttl;
                     } else {
                         let pttl: Result<i64, _> = redis::cmd("PTTL").arg(&lease).query_async(&mut conn).await;
                         match pttl {

@@ -31,6 +31,10 @@ const CANCEL_GRACE: Duration = Duration::from_secs(5);
 #[derive(Parser, Debug)]
 #[command(name = "loom", version, about)]
 struct Cli {
+    /// Run actors on workers through this Redis (e.g. redis://127.0.0.1:6379) instead of in
+    /// this process.
+    #[arg(long, global = true, env = "LOOM_REDIS_URL", value_name = "URL")]
+    redis: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -43,6 +47,36 @@ enum Command {
     /// Run and check workflow definitions (YAML or JSON).
     #[command(subcommand)]
     Workflow(WorkflowCommand),
+    /// Run actors for callers, taking requests from the Redis queues (needs --redis).
+    Worker(WorkerArgs),
+    /// Read chunk streams stored in Redis (needs --redis).
+    #[command(subcommand)]
+    Stream(StreamCommand),
+}
+
+#[derive(clap::Args, Debug)]
+struct WorkerArgs {
+    /// The actor types to serve, comma-separated (default: every registered actor).
+    #[arg(long, value_delimiter = ',', value_name = "A,B")]
+    actors: Vec<String>,
+    /// How many runs at once.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: u16,
+}
+
+#[derive(Subcommand, Debug)]
+enum StreamCommand {
+    /// Replay a run's stream and follow it until its terminal chunk.
+    Tail {
+        /// The stream (run) id.
+        id: String,
+        /// Start after this Redis entry id (e.g. `1700000000000-0`), or `$` for new chunks only.
+        #[arg(long, value_name = "ID")]
+        from: Option<String>,
+        /// Print chunks as JSON Lines on stdout.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -160,6 +194,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let ai = AiService::from_env().context("invalid AI configuration")?;
     let offline = ai.is_offline();
     let runtime = Arc::new(local_runtime(ai));
+    let redis = match &cli.redis {
+        Some(url) => Some(
+            loom_redis::Client::connect(url)
+                .await
+                .map_err(redis_error)?,
+        ),
+        None => None,
+    };
+    // Where runs happen: in this process, or on workers through Redis. The local registry
+    // names the actor types, so an unknown one is rejected before anything is queued.
+    let invoker: Arc<dyn Invoker> = match &redis {
+        Some(client) => Arc::new(client.invoker().with_actors(runtime.registry().names())),
+        None => runtime.clone(),
+    };
     match cli.command {
         Command::Actor(ActorCommand::List) => {
             for actor in runtime.registry().iter() {
@@ -174,23 +222,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Actor(ActorCommand::Run(args)) => {
             let input = build_input(args.input.as_deref(), args.prompt.as_deref())?;
-            if !runtime.knows(&args.actor) {
+            loom_redis::validate_name(&args.actor).map_err(|e| usage(e.to_string()))?;
+            if !invoker.knows(&args.actor) {
                 let known = runtime.registry().names().join(", ");
                 return Err(usage(format!(
                     "unknown actor type '{}' (known: {known})",
                     args.actor
                 )));
             }
-            if offline && args.actor == CHAT_AGENT {
+            if offline && redis.is_none() && args.actor == CHAT_AGENT {
                 announce_offline();
             }
-            let stream = runtime
+            let stream = invoker
                 .invoke(&args.actor, input, args.output.options())
                 .await?;
             Ok(follow(stream, args.output.mode()).await)
         }
         Command::Workflow(WorkflowCommand::Validate { file }) => {
-            let workflow = load_workflow(&file, runtime.as_ref())?;
+            let workflow = load_workflow(&file, invoker.as_ref())?;
             println!(
                 "{}: ok (workflow '{}', {} steps)",
                 file.display(),
@@ -200,19 +249,87 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Workflow(WorkflowCommand::Run(args)) => {
-            let workflow = load_workflow(&args.file, runtime.as_ref())?;
+            let workflow = load_workflow(&args.file, invoker.as_ref())?;
             let input = build_input(args.input.as_deref(), None)?;
             let input = workflow
                 .check_input(input)
                 .map_err(|e| usage(e.to_string()))?;
-            if offline && workflow.steps().any(|s| s.actor_type == CHAT_AGENT) {
+            if offline && redis.is_none() && workflow.steps().any(|s| s.actor_type == CHAT_AGENT) {
                 announce_offline();
             }
-            let executor = WorkflowExecutor::new(runtime);
+            let executor = WorkflowExecutor::new(invoker);
             let stream = executor.stream_with(workflow, input, args.output.options());
             Ok(follow(stream, args.output.mode()).await)
         }
+        Command::Worker(args) => {
+            let client =
+                redis.ok_or_else(|| usage("loom worker needs --redis URL (or LOOM_REDIS_URL)"))?;
+            for actor in &args.actors {
+                loom_redis::validate_name(actor).map_err(|e| usage(e.to_string()))?;
+                if !runtime.knows(actor) {
+                    return Err(usage(format!("unknown actor type '{actor}'")));
+                }
+            }
+            let served = if args.actors.is_empty() {
+                runtime.registry().names()
+            } else {
+                args.actors.clone()
+            };
+            eprintln!(
+                "loom: worker serving {} (concurrency {}); Ctrl-C or SIGTERM stops it{}",
+                served.join(", "),
+                args.concurrency,
+                if offline {
+                    "; chat-agent uses the offline provider"
+                } else {
+                    ""
+                }
+            );
+            let options = loom_redis::WorkerOptions {
+                actors: args.actors,
+                concurrency: usize::from(args.concurrency),
+                ..Default::default()
+            };
+            let worker = loom_redis::Worker::new(client, Runtime::clone(&runtime), options);
+            worker.run(shutdown_signal()).await.map_err(redis_error)?;
+            eprintln!("loom: worker stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stream(StreamCommand::Tail { id, from, json }) => {
+            let client = redis
+                .ok_or_else(|| usage("loom stream tail needs --redis URL (or LOOM_REDIS_URL)"))?;
+            let stream = client
+                .tail(&id, from.as_deref())
+                .await
+                .map_err(redis_error)?;
+            Ok(follow(stream, RenderMode { stream: true, json }).await)
+        }
     }
+}
+
+/// Bad names, bad URLs and unknown streams are the user's to fix (exit 2); the rest is not.
+fn redis_error(err: loom_redis::Error) -> anyhow::Error {
+    if err.is_bad_input() || err.code() == loom_core::ErrorCode::NotFound {
+        usage(err.to_string())
+    } else {
+        anyhow::Error::new(err)
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM: what stops a worker.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// The in-process runtime: the built-in actors plus `chat-agent`, with the AI service.

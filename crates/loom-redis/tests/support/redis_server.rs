@@ -1,0 +1,93 @@
+//! A real `redis-server` for tests: started on a free loopback port and killed on drop, or
+//! the server named by `LOOM_TEST_REDIS_URL`. Shared by the tests of `loom-redis` and `loom`.
+
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `redis-server` on a free loopback port, killed on drop; or the server named by
+/// `LOOM_TEST_REDIS_URL`, left alone.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    url: String,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        if let Ok(url) = std::env::var("LOOM_TEST_REDIS_URL") {
+            return Self {
+                child: None,
+                port: 0,
+                url,
+            };
+        }
+        let port = free_port();
+        let mut server = Self {
+            child: None,
+            port,
+            url: format!("redis://127.0.0.1:{port}/"),
+        };
+        server.spawn();
+        server
+    }
+
+    /// Whether this guard owns its server (and so may stop it).
+    pub fn is_own(&self) -> bool {
+        self.port != 0
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed to run these tests");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Kills the server (to test connection loss).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// A plain synchronous connection, as another program would use.
+    pub fn plain(&self) -> redis::Connection {
+        redis::Client::open(self.url.as_str())
+            .and_then(|c| c.get_connection())
+            .expect("connect to the test redis")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr").port()
+}

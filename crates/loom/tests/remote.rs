@@ -1,0 +1,212 @@
+//! The CLI in distributed mode, with real subprocesses: `loom worker` and
+//! `loom actor run … --redis` through a real `redis-server`, Ctrl-C cancelling on the worker,
+//! a worker killed with SIGKILL mid-stream, `loom stream tail`, and hostile names.
+
+mod support;
+
+#[path = "../../loom-redis/tests/support/redis_server.rs"]
+mod redis_server;
+
+use std::process::{Child, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use redis_server::RedisServer;
+use serde_json::{json, Value};
+use support::*;
+
+/// A `loom worker` subprocess, killed on drop.
+struct WorkerProcess(Child);
+
+impl WorkerProcess {
+    fn start(redis: &RedisServer) -> Self {
+        let child = loom(&["worker", "--redis", redis.url(), "--concurrency", "4"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("loom worker starts");
+        Self(child)
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `loom actor run <args> --stream --json --redis URL` and returns it with its lines.
+fn remote_run(redis: &RedisServer, args: &[&str]) -> (Child, Receiver<String>) {
+    let mut all = vec!["actor", "run"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--stream", "--json", "--redis", redis.url()]);
+    let mut child = loom(&all)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("loom starts");
+    let lines = lines(&mut child);
+    (child, lines)
+}
+
+/// Reads chunks until `until` holds for one, within [`LIMIT`].
+fn read_until(lines: &Receiver<String>, seen: &mut Vec<Value>, until: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines.recv_timeout(left).expect("the awaited chunk in time");
+        let chunk: Value = serde_json::from_str(&line).expect("a JSON chunk");
+        let done = until(&chunk);
+        seen.push(chunk);
+        if done {
+            return;
+        }
+    }
+}
+
+fn is_terminal(chunk: &Value) -> bool {
+    chunk["type"] == "complete" || chunk["type"] == "error"
+}
+
+const SLOW_BATCH: &str = r#"{"count":40,"batch_size":1,"delay_ms":150}"#;
+
+#[test]
+fn a_remote_run_streams_through_redis_and_can_be_replayed_with_stream_tail() {
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(&redis);
+    let out = run(&[
+        "actor",
+        "run",
+        "batch",
+        "--stream",
+        "--json",
+        "--input",
+        r#"{"count":250,"delay_ms":1}"#,
+        "--redis",
+        redis.url(),
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let chunks = chunks(&out.stdout);
+    assert_contract(&chunks);
+    assert_eq!(
+        chunks.last().map(|c| c["data"]["processed"].clone()),
+        Some(json!(250))
+    );
+
+    let run_id = chunks[0]["data"]["run_id"]
+        .as_str()
+        .expect("start names the run");
+    let tail = run(&["stream", "tail", run_id, "--json", "--redis", redis.url()]);
+    assert_eq!(tail.code, Some(0), "{}", tail.stderr);
+    assert_eq!(
+        support::chunks(&tail.stdout),
+        chunks,
+        "a replay gives the same chunks"
+    );
+}
+
+#[test]
+fn ctrl_c_cancels_the_run_on_the_worker_and_exits_130() {
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(&redis);
+    let (mut child, lines) = remote_run(&redis, &["batch", "--input", SLOW_BATCH]);
+    let mut seen = Vec::new();
+    read_until(&lines, &mut seen, |c| c["type"] == "data");
+    signal(child.id(), "INT");
+    read_until(&lines, &mut seen, is_terminal);
+    assert_eq!(wait(&mut child).code(), Some(130));
+    assert_contract(&seen);
+    assert_eq!(
+        seen.last().map(|c| c["error"]["code"].clone()),
+        Some(json!("cancelled"))
+    );
+    assert!(
+        seen.len() < 40,
+        "the run stopped early: {} chunks",
+        seen.len()
+    );
+}
+
+#[test]
+fn a_worker_killed_mid_stream_is_replaced_by_another_and_seq_stays_gapless() {
+    let redis = RedisServer::start();
+    let mut first = WorkerProcess::start(&redis);
+    let (mut child, lines) = remote_run(&redis, &["batch", "--input", SLOW_BATCH]);
+    let mut seen = Vec::new();
+    read_until(&lines, &mut seen, |c| {
+        c["type"] == "progress" && c["progress"]["current"] == 3
+    });
+    signal(first.0.id(), "KILL");
+    let _ = first.0.wait();
+    let _second = WorkerProcess::start(&redis);
+    read_until(&lines, &mut seen, is_terminal);
+    assert_eq!(wait(&mut child).code(), Some(0));
+    assert_contract(&seen);
+    let restart = seen
+        .iter()
+        .find(|c| c["type"] == "start" && c["attempt"] == 2);
+    assert!(
+        restart.is_some(),
+        "the second attempt's start carries attempt 2"
+    );
+    assert_eq!(
+        seen.last().map(|c| c["type"].clone()),
+        Some(json!("complete"))
+    );
+}
+
+#[test]
+fn a_worker_killed_with_no_other_left_ends_the_reader_with_worker_lost() {
+    let redis = RedisServer::start();
+    let only = WorkerProcess::start(&redis);
+    let (mut child, lines) = remote_run(&redis, &["batch", "--input", SLOW_BATCH]);
+    let mut seen = Vec::new();
+    read_until(&lines, &mut seen, |c| c["type"] == "data");
+    signal(only.0.id(), "KILL");
+    let killed = Instant::now();
+    read_until(&lines, &mut seen, is_terminal);
+    assert!(
+        killed.elapsed() < Duration::from_secs(20),
+        "worker_lost within lease + visibility timeout"
+    );
+    assert_eq!(wait(&mut child).code(), Some(1));
+    assert_contract(&seen);
+    assert_eq!(
+        seen.last().map(|c| c["error"]["code"].clone()),
+        Some(json!("worker_lost"))
+    );
+}
+
+#[test]
+fn sigterm_stops_a_worker_cleanly() {
+    let redis = RedisServer::start();
+    let mut worker = WorkerProcess::start(&redis);
+    // Give the worker a moment to join its queues, then ask it to stop.
+    std::thread::sleep(Duration::from_millis(500));
+    signal(worker.0.id(), "TERM");
+    assert_eq!(wait(&mut worker.0).code(), Some(0));
+}
+
+#[test]
+fn hostile_names_and_unknown_streams_are_rejected_with_exit_2() {
+    let redis = RedisServer::start();
+    for name in ["a b", "x*", "{tag}", "a:b", &"n".repeat(129)] {
+        let out = run(&["actor", "run", name, "--redis", redis.url()]);
+        assert_eq!(out.code, Some(2), "{name}: {}", out.stderr);
+        let out = run(&["stream", "tail", name, "--redis", redis.url()]);
+        assert_eq!(out.code, Some(2), "{name}: {}", out.stderr);
+    }
+    let out = run(&[
+        "stream",
+        "tail",
+        "6f1c3a52-0000-4000-8000-000000000000",
+        "--redis",
+        redis.url(),
+    ]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    let out = run(&["stream", "tail", "x", "--redis", "not a url"]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    let out = run(&["worker"]);
+    assert_eq!(out.code, Some(2), "a worker needs --redis: {}", out.stderr);
+}

@@ -210,3 +210,47 @@ fn hostile_names_and_unknown_streams_are_rejected_with_exit_2() {
     let out = run(&["worker"]);
     assert_eq!(out.code, Some(2), "a worker needs --redis: {}", out.stderr);
 }
+
+#[test]
+fn a_workflow_runs_its_actions_on_workers_with_the_same_stream() {
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(&redis);
+    let file = format!(
+        "{}/../../examples/workflows/batch-report.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let input = r#"{"count":300}"#;
+    let remote = run(&[
+        "workflow",
+        "run",
+        &file,
+        "--stream",
+        "--json",
+        "--input",
+        input,
+        "--redis",
+        redis.url(),
+    ]);
+    assert_eq!(remote.code, Some(0), "{}", remote.stderr);
+    let local = run(&[
+        "workflow", "run", &file, "--stream", "--json", "--input", input,
+    ]);
+    assert_eq!(local.code, Some(0), "{}", local.stderr);
+    let (remote, local) = (chunks(&remote.stdout), chunks(&local.stdout));
+    assert_contract(&remote);
+    // The same definition gives the same stream, but for the run ids in start chunks.
+    let shape = |chunks: &[Value]| -> Vec<Value> {
+        chunks
+            .iter()
+            .skip(1)
+            .map(|c| json!([c["type"], c["step"], c["event"], c["progress"], c["data"]]))
+            .collect()
+    };
+    assert_eq!(shape(&remote), shape(&local));
+    assert_eq!(
+        remote
+            .last()
+            .map(|c| c["data"]["steps"]["report"]["processed"].clone()),
+        Some(json!(300))
+    );
+}

@@ -2,7 +2,8 @@
 //! next to a bare `async-stream` generator yielding the same chunks, measured in the same run.
 //!
 //! Run with `cargo bench -p loom-core --bench local_stream`. Criterion reports both; the
-//! closing lines print both rates and the ratio (target ≥ 0.8).
+//! closing lines print both rates (medians of 15 interleaved rounds) and the ratio (target
+//! ≥ 0.8).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -86,16 +87,33 @@ fn main() {
     group.finish();
     criterion.final_summary();
 
-    // The ratio, from interleaved rounds in this same process (best of each).
-    let (mut best_bare, mut best_loom) = (Duration::MAX, Duration::MAX);
-    for _ in 0..7 {
-        let t = Instant::now();
-        rt.block_on(drain(bare()));
-        best_bare = best_bare.min(t.elapsed());
-        let t = Instant::now();
-        rt.block_on(drain(through_runtime(&runtime)));
-        best_loom = best_loom.min(t.elapsed());
+    // The ratio, from interleaved rounds in this same process: the median of each, with the
+    // order swapped every round so neither side always runs on a warmer cache.
+    let (mut bare_times, mut loom_times) = (Vec::new(), Vec::new());
+    for round in 0..15 {
+        let mut time_bare = || {
+            let t = Instant::now();
+            rt.block_on(drain(bare()));
+            bare_times.push(t.elapsed());
+        };
+        let mut time_loom = || {
+            let t = Instant::now();
+            rt.block_on(drain(through_runtime(&runtime)));
+            loom_times.push(t.elapsed());
+        };
+        if round % 2 == 0 {
+            time_bare();
+            time_loom();
+        } else {
+            time_loom();
+            time_bare();
+        }
     }
+    let median = |times: &mut Vec<Duration>| {
+        times.sort();
+        times[times.len() / 2]
+    };
+    let (best_bare, best_loom) = (median(&mut bare_times), median(&mut loom_times));
     let rate = |d: Duration| CHUNKS as f64 / d.as_secs_f64();
     println!(
         "bare async-stream generator: {:>12.0} chunks/s",

@@ -131,12 +131,13 @@ pub struct StreamChunk {
     /// Payload of `start`, `data` and `complete` chunks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Value>,
-    /// Payload of `progress` chunks.
+    /// Payload of `progress` chunks (boxed, like `error`: a token chunk has neither, and a
+    /// smaller chunk is cheaper to move through every layer of the stream).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub progress: Option<Progress>,
+    pub progress: Option<Box<Progress>>,
     /// Payload of `error` chunks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<ErrorInfo>,
+    pub error: Option<Box<ErrorInfo>>,
     /// The team member that produced the chunk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
@@ -170,8 +171,16 @@ impl StreamChunk {
     /// A terminal `error` chunk.
     pub fn error(seq: u64, err: &ActorError) -> Self {
         Self {
-            error: Some(err.into()),
+            error: Some(Box::new(err.into())),
             ..Self::new(ChunkType::Error, seq)
+        }
+    }
+
+    /// The error payload of an `error` chunk, or an `internal` error if it has none.
+    pub fn error_info(&self) -> ErrorInfo {
+        match &self.error {
+            Some(info) => ErrorInfo::clone(info),
+            None => (&ActorError::internal("an error chunk without an error payload")).into(),
         }
     }
 

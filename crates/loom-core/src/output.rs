@@ -12,7 +12,7 @@ use crate::chunk::{ChunkType, Event, Progress, StreamChunk};
 #[derive(Debug, Clone, PartialEq)]
 pub enum OutputKind {
     /// Becomes a `progress` chunk.
-    Progress(Progress),
+    Progress(Box<Progress>),
     /// Becomes a `data` chunk.
     Data(Value),
     /// Becomes the terminal `complete` chunk; the runtime stops reading the actor after it.
@@ -25,31 +25,50 @@ pub enum OutputKind {
 pub struct Output {
     /// The payload.
     pub kind: OutputKind,
-    /// The team member that produced it.
-    pub actor: Option<String>,
-    /// The workflow action that produced it.
-    pub step: Option<String>,
-    /// A workflow marker.
-    pub event: Option<Event>,
+    /// Where it comes from, boxed: most outputs (an actor's own tokens) carry no tag, and a
+    /// small `Output` is cheaper to yield through the generator on the hot path.
+    tags: Option<Box<Tags>>,
+}
+
+/// The optional tags of an [`Output`].
+#[derive(Debug, Clone, PartialEq, Default)]
+struct Tags {
+    actor: Option<String>,
+    step: Option<String>,
+    event: Option<Event>,
 }
 
 impl Output {
     fn of(kind: OutputKind) -> Self {
-        Self {
-            kind,
-            actor: None,
-            step: None,
-            event: None,
-        }
+        Self { kind, tags: None }
+    }
+
+    fn tags(&mut self) -> &mut Tags {
+        self.tags.get_or_insert_with(Box::default)
+    }
+
+    /// The team member that produced it.
+    pub fn actor(&self) -> Option<&str> {
+        self.tags.as_ref()?.actor.as_deref()
+    }
+
+    /// The workflow action that produced it.
+    pub fn step(&self) -> Option<&str> {
+        self.tags.as_ref()?.step.as_deref()
+    }
+
+    /// The workflow marker it carries.
+    pub fn event(&self) -> Option<Event> {
+        self.tags.as_ref()?.event
     }
 
     /// A `progress` output: `current` of `total` units, with an optional message.
     pub fn progress(current: u64, total: Option<u64>, message: impl Into<Option<String>>) -> Self {
-        Self::of(OutputKind::Progress(Progress {
+        Self::of(OutputKind::Progress(Box::new(Progress {
             current,
             total,
             message: message.into(),
-        }))
+        })))
     }
 
     /// A `data` output: a partial result.
@@ -69,19 +88,27 @@ impl Output {
 
     /// Tags the output with the team member that produced it.
     pub fn with_actor(mut self, actor: impl Into<String>) -> Self {
-        self.actor = Some(actor.into());
+        self.tags().actor = Some(actor.into());
         self
     }
 
     /// Tags the output with the workflow step that produced it.
     pub fn with_step(mut self, step: impl Into<String>) -> Self {
-        self.step = Some(step.into());
+        self.tags().step = Some(step.into());
         self
     }
 
     /// Marks the output as a workflow event.
     pub fn with_event(mut self, event: Event) -> Self {
-        self.event = Some(event);
+        self.tags().event = Some(event);
+        self
+    }
+
+    /// Removes any workflow marker (a forwarded chunk is not the forwarder's marker).
+    pub fn without_event(mut self) -> Self {
+        if let Some(tags) = &mut self.tags {
+            tags.event = None;
+        }
         self
     }
 
@@ -107,9 +134,11 @@ impl Output {
                 ..StreamChunk::new(ChunkType::Complete, seq)
             },
         };
-        chunk.actor = self.actor;
-        chunk.step = self.step;
-        chunk.event = self.event;
+        if let Some(tags) = self.tags {
+            chunk.actor = tags.actor;
+            chunk.step = tags.step;
+            chunk.event = tags.event;
+        }
         chunk
     }
 
@@ -121,11 +150,14 @@ impl Output {
             ChunkType::Complete => OutputKind::Complete(chunk.data.unwrap_or(Value::Null)),
             ChunkType::Start | ChunkType::Error => return None,
         };
-        Some(Self {
-            kind,
-            actor: chunk.actor,
-            step: chunk.step,
-            event: chunk.event,
-        })
+        let tagged = chunk.actor.is_some() || chunk.step.is_some() || chunk.event.is_some();
+        let tags = tagged.then(|| {
+            Box::new(Tags {
+                actor: chunk.actor,
+                step: chunk.step,
+                event: chunk.event,
+            })
+        });
+        Some(Self { kind, tags })
     }
 }

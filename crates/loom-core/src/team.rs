@@ -89,7 +89,7 @@ impl Actor for Team {
                     ChunkType::Error => {
                         // Dropping the merged stream drops (cancels) every other member.
                         drop(merged);
-                        let info = chunk.error.unwrap_or_else(|| (&ActorError::internal("")).into());
+                        let info = chunk.error_info();
                         let err = ActorError::new(
                             info.code,
                             format!("team member '{member}' failed: {}", info.message),

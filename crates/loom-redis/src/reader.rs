@@ -292,7 +292,7 @@ fn follow(
                         Err(e) => {
                             tracing::warn!(run_id = %run_id, error = %e, "could not write the terminal chunk");
                             let chunk = StreamChunk {
-                                error: Some(info),
+                                error: Some(Box::new(info)),
                                 ..StreamChunk::new(ChunkType::Error, next_seq(last_seq))
                             };
                             yield StreamEntry { id: None, chunk };

@@ -112,7 +112,7 @@ impl WorkflowExecutor {
         while let Some(chunk) = chunks.next().await {
             match chunk.kind {
                 ChunkType::Complete => return Ok(chunk.data.unwrap_or(Value::Null)),
-                ChunkType::Error => return Err(error_of(chunk).into()),
+                ChunkType::Error => return Err(chunk.error_info().into()),
                 _ => {}
             }
         }
@@ -301,7 +301,7 @@ fn run_step(
                                 break;
                             }
                             ChunkType::Error => {
-                                result = Err(error_of(chunk));
+                                result = Err(chunk.error_info());
                                 break;
                             }
                         }
@@ -333,19 +333,13 @@ fn backoff(first: Duration, failed_attempt: u32) -> Duration {
     first.saturating_mul(factor).min(MAX_BACKOFF)
 }
 
-fn error_of(chunk: StreamChunk) -> ErrorInfo {
-    chunk.error.unwrap_or_else(|| {
-        ErrorInfo::from(&ActorError::internal("an error chunk without an error"))
-    })
-}
-
 /// A step's own chunk, passed on tagged with the step. Its `event`, if any, is dropped: only
 /// this workflow's markers carry one.
 fn forwarded(chunk: StreamChunk, step: &str) -> Output {
-    let mut output = Output::from_chunk(chunk).unwrap_or_else(|| Output::data(Value::Null));
-    output.step = Some(step.to_owned());
-    output.event = None;
-    output
+    Output::from_chunk(chunk)
+        .unwrap_or_else(|| Output::data(Value::Null))
+        .with_step(step)
+        .without_event()
 }
 
 fn start_marker(step: &ActorAction, done: u64, total: u64) -> Output {

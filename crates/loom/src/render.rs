@@ -188,7 +188,12 @@ impl Renderer {
 
     fn token(&mut self, token: &str, label: Option<String>) {
         let Some(label) = label else {
-            self.bar.suspend(|| out(token));
+            if !self.mid_line {
+                // Raw tokens fill the terminal's current line, where a spinner would be drawn
+                // over them: from the first token on, the summary line reports progress instead.
+                self.multi.set_draw_target(ProgressDrawTarget::hidden());
+            }
+            out(token);
             self.mid_line = true;
             return;
         };

@@ -8,7 +8,7 @@ use std::time::Duration;
 use loom_ai::{AiConfig, AiError, AiService, CompletionRequest, RetryPolicy};
 use loom_core::{ActorError, ErrorCode};
 use support::wire::{self, frame};
-use support::{drain, FakeServer, Reply};
+use support::{drain, drain_prompt, FakeServer, Reply};
 
 const KEY: &str = "sk-proj-SECRET-9f8e7d6c5b4a";
 
@@ -60,12 +60,7 @@ async fn a_429_is_retried_after_the_servers_retry_after() {
     let ok = Reply::sse(wire::openai_stream(&["fine"], None));
     let limited = Reply::error(429, "Rate limit reached").with_header("retry-after", "0.15");
     let server = FakeServer::start(vec![limited, ok]).await;
-    let (text, _, error) = drain(
-        server
-            .service()
-            .stream_completion(CompletionRequest::prompt("x")),
-    )
-    .await;
+    let (text, _, error) = drain_prompt(server.service()).await;
     assert!(error.is_none(), "{error:?}");
     assert_eq!(text, "fine");
     let requests = server.requests();
@@ -81,12 +76,7 @@ async fn retry_after_is_capped_by_the_policy() {
     let limited = Reply::error(429, "slow down").with_header("retry-after", "3600");
     let server = FakeServer::start(vec![limited, ok]).await;
     // max_backoff is 200 ms in the fake server's config, so this does not wait an hour.
-    let (text, _, error) = drain(
-        server
-            .service()
-            .stream_completion(CompletionRequest::prompt("x")),
-    )
-    .await;
+    let (text, _, error) = drain_prompt(server.service()).await;
     assert!(error.is_none(), "{error:?}");
     assert_eq!(text, "fine");
 }
@@ -142,12 +132,7 @@ async fn a_stream_that_breaks_after_tokens_is_not_retried_and_keeps_its_tokens()
     );
     let server =
         FakeServer::start(vec![broken, Reply::sse(wire::openai_stream(&["x"], None))]).await;
-    let (text, _, error) = drain(
-        server
-            .service()
-            .stream_completion(CompletionRequest::prompt("x")),
-    )
-    .await;
+    let (text, _, error) = drain_prompt(server.service()).await;
     assert_eq!(text, "half a");
     let error = error.expect("an error");
     assert_eq!(error.code(), ErrorCode::Upstream);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use loom_ai::{AiError, CompletionRequest, FinishReason, TokenEvent, ToolCallDelta, Usage};
 use support::wire::{self, frame, DONE};
-use support::{drain, FakeServer, RawServer, Reply};
+use support::{drain, drain_prompt, FakeServer, RawServer, Reply};
 
 fn usage(prompt: u64, completion: u64) -> TokenEvent {
     TokenEvent::Usage(Usage {
@@ -73,12 +73,7 @@ async fn the_request_is_a_streaming_chat_completion_with_usage_asked_for() {
 #[tokio::test]
 async fn the_default_model_is_used_and_unset_options_are_not_sent() {
     let server = FakeServer::start(vec![Reply::sse(wire::openai_stream(&["ok"], None))]).await;
-    let (_, _, error) = drain(
-        server
-            .service()
-            .stream_completion(CompletionRequest::prompt("x")),
-    )
-    .await;
+    let (_, _, error) = drain_prompt(server.service()).await;
     assert!(error.is_none());
     let body = &server.requests()[0].body;
     assert_eq!(body["model"], "gpt-4o-mini");
@@ -90,12 +85,7 @@ async fn the_default_model_is_used_and_unset_options_are_not_sent() {
 #[tokio::test]
 async fn no_usage_from_the_server_means_no_usage_event_not_zeros() {
     let server = FakeServer::start(vec![Reply::sse(wire::openai_stream(&["a", "b"], None))]).await;
-    let (text, events, error) = drain(
-        server
-            .service()
-            .stream_completion(CompletionRequest::prompt("x")),
-    )
-    .await;
+    let (text, events, error) = drain_prompt(server.service()).await;
     assert!(error.is_none());
     assert_eq!(text, "ab");
     assert_eq!(events, [TokenEvent::Finish(FinishReason::Stop)]);
@@ -118,12 +108,7 @@ async fn every_finish_reason_is_reported() {
         ]
         .concat();
         let server = FakeServer::start(vec![Reply::sse(body)]).await;
-        let (_, events, error) = drain(
-            server
-                .service()
-                .stream_completion(CompletionRequest::prompt("x")),
-        )
-        .await;
+        let (_, events, error) = drain_prompt(server.service()).await;
         assert!(error.is_none());
         assert_eq!(events, [TokenEvent::Finish(reason)], "{wire_reason}");
     }
@@ -188,12 +173,7 @@ async fn servers_differences_are_tolerated() {
         "data: [DONE]\r\n\r\n",
     );
     let server = FakeServer::start(vec![Reply::sse(body)]).await;
-    let (text, events, error) = drain(
-        server
-            .service()
-            .stream_completion(CompletionRequest::prompt("x")),
-    )
-    .await;
+    let (text, events, error) = drain_prompt(server.service()).await;
     assert!(error.is_none(), "{error:?}");
     assert_eq!(text, "Hi");
     assert_eq!(
@@ -207,12 +187,7 @@ async fn multi_line_data_is_one_chunk() {
     let body = "data: {\"choices\":[{\"delta\":\ndata: {\"content\":\"joined\"}}]}\n\n\
                 data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
     let server = FakeServer::start(vec![Reply::sse(body)]).await;
-    let (text, _, error) = drain(
-        server
-            .service()
-            .stream_completion(CompletionRequest::prompt("x")),
-    )
-    .await;
+    let (text, _, error) = drain_prompt(server.service()).await;
     assert!(error.is_none(), "{error:?}");
     assert_eq!(text, "joined");
 }
@@ -240,12 +215,7 @@ async fn events_split_across_reads_even_inside_a_character_arrive_intact() {
     }
     pieces.push(bytes[start..].to_vec());
     let server = RawServer::start(pieces, Duration::from_millis(2)).await;
-    let (text, events, error) = drain(
-        server
-            .service()
-            .stream_completion(CompletionRequest::prompt("x")),
-    )
-    .await;
+    let (text, events, error) = drain_prompt(server.service()).await;
     assert!(error.is_none(), "{error:?}");
     assert_eq!(text, tokens.concat());
     assert_eq!(
@@ -266,12 +236,7 @@ async fn a_cr_at_the_end_of_one_read_and_lf_at_the_start_of_the_next_is_one_line
         b"\n\r\n".to_vec(),
     ];
     let server = RawServer::start(pieces, Duration::from_millis(5)).await;
-    let (text, events, error) = drain(
-        server
-            .service()
-            .stream_completion(CompletionRequest::prompt("x")),
-    )
-    .await;
+    let (text, events, error) = drain_prompt(server.service()).await;
     assert!(error.is_none(), "{error:?}");
     assert_eq!(text, "a");
     assert_eq!(events, [TokenEvent::Finish(FinishReason::Stop)]);
@@ -287,12 +252,7 @@ async fn an_error_object_inside_the_stream_ends_it_with_the_servers_message() {
     ]
     .concat();
     let server = FakeServer::start(vec![Reply::sse(body)]).await;
-    let (text, _, error) = drain(
-        server
-            .service()
-            .stream_completion(CompletionRequest::prompt("x")),
-    )
-    .await;
+    let (text, _, error) = drain_prompt(server.service()).await;
     assert_eq!(text, "partial");
     let error = error.expect("an error");
     assert!(matches!(error, AiError::Stream { .. }), "{error:?}");
@@ -308,12 +268,7 @@ async fn an_error_event_inside_the_stream_ends_it() {
     ]
     .concat();
     let server = FakeServer::start(vec![Reply::sse(body)]).await;
-    let (text, _, error) = drain(
-        server
-            .service()
-            .stream_completion(CompletionRequest::prompt("x")),
-    )
-    .await;
+    let (text, _, error) = drain_prompt(server.service()).await;
     assert_eq!(text, "partial");
     assert!(error
         .expect("error")
@@ -331,12 +286,7 @@ async fn a_connection_that_ends_without_done_or_finish_is_an_upstream_error_afte
     ]
     .concat();
     let server = RawServer::start(vec![body.into_bytes()], Duration::ZERO).await;
-    let (text, _, error) = drain(
-        server
-            .service()
-            .stream_completion(CompletionRequest::prompt("x")),
-    )
-    .await;
+    let (text, _, error) = drain_prompt(server.service()).await;
     assert_eq!(text, "cut off");
     let error = error.expect("an error");
     assert!(matches!(error, AiError::Interrupted { .. }), "{error:?}");
@@ -352,12 +302,7 @@ async fn a_connection_that_ends_after_finish_but_without_done_is_complete() {
     ]
     .concat();
     let server = RawServer::start(vec![body.into_bytes()], Duration::ZERO).await;
-    let (text, events, error) = drain(
-        server
-            .service()
-            .stream_completion(CompletionRequest::prompt("x")),
-    )
-    .await;
+    let (text, events, error) = drain_prompt(server.service()).await;
     assert!(error.is_none(), "{error:?}");
     assert_eq!(text, "all");
     assert_eq!(
@@ -369,12 +314,7 @@ async fn a_connection_that_ends_after_finish_but_without_done_is_complete() {
 #[tokio::test]
 async fn a_body_that_is_not_sse_json_is_a_decode_error() {
     let server = FakeServer::start(vec![Reply::sse("data: <html>oops</html>\n\n")]).await;
-    let (_, _, error) = drain(
-        server
-            .service()
-            .stream_completion(CompletionRequest::prompt("x")),
-    )
-    .await;
+    let (_, _, error) = drain_prompt(server.service()).await;
     let error = error.expect("error");
     assert!(matches!(error, AiError::Decode { .. }), "{error:?}");
     assert!(error.to_string().contains("<html>"));

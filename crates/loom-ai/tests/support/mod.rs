@@ -358,6 +358,13 @@ async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<()> {
     Some(())
 }
 
+/// [`drain`]s a completion of the prompt `"x"` from `service`.
+pub async fn drain_prompt(
+    service: AiService,
+) -> (String, Vec<loom_ai::TokenEvent>, Option<loom_ai::AiError>) {
+    drain(service.stream_completion(loom_ai::CompletionRequest::prompt("x"))).await
+}
+
 /// Reads a token stream to its end: the text, the other events, and the error if it ended
 /// with one.
 pub async fn drain(

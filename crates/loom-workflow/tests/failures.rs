@@ -27,15 +27,7 @@ async fn retryable_failures_are_retried_and_supersede_earlier_output() {
     let chunks = collect(WorkflowExecutor::new(runtime).stream(workflow, json!({}))).await;
 
     assert_eq!(flaky.attempts.load(Ordering::SeqCst), 3);
-    let story: Vec<String> = chunks
-        .iter()
-        .filter(|c| c.step.as_deref() == Some("step"))
-        .map(|c| match (c.event, c.token()) {
-            (Some(e), _) => format!("{e:?}"),
-            (None, Some(t)) => t.to_owned(),
-            _ => "?".to_owned(),
-        })
-        .collect();
+    let story = story(&chunks);
     assert_eq!(
         story,
         [
@@ -250,15 +242,7 @@ async fn a_remote_re_run_marks_the_earlier_output_superseded() {
         .unwrap_or_else(|e| panic!("{e}"));
     let executor = WorkflowExecutor::new(std::sync::Arc::new(RerunInvoker));
     let chunks = collect(executor.stream(workflow, json!({}))).await;
-    let story: Vec<String> = chunks
-        .iter()
-        .filter(|c| c.step.as_deref() == Some("step"))
-        .map(|c| match (c.event, c.token()) {
-            (Some(e), _) => format!("{e:?}"),
-            (None, Some(t)) => t.to_owned(),
-            _ => "?".to_owned(),
-        })
-        .collect();
+    let story = story(&chunks);
     assert_eq!(
         story,
         [
@@ -276,4 +260,17 @@ async fn a_remote_re_run_marks_the_earlier_output_superseded() {
         .unwrap_or_default();
     assert!(retry.contains("re-run by another worker"), "{retry}");
     assert!(retry.contains("superseded"), "{retry}");
+}
+
+/// What the step named `step` showed: its markers (by name) and its tokens, in order.
+fn story(chunks: &[loom_core::StreamChunk]) -> Vec<String> {
+    chunks
+        .iter()
+        .filter(|c| c.step.as_deref() == Some("step"))
+        .map(|c| match (c.event, c.token()) {
+            (Some(e), _) => format!("{e:?}"),
+            (None, Some(t)) => t.to_owned(),
+            _ => "?".to_owned(),
+        })
+        .collect()
 }

@@ -18,6 +18,11 @@ use crate::event::{FinishReason, TokenEvent, ToolCallDelta, Usage};
 use crate::skim::skim;
 use crate::sse::SseEvent;
 
+fn lenient_usage<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Usage>, D::Error> {
+    let value = Option::<serde_json::Value>::deserialize(d)?;
+    Ok(value.and_then(|v| serde_json::from_value(v).ok()))
+}
+
 /// How much of an undecodable event an error quotes.
 const QUOTE_BYTES: usize = 200;
 
@@ -25,7 +30,9 @@ const QUOTE_BYTES: usize = 200;
 struct Chunk<'a> {
     #[serde(default, borrow)]
     choices: Option<Vec<Choice<'a>>>,
-    #[serde(default)]
+    /// A `usage` the server got wrong (partial, `null` counts) is no report, not a failed
+    /// answer: the tokens already streamed stand and usage stays unknown.
+    #[serde(default, deserialize_with = "lenient_usage")]
     usage: Option<Usage>,
     #[serde(default)]
     error: Option<serde_json::Value>,

@@ -64,6 +64,39 @@ pub enum AiError {
 }
 
 impl AiError {
+    /// The same error with every trace of `secret` (the API key) removed from its message:
+    /// servers and proxies may echo the key back, in an error status, inside the stream, or
+    /// in a quoted undecodable event whose cut falls in the middle of the key.
+    pub(crate) fn without_secret(self, secret: &str) -> Self {
+        let clean = |text: String| scrub(text, secret);
+        match self {
+            Self::Status {
+                status,
+                message,
+                retry_after,
+            } => Self::Status {
+                status,
+                message: clean(message),
+                retry_after,
+            },
+            Self::Stream { message } => Self::Stream {
+                message: clean(message),
+            },
+            Self::Interrupted { message } => Self::Interrupted {
+                message: clean(message),
+            },
+            Self::Connect { message } => Self::Connect {
+                message: clean(message),
+            },
+            Self::Decode { message } => Self::Decode {
+                message: clean(message),
+            },
+            Self::BadRequest(message) => Self::BadRequest(clean(message)),
+            Self::Config(message) => Self::Config(clean(message)),
+            other @ Self::Timeout { .. } => other,
+        }
+    }
+
     /// The Loom wire code for this error.
     ///
     /// HTTP 400/404/413/422 mean the request itself (model, limits, messages) was refused,
@@ -116,4 +149,34 @@ impl From<AiError> for ActorError {
             .with_retryable(retryable)
             .with_source(err)
     }
+}
+
+/// Replaces `secret` in `text` with `***`, and any cut-off start of it too (a quote that was
+/// truncated in the middle of the key).
+pub(crate) fn scrub(text: String, secret: &str) -> String {
+    /// A shorter start is too likely to be innocent text (`sk-`).
+    const MIN_START: usize = 6;
+    let secret = secret.as_bytes();
+    if secret.len() < MIN_START || !text.contains(&*String::from_utf8_lossy(&secret[..MIN_START])) {
+        return text;
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let matched = bytes[i..]
+            .iter()
+            .zip(secret)
+            .take_while(|(a, b)| a == b)
+            .count();
+        if matched >= MIN_START {
+            out.extend_from_slice(b"***");
+            i += matched;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    // Only whole ASCII runs were replaced, so the rest is the original UTF-8.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }

@@ -7,17 +7,44 @@
 use serde::{Deserialize, Serialize};
 
 /// Token counts as the server reported them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+///
+/// Read from a server's `usage` object, which must name `prompt_tokens` and
+/// `completion_tokens` (`total_tokens` defaults to their sum): a partial object is not
+/// zero-filled, it counts as no report at all, so usage is never a made-up 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "ReportedUsage")]
 pub struct Usage {
     /// Tokens in the prompt.
-    #[serde(default)]
     pub prompt_tokens: u64,
     /// Tokens generated.
-    #[serde(default)]
     pub completion_tokens: u64,
     /// Both together.
-    #[serde(default)]
     pub total_tokens: u64,
+}
+
+/// A `usage` object as servers send it, before it is trusted.
+#[derive(Deserialize)]
+struct ReportedUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    total_tokens: Option<u64>,
+}
+
+impl TryFrom<ReportedUsage> for Usage {
+    type Error = &'static str;
+
+    fn try_from(reported: ReportedUsage) -> Result<Self, Self::Error> {
+        match (reported.prompt_tokens, reported.completion_tokens) {
+            (Some(prompt), Some(completion)) => Ok(Self {
+                prompt_tokens: prompt,
+                completion_tokens: completion,
+                total_tokens: reported
+                    .total_tokens
+                    .unwrap_or(prompt.saturating_add(completion)),
+            }),
+            _ => Err("usage without prompt_tokens and completion_tokens"),
+        }
+    }
 }
 
 /// Why the model stopped.
@@ -134,8 +161,10 @@ impl Completion {
                 if let Some(id) = delta.id {
                     call.id = id;
                 }
+                // Like `id`, the name is whole in each delta that carries it: some servers
+                // repeat it, and appending would double it.
                 if let Some(name) = delta.name {
-                    call.name.push_str(&name);
+                    call.name = name;
                 }
                 call.arguments.push_str(&delta.arguments);
             }

@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::TryStreamExt;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use serde::Serialize;
 
@@ -73,7 +74,8 @@ impl OpenAiClient {
     pub(crate) fn stream(&self, request: CompletionRequest, model: &str) -> TokenStream {
         let client = self.clone();
         let body = body(&request, model);
-        TokenStream::new(async_stream::try_stream! {
+        let secret = self.api_key.clone();
+        let stream = async_stream::try_stream! {
             let mut response = client.open(body?).await?;
             let mut parser = SseParser::new();
             let mut decoder = ChunkDecoder::default();
@@ -104,7 +106,13 @@ impl OpenAiClient {
             while let Some(token) = events.pop_front() {
                 yield token;
             }
-        })
+        };
+        // Every error leaves through here, whatever produced it (the server's status, an
+        // error event inside the stream, an undecodable event): none may carry the key.
+        TokenStream::new(stream.map_err(move |err: AiError| match &secret {
+            Some(key) => err.without_secret(key.expose()),
+            None => err,
+        }))
     }
 
     /// Sends the request until it gets a success status, retrying 429, 5xx and connection
@@ -165,7 +173,8 @@ impl OpenAiClient {
         let message = if text.trim().is_empty() {
             status.canonical_reason().unwrap_or("no message").to_owned()
         } else {
-            error_message(&text)
+            // Scrubbed before it is quoted, so a cut cannot fall inside the key.
+            error_message(&self.scrub(text))
         };
         Err(AiError::Status {
             status: status.as_u16(),
@@ -192,25 +201,21 @@ impl OpenAiClient {
     }
 
     fn body_error(&self, err: &reqwest::Error) -> AiError {
-        if err.is_timeout() {
-            AiError::Timeout {
-                phase: "idle",
-                after: self.idle_timeout,
-            }
+        // Once the response has started, a silent server is a broken stream (DESIGN §4:
+        // `upstream`), not the run's deadline.
+        let message = if err.is_timeout() {
+            format!("no data from the AI server for {:?}", self.idle_timeout)
         } else {
-            AiError::Interrupted {
-                message: self.scrub(chain(err)),
-            }
-        }
+            self.scrub(chain(err))
+        };
+        AiError::Interrupted { message }
     }
 
     /// Removes the API key from text that came from outside (a server may echo it).
     fn scrub(&self, text: String) -> String {
         match &self.api_key {
-            Some(key) if !key.expose().is_empty() && text.contains(key.expose()) => {
-                text.replace(key.expose(), "***")
-            }
-            _ => text,
+            Some(key) => crate::error::scrub(text, key.expose()),
+            None => text,
         }
     }
 }

@@ -168,7 +168,7 @@ async fn a_server_that_never_answers_hits_the_idle_timeout() {
 }
 
 #[tokio::test]
-async fn a_stream_that_stalls_mid_way_hits_the_idle_timeout_after_its_tokens() {
+async fn a_stream_that_stalls_mid_way_ends_as_upstream_after_its_tokens() {
     let stalled = Reply::Sse {
         pieces: vec![
             frame(&wire::text_chunk("slow")),
@@ -187,7 +187,9 @@ async fn a_stream_that_stalls_mid_way_hits_the_idle_timeout_after_its_tokens() {
     let (text, _, error) = drain(ai.stream_completion(CompletionRequest::prompt("x"))).await;
     assert_eq!(text, "slow");
     let error = error.expect("an error");
-    assert_eq!(error.code(), ErrorCode::Timeout, "{error:?}");
+    // DESIGN §4: a stream that breaks mid-way is `upstream`; `timeout` is the run's deadline.
+    assert_eq!(error.code(), ErrorCode::Upstream, "{error:?}");
+    assert!(error.to_string().contains("no data"), "{error}");
 }
 
 #[tokio::test]
@@ -216,6 +218,28 @@ async fn the_api_key_is_in_no_debug_output_and_no_error() {
     assert!(actor_error
         .message
         .contains("Incorrect API key provided: ***"));
+}
+
+#[tokio::test]
+async fn the_api_key_is_scrubbed_from_errors_sent_inside_the_stream() {
+    let in_stream = format!(
+        "data: {}\n\ndata: {{\"error\":{{\"message\":\"Incorrect API key provided: {KEY}\"}}}}\n\n",
+        wire::text_chunk("a")
+    );
+    // An undecodable event long enough that the quote's cut falls inside the key.
+    let undecodable = format!("data: <{}{KEY}>\n\n", "x".repeat(185));
+    for body in [in_stream, undecodable] {
+        let server = FakeServer::start(vec![Reply::sse(body)]).await;
+        let ai = AiService::new(server.config().with_api_key(KEY)).expect("ai");
+        let error = first_error(&ai).await;
+        let text = format!("{error} {error:?}");
+        assert!(!text.contains(KEY), "{text}");
+        assert!(
+            !text.contains(&KEY[..8]),
+            "no cut-off start of the key either: {text}"
+        );
+        assert_eq!(error.code(), ErrorCode::Upstream, "{error:?}");
+    }
 }
 
 #[test]

@@ -342,3 +342,30 @@ fn the_token_stream_is_send_and_static() {
     assert_send_static(&stream);
     assert_send_static(&ai);
 }
+
+#[tokio::test]
+async fn a_partial_usage_is_unknown_not_zero_and_a_missing_total_is_the_sum() {
+    let finish = wire::finish_chunk("stop");
+    let cases = [
+        (r#"{"prompt_tokens":3}"#, None),
+        (r#"{"prompt_tokens":3,"completion_tokens":null}"#, None),
+        (r#"{}"#, None),
+        (
+            r#"{"prompt_tokens":3,"completion_tokens":2}"#,
+            Some(usage(3, 2)),
+        ),
+    ];
+    for (reported, expected) in cases {
+        let body = format!(
+            "data: {}\n\ndata: {finish}\n\ndata: {{\"choices\":[],\"usage\":{reported}}}\n\ndata: [DONE]\n\n",
+            wire::text_chunk("ok")
+        );
+        let server = FakeServer::start(vec![Reply::sse(body)]).await;
+        let (text, events, error) = drain_prompt(server.service()).await;
+        assert!(error.is_none(), "{reported}: {error:?}");
+        assert_eq!(text, "ok");
+        let mut want = vec![TokenEvent::Finish(FinishReason::Stop)];
+        want.extend(expected);
+        assert_eq!(events, want, "{reported}");
+    }
+}

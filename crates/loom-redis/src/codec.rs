@@ -74,31 +74,55 @@ pub(crate) struct RawEntry {
 
 /// Appends `XADD <key> * <fields of chunk>` to `pipe`.
 pub(crate) fn add_chunk(pipe: &mut redis::Pipeline, key: &str, chunk: &StreamChunk) {
-    let cmd = pipe.cmd("XADD").arg(key).arg("*");
+    pipe.add_command(chunk_command(key, chunk));
+}
+
+/// `XADD <key> * <fields of chunk>`, built in one allocation for the common (token) shape:
+/// the JSON values are written straight into the command's buffer.
+fn chunk_command(key: &str, chunk: &StreamChunk) -> redis::Cmd {
+    use redis::RedisWrite;
+    // "XADD" key "*" and three field/value pairs; tokens are a few dozen bytes of JSON.
+    let mut cmd = redis::Cmd::with_capacity(9, key.len() + 64);
+    cmd.arg("XADD").arg(key).arg("*");
     cmd.arg("type").arg(chunk.kind.as_str());
+    cmd.arg("data");
     match &chunk.data {
-        Some(data) => cmd.arg("data").arg(json(data)),
-        None => cmd.arg("data").arg("null"),
-    };
+        Some(data) => write_json(cmd.writer_for_next_arg(), data),
+        None => cmd.write_arg(b"null"),
+    }
     cmd.arg("seq").arg(chunk.seq);
     if let Some(progress) = &chunk.progress {
-        cmd.arg("progress").arg(json(progress));
+        cmd.arg("progress");
+        write_json(cmd.writer_for_next_arg(), progress);
     }
     if let Some(error) = &chunk.error {
-        cmd.arg("error").arg(json(error));
+        cmd.arg("error");
+        write_json(cmd.writer_for_next_arg(), error);
     }
     if let Some(actor) = &chunk.actor {
-        cmd.arg("actor").arg(json(actor));
+        cmd.arg("actor");
+        write_json(cmd.writer_for_next_arg(), actor);
     }
     if let Some(step) = &chunk.step {
-        cmd.arg("step").arg(json(step));
+        cmd.arg("step");
+        write_json(cmd.writer_for_next_arg(), step);
     }
     if let Some(event) = &chunk.event {
-        cmd.arg("event").arg(json(event));
+        cmd.arg("event");
+        write_json(cmd.writer_for_next_arg(), event);
     }
     if let Some(attempt) = chunk.attempt {
         cmd.arg("attempt").arg(attempt);
     }
+    cmd
+}
+
+/// Writes `value` as JSON into one command argument.
+fn write_json<T: serde::Serialize>(out: impl std::io::Write, value: &T) {
+    // The chunk's parts hold only strings, numbers and JSON values (string keys), and the
+    // writer is the command's `Vec`: serialising cannot fail. Were it ever to, the entry
+    // would hold broken JSON, which the reader reports as an undecodable entry.
+    let _ = serde_json::to_writer(out, value);
 }
 
 fn json<T: serde::Serialize>(value: &T) -> String {

@@ -10,7 +10,10 @@
 //! - **Leases.** Every `lease_refresh` a heartbeat renews, for each run the worker holds, the
 //!   lease key (`SET PX lease_ttl`), the stream's TTL, and the request's idle time in the
 //!   group's pending list (`XCLAIM … JUSTID` to itself). A long run on a healthy worker is
-//!   therefore never idle long enough to be claimed by another worker.
+//!   therefore never idle long enough to be claimed by another worker. `XREADGROUP COUNT`
+//!   bounds each queue, not the total, so a read may return more requests than there are
+//!   free slots: the extra ones wait in the worker, are started first as slots free up, and
+//!   the heartbeat renews their idle time too.
 //! - **Crash recovery.** Every few hundred milliseconds the worker `XAUTOCLAIM`s requests idle
 //!   for more than the visibility timeout — those of a dead worker — and runs them again as
 //!   attempt `delivery count` (2, 3, …): it reads the stream's last `seq` (`XREVRANGE COUNT 1`)
@@ -25,7 +28,7 @@
 //!   requests become claimable at once, and another worker continues their streams).
 //! - **Redis loss.** Every loop logs, backs off and reconnects; the worker does not exit.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -109,6 +112,10 @@ struct Shared {
     options: WorkerOptions,
     name: String,
     active: Mutex<HashMap<String, Active>>,
+    /// Requests read but not yet started: `XREADGROUP COUNT` bounds each queue, not the
+    /// total, so one read may return more than there are free slots. They are in this
+    /// worker's pending list, so the heartbeat keeps them from looking abandoned.
+    waiting: Mutex<VecDeque<Work>>,
 }
 
 /// A run the worker holds.
@@ -134,6 +141,10 @@ impl Shared {
         self.active.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn waiting(&self) -> MutexGuard<'_, VecDeque<Work>> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn group(&self) -> &'static str {
         self.client.keys().group()
     }
@@ -153,6 +164,7 @@ impl Worker {
                 options,
                 name,
                 active: Mutex::new(HashMap::new()),
+                waiting: Mutex::new(VecDeque::new()),
             }),
         }
     }
@@ -226,16 +238,16 @@ impl Worker {
                     _ = runs.join_next() => continue,
                 }
             }
-            let (work, stopping) = fetcher
-                .fetch(slots.available_permits(), &mut shutdown)
-                .await;
-            for (queue, entry, attempt) in work {
-                // Cannot fail: no more was fetched than there were free slots.
-                let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-                    break;
-                };
-                runs.spawn(execute(Arc::clone(&shared), queue, entry, attempt, permit));
-            }
+            let stopping = if shared.waiting().is_empty() {
+                let (work, stopping) = fetcher
+                    .fetch(slots.available_permits(), &mut shutdown)
+                    .await;
+                shared.waiting().extend(work);
+                stopping
+            } else {
+                false
+            };
+            start_waiting(&shared, &slots, &mut runs);
             if stopping {
                 break;
             }
@@ -245,8 +257,10 @@ impl Worker {
         let grace = tokio::time::sleep(shared.options.shutdown_grace);
         tokio::pin!(grace);
         loop {
+            // Requests already taken are ours to run: start them as slots free up.
+            start_waiting(&shared, &slots, &mut runs);
             tokio::select! {
-                next = runs.join_next() => if next.is_none() { break },
+                next = runs.join_next() => if next.is_none() && shared.waiting().is_empty() { break },
                 _ = &mut grace => {
                     hand_back(&shared).await;
                     while runs.join_next().await.is_some() {}
@@ -258,6 +272,19 @@ impl Worker {
         while background.join_next().await.is_some() {}
         tracing::info!(worker = %shared.name, "worker stopped");
         Ok(())
+    }
+}
+
+/// Starts waiting requests while there are free slots.
+fn start_waiting(shared: &Arc<Shared>, slots: &Arc<Semaphore>, runs: &mut JoinSet<()>) {
+    loop {
+        let Ok(permit) = Arc::clone(slots).try_acquire_owned() else {
+            return;
+        };
+        let Some((queue, entry, attempt)) = shared.waiting().pop_front() else {
+            return;
+        };
+        runs.spawn(execute(Arc::clone(shared), queue, entry, attempt, permit));
     }
 }
 
@@ -678,13 +705,22 @@ async fn refresh(shared: &Shared) -> Result<(), Error> {
         .iter()
         .map(|(run, a)| (run.clone(), a.queue.clone(), a.entry))
         .collect();
-    if held.is_empty() {
+    let waiting: Vec<(String, EntryId)> = shared
+        .waiting()
+        .iter()
+        .map(|(queue, entry, _)| (queue.clone(), entry.id))
+        .collect();
+    if held.is_empty() && waiting.is_empty() {
         return Ok(());
     }
     let keys = shared.client.keys();
     let options = shared.client.options();
     let mut conn = shared.client.conn();
-    let queues: HashSet<&str> = held.iter().map(|(_, q, _)| q.as_str()).collect();
+    let queues: HashSet<&str> = held
+        .iter()
+        .map(|(_, q, _)| q.as_str())
+        .chain(waiting.iter().map(|(q, _)| q.as_str()))
+        .collect();
     let mut mine: HashSet<(String, EntryId)> = HashSet::new();
     for queue in queues {
         let pending: Value = redis::cmd("XPENDING")
@@ -730,6 +766,21 @@ async fn refresh(shared: &Shared) -> Result<(), Error> {
             .entry(queue.as_str())
             .or_default()
             .push(entry.to_string());
+    }
+    let lost: HashSet<&(String, EntryId)> = waiting.iter().filter(|w| !mine.contains(w)).collect();
+    if !lost.is_empty() {
+        // Claimed by another worker while it waited here: that worker runs it.
+        shared
+            .waiting()
+            .retain(|(queue, entry, _)| !lost.contains(&(queue.clone(), entry.id)));
+    }
+    for (queue, entry) in &waiting {
+        if mine.contains(&(queue.clone(), *entry)) {
+            claims
+                .entry(queue.as_str())
+                .or_default()
+                .push(entry.to_string());
+        }
     }
     for (queue, ids) in claims {
         pipe.cmd("XCLAIM")
@@ -815,11 +866,11 @@ async fn cancel_run(shared: &Shared, run_id: &str) {
     }
 }
 
-/// Stops the runs still going after the shutdown grace and makes their requests claimable
-/// at once, so another worker continues their streams.
+/// Stops the runs still going after the shutdown grace and makes their requests (and those
+/// not started yet) claimable at once, so another worker continues their streams.
 async fn hand_back(shared: &Shared) {
     // Taken out of `active` first, so the heartbeat does not refresh them again.
-    let held: Vec<(String, String, EntryId)> = shared
+    let mut held: Vec<(String, String, EntryId)> = shared
         .active()
         .drain()
         .map(|(run, a)| {
@@ -827,10 +878,20 @@ async fn hand_back(shared: &Shared) {
             (run, a.queue, a.entry)
         })
         .collect();
+    held.extend(
+        shared
+            .waiting()
+            .drain(..)
+            .map(|(queue, entry, _)| (String::new(), queue, entry.id)),
+    );
     let visibility = shared.client.options().visibility_timeout.as_millis() as u64;
     let mut pipe = redis::pipe();
     for (run_id, queue, entry) in &held {
-        tracing::info!(run_id, "handing the run back");
+        if run_id.is_empty() {
+            tracing::info!(queue = %queue, entry = %entry, "handing a request back unstarted");
+        } else {
+            tracing::info!(run_id, "handing the run back");
+        }
         pipe.cmd("XCLAIM")
             .arg(queue)
             .arg(shared.group())
@@ -841,9 +902,11 @@ async fn hand_back(shared: &Shared) {
             .arg(visibility)
             .arg("JUSTID")
             .ignore();
-        pipe.cmd("DEL")
-            .arg(shared.client.keys().lease(run_id))
-            .ignore();
+        if !run_id.is_empty() {
+            pipe.cmd("DEL")
+                .arg(shared.client.keys().lease(run_id))
+                .ignore();
+        }
     }
     let mut conn = shared.client.conn();
     if let Err(e) = pipe.query_async::<()>(&mut conn).await {

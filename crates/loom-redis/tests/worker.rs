@@ -1,0 +1,72 @@
+//! Worker limits: a worker never holds more requests than it can run, and it stops cleanly
+//! even when Redis is unreachable.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use loom_core::{ChunkType, Invoker, RunOptions};
+use loom_redis::{ClientOptions, WorkerOptions};
+use serde_json::json;
+use support::*;
+
+#[tokio::test]
+async fn a_worker_with_one_slot_serving_two_queues_runs_both_requests_as_attempt_1() {
+    let server = RedisServer::start();
+    // A visibility timeout far beyond the bound below: a request stranded in this worker's
+    // pending list would only run again, as attempt 2, after it.
+    let client = client(
+        &server,
+        ClientOptions {
+            visibility_timeout: Duration::from_secs(8),
+            pickup_timeout: Duration::from_secs(20),
+            ..fast_options()
+        },
+    )
+    .await;
+    let invoker = client.invoker();
+    // Both requests are queued before the worker's first read, so one read can return both.
+    let ticks = invoker
+        .invoke(
+            "ticker",
+            json!({ "count": 5, "delay_ms": 100 }),
+            RunOptions::default(),
+        )
+        .await
+        .unwrap();
+    let echo = invoker
+        .invoke("echo", json!({ "hello": 1 }), RunOptions::default())
+        .await
+        .unwrap();
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::spawn(
+        &client,
+        runtime(&probe),
+        WorkerOptions {
+            actors: vec!["ticker".to_owned(), "echo".to_owned()],
+            concurrency: 1,
+            ..WorkerOptions::default()
+        },
+    );
+
+    let (ticks, echo) = within(5, async {
+        tokio::join!(collect(5, ticks), collect(5, echo))
+    })
+    .await;
+    for chunks in [&ticks, &echo] {
+        assert_contract(chunks);
+        assert_eq!(
+            chunks.last().unwrap().kind,
+            ChunkType::Complete,
+            "{chunks:?}"
+        );
+        let starts: Vec<_> = chunks
+            .iter()
+            .filter(|c| c.kind == ChunkType::Start)
+            .collect();
+        assert_eq!(starts.len(), 1, "{chunks:?}");
+        assert_eq!(starts[0].attempt, None, "{chunks:?}");
+    }
+    worker.stop().await;
+}

@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use loom_core::{
     ActorError, CancellationToken, ChunkType, ErrorCode, RunOptions, Runtime, StreamChunk,
 };
@@ -212,6 +212,8 @@ impl Worker {
         }
         check_name("worker name", &shared.name)?;
         let queues: Vec<String> = self.queues()?.into_iter().map(|(_, q)| q).collect();
+        // Fused: once it has resolved it is never polled again (an `async fn` would panic).
+        let shutdown = shutdown.fuse();
         tokio::pin!(shutdown);
 
         let stop = CancellationToken::new();
@@ -390,7 +392,11 @@ impl Fetcher {
                 // Whatever the blocked read returns is ours to run: wake it rather than drop it.
                 let _: Result<i64, _> = redis::cmd("CLIENT").arg("UNBLOCK").arg(client_id)
                     .query_async(&mut conn).await;
-                read.await
+                match read.await {
+                    Ok(reply) => Ok(reply),
+                    // Redis is unreachable: nothing was taken, and the worker is stopping.
+                    Err(_) => return Ok((Vec::new(), true)),
+                }
             }
         }?;
         self.conn = Some((read_conn, client_id));

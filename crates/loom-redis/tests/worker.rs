@@ -70,3 +70,23 @@ async fn a_worker_with_one_slot_serving_two_queues_runs_both_requests_as_attempt
     }
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn a_worker_stopped_while_redis_is_unreachable_returns_without_panicking() {
+    let server = RedisServer::start();
+    if !server.is_own() {
+        eprintln!("skipped: needs its own redis-server to freeze");
+        return;
+    }
+    let client = client(&server, fast_options()).await;
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+    // Let it reach its blocking read of the (empty) queues.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    server.pause();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(worker.is_running());
+    // The signal arrives during the blocked read; unblocking and the read itself fail.
+    within(20, worker.stop()).await;
+    server.resume();
+}

@@ -186,7 +186,8 @@ fn follow(
         let mut alive_until = start + watch.initial_grace;
         let mut redis_ok_at = start;
         let mut ended_at: Option<Instant> = None;
-        let mut heard = false;
+        // When the last batch arrived that the checks have not yet taken into account.
+        let mut heard_at: Option<Instant> = None;
         let mut tick = tokio::time::interval_at(start + watch.check_every, watch.check_every);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let next_seq = |last: Option<u64>| last.map_or(0, |s| s + 1);
@@ -199,7 +200,7 @@ fn follow(
                         yield StreamEntry { id: None, chunk: StreamChunk::error(next_seq(last_seq), &err) };
                         return;
                     };
-                    heard = true;
+                    heard_at = Some(Instant::now());
                     for entry in batch {
                         last_id = entry.id;
                         let chunk = match decode_chunk(&entry.fields) {
@@ -235,11 +236,12 @@ fn follow(
                 }
                 _ = tick.tick() => {
                     let now = Instant::now();
-                    if std::mem::take(&mut heard) {
+                    if let Some(at) = heard_at.take() {
                         redis_ok_at = now;
                         // A chunk proves a worker holds the run: from here on only its lease
-                        // counts, not the grace a queued request gets for its pickup.
-                        alive_until = now + watch.lease_ttl;
+                        // counts, not the grace a queued request gets for its pickup. The lease
+                        // counts from when the chunk arrived, not from this check.
+                        alive_until = at + watch.lease_ttl;
                     } else {
                         let pttl: Result<i64, _> = redis::cmd("PTTL").arg(&lease).query_async(&mut conn).await;
                         match pttl {

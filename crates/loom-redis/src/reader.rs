@@ -135,10 +135,18 @@ impl Watch {
     /// end by `deadline`.
     pub(crate) fn run(options: &ClientOptions, deadline: Instant) -> Self {
         Self {
+            deadline: Some(deadline + options.deadline_grace),
+            ..Self::attach(options)
+        }
+    }
+
+    /// For joining a run that may still be queued, whose deadline this reader does not know:
+    /// the worker enforces it.
+    pub(crate) fn attach(options: &ClientOptions) -> Self {
+        Self {
             initial_grace: options
                 .pickup_timeout
                 .saturating_sub(options.visibility_timeout),
-            deadline: Some(deadline + options.deadline_grace),
             ..Self::tail(options)
         }
     }

@@ -102,7 +102,9 @@ impl RemoteInvoker {
     pub async fn attach(&self, run_id: &str, from: Option<EntryId>) -> Result<EntryStream, Error> {
         check_name("run id", run_id)?;
         let options = self.client.options();
-        let watch = Watch::run(options, Instant::now() + DEFAULT_TIMEOUT);
+        // No deadline here: a detached run may rightly go on for longer than any default,
+        // and its worker enforces the deadline it was given.
+        let watch = Watch::attach(options);
         reader::open(
             self.client.clone(),
             run_id.to_owned(),

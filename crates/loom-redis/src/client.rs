@@ -175,7 +175,8 @@ impl Client {
     /// The stream ends after the terminal chunk; with `worker_lost` if the run's worker died
     /// and no other took it over; with `upstream` if Redis stays unreachable past the lease
     /// plus visibility timeout. Dropping it stops reading and does **not** cancel the run.
-    /// Fails with [`Error::StreamNotFound`] if no such stream exists.
+    /// Fails with [`Error::StreamNotFound`] if no such stream exists, and with
+    /// [`Error::EntryIdPastEnd`] if `from` is past its last entry.
     pub async fn tail(&self, stream_id: &str, from: Option<&str>) -> Result<ChunkStream, Error> {
         let entries = self.tail_entries(stream_id, from).await?;
         Ok(entries.into_chunk_stream(tokio_util::sync::CancellationToken::new()))
@@ -210,6 +211,10 @@ impl Client {
             Some("$") => last.id,
             Some(id) => id.parse()?,
         };
+        if from > last.id {
+            // No entry of this stream has that id: a reader could wait past the terminal.
+            return Err(Error::EntryIdPastEnd(from.to_string()));
+        }
         if from >= last.id && crate::codec::is_terminal_entry(&last.fields) {
             // Nothing will ever come after the terminal chunk.
             return Ok(reader::ended(stream_id));
@@ -291,11 +296,16 @@ impl Client {
             .arg(error)
             .invoke_async(&mut conn)
             .await?;
-        redis::cmd("PUBLISH")
+        let published: Result<(), _> = redis::cmd("PUBLISH")
             .arg(keys.cancel_channel())
             .arg(run_id)
-            .query_async::<()>(&mut conn)
-            .await?;
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = published {
+            // The terminal chunk and the cancel key are written: a worker still holding the
+            // run finds the key when its cancel listener resubscribes or the run is claimed.
+            tracing::warn!(run_id, error = %e, "could not publish the end of a run");
+        }
         id.parse()
     }
 }

@@ -26,6 +26,9 @@ pub enum Error {
     /// A Redis stream entry id that is not `<ms>` or `<ms>-<seq>` (or `$` where allowed).
     #[error("invalid entry id {0:?}: expected <ms>-<seq>, e.g. 1700000000000-0")]
     InvalidEntryId(String),
+    /// An entry id to read after that is past the stream's last entry.
+    #[error("entry id {0:?} is past the stream's last entry")]
+    EntryIdPastEnd(String),
     /// Options that do not fit together (e.g. a lease refreshed less often than it expires).
     #[error("invalid options: {0}")]
     InvalidOptions(String),
@@ -45,9 +48,10 @@ impl Error {
     /// options, `not_found` for unknown actors and streams, `upstream` for Redis failures.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::InvalidName { .. } | Self::InvalidEntryId(_) | Self::InvalidOptions(_) => {
-                ErrorCode::BadInput
-            }
+            Self::InvalidName { .. }
+            | Self::InvalidEntryId(_)
+            | Self::EntryIdPastEnd(_)
+            | Self::InvalidOptions(_) => ErrorCode::BadInput,
             Self::UnknownActor(_) | Self::StreamNotFound(_) => ErrorCode::NotFound,
             Self::Redis(_) => ErrorCode::Upstream,
         }

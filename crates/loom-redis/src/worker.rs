@@ -438,7 +438,14 @@ impl Fetcher {
             }
             let entries = parse_entries(parts.swap_remove(1)).map_err(protocol_error)?;
             for entry in entries {
-                let attempt = delivery_count(&mut conn, queue, group, entry.id).await?;
+                // Already claimed: losing it over the lookup would strand it for another
+                // visibility timeout. A claimed request is at least a second attempt.
+                let attempt = delivery_count(&mut conn, queue, group, entry.id)
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(queue = %queue, entry = %entry.id, error = %e, "cannot read the delivery count; assuming attempt 2");
+                        2
+                    });
                 tracing::info!(queue = %queue, entry = %entry.id, attempt, "re-running an abandoned request");
                 work.push((queue.clone(), entry, attempt));
             }
@@ -601,8 +608,13 @@ async fn run_request(
             discard: Arc::clone(&discard),
         },
     );
+    let held = Held {
+        shared,
+        run_id,
+        entry,
+    };
     let result = drive(shared, request, seq, attempt, token, publisher).await;
-    shared.active().remove(run_id);
+    drop(held);
     result?;
     if discard.load(Ordering::Acquire) {
         // Taken over by another worker, or handed back: not ours to acknowledge.
@@ -610,6 +622,27 @@ async fn run_request(
     }
     acknowledge(shared, queue, entry).await;
     Ok(())
+}
+
+/// Takes a run out of `active` when dropped, so a panic or an early return in `drive` does
+/// not leave the heartbeat renewing its lease forever.
+struct Held<'a> {
+    shared: &'a Shared,
+    run_id: &'a str,
+    entry: EntryId,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let mut active = self.shared.active();
+        // Only this request's record: the same run may since be held for another entry.
+        if active
+            .get(self.run_id)
+            .is_some_and(|a| a.entry == self.entry)
+        {
+            active.remove(self.run_id);
+        }
+    }
 }
 
 /// Runs the actor and publishes its chunks until the terminal one is written.

@@ -197,6 +197,12 @@ async fn a_stream_replays_from_any_entry_id_and_serves_two_readers() {
     assert!(collect(2, client.tail(&run_id, Some("$")).await.unwrap())
         .await
         .is_empty());
+    // Past the last entry: no such entry, refused as bad input.
+    assert!(client
+        .tail(&run_id, Some("99999999999999-0"))
+        .await
+        .unwrap_err()
+        .is_bad_input());
     // From the start again, after it ended.
     assert_eq!(
         collect(10, client.tail(&run_id, Some("0")).await.unwrap()).await,

@@ -656,6 +656,19 @@ async fn drive(
 ) -> Result<(), Error> {
     let lease_ms = shared.client.options().lease_ttl.as_millis() as u64;
     let mut conn = shared.client.conn();
+    // The cancel may have been set between the check in `run_request` and joining `active`.
+    let reason: Option<String> = redis::cmd("GET")
+        .arg(shared.client.keys().cancel(&request.run_id))
+        .query_async(&mut conn)
+        .await?;
+    match reason.as_deref() {
+        None => {}
+        // The caller's cancel: the runtime writes `start` and `error/cancelled`.
+        Some("cancelled") => token.cancel(),
+        // A reader ended the run (worker_lost, timeout) and wrote its terminal chunk: write
+        // nothing after it.
+        Some(_) => return Ok(()),
+    }
     redis::cmd("SET")
         .arg(shared.client.keys().lease(&request.run_id))
         .arg(&shared.name)
@@ -663,14 +676,6 @@ async fn drive(
         .arg(lease_ms)
         .query_async::<()>(&mut conn)
         .await?;
-    // The cancel may have been published between the check above and joining `active`.
-    let cancelled: bool = redis::cmd("EXISTS")
-        .arg(shared.client.keys().cancel(&request.run_id))
-        .query_async(&mut conn)
-        .await?;
-    if cancelled {
-        token.cancel();
-    }
     let remaining = request.deadline_ms.saturating_sub(unix_ms());
     let options = RunOptions {
         run_id: Some(request.run_id.clone()),

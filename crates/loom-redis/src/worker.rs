@@ -57,6 +57,9 @@ use crate::publisher::Publisher;
 /// dead workers' requests, so it is short.
 const READ_BLOCK: Duration = Duration::from_millis(500);
 
+/// How many `XAUTOCLAIM` calls one sweep may make on a queue that yields nothing claimable.
+const SCANS_PER_SWEEP: usize = 4;
+
 /// What a worker serves and how much at once.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
@@ -230,6 +233,7 @@ impl Worker {
             groups_ready: false,
             backoff: Backoff::default(),
             next_sweep: Instant::now(),
+            cursors: HashMap::new(),
         };
         tracing::info!(worker = %shared.name, "worker started");
         loop {
@@ -299,6 +303,9 @@ struct Fetcher {
     groups_ready: bool,
     backoff: Backoff,
     next_sweep: Instant,
+    /// Per queue, where the next `XAUTOCLAIM` continues, so sweeps reach every pending entry
+    /// however long the pending list is.
+    cursors: HashMap<String, String>,
 }
 
 /// A request to run: its queue, its entry, its attempt number.
@@ -415,42 +422,66 @@ impl Fetcher {
         let mut conn = self.shared.client.conn();
         let mut work = Vec::new();
         for queue in &self.queues {
-            if work.len() >= free {
-                break;
-            }
-            let reply: Value = redis::cmd("XAUTOCLAIM")
-                .arg(queue)
-                .arg(group)
-                .arg(&self.shared.name)
-                .arg(idle)
-                .arg("0-0")
-                .arg("COUNT")
-                .arg(free - work.len())
-                .query_async(&mut conn)
-                .await?;
-            let Value::Array(mut parts) = reply else {
-                return Err(protocol_error(
-                    "XAUTOCLAIM reply is not an array".to_owned(),
-                ));
-            };
-            if parts.len() < 2 {
-                return Err(protocol_error("XAUTOCLAIM reply is too short".to_owned()));
-            }
-            let entries = parse_entries(parts.swap_remove(1)).map_err(protocol_error)?;
-            for entry in entries {
-                // Already claimed: losing it over the lookup would strand it for another
-                // visibility timeout. A claimed request is at least a second attempt.
-                let attempt = delivery_count(&mut conn, queue, group, entry.id)
-                    .await
-                    .unwrap_or_else(|e| {
-                        tracing::warn!(queue = %queue, entry = %entry.id, error = %e, "cannot read the delivery count; assuming attempt 2");
-                        2
-                    });
-                tracing::info!(queue = %queue, entry = %entry.id, attempt, "re-running an abandoned request");
-                work.push((queue.clone(), entry, attempt));
+            // A few scans per sweep: each looks at up to ten times COUNT pending entries.
+            for _ in 0..SCANS_PER_SWEEP {
+                if work.len() >= free {
+                    break;
+                }
+                let cursor = self.cursors.get(queue).map_or("0-0", String::as_str);
+                let reply: Value = redis::cmd("XAUTOCLAIM")
+                    .arg(queue)
+                    .arg(group)
+                    .arg(&self.shared.name)
+                    .arg(idle)
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(free - work.len())
+                    .query_async(&mut conn)
+                    .await?;
+                let Value::Array(mut parts) = reply else {
+                    return Err(protocol_error(
+                        "XAUTOCLAIM reply is not an array".to_owned(),
+                    ));
+                };
+                if parts.len() < 2 {
+                    return Err(protocol_error("XAUTOCLAIM reply is too short".to_owned()));
+                }
+                let next = text(&parts[0]).unwrap_or("0-0").to_owned();
+                let entries = parse_entries(parts.swap_remove(1)).map_err(protocol_error)?;
+                let claimed = !entries.is_empty();
+                self.claim_entries(&mut conn, queue, entries, &mut work)
+                    .await;
+                let wrapped = next == "0-0";
+                self.cursors.insert(queue.clone(), next);
+                if claimed || wrapped {
+                    break;
+                }
             }
         }
         Ok(work)
+    }
+
+    /// Turns claimed entries into work, with their attempt numbers.
+    async fn claim_entries(
+        &self,
+        conn: &mut redis::aio::ConnectionManager,
+        queue: &str,
+        entries: Vec<RawEntry>,
+        work: &mut Vec<Work>,
+    ) {
+        let group = self.shared.group();
+        for entry in entries {
+            // Already claimed: losing it over the lookup would strand it for another
+            // visibility timeout. A claimed request is at least a second attempt.
+            let attempt = delivery_count(conn, queue, group, entry.id)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(queue = %queue, entry = %entry.id, error = %e, "cannot read the delivery count; assuming attempt 2");
+                    2
+                });
+            tracing::info!(queue = %queue, entry = %entry.id, attempt, "re-running an abandoned request");
+            work.push((queue.to_owned(), entry, attempt));
+        }
     }
 }
 

@@ -224,3 +224,111 @@ async fn shutdown_finishes_held_runs_or_hands_them_back() {
     assert_eq!(seen.last().unwrap().kind, ChunkType::Complete);
     staying.stop().await;
 }
+
+#[tokio::test]
+async fn an_abandoned_request_behind_many_live_ones_is_still_recovered() {
+    let server = RedisServer::start();
+    let client = client(
+        &server,
+        ClientOptions {
+            pickup_timeout: Duration::from_secs(30),
+            ..fast_options()
+        },
+    )
+    .await;
+    let queue = client.keys().queue("echo");
+    let group = client.keys().group();
+    let mut plain = server.plain();
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&queue)
+        .arg(group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query(&mut plain)
+        .unwrap();
+    // Fifteen requests held by a live consumer (kept fresh below), ahead of the abandoned one
+    // in the pending list: more than one scan of a one-slot worker looks at.
+    let mut busy = Vec::new();
+    for _ in 0..15 {
+        let id: String = redis::cmd("XADD")
+            .arg(&queue)
+            .arg("*")
+            .arg("x")
+            .arg("1")
+            .query(&mut plain)
+            .unwrap();
+        busy.push(id);
+    }
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(group)
+        .arg("busy")
+        .arg("COUNT")
+        .arg(15)
+        .arg("STREAMS")
+        .arg(&queue)
+        .arg(">")
+        .query(&mut plain)
+        .unwrap();
+    let chunks = client
+        .invoker()
+        .start("echo", json!({ "late": true }), RunOptions::default())
+        .await
+        .unwrap();
+    // A consumer that takes the request and dies.
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(group)
+        .arg("dead")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(&queue)
+        .arg(">")
+        .query(&mut plain)
+        .unwrap();
+    let keep_fresh = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let refresher = {
+        let keep_fresh = Arc::clone(&keep_fresh);
+        let mut conn = server.plain();
+        let queue = queue.clone();
+        std::thread::spawn(move || {
+            while keep_fresh.load(Ordering::SeqCst) {
+                let _: redis::Value = redis::cmd("XCLAIM")
+                    .arg(&queue)
+                    .arg(group)
+                    .arg("busy")
+                    .arg(0)
+                    .arg(&busy)
+                    .arg("JUSTID")
+                    .query(&mut conn)
+                    .unwrap();
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    // Past the visibility timeout, only the dead consumer's request is claimable.
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::spawn(
+        &client,
+        runtime(&probe),
+        WorkerOptions {
+            actors: vec!["echo".to_owned()],
+            concurrency: 1,
+            ..WorkerOptions::default()
+        },
+    );
+    let chunks = collect(10, chunks).await;
+    keep_fresh.store(false, Ordering::SeqCst);
+    refresher.join().unwrap();
+    assert_contract(&chunks);
+    assert_eq!(
+        chunks.last().unwrap().kind,
+        ChunkType::Complete,
+        "{chunks:?}"
+    );
+    assert_eq!(chunks[0].attempt, Some(2), "{chunks:?}");
+    worker.stop().await;
+}

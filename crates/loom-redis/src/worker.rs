@@ -22,7 +22,8 @@
 //!   finds that another worker took one of its runs, it stops that run without writing.
 //! - **Cancel.** The worker subscribes to `loom:cancel` and checks `loom:cancel:{<id>}` before
 //!   starting a run; a cancel cancels the run's token, so the actor stops at once and the
-//!   runtime writes `error/cancelled`.
+//!   runtime writes `error/cancelled`. Pub/sub delivers at most once, so the heartbeat also
+//!   reads the cancel keys of the runs it holds.
 //! - **Shutdown.** When the shutdown future resolves the worker stops taking requests, lets
 //!   the runs it holds finish for up to `shutdown_grace`, then hands the rest back (their
 //!   requests become claimable at once, and another worker continues their streams).
@@ -569,6 +570,15 @@ async fn run_request(
     let client = &shared.client;
     let keys = client.keys();
     let run_id = request.run_id.as_str();
+    if shared
+        .active()
+        .get(run_id)
+        .is_some_and(|a| a.entry == entry && a.queue == queue)
+    {
+        // This worker's own sweep claimed a request it is still running (its refreshes failed
+        // for a while): that run goes on and acknowledges the request when it ends.
+        return Ok(());
+    }
     let mut conn = client.conn();
     let (cancel, last): (Option<String>, Value) = redis::pipe()
         .cmd("GET")
@@ -819,6 +829,8 @@ async fn refresh(shared: &Shared) -> Result<(), Error> {
     }
     let mut pipe = redis::pipe();
     let mut claims: HashMap<&str, Vec<String>> = HashMap::new();
+    // The runs refreshed, in the order of their cancel-key reads in the reply.
+    let mut refreshed: Vec<&str> = Vec::new();
     for (run_id, queue, entry) in &held {
         if !mine.contains(&(queue.clone(), *entry)) {
             tracing::warn!(run_id, "another worker took this run over; stopping it");
@@ -837,6 +849,9 @@ async fn refresh(shared: &Shared) -> Result<(), Error> {
             .arg(keys.stream(run_id))
             .arg(options.stream_ttl.as_secs())
             .ignore();
+        // A cancel whose message was missed (pub/sub is at most once) is still in its key.
+        pipe.cmd("GET").arg(keys.cancel(run_id));
+        refreshed.push(run_id);
         claims
             .entry(queue.as_str())
             .or_default()
@@ -857,6 +872,9 @@ async fn refresh(shared: &Shared) -> Result<(), Error> {
                 .push(entry.to_string());
         }
     }
+    if refreshed.is_empty() && claims.is_empty() {
+        return Ok(());
+    }
     for (queue, ids) in claims {
         pipe.cmd("XCLAIM")
             .arg(queue)
@@ -867,8 +885,25 @@ async fn refresh(shared: &Shared) -> Result<(), Error> {
             .arg("JUSTID")
             .ignore();
     }
-    pipe.query_async::<()>(&mut conn).await?;
+    let reasons: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
+    let active = shared.active();
+    for (run_id, reason) in refreshed.into_iter().zip(reasons) {
+        if let (Some(run), Some(reason)) = (active.get(run_id), reason) {
+            stop_for(run, &reason);
+        }
+    }
     Ok(())
+}
+
+/// Stops a run whose cancel key holds `reason`: a caller's cancel lets the runtime write
+/// `error/cancelled`; a reader's `worker_lost`/`timeout` already wrote the terminal chunk, so
+/// the run stops without writing.
+fn stop_for(run: &Active, reason: &str) {
+    if reason == "cancelled" {
+        run.token.cancel();
+    } else {
+        run.drop_run();
+    }
 }
 
 /// Cancels runs whose id is published on the cancel channel.
@@ -919,9 +954,7 @@ async fn listen_for_cancels(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-/// Stops run `run_id` if its cancel key says so: a caller's cancel lets the runtime write
-/// `error/cancelled`; a reader's `worker_lost`/`timeout` already wrote the terminal chunk, so
-/// the run stops without writing.
+/// Stops run `run_id` if its cancel key says so (see [`stop_for`]).
 async fn cancel_run(shared: &Shared, run_id: &str) {
     let mut conn = shared.client.conn();
     let reason: Result<Option<String>, _> = redis::cmd("GET")
@@ -933,8 +966,7 @@ async fn cancel_run(shared: &Shared, run_id: &str) {
         return;
     };
     match reason {
-        Ok(Some(reason)) if reason == "cancelled" => run.token.cancel(),
-        Ok(Some(_)) => run.drop_run(),
+        Ok(Some(reason)) => stop_for(run, &reason),
         Ok(None) => {}
         // The message said cancel; without the reason, stopping is the safe side.
         Err(_) => run.token.cancel(),

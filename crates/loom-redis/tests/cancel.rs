@@ -116,3 +116,34 @@ async fn a_run_cancelled_before_a_worker_takes_it_never_starts_its_actor() {
     assert_eq!(probe.starts.load(std::sync::atomic::Ordering::SeqCst), 0);
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn a_cancel_whose_message_was_missed_still_stops_the_run() {
+    let server = RedisServer::start();
+    let client = client(&server, fast_options()).await;
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+
+    let mut chunks = client
+        .invoker()
+        .invoke(
+            "ticker",
+            json!({ "count": 100000, "delay_ms": 10 }),
+            RunOptions::default(),
+        )
+        .await
+        .unwrap();
+    read_tokens(&mut chunks, 3).await;
+    // The cancel key alone, as if its message was lost: pub/sub delivers at most once.
+    let _: () = redis::cmd("SET")
+        .arg(client.keys().cancel(chunks.run_id()))
+        .arg("cancelled")
+        .query(&mut server.plain())
+        .unwrap();
+    let rest = collect(10, chunks).await;
+    let last = rest.last().unwrap();
+    assert_eq!(last.kind, ChunkType::Error);
+    assert_eq!(last.error.as_ref().unwrap().code, ErrorCode::Cancelled);
+    assert!(probe.cancelled_at.lock().unwrap().is_some());
+    worker.stop().await;
+}

@@ -449,15 +449,28 @@ impl HubTask {
     }
 
     fn dispatch(&mut self, reply: Vec<(String, Vec<RawEntry>)>) {
-        for (key, mut entries) in reply {
-            let mut readers: Vec<&mut Sub> = self
-                .subs
-                .iter_mut()
-                .filter(|s| s.in_round && s.key == key)
+        // The readers of each key in the reply, found in one pass over the readers.
+        let mut readers: Vec<Vec<usize>> = vec![Vec::new(); reply.len()];
+        {
+            let position: HashMap<&str, usize> = reply
+                .iter()
+                .enumerate()
+                .map(|(i, (key, _))| (key.as_str(), i))
                 .collect();
+            for (i, sub) in self.subs.iter().enumerate() {
+                if !sub.in_round {
+                    continue;
+                }
+                if let Some(&at) = position.get(sub.key.as_str()) {
+                    readers[at].push(i);
+                }
+            }
+        }
+        for ((_, mut entries), mut readers) in reply.into_iter().zip(readers) {
             // The last reader takes the entries, the others (rare) get copies.
             let Some(owner) = readers.pop() else { continue };
-            for sub in readers {
+            for i in readers {
+                let sub = &mut self.subs[i];
                 let fresh: Vec<RawEntry> = entries
                     .iter()
                     .filter(|e| e.id > sub.last)
@@ -465,6 +478,7 @@ impl HubTask {
                     .collect();
                 deliver(sub, fresh);
             }
+            let owner = &mut self.subs[owner];
             entries.retain(|e| e.id > owner.last);
             deliver(owner, entries);
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use loom_core::{ChunkType, ErrorCode, Invoker, RunOptions};
+use loom_core::{ChunkType, ErrorCode, RunOptions};
 use loom_redis::WorkerOptions;
 use serde_json::json;
 use support::*;
@@ -30,15 +30,7 @@ async fn cancel_stops_the_actor_on_the_worker_and_the_stream_ends_cancelled() {
     let probe = Arc::new(Probe::default());
     let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
 
-    let mut chunks = client
-        .invoker()
-        .invoke(
-            "ticker",
-            json!({ "count": 100000, "delay_ms": 10 }),
-            RunOptions::default(),
-        )
-        .await
-        .unwrap();
+    let mut chunks = ticker(&client, 100000, 10).await;
     read_tokens(&mut chunks, 3).await;
     let asked = Instant::now();
     chunks.cancel();
@@ -65,15 +57,7 @@ async fn dropping_the_stream_cancels_the_run() {
     let probe = Arc::new(Probe::default());
     let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
 
-    let mut chunks = client
-        .invoker()
-        .invoke(
-            "ticker",
-            json!({ "count": 100000, "delay_ms": 10 }),
-            RunOptions::default(),
-        )
-        .await
-        .unwrap();
+    let mut chunks = ticker(&client, 100000, 10).await;
     let run_id = chunks.run_id().to_owned();
     read_tokens(&mut chunks, 2).await;
     drop(chunks);
@@ -124,15 +108,7 @@ async fn a_cancel_whose_message_was_missed_still_stops_the_run() {
     let probe = Arc::new(Probe::default());
     let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
 
-    let mut chunks = client
-        .invoker()
-        .invoke(
-            "ticker",
-            json!({ "count": 100000, "delay_ms": 10 }),
-            RunOptions::default(),
-        )
-        .await
-        .unwrap();
+    let mut chunks = ticker(&client, 100000, 10).await;
     read_tokens(&mut chunks, 3).await;
     // The cancel key alone, as if its message was lost: pub/sub delivers at most once.
     let _: () = redis::cmd("SET")

@@ -22,15 +22,7 @@ async fn readers_end_with_an_error_and_workers_survive_until_redis_returns() {
     let probe = Arc::new(Probe::default());
     let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
 
-    let mut chunks = client
-        .invoker()
-        .invoke(
-            "ticker",
-            json!({ "count": 100000, "delay_ms": 10 }),
-            RunOptions::default(),
-        )
-        .await
-        .unwrap();
+    let mut chunks = ticker(&client, 100000, 10).await;
     for _ in 0..3 {
         within(10, chunks.next()).await.unwrap();
     }

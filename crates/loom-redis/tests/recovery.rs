@@ -45,15 +45,7 @@ async fn a_dead_workers_run_is_rerun_by_another_as_attempt_2_gapless() {
     let probe = Arc::new(Probe::default());
     let first = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
 
-    let mut chunks = client
-        .invoker()
-        .invoke(
-            "ticker",
-            json!({ "count": 30, "delay_ms": 20 }),
-            RunOptions::default(),
-        )
-        .await
-        .unwrap();
+    let mut chunks = ticker(&client, 30, 20).await;
     let mut seen = take(&mut chunks, 4).await;
     first.kill().await;
     let second = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
@@ -76,15 +68,7 @@ async fn with_no_worker_left_the_reader_gets_worker_lost_and_a_late_worker_does_
     let probe = Arc::new(Probe::default());
     let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
 
-    let mut chunks = client
-        .invoker()
-        .invoke(
-            "ticker",
-            json!({ "count": 1000, "delay_ms": 20 }),
-            RunOptions::default(),
-        )
-        .await
-        .unwrap();
+    let mut chunks = ticker(&client, 1000, 20).await;
     let run_id = chunks.run_id().to_owned();
     let mut seen = take(&mut chunks, 3).await;
     worker.kill().await;
@@ -155,15 +139,7 @@ async fn a_run_longer_than_the_visibility_timeout_completes_once() {
     let a = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
     let b = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
 
-    let chunks = client
-        .invoker()
-        .invoke(
-            "ticker",
-            json!({ "count": 40, "delay_ms": 100 }),
-            RunOptions::default(),
-        )
-        .await
-        .unwrap();
+    let chunks = ticker(&client, 40, 100).await;
     let chunks = collect(30, chunks).await; // 4 s: over twice the 1.5 s visibility timeout
     assert_contract(&chunks);
     assert_eq!(starts(&chunks).len(), 1);
@@ -182,15 +158,7 @@ async fn shutdown_finishes_held_runs_or_hands_them_back() {
 
     // Finish: the run completes before the worker returns.
     let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
-    let mut chunks = client
-        .invoker()
-        .invoke(
-            "ticker",
-            json!({ "count": 20, "delay_ms": 20 }),
-            RunOptions::default(),
-        )
-        .await
-        .unwrap();
+    let mut chunks = ticker(&client, 20, 20).await;
     let mut seen = take(&mut chunks, 2).await;
     worker.stop().await;
     seen.extend(collect(10, chunks).await);
@@ -204,15 +172,7 @@ async fn shutdown_finishes_held_runs_or_hands_them_back() {
         ..WorkerOptions::default()
     };
     let leaving = RunningWorker::spawn(&client, runtime(&probe), options);
-    let mut chunks = client
-        .invoker()
-        .invoke(
-            "ticker",
-            json!({ "count": 30, "delay_ms": 20 }),
-            RunOptions::default(),
-        )
-        .await
-        .unwrap();
+    let mut chunks = ticker(&client, 30, 20).await;
     let mut seen = take(&mut chunks, 3).await;
     leaving.stop().await;
     let staying = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());

@@ -42,6 +42,18 @@ pub async fn client(server: &RedisServer, options: ClientOptions) -> Client {
         .expect("connect")
 }
 
+/// Starts the `ticker` actor remotely: `count` tokens, one every `delay_ms`.
+pub async fn ticker(client: &Client, count: u64, delay_ms: u64) -> loom_core::ChunkStream {
+    use loom_core::Invoker;
+    let input = json!({ "count": count, "delay_ms": delay_ms });
+    within(
+        10,
+        client.invoker().invoke("ticker", input, Default::default()),
+    )
+    .await
+    .expect("the request is queued")
+}
+
 /// Records what the `ticker` actor saw.
 #[derive(Debug, Default)]
 pub struct Probe {

@@ -304,7 +304,16 @@ async fn throughput(server: &RedisServer, port: &str, n: u64) {
 
     // The two halves alone: publishing (no reader) and replaying a finished stream.
     let run_id = loom_core::new_run_id();
-    let publisher = loom_redis::Publisher::start(&reader, &run_id).expect("publisher");
+    // The publisher writes while the run's lease holds its owner token, as a worker's does.
+    redis::cmd("SET")
+        .arg(reader.keys().lease(&run_id))
+        .arg("bench")
+        .arg("PX")
+        .arg(600_000)
+        .query_async::<()>(&mut probe)
+        .await
+        .expect("lease");
+    let publisher = loom_redis::Publisher::start(&reader, &run_id, "bench").expect("publisher");
     let start = Instant::now();
     for seq in 0..=n {
         let chunk = if seq == n {

@@ -73,17 +73,40 @@ pub(crate) struct RawEntry {
 }
 
 /// Appends `XADD <key> * <fields of chunk>` to `pipe`.
+#[cfg(test)]
 pub(crate) fn add_chunk(pipe: &mut redis::Pipeline, key: &str, chunk: &StreamChunk) {
     pipe.add_command(chunk_command(key, chunk));
 }
 
 /// `XADD <key> * <fields of chunk>`, built in one allocation for the common (token) shape:
 /// the JSON values are written straight into the command's buffer.
+#[cfg(test)]
 fn chunk_command(key: &str, chunk: &StreamChunk) -> redis::Cmd {
-    use redis::RedisWrite;
     // "XADD" key "*" and three field/value pairs; tokens are a few dozen bytes of JSON.
     let mut cmd = redis::Cmd::with_capacity(9, key.len() + 64);
     cmd.arg("XADD").arg(key).arg("*");
+    write_chunk_fields(&mut cmd, chunk);
+    cmd
+}
+
+/// How many arguments [`write_chunk_fields`] writes for `chunk` (fields and values).
+pub(crate) fn chunk_field_count(chunk: &StreamChunk) -> usize {
+    6 + 2 * [
+        chunk.progress.is_some(),
+        chunk.error.is_some(),
+        chunk.actor.is_some(),
+        chunk.step.is_some(),
+        chunk.event.is_some(),
+        chunk.attempt.is_some(),
+    ]
+    .iter()
+    .filter(|present| **present)
+    .count()
+}
+
+/// Appends the `field value …` list of `chunk` (DESIGN.md §3 order) to `cmd`.
+pub(crate) fn write_chunk_fields(cmd: &mut redis::Cmd, chunk: &StreamChunk) {
+    use redis::RedisWrite;
     cmd.arg("type").arg(chunk.kind.as_str());
     cmd.arg("data");
     match &chunk.data {
@@ -114,7 +137,6 @@ fn chunk_command(key: &str, chunk: &StreamChunk) -> redis::Cmd {
     if let Some(attempt) = chunk.attempt {
         cmd.arg("attempt").arg(attempt);
     }
-    cmd
 }
 
 /// Writes `value` as JSON into one command argument.
@@ -357,7 +379,9 @@ mod tests {
                 })
                 .collect::<Vec<_>>()
         });
-        packed.unwrap_or_default()
+        let packed = packed.unwrap_or_default();
+        assert_eq!(packed.len(), chunk_field_count(chunk), "{chunk:?}");
+        packed
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! | key | type | what |
 //! |---|---|---|
 //! | `loom:stream:{<id>}` | stream | one entry per chunk (fields `type data seq …`) |
-//! | `loom:lease:{<id>}` | string | the worker's name, `PX` lease refreshed while the run lives |
+//! | `loom:lease:{<id>}` | string | the owning attempt's token (`<worker>:<attempt>:<entry>`), `PX` lease renewed while the run lives; only its holder may write the stream |
 //! | `loom:cancel:{<id>}` | string | set when the run must stop (`cancelled`, `worker_lost`, `timeout`) |
 //! | `loom:queue:{<type>}` | stream | requests, read by the consumer group `loom-workers` |
 //! | `loom:cancel` | pub/sub channel | run ids whose cancel key was just set |

@@ -11,7 +11,15 @@
 //! limit. Streams are not capped with `MAXLEN`: a trimmed stream would leave a reader who
 //! fell behind with a gap, and the stream's TTL already bounds what Redis keeps.
 //!
-//! The first pipeline also sets the stream's TTL, so an abandoned stream expires; the one with
+//! **Fencing.** Each batch is one `EVALSHA` of [`WRITE`], which appends its chunks only while
+//! the run's lease key holds this writer's owner token (the worker sets it when the attempt
+//! starts, and renews it only while it still holds it) and the stream has no terminal chunk
+//! yet. A writer whose run was taken over (another attempt's token in the lease), handed back
+//! (no lease), or ended from outside (a reader's `worker_lost`/`timeout` terminal) writes
+//! nothing more: it stops, and cancels its run. A batch retried after its reply was lost is
+//! recognised by its `seq` and not written twice.
+//!
+//! The first batch also sets the stream's TTL, so an abandoned stream expires; the one with
 //! the terminal chunk sets it again (DESIGN: default 3,600 s after the end) and deletes the
 //! lease.
 
@@ -19,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use loom_core::StreamChunk;
+use loom_core::{CancellationToken, StreamChunk};
 use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -27,7 +35,7 @@ use tokio::time::Instant;
 
 use crate::backoff::Backoff;
 use crate::client::Client;
-use crate::codec::add_chunk;
+use crate::codec::{chunk_field_count, write_chunk_fields};
 use crate::error::Error;
 use crate::keys::check_name;
 
@@ -48,8 +56,20 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Starts the writer for run `run_id`.
-    pub fn start(client: &Client, run_id: &str) -> Result<Self, Error> {
+    /// Starts the writer for run `run_id`, on behalf of the attempt whose token `owner` the
+    /// run's lease key (`loom:lease:{<id>}`) holds: chunks are written only while it holds
+    /// `owner` and the stream has no terminal chunk (see the module docs).
+    pub fn start(client: &Client, run_id: &str, owner: &str) -> Result<Self, Error> {
+        Self::start_run(client, run_id, owner, None)
+    }
+
+    /// [`start`](Self::start), cancelling `run` when the writer finds it no longer owns it.
+    pub(crate) fn start_run(
+        client: &Client,
+        run_id: &str,
+        owner: &str,
+        run: Option<CancellationToken>,
+    ) -> Result<Self, Error> {
         check_name("run id", run_id)?;
         let (tx, rx) = mpsc::channel(PUBLISH_BUFFER);
         let discard = Arc::new(AtomicBool::new(false));
@@ -58,6 +78,8 @@ impl Publisher {
             conn: client.conn(),
             stream: client.keys().stream(run_id),
             lease: client.keys().lease(run_id),
+            owner: owner.to_owned(),
+            run,
             ttl: options.stream_ttl.as_secs(),
             retry_for: options.visibility_timeout,
             discard: Arc::clone(&discard),
@@ -79,7 +101,8 @@ impl Publisher {
     }
 
     /// Stops writing: whatever is queued and not yet sent is dropped, and nothing more is
-    /// written (used when another worker took the run over, or it is handed back).
+    /// written (used when another worker took the run over, or it is handed back). Also set
+    /// by the writer itself when it finds it was fenced off.
     pub fn discard(&self) {
         self.discard.store(true, Ordering::Release);
     }
@@ -107,6 +130,10 @@ struct Writer {
     conn: ConnectionManager,
     stream: String,
     lease: String,
+    /// The attempt token the lease must hold for a batch to be written.
+    owner: String,
+    /// Cancelled when the writer is fenced off.
+    run: Option<CancellationToken>,
     ttl: u64,
     /// How long a failing pipeline is retried: after the visibility timeout another worker
     /// may run the request again, so writing later would only interleave two attempts.
@@ -129,18 +156,23 @@ impl Writer {
             if let Some(at) = terminal {
                 batch.truncate(at + 1);
             }
-            let mut pipe = redis::pipe();
-            for chunk in &batch {
-                add_chunk(&mut pipe, &self.stream, chunk);
-                pipe.ignore();
+            let ttl = if first || terminal.is_some() {
+                self.ttl
+            } else {
+                0
+            };
+            let cmd = self.write_command(&batch, ttl, terminal.is_some());
+            match self.send(&cmd).await? {
+                Written::Yes => {}
+                Written::Fenced(why) => {
+                    tracing::warn!(stream = %self.stream, owner = %self.owner, why, "writer fenced off; stopping the run");
+                    self.discard.store(true, Ordering::Release);
+                    if let Some(run) = &self.run {
+                        run.cancel();
+                    }
+                    return Ok(());
+                }
             }
-            if first || terminal.is_some() {
-                pipe.cmd("EXPIRE").arg(&self.stream).arg(self.ttl).ignore();
-            }
-            if terminal.is_some() {
-                pipe.cmd("DEL").arg(&self.lease).ignore();
-            }
-            self.send(&pipe).await?;
             first = false;
             if terminal.is_some() {
                 return Ok(());
@@ -149,17 +181,66 @@ impl Writer {
         }
     }
 
-    async fn send(&mut self, pipe: &redis::Pipeline) -> Result<(), Error> {
+    /// `EVALSHA <WRITE> 2 <stream> <lease> <owner> <ttl> <terminal> <first seq>`, then per
+    /// chunk its field count and fields.
+    fn write_command(&self, batch: &[StreamChunk], ttl: u64, terminal: bool) -> redis::Cmd {
+        let mut cmd = redis::Cmd::with_capacity(
+            8 + batch.len() * 7,
+            self.stream.len() + self.lease.len() + batch.len() * 64,
+        );
+        cmd.arg("EVALSHA")
+            .arg(WRITE_HASH.as_str())
+            .arg(2)
+            .arg(&self.stream)
+            .arg(&self.lease)
+            .arg(&self.owner)
+            .arg(ttl)
+            .arg(if terminal { "1" } else { "0" })
+            .arg(batch.first().map_or(0, |c| c.seq));
+        for chunk in batch {
+            cmd.arg(chunk_field_count(chunk));
+            write_chunk_fields(&mut cmd, chunk);
+        }
+        cmd
+    }
+
+    async fn send(&mut self, cmd: &redis::Cmd) -> Result<Written, Error> {
         let start = Instant::now();
         let mut backoff = Backoff::default();
         loop {
-            match pipe.query_async::<()>(&mut self.conn).await {
-                Ok(()) => return Ok(()),
+            let reply = match cmd.query_async::<String>(&mut self.conn).await {
+                Err(e) if e.code() == Some("NOSCRIPT") => {
+                    // Redis restarted or flushed its script cache: load it and send again.
+                    match redis::cmd("SCRIPT")
+                        .arg("LOAD")
+                        .arg(WRITE)
+                        .query_async::<String>(&mut self.conn)
+                        .await
+                    {
+                        Ok(_) => cmd.query_async::<String>(&mut self.conn).await,
+                        Err(e) => Err(e),
+                    }
+                }
+                reply => reply,
+            };
+            match reply {
+                Ok(r) if r == "ok" || r == "written" => return Ok(Written::Yes),
+                Ok(r) if r == "fenced" => return Ok(Written::Fenced("the lease is not ours")),
+                Ok(r) if r == "ended" => {
+                    return Ok(Written::Fenced("the stream already has its terminal chunk"))
+                }
+                Ok(r) => {
+                    return Err(Error::Redis(redis::RedisError::from((
+                        redis::ErrorKind::Parse,
+                        "unexpected reply from the write script",
+                        r,
+                    ))))
+                }
                 Err(e) if start.elapsed() < self.retry_for => {
                     tracing::warn!(stream = %self.stream, error = %e, "XADD failed; retrying");
                     backoff.wait().await;
                     if self.discard.load(Ordering::Acquire) {
-                        return Ok(());
+                        return Ok(Written::Yes);
                     }
                 }
                 Err(e) => return Err(e.into()),
@@ -167,3 +248,47 @@ impl Writer {
         }
     }
 }
+
+/// What became of a batch.
+enum Written {
+    /// Appended (now or by an earlier try whose reply was lost).
+    Yes,
+    /// Refused: the writer does not own the run, or the stream has ended.
+    Fenced(&'static str),
+}
+
+/// Appends one batch if the writer still owns the run (see the module docs).
+///
+/// KEYS: stream, lease. ARGV: owner token, stream TTL in seconds (`0`: leave it), `1` when the
+/// batch ends with the terminal chunk (the lease is then deleted), the batch's first `seq`,
+/// then per chunk its field count and its fields. Returns `ok`, `written` (the batch is
+/// already there: a retry), `fenced` or `ended`. The lease and the last entry are read once
+/// per batch, so a chunk costs Redis one `XADD` and a little Lua.
+const WRITE: &str = r#"
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 'fenced' end
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #last > 0 then
+  local f = last[1][2]
+  local t, s
+  for i = 1, #f, 2 do
+    if f[i] == 'type' then t = f[i + 1] elseif f[i] == 'seq' then s = f[i + 1] end
+  end
+  if t == 'complete' or t == 'error' then return 'ended' end
+  local n = tonumber(s)
+  if n and n >= tonumber(ARGV[4]) then return 'written' end
+end
+local i = 5
+local argc = #ARGV
+while i <= argc do
+  local n = tonumber(ARGV[i])
+  redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+if ARGV[2] ~= '0' then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+if ARGV[3] == '1' then redis.call('DEL', KEYS[2]) end
+return 'ok'
+"#;
+
+/// The SHA1 of [`WRITE`], for `EVALSHA`.
+static WRITE_HASH: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| redis::Script::new(WRITE).get_hash().to_owned());

@@ -7,13 +7,17 @@
 //! chunks with a [`Publisher`], and `XACK`s (then `XDEL`s) the request once the terminal
 //! chunk is in Redis.
 //!
-//! - **Leases.** Every `lease_refresh` a heartbeat renews, for each run the worker holds, the
-//!   lease key (`SET PX lease_ttl`), the stream's TTL, and the request's idle time in the
-//!   group's pending list (`XCLAIM … JUSTID` to itself). A long run on a healthy worker is
-//!   therefore never idle long enough to be claimed by another worker. `XREADGROUP COUNT`
-//!   bounds each queue, not the total, so a read may return more requests than there are
-//!   free slots: the extra ones wait in the worker, are started first as slots free up, and
-//!   the heartbeat renews their idle time too.
+//! - **Leases.** When an attempt starts, the run's lease key takes the attempt's owner token
+//!   (`<worker>:<attempt>:<entry>`); the [`Publisher`] writes only while the lease holds it, so
+//!   a worker that lost a run can never append to its stream. Every `lease_refresh` a
+//!   heartbeat renews, for each run the worker holds, the lease (`PEXPIRE lease_ttl`, only
+//!   while it still holds the attempt's token — else the run stops without writing), the
+//!   stream's TTL, and the request's idle time in the group's pending list (`XCLAIM … JUSTID`
+//!   to itself, only for runs whose lease was renewed, so a run is never stolen back). A long
+//!   run on a healthy worker is therefore never idle long enough to be claimed by another
+//!   worker. `XREADGROUP COUNT` bounds each queue, not the total, so a read may return more
+//!   requests than there are free slots: the extra ones wait in the worker, are started first
+//!   as slots free up, and the heartbeat renews their idle time too.
 //! - **Crash recovery.** Every few hundred milliseconds the worker `XAUTOCLAIM`s requests idle
 //!   for more than the visibility timeout — those of a dead worker — and runs them again as
 //!   attempt `delivery count` (2, 3, …): it reads the stream's last `seq` (`XREVRANGE COUNT 1`)
@@ -127,6 +131,8 @@ struct Shared {
 struct Active {
     queue: String,
     entry: EntryId,
+    /// The attempt's token in the run's lease key.
+    owner: String,
     token: CancellationToken,
     discard: Arc<AtomicBool>,
 }
@@ -628,7 +634,11 @@ async fn run_request(
         )),
         None => None,
     };
-    let publisher = Publisher::start(client, run_id)?;
+    let owner = format!("{}:{attempt}:{entry}", shared.name);
+    let token = CancellationToken::new();
+    let publisher = Publisher::start_run(client, run_id, &owner, Some(token.clone()))?;
+    // Before the run joins `active`: the heartbeat stops a run whose lease is not its own.
+    take_lease(shared, run_id, &owner).await?;
     if let Some(err) = refusal {
         for chunk in refused(request, seq, attempt, &err) {
             publisher.send(chunk).await?;
@@ -638,13 +648,13 @@ async fn run_request(
         return Ok(());
     }
 
-    let token = CancellationToken::new();
     let discard = publisher.discard_flag();
     shared.active().insert(
         run_id.to_owned(),
         Active {
             queue: queue.to_owned(),
             entry,
+            owner: owner.clone(),
             token: token.clone(),
             discard: Arc::clone(&discard),
         },
@@ -658,7 +668,8 @@ async fn run_request(
     drop(held);
     result?;
     if discard.load(Ordering::Acquire) {
-        // Taken over by another worker, or handed back: not ours to acknowledge.
+        // Taken over by another worker, handed back, or ended from outside: not ours to
+        // acknowledge (whoever claims it next finds the terminal chunk and only acks).
         return Ok(());
     }
     acknowledge(shared, queue, entry).await;
@@ -695,7 +706,6 @@ async fn drive(
     token: CancellationToken,
     publisher: Publisher,
 ) -> Result<(), Error> {
-    let lease_ms = shared.client.options().lease_ttl.as_millis() as u64;
     let mut conn = shared.client.conn();
     // The cancel may have been set between the check in `run_request` and joining `active`.
     let reason: Option<String> = redis::cmd("GET")
@@ -710,13 +720,6 @@ async fn drive(
         // nothing after it.
         Some(_) => return Ok(()),
     }
-    redis::cmd("SET")
-        .arg(shared.client.keys().lease(&request.run_id))
-        .arg(&shared.name)
-        .arg("PX")
-        .arg(lease_ms)
-        .query_async::<()>(&mut conn)
-        .await?;
     let remaining = request.deadline_ms.saturating_sub(unix_ms());
     let options = RunOptions {
         run_id: Some(request.run_id.clone()),
@@ -744,6 +747,35 @@ async fn drive(
     }
     publisher.finish().await
 }
+
+/// Makes `owner` the run's lease holder: from here on only its publisher can write, and a
+/// writer of an attempt before it is fenced off.
+async fn take_lease(shared: &Shared, run_id: &str, owner: &str) -> Result<(), Error> {
+    let lease_ms = shared.client.options().lease_ttl.as_millis() as u64;
+    redis::cmd("SET")
+        .arg(shared.client.keys().lease(run_id))
+        .arg(owner)
+        .arg("PX")
+        .arg(lease_ms)
+        .query_async::<()>(&mut shared.client.conn())
+        .await?;
+    Ok(())
+}
+
+/// `EVAL RENEW 1 <lease> <owner> <ms>`: renews the lease only while it holds `owner`; 1 when
+/// renewed, 0 when another attempt took it (or it expired, or the run ended).
+const RENEW: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"#;
+
+/// `EVAL RELEASE 1 <lease> <owner>`: deletes the lease only while it holds `owner`.
+const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
 
 /// Marks a request done and removes it from its queue.
 async fn acknowledge(shared: &Shared, queue: &str, entry: EntryId) {
@@ -785,10 +817,10 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
 }
 
 async fn refresh(shared: &Shared) -> Result<(), Error> {
-    let held: Vec<(String, String, EntryId)> = shared
+    let held: Vec<(String, String, EntryId, String)> = shared
         .active()
         .iter()
-        .map(|(run, a)| (run.clone(), a.queue.clone(), a.entry))
+        .map(|(run, a)| (run.clone(), a.queue.clone(), a.entry, a.owner.clone()))
         .collect();
     let waiting: Vec<(String, EntryId)> = shared
         .waiting()
@@ -803,7 +835,7 @@ async fn refresh(shared: &Shared) -> Result<(), Error> {
     let mut conn = shared.client.conn();
     let queues: HashSet<&str> = held
         .iter()
-        .map(|(_, q, _)| q.as_str())
+        .map(|(_, q, _, _)| q.as_str())
         .chain(waiting.iter().map(|(q, _)| q.as_str()))
         .collect();
     let mut mine: HashSet<(String, EntryId)> = HashSet::new();
@@ -829,9 +861,9 @@ async fn refresh(shared: &Shared) -> Result<(), Error> {
     }
     let mut pipe = redis::pipe();
     let mut claims: HashMap<&str, Vec<String>> = HashMap::new();
-    // The runs refreshed, in the order of their cancel-key reads in the reply.
-    let mut refreshed: Vec<&str> = Vec::new();
-    for (run_id, queue, entry) in &held {
+    // The runs refreshed, in the order of their replies.
+    let mut refreshed: Vec<(&str, &str, EntryId)> = Vec::new();
+    for (run_id, queue, entry, owner) in &held {
         if !mine.contains(&(queue.clone(), *entry)) {
             tracing::warn!(run_id, "another worker took this run over; stopping it");
             if let Some(active) = shared.active().get(run_id) {
@@ -839,23 +871,19 @@ async fn refresh(shared: &Shared) -> Result<(), Error> {
             }
             continue;
         }
-        pipe.cmd("SET")
+        pipe.cmd("EVAL")
+            .arg(RENEW)
+            .arg(1)
             .arg(keys.lease(run_id))
-            .arg(&shared.name)
-            .arg("PX")
-            .arg(options.lease_ttl.as_millis() as u64)
-            .ignore();
+            .arg(owner)
+            .arg(options.lease_ttl.as_millis() as u64);
         pipe.cmd("EXPIRE")
             .arg(keys.stream(run_id))
             .arg(options.stream_ttl.as_secs())
             .ignore();
         // A cancel whose message was missed (pub/sub is at most once) is still in its key.
         pipe.cmd("GET").arg(keys.cancel(run_id));
-        refreshed.push(run_id);
-        claims
-            .entry(queue.as_str())
-            .or_default()
-            .push(entry.to_string());
+        refreshed.push((run_id, queue, *entry));
     }
     let lost: HashSet<&(String, EntryId)> = waiting.iter().filter(|w| !mine.contains(w)).collect();
     if !lost.is_empty() {
@@ -872,9 +900,30 @@ async fn refresh(shared: &Shared) -> Result<(), Error> {
                 .push(entry.to_string());
         }
     }
-    if refreshed.is_empty() && claims.is_empty() {
+    if !refreshed.is_empty() {
+        let replies: Vec<(i64, Option<String>)> = pipe.query_async(&mut conn).await?;
+        let active = shared.active();
+        for ((run_id, queue, entry), (renewed, reason)) in refreshed.into_iter().zip(replies) {
+            let Some(run) = active.get(run_id) else {
+                continue;
+            };
+            if renewed != 1 {
+                // Another attempt holds the lease (or it lapsed): this writer is fenced off.
+                tracing::warn!(run_id, "the run's lease is no longer ours; stopping it");
+                run.drop_run();
+                continue;
+            }
+            if let Some(reason) = reason {
+                stop_for(run, &reason);
+            }
+            // Only runs whose lease is still ours keep their request: never steal it back.
+            claims.entry(queue).or_default().push(entry.to_string());
+        }
+    }
+    if claims.is_empty() {
         return Ok(());
     }
+    let mut pipe = redis::pipe();
     for (queue, ids) in claims {
         pipe.cmd("XCLAIM")
             .arg(queue)
@@ -885,13 +934,7 @@ async fn refresh(shared: &Shared) -> Result<(), Error> {
             .arg("JUSTID")
             .ignore();
     }
-    let reasons: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
-    let active = shared.active();
-    for (run_id, reason) in refreshed.into_iter().zip(reasons) {
-        if let (Some(run), Some(reason)) = (active.get(run_id), reason) {
-            stop_for(run, &reason);
-        }
-    }
+    pipe.query_async::<()>(&mut conn).await?;
     Ok(())
 }
 
@@ -977,23 +1020,23 @@ async fn cancel_run(shared: &Shared, run_id: &str) {
 /// not started yet) claimable at once, so another worker continues their streams.
 async fn hand_back(shared: &Shared) {
     // Taken out of `active` first, so the heartbeat does not refresh them again.
-    let mut held: Vec<(String, String, EntryId)> = shared
+    let mut held: Vec<(String, String, EntryId, String)> = shared
         .active()
         .drain()
         .map(|(run, a)| {
             a.drop_run();
-            (run, a.queue, a.entry)
+            (run, a.queue, a.entry, a.owner)
         })
         .collect();
     held.extend(
         shared
             .waiting()
             .drain(..)
-            .map(|(queue, entry, _)| (String::new(), queue, entry.id)),
+            .map(|(queue, entry, _)| (String::new(), queue, entry.id, String::new())),
     );
     let visibility = shared.client.options().visibility_timeout.as_millis() as u64;
     let mut pipe = redis::pipe();
-    for (run_id, queue, entry) in &held {
+    for (run_id, queue, entry, owner) in &held {
         if run_id.is_empty() {
             tracing::info!(queue = %queue, entry = %entry, "handing a request back unstarted");
         } else {
@@ -1010,8 +1053,13 @@ async fn hand_back(shared: &Shared) {
             .arg("JUSTID")
             .ignore();
         if !run_id.is_empty() {
-            pipe.cmd("DEL")
+            // Releasing the lease fences off this worker's writer even if it is still
+            // flushing; a lease another attempt took meanwhile is left alone.
+            pipe.cmd("EVAL")
+                .arg(RELEASE)
+                .arg(1)
                 .arg(shared.client.keys().lease(run_id))
+                .arg(owner)
                 .ignore();
         }
     }

@@ -41,7 +41,9 @@ async fn hostile_names_are_rejected_before_they_become_keys() {
             .is_bad_input());
         assert!(client.tail(name, None).await.unwrap_err().is_bad_input());
         assert!(client.cancel(name).await.unwrap_err().is_bad_input());
-        assert!(Publisher::start(&client, name).unwrap_err().is_bad_input());
+        assert!(Publisher::start(&client, name, "owner")
+            .unwrap_err()
+            .is_bad_input());
         assert!(loom_redis::validate_name(name).is_err());
     }
     // A worker asked to serve a hostile or unknown actor type fails at once.

@@ -1,0 +1,168 @@
+//! Fencing: a writer that no longer owns its run (another attempt's token in the lease) writes
+//! nothing more and its run stops; nothing is appended after a terminal chunk, even by a
+//! writer that still holds the lease.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use loom_core::{ChunkType, ErrorCode, Output, StreamChunk};
+use loom_redis::{Client, Publisher, WorkerOptions};
+use serde_json::json;
+use support::*;
+
+fn conn(server: &RedisServer) -> redis::Connection {
+    redis::Client::open(server.url())
+        .expect("url")
+        .get_connection()
+        .expect("connect")
+}
+
+fn set_lease(conn: &mut redis::Connection, client: &Client, run_id: &str, owner: &str, ms: u64) {
+    redis::cmd("SET")
+        .arg(client.keys().lease(run_id))
+        .arg(owner)
+        .arg("PX")
+        .arg(ms)
+        .query::<()>(conn)
+        .expect("SET lease");
+}
+
+fn start_chunk(run_id: &str) -> StreamChunk {
+    let mut start = StreamChunk::new(ChunkType::Start, 0);
+    start.data = Some(json!({ "run_id": run_id, "actor": "ticker" }));
+    start
+}
+
+/// Sends token chunks from `seq` on until the writer refuses them (it stopped).
+async fn send_until_refused(publisher: &Publisher, mut seq: u64) {
+    within(10, async {
+        while publisher
+            .send(Output::token("late").into_chunk(seq))
+            .await
+            .is_ok()
+        {
+            seq += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+/// Waits until the stream `key` has `n` entries.
+async fn wait_for_len(conn: &mut redis::Connection, key: &str, n: usize) {
+    within(10, async {
+        while entries(conn, key).len() < n {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_writer_whose_lease_another_attempt_took_is_fenced_and_writes_nothing() {
+    let server = RedisServer::start();
+    let client = client(&server, fast_options()).await;
+    let mut conn = conn(&server);
+    let run_id = loom_core::new_run_id();
+    let key = client.keys().stream(&run_id);
+    set_lease(&mut conn, &client, &run_id, "w1:1:0-1", 60_000);
+
+    let publisher = Publisher::start(&client, &run_id, "w1:1:0-1").expect("publisher");
+    within(5, publisher.send(start_chunk(&run_id)))
+        .await
+        .expect("send start");
+    wait_for_len(&mut conn, &key, 1).await;
+
+    // Attempt 2 (another worker) takes the run over.
+    set_lease(&mut conn, &client, &run_id, "w2:2:0-1", 60_000);
+    send_until_refused(&publisher, 1).await;
+    within(10, publisher.finish())
+        .await
+        .expect("a fenced writer stops without an error");
+
+    let written = entries(&mut conn, &key);
+    assert_eq!(written.len(), 1, "{written:?}");
+    assert_eq!(written[0].1[0], ("type".to_owned(), "start".to_owned()));
+    let lease: Option<String> = redis::cmd("GET")
+        .arg(client.keys().lease(&run_id))
+        .query(&mut conn)
+        .expect("GET lease");
+    assert_eq!(
+        lease.as_deref(),
+        Some("w2:2:0-1"),
+        "the new owner's lease is kept"
+    );
+}
+
+#[tokio::test]
+async fn a_worker_stops_a_run_whose_lease_another_attempt_took_and_writes_nothing_more() {
+    let server = RedisServer::start();
+    let client = client(&server, fast_options()).await;
+    let mut conn = conn(&server);
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+
+    let mut chunks = ticker(&client, 1000, 20).await;
+    let run_id = chunks.run_id().to_owned();
+    let key = client.keys().stream(&run_id);
+    within(10, futures::StreamExt::next(&mut chunks))
+        .await
+        .expect("start");
+    set_lease(&mut conn, &client, &run_id, "other:2:0-1", 60_000);
+
+    within(10, async {
+        while probe.cancelled_at.lock().unwrap().is_none() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let fenced_at = entries(&mut conn, &key).len();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let written = entries(&mut conn, &key);
+    assert_eq!(written.len(), fenced_at, "nothing written after the fence");
+    assert!(
+        written
+            .iter()
+            .all(|(_, f)| f[0].1 != "complete" && f[0].1 != "error"),
+        "the fenced worker wrote no terminal: {written:?}"
+    );
+    drop(chunks);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn nothing_is_appended_after_a_worker_lost_terminal_even_by_a_live_lease_holder() {
+    let server = RedisServer::start();
+    let client = client(&server, fast_options()).await;
+    let mut conn = conn(&server);
+    let run_id = loom_core::new_run_id();
+    let key = client.keys().stream(&run_id);
+    // The old worker's lease lapses (its heartbeat stalled) while its publisher lives on.
+    set_lease(&mut conn, &client, &run_id, "w1:1:0-1", 300);
+    let publisher = Publisher::start(&client, &run_id, "w1:1:0-1").expect("publisher");
+    within(5, publisher.send(start_chunk(&run_id)))
+        .await
+        .expect("send start");
+    wait_for_len(&mut conn, &key, 1).await;
+
+    // A reader ends the run with error/worker_lost (the END_RUN script).
+    let seen = collect(15, client.tail(&run_id, None).await.expect("tail")).await;
+    let last = seen.last().expect("chunks");
+    assert_eq!(
+        last.error.as_ref().map(|e| e.code),
+        Some(ErrorCode::WorkerLost),
+        "{seen:?}"
+    );
+
+    // The old worker comes back holding its lease again: still nothing after the terminal.
+    set_lease(&mut conn, &client, &run_id, "w1:1:0-1", 60_000);
+    send_until_refused(&publisher, 1).await;
+    within(10, publisher.finish()).await.expect("finish");
+
+    let written = entries(&mut conn, &key);
+    assert_eq!(written.len(), 2, "{written:?}");
+    assert_eq!(written[1].1[0], ("type".to_owned(), "error".to_owned()));
+    assert!(written[1].1[3].1.contains("worker_lost"), "{written:?}");
+}

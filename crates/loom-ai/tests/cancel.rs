@@ -35,14 +35,7 @@ async fn dropping_the_token_stream_aborts_the_http_request() {
 #[tokio::test]
 async fn cancelling_a_chat_agent_run_aborts_the_http_request() {
     let server = FakeServer::start(vec![endless_reply()]).await;
-    let mut extensions = Extensions::new();
-    extensions.insert(server.service());
-    let mut registry = Registry::new();
-    loom_ai::register(&mut registry);
-    let runtime = Runtime::new(registry, extensions);
-    let mut chunks = runtime
-        .run("chat-agent", json!({"prompt": "go"}), RunOptions::default())
-        .expect("run");
+    let mut chunks = chat_agent_run(&server);
     assert_eq!(
         within(chunks.next()).await.expect("start").kind,
         ChunkType::Start
@@ -65,16 +58,20 @@ async fn cancelling_a_chat_agent_run_aborts_the_http_request() {
 #[tokio::test]
 async fn dropping_a_chat_agent_run_aborts_the_http_request() {
     let server = FakeServer::start(vec![endless_reply()]).await;
-    let mut extensions = Extensions::new();
-    extensions.insert(server.service());
-    let mut registry = Registry::new();
-    loom_ai::register(&mut registry);
-    let runtime = Runtime::new(registry, extensions);
-    let mut chunks = runtime
-        .run("chat-agent", json!({"prompt": "go"}), RunOptions::default())
-        .expect("run");
+    let mut chunks = chat_agent_run(&server);
     within(chunks.next()).await.expect("start");
     within(chunks.next()).await.expect("token");
     drop(chunks);
     within(server.hung_up()).await;
+}
+
+/// Starts a `chat-agent` run against `server` through the local runtime.
+fn chat_agent_run(server: &FakeServer) -> loom_core::ChunkStream {
+    let mut extensions = Extensions::new();
+    extensions.insert(server.service());
+    let mut registry = Registry::new();
+    loom_ai::register(&mut registry);
+    Runtime::new(registry, extensions)
+        .run("chat-agent", json!({"prompt": "go"}), RunOptions::default())
+        .expect("run")
 }

@@ -40,17 +40,7 @@ async fn batch_report_runs_on_the_builtins() {
 
 #[tokio::test]
 async fn research_pipeline_streams_the_later_steps() {
-    let runtime = runtime_with(vec![]);
-    let workflow = loom_workflow::load(example("research-pipeline.yaml"), &example_types)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let executor = WorkflowExecutor::new(runtime);
-    let chunks = collect(executor.stream(workflow, json!({ "topic": "streams" }))).await;
-    assert_eq!(
-        terminal(&chunks).kind,
-        ChunkType::Complete,
-        "{}",
-        terminal(&chunks).to_json()
-    );
+    let chunks = run_to_complete("research-pipeline.yaml").await;
     assert!(
         tokens_of(&chunks, "research").is_empty(),
         "research does not stream"
@@ -66,10 +56,20 @@ async fn research_pipeline_streams_the_later_steps() {
 
 #[tokio::test]
 async fn team_review_runs_its_parallel_group() {
-    let runtime = runtime_with(vec![]);
-    let workflow = loom_workflow::load(example("team-review.yaml"), &example_types)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let executor = WorkflowExecutor::new(runtime);
+    let chunks = run_to_complete("team-review.yaml").await;
+    for step in ["team-draft", "optimist", "sceptic", "edit"] {
+        assert!(!tokens_of(&chunks, step).is_empty(), "{step} streams");
+    }
+    assert!(markers(&chunks).contains(&(Event::ActionComplete, "team".to_owned())));
+    let steps = &terminal(&chunks).data.as_ref().expect("result")["steps"];
+    assert!(steps["team-draft"]["members"]["writer"]["text"].is_string());
+}
+
+/// Runs an example on the test runtime with a `topic` input; it must complete.
+async fn run_to_complete(name: &str) -> Vec<loom_core::StreamChunk> {
+    let workflow =
+        loom_workflow::load(example(name), &example_types).unwrap_or_else(|e| panic!("{e}"));
+    let executor = WorkflowExecutor::new(runtime_with(vec![]));
     let chunks = collect(executor.stream(workflow, json!({ "topic": "streams" }))).await;
     assert_eq!(
         terminal(&chunks).kind,
@@ -77,10 +77,5 @@ async fn team_review_runs_its_parallel_group() {
         "{}",
         terminal(&chunks).to_json()
     );
-    for step in ["team-draft", "optimist", "sceptic", "edit"] {
-        assert!(!tokens_of(&chunks, step).is_empty(), "{step} streams");
-    }
-    assert!(markers(&chunks).contains(&(Event::ActionComplete, "team".to_owned())));
-    let steps = &terminal(&chunks).data.as_ref().expect("result")["steps"];
-    assert!(steps["team-draft"]["members"]["writer"]["text"].is_string());
+    chunks
 }

@@ -48,20 +48,7 @@ fn openai_base_url_streams_tokens_from_that_server() {
         "[DONE]".into(),
     ];
     let server = FakeOpenAi::start(events, false);
-    let child = loom(&[
-        "actor",
-        "run",
-        "chat-agent",
-        "--stream",
-        "--json",
-        "--prompt",
-        "hi",
-    ])
-    .env("OPENAI_BASE_URL", &server.base_url)
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("loom starts");
+    let child = chat_agent_json(&server, "hi");
     let out = finish(child);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(!out.stderr.contains("offline"), "{}", out.stderr);
@@ -81,20 +68,7 @@ fn openai_base_url_streams_tokens_from_that_server() {
 #[test]
 fn ctrl_c_stops_the_generation_aborts_the_upstream_request_and_exits_130() {
     let server = FakeOpenAi::start(vec![token_event("Once"), token_event(" upon")], true);
-    let mut child = loom(&[
-        "actor",
-        "run",
-        "chat-agent",
-        "--stream",
-        "--json",
-        "--prompt",
-        "Write a story",
-    ])
-    .env("OPENAI_BASE_URL", &server.base_url)
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("loom starts");
+    let mut child = chat_agent_json(&server, "Write a story");
     let lines = lines(&mut child);
     let mut seen = Vec::new();
     while seen
@@ -120,4 +94,22 @@ fn ctrl_c_stops_the_generation_aborts_the_upstream_request_and_exits_130() {
         .disconnected
         .recv_timeout(Duration::from_secs(5))
         .expect("the upstream request was aborted");
+}
+
+/// Starts `loom actor run chat-agent --stream --json --prompt <prompt>` against `server`.
+fn chat_agent_json(server: &FakeOpenAi, prompt: &str) -> std::process::Child {
+    loom(&[
+        "actor",
+        "run",
+        "chat-agent",
+        "--stream",
+        "--json",
+        "--prompt",
+        prompt,
+    ])
+    .env("OPENAI_BASE_URL", &server.base_url)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("loom starts")
 }

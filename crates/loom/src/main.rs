@@ -194,6 +194,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let ai = AiService::from_env().context("invalid AI configuration")?;
     let offline = ai.is_offline();
     let runtime = Arc::new(local_runtime(ai));
+    // Validate before any work starts, connecting to Redis included.
+    if let Command::Actor(ActorCommand::Run(args)) = &cli.command {
+        check_actor(&runtime, &args.actor)?;
+    }
     let redis = match &cli.redis {
         Some(url) => Some(
             loom_redis::Client::connect(url)
@@ -222,14 +226,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Actor(ActorCommand::Run(args)) => {
             let input = build_input(args.input.as_deref(), args.prompt.as_deref())?;
-            loom_redis::validate_name(&args.actor).map_err(|e| usage(e.to_string()))?;
-            if !invoker.knows(&args.actor) {
-                let known = runtime.registry().names().join(", ");
-                return Err(usage(format!(
-                    "unknown actor type '{}' (known: {known})",
-                    args.actor
-                )));
-            }
             if offline && redis.is_none() && args.actor == CHAT_AGENT {
                 announce_offline();
             }
@@ -330,6 +326,19 @@ async fn shutdown_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Rejects an actor type that would be an unsafe Redis key or that no worker can run (every
+/// worker runs this binary's registry).
+fn check_actor(runtime: &Runtime, actor: &str) -> anyhow::Result<()> {
+    loom_redis::validate_name(actor).map_err(|e| usage(e.to_string()))?;
+    if !runtime.knows(actor) {
+        let known = runtime.registry().names().join(", ");
+        return Err(usage(format!(
+            "unknown actor type '{actor}' (known: {known})"
+        )));
+    }
+    Ok(())
 }
 
 /// The in-process runtime: the built-in actors plus `chat-agent`, with the AI service.

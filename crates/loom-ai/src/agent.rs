@@ -100,7 +100,7 @@ impl Actor for ChatAgent {
             // ends even where this stream is polled by something that checks it late.
             let mut tokens = std::pin::pin!(service
                 .stream_completion(request)
-                .take_until(ctx.token().clone().cancelled_owned()));
+                .take_until(ctx.cancellation_token().clone().cancelled_owned()));
             let mut completion = Completion::default();
             while let Some(event) = tokens.next().await {
                 match event? {

@@ -39,7 +39,7 @@
 //! loom_ai::register(&mut registry);
 //!
 //! let runtime = Runtime::new(registry, extensions);
-//! let mut chunks = runtime.run("chat-agent", json!({ "prompt": "hi" }), RunOptions::default())?;
+//! let mut chunks = runtime.stream("chat-agent", json!({ "prompt": "hi" }), RunOptions::default())?;
 //! let mut tokens = 0;
 //! while let Some(chunk) = chunks.next().await {
 //!     match chunk.kind {

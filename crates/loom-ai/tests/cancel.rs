@@ -72,6 +72,6 @@ fn chat_agent_run(server: &FakeServer) -> loom_core::ChunkStream {
     let mut registry = Registry::new();
     loom_ai::register(&mut registry);
     Runtime::new(registry, extensions)
-        .run("chat-agent", json!({"prompt": "go"}), RunOptions::default())
+        .stream("chat-agent", json!({"prompt": "go"}), RunOptions::default())
         .expect("run")
 }

@@ -22,7 +22,7 @@ fn runtime(ai: AiService) -> Runtime {
 
 async fn run(runtime: &Runtime, input: Value) -> Vec<StreamChunk> {
     let chunks = runtime
-        .run("chat-agent", input, RunOptions::default())
+        .stream("chat-agent", input, RunOptions::default())
         .expect("run");
     within(chunks.collect::<Vec<_>>()).await
 }

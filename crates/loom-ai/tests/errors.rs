@@ -216,7 +216,7 @@ async fn the_api_key_is_in_no_debug_output_and_no_error() {
     let actor_error = ActorError::from(error);
     assert!(!format!("{actor_error:?}").contains(KEY));
     assert!(actor_error
-        .message
+        .message()
         .contains("Incorrect API key provided: ***"));
 }
 
@@ -250,7 +250,7 @@ fn ai_errors_map_to_actor_errors_with_their_code() {
         retry_after: None,
     };
     let actor_error = ActorError::from(error);
-    assert_eq!(actor_error.code, ErrorCode::Upstream);
-    assert!(actor_error.retryable);
-    assert!(actor_error.message.contains("boom"));
+    assert_eq!(actor_error.code(), ErrorCode::Upstream);
+    assert!(actor_error.is_retryable());
+    assert!(actor_error.message().contains("boom"));
 }

@@ -52,7 +52,7 @@ fn bare() -> impl Stream<Item = StreamChunk> {
 }
 
 fn through_runtime(runtime: &Runtime) -> impl Stream<Item = StreamChunk> {
-    runtime.run_actor(Arc::new(Firehose), Value::Null, RunOptions::default())
+    runtime.stream_actor(Firehose, Value::Null, RunOptions::default())
 }
 
 async fn drain(stream: impl Stream<Item = StreamChunk>) -> u64 {

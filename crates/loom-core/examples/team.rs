@@ -4,7 +4,6 @@
 //! the members' tokens interleave, each tagged with its `actor`, and the team ends with one
 //! `complete` holding every member's result.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -15,19 +14,19 @@ use serde_json::json;
 #[tokio::main]
 async fn main() {
     let team = Team::new("pair", "a planner and a critic")
-        .member(Arc::new(ScriptedAgent::new(
+        .member(ScriptedAgent::new(
             "planner",
             "First outline {topic}, then draft it.",
             Duration::from_millis(40),
-        )))
-        .member(Arc::new(ScriptedAgent::new(
+        ))
+        .member(ScriptedAgent::new(
             "critic",
             "Check every claim about {topic} twice.",
             Duration::from_millis(55),
-        )));
+        ));
     let runtime = Runtime::new(Registry::new(), Extensions::new());
     let input = json!({ "topic": "streaming" });
-    let mut chunks = runtime.run_actor(Arc::new(team), input, RunOptions::default());
+    let mut chunks = runtime.stream_actor(team, input, RunOptions::default());
     while let Some(chunk) = chunks.next().await {
         println!("{}", chunk.to_json());
     }

@@ -92,9 +92,9 @@ pub struct ErrorInfo {
 impl From<&ActorError> for ErrorInfo {
     fn from(err: &ActorError) -> Self {
         Self {
-            code: err.code,
-            message: err.message.clone(),
-            retryable: err.retryable,
+            code: err.code(),
+            message: err.message().to_owned(),
+            retryable: err.is_retryable(),
         }
     }
 }

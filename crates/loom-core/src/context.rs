@@ -82,9 +82,9 @@ impl ActorContext {
         &self.run_id
     }
 
-    /// The run's cancellation token: pass `token().child_token()` to spawned work and HTTP
-    /// calls so they stop with the run.
-    pub fn token(&self) -> &CancellationToken {
+    /// The run's cancellation token: pass `cancellation_token().child_token()` to spawned
+    /// work and HTTP calls so they stop with the run.
+    pub fn cancellation_token(&self) -> &CancellationToken {
         &self.cancel
     }
 

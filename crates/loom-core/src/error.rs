@@ -60,18 +60,19 @@ impl fmt::Display for ErrorCode {
 }
 
 /// The error an actor returns (or the runtime creates) when a run fails.
+///
+/// Its parts are read through [`code`](Self::code), [`message`](Self::message),
+/// [`is_retryable`](Self::is_retryable) and [`std::error::Error::source`]; they are set only
+/// through the constructors, so an error always carries a code and a message.
 #[derive(Debug, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct ActorError {
-    /// The stable code that ends up in the `error` chunk.
-    pub code: ErrorCode,
-    /// A human-readable explanation.
-    pub message: String,
+    code: ErrorCode,
+    message: String,
     /// Whether a retry may succeed; defaults to [`ErrorCode::is_retryable`].
-    pub retryable: bool,
-    /// The underlying cause, when there is one.
+    retryable: bool,
     #[source]
-    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 impl ActorError {
@@ -125,6 +126,11 @@ impl ActorError {
     /// The stable code of this error.
     pub fn code(&self) -> ErrorCode {
         self.code
+    }
+
+    /// The human-readable explanation.
+    pub fn message(&self) -> &str {
+        &self.message
     }
 
     /// Whether running the same request again may succeed.

@@ -62,12 +62,13 @@ impl Output {
         self.tags.as_ref()?.event
     }
 
-    /// A `progress` output: `current` of `total` units, with an optional message.
-    pub fn progress(current: u64, total: Option<u64>, message: impl Into<Option<String>>) -> Self {
+    /// A `progress` output: `current` of `total` units (`None` when the total is unknown),
+    /// with a message for a person: `Output::progress(1, Some(3), "batch 1")`.
+    pub fn progress(current: u64, total: Option<u64>, message: impl Into<String>) -> Self {
         Self::of(OutputKind::Progress(Box::new(Progress {
             current,
             total,
-            message: message.into(),
+            message: Some(message.into()),
         })))
     }
 

@@ -20,12 +20,17 @@ impl Registry {
     /// A registry holding the built-in actors of `loom-core` (`echo`, `batch`, `team-demo`).
     pub fn with_builtins() -> Self {
         let mut registry = Self::new();
-        crate::builtin::register(&mut registry);
+        for actor in crate::builtin::actors() {
+            registry.register(actor);
+        }
         registry
     }
 
     /// Registers `actor` under its [`name`](Actor::name), replacing any actor of that name.
-    pub fn register(&mut self, actor: Arc<dyn Actor>) -> &mut Self {
+    ///
+    /// Takes the actor by value; an `Arc<dyn Actor>` is an actor too.
+    pub fn register(&mut self, actor: impl Actor) -> &mut Self {
+        let actor: Arc<dyn Actor> = Arc::new(actor);
         self.actors.insert(actor.name().to_owned(), actor);
         self
     }

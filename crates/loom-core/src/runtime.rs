@@ -51,10 +51,35 @@ pub struct RunOptions {
     pub timeout: Option<Duration>,
     /// A token the run's own token is a child of, so cancelling it cancels the run.
     pub parent: Option<CancellationToken>,
-    /// The `seq` of the `start` chunk (a re-run of a remote request continues its stream).
-    pub first_seq: u64,
-    /// The attempt number written on the `start` chunk when set (remote re-runs).
-    pub attempt: Option<u32>,
+}
+
+/// A later attempt at a run whose stream an earlier attempt began (a remote request re-run
+/// after its worker died): see [`Runtime::stream_attempt`].
+///
+/// It is not a field of [`RunOptions`] so that an ordinary caller cannot start a stream
+/// anywhere but at `seq` 0; only a transport that re-runs requests needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    number: u32,
+    first_seq: u64,
+}
+
+impl Attempt {
+    /// Attempt `number` (1 for the first), whose `start` chunk takes `first_seq`: the `seq`
+    /// after the last chunk the attempts before it wrote.
+    pub fn new(number: u32, first_seq: u64) -> Self {
+        Self { number, first_seq }
+    }
+
+    /// The attempt number.
+    pub fn number(&self) -> u32 {
+        self.number
+    }
+
+    /// The `seq` of this attempt's `start` chunk.
+    pub fn first_seq(&self) -> u64 {
+        self.first_seq
+    }
 }
 
 /// What a consumer reads: the chunks of one run, local or remote.
@@ -104,9 +129,20 @@ impl ChunkStream {
         self.cancel.cancel();
     }
 
-    /// The run's cancellation token.
-    pub fn cancel_token(&self) -> &CancellationToken {
-        &self.cancel
+    /// Reads the stream to its terminal chunk: the `complete` chunk's data, or its `error`
+    /// as an [`ActorError`]. This is how every `run` (as opposed to `stream`) is built.
+    pub async fn result(mut self) -> Result<Value, ActorError> {
+        use futures::StreamExt;
+        while let Some(chunk) = self.next().await {
+            match chunk.kind {
+                ChunkType::Complete => return Ok(chunk.data.unwrap_or(Value::Null)),
+                ChunkType::Error => return Err(chunk.error_info().into()),
+                ChunkType::Start | ChunkType::Progress | ChunkType::Data => {}
+            }
+        }
+        Err(ActorError::internal(
+            "the stream ended without a terminal chunk",
+        ))
     }
 }
 
@@ -132,22 +168,38 @@ impl std::fmt::Debug for ChunkStream {
 /// Starts a run by actor type name: the seam that the local [`Runtime`] and remote clients
 /// (`loom-redis`) both implement, so teams, workflows and the CLI do not care where a run
 /// happens.
+///
+/// Like every runner in Loom, it has the verb pair of the crate docs: [`stream`](Self::stream)
+/// for the chunks, [`run`](Self::run) for the result.
 #[async_trait]
 pub trait Invoker: Send + Sync {
     /// Starts `actor_type` on `input` and returns its chunks.
-    async fn invoke(
+    async fn stream(
         &self,
         actor_type: &str,
         input: Value,
         options: RunOptions,
     ) -> Result<ChunkStream, ActorError>;
 
+    /// Runs `actor_type` on `input` to its end and returns the `complete` chunk's data.
+    async fn run(
+        &self,
+        actor_type: &str,
+        input: Value,
+        options: RunOptions,
+    ) -> Result<Value, ActorError> {
+        self.stream(actor_type, input, options).await?.result().await
+    }
+
     /// Whether `actor_type` can be invoked here (checked before any work starts).
     fn knows(&self, actor_type: &str) -> bool;
 }
 
 /// Runs actors in this process.
-#[derive(Clone, Debug)]
+///
+/// `Runtime::default()` has no actors and no services: enough to run an actor that is not
+/// registered with [`stream_actor`](Self::stream_actor).
+#[derive(Clone, Debug, Default)]
 pub struct Runtime {
     registry: Arc<Registry>,
     extensions: Arc<Extensions>,
@@ -172,40 +224,67 @@ impl Runtime {
         &self.extensions
     }
 
-    /// Runs the actor registered as `actor_type`; `not_found` if there is none.
-    pub fn run(
+    /// Starts the actor registered as `actor_type` and returns its chunks; `not_found` if
+    /// there is none.
+    pub fn stream(
         &self,
         actor_type: &str,
         input: Value,
         options: RunOptions,
     ) -> Result<ChunkStream, ActorError> {
-        let actor = self
-            .registry
-            .get(actor_type)
-            .ok_or_else(|| ActorError::not_found(format!("unknown actor type '{actor_type}'")))?;
-        Ok(self.run_actor(actor, input, options))
+        let actor = self.actor(actor_type)?;
+        Ok(drive(actor, input, Arc::clone(&self.extensions), options, None))
     }
 
-    /// Runs `actor` (registered or not).
-    pub fn run_actor(
+    /// Runs the actor registered as `actor_type` to its end and returns the `complete`
+    /// chunk's data.
+    pub async fn run(
         &self,
-        actor: Arc<dyn Actor>,
+        actor_type: &str,
         input: Value,
         options: RunOptions,
-    ) -> ChunkStream {
-        run_actor(actor, input, Arc::clone(&self.extensions), options)
+    ) -> Result<Value, ActorError> {
+        self.stream(actor_type, input, options)?.result().await
+    }
+
+    /// Starts `actor`, registered or not, and returns its chunks.
+    pub fn stream_actor(&self, actor: impl Actor, input: Value, options: RunOptions) -> ChunkStream {
+        drive(Arc::new(actor), input, Arc::clone(&self.extensions), options, None)
+    }
+
+    /// Starts `attempt` of a run whose stream an earlier attempt began: the `start` chunk
+    /// takes `attempt.first_seq()` and, from the second attempt on, carries `"attempt": n`
+    /// (DESIGN.md §3: it tells a consumer to discard the attempt before). Only a transport
+    /// that re-runs requests (the `loom-redis` worker) needs this; everyone else calls
+    /// [`stream`](Self::stream).
+    pub fn stream_attempt(
+        &self,
+        actor_type: &str,
+        input: Value,
+        options: RunOptions,
+        attempt: Attempt,
+    ) -> Result<ChunkStream, ActorError> {
+        let actor = self.actor(actor_type)?;
+        let extensions = Arc::clone(&self.extensions);
+        Ok(drive(actor, input, extensions, options, Some(attempt)))
+    }
+
+    fn actor(&self, actor_type: &str) -> Result<Arc<dyn Actor>, ActorError> {
+        self.registry
+            .get(actor_type)
+            .ok_or_else(|| ActorError::not_found(format!("unknown actor type '{actor_type}'")))
     }
 }
 
 #[async_trait]
 impl Invoker for Runtime {
-    async fn invoke(
+    async fn stream(
         &self,
         actor_type: &str,
         input: Value,
         options: RunOptions,
     ) -> Result<ChunkStream, ActorError> {
-        self.run(actor_type, input, options)
+        Runtime::stream(self, actor_type, input, options)
     }
 
     fn knows(&self, actor_type: &str) -> bool {
@@ -213,12 +292,14 @@ impl Invoker for Runtime {
     }
 }
 
-/// Runs `actor` on `input` and returns the contract-keeping stream of its chunks.
-pub fn run_actor(
+/// Runs `actor` on `input` and returns the contract-keeping stream of its chunks; `attempt`
+/// continues a stream an earlier attempt began.
+pub(crate) fn drive(
     actor: Arc<dyn Actor>,
     input: Value,
     extensions: Arc<Extensions>,
     options: RunOptions,
+    attempt: Option<Attempt>,
 ) -> ChunkStream {
     let run_id: Arc<str> = options.run_id.unwrap_or_else(new_run_id).into();
     let token = match &options.parent {
@@ -226,14 +307,15 @@ pub fn run_actor(
         None => CancellationToken::new(),
     };
     let ctx = ActorContext::new(Arc::clone(&run_id), token.clone(), extensions);
-    let mut start = StreamChunk::new(ChunkType::Start, options.first_seq);
+    let first_seq = attempt.map_or(0, |a| a.first_seq);
+    let mut start = StreamChunk::new(ChunkType::Start, first_seq);
     start.data = Some(json!({ "run_id": &*run_id, "actor": actor.name() }));
-    start.attempt = options.attempt;
+    start.attempt = attempt.map(|a| a.number).filter(|&n| n > 1);
     let deadline = Instant::now() + options.timeout.unwrap_or(DEFAULT_TIMEOUT);
     let drive = Drive {
         start: Some(Box::new(start)),
         actor: Some(actor.stream(input, ctx)),
-        seq: options.first_seq + 1,
+        seq: first_seq + 1,
         token: token.clone(),
         cancelled: None,
         deadline,

@@ -17,7 +17,7 @@ use crate::chunk::ChunkType;
 use crate::context::ActorContext;
 use crate::error::ActorError;
 use crate::output::Output;
-use crate::runtime::{run_actor, RunOptions};
+use crate::runtime::{drive, RunOptions};
 
 /// A group of actors run concurrently on the same input.
 pub struct Team {
@@ -37,8 +37,8 @@ impl Team {
     }
 
     /// Adds a member; its chunks are tagged with its [`name`](Actor::name).
-    pub fn member(mut self, actor: Arc<dyn Actor>) -> Self {
-        self.members.push(actor);
+    pub fn member(mut self, actor: impl Actor) -> Self {
+        self.members.push(Arc::new(actor));
         self
     }
 }
@@ -64,10 +64,10 @@ impl Actor for Team {
                 let name = actor.name().to_owned();
                 let options = RunOptions {
                     run_id: Some(ctx.run_id().to_owned()),
-                    parent: Some(ctx.token().clone()),
+                    parent: Some(ctx.cancellation_token().clone()),
                     ..RunOptions::default()
                 };
-                run_actor(Arc::clone(actor), input.clone(), Arc::clone(ctx.extensions()), options)
+                drive(Arc::clone(actor), input.clone(), Arc::clone(ctx.extensions()), options, None)
                     .map(move |chunk| (name.clone(), chunk))
             });
             let mut merged = futures::stream::select_all(members);

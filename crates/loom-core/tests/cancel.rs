@@ -30,7 +30,7 @@ async fn dropping_the_stream_fires_the_token_that_spawned_work_holds() {
     let actor = fn_actor("spawner", move |_, ctx| {
         let tx = tx.lock().expect("not poisoned").take();
         async_stream::try_stream! {
-            let token = ctx.token().child_token();
+            let token = ctx.cancellation_token().child_token();
             tokio::spawn(async move {
                 token.cancelled().await;
                 if let Some(tx) = tx {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use loom_core::{
+    Attempt,
     async_trait, parse_input, Actor, ActorContext, ActorError, ChunkStream, ChunkType, ErrorCode,
     Output, RunOptions, StreamChunk,
 };
@@ -17,7 +18,7 @@ use support::*;
 async fn streaming_actor_yields_start_gapless_seq_and_one_complete() {
     let input = json!({ "count": 250, "batch_size": 100, "delay_ms": 0 });
     let stream = runtime()
-        .run("batch", input, RunOptions::default())
+        .stream("batch", input, RunOptions::default())
         .expect("batch is built in");
     let chunks = collect(stream).await;
     assert_contract(&chunks);
@@ -42,7 +43,7 @@ async fn streaming_actor_yields_start_gapless_seq_and_one_complete() {
 async fn execute_only_actor_streams_start_then_one_complete() {
     let input = json!({ "hello": "world" });
     let stream = runtime()
-        .run("echo", input.clone(), RunOptions::default())
+        .stream("echo", input.clone(), RunOptions::default())
         .expect("echo");
     let chunks = collect(stream).await;
     assert_contract(&chunks);
@@ -54,7 +55,7 @@ async fn execute_only_actor_streams_start_then_one_complete() {
 #[tokio::test]
 async fn unknown_actor_type_is_not_found() {
     let err = runtime()
-        .run("nope", Value::Null, RunOptions::default())
+        .stream("nope", Value::Null, RunOptions::default())
         .expect_err("unknown");
     assert_eq!(err.code(), ErrorCode::NotFound);
     assert!(err.to_string().contains("nope"));
@@ -169,14 +170,14 @@ async fn a_busy_actor_that_never_awaits_is_stopped_at_its_deadline() {
 }
 
 #[tokio::test]
-async fn start_chunk_names_run_and_actor_and_respects_first_seq() {
+async fn start_chunk_names_run_and_actor_and_a_later_attempt_continues_the_seq() {
     let options = RunOptions {
         run_id: Some("run-1".into()),
-        first_seq: 7,
-        attempt: Some(2),
         ..RunOptions::default()
     };
-    let stream = runtime().run("echo", json!(1), options).expect("echo");
+    let stream = runtime()
+        .stream_attempt("echo", json!(1), options, Attempt::new(2, 7))
+        .expect("echo");
     assert_eq!(stream.run_id(), "run-1");
     let chunks = collect(stream).await;
     assert_eq!(
@@ -217,13 +218,13 @@ fn parse_input_maps_serde_errors_to_bad_input() {
     }
     let err = parse_input::<Input>(json!({ "prompt": 3 })).expect_err("a number is no prompt");
     assert_eq!(err.code(), ErrorCode::BadInput);
-    assert!(err.message.contains("invalid type"), "{}", err.message);
+    assert!(err.message().contains("invalid type"), "{}", err.message());
 }
 
 #[tokio::test]
 async fn bad_batch_input_ends_with_bad_input() {
     let stream = runtime()
-        .run("batch", json!({ "batch_size": 0 }), RunOptions::default())
+        .stream("batch", json!({ "batch_size": 0 }), RunOptions::default())
         .expect("batch");
     let chunks = collect(stream).await;
     assert_contract(&chunks);

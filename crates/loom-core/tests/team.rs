@@ -121,7 +121,7 @@ async fn dropping_a_team_stream_cancels_every_member() {
 #[tokio::test]
 async fn team_demo_runs_three_attributed_members() {
     let stream = runtime()
-        .run(
+        .stream(
             "team-demo",
             json!({ "topic": "rust" }),
             RunOptions::default(),

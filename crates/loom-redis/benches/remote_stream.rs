@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use loom_core::{
-    async_trait, Actor, ActorContext, ActorStream, Extensions, Invoker, Output, Registry,
+    async_trait, Actor, ActorContext, ActorStream, Extensions, Output, Registry,
     RunOptions, Runtime,
 };
 use loom_redis::{Client, ClientOptions, Worker, WorkerOptions};
@@ -283,7 +283,7 @@ async fn throughput(server: &RedisServer, port: &str, n: u64) {
         let start = Instant::now();
         let mut chunks = reader
             .invoker()
-            .invoke("flood", json!({ "count": n }), RunOptions::default())
+            .stream("flood", json!({ "count": n }), RunOptions::default())
             .await
             .expect("invoke");
         let mut got = 0u64;
@@ -372,7 +372,7 @@ async fn latency(server: &RedisServer, count: u64) {
     let _ = origin();
     let mut chunks = reader
         .invoker()
-        .invoke(
+        .stream(
             "paced",
             json!({ "count": count, "every_us": 1000 }),
             RunOptions::default(),
@@ -451,7 +451,7 @@ async fn scale(server: &RedisServer, streams: usize) {
     let mut live = Vec::with_capacity(streams);
     for _ in 0..streams {
         let chunks = invoker
-            .invoke("hold", json!({ "ms": 8000 }), RunOptions::default())
+            .stream("hold", json!({ "ms": 8000 }), RunOptions::default())
             .await
             .expect("invoke");
         live.push(chunks);

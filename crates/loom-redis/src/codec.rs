@@ -398,7 +398,7 @@ mod tests {
         let chunks = [
             token,
             start,
-            Output::progress(3, Some(10), Some("batch 3".to_owned()))
+            Output::progress(3, Some(10), "batch 3")
                 .with_actor("researcher")
                 .with_step("s1")
                 .with_event(Event::ActionStart)

@@ -33,7 +33,7 @@
 //!
 //! // A caller.
 //! let input = serde_json::json!({ "count": 300, "batch_size": 100, "delay_ms": 0 });
-//! let mut chunks = client.invoker().invoke("batch", input, RunOptions::default()).await?;
+//! let mut chunks = client.invoker().stream("batch", input, RunOptions::default()).await?;
 //! while let Some(chunk) = chunks.next().await {
 //!     println!("{}", chunk.to_json());
 //! }

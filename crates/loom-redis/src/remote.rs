@@ -37,7 +37,7 @@ use crate::reader::{self, EntryStream, Watch};
 /// let client = loom_redis::Client::connect("redis://127.0.0.1:6379").await?;
 /// let invoker = client.invoker();
 /// let input = serde_json::json!({ "count": 300, "batch_size": 100 });
-/// let mut chunks = invoker.invoke("batch", input, RunOptions::default()).await?;
+/// let mut chunks = invoker.stream("batch", input, RunOptions::default()).await?;
 /// while let Some(chunk) = chunks.next().await {
 ///     println!("{}", chunk.to_json());
 /// }
@@ -114,8 +114,8 @@ impl RemoteInvoker {
         .await
     }
 
-    /// Starts a run and returns its chunks; like [`Invoker::invoke`] with this crate's error.
-    pub async fn start(
+    /// Starts a run and returns its chunks; like [`Invoker::stream`] with this crate's error.
+    pub async fn stream(
         &self,
         actor_type: &str,
         input: Value,
@@ -207,13 +207,13 @@ async fn forward_cancel(
 
 #[async_trait]
 impl Invoker for RemoteInvoker {
-    async fn invoke(
+    async fn stream(
         &self,
         actor_type: &str,
         input: Value,
         options: RunOptions,
     ) -> Result<ChunkStream, ActorError> {
-        Ok(self.start(actor_type, input, options).await?)
+        Ok(RemoteInvoker::stream(self, actor_type, input, options).await?)
     }
 
     fn knows(&self, actor_type: &str) -> bool {

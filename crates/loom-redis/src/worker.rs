@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use loom_core::{
-    ActorError, CancellationToken, ChunkType, ErrorCode, RunOptions, Runtime, StreamChunk,
+    ActorError, Attempt, CancellationToken, ChunkType, ErrorCode, RunOptions, Runtime, StreamChunk,
 };
 use redis::Value;
 use serde_json::json;
@@ -725,12 +725,11 @@ async fn drive(
         run_id: Some(request.run_id.clone()),
         timeout: Some(Duration::from_millis(remaining)),
         parent: Some(token),
-        first_seq: seq,
-        attempt: (attempt > 1).then_some(attempt),
     };
+    let attempt_of = Attempt::new(attempt, seq);
     match shared
         .runtime
-        .run(&request.actor, request.input.clone(), options)
+        .stream_attempt(&request.actor, request.input.clone(), options, attempt_of)
     {
         Ok(mut chunks) => {
             while let Some(chunk) = chunks.next().await {

@@ -6,7 +6,7 @@ mod support;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use loom_core::{ChunkType, ErrorCode, Invoker, RunOptions};
+use loom_core::{ChunkType, ErrorCode, RunOptions};
 use loom_redis::WorkerOptions;
 use serde_json::json;
 use support::*;
@@ -47,7 +47,7 @@ async fn readers_end_with_an_error_and_workers_survive_until_redis_returns() {
         loop {
             match client
                 .invoker()
-                .invoke("echo", json!({"back": true}), RunOptions::default())
+                .stream("echo", json!({"back": true}), RunOptions::default())
                 .await
             {
                 Ok(chunks) => break chunks,

@@ -20,22 +20,21 @@ async fn hostile_names_are_rejected_before_they_become_keys() {
     let long = "x".repeat(129);
     for name in HOSTILE.iter().copied().chain([long.as_str()]) {
         let err = invoker
-            .start(name, json!({}), RunOptions::default())
+            .stream(name, json!({}), RunOptions::default())
             .await
             .unwrap_err();
         assert!(err.is_bad_input(), "{name:?}: {err}");
-        let err = invoker
-            .invoke(name, json!({}), RunOptions::default())
+        let err = Invoker::stream(&invoker, name, json!({}), RunOptions::default())
             .await
             .unwrap_err();
-        assert_eq!(err.code, ErrorCode::BadInput);
+        assert_eq!(err.code(), ErrorCode::BadInput);
         assert!(!invoker.knows(name));
         let run = RunOptions {
             run_id: Some(name.to_owned()),
             ..RunOptions::default()
         };
         assert!(invoker
-            .start("echo", json!({}), run)
+            .stream("echo", json!({}), run)
             .await
             .unwrap_err()
             .is_bad_input());
@@ -155,7 +154,7 @@ async fn an_unreadable_request_is_dropped_without_stopping_the_worker() {
     // The worker goes on serving.
     let chunks = client
         .invoker()
-        .invoke("echo", json!({ "ok": true }), RunOptions::default())
+        .stream("echo", json!({ "ok": true }), RunOptions::default())
         .await
         .unwrap();
     let chunks = collect(10, chunks).await;

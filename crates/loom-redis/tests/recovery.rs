@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use loom_core::{ChunkStream, ChunkType, ErrorCode, Invoker, RunOptions};
+use loom_core::{ChunkStream, ChunkType, ErrorCode, RunOptions};
 use loom_redis::{ClientOptions, WorkerOptions};
 use serde_json::json;
 use support::*;
@@ -119,7 +119,7 @@ async fn a_request_no_worker_picks_up_ends_with_worker_lost() {
     let client = client(&server, options).await;
     let chunks = client
         .invoker()
-        .invoke("ticker", json!({ "count": 1 }), RunOptions::default())
+        .stream("ticker", json!({ "count": 1 }), RunOptions::default())
         .await
         .unwrap();
     let chunks = collect(10, chunks).await;
@@ -233,7 +233,7 @@ async fn an_abandoned_request_behind_many_live_ones_is_still_recovered() {
         .unwrap();
     let chunks = client
         .invoker()
-        .start("echo", json!({ "late": true }), RunOptions::default())
+        .stream("echo", json!({ "late": true }), RunOptions::default())
         .await
         .unwrap();
     // A consumer that takes the request and dies.

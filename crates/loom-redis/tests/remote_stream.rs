@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use loom_core::{ChunkType, ErrorCode, Invoker, RunOptions};
+use loom_core::{ChunkType, ErrorCode, RunOptions};
 use loom_redis::WorkerOptions;
 use serde_json::json;
 use support::*;
@@ -38,9 +38,9 @@ async fn local_and_remote_runs_give_the_same_chunks() {
             run_id: Some(run_id.clone()),
             ..RunOptions::default()
         };
-        let local = collect(30, runtime.run(actor, input.clone(), options()).unwrap()).await;
+        let local = collect(30, runtime.stream(actor, input.clone(), options()).unwrap()).await;
         let remote = invoker
-            .invoke(actor, input.clone(), options())
+            .stream(actor, input.clone(), options())
             .await
             .unwrap();
         assert_eq!(remote.run_id(), run_id);
@@ -96,7 +96,7 @@ async fn entries_carry_design_fields_in_order_and_get_a_ttl_after_the_terminal()
 
     let chunks = client
         .invoker()
-        .invoke("ticker", json!({ "count": 3 }), RunOptions::default())
+        .stream("ticker", json!({ "count": 3 }), RunOptions::default())
         .await
         .unwrap();
     let run_id = chunks.run_id().to_owned();
@@ -233,7 +233,7 @@ async fn a_remote_run_past_its_deadline_ends_with_timeout() {
     };
     let chunks = client
         .invoker()
-        .invoke(
+        .stream(
             "ticker",
             json!({ "count": 1000, "delay_ms": 20 }),
             options.clone(),
@@ -250,7 +250,7 @@ async fn a_remote_run_past_its_deadline_ends_with_timeout() {
     // With no worker at all, the reader itself ends it at the deadline (plus grace).
     let chunks = client
         .invoker()
-        .invoke("ticker", json!({ "count": 1 }), options)
+        .stream("ticker", json!({ "count": 1 }), options)
         .await
         .unwrap();
     let chunks = collect(10, chunks).await;

@@ -6,7 +6,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use loom_core::{ChunkType, Invoker, RunOptions};
+use loom_core::{ChunkType, RunOptions};
 use loom_redis::{ClientOptions, WorkerOptions};
 use serde_json::json;
 use support::*;
@@ -28,7 +28,7 @@ async fn a_worker_with_one_slot_serving_two_queues_runs_both_requests_as_attempt
     let invoker = client.invoker();
     // Both requests are queued before the worker's first read, so one read can return both.
     let ticks = invoker
-        .invoke(
+        .stream(
             "ticker",
             json!({ "count": 5, "delay_ms": 100 }),
             RunOptions::default(),
@@ -36,7 +36,7 @@ async fn a_worker_with_one_slot_serving_two_queues_runs_both_requests_as_attempt
         .await
         .unwrap();
     let echo = invoker
-        .invoke("echo", json!({ "hello": 1 }), RunOptions::default())
+        .stream("echo", json!({ "hello": 1 }), RunOptions::default())
         .await
         .unwrap();
     let probe = Arc::new(Probe::default());

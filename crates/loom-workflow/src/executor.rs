@@ -1,6 +1,6 @@
 //! [`WorkflowExecutor`]: runs a [`Workflow`] as one stream.
 //!
-//! The workflow itself is an [`Actor`] run through [`run_actor`], so the runtime numbers its
+//! The workflow itself is an [`Actor`] run through the local [`Runtime`], so the runtime numbers its
 //! chunks (one gapless `seq` across every step), writes `start` and exactly one terminal,
 //! enforces the workflow's deadline and turns a dropped stream into cancellation. Each step is
 //! started through the [`Invoker`] seam with the workflow's cancellation token as parent, so
@@ -15,8 +15,8 @@ use std::time::Duration;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use loom_core::{
-    run_actor, Actor, ActorContext, ActorError, ActorStream, CancellationToken, ChunkStream,
-    ChunkType, ErrorInfo, Event, Extensions, Invoker, Output, RunOptions, StreamChunk,
+    Actor, ActorContext, ActorError, ActorStream, CancellationToken, ChunkStream,
+    ChunkType, ErrorInfo, Event, Invoker, Output, RunOptions, Runtime, StreamChunk,
 };
 use serde_json::{json, Map, Value};
 
@@ -94,12 +94,7 @@ impl WorkflowExecutor {
         if options.timeout.is_none() {
             options.timeout = Some(workflow.timeout.unwrap_or(DEFAULT_WORKFLOW_TIMEOUT));
         }
-        run_actor(
-            self.actor(workflow),
-            input,
-            Arc::new(Extensions::new()),
-            options,
-        )
+        Runtime::default().stream_actor(self.actor(workflow), input, options)
     }
 
     /// Runs `workflow` to its end and returns the `complete` chunk's data.
@@ -108,17 +103,7 @@ impl WorkflowExecutor {
         workflow: impl Into<Arc<Workflow>>,
         input: Value,
     ) -> Result<Value, ActorError> {
-        let mut chunks = self.stream(workflow, input);
-        while let Some(chunk) = chunks.next().await {
-            match chunk.kind {
-                ChunkType::Complete => return Ok(chunk.data.unwrap_or(Value::Null)),
-                ChunkType::Error => return Err(chunk.error_info().into()),
-                _ => {}
-            }
-        }
-        Err(ActorError::internal(
-            "the workflow stream ended without a terminal chunk",
-        ))
+        self.stream(workflow, input).result().await
     }
 
     /// `workflow` as an actor named after it, e.g. to register in a
@@ -199,7 +184,7 @@ fn run_workflow(
                     Arc::clone(&invoker),
                     step.clone(),
                     step_input,
-                    ctx.token().clone(),
+                    ctx.cancellation_token().clone(),
                     done,
                     total,
                 ));
@@ -273,7 +258,7 @@ fn run_step(
                 parent: Some(parent.clone()),
                 ..RunOptions::default()
             };
-            let result = match invoker.invoke(&step.actor_type, input.clone(), options).await {
+            let result = match invoker.stream(&step.actor_type, input.clone(), options).await {
                 Err(err) => Err(ErrorInfo::from(&err)),
                 Ok(mut chunks) => {
                     let mut result = Err(ErrorInfo::from(&ActorError::internal(

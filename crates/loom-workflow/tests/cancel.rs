@@ -87,7 +87,7 @@ struct Recording {
 
 #[async_trait]
 impl Invoker for Recording {
-    async fn invoke(
+    async fn stream(
         &self,
         actor_type: &str,
         input: Value,
@@ -96,7 +96,7 @@ impl Invoker for Recording {
         if let Ok(mut parents) = self.parents.lock() {
             parents.push(options.parent.clone());
         }
-        self.runtime.invoke(actor_type, input, options).await
+        self.runtime.stream(actor_type, input, options)
     }
 
     fn knows(&self, actor_type: &str) -> bool {
@@ -125,7 +125,7 @@ async fn steps_get_the_workflow_token_as_parent_so_cancel_reaches_remote_steps()
         .unwrap_or_default();
     assert_eq!(parents.len(), 2, "every step gets a parent token");
     assert!(parents.iter().all(|t| !t.is_cancelled()));
-    chunks.cancel_token().cancel();
+    chunks.cancel();
     assert!(parents.iter().all(CancellationToken::is_cancelled));
 }
 

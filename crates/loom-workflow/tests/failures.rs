@@ -200,7 +200,7 @@ struct RerunInvoker;
 
 #[loom_core::async_trait]
 impl loom_core::Invoker for RerunInvoker {
-    async fn invoke(
+    async fn stream(
         &self,
         _actor_type: &str,
         _input: serde_json::Value,

@@ -230,7 +230,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 announce_offline();
             }
             let stream = invoker
-                .invoke(&args.actor, input, args.output.options())
+                .stream(&args.actor, input, args.output.options())
                 .await?;
             Ok(follow(stream, args.output.mode()).await)
         }

@@ -10,12 +10,10 @@ pub use batch::Batch;
 pub use echo::Echo;
 pub use team_demo::{team_demo, ScriptedAgent};
 
-use crate::registry::Registry;
+use crate::actor::Actor;
 
-/// Registers every built-in actor of `loom-core`.
-pub fn register(registry: &mut Registry) {
-    registry
-        .register(Arc::new(Echo))
-        .register(Arc::new(Batch))
-        .register(Arc::new(team_demo()));
+/// Every built-in actor of `loom-core`, as [`Registry::with_builtins`](crate::Registry::with_builtins)
+/// registers them.
+pub fn actors() -> Vec<Arc<dyn Actor>> {
+    vec![Arc::new(Echo), Arc::new(Batch), Arc::new(team_demo())]
 }

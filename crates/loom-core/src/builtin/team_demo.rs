@@ -76,19 +76,19 @@ pub fn team_demo() -> Team {
         "team-demo",
         "a researcher, an analyst and a writer contributing concurrently (offline)",
     )
-    .member(Arc::new(ScriptedAgent::new(
+    .member(ScriptedAgent::new(
         "researcher",
         "Gathered three sources on {topic}: a design note, a benchmark and a field report.",
         ms(60),
-    )))
-    .member(Arc::new(ScriptedAgent::new(
+    ))
+    .member(ScriptedAgent::new(
         "analyst",
         "The sources agree that {topic} win on latency when every step streams its output.",
         ms(75),
-    )))
-    .member(Arc::new(ScriptedAgent::new(
+    ))
+    .member(ScriptedAgent::new(
         "writer",
         "Draft: {topic} let users watch work happen, stop it at will, and trust what they see.",
         ms(90),
-    )))
+    ))
 }

@@ -22,7 +22,7 @@ pub fn runtime() -> Runtime {
 
 /// Runs `actor` through the runtime.
 pub fn run(actor: impl Actor, options: RunOptions) -> ChunkStream {
-    runtime().run_actor(Arc::new(actor), Value::Null, options)
+    runtime().stream_actor(actor, Value::Null, options)
 }
 
 /// Reads the whole stream, failing the test if it takes longer than [`LIMIT`].

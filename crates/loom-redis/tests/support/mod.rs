@@ -44,11 +44,10 @@ pub async fn client(server: &RedisServer, options: ClientOptions) -> Client {
 
 /// Starts the `ticker` actor remotely: `count` tokens, one every `delay_ms`.
 pub async fn ticker(client: &Client, count: u64, delay_ms: u64) -> loom_core::ChunkStream {
-    use loom_core::Invoker;
     let input = json!({ "count": count, "delay_ms": delay_ms });
     within(
         10,
-        client.invoker().invoke("ticker", input, Default::default()),
+        client.invoker().stream("ticker", input, Default::default()),
     )
     .await
     .expect("the request is queued")

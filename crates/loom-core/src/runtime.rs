@@ -188,7 +188,10 @@ pub trait Invoker: Send + Sync {
         input: Value,
         options: RunOptions,
     ) -> Result<Value, ActorError> {
-        self.stream(actor_type, input, options).await?.result().await
+        self.stream(actor_type, input, options)
+            .await?
+            .result()
+            .await
     }
 
     /// Whether `actor_type` can be invoked here (checked before any work starts).
@@ -233,7 +236,13 @@ impl Runtime {
         options: RunOptions,
     ) -> Result<ChunkStream, ActorError> {
         let actor = self.actor(actor_type)?;
-        Ok(drive(actor, input, Arc::clone(&self.extensions), options, None))
+        Ok(drive(
+            actor,
+            input,
+            Arc::clone(&self.extensions),
+            options,
+            None,
+        ))
     }
 
     /// Runs the actor registered as `actor_type` to its end and returns the `complete`
@@ -248,8 +257,19 @@ impl Runtime {
     }
 
     /// Starts `actor`, registered or not, and returns its chunks.
-    pub fn stream_actor(&self, actor: impl Actor, input: Value, options: RunOptions) -> ChunkStream {
-        drive(Arc::new(actor), input, Arc::clone(&self.extensions), options, None)
+    pub fn stream_actor(
+        &self,
+        actor: impl Actor,
+        input: Value,
+        options: RunOptions,
+    ) -> ChunkStream {
+        drive(
+            Arc::new(actor),
+            input,
+            Arc::clone(&self.extensions),
+            options,
+            None,
+        )
     }
 
     /// Starts `attempt` of a run whose stream an earlier attempt began: the `start` chunk

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 #[tokio::test]
 async fn dropping_the_stream_cancels_the_actor() {
     let (hanger, dropped) = Hanger::new("hanger", 2);
-    let mut stream = run(hanger, RunOptions::default());
+    let mut stream = stream_of(hanger, RunOptions::default());
     assert_eq!(next(&mut stream).await.kind, ChunkType::Start);
     assert_eq!(next(&mut stream).await.kind, ChunkType::Data);
     drop(stream);
@@ -42,7 +42,7 @@ async fn dropping_the_stream_fires_the_token_that_spawned_work_holds() {
             yield Output::complete(Value::Null);
         }
     });
-    let mut stream = run(actor, RunOptions::default());
+    let mut stream = stream_of(actor, RunOptions::default());
     next(&mut stream).await;
     next(&mut stream).await;
     drop(stream);
@@ -55,7 +55,7 @@ async fn dropping_the_stream_fires_the_token_that_spawned_work_holds() {
 #[tokio::test]
 async fn cancel_ends_the_stream_with_cancelled_and_stops_the_actor() {
     let (hanger, dropped) = Hanger::new("hanger", 1);
-    let mut stream = run(hanger, RunOptions::default());
+    let mut stream = stream_of(hanger, RunOptions::default());
     next(&mut stream).await;
     next(&mut stream).await;
     stream.cancel();
@@ -82,7 +82,7 @@ async fn cancelling_the_parent_token_cancels_the_run() {
         parent: Some(parent.clone()),
         ..RunOptions::default()
     };
-    let mut stream = run(hanger, options);
+    let mut stream = stream_of(hanger, options);
     next(&mut stream).await;
     parent.cancel();
     let last = next(&mut stream).await;
@@ -98,7 +98,7 @@ async fn a_cancelled_busy_actor_stops_within_a_bounded_number_of_chunks() {
             }
         }
     });
-    let mut stream = run(
+    let mut stream = stream_of(
         actor,
         RunOptions {
             timeout: Some(Duration::from_secs(60)),

@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use loom_core::{
-    Attempt,
-    async_trait, parse_input, Actor, ActorContext, ActorError, ChunkStream, ChunkType, ErrorCode,
-    Output, RunOptions, StreamChunk,
+    async_trait, parse_input, Actor, ActorContext, ActorError, Attempt, ChunkStream, ChunkType,
+    ErrorCode, Output, RunOptions, StreamChunk,
 };
 use serde_json::{json, Value};
 use support::*;
@@ -70,7 +69,7 @@ async fn an_actor_error_ends_the_stream_with_one_error_chunk() {
             yield Output::data(2);
         }
     });
-    let chunks = collect(run(actor, RunOptions::default())).await;
+    let chunks = collect(stream_of(actor, RunOptions::default())).await;
     assert_contract(&chunks);
     assert_eq!(chunks.len(), 3, "start, data, error: {chunks:?}");
     let error = chunks[2].error.as_ref().expect("an error payload");
@@ -89,7 +88,7 @@ async fn a_panicking_actor_ends_with_an_internal_error_chunk() {
             yield Output::complete(Value::Null);
         }
     });
-    let chunks = collect(run(actor, RunOptions::default())).await;
+    let chunks = collect(stream_of(actor, RunOptions::default())).await;
     assert_contract(&chunks);
     let error = chunks
         .last()
@@ -106,7 +105,7 @@ async fn a_stream_that_ends_without_complete_ends_with_an_error() {
             yield Output::data(1);
         }
     });
-    let chunks = collect(run(actor, RunOptions::default())).await;
+    let chunks = collect(stream_of(actor, RunOptions::default())).await;
     assert_contract(&chunks);
     assert_eq!(chunks.last().map(|c| c.kind), Some(ChunkType::Error));
 }
@@ -120,7 +119,7 @@ async fn nothing_comes_after_complete() {
             yield Output::complete(2);
         }
     });
-    let mut stream = run(actor, RunOptions::default());
+    let mut stream = stream_of(actor, RunOptions::default());
     let chunks: Vec<_> = (&mut stream).collect().await;
     assert_contract(&chunks);
     assert_eq!(chunks[1].data, Some(json!(1)));
@@ -134,7 +133,7 @@ async fn a_run_past_its_deadline_ends_with_timeout() {
         timeout: Some(Duration::from_secs(5)),
         ..RunOptions::default()
     };
-    let chunks = collect(run(hanger, options)).await;
+    let chunks = collect(stream_of(hanger, options)).await;
     assert_contract(&chunks);
     let error = chunks
         .last()
@@ -161,7 +160,7 @@ async fn a_busy_actor_that_never_awaits_is_stopped_at_its_deadline() {
         timeout: Some(Duration::from_millis(50)),
         ..RunOptions::default()
     };
-    let chunks = collect(run(actor, options)).await;
+    let chunks = collect(stream_of(actor, options)).await;
     assert_contract(&chunks);
     assert_eq!(
         chunks.last().and_then(|c| c.error.as_ref()).map(|e| e.code),
@@ -199,7 +198,7 @@ impl Actor for Neither {
 
 #[tokio::test]
 async fn an_actor_that_implements_neither_method_fails_loudly() {
-    let chunks = collect(run(Neither, RunOptions::default())).await;
+    let chunks = collect(stream_of(Neither, RunOptions::default())).await;
     assert_contract(&chunks);
     let error = chunks
         .last()

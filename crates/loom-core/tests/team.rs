@@ -37,10 +37,8 @@ async fn a_team_merges_member_streams_tagged_with_their_actor() {
             yield Output::complete(json!("beta done"));
         }
     });
-    let team = Team::new("duo", "two members")
-        .member(Arc::new(alpha))
-        .member(Arc::new(beta));
-    let chunks = collect(run(team, RunOptions::default())).await;
+    let team = Team::new("duo", "two members").member(alpha).member(beta);
+    let chunks = collect(stream_of(team, RunOptions::default())).await;
     assert_contract(&chunks);
 
     let tokens: Vec<(String, String)> = chunks
@@ -78,10 +76,8 @@ async fn a_failing_member_fails_the_team_and_cancels_the_others() {
             yield Output::complete(Value::Null);
         }
     });
-    let team = Team::new("pair", "")
-        .member(Arc::new(hanger))
-        .member(Arc::new(failing));
-    let chunks = collect(run(team, RunOptions::default())).await;
+    let team = Team::new("pair", "").member(hanger).member(failing);
+    let chunks = collect(stream_of(team, RunOptions::default())).await;
     assert_contract(&chunks);
     let error = chunks
         .last()
@@ -103,10 +99,8 @@ async fn a_failing_member_fails_the_team_and_cancels_the_others() {
 async fn dropping_a_team_stream_cancels_every_member() {
     let (one, one_dropped) = Hanger::new("one", 1);
     let (two, two_dropped) = Hanger::new("two", 1);
-    let team = Team::new("pair", "")
-        .member(Arc::new(one))
-        .member(Arc::new(two));
-    let mut stream = run(team, RunOptions::default());
+    let team = Team::new("pair", "").member(one).member(two);
+    let mut stream = stream_of(team, RunOptions::default());
     next(&mut stream).await;
     next(&mut stream).await;
     drop(stream);

@@ -15,8 +15,8 @@ use std::time::Duration;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use loom_core::{
-    Actor, ActorContext, ActorError, ActorStream, CancellationToken, ChunkStream,
-    ChunkType, ErrorInfo, Event, Invoker, Output, RunOptions, Runtime, StreamChunk,
+    Actor, ActorContext, ActorError, ActorStream, CancellationToken, ChunkStream, ChunkType,
+    ErrorInfo, Event, Invoker, Output, RunOptions, Runtime, StreamChunk,
 };
 use serde_json::{json, Map, Value};
 

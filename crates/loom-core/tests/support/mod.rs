@@ -21,7 +21,7 @@ pub fn runtime() -> Runtime {
 }
 
 /// Runs `actor` through the runtime.
-pub fn run(actor: impl Actor, options: RunOptions) -> ChunkStream {
+pub fn stream_of(actor: impl Actor, options: RunOptions) -> ChunkStream {
     runtime().stream_actor(actor, Value::Null, options)
 }
 

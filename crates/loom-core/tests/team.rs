@@ -3,7 +3,7 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use loom_core::{ChunkType, ErrorCode, Output, RunOptions, Team};
 use serde_json::{json, Value};

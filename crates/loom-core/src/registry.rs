@@ -1,4 +1,7 @@
 //! [`Registry`]: actors by type name, as the CLI, workers and workflows look them up.
+//!
+//! [`Registry::with_builtins`] is defined beside the built-in actors (`builtin/`), so that the
+//! registry depends on nothing but the [`Actor`] trait.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,15 +18,6 @@ impl Registry {
     /// An empty registry.
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// A registry holding the built-in actors of `loom-core` (`echo`, `batch`, `team-demo`).
-    pub fn with_builtins() -> Self {
-        let mut registry = Self::new();
-        for actor in crate::builtin::actors() {
-            registry.register(actor);
-        }
-        registry
     }
 
     /// Registers `actor` under its [`name`](Actor::name), replacing any actor of that name.

@@ -4,16 +4,20 @@ mod batch;
 mod echo;
 mod team_demo;
 
-use std::sync::Arc;
-
 pub use batch::Batch;
 pub use echo::Echo;
 pub use team_demo::{team_demo, ScriptedAgent};
 
-use crate::actor::Actor;
+use crate::registry::Registry;
 
-/// Every built-in actor of `loom-core`, as [`Registry::with_builtins`](crate::Registry::with_builtins)
-/// registers them.
-pub fn actors() -> Vec<Arc<dyn Actor>> {
-    vec![Arc::new(Echo), Arc::new(Batch), Arc::new(team_demo())]
+impl Registry {
+    /// A registry holding the built-in actors of `loom-core` (`echo`, `batch`, `team-demo`).
+    pub fn with_builtins() -> Self {
+        let mut registry = Self::new();
+        registry
+            .register(Echo)
+            .register(Batch)
+            .register(team_demo());
+        registry
+    }
 }

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use loom_core::{
-    async_trait, Actor, ActorContext, ActorStream, Extensions, Output, Registry,
-    RunOptions, Runtime,
+    async_trait, Actor, ActorContext, ActorStream, Extensions, Output, Registry, RunOptions,
+    Runtime,
 };
 use loom_redis::{Client, ClientOptions, Worker, WorkerOptions};
 use serde_json::{json, Value};

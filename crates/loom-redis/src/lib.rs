@@ -46,10 +46,12 @@ mod backoff;
 mod client;
 mod codec;
 mod error;
+mod hub;
 mod keys;
 mod publisher;
 mod reader;
 mod remote;
+mod script;
 mod worker;
 
 pub use client::{Client, ClientOptions};

@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
-use loom_core::{CancellationToken, ChunkStream, StreamChunk};
+use loom_core::{CancellationToken, ChunkStream};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::client::Client;
@@ -27,18 +27,9 @@ use crate::hub::Subscription;
 use crate::keys::check_name;
 use crate::script;
 
+pub use state::StreamEntry;
 pub(crate) use state::Watch;
 use state::{Ending, ReadState, Step};
-
-/// One chunk as read from Redis, with the id of its entry.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StreamEntry {
-    /// The Redis entry id; `None` for a chunk the reader made itself (an `error/upstream` when
-    /// Redis stayed unreachable).
-    pub id: Option<EntryId>,
-    /// The chunk.
-    pub chunk: StreamChunk,
-}
 
 /// The entries of one run's stream, in order, ending after the terminal chunk.
 ///

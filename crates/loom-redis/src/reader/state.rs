@@ -25,7 +25,16 @@ use tokio::time::Instant;
 use crate::client::ClientOptions;
 use crate::codec::{decode_chunk, EntryId, RawEntry};
 use crate::keys::CancelReason;
-use crate::reader::StreamEntry;
+
+/// One chunk as read from Redis, with the id of its entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamEntry {
+    /// The Redis entry id; `None` for a chunk the reader made itself (an `error/upstream` when
+    /// Redis stayed unreachable).
+    pub id: Option<EntryId>,
+    /// The chunk.
+    pub chunk: StreamChunk,
+}
 
 /// How a reader decides that the producer of its stream is gone.
 #[derive(Debug, Clone)]

@@ -108,6 +108,7 @@ impl Default for WorkerOptions {
 #[derive(Debug)]
 pub struct Worker {
     shared: Arc<Shared>,
+    options: WorkerOptions,
 }
 
 impl Worker {
@@ -118,7 +119,8 @@ impl Worker {
             .clone()
             .unwrap_or_else(|| format!("worker-{}", uuid::Uuid::new_v4()));
         Self {
-            shared: Arc::new(Shared::new(client, runtime, options, name)),
+            shared: Arc::new(Shared::new(client, runtime, options.max_attempts, name)),
+            options,
         }
     }
 
@@ -131,10 +133,10 @@ impl Worker {
     fn queues(&self) -> Result<Vec<String>, Error> {
         let shared = &self.shared;
         let registry = shared.runtime.registry();
-        let actors = if shared.options.actors.is_empty() {
+        let actors = if self.options.actors.is_empty() {
             registry.names()
         } else {
-            shared.options.actors.clone()
+            self.options.actors.clone()
         };
         let mut queues = Vec::new();
         for actor in actors {
@@ -157,7 +159,7 @@ impl Worker {
     /// failures while running are logged and retried, never returned.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
         let shared = Arc::clone(&self.shared);
-        if shared.options.concurrency == 0 {
+        if self.options.concurrency == 0 {
             return Err(Error::InvalidOptions(
                 "concurrency must be at least 1".to_owned(),
             ));
@@ -174,7 +176,7 @@ impl Worker {
         background.spawn(listen_for_cancels(Arc::clone(&shared), stop.clone()));
         background.spawn(heartbeat(Arc::clone(&shared), stop.clone()));
         let mut runs = JoinSet::new();
-        let slots = Arc::new(Semaphore::new(shared.options.concurrency));
+        let slots = Arc::new(Semaphore::new(self.options.concurrency));
         let mut fetcher = Fetcher::new(Arc::clone(&shared), queues);
         tracing::info!(worker = %shared.name, "worker started");
         loop {
@@ -201,7 +203,7 @@ impl Worker {
         }
 
         tracing::info!(worker = %shared.name, running = runs.len(), "worker stopping");
-        let grace = tokio::time::sleep(shared.options.shutdown_grace);
+        let grace = tokio::time::sleep(self.options.shutdown_grace);
         tokio::pin!(grace);
         loop {
             // Requests already taken are ours to run: start them as slots free up.

@@ -101,7 +101,7 @@ async fn run_request(
             acknowledge(shared, queue, entry).await;
             return Ok(());
         }
-        None if attempt > shared.options.max_attempts => Some(ActorError::new(
+        None if attempt > shared.max_attempts => Some(ActorError::new(
             ErrorCode::WorkerLost,
             format!("gave up after {} attempts lost their worker", attempt - 1),
         )),

@@ -12,14 +12,14 @@ use loom_core::{CancellationToken, Runtime};
 use crate::client::Client;
 use crate::codec::{EntryId, RawEntry};
 use crate::keys::CancelReason;
-use crate::worker::WorkerOptions;
 
 /// The worker's state, shared by its tasks.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) client: Client,
     pub(crate) runtime: Runtime,
-    pub(crate) options: WorkerOptions,
+    /// The attempt after which a request ends with `error/worker_lost` instead of running.
+    pub(crate) max_attempts: u32,
     /// The worker's consumer name in the group.
     pub(crate) name: String,
     /// The runs held, by run id.
@@ -31,16 +31,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(
-        client: Client,
-        runtime: Runtime,
-        options: WorkerOptions,
-        name: String,
-    ) -> Self {
+    pub(crate) fn new(client: Client, runtime: Runtime, max_attempts: u32, name: String) -> Self {
         Self {
             client,
             runtime,
-            options,
+            max_attempts,
             name,
             active: Mutex::new(HashMap::new()),
             waiting: Mutex::new(VecDeque::new()),

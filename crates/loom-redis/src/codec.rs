@@ -265,7 +265,7 @@ pub(crate) fn parse_entry(value: Value) -> Result<RawEntry, String> {
     Ok(RawEntry { id, fields })
 }
 
-/// Reads an `XRANGE`/`XREVRANGE` reply.
+/// Reads a list of entries (an `XRANGE` reply, or the entries of an `XAUTOCLAIM` reply).
 pub(crate) fn parse_entries(value: Value) -> Result<Vec<RawEntry>, String> {
     match value {
         Value::Array(items) => items.into_iter().map(parse_entry).collect(),

@@ -50,8 +50,21 @@ pub(crate) async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-/// A request in a queue: its queue key and its entry id.
-type QueuedEntry = (String, EntryId);
+/// A request in a queue.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct QueuedEntry {
+    queue: String,
+    entry: EntryId,
+}
+
+impl QueuedEntry {
+    fn new(queue: &str, entry: EntryId) -> Self {
+        Self {
+            queue: queue.to_owned(),
+            entry,
+        }
+    }
+}
 
 async fn refresh(shared: &Shared) -> Result<(), Error> {
     let held: Vec<HeldRun> = shared
@@ -62,7 +75,7 @@ async fn refresh(shared: &Shared) -> Result<(), Error> {
     let waiting: Vec<QueuedEntry> = shared
         .waiting()
         .iter()
-        .map(|work| (work.queue.clone(), work.entry.id))
+        .map(|work| QueuedEntry::new(&work.queue, work.entry.id))
         .collect();
     if held.is_empty() && waiting.is_empty() {
         return Ok(());
@@ -71,7 +84,7 @@ async fn refresh(shared: &Shared) -> Result<(), Error> {
     let queues: HashSet<&str> = held
         .iter()
         .map(|run| run.queue.as_str())
-        .chain(waiting.iter().map(|(queue, _)| queue.as_str()))
+        .chain(waiting.iter().map(|w| w.queue.as_str()))
         .collect();
     let mut mine: HashSet<QueuedEntry> = HashSet::new();
     for queue in queues {
@@ -81,7 +94,7 @@ async fn refresh(shared: &Shared) -> Result<(), Error> {
     // The runs to renew: those whose request is still in this worker's pending list.
     let mut refreshed: Vec<&HeldRun> = Vec::new();
     for run in &held {
-        if !mine.contains(&(run.queue.clone(), run.entry)) {
+        if !mine.contains(&QueuedEntry::new(&run.queue, run.entry)) {
             tracing::warn!(run_id = %run.run_id, "another worker took this run over; stopping it");
             if let Some(active) = shared.active().get(&run.run_id) {
                 active.drop_run();
@@ -95,14 +108,14 @@ async fn refresh(shared: &Shared) -> Result<(), Error> {
         // Claimed by another worker while it waited here: that worker runs it.
         shared
             .waiting()
-            .retain(|work| !lost.contains(&(work.queue.clone(), work.entry.id)));
+            .retain(|work| !lost.contains(&QueuedEntry::new(&work.queue, work.entry.id)));
     }
-    for (queue, entry) in &waiting {
-        if mine.contains(&(queue.clone(), *entry)) {
+    for waiting in &waiting {
+        if mine.contains(waiting) {
             claims
-                .entry(queue.as_str())
+                .entry(waiting.queue.as_str())
                 .or_default()
-                .push(entry.to_string());
+                .push(waiting.entry.to_string());
         }
     }
     let keys = shared.client.keys();
@@ -188,7 +201,7 @@ async fn pending_of(
         for item in items {
             if let Value::Array(fields) = item {
                 if let Some(id) = fields.first().and_then(text).and_then(|s| s.parse().ok()) {
-                    mine.push((queue.to_owned(), id));
+                    mine.push(QueuedEntry::new(queue, id));
                 }
             }
         }
@@ -211,20 +224,20 @@ pub(crate) async fn hand_back(shared: &Shared) {
     let unstarted: Vec<QueuedEntry> = shared
         .waiting()
         .drain(..)
-        .map(|work| (work.queue, work.entry.id))
+        .map(|work| QueuedEntry::new(&work.queue, work.entry.id))
         .collect();
     let visibility = shared.client.options().visibility_timeout.as_millis() as u64;
     let mut pipe = redis::pipe();
     for run in &held {
         tracing::info!(run_id = %run.run_id, "handing the run back");
     }
-    for (queue, entry) in &unstarted {
-        tracing::info!(queue = %queue, entry = %entry, "handing a request back unstarted");
+    for waiting in &unstarted {
+        tracing::info!(queue = %waiting.queue, entry = %waiting.entry, "handing a request back unstarted");
     }
     let requests = held
         .iter()
         .map(|run| (&run.queue, run.entry))
-        .chain(unstarted.iter().map(|(queue, entry)| (queue, *entry)));
+        .chain(unstarted.iter().map(|w| (&w.queue, w.entry)));
     for (queue, entry) in requests {
         pipe.cmd("XCLAIM")
             .arg(queue)

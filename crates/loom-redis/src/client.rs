@@ -1,24 +1,25 @@
 //! [`Client`]: one process's handle on a Loom Redis, shared by its invokers, readers and
-//! workers, with the timing knobs ([`ClientOptions`]) every party must agree on.
+//! workers, with the timing knobs ([`ClientOptions`]) every party must agree on. It is the
+//! bottom layer: the connections and the options, which every layer above is given.
 //!
 //! A `Client` holds one multiplexed command connection ([`ConnectionManager`], reconnecting
-//! with backoff) and, once the first stream is read, the process's one stream reader with its
-//! own connection for the blocking `XREAD` (see `reader.rs`). Workers open two more
-//! connections of their own (blocking `XREADGROUP`, cancel subscription).
+//! with backoff) and, once the first stream is read, the process's one stream reader
+//! ([`Hub`], `hub.rs`) with its own connection for the blocking `XREAD`. Workers open two
+//! more connections of their own (blocking `XREADGROUP`, cancel subscription).
+//!
+//! Reading streams ([`Client::tail`]) is added by `reader.rs` and starting runs
+//! ([`Client::invoker`]) by `remote.rs`, the layers above.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use loom_core::{ChunkStream, ErrorInfo};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::AsyncConnectionConfig;
 use tokio::sync::OnceCell;
 
-use crate::codec::EntryId;
 use crate::error::Error;
-use crate::keys::{check_name, Keys, DEFAULT_PREFIX};
-use crate::reader::{self, EntryStream, Hub, Watch};
-use crate::remote::RemoteInvoker;
+use crate::hub::Hub;
+use crate::keys::{check_name, CancelReason, Keys, DEFAULT_PREFIX};
 
 /// How long one command may take before the connection counts as broken.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -164,65 +165,6 @@ impl Client {
         &self.inner.options
     }
 
-    /// An [`Invoker`](loom_core::Invoker) that runs actors on workers through this Redis.
-    pub fn invoker(&self) -> RemoteInvoker {
-        RemoteInvoker::new(self.clone())
-    }
-
-    /// Replays and follows the stream `stream_id` (a run id) from just after entry `from`, or
-    /// from its start when `from` is `None`; `Some("$")` follows only what is added from now.
-    ///
-    /// The stream ends after the terminal chunk; with `worker_lost` if the run's worker died
-    /// and no other took it over; with `upstream` if Redis stays unreachable past the lease
-    /// plus visibility timeout. Dropping it stops reading and does **not** cancel the run.
-    /// Fails with [`Error::StreamNotFound`] if no such stream exists, and with
-    /// [`Error::EntryIdPastEnd`] if `from` is past its last entry.
-    pub async fn tail(&self, stream_id: &str, from: Option<&str>) -> Result<ChunkStream, Error> {
-        let entries = self.tail_entries(stream_id, from).await?;
-        Ok(entries.into_chunk_stream(tokio_util::sync::CancellationToken::new()))
-    }
-
-    /// Like [`tail`](Self::tail), yielding each chunk with its Redis entry id (for SSE `id:`
-    /// lines and resuming with `Last-Event-ID`).
-    pub async fn tail_entries(
-        &self,
-        stream_id: &str,
-        from: Option<&str>,
-    ) -> Result<EntryStream, Error> {
-        check_name("stream id", stream_id)?;
-        let key = self.keys().stream(stream_id);
-        let mut conn = self.conn();
-        let last: redis::Value = redis::cmd("XREVRANGE")
-            .arg(&key)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut conn)
-            .await?;
-        let last = crate::codec::parse_entries(last)
-            .ok()
-            .and_then(|mut v| v.pop());
-        let Some(last) = last else {
-            return Err(Error::StreamNotFound(stream_id.to_owned()));
-        };
-        let from = match from {
-            None => EntryId::ZERO,
-            Some("$") => last.id,
-            Some(id) => id.parse()?,
-        };
-        if from > last.id {
-            // No entry of this stream has that id: a reader could wait past the terminal.
-            return Err(Error::EntryIdPastEnd(from.to_string()));
-        }
-        if from >= last.id && crate::codec::is_terminal_entry(&last.fields) {
-            // Nothing will ever come after the terminal chunk.
-            return Ok(reader::ended(stream_id));
-        }
-        let watch = Watch::tail(&self.inner.options);
-        reader::open(self.clone(), stream_id.to_owned(), from, watch).await
-    }
-
     /// Asks run `run_id` to stop: sets its cancel key and publishes the id, so the worker
     /// running it (or the one that picks it up) ends it with `error/cancelled`.
     pub async fn cancel(&self, run_id: &str) -> Result<(), Error> {
@@ -232,7 +174,7 @@ impl Client {
         redis::pipe()
             .cmd("SET")
             .arg(keys.cancel(run_id))
-            .arg("cancelled")
+            .arg(CancelReason::Cancelled.as_str())
             .arg("EX")
             .arg(self.inner.options.stream_ttl.as_secs())
             .ignore()
@@ -271,69 +213,16 @@ impl Client {
     pub(crate) async fn hub(&self) -> &Hub {
         self.inner
             .hub
-            .get_or_init(|| async { Hub::start(self.clone()) })
+            .get_or_init(|| async {
+                Hub::start(
+                    self.inner.redis.clone(),
+                    self.conn(),
+                    self.inner.options.read_block,
+                )
+            })
             .await
     }
-
-    /// Ends run `run_id` from outside its worker: marks it with `reason` in its cancel key (so
-    /// a late worker does not run it), publishes the id, and appends `error` as the terminal
-    /// chunk unless the stream already has one. Returns the id of the stream's terminal
-    /// entry (the one written here or the one already there).
-    pub(crate) async fn end_run(
-        &self,
-        run_id: &str,
-        reason: &str,
-        error: &ErrorInfo,
-    ) -> Result<EntryId, Error> {
-        let keys = self.keys();
-        let mut conn = self.conn();
-        let error = serde_json::to_string(error).unwrap_or_else(|_| "null".to_owned());
-        let id: String = END_RUN
-            .key(keys.stream(run_id))
-            .key(keys.cancel(run_id))
-            .arg(self.inner.options.stream_ttl.as_secs())
-            .arg(reason)
-            .arg(error)
-            .invoke_async(&mut conn)
-            .await?;
-        let published: Result<(), _> = redis::cmd("PUBLISH")
-            .arg(keys.cancel_channel())
-            .arg(run_id)
-            .query_async(&mut conn)
-            .await;
-        if let Err(e) = published {
-            // The terminal chunk and the cancel key are written: a worker still holding the
-            // run finds the key when its cancel listener resubscribes or the run is claimed.
-            tracing::warn!(run_id, error = %e, "could not publish the end of a run");
-        }
-        id.parse()
-    }
 }
-
-/// See [`Client::end_run`]. Both keys carry the run's hash tag, so this works on a cluster.
-static END_RUN: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-    redis::Script::new(
-        r#"
-redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[1])
-local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-local seq = 0
-if #last > 0 then
-  local f = last[1][2]
-  local t, s
-  for i = 1, #f, 2 do
-    if f[i] == 'type' then t = f[i + 1] elseif f[i] == 'seq' then s = f[i + 1] end
-  end
-  if t == 'complete' or t == 'error' then return last[1][1] end
-  local n = tonumber(s)
-  if not n then return redis.error_reply('the last entry has no readable seq') end
-  seq = n + 1
-end
-local id = redis.call('XADD', KEYS[1], '*', 'type', 'error', 'data', 'null', 'seq', seq, 'error', ARGV[3])
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-return id
-"#,
-    )
-});
 
 /// Now, in Unix milliseconds.
 pub(crate) fn unix_ms() -> u64 {

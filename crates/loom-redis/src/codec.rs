@@ -13,7 +13,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use loom_core::{ChunkType, StreamChunk};
-use redis::Value;
+use redis::{RedisWrite, Value};
 use serde::de::DeserializeOwned;
 use serde_json::Value as Json;
 
@@ -104,39 +104,49 @@ pub(crate) fn chunk_field_count(chunk: &StreamChunk) -> usize {
     .count()
 }
 
-/// Appends the `field value …` list of `chunk` (DESIGN.md §3 order) to `cmd`.
-pub(crate) fn write_chunk_fields(cmd: &mut redis::Cmd, chunk: &StreamChunk) {
-    use redis::RedisWrite;
-    cmd.arg("type").arg(chunk.kind.as_str());
-    cmd.arg("data");
+/// Appends the `field value …` list of `chunk` (DESIGN.md §3 order) to `out` (a command, or
+/// a script's arguments).
+pub(crate) fn write_chunk_fields<W: ?Sized + RedisWrite>(out: &mut W, chunk: &StreamChunk) {
+    out.write_arg(b"type");
+    out.write_arg(chunk.kind.as_str().as_bytes());
+    out.write_arg(b"data");
     match &chunk.data {
-        Some(data) => write_json(cmd.writer_for_next_arg(), data),
-        None => cmd.write_arg(b"null"),
+        Some(data) => write_json(out.writer_for_next_arg(), data),
+        None => out.write_arg(b"null"),
     }
-    cmd.arg("seq").arg(chunk.seq);
+    out.write_arg(b"seq");
+    write_number(out, chunk.seq);
     if let Some(progress) = &chunk.progress {
-        cmd.arg("progress");
-        write_json(cmd.writer_for_next_arg(), progress);
+        out.write_arg(b"progress");
+        write_json(out.writer_for_next_arg(), progress);
     }
     if let Some(error) = &chunk.error {
-        cmd.arg("error");
-        write_json(cmd.writer_for_next_arg(), error);
+        out.write_arg(b"error");
+        write_json(out.writer_for_next_arg(), error);
     }
     if let Some(actor) = &chunk.actor {
-        cmd.arg("actor");
-        write_json(cmd.writer_for_next_arg(), actor);
+        out.write_arg(b"actor");
+        write_json(out.writer_for_next_arg(), actor);
     }
     if let Some(step) = &chunk.step {
-        cmd.arg("step");
-        write_json(cmd.writer_for_next_arg(), step);
+        out.write_arg(b"step");
+        write_json(out.writer_for_next_arg(), step);
     }
     if let Some(event) = &chunk.event {
-        cmd.arg("event");
-        write_json(cmd.writer_for_next_arg(), event);
+        out.write_arg(b"event");
+        write_json(out.writer_for_next_arg(), event);
     }
     if let Some(attempt) = chunk.attempt {
-        cmd.arg("attempt").arg(attempt);
+        out.write_arg(b"attempt");
+        write_number(out, u64::from(attempt));
     }
+}
+
+/// Writes `n` in decimal as one argument.
+fn write_number<W: ?Sized + RedisWrite>(out: &mut W, n: u64) {
+    use std::io::Write;
+    // Writing into the argument's `Vec` cannot fail.
+    let _ = write!(out.writer_for_next_arg(), "{n}");
 }
 
 /// Writes `value` as JSON into one command argument.
@@ -224,18 +234,6 @@ pub(crate) fn decode_chunk(fields: &[Value]) -> Result<StreamChunk, String> {
     Ok(chunk)
 }
 
-/// Whether an entry's `type` field says it is a terminal chunk (cheap check, no JSON).
-pub(crate) fn is_terminal_entry(fields: &[Value]) -> bool {
-    field(fields, "type").is_some_and(|t| t == b"complete" || t == b"error")
-}
-
-/// The `seq` field of an entry, if it has a readable one.
-pub(crate) fn entry_seq(fields: &[Value]) -> Option<u64> {
-    field(fields, "seq")
-        .and_then(|s| std::str::from_utf8(s).ok())
-        .and_then(|s| s.parse().ok())
-}
-
 /// The value of field `name` in a flat `field value …` list.
 pub(crate) fn field<'a>(fields: &'a [Value], name: &str) -> Option<&'a [u8]> {
     fields
@@ -267,7 +265,7 @@ pub(crate) fn parse_entry(value: Value) -> Result<RawEntry, String> {
     Ok(RawEntry { id, fields })
 }
 
-/// Reads an `XRANGE`/`XREVRANGE` reply.
+/// Reads a list of entries (an `XRANGE` reply, or the entries of an `XAUTOCLAIM` reply).
 pub(crate) fn parse_entries(value: Value) -> Result<Vec<RawEntry>, String> {
     match value {
         Value::Array(items) => items.into_iter().map(parse_entry).collect(),

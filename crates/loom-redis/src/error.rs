@@ -38,6 +38,20 @@ pub enum Error {
     /// No stream with that id exists (it never did, or it expired).
     #[error("no stream with id '{0}'")]
     StreamNotFound(String),
+    /// Redis answered with a reply this crate cannot read (a server that speaks another
+    /// protocol version, or a script's reply it does not know).
+    #[error("unexpected reply from Redis: {0}")]
+    UnexpectedReply(String),
+    /// The process's stream reader task is gone, so no stream can be read.
+    #[error("the stream reader stopped")]
+    ReaderStopped,
+    /// A run's stream writer has stopped: Redis failed past its retry window, or the run
+    /// was discarded. [`Publisher::finish`](crate::Publisher::finish) says which.
+    #[error("the stream writer stopped")]
+    WriterStopped,
+    /// A run's stream writer task panicked.
+    #[error("the stream writer panicked: {0}")]
+    WriterPanicked(String),
     /// Redis refused or failed a command, or could not be reached.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
@@ -45,7 +59,8 @@ pub enum Error {
 
 impl Error {
     /// The wire error code this failure stands for: `bad_input` for invalid names, ids and
-    /// options, `not_found` for unknown actors and streams, `upstream` for Redis failures.
+    /// options, `not_found` for unknown actors and streams, `upstream` for Redis failures
+    /// (and readers or writers stopped by them), `internal` for a panicked writer.
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::InvalidName { .. }
@@ -53,7 +68,11 @@ impl Error {
             | Self::EntryIdPastEnd(_)
             | Self::InvalidOptions(_) => ErrorCode::BadInput,
             Self::UnknownActor(_) | Self::StreamNotFound(_) => ErrorCode::NotFound,
-            Self::Redis(_) => ErrorCode::Upstream,
+            Self::UnexpectedReply(_)
+            | Self::ReaderStopped
+            | Self::WriterStopped
+            | Self::Redis(_) => ErrorCode::Upstream,
+            Self::WriterPanicked(_) => ErrorCode::Internal,
         }
     }
 

@@ -57,6 +57,48 @@ pub(crate) fn check_name(what: &'static str, name: &str) -> Result<(), Error> {
     Err(Error::invalid_name(what, name, reason))
 }
 
+/// Why a run must stop: the value of its cancel key `loom:cancel:{<id>}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CancelReason {
+    /// The caller cancelled: the worker stops the actor and writes `error/cancelled`.
+    Cancelled,
+    /// A reader found no worker holding the run and wrote `error/worker_lost` itself.
+    WorkerLost,
+    /// A reader found the run past its deadline and wrote `error/timeout` itself.
+    Timeout,
+    /// A value this version does not know, written by a newer one.
+    Other,
+}
+
+impl CancelReason {
+    /// The key's value for this reason.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Cancelled => "cancelled",
+            Self::WorkerLost => "worker_lost",
+            Self::Timeout => "timeout",
+            Self::Other => "other",
+        }
+    }
+
+    /// The reason a cancel key's value stands for.
+    pub(crate) fn parse(value: &str) -> Self {
+        match value {
+            "cancelled" => Self::Cancelled,
+            "worker_lost" => Self::WorkerLost,
+            "timeout" => Self::Timeout,
+            _ => Self::Other,
+        }
+    }
+
+    /// Whether the terminal chunk was already written by whoever set the key, so the run's
+    /// worker must stop without writing anything more. Only a caller's cancel leaves the
+    /// terminal (`error/cancelled`) to the worker.
+    pub(crate) fn terminal_written(self) -> bool {
+        self != Self::Cancelled
+    }
+}
+
 /// Builds the keys of the layout above under one prefix.
 ///
 /// The methods take names that were already checked with [`validate_name`]; every public
@@ -146,6 +188,20 @@ mod tests {
             Some("x:stream:{a}")
         );
         assert!(Keys::new("bad{").is_err());
+    }
+
+    #[test]
+    fn cancel_reasons_round_trip_and_unknown_ones_stop_without_writing() {
+        for reason in [
+            CancelReason::Cancelled,
+            CancelReason::WorkerLost,
+            CancelReason::Timeout,
+        ] {
+            assert_eq!(CancelReason::parse(reason.as_str()), reason);
+        }
+        assert_eq!(CancelReason::parse("later"), CancelReason::Other);
+        assert!(!CancelReason::Cancelled.terminal_written());
+        assert!(CancelReason::Other.terminal_written());
     }
 
     #[test]

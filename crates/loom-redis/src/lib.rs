@@ -17,6 +17,26 @@
 //!
 //! Keys, entry fields and semantics follow DESIGN.md §3–§4 ([`Keys`] has the table).
 //!
+//! ## Layout
+//!
+//! Each module uses only those listed before it, so each can be reviewed alone:
+//!
+//! - `error`, `backoff`, `keys` — the crate's [`Error`], reconnect waits, the key layout and
+//!   the cancel key's reasons.
+//! - `codec` — how chunks and requests look inside stream entries.
+//! - `script` — every Lua script (the fenced batch write, ending a run, peeking at a run,
+//!   renewing and releasing a lease), each behind a typed function, all called through
+//!   `redis::Script` (`EVALSHA`, reloaded on `NOSCRIPT`).
+//! - `hub` — the process's one multiplexed `XREAD`, handing raw entries to each stream.
+//! - `client` — [`Client`]: the connections and the [`ClientOptions`]; the bottom layer the
+//!   others are given.
+//! - `publisher` — [`Publisher`]: a run's chunks, batched into the write script.
+//! - `reader` — [`EntryStream`] and [`Client::tail`]: `reader/state.rs` is the contract and
+//!   liveness rules as a state machine without I/O; `reader/mod.rs` feeds it from the hub.
+//! - `remote` — [`RemoteInvoker`] and [`Client::invoker`]: queue a request, read its stream.
+//! - `worker` — [`Worker`]: `fetch` (`XREADGROUP`, the `XAUTOCLAIM` sweep), `run` (one
+//!   request), `lease` (take, heartbeat, hand back), `cancel` (the listener), over `state`.
+//!
 //! ```no_run
 //! use futures::StreamExt;
 //! use loom_core::{Extensions, Invoker, Registry, RunOptions, Runtime};
@@ -46,10 +66,12 @@ mod backoff;
 mod client;
 mod codec;
 mod error;
+mod hub;
 mod keys;
 mod publisher;
 mod reader;
 mod remote;
+mod script;
 mod worker;
 
 pub use client::{Client, ClientOptions};

@@ -11,7 +11,7 @@
 //! limit. Streams are not capped with `MAXLEN`: a trimmed stream would leave a reader who
 //! fell behind with a gap, and the stream's TTL already bounds what Redis keeps.
 //!
-//! **Fencing.** Each batch is one `EVALSHA` of [`WRITE`], which appends its chunks only while
+//! **Fencing.** Each batch is one call of the write script (`script.rs`), which appends its chunks only while
 //! the run's lease key holds this writer's owner token (the worker sets it when the attempt
 //! starts, and renews it only while it still holds it) and the stream has no terminal chunk
 //! yet. A writer whose run was taken over (another attempt's token in the lease), handed back
@@ -35,9 +35,9 @@ use tokio::time::Instant;
 
 use crate::backoff::Backoff;
 use crate::client::Client;
-use crate::codec::{chunk_field_count, write_chunk_fields};
 use crate::error::Error;
 use crate::keys::check_name;
+use crate::script::{self, Written};
 
 /// Chunks buffered between a run and its writer: enough to fill one large pipeline while the
 /// previous one is in flight, small enough (a few hundred KiB of tokens) to be the worker's
@@ -92,12 +92,7 @@ impl Publisher {
     /// the writer has stopped (Redis failed past the retry window, or the run was discarded);
     /// [`finish`](Self::finish) then says why.
     pub async fn send(&self, chunk: StreamChunk) -> Result<(), Error> {
-        self.tx.send(chunk).await.map_err(|_| {
-            Error::Redis(redis::RedisError::from((
-                redis::ErrorKind::Io,
-                "the stream writer stopped",
-            )))
-        })
+        self.tx.send(chunk).await.map_err(|_| Error::WriterStopped)
     }
 
     /// Stops writing: whatever is queued and not yet sent is dropped, and nothing more is
@@ -117,11 +112,7 @@ impl Publisher {
         drop(self.tx);
         match self.task.await {
             Ok(result) => result,
-            Err(e) => Err(Error::Redis(redis::RedisError::from((
-                redis::ErrorKind::Client,
-                "the stream writer panicked",
-                e.to_string(),
-            )))),
+            Err(e) => Err(Error::WriterPanicked(e.to_string())),
         }
     }
 }
@@ -161,17 +152,18 @@ impl Writer {
             } else {
                 0
             };
-            let cmd = self.write_command(&batch, ttl, terminal.is_some());
-            match self.send(&cmd).await? {
-                Written::Yes => {}
-                Written::Fenced(why) => {
-                    tracing::warn!(stream = %self.stream, owner = %self.owner, why, "writer fenced off; stopping the run");
-                    self.discard.store(true, Ordering::Release);
-                    if let Some(run) = &self.run {
-                        run.cancel();
-                    }
-                    return Ok(());
+            let why = match self.send(&batch, ttl, terminal.is_some()).await? {
+                Written::Yes => None,
+                Written::NotOwner => Some("the lease is not ours"),
+                Written::Ended => Some("the stream already has its terminal chunk"),
+            };
+            if let Some(why) = why {
+                tracing::warn!(stream = %self.stream, owner = %self.owner, why, "writer fenced off; stopping the run");
+                self.discard.store(true, Ordering::Release);
+                if let Some(run) = &self.run {
+                    run.cancel();
                 }
+                return Ok(());
             }
             first = false;
             if terminal.is_some() {
@@ -181,114 +173,36 @@ impl Writer {
         }
     }
 
-    /// `EVALSHA <WRITE> 2 <stream> <lease> <owner> <ttl> <terminal> <first seq>`, then per
-    /// chunk its field count and fields.
-    fn write_command(&self, batch: &[StreamChunk], ttl: u64, terminal: bool) -> redis::Cmd {
-        let mut cmd = redis::Cmd::with_capacity(
-            8 + batch.len() * 7,
-            self.stream.len() + self.lease.len() + batch.len() * 64,
-        );
-        cmd.arg("EVALSHA")
-            .arg(WRITE_HASH.as_str())
-            .arg(2)
-            .arg(&self.stream)
-            .arg(&self.lease)
-            .arg(&self.owner)
-            .arg(ttl)
-            .arg(if terminal { "1" } else { "0" })
-            .arg(batch.first().map_or(0, |c| c.seq));
-        for chunk in batch {
-            cmd.arg(chunk_field_count(chunk));
-            write_chunk_fields(&mut cmd, chunk);
-        }
-        cmd
-    }
-
-    async fn send(&mut self, cmd: &redis::Cmd) -> Result<Written, Error> {
+    /// Writes one batch, retrying Redis failures for `retry_for`.
+    async fn send(
+        &mut self,
+        batch: &[StreamChunk],
+        ttl: u64,
+        terminal: bool,
+    ) -> Result<Written, Error> {
         let start = Instant::now();
         let mut backoff = Backoff::default();
         loop {
-            let reply = match cmd.query_async::<String>(&mut self.conn).await {
-                Err(e) if e.code() == Some("NOSCRIPT") => {
-                    // Redis restarted or flushed its script cache: load it and send again.
-                    match redis::cmd("SCRIPT")
-                        .arg("LOAD")
-                        .arg(WRITE)
-                        .query_async::<String>(&mut self.conn)
-                        .await
-                    {
-                        Ok(_) => cmd.query_async::<String>(&mut self.conn).await,
-                        Err(e) => Err(e),
-                    }
-                }
-                reply => reply,
-            };
-            match reply {
-                Ok(r) if r == "ok" || r == "written" => return Ok(Written::Yes),
-                Ok(r) if r == "fenced" => return Ok(Written::Fenced("the lease is not ours")),
-                Ok(r) if r == "ended" => {
-                    return Ok(Written::Fenced("the stream already has its terminal chunk"))
-                }
-                Ok(r) => {
-                    return Err(Error::Redis(redis::RedisError::from((
-                        redis::ErrorKind::Parse,
-                        "unexpected reply from the write script",
-                        r,
-                    ))))
-                }
-                Err(e) if start.elapsed() < self.retry_for => {
+            let written = script::write_batch(
+                &mut self.conn,
+                &self.stream,
+                &self.lease,
+                &self.owner,
+                ttl,
+                terminal,
+                batch,
+            )
+            .await;
+            match written {
+                Err(Error::Redis(e)) if start.elapsed() < self.retry_for => {
                     tracing::warn!(stream = %self.stream, error = %e, "XADD failed; retrying");
                     backoff.wait().await;
                     if self.discard.load(Ordering::Acquire) {
                         return Ok(Written::Yes);
                     }
                 }
-                Err(e) => return Err(e.into()),
+                written => return written,
             }
         }
     }
 }
-
-/// What became of a batch.
-enum Written {
-    /// Appended (now or by an earlier try whose reply was lost).
-    Yes,
-    /// Refused: the writer does not own the run, or the stream has ended.
-    Fenced(&'static str),
-}
-
-/// Appends one batch if the writer still owns the run (see the module docs).
-///
-/// KEYS: stream, lease. ARGV: owner token, stream TTL in seconds (`0`: leave it), `1` when the
-/// batch ends with the terminal chunk (the lease is then deleted), the batch's first `seq`,
-/// then per chunk its field count and its fields. Returns `ok`, `written` (the batch is
-/// already there: a retry), `fenced` or `ended`. The lease and the last entry are read once
-/// per batch, so a chunk costs Redis one `XADD` and a little Lua.
-const WRITE: &str = r#"
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 'fenced' end
-local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-if #last > 0 then
-  local f = last[1][2]
-  local t, s
-  for i = 1, #f, 2 do
-    if f[i] == 'type' then t = f[i + 1] elseif f[i] == 'seq' then s = f[i + 1] end
-  end
-  if t == 'complete' or t == 'error' then return 'ended' end
-  local n = tonumber(s)
-  if n and n >= tonumber(ARGV[4]) then return 'written' end
-end
-local i = 5
-local argc = #ARGV
-while i <= argc do
-  local n = tonumber(ARGV[i])
-  redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 1, i + n))
-  i = i + n + 1
-end
-if ARGV[2] ~= '0' then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-if ARGV[3] == '1' then redis.call('DEL', KEYS[2]) end
-return 'ok'
-"#;
-
-/// The SHA1 of [`WRITE`], for `EVALSHA`.
-static WRITE_HASH: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| redis::Script::new(WRITE).get_hash().to_owned());

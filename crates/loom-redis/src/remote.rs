@@ -49,6 +49,13 @@ pub struct RemoteInvoker {
     actors: Option<Arc<HashSet<String>>>,
 }
 
+impl Client {
+    /// An [`Invoker`] that runs actors on workers through this Redis.
+    pub fn invoker(&self) -> RemoteInvoker {
+        RemoteInvoker::new(self.clone())
+    }
+}
+
 /// A request placed in a queue by [`RemoteInvoker::submit`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Submitted {

@@ -268,8 +268,29 @@ async fn an_abandoned_request_behind_many_live_ones_is_still_recovered() {
             }
         })
     };
-    // Past the visibility timeout, only the dead consumer's request is claimable.
-    tokio::time::sleep(Duration::from_millis(1800)).await;
+    // Past the visibility timeout, only the dead consumer's request is claimable: wait until
+    // Redis says so.
+    let visibility = client.options().visibility_timeout.as_millis() as u64;
+    within(10, async {
+        loop {
+            let idle: Vec<redis::Value> = redis::cmd("XPENDING")
+                .arg(&queue)
+                .arg(group)
+                .arg("IDLE")
+                .arg(visibility)
+                .arg("-")
+                .arg("+")
+                .arg(10)
+                .arg("dead")
+                .query(&mut plain)
+                .unwrap();
+            if !idle.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
     let probe = Arc::new(Probe::default());
     let worker = RunningWorker::spawn(
         &client,

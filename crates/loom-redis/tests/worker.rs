@@ -73,17 +73,15 @@ async fn a_worker_with_one_slot_serving_two_queues_runs_both_requests_as_attempt
 
 #[tokio::test]
 async fn a_worker_stopped_while_redis_is_unreachable_returns_without_panicking() {
-    let server = RedisServer::start();
-    if !server.is_own() {
-        eprintln!("skipped: needs its own redis-server to freeze");
-        return;
-    }
+    // Its own server, whatever LOOM_TEST_REDIS_URL says: this test freezes it.
+    let server = RedisServer::start_own();
     let client = client(&server, fast_options()).await;
     let probe = Arc::new(Probe::default());
     let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
-    // Let it reach its blocking read of the (empty) queues.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Wait for its blocking read of the (empty) queues.
+    wait_until_blocked_in(&server, "xreadgroup").await;
     server.pause();
+    // Redis frozen for a while (not a synchronisation): the worker must not exit over it.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(worker.is_running());
     // The signal arrives during the blocked read; unblocking and the read itself fail.

@@ -1,5 +1,8 @@
 //! A real `redis-server` for tests: started on a free loopback port and killed on drop, or
 //! the server named by `LOOM_TEST_REDIS_URL`. Shared by the tests of `loom-redis` and `loom`.
+//!
+//! Tests that stop, freeze or restart the server use [`RedisServer::start_own`], which always
+//! starts one of its own: they must never run against (or skip on) a shared server.
 
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
@@ -16,6 +19,7 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
+    /// The server named by `LOOM_TEST_REDIS_URL`, or else one of its own.
     pub fn start() -> Self {
         if let Ok(url) = std::env::var("LOOM_TEST_REDIS_URL") {
             return Self {
@@ -24,6 +28,12 @@ impl RedisServer {
                 url,
             };
         }
+        Self::start_own()
+    }
+
+    /// A `redis-server` of its own on a free port, whatever `LOOM_TEST_REDIS_URL` says: for
+    /// tests that stop, freeze or restart it.
+    pub fn start_own() -> Self {
         let port = free_port();
         let mut server = Self {
             child: None,
@@ -59,7 +69,7 @@ impl RedisServer {
         &self.url
     }
 
-    /// Kills the server (to test connection loss).
+    /// Kills the server (to test connection loss); a shared server is left alone.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -79,6 +89,7 @@ impl RedisServer {
     }
 
     fn signal(&self, signal: &str) {
+        assert!(self.is_own(), "only a server of its own can be paused");
         if let Some(child) = &self.child {
             let status = Command::new("kill")
                 .args([signal, &child.id().to_string()])
@@ -90,6 +101,7 @@ impl RedisServer {
 
     /// Starts it again on the same port.
     pub fn restart(&mut self) {
+        assert!(self.is_own(), "only a server of its own can be restarted");
         self.stop();
         self.spawn();
     }

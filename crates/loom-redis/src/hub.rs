@@ -1,0 +1,333 @@
+//! [`Hub`]: the process's one stream reader. It passes each stream's entries, as raw
+//! [`RawEntry`] batches, to that stream's [`Subscription`]; the reader (`reader.rs`) turns them
+//! into chunks.
+//!
+//! A single task with its own connection issues one blocking
+//! `XREAD … STREAMS k1 k2 … id1 id2 …` over every stream the process reads, and hands each
+//! stream's entries to that stream's bounded channel. 10,000 streams cost one connection for
+//! reading (plus the client's command connection for liveness checks), not 10,000. When a
+//! stream is added while the `XREAD` blocks, the hub wakes it with `CLIENT UNBLOCK` so the new
+//! stream joins at once. A stream whose consumer is slow (its channel full) is left out of the
+//! next `XREAD` until the consumer catches up, so it never holds up the others and the hub
+//! never buffers more than [`SUB_BUFFER`] batches for it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::Value;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+
+use crate::backoff::Backoff;
+use crate::codec::{parse_read_reply, EntryId, RawEntry};
+use crate::error::Error;
+
+/// Entries one `XREAD` fetches per stream at most: large enough that a fast stream moves in
+/// few round trips, small enough that one reply stays well under a megabyte per stream.
+const READ_COUNT: usize = 1024;
+
+/// Batches (of up to [`READ_COUNT`] entries) buffered per stream between the hub and its
+/// consumer. Two let the hub read the next batch while the consumer works on one; more would
+/// only buffer what a slow consumer cannot take.
+const SUB_BUFFER: usize = 2;
+
+/// Streams waiting to join the hub: joining is cheap, the bound only keeps a burst of
+/// thousands of new streams from queueing without limit.
+const JOIN_BUFFER: usize = 1024;
+
+/// How often a pending `CLIENT UNBLOCK` is repeated until the blocked `XREAD` returns (the
+/// first one can arrive before the `XREAD` blocks).
+const UNBLOCK_RETRY: Duration = Duration::from_millis(20);
+
+/// The process's one stream reader (see the module docs).
+#[derive(Debug)]
+pub(crate) struct Hub {
+    join: mpsc::Sender<Join>,
+    wake: Arc<Notify>,
+}
+
+/// A stream joining the hub.
+struct Join {
+    key: String,
+    from: EntryId,
+    tx: mpsc::Sender<Vec<RawEntry>>,
+    paused: Arc<AtomicBool>,
+}
+
+/// What a reader holds: its stream's entries as the hub delivers them.
+pub(crate) struct Subscription {
+    rx: mpsc::Receiver<Vec<RawEntry>>,
+    paused: Arc<AtomicBool>,
+    wake: Arc<Notify>,
+}
+
+impl Subscription {
+    /// The next batch of entries; `None` once the hub has stopped.
+    pub(crate) async fn recv(&mut self) -> Option<Vec<RawEntry>> {
+        let batch = self.rx.recv().await;
+        if self.paused.swap(false, Ordering::AcqRel) {
+            // The hub left this stream out while its channel was full: ask it back in.
+            self.wake.notify_one();
+        }
+        batch
+    }
+}
+
+/// A stream the hub reads, and how far.
+struct Sub {
+    key: String,
+    last: EntryId,
+    tx: mpsc::Sender<Vec<RawEntry>>,
+    paused: Arc<AtomicBool>,
+    /// Whether the `XREAD` in flight covers this stream from `last`.
+    in_round: bool,
+}
+
+impl Hub {
+    /// Starts the hub task, reading with new connections from `redis`, sending
+    /// `CLIENT UNBLOCK` on `commands`, and blocking each `XREAD` for at most `block`. It holds
+    /// connections, not the client, so it stops once every client clone and every reader is
+    /// gone.
+    pub(crate) fn start(
+        redis: redis::Client,
+        commands: ConnectionManager,
+        block: Duration,
+    ) -> Self {
+        let (join, join_rx) = mpsc::channel(JOIN_BUFFER);
+        let wake = Arc::new(Notify::new());
+        let task = HubTask {
+            redis,
+            commands,
+            block,
+            join: join_rx,
+            wake: Arc::clone(&wake),
+            subs: Vec::new(),
+        };
+        tokio::spawn(task.run());
+        Self { join, wake }
+    }
+
+    /// Starts reading stream `key` after entry `from`.
+    pub(crate) async fn subscribe(
+        &self,
+        key: String,
+        from: EntryId,
+    ) -> Result<Subscription, Error> {
+        let (tx, rx) = mpsc::channel(SUB_BUFFER);
+        let paused = Arc::new(AtomicBool::new(false));
+        let join = Join {
+            key,
+            from,
+            tx,
+            paused: Arc::clone(&paused),
+        };
+        self.join
+            .send(join)
+            .await
+            .map_err(|_| Error::ReaderStopped)?;
+        Ok(Subscription {
+            rx,
+            paused,
+            wake: Arc::clone(&self.wake),
+        })
+    }
+}
+
+fn deliver(sub: &mut Sub, entries: Vec<RawEntry>) {
+    if let Some(last) = entries.last() {
+        sub.last = last.id;
+        // Cannot be full: only the hub sends, and it checked for room.
+        let _ = sub.tx.try_send(entries);
+    }
+}
+
+struct HubTask {
+    redis: redis::Client,
+    commands: ConnectionManager,
+    block: Duration,
+    join: mpsc::Receiver<Join>,
+    wake: Arc<Notify>,
+    subs: Vec<Sub>,
+}
+
+impl HubTask {
+    fn add(&mut self, join: Join) {
+        self.subs.push(Sub {
+            key: join.key,
+            last: join.from,
+            tx: join.tx,
+            paused: join.paused,
+            in_round: false,
+        });
+    }
+
+    /// Marks the streams the next `XREAD` covers and returns `(key, from)` for each key.
+    fn plan_round(&mut self) -> Vec<(String, EntryId)> {
+        self.subs.retain(|s| !s.tx.is_closed());
+        let mut from: HashMap<&str, EntryId> = HashMap::new();
+        for sub in &mut self.subs {
+            sub.in_round = sub.tx.capacity() > 0;
+            if sub.in_round {
+                let at = from.entry(&sub.key).or_insert(sub.last);
+                *at = (*at).min(sub.last);
+            } else {
+                sub.paused.store(true, Ordering::Release);
+            }
+        }
+        from.into_iter().map(|(k, id)| (k.to_owned(), id)).collect()
+    }
+
+    fn dispatch(&mut self, reply: Vec<(String, Vec<RawEntry>)>) {
+        // The readers of each key in the reply, found in one pass over the readers.
+        let mut readers: Vec<Vec<usize>> = vec![Vec::new(); reply.len()];
+        {
+            let position: HashMap<&str, usize> = reply
+                .iter()
+                .enumerate()
+                .map(|(i, (key, _))| (key.as_str(), i))
+                .collect();
+            for (i, sub) in self.subs.iter().enumerate() {
+                if !sub.in_round {
+                    continue;
+                }
+                if let Some(&at) = position.get(sub.key.as_str()) {
+                    readers[at].push(i);
+                }
+            }
+        }
+        for ((_, mut entries), mut readers) in reply.into_iter().zip(readers) {
+            // The last reader takes the entries, the others (rare) get copies.
+            let Some(owner) = readers.pop() else { continue };
+            for i in readers {
+                let sub = &mut self.subs[i];
+                let fresh: Vec<RawEntry> = entries
+                    .iter()
+                    .filter(|e| e.id > sub.last)
+                    .cloned()
+                    .collect();
+                deliver(sub, fresh);
+            }
+            let owner = &mut self.subs[owner];
+            entries.retain(|e| e.id > owner.last);
+            deliver(owner, entries);
+        }
+    }
+
+    async fn connect(&self) -> Result<(MultiplexedConnection, i64), redis::RedisError> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(self.block + Duration::from_secs(3)));
+        let mut conn = self
+            .redis
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let id: i64 = redis::cmd("CLIENT")
+            .arg("ID")
+            .query_async(&mut conn)
+            .await?;
+        Ok((conn, id))
+    }
+
+    async fn run(mut self) {
+        let mut conn: Option<(MultiplexedConnection, i64)> = None;
+        let mut backoff = Backoff::default();
+        let mut joining_closed = false;
+        loop {
+            while let Ok(join) = self.join.try_recv() {
+                self.add(join);
+            }
+            let round = self.plan_round();
+            if round.is_empty() {
+                if joining_closed && self.subs.is_empty() {
+                    return;
+                }
+                tokio::select! {
+                    join = self.join.recv(), if !joining_closed => match join {
+                        Some(join) => self.add(join),
+                        None => joining_closed = true,
+                    },
+                    _ = self.wake.notified() => {}
+                    // Pick up readers that went away while every stream was paused.
+                    _ = tokio::time::sleep(self.block) => {}
+                }
+                continue;
+            }
+            let (read_conn, client_id) = match conn.take() {
+                Some(c) => c,
+                None => match self.connect().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "stream reader cannot reach Redis; retrying");
+                        backoff.wait().await;
+                        continue;
+                    }
+                },
+            };
+            let mut cmd = redis::cmd("XREAD");
+            cmd.arg("COUNT")
+                .arg(READ_COUNT)
+                .arg("BLOCK")
+                .arg(self.block.as_millis() as u64)
+                .arg("STREAMS");
+            for (key, _) in &round {
+                cmd.arg(key);
+            }
+            for (_, from) in &round {
+                cmd.arg(from.to_string());
+            }
+            let mut c = read_conn.clone();
+            let mut read = Box::pin(async move { cmd.query_async::<Value>(&mut c).await });
+            let mut unblock_at: Option<Instant> = None;
+            let reply = loop {
+                let unblock_sleep = async {
+                    match unblock_at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    reply = &mut read => break reply,
+                    join = self.join.recv(), if !joining_closed => {
+                        match join {
+                            Some(join) => self.add(join),
+                            None => joining_closed = true,
+                        }
+                        unblock_at.get_or_insert_with(Instant::now);
+                    }
+                    _ = self.wake.notified() => {
+                        unblock_at.get_or_insert_with(Instant::now);
+                    }
+                    _ = unblock_sleep => {
+                        let done: Result<i64, _> = redis::cmd("CLIENT")
+                            .arg("UNBLOCK")
+                            .arg(client_id)
+                            .query_async(&mut self.commands)
+                            .await;
+                        unblock_at = match done {
+                            Ok(1) => None,
+                            _ => Some(Instant::now() + UNBLOCK_RETRY),
+                        };
+                    }
+                }
+            };
+            match reply.map(parse_read_reply) {
+                Ok(Ok(entries)) => {
+                    backoff.reset();
+                    self.dispatch(entries);
+                    conn = Some((read_conn, client_id));
+                }
+                Ok(Err(why)) => {
+                    tracing::error!(%why, "unreadable XREAD reply; reconnecting");
+                    backoff.wait().await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "stream reader lost Redis; reconnecting");
+                    backoff.wait().await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! [`ReadState`]: the contract and liveness rules of one stream's reader, as a synchronous
+//! state machine with no I/O, so each rule is tested without Redis.
+//!
+//! The reader's task (`reader/mod.rs`) feeds it what happens — a batch of entries from the
+//! hub, a tick of the check interval, the lease's remaining time, the outcome of ending the
+//! run — and does what each call returns: yield these entries, look at the lease, end the run
+//! with a terminal chunk in Redis, yield a last error, or stop.
+//!
+//! **Contract.** Entries are decoded into the exact [`StreamChunk`]s; the stream ends after the
+//! terminal chunk. An entry that cannot be decoded, or a `seq` that jumps, ends it with
+//! `error/internal` naming the entry id; a duplicate `seq` (a retried write that landed twice)
+//! is dropped.
+//!
+//! **Liveness.** While nothing arrives, the lease is checked every `lease_refresh`. Once the
+//! producer has been gone (no lease, no chunk) for longer than the visibility timeout, or the
+//! deadline passed, the run is ended with `worker_lost` or `timeout`. If Redis stays
+//! unreachable for the lease plus the visibility timeout, the stream ends with
+//! `error/upstream` — never a hang.
+
+use std::time::Duration;
+
+use loom_core::{ActorError, ChunkType, ErrorCode, ErrorInfo, StreamChunk};
+use tokio::time::Instant;
+
+use crate::client::ClientOptions;
+use crate::codec::{decode_chunk, EntryId, RawEntry};
+use crate::keys::CancelReason;
+
+/// One chunk as read from Redis, with the id of its entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamEntry {
+    /// The Redis entry id; `None` for a chunk the reader made itself (an `error/upstream` when
+    /// Redis stayed unreachable).
+    pub id: Option<EntryId>,
+    /// The chunk.
+    pub chunk: StreamChunk,
+}
+
+/// How a reader decides that the producer of its stream is gone.
+#[derive(Debug, Clone)]
+pub(crate) struct Watch {
+    lease_ttl: Duration,
+    visibility: Duration,
+    check_every: Duration,
+    /// How long the producer counts as alive before any sign of it.
+    initial_grace: Duration,
+    /// When the run must have ended (its deadline plus grace), if known.
+    deadline: Option<Instant>,
+}
+
+impl Watch {
+    /// For following an existing stream.
+    pub(crate) fn tail(options: &ClientOptions) -> Self {
+        Self {
+            lease_ttl: options.lease_ttl,
+            visibility: options.visibility_timeout,
+            check_every: options.lease_refresh,
+            initial_grace: options.lease_ttl,
+            deadline: None,
+        }
+    }
+
+    /// For a run just requested, which may wait up to `pickup_timeout` for a worker and must
+    /// end by `deadline`.
+    pub(crate) fn run(options: &ClientOptions, deadline: Instant) -> Self {
+        Self {
+            deadline: Some(deadline + options.deadline_grace),
+            ..Self::attach(options)
+        }
+    }
+
+    /// For joining a run that may still be queued, whose deadline this reader does not know:
+    /// the worker enforces it.
+    pub(crate) fn attach(options: &ClientOptions) -> Self {
+        Self {
+            initial_grace: options
+                .pickup_timeout
+                .saturating_sub(options.visibility_timeout),
+            ..Self::tail(options)
+        }
+    }
+}
+
+/// What to do with a batch of entries.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Delivery {
+    /// The entries to yield, in order.
+    pub(crate) entries: Vec<StreamEntry>,
+    /// Whether the stream ends after them.
+    pub(crate) done: bool,
+}
+
+/// Why, and with what error, a reader ends a run whose producer is gone.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Ending {
+    /// The cancel key's value, so a late worker does not run it.
+    pub(crate) reason: CancelReason,
+    /// The terminal chunk's error.
+    pub(crate) error: ErrorInfo,
+}
+
+/// What the reader does next, after a tick or an answer from Redis.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Step {
+    /// Nothing, until the next batch or tick.
+    Wait,
+    /// Read the lease's remaining time (`PTTL`) and pass it to [`ReadState::on_lease`].
+    CheckLease,
+    /// Write this ending into the stream and pass the outcome to [`ReadState::on_end_run`].
+    EndRun(Ending),
+    /// Yield this entry, and end the stream.
+    Fail(StreamEntry),
+    /// End the stream: its terminal chunk was already yielded.
+    Done,
+}
+
+/// The reader's view of one stream (see the module docs).
+#[derive(Debug)]
+pub(crate) struct ReadState {
+    /// The stream's key, for error messages.
+    key: String,
+    watch: Watch,
+    last_seq: Option<u64>,
+    last_id: EntryId,
+    /// Until when the producer counts as alive without a new sign of it.
+    alive_until: Instant,
+    /// When Redis last answered.
+    redis_ok_at: Instant,
+    /// When the reader wrote (or found) the terminal entry that has not come through yet.
+    ended_at: Option<Instant>,
+    /// When the last batch arrived that the checks have not yet taken into account.
+    heard_at: Option<Instant>,
+}
+
+impl ReadState {
+    /// A reader of stream `key` after entry `from`, starting at `now`.
+    pub(crate) fn new(key: String, from: EntryId, watch: Watch, now: Instant) -> Self {
+        Self {
+            key,
+            alive_until: now + watch.initial_grace,
+            watch,
+            last_seq: None,
+            last_id: from,
+            redis_ok_at: now,
+            ended_at: None,
+            heard_at: None,
+        }
+    }
+
+    /// How often [`on_tick`](Self::on_tick) is to be called.
+    pub(crate) fn check_every(&self) -> Duration {
+        self.watch.check_every
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.last_seq.map_or(0, |s| s + 1)
+    }
+
+    fn error_entry(&self, id: Option<EntryId>, seq: u64, err: &ActorError) -> StreamEntry {
+        StreamEntry {
+            id,
+            chunk: StreamChunk::error(seq, err),
+        }
+    }
+
+    /// Entries arrived from the hub at `now`.
+    pub(crate) fn on_batch(&mut self, batch: Vec<RawEntry>, now: Instant) -> Delivery {
+        self.heard_at = Some(now);
+        let mut entries = Vec::with_capacity(batch.len());
+        for entry in batch {
+            self.last_id = entry.id;
+            let chunk = match decode_chunk(&entry.fields) {
+                Ok(chunk) => chunk,
+                Err(why) => {
+                    let err = ActorError::internal(format!(
+                        "undecodable entry {} in stream {}: {why}",
+                        entry.id, self.key
+                    ));
+                    entries.push(self.error_entry(Some(entry.id), self.next_seq(), &err));
+                    return Delivery {
+                        entries,
+                        done: true,
+                    };
+                }
+            };
+            if let Some(prev) = self.last_seq {
+                if chunk.seq <= prev {
+                    // A retried write landed twice: the first copy was delivered.
+                    continue;
+                }
+                if chunk.seq != prev + 1 {
+                    let err = ActorError::internal(format!(
+                        "entry {} in stream {}: seq jumps from {prev} to {}",
+                        entry.id, self.key, chunk.seq
+                    ));
+                    entries.push(self.error_entry(Some(entry.id), prev + 1, &err));
+                    return Delivery {
+                        entries,
+                        done: true,
+                    };
+                }
+            }
+            self.last_seq = Some(chunk.seq);
+            let terminal = chunk.is_terminal();
+            entries.push(StreamEntry {
+                id: Some(entry.id),
+                chunk,
+            });
+            if terminal {
+                return Delivery {
+                    entries,
+                    done: true,
+                };
+            }
+        }
+        Delivery {
+            entries,
+            done: false,
+        }
+    }
+
+    /// The hub stopped: the last entry to yield.
+    pub(crate) fn on_closed(&self) -> StreamEntry {
+        let err = ActorError::internal("the stream reader stopped");
+        self.error_entry(None, self.next_seq(), &err)
+    }
+
+    /// The check interval ticked at `now`.
+    pub(crate) fn on_tick(&mut self, now: Instant) -> Step {
+        match self.heard_at.take() {
+            Some(at) => {
+                self.redis_ok_at = now;
+                // A chunk proves a worker holds the run: from here on only its lease counts,
+                // not the grace a queued request gets for its pickup. The lease counts from
+                // when the chunk arrived, not from this check.
+                self.alive_until = at + self.watch.lease_ttl;
+                self.decide(now)
+            }
+            None => Step::CheckLease,
+        }
+    }
+
+    /// The lease's `PTTL` in ms (negative: no lease), or why Redis did not answer.
+    pub(crate) fn on_lease(&mut self, now: Instant, pttl: Result<i64, String>) -> Step {
+        match pttl {
+            Ok(ms) => {
+                self.redis_ok_at = now;
+                if ms > 0 {
+                    let until = now + Duration::from_millis(ms.unsigned_abs());
+                    self.alive_until = self.alive_until.max(until);
+                }
+                self.decide(now)
+            }
+            Err(why) => {
+                if now.duration_since(self.redis_ok_at)
+                    >= self.watch.lease_ttl + self.watch.visibility
+                {
+                    let err = ActorError::new(
+                        ErrorCode::Upstream,
+                        format!(
+                            "lost the connection to Redis while reading stream {}: {why}",
+                            self.key
+                        ),
+                    );
+                    return Step::Fail(self.error_entry(None, self.next_seq(), &err));
+                }
+                Step::Wait
+            }
+        }
+    }
+
+    /// Whether the run must be ended now that Redis answered.
+    fn decide(&mut self, now: Instant) -> Step {
+        if let Some(at) = self.ended_at {
+            // The terminal was written (or found) but has not come through.
+            if now.duration_since(at) >= self.watch.visibility {
+                let err = ActorError::internal(format!(
+                    "the terminal entry of stream {} did not arrive",
+                    self.key
+                ));
+                return Step::Fail(self.error_entry(None, self.next_seq(), &err));
+            }
+            return Step::Wait;
+        }
+        if self.watch.deadline.is_some_and(|d| now >= d) {
+            Step::EndRun(Ending {
+                reason: CancelReason::Timeout,
+                error: ErrorInfo {
+                    code: ErrorCode::Timeout,
+                    message: "the run passed its deadline".to_owned(),
+                    retryable: true,
+                },
+            })
+        } else if now >= self.alive_until + self.watch.visibility {
+            Step::EndRun(Ending {
+                reason: CancelReason::WorkerLost,
+                error: ErrorInfo {
+                    code: ErrorCode::WorkerLost,
+                    message: "the run's worker was lost and no other worker took it over"
+                        .to_owned(),
+                    retryable: true,
+                },
+            })
+        } else {
+            Step::Wait
+        }
+    }
+
+    /// The outcome of writing `ending` at `now`: the id of the stream's terminal entry, or
+    /// `None` when Redis failed (the reader then yields the ending itself).
+    pub(crate) fn on_end_run(
+        &mut self,
+        now: Instant,
+        ending: Ending,
+        terminal: Option<EntryId>,
+    ) -> Step {
+        match terminal {
+            // The terminal is one this reader already yielded.
+            Some(id) if id <= self.last_id => Step::Done,
+            Some(_) => {
+                self.ended_at = Some(now);
+                Step::Wait
+            }
+            None => Step::Fail(StreamEntry {
+                id: None,
+                chunk: StreamChunk {
+                    error: Some(Box::new(ending.error)),
+                    ..StreamChunk::new(ChunkType::Error, self.next_seq())
+                },
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

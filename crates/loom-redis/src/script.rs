@@ -1,0 +1,290 @@
+//! Every Lua script of this crate, each behind a typed Rust function, all called one way:
+//! [`redis::Script`] (`EVALSHA`, and on `NOSCRIPT` — Redis restarted or flushed its script
+//! cache — `SCRIPT LOAD` and once more).
+//!
+//! The scripts read a run's last entry through one shared Lua function ([`LAST_ENTRY`]); it is
+//! the crate's only `XREVRANGE … COUNT 1`. Every script touches only keys of one run, which
+//! share its hash tag, so they also work on a cluster.
+//!
+//! | script | keys | used by |
+//! |---|---|---|
+//! | [`write_batch`] | stream, lease | the publisher: append a batch while the lease is ours |
+//! | [`end_run`] | stream, cancel | a reader: end a run with `worker_lost`/`timeout` |
+//! | [`peek`] | stream, cancel | `tail`, and the worker before it starts a run |
+//! | [`renew`] | lease, stream, cancel | the worker's heartbeat |
+//! | [`release`] | lease | the worker handing a run back |
+
+use std::sync::LazyLock;
+
+use loom_core::StreamChunk;
+use redis::aio::ConnectionLike;
+use redis::{RedisWrite, Script, ToRedisArgs};
+
+use crate::codec::{chunk_field_count, write_chunk_fields, EntryId};
+use crate::error::Error;
+use crate::keys::CancelReason;
+
+/// `last_entry(key)`: the id of the stream's last entry, whether it is terminal, and its
+/// `seq` if that is a plain decimal number; nothing for an empty or missing stream.
+const LAST_ENTRY: &str = r#"
+local function last_entry(key)
+  local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+  if #last == 0 then return nil end
+  local f = last[1][2]
+  local t, s
+  for i = 1, #f, 2 do
+    if f[i] == 'type' then t = f[i + 1] elseif f[i] == 'seq' then s = f[i + 1] end
+  end
+  if s and not string.match(s, '^%d+$') then s = nil end
+  return last[1][1], (t == 'complete' or t == 'error'), s
+end
+"#;
+
+/// A script whose body may call `last_entry`.
+fn with_last_entry(body: &str) -> Script {
+    Script::new(&format!("{LAST_ENTRY}{body}"))
+}
+
+/// KEYS: stream, lease. ARGV: owner token, stream TTL in seconds (`0`: leave it), `1` when the
+/// batch ends with the terminal chunk (the lease is then deleted), the batch's first `seq`,
+/// then per chunk its field count and its fields. The lease and the last entry are read once
+/// per batch, so a chunk costs Redis one `XADD` and a little Lua.
+static WRITE: LazyLock<Script> = LazyLock::new(|| {
+    with_last_entry(
+        r#"
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 'fenced' end
+local id, terminal, seq = last_entry(KEYS[1])
+if id then
+  if terminal then return 'ended' end
+  if seq and tonumber(seq) >= tonumber(ARGV[4]) then return 'written' end
+end
+local i = 5
+local argc = #ARGV
+while i <= argc do
+  local n = tonumber(ARGV[i])
+  redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+if ARGV[2] ~= '0' then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+if ARGV[3] == '1' then redis.call('DEL', KEYS[2]) end
+return 'ok'
+"#,
+    )
+});
+
+/// KEYS: stream, cancel. ARGV: TTL in seconds, the cancel reason, the error as JSON.
+static END_RUN: LazyLock<Script> = LazyLock::new(|| {
+    with_last_entry(
+        r#"
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[1])
+local id, terminal, seq = last_entry(KEYS[1])
+local next = 0
+if id then
+  if terminal then return id end
+  if not seq then return redis.error_reply('the last entry has no readable seq') end
+  next = tonumber(seq) + 1
+end
+local new = redis.call('XADD', KEYS[1], '*', 'type', 'error', 'data', 'null', 'seq', next, 'error', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return new
+"#,
+    )
+});
+
+/// KEYS: stream, cancel. Returns `{last id, 1 if terminal else 0, last seq, cancel value}`.
+static PEEK: LazyLock<Script> = LazyLock::new(|| {
+    with_last_entry(
+        r#"
+local id, terminal, seq = last_entry(KEYS[1])
+return {id or false, terminal and 1 or 0, seq or false, redis.call('GET', KEYS[2])}
+"#,
+    )
+});
+
+/// KEYS: lease, stream, cancel. ARGV: owner token, lease in ms, stream TTL in seconds.
+/// Renews the lease only while it holds the owner; returns `{1 if renewed else 0, cancel}`.
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local renewed = 0
+if redis.call('GET', KEYS[1]) == ARGV[1] then renewed = redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return {renewed, redis.call('GET', KEYS[3])}
+"#,
+    )
+});
+
+/// KEYS: lease. ARGV: owner token. Deletes the lease only while it holds the owner.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#,
+    )
+});
+
+/// One batch of chunks as script arguments: per chunk its field count, then its fields.
+struct Batch<'a>(&'a [StreamChunk]);
+
+impl ToRedisArgs for Batch<'_> {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        for chunk in self.0 {
+            out.write_arg_fmt(chunk_field_count(chunk));
+            write_chunk_fields(out, chunk);
+        }
+    }
+}
+
+/// What became of a batch given to [`write_batch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Written {
+    /// Appended, now or by an earlier try whose reply was lost (recognised by its `seq`).
+    Yes,
+    /// Refused: the lease does not hold the writer's owner token.
+    NotOwner,
+    /// Refused: the stream already has its terminal chunk.
+    Ended,
+}
+
+/// Appends `batch` to `stream` only while `lease` holds `owner` and the stream has no terminal
+/// chunk. `ttl_secs` (unless 0) is set on the stream; `terminal` deletes the lease after.
+pub(crate) async fn write_batch(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    lease: &str,
+    owner: &str,
+    ttl_secs: u64,
+    terminal: bool,
+    batch: &[StreamChunk],
+) -> Result<Written, Error> {
+    let reply: String = WRITE
+        .key(stream)
+        .key(lease)
+        .arg(owner)
+        .arg(ttl_secs)
+        .arg(if terminal { "1" } else { "0" })
+        .arg(batch.first().map_or(0, |c| c.seq))
+        .arg(Batch(batch))
+        .invoke_async(conn)
+        .await?;
+    match reply.as_str() {
+        "ok" | "written" => Ok(Written::Yes),
+        "fenced" => Ok(Written::NotOwner),
+        "ended" => Ok(Written::Ended),
+        _ => Err(Error::UnexpectedReply(format!(
+            "the write script answered {reply:?}"
+        ))),
+    }
+}
+
+/// Sets the run's cancel key to `reason` and appends `error_json` as an `error` chunk unless
+/// the stream already has a terminal one. Returns the id of the stream's terminal entry.
+pub(crate) async fn end_run(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    cancel: &str,
+    ttl_secs: u64,
+    reason: CancelReason,
+    error_json: &str,
+) -> Result<EntryId, Error> {
+    let id: String = END_RUN
+        .key(stream)
+        .key(cancel)
+        .arg(ttl_secs)
+        .arg(reason.as_str())
+        .arg(error_json)
+        .invoke_async(conn)
+        .await?;
+    id.parse()
+}
+
+/// A stream's last entry, as [`peek`] sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LastEntry {
+    pub(crate) id: EntryId,
+    pub(crate) terminal: bool,
+    /// `None` when the entry has no readable `seq`.
+    pub(crate) seq: Option<u64>,
+}
+
+/// A run's state before it is read or run: its stream's last entry and its cancel key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Peek {
+    /// `None` when the stream is empty or does not exist.
+    pub(crate) last: Option<LastEntry>,
+    pub(crate) cancel: Option<CancelReason>,
+}
+
+/// Reads the last entry of `stream` and the value of `cancel`, in one round trip.
+pub(crate) async fn peek(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    cancel: &str,
+) -> Result<Peek, Error> {
+    let (id, terminal, seq, reason): (Option<String>, i64, Option<String>, Option<String>) =
+        PEEK.key(stream).key(cancel).invoke_async(conn).await?;
+    let last = match id {
+        Some(id) => Some(LastEntry {
+            id: id.parse()?,
+            terminal: terminal == 1,
+            seq: seq.and_then(|s| s.parse().ok()),
+        }),
+        None => None,
+    };
+    Ok(Peek {
+        last,
+        cancel: reason.as_deref().map(CancelReason::parse),
+    })
+}
+
+/// What [`renew`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Renewal {
+    /// Whether the lease still held the owner and was renewed.
+    pub(crate) renewed: bool,
+    /// The run's cancel key, if set.
+    pub(crate) cancel: Option<CancelReason>,
+}
+
+/// Renews `lease` for `lease_ms` only while it holds `owner`, renews the stream's TTL, and
+/// reads the cancel key (a cancel whose pub/sub message was missed is still there).
+pub(crate) async fn renew(
+    conn: &mut impl ConnectionLike,
+    keys: RunKeys<'_>,
+    owner: &str,
+    lease_ms: u64,
+    ttl_secs: u64,
+) -> Result<Renewal, Error> {
+    let (renewed, reason): (i64, Option<String>) = RENEW
+        .key(keys.lease)
+        .key(keys.stream)
+        .key(keys.cancel)
+        .arg(owner)
+        .arg(lease_ms)
+        .arg(ttl_secs)
+        .invoke_async(conn)
+        .await?;
+    Ok(Renewal {
+        renewed: renewed == 1,
+        cancel: reason.as_deref().map(CancelReason::parse),
+    })
+}
+
+/// The keys of one run, for the scripts that touch several.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RunKeys<'a> {
+    pub(crate) stream: &'a str,
+    pub(crate) lease: &'a str,
+    pub(crate) cancel: &'a str,
+}
+
+/// Deletes `lease` only while it holds `owner`: a lease another attempt took is left alone.
+pub(crate) async fn release(
+    conn: &mut impl ConnectionLike,
+    lease: &str,
+    owner: &str,
+) -> Result<(), Error> {
+    let _: i64 = RELEASE.key(lease).arg(owner).invoke_async(conn).await?;
+    Ok(())
+}

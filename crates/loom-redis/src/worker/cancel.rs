@@ -1,0 +1,80 @@
+//! The cancel listener: subscribes to `loom:cancel` and stops the held runs whose ids are
+//! published there, as their cancel key says (see [`Active::stop_for`](crate::worker::state::Active::stop_for)). After each
+//! (re)subscription it also reads the cancel keys of every held run, since pub/sub drops
+//! messages while no one listens.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use loom_core::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::keys::CancelReason;
+use crate::worker::state::Shared;
+
+/// Cancels runs whose id is published on the cancel channel.
+pub(crate) async fn listen_for_cancels(shared: Arc<Shared>, stop: CancellationToken) {
+    let channel = shared.client.keys().cancel_channel();
+    let mut backoff = Backoff::default();
+    loop {
+        let subscribed = async {
+            let mut pubsub = shared.client.redis().get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let pubsub = tokio::select! {
+            _ = stop.cancelled() => return,
+            p = subscribed => p,
+        };
+        let pubsub = match pubsub {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(worker = %shared.name, error = %e, "cannot subscribe to cancels; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = backoff.wait() => continue,
+                }
+            }
+        };
+        backoff.reset();
+        // Cancels published while we were not subscribed are still in the cancel keys.
+        let held: Vec<String> = shared.active().keys().cloned().collect();
+        for run_id in held {
+            cancel_run(&shared, &run_id).await;
+        }
+        let mut messages = pubsub.into_on_message();
+        loop {
+            let message = tokio::select! {
+                _ = stop.cancelled() => return,
+                m = messages.next() => m,
+            };
+            let Some(message) = message else { break };
+            let Ok(run_id) = message.get_payload::<String>() else {
+                continue;
+            };
+            if shared.active().contains_key(&run_id) {
+                cancel_run(&shared, &run_id).await;
+            }
+        }
+        tracing::warn!(worker = %shared.name, "cancel subscription lost; resubscribing");
+    }
+}
+
+/// Stops run `run_id` if its cancel key says so (see [`Active::stop_for`](crate::worker::state::Active::stop_for)).
+async fn cancel_run(shared: &Shared, run_id: &str) {
+    let mut conn = shared.client.conn();
+    let reason: Result<Option<String>, _> = redis::cmd("GET")
+        .arg(shared.client.keys().cancel(run_id))
+        .query_async(&mut conn)
+        .await;
+    let active = shared.active();
+    let Some(run) = active.get(run_id) else {
+        return;
+    };
+    match reason {
+        Ok(Some(reason)) => run.stop_for(CancelReason::parse(&reason)),
+        Ok(None) => {}
+        // The message said cancel; without the reason, stopping is the safe side.
+        Err(_) => run.token.cancel(),
+    }
+}

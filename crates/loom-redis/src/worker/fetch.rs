@@ -1,0 +1,274 @@
+//! [`Fetcher`]: takes requests for the worker to run, and passes them on as [`Work`]: new ones
+//! with a blocking `XREADGROUP` on a dedicated connection (woken with `CLIENT UNBLOCK` at
+//! shutdown, so nothing it took is dropped), and those of dead workers with an `XAUTOCLAIM`
+//! sweep that keeps a cursor per queue, so it reaches every pending entry however long the
+//! pending list is. A claimed request runs as attempt `delivery count` (at least 2).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::Value;
+use tokio::time::Instant;
+
+use crate::backoff::Backoff;
+use crate::codec::{parse_entries, parse_read_reply, text, EntryId, RawEntry};
+use crate::error::Error;
+use crate::worker::state::{Shared, Work};
+
+/// How long one `XREADGROUP` blocks when the queues are empty. It also paces the sweep for
+/// dead workers' requests, so it is short.
+const READ_BLOCK: Duration = Duration::from_millis(500);
+
+/// How many `XAUTOCLAIM` calls one sweep may make on a queue that yields nothing claimable.
+const SCANS_PER_SWEEP: usize = 4;
+
+/// Takes requests: new ones with `XREADGROUP`, dead workers' ones with `XAUTOCLAIM`.
+pub(crate) struct Fetcher {
+    shared: Arc<Shared>,
+    queues: Vec<String>,
+    /// The dedicated connection for the blocking read, and its client id (for unblocking).
+    conn: Option<(redis::aio::MultiplexedConnection, i64)>,
+    groups_ready: bool,
+    backoff: Backoff,
+    next_sweep: Instant,
+    /// Per queue, where the next `XAUTOCLAIM` continues, so sweeps reach every pending entry
+    /// however long the pending list is.
+    cursors: HashMap<String, String>,
+}
+
+impl Fetcher {
+    pub(crate) fn new(shared: Arc<Shared>, queues: Vec<String>) -> Self {
+        Self {
+            shared,
+            queues,
+            conn: None,
+            groups_ready: false,
+            backoff: Backoff::default(),
+            next_sweep: Instant::now(),
+            cursors: HashMap::new(),
+        }
+    }
+
+    /// Up to `free` requests; the flag says the shutdown signal arrived.
+    pub(crate) async fn fetch<S: Future<Output = ()> + Unpin>(
+        &mut self,
+        free: usize,
+        shutdown: &mut S,
+    ) -> (Vec<Work>, bool) {
+        match self.try_fetch(free, shutdown).await {
+            Ok(taken) => {
+                self.backoff.reset();
+                taken
+            }
+            Err(e) => {
+                tracing::warn!(worker = %self.shared.name, error = %e, "cannot take requests; retrying");
+                self.conn = None;
+                // Redis may have restarted empty: create the groups again (idempotent).
+                self.groups_ready = false;
+                tokio::select! {
+                    _ = self.backoff.wait() => (Vec::new(), false),
+                    _ = shutdown => (Vec::new(), true),
+                }
+            }
+        }
+    }
+
+    async fn try_fetch<S: Future<Output = ()> + Unpin>(
+        &mut self,
+        free: usize,
+        shutdown: &mut S,
+    ) -> Result<(Vec<Work>, bool), Error> {
+        let group = self.shared.group();
+        let mut conn = self.shared.client.conn();
+        if !self.groups_ready {
+            for queue in &self.queues {
+                let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(queue)
+                    .arg(group)
+                    .arg("0")
+                    .arg("MKSTREAM")
+                    .query_async(&mut conn)
+                    .await;
+                match created {
+                    Err(e) if e.code() != Some("BUSYGROUP") => return Err(e.into()),
+                    _ => {}
+                }
+            }
+            self.groups_ready = true;
+        }
+        if Instant::now() >= self.next_sweep {
+            self.next_sweep = Instant::now() + sweep_every(&self.shared);
+            let claimed = self.claim_abandoned(free).await?;
+            if !claimed.is_empty() {
+                return Ok((claimed, false));
+            }
+        }
+        let (read_conn, client_id) = match self.conn.take() {
+            Some(c) => c,
+            None => {
+                let mut c = self.shared.client.dedicated(READ_BLOCK).await?;
+                let id: i64 = redis::cmd("CLIENT").arg("ID").query_async(&mut c).await?;
+                (c, id)
+            }
+        };
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(group)
+            .arg(&self.shared.name)
+            .arg("COUNT")
+            .arg(free)
+            .arg("BLOCK")
+            .arg(READ_BLOCK.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&self.queues);
+        for _ in &self.queues {
+            cmd.arg(">");
+        }
+        let mut c = read_conn.clone();
+        let read = async move { cmd.query_async::<Value>(&mut c).await };
+        tokio::pin!(read);
+        let mut stopping = false;
+        let reply = tokio::select! {
+            reply = &mut read => reply,
+            _ = shutdown => {
+                stopping = true;
+                // Whatever the blocked read returns is ours to run: wake it rather than drop it.
+                let _: Result<i64, _> = redis::cmd("CLIENT").arg("UNBLOCK").arg(client_id)
+                    .query_async(&mut conn).await;
+                match read.await {
+                    Ok(reply) => Ok(reply),
+                    // Redis is unreachable: nothing was taken, and the worker is stopping.
+                    Err(_) => return Ok((Vec::new(), true)),
+                }
+            }
+        }?;
+        self.conn = Some((read_conn, client_id));
+        let streams = parse_read_reply(reply).map_err(protocol_error)?;
+        let work = streams
+            .into_iter()
+            .flat_map(|(queue, entries)| {
+                entries.into_iter().map(move |entry| Work {
+                    queue: queue.clone(),
+                    entry,
+                    attempt: 1,
+                })
+            })
+            .collect();
+        Ok((work, stopping))
+    }
+
+    /// Claims up to `free` requests whose worker stopped refreshing them.
+    async fn claim_abandoned(&mut self, free: usize) -> Result<Vec<Work>, Error> {
+        let group = self.shared.group();
+        let idle = self.shared.client.options().visibility_timeout.as_millis() as u64;
+        let mut conn = self.shared.client.conn();
+        let mut work = Vec::new();
+        for queue in &self.queues {
+            // A few scans per sweep: each looks at up to ten times COUNT pending entries.
+            for _ in 0..SCANS_PER_SWEEP {
+                if work.len() >= free {
+                    break;
+                }
+                let cursor = self.cursors.get(queue).map_or("0-0", String::as_str);
+                let reply: Value = redis::cmd("XAUTOCLAIM")
+                    .arg(queue)
+                    .arg(group)
+                    .arg(&self.shared.name)
+                    .arg(idle)
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(free - work.len())
+                    .query_async(&mut conn)
+                    .await?;
+                let Value::Array(mut parts) = reply else {
+                    return Err(protocol_error(
+                        "XAUTOCLAIM reply is not an array".to_owned(),
+                    ));
+                };
+                if parts.len() < 2 {
+                    return Err(protocol_error("XAUTOCLAIM reply is too short".to_owned()));
+                }
+                let next = text(&parts[0]).unwrap_or("0-0").to_owned();
+                let entries = parse_entries(parts.swap_remove(1)).map_err(protocol_error)?;
+                let claimed = !entries.is_empty();
+                self.claim_entries(&mut conn, queue, entries, &mut work)
+                    .await;
+                let wrapped = next == "0-0";
+                self.cursors.insert(queue.clone(), next);
+                if claimed || wrapped {
+                    break;
+                }
+            }
+        }
+        Ok(work)
+    }
+
+    /// Turns claimed entries into work, with their attempt numbers.
+    async fn claim_entries(
+        &self,
+        conn: &mut redis::aio::ConnectionManager,
+        queue: &str,
+        entries: Vec<RawEntry>,
+        work: &mut Vec<Work>,
+    ) {
+        let group = self.shared.group();
+        for entry in entries {
+            // Already claimed: losing it over the lookup would strand it for another
+            // visibility timeout. A claimed request is at least a second attempt.
+            let attempt = delivery_count(conn, queue, group, entry.id)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(queue = %queue, entry = %entry.id, error = %e, "cannot read the delivery count; assuming attempt 2");
+                    2
+                });
+            tracing::info!(queue = %queue, entry = %entry.id, attempt, "re-running an abandoned request");
+            work.push(Work {
+                queue: queue.to_owned(),
+                entry,
+                attempt,
+            });
+        }
+    }
+}
+
+/// How often to look for dead workers' requests: a fraction of the visibility timeout, so a
+/// request is re-run soon after it becomes claimable.
+fn sweep_every(shared: &Shared) -> Duration {
+    (shared.client.options().visibility_timeout / 5)
+        .clamp(Duration::from_millis(50), Duration::from_secs(2))
+}
+
+async fn delivery_count(
+    conn: &mut redis::aio::ConnectionManager,
+    queue: &str,
+    group: &str,
+    entry: EntryId,
+) -> Result<u32, Error> {
+    let id = entry.to_string();
+    let reply: Value = redis::cmd("XPENDING")
+        .arg(queue)
+        .arg(group)
+        .arg(&id)
+        .arg(&id)
+        .arg(1)
+        .query_async(conn)
+        .await?;
+    let count = match reply {
+        Value::Array(items) => match items.into_iter().next() {
+            Some(Value::Array(fields)) => match fields.get(3) {
+                Some(Value::Int(n)) => u32::try_from(*n).ok(),
+                _ => None,
+            },
+            _ => None,
+        },
+        _ => None,
+    };
+    Ok(count.unwrap_or(2).max(2))
+}
+
+fn protocol_error(why: String) -> Error {
+    Error::UnexpectedReply(why)
+}

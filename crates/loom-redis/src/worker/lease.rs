@@ -1,0 +1,268 @@
+//! Leases: the worker takes a run's lease when an attempt starts ([`take_lease`]), renews it
+//! every `lease_refresh` while it holds it ([`heartbeat`]), and releases it when it hands a
+//! run back at shutdown ([`hand_back`]).
+//!
+//! The heartbeat also keeps the requests of held and waiting runs fresh in the group's pending
+//! list (`XCLAIM … JUSTID` to itself, only for runs whose lease it renewed, so a run is never
+//! stolen back), renews the streams' TTL, and reads their cancel keys (pub/sub delivers at
+//! most once). A run another worker took over, or whose lease holds another attempt's token,
+//! is stopped without writing.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use loom_core::CancellationToken;
+use redis::Value;
+
+use crate::codec::{text, EntryId};
+use crate::error::Error;
+use crate::script::{self, RunKeys};
+use crate::worker::state::{HeldRun, Shared};
+
+/// Makes `owner` the run's lease holder: from here on only its publisher can write, and a
+/// writer of an attempt before it is fenced off.
+pub(crate) async fn take_lease(shared: &Shared, run_id: &str, owner: &str) -> Result<(), Error> {
+    let lease_ms = shared.client.options().lease_ttl.as_millis() as u64;
+    redis::cmd("SET")
+        .arg(shared.client.keys().lease(run_id))
+        .arg(owner)
+        .arg("PX")
+        .arg(lease_ms)
+        .query_async::<()>(&mut shared.client.conn())
+        .await?;
+    Ok(())
+}
+
+/// Renews the leases, stream TTLs and pending idle times of the runs this worker holds, and
+/// stops runs that another worker took over.
+pub(crate) async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
+    let every = shared.client.options().lease_refresh;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = refresh(&shared).await {
+            tracing::warn!(worker = %shared.name, error = %e, "could not refresh leases");
+        }
+    }
+}
+
+/// A request in a queue.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct QueuedEntry {
+    queue: String,
+    entry: EntryId,
+}
+
+impl QueuedEntry {
+    fn new(queue: &str, entry: EntryId) -> Self {
+        Self {
+            queue: queue.to_owned(),
+            entry,
+        }
+    }
+}
+
+async fn refresh(shared: &Shared) -> Result<(), Error> {
+    let held: Vec<HeldRun> = shared
+        .active()
+        .iter()
+        .map(|(run_id, active)| HeldRun::of(run_id, active))
+        .collect();
+    let waiting: Vec<QueuedEntry> = shared
+        .waiting()
+        .iter()
+        .map(|work| QueuedEntry::new(&work.queue, work.entry.id))
+        .collect();
+    if held.is_empty() && waiting.is_empty() {
+        return Ok(());
+    }
+    let mut conn = shared.client.conn();
+    let queues: HashSet<&str> = held
+        .iter()
+        .map(|run| run.queue.as_str())
+        .chain(waiting.iter().map(|w| w.queue.as_str()))
+        .collect();
+    let mut mine: HashSet<QueuedEntry> = HashSet::new();
+    for queue in queues {
+        mine.extend(pending_of(shared, &mut conn, queue).await?);
+    }
+    let mut claims: HashMap<&str, Vec<String>> = HashMap::new();
+    // The runs to renew: those whose request is still in this worker's pending list.
+    let mut refreshed: Vec<&HeldRun> = Vec::new();
+    for run in &held {
+        if !mine.contains(&QueuedEntry::new(&run.queue, run.entry)) {
+            tracing::warn!(run_id = %run.run_id, "another worker took this run over; stopping it");
+            if let Some(active) = shared.active().get(&run.run_id) {
+                active.drop_run();
+            }
+            continue;
+        }
+        refreshed.push(run);
+    }
+    let lost: HashSet<&QueuedEntry> = waiting.iter().filter(|w| !mine.contains(w)).collect();
+    if !lost.is_empty() {
+        // Claimed by another worker while it waited here: that worker runs it.
+        shared
+            .waiting()
+            .retain(|work| !lost.contains(&QueuedEntry::new(&work.queue, work.entry.id)));
+    }
+    for waiting in &waiting {
+        if mine.contains(waiting) {
+            claims
+                .entry(waiting.queue.as_str())
+                .or_default()
+                .push(waiting.entry.to_string());
+        }
+    }
+    let keys = shared.client.keys();
+    let options = shared.client.options();
+    let lease_ms = options.lease_ttl.as_millis() as u64;
+    let ttl = options.stream_ttl.as_secs();
+    // One script per run, sent together on the multiplexed connection.
+    let renewals = futures::future::join_all(refreshed.iter().map(|run| {
+        let mut conn = shared.client.conn();
+        let (lease, stream, cancel) = (
+            keys.lease(&run.run_id),
+            keys.stream(&run.run_id),
+            keys.cancel(&run.run_id),
+        );
+        async move {
+            let keys = RunKeys {
+                stream: &stream,
+                lease: &lease,
+                cancel: &cancel,
+            };
+            script::renew(&mut conn, keys, &run.owner, lease_ms, ttl).await
+        }
+    }))
+    .await;
+    let renewals = renewals.into_iter().collect::<Result<Vec<_>, _>>()?;
+    {
+        let active = shared.active();
+        for (run, renewal) in refreshed.into_iter().zip(renewals) {
+            let Some(active) = active.get(&run.run_id) else {
+                continue;
+            };
+            if !renewal.renewed {
+                // Another attempt holds the lease (or it lapsed): this writer is fenced off.
+                tracing::warn!(run_id = %run.run_id, "the run's lease is no longer ours; stopping it");
+                active.drop_run();
+                continue;
+            }
+            if let Some(reason) = renewal.cancel {
+                active.stop_for(reason);
+            }
+            // Only runs whose lease is still ours keep their request: never steal it back.
+            claims
+                .entry(run.queue.as_str())
+                .or_default()
+                .push(run.entry.to_string());
+        }
+    }
+    if claims.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for (queue, ids) in claims {
+        pipe.cmd("XCLAIM")
+            .arg(queue)
+            .arg(shared.group())
+            .arg(&shared.name)
+            .arg(0)
+            .arg(ids)
+            .arg("JUSTID")
+            .ignore();
+    }
+    pipe.query_async::<()>(&mut conn).await?;
+    Ok(())
+}
+
+/// The entries of `queue` in this worker's pending list.
+async fn pending_of(
+    shared: &Shared,
+    conn: &mut redis::aio::ConnectionManager,
+    queue: &str,
+) -> Result<Vec<QueuedEntry>, Error> {
+    let pending: Value = redis::cmd("XPENDING")
+        .arg(queue)
+        .arg(shared.group())
+        .arg("-")
+        .arg("+")
+        .arg(100_000)
+        .arg(&shared.name)
+        .query_async(conn)
+        .await?;
+    let mut mine = Vec::new();
+    if let Value::Array(items) = pending {
+        for item in items {
+            if let Value::Array(fields) = item {
+                if let Some(id) = fields.first().and_then(text).and_then(|s| s.parse().ok()) {
+                    mine.push(QueuedEntry::new(queue, id));
+                }
+            }
+        }
+    }
+    Ok(mine)
+}
+
+/// Stops the runs still going after the shutdown grace and makes their requests (and those
+/// not started yet) claimable at once, so another worker continues their streams.
+pub(crate) async fn hand_back(shared: &Shared) {
+    // Taken out of `active` first, so the heartbeat does not refresh them again.
+    let held: Vec<HeldRun> = shared
+        .active()
+        .drain()
+        .map(|(run_id, active)| {
+            active.drop_run();
+            HeldRun::of(&run_id, &active)
+        })
+        .collect();
+    let unstarted: Vec<QueuedEntry> = shared
+        .waiting()
+        .drain(..)
+        .map(|work| QueuedEntry::new(&work.queue, work.entry.id))
+        .collect();
+    let visibility = shared.client.options().visibility_timeout.as_millis() as u64;
+    let mut pipe = redis::pipe();
+    for run in &held {
+        tracing::info!(run_id = %run.run_id, "handing the run back");
+    }
+    for waiting in &unstarted {
+        tracing::info!(queue = %waiting.queue, entry = %waiting.entry, "handing a request back unstarted");
+    }
+    let requests = held
+        .iter()
+        .map(|run| (&run.queue, run.entry))
+        .chain(unstarted.iter().map(|w| (&w.queue, w.entry)));
+    for (queue, entry) in requests {
+        pipe.cmd("XCLAIM")
+            .arg(queue)
+            .arg(shared.group())
+            .arg(&shared.name)
+            .arg(0)
+            .arg(entry.to_string())
+            .arg("IDLE")
+            .arg(visibility)
+            .arg("JUSTID")
+            .ignore();
+    }
+    let mut conn = shared.client.conn();
+    if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+        tracing::warn!(error = %e, "could not hand runs back; they will be re-run after the visibility timeout");
+    }
+    // Releasing the lease fences off this worker's writer even if it is still flushing; a
+    // lease another attempt took meanwhile is left alone.
+    let released = futures::future::join_all(held.iter().map(|run| {
+        let mut conn = shared.client.conn();
+        let lease = shared.client.keys().lease(&run.run_id);
+        async move { script::release(&mut conn, &lease, &run.owner).await }
+    }))
+    .await;
+    if let Some(Err(e)) = released.into_iter().find(Result::is_err) {
+        tracing::warn!(error = %e, "could not release a lease; it expires on its own");
+    }
+}

@@ -1,0 +1,238 @@
+//! [`Worker`]: takes requests from the actor queues and runs them on the local runtime,
+//! publishing their chunks.
+//!
+//! A worker joins the consumer group `loom-workers` of `loom:queue:{<type>}` for each actor
+//! type it serves (`XGROUP CREATE … 0 MKSTREAM`), reads requests with `XREADGROUP`, runs each
+//! through [`Runtime::stream_attempt`] (which numbers chunks and writes the terminal one),
+//! publishes the chunks with a [`Publisher`](crate::Publisher), and `XACK`s (then `XDEL`s)
+//! the request once the terminal chunk is in Redis.
+//!
+//! - **Leases.** When an attempt starts, the run's lease key takes the attempt's owner token
+//!   (`<worker>:<attempt>:<entry>`); the publisher writes only while the lease holds it,
+//!   so a worker that lost a run can never append to its stream. Every `lease_refresh` a
+//!   heartbeat renews, for each run the worker holds, the lease (`PEXPIRE lease_ttl`, only
+//!   while it still holds the attempt's token — else the run stops without writing), the
+//!   stream's TTL, and the request's idle time in the group's pending list (`XCLAIM … JUSTID`
+//!   to itself, only for runs whose lease was renewed, so a run is never stolen back). A long
+//!   run on a healthy worker is therefore never idle long enough to be claimed by another
+//!   worker. `XREADGROUP COUNT` bounds each queue, not the total, so a read may return more
+//!   requests than there are free slots: the extra ones wait in the worker, are started first
+//!   as slots free up, and the heartbeat renews their idle time too.
+//! - **Crash recovery.** Every few hundred milliseconds the worker `XAUTOCLAIM`s requests idle
+//!   for more than the visibility timeout — those of a dead worker — and runs them again as
+//!   attempt `delivery count` (2, 3, …): it reads the stream's last `seq` (one script reads the last
+//!   entry and the cancel key) and continues from there, so the stream stays gapless and the new `start` carries
+//!   `attempt`. A request whose stream already ended is only acknowledged. If the heartbeat
+//!   finds that another worker took one of its runs, it stops that run without writing.
+//! - **Cancel.** The worker subscribes to `loom:cancel` and checks `loom:cancel:{<id>}` before
+//!   starting a run; a cancel cancels the run's token, so the actor stops at once and the
+//!   runtime writes `error/cancelled`. Pub/sub delivers at most once, so the heartbeat also
+//!   reads the cancel keys of the runs it holds.
+//! - **Shutdown.** When the shutdown future resolves the worker stops taking requests, lets
+//!   the runs it holds finish for up to `shutdown_grace`, then hands the rest back (their
+//!   requests become claimable at once, and another worker continues their streams).
+//! - **Redis loss.** Every loop logs, backs off and reconnects; the worker does not exit.
+//!
+//! One file per concern: `fetch.rs` takes requests (`XREADGROUP`, the `XAUTOCLAIM` sweep),
+//! `run.rs` runs one request from its entry to its acknowledgement, `lease.rs` takes, renews
+//! and releases leases (the heartbeat, the hand-back), `cancel.rs` listens for cancels, and
+//! `state.rs` holds what they share. This file ties them together in [`Worker::run`].
+
+mod cancel;
+mod fetch;
+mod lease;
+mod run;
+mod state;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use loom_core::{CancellationToken, Runtime};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::client::Client;
+use crate::error::Error;
+use crate::keys::check_name;
+use crate::worker::cancel::listen_for_cancels;
+use crate::worker::fetch::Fetcher;
+use crate::worker::lease::{hand_back, heartbeat};
+use crate::worker::run::execute;
+use crate::worker::state::Shared;
+
+/// What a worker serves and how much at once.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// The actor types to serve; empty means every actor of the runtime's registry.
+    pub actors: Vec<String>,
+    /// How many runs at once (default 16).
+    pub concurrency: usize,
+    /// The worker's consumer name in the group; a random `worker-<uuid>` when `None`. Two
+    /// live workers must not share a name.
+    pub name: Option<String>,
+    /// How long runs may go on after the shutdown signal before they are handed back
+    /// (default 30 s).
+    pub shutdown_grace: Duration,
+    /// The attempt after which a request that keeps losing its worker ends with
+    /// `error/worker_lost` instead of running again (default 3).
+    pub max_attempts: u32,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        Self {
+            actors: Vec::new(),
+            concurrency: 16,
+            name: None,
+            shutdown_grace: Duration::from_secs(30),
+            max_attempts: 3,
+        }
+    }
+}
+
+/// Runs requests from the Redis queues on a local [`Runtime`] (see the module docs).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), loom_redis::Error> {
+/// use loom_core::{Extensions, Registry, Runtime};
+/// use loom_redis::{Client, Worker, WorkerOptions};
+///
+/// let client = Client::connect("redis://127.0.0.1:6379").await?;
+/// let runtime = Runtime::new(Registry::with_builtins(), Extensions::new());
+/// let worker = Worker::new(client, runtime, WorkerOptions::default());
+/// worker.run(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Worker {
+    shared: Arc<Shared>,
+    options: WorkerOptions,
+}
+
+impl Worker {
+    /// A worker running requests for `runtime`'s actors through `client`'s Redis.
+    pub fn new(client: Client, runtime: Runtime, options: WorkerOptions) -> Self {
+        let name = options
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("worker-{}", uuid::Uuid::new_v4()));
+        Self {
+            shared: Arc::new(Shared::new(client, runtime, options.max_attempts, name)),
+            options,
+        }
+    }
+
+    /// The worker's consumer name in the group.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The queue keys of the actor types this worker serves (checked).
+    fn queues(&self) -> Result<Vec<String>, Error> {
+        let shared = &self.shared;
+        let registry = shared.runtime.registry();
+        let actors = if self.options.actors.is_empty() {
+            registry.names()
+        } else {
+            self.options.actors.clone()
+        };
+        let mut queues = Vec::new();
+        for actor in actors {
+            check_name("actor type", &actor)?;
+            if !registry.contains(&actor) {
+                return Err(Error::UnknownActor(actor));
+            }
+            queues.push(shared.client.keys().queue(&actor));
+        }
+        if queues.is_empty() {
+            return Err(Error::InvalidOptions("no actor types to serve".to_owned()));
+        }
+        Ok(queues)
+    }
+
+    /// Serves requests until `shutdown` resolves, then finishes (or hands back) the runs it
+    /// holds and returns.
+    ///
+    /// Fails at once on bad options (unknown actor, invalid name, zero concurrency); Redis
+    /// failures while running are logged and retried, never returned.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
+        let shared = Arc::clone(&self.shared);
+        if self.options.concurrency == 0 {
+            return Err(Error::InvalidOptions(
+                "concurrency must be at least 1".to_owned(),
+            ));
+        }
+        check_name("worker name", &shared.name)?;
+        let queues = self.queues()?;
+        // Fused: once it has resolved it is never polled again (an `async fn` would panic).
+        let shutdown = shutdown.fuse();
+        tokio::pin!(shutdown);
+
+        let stop = CancellationToken::new();
+        // In a JoinSet, so they are aborted with the worker if its future is dropped.
+        let mut background = JoinSet::new();
+        background.spawn(listen_for_cancels(Arc::clone(&shared), stop.clone()));
+        background.spawn(heartbeat(Arc::clone(&shared), stop.clone()));
+        let mut runs = JoinSet::new();
+        let slots = Arc::new(Semaphore::new(self.options.concurrency));
+        let mut fetcher = Fetcher::new(Arc::clone(&shared), queues);
+        tracing::info!(worker = %shared.name, "worker started");
+        loop {
+            while runs.try_join_next().is_some() {}
+            if slots.available_permits() == 0 {
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = runs.join_next() => continue,
+                }
+            }
+            let stopping = if shared.waiting().is_empty() {
+                let (work, stopping) = fetcher
+                    .fetch(slots.available_permits(), &mut shutdown)
+                    .await;
+                shared.waiting().extend(work);
+                stopping
+            } else {
+                false
+            };
+            start_waiting(&shared, &slots, &mut runs);
+            if stopping {
+                break;
+            }
+        }
+
+        tracing::info!(worker = %shared.name, running = runs.len(), "worker stopping");
+        let grace = tokio::time::sleep(self.options.shutdown_grace);
+        tokio::pin!(grace);
+        loop {
+            // Requests already taken are ours to run: start them as slots free up.
+            start_waiting(&shared, &slots, &mut runs);
+            tokio::select! {
+                next = runs.join_next() => if next.is_none() && shared.waiting().is_empty() { break },
+                _ = &mut grace => {
+                    hand_back(&shared).await;
+                    while runs.join_next().await.is_some() {}
+                    break;
+                }
+            }
+        }
+        stop.cancel();
+        while background.join_next().await.is_some() {}
+        tracing::info!(worker = %shared.name, "worker stopped");
+        Ok(())
+    }
+}
+
+/// Starts waiting requests while there are free slots.
+fn start_waiting(shared: &Arc<Shared>, slots: &Arc<Semaphore>, runs: &mut JoinSet<()>) {
+    loop {
+        let Ok(permit) = Arc::clone(slots).try_acquire_owned() else {
+            return;
+        };
+        let Some(work) = shared.waiting().pop_front() else {
+            return;
+        };
+        runs.spawn(execute(Arc::clone(shared), work, permit));
+    }
+}

@@ -1,0 +1,252 @@
+//! Running one request ([`execute`]), from its queue entry to its acknowledgement: decode it,
+//! look at its stream and cancel key (a stream that already ended is only acknowledged; a new
+//! attempt continues after the last `seq`), take the lease for this attempt, hand the actor's
+//! chunks to a [`Publisher`], and `XACK`/`XDEL` once the terminal chunk is in Redis. While it
+//! runs, the run is in the worker's `active` map, which the heartbeat and the cancel listener
+//! read.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use loom_core::{
+    ActorError, Attempt, CancellationToken, ChunkType, ErrorCode, RunOptions, StreamChunk,
+};
+use serde_json::json;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::client::unix_ms;
+use crate::codec::{EntryId, Request};
+use crate::error::Error;
+use crate::keys::CancelReason;
+use crate::publisher::Publisher;
+use crate::script::{self, LastEntry};
+use crate::worker::lease::take_lease;
+use crate::worker::state::{Active, Shared, Work};
+
+/// The `start` and `error` chunks of a run that ends before its actor starts.
+fn refused(request: &Request, seq: u64, attempt: u32, err: &ActorError) -> [StreamChunk; 2] {
+    let mut start = StreamChunk::new(ChunkType::Start, seq);
+    start.data = Some(json!({ "run_id": request.run_id, "actor": request.actor }));
+    start.attempt = (attempt > 1).then_some(attempt);
+    [start, StreamChunk::error(seq + 1, err)]
+}
+
+/// Runs one request, from its entry to its acknowledgement.
+pub(crate) async fn execute(shared: Arc<Shared>, work: Work, _slot: OwnedSemaphorePermit) {
+    let Work {
+        queue,
+        entry,
+        attempt,
+    } = work;
+    let request = match Request::decode(&entry.fields) {
+        Ok(request) => request,
+        Err(why) => {
+            tracing::error!(queue = %queue, entry = %entry.id, %why, "dropping an unreadable request");
+            acknowledge(&shared, &queue, entry.id).await;
+            return;
+        }
+    };
+    if let Err(e) = run_request(&shared, &queue, entry.id, &request, attempt).await {
+        // The request stays pending: once its idle time passes the visibility timeout a
+        // worker (maybe this one) runs it again.
+        tracing::warn!(run_id = %request.run_id, error = %e, "run interrupted; it will be retried");
+    }
+}
+
+async fn run_request(
+    shared: &Arc<Shared>,
+    queue: &str,
+    entry: EntryId,
+    request: &Request,
+    attempt: u32,
+) -> Result<(), Error> {
+    let client = &shared.client;
+    let keys = client.keys();
+    let run_id = request.run_id.as_str();
+    if shared
+        .active()
+        .get(run_id)
+        .is_some_and(|a| a.entry == entry && a.queue == queue)
+    {
+        // This worker's own sweep claimed a request it is still running (its refreshes failed
+        // for a while): that run goes on and acknowledges the request when it ends.
+        return Ok(());
+    }
+    let peek = script::peek(
+        &mut client.conn(),
+        &keys.stream(run_id),
+        &keys.cancel(run_id),
+    )
+    .await?;
+    if peek.last.is_some_and(|last| last.terminal) {
+        // A worker died between writing the terminal chunk and acknowledging.
+        acknowledge(shared, queue, entry).await;
+        return Ok(());
+    }
+    let seq = match peek.last {
+        None => 0,
+        Some(LastEntry { seq: Some(seq), .. }) => seq + 1,
+        Some(LastEntry { id, seq: None, .. }) => {
+            tracing::error!(run_id, entry = %id, "stream's last entry has no seq; not running");
+            acknowledge(shared, queue, entry).await;
+            return Ok(());
+        }
+    };
+    let refusal = match peek.cancel {
+        Some(CancelReason::Cancelled) => Some(ActorError::cancelled()),
+        // Its reader already ended it (worker_lost, timeout) and wrote the terminal chunk.
+        Some(CancelReason::WorkerLost | CancelReason::Timeout | CancelReason::Other) => {
+            acknowledge(shared, queue, entry).await;
+            return Ok(());
+        }
+        None if attempt > shared.max_attempts => Some(ActorError::new(
+            ErrorCode::WorkerLost,
+            format!("gave up after {} attempts lost their worker", attempt - 1),
+        )),
+        None if unix_ms() >= request.deadline_ms => Some(ActorError::new(
+            ErrorCode::Timeout,
+            "the run passed its deadline before it started",
+        )),
+        None if !shared.runtime.registry().contains(&request.actor) => Some(ActorError::not_found(
+            format!("unknown actor type '{}'", request.actor),
+        )),
+        None => None,
+    };
+    let owner = format!("{}:{attempt}:{entry}", shared.name);
+    let token = CancellationToken::new();
+    let publisher = Publisher::start_run(client, run_id, &owner, Some(token.clone()))?;
+    // Before the run joins `active`: the heartbeat stops a run whose lease is not its own.
+    take_lease(shared, run_id, &owner).await?;
+    if let Some(err) = refusal {
+        for chunk in refused(request, seq, attempt, &err) {
+            publisher.send(chunk).await?;
+        }
+        publisher.finish().await?;
+        acknowledge(shared, queue, entry).await;
+        return Ok(());
+    }
+
+    let discard = publisher.discard_flag();
+    shared.active().insert(
+        run_id.to_owned(),
+        Active {
+            queue: queue.to_owned(),
+            entry,
+            owner: owner.clone(),
+            token: token.clone(),
+            discard: Arc::clone(&discard),
+        },
+    );
+    let held = Held {
+        shared,
+        run_id,
+        entry,
+    };
+    let result = drive(shared, request, seq, attempt, token, publisher).await;
+    drop(held);
+    result?;
+    if discard.load(Ordering::Acquire) {
+        // Taken over by another worker, handed back, or ended from outside: not ours to
+        // acknowledge (whoever claims it next finds the terminal chunk and only acks).
+        return Ok(());
+    }
+    acknowledge(shared, queue, entry).await;
+    Ok(())
+}
+
+/// Takes a run out of `active` when dropped, so a panic or an early return in `drive` does
+/// not leave the heartbeat renewing its lease forever.
+struct Held<'a> {
+    shared: &'a Shared,
+    run_id: &'a str,
+    entry: EntryId,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let mut active = self.shared.active();
+        // Only this request's record: the same run may since be held for another entry.
+        if active
+            .get(self.run_id)
+            .is_some_and(|a| a.entry == self.entry)
+        {
+            active.remove(self.run_id);
+        }
+    }
+}
+
+/// Runs the actor and publishes its chunks until the terminal one is written.
+async fn drive(
+    shared: &Arc<Shared>,
+    request: &Request,
+    seq: u64,
+    attempt: u32,
+    token: CancellationToken,
+    publisher: Publisher,
+) -> Result<(), Error> {
+    let mut conn = shared.client.conn();
+    // The cancel may have been set between the check in `run_request` and joining `active`.
+    let reason: Option<String> = redis::cmd("GET")
+        .arg(shared.client.keys().cancel(&request.run_id))
+        .query_async(&mut conn)
+        .await?;
+    match reason.as_deref().map(CancelReason::parse) {
+        None => {}
+        // The caller's cancel: the runtime writes `start` and `error/cancelled`.
+        Some(CancelReason::Cancelled) => token.cancel(),
+        // A reader ended the run (worker_lost, timeout) and wrote its terminal chunk: write
+        // nothing after it.
+        Some(CancelReason::WorkerLost | CancelReason::Timeout | CancelReason::Other) => {
+            return Ok(())
+        }
+    }
+    let remaining = request.deadline_ms.saturating_sub(unix_ms());
+    let options = RunOptions {
+        run_id: Some(request.run_id.clone()),
+        timeout: Some(Duration::from_millis(remaining)),
+        parent: Some(token),
+    };
+    let attempt_of = Attempt::new(attempt, seq);
+    match shared
+        .runtime
+        .stream_attempt(&request.actor, request.input.clone(), options, attempt_of)
+    {
+        Ok(mut chunks) => {
+            while let Some(chunk) = chunks.next().await {
+                if publisher.send(chunk).await.is_err() {
+                    break;
+                }
+            }
+        }
+        Err(err) => {
+            for chunk in refused(request, seq, attempt, &err) {
+                publisher.send(chunk).await?;
+            }
+        }
+    }
+    publisher.finish().await
+}
+
+/// Marks a request done and removes it from its queue.
+async fn acknowledge(shared: &Shared, queue: &str, entry: EntryId) {
+    let id = entry.to_string();
+    let mut conn = shared.client.conn();
+    let done: Result<(), _> = redis::pipe()
+        .cmd("XACK")
+        .arg(queue)
+        .arg(shared.group())
+        .arg(&id)
+        .ignore()
+        .cmd("XDEL")
+        .arg(queue)
+        .arg(&id)
+        .ignore()
+        .query_async(&mut conn)
+        .await;
+    if let Err(e) = done {
+        // Left pending: whoever claims it next finds the terminal chunk and only acks.
+        tracing::warn!(queue, entry = %id, error = %e, "could not acknowledge a request");
+    }
+}

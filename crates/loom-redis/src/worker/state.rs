@@ -1,0 +1,118 @@
+//! What the worker's tasks share: the runs it holds ([`Active`]), the requests it took but has
+//! not started ([`Work`]), and the handles every task needs ([`Shared`]). The fetcher fills
+//! the waiting list, the runner moves requests into `active`, and the heartbeat, the cancel
+//! listener and the hand-back read both.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use loom_core::{CancellationToken, Runtime};
+
+use crate::client::Client;
+use crate::codec::{EntryId, RawEntry};
+use crate::keys::CancelReason;
+
+/// The worker's state, shared by its tasks.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) client: Client,
+    pub(crate) runtime: Runtime,
+    /// The attempt after which a request ends with `error/worker_lost` instead of running.
+    pub(crate) max_attempts: u32,
+    /// The worker's consumer name in the group.
+    pub(crate) name: String,
+    /// The runs held, by run id.
+    active: Mutex<HashMap<String, Active>>,
+    /// Requests read but not yet started: `XREADGROUP COUNT` bounds each queue, not the
+    /// total, so one read may return more than there are free slots. They are in this
+    /// worker's pending list, so the heartbeat keeps them from looking abandoned.
+    waiting: Mutex<VecDeque<Work>>,
+}
+
+impl Shared {
+    pub(crate) fn new(client: Client, runtime: Runtime, max_attempts: u32, name: String) -> Self {
+        Self {
+            client,
+            runtime,
+            max_attempts,
+            name,
+            active: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    pub(crate) fn active(&self) -> MutexGuard<'_, HashMap<String, Active>> {
+        // A panic while holding this lock leaves a plain map behind: keep using it.
+        self.active.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn waiting(&self) -> MutexGuard<'_, VecDeque<Work>> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn group(&self) -> &'static str {
+        self.client.keys().group()
+    }
+}
+
+/// A request to run.
+#[derive(Debug, Clone)]
+pub(crate) struct Work {
+    /// The queue it came from.
+    pub(crate) queue: String,
+    /// Its entry in that queue.
+    pub(crate) entry: RawEntry,
+    /// 1 for a new request, the delivery count for one claimed from a dead worker.
+    pub(crate) attempt: u32,
+}
+
+/// A run the worker holds.
+#[derive(Debug)]
+pub(crate) struct Active {
+    pub(crate) queue: String,
+    pub(crate) entry: EntryId,
+    /// The attempt's token in the run's lease key.
+    pub(crate) owner: String,
+    pub(crate) token: CancellationToken,
+    pub(crate) discard: Arc<AtomicBool>,
+}
+
+impl Active {
+    /// Stops the run without writing anything more to its stream.
+    pub(crate) fn drop_run(&self) {
+        self.discard.store(true, Ordering::Release);
+        self.token.cancel();
+    }
+
+    /// Stops the run for `reason` (its cancel key): a caller's cancel lets the runtime write
+    /// `error/cancelled`; after a reader's `worker_lost`/`timeout`, which already wrote the
+    /// terminal chunk, the run stops without writing.
+    pub(crate) fn stop_for(&self, reason: CancelReason) {
+        if reason.terminal_written() {
+            self.drop_run();
+        } else {
+            self.token.cancel();
+        }
+    }
+}
+
+/// A run held by this worker, as the heartbeat and the hand-back see it.
+#[derive(Debug, Clone)]
+pub(crate) struct HeldRun {
+    pub(crate) run_id: String,
+    pub(crate) queue: String,
+    pub(crate) entry: EntryId,
+    pub(crate) owner: String,
+}
+
+impl HeldRun {
+    pub(crate) fn of(run_id: &str, active: &Active) -> Self {
+        Self {
+            run_id: run_id.to_owned(),
+            queue: active.queue.clone(),
+            entry: active.entry,
+            owner: active.owner.clone(),
+        }
+    }
+}

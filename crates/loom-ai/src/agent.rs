@@ -71,7 +71,7 @@ impl Input {
 }
 
 /// The request `input` asks for, or `bad_input`.
-pub fn chat_request(input: Value) -> Result<CompletionRequest, ActorError> {
+fn chat_request(input: Value) -> Result<CompletionRequest, ActorError> {
     parse_input::<Input>(input)?.into_request()
 }
 

@@ -9,8 +9,8 @@
 //!   the usage), [`complete`](AiService::complete) the whole [`Completion`]. It is configured
 //!   by an [`AiConfig`], usually [`AiService::from_env`] (`OPENAI_BASE_URL`, `OPENAI_API_KEY`,
 //!   `LOOM_MODEL`; neither of the first two set means offline).
-//! - [`SseParser`] is the hand-written Server-Sent Events parser underneath: any split of
-//!   the bytes, every line ending, comments, multi-line data.
+//! - Underneath, a hand-written Server-Sent Events parser takes any split of the bytes, every
+//!   line ending, comments and multi-line data.
 //! - [`AiError`] says what failed and maps to Loom's wire [`ErrorCode`](loom_core::ErrorCode)
 //!   through [`AiError::code`]; the API key never appears in it, nor in any `Debug`.
 //! - [`ChatAgent`] is the `chat-agent` actor; [`register`] adds it to a
@@ -70,7 +70,7 @@ mod sse;
 
 use std::sync::Arc;
 
-pub use agent::{chat_request, ChatAgent, CHAT_AGENT};
+pub use agent::{ChatAgent, CHAT_AGENT};
 pub use config::{
     AiConfig, ApiKey, Endpoint, RetryPolicy, DEFAULT_BASE_URL, DEFAULT_MODEL, OFFLINE_MODEL,
 };
@@ -80,7 +80,15 @@ pub use event::{
 };
 pub use request::{CompletionRequest, Message, Role};
 pub use service::{AiService, TokenStream};
-pub use sse::{SseError, SseEvent, SseParser, MAX_EVENT_BYTES};
+
+/// Measurement switches for the `tokens` bench.
+#[cfg(feature = "bench-internals")]
+pub mod bench_internals {
+    /// Decodes every chunk with serde, skipping the fast path.
+    pub fn set_serde_only(on: bool) {
+        crate::decode::SERDE_ONLY.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 /// Registers the actors of this crate (`chat-agent`) in `registry`.
 pub fn register(registry: &mut loom_core::Registry) {

@@ -86,7 +86,7 @@ impl OpenAiClient {
                     Ok(None) => break,
                     Err(e) => Err(client.body_error(&e))?,
                 };
-                parser.feed(&bytes)?;
+                parser.feed(&bytes).map_err(sse_error)?;
                 while let Some(event) = parser.next_event() {
                     decoder.decode(&event, &mut events)?;
                     while let Some(token) = events.pop_front() {
@@ -269,10 +269,8 @@ fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     quote(&text).to_owned()
 }
 
-impl From<SseError> for AiError {
-    fn from(err: SseError) -> Self {
-        AiError::Decode {
-            message: err.to_string(),
-        }
+fn sse_error(err: SseError) -> AiError {
+    AiError::Decode {
+        message: err.to_string(),
     }
 }

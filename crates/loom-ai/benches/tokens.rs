@@ -54,9 +54,7 @@ fn serve(body: Bytes) -> String {
     format!("http://{addr}/v1")
 }
 
-/// `stream_completion`, with the skim fast path or with serde decoding every chunk.
-async fn ours(ai: &AiService, serde_only: bool) -> usize {
-    loom_ai::bench_internals::set_serde_only(serde_only);
+async fn ours(ai: &AiService) -> usize {
     let mut stream = ai.stream_completion(CompletionRequest::prompt("replay"));
     let mut n = 0;
     while let Some(event) = stream.next().await {
@@ -150,8 +148,7 @@ fn main() {
     let http = reqwest::Client::new();
 
     // Every path must see the whole stream, or the comparison means nothing.
-    assert_eq!(rt.block_on(ours(&ai, false)), TOKENS);
-    assert_eq!(rt.block_on(ours(&ai, true)), TOKENS);
+    assert_eq!(rt.block_on(ours(&ai)), TOKENS);
     assert_eq!(rt.block_on(async_openai(&client, &request)), TOKENS);
     assert_eq!(rt.block_on(bare(&http, &url)), expected_events);
     println!("stream: {TOKENS} tokens, {} bytes", body.len());
@@ -164,10 +161,7 @@ fn main() {
     group.throughput(Throughput::Elements(TOKENS as u64));
     group.bench_function("bare_split", |b| b.to_async(&rt).iter(|| bare(&http, &url)));
     group.bench_function("loom_stream_completion", |b| {
-        b.to_async(&rt).iter(|| ours(&ai, false))
-    });
-    group.bench_function("loom_stream_completion_serde_only", |b| {
-        b.to_async(&rt).iter(|| ours(&ai, true))
+        b.to_async(&rt).iter(|| ours(&ai))
     });
     group.bench_function("async_openai_create_stream", |b| {
         b.to_async(&rt).iter(|| async_openai(&client, &request))
@@ -176,18 +170,15 @@ fn main() {
     criterion.final_summary();
 
     // The ratio, from interleaved rounds in this same process (best of each).
-    let (mut best_bare, mut best_ours, mut best_serde, mut best_theirs) =
-        (Duration::MAX, Duration::MAX, Duration::MAX, Duration::MAX);
+    let (mut best_bare, mut best_ours, mut best_theirs) =
+        (Duration::MAX, Duration::MAX, Duration::MAX);
     for _ in 0..10 {
         let t = Instant::now();
         rt.block_on(bare(&http, &url));
         best_bare = best_bare.min(t.elapsed());
         let t = Instant::now();
-        rt.block_on(ours(&ai, false));
+        rt.block_on(ours(&ai));
         best_ours = best_ours.min(t.elapsed());
-        let t = Instant::now();
-        rt.block_on(ours(&ai, true));
-        best_serde = best_serde.min(t.elapsed());
         let t = Instant::now();
         rt.block_on(async_openai(&client, &request));
         best_theirs = best_theirs.min(t.elapsed());
@@ -202,20 +193,12 @@ fn main() {
         rate(best_ours)
     );
     println!(
-        "loom-ai serde only:           {:>12.0} tokens/s",
-        rate(best_serde)
-    );
-    println!(
         "async-openai create_stream:   {:>12.0} tokens/s",
         rate(best_theirs)
     );
     println!(
         "ratio loom-ai / async-openai: {:>12.2} (target > 1)",
         rate(best_ours) / rate(best_theirs)
-    );
-    println!(
-        "ratio skim / serde only:      {:>12.2} (keep skim if >= 2)",
-        rate(best_ours) / rate(best_serde)
     );
     println!(
         "ratio loom-ai / bare split:   {:>12.2}",

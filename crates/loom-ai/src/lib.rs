@@ -65,7 +65,6 @@ mod offline;
 mod openai;
 mod request;
 mod service;
-mod skim;
 mod sse;
 
 use std::sync::Arc;
@@ -80,15 +79,6 @@ pub use event::{
 };
 pub use request::{CompletionRequest, Message, Role};
 pub use service::{AiService, TokenStream};
-
-/// Measurement switches for the `tokens` bench.
-#[cfg(feature = "bench-internals")]
-pub mod bench_internals {
-    /// Decodes every chunk with serde, skipping the fast path.
-    pub fn set_serde_only(on: bool) {
-        crate::decode::SERDE_ONLY.store(on, std::sync::atomic::Ordering::Relaxed);
-    }
-}
 
 /// Registers the actors of this crate (`chat-agent`) in `registry`.
 pub fn register(registry: &mut loom_core::Registry) {

@@ -11,8 +11,10 @@
 //! {"type":"complete","seq":9,"data":{"text":"Once upon…","finish_reason":"stop","usage":null}}
 //! ```
 //!
-//! `usage` is the upstream's figures, or `null` when it sent none — never zeros. The actor
-//! spawns nothing: the HTTP request lives inside its stream, so when the runtime drops the
+//! `usage` is the upstream's figures, or `null` when it sent none — never zeros.
+//!
+//! The service is the [`AiService`] in the runtime's [`Extensions`](loom_core::Extensions);
+//! without one the run fails with `internal`. The actor spawns nothing: the HTTP request lives inside its stream, so when the runtime drops the
 //! stream (cancel, deadline, consumer gone) the request is aborted with it.
 
 use std::sync::Arc;
@@ -92,10 +94,11 @@ impl Actor for ChatAgent {
     fn stream(self: Arc<Self>, input: Value, ctx: ActorContext) -> ActorStream {
         Box::pin(async_stream::try_stream! {
             let request = chat_request(input)?;
-            let service = match ctx.get::<AiService>() {
-                Some(service) => service,
-                None => Arc::new(AiService::from_env()?),
-            };
+            let service = ctx.get::<AiService>().ok_or_else(|| {
+                ActorError::internal(
+                    "chat-agent needs an AiService: insert one into the runtime's Extensions",
+                )
+            })?;
             // Also stop on the token, not only when the runtime drops us, so the request
             // ends even where this stream is polled by something that checks it late.
             let mut tokens = std::pin::pin!(service

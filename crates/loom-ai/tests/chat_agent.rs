@@ -83,6 +83,11 @@ async fn bad_input_ends_with_bad_input_and_sends_nothing() {
         json!({"messages": []}),
         json!({"messages": [{"role": "wizard", "content": "x"}]}),
         json!({"prompt": "x", "temperature": "hot"}),
+        json!({"messages": [{"role": "user"}]}),
+        json!({"messages": [{"role": "tool", "content": "18"}]}),
+        json!({"messages": [{"role": "assistant", "content": null}]}),
+        json!({"prompt": "x", "tool_choice": "sometimes"}),
+        json!({"prompt": "x", "tools": [{"type": "function"}]}),
     ] {
         let chunks = run(&runtime, input.clone()).await;
         let last = chunks.last().expect("terminal");

@@ -1,19 +1,7 @@
 //! The `chat-agent` actor: an LLM's answer as a Loom stream.
 //!
-//! Input: `{"prompt": "…"}` or `{"messages": [{"role": "user", "content": "…"}, …]}` (both:
-//! the prompt follows the messages), with optional `model`, `system`, `temperature`,
-//! `max_tokens`. Output, after the runtime's `start`:
-//!
-//! ```json
-//! {"type":"data","seq":1,"data":{"token":"Once"}}
-//! {"type":"data","seq":2,"data":{"token":" upon"}}
-//! {"type":"data","seq":3,"data":{"tool_call":{"index":0,"id":"call_1","name":"f","arguments":"{\"a"}}}
-//! {"type":"complete","seq":9,"data":{"text":"Once upon…","finish_reason":"stop","usage":null}}
-//! ```
-//!
-//! `usage` is the upstream's figures, or `null` when it sent none — never zeros. The actor
-//! spawns nothing: the HTTP request lives inside its stream, so when the runtime drops the
-//! stream (cancel, deadline, consumer gone) the request is aborted with it.
+//! It reads its JSON input into a [`CompletionRequest`], asks the [`AiService`] found in the
+//! runtime's extensions, and yields the answer's deltas as chunks, then the whole answer.
 
 use std::sync::Arc;
 
@@ -25,11 +13,34 @@ use serde_json::{json, Value};
 use crate::event::{Completion, TokenEvent};
 use crate::request::{CompletionRequest, Message};
 use crate::service::AiService;
+use crate::tools::{Tool, ToolChoice};
 
 /// The actor's type name.
 pub const CHAT_AGENT: &str = "chat-agent";
 
-/// The `chat-agent` actor; see the [module docs](self).
+/// The `chat-agent` actor: an LLM's answer as a Loom stream.
+///
+/// Input: `{"prompt": "…"}` or `{"messages": [{"role": "user", "content": "…"}, …]}` (both:
+/// the prompt follows the messages), with optional `model`, `system`, `temperature`,
+/// `max_tokens`, and `tools` and `tool_choice` in the OpenAI Chat Completions shape. For a
+/// tool loop, `messages` carries the assistant's `tool_calls` (with `content` null) and a
+/// `{"role":"tool","tool_call_id":…,"content":…}` message per result, also as OpenAI takes
+/// them. Output, after the runtime's `start`:
+///
+/// ```json
+/// {"type":"data","seq":1,"data":{"token":"Once"}}
+/// {"type":"data","seq":2,"data":{"token":" upon"}}
+/// {"type":"data","seq":3,"data":{"tool_call":{"index":0,"id":"call_1","name":"f","arguments":"{\"a"}}}
+/// {"type":"complete","seq":9,"data":{"text":"Once upon…","finish_reason":"stop","usage":null}}
+/// ```
+///
+/// `usage` is the upstream's figures, or `null` when it sent none — never zeros; the complete
+/// chunk has `tool_calls` (`[{"id","name","arguments"}]`) when the model called tools.
+///
+/// The service is the [`AiService`] in the runtime's [`Extensions`](loom_core::Extensions);
+/// without one the run fails with `internal`. The actor spawns nothing: the HTTP request
+/// lives inside its stream, so when the runtime drops the stream (cancel, deadline, consumer
+/// gone) the request is aborted with it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ChatAgent;
 
@@ -41,6 +52,9 @@ struct Input {
     system: Option<String>,
     temperature: Option<f32>,
     max_tokens: Option<u32>,
+    #[serde(default)]
+    tools: Vec<Tool>,
+    tool_choice: Option<ToolChoice>,
 }
 
 impl Input {
@@ -51,6 +65,9 @@ impl Input {
                 return Err(ActorError::bad_input("\"prompt\" is empty"));
             }
             messages.push(Message::user(prompt));
+        }
+        if let Some(problem) = messages.iter().find_map(Message::problem) {
+            return Err(ActorError::bad_input(problem));
         }
         if messages.is_empty() {
             return Err(ActorError::bad_input(
@@ -66,12 +83,14 @@ impl Input {
             model: self.model,
             temperature: self.temperature,
             max_tokens: self.max_tokens,
+            tools: self.tools,
+            tool_choice: self.tool_choice,
         })
     }
 }
 
 /// The request `input` asks for, or `bad_input`.
-pub fn chat_request(input: Value) -> Result<CompletionRequest, ActorError> {
+fn chat_request(input: Value) -> Result<CompletionRequest, ActorError> {
     parse_input::<Input>(input)?.into_request()
 }
 
@@ -92,10 +111,11 @@ impl Actor for ChatAgent {
     fn stream(self: Arc<Self>, input: Value, ctx: ActorContext) -> ActorStream {
         Box::pin(async_stream::try_stream! {
             let request = chat_request(input)?;
-            let service = match ctx.get::<AiService>() {
-                Some(service) => service,
-                None => Arc::new(AiService::from_env()?),
-            };
+            let service = ctx.get::<AiService>().ok_or_else(|| {
+                ActorError::internal(
+                    "chat-agent needs an AiService: insert one into the runtime's Extensions",
+                )
+            })?;
             // Also stop on the token, not only when the runtime drops us, so the request
             // ends even where this stream is polled by something that checks it late.
             let mut tokens = std::pin::pin!(service

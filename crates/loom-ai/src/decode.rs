@@ -1,7 +1,6 @@
 //! [`ChunkDecoder`]: turns the SSE events of a `chat/completions` stream into
 //! [`TokenEvent`]s.
 //!
-//! Most chunks take the fast path of [`skim`](crate::skim); the rest are deserialised here.
 //! It reads only the fields it needs (`choices[].delta.content`, `.tool_calls`,
 //! `.finish_reason`, `usage`, `error`), borrowing strings from the event where it can, and
 //! tolerates what OpenAI-compatible servers differ on: unknown fields, missing `id`/`created`,
@@ -15,7 +14,6 @@ use serde::Deserialize;
 
 use crate::error::AiError;
 use crate::event::{FinishReason, TokenEvent, ToolCallDelta, Usage};
-use crate::skim::skim;
 use crate::sse::SseEvent;
 
 fn lenient_usage<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Usage>, D::Error> {
@@ -108,18 +106,6 @@ impl ChunkDecoder {
             });
         }
         if data.is_empty() {
-            return Ok(());
-        }
-        if let Some(skimmed) = skim(data) {
-            if let Some(text) = skimmed.content.filter(|t| !t.is_empty()) {
-                out.push_back(TokenEvent::Text(text.into_owned()));
-            }
-            if let Some(reason) = skimmed.finish_reason.filter(|r| !r.is_empty()) {
-                self.finish(&reason, out);
-            }
-            if let Some(usage) = skimmed.usage {
-                self.usage = Some(usage);
-            }
             return Ok(());
         }
         let chunk: Chunk<'_> = serde_json::from_str(data).map_err(|e| AiError::Decode {
@@ -223,4 +209,62 @@ pub(crate) fn quote(text: &str) -> &str {
         end -= 1;
     }
     &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(data: &str) -> Vec<TokenEvent> {
+        let mut out = VecDeque::new();
+        let event = SseEvent { event: None, data };
+        ChunkDecoder::default()
+            .decode(&event, &mut out)
+            .expect("decodes");
+        out.into()
+    }
+
+    #[test]
+    fn reads_an_openai_text_chunk_with_escapes() {
+        let data = r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m","system_fingerprint":"fp","choices":[{"index":0,"delta":{"content":"Hi \"you\"\n"},"logprobs":null,"finish_reason":null}],"usage":null}"#;
+        assert_eq!(decode(data), [TokenEvent::Text("Hi \"you\"\n".into())]);
+    }
+
+    #[test]
+    fn reads_the_finish_past_nested_fields_it_does_not_need() {
+        let data = r#" {"choices":[{"delta":{},"finish_reason":"stop","logprobs":{"content":[{"t":[1,2.5e3,-1]}]}}], "usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5,"x":{"y":true}}} "#;
+        assert_eq!(decode(data), [TokenEvent::Finish(FinishReason::Stop)]);
+    }
+
+    #[test]
+    fn every_kind_of_text_comes_out_as_sent() {
+        for text in [
+            "plain",
+            "\n\n",
+            "\"q\"",
+            "back\\slash",
+            "東京 🚀",
+            "tab\t",
+            "\u{1}",
+        ] {
+            let data = serde_json::json!({
+                "id": "x", "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]
+            })
+            .to_string();
+            assert_eq!(decode(&data), [TokenEvent::Text(text.into())], "{data}");
+        }
+    }
+
+    #[test]
+    fn nulls_and_missing_fields_are_no_events() {
+        for data in [
+            r#"{"choices":null,"error":null}"#,
+            r#"{}"#,
+            r#"{"choices":[{"delta":{"content":""}}]}"#,
+        ] {
+            assert_eq!(decode(data), [], "{data}");
+        }
+        let data = r#"{"choices":[{"delta":null,"finish_reason":"length"}]}"#;
+        assert_eq!(decode(data), [TokenEvent::Finish(FinishReason::Length)]);
+    }
 }

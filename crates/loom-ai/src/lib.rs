@@ -9,13 +9,16 @@
 //!   the usage), [`complete`](AiService::complete) the whole [`Completion`]. It is configured
 //!   by an [`AiConfig`], usually [`AiService::from_env`] (`OPENAI_BASE_URL`, `OPENAI_API_KEY`,
 //!   `LOOM_MODEL`; neither of the first two set means offline).
-//! - [`SseParser`] is the hand-written Server-Sent Events parser underneath: any split of
-//!   the bytes, every line ending, comments, multi-line data.
+//! - A [`CompletionRequest`] may offer [`Tool`]s (with a [`ToolChoice`]); the answer's tool
+//!   calls go back in the conversation as [`Message::assistant_tool_calls`] followed by one
+//!   [`Message::tool_result`] per call, all in the OpenAI Chat Completions shape.
+//! - Underneath, a hand-written Server-Sent Events parser takes any split of the bytes, every
+//!   line ending, comments and multi-line data.
 //! - [`AiError`] says what failed and maps to Loom's wire [`ErrorCode`](loom_core::ErrorCode)
 //!   through [`AiError::code`]; the API key never appears in it, nor in any `Debug`.
 //! - [`ChatAgent`] is the `chat-agent` actor; [`register`] adds it to a
 //!   [`Registry`](loom_core::Registry). It finds the service in the runtime's
-//!   [`Extensions`](loom_core::Extensions).
+//!   [`Extensions`](loom_core::Extensions) (a missing one fails the run with `internal`).
 //!
 //! Failures before the first token (429, 5xx, connection errors) are retried with capped
 //! backoff, honouring `Retry-After`; after the first token they end the stream with an error
@@ -65,12 +68,13 @@ mod offline;
 mod openai;
 mod request;
 mod service;
-mod skim;
 mod sse;
+mod stream;
+mod tools;
 
 use std::sync::Arc;
 
-pub use agent::{chat_request, ChatAgent, CHAT_AGENT};
+pub use agent::{ChatAgent, CHAT_AGENT};
 pub use config::{
     AiConfig, ApiKey, Endpoint, RetryPolicy, DEFAULT_BASE_URL, DEFAULT_MODEL, OFFLINE_MODEL,
 };
@@ -79,8 +83,9 @@ pub use event::{
     Completion, FinishReason, TokenEvent, ToolCall, ToolCallDelta, Usage, MAX_TOOL_CALLS,
 };
 pub use request::{CompletionRequest, Message, Role};
-pub use service::{AiService, TokenStream};
-pub use sse::{SseError, SseEvent, SseParser, MAX_EVENT_BYTES};
+pub use service::AiService;
+pub use stream::TokenStream;
+pub use tools::{Tool, ToolChoice};
 
 /// Registers the actors of this crate (`chat-agent`) in `registry`.
 pub fn register(registry: &mut loom_core::Registry) {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use crate::error::AiError;
 use crate::event::{FinishReason, TokenEvent, Usage};
 use crate::request::CompletionRequest;
-use crate::service::TokenStream;
+use crate::stream::TokenStream;
 
 const OPENINGS: &[&str] = &[
     "Once upon a time, in {place}, there lived {who} who {habit}.",
@@ -197,7 +197,7 @@ pub(crate) fn stream(request: CompletionRequest, delay: Duration) -> TokenStream
             .system
             .iter()
             .map(String::as_str)
-            .chain(request.messages.iter().map(|m| m.content.as_str()))
+            .chain(request.messages.iter().filter_map(|m| m.content.as_deref()))
             .map(|text| text.split_whitespace().count() as u64)
             .sum::<u64>();
         yield TokenEvent::Usage(Usage {

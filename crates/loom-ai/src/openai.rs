@@ -18,8 +18,9 @@ use crate::config::{AiConfig, ApiKey, RetryPolicy};
 use crate::decode::{error_message, quote, ChunkDecoder};
 use crate::error::AiError;
 use crate::request::{CompletionRequest, Message};
-use crate::service::TokenStream;
 use crate::sse::{SseError, SseParser};
+use crate::stream::TokenStream;
+use crate::tools::{Tool, ToolChoice};
 
 /// A client for one OpenAI-compatible server; cheap to clone.
 #[derive(Clone)]
@@ -42,6 +43,10 @@ struct Body<'a> {
     temperature: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    tools: &'a [Tool],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<&'a ToolChoice>,
 }
 
 #[derive(Serialize)]
@@ -86,7 +91,7 @@ impl OpenAiClient {
                     Ok(None) => break,
                     Err(e) => Err(client.body_error(&e))?,
                 };
-                parser.feed(&bytes)?;
+                parser.feed(&bytes).map_err(sse_error)?;
                 while let Some(event) = parser.next_event() {
                     decoder.decode(&event, &mut events)?;
                     while let Some(token) = events.pop_front() {
@@ -239,6 +244,8 @@ fn body(request: &CompletionRequest, default_model: &str) -> Result<Bytes, AiErr
         },
         temperature: request.temperature,
         max_tokens: request.max_tokens,
+        tools: &request.tools,
+        tool_choice: request.tool_choice.as_ref(),
     };
     serde_json::to_vec(&body)
         .map(Bytes::from)
@@ -269,10 +276,8 @@ fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     quote(&text).to_owned()
 }
 
-impl From<SseError> for AiError {
-    fn from(err: SseError) -> Self {
-        AiError::Decode {
-            message: err.to_string(),
-        }
+fn sse_error(err: SseError) -> AiError {
+    AiError::Decode {
+        message: err.to_string(),
     }
 }

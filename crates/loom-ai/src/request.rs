@@ -1,8 +1,15 @@
 //! [`CompletionRequest`]: what to ask the model, with per-call overrides of the service's
 //! defaults. The OpenAI client serialises it into a `chat/completions` body; the offline
 //! provider reads its text.
+//!
+//! A [`Message`] serialises to, and deserialises from, the OpenAI Chat Completions message
+//! shape, tool calls and tool results included, so a tool loop's conversation passes through
+//! unchanged.
 
 use serde::{Deserialize, Serialize};
+
+use crate::event::ToolCall;
+use crate::tools::{message_calls, Tool, ToolChoice};
 
 /// Who wrote a [`Message`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,15 +24,24 @@ pub enum Role {
     User,
     /// The model's earlier answers.
     Assistant,
+    /// The result of a tool call, answering the assistant message that asked for it.
+    Tool,
 }
 
-/// One message of a chat.
+/// One message of a chat, in the OpenAI shape: `{"role","content"}`, plus `tool_calls` on
+/// an assistant message that called tools and `tool_call_id` on a `tool` message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     /// Who wrote it.
     pub role: Role,
-    /// What it says.
-    pub content: String,
+    /// What it says; `None` (sent as `null`) for an assistant message that only called tools.
+    pub content: Option<String>,
+    /// The tools an assistant message called.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "message_calls")]
+    pub tool_calls: Vec<ToolCall>,
+    /// The call a `tool` message answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl Message {
@@ -33,7 +49,9 @@ impl Message {
     pub fn new(role: Role, content: impl Into<String>) -> Self {
         Self {
             role,
-            content: content.into(),
+            content: Some(content.into()),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
         }
     }
 
@@ -51,6 +69,40 @@ impl Message {
     pub fn assistant(content: impl Into<String>) -> Self {
         Self::new(Role::Assistant, content)
     }
+
+    /// An `assistant` message that called tools and said nothing.
+    pub fn assistant_tool_calls(calls: Vec<ToolCall>) -> Self {
+        Self {
+            role: Role::Assistant,
+            content: None,
+            tool_calls: calls,
+            tool_call_id: None,
+        }
+    }
+
+    /// A `tool` message: the result of the call `tool_call_id`.
+    pub fn tool_result(tool_call_id: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            tool_call_id: Some(tool_call_id.into()),
+            ..Self::new(Role::Tool, content)
+        }
+    }
+
+    /// Why the message could not be sent, if it is malformed: a message without text must be
+    /// an assistant's tool calls, and a `tool` message must name the call it answers.
+    pub(crate) fn problem(&self) -> Option<&'static str> {
+        match self.role {
+            Role::Tool if self.tool_call_id.is_none() => {
+                Some("a \"tool\" message needs a \"tool_call_id\"")
+            }
+            Role::Assistant if self.content.is_none() && self.tool_calls.is_empty() => {
+                Some("an \"assistant\" message needs \"content\" or \"tool_calls\"")
+            }
+            Role::Assistant => None,
+            _ if self.content.is_none() => Some("a message needs \"content\""),
+            _ => None,
+        }
+    }
 }
 
 /// A chat completion request. Anything left `None` takes the service's default (the model)
@@ -67,6 +119,10 @@ pub struct CompletionRequest {
     pub temperature: Option<f32>,
     /// The most tokens to generate.
     pub max_tokens: Option<u32>,
+    /// The functions the model may call; none sends no `tools`.
+    pub tools: Vec<Tool>,
+    /// Whether and which tool the model must call, overriding the server's default.
+    pub tool_choice: Option<ToolChoice>,
 }
 
 impl CompletionRequest {
@@ -107,13 +163,53 @@ impl CompletionRequest {
         self
     }
 
+    /// Offers `tools` to the model.
+    pub fn with_tools(mut self, tools: Vec<Tool>) -> Self {
+        self.tools = tools;
+        self
+    }
+
+    /// Sets the tool choice.
+    pub fn with_tool_choice(mut self, tool_choice: ToolChoice) -> Self {
+        self.tool_choice = Some(tool_choice);
+        self
+    }
+
     /// The text of the last user message (what the offline provider answers).
     pub fn last_user_text(&self) -> &str {
         self.messages
             .iter()
             .rev()
             .find(|m| m.role == Role::User)
-            .map(|m| m.content.as_str())
+            .and_then(|m| m.content.as_deref())
             .unwrap_or("")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn the_constructors_build_the_messages_of_a_tool_loop() {
+        let call = ToolCall {
+            id: "call_1".into(),
+            name: "f".into(),
+            arguments: "{}".into(),
+        };
+        let calls = Message::assistant_tool_calls(vec![call]);
+        let wire = json!({
+            "role": "assistant",
+            "content": null,
+            "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+        });
+        assert_eq!(serde_json::to_value(&calls).ok(), Some(wire.clone()));
+        assert_eq!(serde_json::from_value::<Message>(wire).ok(), Some(calls));
+        assert_eq!(
+            serde_json::to_value(Message::tool_result("call_1", "42")).ok(),
+            Some(json!({"role": "tool", "content": "42", "tool_call_id": "call_1"}))
+        );
     }
 }

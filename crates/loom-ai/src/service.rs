@@ -1,62 +1,20 @@
-//! [`AiService`]: the one handle actors use to ask an LLM, whichever provider answers, and
-//! [`TokenStream`], what it streams back.
+//! [`AiService`]: the one handle actors use to ask an LLM, whichever provider answers; it
+//! hands each request to the OpenAI client or the offline provider and passes back their
+//! [`TokenStream`].
 //!
 //! The service is configured once ([`AiConfig`]), shared through the runtime's
 //! [`Extensions`](loom_core::Extensions) and cloned freely (it is an `Arc`).
 
 use std::fmt;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-
-use futures::stream::BoxStream;
-use futures::{Stream, StreamExt};
 
 use crate::config::{AiConfig, Endpoint};
 use crate::error::AiError;
-use crate::event::{Completion, TokenEvent};
+use crate::event::Completion;
 use crate::offline;
 use crate::openai::OpenAiClient;
 use crate::request::CompletionRequest;
-
-/// A stream of [`TokenEvent`]s: `Send + 'static`, ended by the first error.
-///
-/// Dropping it aborts the request: the HTTP connection is closed at once.
-pub struct TokenStream {
-    inner: BoxStream<'static, Result<TokenEvent, AiError>>,
-}
-
-impl TokenStream {
-    /// Wraps a stream of token events.
-    pub fn new(inner: impl Stream<Item = Result<TokenEvent, AiError>> + Send + 'static) -> Self {
-        Self {
-            inner: Box::pin(inner),
-        }
-    }
-
-    /// Reads the whole stream into one [`Completion`].
-    pub async fn collect_completion(mut self) -> Result<Completion, AiError> {
-        let mut completion = Completion::default();
-        while let Some(event) = self.next().await {
-            completion.push(event?);
-        }
-        Ok(completion)
-    }
-}
-
-impl Stream for TokenStream {
-    type Item = Result<TokenEvent, AiError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.inner.as_mut().poll_next(cx)
-    }
-}
-
-impl fmt::Debug for TokenStream {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenStream").finish_non_exhaustive()
-    }
-}
+use crate::stream::TokenStream;
 
 enum Provider {
     OpenAi(OpenAiClient),

@@ -1,4 +1,5 @@
-//! [`SseParser`]: a push-fed, pull-read Server-Sent Events parser, written for token streams.
+//! [`SseParser`]: a push-fed, pull-read Server-Sent Events parser, written for token streams;
+//! the OpenAI client feeds it the response body and hands each event to the chunk decoder.
 //!
 //! Bytes go in as they come off the socket ([`SseParser::feed`]), whole events come out
 //! ([`SseParser::next_event`]), borrowed from the parser's buffer. It follows the WHATWG
@@ -24,12 +25,12 @@ use std::ops::Range;
 
 /// The largest event (or unfinished line) the parser buffers: far above any chunk an LLM
 /// server sends (a few hundred bytes), far below what would hurt the process.
-pub const MAX_EVENT_BYTES: usize = 8 * 1024 * 1024;
+pub(crate) const MAX_EVENT_BYTES: usize = 8 * 1024 * 1024;
 
 /// The input broke a limit of the parser.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum SseError {
+pub(crate) enum SseError {
     /// An event or line grew past [`MAX_EVENT_BYTES`].
     #[error("a server-sent event is larger than {MAX_EVENT_BYTES} bytes")]
     EventTooLarge,
@@ -37,11 +38,11 @@ pub enum SseError {
 
 /// One dispatched event, borrowed from the parser until the next call.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct SseEvent<'a> {
+pub(crate) struct SseEvent<'a> {
     /// The `event:` field, if the event had one.
-    pub event: Option<&'a str>,
+    pub(crate) event: Option<&'a str>,
     /// The `data:` lines, joined with `\n` (invalid UTF-8 replaced by U+FFFD).
-    pub data: &'a str,
+    pub(crate) data: &'a str,
 }
 
 impl fmt::Debug for SseEvent<'_> {
@@ -66,18 +67,8 @@ enum Data {
 }
 
 /// An incremental Server-Sent Events parser; see the [module docs](self).
-///
-/// ```
-/// use loom_ai::SseParser;
-///
-/// let mut parser = SseParser::new();
-/// parser.feed(b"data: hel").unwrap();
-/// assert!(parser.next_event().is_none());
-/// parser.feed(b"lo\r\n\r\n").unwrap();
-/// assert_eq!(parser.next_event().unwrap().data, "hello");
-/// ```
 #[derive(Debug, Default)]
-pub struct SseParser {
+pub(crate) struct SseParser {
     /// Bytes read and not yet consumed, from `pos` on.
     buf: Vec<u8>,
     /// The start of the first line not yet parsed.
@@ -101,12 +92,12 @@ pub struct SseParser {
 
 impl SseParser {
     /// A parser at the start of a stream.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Appends bytes read from the stream.
-    pub fn feed(&mut self, bytes: &[u8]) -> Result<(), SseError> {
+    pub(crate) fn feed(&mut self, bytes: &[u8]) -> Result<(), SseError> {
         self.reset_dispatched();
         self.compact();
         self.buf.extend_from_slice(bytes);
@@ -117,7 +108,7 @@ impl SseParser {
     }
 
     /// The next complete event in the bytes fed so far, or `None` until more are fed.
-    pub fn next_event(&mut self) -> Option<SseEvent<'_>> {
+    pub(crate) fn next_event(&mut self) -> Option<SseEvent<'_>> {
         self.reset_dispatched();
         if !self.bom_checked {
             if self.buf.len() - self.pos < 3 && b"\xEF\xBB\xBF".starts_with(&self.buf[self.pos..]) {
@@ -165,21 +156,12 @@ impl SseParser {
     /// Ends the stream: returns the event whose `data` lines were complete but whose closing
     /// blank line never came, if any. An unfinished last line is dropped, as the standard
     /// says (it may be cut off mid-way).
-    pub fn finish(&mut self) -> Option<SseEvent<'_>> {
+    pub(crate) fn finish(&mut self) -> Option<SseEvent<'_>> {
         self.reset_dispatched();
         if self.data == Data::None {
             return None;
         }
         Some(self.dispatch())
-    }
-
-    /// Bytes fed but not yet part of a dispatched event.
-    pub fn pending_bytes(&self) -> usize {
-        let data = match &self.data {
-            Data::Joined => self.joined.len(),
-            _ => 0,
-        };
-        self.buf.len() - self.pos + data
     }
 
     /// Parses one complete, non-empty line (without its line end).
@@ -272,3 +254,6 @@ impl SseParser {
         self.pos = 0;
     }
 }
+
+#[cfg(test)]
+mod tests;

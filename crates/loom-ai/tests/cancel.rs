@@ -5,7 +5,7 @@ mod support;
 
 use futures::StreamExt;
 use loom_ai::{CompletionRequest, TokenEvent};
-use loom_core::{ChunkType, ErrorCode, Extensions, Registry, RunOptions, Runtime};
+use loom_core::{ChunkType, ErrorCode, RunOptions};
 use serde_json::json;
 use support::wire::{self, frame};
 use support::{within, FakeServer, Reply};
@@ -67,11 +67,7 @@ async fn dropping_a_chat_agent_run_aborts_the_http_request() {
 
 /// Starts a `chat-agent` run against `server` through the local runtime.
 fn chat_agent_run(server: &FakeServer) -> loom_core::ChunkStream {
-    let mut extensions = Extensions::new();
-    extensions.insert(server.service());
-    let mut registry = Registry::new();
-    loom_ai::register(&mut registry);
-    Runtime::new(registry, extensions)
+    support::chat_runtime(server.service())
         .stream("chat-agent", json!({"prompt": "go"}), RunOptions::default())
         .expect("run")
 }

@@ -5,27 +5,11 @@ mod support;
 
 use std::time::Duration;
 
-use futures::StreamExt;
 use loom_ai::{AiConfig, AiService};
-use loom_core::{ChunkType, ErrorCode, Extensions, Registry, RunOptions, Runtime, StreamChunk};
-use serde_json::{json, Value};
+use loom_core::{ChunkType, ErrorCode, Extensions, Registry, Runtime, StreamChunk};
+use serde_json::json;
 use support::wire::{self, frame, DONE};
-use support::{within, FakeServer, Reply};
-
-fn runtime(ai: AiService) -> Runtime {
-    let mut extensions = Extensions::new();
-    extensions.insert(ai);
-    let mut registry = Registry::new();
-    loom_ai::register(&mut registry);
-    Runtime::new(registry, extensions)
-}
-
-async fn run(runtime: &Runtime, input: Value) -> Vec<StreamChunk> {
-    let chunks = runtime
-        .stream("chat-agent", input, RunOptions::default())
-        .expect("run");
-    within(chunks.collect::<Vec<_>>()).await
-}
+use support::{chat_runtime as runtime, run_chat as run, FakeServer, Reply};
 
 #[tokio::test]
 async fn tokens_stream_as_data_chunks_and_usage_is_null_when_the_server_sent_none() {
@@ -99,6 +83,11 @@ async fn bad_input_ends_with_bad_input_and_sends_nothing() {
         json!({"messages": []}),
         json!({"messages": [{"role": "wizard", "content": "x"}]}),
         json!({"prompt": "x", "temperature": "hot"}),
+        json!({"messages": [{"role": "user"}]}),
+        json!({"messages": [{"role": "tool", "content": "18"}]}),
+        json!({"messages": [{"role": "assistant", "content": null}]}),
+        json!({"prompt": "x", "tool_choice": "sometimes"}),
+        json!({"prompt": "x", "tools": [{"type": "function"}]}),
     ] {
         let chunks = run(&runtime, input.clone()).await;
         let last = chunks.last().expect("terminal");
@@ -181,6 +170,22 @@ async fn the_offline_provider_runs_chat_agent_with_honest_usage() {
         .as_str()
         .expect("text")
         .starts_with(chunks[1].token().expect("token")));
+}
+
+#[tokio::test]
+async fn without_an_ai_service_in_the_extensions_the_run_fails_with_internal() {
+    let mut registry = Registry::new();
+    loom_ai::register(&mut registry);
+    let runtime = Runtime::new(registry, Extensions::new());
+    let chunks = run(&runtime, json!({"prompt": "hi"})).await;
+    assert_eq!(chunks.len(), 2, "start, error: {chunks:?}");
+    let error = chunks[1].error.clone().expect("error");
+    assert_eq!(error.code, ErrorCode::Internal);
+    assert!(
+        error.message.contains("AiService") && error.message.contains("Extensions"),
+        "{}",
+        error.message
+    );
 }
 
 #[test]

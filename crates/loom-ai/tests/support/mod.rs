@@ -20,6 +20,7 @@ use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
 use loom_ai::{AiConfig, AiService, RetryPolicy};
+use loom_core::{Extensions, Registry, RunOptions, Runtime, StreamChunk};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -33,6 +34,24 @@ pub async fn within<T>(future: impl Future<Output = T>) -> T {
     tokio::time::timeout(WAIT, future)
         .await
         .expect("the test waited too long")
+}
+
+/// A runtime with `chat-agent` registered and `ai` in its extensions.
+pub fn chat_runtime(ai: AiService) -> Runtime {
+    let mut extensions = Extensions::new();
+    extensions.insert(ai);
+    let mut registry = Registry::new();
+    loom_ai::register(&mut registry);
+    Runtime::new(registry, extensions)
+}
+
+/// Every chunk of one `chat-agent` run of `input`.
+pub async fn run_chat(runtime: &Runtime, input: Value) -> Vec<StreamChunk> {
+    use futures::StreamExt;
+    let chunks = runtime
+        .stream("chat-agent", input, RunOptions::default())
+        .expect("run");
+    within(chunks.collect::<Vec<_>>()).await
 }
 
 /// What the fake server answers to one request.

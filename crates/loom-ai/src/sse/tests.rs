@@ -1,7 +1,7 @@
 //! The SSE parser on the awkward cases: every split point, every line ending, comments,
 //! `event:` lines, multi-line data, a BOM, the end of the stream, and its size limit.
 
-use loom_ai::{SseError, SseParser, MAX_EVENT_BYTES};
+use super::{SseError, SseParser, MAX_EVENT_BYTES};
 
 /// (event type, data) of every event in `pieces`, fed one piece at a time, then `finish`.
 fn parse(pieces: &[&[u8]]) -> Vec<(Option<String>, String)> {
@@ -38,6 +38,15 @@ fn assert_every_split(input: &[u8], expected: &[(Option<&str>, &str)]) {
     }
     let bytes: Vec<&[u8]> = input.chunks(1).collect();
     assert_eq!(parse(&bytes), expected, "one byte per read");
+}
+
+#[test]
+fn an_event_is_held_back_until_its_blank_line() {
+    let mut parser = SseParser::new();
+    parser.feed(b"data: hel").expect("feed");
+    assert!(parser.next_event().is_none());
+    parser.feed(b"lo\r\n\r\n").expect("feed");
+    assert_eq!(parser.next_event().map(|e| e.data), Some("hello"));
 }
 
 #[test]

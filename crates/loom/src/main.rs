@@ -387,17 +387,18 @@ fn build_input(input: Option<&str>, prompt: Option<&str>) -> anyhow::Result<Valu
 async fn follow(mut stream: ChunkStream, mode: RenderMode) -> ExitCode {
     let mut renderer = Renderer::new(mode);
     let mut interrupt = interrupt_signal();
-    let mut interrupted = false;
+    // Set once, at the first Ctrl-C: chunks that keep coming do not push it back.
+    let mut give_up_at: Option<tokio::time::Instant> = None;
     let mut terminal: Option<StreamChunk> = None;
     loop {
         let next = tokio::select! {
             chunk = stream.next() => chunk,
-            _ = interrupt.recv(), if !interrupted => {
-                interrupted = true;
+            _ = interrupt.recv(), if give_up_at.is_none() => {
+                give_up_at = Some(tokio::time::Instant::now() + CANCEL_GRACE);
                 stream.cancel();
                 continue;
             }
-            _ = tokio::time::sleep(CANCEL_GRACE), if interrupted => None,
+            _ = sleep_until_some(give_up_at) => None,
         };
         let Some(chunk) = next else { break };
         renderer.chunk(&chunk);
@@ -408,9 +409,17 @@ async fn follow(mut stream: ChunkStream, mode: RenderMode) -> ExitCode {
     }
     renderer.finish(terminal.as_ref());
     match terminal.map(|c| c.kind) {
-        _ if interrupted => ExitCode::from(130),
+        _ if give_up_at.is_some() => ExitCode::from(130),
         Some(ChunkType::Complete) => ExitCode::SUCCESS,
         _ => ExitCode::FAILURE,
+    }
+}
+
+/// Resolves at `deadline`, or never when there is none.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -5,6 +5,14 @@
 //! meant for a person (spinner, progress, summary, errors) goes to stderr; indicatif hides the
 //! spinner when stderr is not a terminal. A closed stdout pipe is not an error: writes to it
 //! are dropped.
+//!
+//! When stdout and stderr are the same terminal, nothing is written under indicatif's feet:
+//! finished lines (a step's ✓, a member's sentence) go above the live area with
+//! [`MultiProgress::suspend`], and an actor's own tokens are shown in a live line above the
+//! spinner until their line is complete (or as wide as the terminal), then printed for good —
+//! so the text and a live token count are both on screen all the run. Indicatif redraws its
+//! area by moving the cursor up over the lines it drew; a line it does not know of (a raw
+//! token mid-line, a finished bar left in the area) makes it erase lines it does not own.
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
@@ -38,6 +46,16 @@ pub(crate) struct Renderer {
     pending: Vec<(String, String)>,
     /// Whether the last thing printed to stdout was an untagged token (a newline is owed).
     mid_line: bool,
+    /// Untagged tokens on a terminal: the line being written, shown live.
+    live: Option<LiveLine>,
+}
+
+/// The line of tokens being written, shown in the live area until it is complete.
+struct LiveLine {
+    bar: ProgressBar,
+    text: String,
+    /// The terminal's width: a longer line is broken (at a space when there is one).
+    width: usize,
 }
 
 impl Renderer {
@@ -63,6 +81,7 @@ impl Renderer {
             tokens: 0,
             pending: Vec::new(),
             mid_line: false,
+            live: None,
         }
     }
 
@@ -85,7 +104,10 @@ impl Renderer {
             ChunkType::Data => {
                 if let Some(token) = chunk.token() {
                     self.tokens += 1;
-                    self.bar.set_message(format!("📝 {} tokens", self.tokens));
+                    if label.is_none() {
+                        self.bar
+                            .set_message(format!("📝 Generated {} tokens…", self.tokens));
+                    }
                     if self.mode.stream {
                         self.token(token, label);
                     }
@@ -142,23 +164,16 @@ impl Renderer {
             "{mark} {step} ({:.2} s){detail}",
             started.elapsed().as_secs_f64()
         );
-        line.set_style(
-            ProgressStyle::with_template("{msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-        );
-        line.finish_with_message(text.clone());
-        if !std::io::stderr().is_terminal() {
-            eprintln!("{text}");
-        }
+        // Out of the live area, then printed above it for good: a finished bar left in the
+        // area would be counted wrongly when the area is redrawn.
+        line.finish_and_clear();
+        self.multi.remove(&line);
+        self.note(&text);
     }
 
-    /// A line for people, above the spinners.
+    /// A line for people on stderr, above the live area.
     fn note(&self, text: &str) {
-        if std::io::stderr().is_terminal() {
-            let _ = self.multi.println(text);
-        } else {
-            eprintln!("{text}");
-        }
+        self.multi.suspend(|| eprintln!("{text}"));
     }
 
     fn progress(&mut self, chunk: &StreamChunk, label: Option<String>) {
@@ -188,13 +203,34 @@ impl Renderer {
 
     fn token(&mut self, token: &str, label: Option<String>) {
         let Some(label) = label else {
-            if !self.mid_line {
-                // Raw tokens fill the terminal's current line, where a spinner would be drawn
-                // over them: from the first token on, the summary line reports progress instead.
-                self.multi.set_draw_target(ProgressDrawTarget::hidden());
+            if self.live.is_none() && shares_a_terminal() {
+                let bar = self
+                    .multi
+                    .insert_before(&self.bar, ProgressBar::new_spinner());
+                bar.set_style(
+                    ProgressStyle::with_template("{wide_msg}")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
+                let width = usize::from(console::Term::stdout().size().1).max(20);
+                self.live = Some(LiveLine {
+                    bar,
+                    text: String::new(),
+                    width,
+                });
             }
-            out(token);
-            self.mid_line = true;
+            match &mut self.live {
+                Some(live) => {
+                    live.text.push_str(token);
+                    for line in live.complete_lines() {
+                        self.multi.suspend(|| out(&format!("{line}\n")));
+                    }
+                    live.bar.set_message(live.text.clone());
+                }
+                None => {
+                    out(token);
+                    self.mid_line = true;
+                }
+            }
             return;
         };
         let index = match self.pending.iter().position(|(l, _)| *l == label) {
@@ -237,7 +273,7 @@ impl Renderer {
     /// Prints a whole line on stdout, ending any line of tokens first.
     fn line(&mut self, text: &str) {
         let newline = if self.mid_line { "\n" } else { "" };
-        self.bar.suspend(|| out(&format!("{newline}{text}\n")));
+        self.multi.suspend(|| out(&format!("{newline}{text}\n")));
         self.mid_line = false;
     }
 
@@ -249,6 +285,13 @@ impl Renderer {
         }
         while let Some((step, _, _)) = self.steps.last().cloned() {
             self.end_step(&step, "✗", None);
+        }
+        if let Some(live) = self.live.take() {
+            live.bar.finish_and_clear();
+            self.multi.remove(&live.bar);
+            if !live.text.is_empty() {
+                self.multi.suspend(|| out(&format!("{}\n", live.text)));
+            }
         }
         self.bar.finish_and_clear();
         if self.mode.json {
@@ -288,6 +331,40 @@ impl Renderer {
     }
 }
 
+impl LiveLine {
+    /// Takes the lines of `text` that are complete: up to a newline, or as wide as the
+    /// terminal (broken after the last space that fits, else at the width).
+    fn complete_lines(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        loop {
+            if let Some(end) = self.text.find('\n') {
+                let rest = self.text.split_off(end + 1);
+                let mut line = std::mem::replace(&mut self.text, rest);
+                line.pop();
+                lines.push(line);
+            } else if console::measure_text_width(&self.text) >= self.width {
+                let fits: usize = self
+                    .text
+                    .char_indices()
+                    .nth(self.width - 1)
+                    .map_or(self.text.len(), |(i, _)| i);
+                let cut = self.text[..fits].rfind(' ').map_or(fits, |i| i + 1);
+                let rest = self.text.split_off(cut);
+                let line = std::mem::replace(&mut self.text, rest);
+                lines.push(line.trim_end().to_owned());
+            } else {
+                return lines;
+            }
+        }
+    }
+}
+
+/// Whether stdout and stderr are both a terminal (the same one, for all a program can tell):
+/// then tokens on stdout and the live area on stderr share the screen.
+fn shares_a_terminal() -> bool {
+    std::io::stdout().is_terminal() && std::io::stderr().is_terminal()
+}
+
 fn label(chunk: &StreamChunk) -> Option<String> {
     match (&chunk.step, &chunk.actor) {
         (Some(step), Some(actor)) => Some(format!("{step}/{actor}")),
@@ -312,20 +389,20 @@ fn out(text: &str) {
 }
 
 fn spinner_style() -> ProgressStyle {
-    ProgressStyle::with_template("{spinner:.cyan} {msg} ({elapsed})")
+    ProgressStyle::with_template("{spinner:.cyan} {wide_msg} ({elapsed})")
         .unwrap_or_else(|_| ProgressStyle::default_spinner())
         .tick_chars("⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏ ")
 }
 
 fn step_style() -> ProgressStyle {
-    ProgressStyle::with_template("  {spinner:.cyan} {prefix:.bold} {msg} ({elapsed})")
+    ProgressStyle::with_template("  {spinner:.cyan} {prefix:.bold} {wide_msg} ({elapsed})")
         .unwrap_or_else(|_| ProgressStyle::default_spinner())
         .tick_chars("⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏ ")
 }
 
 fn bar_style() -> ProgressStyle {
     ProgressStyle::with_template(
-        "{spinner:.cyan} [{bar:30.cyan/blue}] {pos}/{len} {msg} ({elapsed})",
+        "{spinner:.cyan} [{bar:30.cyan/blue}] {pos}/{len} {wide_msg} ({elapsed})",
     )
     .unwrap_or_else(|_| ProgressStyle::default_bar())
     .tick_chars("⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏ ")

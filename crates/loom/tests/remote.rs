@@ -182,8 +182,12 @@ fn a_worker_killed_with_no_other_left_ends_the_reader_with_worker_lost() {
 fn sigterm_stops_a_worker_cleanly() {
     let redis = RedisServer::start();
     let mut worker = WorkerProcess::start(&redis);
-    // Give the worker a moment to join its queues, then ask it to stop.
-    std::thread::sleep(Duration::from_millis(500));
+    // Once it waits in XREADGROUP its run loop (and with it the signal handler) is running.
+    let deadline = Instant::now() + LIMIT;
+    while !redis.has_client_blocked_in("xreadgroup") {
+        assert!(Instant::now() < deadline, "the worker joins its queues");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     signal(worker.0.id(), "TERM");
     assert_eq!(wait(&mut worker.0).code(), Some(0));
 }
@@ -252,5 +256,76 @@ fn a_workflow_runs_its_actions_on_workers_with_the_same_stream() {
             .last()
             .map(|c| c["data"]["steps"]["report"]["processed"].clone()),
         Some(json!(300))
+    );
+}
+
+/// The Ctrl-C grace period is counted from the Ctrl-C, not from the last chunk: a stream
+/// that keeps going after the cancel (here a `tail`, whose producer does not stop) does not
+/// keep the CLI alive.
+#[test]
+fn after_ctrl_c_chunks_that_keep_coming_do_not_extend_the_grace_period() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let redis = RedisServer::start();
+    let id = "grace-0123456789";
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let stop = Arc::clone(&stop);
+        let mut conn = redis.plain();
+        std::thread::spawn(move || {
+            let stream = format!("loom:stream:{{{id}}}");
+            let lease = format!("loom:lease:{{{id}}}");
+            let start = json!({ "run_id": id, "actor": "producer" }).to_string();
+            let _: String = redis::cmd("XADD")
+                .arg(&stream)
+                .arg("*")
+                .arg(&["type", "start", "data", &start, "seq", "0"])
+                .query(&mut conn)
+                .expect("XADD start");
+            let mut seq = 1u64;
+            while !stop.load(Ordering::Relaxed) {
+                let _: () = redis::cmd("SET")
+                    .arg(&lease)
+                    .arg("producer")
+                    .arg("PX")
+                    .arg(3000)
+                    .query(&mut conn)
+                    .expect("SET lease");
+                let _: String = redis::cmd("XADD")
+                    .arg(&stream)
+                    .arg("*")
+                    .arg(&["type", "data", "data", r#"{"token":"x"}"#, "seq"])
+                    .arg(seq)
+                    .query(&mut conn)
+                    .expect("XADD data");
+                seq += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let mut child = loom(&["stream", "tail", id, "--json", "--redis", redis.url()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("loom starts");
+    let lines = lines(&mut child);
+    let mut seen = Vec::new();
+    read_until(&lines, &mut seen, |c| c["type"] == "data");
+    signal(child.id(), "INT");
+    let interrupted = Instant::now();
+    let code = wait(&mut child).code();
+    let took = interrupted.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    producer.join().expect("the producer ends");
+    assert_eq!(code, Some(130));
+    // The grace period is 5 s; chunks kept coming every 100 ms all along.
+    assert!(
+        took < Duration::from_secs(9),
+        "loom gave up {took:?} after Ctrl-C"
+    );
+    assert!(
+        seen.len() > 1,
+        "chunks were read before the Ctrl-C: {seen:?}"
     );
 }

@@ -188,24 +188,8 @@ pub fn assert_contract(chunks: &[StreamChunk]) {
 /// Waits until some client of `server` is blocked in `command` (e.g. `xreadgroup`), as
 /// `CLIENT LIST` shows it (`flags` with `b`).
 pub async fn wait_until_blocked_in(server: &RedisServer, command: &str) {
-    let mut conn = server.plain();
-    let wanted = format!("cmd={command}");
     within(10, async {
-        loop {
-            let list: String = redis::cmd("CLIENT")
-                .arg("LIST")
-                .query(&mut conn)
-                .expect("CLIENT LIST");
-            let blocked = list.lines().any(|client| {
-                let fields: Vec<&str> = client.split(' ').collect();
-                fields.contains(&wanted.as_str())
-                    && fields
-                        .iter()
-                        .any(|f| f.strip_prefix("flags=").is_some_and(|v| v.contains('b')))
-            });
-            if blocked {
-                return;
-            }
+        while !server.has_client_blocked_in(command) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })

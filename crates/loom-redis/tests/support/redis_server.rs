@@ -106,6 +106,23 @@ impl RedisServer {
         self.spawn();
     }
 
+    /// Whether a client of this server is blocked in `command` (e.g. `"xreadgroup"`: a worker
+    /// waiting for requests), as `CLIENT LIST` shows it.
+    pub fn has_client_blocked_in(&self, command: &str) -> bool {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query(&mut self.plain())
+            .expect("CLIENT LIST");
+        let wanted = format!("cmd={command}");
+        list.lines().any(|client| {
+            let fields: Vec<&str> = client.split(' ').collect();
+            fields.contains(&wanted.as_str())
+                && fields
+                    .iter()
+                    .any(|f| f.strip_prefix("flags=").is_some_and(|v| v.contains('b')))
+        })
+    }
+
     /// A plain synchronous connection, as another program would use.
     pub fn plain(&self) -> redis::Connection {
         redis::Client::open(self.url.as_str())

@@ -126,14 +126,14 @@ pub enum Problem {
     EmptyGroup,
     /// A parallel group inside a parallel group.
     NestedParallel,
-    /// A `timeout` or `backoff` that is not a duration.
+    /// A `timeout` or `backoff` that is not a duration, or not one allowed there.
     BadDuration {
         /// The field.
         field: &'static str,
         /// The value as written.
         value: String,
         /// Why it was rejected.
-        reason: &'static str,
+        reason: String,
     },
     /// A `${{ … }}` reference that is not well formed.
     BadReference {
@@ -231,4 +231,30 @@ impl fmt::Display for Problem {
             Self::BadSchema(message) => write!(f, "bad input schema: {message}"),
         }
     }
+}
+
+/// The forms [`parse_duration`](crate::parse_duration) accepts, for its messages.
+const DURATION_FORMS: &str =
+    "write a number with a unit (500ms, 30s, 10m, 1h, 1h 30m) or a number of seconds (30, 1.5)";
+
+/// Text that [`parse_duration`](crate::parse_duration) cannot read as a duration. Its message
+/// says why and names the accepted forms; it does not repeat the text (callers show it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DurationError {
+    /// Nothing was written.
+    #[error("empty: {DURATION_FORMS}")]
+    Empty,
+    /// A negative number.
+    #[error("must not be negative")]
+    Negative,
+    /// A unit that is not one of humantime's (`ms`, `s`, `m`, `h`, `days`, …).
+    #[error("unknown unit '{0}': {DURATION_FORMS}")]
+    UnknownUnit(String),
+    /// A number too large for a [`Duration`](std::time::Duration).
+    #[error("too large")]
+    TooLarge,
+    /// Anything else that is not a number with or without a unit.
+    #[error("not a duration: {DURATION_FORMS}")]
+    Malformed,
 }

@@ -20,8 +20,8 @@ use loom_core::{
 };
 use serde_json::{json, Map, Value};
 
-use crate::definition::{Action, ActorAction, Workflow, MAX_BACKOFF};
 use crate::reference;
+use crate::workflow::{Action, ActorAction, Workflow, MAX_BACKOFF};
 
 /// The deadline of a whole workflow when neither the definition nor the caller sets one:
 /// longer than one step's default, since a workflow chains several long LLM steps.

@@ -9,6 +9,8 @@
 //! - [`load`] / [`parse`] read a definition into a [`Workflow`] and reject every bad one
 //!   before any work starts, with a [`WorkflowError`] naming the file, the action, the line
 //!   and the [`Problem`]; [`validate`] re-checks a [`Workflow`] against a set of actor types.
+//! - [`parse_duration`] reads a duration (`500ms`, `30s`, `1h`, `1.5`) the way workflow files
+//!   and the CLI write it.
 //! - [`WorkflowExecutor`] runs a [`Workflow`] through any [`Invoker`](loom_core::Invoker) (the
 //!   local [`Runtime`](loom_core::Runtime) or a remote client) and returns its stream: step
 //!   markers, the steps' forwarded chunks tagged with `step`, then one terminal chunk.
@@ -51,16 +53,19 @@
 //! # }
 //! ```
 
-mod definition;
+mod duration;
 mod error;
 mod executor;
+mod load;
 mod reference;
 mod schema;
+mod validate;
+mod workflow;
 
-pub use definition::{
-    load, parse, validate, Action, ActorAction, ParallelGroup, Workflow, DEFAULT_BACKOFF,
-    MAX_BACKOFF,
-};
-pub use error::{Problem, WorkflowError};
+pub use duration::parse_duration;
+pub use error::{DurationError, Problem, WorkflowError};
 pub use executor::{WorkflowExecutor, DEFAULT_WORKFLOW_TIMEOUT};
+pub use load::{load, parse};
 pub use schema::{InputSchema, JsonType, PropertySchema};
+pub use validate::validate;
+pub use workflow::{Action, ActorAction, ParallelGroup, Workflow, DEFAULT_BACKOFF, MAX_BACKOFF};

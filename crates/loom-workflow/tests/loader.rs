@@ -339,3 +339,62 @@ fn the_examples_load() {
     }
     assert!(loaded >= 3, "three examples at least, found {loaded}");
 }
+
+#[test]
+fn lines_come_from_the_parser_not_from_text_that_looks_like_a_name() {
+    // A text scan for `name: b` found the description's line and another step's input first.
+    let err = reject(
+        "name: w\ndescription: |\n  name: b\nactions:\n  - name: a\n    actorType: echo\n  - name: b\n    actorType: nope\n",
+    );
+    assert_message(&err, Some(7), "b", "unknown actor type 'nope'");
+    let err = reject(
+        "name: w\nactions:\n  - name: a\n    actorType: echo\n    input:\n      name: b\n  - name: b\n    actorType: nope\n",
+    );
+    assert_message(&err, Some(7), "b", "unknown actor type 'nope'");
+    let err = reject(
+        "name: w\nactions:\n  - name: a\n    actorType: echo\n    input:\n      name: a\n  - name: a\n    actorType: echo\n",
+    );
+    assert_message(&err, Some(7), "a", "duplicate action name");
+}
+
+#[test]
+fn a_bad_field_points_at_the_field_line() {
+    let err = reject(
+        "name: w\nactions:\n  - name: a\n    actorType: echo\n    retries: 1\n    timeout: soon\n",
+    );
+    assert_message(&err, Some(6), "a", "bad `timeout` 'soon'");
+    assert!(err.to_string().contains("500ms, 30s, 10m, 1h"), "{err}");
+    let err = reject(
+        "name: w\nactions:\n  - name: g\n    type: parallel\n    actions: [{ name: a, actorType: echo }]\n    backoff: 1s\n",
+    );
+    assert_message(&err, Some(6), "g", "field `backoff` is not allowed");
+    let err = reject("name: w\ntimeout: 0\nactions:\n  - { name: a, actorType: echo }\n");
+    assert!(
+        err.to_string()
+            .starts_with("bad.yaml:2: bad `timeout` '0': must be more than zero"),
+        "{err}"
+    );
+}
+
+#[test]
+fn yaml_1_2_scalars_and_tab_indented_json_read_as_before() {
+    let workflow = parse(
+        "name: w\nactions:\n  - name: a\n    actorType: echo\n    input: { answer: yes, off: no, n: 1.5, t: true }\n",
+        "w.yaml",
+        &known,
+    )
+    .expect("loads");
+    let Action::Actor(a) = &workflow.actions[0] else {
+        panic!("a is an actor action")
+    };
+    assert_eq!(
+        a.input,
+        serde_json::json!({ "answer": "yes", "off": "no", "n": 1.5, "t": true })
+    );
+    let json = "{\n\t\"name\": \"w\",\n\t\"actions\": [\n\t\t{\"name\": \"a\", \"actorType\": \"echo\", \"timeout\": 2.5}\n\t]\n}\n";
+    let workflow = parse(json, "w.json", &known).expect("loads");
+    let Action::Actor(a) = &workflow.actions[0] else {
+        panic!("a is an actor action")
+    };
+    assert_eq!(a.timeout, Some(std::time::Duration::from_millis(2500)));
+}

@@ -1,0 +1,401 @@
+//! Reading a definition: [`load`] and [`parse`] turn YAML or JSON text into a [`Workflow`],
+//! which they hand to [`validate`] before returning it.
+//!
+//! Parsing happens in two passes. serde-saphyr (a YAML 1.2 parser; JSON is YAML) reads the
+//! text into raw structs with `deny_unknown_fields`, each action and field wrapped in
+//! [`Spanned`] so that it keeps its position; a malformed document, an unknown field or a
+//! wrong type fails here with the parser's own line. Then the raw structs become typed
+//! [`Action`]s, and every later message about an action or one of its fields points at the
+//! line the parser recorded for it.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+use serde_path_to_error::Segment;
+use serde_saphyr::Spanned;
+
+use crate::duration::parse_duration;
+use crate::error::{Problem, WorkflowError};
+use crate::schema::InputSchema;
+use crate::validate::validate;
+use crate::workflow::{Action, ActorAction, ParallelGroup, Workflow, DEFAULT_BACKOFF};
+
+/// The longest `timeout` or `backoff` a definition may set.
+const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+// ---- raw, as written --------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkflow {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default, alias = "inputSchema")]
+    input: Option<Spanned<InputSchema>>,
+    #[serde(default)]
+    timeout: Option<Spanned<Value>>,
+    actions: Vec<Spanned<RawAction>>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum RawType {
+    Actor,
+    Parallel,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAction {
+    name: String,
+    #[serde(rename = "type", default)]
+    kind: Option<RawType>,
+    #[serde(rename = "actorType", default)]
+    actor_type: Option<Spanned<String>>,
+    #[serde(default)]
+    input: Option<Spanned<Value>>,
+    #[serde(default)]
+    streaming: Option<Spanned<bool>>,
+    #[serde(default)]
+    timeout: Option<Spanned<Value>>,
+    #[serde(default)]
+    retries: Option<Spanned<u32>>,
+    #[serde(default)]
+    backoff: Option<Spanned<Value>>,
+    #[serde(default)]
+    continue_on_error: Option<Spanned<bool>>,
+    #[serde(default)]
+    actions: Option<Spanned<Vec<Spanned<RawAction>>>>,
+}
+
+/// The 1-based line the parser recorded for a value (`None` where it could not).
+fn line_of<T>(spanned: &Spanned<T>) -> Option<usize> {
+    usize::try_from(spanned.referenced.line())
+        .ok()
+        .filter(|line| *line > 0)
+}
+
+// ---- entry points -----------------------------------------------------------------------
+
+/// Reads and parses the workflow file at `path`; the extension must be `.yaml`, `.yml` or
+/// `.json`. `knows` says whether an actor type can be run, e.g. `&|t| invoker.knows(t)`.
+pub fn load(
+    path: impl AsRef<Path>,
+    knows: &dyn Fn(&str) -> bool,
+) -> Result<Workflow, WorkflowError> {
+    let path = path.as_ref();
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| WorkflowError::Read {
+        file: file.clone(),
+        source,
+    })?;
+    parse(&text, &file, knows)
+}
+
+/// Parses a workflow from `text`; `source_name` names it in messages and must end in
+/// `.yaml`, `.yml` or `.json` (both are read by the same YAML parser: JSON is YAML).
+pub fn parse(
+    text: &str,
+    source_name: &str,
+    knows: &dyn Fn(&str) -> bool,
+) -> Result<Workflow, WorkflowError> {
+    let definition_error = |line, action, problem| WorkflowError::Definition {
+        file: source_name.to_owned(),
+        line,
+        action,
+        problem: Box::new(problem),
+    };
+    if !is_supported(source_name) {
+        return Err(definition_error(None, None, Problem::UnsupportedFormat));
+    }
+    let raw = read_raw(text)
+        .map_err(|e| definition_error(e.line, e.action, Problem::Syntax(e.message)))?;
+    let mut workflow = Workflow {
+        name: raw.name,
+        description: raw.description,
+        input: None,
+        timeout: None,
+        actions: Vec::new(),
+        source: source_name.to_owned(),
+        lines: action_lines(&raw.actions),
+    };
+    if let Some(schema) = raw.input {
+        schema
+            .value
+            .check()
+            .map_err(|m| workflow.error_at(line_of(&schema), None, Problem::BadSchema(m)))?;
+        workflow.input = Some(schema.value);
+    }
+    if let Some(timeout) = &raw.timeout {
+        let parsed = duration(&timeout.value, "timeout", false)
+            .map_err(|p| workflow.error_at(line_of(timeout), None, p))?;
+        workflow.timeout = Some(parsed);
+    }
+    let mut actions = Vec::with_capacity(raw.actions.len());
+    for action in raw.actions {
+        actions.push(convert(&workflow, action.value)?);
+    }
+    workflow.actions = actions;
+    validate(&workflow, knows)?;
+    Ok(workflow)
+}
+
+fn is_supported(source: &str) -> bool {
+    Path::new(source)
+        .extension()
+        .and_then(|ext| ext.to_str())
+        .is_some_and(|ext| ["yaml", "yml", "json"].contains(&ext.to_ascii_lowercase().as_str()))
+}
+
+// ---- the first pass: text to raw structs ------------------------------------------------
+
+/// Why the parser rejected the text, where, and in which action.
+struct SyntaxError {
+    line: Option<usize>,
+    action: Option<String>,
+    message: String,
+}
+
+/// YAML 1.2 booleans only (`yes`, `no`, `on` and `off` stay strings, as before), and no
+/// source snippet in errors: the message gives the file and line itself.
+fn options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        strict_booleans: true,
+        with_snippet: false,
+    }
+}
+
+fn read_raw(text: &str) -> Result<RawWorkflow, SyntaxError> {
+    let mut track = serde_path_to_error::Track::new();
+    let result = serde_saphyr::with_deserializer_from_str_with_options(text, options(), |de| {
+        RawWorkflow::deserialize(serde_path_to_error::Deserializer::new(de, &mut track))
+    });
+    result.map_err(|error| {
+        let error = error.without_snippet();
+        SyntaxError {
+            line: error
+                .location()
+                .and_then(|l| usize::try_from(l.line()).ok())
+                .filter(|line| *line > 0),
+            action: action_at(text, &track.path()),
+            message: message_of(error),
+        }
+    })
+}
+
+/// The parser's message without its location (the error shows the line itself).
+fn message_of(error: &serde_saphyr::Error) -> String {
+    if let serde_saphyr::Error::InvalidScalar { ty, .. } = error {
+        // serde-saphyr says only "invalid u32" here; say that it is the type that is wrong.
+        return format!("invalid type: expected {ty}");
+    }
+    strip_location(&error.to_string()).to_owned()
+}
+
+fn strip_location(message: &str) -> &str {
+    message
+        .find(" at line ")
+        .map_or(message, |at| &message[..at])
+}
+
+/// The name (or `#N`) of the action a serde path such as `actions[2].value.actions[0]…`
+/// points into, read from a lenient second parse of the text. The `value` segments are the
+/// [`Spanned`] wrappers.
+fn action_at(text: &str, path: &serde_path_to_error::Path) -> Option<String> {
+    let doc: Value = serde_saphyr::from_str_with_options(text, options()).ok()?;
+    let mut node = &doc;
+    let mut name = None;
+    let mut in_actions = false;
+    for segment in path.iter() {
+        match segment {
+            Segment::Map { key } if key == "value" => {}
+            Segment::Map { key } if key == "actions" && !in_actions => {
+                node = node.get("actions")?;
+                in_actions = true;
+            }
+            Segment::Seq { index } if in_actions => {
+                node = node.get(index)?;
+                name = Some(
+                    node.get("name")
+                        .and_then(Value::as_str)
+                        .map_or_else(|| format!("#{}", index + 1), str::to_owned),
+                );
+                in_actions = false;
+            }
+            _ => break,
+        }
+    }
+    name
+}
+
+/// The lines of every action and group member, by name, in document order.
+fn action_lines(actions: &[Spanned<RawAction>]) -> HashMap<String, Vec<usize>> {
+    fn members(action: &Spanned<RawAction>) -> &[Spanned<RawAction>] {
+        action
+            .value
+            .actions
+            .as_ref()
+            .map_or(&[], |m| m.value.as_slice())
+    }
+    let mut lines: HashMap<String, Vec<usize>> = HashMap::new();
+    for action in actions
+        .iter()
+        .flat_map(|a| std::iter::once(a).chain(members(a)))
+    {
+        if let Some(line) = line_of(action) {
+            lines
+                .entry(action.value.name.clone())
+                .or_default()
+                .push(line);
+        }
+    }
+    lines
+}
+
+// ---- the second pass: raw structs to actions --------------------------------------------
+
+fn convert(workflow: &Workflow, raw: RawAction) -> Result<Action, WorkflowError> {
+    let kind = raw.kind.unwrap_or(if raw.actions.is_some() {
+        RawType::Parallel
+    } else {
+        RawType::Actor
+    });
+    if kind == RawType::Actor {
+        return Ok(Action::Actor(convert_actor(workflow, raw)?));
+    }
+    let name = raw.name;
+    let not_allowed = [
+        ("actorType", raw.actor_type.as_ref().map(line_of)),
+        ("input", raw.input.as_ref().map(line_of)),
+        ("streaming", raw.streaming.as_ref().map(line_of)),
+        ("timeout", raw.timeout.as_ref().map(line_of)),
+        ("retries", raw.retries.as_ref().map(line_of)),
+        ("backoff", raw.backoff.as_ref().map(line_of)),
+        (
+            "continue_on_error",
+            raw.continue_on_error.as_ref().map(line_of),
+        ),
+    ];
+    if let Some((field, line)) = not_allowed
+        .into_iter()
+        .find_map(|(field, line)| Some((field, line?)))
+    {
+        let on = "a parallel group (set it on its actions)";
+        return Err(workflow.error_at(line, Some(&name), Problem::FieldNotAllowed { field, on }));
+    }
+    let mut actions = Vec::new();
+    for member in raw.actions.map(|m| m.value).unwrap_or_default() {
+        let member = member.value;
+        if member.kind == Some(RawType::Parallel) || member.actions.is_some() {
+            return Err(workflow.error(Some(&member.name), Problem::NestedParallel));
+        }
+        actions.push(convert_actor(workflow, member)?);
+    }
+    Ok(Action::Parallel(ParallelGroup { name, actions }))
+}
+
+fn convert_actor(workflow: &Workflow, raw: RawAction) -> Result<ActorAction, WorkflowError> {
+    let name = raw.name;
+    let at = |line, problem| workflow.error_at(line, Some(&name), problem);
+    if let Some(actions) = &raw.actions {
+        let on = "an actor action (use `type: parallel`)";
+        let problem = Problem::FieldNotAllowed {
+            field: "actions",
+            on,
+        };
+        return Err(at(line_of(actions), problem));
+    }
+    let actor_type = raw
+        .actor_type
+        .ok_or_else(|| workflow.error(Some(&name), Problem::MissingActorType))?;
+    let timeout = match &raw.timeout {
+        Some(v) => Some(duration(&v.value, "timeout", false).map_err(|p| at(line_of(v), p))?),
+        None => None,
+    };
+    let backoff = match &raw.backoff {
+        Some(v) => duration(&v.value, "backoff", true).map_err(|p| at(line_of(v), p))?,
+        None => DEFAULT_BACKOFF,
+    };
+    Ok(ActorAction {
+        actor_type: actor_type.value,
+        input: raw
+            .input
+            .map_or_else(|| Value::Object(Default::default()), |i| i.value),
+        streaming: raw.streaming.is_some_and(|s| s.value),
+        timeout,
+        retries: raw.retries.map_or(0, |r| r.value),
+        backoff,
+        continue_on_error: raw.continue_on_error.is_some_and(|c| c.value),
+        name,
+    })
+}
+
+/// A `timeout` or `backoff`: a number of seconds (`30`, `0.5`) or a string that
+/// [`parse_duration`] reads (`"500ms"`, `"30s"`, `"2m"`, `"1h"`), at most a week.
+fn duration(value: &Value, field: &'static str, zero_ok: bool) -> Result<Duration, Problem> {
+    let text = match value {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        other => {
+            return Err(Problem::BadDuration {
+                field,
+                value: other.to_string(),
+                reason: "write a number of seconds or a string like \"30s\"".to_owned(),
+            })
+        }
+    };
+    let bad = |reason: String| Problem::BadDuration {
+        field,
+        value: text.clone(),
+        reason,
+    };
+    let duration = parse_duration(&text).map_err(|e| bad(e.to_string()))?;
+    if duration > MAX_DURATION {
+        return Err(bad("must be at most a week".to_owned()));
+    }
+    if duration.is_zero() && !zero_ok {
+        return Err(bad("must be more than zero".to_owned()));
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        let d = |v: Value| duration(&v, "timeout", false);
+        assert_eq!(
+            d(serde_json::json!("500ms")),
+            Ok(Duration::from_millis(500))
+        );
+        assert_eq!(d(serde_json::json!("30s")), Ok(Duration::from_secs(30)));
+        assert_eq!(d(serde_json::json!("2m")), Ok(Duration::from_secs(120)));
+        assert_eq!(d(serde_json::json!(1.5)), Ok(Duration::from_millis(1500)));
+        assert_eq!(d(serde_json::json!("10")), Ok(Duration::from_secs(10)));
+        assert!(d(serde_json::json!("10 parsecs")).is_err());
+        assert!(d(serde_json::json!(0)).is_err());
+        assert!(d(serde_json::json!(-1)).is_err());
+        assert!(d(serde_json::json!(true)).is_err());
+        assert!(d(serde_json::json!("8 days")).is_err());
+        let backoff = duration(&serde_json::json!(0), "backoff", true);
+        assert_eq!(backoff, Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn messages_lose_their_location() {
+        assert_eq!(
+            strip_location("unknown field `x`, expected one of `a` at line 6, column 5"),
+            "unknown field `x`, expected one of `a`"
+        );
+        assert_eq!(
+            strip_location("missing field `name`"),
+            "missing field `name`"
+        );
+    }
+}

@@ -110,8 +110,9 @@ struct OutputArgs {
     /// Print chunks as JSON Lines on stdout (all of them with --stream, else the last one).
     #[arg(long)]
     json: bool,
-    /// The run's deadline, e.g. `30s`, `500ms`, `10m`.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    /// The run's deadline, e.g. `30s`, `500ms`, `10m`, `1h 30m` (a bare number is seconds);
+    /// the same syntax as `timeout:` in workflow files.
+    #[arg(long, value_name = "DURATION", value_parser = loom_workflow::parse_duration)]
     timeout: Option<Duration>,
 }
 
@@ -434,28 +435,4 @@ fn interrupt_signal() -> tokio::sync::mpsc::Receiver<()> {
         }
     });
     rx
-}
-
-/// Parses `500ms`, `30s`, `10m`, `1h` (a bare number is seconds).
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration like 500ms, 30s or 10m"))?;
-    let secs = match unit {
-        "ms" => number / 1000.0,
-        "" | "s" => number,
-        "m" => number * 60.0,
-        "h" => number * 3600.0,
-        _ => {
-            return Err(format!(
-                "unknown unit '{unit}' in '{text}' (use ms, s, m or h)"
-            ))
-        }
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("'{text}': {e}"))
 }

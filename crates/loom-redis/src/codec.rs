@@ -183,7 +183,7 @@ fn parse_json<T: DeserializeOwned>(field: &str, raw: &[u8]) -> Result<T, String>
 
 /// Rebuilds the chunk an entry stands for, or says why it cannot.
 pub(crate) fn decode_chunk(fields: &[Value]) -> Result<StreamChunk, String> {
-    if fields.len() % 2 != 0 {
+    if !fields.len().is_multiple_of(2) {
         return Err("odd number of field/value items".to_owned());
     }
     let mut kind = None;

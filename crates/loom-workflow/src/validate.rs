@@ -10,7 +10,7 @@ use crate::workflow::{Action, Workflow};
 
 /// Checks a parsed workflow: at least one action, valid and unique names, non-empty groups,
 /// known actor types, well-formed references that point only to earlier steps (not to a
-/// sibling in the same parallel group), and no cycles. [`parse`] and [`load`] call it; call
+/// sibling in the same parallel group), and no cycles. [`parse`](crate::parse) and [`load`](crate::load) call it; call
 /// it again to check a workflow against another set of actor types.
 pub fn validate(workflow: &Workflow, knows: &dyn Fn(&str) -> bool) -> Result<(), WorkflowError> {
     if workflow.actions.is_empty() {

@@ -272,6 +272,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 args.actors.clone()
             };
+            let shutdown = shutdown_signal();
             eprintln!(
                 "loom: worker serving {} (concurrency {}); Ctrl-C or SIGTERM stops it{}",
                 served.join(", "),
@@ -288,7 +289,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ..Default::default()
             };
             let worker = loom_redis::Worker::new(client, Runtime::clone(&runtime), options);
-            worker.run(shutdown_signal()).await.map_err(redis_error)?;
+            worker.run(shutdown).await.map_err(redis_error)?;
             eprintln!("loom: worker stopped");
             Ok(ExitCode::SUCCESS)
         }
@@ -313,20 +314,33 @@ fn redis_error(err: loom_redis::Error) -> anyhow::Error {
     }
 }
 
-/// Resolves on Ctrl-C or SIGTERM: what stops a worker.
-async fn shutdown_signal() {
+/// A future that resolves on Ctrl-C or SIGTERM: what stops a worker. The handlers are
+/// installed when this is called, not when the future is first polled, so a signal that
+/// comes right after the worker says it is serving stops it cleanly instead of killing it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+        let interrupt = signal(SignalKind::interrupt());
+        let term = signal(SignalKind::terminate());
+        async move {
+            match (interrupt, term) {
+                (Ok(mut interrupt), Ok(mut term)) => {
+                    tokio::select! {
+                        _ = interrupt.recv() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-            return;
         }
     }
-    let _ = tokio::signal::ctrl_c().await;
+    #[cfg(not(unix))]
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Rejects an actor type that would be an unsafe Redis key or that no worker can run (every

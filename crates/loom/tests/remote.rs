@@ -182,7 +182,8 @@ fn a_worker_killed_with_no_other_left_ends_the_reader_with_worker_lost() {
 fn sigterm_stops_a_worker_cleanly() {
     let redis = RedisServer::start();
     let mut worker = WorkerProcess::start(&redis);
-    // Once it waits in XREADGROUP its run loop (and with it the signal handler) is running.
+    // Once it waits in XREADGROUP it has joined its queues: a stop now has runs' state to
+    // settle (its signal handlers are installed before it even says it is serving).
     let deadline = Instant::now() + LIMIT;
     while !redis.has_client_blocked_in("xreadgroup") {
         assert!(Instant::now() < deadline, "the worker joins its queues");

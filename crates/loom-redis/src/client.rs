@@ -10,6 +10,7 @@
 //! Reading streams ([`Client::tail`]) is added by `reader.rs` and starting runs
 //! ([`Client::invoker`]) by `remote.rs`, the layers above.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -163,6 +164,21 @@ impl Client {
     /// The timing options.
     pub fn options(&self) -> &ClientOptions {
         &self.inner.options
+    }
+
+    /// The actor types some live worker serves: every worker says which it serves on each
+    /// heartbeat, and a type counts for one lease (`lease_ttl`) after the last worker said so.
+    /// A server checks an actor type against this before queueing a request no worker would
+    /// take.
+    pub async fn served_actors(&self) -> Result<BTreeSet<String>, Error> {
+        let actors: Vec<String> = redis::cmd("ZRANGE")
+            .arg(self.keys().actors())
+            .arg(unix_ms())
+            .arg("+inf")
+            .arg("BYSCORE")
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(actors.into_iter().collect())
     }
 
     /// Asks run `run_id` to stop: sets its cancel key and publishes the id, so the worker

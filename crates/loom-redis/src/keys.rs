@@ -10,6 +10,7 @@
 //! | `loom:cancel:{<id>}` | string | set when the run must stop (`cancelled`, `worker_lost`, `timeout`) |
 //! | `loom:queue:{<type>}` | stream | requests, read by the consumer group `loom-workers` |
 //! | `loom:cancel` | pub/sub channel | run ids whose cancel key was just set |
+//! | `loom:actors` | sorted set | actor types some worker serves, scored by the time (Unix ms) until which one has said so |
 //!
 //! The `{…}` are Redis Cluster hash tags: the stream, lease and cancel keys of one run hash to
 //! one slot, so the scripts that touch them together also work on a cluster.
@@ -163,6 +164,11 @@ impl Keys {
     /// The pub/sub channel on which cancelled run ids are published: `loom:cancel`.
     pub fn cancel_channel(&self) -> String {
         format!("{}cancel", self.prefix)
+    }
+
+    /// The sorted set of actor types workers serve (see [`Client::served_actors`](crate::Client::served_actors)).
+    pub fn actors(&self) -> String {
+        format!("{}actors", self.prefix)
     }
 
     /// The consumer group of the request queues: `loom-workers`.

@@ -88,3 +88,36 @@ async fn a_worker_stopped_while_redis_is_unreachable_returns_without_panicking()
     within(20, worker.stop()).await;
     server.resume();
 }
+
+#[tokio::test]
+async fn a_worker_advertises_the_actor_types_it_serves_for_one_lease() {
+    let server = RedisServer::start();
+    let client = client(&server, fast_options()).await;
+    assert!(client.served_actors().await.unwrap().is_empty());
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::spawn(
+        &client,
+        runtime(&probe),
+        WorkerOptions {
+            actors: vec!["echo".to_owned()],
+            ..WorkerOptions::default()
+        },
+    );
+    within(5, async {
+        while client.served_actors().await.unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // Only what it serves: the runtime also knows `ticker`.
+    let served = client.served_actors().await.unwrap();
+    assert_eq!(served.into_iter().collect::<Vec<_>>(), ["echo"]);
+    worker.stop().await;
+    // With no worker saying so any more, the type lapses after one lease (800 ms here).
+    within(5, async {
+        while !client.served_actors().await.unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}

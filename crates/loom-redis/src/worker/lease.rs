@@ -14,6 +14,7 @@ use std::sync::Arc;
 use loom_core::CancellationToken;
 use redis::Value;
 
+use crate::client::unix_ms;
 use crate::codec::{text, EntryId};
 use crate::error::Error;
 use crate::script::{self, RunKeys};
@@ -33,9 +34,9 @@ pub(crate) async fn take_lease(shared: &Shared, run_id: &str, owner: &str) -> Re
     Ok(())
 }
 
-/// Renews the leases, stream TTLs and pending idle times of the runs this worker holds, and
-/// stops runs that another worker took over.
-pub(crate) async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
+/// Renews the leases, stream TTLs and pending idle times of the runs this worker holds, stops
+/// runs that another worker took over, and says which actor types it serves (`served`).
+pub(crate) async fn heartbeat(shared: Arc<Shared>, served: Vec<String>, stop: CancellationToken) {
     let every = shared.client.options().lease_refresh;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -44,10 +45,27 @@ pub(crate) async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
+        if let Err(e) = advertise(&shared, &served).await {
+            tracing::warn!(worker = %shared.name, error = %e, "could not advertise actor types");
+        }
         if let Err(e) = refresh(&shared).await {
             tracing::warn!(worker = %shared.name, error = %e, "could not refresh leases");
         }
     }
+}
+
+/// Marks `served` as served for one more lease (`ZADD GT`: another worker's later mark
+/// stands). The first tick of the heartbeat comes at once, so a worker is known as soon as
+/// it starts.
+async fn advertise(shared: &Shared, served: &[String]) -> Result<(), Error> {
+    let until = unix_ms() + shared.client.options().lease_ttl.as_millis() as u64;
+    let mut cmd = redis::cmd("ZADD");
+    cmd.arg(shared.client.keys().actors()).arg("GT");
+    for actor in served {
+        cmd.arg(until).arg(actor);
+    }
+    cmd.query_async::<()>(&mut shared.client.conn()).await?;
+    Ok(())
 }
 
 /// A request in a queue.

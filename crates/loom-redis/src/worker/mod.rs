@@ -129,27 +129,24 @@ impl Worker {
         &self.shared.name
     }
 
-    /// The queue keys of the actor types this worker serves (checked).
-    fn queues(&self) -> Result<Vec<String>, Error> {
-        let shared = &self.shared;
-        let registry = shared.runtime.registry();
+    /// The actor types this worker serves (checked).
+    fn served(&self) -> Result<Vec<String>, Error> {
+        let registry = self.shared.runtime.registry();
         let actors = if self.options.actors.is_empty() {
             registry.names()
         } else {
             self.options.actors.clone()
         };
-        let mut queues = Vec::new();
-        for actor in actors {
-            check_name("actor type", &actor)?;
-            if !registry.contains(&actor) {
-                return Err(Error::UnknownActor(actor));
+        for actor in &actors {
+            check_name("actor type", actor)?;
+            if !registry.contains(actor) {
+                return Err(Error::UnknownActor(actor.clone()));
             }
-            queues.push(shared.client.keys().queue(&actor));
         }
-        if queues.is_empty() {
+        if actors.is_empty() {
             return Err(Error::InvalidOptions("no actor types to serve".to_owned()));
         }
-        Ok(queues)
+        Ok(actors)
     }
 
     /// Serves requests until `shutdown` resolves, then finishes (or hands back) the runs it
@@ -165,7 +162,11 @@ impl Worker {
             ));
         }
         check_name("worker name", &shared.name)?;
-        let queues = self.queues()?;
+        let served = self.served()?;
+        let queues = served
+            .iter()
+            .map(|a| shared.client.keys().queue(a))
+            .collect();
         // Fused: once it has resolved it is never polled again (an `async fn` would panic).
         let shutdown = shutdown.fuse();
         tokio::pin!(shutdown);
@@ -174,7 +175,7 @@ impl Worker {
         // In a JoinSet, so they are aborted with the worker if its future is dropped.
         let mut background = JoinSet::new();
         background.spawn(listen_for_cancels(Arc::clone(&shared), stop.clone()));
-        background.spawn(heartbeat(Arc::clone(&shared), stop.clone()));
+        background.spawn(heartbeat(Arc::clone(&shared), served, stop.clone()));
         let mut runs = JoinSet::new();
         let slots = Arc::new(Semaphore::new(self.options.concurrency));
         let mut fetcher = Fetcher::new(Arc::clone(&shared), queues);

@@ -10,7 +10,10 @@ async fn error_of(response: reqwest::Response) -> (u16, String, String) {
     let status = response.status().as_u16();
     let body: Value = within(response.json()).await.expect("an error body");
     let code = body["error"]["code"].as_str().expect("code").to_owned();
-    let message = body["error"]["message"].as_str().expect("message").to_owned();
+    let message = body["error"]["message"]
+        .as_str()
+        .expect("message")
+        .to_owned();
     (status, code, message)
 }
 
@@ -31,7 +34,10 @@ async fn healthz_and_the_lists_of_actors_and_workflows() {
 
     let workflows: Value = server.get("/v1/workflows").await.json().await.unwrap();
     assert_eq!(workflows["workflows"][0]["name"], "report");
-    assert_eq!(workflows["workflows"][0]["steps"], json!(["process", "summary"]));
+    assert_eq!(
+        workflows["workflows"][0]["steps"],
+        json!(["process", "summary"])
+    );
 }
 
 #[tokio::test]
@@ -42,7 +48,10 @@ async fn run_returns_the_result_and_the_actors_bad_input_is_422() {
         .await;
     assert_eq!(response.status(), 200);
     assert!(response.headers().contains_key("loom-run-id"));
-    assert_eq!(response.json::<Value>().await.unwrap(), json!({ "x": [1, 2] }));
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({ "x": [1, 2] })
+    );
 
     let response = server
         .post("/v1/actors/batch/run", &json!({ "input": { "bogus": 1 } }))
@@ -97,7 +106,10 @@ async fn an_unknown_envelope_field_or_bad_json_or_bad_timeout_is_400() {
     assert_eq!(error_of(response).await.0, 400);
 
     let response = server
-        .post("/v1/runs", &json!({ "actor": "echo", "workflow": "report" }))
+        .post(
+            "/v1/runs",
+            &json!({ "actor": "echo", "workflow": "report" }),
+        )
         .await;
     assert_eq!(error_of(response).await.0, 400);
 }
@@ -130,14 +142,20 @@ async fn a_body_over_the_limit_is_413() {
     let (status, code, _) = error_of(server.post("/v1/actors/echo/run", &big).await).await;
     assert_eq!((status, code.as_str()), (413, "too_large"));
     let small = json!({ "input": { "text": "x" } });
-    assert_eq!(server.post("/v1/actors/echo/run", &small).await.status(), 200);
+    assert_eq!(
+        server.post("/v1/actors/echo/run", &small).await.status(),
+        200
+    );
 }
 
 #[tokio::test]
 async fn a_workflow_input_failing_its_schema_is_422() {
     let server = TestServer::default_config().await;
     let response = server
-        .post("/v1/workflows/report/stream", &json!({ "input": { "count": "many" } }))
+        .post(
+            "/v1/workflows/report/stream",
+            &json!({ "input": { "count": "many" } }),
+        )
         .await;
     let (status, code, _) = error_of(response).await;
     assert_eq!((status, code.as_str()), (422, "bad_input"));

@@ -59,10 +59,9 @@ impl TestServer {
     /// Starts a server with `config`.
     pub async fn start(config: ServerConfig) -> Self {
         let runtime = Runtime::new(Registry::with_builtins(), Extensions::new());
-        let workflow = loom_workflow::parse(WORKFLOW, "report.yaml", &|t| {
-            runtime.registry().contains(t)
-        })
-        .expect("the test workflow parses");
+        let workflow =
+            loom_workflow::parse(WORKFLOW, "report.yaml", &|t| runtime.registry().contains(t))
+                .expect("the test workflow parses");
         let state = ServerState::new(runtime, vec![workflow], config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -99,14 +98,9 @@ impl TestServer {
 
     /// `POST path` with a JSON body.
     pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
-        within(
-            self.http
-                .post(self.url(path))
-                .body(body.to_string())
-                .send(),
-        )
-        .await
-        .expect("POST")
+        within(self.http.post(self.url(path)).body(body.to_string()).send())
+            .await
+            .expect("POST")
     }
 
     /// `DELETE path`.
@@ -261,7 +255,11 @@ pub fn seqs(frames: &[Frame]) -> Vec<u64> {
     frames
         .iter()
         .map(|f| {
-            let seq = f.data.as_ref().and_then(|d| d["seq"].as_u64()).expect("seq");
+            let seq = f
+                .data
+                .as_ref()
+                .and_then(|d| d["seq"].as_u64())
+                .expect("seq");
             assert_eq!(f.id, Some(seq));
             seq
         })

@@ -137,7 +137,7 @@ async fn a_cursor_the_log_no_longer_holds_is_410() {
     let status = server.finished(&id).await;
     let last = status["last_seq"].as_u64().unwrap();
     let path = format!("/v1/runs/{id}/stream");
-    for expired in [format!("{path}"), format!("{path}?from=0")] {
+    for expired in [path.clone(), format!("{path}?from=0")] {
         let response = server.get(&expired).await;
         assert_eq!(response.status(), 410);
         let body: serde_json::Value = response.json().await.unwrap();

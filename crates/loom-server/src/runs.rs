@@ -17,6 +17,7 @@ use loom_core::{
 };
 use loom_workflow::{Workflow, WorkflowExecutor};
 use serde_json::Value;
+use tracing::Instrument;
 
 use crate::config::ServerConfig;
 use crate::error::ApiError;
@@ -121,12 +122,10 @@ impl Engine {
         ));
         let run = Arc::new(Run::new(Arc::clone(&log), cancel, request.policy));
         self.store.insert(Arc::clone(&run));
-        tokio::spawn(drive(
-            stream,
-            log,
-            Arc::clone(&self.store),
-            self.config.run_ttl,
-        ));
+        let span = tracing::info_span!("run", run_id = %run_id);
+        tokio::spawn(
+            drive(stream, log, Arc::clone(&self.store), self.config.run_ttl).instrument(span),
+        );
         // A shutdown that began while this run started has not seen it: stop it here.
         if self.shutting_down.load(Ordering::SeqCst) {
             run.cancel();

@@ -237,3 +237,11 @@ async fn past_the_stream_cap_a_stream_is_429_with_retry_after() {
     let (status, code, _) = error_of(response).await;
     assert_eq!((status, code.as_str()), (429, "too_many_streams"));
 }
+
+#[tokio::test]
+async fn the_envelopes_timeout_is_the_runs_deadline() {
+    let server = TestServer::default_config().await;
+    let body = json!({ "input": slow_batch(1000, 20), "timeout": "100ms" });
+    let (status, code, _) = error_of(server.post("/v1/actors/batch/run", &body).await).await;
+    assert_eq!((status, code.as_str()), (504, "timeout"));
+}

@@ -3,12 +3,15 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use loom_core::{actor_fn, try_stream, ActorError, Output, Registry};
 use loom_server::{LogLimits, ServerConfig};
 use serde_json::json;
 use support::*;
+use tokio::sync::Semaphore;
 
 #[tokio::test]
 async fn a_short_run_is_framed_byte_for_byte() {
@@ -235,4 +238,57 @@ async fn with_an_api_key_every_route_but_healthz_needs_the_bearer_token() {
     assert_eq!(frames.last().unwrap().event.as_deref(), Some("complete"));
     let unauthorized_stream = server.post("/v1/actors/echo/stream", &json!({})).await;
     assert_eq!(unauthorized_stream.status(), 401);
+}
+
+#[tokio::test]
+async fn a_reader_overtaken_by_the_log_bound_is_disconnected_and_its_resume_is_410() {
+    // `flood` writes one chunk, waits for the gate, then writes ~45 MB without pause: far
+    // more than loopback socket buffers hold (a few MB each way).
+    let gate = Arc::new(Semaphore::new(0));
+    let flood = {
+        let gate = Arc::clone(&gate);
+        actor_fn("flood", move |_input, _ctx| {
+            let gate = Arc::clone(&gate);
+            try_stream! {
+                yield Output::data(json!(0));
+                let _open = gate.acquire_owned().await.map_err(|_| ActorError::internal("gate"))?;
+                for n in 1..100_000u64 {
+                    yield Output::data(json!({ "n": n, "pad": "x".repeat(400) }));
+                }
+                yield Output::complete(json!(null));
+            }
+        })
+    };
+    let mut registry = Registry::with_builtins();
+    registry.register(flood);
+    let config = ServerConfig {
+        log_limits: LogLimits {
+            max_chunks: 100,
+            max_bytes: usize::MAX,
+        },
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start_with(registry, config).await;
+    let response = server.post("/v1/actors/flood/stream", &json!({})).await;
+    let id = response.headers()["loom-run-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut reader = SseReader::new(response);
+    let mut frames = vec![reader.next_chunk().await.expect("start")];
+    frames.push(reader.next_chunk().await.expect("the first data chunk"));
+    gate.add_permits(1);
+    // Stop reading until the run is over: the producer never waits for this reader.
+    assert_eq!(server.finished(&id).await["status"], "complete");
+    while let Some(frame) = reader.next_chunk().await {
+        frames.push(frame);
+    }
+    let seqs = seqs(&frames);
+    let last = *seqs.last().unwrap();
+    assert_eq!(seqs, (0..=last).collect::<Vec<_>>(), "no jump");
+    assert_ne!(frames.last().unwrap().event.as_deref(), Some("complete"));
+    let resume = server
+        .get(&format!("/v1/runs/{id}/stream?from={last}"))
+        .await;
+    assert_eq!(resume.status(), 410);
 }

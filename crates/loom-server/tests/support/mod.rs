@@ -56,9 +56,14 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Starts a server with `config`.
+    /// Starts a server with `config` and the built-in actors.
     pub async fn start(config: ServerConfig) -> Self {
-        let runtime = Runtime::new(Registry::with_builtins(), Extensions::new());
+        Self::start_with(Registry::with_builtins(), config).await
+    }
+
+    /// Starts a server with `config` and the actors of `registry`.
+    pub async fn start_with(registry: Registry, config: ServerConfig) -> Self {
+        let runtime = Runtime::new(registry, Extensions::new());
         let workflow =
             loom_workflow::parse(WORKFLOW, "report.yaml", &|t| runtime.registry().contains(t))
                 .expect("the test workflow parses");

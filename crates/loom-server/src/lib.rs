@@ -38,6 +38,7 @@
 //! | `GET /v1/runs` · `GET /v1/runs/{id}` | recent runs, newest first · one run's status |
 //! | `GET /v1/runs/{id}/stream` | SSE from a cursor (`Last-Event-ID` or `?from=`, exclusive) |
 //! | `DELETE /v1/runs/{id}` | cancel (idempotent), `202` with the status |
+//! | `GET /metrics` | Prometheus: active runs and streams, chunks sent, resumes, dropped slow readers, outcomes by code, time to first chunk, run duration |
 //!
 //! The actor and workflow routes take the envelope `{"input", "on_disconnect":
 //! "cancel"|"continue", "timeout": "30s"}`; bodies are JSON whatever their `Content-Type`.
@@ -64,6 +65,7 @@ mod auth;
 mod config;
 mod error;
 mod extract;
+mod metrics;
 mod routes;
 mod runlog;
 mod runs;

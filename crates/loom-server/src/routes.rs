@@ -6,13 +6,14 @@
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use loom_core::{ActorError, ChunkType, StreamChunk};
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 use crate::auth::require_key;
 use crate::error::ApiError;
@@ -40,6 +41,7 @@ pub fn router(state: ServerState) -> Router {
         .route("/v1/runs", post(create_run).get(list_runs))
         .route("/v1/runs/{id}", get(run_status).delete(cancel_run))
         .route("/v1/runs/{id}/stream", get(join_run))
+        .route("/metrics", get(metrics))
         .route_layer(from_fn_with_state(state.clone(), require_key));
     Router::new()
         .route("/healthz", get(healthz))
@@ -51,6 +53,11 @@ pub fn router(state: ServerState) -> Router {
 
 async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
+}
+
+async fn metrics(State(state): State<ServerState>) -> Response {
+    let content_type = [(header::CONTENT_TYPE, "text/plain; version=0.0.4")];
+    (content_type, state.metrics_text()).into_response()
 }
 
 async fn list_actors(State(state): State<ServerState>) -> Json<Value> {
@@ -174,6 +181,7 @@ fn direct_stream(
         reader,
         guards,
         state.config().keep_alive,
+        Arc::clone(state.engine().metrics()),
     ))
 }
 
@@ -243,12 +251,17 @@ async fn join_run(
         _attachment: attachment,
         _permit: state.stream_permit()?,
     };
+    if cursor.is_some() {
+        state.engine().metrics().resumed();
+    }
     let reader = run.log().reader(cursor);
+    let metrics = Arc::clone(state.engine().metrics());
     Ok(sse::response(
         &id,
         reader,
         guards,
         state.config().keep_alive,
+        metrics,
     ))
 }
 

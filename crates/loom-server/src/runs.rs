@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use loom_core::{
@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use crate::config::ServerConfig;
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::runlog::{RunLog, RunTarget};
 use crate::store::{DisconnectPolicy, Run, RunStore};
 
@@ -45,6 +46,7 @@ pub(crate) struct Engine {
     workflows: BTreeMap<String, Arc<Workflow>>,
     store: Arc<RunStore>,
     config: ServerConfig,
+    metrics: Arc<Metrics>,
     shutting_down: AtomicBool,
 }
 
@@ -62,6 +64,7 @@ impl Engine {
             workflows,
             store: Arc::new(RunStore::new()),
             config,
+            metrics: Arc::default(),
             shutting_down: AtomicBool::new(false),
         }
     }
@@ -84,6 +87,11 @@ impl Engine {
     /// The configuration.
     pub(crate) fn config(&self) -> &ServerConfig {
         &self.config
+    }
+
+    /// The counters `/metrics` shows.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Starts a run and returns it once it is in the store; its chunks follow in its log.
@@ -124,7 +132,14 @@ impl Engine {
         self.store.insert(Arc::clone(&run));
         let span = tracing::info_span!("run", run_id = %run_id);
         tokio::spawn(
-            drive(stream, log, Arc::clone(&self.store), self.config.run_ttl).instrument(span),
+            drive(
+                stream,
+                log,
+                Arc::clone(&self.store),
+                self.config.run_ttl,
+                Arc::clone(&self.metrics),
+            )
+            .instrument(span),
         );
         // A shutdown that began while this run started has not seen it: stop it here.
         if self.shutting_down.load(Ordering::SeqCst) {
@@ -145,12 +160,27 @@ impl Engine {
 }
 
 /// The run's one producer: every chunk into the log, then the log's expiry.
-async fn drive(mut stream: ChunkStream, log: Arc<RunLog>, store: Arc<RunStore>, ttl: Duration) {
+async fn drive(
+    mut stream: ChunkStream,
+    log: Arc<RunLog>,
+    store: Arc<RunStore>,
+    ttl: Duration,
+    metrics: Arc<Metrics>,
+) {
+    let started = Instant::now();
     let mut last_seq = None;
     while let Some(chunk) = stream.next().await {
+        if last_seq.is_some_and(|seq| seq == 0) {
+            metrics.first_chunk(started.elapsed());
+        }
         last_seq = Some(chunk.seq);
         log.push(&chunk);
         if chunk.is_terminal() {
+            let outcome = match &chunk.error {
+                Some(error) => error.code.as_str(),
+                None => "complete",
+            };
+            metrics.finished(outcome, started.elapsed());
             break;
         }
     }

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::metrics::Metrics;
 use crate::runlog::{LoggedChunk, Reader};
 use crate::store::Attachment;
 
@@ -40,19 +41,25 @@ pub(crate) fn response(
     reader: Reader,
     guards: StreamGuards,
     keep_alive: Duration,
+    metrics: Arc<Metrics>,
 ) -> Response {
     let state = BodyState {
         reader,
         keep_alive,
+        metrics,
         _guards: guards,
     };
     let body = futures::stream::unfold(state, |mut state| async move {
         let bytes = match tokio::time::timeout(state.keep_alive, state.reader.next()).await {
             Err(_idle) => Bytes::from_static(KEEP_ALIVE),
-            Ok(Ok(Some(chunks))) => frames(&chunks),
+            Ok(Ok(Some(chunks))) => {
+                state.metrics.chunks_sent(chunks.len());
+                frames(&chunks)
+            }
             Ok(Ok(None)) => return None,
             Ok(Err(expired)) => {
                 tracing::debug!(%expired, "reader fell behind the log: disconnecting it");
+                state.metrics.slow_reader_dropped();
                 return None;
             }
         };
@@ -78,6 +85,7 @@ pub(crate) fn response(
 struct BodyState {
     reader: Reader,
     keep_alive: Duration,
+    metrics: Arc<Metrics>,
     _guards: StreamGuards,
 }
 

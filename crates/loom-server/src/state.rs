@@ -8,6 +8,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::ServerConfig;
 use crate::error::ApiError;
+use crate::metrics::Gauges;
 use crate::runs::Engine;
 
 /// What [`crate::router`] and [`crate::serve`] run on; cheap to clone.
@@ -20,18 +21,19 @@ pub struct ServerState {
 struct Inner {
     engine: Engine,
     streams: Arc<Semaphore>,
+    stream_cap: usize,
 }
 
 impl ServerState {
     /// A server for `runtime`'s actors and `workflows`, configured by `config`.
     pub fn new(runtime: Runtime, workflows: Vec<Workflow>, config: ServerConfig) -> Self {
-        let streams = Arc::new(Semaphore::new(
-            config.max_streams.min(Semaphore::MAX_PERMITS),
-        ));
+        let stream_cap = config.max_streams.min(Semaphore::MAX_PERMITS);
+        let streams = Arc::new(Semaphore::new(stream_cap));
         Self {
             inner: Arc::new(Inner {
                 engine: Engine::new(runtime, workflows, config),
                 streams,
+                stream_cap,
             }),
         }
     }
@@ -53,6 +55,15 @@ impl ServerState {
             .map_err(|_| ApiError::TooManyStreams {
                 limit: self.config().max_streams,
             })
+    }
+
+    /// `/metrics`' exposition text.
+    pub(crate) fn metrics_text(&self) -> String {
+        let gauges = Gauges {
+            active_runs: self.engine().store().running().len(),
+            open_streams: self.inner.stream_cap - self.inner.streams.available_permits(),
+        };
+        self.engine().metrics().render(gauges)
     }
 
     /// Starts the graceful shutdown: no new runs, every running one cancelled (its readers

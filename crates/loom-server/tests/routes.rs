@@ -245,3 +245,51 @@ async fn the_envelopes_timeout_is_the_runs_deadline() {
     let (status, code, _) = error_of(server.post("/v1/actors/batch/run", &body).await).await;
     assert_eq!((status, code.as_str()), (504, "timeout"));
 }
+
+#[tokio::test]
+async fn metrics_count_chunks_resumes_and_outcomes() {
+    let server = TestServer::default_config().await;
+    let response = server.post("/v1/actors/echo/stream", &json!({})).await;
+    let id = response.headers()["loom-run-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(SseReader::new(response).rest().await.len(), 2);
+    let resumed = server.get(&format!("/v1/runs/{id}/stream?from=0")).await;
+    assert_eq!(SseReader::new(resumed).rest().await.len(), 1);
+    let cancelled = server
+        .detached(json!({ "actor": "batch", "input": slow_batch(1000, 50) }))
+        .await;
+    server.delete(&format!("/v1/runs/{cancelled}")).await;
+    server.finished(&cancelled).await;
+
+    // A stream's place under the cap is freed when the server drops the finished body, which
+    // may come just after the client read its end.
+    let text = within(async {
+        loop {
+            let response = server.get("/metrics").await;
+            assert!(response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain"));
+            let text = response.text().await.unwrap();
+            if text.lines().any(|l| l == "loom_open_streams 0") {
+                return text;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    for line in [
+        "loom_active_runs 0",
+        "loom_chunks_sent_total 3",
+        "loom_resumes_total 1",
+        "loom_slow_readers_dropped_total 0",
+        "loom_runs_finished_total{outcome=\"cancelled\"} 1",
+        "loom_runs_finished_total{outcome=\"complete\"} 1",
+        "loom_run_duration_seconds_count 2",
+        "loom_time_to_first_chunk_seconds_count 2",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+    }
+}

@@ -38,6 +38,7 @@
 //! | `GET /v1/runs` · `GET /v1/runs/{id}` | recent runs, newest first · one run's status |
 //! | `GET /v1/runs/{id}/stream` | SSE from a cursor (`Last-Event-ID` or `?from=`, exclusive) |
 //! | `DELETE /v1/runs/{id}` | cancel (idempotent), `202` with the status |
+//! | `GET /v1/actors/{type}/ws` | WebSocket: `{"action":"start","input":…}` / `{"action":"cancel"}` in, chunks as JSON text frames out |
 //! | `GET /metrics` | Prometheus: active runs and streams, chunks sent, resumes, dropped slow readers, outcomes by code, time to first chunk, run duration |
 //!
 //! The actor and workflow routes take the envelope `{"input", "on_disconnect":
@@ -72,6 +73,7 @@ mod runs;
 mod sse;
 mod state;
 mod store;
+mod ws;
 
 use std::future::Future;
 

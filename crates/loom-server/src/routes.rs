@@ -41,6 +41,7 @@ pub fn router(state: ServerState) -> Router {
         .route("/v1/runs", post(create_run).get(list_runs))
         .route("/v1/runs/{id}", get(run_status).delete(cancel_run))
         .route("/v1/runs/{id}/stream", get(join_run))
+        .route("/v1/actors/{actor}/ws", get(crate::ws::actor_ws))
         .route("/metrics", get(metrics))
         .route_layer(from_fn_with_state(state.clone(), require_key));
     Router::new()

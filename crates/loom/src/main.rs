@@ -6,6 +6,7 @@
 //! prints its terminal chunk first).
 
 mod render;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,6 +53,8 @@ enum Command {
     /// Read chunk streams stored in Redis (needs --redis).
     #[command(subcommand)]
     Stream(StreamCommand),
+    /// Serve actors and workflows over HTTP: JSON, SSE with resume, detached runs.
+    Serve(serve::ServeArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -199,6 +202,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Actor(ActorCommand::Run(args)) = &cli.command {
         check_actor(&runtime, &args.actor)?;
     }
+    if matches!(cli.command, Command::Serve(_)) && cli.redis.is_some() {
+        return Err(usage(
+            "loom serve --redis is not yet supported: the server runs actors in this process (omit --redis and LOOM_REDIS_URL)",
+        ));
+    }
     let redis = match &cli.redis {
         Some(url) => Some(
             loom_redis::Client::connect(url)
@@ -291,6 +299,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let worker = loom_redis::Worker::new(client, Runtime::clone(&runtime), options);
             worker.run(shutdown).await.map_err(redis_error)?;
             eprintln!("loom: worker stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve(args) => {
+            serve::serve(args, &runtime, offline, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Stream(StreamCommand::Tail { id, from, json }) => {

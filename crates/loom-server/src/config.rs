@@ -1,0 +1,68 @@
+//! The server's knobs, with the defaults of DESIGN.md §3; [`crate::ServerState`] takes them.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::runlog::LogLimits;
+
+/// How long a direct stream's run survives its client going away (DESIGN.md §3).
+pub const DEFAULT_DISCONNECT_GRACE: Duration = Duration::from_secs(10);
+
+/// How often an idle SSE stream gets a `: keep-alive` comment.
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// How long a finished run's log is kept after its terminal chunk (the stream TTL).
+pub const DEFAULT_RUN_TTL: Duration = Duration::from_secs(3600);
+
+/// The largest request body, in bytes (larger: 413 `too_large`).
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+
+/// The most SSE streams open at once (more: 429 `too_many_streams`).
+pub const DEFAULT_MAX_STREAMS: usize = 10_000;
+
+/// The server's configuration. `Debug` never shows the API key.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// The bearer token every route but `/healthz` needs (`LOOM_API_KEY`); none: open.
+    pub api_key: Option<String>,
+    /// How long a direct stream's run survives its client going away.
+    pub disconnect_grace: Duration,
+    /// The interval of `: keep-alive` comments on an idle stream.
+    pub keep_alive: Duration,
+    /// How long a finished run stays readable.
+    pub run_ttl: Duration,
+    /// The largest request body, in bytes.
+    pub body_limit: usize,
+    /// The most SSE streams open at once.
+    pub max_streams: usize,
+    /// How much of a run each embedded log keeps.
+    pub log_limits: LogLimits,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            api_key: None,
+            disconnect_grace: DEFAULT_DISCONNECT_GRACE,
+            keep_alive: DEFAULT_KEEP_ALIVE,
+            run_ttl: DEFAULT_RUN_TTL,
+            body_limit: DEFAULT_BODY_LIMIT,
+            max_streams: DEFAULT_MAX_STREAMS,
+            log_limits: LogLimits::default(),
+        }
+    }
+}
+
+impl fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
+            .field("disconnect_grace", &self.disconnect_grace)
+            .field("keep_alive", &self.keep_alive)
+            .field("run_ttl", &self.run_ttl)
+            .field("body_limit", &self.body_limit)
+            .field("max_streams", &self.max_streams)
+            .field("log_limits", &self.log_limits)
+            .finish()
+    }
+}

@@ -1,0 +1,105 @@
+//! The one error type of the HTTP API and its response: a status and
+//! `{"error":{"code":…,"message":…}}` (DESIGN.md §3, "HTTP API").
+//!
+//! Handlers, extractors and [`crate::runs`] return [`ApiError`]; once an SSE response has
+//! started, failures are chunks instead.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use loom_core::{ActorError, ErrorCode};
+use serde_json::json;
+
+use crate::runlog::CursorExpired;
+
+/// Why a request failed, with the status and `code` each maps to.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// 400 `bad_request`: the body or query is not JSON, or the envelope is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401 `unauthorized`: `LOOM_API_KEY` is set and the request has no or the wrong key.
+    #[error("missing or wrong API key (send Authorization: Bearer <key>)")]
+    Unauthorized,
+    /// 404 `not_found`: an unknown actor, workflow or run.
+    #[error("{0}")]
+    NotFound(String),
+    /// 410 `cursor_expired`: the log no longer holds the cursor.
+    #[error(transparent)]
+    CursorExpired(#[from] CursorExpired),
+    /// 413 `too_large`: the body is over the limit.
+    #[error("the request body is over the limit of {limit} bytes")]
+    TooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+    },
+    /// 429 `too_many_streams`: the concurrent-stream cap is reached.
+    #[error("too many open streams (the limit is {limit}); retry later")]
+    TooManyStreams {
+        /// The cap.
+        limit: usize,
+    },
+    /// 503 `unavailable`: the server is shutting down.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// A run that ended with an error (on `/run`), or could not start: its code decides the
+    /// status (`bad_input` → 422).
+    #[error(transparent)]
+    Run(#[from] ActorError),
+}
+
+impl ApiError {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::CursorExpired(_) => StatusCode::GONE,
+            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Run(err) => match err.code() {
+                ErrorCode::BadInput => StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::NotFound => StatusCode::NOT_FOUND,
+                ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+                ErrorCode::Upstream => StatusCode::BAD_GATEWAY,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+        }
+    }
+
+    /// The stable `code` of the error body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::Unauthorized => "unauthorized",
+            Self::NotFound(_) => "not_found",
+            Self::CursorExpired(_) => "cursor_expired",
+            Self::TooLarge { .. } => "too_large",
+            Self::TooManyStreams { .. } => "too_many_streams",
+            Self::ShuttingDown => "unavailable",
+            Self::Run(err) => err.code().as_str(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(code = self.code(), error = %self, "request failed");
+        } else {
+            tracing::debug!(code = self.code(), error = %self, "request rejected");
+        }
+        let body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
+        let mut response = (status, Json(body)).into_response();
+        if matches!(self, Self::TooManyStreams { .. }) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

@@ -1,0 +1,164 @@
+//! What requests carry: the [`LoomJson`] body extractor, the request envelope, the detached
+//! run request and the query strings, each turned into typed values for [`crate::routes`].
+//!
+//! Bodies are read as JSON whatever their `Content-Type` (curl's `-d` sends a form type), an
+//! empty body is an empty envelope, an unknown field is a 400 that names it, and a body over
+//! the limit is a 413.
+
+use std::time::Duration;
+
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderMap, StatusCode};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::state::ServerState;
+use crate::store::DisconnectPolicy;
+
+/// A JSON body, parsed whatever its `Content-Type`; rejections are [`ApiError`]s.
+#[derive(Debug)]
+pub(crate) struct LoomJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<ServerState> for LoomJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &ServerState) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::TooLarge {
+                        limit: state.config().body_limit,
+                    }
+                } else {
+                    ApiError::BadRequest(rejection.body_text())
+                }
+            })?;
+        let text: &[u8] = if bytes.trim_ascii().is_empty() {
+            b"{}"
+        } else {
+            &bytes
+        };
+        serde_json::from_slice(text)
+            .map(LoomJson)
+            .map_err(|e| ApiError::BadRequest(format!("the body is not a valid request: {e}")))
+    }
+}
+
+/// What happens to a direct stream's run when its client goes away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum OnDisconnect {
+    /// Cancel it after the grace period unless a reader re-attaches (the default).
+    #[default]
+    Cancel,
+    /// Let it run on.
+    Continue,
+}
+
+impl OnDisconnect {
+    /// The run's policy, with the server's grace period.
+    pub(crate) fn policy(self, grace: Duration) -> DisconnectPolicy {
+        match self {
+            Self::Cancel => DisconnectPolicy::CancelAfter(grace),
+            Self::Continue => DisconnectPolicy::Continue,
+        }
+    }
+}
+
+/// The body of the actor and workflow routes: `{"input", "on_disconnect", "timeout"}`, every
+/// field optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Envelope {
+    /// The actor's input (default `{}`).
+    pub input: Option<Value>,
+    /// What a client going away does.
+    #[serde(default)]
+    pub on_disconnect: OnDisconnect,
+    /// The run's deadline, e.g. `"30s"`.
+    pub timeout: Option<String>,
+}
+
+/// The body of `POST /v1/runs`: an actor or a workflow, its input and deadline.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RunRequest {
+    /// The actor type to run.
+    pub actor: Option<String>,
+    /// The workflow to run.
+    pub workflow: Option<String>,
+    /// Its input (default `{}`).
+    pub input: Option<Value>,
+    /// The run's deadline, e.g. `"10m"`.
+    pub timeout: Option<String>,
+}
+
+/// The query of `GET /v1/actors/{type}/stream`: the envelope for a browser `EventSource`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StreamQuery {
+    /// The input, as JSON text.
+    pub input: Option<String>,
+    /// What a client going away does.
+    #[serde(default)]
+    pub on_disconnect: OnDisconnect,
+    /// The run's deadline.
+    pub timeout: Option<String>,
+}
+
+impl StreamQuery {
+    /// The envelope this query stands for; input that is not JSON is a 400.
+    pub(crate) fn into_envelope(self) -> Result<Envelope, ApiError> {
+        let input = self
+            .input
+            .map(|text| serde_json::from_str(&text))
+            .transpose()
+            .map_err(|e| ApiError::BadRequest(format!("?input is not valid JSON: {e}")))?;
+        Ok(Envelope {
+            input,
+            on_disconnect: self.on_disconnect,
+            timeout: self.timeout,
+        })
+    }
+}
+
+/// The query of `GET /v1/runs/{id}/stream`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct JoinQuery {
+    /// Read the chunks after this `seq`.
+    pub from: Option<u64>,
+}
+
+/// The input, `{}` when absent or `null`.
+pub(crate) fn input_or_empty(input: Option<Value>) -> Value {
+    input.unwrap_or_else(|| Value::Object(Default::default()))
+}
+
+/// Parses a deadline like `"30s"`; a bad one is a 400.
+pub(crate) fn parse_timeout(timeout: Option<&str>) -> Result<Option<Duration>, ApiError> {
+    timeout
+        .map(loom_workflow::parse_duration)
+        .transpose()
+        .map_err(|e| ApiError::BadRequest(format!("bad timeout: {e}")))
+}
+
+/// The reader's cursor: `?from=N`, else `Last-Event-ID: N`, else none (from the start).
+pub(crate) fn cursor(query: &JoinQuery, headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    if let Some(from) = query.from {
+        return Ok(Some(from));
+    }
+    let Some(value) = headers.get("last-event-id") else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .map(Some)
+        .ok_or_else(|| ApiError::BadRequest("Last-Event-ID is not a seq".into()))
+}

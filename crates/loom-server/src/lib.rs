@@ -1,0 +1,109 @@
+//! # loom-server: every Loom run on the network
+//!
+//! An HTTP server (axum) that starts actors and workflows, writes every run to a log addressed
+//! by `seq`, and serves that log as Server-Sent Events: several readers per run, resume from any
+//! cursor, detached runs, cancel. Routes and formats are DESIGN.md §3 ("SSE", "The run log",
+//! "HTTP API"); this crate is the embedded mode (runs in this process, logs in memory).
+//!
+//! ```no_run
+//! use loom_core::{Extensions, Registry, Runtime};
+//! use loom_server::{serve, ServerConfig, ServerState};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> std::io::Result<()> {
+//! let runtime = Runtime::new(Registry::with_builtins(), Extensions::new());
+//! let state = ServerState::new(runtime, Vec::new(), ServerConfig::default());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! serve(listener, state, async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
+//!
+//! ## Main types
+//! - [`ServerState`]: the runtime, the loaded workflows, the runs and the stream cap;
+//!   [`router`] serves it, [`serve`] serves it on a listener with graceful shutdown.
+//! - [`ServerConfig`]: API key, disconnect grace, keep-alive interval, run TTL, body limit,
+//!   stream cap, log bounds.
+//! - [`RunLog`]: one run's chunks and status; [`Reader`]: a cursor into it that waits for more.
+//! - [`ApiError`]: every error response, `{"error":{"code":…,"message":…}}`.
+//!
+//! ## Routes
+//! | route | what |
+//! |---|---|
+//! | `GET /healthz` | `{"status":"ok"}`, no key needed |
+//! | `GET /v1/actors` · `GET /v1/workflows` | registered actors (and whether they stream) · loaded workflows |
+//! | `POST /v1/actors/{type}/run` | run to the end; the `complete` data as JSON (`bad_input` → 422) |
+//! | `POST /v1/actors/{type}/stream` · `GET …/stream?input=<json>&on_disconnect=…` | SSE of a new run (`Loom-Run-Id` header) |
+//! | `POST /v1/workflows/{name}/stream` | SSE of a new workflow run |
+//! | `POST /v1/runs` `{"actor"\|"workflow", "input", "timeout"}` | a detached run: `201 {run_id, stream_url}` |
+//! | `GET /v1/runs` · `GET /v1/runs/{id}` | recent runs, newest first · one run's status |
+//! | `GET /v1/runs/{id}/stream` | SSE from a cursor (`Last-Event-ID` or `?from=`, exclusive) |
+//! | `DELETE /v1/runs/{id}` | cancel (idempotent), `202` with the status |
+//! | `GET /v1/actors/{type}/ws` | WebSocket: `{"action":"start","input":…}` / `{"action":"cancel"}` in, chunks as JSON text frames out |
+//! | `GET /metrics` | Prometheus: active runs and streams, chunks sent, resumes, dropped slow readers, outcomes by code, time to first chunk, run duration |
+//!
+//! The actor and workflow routes take the envelope `{"input", "on_disconnect":
+//! "cancel"|"continue", "timeout": "30s"}`; bodies are JSON whatever their `Content-Type`.
+//! A `GET …/actors/{type}/stream` carrying `Last-Event-ID` is an `EventSource` reconnecting: it
+//! gets `204` and never starts the actor again (resume at `GET /v1/runs/{id}/stream`).
+//!
+//! ## How the run log works
+//! Each run has one producer, a task that drives its `ChunkStream` into its [`RunLog`]; a
+//! reader holds only a cursor and reads "every chunk with `seq` > cursor", waiting on a watch
+//! channel when there is none yet. So a producer never waits for a reader, and a reader that
+//! falls behind just reads further back in the log. The log is bounded in chunks and bytes
+//! ([`LogLimits`]); past the bound the oldest are dropped, and a cursor before them is
+//! `410 cursor_expired` (a streaming reader overtaken that way is disconnected and gets the 410
+//! when it resumes). A cursor at or past a finished run's terminal is `204`. A finished run is
+//! kept for the run TTL (default an hour), then forgotten (`404`).
+//!
+//! A direct stream's run is cancelled when its last reader has been gone for the disconnect
+//! grace (default 10 s), unless the request said `"on_disconnect":"continue"`; detached runs
+//! run until `DELETE` or their deadline. Cancel goes through the run's cancellation token, so
+//! the terminal `error/cancelled` lands in the log and every reader sees it; the log takes one
+//! terminal only, so a late completion never overwrites `cancelled`.
+
+mod auth;
+mod config;
+mod error;
+mod extract;
+mod metrics;
+mod routes;
+mod runlog;
+mod runs;
+mod sse;
+mod state;
+mod store;
+mod ws;
+
+use std::future::Future;
+
+pub use config::{
+    ServerConfig, DEFAULT_BODY_LIMIT, DEFAULT_DISCONNECT_GRACE, DEFAULT_KEEP_ALIVE,
+    DEFAULT_MAX_STREAMS, DEFAULT_RUN_TTL,
+};
+pub use error::ApiError;
+pub use routes::router;
+pub use runlog::{
+    CursorExpired, LogLimits, LoggedChunk, Read, Reader, RunInfo, RunLog, RunStatus, RunTarget,
+    DEFAULT_MAX_BYTES, DEFAULT_MAX_CHUNKS,
+};
+pub use state::ServerState;
+pub use store::MAX_RECENT_RUNS;
+
+/// Serves `state` on `listener` until `shutdown` resolves, then shuts down gracefully: no new
+/// connections or runs, every running run cancelled, and open streams end with the run's
+/// terminal `error/cancelled` chunk before the connections close.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ServerState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: cancelling running runs");
+            state.shutdown();
+        })
+        .await
+}

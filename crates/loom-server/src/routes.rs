@@ -1,0 +1,275 @@
+//! The routes of DESIGN.md §3 ("HTTP API") and their handlers.
+//!
+//! Handlers turn a request into a [`StartRequest`] or a run lookup, then hand the run's log to
+//! [`crate::sse`] (streams) or read it to the end (`/run`). Every failure before a stream
+//! starts is an [`ApiError`].
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::from_fn_with_state;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use loom_core::{ActorError, ChunkType, StreamChunk};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+use crate::auth::require_key;
+use crate::error::ApiError;
+use crate::extract::{
+    cursor, input_or_empty, parse_timeout, Envelope, JoinQuery, LoomJson, RunRequest, StreamQuery,
+};
+use crate::runlog::{Read, RunTarget};
+use crate::runs::StartRequest;
+use crate::sse::{self, StreamGuards, RUN_ID_HEADER};
+use crate::state::ServerState;
+use crate::store::DisconnectPolicy;
+
+/// The HTTP API on `state`: every route of DESIGN.md §3 implemented here.
+pub fn router(state: ServerState) -> Router {
+    let body_limit = state.config().body_limit;
+    let api = Router::new()
+        .route("/v1/actors", get(list_actors))
+        .route("/v1/workflows", get(list_workflows))
+        .route("/v1/actors/{actor}/run", post(run_actor))
+        .route(
+            "/v1/actors/{actor}/stream",
+            post(stream_actor).get(stream_actor_get),
+        )
+        .route("/v1/workflows/{name}/stream", post(stream_workflow))
+        .route("/v1/runs", post(create_run).get(list_runs))
+        .route("/v1/runs/{id}", get(run_status).delete(cancel_run))
+        .route("/v1/runs/{id}/stream", get(join_run))
+        .route("/v1/actors/{actor}/ws", get(crate::ws::actor_ws))
+        .route("/metrics", get(metrics))
+        .route_layer(from_fn_with_state(state.clone(), require_key));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(api)
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn metrics(State(state): State<ServerState>) -> Response {
+    let content_type = [(header::CONTENT_TYPE, "text/plain; version=0.0.4")];
+    (content_type, state.metrics_text()).into_response()
+}
+
+async fn list_actors(State(state): State<ServerState>) -> Json<Value> {
+    let actors: Vec<Value> = state
+        .engine()
+        .runtime()
+        .registry()
+        .iter()
+        .map(
+            |a| json!({ "name": a.name(), "description": a.description(), "streams": a.streams() }),
+        )
+        .collect();
+    Json(json!({ "actors": actors }))
+}
+
+async fn list_workflows(State(state): State<ServerState>) -> Json<Value> {
+    let workflows: Vec<Value> = state
+        .engine()
+        .workflows()
+        .map(|w| {
+            let steps: Vec<&str> = w.steps().map(|s| s.name.as_str()).collect();
+            json!({ "name": w.name, "description": w.description, "steps": steps })
+        })
+        .collect();
+    Json(json!({ "workflows": workflows }))
+}
+
+/// `POST /v1/actors/{type}/run`: the run's `complete` data, or its error as a status.
+async fn run_actor(
+    State(state): State<ServerState>,
+    Path(actor): Path<String>,
+    LoomJson(envelope): LoomJson<Envelope>,
+) -> Result<Response, ApiError> {
+    let grace = state.config().disconnect_grace;
+    let run = state.engine().start(StartRequest {
+        target: RunTarget::Actor(actor),
+        input: input_or_empty(envelope.input),
+        timeout: parse_timeout(envelope.timeout.as_deref())?,
+        policy: envelope.on_disconnect.policy(grace),
+    })?;
+    // Dropped with this handler when the client goes away: the run is then cancelled like a
+    // direct stream's.
+    let _attachment = run.attach();
+    let mut reader = run.log().reader(None);
+    let mut last = None;
+    while let Some(chunks) = reader.next().await? {
+        last = chunks.last().cloned();
+    }
+    let terminal: StreamChunk = last
+        .and_then(|c| serde_json::from_slice(&c.json).ok())
+        .ok_or_else(|| ActorError::internal("the run ended without a terminal chunk"))?;
+    match terminal.kind {
+        ChunkType::Complete => {
+            let mut response = Json(terminal.data.unwrap_or(Value::Null)).into_response();
+            if let Ok(id) = run.log().run_id().parse() {
+                response.headers_mut().insert(RUN_ID_HEADER, id);
+            }
+            Ok(response)
+        }
+        _ => Err(ApiError::Run(terminal.error_info().into())),
+    }
+}
+
+/// `POST /v1/actors/{type}/stream`.
+async fn stream_actor(
+    State(state): State<ServerState>,
+    Path(actor): Path<String>,
+    LoomJson(envelope): LoomJson<Envelope>,
+) -> Result<Response, ApiError> {
+    direct_stream(&state, RunTarget::Actor(actor), envelope)
+}
+
+/// `GET /v1/actors/{type}/stream?input=…` for a browser `EventSource`. A request with
+/// `Last-Event-ID` is a reconnect, which never starts the actor again: it gets 204, which stops
+/// `EventSource`; the run itself is resumed at `GET /v1/runs/{id}/stream`.
+async fn stream_actor_get(
+    State(state): State<ServerState>,
+    Path(actor): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<StreamQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    if headers.contains_key("last-event-id") {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    direct_stream(&state, RunTarget::Actor(actor), query.into_envelope()?)
+}
+
+/// `POST /v1/workflows/{name}/stream`.
+async fn stream_workflow(
+    State(state): State<ServerState>,
+    Path(name): Path<String>,
+    LoomJson(envelope): LoomJson<Envelope>,
+) -> Result<Response, ApiError> {
+    direct_stream(&state, RunTarget::Workflow(name), envelope)
+}
+
+/// A run started for this response and streamed from its first chunk.
+fn direct_stream(
+    state: &ServerState,
+    target: RunTarget,
+    envelope: Envelope,
+) -> Result<Response, ApiError> {
+    let timeout = parse_timeout(envelope.timeout.as_deref())?;
+    let permit = state.stream_permit()?;
+    let run = state.engine().start(StartRequest {
+        target,
+        input: input_or_empty(envelope.input),
+        timeout,
+        policy: envelope
+            .on_disconnect
+            .policy(state.config().disconnect_grace),
+    })?;
+    let guards = StreamGuards {
+        _attachment: run.attach(),
+        _permit: permit,
+    };
+    let reader = run.log().reader(None);
+    Ok(sse::response(
+        run.log().run_id(),
+        reader,
+        guards,
+        state.config().keep_alive,
+        Arc::clone(state.engine().metrics()),
+    ))
+}
+
+/// `POST /v1/runs`: a detached run, `201 {run_id, stream_url}`.
+async fn create_run(
+    State(state): State<ServerState>,
+    LoomJson(request): LoomJson<RunRequest>,
+) -> Result<Response, ApiError> {
+    let target = match (request.actor, request.workflow) {
+        (Some(actor), None) => RunTarget::Actor(actor),
+        (None, Some(workflow)) => RunTarget::Workflow(workflow),
+        _ => {
+            return Err(ApiError::BadRequest(
+                "give exactly one of \"actor\" and \"workflow\"".into(),
+            ))
+        }
+    };
+    let run = state.engine().start(StartRequest {
+        target,
+        input: input_or_empty(request.input),
+        timeout: parse_timeout(request.timeout.as_deref())?,
+        policy: DisconnectPolicy::Continue,
+    })?;
+    let run_id = run.log().run_id();
+    let body = json!({ "run_id": run_id, "stream_url": format!("/v1/runs/{run_id}/stream") });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+async fn list_runs(State(state): State<ServerState>) -> Json<Value> {
+    Json(json!({ "runs": state.engine().store().recent() }))
+}
+
+async fn run_status(
+    State(state): State<ServerState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let run = find_run(&state, &id)?;
+    Ok(Json(run.log().info()).into_response())
+}
+
+/// `DELETE /v1/runs/{id}`: cancels the run (idempotent); `202` with its status.
+async fn cancel_run(
+    State(state): State<ServerState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let run = find_run(&state, &id)?;
+    run.cancel();
+    Ok((StatusCode::ACCEPTED, Json(run.log().info())).into_response())
+}
+
+/// `GET /v1/runs/{id}/stream`: joins a run from a cursor (DESIGN.md §3's cursor table).
+async fn join_run(
+    State(state): State<ServerState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<JoinQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let cursor = cursor(&query, &headers)?;
+    let run = find_run(&state, &id)?;
+    // Attach before looking, so a direct run's grace timer sees this reader.
+    let attachment = run.attach();
+    if run.log().read(cursor)? == Read::Finished {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let guards = StreamGuards {
+        _attachment: attachment,
+        _permit: state.stream_permit()?,
+    };
+    if cursor.is_some() {
+        state.engine().metrics().resumed();
+    }
+    let reader = run.log().reader(cursor);
+    let metrics = Arc::clone(state.engine().metrics());
+    Ok(sse::response(
+        &id,
+        reader,
+        guards,
+        state.config().keep_alive,
+        metrics,
+    ))
+}
+
+fn find_run(state: &ServerState, id: &str) -> Result<std::sync::Arc<crate::store::Run>, ApiError> {
+    state
+        .engine()
+        .store()
+        .get(id)
+        .ok_or_else(|| ApiError::NotFound(format!("unknown run '{id}'")))
+}

@@ -1,0 +1,195 @@
+//! Starting runs: the [`Engine`] holds the runtime, the loaded workflows and the
+//! [`RunStore`], starts an actor's or a workflow's [`ChunkStream`] and spawns the task that
+//! drives it into the run's [`RunLog`].
+//!
+//! The routes ask the engine for a [`Run`] and then only read its log; the drive task is the
+//! log's one producer. A run is stopped through its own cancellation token (the parent of the
+//! runtime's), so the runtime still writes the terminal `error/cancelled`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use loom_core::{
+    new_run_id, ActorError, CancellationToken, ChunkStream, RunOptions, Runtime, StreamChunk,
+};
+use loom_workflow::{Workflow, WorkflowExecutor};
+use serde_json::Value;
+use tracing::Instrument;
+
+use crate::config::ServerConfig;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::runlog::{RunLog, RunTarget};
+use crate::store::{DisconnectPolicy, Run, RunStore};
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub(crate) struct StartRequest {
+    /// The actor or workflow.
+    pub target: RunTarget,
+    /// Its input.
+    pub input: Value,
+    /// The run's deadline (default: the runtime's, or the workflow's).
+    pub timeout: Option<Duration>,
+    /// What the run does when its last reader goes away.
+    pub policy: DisconnectPolicy,
+}
+
+/// Starts runs and keeps them in the [`RunStore`].
+#[derive(Debug)]
+pub(crate) struct Engine {
+    runtime: Runtime,
+    executor: WorkflowExecutor,
+    workflows: BTreeMap<String, Arc<Workflow>>,
+    store: Arc<RunStore>,
+    config: ServerConfig,
+    metrics: Arc<Metrics>,
+    shutting_down: AtomicBool,
+}
+
+impl Engine {
+    /// An engine running `runtime`'s actors and `workflows` (by their names).
+    pub(crate) fn new(runtime: Runtime, workflows: Vec<Workflow>, config: ServerConfig) -> Self {
+        let executor = WorkflowExecutor::new(Arc::new(runtime.clone()));
+        let workflows = workflows
+            .into_iter()
+            .map(|w| (w.name.clone(), Arc::new(w)))
+            .collect();
+        Self {
+            runtime,
+            executor,
+            workflows,
+            store: Arc::new(RunStore::new()),
+            config,
+            metrics: Arc::default(),
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    /// The runtime whose actors are served.
+    pub(crate) fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// The loaded workflows, by name.
+    pub(crate) fn workflows(&self) -> impl Iterator<Item = &Workflow> {
+        self.workflows.values().map(|w| &**w)
+    }
+
+    /// The runs.
+    pub(crate) fn store(&self) -> &RunStore {
+        &self.store
+    }
+
+    /// The configuration.
+    pub(crate) fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// The counters `/metrics` shows.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Starts a run and returns it once it is in the store; its chunks follow in its log.
+    /// Unknown actor or workflow: `not_found`; a workflow input failing its schema:
+    /// `bad_input`; shutting down: `unavailable`.
+    pub(crate) fn start(&self, request: StartRequest) -> Result<Arc<Run>, ApiError> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(ApiError::ShuttingDown);
+        }
+        let run_id = new_run_id();
+        let cancel = CancellationToken::new();
+        let options = RunOptions {
+            run_id: Some(run_id.clone()),
+            timeout: request.timeout,
+            parent: Some(cancel.clone()),
+        };
+        let stream = match &request.target {
+            // An unknown type is the runtime's `not_found`: a 404.
+            RunTarget::Actor(actor) => self.runtime.stream(actor, request.input, options)?,
+            RunTarget::Workflow(name) => {
+                let workflow = self
+                    .workflows
+                    .get(name)
+                    .ok_or_else(|| ApiError::NotFound(format!("unknown workflow '{name}'")))?;
+                let input = workflow
+                    .check_input(request.input)
+                    .map_err(|e| ActorError::bad_input(e.to_string()))?;
+                self.executor
+                    .stream_with(Arc::clone(workflow), input, options)
+            }
+        };
+        let log = Arc::new(RunLog::new(
+            run_id.clone(),
+            request.target,
+            self.config.log_limits,
+        ));
+        let run = Arc::new(Run::new(Arc::clone(&log), cancel, request.policy));
+        self.store.insert(Arc::clone(&run));
+        let span = tracing::info_span!("run", run_id = %run_id);
+        tokio::spawn(
+            drive(
+                stream,
+                log,
+                Arc::clone(&self.store),
+                self.config.run_ttl,
+                Arc::clone(&self.metrics),
+            )
+            .instrument(span),
+        );
+        // A shutdown that began while this run started has not seen it: stop it here.
+        if self.shutting_down.load(Ordering::SeqCst) {
+            run.cancel();
+        }
+        tracing::debug!(run_id, "run started");
+        Ok(run)
+    }
+
+    /// Stops starting runs and cancels every running one; their terminal chunks still land
+    /// in their logs, so open streams end with them.
+    pub(crate) fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        for run in self.store.running() {
+            run.cancel();
+        }
+    }
+}
+
+/// The run's one producer: every chunk into the log, then the log's expiry.
+async fn drive(
+    mut stream: ChunkStream,
+    log: Arc<RunLog>,
+    store: Arc<RunStore>,
+    ttl: Duration,
+    metrics: Arc<Metrics>,
+) {
+    let started = Instant::now();
+    let mut last_seq = None;
+    while let Some(chunk) = stream.next().await {
+        if last_seq.is_some_and(|seq| seq == 0) {
+            metrics.first_chunk(started.elapsed());
+        }
+        last_seq = Some(chunk.seq);
+        log.push(&chunk);
+        if chunk.is_terminal() {
+            let outcome = match &chunk.error {
+                Some(error) => error.code.as_str(),
+                None => "complete",
+            };
+            metrics.finished(outcome, started.elapsed());
+            break;
+        }
+    }
+    if !log.is_finished() {
+        // The runtime always writes a terminal chunk; should a stream end without one, the
+        // log still gets one, so no reader waits forever.
+        let seq = last_seq.map_or(0, |s| s + 1);
+        let err = ActorError::internal("the run ended without a terminal chunk");
+        log.push(&StreamChunk::error(seq, &err));
+    }
+    store.expire_after(log.run_id().to_owned(), ttl);
+}

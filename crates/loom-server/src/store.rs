@@ -1,0 +1,245 @@
+//! The runs a server knows: each run's log, its cancel handle and who is reading it.
+//!
+//! [`crate::runs`] inserts a [`Run`] when it starts one; the routes find runs here by id, list
+//! the recent ones and cancel them. A finished run is removed a TTL after its terminal chunk
+//! ([`RunStore::expire_after`]); the index of recent runs is bounded.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use loom_core::CancellationToken;
+
+use crate::runlog::{RunInfo, RunLog};
+
+/// How many recent runs `GET /v1/runs` can list; older ones are still served by id until
+/// their TTL.
+pub const MAX_RECENT_RUNS: usize = 1_000;
+
+/// What a run does when its last reader goes away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DisconnectPolicy {
+    /// Keep running (detached runs, `"on_disconnect":"continue"`).
+    Continue,
+    /// Cancel after this grace period unless a reader attaches meanwhile (direct streams).
+    CancelAfter(Duration),
+}
+
+/// One run the server started: its log and how to stop it.
+#[derive(Debug)]
+pub(crate) struct Run {
+    log: Arc<RunLog>,
+    cancel: CancellationToken,
+    policy: DisconnectPolicy,
+    readers: AtomicUsize,
+    /// Counts attachments, so a grace timer sees whether anyone came back meanwhile.
+    attachments: AtomicU64,
+}
+
+impl Run {
+    /// A run writing to `log`, stopped by `cancel`.
+    pub(crate) fn new(
+        log: Arc<RunLog>,
+        cancel: CancellationToken,
+        policy: DisconnectPolicy,
+    ) -> Self {
+        Self {
+            log,
+            cancel,
+            policy,
+            readers: AtomicUsize::new(0),
+            attachments: AtomicU64::new(0),
+        }
+    }
+
+    /// The run's log.
+    pub(crate) fn log(&self) -> &Arc<RunLog> {
+        &self.log
+    }
+
+    /// Asks the run to stop; its terminal `error/cancelled` still lands in the log. Idempotent,
+    /// and a no-op once the run has ended.
+    pub(crate) fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Registers a reader until the returned guard drops. When the last reader of a run with
+    /// [`DisconnectPolicy::CancelAfter`] goes away, the run is cancelled after the grace
+    /// period unless another reader attached meanwhile.
+    pub(crate) fn attach(self: &Arc<Self>) -> Attachment {
+        self.readers.fetch_add(1, Ordering::SeqCst);
+        self.attachments.fetch_add(1, Ordering::SeqCst);
+        Attachment {
+            run: Arc::clone(self),
+        }
+    }
+}
+
+/// A reader of a run, counted while it lives: see [`Run::attach`].
+#[derive(Debug)]
+pub(crate) struct Attachment {
+    run: Arc<Run>,
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        let run = &self.run;
+        let left = run.readers.fetch_sub(1, Ordering::SeqCst) - 1;
+        let DisconnectPolicy::CancelAfter(grace) = run.policy else {
+            return;
+        };
+        if left > 0 || run.log.is_finished() {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            // No runtime left to wait on: the server is gone, so nobody can come back.
+            run.cancel();
+            return;
+        };
+        let seen = run.attachments.load(Ordering::SeqCst);
+        let run = Arc::clone(run);
+        handle.spawn(async move {
+            tokio::time::sleep(grace).await;
+            if run.readers.load(Ordering::SeqCst) == 0
+                && run.attachments.load(Ordering::SeqCst) == seen
+            {
+                tracing::debug!(run_id = run.log.run_id(), "client gone: cancelling the run");
+                run.cancel();
+            }
+        });
+    }
+}
+
+/// Every run the server knows, by id, and the index of recent ones.
+#[derive(Debug, Default)]
+pub(crate) struct RunStore {
+    state: Mutex<StoreState>,
+}
+
+#[derive(Debug, Default)]
+struct StoreState {
+    runs: HashMap<String, Arc<Run>>,
+    /// Run ids, newest first, at most [`MAX_RECENT_RUNS`].
+    recent: VecDeque<String>,
+}
+
+impl RunStore {
+    /// An empty store.
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `run` under its run id.
+    pub(crate) fn insert(&self, run: Arc<Run>) {
+        let id = run.log.run_id().to_owned();
+        let mut state = self.lock();
+        state.recent.push_front(id.clone());
+        state.recent.truncate(MAX_RECENT_RUNS);
+        state.runs.insert(id, run);
+    }
+
+    /// The run `id`, if known and not expired.
+    pub(crate) fn get(&self, id: &str) -> Option<Arc<Run>> {
+        self.lock().runs.get(id).cloned()
+    }
+
+    /// The recent runs' status, newest first.
+    pub(crate) fn recent(&self) -> Vec<RunInfo> {
+        let state = self.lock();
+        state
+            .recent
+            .iter()
+            .filter_map(|id| state.runs.get(id))
+            .map(|run| run.log.info())
+            .collect()
+    }
+
+    /// Every run that has not ended.
+    pub(crate) fn running(&self) -> Vec<Arc<Run>> {
+        let state = self.lock();
+        state
+            .runs
+            .values()
+            .filter(|run| !run.log.is_finished())
+            .cloned()
+            .collect()
+    }
+
+    /// Forgets run `id` `ttl` from now (called once its terminal chunk is in).
+    pub(crate) fn expire_after(self: &Arc<Self>, id: String, ttl: Duration) {
+        let store = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(ttl).await;
+            let mut state = store.lock();
+            state.runs.remove(&id);
+            state.recent.retain(|r| *r != id);
+        });
+    }
+
+    fn lock(&self) -> MutexGuard<'_, StoreState> {
+        // The map stays consistent across a panic elsewhere; use it as is.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use loom_core::{ActorError, StreamChunk};
+
+    use super::*;
+    use crate::runlog::{LogLimits, RunTarget};
+
+    fn run(id: &str, policy: DisconnectPolicy) -> (Arc<Run>, CancellationToken) {
+        let log = Arc::new(RunLog::new(
+            id,
+            RunTarget::Actor("echo".into()),
+            LogLimits::default(),
+        ));
+        let token = CancellationToken::new();
+        (Arc::new(Run::new(log, token.clone(), policy)), token)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_last_reader_leaving_cancels_after_the_grace_unless_one_comes_back() {
+        let grace = Duration::from_secs(10);
+        let (run, token) = run("a", DisconnectPolicy::CancelAfter(grace));
+        drop(run.attach());
+        let back = run.attach();
+        tokio::time::sleep(grace * 2).await;
+        assert!(!token.is_cancelled(), "a reader came back within the grace");
+        drop(back);
+        tokio::time::sleep(grace / 2).await;
+        assert!(!token.is_cancelled(), "still within the grace");
+        tokio::time::sleep(grace).await;
+        assert!(token.is_cancelled());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_continue_run_and_a_finished_run_are_not_cancelled_by_leaving() {
+        let (kept, kept_token) = run("a", DisconnectPolicy::Continue);
+        drop(kept.attach());
+        let (done, done_token) = run("b", DisconnectPolicy::CancelAfter(Duration::from_secs(1)));
+        done.log
+            .push(&StreamChunk::error(0, &ActorError::failed("x")));
+        drop(done.attach());
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!kept_token.is_cancelled());
+        assert!(!done_token.is_cancelled());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn runs_are_listed_newest_first_and_forgotten_after_their_ttl() {
+        let store = Arc::new(RunStore::new());
+        for id in ["a", "b", "c"] {
+            store.insert(run(id, DisconnectPolicy::Continue).0);
+        }
+        let ids: Vec<_> = store.recent().into_iter().map(|r| r.run_id).collect();
+        assert_eq!(ids, ["c", "b", "a"]);
+        store.expire_after("b".into(), Duration::from_secs(60));
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        assert!(store.get("b").is_none());
+        let ids: Vec<_> = store.recent().into_iter().map(|r| r.run_id).collect();
+        assert_eq!(ids, ["c", "a"]);
+    }
+}

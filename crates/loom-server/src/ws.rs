@@ -1,0 +1,139 @@
+//! WebSocket `GET /v1/actors/{type}/ws`: one run per socket, chunks as JSON text frames.
+//!
+//! The client sends `{"action":"start","input":…,"timeout":"30s"}`, then may send
+//! `{"action":"cancel"}` (the run ends `error/cancelled`, which is sent before the socket
+//! closes). A close frame from the client cancels the run at once; a connection that just
+//! drops is a direct stream's disconnect (cancelled after the grace unless a reader rejoins at
+//! `GET /v1/runs/{id}/stream`). The server pings an idle socket every keep-alive interval.
+//! A message the server cannot take gets a `{"error":{"code","message"}}` text frame.
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::response::Response;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::error::ApiError;
+use crate::extract::{input_or_empty, parse_timeout};
+use crate::runlog::RunTarget;
+use crate::runs::StartRequest;
+use crate::state::ServerState;
+use crate::store::DisconnectPolicy;
+
+/// What a client sends.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
+enum ClientMessage {
+    Start {
+        input: Option<Value>,
+        timeout: Option<String>,
+    },
+    Cancel,
+}
+
+/// The upgrade: unknown actor → 404 and a full stream cap → 429 before the handshake.
+pub(crate) async fn actor_ws(
+    State(state): State<ServerState>,
+    Path(actor): Path<String>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let upgrade = upgrade.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    if !state.engine().runtime().registry().contains(&actor) {
+        return Err(ApiError::NotFound(format!("unknown actor type '{actor}'")));
+    }
+    let permit = state.stream_permit()?;
+    Ok(upgrade.on_upgrade(move |socket| session(socket, state, actor, permit)))
+}
+
+fn error_frame(err: &ApiError) -> Message {
+    let body = json!({ "error": { "code": err.code(), "message": err.to_string() } });
+    Message::Text(body.to_string().into())
+}
+
+async fn session(
+    mut socket: WebSocket,
+    state: ServerState,
+    actor: String,
+    _permit: OwnedSemaphorePermit,
+) {
+    let (input, timeout) = loop {
+        match socket.recv().await {
+            Some(Ok(Message::Text(text))) => match serde_json::from_str(text.as_str()) {
+                Ok(ClientMessage::Start { input, timeout }) => break (input, timeout),
+                Ok(ClientMessage::Cancel) => continue,
+                Err(e) => {
+                    let err = ApiError::BadRequest(format!("not a Loom message: {e}"));
+                    let _ = socket.send(error_frame(&err)).await;
+                }
+            },
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+            Some(Ok(_)) => {}
+        }
+    };
+    let started = parse_timeout(timeout.as_deref()).and_then(|timeout| {
+        state.engine().start(StartRequest {
+            target: RunTarget::Actor(actor),
+            input: input_or_empty(input),
+            timeout,
+            policy: DisconnectPolicy::CancelAfter(state.config().disconnect_grace),
+        })
+    });
+    let run = match started {
+        Ok(run) => run,
+        Err(err) => {
+            let _ = socket.send(error_frame(&err)).await;
+            let _ = socket.send(Message::Close(None)).await;
+            return;
+        }
+    };
+    let _attachment = run.attach();
+    let mut reader = run.log().reader(None);
+    let keep_alive = state.config().keep_alive;
+    loop {
+        tokio::select! {
+            batch = reader.next() => match batch {
+                Ok(Some(chunks)) => {
+                    for chunk in chunks {
+                        let Ok(text) = String::from_utf8(chunk.json.to_vec()) else { return };
+                        if socket.send(Message::Text(text.into())).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                // The terminal chunk is sent: a normal close. An overtaken reader is closed
+                // too (it rejoins with a cursor at `GET /v1/runs/{id}/stream`).
+                Ok(None) | Err(_) => {
+                    let _ = socket.send(Message::Close(None)).await;
+                    return;
+                }
+            },
+            message = socket.recv() => match message {
+                Some(Ok(Message::Text(text))) => match serde_json::from_str(text.as_str()) {
+                    Ok(ClientMessage::Cancel) => run.cancel(),
+                    Ok(ClientMessage::Start { .. }) => {
+                        let err = ApiError::BadRequest("this socket's run has started".into());
+                        let _ = socket.send(error_frame(&err)).await;
+                    }
+                    Err(e) => {
+                        let err = ApiError::BadRequest(format!("not a Loom message: {e}"));
+                        let _ = socket.send(error_frame(&err)).await;
+                    }
+                },
+                Some(Ok(Message::Close(_))) => {
+                    run.cancel();
+                    return;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return,
+            },
+            _ = tokio::time::sleep(keep_alive) => {
+                if socket.send(Message::Ping(Bytes::new())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}

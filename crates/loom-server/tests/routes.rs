@@ -1,0 +1,295 @@
+//! Every JSON route and every error status of DESIGN.md §3, over a real socket.
+
+mod support;
+
+use loom_server::ServerConfig;
+use serde_json::{json, Value};
+use support::*;
+
+async fn error_of(response: reqwest::Response) -> (u16, String, String) {
+    let status = response.status().as_u16();
+    let body: Value = within(response.json()).await.expect("an error body");
+    let code = body["error"]["code"].as_str().expect("code").to_owned();
+    let message = body["error"]["message"]
+        .as_str()
+        .expect("message")
+        .to_owned();
+    (status, code, message)
+}
+
+#[tokio::test]
+async fn healthz_and_the_lists_of_actors_and_workflows() {
+    let server = TestServer::default_config().await;
+    let health: Value = server.get("/healthz").await.json().await.unwrap();
+    assert_eq!(health, json!({ "status": "ok" }));
+
+    let actors: Value = server.get("/v1/actors").await.json().await.unwrap();
+    let batch = actors["actors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "batch")
+        .expect("batch is listed");
+    assert_eq!(batch["streams"], true);
+
+    let workflows: Value = server.get("/v1/workflows").await.json().await.unwrap();
+    assert_eq!(workflows["workflows"][0]["name"], "report");
+    assert_eq!(
+        workflows["workflows"][0]["steps"],
+        json!(["process", "summary"])
+    );
+}
+
+#[tokio::test]
+async fn run_returns_the_result_and_the_actors_bad_input_is_422() {
+    let server = TestServer::default_config().await;
+    let response = server
+        .post("/v1/actors/echo/run", &json!({ "input": { "x": [1, 2] } }))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().contains_key("loom-run-id"));
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({ "x": [1, 2] })
+    );
+
+    let response = server
+        .post("/v1/actors/batch/run", &json!({ "input": { "bogus": 1 } }))
+        .await;
+    let (status, code, _) = error_of(response).await;
+    assert_eq!((status, code.as_str()), (422, "bad_input"));
+}
+
+#[tokio::test]
+async fn bodies_are_json_whatever_their_content_type_and_empty_is_an_empty_envelope() {
+    let server = TestServer::default_config().await;
+    let form = server
+        .http
+        .post(server.url("/v1/actors/echo/run"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(r#"{"input":{"a":1}}"#)
+        .send();
+    let response = within(form).await.unwrap();
+    assert_eq!(response.json::<Value>().await.unwrap(), json!({ "a": 1 }));
+
+    let empty = server.http.post(server.url("/v1/actors/echo/run")).send();
+    let response = within(empty).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.json::<Value>().await.unwrap(), json!({}));
+}
+
+#[tokio::test]
+async fn an_unknown_envelope_field_or_bad_json_or_bad_timeout_is_400() {
+    let server = TestServer::default_config().await;
+    // A raw input posted without the envelope is caught, not run.
+    let response = server
+        .post("/v1/actors/echo/run", &json!({ "prompt": "hi" }))
+        .await;
+    let (status, code, message) = error_of(response).await;
+    assert_eq!((status, code.as_str()), (400, "bad_request"));
+    assert!(message.contains("prompt"), "{message}");
+
+    let not_json = server
+        .http
+        .post(server.url("/v1/actors/echo/stream"))
+        .body("{nope")
+        .send();
+    let (status, code, _) = error_of(within(not_json).await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (400, "bad_request"));
+
+    let response = server
+        .post("/v1/actors/echo/stream", &json!({ "timeout": "soon" }))
+        .await;
+    assert_eq!(error_of(response).await.0, 400);
+
+    let response = server.get("/v1/actors/echo/stream?input=%7Bnope").await;
+    assert_eq!(error_of(response).await.0, 400);
+
+    let response = server
+        .post(
+            "/v1/runs",
+            &json!({ "actor": "echo", "workflow": "report" }),
+        )
+        .await;
+    assert_eq!(error_of(response).await.0, 400);
+}
+
+#[tokio::test]
+async fn unknown_actors_workflows_and_runs_are_404() {
+    let server = TestServer::default_config().await;
+    for response in [
+        server.post("/v1/actors/nope/run", &json!({})).await,
+        server.post("/v1/actors/nope/stream", &json!({})).await,
+        server.post("/v1/workflows/nope/stream", &json!({})).await,
+        server.post("/v1/runs", &json!({ "actor": "nope" })).await,
+        server.get("/v1/runs/nope").await,
+        server.get("/v1/runs/nope/stream").await,
+        server.delete("/v1/runs/nope").await,
+    ] {
+        let (status, code, _) = error_of(response).await;
+        assert_eq!((status, code.as_str()), (404, "not_found"));
+    }
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_413() {
+    let server = TestServer::start(ServerConfig {
+        body_limit: 1024,
+        ..ServerConfig::default()
+    })
+    .await;
+    let big = json!({ "input": { "text": "x".repeat(2048) } });
+    let (status, code, _) = error_of(server.post("/v1/actors/echo/run", &big).await).await;
+    assert_eq!((status, code.as_str()), (413, "too_large"));
+    let small = json!({ "input": { "text": "x" } });
+    assert_eq!(
+        server.post("/v1/actors/echo/run", &small).await.status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_workflow_input_failing_its_schema_is_422() {
+    let server = TestServer::default_config().await;
+    let response = server
+        .post(
+            "/v1/workflows/report/stream",
+            &json!({ "input": { "count": "many" } }),
+        )
+        .await;
+    let (status, code, _) = error_of(response).await;
+    assert_eq!((status, code.as_str()), (422, "bad_input"));
+}
+
+#[tokio::test]
+async fn detached_runs_are_created_listed_newest_first_and_show_their_status() {
+    let server = TestServer::default_config().await;
+    let response = server
+        .post("/v1/runs", &json!({ "actor": "echo", "input": { "n": 1 } }))
+        .await;
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.unwrap();
+    let first = body["run_id"].as_str().unwrap().to_owned();
+    assert_eq!(body["stream_url"], format!("/v1/runs/{first}/stream"));
+    let second = server
+        .detached(json!({ "workflow": "report", "input": { "count": 3 } }))
+        .await;
+
+    let status = server.finished(&second).await;
+    assert_eq!(status["status"], "complete");
+    assert_eq!(status["workflow"], "report");
+    assert_eq!(status["actor"], Value::Null);
+    assert_eq!(status["error_code"], Value::Null);
+    assert!(status["created_at"].as_str().unwrap().ends_with('Z'));
+    assert!(status["last_seq"].as_u64().unwrap() > 2);
+
+    let status = server.finished(&first).await;
+    assert_eq!(status["actor"], "echo");
+    assert_eq!(status["last_seq"], 1);
+
+    let runs: Value = server.get("/v1/runs").await.json().await.unwrap();
+    let ids: Vec<&str> = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["run_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [second.as_str(), first.as_str()]);
+}
+
+#[tokio::test]
+async fn delete_cancels_a_run_with_a_terminal_in_its_log_and_is_idempotent() {
+    let server = TestServer::default_config().await;
+    let id = server
+        .detached(json!({ "actor": "batch", "input": slow_batch(1000, 50) }))
+        .await;
+    for _ in 0..2 {
+        let response = server.delete(&format!("/v1/runs/{id}")).await;
+        assert_eq!(response.status(), 202);
+    }
+    let status = server.finished(&id).await;
+    assert_eq!(status["status"], "cancelled");
+    assert_eq!(status["error_code"], "cancelled");
+
+    let response = server.get(&format!("/v1/runs/{id}/stream")).await;
+    let frames = SseReader::new(response).rest().await;
+    let last = frames.last().expect("the log has the run");
+    assert_eq!(last.event.as_deref(), Some("error"));
+    assert_eq!(last.data.as_ref().unwrap()["error"]["code"], "cancelled");
+    assert_eq!(server.delete(&format!("/v1/runs/{id}")).await.status(), 202);
+}
+
+#[tokio::test]
+async fn past_the_stream_cap_a_stream_is_429_with_retry_after() {
+    let server = TestServer::start(ServerConfig {
+        max_streams: 1,
+        ..ServerConfig::default()
+    })
+    .await;
+    let input = json!({ "input": slow_batch(1000, 50) });
+    let open = server.post("/v1/actors/batch/stream", &input).await;
+    assert_eq!(open.status(), 200);
+    let mut reader = SseReader::new(open);
+    reader.next_chunk().await.expect("the first stream is open");
+
+    let response = server.post("/v1/actors/batch/stream", &input).await;
+    assert_eq!(response.headers()["retry-after"], "1");
+    let (status, code, _) = error_of(response).await;
+    assert_eq!((status, code.as_str()), (429, "too_many_streams"));
+}
+
+#[tokio::test]
+async fn the_envelopes_timeout_is_the_runs_deadline() {
+    let server = TestServer::default_config().await;
+    let body = json!({ "input": slow_batch(1000, 20), "timeout": "100ms" });
+    let (status, code, _) = error_of(server.post("/v1/actors/batch/run", &body).await).await;
+    assert_eq!((status, code.as_str()), (504, "timeout"));
+}
+
+#[tokio::test]
+async fn metrics_count_chunks_resumes_and_outcomes() {
+    let server = TestServer::default_config().await;
+    let response = server.post("/v1/actors/echo/stream", &json!({})).await;
+    let id = response.headers()["loom-run-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(SseReader::new(response).rest().await.len(), 2);
+    let resumed = server.get(&format!("/v1/runs/{id}/stream?from=0")).await;
+    assert_eq!(SseReader::new(resumed).rest().await.len(), 1);
+    let cancelled = server
+        .detached(json!({ "actor": "batch", "input": slow_batch(1000, 50) }))
+        .await;
+    server.delete(&format!("/v1/runs/{cancelled}")).await;
+    server.finished(&cancelled).await;
+
+    // A stream's place under the cap is freed when the server drops the finished body, which
+    // may come just after the client read its end.
+    let text = within(async {
+        loop {
+            let response = server.get("/metrics").await;
+            assert!(response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain"));
+            let text = response.text().await.unwrap();
+            if text.lines().any(|l| l == "loom_open_streams 0") {
+                return text;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    for line in [
+        "loom_active_runs 0",
+        "loom_chunks_sent_total 3",
+        "loom_resumes_total 1",
+        "loom_slow_readers_dropped_total 0",
+        "loom_runs_finished_total{outcome=\"cancelled\"} 1",
+        "loom_runs_finished_total{outcome=\"complete\"} 1",
+        "loom_run_duration_seconds_count 2",
+        "loom_time_to_first_chunk_seconds_count 2",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+    }
+}

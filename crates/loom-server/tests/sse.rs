@@ -1,0 +1,294 @@
+//! SSE over a real socket: the exact frame bytes, resume from cursors, several readers,
+//! 204/410 of the cursor table, keep-alive, and auth.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use loom_core::{actor_fn, try_stream, ActorError, Output, Registry};
+use loom_server::{LogLimits, ServerConfig};
+use serde_json::json;
+use support::*;
+use tokio::sync::Semaphore;
+
+#[tokio::test]
+async fn a_short_run_is_framed_byte_for_byte() {
+    let server = TestServer::default_config().await;
+    let response = server
+        .post("/v1/actors/echo/stream", &json!({ "input": { "a": 1 } }))
+        .await;
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    assert_eq!(headers["content-type"], "text/event-stream");
+    assert_eq!(headers["cache-control"], "no-cache");
+    assert_eq!(headers["x-accel-buffering"], "no");
+    let id = headers["loom-run-id"].to_str().unwrap().to_owned();
+    let body = within(response.text()).await.unwrap();
+    let expected = format!(
+        "id: 0\nevent: start\ndata: {{\"type\":\"start\",\"seq\":0,\"data\":{{\"run_id\":\"{id}\",\"actor\":\"echo\"}}}}\n\n\
+         id: 1\nevent: complete\ndata: {{\"type\":\"complete\",\"seq\":1,\"data\":{{\"a\":1}}}}\n\n"
+    );
+    assert_eq!(body, expected);
+}
+
+#[tokio::test]
+async fn resuming_at_any_point_loses_nothing_and_repeats_nothing() {
+    let server = TestServer::default_config().await;
+    let id = server
+        .detached(json!({ "actor": "batch", "input": slow_batch(10, 5) }))
+        .await;
+    let path = format!("/v1/runs/{id}/stream");
+    let all = seqs(&SseReader::new(server.get(&path).await).rest().await);
+    let last = *all.last().unwrap();
+    assert_eq!(all, (0..=last).collect::<Vec<_>>(), "gapless from 0");
+
+    for cut in [0, 1, last / 2, last - 1] {
+        // A reader that drops after `cut` and resumes from there, both ways.
+        let by_header = server
+            .http
+            .get(server.url(&path))
+            .header("last-event-id", cut.to_string())
+            .send();
+        let resumed = seqs(
+            &SseReader::new(within(by_header).await.unwrap())
+                .rest()
+                .await,
+        );
+        assert_eq!(
+            resumed,
+            ((cut + 1)..=last).collect::<Vec<_>>(),
+            "after {cut}"
+        );
+        let by_query = server.get(&format!("{path}?from={cut}")).await;
+        let resumed = seqs(&SseReader::new(by_query).rest().await);
+        assert_eq!(
+            resumed,
+            ((cut + 1)..=last).collect::<Vec<_>>(),
+            "from={cut}"
+        );
+    }
+    for at_or_past_the_end in [last, last + 5] {
+        let response = server
+            .get(&format!("{path}?from={at_or_past_the_end}"))
+            .await;
+        assert_eq!(response.status(), 204);
+    }
+}
+
+#[tokio::test]
+async fn a_live_reader_dropped_midway_resumes_from_its_last_id() {
+    let server = TestServer::default_config().await;
+    let response = server
+        .post(
+            "/v1/actors/batch/stream",
+            &json!({ "input": slow_batch(20, 10), "on_disconnect": "continue" }),
+        )
+        .await;
+    let id = response.headers()["loom-run-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut reader = SseReader::new(response);
+    let mut seen = Vec::new();
+    for _ in 0..7 {
+        seen.push(reader.next_chunk().await.unwrap());
+    }
+    drop(reader);
+    let cut = seen.last().unwrap().id.unwrap();
+    let resumed = server
+        .http
+        .get(server.url(&format!("/v1/runs/{id}/stream")))
+        .header("last-event-id", cut.to_string())
+        .send();
+    seen.extend(SseReader::new(within(resumed).await.unwrap()).rest().await);
+    let seqs = seqs(&seen);
+    let last = *seqs.last().unwrap();
+    assert_eq!(seqs, (0..=last).collect::<Vec<_>>());
+    assert_eq!(seen.last().unwrap().event.as_deref(), Some("complete"));
+}
+
+#[tokio::test]
+async fn two_readers_see_the_same_chunks_in_the_same_order() {
+    let server = TestServer::default_config().await;
+    let id = server
+        .detached(json!({ "actor": "batch", "input": slow_batch(10, 10) }))
+        .await;
+    let path = format!("/v1/runs/{id}/stream");
+    let (a, b) = tokio::join!(
+        async { SseReader::new(server.get(&path).await).rest().await },
+        async { SseReader::new(server.get(&path).await).rest().await },
+    );
+    assert_eq!(a, b);
+    assert_eq!(a.last().unwrap().event.as_deref(), Some("complete"));
+}
+
+#[tokio::test]
+async fn a_cursor_the_log_no_longer_holds_is_410() {
+    let server = TestServer::start(ServerConfig {
+        log_limits: LogLimits {
+            max_chunks: 4,
+            max_bytes: usize::MAX,
+        },
+        ..ServerConfig::default()
+    })
+    .await;
+    let id = server
+        .detached(json!({ "actor": "batch", "input": slow_batch(10, 0) }))
+        .await;
+    let status = server.finished(&id).await;
+    let last = status["last_seq"].as_u64().unwrap();
+    let path = format!("/v1/runs/{id}/stream");
+    for expired in [path.clone(), format!("{path}?from=0")] {
+        let response = server.get(&expired).await;
+        assert_eq!(response.status(), 410);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "cursor_expired");
+    }
+    let kept = server.get(&format!("{path}?from={}", last - 4)).await;
+    let frames = SseReader::new(kept).rest().await;
+    assert_eq!(seqs(&frames), ((last - 3)..=last).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn an_idle_stream_gets_keep_alive_comments() {
+    let server = TestServer::start(ServerConfig {
+        keep_alive: Duration::from_millis(50),
+        ..ServerConfig::default()
+    })
+    .await;
+    // One batch that takes far longer than the keep-alive interval.
+    let response = server
+        .post(
+            "/v1/actors/batch/stream",
+            &json!({ "input": slow_batch(1, 5_000) }),
+        )
+        .await;
+    let mut body = response.bytes_stream();
+    let mut seen = Vec::new();
+    within(async {
+        while !seen.windows(15).any(|w| w == b"\n\n: keep-alive\n") {
+            let bytes = body.next().await.expect("more body").expect("bytes");
+            seen.extend_from_slice(&bytes);
+        }
+    })
+    .await;
+    assert!(seen.starts_with(b"id: 0\nevent: start\n"));
+    assert!(seen.ends_with(b": keep-alive\n\n"));
+}
+
+#[tokio::test]
+async fn an_event_source_reconnecting_to_the_actor_route_never_reruns_it() {
+    let server = TestServer::default_config().await;
+    let response = server
+        .get("/v1/actors/echo/stream?input=%7B%22q%22%3A2%7D&on_disconnect=continue")
+        .await;
+    assert_eq!(response.status(), 200);
+    let frames = SseReader::new(response).rest().await;
+    assert_eq!(
+        frames.last().unwrap().data.as_ref().unwrap()["data"],
+        json!({ "q": 2 })
+    );
+
+    let before: serde_json::Value = server.get("/v1/runs").await.json().await.unwrap();
+    let reconnect = server
+        .http
+        .get(server.url("/v1/actors/echo/stream?input=%7B%22q%22%3A2%7D"))
+        .header("last-event-id", "1")
+        .send();
+    assert_eq!(within(reconnect).await.unwrap().status(), 204);
+    let after: serde_json::Value = server.get("/v1/runs").await.json().await.unwrap();
+    assert_eq!(before["runs"].as_array().unwrap().len(), 1);
+    assert_eq!(after, before, "no second run started");
+}
+
+#[tokio::test]
+async fn with_an_api_key_every_route_but_healthz_needs_the_bearer_token() {
+    let server = TestServer::start(ServerConfig {
+        api_key: Some("s3cret".into()),
+        ..ServerConfig::default()
+    })
+    .await;
+    assert_eq!(server.get("/healthz").await.status(), 200);
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("s3cret"),
+        Some("Bearer s3cre"),
+        Some("Basic s3cret"),
+    ] {
+        let mut request = server.http.get(server.url("/v1/actors"));
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        let response = within(request.send()).await.unwrap();
+        assert_eq!(response.status(), 401, "{auth:?}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unauthorized");
+    }
+    let right = server
+        .http
+        .post(server.url("/v1/actors/echo/stream"))
+        .header("authorization", "Bearer s3cret")
+        .send();
+    let response = within(right).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let frames = SseReader::new(response).rest().await;
+    assert_eq!(frames.last().unwrap().event.as_deref(), Some("complete"));
+    let unauthorized_stream = server.post("/v1/actors/echo/stream", &json!({})).await;
+    assert_eq!(unauthorized_stream.status(), 401);
+}
+
+#[tokio::test]
+async fn a_reader_overtaken_by_the_log_bound_is_disconnected_and_its_resume_is_410() {
+    // `flood` writes one chunk, waits for the gate, then writes ~45 MB without pause: far
+    // more than loopback socket buffers hold (a few MB each way).
+    let gate = Arc::new(Semaphore::new(0));
+    let flood = {
+        let gate = Arc::clone(&gate);
+        actor_fn("flood", move |_input, _ctx| {
+            let gate = Arc::clone(&gate);
+            try_stream! {
+                yield Output::data(json!(0));
+                let _open = gate.acquire_owned().await.map_err(|_| ActorError::internal("gate"))?;
+                for n in 1..100_000u64 {
+                    yield Output::data(json!({ "n": n, "pad": "x".repeat(400) }));
+                }
+                yield Output::complete(json!(null));
+            }
+        })
+    };
+    let mut registry = Registry::with_builtins();
+    registry.register(flood);
+    let config = ServerConfig {
+        log_limits: LogLimits {
+            max_chunks: 100,
+            max_bytes: usize::MAX,
+        },
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start_with(registry, config).await;
+    let response = server.post("/v1/actors/flood/stream", &json!({})).await;
+    let id = response.headers()["loom-run-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut reader = SseReader::new(response);
+    let mut frames = vec![reader.next_chunk().await.expect("start")];
+    frames.push(reader.next_chunk().await.expect("the first data chunk"));
+    gate.add_permits(1);
+    // Stop reading until the run is over: the producer never waits for this reader.
+    assert_eq!(server.finished(&id).await["status"], "complete");
+    while let Some(frame) = reader.next_chunk().await {
+        frames.push(frame);
+    }
+    let seqs = seqs(&frames);
+    let last = *seqs.last().unwrap();
+    assert_eq!(seqs, (0..=last).collect::<Vec<_>>(), "no jump");
+    assert_ne!(frames.last().unwrap().event.as_deref(), Some("complete"));
+    let resume = server
+        .get(&format!("/v1/runs/{id}/stream?from={last}"))
+        .await;
+    assert_eq!(resume.status(), 410);
+}

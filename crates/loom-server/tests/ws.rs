@@ -1,0 +1,126 @@
+//! WebSocket `GET /v1/actors/{type}/ws`: start, chunks as text frames, cancel, close.
+
+mod support;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(server: &TestServer, actor: &str) -> Socket {
+    let url = format!("{}/v1/actors/{actor}/ws", server.base.replace("http", "ws"));
+    within(tokio_tungstenite::connect_async(url))
+        .await
+        .expect("handshake")
+        .0
+}
+
+async fn send(socket: &mut Socket, message: Value) {
+    within(socket.send(Message::text(message.to_string())))
+        .await
+        .expect("send");
+}
+
+/// The next text frame as JSON; `None` once the server closed.
+async fn next_json(socket: &mut Socket) -> Option<Value> {
+    loop {
+        match within(socket.next()).await? {
+            Ok(Message::Text(text)) => return Some(serde_json::from_str(&text).expect("JSON")),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_run_streams_as_text_frames_then_the_server_closes() {
+    let server = TestServer::default_config().await;
+    let mut socket = connect(&server, "echo").await;
+    send(
+        &mut socket,
+        json!({ "action": "start", "input": { "a": 1 } }),
+    )
+    .await;
+    let start = next_json(&mut socket).await.expect("start");
+    assert_eq!(start["type"], "start");
+    let complete = next_json(&mut socket).await.expect("complete");
+    assert_eq!(
+        complete,
+        json!({ "type": "complete", "seq": 1, "data": { "a": 1 } })
+    );
+    assert_eq!(
+        next_json(&mut socket).await,
+        None,
+        "closed after the terminal"
+    );
+}
+
+#[tokio::test]
+async fn cancel_ends_the_run_with_error_cancelled_on_the_socket() {
+    let server = TestServer::default_config().await;
+    let mut socket = connect(&server, "batch").await;
+    send(
+        &mut socket,
+        json!({ "action": "start", "input": slow_batch(1000, 20) }),
+    )
+    .await;
+    let start = next_json(&mut socket).await.expect("start");
+    let id = start["data"]["run_id"].as_str().unwrap().to_owned();
+    send(&mut socket, json!({ "action": "cancel" })).await;
+    let mut last = None;
+    while let Some(chunk) = next_json(&mut socket).await {
+        last = Some(chunk);
+    }
+    let last = last.expect("chunks");
+    assert_eq!(last["type"], "error");
+    assert_eq!(last["error"]["code"], "cancelled");
+    assert_eq!(server.status(&id).await["status"], "cancelled");
+}
+
+#[tokio::test]
+async fn closing_the_socket_cancels_the_run() {
+    let server = TestServer::start(loom_server::ServerConfig {
+        disconnect_grace: std::time::Duration::from_secs(600),
+        ..loom_server::ServerConfig::default()
+    })
+    .await;
+    let mut socket = connect(&server, "batch").await;
+    send(
+        &mut socket,
+        json!({ "action": "start", "input": slow_batch(1000, 20) }),
+    )
+    .await;
+    let start = next_json(&mut socket).await.expect("start");
+    let id = start["data"]["run_id"].as_str().unwrap().to_owned();
+    within(socket.close(None)).await.expect("close");
+    // The grace is 10 minutes: only the close frame can end it this soon.
+    let status = server.finished(&id).await;
+    assert_eq!(status["status"], "cancelled");
+}
+
+#[tokio::test]
+async fn a_bad_message_gets_an_error_frame_and_an_unknown_actor_is_404() {
+    let server = TestServer::default_config().await;
+    let mut socket = connect(&server, "echo").await;
+    send(&mut socket, json!({ "action": "launch" })).await;
+    let error = next_json(&mut socket).await.expect("an error frame");
+    assert_eq!(error["error"]["code"], "bad_request");
+    send(
+        &mut socket,
+        json!({ "action": "start", "input": { "bogus": 1 } }),
+    )
+    .await;
+    assert_eq!(next_json(&mut socket).await.unwrap()["type"], "start");
+
+    let url = format!("{}/v1/actors/nope/ws", server.base.replace("http", "ws"));
+    let refused = within(tokio_tungstenite::connect_async(url)).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 404)
+        }
+        other => panic!("expected a 404 handshake, got {other:?}"),
+    }
+}

@@ -39,6 +39,7 @@
 //! | `GET /v1/runs/{id}/stream` | SSE from a cursor (`Last-Event-ID` or `?from=`, exclusive) |
 //! | `DELETE /v1/runs/{id}` | cancel (idempotent), `202` with the status |
 //! | `GET /v1/actors/{type}/ws` | WebSocket: `{"action":"start","input":…}` / `{"action":"cancel"}` in, chunks as JSON text frames out |
+//! | `POST /v1/tokens` | a short-lived token (5 min) for `?token=`, for clients that cannot set headers |
 //! | `GET /metrics` | Prometheus: active runs and streams, chunks sent, resumes, dropped slow readers, outcomes by code, time to first chunk, run duration |
 //!
 //! The actor and workflow routes take the envelope `{"input", "on_disconnect":
@@ -77,6 +78,7 @@ mod ws;
 
 use std::future::Future;
 
+pub use auth::TOKEN_TTL;
 pub use config::{
     ServerConfig, DEFAULT_BODY_LIMIT, DEFAULT_DISCONNECT_GRACE, DEFAULT_KEEP_ALIVE,
     DEFAULT_MAX_STREAMS, DEFAULT_RUN_TTL,

@@ -15,7 +15,7 @@ use loom_core::{ActorError, ChunkType, StreamChunk};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-use crate::auth::require_key;
+use crate::auth::{require_key, TOKEN_TTL};
 use crate::error::ApiError;
 use crate::extract::{
     cursor, input_or_empty, parse_timeout, Envelope, JoinQuery, LoomJson, RunRequest, StreamQuery,
@@ -43,6 +43,7 @@ pub fn router(state: ServerState) -> Router {
         .route("/v1/runs/{id}/stream", get(join_run))
         .route("/v1/actors/{actor}/ws", get(crate::ws::actor_ws))
         .route("/metrics", get(metrics))
+        .route("/v1/tokens", post(issue_token))
         .route_layer(from_fn_with_state(state.clone(), require_key));
     Router::new()
         .route("/healthz", get(healthz))
@@ -59,6 +60,12 @@ async fn healthz() -> Json<Value> {
 async fn metrics(State(state): State<ServerState>) -> Response {
     let content_type = [(header::CONTENT_TYPE, "text/plain; version=0.0.4")];
     (content_type, state.metrics_text()).into_response()
+}
+
+/// `POST /v1/tokens`: a short-lived token for `?token=`, `201 {token, expires_in}`.
+async fn issue_token(State(state): State<ServerState>) -> Response {
+    let body = json!({ "token": state.tokens().issue(), "expires_in": TOKEN_TTL.as_secs() });
+    (StatusCode::CREATED, Json(body)).into_response()
 }
 
 async fn list_actors(State(state): State<ServerState>) -> Json<Value> {

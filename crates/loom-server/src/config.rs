@@ -37,6 +37,8 @@ pub struct ServerConfig {
     pub max_streams: usize,
     /// How much of a run each embedded log keeps.
     pub log_limits: LogLimits,
+    /// Origins browsers may call the API from (`*`: any); empty, the default: CORS off.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -49,6 +51,7 @@ impl Default for ServerConfig {
             body_limit: DEFAULT_BODY_LIMIT,
             max_streams: DEFAULT_MAX_STREAMS,
             log_limits: LogLimits::default(),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -63,6 +66,7 @@ impl fmt::Debug for ServerConfig {
             .field("body_limit", &self.body_limit)
             .field("max_streams", &self.max_streams)
             .field("log_limits", &self.log_limits)
+            .field("cors_origins", &self.cors_origins)
             .finish()
     }
 }

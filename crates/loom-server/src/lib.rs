@@ -22,7 +22,7 @@
 //! - [`ServerState`]: the runtime, the loaded workflows, the runs and the stream cap;
 //!   [`router`] serves it, [`serve`] serves it on a listener with graceful shutdown.
 //! - [`ServerConfig`]: API key, disconnect grace, keep-alive interval, run TTL, body limit,
-//!   stream cap, log bounds.
+//!   stream cap, log bounds, CORS origins (off by default).
 //! - [`RunLog`]: one run's chunks and status; [`Reader`]: a cursor into it that waits for more.
 //! - [`ApiError`]: every error response, `{"error":{"code":…,"message":…}}`.
 //!

@@ -6,7 +6,7 @@
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,6 +14,7 @@ use axum::{Json, Router};
 use loom_core::{ActorError, ChunkType, StreamChunk};
 use serde_json::{json, Value};
 use std::sync::Arc;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::auth::{require_key, TOKEN_TTL};
 use crate::error::ApiError;
@@ -45,12 +46,46 @@ pub fn router(state: ServerState) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/tokens", post(issue_token))
         .route_layer(from_fn_with_state(state.clone(), require_key));
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(healthz))
         .merge(api)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
-        .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(body_limit));
+    let router = match cors(&state.config().cors_origins) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router.with_state(state)
+}
+
+/// The CORS layer for `origins` (`*`: any); none when the list is empty (CORS off).
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let valid = origins.iter().filter_map(|o| match HeaderValue::from_str(o) {
+            Ok(value) => Some(value),
+            Err(_) => {
+                tracing::warn!(origin = %o, "ignoring a CORS origin that is not a header value");
+                None
+            }
+        });
+        AllowOrigin::list(valid.collect::<Vec<_>>())
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("last-event-id"),
+            ])
+            .expose_headers([RUN_ID_HEADER]),
+    )
 }
 
 async fn healthz() -> Json<Value> {

@@ -4,6 +4,8 @@
 //! [`crate::sse`] (streams) or read it to the end (`/run`). Every failure before a stream
 //! starts is an [`ApiError`].
 
+use std::sync::Arc;
+
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -13,7 +15,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use loom_core::{ActorError, ChunkType, StreamChunk};
 use serde_json::{json, Value};
-use std::sync::Arc;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::auth::{require_key, TOKEN_TTL};
@@ -25,7 +26,7 @@ use crate::runlog::{Read, RunTarget};
 use crate::runs::StartRequest;
 use crate::sse::{self, StreamGuards, RUN_ID_HEADER};
 use crate::state::ServerState;
-use crate::store::DisconnectPolicy;
+use crate::store::{DisconnectPolicy, Run};
 
 /// The HTTP API on `state`: every route of DESIGN.md §3 implemented here.
 pub fn router(state: ServerState) -> Router {
@@ -308,7 +309,7 @@ async fn join_run(
     ))
 }
 
-fn find_run(state: &ServerState, id: &str) -> Result<std::sync::Arc<crate::store::Run>, ApiError> {
+fn find_run(state: &ServerState, id: &str) -> Result<Arc<Run>, ApiError> {
     state
         .engine()
         .store()

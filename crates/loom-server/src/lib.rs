@@ -55,7 +55,9 @@
 //! ([`LogLimits`]); past the bound the oldest are dropped, and a cursor before them is
 //! `410 cursor_expired` (a streaming reader overtaken that way is disconnected and gets the 410
 //! when it resumes). A cursor at or past a finished run's terminal is `204`. A finished run is
-//! kept for the run TTL (default an hour), then forgotten (`404`).
+//! kept for the run TTL (default an hour), then forgotten (`404`); at most
+//! [`DEFAULT_MAX_FINISHED_RUNS`] finished runs are kept (configurable), the oldest going first,
+//! so memory is bounded by the running runs plus that many bounded logs.
 //!
 //! A direct stream's run is cancelled when its last reader has been gone for the disconnect
 //! grace (default 10 s), unless the request said `"on_disconnect":"continue"`; detached runs
@@ -81,7 +83,7 @@ use std::future::Future;
 pub use auth::TOKEN_TTL;
 pub use config::{
     ServerConfig, DEFAULT_BODY_LIMIT, DEFAULT_DISCONNECT_GRACE, DEFAULT_KEEP_ALIVE,
-    DEFAULT_MAX_STREAMS, DEFAULT_RUN_TTL,
+    DEFAULT_MAX_FINISHED_RUNS, DEFAULT_MAX_STREAMS, DEFAULT_RUN_TTL,
 };
 pub use error::ApiError;
 pub use routes::router;

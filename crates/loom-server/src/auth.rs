@@ -1,12 +1,19 @@
-//! The API key check: with `LOOM_API_KEY` set, a request needs `Authorization: Bearer <key>`.
+//! The API key check: with `LOOM_API_KEY` set, a request needs `Authorization: Bearer <key>`,
+//! or `?token=` with a short-lived token from `POST /v1/tokens` (for clients that cannot set
+//! headers: a browser `EventSource` or WebSocket).
 //!
 //! [`crate::routes`] layers [`require_key`] on every route but `/healthz`. The key is compared
-//! in constant time and never logged.
+//! in constant time; neither the key nor tokens are logged (no request URI is logged).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use loom_core::new_run_id;
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
@@ -27,9 +34,62 @@ pub(crate) async fn require_key(
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(given) if same_key(given, key) => next.run(request).await,
-        _ => ApiError::Unauthorized.into_response(),
+    let authorized = match given {
+        Some(given) => same_key(given, key),
+        None => query_token(&request).is_some_and(|t| state.tokens().is_valid(t)),
+    };
+    if authorized {
+        next.run(request).await
+    } else {
+        ApiError::Unauthorized.into_response()
+    }
+}
+
+/// The `token` query parameter (tokens are hex: no decoding needed).
+fn query_token(request: &Request) -> Option<&str> {
+    request
+        .uri()
+        .query()?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("token="))
+}
+
+/// How long a token from `POST /v1/tokens` is valid.
+pub const TOKEN_TTL: Duration = Duration::from_secs(300);
+
+/// The most live tokens kept; past it the one closest to expiry is dropped.
+const MAX_TOKENS: usize = 100_000;
+
+/// The live short-lived tokens.
+#[derive(Debug, Default)]
+pub(crate) struct Tokens {
+    expiries: Mutex<HashMap<String, Instant>>,
+}
+
+impl Tokens {
+    /// A new token valid for [`TOKEN_TTL`]: 244 random bits, unguessable.
+    pub(crate) fn issue(&self) -> String {
+        let token = format!("{}{}", new_run_id(), new_run_id()).replace('-', "");
+        let now = Instant::now();
+        let mut expiries = self.expiries.lock().unwrap_or_else(|e| e.into_inner());
+        expiries.retain(|_, expiry| *expiry > now);
+        if expiries.len() >= MAX_TOKENS {
+            let oldest = expiries
+                .iter()
+                .min_by_key(|(_, e)| **e)
+                .map(|(t, _)| t.clone());
+            if let Some(oldest) = oldest {
+                expiries.remove(&oldest);
+            }
+        }
+        expiries.insert(token.clone(), now + TOKEN_TTL);
+        token
+    }
+
+    /// Whether `token` was issued and has not expired.
+    fn is_valid(&self, token: &str) -> bool {
+        let expiries = self.expiries.lock().unwrap_or_else(|e| e.into_inner());
+        expiries.get(token).is_some_and(|e| *e > Instant::now())
     }
 }
 

@@ -17,6 +17,10 @@ pub const DEFAULT_RUN_TTL: Duration = Duration::from_secs(3600);
 /// The largest request body, in bytes (larger: 413 `too_large`).
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 
+/// The most finished runs kept readable; past it the one that finished first is forgotten
+/// before its TTL. With the log bounds this caps the memory finished runs hold.
+pub const DEFAULT_MAX_FINISHED_RUNS: usize = 1_000;
+
 /// The most SSE streams open at once (more: 429 `too_many_streams`).
 pub const DEFAULT_MAX_STREAMS: usize = 10_000;
 
@@ -31,12 +35,16 @@ pub struct ServerConfig {
     pub keep_alive: Duration,
     /// How long a finished run stays readable.
     pub run_ttl: Duration,
+    /// The most finished runs kept readable (the oldest go first, before their TTL).
+    pub max_finished_runs: usize,
     /// The largest request body, in bytes.
     pub body_limit: usize,
     /// The most SSE streams open at once.
     pub max_streams: usize,
     /// How much of a run each embedded log keeps.
     pub log_limits: LogLimits,
+    /// Origins browsers may call the API from (`*`: any); empty, the default: CORS off.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -46,9 +54,11 @@ impl Default for ServerConfig {
             disconnect_grace: DEFAULT_DISCONNECT_GRACE,
             keep_alive: DEFAULT_KEEP_ALIVE,
             run_ttl: DEFAULT_RUN_TTL,
+            max_finished_runs: DEFAULT_MAX_FINISHED_RUNS,
             body_limit: DEFAULT_BODY_LIMIT,
             max_streams: DEFAULT_MAX_STREAMS,
             log_limits: LogLimits::default(),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -60,9 +70,11 @@ impl fmt::Debug for ServerConfig {
             .field("disconnect_grace", &self.disconnect_grace)
             .field("keep_alive", &self.keep_alive)
             .field("run_ttl", &self.run_ttl)
+            .field("max_finished_runs", &self.max_finished_runs)
             .field("body_limit", &self.body_limit)
             .field("max_streams", &self.max_streams)
             .field("log_limits", &self.log_limits)
+            .field("cors_origins", &self.cors_origins)
             .finish()
     }
 }

@@ -108,6 +108,9 @@ pub(crate) struct StreamQuery {
     pub on_disconnect: OnDisconnect,
     /// The run's deadline.
     pub timeout: Option<String>,
+    /// A short-lived token, checked by [`crate::auth`].
+    #[serde(rename = "token")]
+    _token: Option<String>,
 }
 
 impl StreamQuery {
@@ -132,6 +135,9 @@ impl StreamQuery {
 pub(crate) struct JoinQuery {
     /// Read the chunks after this `seq`.
     pub from: Option<u64>,
+    /// A short-lived token, checked by [`crate::auth`].
+    #[serde(rename = "token")]
+    _token: Option<String>,
 }
 
 /// The input, `{}` when absent or `null`.

@@ -22,7 +22,7 @@
 //! - [`ServerState`]: the runtime, the loaded workflows, the runs and the stream cap;
 //!   [`router`] serves it, [`serve`] serves it on a listener with graceful shutdown.
 //! - [`ServerConfig`]: API key, disconnect grace, keep-alive interval, run TTL, body limit,
-//!   stream cap, log bounds.
+//!   stream cap, log bounds, CORS origins (off by default).
 //! - [`RunLog`]: one run's chunks and status; [`Reader`]: a cursor into it that waits for more.
 //! - [`ApiError`]: every error response, `{"error":{"code":…,"message":…}}`.
 //!
@@ -39,6 +39,7 @@
 //! | `GET /v1/runs/{id}/stream` | SSE from a cursor (`Last-Event-ID` or `?from=`, exclusive) |
 //! | `DELETE /v1/runs/{id}` | cancel (idempotent), `202` with the status |
 //! | `GET /v1/actors/{type}/ws` | WebSocket: `{"action":"start","input":…}` / `{"action":"cancel"}` in, chunks as JSON text frames out |
+//! | `POST /v1/tokens` | a short-lived token (5 min) for `?token=`, for clients that cannot set headers |
 //! | `GET /metrics` | Prometheus: active runs and streams, chunks sent, resumes, dropped slow readers, outcomes by code, time to first chunk, run duration |
 //!
 //! The actor and workflow routes take the envelope `{"input", "on_disconnect":
@@ -54,7 +55,9 @@
 //! ([`LogLimits`]); past the bound the oldest are dropped, and a cursor before them is
 //! `410 cursor_expired` (a streaming reader overtaken that way is disconnected and gets the 410
 //! when it resumes). A cursor at or past a finished run's terminal is `204`. A finished run is
-//! kept for the run TTL (default an hour), then forgotten (`404`).
+//! kept for the run TTL (default an hour), then forgotten (`404`); at most
+//! [`DEFAULT_MAX_FINISHED_RUNS`] finished runs are kept (configurable), the oldest going first,
+//! so memory is bounded by the running runs plus that many bounded logs.
 //!
 //! A direct stream's run is cancelled when its last reader has been gone for the disconnect
 //! grace (default 10 s), unless the request said `"on_disconnect":"continue"`; detached runs
@@ -77,9 +80,10 @@ mod ws;
 
 use std::future::Future;
 
+pub use auth::TOKEN_TTL;
 pub use config::{
     ServerConfig, DEFAULT_BODY_LIMIT, DEFAULT_DISCONNECT_GRACE, DEFAULT_KEEP_ALIVE,
-    DEFAULT_MAX_STREAMS, DEFAULT_RUN_TTL,
+    DEFAULT_MAX_FINISHED_RUNS, DEFAULT_MAX_STREAMS, DEFAULT_RUN_TTL,
 };
 pub use error::ApiError;
 pub use routes::router;

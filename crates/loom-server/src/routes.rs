@@ -4,18 +4,20 @@
 //! [`crate::sse`] (streams) or read it to the end (`/run`). Every failure before a stream
 //! starts is an [`ApiError`].
 
+use std::sync::Arc;
+
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use loom_core::{ActorError, ChunkType, StreamChunk};
 use serde_json::{json, Value};
-use std::sync::Arc;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::auth::require_key;
+use crate::auth::{require_key, TOKEN_TTL};
 use crate::error::ApiError;
 use crate::extract::{
     cursor, input_or_empty, parse_timeout, Envelope, JoinQuery, LoomJson, RunRequest, StreamQuery,
@@ -24,7 +26,7 @@ use crate::runlog::{Read, RunTarget};
 use crate::runs::StartRequest;
 use crate::sse::{self, StreamGuards, RUN_ID_HEADER};
 use crate::state::ServerState;
-use crate::store::DisconnectPolicy;
+use crate::store::{DisconnectPolicy, Run};
 
 /// The HTTP API on `state`: every route of DESIGN.md §3 implemented here.
 pub fn router(state: ServerState) -> Router {
@@ -43,13 +45,48 @@ pub fn router(state: ServerState) -> Router {
         .route("/v1/runs/{id}/stream", get(join_run))
         .route("/v1/actors/{actor}/ws", get(crate::ws::actor_ws))
         .route("/metrics", get(metrics))
+        .route("/v1/tokens", post(issue_token))
         .route_layer(from_fn_with_state(state.clone(), require_key));
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(healthz))
         .merge(api)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
-        .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(body_limit));
+    let router = match cors(&state.config().cors_origins) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router.with_state(state)
+}
+
+/// The CORS layer for `origins` (`*`: any); none when the list is empty (CORS off).
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let valid = origins.iter().filter_map(|o| match HeaderValue::from_str(o) {
+            Ok(value) => Some(value),
+            Err(_) => {
+                tracing::warn!(origin = %o, "ignoring a CORS origin that is not a header value");
+                None
+            }
+        });
+        AllowOrigin::list(valid.collect::<Vec<_>>())
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("last-event-id"),
+            ])
+            .expose_headers([RUN_ID_HEADER]),
+    )
 }
 
 async fn healthz() -> Json<Value> {
@@ -59,6 +96,12 @@ async fn healthz() -> Json<Value> {
 async fn metrics(State(state): State<ServerState>) -> Response {
     let content_type = [(header::CONTENT_TYPE, "text/plain; version=0.0.4")];
     (content_type, state.metrics_text()).into_response()
+}
+
+/// `POST /v1/tokens`: a short-lived token for `?token=`, `201 {token, expires_in}`.
+async fn issue_token(State(state): State<ServerState>) -> Response {
+    let body = json!({ "token": state.tokens().issue(), "expires_in": TOKEN_TTL.as_secs() });
+    (StatusCode::CREATED, Json(body)).into_response()
 }
 
 async fn list_actors(State(state): State<ServerState>) -> Json<Value> {
@@ -266,7 +309,7 @@ async fn join_run(
     ))
 }
 
-fn find_run(state: &ServerState, id: &str) -> Result<std::sync::Arc<crate::store::Run>, ApiError> {
+fn find_run(state: &ServerState, id: &str) -> Result<Arc<Run>, ApiError> {
     state
         .engine()
         .store()

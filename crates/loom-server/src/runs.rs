@@ -137,6 +137,7 @@ impl Engine {
                 log,
                 Arc::clone(&self.store),
                 self.config.run_ttl,
+                self.config.max_finished_runs,
                 Arc::clone(&self.metrics),
             )
             .instrument(span),
@@ -165,6 +166,7 @@ async fn drive(
     log: Arc<RunLog>,
     store: Arc<RunStore>,
     ttl: Duration,
+    max_finished: usize,
     metrics: Arc<Metrics>,
 ) {
     let started = Instant::now();
@@ -191,5 +193,5 @@ async fn drive(
         let err = ActorError::internal("the run ended without a terminal chunk");
         log.push(&StreamChunk::error(seq, &err));
     }
-    store.expire_after(log.run_id().to_owned(), ttl);
+    store.expire_after(log.run_id().to_owned(), ttl, max_finished);
 }

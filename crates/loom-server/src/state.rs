@@ -6,6 +6,7 @@ use loom_core::Runtime;
 use loom_workflow::Workflow;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::auth::Tokens;
 use crate::config::ServerConfig;
 use crate::error::ApiError;
 use crate::metrics::Gauges;
@@ -22,6 +23,7 @@ struct Inner {
     engine: Engine,
     streams: Arc<Semaphore>,
     stream_cap: usize,
+    tokens: Tokens,
 }
 
 impl ServerState {
@@ -34,6 +36,7 @@ impl ServerState {
                 engine: Engine::new(runtime, workflows, config),
                 streams,
                 stream_cap,
+                tokens: Tokens::default(),
             }),
         }
     }
@@ -55,6 +58,11 @@ impl ServerState {
             .map_err(|_| ApiError::TooManyStreams {
                 limit: self.config().max_streams,
             })
+    }
+
+    /// The short-lived tokens of `POST /v1/tokens`.
+    pub(crate) fn tokens(&self) -> &Tokens {
+        &self.inner.tokens
     }
 
     /// `/metrics`' exposition text.

@@ -2,7 +2,9 @@
 //!
 //! [`crate::runs`] inserts a [`Run`] when it starts one; the routes find runs here by id, list
 //! the recent ones and cancel them. A finished run is removed a TTL after its terminal chunk
-//! ([`RunStore::expire_after`]); the index of recent runs is bounded.
+//! ([`RunStore::expire_after`]), or earlier when more finished runs than the configured bound
+//! are kept (the oldest first), so memory is bounded by the running runs plus that many logs;
+//! the index of recent runs is bounded too.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -122,6 +124,8 @@ struct StoreState {
     runs: HashMap<String, Arc<Run>>,
     /// Run ids, newest first, at most [`MAX_RECENT_RUNS`].
     recent: VecDeque<String>,
+    /// Finished run ids, in the order they finished.
+    finished: VecDeque<String>,
 }
 
 impl RunStore {
@@ -166,20 +170,37 @@ impl RunStore {
             .collect()
     }
 
-    /// Forgets run `id` `ttl` from now (called once its terminal chunk is in).
-    pub(crate) fn expire_after(self: &Arc<Self>, id: String, ttl: Duration) {
+    /// Forgets run `id` `ttl` from now (called once its terminal chunk is in); past
+    /// `max_finished` finished runs, forgets the one that finished first at once.
+    pub(crate) fn expire_after(self: &Arc<Self>, id: String, ttl: Duration, max_finished: usize) {
+        {
+            let mut state = self.lock();
+            state.finished.push_back(id.clone());
+            while state.finished.len() > max_finished {
+                if let Some(oldest) = state.finished.pop_front() {
+                    state.forget(&oldest);
+                }
+            }
+        }
         let store = Arc::clone(self);
         tokio::spawn(async move {
             tokio::time::sleep(ttl).await;
             let mut state = store.lock();
-            state.runs.remove(&id);
-            state.recent.retain(|r| *r != id);
+            state.forget(&id);
+            state.finished.retain(|r| *r != id);
         });
     }
 
     fn lock(&self) -> MutexGuard<'_, StoreState> {
         // The map stays consistent across a panic elsewhere; use it as is.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl StoreState {
+    fn forget(&mut self, id: &str) {
+        self.runs.remove(id);
+        self.recent.retain(|r| r != id);
     }
 }
 
@@ -236,10 +257,25 @@ mod tests {
         }
         let ids: Vec<_> = store.recent().into_iter().map(|r| r.run_id).collect();
         assert_eq!(ids, ["c", "b", "a"]);
-        store.expire_after("b".into(), Duration::from_secs(60));
+        store.expire_after("b".into(), Duration::from_secs(60), 10);
         tokio::time::sleep(Duration::from_secs(61)).await;
         assert!(store.get("b").is_none());
         let ids: Vec<_> = store.recent().into_iter().map(|r| r.run_id).collect();
         assert_eq!(ids, ["c", "a"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_the_bound_the_run_that_finished_first_is_forgotten_at_once() {
+        let store = Arc::new(RunStore::new());
+        for id in ["a", "b", "c"] {
+            store.insert(run(id, DisconnectPolicy::Continue).0);
+        }
+        let ttl = Duration::from_secs(3600);
+        store.expire_after("b".into(), ttl, 2);
+        store.expire_after("a".into(), ttl, 2);
+        assert!(store.get("b").is_some());
+        store.expire_after("c".into(), ttl, 2);
+        assert!(store.get("b").is_none(), "b finished first");
+        assert!(store.get("a").is_some() && store.get("c").is_some());
     }
 }

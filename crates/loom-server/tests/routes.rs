@@ -293,3 +293,50 @@ async fn metrics_count_chunks_resumes_and_outcomes() {
         assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn cors_is_off_by_default_and_answers_only_the_configured_origins() {
+    let preflight = |server: &TestServer, origin: &str| {
+        server
+            .http
+            .request(
+                reqwest::Method::OPTIONS,
+                server.url("/v1/actors/echo/stream"),
+            )
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .send()
+    };
+    let off = TestServer::default_config().await;
+    let response = within(preflight(&off, "https://app.example"))
+        .await
+        .unwrap();
+    assert!(!response
+        .headers()
+        .contains_key("access-control-allow-origin"));
+
+    let on = TestServer::start(ServerConfig {
+        cors_origins: vec!["https://app.example".into()],
+        ..ServerConfig::default()
+    })
+    .await;
+    let response = within(preflight(&on, "https://app.example")).await.unwrap();
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let other = within(preflight(&on, "https://evil.example"))
+        .await
+        .unwrap();
+    assert!(!other.headers().contains_key("access-control-allow-origin"));
+    let stream = on
+        .http
+        .post(on.url("/v1/actors/echo/stream"))
+        .header("origin", "https://app.example")
+        .send();
+    let response = within(stream).await.unwrap();
+    assert_eq!(
+        response.headers()["access-control-expose-headers"],
+        "loom-run-id"
+    );
+}

@@ -292,3 +292,45 @@ async fn a_reader_overtaken_by_the_log_bound_is_disconnected_and_its_resume_is_4
         .await;
     assert_eq!(resume.status(), 410);
 }
+
+#[tokio::test]
+async fn a_short_lived_token_from_post_tokens_authorizes_query_string_clients() {
+    let server = TestServer::start(ServerConfig {
+        api_key: Some("s3cret".into()),
+        ..ServerConfig::default()
+    })
+    .await;
+    assert_eq!(server.post("/v1/tokens", &json!({})).await.status(), 401);
+    let issued = server
+        .http
+        .post(server.url("/v1/tokens"))
+        .header("authorization", "Bearer s3cret")
+        .send();
+    let response = within(issued).await.unwrap();
+    assert_eq!(response.status(), 201);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["expires_in"], 300);
+    let token = body["token"].as_str().unwrap().to_owned();
+    assert!(token.len() >= 32 && token.chars().all(|c| c.is_ascii_hexdigit()));
+
+    // What a browser EventSource does: everything in the URL.
+    let url = format!("/v1/actors/echo/stream?input=%7B%22k%22%3A1%7D&token={token}");
+    let response = server.get(&url).await;
+    assert_eq!(response.status(), 200);
+    let id = response.headers()["loom-run-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let frames = SseReader::new(response).rest().await;
+    assert_eq!(
+        frames.last().unwrap().data.as_ref().unwrap()["data"],
+        json!({ "k": 1 })
+    );
+    let rejoin = server
+        .get(&format!("/v1/runs/{id}/stream?from=0&token={token}"))
+        .await;
+    assert_eq!(SseReader::new(rejoin).rest().await.len(), 1);
+
+    let wrong = server.get(&format!("/v1/runs/{id}?token={token}x")).await;
+    assert_eq!(wrong.status(), 401);
+}

@@ -20,6 +20,10 @@ pub(crate) struct ServeArgs {
     /// Serve the workflows defined in this directory's *.yaml, *.yml and *.json files.
     #[arg(long, value_name = "DIR")]
     workflows: Option<PathBuf>,
+    /// Let browsers on this origin call the API (repeat for several; `*` for any). CORS is
+    /// off without it.
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    cors_origins: Vec<String>,
 }
 
 /// Serves `runtime`'s actors and the workflows of `args` until Ctrl-C or SIGTERM.
@@ -55,6 +59,7 @@ pub(crate) async fn serve(
     );
     let config = ServerConfig {
         api_key,
+        cors_origins: args.cors_origins,
         ..ServerConfig::default()
     };
     let state = ServerState::new(runtime.clone(), workflows, config);

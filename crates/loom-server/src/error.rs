@@ -93,7 +93,12 @@ impl IntoResponse for ApiError {
         } else {
             tracing::debug!(code = self.code(), error = %self, "request rejected");
         }
-        let body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
+        // The code has its own field: a run's error says only its message.
+        let message = match &self {
+            Self::Run(err) => err.message().to_owned(),
+            other => other.to_string(),
+        };
+        let body = json!({ "error": { "code": self.code(), "message": message } });
         let mut response = (status, Json(body)).into_response();
         if matches!(self, Self::TooManyStreams { .. }) {
             response

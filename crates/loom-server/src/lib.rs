@@ -76,11 +76,11 @@ mod runs;
 mod sse;
 mod state;
 mod store;
+mod tokens;
 mod ws;
 
 use std::future::Future;
 
-pub use auth::TOKEN_TTL;
 pub use config::{
     ServerConfig, DEFAULT_BODY_LIMIT, DEFAULT_DISCONNECT_GRACE, DEFAULT_KEEP_ALIVE,
     DEFAULT_MAX_FINISHED_RUNS, DEFAULT_MAX_STREAMS, DEFAULT_RUN_TTL,
@@ -93,6 +93,7 @@ pub use runlog::{
 };
 pub use state::ServerState;
 pub use store::MAX_RECENT_RUNS;
+pub use tokens::TOKEN_TTL;
 
 /// Serves `state` on `listener` until `shutdown` resolves, then shuts down gracefully: no new
 /// connections or runs, every running run cancelled, and open streams end with the run's

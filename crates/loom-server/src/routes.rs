@@ -17,7 +17,7 @@ use loom_core::{ActorError, ChunkType, StreamChunk};
 use serde_json::{json, Value};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::auth::{require_key, TOKEN_TTL};
+use crate::auth::require_key;
 use crate::error::ApiError;
 use crate::extract::{
     cursor, input_or_empty, parse_timeout, Envelope, JoinQuery, LoomJson, RunRequest, StreamQuery,
@@ -27,6 +27,7 @@ use crate::runs::StartRequest;
 use crate::sse::{self, StreamGuards, RUN_ID_HEADER};
 use crate::state::ServerState;
 use crate::store::{DisconnectPolicy, Run};
+use crate::tokens::TOKEN_TTL;
 
 /// The HTTP API on `state`: every route of DESIGN.md §3 implemented here.
 pub fn router(state: ServerState) -> Router {

@@ -6,11 +6,11 @@ use loom_core::Runtime;
 use loom_workflow::Workflow;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::auth::Tokens;
 use crate::config::ServerConfig;
 use crate::error::ApiError;
 use crate::metrics::Gauges;
 use crate::runs::Engine;
+use crate::tokens::Tokens;
 
 /// What [`crate::router`] and [`crate::serve`] run on; cheap to clone.
 #[derive(Debug, Clone)]

@@ -35,6 +35,19 @@ async fn next_json(socket: &mut Socket) -> Option<Value> {
     }
 }
 
+/// Starts a long `batch` run over a new socket; returns the socket and the run id.
+async fn start_slow_batch(server: &TestServer) -> (Socket, String) {
+    let mut socket = connect(server, "batch").await;
+    send(
+        &mut socket,
+        json!({ "action": "start", "input": slow_batch(1000, 20) }),
+    )
+    .await;
+    let start = next_json(&mut socket).await.expect("start");
+    let id = start["data"]["run_id"].as_str().unwrap().to_owned();
+    (socket, id)
+}
+
 #[tokio::test]
 async fn a_run_streams_as_text_frames_then_the_server_closes() {
     let server = TestServer::default_config().await;
@@ -61,14 +74,7 @@ async fn a_run_streams_as_text_frames_then_the_server_closes() {
 #[tokio::test]
 async fn cancel_ends_the_run_with_error_cancelled_on_the_socket() {
     let server = TestServer::default_config().await;
-    let mut socket = connect(&server, "batch").await;
-    send(
-        &mut socket,
-        json!({ "action": "start", "input": slow_batch(1000, 20) }),
-    )
-    .await;
-    let start = next_json(&mut socket).await.expect("start");
-    let id = start["data"]["run_id"].as_str().unwrap().to_owned();
+    let (mut socket, id) = start_slow_batch(&server).await;
     send(&mut socket, json!({ "action": "cancel" })).await;
     let mut last = None;
     while let Some(chunk) = next_json(&mut socket).await {
@@ -87,14 +93,7 @@ async fn closing_the_socket_cancels_the_run() {
         ..loom_server::ServerConfig::default()
     })
     .await;
-    let mut socket = connect(&server, "batch").await;
-    send(
-        &mut socket,
-        json!({ "action": "start", "input": slow_batch(1000, 20) }),
-    )
-    .await;
-    let start = next_json(&mut socket).await.expect("start");
-    let id = start["data"]["run_id"].as_str().unwrap().to_owned();
+    let (mut socket, id) = start_slow_batch(&server).await;
     within(socket.close(None)).await.expect("close");
     // The grace is 10 minutes: only the close frame can end it this soon.
     let status = server.finished(&id).await;

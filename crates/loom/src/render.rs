@@ -48,6 +48,8 @@ pub(crate) struct Renderer {
     mid_line: bool,
     /// Untagged tokens on a terminal: the line being written, shown live.
     live: Option<LiveLine>,
+    /// Whether stdout and stderr share a terminal (asked once, not per token).
+    shared_terminal: bool,
 }
 
 /// The line of tokens being written, shown in the live area until it is complete.
@@ -82,6 +84,7 @@ impl Renderer {
             pending: Vec::new(),
             mid_line: false,
             live: None,
+            shared_terminal: shares_a_terminal(),
         }
     }
 
@@ -203,7 +206,7 @@ impl Renderer {
 
     fn token(&mut self, token: &str, label: Option<String>) {
         let Some(label) = label else {
-            if self.live.is_none() && shares_a_terminal() {
+            if self.live.is_none() && self.shared_terminal {
                 let bar = self
                     .multi
                     .insert_before(&self.bar, ProgressBar::new_spinner());

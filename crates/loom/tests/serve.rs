@@ -2,10 +2,9 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Stdio;
-use std::sync::mpsc;
 
 use support::*;
 
@@ -30,16 +29,7 @@ fn serve_answers_healthz_streams_an_actor_as_sse_and_exits_0_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("loom serve starts");
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = lines_of(child.stderr.take().expect("stderr is piped"));
     let banner = rx.recv_timeout(LIMIT).expect("the serving line");
     let addr = banner
         .strip_prefix("loom: serving on http://")

@@ -66,10 +66,14 @@ pub fn wait(child: &mut Child) -> ExitStatus {
 
 /// Streams a child's stdout lines through a channel, so a test can wait for one with a limit.
 pub fn lines(child: &mut Child) -> mpsc::Receiver<String> {
-    let stdout = child.stdout.take().expect("stdout is piped");
+    lines_of(child.stdout.take().expect("stdout is piped"))
+}
+
+/// Streams the lines of `pipe` (a child's stdout or stderr) through a channel.
+pub fn lines_of(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
+        for line in BufReader::new(pipe).lines() {
             let Ok(line) = line else { break };
             if tx.send(line).is_err() {
                 break;

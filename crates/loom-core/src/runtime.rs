@@ -217,6 +217,15 @@ impl Runtime {
         }
     }
 
+    /// A runtime with this one's services and the actors of `registry` (e.g. this one's
+    /// registry plus actors that run their steps on this runtime).
+    pub fn with_registry(&self, registry: Registry) -> Self {
+        Self {
+            registry: Arc::new(registry),
+            extensions: Arc::clone(&self.extensions),
+        }
+    }
+
     /// The registered actors.
     pub fn registry(&self) -> &Registry {
         &self.registry

@@ -32,6 +32,12 @@ pub struct EntryId {
 impl EntryId {
     /// The id before every entry (`0-0`): reading after it reads the whole stream.
     pub const ZERO: Self = Self { ms: 0, seq: 0 };
+
+    /// The id of the entry Loom writes for the chunk of `seq` (`<seq>-1`; see the key layout
+    /// in [`Keys`](crate::Keys)): reading after it reads every chunk with a greater `seq`.
+    pub const fn of_seq(seq: u64) -> Self {
+        Self { ms: seq, seq: 1 }
+    }
 }
 
 impl fmt::Display for EntryId {

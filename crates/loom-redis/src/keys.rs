@@ -5,12 +5,20 @@
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `loom:stream:{<id>}` | stream | one entry per chunk (fields `type data seq …`) |
+//! | `loom:stream:{<id>}` | stream | one entry per chunk (fields `type data seq …`), the chunk of `seq` N at entry id `N-1` |
 //! | `loom:lease:{<id>}` | string | the owning attempt's token (`<worker>:<attempt>:<entry>`), `PX` lease renewed while the run lives; only its holder may write the stream |
 //! | `loom:cancel:{<id>}` | string | set when the run must stop (`cancelled`, `worker_lost`, `timeout`) |
 //! | `loom:queue:{<type>}` | stream | requests, read by the consumer group `loom-workers` |
 //! | `loom:cancel` | pub/sub channel | run ids whose cancel key was just set |
 //! | `loom:actors` | sorted set | actor types some worker serves, scored by the time (Unix ms) until which one has said so |
+//! | `loom:run:{<id>}` | hash | the run's record: `actor`, `created_ms` (written when it is queued), and what servers keep of its readers (`readers`, `joins`, `grace_ms`) |
+//! | `loom:runs` | sorted set | the most recent run ids ([`RECENT_RUNS`](crate::RECENT_RUNS)), scored by `created_ms` |
+//!
+//! **Entry ids are `seq`s.** Loom writes the chunk of `seq` N at the explicit entry id `N-1`
+//! (`XADD key N-1 …`; `0-0` is not a valid id, hence the `-1`), so a reader resuming "after
+//! `seq` N" reads after entry `N-1` and Redis finds it in its radix tree by id: no scan from
+//! the stream's start, no index beside it. `seq`s grow by one per chunk across attempts, so
+//! the ids grow too, as Redis requires.
 //!
 //! The `{…}` are Redis Cluster hash tags: the stream, lease and cancel keys of one run hash to
 //! one slot, so the scripts that touch them together also work on a cluster.
@@ -166,6 +174,16 @@ impl Keys {
         format!("{}cancel", self.prefix)
     }
 
+    /// The record of run `run_id`: `loom:run:{<id>}`.
+    pub fn run(&self, run_id: &str) -> String {
+        format!("{}run:{{{run_id}}}", self.prefix)
+    }
+
+    /// The index of recent runs: `loom:runs`.
+    pub fn runs(&self) -> String {
+        format!("{}runs", self.prefix)
+    }
+
     /// The sorted set of actor types workers serve (see [`Client::served_actors`](crate::Client::served_actors)).
     pub fn actors(&self) -> String {
         format!("{}actors", self.prefix)
@@ -189,6 +207,8 @@ mod tests {
         assert_eq!(keys.cancel("r1"), "loom:cancel:{r1}");
         assert_eq!(keys.queue("chat-agent"), "loom:queue:{chat-agent}");
         assert_eq!(keys.cancel_channel(), "loom:cancel");
+        assert_eq!(keys.run("r1"), "loom:run:{r1}");
+        assert_eq!(keys.runs(), "loom:runs");
         assert_eq!(
             Keys::new("x:").map(|k| k.stream("a")).ok().as_deref(),
             Some("x:stream:{a}")

@@ -33,7 +33,10 @@
 //! - `publisher` — [`Publisher`]: a run's chunks, batched into the write script.
 //! - `reader` — [`EntryStream`] and [`Client::tail`]: `reader/state.rs` is the contract and
 //!   liveness rules as a state machine without I/O; `reader/mod.rs` feeds it from the hub.
-//! - `remote` — [`RemoteInvoker`] and [`Client::invoker`]: queue a request, read its stream.
+//! - `runs` — [`RunRecord`]s, the index of recent runs and the [`ReaderTally`] that servers
+//!   in front of one Redis share.
+//! - `remote` — [`RemoteInvoker`] and [`Client::invoker`]: queue a request (with its run's
+//!   record), read its stream.
 //! - `worker` — [`Worker`]: `fetch` (`XREADGROUP`, the `XAUTOCLAIM` sweep), `run` (one
 //!   request), `lease` (take, heartbeat, hand back), `cancel` (the listener), over `state`.
 //!
@@ -71,6 +74,7 @@ mod keys;
 mod publisher;
 mod reader;
 mod remote;
+mod runs;
 mod script;
 mod worker;
 
@@ -81,4 +85,5 @@ pub use keys::{validate_name, Keys, DEFAULT_PREFIX, GROUP, MAX_NAME_LEN};
 pub use publisher::{Publisher, MAX_PIPELINE, PUBLISH_BUFFER};
 pub use reader::{EntryStream, StreamEntry};
 pub use remote::{RemoteInvoker, Submitted};
+pub use runs::{ReaderTally, RunRecord, RECENT_RUNS};
 pub use worker::{Worker, WorkerOptions};

@@ -26,6 +26,7 @@ use crate::codec::{EntryId, Request};
 use crate::error::Error;
 use crate::keys::check_name;
 use crate::reader::{self, EntryStream, Watch};
+use crate::runs::RECENT_RUNS;
 
 /// Starts runs on remote workers (see the module docs).
 ///
@@ -181,9 +182,40 @@ impl RemoteInvoker {
         })
     }
 
+    /// Queues `request` and writes its run's record and index entry (`runs.rs`), in one
+    /// round trip.
     async fn enqueue(&self, request: &Request) -> Result<Submitted, Error> {
+        let keys = self.client.keys();
+        let options = self.client.options();
+        let record = keys.run(&request.run_id);
+        // The record lives as long as the run's stream can: its deadline, then the TTL.
+        let record_ttl = (request.timeout_ms / 1000)
+            .saturating_add(options.pickup_timeout.as_secs())
+            .saturating_add(options.stream_ttl.as_secs());
+        let created_ms = request.deadline_ms.saturating_sub(request.timeout_ms);
         let mut pipe = redis::pipe();
-        request.add_to(&mut pipe, &self.client.keys().queue(&request.actor));
+        request.add_to(&mut pipe, &keys.queue(&request.actor));
+        pipe.cmd("HSET")
+            .arg(&record)
+            .arg("actor")
+            .arg(&request.actor)
+            .arg("created_ms")
+            .arg(created_ms)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&record)
+            .arg(record_ttl)
+            .ignore()
+            .cmd("ZADD")
+            .arg(keys.runs())
+            .arg(created_ms)
+            .arg(&request.run_id)
+            .ignore()
+            .cmd("ZREMRANGEBYRANK")
+            .arg(keys.runs())
+            .arg(0)
+            .arg(-(RECENT_RUNS as i64) - 1)
+            .ignore();
         let mut conn = self.client.conn();
         let (id,): (String,) = pipe.query_async(&mut conn).await?;
         Ok(Submitted {

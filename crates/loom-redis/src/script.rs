@@ -112,9 +112,11 @@ if id then
 end
 local i = 5
 local argc = #ARGV
+local next = tonumber(ARGV[4])
 while i <= argc do
   local n = tonumber(ARGV[i])
-  redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 1, i + n))
+  redis.call('XADD', KEYS[1], string.format('%d-1', next), unpack(ARGV, i + 1, i + n))
+  next = next + 1
   i = i + n + 1
 end
 if ARGV[2] ~= '0' then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
@@ -136,7 +138,7 @@ if id then
   if not seq then return redis.error_reply('the last entry has no readable seq') end
   next = tonumber(seq) + 1
 end
-local new = redis.call('XADD', KEYS[1], '*', 'type', 'error', 'data', 'null', 'seq', next, 'error', ARGV[3])
+local new = redis.call('XADD', KEYS[1], string.format('%d-1', next), 'type', 'error', 'data', 'null', 'seq', next, 'error', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return new
 "#,

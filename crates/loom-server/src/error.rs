@@ -43,6 +43,9 @@ pub enum ApiError {
     /// 503 `unavailable`: the server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// 503 `unavailable`: Redis cannot be reached (distributed mode).
+    #[error("redis is unavailable: {0}")]
+    Unavailable(String),
     /// A run that ended with an error (on `/run`), or could not start: its code decides the
     /// status (`bad_input` → 422).
     #[error(transparent)]
@@ -59,7 +62,7 @@ impl ApiError {
             Self::CursorExpired(_) => StatusCode::GONE,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ShuttingDown | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Run(err) => match err.code() {
                 ErrorCode::BadInput => StatusCode::UNPROCESSABLE_ENTITY,
                 ErrorCode::NotFound => StatusCode::NOT_FOUND,
@@ -79,7 +82,7 @@ impl ApiError {
             Self::CursorExpired(_) => "cursor_expired",
             Self::TooLarge { .. } => "too_large",
             Self::TooManyStreams { .. } => "too_many_streams",
-            Self::ShuttingDown => "unavailable",
+            Self::ShuttingDown | Self::Unavailable(_) => "unavailable",
             Self::Run(err) => err.code().as_str(),
         }
     }

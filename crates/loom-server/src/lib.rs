@@ -66,10 +66,12 @@
 //! terminal only, so a late completion never overwrites `cancelled`.
 
 mod auth;
+mod backend;
 mod config;
 mod error;
 mod extract;
 mod metrics;
+mod remote;
 mod routes;
 mod runlog;
 mod runs;

@@ -30,7 +30,9 @@ pub(crate) struct Metrics {
 /// The gauges read at scrape time.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Gauges {
-    pub(crate) active_runs: usize,
+    /// Runs not yet ended, where this server runs them (embedded mode); in distributed mode
+    /// runs belong to the workers and the series is left out.
+    pub(crate) active_runs: Option<usize>,
     pub(crate) open_streams: usize,
 }
 
@@ -71,12 +73,14 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
         };
-        metric(
-            "loom_active_runs",
-            "gauge",
-            "Runs not yet ended.",
-            gauges.active_runs as u64,
-        );
+        if let Some(active) = gauges.active_runs {
+            metric(
+                "loom_active_runs",
+                "gauge",
+                "Runs not yet ended.",
+                active as u64,
+            );
+        }
         metric(
             "loom_open_streams",
             "gauge",
@@ -168,7 +172,7 @@ mod tests {
         metrics.finished("complete", Duration::from_millis(30));
         metrics.finished("cancelled", Duration::from_secs(2));
         let text = metrics.render(Gauges {
-            active_runs: 1,
+            active_runs: Some(1),
             open_streams: 2,
         });
         assert!(text.contains("\nloom_open_streams 2\n"), "{text}");

@@ -4,8 +4,6 @@
 //! [`crate::sse`] (streams) or read it to the end (`/run`). Every failure before a stream
 //! starts is an [`ApiError`].
 
-use std::sync::Arc;
-
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -13,7 +11,7 @@ use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use loom_core::{ActorError, ChunkType, StreamChunk};
+use loom_core::{ChunkType, StreamChunk};
 use serde_json::{json, Value};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -22,11 +20,11 @@ use crate::error::ApiError;
 use crate::extract::{
     cursor, input_or_empty, parse_timeout, Envelope, JoinQuery, LoomJson, RunRequest, StreamQuery,
 };
-use crate::runlog::{Read, RunTarget};
+use crate::runlog::RunTarget;
 use crate::runs::StartRequest;
 use crate::sse::{self, StreamGuards, RUN_ID_HEADER};
 use crate::state::ServerState;
-use crate::store::{DisconnectPolicy, Run};
+use crate::store::DisconnectPolicy;
 use crate::tokens::TOKEN_TTL;
 
 /// The HTTP API on `state`: every route of DESIGN.md §3 implemented here.
@@ -105,29 +103,12 @@ async fn issue_token(State(state): State<ServerState>) -> Response {
     (StatusCode::CREATED, Json(body)).into_response()
 }
 
-async fn list_actors(State(state): State<ServerState>) -> Json<Value> {
-    let actors: Vec<Value> = state
-        .engine()
-        .runtime()
-        .registry()
-        .iter()
-        .map(
-            |a| json!({ "name": a.name(), "description": a.description(), "streams": a.streams() }),
-        )
-        .collect();
-    Json(json!({ "actors": actors }))
+async fn list_actors(State(state): State<ServerState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({ "actors": state.runs().actors().await? })))
 }
 
-async fn list_workflows(State(state): State<ServerState>) -> Json<Value> {
-    let workflows: Vec<Value> = state
-        .engine()
-        .workflows()
-        .map(|w| {
-            let steps: Vec<&str> = w.steps().map(|s| s.name.as_str()).collect();
-            json!({ "name": w.name, "description": w.description, "steps": steps })
-        })
-        .collect();
-    Json(json!({ "workflows": workflows }))
+async fn list_workflows(State(state): State<ServerState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({ "workflows": state.runs().workflows().await? })))
 }
 
 /// `POST /v1/actors/{type}/run`: the run's `complete` data, or its error as a status.
@@ -137,27 +118,32 @@ async fn run_actor(
     LoomJson(envelope): LoomJson<Envelope>,
 ) -> Result<Response, ApiError> {
     let grace = state.config().disconnect_grace;
-    let run = state.engine().start(StartRequest {
-        target: RunTarget::Actor(actor),
-        input: input_or_empty(envelope.input),
-        timeout: parse_timeout(envelope.timeout.as_deref())?,
-        policy: envelope.on_disconnect.policy(grace),
-    })?;
+    let run = state
+        .runs()
+        .start(StartRequest {
+            target: RunTarget::Actor(actor),
+            input: input_or_empty(envelope.input),
+            timeout: parse_timeout(envelope.timeout.as_deref())?,
+            policy: envelope.on_disconnect.policy(grace),
+        })
+        .await?;
     // Dropped with this handler when the client goes away: the run is then cancelled like a
     // direct stream's.
-    let _attachment = run.attach();
-    let mut reader = run.log().reader(None);
+    let _attachment = run.attach().await?;
     let mut last = None;
-    while let Some(chunks) = reader.next().await? {
-        last = chunks.last().cloned();
+    if let Some(mut feed) = run.open(None).await? {
+        while let Some(chunks) = feed.next().await? {
+            last = chunks.last().cloned();
+        }
     }
     let terminal: StreamChunk = last
+        .filter(|c| c.kind.is_terminal())
         .and_then(|c| serde_json::from_slice(&c.json).ok())
-        .ok_or_else(|| ActorError::internal("the run ended without a terminal chunk"))?;
+        .ok_or_else(|| ApiError::ShuttingDown)?;
     match terminal.kind {
         ChunkType::Complete => {
             let mut response = Json(terminal.data.unwrap_or(Value::Null)).into_response();
-            if let Ok(id) = run.log().run_id().parse() {
+            if let Ok(id) = run.id().parse() {
                 response.headers_mut().insert(RUN_ID_HEADER, id);
             }
             Ok(response)
@@ -172,7 +158,7 @@ async fn stream_actor(
     Path(actor): Path<String>,
     LoomJson(envelope): LoomJson<Envelope>,
 ) -> Result<Response, ApiError> {
-    direct_stream(&state, RunTarget::Actor(actor), envelope)
+    direct_stream(&state, RunTarget::Actor(actor), envelope).await
 }
 
 /// `GET /v1/actors/{type}/stream?input=…` for a browser `EventSource`. A request with
@@ -188,7 +174,7 @@ async fn stream_actor_get(
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    direct_stream(&state, RunTarget::Actor(actor), query.into_envelope()?)
+    direct_stream(&state, RunTarget::Actor(actor), query.into_envelope()?).await
 }
 
 /// `POST /v1/workflows/{name}/stream`.
@@ -197,37 +183,37 @@ async fn stream_workflow(
     Path(name): Path<String>,
     LoomJson(envelope): LoomJson<Envelope>,
 ) -> Result<Response, ApiError> {
-    direct_stream(&state, RunTarget::Workflow(name), envelope)
+    direct_stream(&state, RunTarget::Workflow(name), envelope).await
 }
 
 /// A run started for this response and streamed from its first chunk.
-fn direct_stream(
+async fn direct_stream(
     state: &ServerState,
     target: RunTarget,
     envelope: Envelope,
 ) -> Result<Response, ApiError> {
     let timeout = parse_timeout(envelope.timeout.as_deref())?;
     let permit = state.stream_permit()?;
-    let run = state.engine().start(StartRequest {
-        target,
-        input: input_or_empty(envelope.input),
-        timeout,
-        policy: envelope
-            .on_disconnect
-            .policy(state.config().disconnect_grace),
-    })?;
+    let run = state
+        .runs()
+        .start(StartRequest {
+            target,
+            input: input_or_empty(envelope.input),
+            timeout,
+            policy: envelope
+                .on_disconnect
+                .policy(state.config().disconnect_grace),
+        })
+        .await?;
     let guards = StreamGuards {
-        _attachment: run.attach(),
+        _attachment: run.attach().await?,
         _permit: permit,
     };
-    let reader = run.log().reader(None);
-    Ok(sse::response(
-        run.log().run_id(),
-        reader,
-        guards,
-        state.config().keep_alive,
-        Arc::clone(state.engine().metrics()),
-    ))
+    let Some(feed) = run.open(None).await? else {
+        // Only a cursor can be at the terminal chunk.
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    Ok(sse::response(state, run.id(), feed, guards))
 }
 
 /// `POST /v1/runs`: a detached run, `201 {run_id, stream_url}`.
@@ -244,27 +230,30 @@ async fn create_run(
             ))
         }
     };
-    let run = state.engine().start(StartRequest {
-        target,
-        input: input_or_empty(request.input),
-        timeout: parse_timeout(request.timeout.as_deref())?,
-        policy: DisconnectPolicy::Continue,
-    })?;
-    let run_id = run.log().run_id();
+    let run = state
+        .runs()
+        .start(StartRequest {
+            target,
+            input: input_or_empty(request.input),
+            timeout: parse_timeout(request.timeout.as_deref())?,
+            policy: DisconnectPolicy::Continue,
+        })
+        .await?;
+    let run_id = run.id();
     let body = json!({ "run_id": run_id, "stream_url": format!("/v1/runs/{run_id}/stream") });
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-async fn list_runs(State(state): State<ServerState>) -> Json<Value> {
-    Json(json!({ "runs": state.engine().store().recent() }))
+async fn list_runs(State(state): State<ServerState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({ "runs": state.runs().recent().await? })))
 }
 
 async fn run_status(
     State(state): State<ServerState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let run = find_run(&state, &id)?;
-    Ok(Json(run.log().info()).into_response())
+    let run = state.runs().find(&id).await?;
+    Ok(Json(run.info().await?).into_response())
 }
 
 /// `DELETE /v1/runs/{id}`: cancels the run (idempotent); `202` with its status.
@@ -272,9 +261,9 @@ async fn cancel_run(
     State(state): State<ServerState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let run = find_run(&state, &id)?;
-    run.cancel();
-    Ok((StatusCode::ACCEPTED, Json(run.log().info())).into_response())
+    let run = state.runs().find(&id).await?;
+    run.cancel().await?;
+    Ok((StatusCode::ACCEPTED, Json(run.info().await?)).into_response())
 }
 
 /// `GET /v1/runs/{id}/stream`: joins a run from a cursor (DESIGN.md §3's cursor table).
@@ -286,34 +275,18 @@ async fn join_run(
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let cursor = cursor(&query, &headers)?;
-    let run = find_run(&state, &id)?;
+    let run = state.runs().find(&id).await?;
     // Attach before looking, so a direct run's grace timer sees this reader.
-    let attachment = run.attach();
-    if run.log().read(cursor)? == Read::Finished {
+    let attachment = run.attach().await?;
+    let Some(feed) = run.open(cursor).await? else {
         return Ok(StatusCode::NO_CONTENT.into_response());
-    }
+    };
     let guards = StreamGuards {
         _attachment: attachment,
         _permit: state.stream_permit()?,
     };
     if cursor.is_some() {
-        state.engine().metrics().resumed();
+        state.metrics().resumed();
     }
-    let reader = run.log().reader(cursor);
-    let metrics = Arc::clone(state.engine().metrics());
-    Ok(sse::response(
-        &id,
-        reader,
-        guards,
-        state.config().keep_alive,
-        metrics,
-    ))
-}
-
-fn find_run(state: &ServerState, id: &str) -> Result<Arc<Run>, ApiError> {
-    state
-        .engine()
-        .store()
-        .get(id)
-        .ok_or_else(|| ApiError::NotFound(format!("unknown run '{id}'")))
+    Ok(sse::response(&state, &id, feed, guards))
 }

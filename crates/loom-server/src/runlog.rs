@@ -56,6 +56,19 @@ pub enum RunStatus {
     Cancelled,
 }
 
+impl RunStatus {
+    /// How a run ended with `terminal`, and its error code if any.
+    pub fn of_terminal(terminal: &StreamChunk) -> (Self, Option<ErrorCode>) {
+        let code = terminal.error.as_ref().map(|e| e.code);
+        let status = match (terminal.kind, code) {
+            (ChunkType::Complete, _) => Self::Complete,
+            (_, Some(ErrorCode::Cancelled)) => Self::Cancelled,
+            _ => Self::Error,
+        };
+        (status, code)
+    }
+}
+
 /// What a run runs: an actor type or a workflow name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunTarget {
@@ -93,6 +106,9 @@ pub struct LoggedChunk {
     pub kind: ChunkType,
     /// The chunk's JSON (the SSE `data:`).
     pub json: Bytes,
+    /// Whether the log holds it: a chunk the server made itself (a reader's verdict when it
+    /// lost Redis) is sent without an `id:`, so a resume is never confused by it.
+    pub in_log: bool,
 }
 
 /// A cursor older than the oldest chunk the log still holds.
@@ -176,18 +192,14 @@ impl RunLog {
                 seq: chunk.seq,
                 kind: chunk.kind,
                 json: Bytes::from(chunk.to_json()),
+                in_log: true,
             });
             state.first_seq.get_or_insert(chunk.seq);
             state.last_seq = Some(chunk.seq);
             state.bytes += logged.json.len();
             state.chunks.push_back(logged);
             if chunk.is_terminal() {
-                let code = chunk.error.as_ref().map(|e| e.code);
-                let status = match (chunk.kind, code) {
-                    (ChunkType::Complete, _) => RunStatus::Complete,
-                    (_, Some(ErrorCode::Cancelled)) => RunStatus::Cancelled,
-                    _ => RunStatus::Error,
-                };
+                let (status, code) = RunStatus::of_terminal(chunk);
                 state.terminal = Some(Terminal {
                     seq: chunk.seq,
                     status,

@@ -52,7 +52,12 @@ pub(crate) struct Engine {
 
 impl Engine {
     /// An engine running `runtime`'s actors and `workflows` (by their names).
-    pub(crate) fn new(runtime: Runtime, workflows: Vec<Workflow>, config: ServerConfig) -> Self {
+    pub(crate) fn new(
+        runtime: Runtime,
+        workflows: Vec<Workflow>,
+        config: ServerConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let executor = WorkflowExecutor::new(Arc::new(runtime.clone()));
         let workflows = workflows
             .into_iter()
@@ -64,7 +69,7 @@ impl Engine {
             workflows,
             store: Arc::new(RunStore::new()),
             config,
-            metrics: Arc::default(),
+            metrics,
             shutting_down: AtomicBool::new(false),
         }
     }
@@ -84,15 +89,6 @@ impl Engine {
         &self.store
     }
 
-    /// The configuration.
-    pub(crate) fn config(&self) -> &ServerConfig {
-        &self.config
-    }
-
-    /// The counters `/metrics` shows.
-    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
 
     /// Starts a run and returns it once it is in the store; its chunks follow in its log.
     /// Unknown actor or workflow: `not_found`; a workflow input failing its schema:

@@ -3,8 +3,9 @@
 //! Each chunk is `id: <seq>\nevent: <type>\ndata: <chunk json>\n\n`; an idle stream gets a
 //! `: keep-alive\n\n` comment every keep-alive interval. The body is polled only when the
 //! socket takes more, so a back-pressured stream gets no keep-alives and costs only its
-//! [`Reader`]'s cursor. A reader whose cursor the log dropped is disconnected without a
-//! terminal; its client resumes and gets `410 cursor_expired`.
+//! [`Feed`]'s cursor. A reader whose cursor the log dropped is disconnected without a
+//! terminal; its client resumes and gets `410 cursor_expired`. A chunk the log does not hold
+//! (a verdict the server made when it lost Redis) has no `id:` line.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,9 +17,10 @@ use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::backend::{Attachment, Feed};
 use crate::metrics::Metrics;
-use crate::runlog::{LoggedChunk, Reader};
-use crate::store::Attachment;
+use crate::runlog::LoggedChunk;
+use crate::state::ServerState;
 
 /// The comment an idle stream gets (a line starting with `:` is ignored by clients).
 const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
@@ -29,28 +31,27 @@ pub(crate) const RUN_ID_HEADER: HeaderName = HeaderName::from_static("loom-run-i
 /// What an open SSE stream holds on to until its client goes away.
 #[derive(Debug)]
 pub(crate) struct StreamGuards {
-    /// Counts the stream as a reader of its run (see [`crate::store::Run::attach`]).
+    /// Counts the stream as a reader of its run (see [`crate::backend::RunRef::attach`]).
     pub(crate) _attachment: Attachment,
     /// Its place under the concurrent-stream cap.
     pub(crate) _permit: OwnedSemaphorePermit,
 }
 
-/// An SSE response streaming `reader`'s chunks of run `run_id` until the terminal chunk.
+/// An SSE response streaming `feed`'s chunks of run `run_id` until the terminal chunk.
 pub(crate) fn response(
+    server: &ServerState,
     run_id: &str,
-    reader: Reader,
+    feed: Feed,
     guards: StreamGuards,
-    keep_alive: Duration,
-    metrics: Arc<Metrics>,
 ) -> Response {
     let state = BodyState {
-        reader,
-        keep_alive,
-        metrics,
+        feed,
+        keep_alive: server.config().keep_alive,
+        metrics: Arc::clone(server.metrics()),
         _guards: guards,
     };
     let body = futures::stream::unfold(state, |mut state| async move {
-        let bytes = match tokio::time::timeout(state.keep_alive, state.reader.next()).await {
+        let bytes = match tokio::time::timeout(state.keep_alive, state.feed.next()).await {
             Err(_idle) => Bytes::from_static(KEEP_ALIVE),
             Ok(Ok(Some(chunks))) => {
                 state.metrics.chunks_sent(chunks.len());
@@ -83,7 +84,7 @@ pub(crate) fn response(
 }
 
 struct BodyState {
-    reader: Reader,
+    feed: Feed,
     keep_alive: Duration,
     metrics: Arc<Metrics>,
     _guards: StreamGuards,
@@ -94,9 +95,12 @@ fn frames(chunks: &[Arc<LoggedChunk>]) -> Bytes {
     let size: usize = chunks.iter().map(|c| c.json.len() + 48).sum();
     let mut out = BytesMut::with_capacity(size);
     for chunk in chunks {
-        out.put_slice(b"id: ");
-        out.put_slice(chunk.seq.to_string().as_bytes());
-        out.put_slice(b"\nevent: ");
+        if chunk.in_log {
+            out.put_slice(b"id: ");
+            out.put_slice(chunk.seq.to_string().as_bytes());
+            out.put_slice(b"\n");
+        }
+        out.put_slice(b"event: ");
         out.put_slice(chunk.kind.as_str().as_bytes());
         out.put_slice(b"\ndata: ");
         out.put_slice(&chunk.json);
@@ -117,6 +121,7 @@ mod tests {
             seq: 7,
             kind: ChunkType::Data,
             json: Bytes::from_static(br#"{"type":"data","seq":7,"data":1}"#),
+            in_log: true,
         });
         assert_eq!(
             &frames(&[chunk])[..],

@@ -1,14 +1,17 @@
-//! The state every handler shares: the [`Engine`] and the concurrent-stream cap.
+//! The state every handler shares: where runs happen ([`Runs`]), the configuration, the
+//! metrics and the concurrent-stream cap.
 
 use std::sync::Arc;
 
-use loom_core::Runtime;
+use loom_core::{Registry, Runtime};
 use loom_workflow::Workflow;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::backend::Runs;
 use crate::config::ServerConfig;
 use crate::error::ApiError;
-use crate::metrics::Gauges;
+use crate::metrics::{Gauges, Metrics};
+use crate::remote::RemoteRuns;
 use crate::runs::Engine;
 use crate::tokens::Tokens;
 
@@ -20,20 +23,45 @@ pub struct ServerState {
 
 #[derive(Debug)]
 struct Inner {
-    engine: Engine,
+    runs: Runs,
+    config: ServerConfig,
+    metrics: Arc<Metrics>,
     streams: Arc<Semaphore>,
     stream_cap: usize,
     tokens: Tokens,
 }
 
 impl ServerState {
-    /// A server for `runtime`'s actors and `workflows`, configured by `config`.
+    /// A server that runs `runtime`'s actors and `workflows` in this process (the embedded
+    /// mode), configured by `config`.
     pub fn new(runtime: Runtime, workflows: Vec<Workflow>, config: ServerConfig) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        let engine = Engine::new(runtime, workflows, config.clone(), Arc::clone(&metrics));
+        Self::with(Runs::Local(engine), config, metrics)
+    }
+
+    /// A server in front of the workers of the Redis behind `client` (distributed mode): it
+    /// queues every run and serves the Redis chunk streams. `registry` describes the actor
+    /// types workers serve, and `workflows`, if given, the workflows they serve (for their
+    /// steps, input checks and deadlines); what a run may use is what live workers advertise.
+    pub fn distributed(
+        client: loom_redis::Client,
+        registry: Registry,
+        workflows: Vec<Workflow>,
+        config: ServerConfig,
+    ) -> Self {
+        let remote = RemoteRuns::new(client, registry, workflows);
+        Self::with(Runs::Remote(remote), config, Arc::default())
+    }
+
+    fn with(runs: Runs, config: ServerConfig, metrics: Arc<Metrics>) -> Self {
         let stream_cap = config.max_streams.min(Semaphore::MAX_PERMITS);
         let streams = Arc::new(Semaphore::new(stream_cap));
         Self {
             inner: Arc::new(Inner {
-                engine: Engine::new(runtime, workflows, config),
+                runs,
+                config,
+                metrics,
                 streams,
                 stream_cap,
                 tokens: Tokens::default(),
@@ -41,14 +69,19 @@ impl ServerState {
         }
     }
 
-    /// The engine that starts and keeps runs.
-    pub(crate) fn engine(&self) -> &Engine {
-        &self.inner.engine
+    /// Where runs happen.
+    pub(crate) fn runs(&self) -> &Runs {
+        &self.inner.runs
     }
 
     /// The configuration.
     pub fn config(&self) -> &ServerConfig {
-        self.inner.engine.config()
+        &self.inner.config
+    }
+
+    /// The counters `/metrics` shows.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     /// A place under the concurrent-stream cap, or 429 `too_many_streams`.
@@ -68,15 +101,16 @@ impl ServerState {
     /// `/metrics`' exposition text.
     pub(crate) fn metrics_text(&self) -> String {
         let gauges = Gauges {
-            active_runs: self.engine().store().running().len(),
+            active_runs: self.runs().active_runs(),
             open_streams: self.inner.stream_cap - self.inner.streams.available_permits(),
         };
-        self.engine().metrics().render(gauges)
+        self.inner.metrics.render(gauges)
     }
 
-    /// Starts the graceful shutdown: no new runs, every running one cancelled (its readers
-    /// get the terminal `error/cancelled`).
+    /// Starts the graceful shutdown: no new runs; embedded runs are cancelled (their readers
+    /// get the terminal `error/cancelled`); in distributed mode the runs go on on their
+    /// workers and this server's streams close without a terminal chunk.
     pub fn shutdown(&self) {
-        self.inner.engine.shutdown();
+        self.inner.runs.shutdown();
     }
 }

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::backend::{Attachment, Feed, RunRef};
 use crate::error::ApiError;
 use crate::extract::{input_or_empty, parse_timeout};
 use crate::runlog::RunTarget;
@@ -41,7 +42,7 @@ pub(crate) async fn actor_ws(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let upgrade = upgrade.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    if !state.engine().runtime().registry().contains(&actor) {
+    if !state.runs().knows(&actor).await? {
         return Err(ApiError::NotFound(format!("unknown actor type '{actor}'")));
     }
     let permit = state.stream_permit()?;
@@ -73,28 +74,18 @@ async fn session(
             Some(Ok(_)) => {}
         }
     };
-    let started = parse_timeout(timeout.as_deref()).and_then(|timeout| {
-        state.engine().start(StartRequest {
-            target: RunTarget::Actor(actor),
-            input: input_or_empty(input),
-            timeout,
-            policy: DisconnectPolicy::CancelAfter(state.config().disconnect_grace),
-        })
-    });
-    let run = match started {
-        Ok(run) => run,
+    let (run, _attachment, mut feed) = match open(&state, actor, input, timeout).await {
+        Ok(opened) => opened,
         Err(err) => {
             let _ = socket.send(error_frame(&err)).await;
             let _ = socket.send(Message::Close(None)).await;
             return;
         }
     };
-    let _attachment = run.attach();
-    let mut reader = run.log().reader(None);
     let keep_alive = state.config().keep_alive;
     loop {
         tokio::select! {
-            batch = reader.next() => match batch {
+            batch = feed.next() => match batch {
                 Ok(Some(chunks)) => {
                     for chunk in chunks {
                         let Ok(text) = String::from_utf8(chunk.json.to_vec()) else { return };
@@ -112,7 +103,11 @@ async fn session(
             },
             message = socket.recv() => match message {
                 Some(Ok(Message::Text(text))) => match serde_json::from_str(text.as_str()) {
-                    Ok(ClientMessage::Cancel) => run.cancel(),
+                    Ok(ClientMessage::Cancel) => {
+                        if let Err(err) = run.cancel().await {
+                            let _ = socket.send(error_frame(&err)).await;
+                        }
+                    }
                     Ok(ClientMessage::Start { .. }) => {
                         let err = ApiError::BadRequest("this socket's run has started".into());
                         let _ = socket.send(error_frame(&err)).await;
@@ -123,7 +118,9 @@ async fn session(
                     }
                 },
                 Some(Ok(Message::Close(_))) => {
-                    run.cancel();
+                    if let Err(err) = run.cancel().await {
+                        tracing::warn!(run_id = run.id(), error = %err, "could not cancel on close");
+                    }
                     return;
                 }
                 Some(Ok(_)) => {}
@@ -136,4 +133,28 @@ async fn session(
             }
         }
     }
+}
+
+/// Starts the socket's run and opens it from its first chunk.
+async fn open(
+    state: &ServerState,
+    actor: String,
+    input: Option<Value>,
+    timeout: Option<String>,
+) -> Result<(RunRef, Attachment, Feed), ApiError> {
+    let run = state
+        .runs()
+        .start(StartRequest {
+            target: RunTarget::Actor(actor),
+            input: input_or_empty(input),
+            timeout: parse_timeout(timeout.as_deref())?,
+            policy: DisconnectPolicy::CancelAfter(state.config().disconnect_grace),
+        })
+        .await?;
+    let attachment = run.attach().await?;
+    let feed = run
+        .open(None)
+        .await?
+        .ok_or_else(|| ApiError::BadRequest("the run has no chunks to send".into()))?;
+    Ok((run, attachment, feed))
 }

@@ -109,21 +109,41 @@ impl WorkflowExecutor {
     /// `workflow` as an actor named after it, e.g. to register in a
     /// [`Registry`](loom_core::Registry) or serve over HTTP. Its run deadline is the caller's.
     pub fn actor(&self, workflow: impl Into<Arc<Workflow>>) -> Arc<dyn Actor> {
+        let workflow = workflow.into();
+        let name = workflow.name.clone();
+        self.actor_named(name, workflow)
+    }
+
+    /// `workflow` as the actor workers serve it under: `workflows/<name>` (a queue of its own,
+    /// named so it cannot clash with an actor type), for `loom worker --workflows DIR`.
+    pub fn worker_actor(&self, workflow: impl Into<Arc<Workflow>>) -> Arc<dyn Actor> {
+        let workflow = workflow.into();
+        let name = format!("{WORKFLOW_ACTOR_PREFIX}{}", workflow.name);
+        self.actor_named(name, workflow)
+    }
+
+    fn actor_named(&self, name: String, workflow: Arc<Workflow>) -> Arc<dyn Actor> {
         Arc::new(WorkflowActor {
-            workflow: workflow.into(),
+            name,
+            workflow,
             invoker: Arc::clone(&self.invoker),
         })
     }
 }
 
+/// What the actor type of a workflow served by workers starts with
+/// ([`WorkflowExecutor::worker_actor`]).
+pub const WORKFLOW_ACTOR_PREFIX: &str = "workflows/";
+
 struct WorkflowActor {
+    name: String,
     workflow: Arc<Workflow>,
     invoker: Arc<dyn Invoker>,
 }
 
 impl Actor for WorkflowActor {
     fn name(&self) -> &str {
-        &self.workflow.name
+        &self.name
     }
 
     fn description(&self) -> &str {

@@ -64,7 +64,7 @@ mod workflow;
 
 pub use duration::parse_duration;
 pub use error::{DurationError, Problem, WorkflowError};
-pub use executor::{WorkflowExecutor, DEFAULT_WORKFLOW_TIMEOUT};
+pub use executor::{WorkflowExecutor, DEFAULT_WORKFLOW_TIMEOUT, WORKFLOW_ACTOR_PREFIX};
 pub use load::{load, parse};
 pub use schema::{InputSchema, JsonType, PropertySchema};
 pub use validate::validate;

@@ -65,6 +65,10 @@ struct WorkerArgs {
     /// How many runs at once.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     concurrency: u16,
+    /// Also serve the workflows defined in this directory's *.yaml, *.yml and *.json files,
+    /// as actor types `workflows/<name>` (what `loom serve --redis` queues workflow runs to).
+    #[arg(long, value_name = "DIR")]
+    workflows: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -202,11 +206,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Actor(ActorCommand::Run(args)) = &cli.command {
         check_actor(&runtime, &args.actor)?;
     }
-    if matches!(cli.command, Command::Serve(_)) && cli.redis.is_some() {
-        return Err(usage(
-            "loom serve --redis is not yet supported: the server runs actors in this process (omit --redis and LOOM_REDIS_URL)",
-        ));
-    }
     let redis = match &cli.redis {
         Some(url) => Some(
             loom_redis::Client::connect(url)
@@ -275,11 +274,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Err(usage(format!("unknown actor type '{actor}'")));
                 }
             }
-            let served = if args.actors.is_empty() {
+            // Workflow steps run on this worker's own runtime.
+            let mut registry = runtime.registry().clone();
+            if let Some(dir) = &args.workflows {
+                let executor = WorkflowExecutor::new(runtime.clone());
+                for workflow in serve::load_workflows(dir, &|t| runtime.knows(t))? {
+                    registry.register(executor.worker_actor(workflow));
+                }
+            }
+            let mut served = if args.actors.is_empty() {
                 runtime.registry().names()
             } else {
                 args.actors.clone()
             };
+            let workflow_actors: Vec<String> = registry
+                .names()
+                .into_iter()
+                .filter(|n| n.starts_with(loom_workflow::WORKFLOW_ACTOR_PREFIX))
+                .collect();
+            served.extend(workflow_actors.iter().cloned());
             let shutdown = shutdown_signal();
             eprintln!(
                 "loom: worker serving {} (concurrency {}); Ctrl-C or SIGTERM stops it{}",
@@ -291,18 +304,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     ""
                 }
             );
+            let actors = if args.actors.is_empty() {
+                Vec::new()
+            } else {
+                served.clone()
+            };
             let options = loom_redis::WorkerOptions {
-                actors: args.actors,
+                actors,
                 concurrency: usize::from(args.concurrency),
                 ..Default::default()
             };
-            let worker = loom_redis::Worker::new(client, Runtime::clone(&runtime), options);
+            let worker_runtime = runtime.with_registry(registry);
+            let worker = loom_redis::Worker::new(client, worker_runtime, options);
             worker.run(shutdown).await.map_err(redis_error)?;
             eprintln!("loom: worker stopped");
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve(args) => {
-            serve::serve(args, &runtime, offline, shutdown_signal()).await?;
+            serve::serve(args, &runtime, redis, offline, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Stream(StreamCommand::Tail { id, from, json }) => {

@@ -1,5 +1,6 @@
-//! `loom serve`: the HTTP server of `loom-server` on this process's runtime, with the
-//! workflows of a directory. Ctrl-C or SIGTERM shuts it down gracefully (exit 0).
+//! `loom serve`: the HTTP server of `loom-server`, with the workflows of a directory: on this
+//! process's runtime, or with `--redis` in front of the workers of that Redis (the server then
+//! runs nothing itself). Ctrl-C or SIGTERM shuts it down gracefully (exit 0).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,16 +27,20 @@ pub(crate) struct ServeArgs {
     cors_origins: Vec<String>,
 }
 
-/// Serves `runtime`'s actors and the workflows of `args` until Ctrl-C or SIGTERM.
+/// Serves `runtime`'s actors and the workflows of `args` until Ctrl-C or SIGTERM; with
+/// `redis`, serves the runs of that Redis's workers instead.
 pub(crate) async fn serve(
     args: ServeArgs,
     runtime: &Runtime,
+    redis: Option<loom_redis::Client>,
     offline: bool,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let workflows = match &args.workflows {
-        Some(dir) => load_workflows(dir, runtime)?,
-        None => Vec::new(),
+    // In front of workers, a step's actor type is the workers' to know.
+    let workflows = match (&args.workflows, &redis) {
+        (Some(dir), None) => load_workflows(dir, &|t| runtime.knows(t))?,
+        (Some(dir), Some(_)) => load_workflows(dir, &|_| true)?,
+        (None, _) => Vec::new(),
     };
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
@@ -43,15 +48,19 @@ pub(crate) async fn serve(
     let addr = listener.local_addr().context("no local address")?;
     // The key comes from the environment only, so it never shows in `ps` or shell history.
     let api_key = std::env::var("LOOM_API_KEY").ok().filter(|k| !k.is_empty());
+    let runs_on = if redis.is_some() {
+        "runs on the workers of --redis".to_owned()
+    } else {
+        format!("{} workflows", workflows.len())
+    };
     eprintln!(
-        "loom: serving on http://{addr} ({} workflows{}{}); Ctrl-C or SIGTERM stops it",
-        workflows.len(),
+        "loom: serving on http://{addr} ({runs_on}{}{}); Ctrl-C or SIGTERM stops it",
         if api_key.is_some() {
             ", API key required"
         } else {
             ""
         },
-        if offline {
+        if offline && redis.is_none() {
             "; chat-agent uses the offline provider"
         } else {
             ""
@@ -62,7 +71,12 @@ pub(crate) async fn serve(
         cors_origins: args.cors_origins,
         ..ServerConfig::default()
     };
-    let state = ServerState::new(runtime.clone(), workflows, config);
+    let state = match redis {
+        Some(client) => {
+            ServerState::distributed(client, runtime.registry().clone(), workflows, config)
+        }
+        None => ServerState::new(runtime.clone(), workflows, config),
+    };
     loom_server::serve(listener, state, shutdown)
         .await
         .context("the server failed")?;
@@ -72,7 +86,11 @@ pub(crate) async fn serve(
 
 /// Every workflow definition in `dir`, in file-name order; a bad one or two with one name is
 /// a usage error.
-fn load_workflows(dir: &Path, runtime: &Runtime) -> anyhow::Result<Vec<Workflow>> {
+/// Step actor types are checked with `knows`.
+pub(crate) fn load_workflows(
+    dir: &Path,
+    knows: &dyn Fn(&str) -> bool,
+) -> anyhow::Result<Vec<Workflow>> {
     let entries = std::fs::read_dir(dir)
         .map_err(|e| crate::usage(format!("cannot read --workflows {}: {e}", dir.display())))?;
     let mut files: Vec<PathBuf> = entries
@@ -86,7 +104,7 @@ fn load_workflows(dir: &Path, runtime: &Runtime) -> anyhow::Result<Vec<Workflow>
     files.sort();
     let mut workflows: Vec<Workflow> = Vec::new();
     for file in files {
-        let workflow = loom_workflow::load(&file, &|t| runtime.knows(t))
+        let workflow = loom_workflow::load(&file, knows)
             .map_err(|e| crate::usage(e.to_string()))?;
         if workflows.iter().any(|w| w.name == workflow.name) {
             return Err(crate::usage(format!(

@@ -1,0 +1,120 @@
+//! What servers share through Redis about runs: entry ids that are `seq`s (so a cursor is found
+//! without reading from the start), run records, the recent-run index and the reader tally.
+
+mod support;
+
+use std::sync::Arc;
+
+use loom_core::{ChunkType, RunOptions};
+use loom_redis::{EntryId, WorkerOptions};
+use serde_json::json;
+use support::*;
+
+#[tokio::test]
+async fn the_chunk_of_seq_n_is_entry_n_1_and_a_reader_resumes_after_any_seq() {
+    let server = RedisServer::start();
+    let client = client(&server, fast_options()).await;
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+    let stream = ticker(&client, 5, 0).await;
+    let run_id = stream.run_id().to_owned();
+    let chunks = within(10, collect(20, stream)).await;
+    assert_eq!(chunks.last().unwrap().kind, ChunkType::Complete);
+
+    let mut conn = server.plain();
+    let ids: Vec<String> = entries(&mut conn, &client.keys().stream(&run_id))
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let expected: Vec<String> = (0..chunks.len() as u64).map(|n| format!("{n}-1")).collect();
+    assert_eq!(ids, expected);
+
+    // Joining after seq 3 yields exactly the chunks with a greater seq.
+    let joined = client
+        .invoker()
+        .attach(&run_id, Some(EntryId::of_seq(3)))
+        .await
+        .unwrap();
+    let rest: Vec<_> = within(10, futures::StreamExt::collect::<Vec<_>>(joined)).await;
+    let seqs: Vec<u64> = rest.iter().map(|e| e.chunk.seq).collect();
+    let want: Vec<u64> = (4..chunks.len() as u64).collect();
+    assert_eq!(seqs, want);
+    assert_eq!(rest[0].id, Some(EntryId::of_seq(4)));
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_queued_run_has_a_record_at_once_and_its_last_chunk_once_it_ends() {
+    let server = RedisServer::start();
+    let client = client(&server, fast_options()).await;
+    let invoker = client.invoker();
+    let first = invoker
+        .submit("echo", json!({ "n": 1 }), &RunOptions::default())
+        .await
+        .unwrap();
+    // The index orders runs by the millisecond they were queued.
+    tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    let second = invoker
+        .submit("echo", json!({ "n": 2 }), &RunOptions::default())
+        .await
+        .unwrap();
+
+    // Queued, no worker yet: known, with nothing written.
+    let record = client.run_record(&first.run_id).await.unwrap().unwrap();
+    assert_eq!(record.actor.as_deref(), Some("echo"));
+    assert!(record.created_ms.is_some());
+    assert_eq!(record.last, None);
+    assert!(client.run_record("no-such-run").await.unwrap().is_none());
+    assert!(client.run_record("bad:id").await.is_err());
+
+    let recent: Vec<String> = client
+        .recent_runs(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.run_id)
+        .collect();
+    assert_eq!(recent, [second.run_id.clone(), first.run_id.clone()]);
+
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+    let done = within(10, async {
+        loop {
+            let record = client.run_record(&first.run_id).await.unwrap().unwrap();
+            if record.terminal().is_some() {
+                return record;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let terminal = done.terminal().unwrap();
+    assert_eq!(terminal.kind, ChunkType::Complete);
+    assert_eq!(terminal.data, Some(json!({ "n": 1 })));
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn the_reader_tally_counts_readers_and_joins_across_clients() {
+    let server = RedisServer::start();
+    let options = fast_options();
+    let a = client(&server, options.clone()).await;
+    let b = client(&server, options).await;
+    let run = a
+        .invoker()
+        .submit("echo", json!({}), &RunOptions::default())
+        .await
+        .unwrap();
+    let id = &run.run_id;
+    assert_eq!(a.readers(id).await.unwrap().grace_ms, None);
+    a.set_disconnect_grace(id, 10_000).await.unwrap();
+    let joined = a.reader_joined(id).await.unwrap();
+    assert_eq!((joined.readers, joined.joins), (1, 1));
+    assert_eq!(joined.grace_ms, Some(10_000));
+    let other = b.reader_joined(id).await.unwrap();
+    assert_eq!((other.readers, other.joins), (2, 2));
+    let left = a.reader_left(id).await.unwrap();
+    assert_eq!((left.readers, left.joins), (1, 2));
+    let left = b.reader_left(id).await.unwrap();
+    assert_eq!((left.readers, left.joins), (0, 2));
+}

@@ -1,0 +1,197 @@
+//! One interface over where runs happen and where their logs live: in this process
+//! ([`Engine`], the embedded default: in-memory logs) or on workers through Redis
+//! ([`RemoteRuns`], `loom serve --redis`: the Redis chunk streams are the logs). The routes,
+//! the SSE bodies and the WebSocket use only this module's types.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::remote::{RemoteAttachment, RemoteFeed, RemoteRun, RemoteRuns};
+use crate::runlog::{Read, Reader, LoggedChunk, CursorExpired, RunInfo};
+use crate::runs::{Engine, StartRequest};
+use crate::store::{self, Run};
+
+/// Where runs happen.
+#[derive(Debug)]
+pub(crate) enum Runs {
+    /// In this process.
+    Local(Engine),
+    /// On workers, through Redis.
+    Remote(RemoteRuns),
+}
+
+impl Runs {
+    /// Starts a run (see [`Engine::start`] and [`RemoteRuns::start`] for its errors).
+    pub(crate) async fn start(&self, request: StartRequest) -> Result<RunRef, ApiError> {
+        match self {
+            Self::Local(engine) => engine.start(request).map(RunRef::Local),
+            Self::Remote(remote) => remote.start(request).await.map(RunRef::Remote),
+        }
+    }
+
+    /// The run `id`, or `not_found`.
+    pub(crate) async fn find(&self, id: &str) -> Result<RunRef, ApiError> {
+        match self {
+            Self::Local(engine) => engine
+                .store()
+                .get(id)
+                .map(RunRef::Local)
+                .ok_or_else(|| ApiError::NotFound(format!("unknown run '{id}'"))),
+            Self::Remote(remote) => remote.find(id).await.map(RunRef::Remote),
+        }
+    }
+
+    /// The recent runs, newest first.
+    pub(crate) async fn recent(&self) -> Result<Vec<RunInfo>, ApiError> {
+        match self {
+            Self::Local(engine) => Ok(engine.store().recent()),
+            Self::Remote(remote) => remote.recent().await,
+        }
+    }
+
+    /// Whether actor type `actor` can be started.
+    pub(crate) async fn knows(&self, actor: &str) -> Result<bool, ApiError> {
+        match self {
+            Self::Local(engine) => Ok(engine.runtime().registry().contains(actor)),
+            Self::Remote(remote) => remote.knows(actor).await,
+        }
+    }
+
+    /// `GET /v1/actors`' list.
+    pub(crate) async fn actors(&self) -> Result<Vec<Value>, ApiError> {
+        match self {
+            Self::Local(engine) => Ok(engine
+                .runtime()
+                .registry()
+                .iter()
+                .map(|a| json!({ "name": a.name(), "description": a.description(), "streams": a.streams() }))
+                .collect()),
+            Self::Remote(remote) => remote.actors().await,
+        }
+    }
+
+    /// `GET /v1/workflows`' list.
+    pub(crate) async fn workflows(&self) -> Result<Vec<Value>, ApiError> {
+        match self {
+            Self::Local(engine) => Ok(engine.workflows().map(workflow_json).collect()),
+            Self::Remote(remote) => remote.workflows().await,
+        }
+    }
+
+    /// How many runs of this server are running, where the server knows (embedded mode).
+    pub(crate) fn active_runs(&self) -> Option<usize> {
+        match self {
+            Self::Local(engine) => Some(engine.store().running().len()),
+            Self::Remote(_) => None,
+        }
+    }
+
+    /// Starts the graceful shutdown: embedded runs are cancelled (their readers get the
+    /// terminal `error/cancelled`); remote runs go on and this server's streams close.
+    pub(crate) fn shutdown(&self) {
+        match self {
+            Self::Local(engine) => engine.shutdown(),
+            Self::Remote(remote) => remote.shutdown(),
+        }
+    }
+}
+
+/// A workflow as `GET /v1/workflows` lists it.
+pub(crate) fn workflow_json(workflow: &loom_workflow::Workflow) -> Value {
+    let steps: Vec<&str> = workflow.steps().map(|s| s.name.as_str()).collect();
+    json!({ "name": workflow.name, "description": workflow.description, "steps": steps })
+}
+
+/// One run, wherever it happens.
+#[derive(Debug, Clone)]
+pub(crate) enum RunRef {
+    /// In this process.
+    Local(Arc<Run>),
+    /// On a worker.
+    Remote(RemoteRun),
+}
+
+impl RunRef {
+    /// The run id.
+    pub(crate) fn id(&self) -> &str {
+        match self {
+            Self::Local(run) => run.log().run_id(),
+            Self::Remote(run) => run.id(),
+        }
+    }
+
+    /// Counts a reader until the guard drops: when a direct stream's last reader has been
+    /// gone for the disconnect grace, its run is cancelled.
+    pub(crate) async fn attach(&self) -> Result<Attachment, ApiError> {
+        Ok(match self {
+            Self::Local(run) => Attachment::Local(run.attach()),
+            Self::Remote(run) => Attachment::Remote(run.attach().await?),
+        })
+    }
+
+    /// A feed of the chunks after `cursor` (from the start when `None`), or `None` when the
+    /// cursor is at or past the terminal chunk (`204`); `410` when the log no longer holds
+    /// the cursor.
+    pub(crate) async fn open(&self, cursor: Option<u64>) -> Result<Option<Feed>, ApiError> {
+        match self {
+            Self::Local(run) => {
+                if run.log().read(cursor)? == Read::Finished {
+                    return Ok(None);
+                }
+                Ok(Some(Feed::Local(run.log().reader(cursor))))
+            }
+            Self::Remote(run) => Ok(run.open(cursor).await?.map(Feed::Remote)),
+        }
+    }
+
+    /// The run's status.
+    pub(crate) async fn info(&self) -> Result<RunInfo, ApiError> {
+        match self {
+            Self::Local(run) => Ok(run.log().info()),
+            Self::Remote(run) => run.info().await,
+        }
+    }
+
+    /// Asks the run to stop (idempotent); its terminal `error/cancelled` reaches every reader.
+    pub(crate) async fn cancel(&self) -> Result<(), ApiError> {
+        match self {
+            Self::Local(run) => {
+                run.cancel();
+                Ok(())
+            }
+            Self::Remote(run) => run.cancel().await,
+        }
+    }
+}
+
+/// A reader of a run, counted while it lives.
+#[derive(Debug)]
+#[expect(dead_code, reason = "held only for its Drop")]
+pub(crate) enum Attachment {
+    /// Of a run in this process.
+    Local(store::Attachment),
+    /// Of a run on a worker, counted in Redis.
+    Remote(RemoteAttachment),
+}
+
+/// A run's chunks for one reader, in order.
+#[derive(Debug)]
+pub(crate) enum Feed {
+    /// From an embedded log.
+    Local(Reader),
+    /// From a Redis chunk stream.
+    Remote(RemoteFeed),
+}
+
+impl Feed {
+    /// The next chunks; `Ok(None)` after the terminal chunk (or, for a remote run, when the
+    /// server shuts down); [`CursorExpired`] when an embedded log dropped the reader's place.
+    pub(crate) async fn next(&mut self) -> Result<Option<Vec<Arc<LoggedChunk>>>, CursorExpired> {
+        match self {
+            Self::Local(reader) => reader.next().await,
+            Self::Remote(feed) => Ok(feed.next().await),
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! Distributed mode (`loom serve --redis`): the server runs no work itself. Actor and
+//! workflow runs are requests on the Redis queues (a workflow is the actor type
+//! `workflows/<name>`, served by `loom worker --workflows DIR`), and a run's log is its Redis
+//! chunk stream: no second copy. So every server in front of one Redis can serve, resume and
+//! cancel every run, and a run whose worker dies is re-run by another.
+//!
+//! **Finding a cursor.** Workers write the chunk of `seq` N at the entry id `N-1`
+//! ([`EntryId::of_seq`]), so "every chunk after `seq` N" is an `XREAD` after entry `N-1`:
+//! Redis finds it in the stream's radix tree by id, without reading the stream from its
+//! start. A run's status is its record plus its stream's last entry (`XREVRANGE … COUNT 1`).
+//!
+//! **Disconnect.** The readers of a run are counted in its Redis record by every server
+//! ([`loom_redis::ReaderTally`]); a direct stream's record carries its disconnect grace. When
+//! the last reader anywhere leaves, the server it left waits the grace and cancels the run
+//! unless a reader joined meanwhile (on any server). A server that dies holding readers
+//! leaves them counted: such a run then goes on until it ends or reaches its deadline.
+//!
+//! **Shutdown** closes this server's streams without a terminal chunk: their runs go on on
+//! the workers, and their clients resume through any server.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use futures::stream::ReadyChunks;
+use futures::StreamExt;
+use loom_core::{ActorError, CancellationToken, Registry, RunOptions, StreamChunk};
+use loom_redis::{Client, EntryId, EntryStream, RemoteInvoker, RunRecord, StreamEntry};
+use loom_workflow::{Workflow, WORKFLOW_ACTOR_PREFIX};
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::runlog::{LoggedChunk, RunInfo, RunStatus, RunTarget};
+use crate::runs::StartRequest;
+use crate::store::{DisconnectPolicy, MAX_RECENT_RUNS};
+
+/// The most chunks handed to a stream at once.
+const BATCH: usize = 256;
+
+/// Runs on workers through one Redis.
+#[derive(Debug)]
+pub(crate) struct RemoteRuns {
+    client: Client,
+    invoker: RemoteInvoker,
+    /// The server's own registry: descriptions of the actor types workers serve.
+    registry: Registry,
+    /// Workflow definitions the server was given: descriptions, input checks, deadlines.
+    workflows: BTreeMap<String, Arc<Workflow>>,
+    /// Cancelled at shutdown: every open stream of this server closes.
+    closing: CancellationToken,
+    shutting_down: AtomicBool,
+}
+
+impl RemoteRuns {
+    /// Runs queued through `client`; `registry` and `workflows` describe what workers serve.
+    pub(crate) fn new(client: Client, registry: Registry, workflows: Vec<Workflow>) -> Self {
+        Self {
+            invoker: client.invoker(),
+            client,
+            registry,
+            workflows: workflows
+                .into_iter()
+                .map(|w| (w.name.clone(), Arc::new(w)))
+                .collect(),
+            closing: CancellationToken::new(),
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    /// Queues a run. An actor type (or workflow) no live worker serves is `not_found` at
+    /// once; a workflow input failing the definition this server has is `bad_input`.
+    pub(crate) async fn start(&self, request: StartRequest) -> Result<RemoteRun, ApiError> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(ApiError::ShuttingDown);
+        }
+        let (actor_type, input, timeout) = match &request.target {
+            RunTarget::Actor(actor) => (actor.clone(), request.input, request.timeout),
+            RunTarget::Workflow(name) => {
+                let mut input = request.input;
+                let mut timeout = request.timeout;
+                if let Some(workflow) = self.workflows.get(name) {
+                    input = workflow
+                        .check_input(input)
+                        .map_err(|e| ActorError::bad_input(e.to_string()))?;
+                    timeout = timeout.or(workflow.timeout);
+                }
+                (format!("{WORKFLOW_ACTOR_PREFIX}{name}"), input, timeout)
+            }
+        };
+        // Only a served type is queued: nothing else becomes a key.
+        if !self.served().await?.contains(&actor_type) {
+            return Err(ApiError::NotFound(match &request.target {
+                RunTarget::Actor(a) => format!("no worker serves actor type '{a}'"),
+                RunTarget::Workflow(w) => format!("no worker serves workflow '{w}'"),
+            }));
+        }
+        let options = RunOptions {
+            timeout,
+            ..RunOptions::default()
+        };
+        let submitted = self
+            .invoker
+            .submit(&actor_type, input, &options)
+            .await
+            .map_err(unavailable)?;
+        let run = self.run(submitted.run_id);
+        if let DisconnectPolicy::CancelAfter(grace) = request.policy {
+            let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+            self.client
+                .set_disconnect_grace(&run.id, grace_ms)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(run)
+    }
+
+    /// The run `id`, if Redis knows it.
+    pub(crate) async fn find(&self, id: &str) -> Result<RemoteRun, ApiError> {
+        self.record(id).await?;
+        Ok(self.run(id.to_owned()))
+    }
+
+    async fn record(&self, id: &str) -> Result<RunRecord, ApiError> {
+        record(&self.client, id).await
+    }
+
+    fn run(&self, id: String) -> RemoteRun {
+        RemoteRun {
+            id,
+            client: self.client.clone(),
+            invoker: self.invoker.clone(),
+            closing: self.closing.clone(),
+        }
+    }
+
+    /// The recent runs of every server, newest first.
+    pub(crate) async fn recent(&self) -> Result<Vec<RunInfo>, ApiError> {
+        let records = self
+            .client
+            .recent_runs(MAX_RECENT_RUNS)
+            .await
+            .map_err(unavailable)?;
+        Ok(records.iter().map(info).collect())
+    }
+
+    /// Whether a live worker serves actor type `actor`.
+    pub(crate) async fn knows(&self, actor: &str) -> Result<bool, ApiError> {
+        Ok(self.served().await?.contains(actor))
+    }
+
+    async fn served(&self) -> Result<BTreeSet<String>, ApiError> {
+        self.client.served_actors().await.map_err(unavailable)
+    }
+
+    /// `GET /v1/actors`: the actor types live workers serve, described by this server's
+    /// registry where it has them.
+    pub(crate) async fn actors(&self) -> Result<Vec<Value>, ApiError> {
+        let served = self.served().await?;
+        Ok(served
+            .iter()
+            .filter(|name| !name.starts_with(WORKFLOW_ACTOR_PREFIX))
+            .map(|name| match self.registry.get(name) {
+                Some(a) => json!({ "name": name, "description": a.description(), "streams": a.streams() }),
+                None => json!({ "name": name, "description": null, "streams": null }),
+            })
+            .collect())
+    }
+
+    /// `GET /v1/workflows`: the workflows live workers serve, with their steps where this
+    /// server has their definitions.
+    pub(crate) async fn workflows(&self) -> Result<Vec<Value>, ApiError> {
+        let served = self.served().await?;
+        Ok(served
+            .iter()
+            .filter_map(|name| name.strip_prefix(WORKFLOW_ACTOR_PREFIX))
+            .map(|name| match self.workflows.get(name) {
+                Some(w) => crate::backend::workflow_json(w),
+                None => json!({ "name": name, "description": null, "steps": null }),
+            })
+            .collect())
+    }
+
+    /// Stops starting runs and closes this server's streams (their runs go on).
+    pub(crate) fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        self.closing.cancel();
+    }
+
+}
+
+/// One run on the workers.
+#[derive(Debug, Clone)]
+pub(crate) struct RemoteRun {
+    id: String,
+    client: Client,
+    invoker: RemoteInvoker,
+    closing: CancellationToken,
+}
+
+impl RemoteRun {
+    /// The run id.
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Counts a reader of the run until the returned guard drops (see the module docs).
+    pub(crate) async fn attach(&self) -> Result<RemoteAttachment, ApiError> {
+        self.client
+            .reader_joined(&self.id)
+            .await
+            .map_err(unavailable)?;
+        Ok(RemoteAttachment {
+            client: self.client.clone(),
+            id: self.id.clone(),
+        })
+    }
+
+    /// A feed of the run's chunks after `cursor`, or `None` when the cursor is at or past
+    /// the terminal chunk (`204`).
+    pub(crate) async fn open(&self, cursor: Option<u64>) -> Result<Option<RemoteFeed>, ApiError> {
+        let record = record(&self.client, &self.id).await?;
+        if let (Some(terminal), Some(cursor)) = (record.terminal(), cursor) {
+            if cursor >= terminal.seq {
+                return Ok(None);
+            }
+        }
+        let entries = self
+            .invoker
+            .attach(&self.id, cursor.map(EntryId::of_seq))
+            .await
+            .map_err(unavailable)?;
+        Ok(Some(RemoteFeed {
+            entries: entries.ready_chunks(BATCH),
+            closing: self.closing.clone(),
+        }))
+    }
+
+    /// The run's status now.
+    pub(crate) async fn info(&self) -> Result<RunInfo, ApiError> {
+        Ok(info(&record(&self.client, &self.id).await?))
+    }
+
+    /// Cancels the run on its worker (idempotent).
+    pub(crate) async fn cancel(&self) -> Result<(), ApiError> {
+        self.client.cancel(&self.id).await.map_err(unavailable)
+    }
+}
+
+/// The record of run `id`; `not_found` when Redis has none (or `id` is no valid name).
+async fn record(client: &Client, id: &str) -> Result<RunRecord, ApiError> {
+    let not_found = || ApiError::NotFound(format!("unknown run '{id}'"));
+    if loom_redis::validate_name(id).is_err() {
+        return Err(not_found());
+    }
+    client
+        .run_record(id)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(not_found)
+}
+
+/// A reader of a remote run, counted in Redis while it lives.
+#[derive(Debug)]
+pub(crate) struct RemoteAttachment {
+    client: Client,
+    id: String,
+}
+
+impl Drop for RemoteAttachment {
+    fn drop(&mut self) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let client = self.client.clone();
+        let id = std::mem::take(&mut self.id);
+        handle.spawn(async move {
+            if let Err(e) = left(&client, &id).await {
+                tracing::warn!(run_id = %id, error = %e, "could not count a reader gone");
+            }
+        });
+    }
+}
+
+/// A reader of run `id` left: if it was the last one anywhere and the run has a disconnect
+/// grace, cancel it after the grace unless someone joined meanwhile.
+async fn left(client: &Client, id: &str) -> Result<(), loom_redis::Error> {
+    let tally = client.reader_left(id).await?;
+    let Some(grace_ms) = tally.grace_ms.filter(|_| tally.readers <= 0) else {
+        return Ok(());
+    };
+    tokio::time::sleep(Duration::from_millis(grace_ms)).await;
+    let now = client.readers(id).await?;
+    if now.readers > 0 || now.joins != tally.joins {
+        return Ok(());
+    }
+    let ended = client
+        .run_record(id)
+        .await?
+        .is_some_and(|r| r.terminal().is_some());
+    if !ended {
+        tracing::debug!(run_id = id, "client gone: cancelling the run");
+        client.cancel(id).await?;
+    }
+    Ok(())
+}
+
+/// A run's chunks from its Redis stream, in batches, until the terminal chunk or shutdown.
+pub(crate) struct RemoteFeed {
+    entries: ReadyChunks<EntryStream>,
+    closing: CancellationToken,
+}
+
+impl std::fmt::Debug for RemoteFeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteFeed").finish_non_exhaustive()
+    }
+}
+
+impl RemoteFeed {
+    /// The next chunks; `None` after the terminal chunk, or when the server shuts down.
+    pub(crate) async fn next(&mut self) -> Option<Vec<Arc<LoggedChunk>>> {
+        tokio::select! {
+            biased;
+            _ = self.closing.cancelled() => None,
+            batch = self.entries.next() => batch.map(|entries| entries.into_iter().map(logged).collect()),
+        }
+    }
+}
+
+fn logged(entry: StreamEntry) -> Arc<LoggedChunk> {
+    Arc::new(LoggedChunk {
+        seq: entry.chunk.seq,
+        kind: entry.chunk.kind,
+        json: entry.chunk.to_json().into(),
+        in_log: entry.id.is_some(),
+    })
+}
+
+/// A record as `GET /v1/runs/{id}` shows it.
+fn info(record: &RunRecord) -> RunInfo {
+    let actor = record.actor.clone();
+    let (actor, workflow) = match actor.as_deref().and_then(|a| a.strip_prefix(WORKFLOW_ACTOR_PREFIX)) {
+        Some(name) => (None, Some(name.to_owned())),
+        None => (actor, None),
+    };
+    let terminal: Option<&StreamChunk> = record.terminal();
+    let (status, error_code) = match terminal {
+        None => (RunStatus::Running, None),
+        Some(chunk) => RunStatus::of_terminal(chunk),
+    };
+    let created_at = record.created_ms.map(|ms| {
+        humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    });
+    RunInfo {
+        run_id: record.run_id.clone(),
+        actor,
+        workflow,
+        status,
+        error_code,
+        created_at: created_at.unwrap_or_default(),
+        last_seq: record.last.as_ref().map(|c| c.seq),
+    }
+}
+
+/// A Redis failure before a stream starts: `503 unavailable`, or the client's own mistake.
+fn unavailable(err: loom_redis::Error) -> ApiError {
+    if err.is_bad_input() {
+        ApiError::BadRequest(err.to_string())
+    } else {
+        ApiError::Unavailable(err.to_string())
+    }
+}

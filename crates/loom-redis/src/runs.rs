@@ -119,7 +119,11 @@ impl Client {
         let mut pipe = redis::pipe();
         pipe.atomic();
         if change != 0 {
-            pipe.cmd("HINCRBY").arg(&key).arg("readers").arg(change).ignore();
+            pipe.cmd("HINCRBY")
+                .arg(&key)
+                .arg("readers")
+                .arg(change)
+                .ignore();
         }
         if change > 0 {
             pipe.cmd("HINCRBY").arg(&key).arg("joins").arg(1).ignore();
@@ -143,7 +147,10 @@ impl Client {
         let keys = self.keys();
         let mut pipe = redis::pipe();
         for id in ids {
-            pipe.cmd("HMGET").arg(keys.run(id)).arg("actor").arg("created_ms");
+            pipe.cmd("HMGET")
+                .arg(keys.run(id))
+                .arg("actor")
+                .arg("created_ms");
             pipe.cmd("XREVRANGE")
                 .arg(keys.stream(id))
                 .arg("+")

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::remote::{RemoteAttachment, RemoteFeed, RemoteRun, RemoteRuns};
-use crate::runlog::{Read, Reader, LoggedChunk, CursorExpired, RunInfo};
+use crate::runlog::{CursorExpired, LoggedChunk, Read, Reader, RunInfo};
 use crate::runs::{Engine, StartRequest};
 use crate::store::{self, Run};
 

@@ -161,7 +161,9 @@ impl RemoteRuns {
             .iter()
             .filter(|name| !name.starts_with(WORKFLOW_ACTOR_PREFIX))
             .map(|name| match self.registry.get(name) {
-                Some(a) => json!({ "name": name, "description": a.description(), "streams": a.streams() }),
+                Some(a) => {
+                    json!({ "name": name, "description": a.description(), "streams": a.streams() })
+                }
                 None => json!({ "name": name, "description": null, "streams": null }),
             })
             .collect())
@@ -186,7 +188,6 @@ impl RemoteRuns {
         self.shutting_down.store(true, Ordering::SeqCst);
         self.closing.cancel();
     }
-
 }
 
 /// One run on the workers.
@@ -340,7 +341,10 @@ fn logged(entry: StreamEntry) -> Arc<LoggedChunk> {
 /// A record as `GET /v1/runs/{id}` shows it.
 fn info(record: &RunRecord) -> RunInfo {
     let actor = record.actor.clone();
-    let (actor, workflow) = match actor.as_deref().and_then(|a| a.strip_prefix(WORKFLOW_ACTOR_PREFIX)) {
+    let (actor, workflow) = match actor
+        .as_deref()
+        .and_then(|a| a.strip_prefix(WORKFLOW_ACTOR_PREFIX))
+    {
         Some(name) => (None, Some(name.to_owned())),
         None => (actor, None),
     };

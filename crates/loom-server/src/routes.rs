@@ -108,7 +108,9 @@ async fn list_actors(State(state): State<ServerState>) -> Result<Json<Value>, Ap
 }
 
 async fn list_workflows(State(state): State<ServerState>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({ "workflows": state.runs().workflows().await? })))
+    Ok(Json(
+        json!({ "workflows": state.runs().workflows().await? }),
+    ))
 }
 
 /// `POST /v1/actors/{type}/run`: the run's `complete` data, or its error as a status.

@@ -89,7 +89,6 @@ impl Engine {
         &self.store
     }
 
-
     /// Starts a run and returns it once it is in the store; its chunks follow in its log.
     /// Unknown actor or workflow: `not_found`; a workflow input failing its schema:
     /// `bad_input`; shutting down: `unavailable`.

@@ -104,8 +104,8 @@ pub(crate) fn load_workflows(
     files.sort();
     let mut workflows: Vec<Workflow> = Vec::new();
     for file in files {
-        let workflow = loom_workflow::load(&file, knows)
-            .map_err(|e| crate::usage(e.to_string()))?;
+        let workflow =
+            loom_workflow::load(&file, knows).map_err(|e| crate::usage(e.to_string()))?;
         if workflows.iter().any(|w| w.name == workflow.name) {
             return Err(crate::usage(format!(
                 "{}: a workflow named '{}' is already loaded",

@@ -1,11 +1,14 @@
 //! `loom serve`: the real binary on a free port, driven with plain HTTP/1.1, stopped by SIGTERM.
 
+#[path = "../../loom-redis/tests/support/redis_server.rs"]
+mod redis_server;
 mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Stdio;
 
+use redis_server::RedisServer;
 use support::*;
 
 /// Sends one HTTP/1.1 request with `Connection: close` and returns the whole response.
@@ -70,9 +73,113 @@ fn serve_answers_healthz_streams_an_actor_as_sse_and_exits_0_on_sigterm() {
     assert!(rest.iter().any(|l| l == "loom: server stopped"), "{rest:?}");
 }
 
+/// A subprocess killed on drop.
+struct Process(std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `loom <args>` and waits for the stderr line starting with `ready`; returns it.
+fn start(args: &[&str], ready: &str) -> (Process, String) {
+    let mut child = loom(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("loom starts");
+    let rx = lines_of(child.stderr.take().expect("stderr is piped"));
+    let process = Process(child);
+    loop {
+        let line = rx.recv_timeout(LIMIT).expect("the ready line in time");
+        if line.starts_with(ready) {
+            return (process, line);
+        }
+    }
+}
+
+/// The JSON body of an HTTP response.
+fn body(response: &str) -> serde_json::Value {
+    let (_, body) = response.split_once("\r\n\r\n").expect("a body");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {response}"))
+}
+
+const SLOW: &str = "name: slow\nactions:\n  - name: work\n    type: actor\n    actorType: batch\n    input: { count: 200, batch_size: 1, delay_ms: 50 }\n";
+
 #[test]
-fn serve_with_redis_is_a_usage_error_for_now() {
-    let out = run(&["serve", "--redis", "redis://127.0.0.1:1"]);
-    assert_eq!(out.code, Some(2), "{}", out.stderr);
-    assert!(out.stderr.contains("not yet supported"), "{}", out.stderr);
+fn serve_with_redis_queues_runs_to_a_worker_and_delete_stops_a_detached_workflow_there() {
+    let redis = RedisServer::start();
+    let dir = std::env::temp_dir().join(format!("loom-serve-redis-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::write(dir.join("slow.yaml"), SLOW).expect("workflow file");
+    let dir_arg = dir.to_str().expect("utf-8 path");
+    let (mut worker, _) = start(
+        &["worker", "--redis", redis.url(), "--workflows", dir_arg],
+        "loom: worker serving",
+    );
+    let (mut server, banner) = start(
+        &["serve", "--redis", redis.url(), "--addr", "127.0.0.1:0"],
+        "loom: serving on",
+    );
+    let addr = banner
+        .strip_prefix("loom: serving on http://")
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the address")
+        .to_owned();
+    // The worker advertises what it serves on its first heartbeat.
+    let deadline = std::time::Instant::now() + LIMIT;
+    loop {
+        let listed = body(&http(&addr, "GET", "/v1/workflows", ""));
+        if listed["workflows"][0]["name"] == "slow" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{listed}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    let stream = http(
+        &addr,
+        "POST",
+        "/v1/actors/echo/stream",
+        r#"{"input":{"x":1}}"#,
+    );
+    assert!(stream.contains("id: 0\nevent: start\n"), "{stream}");
+    assert!(
+        stream.contains(
+            "event: complete\ndata: {\"type\":\"complete\",\"seq\":1,\"data\":{\"x\":1}}"
+        ),
+        "{stream}"
+    );
+
+    let created = http(&addr, "POST", "/v1/runs", r#"{"workflow":"slow"}"#);
+    assert!(created.starts_with("HTTP/1.1 201"), "{created}");
+    let id = body(&created)["run_id"]
+        .as_str()
+        .expect("run_id")
+        .to_owned();
+    let status = body(&http(&addr, "GET", &format!("/v1/runs/{id}"), ""));
+    assert_eq!(status["workflow"], "slow", "{status}");
+    let deleted = http(&addr, "DELETE", &format!("/v1/runs/{id}"), "");
+    assert!(deleted.starts_with("HTTP/1.1 202"), "{deleted}");
+    let deadline = std::time::Instant::now() + LIMIT;
+    let status = loop {
+        let status = body(&http(&addr, "GET", &format!("/v1/runs/{id}"), ""));
+        if status["status"] != "running" {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(status["status"], "cancelled", "{status}");
+    // Its stream ends with the worker's terminal chunk, well before the 10 s it would take.
+    let replay = http(&addr, "GET", &format!("/v1/runs/{id}/stream"), "");
+    assert!(replay.contains("\"code\":\"cancelled\""), "{replay}");
+
+    signal(server.0.id(), "TERM");
+    assert_eq!(wait(&mut server.0).code(), Some(0));
+    signal(worker.0.id(), "TERM");
+    assert_eq!(wait(&mut worker.0).code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -38,6 +38,13 @@ actions:
       processed: "${{ steps.process.output.processed }}"
 "#;
 
+/// [`WORKFLOW`], parsed against the built-in actors.
+pub fn workflow() -> loom_workflow::Workflow {
+    let builtins = Registry::with_builtins();
+    loom_workflow::parse(WORKFLOW, "report.yaml", &|t| builtins.contains(t))
+        .expect("the test workflow parses")
+}
+
 /// Awaits `future` for at most [`WAIT`].
 pub async fn within<T>(future: impl Future<Output = T>) -> T {
     tokio::time::timeout(WAIT, future)
@@ -64,10 +71,19 @@ impl TestServer {
     /// Starts a server with `config` and the actors of `registry`.
     pub async fn start_with(registry: Registry, config: ServerConfig) -> Self {
         let runtime = Runtime::new(registry, Extensions::new());
-        let workflow =
-            loom_workflow::parse(WORKFLOW, "report.yaml", &|t| runtime.registry().contains(t))
-                .expect("the test workflow parses");
-        let state = ServerState::new(runtime, vec![workflow], config);
+        let state = ServerState::new(runtime, vec![workflow()], config);
+        Self::serve(state).await
+    }
+
+    /// Starts a server in front of the workers of `client`'s Redis, knowing the built-in
+    /// actors and [`WORKFLOW`].
+    pub async fn distributed(client: loom_redis::Client, config: ServerConfig) -> Self {
+        let state =
+            ServerState::distributed(client, Registry::with_builtins(), vec![workflow()], config);
+        Self::serve(state).await
+    }
+
+    async fn serve(state: ServerState) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

@@ -1,0 +1,292 @@
+//! Distributed mode: servers in front of a real `redis-server` and a worker. The servers run
+//! nothing themselves; any of them serves, resumes and cancels any run.
+
+#[path = "../../loom-redis/tests/support/redis_server.rs"]
+mod redis_server;
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use loom_core::{Extensions, Registry, Runtime};
+use loom_redis::{Client, ClientOptions, Worker, WorkerOptions};
+use loom_server::ServerConfig;
+use loom_workflow::WorkflowExecutor;
+use redis_server::RedisServer;
+use serde_json::{json, Value};
+use support::*;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Short timings, and a key prefix of the test's own (the Redis may be shared).
+fn options(prefix: &str) -> ClientOptions {
+    ClientOptions {
+        prefix: prefix.to_owned(),
+        lease_ttl: Duration::from_millis(800),
+        lease_refresh: Duration::from_millis(200),
+        visibility_timeout: Duration::from_millis(1500),
+        pickup_timeout: Duration::from_secs(6),
+        read_block: Duration::from_millis(500),
+        ..ClientOptions::default()
+    }
+}
+
+/// A Redis, one worker serving the built-in actors and `workflows/report`, and a way to make
+/// servers and clients on the same keys.
+struct Cluster {
+    redis: RedisServer,
+    prefix: String,
+    stop: Option<oneshot::Sender<()>>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl Cluster {
+    async fn start() -> Self {
+        let redis = RedisServer::start();
+        let prefix = format!("t{}:", uuid::Uuid::new_v4().simple());
+        let mut cluster = Self {
+            redis,
+            prefix,
+            stop: None,
+            worker: None,
+        };
+        let client = cluster.client().await;
+        let local = Arc::new(Runtime::new(Registry::with_builtins(), Extensions::new()));
+        let mut registry = Registry::with_builtins();
+        registry.register(WorkflowExecutor::new(local.clone()).worker_actor(workflow()));
+        let runtime = local.with_registry(registry);
+        let worker = Worker::new(client.clone(), runtime, WorkerOptions::default());
+        let (stop, stopped) = oneshot::channel::<()>();
+        cluster.stop = Some(stop);
+        cluster.worker = Some(tokio::spawn(async move {
+            worker
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("the worker stops cleanly");
+        }));
+        within(async {
+            while !client
+                .served_actors()
+                .await
+                .expect("served")
+                .contains("workflows/report")
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        cluster
+    }
+
+    async fn client(&self) -> Client {
+        within(Client::connect_with(
+            self.redis.url(),
+            options(&self.prefix),
+        ))
+        .await
+        .expect("connect")
+    }
+
+    /// A new server (its own Redis connections, as another process would have).
+    async fn server(&self, config: ServerConfig) -> TestServer {
+        TestServer::distributed(self.client().await, config).await
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(worker) = &self.worker {
+            worker.abort();
+        }
+    }
+}
+
+fn texts(frames: &[Frame]) -> Vec<String> {
+    frames
+        .iter()
+        .map(|f| f.event.clone().unwrap_or_default())
+        .collect()
+}
+
+#[tokio::test]
+async fn actors_workflows_run_and_stream_go_through_the_worker() {
+    let cluster = Cluster::start().await;
+    let server = cluster.server(ServerConfig::default()).await;
+
+    let actors: Value = server.get("/v1/actors").await.json().await.unwrap();
+    let names: Vec<&str> = actors["actors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"echo") && names.contains(&"batch"),
+        "{actors}"
+    );
+    assert!(
+        !names.iter().any(|n| n.starts_with("workflows/")),
+        "{actors}"
+    );
+    let workflows: Value = server.get("/v1/workflows").await.json().await.unwrap();
+    assert_eq!(workflows["workflows"][0]["name"], "report", "{workflows}");
+    assert_eq!(
+        workflows["workflows"][0]["steps"],
+        json!(["process", "summary"])
+    );
+
+    let ran = server
+        .post("/v1/actors/echo/run", &json!({ "input": { "hi": 1 } }))
+        .await;
+    assert_eq!(ran.status(), 200);
+    assert!(ran.headers().contains_key("loom-run-id"));
+    assert_eq!(ran.json::<Value>().await.unwrap(), json!({ "hi": 1 }));
+
+    let response = server
+        .post(
+            "/v1/workflows/report/stream",
+            &json!({ "input": { "count": 3 } }),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let frames = SseReader::new(response).rest().await;
+    let last = frames.last().unwrap();
+    assert_eq!(last.event.as_deref(), Some("complete"), "{frames:?}");
+    let result = &last.data.as_ref().unwrap()["data"];
+    assert_eq!(result["steps"]["summary"]["processed"], 3, "{result}");
+    assert_eq!(seqs(&frames), (0..frames.len() as u64).collect::<Vec<_>>());
+
+    // Checked before anything is queued: no worker serves it, the input fails the schema.
+    let unknown = server.post("/v1/actors/nobody/stream", &json!({})).await;
+    assert_eq!(unknown.status(), 404);
+    let bad = server
+        .post(
+            "/v1/workflows/report/stream",
+            &json!({ "input": { "count": "x" } }),
+        )
+        .await;
+    assert_eq!(bad.status(), 422);
+}
+
+#[tokio::test]
+async fn a_run_started_on_one_server_is_joined_resumed_and_cancelled_through_another() {
+    let cluster = Cluster::start().await;
+    let a = cluster.server(ServerConfig::default()).await;
+    let b = cluster.server(ServerConfig::default()).await;
+    let id = a
+        .detached(json!({ "actor": "batch", "input": slow_batch(500, 20) }))
+        .await;
+
+    let status = b.status(&id).await;
+    assert_eq!(status["actor"], "batch");
+    assert_eq!(status["status"], "running");
+    let listed: Value = b.get("/v1/runs").await.json().await.unwrap();
+    assert_eq!(listed["runs"][0]["run_id"], id.as_str(), "{listed}");
+
+    // Join on b, read a few chunks, drop the connection, resume after the last one seen.
+    let mut first = SseReader::new(b.get(&format!("/v1/runs/{id}/stream")).await);
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(first.next_chunk().await.expect("a chunk"));
+    }
+    drop(first);
+    let last_seen = seen.last().unwrap().id.unwrap();
+    let resumed = within(
+        b.http
+            .get(b.url(&format!("/v1/runs/{id}/stream")))
+            .header("Last-Event-ID", last_seen.to_string())
+            .send(),
+    )
+    .await
+    .unwrap();
+    let mut resumed = SseReader::new(resumed);
+    let next = resumed.next_chunk().await.expect("the next chunk");
+    assert_eq!(next.id, Some(last_seen + 1));
+
+    // Cancel through b; a reader on a sees the worker's terminal `error/cancelled`.
+    let mut on_a = SseReader::new(
+        a.get(&format!("/v1/runs/{id}/stream?from={last_seen}"))
+            .await,
+    );
+    let cancelled = b.delete(&format!("/v1/runs/{id}")).await;
+    assert_eq!(cancelled.status(), 202);
+    let rest = on_a.rest().await;
+    let end = rest.last().unwrap();
+    assert_eq!(end.event.as_deref(), Some("error"), "{:?}", texts(&rest));
+    assert_eq!(end.data.as_ref().unwrap()["error"]["code"], "cancelled");
+    assert_eq!(
+        seqs(&rest),
+        ((last_seen + 1)..=end.id.unwrap()).collect::<Vec<_>>()
+    );
+    let status = a.finished(&id).await;
+    assert_eq!(status["status"], "cancelled");
+    assert_eq!(status["error_code"], "cancelled");
+    // Idempotent, and a cursor at the terminal is 204.
+    assert_eq!(b.delete(&format!("/v1/runs/{id}")).await.status(), 202);
+    let at_end = a
+        .get(&format!("/v1/runs/{id}/stream?from={}", end.id.unwrap()))
+        .await;
+    assert_eq!(at_end.status(), 204);
+    assert_eq!(a.get("/v1/runs/no-such-run/stream").await.status(), 404);
+    assert_eq!(a.get("/v1/runs/bad:id").await.status(), 404);
+}
+
+#[tokio::test]
+async fn a_direct_stream_rejoined_on_another_server_survives_its_client_and_then_ends_by_the_grace()
+{
+    let cluster = Cluster::start().await;
+    let config = ServerConfig {
+        disconnect_grace: Duration::from_millis(400),
+        ..ServerConfig::default()
+    };
+    let a = cluster.server(config.clone()).await;
+    let b = cluster.server(config).await;
+    let response = a
+        .post(
+            "/v1/actors/batch/stream",
+            &json!({ "input": slow_batch(500, 20) }),
+        )
+        .await;
+    let id = response.headers()["loom-run-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut direct = SseReader::new(response);
+    let seen = direct.next_chunk().await.unwrap().id.unwrap();
+    drop(direct);
+    // Back within the grace, on the other server.
+    let mut rejoined = SseReader::new(b.get(&format!("/v1/runs/{id}/stream?from={seen}")).await);
+    rejoined.next_chunk().await.expect("a chunk");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(a.status(&id).await["status"], "running");
+    drop(rejoined);
+    let status = a.finished(&id).await;
+    assert_eq!(status["status"], "cancelled");
+}
+
+#[tokio::test]
+async fn a_server_that_shuts_down_closes_its_streams_without_a_terminal_and_the_run_goes_on() {
+    let cluster = Cluster::start().await;
+    let mut a = cluster.server(ServerConfig::default()).await;
+    let b = cluster.server(ServerConfig::default()).await;
+    let id = a
+        .detached(json!({ "actor": "batch", "input": slow_batch(40, 20) }))
+        .await;
+    let mut reader = SseReader::new(a.get(&format!("/v1/runs/{id}/stream")).await);
+    reader.next_chunk().await.expect("a chunk");
+    a.shut_down().await;
+    let rest = reader.rest().await;
+    assert!(
+        rest.iter()
+            .all(|f| !matches!(f.event.as_deref(), Some("complete" | "error"))),
+        "{:?}",
+        texts(&rest)
+    );
+    let status = b.finished(&id).await;
+    assert_eq!(status["status"], "complete", "{status}");
+}

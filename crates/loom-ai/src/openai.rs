@@ -150,6 +150,10 @@ impl OpenAiClient {
             .header(CONTENT_TYPE, "application/json")
             .header(ACCEPT, "text/event-stream")
             .body(body);
+        // The upstream call joins the run's trace (a no-op without an OpenTelemetry layer).
+        if let Some(traceparent) = loom_core::trace::current_traceparent() {
+            request = request.header(loom_core::trace::TRACEPARENT, traceparent);
+        }
         if let Some(key) = &self.api_key {
             let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
                 .map_err(|_| AiError::Config("the API key is not a valid header value".into()))?;

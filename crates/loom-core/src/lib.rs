@@ -54,6 +54,7 @@ mod output;
 mod registry;
 mod runtime;
 mod team;
+pub mod trace;
 
 pub use actor::{actor_fn, parse_input, Actor, ActorStream, FnActor};
 pub use async_stream::{stream, try_stream};

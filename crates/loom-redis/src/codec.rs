@@ -317,6 +317,8 @@ pub(crate) struct Request {
     pub(crate) timeout_ms: u64,
     /// When the run must have ended, in Unix milliseconds.
     pub(crate) deadline_ms: u64,
+    /// The caller's W3C trace context (field `traceparent`, only when there is one).
+    pub(crate) traceparent: Option<String>,
 }
 
 impl Request {
@@ -335,6 +337,9 @@ impl Request {
             .arg(self.timeout_ms)
             .arg("deadline_ms")
             .arg(self.deadline_ms);
+        if let Some(traceparent) = &self.traceparent {
+            pipe.arg(loom_core::trace::TRACEPARENT).arg(traceparent);
+        }
     }
 
     /// Reads a request entry, checking the names before they become keys.
@@ -360,6 +365,11 @@ impl Request {
             input,
             timeout_ms: number("timeout_ms")?,
             deadline_ms: number("deadline_ms")?,
+            // Only a plausible value is kept: it becomes a span's parent, never a key.
+            traceparent: get(loom_core::trace::TRACEPARENT)
+                .ok()
+                .filter(|t| t.len() <= 256 && t.bytes().all(|b| b.is_ascii_graphic()))
+                .map(str::to_owned),
         })
     }
 }

@@ -7,7 +7,9 @@
 //! [`ChunkStream::cancel`], sets `loom:cancel:{<id>}` and publishes the id: the worker stops the
 //! actor and writes `error/cancelled`, which a stream that was only `cancel()`ed still yields.
 //! The worker enforces the deadline (`error/timeout`); the reader writes `error/timeout` itself
-//! if nothing terminal arrived by the deadline plus `deadline_grace`.
+//! if nothing terminal arrived by the deadline plus `deadline_grace`. The request carries the
+//! current span's W3C `traceparent` ([`loom_core::trace`]), which the worker's run span takes
+//! as its parent.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -179,6 +181,7 @@ impl RemoteInvoker {
             input,
             timeout_ms,
             deadline_ms: unix_ms().saturating_add(timeout_ms),
+            traceparent: loom_core::trace::current_traceparent(),
         })
     }
 

@@ -7,7 +7,8 @@
 
 use std::time::Duration;
 
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -45,6 +46,25 @@ impl<T: DeserializeOwned> FromRequest<ServerState> for LoomJson<T> {
         serde_json::from_slice(text)
             .map(LoomJson)
             .map_err(|e| ApiError::BadRequest(format!("the body is not a valid request: {e}")))
+    }
+}
+
+/// The request's W3C `traceparent` header, if it has one that is text: the parent of the
+/// run's span (an invalid trace context is ignored there, never an error).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TraceParent(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for TraceParent {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .headers
+                .get(loom_core::trace::TRACEPARENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        ))
     }
 }
 

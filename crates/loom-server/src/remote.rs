@@ -29,6 +29,7 @@ use loom_core::{ActorError, CancellationToken, Registry, RunOptions, StreamChunk
 use loom_redis::{Client, EntryId, EntryStream, RemoteInvoker, RunRecord, StreamEntry};
 use loom_workflow::{Workflow, WORKFLOW_ACTOR_PREFIX};
 use serde_json::{json, Value};
+use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::runlog::{LoggedChunk, RunInfo, RunStatus, RunTarget};
@@ -74,6 +75,7 @@ impl RemoteRuns {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(ApiError::ShuttingDown);
         }
+        let span = request.span(None);
         let (actor_type, input, timeout) = match &request.target {
             RunTarget::Actor(actor) => (actor.clone(), request.input, request.timeout),
             RunTarget::Workflow(name) => {
@@ -99,9 +101,11 @@ impl RemoteRuns {
             timeout,
             ..RunOptions::default()
         };
+        // Queued inside the run's span: the request carries its trace context to the worker.
         let submitted = self
             .invoker
             .submit(&actor_type, input, &options)
+            .instrument(span)
             .await
             .map_err(unavailable)?;
         let run = self.run(submitted.run_id);

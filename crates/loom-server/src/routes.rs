@@ -19,6 +19,7 @@ use crate::auth::require_key;
 use crate::error::ApiError;
 use crate::extract::{
     cursor, input_or_empty, parse_timeout, Envelope, JoinQuery, LoomJson, RunRequest, StreamQuery,
+    TraceParent,
 };
 use crate::runlog::RunTarget;
 use crate::runs::StartRequest;
@@ -117,6 +118,7 @@ async fn list_workflows(State(state): State<ServerState>) -> Result<Json<Value>,
 async fn run_actor(
     State(state): State<ServerState>,
     Path(actor): Path<String>,
+    TraceParent(traceparent): TraceParent,
     LoomJson(envelope): LoomJson<Envelope>,
 ) -> Result<Response, ApiError> {
     let grace = state.config().disconnect_grace;
@@ -127,6 +129,7 @@ async fn run_actor(
             input: input_or_empty(envelope.input),
             timeout: parse_timeout(envelope.timeout.as_deref())?,
             policy: envelope.on_disconnect.policy(grace),
+            traceparent,
         })
         .await?;
     // Dropped with this handler when the client goes away: the run is then cancelled like a
@@ -158,9 +161,10 @@ async fn run_actor(
 async fn stream_actor(
     State(state): State<ServerState>,
     Path(actor): Path<String>,
+    TraceParent(traceparent): TraceParent,
     LoomJson(envelope): LoomJson<Envelope>,
 ) -> Result<Response, ApiError> {
-    direct_stream(&state, RunTarget::Actor(actor), envelope).await
+    direct_stream(&state, RunTarget::Actor(actor), envelope, traceparent).await
 }
 
 /// `GET /v1/actors/{type}/stream?input=…` for a browser `EventSource`. A request with
@@ -169,6 +173,7 @@ async fn stream_actor(
 async fn stream_actor_get(
     State(state): State<ServerState>,
     Path(actor): Path<String>,
+    TraceParent(traceparent): TraceParent,
     headers: HeaderMap,
     query: Result<Query<StreamQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -176,16 +181,18 @@ async fn stream_actor_get(
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    direct_stream(&state, RunTarget::Actor(actor), query.into_envelope()?).await
+    let envelope = query.into_envelope()?;
+    direct_stream(&state, RunTarget::Actor(actor), envelope, traceparent).await
 }
 
 /// `POST /v1/workflows/{name}/stream`.
 async fn stream_workflow(
     State(state): State<ServerState>,
     Path(name): Path<String>,
+    TraceParent(traceparent): TraceParent,
     LoomJson(envelope): LoomJson<Envelope>,
 ) -> Result<Response, ApiError> {
-    direct_stream(&state, RunTarget::Workflow(name), envelope).await
+    direct_stream(&state, RunTarget::Workflow(name), envelope, traceparent).await
 }
 
 /// A run started for this response and streamed from its first chunk.
@@ -193,6 +200,7 @@ async fn direct_stream(
     state: &ServerState,
     target: RunTarget,
     envelope: Envelope,
+    traceparent: Option<String>,
 ) -> Result<Response, ApiError> {
     let timeout = parse_timeout(envelope.timeout.as_deref())?;
     let permit = state.stream_permit()?;
@@ -205,6 +213,7 @@ async fn direct_stream(
             policy: envelope
                 .on_disconnect
                 .policy(state.config().disconnect_grace),
+            traceparent,
         })
         .await?;
     let guards = StreamGuards {
@@ -221,6 +230,7 @@ async fn direct_stream(
 /// `POST /v1/runs`: a detached run, `201 {run_id, stream_url}`.
 async fn create_run(
     State(state): State<ServerState>,
+    TraceParent(traceparent): TraceParent,
     LoomJson(request): LoomJson<RunRequest>,
 ) -> Result<Response, ApiError> {
     let target = match (request.actor, request.workflow) {
@@ -239,6 +249,7 @@ async fn create_run(
             input: input_or_empty(request.input),
             timeout: parse_timeout(request.timeout.as_deref())?,
             policy: DisconnectPolicy::Continue,
+            traceparent,
         })
         .await?;
     let run_id = run.id();

@@ -36,6 +36,23 @@ pub(crate) struct StartRequest {
     pub timeout: Option<Duration>,
     /// What the run does when its last reader goes away.
     pub policy: DisconnectPolicy,
+    /// The caller's W3C trace context: the parent of the run's span.
+    pub traceparent: Option<String>,
+}
+
+impl StartRequest {
+    /// The run's span (`loom.run`), a child of the caller's trace context when it sent one.
+    pub(crate) fn span(&self, run_id: Option<&str>) -> tracing::Span {
+        let (kind, name) = match &self.target {
+            RunTarget::Actor(a) => ("actor", a.as_str()),
+            RunTarget::Workflow(w) => ("workflow", w.as_str()),
+        };
+        let span = tracing::info_span!("loom.run", run_id, kind, name);
+        if let Some(traceparent) = &self.traceparent {
+            loom_core::trace::set_remote_parent(&span, traceparent);
+        }
+        span
+    }
 }
 
 /// Starts runs and keeps them in the [`RunStore`].
@@ -97,6 +114,7 @@ impl Engine {
             return Err(ApiError::ShuttingDown);
         }
         let run_id = new_run_id();
+        let span = request.span(Some(&run_id));
         let cancel = CancellationToken::new();
         let options = RunOptions {
             run_id: Some(run_id.clone()),
@@ -125,7 +143,6 @@ impl Engine {
         ));
         let run = Arc::new(Run::new(Arc::clone(&log), cancel, request.policy));
         self.store.insert(Arc::clone(&run));
-        let span = tracing::info_span!("run", run_id = %run_id);
         tokio::spawn(
             drive(
                 stream,

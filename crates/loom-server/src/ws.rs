@@ -18,7 +18,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::backend::{Attachment, Feed, RunRef};
 use crate::error::ApiError;
-use crate::extract::{input_or_empty, parse_timeout};
+use crate::extract::{input_or_empty, parse_timeout, TraceParent};
 use crate::runlog::RunTarget;
 use crate::runs::StartRequest;
 use crate::state::ServerState;
@@ -39,6 +39,7 @@ enum ClientMessage {
 pub(crate) async fn actor_ws(
     State(state): State<ServerState>,
     Path(actor): Path<String>,
+    TraceParent(traceparent): TraceParent,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let upgrade = upgrade.map_err(|e| ApiError::BadRequest(e.body_text()))?;
@@ -46,7 +47,7 @@ pub(crate) async fn actor_ws(
         return Err(ApiError::NotFound(format!("unknown actor type '{actor}'")));
     }
     let permit = state.stream_permit()?;
-    Ok(upgrade.on_upgrade(move |socket| session(socket, state, actor, permit)))
+    Ok(upgrade.on_upgrade(move |socket| session(socket, state, actor, traceparent, permit)))
 }
 
 fn error_frame(err: &ApiError) -> Message {
@@ -58,6 +59,7 @@ async fn session(
     mut socket: WebSocket,
     state: ServerState,
     actor: String,
+    traceparent: Option<String>,
     _permit: OwnedSemaphorePermit,
 ) {
     let (input, timeout) = loop {
@@ -74,7 +76,8 @@ async fn session(
             Some(Ok(_)) => {}
         }
     };
-    let (run, _attachment, mut feed) = match open(&state, actor, input, timeout).await {
+    let (run, _attachment, mut feed) = match open(&state, actor, input, timeout, traceparent).await
+    {
         Ok(opened) => opened,
         Err(err) => {
             let _ = socket.send(error_frame(&err)).await;
@@ -141,6 +144,7 @@ async fn open(
     actor: String,
     input: Option<Value>,
     timeout: Option<String>,
+    traceparent: Option<String>,
 ) -> Result<(RunRef, Attachment, Feed), ApiError> {
     let run = state
         .runs()
@@ -149,6 +153,7 @@ async fn open(
             input: input_or_empty(input),
             timeout: parse_timeout(timeout.as_deref())?,
             policy: DisconnectPolicy::CancelAfter(state.config().disconnect_grace),
+            traceparent,
         })
         .await?;
     let attachment = run.attach().await?;

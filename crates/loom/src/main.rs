@@ -7,6 +7,7 @@
 
 mod render;
 mod serve;
+mod telemetry;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -179,11 +180,16 @@ fn usage(message: impl Into<String>) -> anyhow::Error {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-        .and_then(|rt| rt.block_on(run(cli)));
+    // Before the async runtime: the OTLP exporter's HTTP client is a blocking one.
+    let result = telemetry::init().and_then(|telemetry| {
+        let result = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")
+            .and_then(|rt| rt.block_on(run(cli)));
+        telemetry.shutdown();
+        result
+    });
     match result {
         Ok(code) => code,
         Err(err) => {

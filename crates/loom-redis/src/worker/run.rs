@@ -15,6 +15,7 @@ use loom_core::{
 };
 use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
 
 use crate::client::unix_ms;
 use crate::codec::{EntryId, Request};
@@ -48,7 +49,15 @@ pub(crate) async fn execute(shared: Arc<Shared>, work: Work, _slot: OwnedSemapho
             return;
         }
     };
-    if let Err(e) = run_request(&shared, &queue, entry.id, &request, attempt).await {
+    let span =
+        tracing::info_span!("loom.run", run_id = %request.run_id, actor = %request.actor, attempt);
+    if let Some(traceparent) = &request.traceparent {
+        loom_core::trace::set_remote_parent(&span, traceparent);
+    }
+    let ran = run_request(&shared, &queue, entry.id, &request, attempt)
+        .instrument(span)
+        .await;
+    if let Err(e) = ran {
         // The request stays pending: once its idle time passes the visibility timeout a
         // worker (maybe this one) runs it again.
         tracing::warn!(run_id = %request.run_id, error = %e, "run interrupted; it will be retried");

@@ -121,10 +121,11 @@ pub fn assert_contract(chunks: &[serde_json::Value]) {
 /// A one-connection OpenAI-compatible server on loopback that answers a streaming chat
 /// completion with `events` (each sent as `data: …` and flushed), then, if `hold` is set,
 /// keeps the connection open until the client goes away. The receiver gets `()` when the
-/// client disconnected.
+/// client disconnected; `requests` gets the request's head (request line and headers).
 pub struct FakeOpenAi {
     pub base_url: String,
     pub disconnected: mpsc::Receiver<()>,
+    pub requests: mpsc::Receiver<String>,
 }
 
 impl FakeOpenAi {
@@ -133,6 +134,7 @@ impl FakeOpenAi {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let base_url = format!("http://{}/v1", listener.local_addr().expect("addr"));
         let (tx, rx) = mpsc::channel();
+        let (head_tx, requests) = mpsc::channel();
         std::thread::spawn(move || {
             let Ok((mut socket, _)) = listener.accept() else {
                 return;
@@ -157,6 +159,7 @@ impl FakeOpenAi {
                         })
                         .unwrap_or(0);
                     if request.len() >= end + 4 + length {
+                        let _ = head_tx.send(text[..end].to_owned());
                         break;
                     }
                 }
@@ -200,6 +203,7 @@ impl FakeOpenAi {
         Self {
             base_url,
             disconnected: rx,
+            requests,
         }
     }
 }

@@ -1,0 +1,63 @@
+//! Tracing for the `loom` binary. Every run gets an OpenTelemetry span (`loom.run`), a child
+//! of the caller's W3C `traceparent` when it sent one, and everything Loom sends onwards
+//! carries the trace on (see `loom_core::trace`), so one trace covers client → server →
+//! worker → LLM call. Spans are exported over OTLP/HTTP (protobuf) only when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set; logs go to
+//! stderr only when `RUST_LOG` asks for them. Both are off by default.
+
+use anyhow::Context as _;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::Resource;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
+
+/// What must be flushed before the process exits.
+pub(crate) struct Telemetry {
+    provider: SdkTracerProvider,
+}
+
+/// Installs the global subscriber: the OpenTelemetry layer for Loom's spans (exporting when
+/// configured) and, with `RUST_LOG`, human-readable logs on stderr.
+pub(crate) fn init() -> anyhow::Result<Telemetry> {
+    let exporting = [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()));
+    let mut builder = SdkTracerProvider::builder()
+        .with_resource(Resource::builder().with_service_name("loom").build());
+    if exporting {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()
+            .context("invalid OTLP exporter configuration")?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    let provider = builder.build();
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("loom"))
+        .with_filter(EnvFilter::new("loom=info,loom_core=info,loom_redis=info,loom_server=info,loom_ai=info,loom_workflow=info"));
+    let logs = std::env::var_os("RUST_LOG").map(|_| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(EnvFilter::from_default_env())
+    });
+    tracing_subscriber::registry()
+        .with(spans)
+        .with(logs)
+        .try_init()
+        .context("cannot install the tracing subscriber")?;
+    Ok(Telemetry { provider })
+}
+
+impl Telemetry {
+    /// Exports what is still buffered (bounded by the exporter's timeout).
+    pub(crate) fn shutdown(self) {
+        if let Err(e) = self.provider.shutdown() {
+            eprintln!("loom: could not flush traces: {e}");
+        }
+    }
+}

@@ -340,3 +340,23 @@ async fn cors_is_off_by_default_and_answers_only_the_configured_origins() {
         "loom-run-id"
     );
 }
+
+#[tokio::test]
+async fn once_shutting_down_new_runs_are_503_unavailable_and_running_ones_end_cancelled() {
+    let server = TestServer::default_config().await;
+    let id = server
+        .detached(json!({ "actor": "batch", "input": slow_batch(1000, 20) }))
+        .await;
+    // The shutdown as `serve` begins it, with the listener still answering.
+    server.state.shutdown();
+    let refused = server
+        .post("/v1/actors/echo/stream", &json!({ "input": {} }))
+        .await;
+    let (status, code, _) = error_of(refused).await;
+    assert_eq!((status, code.as_str()), (503, "unavailable"));
+    let (status, code, _) =
+        error_of(server.post("/v1/runs", &json!({ "actor": "echo" })).await).await;
+    assert_eq!((status, code.as_str()), (503, "unavailable"));
+    let ended = server.finished(&id).await;
+    assert_eq!(ended["status"], "cancelled");
+}

@@ -3,6 +3,7 @@
 mod support;
 
 use futures::{SinkExt, StreamExt};
+use loom_server::ServerConfig;
 use serde_json::{json, Value};
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
@@ -121,5 +122,33 @@ async fn a_bad_message_gets_an_error_frame_and_an_unknown_actor_is_404() {
             assert_eq!(response.status(), 404)
         }
         other => panic!("expected a 404 handshake, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_idle_socket_is_pinged_every_keep_alive_interval() {
+    let server = TestServer::start(ServerConfig {
+        keep_alive: std::time::Duration::from_millis(50),
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut socket = connect(&server, "batch").await;
+    // One batch a second: the socket is idle in between.
+    send(
+        &mut socket,
+        json!({ "action": "start", "input": slow_batch(3, 1000) }),
+    )
+    .await;
+    let mut pings = 0;
+    while pings < 2 {
+        match within(socket.next())
+            .await
+            .expect("a frame")
+            .expect("no error")
+        {
+            Message::Ping(_) => pings += 1,
+            Message::Close(_) => panic!("closed before two pings"),
+            _ => {}
+        }
     }
 }

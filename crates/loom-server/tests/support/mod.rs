@@ -58,6 +58,8 @@ pub struct TestServer {
     pub base: String,
     /// A client for it.
     pub http: reqwest::Client,
+    /// The state it serves.
+    pub state: ServerState,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -89,12 +91,13 @@ impl TestServer {
             .expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, state, async move {
+        let task = tokio::spawn(serve(listener, state.clone(), async move {
             let _ = rx.await;
         }));
         Self {
             base,
             http: reqwest::Client::new(),
+            state,
             shutdown: Some(tx),
             task: Some(task),
         }

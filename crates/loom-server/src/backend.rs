@@ -80,11 +80,11 @@ impl Runs {
         }
     }
 
-    /// How many runs of this server are running, where the server knows (embedded mode).
-    pub(crate) fn active_runs(&self) -> Option<usize> {
+    /// How many runs this server started have not ended.
+    pub(crate) fn active_runs(&self) -> usize {
         match self {
-            Self::Local(engine) => Some(engine.store().running().len()),
-            Self::Remote(_) => None,
+            Self::Local(engine) => engine.store().running().len(),
+            Self::Remote(remote) => remote.active_runs(),
         }
     }
 

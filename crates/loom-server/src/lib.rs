@@ -3,7 +3,10 @@
 //! An HTTP server (axum) that starts actors and workflows, writes every run to a log addressed
 //! by `seq`, and serves that log as Server-Sent Events: several readers per run, resume from any
 //! cursor, detached runs, cancel. Routes and formats are DESIGN.md §3 ("SSE", "The run log",
-//! "HTTP API"); this crate is the embedded mode (runs in this process, logs in memory).
+//! "HTTP API"). Runs happen in this process with in-memory logs ([`ServerState::new`], the
+//! embedded default), or on workers through Redis, whose chunk streams are the logs
+//! ([`ServerState::distributed`]): then any number of servers serve, resume and cancel any
+//! run.
 //!
 //! ```no_run
 //! use loom_core::{Extensions, Registry, Runtime};
@@ -19,8 +22,9 @@
 //! ```
 //!
 //! ## Main types
-//! - [`ServerState`]: the runtime, the loaded workflows, the runs and the stream cap;
-//!   [`router`] serves it, [`serve`] serves it on a listener with graceful shutdown.
+//! - [`ServerState`]: where runs happen (embedded or distributed), the configuration, the
+//!   metrics and the stream cap; [`router`] serves it, [`serve`] serves it on a listener with
+//!   graceful shutdown.
 //! - [`ServerConfig`]: API key, disconnect grace, keep-alive interval, run TTL, body limit,
 //!   stream cap, log bounds, CORS origins (off by default).
 //! - [`RunLog`]: one run's chunks and status; [`Reader`]: a cursor into it that waits for more.
@@ -58,6 +62,18 @@
 //! kept for the run TTL (default an hour), then forgotten (`404`); at most
 //! [`DEFAULT_MAX_FINISHED_RUNS`] finished runs are kept (configurable), the oldest going first,
 //! so memory is bounded by the running runs plus that many bounded logs.
+//!
+//! In distributed mode the same holds with the Redis chunk stream as the log: a cursor is an
+//! entry id (the chunk of `seq` N is entry `N-1`), found by Redis without reading from the
+//! stream's start, and the readers of a run are counted in Redis by every server (module
+//! `remote`).
+//!
+//! ## Layout
+//! - `backend` — the one interface the routes use: where runs happen (`Runs`), one run
+//!   (`RunRef`), a reader's feed of chunks (`Feed`);
+//! - `runs`, `store`, `runlog` — the embedded engine, its runs and their logs;
+//! - `remote` — distributed mode;
+//! - `routes`, `sse`, `ws`, `extract`, `error`, `auth`, `tokens`, `metrics` — HTTP.
 //!
 //! A direct stream's run is cancelled when its last reader has been gone for the disconnect
 //! grace (default 10 s), unless the request said `"on_disconnect":"continue"`; detached runs
@@ -98,8 +114,9 @@ pub use store::MAX_RECENT_RUNS;
 pub use tokens::TOKEN_TTL;
 
 /// Serves `state` on `listener` until `shutdown` resolves, then shuts down gracefully: no new
-/// connections or runs, every running run cancelled, and open streams end with the run's
-/// terminal `error/cancelled` chunk before the connections close.
+/// connections or runs; embedded runs are cancelled and open streams end with their terminal
+/// `error/cancelled` chunk; in distributed mode the runs go on on their workers and open
+/// streams close without a terminal chunk.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ServerState,

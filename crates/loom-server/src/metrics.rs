@@ -1,5 +1,6 @@
 //! Prometheus metrics for `GET /metrics`: counters and histograms the drive task
-//! ([`crate::runs`]) and the SSE bodies ([`crate::sse`]) update, rendered in the text
+//! ([`crate::runs`]) or, in distributed mode, the watcher of each run this server queued
+//! ([`crate::remote`]) and the SSE bodies ([`crate::sse`]) update, rendered in the text
 //! exposition format with the gauges the routes read at scrape time.
 //!
 //! Hand-rolled on atomics: a handful of series does not need a metrics library.
@@ -30,9 +31,8 @@ pub(crate) struct Metrics {
 /// The gauges read at scrape time.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Gauges {
-    /// Runs not yet ended, where this server runs them (embedded mode); in distributed mode
-    /// runs belong to the workers and the series is left out.
-    pub(crate) active_runs: Option<usize>,
+    /// Runs this server started that have not ended (in distributed mode: queued here).
+    pub(crate) active_runs: usize,
     pub(crate) open_streams: usize,
 }
 
@@ -73,14 +73,12 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
         };
-        if let Some(active) = gauges.active_runs {
-            metric(
-                "loom_active_runs",
-                "gauge",
-                "Runs not yet ended.",
-                active as u64,
-            );
-        }
+        metric(
+            "loom_active_runs",
+            "gauge",
+            "Runs this server started that have not ended.",
+            gauges.active_runs as u64,
+        );
         metric(
             "loom_open_streams",
             "gauge",
@@ -172,7 +170,7 @@ mod tests {
         metrics.finished("complete", Duration::from_millis(30));
         metrics.finished("cancelled", Duration::from_secs(2));
         let text = metrics.render(Gauges {
-            active_runs: Some(1),
+            active_runs: 1,
             open_streams: 2,
         });
         assert!(text.contains("\nloom_open_streams 2\n"), "{text}");

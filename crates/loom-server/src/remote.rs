@@ -19,19 +19,20 @@
 //! the workers, and their clients resume through any server.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use futures::stream::ReadyChunks;
 use futures::StreamExt;
-use loom_core::{ActorError, CancellationToken, Registry, RunOptions, StreamChunk};
+use loom_core::{ActorError, CancellationToken, ChunkType, Registry, RunOptions, StreamChunk};
 use loom_redis::{Client, EntryId, EntryStream, RemoteInvoker, RunRecord, StreamEntry};
 use loom_workflow::{Workflow, WORKFLOW_ACTOR_PREFIX};
 use serde_json::{json, Value};
 use tracing::Instrument;
 
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::runlog::{LoggedChunk, RunInfo, RunStatus, RunTarget};
 use crate::runs::StartRequest;
 use crate::store::{DisconnectPolicy, MAX_RECENT_RUNS};
@@ -51,11 +52,19 @@ pub(crate) struct RemoteRuns {
     /// Cancelled at shutdown: every open stream of this server closes.
     closing: CancellationToken,
     shutting_down: AtomicBool,
+    metrics: Arc<Metrics>,
+    /// Runs queued here whose terminal chunk the watcher has not seen.
+    active: Arc<AtomicUsize>,
 }
 
 impl RemoteRuns {
     /// Runs queued through `client`; `registry` and `workflows` describe what workers serve.
-    pub(crate) fn new(client: Client, registry: Registry, workflows: Vec<Workflow>) -> Self {
+    pub(crate) fn new(
+        client: Client,
+        registry: Registry,
+        workflows: Vec<Workflow>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             invoker: client.invoker(),
             client,
@@ -66,7 +75,55 @@ impl RemoteRuns {
                 .collect(),
             closing: CancellationToken::new(),
             shutting_down: AtomicBool::new(false),
+            metrics,
+            active: Arc::default(),
         }
+    }
+
+    /// Runs queued here that have not ended.
+    pub(crate) fn active_runs(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Follows run `run_id`, queued here, to its end for `/metrics`: time to its first chunk
+    /// after `start`, its duration and outcome. One more reader of the run's stream, on the
+    /// process's shared `XREAD`.
+    fn watch(&self, run_id: String) {
+        let invoker = self.invoker.clone();
+        let metrics = Arc::clone(&self.metrics);
+        let active = Arc::clone(&self.active);
+        let closing = self.closing.clone();
+        active.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let watched = async {
+                let mut entries = invoker.attach(&run_id, None).await?;
+                let mut after_start = false;
+                while let Some(entry) = entries.next().await {
+                    let chunk = entry.chunk;
+                    if after_start {
+                        metrics.first_chunk(started.elapsed());
+                    }
+                    // A re-run's `start` counts as a start too.
+                    after_start = chunk.kind == ChunkType::Start;
+                    if chunk.is_terminal() {
+                        let outcome = chunk.error.as_ref().map_or("complete", |e| e.code.as_str());
+                        metrics.finished(outcome, started.elapsed());
+                        break;
+                    }
+                }
+                Ok::<_, loom_redis::Error>(())
+            };
+            tokio::select! {
+                _ = closing.cancelled() => {}
+                result = watched => {
+                    if let Err(e) = result {
+                        tracing::debug!(run_id, error = %e, "could not watch the run");
+                    }
+                }
+            }
+            active.fetch_sub(1, Ordering::Relaxed);
+        });
     }
 
     /// Queues a run. An actor type (or workflow) no live worker serves is `not_found` at
@@ -108,6 +165,7 @@ impl RemoteRuns {
             .instrument(span)
             .await
             .map_err(unavailable)?;
+        self.watch(submitted.run_id.clone());
         let run = self.run(submitted.run_id);
         if let DisconnectPolicy::CancelAfter(grace) = request.policy {
             let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);

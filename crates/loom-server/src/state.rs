@@ -50,8 +50,9 @@ impl ServerState {
         workflows: Vec<Workflow>,
         config: ServerConfig,
     ) -> Self {
-        let remote = RemoteRuns::new(client, registry, workflows);
-        Self::with(Runs::Remote(remote), config, Arc::default())
+        let metrics = Arc::new(Metrics::default());
+        let remote = RemoteRuns::new(client, registry, workflows, Arc::clone(&metrics));
+        Self::with(Runs::Remote(remote), config, metrics)
     }
 
     fn with(runs: Runs, config: ServerConfig, metrics: Arc<Metrics>) -> Self {

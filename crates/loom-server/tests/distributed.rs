@@ -171,6 +171,23 @@ async fn actors_workflows_run_and_stream_go_through_the_worker() {
         )
         .await;
     assert_eq!(bad.status(), 422);
+
+    // The server watched the two runs it queued to their ends.
+    let metrics = within(async {
+        loop {
+            let text = server.get("/metrics").await.text().await.unwrap();
+            if text.contains("loom_runs_finished_total{outcome=\"complete\"} 2\n") {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(metrics.contains("\nloom_active_runs 0\n"), "{metrics}");
+    assert!(
+        metrics.contains("\nloom_time_to_first_chunk_seconds_count 2\n"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

@@ -4,26 +4,10 @@
 mod redis_server;
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Stdio;
 
 use redis_server::RedisServer;
 use support::*;
-
-/// Sends one HTTP/1.1 request with `Connection: close` and returns the whole response.
-fn http(addr: &str, method: &str, path: &str, body: &str) -> String {
-    let mut socket = TcpStream::connect(addr).expect("connect");
-    socket.set_read_timeout(Some(LIMIT)).expect("timeout");
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    socket.write_all(request.as_bytes()).expect("write");
-    let mut response = String::new();
-    socket.read_to_string(&mut response).expect("read");
-    response
-}
 
 #[test]
 fn serve_answers_healthz_streams_an_actor_as_sse_and_exits_0_on_sigterm() {
@@ -34,13 +18,9 @@ fn serve_answers_healthz_streams_an_actor_as_sse_and_exits_0_on_sigterm() {
         .expect("loom serve starts");
     let rx = lines_of(child.stderr.take().expect("stderr is piped"));
     let banner = rx.recv_timeout(LIMIT).expect("the serving line");
-    let addr = banner
-        .strip_prefix("loom: serving on http://")
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("unexpected banner: {banner}"))
-        .to_owned();
+    let addr = served_addr(&banner);
 
-    let health = http(&addr, "GET", "/healthz", "");
+    let health = http(&addr, "GET", "/healthz", &[], "");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     assert!(health.ends_with(r#"{"status":"ok"}"#), "{health}");
 
@@ -48,6 +28,7 @@ fn serve_answers_healthz_streams_an_actor_as_sse_and_exits_0_on_sigterm() {
         &addr,
         "POST",
         "/v1/actors/echo/stream",
+        &[],
         r#"{"input":{"hello":"world"}}"#,
     );
     assert!(stream.starts_with("HTTP/1.1 200"), "{stream}");
@@ -73,33 +54,6 @@ fn serve_answers_healthz_streams_an_actor_as_sse_and_exits_0_on_sigterm() {
     assert!(rest.iter().any(|l| l == "loom: server stopped"), "{rest:?}");
 }
 
-/// A subprocess killed on drop.
-struct Process(std::process::Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `loom <args>` and waits for the stderr line starting with `ready`; returns it.
-fn start(args: &[&str], ready: &str) -> (Process, String) {
-    let mut child = loom(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("loom starts");
-    let rx = lines_of(child.stderr.take().expect("stderr is piped"));
-    let process = Process(child);
-    loop {
-        let line = rx.recv_timeout(LIMIT).expect("the ready line in time");
-        if line.starts_with(ready) {
-            return (process, line);
-        }
-    }
-}
-
 /// The JSON body of an HTTP response.
 fn body(response: &str) -> serde_json::Value {
     let (_, body) = response.split_once("\r\n\r\n").expect("a body");
@@ -115,23 +69,21 @@ fn serve_with_redis_queues_runs_to_a_worker_and_delete_stops_a_detached_workflow
     std::fs::create_dir_all(&dir).expect("temp dir");
     std::fs::write(dir.join("slow.yaml"), SLOW).expect("workflow file");
     let dir_arg = dir.to_str().expect("utf-8 path");
-    let (mut worker, _) = start(
+    let (mut worker, _) = start_ready(
         &["worker", "--redis", redis.url(), "--workflows", dir_arg],
+        &[],
         "loom: worker serving",
     );
-    let (mut server, banner) = start(
+    let (mut server, banner) = start_ready(
         &["serve", "--redis", redis.url(), "--addr", "127.0.0.1:0"],
+        &[],
         "loom: serving on",
     );
-    let addr = banner
-        .strip_prefix("loom: serving on http://")
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("the address")
-        .to_owned();
+    let addr = served_addr(&banner);
     // The worker advertises what it serves on its first heartbeat.
     let deadline = std::time::Instant::now() + LIMIT;
     loop {
-        let listed = body(&http(&addr, "GET", "/v1/workflows", ""));
+        let listed = body(&http(&addr, "GET", "/v1/workflows", &[], ""));
         if listed["workflows"][0]["name"] == "slow" {
             break;
         }
@@ -143,6 +95,7 @@ fn serve_with_redis_queues_runs_to_a_worker_and_delete_stops_a_detached_workflow
         &addr,
         "POST",
         "/v1/actors/echo/stream",
+        &[],
         r#"{"input":{"x":1}}"#,
     );
     assert!(stream.contains("id: 0\nevent: start\n"), "{stream}");
@@ -153,19 +106,19 @@ fn serve_with_redis_queues_runs_to_a_worker_and_delete_stops_a_detached_workflow
         "{stream}"
     );
 
-    let created = http(&addr, "POST", "/v1/runs", r#"{"workflow":"slow"}"#);
+    let created = http(&addr, "POST", "/v1/runs", &[], r#"{"workflow":"slow"}"#);
     assert!(created.starts_with("HTTP/1.1 201"), "{created}");
     let id = body(&created)["run_id"]
         .as_str()
         .expect("run_id")
         .to_owned();
-    let status = body(&http(&addr, "GET", &format!("/v1/runs/{id}"), ""));
+    let status = body(&http(&addr, "GET", &format!("/v1/runs/{id}"), &[], ""));
     assert_eq!(status["workflow"], "slow", "{status}");
-    let deleted = http(&addr, "DELETE", &format!("/v1/runs/{id}"), "");
+    let deleted = http(&addr, "DELETE", &format!("/v1/runs/{id}"), &[], "");
     assert!(deleted.starts_with("HTTP/1.1 202"), "{deleted}");
     let deadline = std::time::Instant::now() + LIMIT;
     let status = loop {
-        let status = body(&http(&addr, "GET", &format!("/v1/runs/{id}"), ""));
+        let status = body(&http(&addr, "GET", &format!("/v1/runs/{id}"), &[], ""));
         if status["status"] != "running" {
             break status;
         }
@@ -174,7 +127,7 @@ fn serve_with_redis_queues_runs_to_a_worker_and_delete_stops_a_detached_workflow
     };
     assert_eq!(status["status"], "cancelled", "{status}");
     // Its stream ends with the worker's terminal chunk, well before the 10 s it would take.
-    let replay = http(&addr, "GET", &format!("/v1/runs/{id}/stream"), "");
+    let replay = http(&addr, "GET", &format!("/v1/runs/{id}/stream"), &[], "");
     assert!(replay.contains("\"code\":\"cancelled\""), "{replay}");
 
     signal(server.0.id(), "TERM");

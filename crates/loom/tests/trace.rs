@@ -8,7 +8,6 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -18,16 +17,6 @@ use support::*;
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
-
-/// A subprocess killed on drop.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// An OTLP/HTTP receiver: answers every request 200 and passes on its path and body.
 fn collector() -> (String, mpsc::Receiver<(String, Vec<u8>)>) {
@@ -91,27 +80,6 @@ fn hex_bytes(hex: &str) -> Vec<u8> {
         .collect()
 }
 
-/// Starts `loom <args>` with `env` and waits for its stderr line starting with `ready`.
-fn start(args: &[&str], env: &[(&str, &str)], ready: &str) -> (Process, String) {
-    let mut command = loom(args);
-    for (name, value) in env {
-        command.env(name, value);
-    }
-    let mut child = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("loom starts");
-    let rx = lines_of(child.stderr.take().expect("stderr is piped"));
-    let process = Process(child);
-    loop {
-        let line = rx.recv_timeout(LIMIT).expect("the ready line in time");
-        if line.starts_with(ready) {
-            return (process, line);
-        }
-    }
-}
-
 #[test]
 fn a_traceparent_reaches_the_llm_call_through_redis_and_both_processes_export_the_trace() {
     let redis = RedisServer::start();
@@ -128,35 +96,29 @@ fn a_traceparent_reaches_the_llm_call_through_redis_and_both_processes_export_th
         ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.as_str()),
         ("OPENAI_BASE_URL", llm.base_url.as_str()),
     ];
-    let (mut worker, _) = start(
+    let (mut worker, _) = start_ready(
         &["worker", "--redis", redis.url()],
         &env,
         "loom: worker serving",
     );
-    let (mut server, banner) = start(
+    let (mut server, banner) = start_ready(
         &["serve", "--redis", redis.url(), "--addr", "127.0.0.1:0"],
         &env,
         "loom: serving on",
     );
-    let addr = banner
-        .strip_prefix("loom: serving on http://")
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("the address")
-        .to_owned();
+    let addr = served_addr(&banner);
 
     // Wait for the worker to advertise chat-agent, then run it with the client's trace.
     let deadline = Instant::now() + LIMIT;
+    let traceparent = format!("traceparent: 00-{TRACE_ID}-{CLIENT_SPAN}-01");
     let response = loop {
-        let mut socket = TcpStream::connect(&addr).expect("connect");
-        socket.set_read_timeout(Some(LIMIT)).expect("timeout");
-        let body = r#"{"input":{"prompt":"hi"}}"#;
-        let request = format!(
-            "POST /v1/actors/chat-agent/run HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\ntraceparent: 00-{TRACE_ID}-{CLIENT_SPAN}-01\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
+        let response = http(
+            &addr,
+            "POST",
+            "/v1/actors/chat-agent/run",
+            &[&traceparent],
+            r#"{"input":{"prompt":"hi"}}"#,
         );
-        socket.write_all(request.as_bytes()).expect("write");
-        let mut response = String::new();
-        socket.read_to_string(&mut response).expect("read");
         if !response.starts_with("HTTP/1.1 404") {
             break response;
         }

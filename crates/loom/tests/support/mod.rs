@@ -21,6 +21,64 @@ pub fn loom(args: &[&str]) -> Command {
     cmd
 }
 
+/// A subprocess killed on drop.
+pub struct Process(pub Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `loom <args>` with `env` set and waits for its stderr line starting with `ready`;
+/// returns the process and that line.
+pub fn start_ready(args: &[&str], env: &[(&str, &str)], ready: &str) -> (Process, String) {
+    let mut command = loom(args);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("loom starts");
+    let rx = lines_of(child.stderr.take().expect("stderr is piped"));
+    let process = Process(child);
+    loop {
+        let line = rx.recv_timeout(LIMIT).expect("the ready line in time");
+        if line.starts_with(ready) {
+            return (process, line);
+        }
+    }
+}
+
+/// The address in `loom serve`'s `loom: serving on http://ADDR …` line.
+pub fn served_addr(banner: &str) -> String {
+    banner
+        .strip_prefix("loom: serving on http://")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("unexpected banner: {banner}"))
+        .to_owned()
+}
+
+/// Sends one HTTP/1.1 request with `Connection: close` and the extra `headers` (`Name: value`)
+/// and returns the whole response.
+pub fn http(addr: &str, method: &str, path: &str, headers: &[&str], body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut socket = std::net::TcpStream::connect(addr).expect("connect");
+    socket.set_read_timeout(Some(LIMIT)).expect("timeout");
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(request.as_bytes()).expect("write");
+    let mut response = String::new();
+    socket.read_to_string(&mut response).expect("read");
+    response
+}
+
 /// What a finished run printed.
 pub struct Output {
     pub code: Option<i32>,

@@ -108,6 +108,10 @@ impl Actor for ChatAgent {
         true
     }
 
+    fn takes_messages(&self) -> bool {
+        true
+    }
+
     fn stream(self: Arc<Self>, input: Value, ctx: ActorContext) -> ActorStream {
         Box::pin(async_stream::try_stream! {
             let request = chat_request(input)?;

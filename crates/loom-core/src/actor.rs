@@ -63,6 +63,14 @@ pub trait Actor: Send + Sync + 'static {
         false
     }
 
+    /// Whether the actor takes a conversation, `{"messages": [{"role", "content"}, …]}` in
+    /// the OpenAI Chat Completions shape (as `chat-agent` does). Chat clients served by
+    /// `loom-server` then hand it the whole conversation; other actors get the last user
+    /// message's text.
+    fn takes_messages(&self) -> bool {
+        false
+    }
+
     /// Runs the actor to one result.
     ///
     /// The default fails with `internal`, so an actor that implements neither this nor
@@ -101,6 +109,10 @@ impl<A: Actor + ?Sized> Actor for Arc<A> {
 
     fn streams(&self) -> bool {
         (**self).streams()
+    }
+
+    fn takes_messages(&self) -> bool {
+        (**self).takes_messages()
     }
 
     async fn execute(&self, input: Value, ctx: ActorContext) -> Result<Value, ActorError> {

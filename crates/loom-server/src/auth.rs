@@ -35,6 +35,8 @@ pub(crate) async fn require_key(
     };
     if authorized {
         next.run(request).await
+    } else if crate::dialect::speaks_openai(request.uri().path()) {
+        crate::dialect::OpenAiError(ApiError::Unauthorized).into_response()
     } else {
         ApiError::Unauthorized.into_response()
     }

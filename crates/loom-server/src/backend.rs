@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::remote::{RemoteAttachment, RemoteFeed, RemoteRun, RemoteRuns};
-use crate::runlog::{CursorExpired, LoggedChunk, Read, Reader, RunInfo};
+use crate::runlog::{CursorExpired, LoggedChunk, Read, Reader, RunInfo, RunTarget};
 use crate::runs::{Engine, StartRequest};
 use crate::store::{self, Run};
 
@@ -57,6 +57,20 @@ impl Runs {
             Self::Local(engine) => Ok(engine.runtime().registry().contains(actor)),
             Self::Remote(remote) => remote.knows(actor).await,
         }
+    }
+
+    /// Whether `target` takes a conversation (an actor whose
+    /// [`takes_messages`](loom_core::Actor::takes_messages) says so; in distributed mode, as
+    /// this server's registry knows it).
+    pub(crate) fn takes_messages(&self, target: &RunTarget) -> bool {
+        let RunTarget::Actor(actor) = target else {
+            return false;
+        };
+        let registry = match self {
+            Self::Local(engine) => engine.runtime().registry(),
+            Self::Remote(remote) => remote.registry(),
+        };
+        registry.get(actor).is_some_and(|a| a.takes_messages())
     }
 
     /// `GET /v1/actors`' list.

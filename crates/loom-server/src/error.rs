@@ -73,6 +73,15 @@ impl ApiError {
         }
     }
 
+    /// The error body's message. The code has its own field: a run's error says only its
+    /// message.
+    pub fn message(&self) -> String {
+        match self {
+            Self::Run(err) => err.message().to_owned(),
+            other => other.to_string(),
+        }
+    }
+
     /// The stable `code` of the error body.
     pub fn code(&self) -> &'static str {
         match self {
@@ -96,12 +105,7 @@ impl IntoResponse for ApiError {
         } else {
             tracing::debug!(code = self.code(), error = %self, "request rejected");
         }
-        // The code has its own field: a run's error says only its message.
-        let message = match &self {
-            Self::Run(err) => err.message().to_owned(),
-            other => other.to_string(),
-        };
-        let body = json!({ "error": { "code": self.code(), "message": message } });
+        let body = json!({ "error": { "code": self.code(), "message": self.message() } });
         let mut response = (status, Json(body)).into_response();
         if matches!(self, Self::TooManyStreams { .. }) {
             response

@@ -84,6 +84,7 @@
 mod auth;
 mod backend;
 mod config;
+mod dialect;
 mod error;
 mod extract;
 mod metrics;

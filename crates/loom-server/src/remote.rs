@@ -80,6 +80,11 @@ impl RemoteRuns {
         }
     }
 
+    /// The server's own registry, which describes the actor types workers serve.
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Runs queued here that have not ended.
     pub(crate) fn active_runs(&self) -> usize {
         self.active.load(Ordering::Relaxed)

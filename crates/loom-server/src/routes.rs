@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::auth::require_key;
+use crate::dialect;
 use crate::error::ApiError;
 use crate::extract::{
     cursor, input_or_empty, parse_timeout, Envelope, JoinQuery, LoomJson, RunRequest, StreamQuery,
@@ -44,6 +45,8 @@ pub fn router(state: ServerState) -> Router {
         .route("/v1/runs/{id}", get(run_status).delete(cancel_run))
         .route("/v1/runs/{id}/stream", get(join_run))
         .route("/v1/actors/{actor}/ws", get(crate::ws::actor_ws))
+        .route("/v1/chat/completions", post(dialect::chat::completions))
+        .route("/v1/models", get(dialect::chat::models))
         .route("/metrics", get(metrics))
         .route("/v1/tokens", post(issue_token))
         .route_layer(from_fn_with_state(state.clone(), require_key));
@@ -224,7 +227,7 @@ async fn direct_stream(
         // Only a cursor can be at the terminal chunk.
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
-    Ok(sse::response(state, run.id(), feed, guards))
+    Ok(sse::response(state, run.id(), feed, guards, sse::frames))
 }
 
 /// `POST /v1/runs`: a detached run, `201 {run_id, stream_url}`.
@@ -301,5 +304,5 @@ async fn join_run(
     if cursor.is_some() {
         state.metrics().resumed();
     }
-    Ok(sse::response(&state, &id, feed, guards))
+    Ok(sse::response(&state, &id, feed, guards, sse::frames))
 }

@@ -37,17 +37,23 @@ pub(crate) struct StreamGuards {
     pub(crate) _permit: OwnedSemaphorePermit,
 }
 
-/// An SSE response streaming `feed`'s chunks of run `run_id` until the terminal chunk.
-pub(crate) fn response(
+/// An SSE response streaming `feed`'s chunks of run `run_id` until the terminal chunk, each
+/// batch rendered by `render`: Loom's own [`frames`], or a dialect's events.
+pub(crate) fn response<F>(
     server: &ServerState,
     run_id: &str,
     feed: Feed,
     guards: StreamGuards,
-) -> Response {
+    render: F,
+) -> Response
+where
+    F: FnMut(&[Arc<LoggedChunk>]) -> Bytes + Send + 'static,
+{
     let state = BodyState {
         feed,
         keep_alive: server.config().keep_alive,
         metrics: Arc::clone(server.metrics()),
+        render,
         _guards: guards,
     };
     let body = futures::stream::unfold(state, |mut state| async move {
@@ -55,7 +61,7 @@ pub(crate) fn response(
             Err(_idle) => Bytes::from_static(KEEP_ALIVE),
             Ok(Ok(Some(chunks))) => {
                 state.metrics.chunks_sent(chunks.len());
-                frames(&chunks)
+                (state.render)(&chunks)
             }
             Ok(Ok(None)) => return None,
             Ok(Err(expired)) => {
@@ -83,15 +89,16 @@ pub(crate) fn response(
     response
 }
 
-struct BodyState {
+struct BodyState<F> {
     feed: Feed,
     keep_alive: Duration,
     metrics: Arc<Metrics>,
+    render: F,
     _guards: StreamGuards,
 }
 
-/// The SSE frames of `chunks`, in one buffer.
-fn frames(chunks: &[Arc<LoggedChunk>]) -> Bytes {
+/// Loom's own SSE frames of `chunks` (DESIGN.md §3), in one buffer.
+pub(crate) fn frames(chunks: &[Arc<LoggedChunk>]) -> Bytes {
     let size: usize = chunks.iter().map(|c| c.json.len() + 48).sum();
     let mut out = BytesMut::with_capacity(size);
     for chunk in chunks {

@@ -307,3 +307,49 @@ async fn a_server_that_shuts_down_closes_its_streams_without_a_terminal_and_the_
     let status = b.finished(&id).await;
     assert_eq!(status["status"], "complete", "{status}");
 }
+
+#[tokio::test]
+async fn chat_completions_run_on_the_workers_too() {
+    let cluster = Cluster::start().await;
+    let server = cluster.server(ServerConfig::default()).await;
+    let ask = |model: &str, content: &str, stream: bool| {
+        json!({
+            "model": model,
+            "messages": [{ "role": "user", "content": content }],
+            "stream": stream,
+        })
+    };
+    let completion: Value = server
+        .post(
+            "/v1/chat/completions",
+            &ask("workflows/report", r#"{"count": 3}"#, false),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let content = completion["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap();
+    let result: Value = serde_json::from_str(content).unwrap();
+    assert_eq!(result["steps"]["summary"]["processed"], 3, "{completion}");
+
+    let response = server
+        .post(
+            "/v1/chat/completions",
+            &ask("echo", r#"{"said": "hi"}"#, true),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let body = response.text().await.unwrap();
+    assert!(body.contains(r#""content":"{\"said\":\"hi\"}""#), "{body}");
+    assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+
+    let missing = server
+        .post("/v1/chat/completions", &ask("nobody", "x", false))
+        .await;
+    assert_eq!(missing.status(), 404);
+    let error: Value = missing.json().await.unwrap();
+    assert_eq!(error["error"]["type"], "not_found_error");
+    assert_eq!(error["error"]["code"], "not_found");
+}

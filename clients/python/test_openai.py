@@ -1,0 +1,203 @@
+"""The official `openai` Python package against a real `loom serve` (Chat Completions).
+
+Run: LOOM_BIN=target/debug/loom python -m unittest discover -s clients/python -v
+Every wait is bounded; the server and a fake OpenAI-compatible upstream for `chat-agent` are
+started by the test.
+"""
+
+import json
+import os
+import subprocess
+import threading
+import time
+import unittest
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import openai
+from openai import OpenAI
+
+ROOT = Path(__file__).resolve().parents[2]
+LOOM = os.environ.get("LOOM_BIN", str(ROOT / "target" / "debug" / "loom"))
+LIMIT = 30
+
+
+def upstream_events():
+    """What the fake upstream streams: two tokens, the finish, the usage, [DONE]."""
+    base = {"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 1, "model": "fake"}
+    tokens = [
+        {**base, "choices": [{"index": 0, "delta": {"content": t}, "finish_reason": None}]}
+        for t in ("Hello", " world")
+    ]
+    finish = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    usage = {**base, "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
+    return [json.dumps(e) for e in tokens + [finish, usage]] + ["[DONE]"]
+
+
+class Upstream(BaseHTTPRequestHandler):
+    """A fake OpenAI-compatible server for chat-agent: streams `upstream_events()`."""
+
+    requests = []
+
+    def do_POST(self):  # noqa: N802 (the stdlib's name)
+        length = int(self.headers.get("content-length", 0))
+        Upstream.requests.append(json.loads(self.rfile.read(length)))
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.end_headers()
+        for event in upstream_events():
+            self.wfile.write(f"data: {event}\n\n".encode())
+            self.wfile.flush()
+
+    def log_message(self, *args):
+        pass
+
+
+class LoomServer:
+    """`loom serve` on a free port, with the example workflows, stopped with SIGTERM."""
+
+    def __init__(self, env=None):
+        self.upstream = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+        threading.Thread(target=self.upstream.serve_forever, daemon=True).start()
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LOOM_"))}
+        full_env["OPENAI_BASE_URL"] = f"http://127.0.0.1:{self.upstream.server_port}/v1"
+        full_env.update(env or {})
+        self.process = subprocess.Popen(
+            [LOOM, "serve", "--addr", "127.0.0.1:0", "--workflows", str(ROOT / "examples" / "workflows")],
+            env=full_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + LIMIT
+        while True:
+            line = self.process.stderr.readline()
+            if line.startswith("loom: serving on http://"):
+                self.base = "http://" + line.split("http://", 1)[1].split()[0]
+                break
+            if not line or time.monotonic() > deadline:
+                raise RuntimeError(f"loom serve did not start: {line!r}")
+
+    def client(self, api_key="unused"):
+        return OpenAI(base_url=self.base + "/v1", api_key=api_key, timeout=LIMIT, max_retries=0)
+
+    def get(self, path):
+        with urllib.request.urlopen(self.base + path, timeout=LIMIT) as response:
+            return json.loads(response.read())
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=LIMIT)
+        self.upstream.shutdown()
+
+
+class ChatCompletions(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.loom = LoomServer()
+        cls.client = cls.loom.client()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.loom.stop()
+
+    def test_models_list_actors_and_workflows(self):
+        ids = [m.id for m in self.client.models.list()]
+        self.assertIn("chat-agent", ids)
+        self.assertIn("team-demo", ids)
+        self.assertIn("workflows/batch-report", ids)
+
+    def test_a_chat_agent_reply_streams_tokens_then_usage(self):
+        stream = self.client.chat.completions.create(
+            model="chat-agent",
+            messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+            temperature=0.5,
+        )
+        chunks = list(stream)
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        self.assertEqual(text, "Hello world")
+        finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        self.assertEqual(finishes, ["stop"])
+        self.assertEqual(chunks[-1].choices, [])
+        self.assertEqual(chunks[-1].usage.total_tokens, 5)
+        # The whole conversation reached the upstream once, with the sampling field.
+        sent = Upstream.requests[-1]
+        self.assertEqual([m["role"] for m in sent["messages"]], ["system", "user"])
+        self.assertEqual(sent["temperature"], 0.5)
+
+    def test_a_non_streaming_completion_is_the_whole_reply(self):
+        completion = self.client.chat.completions.create(
+            model="chat-agent", messages=[{"role": "user", "content": "hi"}]
+        )
+        self.assertEqual(completion.object, "chat.completion")
+        self.assertEqual(completion.choices[0].message.content, "Hello world")
+        self.assertEqual(completion.choices[0].finish_reason, "stop")
+        self.assertEqual(completion.usage.prompt_tokens, 3)
+
+    def test_a_team_streams_each_members_words_marked_with_its_name(self):
+        stream = self.client.chat.completions.create(
+            model="team-demo", messages=[{"role": "user", "content": "Loom"}], stream=True
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        # Members speak at once: each turn is "[name] words", turns apart by a blank line.
+        said = {}
+        for turn in text.split("\n\n"):
+            self.assertTrue(turn.startswith("["), turn)
+            name, words = turn[1:].split("] ", 1)
+            said[name] = said.get(name, "") + words
+        self.assertEqual(set(said), {"researcher", "analyst", "writer"})
+        self.assertEqual(
+            said["writer"],
+            "Draft: Loom let users watch work happen, stop it at will, and trust what they see.",
+        )
+
+    def test_a_workflow_answers_with_its_result(self):
+        completion = self.client.chat.completions.create(
+            model="workflows/batch-report",
+            messages=[{"role": "user", "content": '{"count": 200}'}],
+        )
+        result = json.loads(completion.choices[0].message.content)
+        self.assertEqual(result["steps"]["process"]["processed"], 200)
+
+    def test_errors_are_openai_errors(self):
+        with self.assertRaises(openai.NotFoundError) as caught:
+            self.client.chat.completions.create(model="nobody", messages=[{"role": "user", "content": "x"}])
+        self.assertEqual(caught.exception.code, "not_found")
+        with self.assertRaises(openai.UnprocessableEntityError):
+            self.client.chat.completions.create(
+                model="workflows/batch-report",
+                messages=[{"role": "user", "content": '{"count": "many"}'}],
+            )
+
+    def test_a_client_that_goes_away_cancels_the_run(self):
+        stream = self.client.chat.completions.create(
+            model="team-demo", messages=[{"role": "user", "content": "Loom"}], stream=True
+        )
+        first = next(iter(stream))
+        run_id = first.id.removeprefix("chatcmpl-")
+        stream.close()
+        deadline = time.monotonic() + LIMIT
+        while self.loom.get(f"/v1/runs/{run_id}")["status"] == "running":
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.05)
+        self.assertEqual(self.loom.get(f"/v1/runs/{run_id}")["status"], "cancelled")
+
+
+class WithApiKey(unittest.TestCase):
+    def test_the_key_is_the_clients_api_key(self):
+        loom = LoomServer({"LOOM_API_KEY": "s3cret"})
+        try:
+            with self.assertRaises(openai.AuthenticationError) as caught:
+                loom.client("wrong").models.list()
+            self.assertEqual(caught.exception.code, "unauthorized")
+            ids = [m.id for m in loom.client("s3cret").models.list()]
+            self.assertIn("chat-agent", ids)
+        finally:
+            loom.stop()
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,171 @@
+//! Client dialects (DESIGN.md §3a): every run served in the protocols existing clients
+//! already speak, each a pure mapping of the run's chunks — no second execution path. A
+//! dialect's request is turned into an ordinary [`StartRequest`] and its stream is the run's
+//! [`Feed`](crate::backend::Feed) mapped chunk by chunk.
+//!
+//! This module holds what the dialects share: the target a model name names, the input a
+//! conversation becomes, the speaker a chunk is attributed to, and OpenAI's error shape.
+//!
+//! | module | dialect |
+//! |---|---|
+//! | `chat` | OpenAI Chat Completions (`POST /v1/chat/completions`, `GET /v1/models`) |
+
+pub(crate) mod chat;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use loom_core::StreamChunk;
+use loom_workflow::WORKFLOW_ACTOR_PREFIX;
+use serde_json::{json, Map, Value};
+
+use crate::error::ApiError;
+use crate::runlog::RunTarget;
+
+/// What a dialect's model or agent name names: `workflows/<name>` is a workflow, anything
+/// else an actor type.
+pub(crate) fn target(name: &str) -> RunTarget {
+    match name.strip_prefix(WORKFLOW_ACTOR_PREFIX) {
+        Some(workflow) => RunTarget::Workflow(workflow.to_owned()),
+        None => RunTarget::Actor(name.to_owned()),
+    }
+}
+
+/// The input a conversation becomes (DESIGN.md §3a "Input"): an actor that takes messages gets
+/// `{"messages": […]}` plus the dialect's sampling fields; any other gets the last user
+/// message's text parsed as JSON when it is an object, else `{"prompt": text}`.
+pub(crate) fn conversation_input(
+    takes_messages: bool,
+    messages: Vec<Value>,
+    sampling: Map<String, Value>,
+) -> Result<Value, ApiError> {
+    if takes_messages {
+        let mut input = sampling;
+        input.insert("messages".into(), Value::Array(messages));
+        return Ok(Value::Object(input));
+    }
+    let text = messages
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "user")
+        .map(|m| message_text(&m["content"]))
+        .ok_or_else(|| ApiError::BadRequest("the conversation has no user message".into()))?;
+    Ok(match serde_json::from_str::<Value>(&text) {
+        Ok(object @ Value::Object(_)) => object,
+        _ => json!({ "prompt": text }),
+    })
+}
+
+/// A message's text: a string, or the `text` of its text parts.
+fn message_text(content: &Value) -> String {
+    match content {
+        Value::String(text) => text.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p["text"].as_str())
+            .collect::<Vec<_>>()
+            .join(""),
+        _ => String::new(),
+    }
+}
+
+/// Who said a chunk: the team member (`actor`) or workflow step (`step`) it is tagged with.
+pub(crate) fn speaker(chunk: &StreamChunk) -> Option<&str> {
+    chunk.actor.as_deref().or(chunk.step.as_deref())
+}
+
+/// A token's text, when the chunk is one (`{"token": "…"}`).
+pub(crate) fn token(chunk: &StreamChunk) -> Option<&str> {
+    chunk.data.as_ref()?.get("token")?.as_str()
+}
+
+/// A run's result as text, for dialects that show one: a string as is, a `{"text": …}`
+/// result's text, anything else as compact JSON.
+pub(crate) fn result_text(data: Option<&Value>) -> String {
+    match data {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(text)) => text.clone(),
+        Some(value) => match value.get("text").and_then(Value::as_str) {
+            Some(text) => text.to_owned(),
+            None => value.to_string(),
+        },
+    }
+}
+
+/// Whether the route at `path` answers errors in OpenAI's shape.
+pub(crate) fn speaks_openai(path: &str) -> bool {
+    ["/v1/chat/", "/v1/models", "/v1/responses"]
+        .iter()
+        .any(|prefix| path.starts_with(prefix))
+}
+
+/// An [`ApiError`] in OpenAI's error shape: `{"error":{"message","type","param","code"}}`
+/// with the same status and Loom's `code`.
+#[derive(Debug)]
+pub(crate) struct OpenAiError(pub(crate) ApiError);
+
+impl From<ApiError> for OpenAiError {
+    fn from(err: ApiError) -> Self {
+        Self(err)
+    }
+}
+
+/// OpenAI's `error` object for a failure with `code` and `message` at `status`.
+pub(crate) fn openai_error_body(status: StatusCode, code: &str, message: &str) -> Value {
+    let kind = match status.as_u16() {
+        401 => "authentication_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        400..=499 => "invalid_request_error",
+        _ => "server_error",
+    };
+    json!({ "error": { "message": message, "type": kind, "param": null, "code": code } })
+}
+
+impl IntoResponse for OpenAiError {
+    fn into_response(self) -> Response {
+        let status = self.0.status();
+        let body = openai_error_body(status, self.0.code(), &self.0.message());
+        let mut response = self.0.into_response();
+        *response.body_mut() = Json(body).into_response().into_body();
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chat_actor_gets_the_conversation_and_others_the_last_user_text() {
+        let messages = vec![
+            json!({ "role": "system", "content": "be brief" }),
+            json!({ "role": "user", "content": "first" }),
+            json!({ "role": "assistant", "content": "ok" }),
+            json!({ "role": "user", "content": [{ "type": "text", "text": "{\"count\": 3}" }] }),
+        ];
+        let mut sampling = Map::new();
+        sampling.insert("temperature".into(), json!(0.2));
+        let chat = conversation_input(true, messages.clone(), sampling.clone()).unwrap();
+        assert_eq!(chat, json!({ "temperature": 0.2, "messages": messages }));
+        let other = conversation_input(false, messages.clone(), sampling).unwrap();
+        assert_eq!(other, json!({ "count": 3 }));
+        let prompt = conversation_input(
+            false,
+            vec![json!({ "role": "user", "content": "hi" })],
+            Map::new(),
+        )
+        .unwrap();
+        assert_eq!(prompt, json!({ "prompt": "hi" }));
+        assert!(conversation_input(false, vec![], Map::new()).is_err());
+    }
+
+    #[test]
+    fn workflows_are_named_with_their_prefix() {
+        assert_eq!(
+            target("workflows/report"),
+            RunTarget::Workflow("report".into())
+        );
+        assert_eq!(target("chat-agent"), RunTarget::Actor("chat-agent".into()));
+    }
+}

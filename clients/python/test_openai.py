@@ -186,6 +186,84 @@ class ChatCompletions(unittest.TestCase):
         self.assertEqual(self.loom.get(f"/v1/runs/{run_id}")["status"], "cancelled")
 
 
+class Responses(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.loom = LoomServer()
+        cls.client = cls.loom.client()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.loom.stop()
+
+    def test_a_response_streams_its_events_numbered_in_order(self):
+        events = list(self.client.responses.create(model="chat-agent", input="hi", stream=True))
+        self.assertEqual([e.sequence_number for e in events], list(range(len(events))))
+        kinds = [e.type for e in events]
+        self.assertEqual(kinds[:4], [
+            "response.created", "response.in_progress",
+            "response.output_item.added", "response.content_part.added",
+        ])
+        self.assertEqual(kinds[-1], "response.completed")
+        deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+        self.assertEqual(deltas, ["Hello", " world"])
+        done = events[-1].response
+        self.assertEqual(done.output_text, "Hello world")
+        self.assertEqual(done.usage.input_tokens, 3)
+        self.assertEqual(done.usage.output_tokens, 2)
+
+    def test_a_response_without_stream_is_the_finished_response(self):
+        response = self.client.responses.create(
+            model="chat-agent", instructions="be brief", input="hi", max_output_tokens=50
+        )
+        self.assertEqual(response.status, "completed")
+        self.assertEqual(response.output_text, "Hello world")
+        sent = Upstream.requests[-1]
+        self.assertEqual([m["role"] for m in sent["messages"]], ["system", "user"])
+        self.assertEqual(sent["max_tokens"], 50)
+
+    def test_a_team_gives_one_output_item_per_member(self):
+        response = self.client.responses.create(model="team-demo", input="Loom")
+        names = [item.to_dict().get("name") for item in response.output]
+        self.assertEqual(sorted(names), ["analyst", "researcher", "writer"])
+        writer = next(i for i in response.output if i.to_dict().get("name") == "writer")
+        self.assertEqual(
+            writer.content[0].text,
+            "Draft: Loom let users watch work happen, stop it at will, and trust what they see.",
+        )
+
+    def test_a_background_stream_dropped_mid_way_resumes_with_starting_after(self):
+        stream = self.client.responses.create(
+            model="team-demo", input="Loom", background=True, stream=True
+        )
+        seen = []
+        for event in stream:
+            seen.append(event)
+            if len(seen) == 12:
+                break
+        stream.close()  # the connection drops; a background response goes on
+        response_id = seen[0].response.id
+        rest = list(self.client.responses.retrieve(
+            response_id, stream=True, starting_after=seen[-1].sequence_number
+        ))
+        numbers = [e.sequence_number for e in seen + rest]
+        self.assertEqual(numbers, list(range(len(numbers))), "nothing lost, nothing twice")
+        self.assertEqual(rest[-1].type, "response.completed")
+        text = "".join(e.delta for e in seen + rest if e.type == "response.output_text.delta")
+        self.assertEqual(len(text), len(rest[-1].response.output_text))
+        self.assertEqual(self.client.responses.retrieve(response_id).status, "completed")
+
+    def test_a_background_response_is_cancelled_once_and_for_all(self):
+        response = self.client.responses.create(model="team-demo", input="Loom", background=True)
+        self.assertIn(response.status, ("queued", "in_progress"))
+        cancelled = self.client.responses.cancel(response.id)
+        self.assertEqual(cancelled.status, "cancelled")
+        self.assertEqual(self.client.responses.cancel(response.id).status, "cancelled")
+        self.assertEqual(self.client.responses.retrieve(response.id).status, "cancelled")
+        with self.assertRaises(openai.NotFoundError):
+            self.client.responses.retrieve("resp_nope")
+
+
 class WithApiKey(unittest.TestCase):
     def test_the_key_is_the_clients_api_key(self):
         loom = LoomServer({"LOOM_API_KEY": "s3cret"})

@@ -47,6 +47,12 @@ pub fn router(state: ServerState) -> Router {
         .route("/v1/actors/{actor}/ws", get(crate::ws::actor_ws))
         .route("/v1/chat/completions", post(dialect::chat::completions))
         .route("/v1/models", get(dialect::chat::models))
+        .route("/v1/responses", post(dialect::responses::create))
+        .route("/v1/responses/{id}", get(dialect::responses::retrieve))
+        .route(
+            "/v1/responses/{id}/cancel",
+            post(dialect::responses::cancel),
+        )
         .route("/metrics", get(metrics))
         .route("/v1/tokens", post(issue_token))
         .route_layer(from_fn_with_state(state.clone(), require_key));

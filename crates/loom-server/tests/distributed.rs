@@ -353,3 +353,38 @@ async fn chat_completions_run_on_the_workers_too() {
     assert_eq!(error["error"]["type"], "not_found_error");
     assert_eq!(error["error"]["code"], "not_found");
 }
+
+#[tokio::test]
+async fn a_background_response_started_on_one_server_is_cancelled_and_resumed_through_another() {
+    let cluster = Cluster::start().await;
+    let a = cluster.server(ServerConfig::default()).await;
+    let b = cluster.server(ServerConfig::default()).await;
+    let created: Value = a
+        .post(
+            "/v1/responses",
+            &json!({ "model": "team-demo", "input": "Loom", "background": true }),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("resp_"), "{created}");
+    let mut events = SseReader::new(
+        b.get(&format!("/v1/responses/{id}?stream=true&starting_after=1"))
+            .await,
+    );
+    let first = events.next_frame().await.expect("an event");
+    assert_eq!(first.data.as_ref().unwrap()["sequence_number"], 2);
+    let cancelled: Value = b
+        .post(&format!("/v1/responses/{id}/cancel"), &json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    let rest = events.rest().await;
+    let last = rest.last().unwrap().data.as_ref().unwrap();
+    assert_eq!(last["type"], "response.failed");
+    assert_eq!(last["response"]["status"], "cancelled");
+}

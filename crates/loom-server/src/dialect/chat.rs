@@ -29,7 +29,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{
-    conversation_input, openai_error_body, result_text, speaker, target, token, OpenAiError,
+    conversation_input, openai_error_body, parse, result_text, speaker, target, token, OpenAiError,
 };
 use crate::error::ApiError;
 use crate::extract::{LoomJson, TraceParent};
@@ -374,11 +374,6 @@ impl ChatStream {
         }
         Bytes::from(out)
     }
-}
-
-/// The chunk a log entry holds.
-fn parse(logged: &LoggedChunk) -> Option<StreamChunk> {
-    serde_json::from_slice(&logged.json).ok()
 }
 
 #[cfg(test)]

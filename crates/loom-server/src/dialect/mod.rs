@@ -9,8 +9,10 @@
 //! | module | dialect |
 //! |---|---|
 //! | `chat` | OpenAI Chat Completions (`POST /v1/chat/completions`, `GET /v1/models`) |
+//! | `responses` | OpenAI Responses (`POST /v1/responses`, `GET /v1/responses/{id}`, `POST /v1/responses/{id}/cancel`) |
 
 pub(crate) mod chat;
+pub(crate) mod responses;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -20,7 +22,7 @@ use loom_workflow::WORKFLOW_ACTOR_PREFIX;
 use serde_json::{json, Map, Value};
 
 use crate::error::ApiError;
-use crate::runlog::RunTarget;
+use crate::runlog::{LoggedChunk, RunTarget};
 
 /// What a dialect's model or agent name names: `workflows/<name>` is a workflow, anything
 /// else an actor type.
@@ -72,6 +74,11 @@ fn message_text(content: &Value) -> String {
 /// Who said a chunk: the team member (`actor`) or workflow step (`step`) it is tagged with.
 pub(crate) fn speaker(chunk: &StreamChunk) -> Option<&str> {
     chunk.actor.as_deref().or(chunk.step.as_deref())
+}
+
+/// The chunk a log entry holds (the log keeps its JSON).
+pub(crate) fn parse(logged: &LoggedChunk) -> Option<StreamChunk> {
+    serde_json::from_slice(&logged.json).ok()
 }
 
 /// A token's text, when the chunk is one (`{"token": "…"}`).

@@ -1,0 +1,818 @@
+//! OpenAI Responses: `POST /v1/responses` (with `stream` and `background`),
+//! `GET /v1/responses/{id}` (also `?stream=true&starting_after=N` to resume) and
+//! `POST /v1/responses/{id}/cancel`. The response id is `resp_<run id>`: it names the run, so
+//! any server in front of the same runs can answer for it.
+//!
+//! **Mapping** ([`ResponsesMapping`], pure): the run's `start` opens the response
+//! (`response.created`, `response.in_progress`); tokens become `output_text` deltas of a
+//! `message` output item — one item per speaker (team member or workflow step, named in the
+//! item's extra `name` field), opened at its first token; tool-call deltas become
+//! `function_call` items with argument deltas; the terminal chunk closes every open item and
+//! ends the response: `response.completed`, `response.incomplete` (the result's
+//! `finish_reason` was `length`: `max_output_tokens`), or `response.failed` (status `failed`,
+//! or `cancelled` after a cancel, with the error's code). A run that streamed nothing answers
+//! with its result as the text of one message. Usage is the result's, `null` when unknown.
+//!
+//! **Numbering.** `sequence_number` is an event's position in the sequence the mapping
+//! generates from the run's `seq` 0, so a run always yields the same numbers; a resume with
+//! `starting_after=N` regenerates the sequence and sends the events after N. Item ids are
+//! `msg_<run id>_<n>` / `fc_<run id>_<n>` for the n-th item, the same on every replay.
+//!
+//! **Superseded output.** A re-run (`start` with `attempt` ≥ 2) closes the earlier attempt's
+//! open items with status `incomplete`; the new attempt's output goes into new items.
+//!
+//! **Disconnect.** A `background` response is a detached run: it goes on without readers
+//! until it ends or is cancelled. Any other response is cancelled when its client goes away.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use loom_core::{ChunkType, ErrorCode, StreamChunk};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::{conversation_input, parse, result_text, speaker, target, token, OpenAiError};
+use crate::backend::RunRef;
+use crate::error::ApiError;
+use crate::extract::{LoomJson, TraceParent};
+use crate::runlog::{LoggedChunk, RunInfo};
+use crate::runs::StartRequest;
+use crate::sse::{self, StreamGuards};
+use crate::state::ServerState;
+use crate::store::DisconnectPolicy;
+
+/// The prefix of a response id before its run id.
+const ID_PREFIX: &str = "resp_";
+
+/// The body of `POST /v1/responses` (fields Loom has no use for are ignored).
+#[derive(Debug, Deserialize)]
+pub(crate) struct CreateResponse {
+    model: String,
+    input: Value,
+    instructions: Option<String>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    background: bool,
+    temperature: Option<Value>,
+    max_output_tokens: Option<Value>,
+    tools: Option<Vec<Value>>,
+    tool_choice: Option<Value>,
+}
+
+/// The query of `GET /v1/responses/{id}`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RetrieveQuery {
+    #[serde(default)]
+    stream: bool,
+    starting_after: Option<u64>,
+}
+
+/// What every response object of one run repeats.
+#[derive(Debug, Clone)]
+pub(crate) struct Head {
+    id: String,
+    run_id: String,
+    model: String,
+    created_at: u64,
+}
+
+impl Head {
+    fn of(info: &RunInfo) -> Self {
+        let model = match (&info.actor, &info.workflow) {
+            (_, Some(workflow)) => format!("workflows/{workflow}"),
+            (Some(actor), None) => actor.clone(),
+            (None, None) => String::new(),
+        };
+        let created_at = humantime::parse_rfc3339(&info.created_at)
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        Self {
+            id: format!("{ID_PREFIX}{}", info.run_id),
+            run_id: info.run_id.clone(),
+            model,
+            created_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Item {
+    Message {
+        id: String,
+        name: Option<String>,
+        text: String,
+        status: &'static str,
+    },
+    FunctionCall {
+        id: String,
+        call_id: String,
+        name: String,
+        arguments: String,
+        status: &'static str,
+    },
+}
+
+impl Item {
+    fn json(&self) -> Value {
+        match self {
+            Self::Message {
+                id,
+                name,
+                text,
+                status,
+            } => {
+                let content = if *status == "in_progress" {
+                    json!([])
+                } else {
+                    json!([part(text)])
+                };
+                let mut item = json!({
+                    "type": "message", "id": id, "status": status, "role": "assistant",
+                    "content": content,
+                });
+                if let Some(name) = name {
+                    item["name"] = json!(name);
+                }
+                item
+            }
+            Self::FunctionCall {
+                id,
+                call_id,
+                name,
+                arguments,
+                status,
+            } => json!({
+                "type": "function_call", "id": id, "call_id": call_id, "name": name,
+                "arguments": arguments, "status": status,
+            }),
+        }
+    }
+}
+
+fn part(text: &str) -> Value {
+    json!({ "type": "output_text", "text": text, "annotations": [] })
+}
+
+/// The Responses view of one run, fed its chunks in order (see the module docs).
+#[derive(Debug)]
+pub(crate) struct ResponsesMapping {
+    head: Head,
+    items: Vec<Item>,
+    /// Open message items by speaker (`None`: the run itself).
+    messages: HashMap<Option<String>, usize>,
+    /// Open function-call items by the call's index.
+    calls: HashMap<u64, usize>,
+    opened: bool,
+    /// The response's status, once it ended, with its error and usage.
+    status: &'static str,
+    error: Option<Value>,
+    usage: Option<Value>,
+    incomplete: Option<Value>,
+}
+
+impl ResponsesMapping {
+    /// A mapping for the run `head` names.
+    pub(crate) fn new(head: Head) -> Self {
+        Self {
+            head,
+            items: Vec::new(),
+            messages: HashMap::new(),
+            calls: HashMap::new(),
+            opened: false,
+            status: "queued",
+            error: None,
+            usage: None,
+            incomplete: None,
+        }
+    }
+
+    /// The response object as things stand.
+    pub(crate) fn response(&self) -> Value {
+        let output: Vec<Value> = self.items.iter().map(Item::json).collect();
+        let text: String = self
+            .items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Message { text, .. } => Some(text.as_str()),
+                Item::FunctionCall { .. } => None,
+            })
+            .collect();
+        json!({
+            "id": self.head.id, "object": "response", "created_at": self.head.created_at,
+            "status": self.status, "model": self.head.model, "output": output,
+            "output_text": text, "error": self.error, "incomplete_details": self.incomplete,
+            "usage": self.usage, "metadata": {}, "parallel_tool_calls": true, "tools": [],
+            "tool_choice": "auto", "text": { "format": { "type": "text" } },
+        })
+    }
+
+    /// The events `chunk` adds, without their `sequence_number`.
+    pub(crate) fn map(&mut self, chunk: &StreamChunk) -> Vec<Value> {
+        let mut events = Vec::new();
+        if !self.opened {
+            self.opened = true;
+            self.status = "in_progress";
+            let response = self.response();
+            events.push(json!({ "type": "response.created", "response": response }));
+            events.push(json!({ "type": "response.in_progress", "response": response }));
+        }
+        match chunk.kind {
+            ChunkType::Start if chunk.attempt.is_some_and(|a| a > 1) => {
+                self.close_all("incomplete", &mut events);
+            }
+            ChunkType::Start | ChunkType::Progress => {}
+            ChunkType::Data => {
+                if let Some(text) = token(chunk) {
+                    let index = self.message(speaker(chunk).map(str::to_owned), &mut events);
+                    self.delta(index, text, &mut events);
+                } else if let Some(call) = chunk.data.as_ref().and_then(|d| d.get("tool_call")) {
+                    self.call_delta(call, &mut events);
+                }
+            }
+            ChunkType::Complete => {
+                let data = chunk.data.as_ref();
+                if self.items.is_empty() {
+                    let text = result_text(data);
+                    let index = self.message(None, &mut events);
+                    self.delta(index, &text, &mut events);
+                }
+                self.close_all("completed", &mut events);
+                self.usage = data.and_then(|d| d.get("usage")).and_then(usage);
+                let length = data.and_then(|d| d.get("finish_reason")) == Some(&json!("length"));
+                let kind = if length {
+                    self.status = "incomplete";
+                    self.incomplete = Some(json!({ "reason": "max_output_tokens" }));
+                    "response.incomplete"
+                } else {
+                    self.status = "completed";
+                    "response.completed"
+                };
+                events.push(json!({ "type": kind, "response": self.response() }));
+            }
+            ChunkType::Error => {
+                self.close_all("incomplete", &mut events);
+                let info = chunk.error_info();
+                self.status = if info.code == ErrorCode::Cancelled {
+                    "cancelled"
+                } else {
+                    "failed"
+                };
+                self.error = Some(json!({ "code": info.code.as_str(), "message": info.message }));
+                events.push(json!({ "type": "response.failed", "response": self.response() }));
+            }
+        }
+        events
+    }
+
+    /// The open message item of `name`, opened now if needed.
+    fn message(&mut self, name: Option<String>, events: &mut Vec<Value>) -> usize {
+        if let Some(&index) = self.messages.get(&name) {
+            return index;
+        }
+        let index = self.items.len();
+        let id = format!("msg_{}_{index}", self.head.run_id);
+        self.items.push(Item::Message {
+            id: id.clone(),
+            name: name.clone(),
+            text: String::new(),
+            status: "in_progress",
+        });
+        self.messages.insert(name, index);
+        events.push(json!({
+            "type": "response.output_item.added", "output_index": index,
+            "item": self.items[index].json(),
+        }));
+        events.push(json!({
+            "type": "response.content_part.added", "item_id": id, "output_index": index,
+            "content_index": 0, "part": part(""),
+        }));
+        index
+    }
+
+    fn delta(&mut self, index: usize, delta: &str, events: &mut Vec<Value>) {
+        if let Some(Item::Message { id, text, .. }) = self.items.get_mut(index) {
+            text.push_str(delta);
+            events.push(json!({
+                "type": "response.output_text.delta", "item_id": id, "output_index": index,
+                "content_index": 0, "delta": delta,
+            }));
+        }
+    }
+
+    fn call_delta(&mut self, call: &Value, events: &mut Vec<Value>) {
+        let key = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+        let delta = call.get("arguments").and_then(Value::as_str).unwrap_or("");
+        let index = match self.calls.get(&key) {
+            Some(&index) => index,
+            None => {
+                let index = self.items.len();
+                self.items.push(Item::FunctionCall {
+                    id: format!("fc_{}_{index}", self.head.run_id),
+                    call_id: call
+                        .get("id")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_owned(),
+                    name: call
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_owned(),
+                    arguments: String::new(),
+                    status: "in_progress",
+                });
+                self.calls.insert(key, index);
+                events.push(json!({
+                    "type": "response.output_item.added", "output_index": index,
+                    "item": self.items[index].json(),
+                }));
+                index
+            }
+        };
+        if let Some(Item::FunctionCall { id, arguments, .. }) = self.items.get_mut(index) {
+            arguments.push_str(delta);
+            events.push(json!({
+                "type": "response.function_call_arguments.delta", "item_id": id,
+                "output_index": index, "delta": delta,
+            }));
+        }
+    }
+
+    /// Closes every open item with `status`, in the order they were opened.
+    fn close_all(&mut self, status: &'static str, events: &mut Vec<Value>) {
+        let mut open: Vec<usize> = self
+            .messages
+            .drain()
+            .map(|(_, i)| i)
+            .chain(self.calls.drain().map(|(_, i)| i))
+            .collect();
+        open.sort_unstable();
+        for index in open {
+            let Some(item) = self.items.get_mut(index) else {
+                continue;
+            };
+            match item {
+                Item::Message {
+                    id,
+                    text,
+                    status: item_status,
+                    ..
+                } => {
+                    *item_status = status;
+                    events.push(json!({
+                        "type": "response.output_text.done", "item_id": id, "output_index": index,
+                        "content_index": 0, "text": text,
+                    }));
+                    events.push(json!({
+                        "type": "response.content_part.done", "item_id": id,
+                        "output_index": index, "content_index": 0, "part": part(text),
+                    }));
+                }
+                Item::FunctionCall {
+                    id,
+                    arguments,
+                    status: item_status,
+                    ..
+                } => {
+                    *item_status = status;
+                    events.push(json!({
+                        "type": "response.function_call_arguments.done", "item_id": id,
+                        "output_index": index, "arguments": arguments,
+                    }));
+                }
+            }
+            events.push(json!({
+                "type": "response.output_item.done", "output_index": index,
+                "item": self.items[index].json(),
+            }));
+        }
+    }
+}
+
+/// Chat usage (`prompt_tokens`, …) as Responses names it; `None` when unknown.
+fn usage(usage: &Value) -> Option<Value> {
+    let tokens = |name: &str| usage.get(name).and_then(Value::as_u64);
+    let (input, output) = (tokens("prompt_tokens")?, tokens("completion_tokens")?);
+    Some(json!({
+        "input_tokens": input, "output_tokens": output,
+        "total_tokens": tokens("total_tokens").unwrap_or(input + output),
+    }))
+}
+
+/// The conversation a Responses `input` (and `instructions`) stands for, in Chat
+/// Completions messages.
+fn messages(instructions: Option<String>, input: Value) -> Result<Vec<Value>, ApiError> {
+    let mut messages = Vec::new();
+    if let Some(instructions) = instructions {
+        messages.push(json!({ "role": "system", "content": instructions }));
+    }
+    match input {
+        Value::String(text) => messages.push(json!({ "role": "user", "content": text })),
+        Value::Array(items) => {
+            for item in items {
+                match item
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("message")
+                {
+                    "message" => {
+                        let text = match &item["content"] {
+                            Value::String(text) => text.clone(),
+                            Value::Array(parts) => {
+                                parts.iter().filter_map(|p| p["text"].as_str()).collect()
+                            }
+                            _ => String::new(),
+                        };
+                        messages.push(json!({ "role": item["role"], "content": text }));
+                    }
+                    "function_call" => messages.push(json!({
+                        "role": "assistant", "content": null,
+                        "tool_calls": [{
+                            "id": item["call_id"], "type": "function",
+                            "function": { "name": item["name"], "arguments": item["arguments"] },
+                        }],
+                    })),
+                    "function_call_output" => messages.push(json!({
+                        "role": "tool", "tool_call_id": item["call_id"], "content": item["output"],
+                    })),
+                    other => {
+                        return Err(ApiError::BadRequest(format!(
+                            "input items of type '{other}' are not supported"
+                        )))
+                    }
+                }
+            }
+        }
+        _ => {
+            return Err(ApiError::BadRequest(
+                "\"input\" must be a string or a list of items".into(),
+            ))
+        }
+    }
+    Ok(messages)
+}
+
+/// Responses' function tools (`{"type":"function","name",…}`) in Chat Completions' shape.
+fn chat_tools(tools: Vec<Value>) -> Value {
+    let tools: Vec<Value> = tools
+        .into_iter()
+        .map(|tool| {
+            json!({
+                "type": "function",
+                "function": {
+                    "name": tool["name"], "description": tool["description"],
+                    "parameters": tool["parameters"],
+                },
+            })
+        })
+        .collect();
+    Value::Array(tools)
+}
+
+/// `POST /v1/responses`.
+pub(crate) async fn create(
+    State(state): State<ServerState>,
+    TraceParent(traceparent): TraceParent,
+    LoomJson(request): LoomJson<CreateResponse>,
+) -> Result<Response, OpenAiError> {
+    let target = target(&request.model);
+    let mut sampling = Map::new();
+    for (name, value) in [
+        ("temperature", request.temperature),
+        ("max_tokens", request.max_output_tokens),
+        ("tools", request.tools.map(chat_tools)),
+        ("tool_choice", request.tool_choice),
+    ] {
+        if let Some(value) = value {
+            sampling.insert(name.to_owned(), value);
+        }
+    }
+    let takes_messages = state.runs().takes_messages(&target);
+    let conversation = messages(request.instructions, request.input)?;
+    let input = conversation_input(takes_messages, conversation, sampling)?;
+    let permit = if request.stream {
+        Some(state.stream_permit()?)
+    } else {
+        None
+    };
+    let policy = if request.background {
+        DisconnectPolicy::Continue
+    } else {
+        DisconnectPolicy::CancelAfter(Duration::ZERO)
+    };
+    let run = state
+        .runs()
+        .start(StartRequest {
+            target,
+            input,
+            timeout: None,
+            policy,
+            traceparent,
+        })
+        .await?;
+    let head = Head::of(&run.info().await?);
+    if let Some(permit) = permit {
+        return stream(&state, &run, head, None, permit).await;
+    }
+    if request.background {
+        let mapping = ResponsesMapping::new(head);
+        return Ok(Json(mapping.response()).into_response());
+    }
+    let _attachment = run.attach().await?;
+    let mapping = replay(&run, head, None).await?;
+    Ok(Json(mapping.response()).into_response())
+}
+
+/// `GET /v1/responses/{id}`: the response as it stands, or with `stream=true` its events
+/// (after `starting_after`).
+pub(crate) async fn retrieve(
+    State(state): State<ServerState>,
+    Path(id): Path<String>,
+    Query(query): Query<RetrieveQuery>,
+) -> Result<Response, OpenAiError> {
+    let run = find(&state, &id).await?;
+    let info = run.info().await?;
+    let head = Head::of(&info);
+    if query.stream {
+        let permit = state.stream_permit()?;
+        return stream(&state, &run, head, query.starting_after, permit).await;
+    }
+    let mapping = replay(&run, head, Some(info.last_seq)).await?;
+    Ok(Json(mapping.response()).into_response())
+}
+
+/// `POST /v1/responses/{id}/cancel`: cancels the run (idempotent) and answers with the
+/// response once it has ended.
+pub(crate) async fn cancel(
+    State(state): State<ServerState>,
+    Path(id): Path<String>,
+) -> Result<Response, OpenAiError> {
+    let run = find(&state, &id).await?;
+    run.cancel().await?;
+    let head = Head::of(&run.info().await?);
+    let mapping = replay(&run, head, None).await?;
+    Ok(Json(mapping.response()).into_response())
+}
+
+async fn find(state: &ServerState, id: &str) -> Result<RunRef, ApiError> {
+    let run_id = id
+        .strip_prefix(ID_PREFIX)
+        .ok_or_else(|| ApiError::NotFound(format!("unknown response '{id}'")))?;
+    state.runs().find(run_id).await
+}
+
+/// The mapping fed the run's chunks from `seq` 0: up to `until` (the last `seq` written, for a
+/// snapshot that does not wait; `Some(None)`: nothing written yet), or to the terminal chunk.
+async fn replay(
+    run: &RunRef,
+    head: Head,
+    until: Option<Option<u64>>,
+) -> Result<ResponsesMapping, ApiError> {
+    let mut mapping = ResponsesMapping::new(head);
+    if until == Some(None) {
+        return Ok(mapping);
+    }
+    let Some(mut feed) = run.open(None).await? else {
+        return Ok(mapping);
+    };
+    while let Some(chunks) = feed.next().await? {
+        for logged in chunks {
+            let Some(chunk) = parse(&logged) else {
+                continue;
+            };
+            mapping.map(&chunk);
+            if until.flatten().is_some_and(|last| chunk.seq >= last) {
+                return Ok(mapping);
+            }
+        }
+    }
+    Ok(mapping)
+}
+
+/// The run's events as SSE, numbered from the run's start, after `starting_after`.
+async fn stream(
+    state: &ServerState,
+    run: &RunRef,
+    head: Head,
+    starting_after: Option<u64>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Result<Response, OpenAiError> {
+    let attachment = run.attach().await?;
+    let Some(feed) = run.open(None).await? else {
+        return Err(ApiError::ShuttingDown.into());
+    };
+    let guards = StreamGuards {
+        _attachment: attachment,
+        _permit: permit,
+    };
+    let mut events = ResponsesStream {
+        mapping: ResponsesMapping::new(head),
+        next: 0,
+        after: starting_after,
+    };
+    Ok(sse::response(
+        state,
+        run.id(),
+        feed,
+        guards,
+        move |chunks| events.frames(chunks),
+    ))
+}
+
+/// A stream of Responses events: the mapping, numbered and rendered as SSE.
+struct ResponsesStream {
+    mapping: ResponsesMapping,
+    next: u64,
+    after: Option<u64>,
+}
+
+impl ResponsesStream {
+    fn frames(&mut self, chunks: &[Arc<LoggedChunk>]) -> Bytes {
+        let mut out = Vec::new();
+        for logged in chunks {
+            let Some(chunk) = parse(logged) else { continue };
+            for mut event in self.mapping.map(&chunk) {
+                let number = self.next;
+                self.next += 1;
+                if self.after.is_some_and(|after| number <= after) {
+                    continue;
+                }
+                event["sequence_number"] = json!(number);
+                let kind = event["type"].as_str().unwrap_or_default().to_owned();
+                out.extend_from_slice(b"event: ");
+                out.extend_from_slice(kind.as_bytes());
+                out.extend_from_slice(b"\ndata: ");
+                out.extend_from_slice(event.to_string().as_bytes());
+                out.extend_from_slice(b"\n\n");
+            }
+        }
+        Bytes::from(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use loom_core::ActorError;
+
+    use super::*;
+
+    fn head() -> Head {
+        Head {
+            id: "resp_r".into(),
+            run_id: "r".into(),
+            model: "team-demo".into(),
+            created_at: 1,
+        }
+    }
+
+    fn token_chunk(seq: u64, text: &str, actor: Option<&str>) -> StreamChunk {
+        let mut chunk = StreamChunk::new(ChunkType::Data, seq);
+        chunk.data = Some(json!({ "token": text }));
+        chunk.actor = actor.map(str::to_owned);
+        chunk
+    }
+
+    fn complete(seq: u64, data: Value) -> StreamChunk {
+        let mut chunk = StreamChunk::new(ChunkType::Complete, seq);
+        chunk.data = Some(data);
+        chunk
+    }
+
+    fn events(chunks: &[StreamChunk]) -> (Vec<Value>, ResponsesMapping) {
+        let mut mapping = ResponsesMapping::new(head());
+        let events = chunks.iter().flat_map(|c| mapping.map(c)).collect();
+        (events, mapping)
+    }
+
+    fn types(events: &[Value]) -> Vec<&str> {
+        events.iter().map(|e| e["type"].as_str().unwrap()).collect()
+    }
+
+    #[test]
+    fn tokens_are_one_message_item_between_created_and_completed() {
+        let usage = json!({ "prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5 });
+        let (events, mapping) = events(&[
+            StreamChunk::new(ChunkType::Start, 0),
+            token_chunk(1, "Hel", None),
+            token_chunk(2, "lo", None),
+            complete(3, json!({ "text": "Hello", "usage": usage })),
+        ]);
+        assert_eq!(
+            types(&events),
+            [
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.output_text.delta",
+                "response.output_text.delta",
+                "response.output_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.completed",
+            ]
+        );
+        let done = &events[9]["response"];
+        assert_eq!(done["status"], "completed");
+        assert_eq!(done["output"][0]["content"][0]["text"], "Hello");
+        assert_eq!(done["usage"]["total_tokens"], 5);
+        assert_eq!(mapping.response()["output_text"], "Hello");
+    }
+
+    #[test]
+    fn each_team_member_gets_its_own_named_item() {
+        let (events, mapping) = events(&[
+            StreamChunk::new(ChunkType::Start, 0),
+            token_chunk(1, "A", Some("researcher")),
+            token_chunk(2, "B", Some("writer")),
+            token_chunk(3, "C", Some("researcher")),
+            complete(4, json!({})),
+        ]);
+        let output = &mapping.response()["output"];
+        assert_eq!(output[0]["name"], "researcher");
+        assert_eq!(output[0]["content"][0]["text"], "AC");
+        assert_eq!(output[1]["name"], "writer");
+        assert_eq!(output[1]["content"][0]["text"], "B");
+        assert_eq!(events.last().unwrap()["response"]["usage"], Value::Null);
+    }
+
+    #[test]
+    fn a_cancel_fails_the_response_as_cancelled_and_closes_open_items() {
+        let (events, _) = events(&[
+            StreamChunk::new(ChunkType::Start, 0),
+            token_chunk(1, "Once", None),
+            StreamChunk::error(2, &ActorError::cancelled()),
+        ]);
+        let last = events.last().unwrap();
+        assert_eq!(last["type"], "response.failed");
+        assert_eq!(last["response"]["status"], "cancelled");
+        assert_eq!(last["response"]["error"]["code"], "cancelled");
+        assert_eq!(last["response"]["output"][0]["status"], "incomplete");
+    }
+
+    #[test]
+    fn a_rerun_starts_new_items_and_length_is_incomplete() {
+        let mut rerun = StreamChunk::new(ChunkType::Start, 2);
+        rerun.attempt = Some(2);
+        let (events, mapping) = events(&[
+            StreamChunk::new(ChunkType::Start, 0),
+            token_chunk(1, "Once", None),
+            rerun,
+            token_chunk(3, "Twice", None),
+            complete(4, json!({ "finish_reason": "length" })),
+        ]);
+        let response = mapping.response();
+        assert_eq!(response["output"][0]["status"], "incomplete");
+        assert_eq!(response["output"][1]["status"], "completed");
+        assert_eq!(response["output"][1]["content"][0]["text"], "Twice");
+        assert_eq!(events.last().unwrap()["type"], "response.incomplete");
+        assert_eq!(
+            response["incomplete_details"]["reason"],
+            "max_output_tokens"
+        );
+    }
+
+    #[test]
+    fn a_run_that_streamed_nothing_answers_with_its_result_and_numbers_repeat() {
+        let chunks = [
+            StreamChunk::new(ChunkType::Start, 0),
+            complete(1, json!({ "processed": 3 })),
+        ];
+        let logged: Vec<Arc<LoggedChunk>> = chunks
+            .iter()
+            .map(|c| {
+                Arc::new(LoggedChunk {
+                    seq: c.seq,
+                    kind: c.kind,
+                    json: c.to_json().into(),
+                    in_log: true,
+                })
+            })
+            .collect();
+        let render = |after| {
+            let mut stream = ResponsesStream {
+                mapping: ResponsesMapping::new(head()),
+                next: 0,
+                after,
+            };
+            String::from_utf8(stream.frames(&logged).to_vec()).unwrap()
+        };
+        let all = render(None);
+        assert!(all.contains(r#""delta":"{\"processed\":3}""#), "{all}");
+        assert!(all.starts_with("event: response.created\ndata: "), "{all}");
+        // A resume after event 5 is the tail of the same numbered sequence.
+        let tail = render(Some(5));
+        let from_six = &all[all
+            .find("\"sequence_number\":6")
+            .map(|i| all[..i].rfind("event: ").unwrap())
+            .unwrap()..];
+        assert_eq!(tail, from_six);
+    }
+}

@@ -153,8 +153,12 @@ impl StreamQuery {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct JoinQuery {
-    /// Read the chunks after this `seq`.
+    /// Read the chunks after this `seq` (with a `format`: the events after this number).
     pub from: Option<u64>,
+    /// Serve the run in a client dialect: `ag-ui` or `openai-responses` (DESIGN.md §3a).
+    pub format: Option<String>,
+    /// The AG-UI thread id the events repeat (default: the run id).
+    pub thread_id: Option<String>,
     /// A short-lived token, checked by [`crate::auth`].
     #[serde(rename = "token")]
     _token: Option<String>,

@@ -47,6 +47,7 @@ pub fn router(state: ServerState) -> Router {
         .route("/v1/actors/{actor}/ws", get(crate::ws::actor_ws))
         .route("/v1/chat/completions", post(dialect::chat::completions))
         .route("/v1/models", get(dialect::chat::models))
+        .route("/v1/ag-ui/{*agent}", post(dialect::ag_ui::run))
         .route("/v1/responses", post(dialect::responses::create))
         .route("/v1/responses/{id}", get(dialect::responses::retrieve))
         .route(
@@ -298,6 +299,9 @@ async fn join_run(
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let cursor = cursor(&query, &headers)?;
     let run = state.runs().find(&id).await?;
+    if let Some(format) = &query.format {
+        return dialect::rejoin(&state, &run, format, cursor, query.thread_id).await;
+    }
     // Attach before looking, so a direct run's grace timer sees this reader.
     let attachment = run.attach().await?;
     let Some(feed) = run.open(cursor).await? else {

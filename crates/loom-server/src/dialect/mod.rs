@@ -9,8 +9,10 @@
 //! | module | dialect |
 //! |---|---|
 //! | `chat` | OpenAI Chat Completions (`POST /v1/chat/completions`, `GET /v1/models`) |
+//! | `ag_ui` | AG-UI over SSE (`POST /v1/ag-ui/{agent}`) |
 //! | `responses` | OpenAI Responses (`POST /v1/responses`, `GET /v1/responses/{id}`, `POST /v1/responses/{id}/cancel`) |
 
+pub(crate) mod ag_ui;
 pub(crate) mod chat;
 pub(crate) mod responses;
 
@@ -21,8 +23,14 @@ use loom_core::StreamChunk;
 use loom_workflow::WORKFLOW_ACTOR_PREFIX;
 use serde_json::{json, Map, Value};
 
+use crate::backend::RunRef;
 use crate::error::ApiError;
 use crate::runlog::{LoggedChunk, RunTarget};
+use crate::sse::{self, StreamGuards};
+use crate::state::ServerState;
+use bytes::Bytes;
+use std::sync::Arc;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// What a dialect's model or agent name names: `workflows/<name>` is a workflow, anything
 /// else an actor type.
@@ -96,6 +104,102 @@ pub(crate) fn result_text(data: Option<&Value>) -> String {
             Some(text) => text.to_owned(),
             None => value.to_string(),
         },
+    }
+}
+
+/// A dialect whose events are numbered by their position in the sequence its mapping
+/// generates from the run's `seq` 0 (DESIGN.md §3a "Numbering"), so a resume regenerates the
+/// sequence and skips what its cursor covers.
+pub(crate) trait NumberedEvents: Send + 'static {
+    /// The events `chunk` adds.
+    fn map(&mut self, chunk: &StreamChunk) -> Vec<Value>;
+    /// Writes event number `number` as an SSE frame.
+    fn write(number: u64, event: Value, out: &mut Vec<u8>);
+}
+
+/// A dialect's events as SSE frames, after event number `after`.
+pub(crate) struct Numbered<M> {
+    mapping: M,
+    next: u64,
+    after: Option<u64>,
+}
+
+impl<M: NumberedEvents> Numbered<M> {
+    /// The events of `mapping` after event number `after` (all of them when `None`).
+    pub(crate) fn new(mapping: M, after: Option<u64>) -> Self {
+        Self {
+            mapping,
+            next: 0,
+            after,
+        }
+    }
+
+    /// The frames `chunks` add.
+    pub(crate) fn frames(&mut self, chunks: &[Arc<LoggedChunk>]) -> Bytes {
+        let mut out = Vec::new();
+        for logged in chunks {
+            let Some(chunk) = parse(logged) else { continue };
+            for event in self.mapping.map(&chunk) {
+                let number = self.next;
+                self.next += 1;
+                if self.after.is_none_or(|after| number > after) {
+                    M::write(number, event, &mut out);
+                }
+            }
+        }
+        Bytes::from(out)
+    }
+}
+
+/// The run's events in a numbered dialect, as an SSE response, counted as a reader of it.
+/// `permit` is the stream's place under the cap, taken before the run was started.
+pub(crate) async fn serve_numbered<M: NumberedEvents>(
+    state: &ServerState,
+    run: &RunRef,
+    permit: OwnedSemaphorePermit,
+    mut events: Numbered<M>,
+) -> Result<Response, ApiError> {
+    let guards = StreamGuards {
+        _attachment: run.attach().await?,
+        _permit: permit,
+    };
+    let Some(feed) = run.open(None).await? else {
+        return Err(ApiError::ShuttingDown);
+    };
+    Ok(sse::response(
+        state,
+        run.id(),
+        feed,
+        guards,
+        move |chunks| events.frames(chunks),
+    ))
+}
+
+/// `GET /v1/runs/{id}/stream?format=…`: any run re-attached in a dialect, after event number
+/// `after` (the dialect's own numbering).
+pub(crate) async fn rejoin(
+    state: &ServerState,
+    run: &RunRef,
+    format: &str,
+    after: Option<u64>,
+    thread_id: Option<String>,
+) -> Result<Response, ApiError> {
+    match format {
+        "ag-ui" => {
+            let thread = thread_id.unwrap_or_else(|| run.id().to_owned());
+            let mapping = ag_ui::AgUiMapping::new(thread, run.id());
+            let permit = state.stream_permit()?;
+            serve_numbered(state, run, permit, Numbered::new(mapping, after)).await
+        }
+        "openai-responses" => {
+            let head = responses::Head::of(&run.info().await?);
+            let mapping = responses::ResponsesMapping::new(head);
+            let permit = state.stream_permit()?;
+            serve_numbered(state, run, permit, Numbered::new(mapping, after)).await
+        }
+        other => Err(ApiError::BadRequest(format!(
+            "unknown format '{other}': expected ag-ui or openai-responses"
+        ))),
     }
 }
 

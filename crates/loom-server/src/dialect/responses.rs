@@ -25,24 +25,24 @@
 //! until it ends or is cancelled. Any other response is cancelled when its client goes away.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use bytes::Bytes;
 use loom_core::{ChunkType, ErrorCode, StreamChunk};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::{conversation_input, parse, result_text, speaker, target, token, OpenAiError};
+use super::{
+    conversation_input, parse, result_text, serve_numbered, speaker, target, token, Numbered,
+    NumberedEvents, OpenAiError,
+};
 use crate::backend::RunRef;
 use crate::error::ApiError;
 use crate::extract::{LoomJson, TraceParent};
-use crate::runlog::{LoggedChunk, RunInfo};
+use crate::runlog::RunInfo;
 use crate::runs::StartRequest;
-use crate::sse::{self, StreamGuards};
 use crate::state::ServerState;
 use crate::store::DisconnectPolicy;
 
@@ -83,7 +83,8 @@ pub(crate) struct Head {
 }
 
 impl Head {
-    fn of(info: &RunInfo) -> Self {
+    /// The head of the run `info` describes.
+    pub(crate) fn of(info: &RunInfo) -> Self {
         let model = match (&info.actor, &info.workflow) {
             (_, Some(workflow)) => format!("workflows/{workflow}"),
             (Some(actor), None) => actor.clone(),
@@ -519,7 +520,8 @@ pub(crate) async fn create(
         .await?;
     let head = Head::of(&run.info().await?);
     if let Some(permit) = permit {
-        return stream(&state, &run, head, None, permit).await;
+        let events = Numbered::new(ResponsesMapping::new(head), None);
+        return Ok(serve_numbered(&state, &run, permit, events).await?);
     }
     if request.background {
         let mapping = ResponsesMapping::new(head);
@@ -542,7 +544,8 @@ pub(crate) async fn retrieve(
     let head = Head::of(&info);
     if query.stream {
         let permit = state.stream_permit()?;
-        return stream(&state, &run, head, query.starting_after, permit).await;
+        let events = Numbered::new(ResponsesMapping::new(head), query.starting_after);
+        return Ok(serve_numbered(&state, &run, permit, events).await?);
     }
     let mapping = replay(&run, head, Some(info.last_seq)).await?;
     Ok(Json(mapping.response()).into_response())
@@ -596,70 +599,25 @@ async fn replay(
     Ok(mapping)
 }
 
-/// The run's events as SSE, numbered from the run's start, after `starting_after`.
-async fn stream(
-    state: &ServerState,
-    run: &RunRef,
-    head: Head,
-    starting_after: Option<u64>,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) -> Result<Response, OpenAiError> {
-    let attachment = run.attach().await?;
-    let Some(feed) = run.open(None).await? else {
-        return Err(ApiError::ShuttingDown.into());
-    };
-    let guards = StreamGuards {
-        _attachment: attachment,
-        _permit: permit,
-    };
-    let mut events = ResponsesStream {
-        mapping: ResponsesMapping::new(head),
-        next: 0,
-        after: starting_after,
-    };
-    Ok(sse::response(
-        state,
-        run.id(),
-        feed,
-        guards,
-        move |chunks| events.frames(chunks),
-    ))
-}
+impl NumberedEvents for ResponsesMapping {
+    fn map(&mut self, chunk: &StreamChunk) -> Vec<Value> {
+        ResponsesMapping::map(self, chunk)
+    }
 
-/// A stream of Responses events: the mapping, numbered and rendered as SSE.
-struct ResponsesStream {
-    mapping: ResponsesMapping,
-    next: u64,
-    after: Option<u64>,
-}
-
-impl ResponsesStream {
-    fn frames(&mut self, chunks: &[Arc<LoggedChunk>]) -> Bytes {
-        let mut out = Vec::new();
-        for logged in chunks {
-            let Some(chunk) = parse(logged) else { continue };
-            for mut event in self.mapping.map(&chunk) {
-                let number = self.next;
-                self.next += 1;
-                if self.after.is_some_and(|after| number <= after) {
-                    continue;
-                }
-                event["sequence_number"] = json!(number);
-                let kind = event["type"].as_str().unwrap_or_default().to_owned();
-                out.extend_from_slice(b"event: ");
-                out.extend_from_slice(kind.as_bytes());
-                out.extend_from_slice(b"\ndata: ");
-                out.extend_from_slice(event.to_string().as_bytes());
-                out.extend_from_slice(b"\n\n");
-            }
-        }
-        Bytes::from(out)
+    fn write(number: u64, mut event: Value, out: &mut Vec<u8>) {
+        event["sequence_number"] = json!(number);
+        let kind = event["type"].as_str().unwrap_or_default().to_owned();
+        out.extend_from_slice(format!("event: {kind}\ndata: {event}\n\n").as_bytes());
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use loom_core::ActorError;
+
+    use crate::runlog::LoggedChunk;
 
     use super::*;
 
@@ -797,11 +755,7 @@ mod tests {
             })
             .collect();
         let render = |after| {
-            let mut stream = ResponsesStream {
-                mapping: ResponsesMapping::new(head()),
-                next: 0,
-                after,
-            };
+            let mut stream = Numbered::new(ResponsesMapping::new(head()), after);
             String::from_utf8(stream.frames(&logged).to_vec()).unwrap()
         };
         let all = render(None);

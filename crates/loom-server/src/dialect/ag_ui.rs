@@ -1,0 +1,506 @@
+//! AG-UI over SSE: `POST /v1/ag-ui/{agent}` takes a `RunAgentInput` and streams the run as
+//! AG-UI events, in the order `@ag-ui/client` verifies (nothing open at `RUN_FINISHED`,
+//! nothing after `RUN_ERROR`, a step name never active twice). `{agent}` is an actor type or
+//! `workflows/<name>`.
+//!
+//! **Mapping** ([`AgUiMapping`], pure):
+//! - the run's `start` → `RUN_STARTED` (`threadId` from the input, `runId` = Loom's run id);
+//! - tokens → `TEXT_MESSAGE_START`/`CONTENT`/`END`, one message per speaker (a team member or a
+//!   workflow step, in the message's `name`), opened at its first token;
+//! - tool-call deltas → `TOOL_CALL_START`/`ARGS`/`END`;
+//! - a workflow's `action-start` → `STEP_STARTED`, its `action-complete`/`action-failed` →
+//!   `STEP_FINISHED`; a team member's first chunk → `STEP_STARTED` (named after it);
+//! - progress and any other data → `CUSTOM` (`loom.progress`, `loom.data`, with the chunk's
+//!   `actor`/`step`);
+//! - `complete` → every open message, tool call and step closed, then `RUN_FINISHED` with the
+//!   result; `error` (also a cancel, a deadline, a lost worker) → `RUN_ERROR` with the code.
+//!
+//! **Superseded output.** A re-run (`start` with `attempt` ≥ 2) and a workflow's
+//! `action-retry` close the open messages they supersede and send `CUSTOM` `loom.superseded`
+//! (`{"attempt"}` or `{"step"}`): what those messages said stays in the client's history,
+//! and the new output comes in new messages.
+//!
+//! **Numbering and re-attach.** Every frame has `id: <n>`, its position in the event
+//! sequence generated from the run's `seq` 0. A client re-attaches at
+//! `GET /v1/runs/{id}/stream?format=ag-ui` with `Last-Event-ID` (and `thread_id`, which the
+//! events repeat; the run id when absent) and gets the events after it.
+//!
+//! **Disconnect** is a direct stream's: the run is cancelled after the disconnect grace
+//! unless a reader re-attaches.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use axum::extract::{Path, State};
+use axum::response::Response;
+use loom_core::{ChunkType, Event, StreamChunk};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::{conversation_input, serve_numbered, speaker, target, token, Numbered, NumberedEvents};
+use crate::error::ApiError;
+use crate::extract::{LoomJson, TraceParent};
+use crate::runs::StartRequest;
+use crate::state::ServerState;
+
+/// The body of `POST /v1/ag-ui/{agent}`: AG-UI's `RunAgentInput` (fields Loom has no use for,
+/// such as `state` and `context`, are ignored).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct RunAgentInput {
+    thread_id: String,
+    #[serde(default)]
+    messages: Vec<Value>,
+    #[serde(default)]
+    tools: Vec<Value>,
+    forwarded_props: Option<Value>,
+}
+
+/// The AG-UI view of one run, fed its chunks in order (see the module docs).
+#[derive(Debug)]
+pub(crate) struct AgUiMapping {
+    thread_id: String,
+    run_id: String,
+    started: bool,
+    /// Open text messages by speaker (`None`: the run itself), and how many were opened.
+    messages: BTreeMap<Option<String>, String>,
+    opened: usize,
+    /// Open tool calls by the call's index.
+    calls: BTreeMap<u64, String>,
+    /// Open steps, and the team members seen (whose steps close at the end).
+    steps: BTreeSet<String>,
+}
+
+impl AgUiMapping {
+    /// A mapping for run `run_id` of thread `thread_id`.
+    pub(crate) fn new(thread_id: impl Into<String>, run_id: impl Into<String>) -> Self {
+        Self {
+            thread_id: thread_id.into(),
+            run_id: run_id.into(),
+            started: false,
+            messages: BTreeMap::new(),
+            opened: 0,
+            calls: BTreeMap::new(),
+            steps: BTreeSet::new(),
+        }
+    }
+
+    /// The events `chunk` adds.
+    pub(crate) fn map(&mut self, chunk: &StreamChunk) -> Vec<Value> {
+        let mut events = Vec::new();
+        if !self.started {
+            self.started = true;
+            events.push(json!({
+                "type": "RUN_STARTED", "threadId": self.thread_id, "runId": self.run_id,
+            }));
+        }
+        match (chunk.kind, chunk.event) {
+            (ChunkType::Start, _) => {
+                if let Some(attempt) = chunk.attempt.filter(|&a| a > 1) {
+                    self.close_messages(&mut events);
+                    self.close_calls(&mut events);
+                    events.push(custom("loom.superseded", json!({ "attempt": attempt })));
+                }
+            }
+            (_, Some(Event::ActionStart)) => {
+                if let Some(step) = &chunk.step {
+                    self.step_started(step, &mut events);
+                }
+            }
+            (_, Some(Event::ActionComplete | Event::ActionFailed)) => {
+                if let Some(step) = &chunk.step {
+                    self.close_message_of(Some(step), &mut events);
+                    if self.steps.remove(step) {
+                        events.push(json!({ "type": "STEP_FINISHED", "stepName": step }));
+                    }
+                }
+            }
+            (_, Some(Event::ActionRetry)) => {
+                self.close_message_of(chunk.step.as_deref(), &mut events);
+                events.push(custom("loom.superseded", json!({ "step": chunk.step })));
+            }
+            (ChunkType::Data, None) => {
+                if let Some(member) = &chunk.actor {
+                    self.step_started(member, &mut events);
+                }
+                if let Some(text) = token(chunk) {
+                    let id = self.message(speaker(chunk), &mut events);
+                    if !text.is_empty() {
+                        events.push(json!({
+                            "type": "TEXT_MESSAGE_CONTENT", "messageId": id, "delta": text,
+                        }));
+                    }
+                } else if let Some(call) = chunk.data.as_ref().and_then(|d| d.get("tool_call")) {
+                    self.call(call, &mut events);
+                } else {
+                    events.push(custom("loom.data", tagged(chunk, chunk.data.clone())));
+                }
+            }
+            (ChunkType::Progress, None) => {
+                if let Some(member) = &chunk.actor {
+                    self.step_started(member, &mut events);
+                }
+                let progress = chunk.progress.as_ref().map(|p| json!(p));
+                events.push(custom("loom.progress", tagged(chunk, progress)));
+            }
+            (ChunkType::Complete, _) => {
+                self.close_messages(&mut events);
+                self.close_calls(&mut events);
+                for step in std::mem::take(&mut self.steps) {
+                    events.push(json!({ "type": "STEP_FINISHED", "stepName": step }));
+                }
+                let mut finished = json!({
+                    "type": "RUN_FINISHED", "threadId": self.thread_id, "runId": self.run_id,
+                });
+                if let Some(result) = chunk.data.as_ref().filter(|d| !d.is_null()) {
+                    finished["result"] = result.clone();
+                }
+                events.push(finished);
+            }
+            (ChunkType::Error, _) => {
+                let info = chunk.error_info();
+                events.push(json!({
+                    "type": "RUN_ERROR", "message": info.message, "code": info.code.as_str(),
+                }));
+            }
+            // Markers on other chunk types carry nothing more for AG-UI.
+            (ChunkType::Data | ChunkType::Progress, Some(_)) => {}
+        }
+        events
+    }
+
+    fn step_started(&mut self, name: &str, events: &mut Vec<Value>) {
+        if self.steps.insert(name.to_owned()) {
+            events.push(json!({ "type": "STEP_STARTED", "stepName": name }));
+        }
+    }
+
+    /// The open message of `name`, started now if needed.
+    fn message(&mut self, name: Option<&str>, events: &mut Vec<Value>) -> String {
+        let key = name.map(str::to_owned);
+        if let Some(id) = self.messages.get(&key) {
+            return id.clone();
+        }
+        let id = format!("msg_{}_{}", self.run_id, self.opened);
+        self.opened += 1;
+        let mut start =
+            json!({ "type": "TEXT_MESSAGE_START", "messageId": id, "role": "assistant" });
+        if let Some(name) = name {
+            start["name"] = json!(name);
+        }
+        events.push(start);
+        self.messages.insert(key, id.clone());
+        id
+    }
+
+    fn call(&mut self, call: &Value, events: &mut Vec<Value>) {
+        let index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+        let id = match self.calls.get(&index) {
+            Some(id) => id.clone(),
+            None => {
+                let id = call
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .map_or_else(|| format!("call_{}_{index}", self.run_id), str::to_owned);
+                let name = call.get("name").and_then(Value::as_str).unwrap_or("");
+                events.push(json!({
+                    "type": "TOOL_CALL_START", "toolCallId": id, "toolCallName": name,
+                }));
+                self.calls.insert(index, id.clone());
+                id
+            }
+        };
+        if let Some(delta) = call.get("arguments").and_then(Value::as_str) {
+            if !delta.is_empty() {
+                events.push(json!({ "type": "TOOL_CALL_ARGS", "toolCallId": id, "delta": delta }));
+            }
+        }
+    }
+
+    fn close_message_of(&mut self, name: Option<&str>, events: &mut Vec<Value>) {
+        if let Some(id) = self.messages.remove(&name.map(str::to_owned)) {
+            events.push(json!({ "type": "TEXT_MESSAGE_END", "messageId": id }));
+        }
+    }
+
+    fn close_messages(&mut self, events: &mut Vec<Value>) {
+        for (_, id) in std::mem::take(&mut self.messages) {
+            events.push(json!({ "type": "TEXT_MESSAGE_END", "messageId": id }));
+        }
+    }
+
+    fn close_calls(&mut self, events: &mut Vec<Value>) {
+        for (_, id) in std::mem::take(&mut self.calls) {
+            events.push(json!({ "type": "TOOL_CALL_END", "toolCallId": id }));
+        }
+    }
+}
+
+fn custom(name: &str, value: Value) -> Value {
+    json!({ "type": "CUSTOM", "name": name, "value": value })
+}
+
+/// A chunk's payload with the speaker it is tagged with.
+fn tagged(chunk: &StreamChunk, payload: Option<Value>) -> Value {
+    let mut value = json!({ "data": payload });
+    if let Some(actor) = &chunk.actor {
+        value["actor"] = json!(actor);
+    }
+    if let Some(step) = &chunk.step {
+        value["step"] = json!(step);
+    }
+    value
+}
+
+/// AG-UI's messages in Chat Completions' shape (the shape actors that take a conversation read).
+fn chat_messages(messages: Vec<Value>) -> Vec<Value> {
+    messages
+        .into_iter()
+        .map(|m| {
+            let role = match m["role"].as_str() {
+                Some("developer") => "system",
+                Some(role) => role,
+                None => "user",
+            };
+            let mut out = json!({ "role": role, "content": m["content"] });
+            if let Some(Value::Array(calls)) = m.get("toolCalls") {
+                out["tool_calls"] = Value::Array(calls.clone());
+            }
+            if let Some(id) = m.get("toolCallId") {
+                out["tool_call_id"] = id.clone();
+            }
+            out
+        })
+        .collect()
+}
+
+/// `POST /v1/ag-ui/{agent}`.
+pub(crate) async fn run(
+    State(state): State<ServerState>,
+    Path(agent): Path<String>,
+    TraceParent(traceparent): TraceParent,
+    LoomJson(request): LoomJson<RunAgentInput>,
+) -> Result<Response, ApiError> {
+    let target = target(&agent);
+    let input = match request
+        .forwarded_props
+        .as_ref()
+        .and_then(|p| p.get("input"))
+    {
+        Some(input) => input.clone(),
+        None => {
+            let mut sampling = Map::new();
+            if !request.tools.is_empty() {
+                let tools: Vec<Value> = request
+                    .tools
+                    .iter()
+                    .map(|t| {
+                        json!({ "type": "function", "function": {
+                            "name": t["name"], "description": t["description"],
+                            "parameters": t["parameters"],
+                        }})
+                    })
+                    .collect();
+                sampling.insert("tools".into(), Value::Array(tools));
+            }
+            let takes_messages = state.runs().takes_messages(&target);
+            conversation_input(takes_messages, chat_messages(request.messages), sampling)?
+        }
+    };
+    let permit = state.stream_permit()?;
+    let run = state
+        .runs()
+        .start(StartRequest {
+            target,
+            input,
+            timeout: None,
+            policy: crate::store::DisconnectPolicy::CancelAfter(state.config().disconnect_grace),
+            traceparent,
+        })
+        .await?;
+    let mapping = AgUiMapping::new(request.thread_id, run.id());
+    serve_numbered(&state, &run, permit, Numbered::new(mapping, None)).await
+}
+
+impl NumberedEvents for AgUiMapping {
+    fn map(&mut self, chunk: &StreamChunk) -> Vec<Value> {
+        AgUiMapping::map(self, chunk)
+    }
+
+    fn write(number: u64, event: Value, out: &mut Vec<u8>) {
+        out.extend_from_slice(format!("id: {number}\ndata: {event}\n\n").as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use loom_core::ActorError;
+
+    use super::*;
+
+    fn data(seq: u64, data: Value) -> StreamChunk {
+        let mut chunk = StreamChunk::new(ChunkType::Data, seq);
+        chunk.data = Some(data);
+        chunk
+    }
+
+    fn by(mut chunk: StreamChunk, actor: Option<&str>, step: Option<&str>) -> StreamChunk {
+        chunk.actor = actor.map(str::to_owned);
+        chunk.step = step.map(str::to_owned);
+        chunk
+    }
+
+    fn marker(seq: u64, kind: ChunkType, event: Event, step: &str) -> StreamChunk {
+        let mut chunk = StreamChunk::new(kind, seq);
+        chunk.event = Some(event);
+        chunk.step = Some(step.to_owned());
+        chunk
+    }
+
+    fn complete(seq: u64) -> StreamChunk {
+        let mut chunk = StreamChunk::new(ChunkType::Complete, seq);
+        chunk.data = Some(json!({ "ok": true }));
+        chunk
+    }
+
+    /// The events of `chunks`, checked against the order rules `@ag-ui/client` enforces.
+    fn events(chunks: &[StreamChunk]) -> Vec<Value> {
+        let mut mapping = AgUiMapping::new("t", "r");
+        let events: Vec<Value> = chunks.iter().flat_map(|c| mapping.map(c)).collect();
+        let (mut messages, mut steps, mut calls) =
+            (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+        assert_eq!(events[0]["type"], "RUN_STARTED");
+        for (i, event) in events.iter().enumerate() {
+            let id = |key: &str| event[key].as_str().unwrap().to_owned();
+            match event["type"].as_str().unwrap() {
+                "TEXT_MESSAGE_START" => assert!(messages.insert(id("messageId")), "{events:?}"),
+                "TEXT_MESSAGE_CONTENT" => assert!(messages.contains(&id("messageId"))),
+                "TEXT_MESSAGE_END" => assert!(messages.remove(&id("messageId"))),
+                "STEP_STARTED" => assert!(steps.insert(id("stepName")), "{events:?}"),
+                "STEP_FINISHED" => assert!(steps.remove(&id("stepName")), "{events:?}"),
+                "TOOL_CALL_START" => assert!(calls.insert(id("toolCallId"))),
+                "TOOL_CALL_ARGS" => assert!(calls.contains(&id("toolCallId"))),
+                "TOOL_CALL_END" => assert!(calls.remove(&id("toolCallId"))),
+                "RUN_FINISHED" => {
+                    assert!(messages.is_empty() && steps.is_empty() && calls.is_empty());
+                    assert_eq!(i, events.len() - 1);
+                }
+                "RUN_ERROR" => assert_eq!(i, events.len() - 1),
+                _ => {}
+            }
+        }
+        events
+    }
+
+    fn types(events: &[Value]) -> Vec<&str> {
+        events.iter().map(|e| e["type"].as_str().unwrap()).collect()
+    }
+
+    #[test]
+    fn tokens_are_one_text_message_and_the_result_is_in_run_finished() {
+        let events = events(&[
+            StreamChunk::new(ChunkType::Start, 0),
+            data(1, json!({ "token": "Hel" })),
+            data(2, json!({ "token": "lo" })),
+            complete(3),
+        ]);
+        assert_eq!(
+            types(&events),
+            [
+                "RUN_STARTED",
+                "TEXT_MESSAGE_START",
+                "TEXT_MESSAGE_CONTENT",
+                "TEXT_MESSAGE_CONTENT",
+                "TEXT_MESSAGE_END",
+                "RUN_FINISHED"
+            ]
+        );
+        assert_eq!(events[5]["result"], json!({ "ok": true }));
+        assert_eq!(events[5]["threadId"], "t");
+    }
+
+    #[test]
+    fn team_members_are_steps_with_named_messages() {
+        let events = events(&[
+            StreamChunk::new(ChunkType::Start, 0),
+            by(data(1, json!({ "token": "A" })), Some("researcher"), None),
+            by(data(2, json!({ "token": "B" })), Some("writer"), None),
+            by(data(3, json!({ "token": "C" })), Some("researcher"), None),
+            complete(4),
+        ]);
+        let names: Vec<&str> = events
+            .iter()
+            .filter(|e| e["type"] == "TEXT_MESSAGE_START")
+            .map(|e| e["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["researcher", "writer"]);
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| e["type"] == "STEP_STARTED")
+                .count(),
+            2
+        );
+    }
+
+    #[test]
+    fn parallel_workflow_steps_open_and_close_on_their_markers_and_retries_are_flagged() {
+        let events = events(&[
+            StreamChunk::new(ChunkType::Start, 0),
+            marker(1, ChunkType::Progress, Event::ActionStart, "a"),
+            marker(2, ChunkType::Progress, Event::ActionStart, "b"),
+            by(data(3, json!({ "token": "x" })), None, Some("a")),
+            marker(4, ChunkType::Progress, Event::ActionRetry, "a"),
+            by(data(5, json!({ "token": "y" })), None, Some("a")),
+            marker(6, ChunkType::Data, Event::ActionComplete, "b"),
+            marker(7, ChunkType::Data, Event::ActionComplete, "a"),
+            complete(8),
+        ]);
+        let steps: Vec<String> = events
+            .iter()
+            .filter(|e| e["type"].as_str().unwrap().starts_with("STEP_"))
+            .map(|e| format!("{}:{}", e["type"], e["stepName"]))
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                "\"STEP_STARTED\":\"a\"",
+                "\"STEP_STARTED\":\"b\"",
+                "\"STEP_FINISHED\":\"b\"",
+                "\"STEP_FINISHED\":\"a\""
+            ]
+        );
+        assert!(events
+            .iter()
+            .any(|e| e["name"] == "loom.superseded" && e["value"]["step"] == "a"));
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| e["type"] == "TEXT_MESSAGE_START")
+                .count(),
+            2
+        );
+    }
+
+    #[test]
+    fn an_error_or_a_cancel_ends_with_run_error_and_tool_calls_map() {
+        let call = json!({ "index": 0, "id": "call_1", "name": "f", "arguments": "{}" });
+        let events = events(&[
+            StreamChunk::new(ChunkType::Start, 0),
+            data(1, json!({ "tool_call": call })),
+            data(2, json!({ "token": "t" })),
+            StreamChunk::error(3, &ActorError::cancelled()),
+        ]);
+        assert_eq!(
+            types(&events),
+            [
+                "RUN_STARTED",
+                "TOOL_CALL_START",
+                "TOOL_CALL_ARGS",
+                "TEXT_MESSAGE_START",
+                "TEXT_MESSAGE_CONTENT",
+                "RUN_ERROR"
+            ]
+        );
+        assert_eq!(events[5]["code"], "cancelled");
+    }
+}

@@ -12,6 +12,7 @@
 //! | `loom:cancel` | pub/sub channel | run ids whose cancel key was just set |
 //! | `loom:actors` | sorted set | actor types some worker serves, scored by the time (Unix ms) until which one has said so |
 //! | `loom:run:{<id>}` | hash | the run's record: `actor`, `created_ms` (written when it is queued), and what servers keep of its readers (`readers`, `joins`, `grace_ms`) |
+//! | `loom:name:{<name>}` | string | the run a name stands for (a chat's latest run), with a TTL |
 //! | `loom:runs` | sorted set | the most recent run ids ([`RECENT_RUNS`](crate::RECENT_RUNS)), scored by `created_ms` |
 //!
 //! **Entry ids are `seq`s.** Loom writes the chunk of `seq` N at the explicit entry id `N-1`
@@ -177,6 +178,11 @@ impl Keys {
     /// The record of run `run_id`: `loom:run:{<id>}`.
     pub fn run(&self, run_id: &str) -> String {
         format!("{}run:{{{run_id}}}", self.prefix)
+    }
+
+    /// What run name `name` stands for: `loom:name:{<name>}`.
+    pub fn run_name(&self, name: &str) -> String {
+        format!("{}name:{{{name}}}", self.prefix)
     }
 
     /// The index of recent runs: `loom:runs`.

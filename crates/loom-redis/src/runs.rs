@@ -7,6 +7,8 @@
 //! known to every server from the moment it exists. A record expires with its stream (the
 //! request's timeout plus the stream TTL); the index keeps the newest [`RECENT_RUNS`] ids.
 
+use std::time::Duration;
+
 use loom_core::StreamChunk;
 use redis::Value;
 
@@ -96,6 +98,31 @@ impl Client {
             .query_async::<()>(&mut self.conn())
             .await?;
         Ok(())
+    }
+
+    /// Names run `run_id` `name` (e.g. a chat whose latest run it is) for `ttl`, replacing
+    /// what the name stood for.
+    pub async fn name_run(&self, name: &str, run_id: &str, ttl: Duration) -> Result<(), Error> {
+        check_name("run name", name)?;
+        check_name("run id", run_id)?;
+        redis::cmd("SET")
+            .arg(self.keys().run_name(name))
+            .arg(run_id)
+            .arg("EX")
+            .arg(ttl.as_secs().max(1))
+            .query_async::<()>(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// The run named `name` ([`name_run`](Self::name_run)), if the name has not expired.
+    pub async fn named_run(&self, name: &str) -> Result<Option<String>, Error> {
+        check_name("run name", name)?;
+        let id: Option<String> = redis::cmd("GET")
+            .arg(self.keys().run_name(name))
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(id.filter(|id| check_name("run id", id).is_ok()))
     }
 
     /// Counts a new reader of run `run_id` (on any server).

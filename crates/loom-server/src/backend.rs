@@ -43,6 +43,25 @@ impl Runs {
         }
     }
 
+    /// Names `run` `name` (a chat's latest run), replacing what the name stood for.
+    pub(crate) async fn name_run(&self, name: &str, run: &RunRef) -> Result<(), ApiError> {
+        match self {
+            Self::Local(engine) => {
+                engine.store().name_run(name, run.id());
+                Ok(())
+            }
+            Self::Remote(remote) => remote.name_run(name, run.id()).await,
+        }
+    }
+
+    /// The run named `name`, if any.
+    pub(crate) async fn named(&self, name: &str) -> Result<Option<RunRef>, ApiError> {
+        match self {
+            Self::Local(engine) => Ok(engine.store().named(name).map(RunRef::Local)),
+            Self::Remote(remote) => remote.named(name).await.map(|run| run.map(RunRef::Remote)),
+        }
+    }
+
     /// The recent runs, newest first.
     pub(crate) async fn recent(&self) -> Result<Vec<RunInfo>, ApiError> {
         match self {

@@ -201,6 +201,27 @@ impl RemoteRuns {
         }
     }
 
+    /// Names run `id` `name` for as long as a finished run stays readable.
+    pub(crate) async fn name_run(&self, name: &str, id: &str) -> Result<(), ApiError> {
+        let ttl = self.client.options().stream_ttl;
+        self.client
+            .name_run(name, id, ttl)
+            .await
+            .map_err(unavailable)
+    }
+
+    /// The run named `name`, if the name and the run are still known.
+    pub(crate) async fn named(&self, name: &str) -> Result<Option<RemoteRun>, ApiError> {
+        let Some(id) = self.client.named_run(name).await.map_err(unavailable)? else {
+            return Ok(None);
+        };
+        match self.find(&id).await {
+            Ok(run) => Ok(Some(run)),
+            Err(ApiError::NotFound(_)) => Ok(None),
+            Err(other) => Err(other),
+        }
+    }
+
     /// The recent runs of every server, newest first.
     pub(crate) async fn recent(&self) -> Result<Vec<RunInfo>, ApiError> {
         let records = self

@@ -48,6 +48,10 @@ pub fn router(state: ServerState) -> Router {
         .route("/v1/chat/completions", post(dialect::chat::completions))
         .route("/v1/models", get(dialect::chat::models))
         .route("/v1/ag-ui/{*agent}", post(dialect::ag_ui::run))
+        .route(
+            "/v1/ai-sdk/{*agent}",
+            post(dialect::ai_sdk::send).get(dialect::ai_sdk::resume),
+        )
         .route("/v1/responses", post(dialect::responses::create))
         .route("/v1/responses/{id}", get(dialect::responses::retrieve))
         .route(

@@ -126,6 +126,8 @@ struct StoreState {
     recent: VecDeque<String>,
     /// Finished run ids, in the order they finished.
     finished: VecDeque<String>,
+    /// Run names (a chat's latest run) and the run each stands for; a name goes with its run.
+    names: HashMap<String, String>,
 }
 
 impl RunStore {
@@ -146,6 +148,21 @@ impl RunStore {
     /// The run `id`, if known and not expired.
     pub(crate) fn get(&self, id: &str) -> Option<Arc<Run>> {
         self.lock().runs.get(id).cloned()
+    }
+
+    /// Names run `id` `name`, replacing what the name stood for.
+    pub(crate) fn name_run(&self, name: &str, id: &str) {
+        self.lock().names.insert(name.to_owned(), id.to_owned());
+    }
+
+    /// The run named `name`, if it is still kept.
+    pub(crate) fn named(&self, name: &str) -> Option<Arc<Run>> {
+        let state = self.lock();
+        state
+            .names
+            .get(name)
+            .and_then(|id| state.runs.get(id))
+            .cloned()
     }
 
     /// The recent runs' status, newest first.
@@ -201,6 +218,7 @@ impl StoreState {
     fn forget(&mut self, id: &str) {
         self.runs.remove(id);
         self.recent.retain(|r| r != id);
+        self.names.retain(|_, run| run != id);
     }
 }
 

@@ -10,9 +10,11 @@
 //! |---|---|
 //! | `chat` | OpenAI Chat Completions (`POST /v1/chat/completions`, `GET /v1/models`) |
 //! | `ag_ui` | AG-UI over SSE (`POST /v1/ag-ui/{agent}`) |
+//! | `ai_sdk` | Vercel AI SDK UI message stream v1 (`POST /v1/ai-sdk/{agent}`, `GET /v1/ai-sdk/{agent}/{chatId}/stream`) |
 //! | `responses` | OpenAI Responses (`POST /v1/responses`, `GET /v1/responses/{id}`, `POST /v1/responses/{id}/cancel`) |
 
 pub(crate) mod ag_ui;
+pub(crate) mod ai_sdk;
 pub(crate) mod chat;
 pub(crate) mod responses;
 

@@ -1,0 +1,477 @@
+//! The Vercel AI SDK's UI message stream (v1): `POST /v1/ai-sdk/{agent}` takes `useChat`'s
+//! body (`{id, messages, trigger}`) and streams the run as UI message parts, so `useChat` with
+//! `DefaultChatTransport` (and `readUIMessageStream`) work against `loom serve`;
+//! `GET /v1/ai-sdk/{agent}/{chatId}/stream` resumes the chat's run that has not ended as a full
+//! replay, or answers `204` when there is none (what the transport's `resume` expects).
+//! `{agent}` is an actor type or `workflows/<name>`.
+//!
+//! **Mapping** ([`AiSdkMapping`], pure): `start` (the message id is `msg_<run id>`); tokens
+//! → `text-start`/`text-delta`/`text-end`, one text part per speaker (a team member or a
+//! workflow step, named in the part's `providerMetadata.loom.speaker`); tool-call deltas →
+//! `tool-input-start`/`tool-input-delta`, then `tool-input-available` with the parsed input
+//! (dynamic tools); progress → `data-loom-progress` with the speaker (or `run`) as its id, so
+//! a newer progress replaces the part; a workflow step's markers → `data-loom-step` with the
+//! step as its id (`running`, `done`, `failed`); any other data → `data-loom-data`; the
+//! terminal chunk closes every open part, then `finish` (the result's finish reason, the
+//! result and usage in `messageMetadata`) or `error` (`code: message`); then `data: [DONE]`.
+//! A run that streamed no text answers with its result as text.
+//!
+//! **Superseded output.** A re-run (`attempt` ≥ 2) or a step's retry closes the text parts it
+//! supersedes and sends `data-loom-superseded`; the new output comes in new parts.
+//!
+//! **Disconnect** is a direct stream's: a client that goes away (also `useChat`'s `stop`)
+//! cancels the run after the disconnect grace unless it resumes.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use loom_core::{ChunkType, Event, StreamChunk};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::{
+    conversation_input, result_text, serve_numbered, speaker, target, token, Numbered,
+    NumberedEvents,
+};
+use crate::error::ApiError;
+use crate::extract::{LoomJson, TraceParent};
+use crate::runlog::RunStatus;
+use crate::runs::StartRequest;
+use crate::state::ServerState;
+use crate::store::DisconnectPolicy;
+
+/// The header that tells the AI SDK the body is a UI message stream.
+const STREAM_HEADER: HeaderName = HeaderName::from_static("x-vercel-ai-ui-message-stream");
+
+/// `useChat`'s request body (fields Loom has no use for are ignored).
+#[derive(Debug, Deserialize)]
+pub(crate) struct ChatBody {
+    id: String,
+    #[serde(default)]
+    messages: Vec<Value>,
+}
+
+/// The AI SDK view of one run, fed its chunks in order (see the module docs).
+#[derive(Debug)]
+pub(crate) struct AiSdkMapping {
+    run_id: String,
+    started: bool,
+    /// Open text parts by speaker (`None`: the run itself), and how many were opened.
+    texts: BTreeMap<Option<String>, String>,
+    opened: usize,
+    said: bool,
+    /// Open tool inputs by the call's index: id, name, input text.
+    calls: BTreeMap<u64, (String, String, String)>,
+}
+
+impl AiSdkMapping {
+    /// A mapping for run `run_id`.
+    pub(crate) fn new(run_id: impl Into<String>) -> Self {
+        Self {
+            run_id: run_id.into(),
+            started: false,
+            texts: BTreeMap::new(),
+            opened: 0,
+            said: false,
+            calls: BTreeMap::new(),
+        }
+    }
+
+    /// The parts `chunk` adds (`[DONE]` as the string it is on the wire).
+    pub(crate) fn map(&mut self, chunk: &StreamChunk) -> Vec<Value> {
+        let mut parts = Vec::new();
+        if !self.started {
+            self.started = true;
+            parts.push(json!({ "type": "start", "messageId": format!("msg_{}", self.run_id) }));
+        }
+        match (chunk.kind, chunk.event) {
+            (ChunkType::Start, _) => {
+                if let Some(attempt) = chunk.attempt.filter(|&a| a > 1) {
+                    self.close_texts(&mut parts);
+                    parts.push(data("superseded", None, json!({ "attempt": attempt })));
+                }
+            }
+            (_, Some(marker)) => {
+                let Some(step) = &chunk.step else {
+                    return parts;
+                };
+                let status = match marker {
+                    Event::ActionStart => "running",
+                    Event::ActionComplete => "done",
+                    Event::ActionFailed => "failed",
+                    Event::ActionRetry => {
+                        self.close_text_of(Some(step), &mut parts);
+                        parts.push(data("superseded", None, json!({ "step": step })));
+                        "retrying"
+                    }
+                    // A marker this version does not know says nothing to the client.
+                    _ => return parts,
+                };
+                let mut value = json!({ "step": step, "status": status });
+                if marker == Event::ActionComplete {
+                    value["result"] = chunk.data.clone().unwrap_or(Value::Null);
+                    self.close_text_of(Some(step), &mut parts);
+                }
+                parts.push(data("step", Some(step), value));
+            }
+            (ChunkType::Data, None) => {
+                if let Some(text) = token(chunk) {
+                    let id = self.text(speaker(chunk), &mut parts);
+                    parts.push(json!({ "type": "text-delta", "id": id, "delta": text }));
+                } else if let Some(call) = chunk.data.as_ref().and_then(|d| d.get("tool_call")) {
+                    self.call(call, &mut parts);
+                } else {
+                    let mut value = json!({ "data": chunk.data });
+                    if let Some(name) = speaker(chunk) {
+                        value["speaker"] = json!(name);
+                    }
+                    parts.push(data("data", None, value));
+                }
+            }
+            (ChunkType::Progress, None) => {
+                let id = speaker(chunk).unwrap_or("run");
+                let mut value = json!(chunk.progress);
+                if let Some(name) = speaker(chunk) {
+                    value["speaker"] = json!(name);
+                }
+                parts.push(data("progress", Some(id), value));
+            }
+            (ChunkType::Complete, None) => {
+                let result = chunk.data.as_ref();
+                if !self.said && self.calls.is_empty() {
+                    let text = result_text(result);
+                    if !text.is_empty() {
+                        let id = self.text(None, &mut parts);
+                        parts.push(json!({ "type": "text-delta", "id": id, "delta": text }));
+                    }
+                }
+                self.close_texts(&mut parts);
+                let called = !self.calls.is_empty();
+                self.close_calls(&mut parts);
+                let reason = match result
+                    .and_then(|r| r.get("finish_reason"))
+                    .and_then(Value::as_str)
+                {
+                    Some("length") => "length",
+                    Some("content_filter") => "content-filter",
+                    Some("tool_calls") => "tool-calls",
+                    _ if called => "tool-calls",
+                    _ => "stop",
+                };
+                let usage = result
+                    .and_then(|r| r.get("usage"))
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                parts.push(json!({
+                    "type": "finish", "finishReason": reason,
+                    "messageMetadata": { "runId": self.run_id, "result": result, "usage": usage },
+                }));
+                parts.push(Value::String("[DONE]".into()));
+            }
+            (ChunkType::Error, None) => {
+                self.close_texts(&mut parts);
+                let info = chunk.error_info();
+                parts.push(json!({
+                    "type": "error", "errorText": format!("{}: {}", info.code.as_str(), info.message),
+                }));
+                parts.push(Value::String("[DONE]".into()));
+            }
+        }
+        parts
+    }
+
+    /// The open text part of `name`, started now if needed.
+    fn text(&mut self, name: Option<&str>, parts: &mut Vec<Value>) -> String {
+        self.said = true;
+        let key = name.map(str::to_owned);
+        if let Some(id) = self.texts.get(&key) {
+            return id.clone();
+        }
+        let id = format!("txt_{}_{}", self.run_id, self.opened);
+        self.opened += 1;
+        let mut start = json!({ "type": "text-start", "id": id });
+        if let Some(name) = name {
+            start["providerMetadata"] = json!({ "loom": { "speaker": name } });
+        }
+        parts.push(start);
+        self.texts.insert(key, id.clone());
+        id
+    }
+
+    fn call(&mut self, call: &Value, parts: &mut Vec<Value>) {
+        let index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+        let delta = call.get("arguments").and_then(Value::as_str).unwrap_or("");
+        let run_id = &self.run_id;
+        let entry = self.calls.entry(index).or_insert_with(|| {
+            let id = call
+                .get("id")
+                .and_then(Value::as_str)
+                .map_or_else(|| format!("call_{run_id}_{index}"), str::to_owned);
+            let name = call
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+            parts.push(json!({
+                "type": "tool-input-start", "toolCallId": id, "toolName": name, "dynamic": true,
+            }));
+            (id, name, String::new())
+        });
+        if !delta.is_empty() {
+            entry.2.push_str(delta);
+            parts.push(json!({
+                "type": "tool-input-delta", "toolCallId": entry.0, "inputTextDelta": delta,
+            }));
+        }
+    }
+
+    fn close_text_of(&mut self, name: Option<&str>, parts: &mut Vec<Value>) {
+        if let Some(id) = self.texts.remove(&name.map(str::to_owned)) {
+            parts.push(json!({ "type": "text-end", "id": id }));
+        }
+    }
+
+    fn close_texts(&mut self, parts: &mut Vec<Value>) {
+        for (_, id) in std::mem::take(&mut self.texts) {
+            parts.push(json!({ "type": "text-end", "id": id }));
+        }
+    }
+
+    fn close_calls(&mut self, parts: &mut Vec<Value>) {
+        for (_, (id, name, input)) in std::mem::take(&mut self.calls) {
+            let input: Value = serde_json::from_str(&input).unwrap_or(Value::String(input));
+            parts.push(json!({
+                "type": "tool-input-available", "toolCallId": id, "toolName": name,
+                "input": input, "dynamic": true,
+            }));
+        }
+    }
+}
+
+/// A `data-loom-<name>` part; parts with the same `id` replace each other on the client.
+fn data(name: &str, id: Option<&str>, value: Value) -> Value {
+    let mut part = json!({ "type": format!("data-loom-{name}"), "data": value });
+    if let Some(id) = id {
+        part["id"] = json!(id);
+    }
+    part
+}
+
+impl NumberedEvents for AiSdkMapping {
+    fn map(&mut self, chunk: &StreamChunk) -> Vec<Value> {
+        AiSdkMapping::map(self, chunk)
+    }
+
+    fn write(number: u64, part: Value, out: &mut Vec<u8>) {
+        let text = match part {
+            Value::String(done) => done,
+            part => part.to_string(),
+        };
+        out.extend_from_slice(format!("id: {number}\ndata: {text}\n\n").as_bytes());
+    }
+}
+
+/// `useChat`'s UI messages in Chat Completions' shape: each message's text parts, joined.
+fn chat_messages(messages: &[Value]) -> Vec<Value> {
+    messages
+        .iter()
+        .map(|m| {
+            let text: String = match m.get("parts").and_then(Value::as_array) {
+                Some(parts) => parts
+                    .iter()
+                    .filter(|p| p["type"] == "text")
+                    .filter_map(|p| p["text"].as_str())
+                    .collect(),
+                None => m["content"].as_str().unwrap_or("").to_owned(),
+            };
+            json!({ "role": m["role"], "content": text })
+        })
+        .collect()
+}
+
+/// `POST /v1/ai-sdk/{agent}`: a new run for the chat, streamed as UI message parts.
+pub(crate) async fn send(
+    State(state): State<ServerState>,
+    Path(agent): Path<String>,
+    TraceParent(traceparent): TraceParent,
+    LoomJson(body): LoomJson<ChatBody>,
+) -> Result<Response, ApiError> {
+    let target = target(&agent);
+    let takes_messages = state.runs().takes_messages(&target);
+    let input = conversation_input(takes_messages, chat_messages(&body.messages), Map::new())?;
+    let chat = chat_name(&body.id)?;
+    let permit = state.stream_permit()?;
+    let run = state
+        .runs()
+        .start(StartRequest {
+            target,
+            input,
+            timeout: None,
+            policy: DisconnectPolicy::CancelAfter(state.config().disconnect_grace),
+            traceparent,
+        })
+        .await?;
+    state.runs().name_run(&chat, &run).await?;
+    let events = Numbered::new(AiSdkMapping::new(run.id()), None);
+    Ok(with_header(
+        serve_numbered(&state, &run, permit, events).await?,
+    ))
+}
+
+/// `GET /v1/ai-sdk/{agent}/{chatId}/stream`: the chat's run that has not ended, replayed in
+/// full; `204` when there is none. (The agent may be `workflows/<name>`: the path is one
+/// wildcard, read from its end.)
+pub(crate) async fn resume(
+    State(state): State<ServerState>,
+    Path(path): Path<String>,
+) -> Result<Response, ApiError> {
+    let chat = path
+        .strip_suffix("/stream")
+        .and_then(|rest| rest.rsplit_once('/'))
+        .map(|(_, chat)| chat)
+        .ok_or_else(|| ApiError::NotFound("expected /v1/ai-sdk/{agent}/{chatId}/stream".into()))?;
+    let Some(run) = state.runs().named(&chat_name(chat)?).await? else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    if run.info().await?.status != RunStatus::Running {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let permit = state.stream_permit()?;
+    let events = Numbered::new(AiSdkMapping::new(run.id()), None);
+    Ok(with_header(
+        serve_numbered(&state, &run, permit, events).await?,
+    ))
+}
+
+/// The name a chat's latest run goes by; a chat id that cannot be one is a 400.
+fn chat_name(chat: &str) -> Result<String, ApiError> {
+    let name = format!("ai-sdk-chat-{chat}");
+    loom_redis::validate_name(&name)
+        .map_err(|e| ApiError::BadRequest(format!("invalid chat id: {e}")))?;
+    Ok(name)
+}
+
+fn with_header(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(STREAM_HEADER, HeaderValue::from_static("v1"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use loom_core::ActorError;
+
+    use super::*;
+
+    fn data_chunk(seq: u64, data: Value, actor: Option<&str>) -> StreamChunk {
+        let mut chunk = StreamChunk::new(ChunkType::Data, seq);
+        chunk.data = Some(data);
+        chunk.actor = actor.map(str::to_owned);
+        chunk
+    }
+
+    fn parts(chunks: &[StreamChunk]) -> Vec<Value> {
+        let mut mapping = AiSdkMapping::new("r");
+        chunks.iter().flat_map(|c| mapping.map(c)).collect()
+    }
+
+    fn types(parts: &[Value]) -> Vec<String> {
+        parts
+            .iter()
+            .map(|p| {
+                p["type"]
+                    .as_str()
+                    .unwrap_or_else(|| p.as_str().unwrap())
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tokens_are_a_text_part_then_finish_and_done() {
+        let mut complete = StreamChunk::new(ChunkType::Complete, 3);
+        complete.data = Some(json!({ "text": "Hi!", "finish_reason": "length", "usage": null }));
+        let parts = parts(&[
+            StreamChunk::new(ChunkType::Start, 0),
+            data_chunk(1, json!({ "token": "Hi" }), None),
+            data_chunk(2, json!({ "token": "!" }), None),
+            complete,
+        ]);
+        assert_eq!(
+            types(&parts),
+            [
+                "start",
+                "text-start",
+                "text-delta",
+                "text-delta",
+                "text-end",
+                "finish",
+                "[DONE]"
+            ]
+        );
+        assert_eq!(parts[0]["messageId"], "msg_r");
+        assert_eq!(parts[5]["finishReason"], "length");
+        assert_eq!(parts[5]["messageMetadata"]["usage"], Value::Null);
+    }
+
+    #[test]
+    fn members_get_named_parts_and_progress_replaces_by_id() {
+        let mut progress = StreamChunk::new(ChunkType::Progress, 3);
+        progress.progress = Some(Box::new(loom_core::Progress {
+            current: 1,
+            total: Some(3),
+            message: Some("researcher finished".into()),
+        }));
+        progress.actor = Some("researcher".into());
+        let parts = parts(&[
+            data_chunk(1, json!({ "token": "A" }), Some("researcher")),
+            data_chunk(2, json!({ "token": "B" }), Some("writer")),
+            progress,
+        ]);
+        assert_eq!(
+            parts[1]["providerMetadata"]["loom"]["speaker"],
+            "researcher"
+        );
+        assert_eq!(parts[3]["providerMetadata"]["loom"]["speaker"], "writer");
+        let last = parts.last().unwrap();
+        assert_eq!(last["type"], "data-loom-progress");
+        assert_eq!(last["id"], "researcher");
+        assert_eq!(last["data"]["speaker"], "researcher");
+    }
+
+    #[test]
+    fn a_rerun_closes_the_superseded_text_and_an_error_ends_the_stream() {
+        let mut rerun = StreamChunk::new(ChunkType::Start, 2);
+        rerun.attempt = Some(2);
+        let parts = parts(&[
+            StreamChunk::new(ChunkType::Start, 0),
+            data_chunk(1, json!({ "token": "Once" }), None),
+            rerun,
+            data_chunk(3, json!({ "token": "Once" }), None),
+            StreamChunk::error(4, &ActorError::cancelled()),
+        ]);
+        assert_eq!(
+            types(&parts),
+            [
+                "start",
+                "text-start",
+                "text-delta",
+                "text-end",
+                "data-loom-superseded",
+                "text-start",
+                "text-delta",
+                "text-end",
+                "error",
+                "[DONE]"
+            ]
+        );
+        assert_ne!(parts[1]["id"], parts[5]["id"], "new output, new part");
+        assert!(parts[8]["errorText"]
+            .as_str()
+            .unwrap()
+            .starts_with("cancelled: "));
+    }
+}

@@ -388,3 +388,53 @@ async fn a_background_response_started_on_one_server_is_cancelled_and_resumed_th
     assert_eq!(last["type"], "response.failed");
     assert_eq!(last["response"]["status"], "cancelled");
 }
+
+#[tokio::test]
+async fn ag_ui_and_ai_sdk_streams_run_on_the_workers_and_a_chat_resumes_on_another_server() {
+    let cluster = Cluster::start().await;
+    let a = cluster.server(ServerConfig::default()).await;
+    let b = cluster.server(ServerConfig::default()).await;
+    let ag_ui = a
+        .post(
+            "/v1/ag-ui/workflows/report",
+            &json!({
+                "threadId": "t", "runId": "r",
+                "messages": [{ "id": "u", "role": "user", "content": "{\"count\": 3}" }],
+            }),
+        )
+        .await;
+    let events = SseReader::new(ag_ui).rest().await;
+    let types: Vec<&str> = events
+        .iter()
+        .map(|f| f.data.as_ref().unwrap()["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types.first(), Some(&"RUN_STARTED"));
+    assert_eq!(types.last(), Some(&"RUN_FINISHED"));
+    assert_eq!(types.iter().filter(|t| **t == "STEP_STARTED").count(), 2);
+
+    let chat = json!({
+        "id": "chat-9", "trigger": "submit-message",
+        "messages": [{ "id": "u", "role": "user", "parts": [{ "type": "text", "text": "Loom" }] }],
+    });
+    let sent = a.post("/v1/ai-sdk/team-demo", &chat).await;
+    assert_eq!(sent.headers()["x-vercel-ai-ui-message-stream"], "v1");
+    let mut first = SseReader::new(sent);
+    first.next_frame().await.expect("a part");
+    // The chat's run is found through Redis by the other server, and replayed from its start.
+    let resumed = b.get("/v1/ai-sdk/team-demo/chat-9/stream").await;
+    assert_eq!(resumed.status(), 200);
+    let mut replay = SseReader::new(resumed);
+    let start = replay.next_frame().await.expect("the start part");
+    assert_eq!(start.data.as_ref().unwrap()["type"], "start");
+    let rest = replay.rest().await;
+    assert_eq!(rest.last().unwrap().data, Some(json!("[DONE]")));
+    drop(first);
+    let done = b.get("/v1/ai-sdk/team-demo/chat-9/stream").await;
+    assert_eq!(done.status(), 204);
+    assert_eq!(
+        b.get("/v1/ai-sdk/team-demo/other-chat/stream")
+            .await
+            .status(),
+        204
+    );
+}

@@ -192,7 +192,7 @@ pub struct Frame {
     pub id: Option<u64>,
     /// `event:`.
     pub event: Option<String>,
-    /// `data:` parsed as JSON.
+    /// `data:` parsed as JSON (a string when it is not JSON, e.g. `[DONE]`).
     pub data: Option<Value>,
     /// The comment text, for a `:` line.
     pub comment: Option<String>,
@@ -266,7 +266,9 @@ fn parse(text: &[u8]) -> Frame {
         } else if let Some(event) = line.strip_prefix("event: ") {
             frame.event = Some(event.to_owned());
         } else if let Some(data) = line.strip_prefix("data: ") {
-            frame.data = Some(serde_json::from_str(data).expect("JSON data"));
+            // JSON, or a plain marker such as the dialects' `[DONE]` (kept as a string).
+            frame.data =
+                Some(serde_json::from_str(data).unwrap_or_else(|_| Value::String(data.to_owned())));
         } else {
             panic!("unexpected SSE line {line:?}");
         }

@@ -48,7 +48,8 @@ export async function startLoom(env = {}) {
     let buffered = "";
     child.stderr.on("data", (data) => {
       buffered += data;
-      const match = buffered.match(/loom: serving on (http:\/\/\S+)/);
+      // Only a whole address: stderr may arrive cut anywhere.
+      const match = buffered.match(/loom: serving on (http:\/\/\S+)\s/);
       if (match) {
         clearTimeout(timer);
         resolve(match[1]);

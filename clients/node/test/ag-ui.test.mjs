@@ -103,3 +103,20 @@ test("a dropped stream re-attaches with Last-Event-ID, nothing lost or repeated"
   assert.equal(frames.at(-1).data.type, "RUN_FINISHED");
   assert.equal(frames.at(-1).data.threadId, "t2");
 });
+
+test("with LOOM_API_KEY set, HttpAgent sends the key as a header", async () => {
+  const locked = await startLoom({ LOOM_API_KEY: "s3cret" });
+  try {
+    const agent = (key) =>
+      new HttpAgent({
+        url: `${locked.base}/v1/ag-ui/echo`,
+        headers: { authorization: `Bearer ${key}` },
+        initialMessages: [{ id: "u1", role: "user", content: '{"said": "hi"}' }],
+      });
+    await assert.rejects(agent("wrong").runAgent(), /401/);
+    const { result } = await agent("s3cret").runAgent();
+    assert.deepEqual(result, { said: "hi" });
+  } finally {
+    await locked.stop();
+  }
+});

@@ -1,0 +1,125 @@
+// Types of loom-client (index.js). Wire names stay snake_case, as on the wire.
+
+/** The codes of a Loom error (DESIGN.md §3). */
+export type ErrorCode =
+  | "bad_input" | "not_found" | "timeout" | "cancelled" | "upstream" | "worker_lost"
+  | "internal" | (string & {});
+
+/** A chunk's error. */
+export interface ErrorInfo {
+  code: ErrorCode;
+  message: string;
+  retryable?: boolean;
+}
+
+/** A progress report. */
+export interface Progress {
+  current: number;
+  total?: number;
+  message?: string;
+}
+
+interface ChunkBase {
+  seq: number;
+  /** The team member that produced the chunk. */
+  actor?: string;
+  /** The workflow step the chunk belongs to. */
+  step?: string;
+  /** A workflow marker: action-start, action-complete, action-retry, action-failed. */
+  event?: "action-start" | "action-complete" | "action-retry" | "action-failed";
+  /** On a re-run's `start`: its attempt number (its output supersedes the attempt before). */
+  attempt?: number;
+}
+
+export interface StartChunk extends ChunkBase {
+  type: "start";
+  data: { run_id: string; actor: string };
+}
+export interface ProgressChunk extends ChunkBase {
+  type: "progress";
+  progress: Progress;
+}
+export interface DataChunk extends ChunkBase {
+  type: "data";
+  /** `{ token }` for an LLM token, `{ tool_call }` for a tool-call delta, else the actor's data. */
+  data: any;
+}
+export interface CompleteChunk extends ChunkBase {
+  type: "complete";
+  data: any;
+}
+export interface ErrorChunk extends ChunkBase {
+  type: "error";
+  error: ErrorInfo;
+}
+/** One element of a run's stream, ordered by a gapless `seq` from 0. */
+export type StreamChunk = StartChunk | ProgressChunk | DataChunk | CompleteChunk | ErrorChunk;
+
+/** An HTTP error: its status, and the `code` and `message` of its body. */
+export class LoomError extends Error {
+  readonly status: number;
+  readonly code: string;
+  constructor(status: number, code: string, message: string);
+}
+
+/** A live run: iterate it for its chunks; leaving the loop early cancels a run it started. */
+export interface RunStream extends AsyncIterable<StreamChunk> {
+  /** The run id, once the server has answered. */
+  readonly runId: Promise<string>;
+  /** Asks the run to stop (idempotent); the loop then ends with an `error/cancelled` chunk. */
+  cancel(): Promise<void>;
+}
+
+export interface StreamOptions {
+  /** Aborting it cancels the run and ends the loop. */
+  signal?: AbortSignal;
+  /** The run's deadline, e.g. "30s". */
+  timeout?: string;
+}
+
+export interface ActorInfo {
+  name: string;
+  description: string | null;
+  streams: boolean | null;
+}
+export interface WorkflowInfo {
+  name: string;
+  description: string | null;
+  steps: string[] | null;
+}
+export interface RunInfo {
+  run_id: string;
+  actor: string | null;
+  workflow: string | null;
+  status: "running" | "complete" | "error" | "cancelled";
+  error_code: ErrorCode | null;
+  created_at: string;
+  last_seq: number | null;
+}
+
+export interface Actor {
+  stream(input?: unknown, options?: StreamOptions): RunStream;
+  /** The run's result, or a LoomError with its error. */
+  execute(input?: unknown): Promise<any>;
+}
+export interface Workflow {
+  stream(input?: unknown, options?: StreamOptions): RunStream;
+}
+
+export interface Runs {
+  create(request: { actor: string; input?: unknown; timeout?: string } | { workflow: string; input?: unknown; timeout?: string }): Promise<{ run_id: string; stream_url: string }>;
+  get(id: string): Promise<RunInfo>;
+  list(): Promise<RunInfo[]>;
+  cancel(id: string): Promise<RunInfo>;
+  /** Joins a run after `from` (exclusive), or from its start; leaving does not cancel it. */
+  stream(id: string, options?: { from?: number; signal?: AbortSignal }): RunStream;
+}
+
+export class Loom {
+  constructor(options: { baseUrl: string; apiKey?: string; fetch?: typeof fetch });
+  readonly runs: Runs;
+  actor(type: string): Actor;
+  workflow(name: string): Workflow;
+  actors(): Promise<ActorInfo[]>;
+  workflows(): Promise<WorkflowInfo[]>;
+}

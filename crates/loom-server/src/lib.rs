@@ -33,6 +33,7 @@
 //! ## Routes
 //! | route | what |
 //! |---|---|
+//! | `GET /` | the web console (static files, no key needed; the page asks for the key) |
 //! | `GET /healthz` | `{"status":"ok"}`, no key needed |
 //! | `GET /v1/actors` · `GET /v1/workflows` | registered actors (and whether they stream) · loaded workflows |
 //! | `POST /v1/actors/{type}/run` | run to the end; the `complete` data as JSON (`bad_input` → 422) |
@@ -84,6 +85,7 @@
 mod auth;
 mod backend;
 mod config;
+mod console;
 mod dialect;
 mod error;
 mod extract;

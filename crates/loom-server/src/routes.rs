@@ -63,6 +63,7 @@ pub fn router(state: ServerState) -> Router {
         .route_layer(from_fn_with_state(state.clone(), require_key));
     let router = Router::new()
         .route("/healthz", get(healthz))
+        .merge(crate::console::routes())
         .merge(api)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(body_limit));

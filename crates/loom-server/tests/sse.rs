@@ -204,13 +204,29 @@ async fn an_event_source_reconnecting_to_the_actor_route_never_reruns_it() {
 }
 
 #[tokio::test]
-async fn with_an_api_key_every_route_but_healthz_needs_the_bearer_token() {
+async fn with_an_api_key_every_route_but_healthz_and_the_console_needs_the_bearer_token() {
     let server = TestServer::start(ServerConfig {
         api_key: Some("s3cret".into()),
         ..ServerConfig::default()
     })
     .await;
     assert_eq!(server.get("/healthz").await.status(), 200);
+    // The console's static files: the page asks for the key itself.
+    for (path, kind, contains) in [
+        ("/", "text/html", "<title>Loom console</title>"),
+        ("/console.js", "text/javascript", "from \"/loom-client.js\""),
+        ("/console.css", "text/css", "prefers-color-scheme: dark"),
+        ("/loom-client.js", "text/javascript", "export class Loom"),
+    ] {
+        let response = server.get(path).await;
+        assert_eq!(response.status(), 200, "{path}");
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(content_type.starts_with(kind), "{path}: {content_type}");
+        assert!(response.text().await.unwrap().contains(contains), "{path}");
+    }
     for auth in [
         None,
         Some("Bearer wrong"),

@@ -1,0 +1,195 @@
+// The Loom console: start actors and workflows, watch their runs live, cancel them, re-attach
+// to detached runs. It speaks to this server through loom-client (served at /loom-client.js).
+import { Loom, LoomError } from "/loom-client.js";
+
+const $ = (id) => document.getElementById(id);
+let loom = new Loom({ baseUrl: location.origin, apiKey: localStorage.getItem("loom-key") ?? undefined });
+let current = null; // { id, stream }
+const workflows = new Map();
+
+function status(text) {
+  $("status").textContent = text;
+}
+
+async function load() {
+  try {
+    const [actors, flows] = await Promise.all([loom.actors(), loom.workflows()]);
+    $("key-form").hidden = !loom.apiKey;
+    const select = $("target");
+    select.replaceChildren();
+    for (const a of actors) select.append(new Option(a.name, `actor:${a.name}`));
+    for (const w of flows) {
+      workflows.set(w.name, w);
+      select.append(new Option(`workflow: ${w.name}`, `workflow:${w.name}`));
+    }
+    chosen();
+    status("");
+    await listRuns();
+  } catch (error) {
+    if (error instanceof LoomError && error.status === 401) {
+      $("key-form").hidden = false;
+      $("key").focus();
+      status("This server needs an API key.");
+    } else {
+      status(`Cannot reach the server: ${error.message}`);
+    }
+  }
+}
+
+/** The form follows the chosen target: a prompt for chat-agent, JSON otherwise. */
+function chosen() {
+  const [kind, name] = $("target").value.split(/:(.*)/);
+  const chat = kind === "actor" && name === "chat-agent";
+  $("input-label").textContent = chat ? "Prompt" : "Input (JSON)";
+  $("input").value = chat ? "" : "{}";
+  $("input").placeholder = chat ? "Ask something…" : "{}";
+  const flow = kind === "workflow" ? workflows.get(name) : null;
+  $("target-help").textContent = flow ? `${flow.description ?? ""} Steps: ${(flow.steps ?? []).join(" → ")}` : "";
+}
+
+async function listRuns() {
+  const runs = await loom.runs.list();
+  $("runs").replaceChildren(
+    ...runs.slice(0, 15).map((run) => {
+      const li = document.createElement("li");
+      const name = document.createElement("span");
+      name.textContent = `${run.actor ?? run.workflow} · ${run.status}`;
+      const join = document.createElement("button");
+      join.type = "button";
+      join.textContent = "Open";
+      join.onclick = () => follow(run.run_id, loom.runs.stream(run.run_id));
+      li.append(name, join);
+      return li;
+    }),
+  );
+}
+
+function reset(id) {
+  $("run-id").textContent = id;
+  $("run-state").textContent = "running";
+  $("run-state").className = "badge";
+  for (const box of ["steps", "bars", "lanes"]) $(box).replaceChildren();
+  $("result").hidden = true;
+}
+
+/** The lane of a speaker (a team member, a workflow step, or the run itself). */
+function lane(name) {
+  const key = `lane-${name}`;
+  let el = document.getElementById(key);
+  if (!el) {
+    el = document.createElement("div");
+    el.className = "lane";
+    el.id = key;
+    const title = document.createElement("h3");
+    title.textContent = name === "" ? "output" : name;
+    const text = document.createElement("div");
+    text.className = "text";
+    el.append(title, text);
+    $("lanes").append(el);
+  }
+  return el.querySelector(".text");
+}
+
+function bar(name, progress) {
+  const key = `bar-${name}`;
+  let el = document.getElementById(key);
+  if (!el) {
+    el = document.createElement("div");
+    el.className = "bar";
+    el.id = key;
+    el.append(document.createElement("span"), document.createElement("progress"));
+    $("bars").append(el);
+  }
+  const [label, meter] = el.children;
+  label.textContent = `${name ? `${name}: ` : ""}${progress.message ?? ""} (${progress.current}${progress.total ? `/${progress.total}` : ""})`;
+  meter.max = progress.total ?? progress.current;
+  meter.value = progress.current;
+}
+
+function step(name, state, started) {
+  let li = document.getElementById(`step-${name}`);
+  if (!li) {
+    li = document.createElement("li");
+    li.id = `step-${name}`;
+    li.append(document.createElement("span"), document.createElement("span"));
+    $("steps").append(li);
+  }
+  li.className = state;
+  li.firstChild.textContent = name;
+  li.lastChild.textContent = started ? `${((performance.now() - started) / 1000).toFixed(1)} s` : "";
+}
+
+/** Shows run `id`'s chunks from `stream` until its terminal chunk. */
+async function follow(id, stream) {
+  reset(id);
+  current = { id, stream };
+  $("cancel").disabled = false;
+  const started = new Map();
+  try {
+    for await (const chunk of stream) {
+      if (current.id !== id) return;
+      const who = chunk.actor ?? chunk.step ?? "";
+      if (chunk.event === "action-start") {
+        started.set(chunk.step, performance.now());
+        step(chunk.step, "running");
+      } else if (chunk.event === "action-complete" || chunk.event === "action-failed") {
+        step(chunk.step, chunk.event === "action-complete" ? "done" : "failed", started.get(chunk.step));
+      } else if (chunk.type === "data" && typeof chunk.data?.token === "string") {
+        lane(who).textContent += chunk.data.token;
+      } else if (chunk.type === "progress") {
+        bar(who, chunk.progress);
+      } else if (chunk.type === "complete" || chunk.type === "error") {
+        const state = chunk.type === "complete" ? "complete" : chunk.error.code === "cancelled" ? "cancelled" : "error";
+        $("run-state").textContent = state;
+        $("run-state").className = `badge ${state}`;
+        $("result").hidden = false;
+        $("result").textContent = JSON.stringify(chunk.type === "complete" ? chunk.data : chunk.error, null, 2);
+      }
+    }
+  } catch (error) {
+    status(error.message);
+  } finally {
+    if (current.id === id) $("cancel").disabled = true;
+    listRuns().catch(() => {});
+  }
+}
+
+$("target").onchange = chosen;
+
+$("start-form").onsubmit = async (event) => {
+  event.preventDefault();
+  const [kind, name] = $("target").value.split(/:(.*)/);
+  let input;
+  if ($("input-label").textContent === "Prompt") {
+    input = { prompt: $("input").value };
+  } else {
+    try {
+      input = JSON.parse($("input").value || "{}");
+    } catch (error) {
+      status(`The input is not JSON: ${error.message}`);
+      return;
+    }
+  }
+  try {
+    // A detached run: it survives this page, and any reader can re-attach to it.
+    const { run_id } = await loom.runs.create({ [kind]: name, input });
+    status("");
+    follow(run_id, loom.runs.stream(run_id));
+  } catch (error) {
+    status(error instanceof LoomError ? `${error.code}: ${error.message}` : error.message);
+  }
+};
+
+$("cancel").onclick = async () => {
+  if (current) await loom.runs.cancel(current.id).catch((e) => status(e.message));
+};
+
+$("key-form").onsubmit = (event) => {
+  event.preventDefault();
+  const key = $("key").value;
+  localStorage.setItem("loom-key", key);
+  loom = new Loom({ baseUrl: location.origin, apiKey: key });
+  load();
+};
+
+load();

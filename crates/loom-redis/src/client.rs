@@ -21,6 +21,7 @@ use tokio::sync::OnceCell;
 use crate::error::Error;
 use crate::hub::Hub;
 use crate::keys::{check_name, CancelReason, Keys, DEFAULT_PREFIX};
+use crate::script;
 
 /// How long one command may take before the connection counts as broken.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -171,13 +172,7 @@ impl Client {
     /// A server checks an actor type against this before queueing a request no worker would
     /// take.
     pub async fn served_actors(&self) -> Result<BTreeSet<String>, Error> {
-        let actors: Vec<String> = redis::cmd("ZRANGE")
-            .arg(self.keys().actors())
-            .arg(unix_ms())
-            .arg("+inf")
-            .arg("BYSCORE")
-            .query_async(&mut self.conn())
-            .await?;
+        let actors = script::served(&mut self.conn(), &self.keys().actors()).await?;
         Ok(actors.into_iter().collect())
     }
 

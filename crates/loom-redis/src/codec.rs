@@ -7,7 +7,8 @@
 //! consumer turns into `error/internal` naming the entry id.
 //!
 //! A request entry in `loom:queue:{<type>}` has the fields `run_id <id> actor <type>
-//! input <json> timeout_ms <n> deadline_ms <unix ms>`.
+//! input <json> timeout_ms <n>` (and `traceparent` when the caller has a trace); the run's
+//! deadline is `timeout_ms` after the entry's id, both by Redis's clock.
 
 use std::fmt;
 use std::str::FromStr;
@@ -313,10 +314,10 @@ pub(crate) struct Request {
     pub(crate) run_id: String,
     pub(crate) actor: String,
     pub(crate) input: Json,
-    /// The run's time budget, from when it was requested.
+    /// The run's time budget, from when it was queued: the worker counts it from the request's
+    /// entry id (Redis's clock when it was queued) to Redis's clock now, so no machine's own
+    /// clock takes part.
     pub(crate) timeout_ms: u64,
-    /// When the run must have ended, in Unix milliseconds.
-    pub(crate) deadline_ms: u64,
     /// The caller's W3C trace context (field `traceparent`, only when there is one).
     pub(crate) traceparent: Option<String>,
 }
@@ -334,9 +335,7 @@ impl Request {
             .arg("input")
             .arg(json(&self.input))
             .arg("timeout_ms")
-            .arg(self.timeout_ms)
-            .arg("deadline_ms")
-            .arg(self.deadline_ms);
+            .arg(self.timeout_ms);
         if let Some(traceparent) = &self.traceparent {
             pipe.arg(loom_core::trace::TRACEPARENT).arg(traceparent);
         }
@@ -364,7 +363,6 @@ impl Request {
             actor,
             input,
             timeout_ms: number("timeout_ms")?,
-            deadline_ms: number("deadline_ms")?,
             // Only a plausible value is kept: it becomes a span's parent, never a key.
             traceparent: get(loom_core::trace::TRACEPARENT)
                 .ok()

@@ -180,7 +180,6 @@ impl RemoteInvoker {
             actor: actor_type.to_owned(),
             input,
             timeout_ms,
-            deadline_ms: unix_ms().saturating_add(timeout_ms),
             traceparent: loom_core::trace::current_traceparent(),
         })
     }
@@ -195,7 +194,8 @@ impl RemoteInvoker {
         let record_ttl = (request.timeout_ms / 1000)
             .saturating_add(options.pickup_timeout.as_secs())
             .saturating_add(options.stream_ttl.as_secs());
-        let created_ms = request.deadline_ms.saturating_sub(request.timeout_ms);
+        // For people (the run index and status); no decision reads it.
+        let created_ms = unix_ms();
         let mut pipe = redis::pipe();
         request.add_to(&mut pipe, &keys.queue(&request.actor));
         pipe.cmd("HSET")

@@ -19,6 +19,10 @@
 //! | [`peek`] | stream, cancel | `tail`, and the worker before it starts a run |
 //! | [`renew`] | lease, stream, cancel | the worker's heartbeat |
 //! | [`release`] | lease | the worker handing a run back |
+//! | [`advertise`], [`served`] | actors | the heartbeat marking actor types served; servers asking which are |
+//!
+//! Every script that needs the time reads Redis's own (`TIME`, through [`NOW_MS`]): no decision
+//! depends on two machines' clocks agreeing.
 
 use std::sync::LazyLock;
 
@@ -43,6 +47,15 @@ local function last_entry(key)
   end
   if s and not string.match(s, '^%d+$') then s = nil end
   return last[1][1], (t == 'complete' or t == 'error'), s
+end
+"#;
+
+/// `now_ms()`: Redis's own clock in Unix milliseconds, so that no decision depends on two
+/// machines' clocks agreeing (every party reads the same server's time).
+const NOW_MS: &str = r#"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 "#;
 
@@ -145,14 +158,36 @@ return new
     )
 });
 
-/// KEYS: stream, cancel. Returns `{last id, 1 if terminal else 0, last seq, cancel value}`.
+/// KEYS: stream, cancel. Returns `{last id, 1 if terminal else 0, last seq, cancel value,
+/// Redis's time in ms}`.
 static PEEK: LazyLock<Lua> = LazyLock::new(|| {
-    with_last_entry(
-        r#"
+    with_last_entry(&format!(
+        r#"{NOW_MS}
 local id, terminal, seq = last_entry(KEYS[1])
-return {id or false, terminal and 1 or 0, seq or false, redis.call('GET', KEYS[2])}
-"#,
-    )
+return {{id or false, terminal and 1 or 0, seq or false, redis.call('GET', KEYS[2]), string.format('%d', now_ms())}}
+"#
+    ))
+});
+
+/// KEYS: actors. ARGV: lease in ms, then actor types. Marks each as served until Redis's now
+/// plus the lease (`ZADD GT`: another worker's later mark stands).
+static ADVERTISE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(format!(
+        r#"{NOW_MS}
+local until_ms = string.format('%d', now_ms() + tonumber(ARGV[1]))
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'GT', until_ms, ARGV[i]) end
+return #ARGV - 1
+"#
+    ))
+});
+
+/// KEYS: actors. The actor types whose mark has not lapsed by Redis's now.
+static SERVED: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(format!(
+        r#"{NOW_MS}
+return redis.call('ZRANGE', KEYS[1], string.format('%d', now_ms()), '+inf', 'BYSCORE')
+"#
+    ))
 });
 
 /// KEYS: lease, stream, cancel. ARGV: owner token, lease in ms, stream TTL in seconds.
@@ -252,6 +287,8 @@ pub(crate) struct Peek {
     /// `None` when the stream is empty or does not exist.
     pub(crate) last: Option<LastEntry>,
     pub(crate) cancel: Option<CancelReason>,
+    /// Redis's clock, in Unix milliseconds.
+    pub(crate) now_ms: u64,
 }
 
 /// Reads the last entry of `stream` and the value of `cancel`, in one round trip.
@@ -260,9 +297,18 @@ pub(crate) async fn peek(
     stream: &str,
     cancel: &str,
 ) -> Result<Peek, Error> {
-    let (id, terminal, seq, reason): (Option<String>, i64, Option<String>, Option<String>) = PEEK
+    let (id, terminal, seq, reason, now): (
+        Option<String>,
+        i64,
+        Option<String>,
+        Option<String>,
+        String,
+    ) = PEEK
         .invoke(conn, &PEEK.call(&[stream, cancel], 0, 0))
         .await?;
+    let now_ms = now
+        .parse()
+        .map_err(|_| Error::UnexpectedReply(format!("Redis's time {now:?}")))?;
     let last = match id {
         Some(id) => Some(LastEntry {
             id: id.parse()?,
@@ -274,7 +320,33 @@ pub(crate) async fn peek(
     Ok(Peek {
         last,
         cancel: reason.as_deref().map(CancelReason::parse),
+        now_ms,
     })
+}
+
+/// Marks `actors` as served for `lease_ms` from Redis's now.
+pub(crate) async fn advertise(
+    conn: &mut impl ConnectionLike,
+    key: &str,
+    lease_ms: u64,
+    actors: &[String],
+) -> Result<(), Error> {
+    let bytes: usize = actors.iter().map(String::len).sum();
+    let mut cmd = ADVERTISE.call(&[key], 1 + actors.len(), 16 + bytes);
+    cmd.arg(lease_ms);
+    for actor in actors {
+        cmd.arg(actor);
+    }
+    let _: i64 = ADVERTISE.invoke(conn, &cmd).await?;
+    Ok(())
+}
+
+/// The actor types marked as served until after Redis's now.
+pub(crate) async fn served(
+    conn: &mut impl ConnectionLike,
+    key: &str,
+) -> Result<Vec<String>, Error> {
+    SERVED.invoke(conn, &SERVED.call(&[key], 0, 0)).await
 }
 
 /// What [`renew`] found.

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use loom_core::CancellationToken;
 use redis::Value;
 
-use crate::client::unix_ms;
 use crate::codec::{text, EntryId};
 use crate::error::Error;
 use crate::script::{self, RunKeys};
@@ -58,14 +57,9 @@ pub(crate) async fn heartbeat(shared: Arc<Shared>, served: Vec<String>, stop: Ca
 /// stands). The first tick of the heartbeat comes at once, so a worker is known as soon as
 /// it starts.
 async fn advertise(shared: &Shared, served: &[String]) -> Result<(), Error> {
-    let until = unix_ms() + shared.client.options().lease_ttl.as_millis() as u64;
-    let mut cmd = redis::cmd("ZADD");
-    cmd.arg(shared.client.keys().actors()).arg("GT");
-    for actor in served {
-        cmd.arg(until).arg(actor);
-    }
-    cmd.query_async::<()>(&mut shared.client.conn()).await?;
-    Ok(())
+    let lease_ms = shared.client.options().lease_ttl.as_millis() as u64;
+    let key = shared.client.keys().actors();
+    script::advertise(&mut shared.client.conn(), &key, lease_ms, served).await
 }
 
 /// A request in a queue.

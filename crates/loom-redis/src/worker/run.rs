@@ -17,7 +17,6 @@ use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
-use crate::client::unix_ms;
 use crate::codec::{EntryId, Request};
 use crate::error::Error;
 use crate::keys::CancelReason;
@@ -103,6 +102,10 @@ async fn run_request(
             return Ok(());
         }
     };
+    // The request's age by Redis's clock alone: its queue entry id is Redis's time when it was
+    // queued, `now_ms` Redis's time now. No decision depends on this machine's clock.
+    let age_ms = peek.now_ms.saturating_sub(entry.ms);
+    let remaining = Duration::from_millis(request.timeout_ms.saturating_sub(age_ms));
     let refusal = match peek.cancel {
         Some(CancelReason::Cancelled) => Some(ActorError::cancelled()),
         // Its reader already ended it (worker_lost, timeout) and wrote the terminal chunk.
@@ -114,7 +117,7 @@ async fn run_request(
             ErrorCode::WorkerLost,
             format!("gave up after {} attempts lost their worker", attempt - 1),
         )),
-        None if unix_ms() >= request.deadline_ms => Some(ActorError::new(
+        None if remaining.is_zero() => Some(ActorError::new(
             ErrorCode::Timeout,
             "the run passed its deadline before it started",
         )),
@@ -153,7 +156,7 @@ async fn run_request(
         run_id,
         entry,
     };
-    let result = drive(shared, request, seq, attempt, token, publisher).await;
+    let result = drive(shared, request, seq, attempt, remaining, token, publisher).await;
     drop(held);
     result?;
     if discard.load(Ordering::Acquire) {
@@ -192,6 +195,7 @@ async fn drive(
     request: &Request,
     seq: u64,
     attempt: u32,
+    remaining: Duration,
     token: CancellationToken,
     publisher: Publisher,
 ) -> Result<(), Error> {
@@ -211,10 +215,9 @@ async fn drive(
             return Ok(())
         }
     }
-    let remaining = request.deadline_ms.saturating_sub(unix_ms());
     let options = RunOptions {
         run_id: Some(request.run_id.clone()),
-        timeout: Some(Duration::from_millis(remaining)),
+        timeout: Some(remaining),
         parent: Some(token),
     };
     let attempt_of = Attempt::new(attempt, seq);

@@ -61,3 +61,95 @@ async fn readers_end_with_an_error_and_workers_survive_until_redis_returns() {
     );
     worker.stop().await;
 }
+
+/// The text of a stream's last attempt: its tokens after the last `start` chunk.
+fn last_attempt_text(chunks: &[loom_core::StreamChunk]) -> String {
+    let from = chunks
+        .iter()
+        .rposition(|c| c.kind == ChunkType::Start)
+        .map_or(0, |i| i + 1);
+    chunks[from..]
+        .iter()
+        .filter_map(|c| c.data.as_ref()?.get("token")?.as_str())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_redis_restarted_mid_stream_with_aof_loses_nothing_and_the_stream_completes() {
+    let dir = std::env::temp_dir().join(format!("loom-aof-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir_arg = dir.to_str().unwrap().to_owned();
+    let mut server = RedisServer::start_own_with(&[
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--save",
+        "",
+        "--dir",
+        &dir_arg,
+    ]);
+    let client = client(&server, fast_options()).await;
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+
+    let mut chunks = ticker(&client, 40, 50).await;
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        seen.push(within(10, chunks.next()).await.unwrap());
+    }
+    server.restart();
+    seen.extend(collect(30, chunks).await);
+    let last = seen.last().unwrap();
+    assert_eq!(last.kind, ChunkType::Complete, "{seen:?}");
+    for (i, chunk) in seen.iter().enumerate() {
+        assert_eq!(chunk.seq, i as u64, "gapless, none twice");
+    }
+    // Content, not only seq: what the reader got is the whole text, once.
+    let expected: String = (0..40).map(|i| format!("t{i}")).collect();
+    assert_eq!(last_attempt_text(&seen), expected);
+    assert!(worker.is_running());
+    worker.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_redis_frozen_longer_than_the_lease_ends_every_stream_and_no_process_dies() {
+    let server = RedisServer::start_own();
+    let client = client(&server, fast_options()).await;
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+    let mut chunks = ticker(&client, 40, 50).await;
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        seen.push(within(10, chunks.next()).await.unwrap());
+    }
+    server.pause();
+    // Three leases (800 ms each) without Redis.
+    tokio::time::sleep(std::time::Duration::from_millis(2400)).await;
+    server.resume();
+    seen.extend(collect(30, chunks).await);
+    let last = seen.last().unwrap();
+    match last.kind {
+        ChunkType::Complete => {
+            let expected: String = (0..40).map(|i| format!("t{i}")).collect();
+            assert_eq!(last_attempt_text(&seen), expected, "{seen:?}");
+        }
+        ChunkType::Error => {
+            let code = last.error.as_ref().unwrap().code;
+            assert!(
+                matches!(code, ErrorCode::Upstream | ErrorCode::WorkerLost),
+                "a clear error: {last:?}"
+            );
+        }
+        _ => panic!("the stream ends with a terminal chunk: {seen:?}"),
+    }
+    for (i, chunk) in seen.iter().enumerate() {
+        assert_eq!(chunk.seq, i as u64, "gapless, none twice: {seen:?}");
+    }
+    assert!(worker.is_running());
+    // And it serves again.
+    let again = collect(20, ticker(&client, 3, 0).await).await;
+    assert_eq!(again.last().unwrap().kind, ChunkType::Complete, "{again:?}");
+    worker.stop().await;
+}

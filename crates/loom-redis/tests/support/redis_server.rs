@@ -16,6 +16,8 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     url: String,
+    /// `redis-server` arguments beyond port and bind (default: no persistence).
+    args: Vec<String>,
 }
 
 impl RedisServer {
@@ -26,19 +28,36 @@ impl RedisServer {
                 child: None,
                 port: 0,
                 url,
+                args: Vec::new(),
             };
         }
         Self::start_own()
     }
 
+    /// A `redis-server` of its own started with `args` (e.g. persistence settings) instead of
+    /// the default `--save "" --appendonly no`; a restart keeps them.
+    pub fn start_own_with(args: &[&str]) -> Self {
+        Self::spawned(args.iter().map(|a| (*a).to_owned()).collect())
+    }
+
     /// A `redis-server` of its own on a free port, whatever `LOOM_TEST_REDIS_URL` says: for
     /// tests that stop, freeze or restart it.
     pub fn start_own() -> Self {
+        Self::spawned(
+            ["--save", "", "--appendonly", "no"]
+                .iter()
+                .map(|a| (*a).to_owned())
+                .collect(),
+        )
+    }
+
+    fn spawned(args: Vec<String>) -> Self {
         let port = free_port();
         let mut server = Self {
             child: None,
             port,
             url: format!("redis://127.0.0.1:{port}/"),
+            args,
         };
         server.spawn();
         server
@@ -52,7 +71,7 @@ impl RedisServer {
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

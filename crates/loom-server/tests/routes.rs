@@ -360,3 +360,41 @@ async fn once_shutting_down_new_runs_are_503_unavailable_and_running_ones_end_ca
     let ended = server.finished(&id).await;
     assert_eq!(ended["status"], "cancelled");
 }
+
+#[tokio::test]
+async fn hostile_bodies_are_400_and_the_server_goes_on() {
+    let server = TestServer::default_config().await;
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let invalid_utf8: &[u8] = b"{\"input\": \"\xff\xfe\"}";
+    let bodies: Vec<Vec<u8>> = vec![
+        format!(r#"{{"input": {deep}}}"#).into_bytes(),
+        invalid_utf8.to_vec(),
+        br#"{"input": {"a": 1"#.to_vec(),
+    ];
+    for body in bodies {
+        let response = within(
+            server
+                .http
+                .post(server.url("/v1/actors/echo/stream"))
+                .body(body)
+                .send(),
+        )
+        .await
+        .unwrap();
+        let (status, code, _) = error_of(response).await;
+        assert_eq!((status, code.as_str()), (400, "bad_request"));
+    }
+    // Names that try to escape the key prefix are unknown actors, runs and workflows.
+    for name in ["..", "a:b", "%2A", "%7Bx%7D", "a%20b", &"n".repeat(10_000)] {
+        for path in [
+            format!("/v1/actors/{name}/run"),
+            format!("/v1/workflows/{name}/stream"),
+        ] {
+            let (status, code, _) = error_of(server.post(&path, &json!({})).await).await;
+            assert_eq!((status, code.as_str()), (404, "not_found"), "{path}");
+        }
+        let (status, _, _) = error_of(server.get(&format!("/v1/runs/{name}")).await).await;
+        assert_eq!(status, 404, "{name}");
+    }
+    assert_eq!(server.get("/healthz").await.status(), 200);
+}

@@ -121,3 +121,35 @@ async fn a_worker_advertises_the_actor_types_it_serves_for_one_lease() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_run_past_its_cap_of_chunks_or_bytes_ends_with_a_clear_error() {
+    let server = RedisServer::start();
+    let client = client(&server, fast_options()).await;
+    for (max_run_chunks, max_run_bytes) in [(50, u64::MAX), (u64::MAX, 1_000)] {
+        let probe = Arc::new(Probe::default());
+        let worker = RunningWorker::spawn(
+            &client,
+            runtime(&probe),
+            WorkerOptions {
+                max_run_chunks,
+                max_run_bytes,
+                ..WorkerOptions::default()
+            },
+        );
+        let chunks = collect(10, ticker(&client, 100_000, 0).await).await;
+        assert_contract(&chunks);
+        let last = chunks.last().unwrap();
+        let error = last.error.as_ref().expect("an error chunk");
+        assert_eq!(error.code, loom_core::ErrorCode::ActorFailed, "{last:?}");
+        assert!(error.message.contains("cap"), "{}", error.message);
+        assert!(chunks.len() < 200, "stopped at the cap: {}", chunks.len());
+        if max_run_chunks == 50 {
+            assert_eq!(
+                last.seq, 50,
+                "the error takes the place of the chunk that did not fit"
+            );
+        }
+        worker.stop().await;
+    }
+}

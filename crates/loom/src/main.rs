@@ -70,6 +70,13 @@ struct WorkerArgs {
     /// as actor types `workflows/<name>` (what `loom serve --redis` queues workflow runs to).
     #[arg(long, value_name = "DIR")]
     workflows: Option<PathBuf>,
+    /// The most chunks one run may write to Redis; past it the run ends with an error.
+    #[arg(long, value_name = "N", default_value_t = loom_redis::DEFAULT_MAX_RUN_CHUNKS)]
+    max_run_chunks: u64,
+    /// The most bytes of chunk data one run may write to Redis; past it the run ends with an
+    /// error.
+    #[arg(long, value_name = "BYTES", default_value_t = loom_redis::DEFAULT_MAX_RUN_BYTES)]
+    max_run_bytes: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -317,6 +324,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let options = loom_redis::WorkerOptions {
                 actors,
+                max_run_chunks: args.max_run_chunks,
+                max_run_bytes: args.max_run_bytes,
                 concurrency: usize::from(args.concurrency),
                 ..Default::default()
             };

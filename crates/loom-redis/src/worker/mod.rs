@@ -78,7 +78,19 @@ pub struct WorkerOptions {
     /// The attempt after which a request that keeps losing its worker ends with
     /// `error/worker_lost` instead of running again (default 3).
     pub max_attempts: u32,
+    /// The most chunks one run may write (default [`DEFAULT_MAX_RUN_CHUNKS`]); past it the run
+    /// is stopped and ends with `error/actor_failed` saying so.
+    pub max_run_chunks: u64,
+    /// The most bytes of chunk data one run may write (default [`DEFAULT_MAX_RUN_BYTES`]),
+    /// likewise.
+    pub max_run_bytes: u64,
 }
+
+/// The most chunks one run may write to Redis by default.
+pub const DEFAULT_MAX_RUN_CHUNKS: u64 = 1_000_000;
+
+/// The most bytes of chunk data one run may write to Redis by default (256 MiB).
+pub const DEFAULT_MAX_RUN_BYTES: u64 = 256 * 1024 * 1024;
 
 impl Default for WorkerOptions {
     fn default() -> Self {
@@ -88,6 +100,8 @@ impl Default for WorkerOptions {
             name: None,
             shutdown_grace: Duration::from_secs(30),
             max_attempts: 3,
+            max_run_chunks: DEFAULT_MAX_RUN_CHUNKS,
+            max_run_bytes: DEFAULT_MAX_RUN_BYTES,
         }
     }
 }
@@ -119,7 +133,7 @@ impl Worker {
             .clone()
             .unwrap_or_else(|| format!("worker-{}", uuid::Uuid::new_v4()));
         Self {
-            shared: Arc::new(Shared::new(client, runtime, options.max_attempts, name)),
+            shared: Arc::new(Shared::new(client, runtime, &options, name)),
             options,
         }
     }

@@ -226,7 +226,26 @@ async fn drive(
         .stream_attempt(&request.actor, request.input.clone(), options, attempt_of)
     {
         Ok(mut chunks) => {
+            let (mut count, mut bytes) = (0u64, 0u64);
             while let Some(chunk) = chunks.next().await {
+                count += 1;
+                bytes += data_size(&chunk);
+                if (count > shared.max_run_chunks || bytes > shared.max_run_bytes)
+                    && !chunk.is_terminal()
+                {
+                    // Past the cap: the actor stops (its stream is dropped) and the run ends
+                    // with an error in the place of the chunk that did not fit.
+                    drop(chunks);
+                    let err = ActorError::new(
+                        ErrorCode::ActorFailed,
+                        format!(
+                            "the run's output passed the cap of {} chunks or {} bytes a run may write",
+                            shared.max_run_chunks, shared.max_run_bytes
+                        ),
+                    );
+                    publisher.send(StreamChunk::error(chunk.seq, &err)).await?;
+                    break;
+                }
                 if publisher.send(chunk).await.is_err() {
                     break;
                 }
@@ -239,6 +258,19 @@ async fn drive(
         }
     }
     publisher.finish().await
+}
+
+/// About how many bytes of data `chunk` adds to Redis: a token's text is counted without
+/// serializing it again (the hot path); other payloads are serialized to be measured.
+fn data_size(chunk: &StreamChunk) -> u64 {
+    let Some(data) = &chunk.data else {
+        return 0;
+    };
+    let size = match data.get("token").and_then(|t| t.as_str()) {
+        Some(token) if data.as_object().is_some_and(|o| o.len() == 1) => token.len() + 12,
+        _ => serde_json::to_vec(data).map_or(0, |v| v.len()),
+    };
+    size as u64
 }
 
 /// Marks a request done and removes it from its queue.

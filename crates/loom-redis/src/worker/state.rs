@@ -20,6 +20,9 @@ pub(crate) struct Shared {
     pub(crate) runtime: Runtime,
     /// The attempt after which a request ends with `error/worker_lost` instead of running.
     pub(crate) max_attempts: u32,
+    /// What one run may write: chunks, and bytes of chunk data.
+    pub(crate) max_run_chunks: u64,
+    pub(crate) max_run_bytes: u64,
     /// The worker's consumer name in the group.
     pub(crate) name: String,
     /// The runs held, by run id.
@@ -31,11 +34,18 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(client: Client, runtime: Runtime, max_attempts: u32, name: String) -> Self {
+    pub(crate) fn new(
+        client: Client,
+        runtime: Runtime,
+        options: &super::WorkerOptions,
+        name: String,
+    ) -> Self {
         Self {
             client,
             runtime,
-            max_attempts,
+            max_attempts: options.max_attempts,
+            max_run_chunks: options.max_run_chunks,
+            max_run_bytes: options.max_run_bytes,
             name,
             active: Mutex::new(HashMap::new()),
             waiting: Mutex::new(VecDeque::new()),

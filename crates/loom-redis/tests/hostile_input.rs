@@ -162,3 +162,44 @@ async fn an_unreadable_request_is_dropped_without_stopping_the_worker() {
     assert!(worker.is_running());
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn a_forged_request_for_an_actor_the_worker_does_not_serve_is_refused() {
+    let server = RedisServer::start();
+    let client = client(&server, fast_options()).await;
+    let probe = Arc::new(Probe::default());
+    // The runtime has `echo`, but this worker serves only `ticker`.
+    let worker = RunningWorker::spawn(
+        &client,
+        runtime(&probe),
+        WorkerOptions {
+            actors: vec!["ticker".to_owned()],
+            ..WorkerOptions::default()
+        },
+    );
+    let mut plain = server.plain();
+    let run_id = "forged-0123456789";
+    let _: String = redis::cmd("XADD")
+        .arg(client.keys().queue("ticker"))
+        .arg("*")
+        .arg(&[
+            ("run_id", run_id),
+            ("actor", "echo"),
+            ("input", r#"{"secret":1}"#),
+            ("timeout_ms", "5000"),
+        ])
+        .query(&mut plain)
+        .unwrap();
+    let entries = client.invoker().attach(run_id, None).await.unwrap();
+    let chunks: Vec<_> = within(10, futures::StreamExt::collect::<Vec<_>>(entries)).await;
+    let last = &chunks.last().unwrap().chunk;
+    assert_eq!(last.kind, ChunkType::Error, "{chunks:?}");
+    assert_eq!(last.error.as_ref().unwrap().code, ErrorCode::NotFound);
+    assert!(
+        chunks
+            .iter()
+            .all(|e| e.chunk.data != Some(json!({ "secret": 1 }))),
+        "echo never ran"
+    );
+    worker.stop().await;
+}

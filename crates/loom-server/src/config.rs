@@ -78,3 +78,19 @@ impl fmt::Debug for ServerConfig {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_api_key() {
+        let config = ServerConfig {
+            api_key: Some("s3cret-key".into()),
+            ..ServerConfig::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cret-key"), "{shown}");
+        assert!(shown.contains("<set>"), "{shown}");
+    }
+}

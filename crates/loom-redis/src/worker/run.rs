@@ -124,6 +124,12 @@ async fn run_request(
         None if !shared.runtime.registry().contains(&request.actor) => Some(ActorError::not_found(
             format!("unknown actor type '{}'", request.actor),
         )),
+        // A request in one actor type's queue naming another (written by another client) is
+        // not run: a worker runs only what it serves, from the queue it serves it on.
+        None if keys.queue(&request.actor) != queue => Some(ActorError::not_found(format!(
+            "a request for actor type '{}' in the queue of another",
+            request.actor
+        ))),
         None => None,
     };
     let owner = format!("{}:{attempt}:{entry}", shared.name);

@@ -74,6 +74,9 @@ fn last_attempt_text(chunks: &[loom_core::StreamChunk]) -> String {
         .collect()
 }
 
+/// Also the regression test of a bug this test found: after Redis came back, the worker's cancel
+/// sweep (run when it resubscribes) could not yet read the held runs' cancel keys and cancelled
+/// them, so a healthy run ended `error/cancelled` (5 failures in 6 runs on a loaded machine).
 #[tokio::test]
 async fn a_redis_restarted_mid_stream_with_aof_loses_nothing_and_the_stream_completes() {
     let dir = std::env::temp_dir().join(format!("loom-aof-{}", uuid::Uuid::new_v4().simple()));

@@ -40,7 +40,7 @@ pub(crate) async fn listen_for_cancels(shared: Arc<Shared>, stop: CancellationTo
         // Cancels published while we were not subscribed are still in the cancel keys.
         let held: Vec<String> = shared.active().keys().cloned().collect();
         for run_id in held {
-            cancel_run(&shared, &run_id).await;
+            cancel_run(&shared, &run_id, Unreadable::LeaveRunning).await;
         }
         let mut messages = pubsub.into_on_message();
         loop {
@@ -53,15 +53,26 @@ pub(crate) async fn listen_for_cancels(shared: Arc<Shared>, stop: CancellationTo
                 continue;
             };
             if shared.active().contains_key(&run_id) {
-                cancel_run(&shared, &run_id).await;
+                cancel_run(&shared, &run_id, Unreadable::Stop).await;
             }
         }
         tracing::warn!(worker = %shared.name, "cancel subscription lost; resubscribing");
     }
 }
 
+/// What to do when a run's cancel key cannot be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unreadable {
+    /// A cancel message named the run: stopping it is the safe side.
+    Stop,
+    /// Only the sweep after a (re)subscription looked: nobody asked to stop the run, so it
+    /// goes on (the heartbeat reads the key again within one refresh). Redis just came back
+    /// is exactly when this read fails, and stopping then cancelled healthy runs.
+    LeaveRunning,
+}
+
 /// Stops run `run_id` if its cancel key says so (see [`Active::stop_for`](crate::worker::state::Active::stop_for)).
-async fn cancel_run(shared: &Shared, run_id: &str) {
+async fn cancel_run(shared: &Shared, run_id: &str, unreadable: Unreadable) {
     let mut conn = shared.client.conn();
     let reason: Result<Option<String>, _> = redis::cmd("GET")
         .arg(shared.client.keys().cancel(run_id))
@@ -74,7 +85,11 @@ async fn cancel_run(shared: &Shared, run_id: &str) {
     match reason {
         Ok(Some(reason)) => run.stop_for(CancelReason::parse(&reason)),
         Ok(None) => {}
-        // The message said cancel; without the reason, stopping is the safe side.
-        Err(_) => run.token.cancel(),
+        Err(e) => {
+            tracing::warn!(run_id, error = %e, "could not read the cancel key");
+            if unreadable == Unreadable::Stop {
+                run.token.cancel();
+            }
+        }
     }
 }

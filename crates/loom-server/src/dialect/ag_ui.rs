@@ -36,7 +36,10 @@ use loom_core::{ChunkType, Event, StreamChunk};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::{conversation_input, serve_numbered, speaker, target, token, Numbered, NumberedEvents};
+use super::{
+    chat_tools, conversation_input, serve_numbered, speaker, target, token, Numbered,
+    NumberedEvents,
+};
 use crate::error::ApiError;
 use crate::extract::{LoomJson, TraceParent};
 use crate::runs::StartRequest;
@@ -290,17 +293,7 @@ pub(crate) async fn run(
         None => {
             let mut sampling = Map::new();
             if !request.tools.is_empty() {
-                let tools: Vec<Value> = request
-                    .tools
-                    .iter()
-                    .map(|t| {
-                        json!({ "type": "function", "function": {
-                            "name": t["name"], "description": t["description"],
-                            "parameters": t["parameters"],
-                        }})
-                    })
-                    .collect();
-                sampling.insert("tools".into(), Value::Array(tools));
+                sampling.insert("tools".into(), chat_tools(&request.tools));
             }
             let takes_messages = state.runs().takes_messages(&target);
             conversation_input(takes_messages, chat_messages(request.messages), sampling)?
@@ -336,11 +329,10 @@ mod tests {
     use loom_core::ActorError;
 
     use super::*;
+    use crate::dialect::fixtures;
 
-    fn data(seq: u64, data: Value) -> StreamChunk {
-        let mut chunk = StreamChunk::new(ChunkType::Data, seq);
-        chunk.data = Some(data);
-        chunk
+    fn data(seq: u64, value: Value) -> StreamChunk {
+        fixtures::data(seq, value, None)
     }
 
     fn by(mut chunk: StreamChunk, actor: Option<&str>, step: Option<&str>) -> StreamChunk {
@@ -357,9 +349,7 @@ mod tests {
     }
 
     fn complete(seq: u64) -> StreamChunk {
-        let mut chunk = StreamChunk::new(ChunkType::Complete, seq);
-        chunk.data = Some(json!({ "ok": true }));
-        chunk
+        fixtures::complete(seq, json!({ "ok": true }))
     }
 
     /// The events of `chunks`, checked against the order rules `@ag-ui/client` enforces.

@@ -365,13 +365,7 @@ mod tests {
     use loom_core::ActorError;
 
     use super::*;
-
-    fn data_chunk(seq: u64, data: Value, actor: Option<&str>) -> StreamChunk {
-        let mut chunk = StreamChunk::new(ChunkType::Data, seq);
-        chunk.data = Some(data);
-        chunk.actor = actor.map(str::to_owned);
-        chunk
-    }
+    use crate::dialect::fixtures::data;
 
     fn parts(chunks: &[StreamChunk]) -> Vec<Value> {
         let mut mapping = AiSdkMapping::new("r");
@@ -396,8 +390,8 @@ mod tests {
         complete.data = Some(json!({ "text": "Hi!", "finish_reason": "length", "usage": null }));
         let parts = parts(&[
             StreamChunk::new(ChunkType::Start, 0),
-            data_chunk(1, json!({ "token": "Hi" }), None),
-            data_chunk(2, json!({ "token": "!" }), None),
+            data(1, json!({ "token": "Hi" }), None),
+            data(2, json!({ "token": "!" }), None),
             complete,
         ]);
         assert_eq!(
@@ -427,8 +421,8 @@ mod tests {
         }));
         progress.actor = Some("researcher".into());
         let parts = parts(&[
-            data_chunk(1, json!({ "token": "A" }), Some("researcher")),
-            data_chunk(2, json!({ "token": "B" }), Some("writer")),
+            data(1, json!({ "token": "A" }), Some("researcher")),
+            data(2, json!({ "token": "B" }), Some("writer")),
             progress,
         ]);
         assert_eq!(
@@ -448,9 +442,9 @@ mod tests {
         rerun.attempt = Some(2);
         let parts = parts(&[
             StreamChunk::new(ChunkType::Start, 0),
-            data_chunk(1, json!({ "token": "Once" }), None),
+            data(1, json!({ "token": "Once" }), None),
             rerun,
-            data_chunk(3, json!({ "token": "Once" }), None),
+            data(3, json!({ "token": "Once" }), None),
             StreamChunk::error(4, &ActorError::cancelled()),
         ]);
         assert_eq!(

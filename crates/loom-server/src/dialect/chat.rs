@@ -381,19 +381,7 @@ mod tests {
     use loom_core::ErrorCode;
 
     use super::*;
-
-    fn data(seq: u64, data: Value, actor: Option<&str>) -> StreamChunk {
-        let mut chunk = StreamChunk::new(ChunkType::Data, seq);
-        chunk.data = Some(data);
-        chunk.actor = actor.map(str::to_owned);
-        chunk
-    }
-
-    fn complete(seq: u64, data: Value) -> StreamChunk {
-        let mut chunk = StreamChunk::new(ChunkType::Complete, seq);
-        chunk.data = Some(data);
-        chunk
-    }
+    use crate::dialect::fixtures::{complete, data, logged};
 
     fn map_all(chunks: &[StreamChunk]) -> Vec<Delta> {
         let mut mapping = ChatMapping::default();
@@ -505,14 +493,7 @@ mod tests {
             mapping: ChatMapping::default(),
             opened: false,
         };
-        let logged = |chunk: StreamChunk| {
-            Arc::new(LoggedChunk {
-                seq: chunk.seq,
-                kind: chunk.kind,
-                json: chunk.to_json().into(),
-                in_log: true,
-            })
-        };
+        let logged = |chunk: StreamChunk| logged(&chunk);
         let bytes = stream.frames(&[
             logged(StreamChunk::new(ChunkType::Start, 0)),
             logged(data(1, json!({ "token": "Hi" }), None)),

@@ -68,6 +68,24 @@ pub(crate) fn conversation_input(
     })
 }
 
+/// Flat function tools (`{"type":"function","name","description","parameters"}`, as Responses
+/// and AG-UI send them) in Chat Completions' shape, which actors that take messages read.
+pub(crate) fn chat_tools(tools: &[Value]) -> Value {
+    let tools: Vec<Value> = tools
+        .iter()
+        .map(|tool| {
+            json!({
+                "type": "function",
+                "function": {
+                    "name": tool["name"], "description": tool["description"],
+                    "parameters": tool["parameters"],
+                },
+            })
+        })
+        .collect();
+    Value::Array(tools)
+}
+
 /// A message's text: a string, or the `text` of its text parts.
 fn message_text(content: &Value) -> String {
     match content {
@@ -242,6 +260,47 @@ impl IntoResponse for OpenAiError {
         let mut response = self.0.into_response();
         *response.body_mut() = Json(body).into_response().into_body();
         response
+    }
+}
+
+/// Chunks and log entries for the dialects' mapping tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use std::sync::Arc;
+
+    use loom_core::{ChunkType, StreamChunk};
+    use serde_json::{json, Value};
+
+    use crate::runlog::LoggedChunk;
+
+    /// A `data` chunk, said by `actor` when given.
+    pub(crate) fn data(seq: u64, data: Value, actor: Option<&str>) -> StreamChunk {
+        let mut chunk = StreamChunk::new(ChunkType::Data, seq);
+        chunk.data = Some(data);
+        chunk.actor = actor.map(str::to_owned);
+        chunk
+    }
+
+    /// A token, said by `actor` when given.
+    pub(crate) fn token(seq: u64, text: &str, actor: Option<&str>) -> StreamChunk {
+        data(seq, json!({ "token": text }), actor)
+    }
+
+    /// The terminal `complete` chunk with `data`.
+    pub(crate) fn complete(seq: u64, data: Value) -> StreamChunk {
+        let mut chunk = StreamChunk::new(ChunkType::Complete, seq);
+        chunk.data = Some(data);
+        chunk
+    }
+
+    /// `chunk` as the run log keeps it.
+    pub(crate) fn logged(chunk: &StreamChunk) -> Arc<LoggedChunk> {
+        Arc::new(LoggedChunk {
+            seq: chunk.seq,
+            kind: chunk.kind,
+            json: chunk.to_json().into(),
+            in_log: true,
+        })
     }
 }
 

@@ -35,8 +35,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{
-    conversation_input, parse, result_text, serve_numbered, speaker, target, token, Numbered,
-    NumberedEvents, OpenAiError,
+    chat_tools, conversation_input, parse, result_text, serve_numbered, speaker, target, token,
+    Numbered, NumberedEvents, OpenAiError,
 };
 use crate::backend::RunRef;
 use crate::error::ApiError;
@@ -460,23 +460,6 @@ fn messages(instructions: Option<String>, input: Value) -> Result<Vec<Value>, Ap
     Ok(messages)
 }
 
-/// Responses' function tools (`{"type":"function","name",…}`) in Chat Completions' shape.
-fn chat_tools(tools: Vec<Value>) -> Value {
-    let tools: Vec<Value> = tools
-        .into_iter()
-        .map(|tool| {
-            json!({
-                "type": "function",
-                "function": {
-                    "name": tool["name"], "description": tool["description"],
-                    "parameters": tool["parameters"],
-                },
-            })
-        })
-        .collect();
-    Value::Array(tools)
-}
-
 /// `POST /v1/responses`.
 pub(crate) async fn create(
     State(state): State<ServerState>,
@@ -488,7 +471,7 @@ pub(crate) async fn create(
     for (name, value) in [
         ("temperature", request.temperature),
         ("max_tokens", request.max_output_tokens),
-        ("tools", request.tools.map(chat_tools)),
+        ("tools", request.tools.as_deref().map(chat_tools)),
         ("tool_choice", request.tool_choice),
     ] {
         if let Some(value) = value {
@@ -620,6 +603,7 @@ mod tests {
     use crate::runlog::LoggedChunk;
 
     use super::*;
+    use crate::dialect::fixtures::{complete, logged, token};
 
     fn head() -> Head {
         Head {
@@ -628,19 +612,6 @@ mod tests {
             model: "team-demo".into(),
             created_at: 1,
         }
-    }
-
-    fn token_chunk(seq: u64, text: &str, actor: Option<&str>) -> StreamChunk {
-        let mut chunk = StreamChunk::new(ChunkType::Data, seq);
-        chunk.data = Some(json!({ "token": text }));
-        chunk.actor = actor.map(str::to_owned);
-        chunk
-    }
-
-    fn complete(seq: u64, data: Value) -> StreamChunk {
-        let mut chunk = StreamChunk::new(ChunkType::Complete, seq);
-        chunk.data = Some(data);
-        chunk
     }
 
     fn events(chunks: &[StreamChunk]) -> (Vec<Value>, ResponsesMapping) {
@@ -658,8 +629,8 @@ mod tests {
         let usage = json!({ "prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5 });
         let (events, mapping) = events(&[
             StreamChunk::new(ChunkType::Start, 0),
-            token_chunk(1, "Hel", None),
-            token_chunk(2, "lo", None),
+            token(1, "Hel", None),
+            token(2, "lo", None),
             complete(3, json!({ "text": "Hello", "usage": usage })),
         ]);
         assert_eq!(
@@ -688,9 +659,9 @@ mod tests {
     fn each_team_member_gets_its_own_named_item() {
         let (events, mapping) = events(&[
             StreamChunk::new(ChunkType::Start, 0),
-            token_chunk(1, "A", Some("researcher")),
-            token_chunk(2, "B", Some("writer")),
-            token_chunk(3, "C", Some("researcher")),
+            token(1, "A", Some("researcher")),
+            token(2, "B", Some("writer")),
+            token(3, "C", Some("researcher")),
             complete(4, json!({})),
         ]);
         let output = &mapping.response()["output"];
@@ -705,7 +676,7 @@ mod tests {
     fn a_cancel_fails_the_response_as_cancelled_and_closes_open_items() {
         let (events, _) = events(&[
             StreamChunk::new(ChunkType::Start, 0),
-            token_chunk(1, "Once", None),
+            token(1, "Once", None),
             StreamChunk::error(2, &ActorError::cancelled()),
         ]);
         let last = events.last().unwrap();
@@ -721,9 +692,9 @@ mod tests {
         rerun.attempt = Some(2);
         let (events, mapping) = events(&[
             StreamChunk::new(ChunkType::Start, 0),
-            token_chunk(1, "Once", None),
+            token(1, "Once", None),
             rerun,
-            token_chunk(3, "Twice", None),
+            token(3, "Twice", None),
             complete(4, json!({ "finish_reason": "length" })),
         ]);
         let response = mapping.response();
@@ -743,17 +714,7 @@ mod tests {
             StreamChunk::new(ChunkType::Start, 0),
             complete(1, json!({ "processed": 3 })),
         ];
-        let logged: Vec<Arc<LoggedChunk>> = chunks
-            .iter()
-            .map(|c| {
-                Arc::new(LoggedChunk {
-                    seq: c.seq,
-                    kind: c.kind,
-                    json: c.to_json().into(),
-                    in_log: true,
-                })
-            })
-            .collect();
+        let logged: Vec<Arc<LoggedChunk>> = chunks.iter().map(logged).collect();
         let render = |after| {
             let mut stream = Numbered::new(ResponsesMapping::new(head()), after);
             String::from_utf8(stream.frames(&logged).to_vec()).unwrap()

@@ -92,7 +92,9 @@ class LoomServer:
         self.upstream.shutdown()
 
 
-class ChatCompletions(unittest.TestCase):
+class WithServer(unittest.TestCase):
+    """A test class with its own `loom serve` and an `openai` client for it."""
+
     @classmethod
     def setUpClass(cls):
         cls.loom = LoomServer()
@@ -101,6 +103,9 @@ class ChatCompletions(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.loom.stop()
+
+
+class ChatCompletions(WithServer):
 
     def test_models_list_actors_and_workflows(self):
         ids = [m.id for m in self.client.models.list()]
@@ -186,15 +191,7 @@ class ChatCompletions(unittest.TestCase):
         self.assertEqual(self.loom.get(f"/v1/runs/{run_id}")["status"], "cancelled")
 
 
-class Responses(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.loom = LoomServer()
-        cls.client = cls.loom.client()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.loom.stop()
+class Responses(WithServer):
 
     def test_a_response_streams_its_events_numbered_in_order(self):
         events = list(self.client.responses.create(model="chat-agent", input="hi", stream=True))

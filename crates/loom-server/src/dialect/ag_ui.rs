@@ -37,13 +37,13 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{
-    chat_tools, conversation_input, serve_numbered, speaker, target, token, Numbered,
-    NumberedEvents,
+    chat_tools, conversation_input, serve_numbered, speaker, start_request, target, token,
+    Numbered, NumberedEvents,
 };
 use crate::error::ApiError;
 use crate::extract::{LoomJson, TraceParent};
-use crate::runs::StartRequest;
 use crate::state::ServerState;
+use crate::store::DisconnectPolicy;
 
 /// The body of `POST /v1/ag-ui/{agent}`: AG-UI's `RunAgentInput` (fields Loom has no use for,
 /// such as `state` and `context`, are ignored).
@@ -302,13 +302,12 @@ pub(crate) async fn run(
     let permit = state.stream_permit()?;
     let run = state
         .runs()
-        .start(StartRequest {
+        .start(start_request(
             target,
             input,
-            timeout: None,
-            policy: crate::store::DisconnectPolicy::CancelAfter(state.config().disconnect_grace),
+            DisconnectPolicy::CancelAfter(state.config().disconnect_grace),
             traceparent,
-        })
+        ))
         .await?;
     let mapping = AgUiMapping::new(request.thread_id, run.id());
     serve_numbered(&state, &run, permit, Numbered::new(mapping, None)).await

@@ -32,13 +32,12 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{
-    conversation_input, result_text, serve_numbered, speaker, target, token, Numbered,
-    NumberedEvents,
+    conversation_input, result_text, serve_numbered, speaker, start_request, target, token,
+    Numbered, NumberedEvents,
 };
 use crate::error::ApiError;
 use crate::extract::{LoomJson, TraceParent};
 use crate::runlog::RunStatus;
-use crate::runs::StartRequest;
 use crate::state::ServerState;
 use crate::store::DisconnectPolicy;
 
@@ -305,13 +304,12 @@ pub(crate) async fn send(
     let permit = state.stream_permit()?;
     let run = state
         .runs()
-        .start(StartRequest {
+        .start(start_request(
             target,
             input,
-            timeout: None,
-            policy: DisconnectPolicy::CancelAfter(state.config().disconnect_grace),
+            DisconnectPolicy::CancelAfter(state.config().disconnect_grace),
             traceparent,
-        })
+        ))
         .await?;
     state.runs().name_run(&chat, &run).await?;
     let events = Numbered::new(AiSdkMapping::new(run.id()), None);

@@ -29,12 +29,12 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{
-    conversation_input, openai_error_body, parse, result_text, speaker, target, token, OpenAiError,
+    conversation_input, openai_error_body, parse, result_text, sampling, speaker, start_request,
+    target, token, OpenAiError,
 };
 use crate::error::ApiError;
 use crate::extract::{LoomJson, TraceParent};
 use crate::runlog::LoggedChunk;
-use crate::runs::StartRequest;
 use crate::sse::{self, StreamGuards};
 use crate::state::ServerState;
 use crate::store::DisconnectPolicy;
@@ -179,18 +179,15 @@ pub(crate) async fn completions(
     LoomJson(request): LoomJson<ChatRequest>,
 ) -> Result<Response, OpenAiError> {
     let target = target(&request.model);
-    let mut sampling = Map::new();
-    let max_tokens = request.max_tokens.or(request.max_completion_tokens);
-    for (name, value) in [
+    let sampling = sampling([
         ("temperature", request.temperature),
-        ("max_tokens", max_tokens),
+        (
+            "max_tokens",
+            request.max_tokens.or(request.max_completion_tokens),
+        ),
         ("tools", request.tools),
         ("tool_choice", request.tool_choice),
-    ] {
-        if let Some(value) = value {
-            sampling.insert(name.to_owned(), value);
-        }
-    }
+    ]);
     let takes_messages = state.runs().takes_messages(&target);
     let input = conversation_input(takes_messages, request.messages, sampling)?;
     let permit = if request.stream {
@@ -200,13 +197,12 @@ pub(crate) async fn completions(
     };
     let run = state
         .runs()
-        .start(StartRequest {
+        .start(start_request(
             target,
             input,
-            timeout: None,
-            policy: DisconnectPolicy::CancelAfter(Duration::ZERO),
+            DisconnectPolicy::CancelAfter(Duration::ZERO),
             traceparent,
-        })
+        ))
         .await?;
     let attachment = run.attach().await?;
     let Some(mut feed) = run.open(None).await? else {

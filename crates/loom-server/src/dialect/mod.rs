@@ -28,8 +28,10 @@ use serde_json::{json, Map, Value};
 use crate::backend::RunRef;
 use crate::error::ApiError;
 use crate::runlog::{LoggedChunk, RunTarget};
+use crate::runs::StartRequest;
 use crate::sse::{self, StreamGuards};
 use crate::state::ServerState;
+use crate::store::DisconnectPolicy;
 use bytes::Bytes;
 use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
@@ -66,6 +68,32 @@ pub(crate) fn conversation_input(
         Ok(object @ Value::Object(_)) => object,
         _ => json!({ "prompt": text }),
     })
+}
+
+/// The sampling fields a dialect's request carried, by the names actors read.
+pub(crate) fn sampling<'a>(
+    fields: impl IntoIterator<Item = (&'a str, Option<Value>)>,
+) -> Map<String, Value> {
+    fields
+        .into_iter()
+        .filter_map(|(name, value)| Some((name.to_owned(), value?)))
+        .collect()
+}
+
+/// A run started for a dialect's request: the deadline is the target's own.
+pub(crate) fn start_request(
+    target: RunTarget,
+    input: Value,
+    policy: DisconnectPolicy,
+    traceparent: Option<String>,
+) -> StartRequest {
+    StartRequest {
+        target,
+        input,
+        timeout: None,
+        policy,
+        traceparent,
+    }
 }
 
 /// Flat function tools (`{"type":"function","name","description","parameters"}`, as Responses

@@ -32,17 +32,16 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use loom_core::{ChunkType, ErrorCode, StreamChunk};
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::{
-    chat_tools, conversation_input, parse, result_text, serve_numbered, speaker, target, token,
-    Numbered, NumberedEvents, OpenAiError,
+    chat_tools, conversation_input, parse, result_text, sampling, serve_numbered, speaker,
+    start_request, target, token, Numbered, NumberedEvents, OpenAiError,
 };
 use crate::backend::RunRef;
 use crate::error::ApiError;
 use crate::extract::{LoomJson, TraceParent};
 use crate::runlog::RunInfo;
-use crate::runs::StartRequest;
 use crate::state::ServerState;
 use crate::store::DisconnectPolicy;
 
@@ -467,17 +466,12 @@ pub(crate) async fn create(
     LoomJson(request): LoomJson<CreateResponse>,
 ) -> Result<Response, OpenAiError> {
     let target = target(&request.model);
-    let mut sampling = Map::new();
-    for (name, value) in [
+    let sampling = sampling([
         ("temperature", request.temperature),
         ("max_tokens", request.max_output_tokens),
         ("tools", request.tools.as_deref().map(chat_tools)),
         ("tool_choice", request.tool_choice),
-    ] {
-        if let Some(value) = value {
-            sampling.insert(name.to_owned(), value);
-        }
-    }
+    ]);
     let takes_messages = state.runs().takes_messages(&target);
     let conversation = messages(request.instructions, request.input)?;
     let input = conversation_input(takes_messages, conversation, sampling)?;
@@ -493,13 +487,7 @@ pub(crate) async fn create(
     };
     let run = state
         .runs()
-        .start(StartRequest {
-            target,
-            input,
-            timeout: None,
-            policy,
-            traceparent,
-        })
+        .start(start_request(target, input, policy, traceparent))
         .await?;
     let head = Head::of(&run.info().await?);
     if let Some(permit) = permit {

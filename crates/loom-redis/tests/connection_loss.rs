@@ -156,3 +156,42 @@ async fn a_redis_frozen_longer_than_the_lease_ends_every_stream_and_no_process_d
     assert_eq!(again.last().unwrap().kind, ChunkType::Complete, "{again:?}");
     worker.stop().await;
 }
+
+/// What the reader gets today: `error/worker_lost` ("gave up after 3 attempts lost their
+/// worker"), as each attempt's writes are refused and the request is re-run until the attempt
+/// cap. Clear and bounded, though it does not name the cause (Redis out of memory).
+#[tokio::test]
+async fn a_redis_out_of_memory_ends_the_reader_with_a_clear_error_and_the_worker_serves_again() {
+    let server = RedisServer::start_own_with(&[
+        "--maxmemory",
+        "4mb",
+        "--maxmemory-policy",
+        "noeviction",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]);
+    let client = client(&server, fast_options()).await;
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+    // About 60 bytes of Redis per token: far more than 4 MB.
+    let chunks = collect(30, ticker(&client, 1_000_000, 0).await).await;
+    let last = chunks.last().unwrap();
+    assert_eq!(last.kind, ChunkType::Error, "{last:?}");
+    let code = last.error.as_ref().unwrap().code;
+    assert!(
+        matches!(code, ErrorCode::Upstream | ErrorCode::WorkerLost),
+        "a clear error: {last:?}"
+    );
+    for (i, chunk) in chunks.iter().enumerate() {
+        assert_eq!(chunk.seq, i as u64, "gapless until the end");
+    }
+    assert!(worker.is_running(), "the worker survives");
+    // Memory frees (the full stream goes): the worker serves runs again.
+    let mut plain = server.plain();
+    let _: () = redis::cmd("FLUSHALL").query(&mut plain).unwrap();
+    let again = collect(30, ticker(&client, 3, 0).await).await;
+    assert_eq!(again.last().unwrap().kind, ChunkType::Complete, "{again:?}");
+    worker.stop().await;
+}

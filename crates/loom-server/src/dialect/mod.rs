@@ -16,6 +16,8 @@
 pub(crate) mod ag_ui;
 pub(crate) mod ai_sdk;
 pub(crate) mod chat;
+#[cfg(test)]
+mod properties;
 pub(crate) mod responses;
 
 use axum::http::StatusCode;

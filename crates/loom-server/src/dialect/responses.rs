@@ -82,6 +82,17 @@ pub(crate) struct Head {
 }
 
 impl Head {
+    /// A head for mapping tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Self {
+        Self {
+            id: "resp_r".into(),
+            run_id: "r".into(),
+            model: "m".into(),
+            created_at: 1,
+        }
+    }
+
     /// The head of the run `info` describes.
     pub(crate) fn of(info: &RunInfo) -> Self {
         let model = match (&info.actor, &info.workflow) {

@@ -379,7 +379,7 @@ mod tests {
 
     use super::*;
 
-    fn fields_of(chunk: &StreamChunk) -> Vec<Value> {
+    pub(super) fn fields_of(chunk: &StreamChunk) -> Vec<Value> {
         let mut pipe = redis::pipe();
         add_chunk(&mut pipe, "k", chunk);
         let packed = pipe.cmd_iter().next().map(|c| {
@@ -455,6 +455,127 @@ mod tests {
         assert_eq!(b.to_string(), "6-0");
         for bad in ["", "-", "a-1", "1-", "1-2-3", "+1", "$"] {
             assert!(bad.parse::<EntryId>().is_err(), "{bad}");
+        }
+    }
+}
+
+/// The entry decoder against arbitrary chunks and arbitrary fields (`PROPTEST_CASES` sets how
+/// many; 2,000 by default).
+#[cfg(test)]
+mod properties {
+    use loom_core::{ChunkType, ErrorCode, ErrorInfo, Event, Progress, StreamChunk};
+    use proptest::prelude::*;
+    use redis::Value;
+    use serde_json::{json, Value as Json};
+
+    use super::decode_chunk;
+    use super::tests::fields_of;
+
+    fn json_value() -> impl Strategy<Value = Json> {
+        let leaf = prop_oneof![
+            Just(Json::Null),
+            any::<bool>().prop_map(Json::from),
+            any::<i64>().prop_map(Json::from),
+            ".{0,12}".prop_map(Json::from),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Json::Array),
+                proptest::collection::btree_map(".{0,6}", inner, 0..4)
+                    .prop_map(|m| Json::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn chunk() -> impl Strategy<Value = StreamChunk> {
+        let kind = prop_oneof![
+            Just(ChunkType::Start),
+            Just(ChunkType::Progress),
+            Just(ChunkType::Data),
+            Just(ChunkType::Complete),
+            Just(ChunkType::Error),
+        ];
+        let event = prop_oneof![
+            Just(None),
+            Just(Some(Event::ActionStart)),
+            Just(Some(Event::ActionComplete)),
+            Just(Some(Event::ActionRetry)),
+            Just(Some(Event::ActionFailed)),
+        ];
+        (
+            kind,
+            any::<u64>(),
+            proptest::option::of(json_value()),
+            proptest::option::of((
+                any::<u64>(),
+                proptest::option::of(any::<u64>()),
+                proptest::option::of(".{0,12}"),
+            )),
+            proptest::option::of((".{0,12}", any::<bool>())),
+            proptest::option::of(".{1,8}"),
+            proptest::option::of(".{1,8}"),
+            event,
+            proptest::option::of(2u32..10),
+        )
+            .prop_map(
+                |(kind, seq, data, progress, error, actor, step, event, attempt)| {
+                    let mut c = StreamChunk::new(kind, seq);
+                    // As the runtime makes them: `start`, `data` and `complete` always carry a
+                    // payload (maybe `null`); on the others `null` and "none" are one.
+                    c.data = match kind {
+                        ChunkType::Start | ChunkType::Data | ChunkType::Complete => {
+                            Some(data.unwrap_or(Json::Null))
+                        }
+                        _ => data.filter(|d| !d.is_null()),
+                    };
+                    c.progress = progress.map(|(current, total, message)| {
+                        Box::new(Progress {
+                            current,
+                            total,
+                            message,
+                        })
+                    });
+                    c.error = error.map(|(message, retryable)| {
+                        Box::new(ErrorInfo {
+                            code: ErrorCode::Upstream,
+                            message,
+                            retryable,
+                        })
+                    });
+                    c.actor = actor;
+                    c.step = step;
+                    c.event = event;
+                    c.attempt = attempt;
+                    c
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        #[test]
+        fn every_chunk_round_trips_exactly(chunk in chunk()) {
+            prop_assert_eq!(decode_chunk(&fields_of(&chunk)), Ok(chunk));
+        }
+
+        #[test]
+        fn arbitrary_fields_decode_or_fail_cleanly(
+            fields in proptest::collection::vec(
+                prop_oneof![
+                    Just(b"type".to_vec()), Just(b"data".to_vec()), Just(b"seq".to_vec()),
+                    Just(b"error".to_vec()), Just(b"data".to_vec()), Just(b"7".to_vec()),
+                    Just(json!({"token": "x"}).to_string().into_bytes()),
+                    proptest::collection::vec(any::<u8>(), 0..12),
+                ],
+                0..10,
+            )
+        ) {
+            let fields: Vec<Value> = fields.into_iter().map(Value::BulkString).collect();
+            // Never a panic: a chunk, or an error naming what is wrong.
+            if let Err(why) = decode_chunk(&fields) {
+                prop_assert!(!why.is_empty());
+            }
         }
     }
 }

@@ -191,3 +191,55 @@ fn an_openai_stream_parses_event_by_event() {
     assert_eq!(events.len(), 4);
     assert_eq!(events[3].1, "[DONE]");
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::parse;
+
+    /// An event: an optional type and its data lines.
+    fn event() -> impl Strategy<Value = (Option<String>, Vec<String>)> {
+        (
+            proptest::option::of("[a-z]{1,6}"),
+            proptest::collection::vec("[a-zA-Z0-9 :{}\"]{1,12}", 1..4),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        /// Any events, any line endings, cut into any pieces: the same events.
+        #[test]
+        fn any_stream_cut_anywhere_gives_the_same_events(
+            events in proptest::collection::vec(event(), 0..6),
+            ending in prop_oneof![Just("\n"), Just("\r\n"), Just("\r")],
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..8),
+        ) {
+            let mut text = String::new();
+            for (kind, lines) in &events {
+                if let Some(kind) = kind {
+                    text.push_str(&format!("event: {kind}{ending}"));
+                }
+                for line in lines {
+                    text.push_str(&format!("data: {line}{ending}"));
+                }
+                text.push_str(ending);
+            }
+            let bytes = text.as_bytes();
+            let mut at: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
+            at.sort_unstable();
+            let mut pieces = Vec::new();
+            let mut from = 0;
+            for cut in at {
+                pieces.push(&bytes[from..cut]);
+                from = cut;
+            }
+            pieces.push(&bytes[from..]);
+            let expected: Vec<(Option<String>, String)> = events
+                .iter()
+                .map(|(kind, lines)| (kind.clone(), lines.join("\n")))
+                .collect();
+            prop_assert_eq!(parse(&pieces), expected);
+        }
+    }
+}

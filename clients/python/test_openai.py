@@ -229,6 +229,12 @@ class Responses(WithServer):
             "Draft: Loom let users watch work happen, stop it at will, and trust what they see.",
         )
 
+    def test_a_workflow_answers_with_its_steps_result(self):
+        response = self.client.responses.create(model="workflows/batch-report", input='{"count": 200}')
+        self.assertEqual(response.status, "completed")
+        result = json.loads(response.output_text)
+        self.assertEqual(result["steps"]["process"]["processed"], 200)
+
     def test_a_background_stream_dropped_mid_way_resumes_with_starting_after(self):
         stream = self.client.responses.create(
             model="team-demo", input="Loom", background=True, stream=True

@@ -103,6 +103,13 @@ impl From<WorkflowError> for ActorError {
 pub enum Problem {
     /// The file name does not end in `.yaml`, `.yml` or `.json`.
     UnsupportedFormat,
+    /// The definition is larger than a definition may be.
+    TooLarge {
+        /// Its size, in bytes.
+        size: u64,
+        /// The most bytes a definition may have.
+        limit: u64,
+    },
     /// The parser rejected the text: bad syntax, an unknown field, a wrong type, a missing field.
     Syntax(String),
     /// The workflow has no actions.
@@ -184,6 +191,10 @@ impl fmt::Display for Problem {
             Self::UnsupportedFormat => {
                 f.write_str("unsupported file type: use a .yaml, .yml or .json file")
             }
+            Self::TooLarge { size, limit } => write!(
+                f,
+                "the definition is {size} bytes; a workflow definition may have at most {limit}"
+            ),
             Self::Syntax(message) => f.write_str(message),
             Self::NoActions => f.write_str("the workflow has no actions"),
             Self::InvalidName(name) => write!(

@@ -65,7 +65,7 @@ mod workflow;
 pub use duration::parse_duration;
 pub use error::{DurationError, Problem, WorkflowError};
 pub use executor::{WorkflowExecutor, DEFAULT_WORKFLOW_TIMEOUT, WORKFLOW_ACTOR_PREFIX};
-pub use load::{load, parse};
+pub use load::{load, parse, MAX_DEFINITION_BYTES};
 pub use schema::{InputSchema, JsonType, PropertySchema};
 pub use validate::validate;
 pub use workflow::{Action, ActorAction, ParallelGroup, Workflow, DEFAULT_BACKOFF, MAX_BACKOFF};

@@ -26,6 +26,10 @@ use crate::workflow::{Action, ActorAction, ParallelGroup, Workflow, DEFAULT_BACK
 /// The longest `timeout` or `backoff` a definition may set.
 const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// The largest workflow definition, in bytes (1 MiB): hundreds of times what a real one needs,
+/// and small enough that a hostile file is refused before it is read or parsed.
+pub const MAX_DEFINITION_BYTES: u64 = 1024 * 1024;
+
 // ---- raw, as written --------------------------------------------------------------------
 
 #[derive(Deserialize)]
@@ -81,6 +85,18 @@ fn line_of<T>(spanned: &Spanned<T>) -> Option<usize> {
 
 // ---- entry points -----------------------------------------------------------------------
 
+fn too_large(file: &str, size: u64) -> WorkflowError {
+    WorkflowError::Definition {
+        file: file.to_owned(),
+        line: None,
+        action: None,
+        problem: Box::new(Problem::TooLarge {
+            size,
+            limit: MAX_DEFINITION_BYTES,
+        }),
+    }
+}
+
 /// Reads and parses the workflow file at `path`; the extension must be `.yaml`, `.yml` or
 /// `.json`. `knows` says whether an actor type can be run, e.g. `&|t| invoker.knows(t)`.
 pub fn load(
@@ -89,10 +105,15 @@ pub fn load(
 ) -> Result<Workflow, WorkflowError> {
     let path = path.as_ref();
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| WorkflowError::Read {
+    let read_error = |source| WorkflowError::Read {
         file: file.clone(),
         source,
-    })?;
+    };
+    let size = std::fs::metadata(path).map_err(read_error)?.len();
+    if size > MAX_DEFINITION_BYTES {
+        return Err(too_large(&file, size));
+    }
+    let text = std::fs::read_to_string(path).map_err(read_error)?;
     parse(&text, &file, knows)
 }
 
@@ -111,6 +132,9 @@ pub fn parse(
     };
     if !is_supported(source_name) {
         return Err(definition_error(None, None, Problem::UnsupportedFormat));
+    }
+    if text.len() as u64 > MAX_DEFINITION_BYTES {
+        return Err(too_large(source_name, text.len() as u64));
     }
     let raw = read_raw(text)
         .map_err(|e| definition_error(e.line, e.action, Problem::Syntax(e.message)))?;

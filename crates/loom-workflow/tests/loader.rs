@@ -398,3 +398,44 @@ fn yaml_1_2_scalars_and_tab_indented_json_read_as_before() {
     };
     assert_eq!(a.timeout, Some(std::time::Duration::from_millis(2500)));
 }
+
+#[test]
+fn a_50_mb_file_is_refused_before_it_is_read() {
+    let path = std::env::temp_dir().join(format!("loom-huge-{}.yaml", std::process::id()));
+    let file = std::fs::File::create(&path).unwrap();
+    file.set_len(50 * 1024 * 1024).unwrap(); // sparse: 50 MB without writing them
+    let started = std::time::Instant::now();
+    let err = loom_workflow::load(&path, &known).expect_err("too large");
+    let _ = std::fs::remove_file(&path);
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    match &err {
+        WorkflowError::Definition { problem, .. } => assert!(
+            matches!(**problem, Problem::TooLarge { size, limit } if size == 50 * 1024 * 1024 && limit == loom_workflow::MAX_DEFINITION_BYTES),
+            "{err}"
+        ),
+        other => panic!("{other}"),
+    }
+    assert!(err.to_string().contains("at most 1048576"), "{err}");
+    // The same limit holds for text handed to `parse`.
+    let big = format!("name: w\n# {}\n", "x".repeat(2 * 1024 * 1024));
+    assert!(matches!(
+        reject(&big),
+        WorkflowError::Definition { problem, .. } if matches!(*problem, Problem::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn ten_thousand_actions_load_and_a_reference_cycle_is_refused() {
+    let mut yaml = String::from("name: many\nactions:\n");
+    for i in 0..10_000 {
+        yaml.push_str(&format!(
+            "  - name: s{i}\n    type: actor\n    actorType: echo\n"
+        ));
+    }
+    let workflow = parse(&yaml, "many.yaml", &known).expect("10,000 actions are a workflow");
+    assert_eq!(workflow.steps().count(), 10_000);
+    // Two steps that read each other: the loader names the cycle.
+    let cycle = "name: loop\nactions:\n  - name: a\n    type: actor\n    actorType: echo\n    input: { x: \"${{ steps.b.output }}\" }\n  - name: b\n    type: actor\n    actorType: echo\n    input: { x: \"${{ steps.a.output }}\" }\n";
+    let err = reject(cycle);
+    assert!(err.to_string().contains("reference cycle: a -> b -> a"), "{err}");
+}

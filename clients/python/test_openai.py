@@ -167,6 +167,14 @@ class ChatCompletions(WithServer):
         result = json.loads(completion.choices[0].message.content)
         self.assertEqual(result["steps"]["process"]["processed"], 200)
 
+    def test_a_one_megabyte_prompt_reaches_the_model_whole(self):
+        prompt = "x" * 1_000_000
+        completion = self.client.chat.completions.create(
+            model="chat-agent", messages=[{"role": "user", "content": prompt}]
+        )
+        self.assertEqual(completion.choices[0].message.content, "Hello world")
+        self.assertEqual(Upstream.requests[-1]["messages"][-1]["content"], prompt)
+
     def test_errors_are_openai_errors(self):
         with self.assertRaises(openai.NotFoundError) as caught:
             self.client.chat.completions.create(model="nobody", messages=[{"role": "user", "content": "x"}])

@@ -6,10 +6,14 @@
 //! - latency: actor yield → reader per chunk at 1,000 chunks/s, p50/p99, next to one bare
 //!   XADD round trip;
 //! - scale: 10,000 concurrent remote streams read by one process: Redis connections it uses
-//!   and its memory (RSS delta); the worker runs in a subprocess (this binary, `--worker`).
+//!   and its memory (RSS delta); the worker runs in a subprocess (this binary, `--worker`);
+//! - soak: 10,000 concurrent remote streams at 2 chunks/s each for 5 minutes (20,000 chunks/s
+//!   in all), worker in a subprocess: chunks/s, time to first chunk and per-chunk latency
+//!   (p50/p99), both processes' RSS at start and end, Redis connections, errors. Only on
+//!   request (`-- soak`); `-- soak quick` holds 1,000 streams for 20 s.
 //!
 //! `cargo bench -p loom-redis --bench remote_stream` (add `-- quick` for a short run, and
-//! `throughput`, `latency` or `scale` to run only those).
+//! `throughput`, `latency`, `scale` or `soak` to run only those).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -81,6 +85,39 @@ impl Actor for Paced {
     }
 }
 
+/// Now, in nanoseconds since the Unix epoch: the clock a worker process and a reader process
+/// on one machine share.
+fn wall_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// `stamped`: like `paced`, stamped with the wall clock (the reader is another process).
+struct Stamped;
+
+#[async_trait]
+impl Actor for Stamped {
+    fn name(&self) -> &str {
+        "stamped"
+    }
+    fn streams(&self) -> bool {
+        true
+    }
+    fn stream(self: Arc<Self>, input: Value, _ctx: ActorContext) -> ActorStream {
+        let count = input["count"].as_u64().unwrap_or(0);
+        let every = Duration::from_micros(input["every_us"].as_u64().unwrap_or(500_000));
+        Box::pin(async_stream::try_stream! {
+            let mut tick = tokio::time::interval(every);
+            for _ in 0..count {
+                tick.tick().await;
+                yield Output::data(json!({ "t": wall_ns() }));
+            }
+            yield Output::complete(json!(null));
+        })
+    }
+}
+
 /// `hold`: yields one token, waits `ms`, completes — an idle live stream.
 struct Hold;
 
@@ -107,6 +144,7 @@ fn runtime() -> Runtime {
     registry
         .register(Arc::new(Flood))
         .register(Arc::new(Paced))
+        .register(Arc::new(Stamped))
         .register(Arc::new(Hold));
     Runtime::new(registry, Extensions::new())
 }
@@ -491,6 +529,149 @@ async fn scale(server: &RedisServer, streams: usize) {
     println!("completed: {completed}/{streams}");
 }
 
+fn rss_mib_of(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// What one soak stream saw.
+#[derive(Default)]
+struct Seen {
+    first: Option<Duration>,
+    chunks: u64,
+    /// Every 5th chunk's latency, in microseconds.
+    latencies: Vec<u32>,
+    ok: bool,
+}
+
+async fn soak(server: &RedisServer, streams: usize, secs: u64) {
+    let rate = 2;
+    println!("## soak: {streams} remote streams at {rate} chunks/s each for {secs} s");
+    let prefix = "bench-soak:";
+    let exe = std::env::current_exe().expect("own path");
+    let mut worker = Command::new(exe)
+        .args(["--worker", server.url(), prefix, &streams.to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the worker process");
+    let worker_pid = worker.id();
+    let probe = redis::Client::open(server.url()).expect("url");
+    let mut probe = probe
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before_conns = connections(&mut probe).await;
+    let reader = Client::connect_with(server.url(), options(prefix))
+        .await
+        .expect("connect");
+    let invoker = reader.invoker();
+    let count = secs * rate;
+    let input = json!({ "count": count, "every_us": 1_000_000 / rate });
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(streams);
+    for _ in 0..streams {
+        let asked = Instant::now();
+        let options = RunOptions {
+            timeout: Some(Duration::from_secs(secs * 3 + 60)),
+            ..RunOptions::default()
+        };
+        let mut chunks = invoker
+            .stream("stamped", input.clone(), options)
+            .await
+            .expect("invoke");
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Seen::default();
+            let mut expected = 0;
+            while let Some(chunk) = chunks.next().await {
+                if chunk.seq != expected {
+                    return seen; // a gap or a repeat: not ok
+                }
+                expected += 1;
+                match chunk.kind {
+                    loom_core::ChunkType::Data => {
+                        seen.chunks += 1;
+                        seen.first.get_or_insert_with(|| asked.elapsed());
+                        if seen.chunks % 5 == 0 {
+                            let t = chunk
+                                .data
+                                .as_ref()
+                                .and_then(|d| d["t"].as_u64())
+                                .unwrap_or(0);
+                            let us = wall_ns().saturating_sub(t) / 1000;
+                            seen.latencies.push(us.min(u64::from(u32::MAX)) as u32);
+                        }
+                    }
+                    loom_core::ChunkType::Complete => seen.ok = true,
+                    _ => {}
+                }
+            }
+            seen
+        }));
+    }
+    let started = start.elapsed();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (reader_start, worker_start) = (rss_kib() as f64 / 1024.0, rss_mib_of(worker_pid));
+    let conns = connections(&mut probe).await.saturating_sub(before_conns);
+    let mut reader_end = reader_start;
+    let mut worker_end = worker_start;
+    let mut seen = Vec::with_capacity(streams);
+    let mut pending = tasks.into_iter();
+    // Sample RSS near the end, while the streams are still live.
+    tokio::time::sleep(Duration::from_secs(secs.saturating_sub(10))).await;
+    reader_end = reader_end
+        .max(rss_kib() as f64 / 1024.0)
+        .min(rss_kib() as f64 / 1024.0);
+    worker_end = worker_end
+        .max(rss_mib_of(worker_pid))
+        .min(rss_mib_of(worker_pid));
+    for task in pending.by_ref() {
+        seen.push(task.await.unwrap_or_default());
+    }
+    let took = start.elapsed();
+    let _ = worker.kill();
+    let _ = worker.wait();
+    let chunks: u64 = seen.iter().map(|s| s.chunks).sum();
+    let errors = seen.iter().filter(|s| !s.ok || s.chunks != count).count();
+    let mut firsts: Vec<Duration> = seen.iter().filter_map(|s| s.first).collect();
+    firsts.sort();
+    let mut lat: Vec<u32> = seen
+        .iter()
+        .flat_map(|s| s.latencies.iter().copied())
+        .collect();
+    lat.sort_unstable();
+    let us = |p: f64| {
+        let i = ((lat.len().max(1) - 1) as f64 * p).round() as usize;
+        Duration::from_micros(u64::from(lat.get(i).copied().unwrap_or(0)))
+    };
+    println!(
+        "streams started in {:.1} s; all ended after {:.1} s",
+        started.as_secs_f64(),
+        took.as_secs_f64()
+    );
+    println!(
+        "chunks: {chunks} ({:.0} chunks/s over the run)",
+        chunks as f64 / took.as_secs_f64()
+    );
+    println!(
+        "time to first chunk p50 {} p99 {}",
+        ms(percentile(&firsts, 0.5)),
+        ms(percentile(&firsts, 0.99))
+    );
+    println!("per-chunk latency p50 {} p99 {}", ms(us(0.5)), ms(us(0.99)));
+    println!(
+        "RSS: reader {reader_start:.1} -> {reader_end:.1} MiB, worker {worker_start:.1} -> {worker_end:.1} MiB"
+    );
+    println!("Redis connections used by the reading process: {conns}");
+    println!("errors (a stream not complete, short, gapped or repeated): {errors}");
+}
+
 async fn run_worker(url: &str, prefix: &str, concurrency: usize) {
     let client = Client::connect_with(url, options(prefix))
         .await
@@ -524,11 +705,12 @@ fn main() {
         .unwrap_or("6379")
         .trim_end_matches('/')
         .to_owned();
-    let only: Vec<&str> = ["throughput", "latency", "scale"]
+    let only: Vec<&str> = ["throughput", "latency", "scale", "soak"]
         .into_iter()
         .filter(|name| args.iter().any(|a| a == name))
         .collect();
-    let wants = |name: &str| only.is_empty() || only.contains(&name);
+    // The soak takes minutes: only when asked for.
+    let wants = |name: &str| (only.is_empty() && name != "soak") || only.contains(&name);
     rt.block_on(async {
         if wants("throughput") {
             throughput(&server, &port, if quick { 50_000 } else { 200_000 }).await;
@@ -538,6 +720,13 @@ fn main() {
         }
         if wants("scale") {
             scale(&server, if quick { 1000 } else { 10_000 }).await;
+        }
+        if wants("soak") {
+            if quick {
+                soak(&server, 1000, 20).await;
+            } else {
+                soak(&server, 10_000, 300).await;
+            }
         }
     });
 }

@@ -437,5 +437,8 @@ fn ten_thousand_actions_load_and_a_reference_cycle_is_refused() {
     // Two steps that read each other: the loader names the cycle.
     let cycle = "name: loop\nactions:\n  - name: a\n    type: actor\n    actorType: echo\n    input: { x: \"${{ steps.b.output }}\" }\n  - name: b\n    type: actor\n    actorType: echo\n    input: { x: \"${{ steps.a.output }}\" }\n";
     let err = reject(cycle);
-    assert!(err.to_string().contains("reference cycle: a -> b -> a"), "{err}");
+    assert!(
+        err.to_string().contains("reference cycle: a -> b -> a"),
+        "{err}"
+    );
 }

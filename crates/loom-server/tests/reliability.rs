@@ -113,3 +113,68 @@ async fn shutting_down_with_a_hundred_open_streams_ends_each_with_its_terminal_c
         assert_eq!(last.data.as_ref().unwrap()["error"]["code"], "cancelled");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_dropped_and_the_log_stays_bounded() {
+    use std::io::{Read, Write};
+
+    let server = TestServer::start(ServerConfig {
+        log_limits: loom_server::LogLimits {
+            max_chunks: 1_000,
+            max_bytes: usize::MAX,
+        },
+        ..ServerConfig::default()
+    })
+    .await;
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    // 20,000 items: 40,002 chunks, written as fast as the actor can, to a client that reads
+    // only the response head.
+    let body = json!({ "input": { "count": 20_000, "batch_size": 1, "delay_ms": 0 } }).to_string();
+    let mut socket = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        socket,
+        "POST /v1/actors/batch/stream HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut head = [0u8; 512];
+    let n = socket.read(&mut head).unwrap();
+    let head = String::from_utf8_lossy(&head[..n]).to_string();
+    let id = head
+        .lines()
+        .find_map(|l| l.strip_prefix("loom-run-id: "))
+        .unwrap_or_else(|| panic!("{head}"))
+        .trim()
+        .to_owned();
+    // The run does not wait for its reader: it completes while nothing is read.
+    let status = server.finished(&id).await;
+    assert_eq!(status["status"], "complete");
+    assert_eq!(status["last_seq"], 40_001);
+    // The log kept only its bound: the start is gone (410), the end is there.
+    let gone = server.get(&format!("/v1/runs/{id}/stream?from=0")).await;
+    assert_eq!(gone.status(), 410);
+    let kept = server
+        .get(&format!("/v1/runs/{id}/stream?from=39990"))
+        .await;
+    assert_eq!(
+        seqs(&SseReader::new(kept).rest().await),
+        (39_991..=40_001).collect::<Vec<_>>()
+    );
+    // The client that never read is disconnected once it reads again: its place was dropped,
+    // and it ends without a terminal chunk (a resume would get the 410).
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = socket.read_to_end(&mut rest);
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        !text.contains("event: complete"),
+        "no terminal for a dropped reader"
+    );
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("\nloom_slow_readers_dropped_total 1\n"),
+        "{metrics}"
+    );
+}

@@ -19,7 +19,7 @@
 mod support;
 
 use std::process::{Command, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -31,10 +31,12 @@ use loom_redis::{Client, ClientOptions, Worker, WorkerOptions};
 use serde_json::{json, Value};
 use support::RedisServer;
 
-/// The clock both the actor and the reader read (one process).
-fn origin() -> Instant {
-    static ORIGIN: OnceLock<Instant> = OnceLock::new();
-    *ORIGIN.get_or_init(Instant::now)
+/// Now, in nanoseconds since the Unix epoch: the clock an actor stamps its chunks with and the
+/// reader compares them to, also when the worker is another process on the same machine.
+fn wall_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// `flood`: yields `count` tokens as fast as it is pulled, then completes.
@@ -77,40 +79,6 @@ impl Actor for Paced {
             let mut tick = tokio::time::interval(every);
             for _ in 0..count {
                 tick.tick().await;
-                let t = origin().elapsed().as_nanos() as u64;
-                yield Output::data(json!({ "t": t }));
-            }
-            yield Output::complete(json!(null));
-        })
-    }
-}
-
-/// Now, in nanoseconds since the Unix epoch: the clock a worker process and a reader process
-/// on one machine share.
-fn wall_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
-/// `stamped`: like `paced`, stamped with the wall clock (the reader is another process).
-struct Stamped;
-
-#[async_trait]
-impl Actor for Stamped {
-    fn name(&self) -> &str {
-        "stamped"
-    }
-    fn streams(&self) -> bool {
-        true
-    }
-    fn stream(self: Arc<Self>, input: Value, _ctx: ActorContext) -> ActorStream {
-        let count = input["count"].as_u64().unwrap_or(0);
-        let every = Duration::from_micros(input["every_us"].as_u64().unwrap_or(500_000));
-        Box::pin(async_stream::try_stream! {
-            let mut tick = tokio::time::interval(every);
-            for _ in 0..count {
-                tick.tick().await;
                 yield Output::data(json!({ "t": wall_ns() }));
             }
             yield Output::complete(json!(null));
@@ -144,7 +112,6 @@ fn runtime() -> Runtime {
     registry
         .register(Arc::new(Flood))
         .register(Arc::new(Paced))
-        .register(Arc::new(Stamped))
         .register(Arc::new(Hold));
     Runtime::new(registry, Extensions::new())
 }
@@ -165,8 +132,9 @@ fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1e3)
 }
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+/// A process's resident memory, from `/proc/<pid>/status`.
+fn rss_kib_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -175,6 +143,15 @@ fn rss_kib() -> u64 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// This process's resident memory.
+fn rss_kib() -> u64 {
+    rss_kib_of(std::process::id())
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
 }
 
 /// CPU time this process has used (user + system), from `/proc/self/stat` (Linux, 100 ticks/s).
@@ -407,7 +384,6 @@ async fn latency(server: &RedisServer, count: u64) {
     let worker = tokio::spawn(worker.run(async {
         let _ = stopped.await;
     }));
-    let _ = origin();
     let mut chunks = reader
         .invoker()
         .stream(
@@ -419,7 +395,7 @@ async fn latency(server: &RedisServer, count: u64) {
         .expect("invoke");
     let mut lat = Vec::with_capacity(count as usize);
     while let Some(chunk) = chunks.next().await {
-        let now = origin().elapsed().as_nanos() as u64;
+        let now = wall_ns();
         if let Some(t) = chunk.data.as_ref().and_then(|d| d["t"].as_u64()) {
             lat.push(Duration::from_nanos(now.saturating_sub(t)));
         }
@@ -466,19 +442,7 @@ async fn latency(server: &RedisServer, count: u64) {
 async fn scale(server: &RedisServer, streams: usize) {
     println!("## scale: {streams} concurrent remote streams read by one process");
     let prefix = "bench-scale:";
-    let exe = std::env::current_exe().expect("own path");
-    let mut worker = Command::new(exe)
-        .args(["--worker", server.url(), prefix, &streams.to_string()])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the worker process");
-    let probe = redis::Client::open(server.url()).expect("url");
-    let mut probe = probe
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let before_conns = connections(&mut probe).await;
+    let (mut worker, mut probe, before_conns) = worker_process(server, prefix, streams).await;
     let before_rss = rss_kib();
 
     let reader = Client::connect_with(server.url(), options(prefix))
@@ -529,17 +493,6 @@ async fn scale(server: &RedisServer, streams: usize) {
     println!("completed: {completed}/{streams}");
 }
 
-fn rss_mib_of(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
 /// What one soak stream saw.
 #[derive(Default)]
 struct Seen {
@@ -554,20 +507,8 @@ async fn soak(server: &RedisServer, streams: usize, secs: u64) {
     let rate = 2;
     println!("## soak: {streams} remote streams at {rate} chunks/s each for {secs} s");
     let prefix = "bench-soak:";
-    let exe = std::env::current_exe().expect("own path");
-    let mut worker = Command::new(exe)
-        .args(["--worker", server.url(), prefix, &streams.to_string()])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the worker process");
+    let (mut worker, mut probe, before_conns) = worker_process(server, prefix, streams).await;
     let worker_pid = worker.id();
-    let probe = redis::Client::open(server.url()).expect("url");
-    let mut probe = probe
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let before_conns = connections(&mut probe).await;
     let reader = Client::connect_with(server.url(), options(prefix))
         .await
         .expect("connect");
@@ -583,7 +524,7 @@ async fn soak(server: &RedisServer, streams: usize, secs: u64) {
             ..RunOptions::default()
         };
         let mut chunks = invoker
-            .stream("stamped", input.clone(), options)
+            .stream("paced", input.clone(), options)
             .await
             .expect("invoke");
         tasks.push(tokio::spawn(async move {
@@ -617,21 +558,13 @@ async fn soak(server: &RedisServer, streams: usize, secs: u64) {
     }
     let started = start.elapsed();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let (reader_start, worker_start) = (rss_kib() as f64 / 1024.0, rss_mib_of(worker_pid));
+    let (reader_start, worker_start) = (mib(rss_kib()), mib(rss_kib_of(worker_pid)));
     let conns = connections(&mut probe).await.saturating_sub(before_conns);
-    let mut reader_end = reader_start;
-    let mut worker_end = worker_start;
-    let mut seen = Vec::with_capacity(streams);
-    let mut pending = tasks.into_iter();
-    // Sample RSS near the end, while the streams are still live.
+    // RSS again near the end, while the streams are still live.
     tokio::time::sleep(Duration::from_secs(secs.saturating_sub(10))).await;
-    reader_end = reader_end
-        .max(rss_kib() as f64 / 1024.0)
-        .min(rss_kib() as f64 / 1024.0);
-    worker_end = worker_end
-        .max(rss_mib_of(worker_pid))
-        .min(rss_mib_of(worker_pid));
-    for task in pending.by_ref() {
+    let (reader_end, worker_end) = (mib(rss_kib()), mib(rss_kib_of(worker_pid)));
+    let mut seen = Vec::with_capacity(streams);
+    for task in tasks {
         seen.push(task.await.unwrap_or_default());
     }
     let took = start.elapsed();
@@ -670,6 +603,33 @@ async fn soak(server: &RedisServer, streams: usize, secs: u64) {
     );
     println!("Redis connections used by the reading process: {conns}");
     println!("errors (a stream not complete, short, gapped or repeated): {errors}");
+}
+
+/// A worker subprocess (this binary, `--worker`) with `concurrency` slots, a probe connection
+/// to Redis, and how many connections Redis had once the worker was up.
+async fn worker_process(
+    server: &RedisServer,
+    prefix: &str,
+    concurrency: usize,
+) -> (
+    std::process::Child,
+    redis::aio::MultiplexedConnection,
+    usize,
+) {
+    let exe = std::env::current_exe().expect("own path");
+    let worker = Command::new(exe)
+        .args(["--worker", server.url(), prefix, &concurrency.to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the worker process");
+    let probe = redis::Client::open(server.url()).expect("url");
+    let mut probe = probe
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = connections(&mut probe).await;
+    (worker, probe, before)
 }
 
 async fn run_worker(url: &str, prefix: &str, concurrency: usize) {

@@ -220,11 +220,11 @@ fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1e3)
 }
 
-async fn throughput(n: u64) {
-    println!("## throughput: one SSE client, {n} token chunks");
-    let (listener, loom) = bind().await;
-    // The log holds the whole run: with the default bound (10,000 chunks) a producer that
-    // never waits overtakes the one reader, which is then disconnected (by design).
+/// A loom-server whose run logs hold `n` chunks and more, and its base URL. The log holds the
+/// whole run: with the default bound (10,000 chunks) a producer that never waits overtakes the
+/// one reader, which is then disconnected (by design).
+async fn loom_holding(n: u64) -> String {
+    let (listener, base) = bind().await;
     let config = ServerConfig {
         log_limits: LogLimits {
             max_chunks: n as usize + 16,
@@ -233,6 +233,12 @@ async fn throughput(n: u64) {
         ..ServerConfig::default()
     };
     spawn_loom(listener, config);
+    base
+}
+
+async fn throughput(n: u64) {
+    println!("## throughput: one SSE client, {n} token chunks");
+    let loom = loom_holding(n).await;
     let (listener, bare) = bind().await;
     spawn_bare(listener, flood_frames(n));
     let http = reqwest::Client::new();
@@ -269,15 +275,7 @@ async fn throughput(n: u64) {
 /// Tokens/s of the same run served in each client dialect, against Loom's own SSE.
 async fn dialects(n: u64) {
     println!("## dialects: one client, {n} token chunks, tokens/s to the end of the body");
-    let (listener, base) = bind().await;
-    let config = ServerConfig {
-        log_limits: LogLimits {
-            max_chunks: n as usize + 16,
-            max_bytes: usize::MAX,
-        },
-        ..ServerConfig::default()
-    };
-    spawn_loom(listener, config);
+    let base = loom_holding(n).await;
     let input = json!({ "count": n }).to_string();
     let routes: [(&str, String, Value); 5] = [
         (

@@ -15,7 +15,8 @@ use support::*;
 
 /// `loom worker --redis URL` under `faketime -f <offset>`, ready once it says it serves.
 fn skewed_worker(redis: &RedisServer, offset: &str) -> Process {
-    let mut child = Command::new("faketime")
+    let mut command = Command::new("faketime");
+    command
         .args([
             "-f",
             offset,
@@ -27,19 +28,8 @@ fn skewed_worker(redis: &RedisServer, offset: &str) -> Process {
         .env_remove("OPENAI_BASE_URL")
         .env_remove("OPENAI_API_KEY")
         .env_remove("LOOM_REDIS_URL")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("faketime (Debian's package) runs loom worker");
-    let rx = lines_of(child.stderr.take().expect("stderr is piped"));
-    let process = Process(child);
-    loop {
-        let line = rx.recv_timeout(LIMIT).expect("the worker starts");
-        if line.starts_with("loom: worker serving") {
-            return process;
-        }
-    }
+        .stdin(Stdio::null());
+    spawn_ready(command, "loom: worker serving").0
 }
 
 /// The chunks of `loom actor run batch` through Redis with `input` and `--timeout`, and how long

@@ -38,11 +38,17 @@ pub fn start_ready(args: &[&str], env: &[(&str, &str)], ready: &str) -> (Process
     for (name, value) in env {
         command.env(name, value);
     }
+    spawn_ready(command, ready)
+}
+
+/// Spawns `command` (a `loom` process, maybe behind a wrapper) and waits for its stderr line
+/// starting with `ready`; returns the process and that line.
+pub fn spawn_ready(mut command: Command, ready: &str) -> (Process, String) {
     let mut child = command
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("loom starts");
+        .expect("the process starts");
     let rx = lines_of(child.stderr.take().expect("stderr is piped"));
     let process = Process(child);
     loop {

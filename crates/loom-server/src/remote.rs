@@ -184,12 +184,8 @@ impl RemoteRuns {
 
     /// The run `id`, if Redis knows it.
     pub(crate) async fn find(&self, id: &str) -> Result<RemoteRun, ApiError> {
-        self.record(id).await?;
+        record(&self.client, id).await?;
         Ok(self.run(id.to_owned()))
-    }
-
-    async fn record(&self, id: &str) -> Result<RunRecord, ApiError> {
-        record(&self.client, id).await
     }
 
     fn run(&self, id: String) -> RemoteRun {

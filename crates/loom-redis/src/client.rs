@@ -127,9 +127,10 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Connects to the Redis at `url` (`redis://host:port/db`, `rediss://…`) with the default
-    /// options. A malformed URL is [`Error::InvalidOptions`] (`bad_input`); an unreachable
-    /// server is [`Error::Redis`] (`upstream`).
+    /// Connects to the Redis at `url` (`redis://[user:password@]host:port/db`) with the
+    /// default options, and checks that the server answers this user. A malformed URL, or a
+    /// `rediss://` one (this build has no TLS), is [`Error::InvalidOptions`] (`bad_input`); an
+    /// unreachable server or a refused user is [`Error::Redis`] (`upstream`).
     pub async fn connect(url: &str) -> Result<Self, Error> {
         Self::connect_with(url, ClientOptions::default()).await
     }
@@ -145,7 +146,9 @@ impl Client {
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_number_of_retries(3)
             .set_max_delay(Duration::from_secs(2));
-        let conn = redis.get_connection_manager_with_config(config).await?;
+        let mut conn = redis.get_connection_manager_with_config(config).await?;
+        // A server that wants a password answers commands, not the connection, with NOAUTH.
+        redis::cmd("PING").exec_async(&mut conn).await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 redis,

@@ -295,17 +295,31 @@ async fn handle(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -
 /// client's reads end where the test chose; then it closes the connection.
 pub struct RawServer {
     pub addr: SocketAddr,
+    written: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl RawServer {
     pub async fn start(pieces: Vec<Vec<u8>>, pause: Duration) -> Self {
+        Self::start_with(move || pieces.clone().into_iter(), pause).await
+    }
+
+    /// Like [`RawServer::start`], with the pieces made by `pieces` for each connection, so a
+    /// test can send more than it could hold (a 100 MB line) or never stop.
+    pub async fn start_with<F, I>(pieces: F, pause: Duration) -> Self
+    where
+        F: Fn() -> I + Send + Sync + 'static,
+        I: Iterator<Item = Vec<u8>> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let pieces = Arc::new(pieces);
+        let written = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&written);
         let task = tokio::spawn(async move {
             while let Ok((mut socket, _)) = listener.accept().await {
-                let pieces = Arc::clone(&pieces);
+                let pieces = pieces();
+                let written = Arc::clone(&counter);
                 tokio::spawn(async move {
                     let _ = socket.set_nodelay(true);
                     if read_request(&mut socket).await.is_none() {
@@ -316,17 +330,29 @@ impl RawServer {
                     if socket.write_all(head.as_bytes()).await.is_err() {
                         return;
                     }
-                    for piece in pieces.iter() {
-                        tokio::time::sleep(pause).await;
-                        if socket.write_all(piece).await.is_err() || socket.flush().await.is_err() {
+                    for piece in pieces {
+                        if !pause.is_zero() {
+                            tokio::time::sleep(pause).await;
+                        }
+                        if socket.write_all(&piece).await.is_err() || socket.flush().await.is_err() {
                             return;
                         }
+                        written.fetch_add(piece.len(), Ordering::SeqCst);
                     }
                     let _ = socket.shutdown().await;
                 });
             }
         });
-        Self { addr, task }
+        Self {
+            addr,
+            written,
+            task,
+        }
+    }
+
+    /// How many body bytes the client has taken so far, over every connection.
+    pub fn written(&self) -> usize {
+        self.written.load(Ordering::SeqCst)
     }
 
     /// `http://127.0.0.1:PORT/v1`.

@@ -107,3 +107,13 @@ async fn a_wrong_password_is_a_clear_error_when_connecting() {
         .expect("the connection is refused");
     assert!(error.to_string().contains("Authentication required"), "{error}");
 }
+
+#[tokio::test]
+async fn a_tls_url_is_refused_as_bad_input_because_this_build_has_no_tls() {
+    let error = within(10, Client::connect("rediss://127.0.0.1:6390/"))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(error.code(), ErrorCode::BadInput, "{error}");
+    assert!(error.to_string().contains("TLS"), "{error}");
+}

@@ -6,8 +6,9 @@
 
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// A `redis-server` on a free loopback port, killed on drop; or the server named by
@@ -76,12 +77,29 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed to run these tests");
+        let pid = child.id();
         self.child = Some(child);
+        // Ready when the server on the port is this child: a test must never share another
+        // test's server because both were handed the same port.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while self.server_pid() != Some(pid) {
+            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            assert!(exited.is_none(), "redis-server exited at start: {exited:?}");
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The `process_id` of the server answering on the port, if one answers.
+    fn server_pid(&self) -> Option<u32> {
+        let mut conn = redis::Client::open(self.url.as_str())
+            .ok()?
+            .get_connection_with_timeout(Duration::from_secs(1))
+            .ok()?;
+        let info: String = redis::cmd("INFO").arg("server").query(&mut conn).ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .and_then(|v| v.trim().parse().ok())
     }
 
     pub fn url(&self) -> &str {
@@ -156,7 +174,16 @@ impl Drop for RedisServer {
     }
 }
 
+/// A loopback port no other test of this process was handed.
 fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
+    static HANDED: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut handed = HANDED.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+        let port = listener.local_addr().expect("local addr").port();
+        if !handed.contains(&port) {
+            handed.push(port);
+            return port;
+        }
+    }
 }

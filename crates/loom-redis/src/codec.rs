@@ -341,35 +341,66 @@ impl Request {
         }
     }
 
-    /// Reads a request entry, checking the names before they become keys.
-    pub(crate) fn decode(fields: &[Value]) -> Result<Self, String> {
+    /// Reads a request entry, checking the names before they become keys. An entry whose
+    /// names are valid but whose other fields are not still names its run, so the worker can
+    /// end that run with a clear error instead of leaving its reader to wait.
+    pub(crate) fn decode(fields: &[Value]) -> Result<Self, Unreadable> {
         let get = |name: &str| {
             field(fields, name)
                 .and_then(|b| std::str::from_utf8(b).ok())
                 .ok_or_else(|| format!("missing or non-text field '{name}'"))
         };
-        let number = |name: &str| {
-            get(name)?
-                .parse::<u64>()
-                .map_err(|_| format!("field '{name}' is not a number"))
+        let names = || -> Result<(String, String), String> {
+            let run_id = get("run_id")?.to_owned();
+            let actor = get("actor")?.to_owned();
+            check_name("run id", &run_id).map_err(|e| e.to_string())?;
+            check_name("actor type", &actor).map_err(|e| e.to_string())?;
+            Ok((run_id, actor))
         };
-        let run_id = get("run_id")?.to_owned();
-        let actor = get("actor")?.to_owned();
-        check_name("run id", &run_id).map_err(|e| e.to_string())?;
-        check_name("actor type", &actor).map_err(|e| e.to_string())?;
-        let input = parse_json("input", get("input")?.as_bytes())?;
-        Ok(Self {
+        let (run_id, actor) = names().map_err(|why| Unreadable { named: None, why })?;
+        let mut request = Self {
             run_id,
             actor,
-            input,
-            timeout_ms: number("timeout_ms")?,
-            // Only a plausible value is kept: it becomes a span's parent, never a key.
-            traceparent: get(loom_core::trace::TRACEPARENT)
-                .ok()
-                .filter(|t| t.len() <= 256 && t.bytes().all(|b| b.is_ascii_graphic()))
-                .map(str::to_owned),
-        })
+            input: Json::Null,
+            timeout_ms: 0,
+            traceparent: None,
+        };
+        let rest = || -> Result<(Json, u64), String> {
+            let input = parse_json("input", get("input")?.as_bytes())?;
+            let timeout_ms = get("timeout_ms")?
+                .parse::<u64>()
+                .map_err(|_| "field 'timeout_ms' is not a number".to_owned())?;
+            Ok((input, timeout_ms))
+        };
+        match rest() {
+            Ok((input, timeout_ms)) => {
+                request.input = input;
+                request.timeout_ms = timeout_ms;
+            }
+            Err(why) => {
+                return Err(Unreadable {
+                    named: Some(request),
+                    why,
+                })
+            }
+        }
+        // Only a plausible value is kept: it becomes a span's parent, never a key.
+        request.traceparent = get(loom_core::trace::TRACEPARENT)
+            .ok()
+            .filter(|t| t.len() <= 256 && t.bytes().all(|b| b.is_ascii_graphic()))
+            .map(str::to_owned);
+        Ok(request)
     }
+}
+
+/// A request entry the worker cannot run.
+#[derive(Debug)]
+pub(crate) struct Unreadable {
+    /// The request as far as it was read, when its run id and actor type are valid names:
+    /// its run can be ended with the error. Its `input` and `timeout_ms` mean nothing.
+    pub(crate) named: Option<Request>,
+    /// What is wrong with the entry.
+    pub(crate) why: String,
 }
 
 #[cfg(test)]

@@ -58,6 +58,12 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether Redis refused a write because it is out of memory (`maxmemory` reached under
+    /// the `noeviction` policy): an `OOM` error reply.
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(self, Self::Redis(e) if e.code() == Some("OOM"))
+    }
+
     /// The wire error code this failure stands for: `bad_input` for invalid names, ids and
     /// options, `not_found` for unknown actors and streams, `upstream` for Redis failures
     /// (and readers or writers stopped by them), `internal` for a panicked writer.

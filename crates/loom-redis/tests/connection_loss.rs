@@ -157,9 +157,10 @@ async fn a_redis_frozen_longer_than_the_lease_ends_every_stream_and_no_process_d
     worker.stop().await;
 }
 
-/// What the reader gets today: `error/worker_lost` ("gave up after 3 attempts lost their
-/// worker"), as each attempt's writes are refused and the request is re-run until the attempt
-/// cap. Clear and bounded, though it does not name the cause (Redis out of memory).
+/// The worker's writes are refused, so it abandons the run (a re-run would be refused too) and
+/// releases its lease; the reader's verdict cannot be written either, so it yields its own:
+/// `error/upstream` naming Redis's out-of-memory refusal. Regression test for the verdict that
+/// was `worker_lost` ("gave up after 3 attempts") and named no cause.
 #[tokio::test]
 async fn a_redis_out_of_memory_ends_the_reader_with_a_clear_error_and_the_worker_serves_again() {
     let server = RedisServer::start_own_with(&[
@@ -179,11 +180,10 @@ async fn a_redis_out_of_memory_ends_the_reader_with_a_clear_error_and_the_worker
     let chunks = collect(30, ticker(&client, 1_000_000, 0).await).await;
     let last = chunks.last().unwrap();
     assert_eq!(last.kind, ChunkType::Error, "{last:?}");
-    let code = last.error.as_ref().unwrap().code;
-    assert!(
-        matches!(code, ErrorCode::Upstream | ErrorCode::WorkerLost),
-        "a clear error: {last:?}"
-    );
+    let error = last.error.as_ref().unwrap();
+    assert_eq!(error.code, ErrorCode::Upstream, "{last:?}");
+    assert!(error.message.contains("Redis is out of memory"), "{last:?}");
+    assert_eq!(probe.starts.load(std::sync::atomic::Ordering::SeqCst), 1, "not re-run");
     for (i, chunk) in chunks.iter().enumerate() {
         assert_eq!(chunk.seq, i as u64, "gapless until the end");
     }

@@ -19,6 +19,9 @@ use crate::error::ApiError;
 use crate::state::ServerState;
 use crate::store::DisconnectPolicy;
 
+#[cfg(test)]
+mod properties;
+
 /// A JSON body, parsed whatever its `Content-Type`; rejections are [`ApiError`]s.
 #[derive(Debug)]
 pub(crate) struct LoomJson<T>(pub T);

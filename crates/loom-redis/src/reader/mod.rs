@@ -2,7 +2,7 @@
 //! chunks, and adds [`Client::tail`] / [`Client::tail_entries`] to the client.
 //!
 //! Entries come from the process's one multiplexed reader (`hub.rs`); the rules — decode,
-//! drop duplicates, end on a `seq` gap, on the terminal chunk, or when the producer is gone —
+//! end on a `seq` that jumps or repeats, on the terminal chunk, or when the producer is gone —
 //! are [`ReadState`]'s (`reader/state.rs`). This module is the task between the two: it feeds
 //! the state machine batches and ticks, and does the Redis calls it asks for (the lease's
 //! `PTTL`, and ending the run). A run ended here gets its `worker_lost`/`timeout` terminal from
@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
-use loom_core::{CancellationToken, ChunkStream};
+use loom_core::{CancellationToken, ChunkStream, ErrorCode, ErrorInfo};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::client::Client;
@@ -181,11 +181,20 @@ fn follow(
                         let pttl = redis::cmd("PTTL").arg(&lease).query_async::<i64>(&mut conn).await;
                         step = state.on_lease(now, pttl.map_err(|e| e.to_string()));
                     }
-                    if let Step::EndRun(ending) = step {
+                    if let Step::EndRun(mut ending) = step {
                         let terminal = match end_run(&client, &run_id, &ending).await {
                             Ok(id) => Some(id),
                             Err(e) => {
                                 tracing::warn!(run_id = %run_id, error = %e, "could not write the terminal chunk");
+                                if e.is_out_of_memory() {
+                                    // The log cannot take a verdict: this reader's own names
+                                    // the cause, which is why the producer went quiet.
+                                    ending.error = ErrorInfo {
+                                        code: ErrorCode::Upstream,
+                                        message: format!("Redis is out of memory: it refused this run's writes ({e})"),
+                                        retryable: true,
+                                    };
+                                }
                                 None
                             }
                         };

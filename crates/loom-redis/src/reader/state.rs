@@ -7,9 +7,10 @@
 //! with a terminal chunk in Redis, yield a last error, or stop.
 //!
 //! **Contract.** Entries are decoded into the exact [`StreamChunk`]s; the stream ends after the
-//! terminal chunk. An entry that cannot be decoded, or a `seq` that jumps, ends it with
-//! `error/internal` naming the entry id; a duplicate `seq` (a retried write that landed twice)
-//! is dropped.
+//! terminal chunk. An entry that cannot be decoded, or a `seq` that jumps or repeats, ends it
+//! with `error/internal` naming the entry id. Loom writes each `seq` once, at its own entry id
+//! (a retried write cannot land twice), so a repeat is another client's rewrite: dropping it
+//! as a "duplicate" could hide text that differs from what was delivered.
 //!
 //! **Liveness.** While nothing arrives, the lease is checked every `lease_refresh`. Once the
 //! producer has been gone (no lease, no chunk) for longer than the visibility timeout, or the
@@ -184,13 +185,10 @@ impl ReadState {
                 }
             };
             if let Some(prev) = self.last_seq {
-                if chunk.seq <= prev {
-                    // A retried write landed twice: the first copy was delivered.
-                    continue;
-                }
                 if chunk.seq != prev + 1 {
+                    let how = if chunk.seq <= prev { "repeats" } else { "jumps" };
                     let err = ActorError::internal(format!(
-                        "entry {} in stream {}: seq jumps from {prev} to {}",
+                        "entry {} in stream {}: seq {how} from {prev} to {}",
                         entry.id, self.key, chunk.seq
                     ));
                     entries.push(self.error_entry(Some(entry.id), prev + 1, &err));

@@ -17,7 +17,7 @@ use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
-use crate::codec::{EntryId, Request};
+use crate::codec::{EntryId, Request, Unreadable};
 use crate::error::Error;
 use crate::keys::CancelReason;
 use crate::publisher::Publisher;
@@ -40,9 +40,13 @@ pub(crate) async fn execute(shared: Arc<Shared>, work: Work, _slot: OwnedSemapho
         entry,
         attempt,
     } = work;
-    let request = match Request::decode(&entry.fields) {
-        Ok(request) => request,
-        Err(why) => {
+    let (request, unreadable) = match Request::decode(&entry.fields) {
+        Ok(request) => (request, None),
+        Err(Unreadable {
+            named: Some(request),
+            why,
+        }) => (request, Some(why)),
+        Err(Unreadable { named: None, why }) => {
             tracing::error!(queue = %queue, entry = %entry.id, %why, "dropping an unreadable request");
             acknowledge(&shared, &queue, entry.id).await;
             return;
@@ -53,7 +57,7 @@ pub(crate) async fn execute(shared: Arc<Shared>, work: Work, _slot: OwnedSemapho
     if let Some(traceparent) = &request.traceparent {
         loom_core::trace::set_remote_parent(&span, traceparent);
     }
-    let ran = run_request(&shared, &queue, entry.id, &request, attempt)
+    let ran = run_request(&shared, &queue, entry.id, &request, unreadable, attempt)
         .instrument(span)
         .await;
     if let Err(e) = ran {
@@ -68,6 +72,7 @@ async fn run_request(
     queue: &str,
     entry: EntryId,
     request: &Request,
+    unreadable: Option<String>,
     attempt: u32,
 ) -> Result<(), Error> {
     let client = &shared.client;
@@ -106,6 +111,8 @@ async fn run_request(
     // queued, `now_ms` Redis's time now. No decision depends on this machine's clock.
     let age_ms = peek.now_ms.saturating_sub(entry.ms);
     let remaining = Duration::from_millis(request.timeout_ms.saturating_sub(age_ms));
+    let unreadable =
+        unreadable.map(|why| ActorError::bad_input(format!("unreadable request: {why}")));
     let refusal = match peek.cancel {
         Some(CancelReason::Cancelled) => Some(ActorError::cancelled()),
         // Its reader already ended it (worker_lost, timeout) and wrote the terminal chunk.
@@ -113,6 +120,9 @@ async fn run_request(
             acknowledge(shared, queue, entry).await;
             return Ok(());
         }
+        // Its names are valid but the rest is not (written by another client): its reader
+        // gets the reason now rather than a pickup timeout.
+        None if unreadable.is_some() => unreadable,
         None if attempt > shared.max_attempts => Some(ActorError::new(
             ErrorCode::WorkerLost,
             format!("gave up after {} attempts lost their worker", attempt - 1),
@@ -164,7 +174,20 @@ async fn run_request(
     };
     let result = drive(shared, request, seq, attempt, remaining, token, publisher).await;
     drop(held);
-    result?;
+    match result {
+        Err(e) if e.is_out_of_memory() => {
+            // Redis refused the run's writes for the whole retry window: a re-run would be
+            // refused too, so the run ends here. Releasing the lease tells its readers the
+            // producer is gone; each then ends with its own verdict naming the cause.
+            tracing::error!(run_id, error = %e, "Redis is out of memory; the run is abandoned");
+            if let Err(e) = script::release(&mut client.conn(), &keys.lease(run_id), &owner).await {
+                tracing::warn!(run_id, error = %e, "could not release the lease");
+            }
+            acknowledge(shared, queue, entry).await;
+            return Ok(());
+        }
+        result => result?,
+    }
     if discard.load(Ordering::Acquire) {
         // Taken over by another worker, handed back, or ended from outside: not ours to
         // acknowledge (whoever claims it next finds the terminal chunk and only acks).

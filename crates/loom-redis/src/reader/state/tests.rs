@@ -67,10 +67,18 @@ fn entries_pass_in_order_and_the_stream_ends_after_the_terminal() {
 }
 
 #[test]
-fn a_duplicate_seq_is_dropped_and_a_gap_ends_with_internal() {
+fn a_repeated_seq_ends_with_internal_and_so_does_a_gap() {
     let now = Instant::now();
     let mut state = tail(now);
     let batch = vec![raw(1, &token(0)), raw(2, &token(0)), raw(3, &token(1))];
+    let delivery = state.on_batch(batch, now);
+    assert_eq!((seqs(&delivery), delivery.done), (vec![0, 1], true));
+    let info = delivery.entries[1].chunk.error.as_ref().expect("error");
+    assert_eq!(delivery.entries[1].id, Some(id(2)));
+    assert!(info.message.contains("seq repeats from 0 to 0"), "{info:?}");
+
+    let mut state = tail(now);
+    let batch = vec![raw(1, &token(0)), raw(3, &token(1))];
     let delivery = state.on_batch(batch, now);
     assert_eq!((seqs(&delivery), delivery.done), (vec![0, 1], false));
 

@@ -97,13 +97,20 @@ impl OnDisconnect {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Envelope {
-    /// The actor's input (default `{}`).
+    /// The actor's input (default `{}`; an explicit `null` is the input `null`).
+    #[serde(default, deserialize_with = "present")]
     pub input: Option<Value>,
     /// What a client going away does.
     #[serde(default)]
     pub on_disconnect: OnDisconnect,
     /// The run's deadline, e.g. `"30s"`.
     pub timeout: Option<String>,
+}
+
+/// A field that is present is `Some`, even when it is `null` (serde's own `Option` reads a
+/// `null` as absent).
+fn present<'de, D: serde::Deserializer<'de>>(field: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(field).map(Some)
 }
 
 /// The body of `POST /v1/runs`: an actor or a workflow, its input and deadline.
@@ -114,7 +121,8 @@ pub(crate) struct RunRequest {
     pub actor: Option<String>,
     /// The workflow to run.
     pub workflow: Option<String>,
-    /// Its input (default `{}`).
+    /// Its input (default `{}`; an explicit `null` is the input `null`).
+    #[serde(default, deserialize_with = "present")]
     pub input: Option<Value>,
     /// The run's deadline, e.g. `"10m"`.
     pub timeout: Option<String>,

@@ -78,6 +78,25 @@ async fn bodies_are_json_whatever_their_content_type_and_empty_is_an_empty_envel
     assert_eq!(response.json::<Value>().await.unwrap(), json!({}));
 }
 
+/// Regression tests for what the body-decoding property test found: a float lost its last
+/// digit (serde_json parsed without `float_roundtrip`), and an explicit `null` input became
+/// `{}`.
+#[tokio::test]
+async fn a_float_and_a_null_input_reach_the_actor_exactly() {
+    let server = TestServer::default_config().await;
+    for input in ["6.869164705784519e+297", "0.30000000000000004", "null"] {
+        let request = server
+            .http
+            .post(server.url("/v1/actors/echo/run"))
+            .body(format!(r#"{{"input":{input}}}"#))
+            .send();
+        let response = within(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let text = response.text().await.unwrap();
+        assert_eq!(text, input);
+    }
+}
+
 #[tokio::test]
 async fn an_unknown_envelope_field_or_bad_json_or_bad_timeout_is_400() {
     let server = TestServer::default_config().await;

@@ -1,7 +1,8 @@
 //! Property tests of HTTP body decoding: any bytes sent as the body of any route — Loom's own
 //! envelopes and each dialect's request — decode or are a 400 with a message, never a panic,
 //! however deep or broken; and a valid envelope, with its fields in any order and any
-//! whitespace, decodes to exactly what was sent. `PROPTEST_CASES` sets how many bodies
+//! whitespace, decodes to exactly what was sent (which found that floats lost their last
+//! digit: serde_json now parses with `float_roundtrip`). `PROPTEST_CASES` sets how many bodies
 //! (2,000 by default).
 
 use axum::body::Body;
@@ -27,22 +28,33 @@ fn config() -> ProptestConfig {
     ProptestConfig::with_cases(cases)
 }
 
+thread_local! {
+    /// One runtime and one server state per test thread, for every body decoded on it.
+    static SERVER: (tokio::runtime::Runtime, ServerState) = {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let state = runtime.block_on(async {
+            ServerState::new(
+                Runtime::new(Registry::new(), Extensions::new()),
+                Vec::new(),
+                ServerConfig::default(),
+            )
+        });
+        (runtime, state)
+    };
+}
+
 /// Decodes `body` as a `T` the way a route does.
 fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let state = ServerState::new(
-            Runtime::new(Registry::new(), Extensions::new()),
-            Vec::new(),
-            ServerConfig::default(),
-        );
+    SERVER.with(|(runtime, state)| {
         let request = Request::new(Body::from(body.to_vec()));
-        LoomJson::<T>::from_request(request, &state)
-            .await
-            .map(|LoomJson(value)| value)
+        runtime.block_on(async {
+            LoomJson::<T>::from_request(request, state)
+                .await
+                .map(|LoomJson(value)| value)
+        })
     })
 }
 
@@ -111,7 +123,10 @@ proptest! {
     }
 
     #[test]
-    fn nesting_of_any_depth_is_never_a_crash(depth in 0usize..200_000, open in "[\\[{]") {
+    fn nesting_of_any_depth_is_never_a_crash(
+        depth in prop_oneof![20 => 0usize..1_000, 1 => 1_000usize..200_000],
+        open in "[\\[{]",
+    ) {
         let (open, close) = if open == "[" { ("[", "]") } else { ("{\"a\":", "}") };
         let body = format!("{{\"input\":{}1{}}}", open.repeat(depth), close.repeat(depth));
         every_body_type(body.as_bytes())?;

@@ -109,7 +109,7 @@ enum WorkflowCommand {
 struct WorkflowRunArgs {
     /// The workflow file (.yaml, .yml or .json).
     file: PathBuf,
-    /// The workflow input, as JSON.
+    /// The workflow input, as JSON; `@FILE` reads it from a file, `@-` from standard input.
     #[arg(long, value_name = "JSON")]
     input: Option<String>,
     #[command(flatten)]
@@ -159,7 +159,7 @@ enum ActorCommand {
 struct RunArgs {
     /// The actor type to run (see `loom actor list`).
     actor: String,
-    /// The input, as JSON.
+    /// The input, as JSON; `@FILE` reads it from a file, `@-` from standard input.
     #[arg(long, value_name = "JSON")]
     input: Option<String>,
     /// Shorthand for a `prompt` field in the input.
@@ -425,11 +425,28 @@ fn load_workflow(
     loom_workflow::load(file, &|t| invoker.knows(t)).map_err(|e| usage(e.to_string()))
 }
 
-/// Merges `--input` and `--prompt` into the actor's input; bad JSON is a usage error.
+/// Merges `--input` and `--prompt` into the actor's input; bad JSON, or a file that cannot
+/// be read, is a usage error. `@FILE` reads the JSON from a file and `@-` from standard input
+/// (as curl's `-d`): one argument holds at most 128 KiB on Linux.
 fn build_input(input: Option<&str>, prompt: Option<&str>) -> anyhow::Result<Value> {
+    let read = |path: &str| -> anyhow::Result<Vec<u8>> {
+        let read = if path == "-" {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes).map(|_| bytes)
+        } else {
+            std::fs::read(path)
+        };
+        read.map_err(|e| usage(format!("--input @{path}: {e}")))
+    };
     let mut value = match input {
-        Some(text) => serde_json::from_str(text)
-            .map_err(|e| usage(format!("--input is not valid JSON: {e}")))?,
+        Some(text) => {
+            let bytes = match text.strip_prefix('@') {
+                Some(path) => std::borrow::Cow::Owned(read(path)?),
+                None => std::borrow::Cow::Borrowed(text.as_bytes()),
+            };
+            serde_json::from_slice(&bytes)
+                .map_err(|e| usage(format!("--input is not valid JSON: {e}")))?
+        }
         None => Value::Object(Default::default()),
     };
     if let Some(prompt) = prompt {

@@ -109,6 +109,73 @@ fn bad_input_json_is_one_line_on_stderr_and_exit_2() {
     );
 }
 
+/// Hostile `--input`: invalid UTF-8, deep nesting (60,000 levels in the argument, which holds
+/// at most 128 KiB, and 100,000 from a file), a file that is not there; each one line on
+/// stderr and exit 2, before anything runs.
+#[test]
+fn hostile_input_is_one_line_on_stderr_and_exit_2() {
+    use std::os::unix::ffi::OsStrExt;
+    let invalid = std::ffi::OsStr::from_bytes(b"{\"a\":\"\xFF\"}");
+    let child = loom(&["actor", "run", "echo", "--input"])
+        .arg(invalid)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("loom starts");
+    let out = finish(child);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("UTF-8"), "{}", out.stderr);
+
+    let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    let deep = nested(60_000);
+    let file = std::env::temp_dir().join(format!("loom-deep-{}.json", std::process::id()));
+    std::fs::write(&file, nested(100_000)).unwrap();
+    let at_file = format!("@{}", file.display());
+    for input in [deep.as_str(), at_file.as_str(), "@/nonexistent/input.json"] {
+        let out = run(&["actor", "run", "echo", "--input", input]);
+        assert_eq!(out.code, Some(2), "{}", out.stderr);
+        assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+        assert!(out.stderr.starts_with("loom: --input"), "{}", out.stderr);
+        assert!(out.stdout.is_empty());
+    }
+    let _ = std::fs::remove_file(file);
+}
+
+/// A 20 MB input (past what one argument may hold) from a file and from standard input reaches
+/// the actor whole.
+#[test]
+fn a_huge_input_from_a_file_or_stdin_reaches_the_actor_whole() {
+    use std::io::Write;
+    let text = "x".repeat(20 * 1024 * 1024);
+    let input = serde_json::json!({ "text": text }).to_string();
+    let dir = std::env::temp_dir();
+    let id = std::process::id();
+    let file = dir.join(format!("loom-huge-{id}.json"));
+    std::fs::write(&file, &input).unwrap();
+    for (i, arg) in [format!("@{}", file.display()), "@-".to_owned()].iter().enumerate() {
+        // Output to a file: a 20 MB result would fill a pipe nobody reads until exit.
+        let output = dir.join(format!("loom-huge-{id}-{i}.out"));
+        let mut child = loom(&["actor", "run", "echo", "--json", "--input", arg])
+            .stdin(Stdio::piped())
+            .stdout(std::fs::File::create(&output).unwrap())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("loom starts");
+        let mut stdin = child.stdin.take().unwrap();
+        let sent = input.clone();
+        let writer = std::thread::spawn(move || stdin.write_all(sent.as_bytes()));
+        let out = finish(child);
+        let _ = writer.join();
+        assert_eq!(out.code, Some(0), "{arg}: {}", out.stderr);
+        let printed = std::fs::read_to_string(&output).unwrap();
+        let _ = std::fs::remove_file(&output);
+        let last: serde_json::Value =
+            serde_json::from_str(printed.lines().last().expect("a terminal line")).unwrap();
+        assert_eq!(last["data"]["text"].as_str().map(str::len), Some(text.len()), "{arg}");
+    }
+    let _ = std::fs::remove_file(&file);
+}
+
 #[test]
 fn a_bad_duration_is_rejected_with_exit_2() {
     let out = run(&["actor", "run", "echo", "--timeout", "soon"]);

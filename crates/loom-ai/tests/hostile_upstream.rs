@@ -72,7 +72,8 @@ async fn a_line_that_never_ends_ends_the_run_as_upstream() {
     let server = RawServer::start_with(
         move || {
             let head = [before.clone(), b"data: {\"choices\":[".to_vec()];
-            head.into_iter().chain(std::iter::repeat(vec![b' '; 64 * 1024]))
+            head.into_iter()
+                .chain(std::iter::repeat(vec![b' '; 64 * 1024]))
         },
         Duration::from_micros(50),
     )

@@ -105,7 +105,10 @@ async fn a_wrong_password_is_a_clear_error_when_connecting() {
         .await
         .err()
         .expect("the connection is refused");
-    assert!(error.to_string().contains("Authentication required"), "{error}");
+    assert!(
+        error.to_string().contains("Authentication required"),
+        "{error}"
+    );
 }
 
 #[tokio::test]

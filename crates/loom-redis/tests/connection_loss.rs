@@ -183,7 +183,11 @@ async fn a_redis_out_of_memory_ends_the_reader_with_a_clear_error_and_the_worker
     let error = last.error.as_ref().unwrap();
     assert_eq!(error.code, ErrorCode::Upstream, "{last:?}");
     assert!(error.message.contains("Redis is out of memory"), "{last:?}");
-    assert_eq!(probe.starts.load(std::sync::atomic::Ordering::SeqCst), 1, "not re-run");
+    assert_eq!(
+        probe.starts.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "not re-run"
+    );
     for (i, chunk) in chunks.iter().enumerate() {
         assert_eq!(chunk.seq, i as u64, "gapless until the end");
     }

@@ -262,14 +262,22 @@ async fn malformed_stream_entries_end_the_read_naming_the_entry_after_what_came_
     let client = client(&server, fast_options()).await;
     let mut plain = server.plain();
     let cases: [&[(&str, &[u8])]; 7] = [
-        &[("type", b"data"), ("data", b"{\"token\":\"cu"), ("seq", b"2")],
+        &[
+            ("type", b"data"),
+            ("data", b"{\"token\":\"cu"),
+            ("seq", b"2"),
+        ],
         &[("type", b"data"), ("data", b"\"a\xFF\""), ("seq", b"2")],
         &[("type", b"bogus"), ("data", b"{}"), ("seq", b"2")],
         &[("type", b"data"), ("data", b"{}"), ("seq", b"two")],
         &[("data", b"{}"), ("seq", b"2")],
         &[("type", b"error"), ("error", b"not json"), ("seq", b"2")],
         // A rewrite of seq 1 with other text: never hidden as a "duplicate".
-        &[("type", b"data"), ("data", b"{\"token\":\"B\"}"), ("seq", b"1")],
+        &[
+            ("type", b"data"),
+            ("data", b"{\"token\":\"B\"}"),
+            ("seq", b"1"),
+        ],
     ];
     for fields in cases {
         let run_id = loom_core::new_run_id();
@@ -283,7 +291,11 @@ async fn malformed_stream_entries_end_the_read_naming_the_entry_after_what_came_
             cmd.query(&mut plain).unwrap()
         };
         add(&[("type", b"start"), ("data", b"{}"), ("seq", b"0")]);
-        add(&[("type", b"data"), ("data", b"{\"token\":\"A\"}"), ("seq", b"1")]);
+        add(&[
+            ("type", b"data"),
+            ("data", b"{\"token\":\"A\"}"),
+            ("seq", b"1"),
+        ]);
         let junk = add(fields);
         add(&[("type", b"complete"), ("data", b"{}"), ("seq", b"3")]);
 
@@ -293,7 +305,11 @@ async fn malformed_stream_entries_end_the_read_naming_the_entry_after_what_came_
         assert_eq!(chunks[1].token(), Some("A"));
         let error = chunks[2].error.as_ref().expect("an error");
         assert_eq!(error.code, ErrorCode::Internal, "{fields:?}");
-        assert!(error.message.contains(&junk), "{fields:?}: {}", error.message);
+        assert!(
+            error.message.contains(&junk),
+            "{fields:?}: {}",
+            error.message
+        );
     }
 }
 

@@ -11,13 +11,18 @@
 //!   server runs in its own subprocess (this binary, `--serve loom|bare`) so the clients'
 //!   memory and sockets are not counted and the servers do not share an allocator.
 //!
+//! - soak (only when named): 10,000 concurrent SSE streams at 2 chunks/s each for 5 minutes
+//!   against a loom-server subprocess: chunks/s, time to first chunk and per-chunk latency
+//!   (p50/p99, wall-clock stamps), both processes' RSS after 5 s and near the end, errors;
+//!   `-- soak quick` holds 1,000 streams for 20 s.
+//!
 //! `cargo bench -p loom-server --bench sse` (add `-- quick` for smaller counts, and
-//! `throughput`, `latency` or `idle` to run only those).
+//! `throughput`, `dialects`, `latency`, `idle` or `soak` to run only those).
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
@@ -31,14 +36,12 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// The clock the actors and the client read (one process).
-fn origin() -> Instant {
-    static ORIGIN: OnceLock<Instant> = OnceLock::new();
-    *ORIGIN.get_or_init(Instant::now)
-}
-
+/// The wall clock in nanoseconds: the actors stamp their chunks with it and the client reads
+/// it, in one process or in a server subprocess on the same machine.
 fn stamp() -> u64 {
-    origin().elapsed().as_nanos() as u64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// `flood` (tokens as fast as pulled), `paced` (stamped data chunks, one per `every_us`) and
@@ -84,10 +87,10 @@ fn spawn_loom(listener: TcpListener, config: ServerConfig) {
 }
 
 /// One pre-serialized chunk: `seq`, `type` and its JSON.
-type Frame = (u64, &'static str, String);
+type Prepared = (u64, &'static str, String);
 
 /// The chunks `flood` sends for `count`, serialized as the run log serializes them.
-fn flood_frames(count: u64) -> Arc<Vec<Frame>> {
+fn flood_frames(count: u64) -> Arc<Vec<Prepared>> {
     let chunk = |output: Output, seq: u64| {
         let chunk = output.into_chunk(seq);
         serde_json::to_string(&chunk).unwrap_or_default()
@@ -116,9 +119,9 @@ fn event(seq: u64, kind: &str, json: &str) -> Result<Event, Infallible> {
 
 /// The bare handler: `GET /flood` streams the pre-serialized frames, `GET /paced?count=` the
 /// stamped chunks at 1,000/s, `GET /idle` a start chunk then nothing.
-fn spawn_bare(listener: TcpListener, frames: Arc<Vec<Frame>>) {
+fn spawn_bare(listener: TcpListener, frames: Arc<Vec<Prepared>>) {
     async fn flood(
-        State(frames): State<Arc<Vec<Frame>>>,
+        State(frames): State<Arc<Vec<Prepared>>>,
     ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
         let len = frames.len();
         Sse::new(futures::stream::iter(0..len).map(move |i| {
@@ -185,28 +188,49 @@ async fn count_frames(response: reqwest::Response) -> u64 {
     frames
 }
 
-/// Reads `response`'s body to its end; each stamped chunk's delay from its stamp to now.
-async fn delays(response: reqwest::Response) -> Vec<Duration> {
+/// One SSE frame: its `id`, `event` and the stamp in its chunk's data (`paced`'s `t`).
+struct Frame {
+    id: Option<u64>,
+    event: String,
+    stamp: Option<u64>,
+}
+
+/// Reads `response`'s body to its end, calling `on_frame` with each frame and the time it
+/// arrived.
+async fn read_frames(response: reqwest::Response, mut on_frame: impl FnMut(Frame, u64)) {
     assert_eq!(response.status(), 200);
     let mut body = response.bytes_stream();
     let mut buf: Vec<u8> = Vec::new();
-    let mut out = Vec::new();
-    while let Some(bytes) = body.next().await {
+    while let Some(Ok(bytes)) = body.next().await {
         let now = stamp();
-        buf.extend_from_slice(&bytes.expect("body"));
-        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
-            let frame: Vec<u8> = buf.drain(..end + 2).collect();
-            let text = String::from_utf8_lossy(&frame);
-            let t = text
-                .lines()
-                .find_map(|l| l.strip_prefix("data: "))
-                .and_then(|d| serde_json::from_str::<Value>(d).ok())
-                .and_then(|chunk| chunk["data"]["t"].as_u64());
-            if let Some(t) = t {
-                out.push(Duration::from_nanos(now.saturating_sub(t)));
-            }
+        buf.extend_from_slice(&bytes);
+        let mut from = 0;
+        while let Some(end) = buf[from..].windows(2).position(|w| w == b"\n\n") {
+            let text = String::from_utf8_lossy(&buf[from..from + end]);
+            let field = |name: &str| text.lines().find_map(|l| l.strip_prefix(name));
+            let frame = Frame {
+                id: field("id: ").and_then(|v| v.parse().ok()),
+                event: field("event: ").unwrap_or_default().to_owned(),
+                stamp: field("data: ")
+                    .and_then(|d| serde_json::from_str::<Value>(d).ok())
+                    .and_then(|chunk| chunk["data"]["t"].as_u64()),
+            };
+            on_frame(frame, now);
+            from += end + 2;
         }
+        buf.drain(..from);
     }
+}
+
+/// Reads `response`'s body to its end; each stamped chunk's delay from its stamp to now.
+async fn delays(response: reqwest::Response) -> Vec<Duration> {
+    let mut out = Vec::new();
+    read_frames(response, |frame, now| {
+        if let Some(t) = frame.stamp {
+            out.push(Duration::from_nanos(now.saturating_sub(t)));
+        }
+    })
+    .await;
     out.sort();
     out
 }
@@ -229,6 +253,7 @@ async fn loom_holding(n: u64) -> String {
         log_limits: LogLimits {
             max_chunks: n as usize + 16,
             max_bytes: usize::MAX,
+            ..LogLimits::default()
         },
         ..ServerConfig::default()
     };
@@ -335,7 +360,6 @@ async fn dialects(n: u64) {
 
 async fn latency(count: u64) {
     println!("## latency: actor yield -> SSE client, {count} chunks at 1,000 chunks/s");
-    let _ = origin();
     let (listener, loom) = bind().await;
     spawn_loom(listener, ServerConfig::default());
     let (listener, bare) = bind().await;
@@ -487,6 +511,118 @@ async fn idle(k: usize) {
     }
 }
 
+/// What one soak stream saw.
+#[derive(Default)]
+struct Seen {
+    first: Option<Duration>,
+    chunks: u64,
+    /// Every 5th chunk's latency, in microseconds.
+    latencies: Vec<u32>,
+    ok: bool,
+}
+
+/// `streams` concurrent SSE streams of `paced` at 2 chunks/s each for `secs` against a
+/// loom-server subprocess (embedded mode), read by this process over loopback HTTP.
+async fn soak(streams: usize, secs: u64) {
+    let rate = 2;
+    println!("## soak: {streams} SSE streams at {rate} chunks/s each for {secs} s");
+    let (mut server, addr) = start_server("loom", streams);
+    let count = secs * rate;
+    let body = json!({ "input": { "count": count, "every_us": 1_000_000 / rate } }).to_string();
+    let http = reqwest::Client::new();
+    let url = format!("http://{addr}/v1/actors/paced/stream");
+    // At most 16 streams being opened at once, as clients arriving over a second or two: with
+    // 256 at once on this machine a tenth of them waited about 1 s for their response head
+    // (p50 40 ms), a connection storm measured as time to first chunk.
+    let opening = Arc::new(tokio::sync::Semaphore::new(16));
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(streams);
+    for _ in 0..streams {
+        let (http, url, body) = (http.clone(), url.clone(), body.clone());
+        let opening = Arc::clone(&opening);
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Seen::default();
+            let Ok(permit) = opening.acquire_owned().await else {
+                return seen;
+            };
+            let asked = Instant::now();
+            let Ok(response) = http.post(url).body(body).send().await else {
+                return seen;
+            };
+            drop(permit);
+            let (mut expected, mut in_order) = (0, true);
+            read_frames(response, |frame, now| {
+                in_order &= frame.id == Some(expected);
+                expected += 1;
+                if let Some(t) = frame.stamp {
+                    seen.chunks += 1;
+                    seen.first.get_or_insert_with(|| asked.elapsed());
+                    if seen.chunks % 5 == 0 {
+                        let us = now.saturating_sub(t) / 1000;
+                        seen.latencies.push(us.min(u64::from(u32::MAX)) as u32);
+                    }
+                }
+                seen.ok = in_order && frame.event == "complete";
+            })
+            .await;
+            seen
+        }));
+    }
+    let started = start.elapsed();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (client_start, server_start) = (rss_kib(std::process::id()), rss_kib(server.id()));
+    tokio::time::sleep(Duration::from_secs(secs.saturating_sub(10))).await;
+    let (client_end, server_end) = (rss_kib(std::process::id()), rss_kib(server.id()));
+    let mut seen = Vec::with_capacity(streams);
+    for task in tasks {
+        seen.push(task.await.unwrap_or_default());
+    }
+    let took = start.elapsed();
+    let _ = server.kill();
+    let _ = server.wait();
+    let chunks: u64 = seen.iter().map(|s| s.chunks).sum();
+    let errors = seen.iter().filter(|s| !s.ok || s.chunks != count).count();
+    let mut firsts: Vec<Duration> = seen.iter().filter_map(|s| s.first).collect();
+    firsts.sort();
+    let mut lat: Vec<Duration> = seen
+        .iter()
+        .flat_map(|s| {
+            s.latencies
+                .iter()
+                .map(|&us| Duration::from_micros(us.into()))
+        })
+        .collect();
+    lat.sort();
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!(
+        "streams started in {:.1} s; all ended after {:.1} s",
+        started.as_secs_f64(),
+        took.as_secs_f64()
+    );
+    println!(
+        "chunks: {chunks} ({:.0} chunks/s over the run)",
+        chunks as f64 / took.as_secs_f64()
+    );
+    println!(
+        "time to first chunk p50 {} p99 {}",
+        ms(percentile(&firsts, 0.5)),
+        ms(percentile(&firsts, 0.99))
+    );
+    println!(
+        "per-chunk latency p50 {} p99 {}",
+        ms(percentile(&lat, 0.5)),
+        ms(percentile(&lat, 0.99))
+    );
+    println!(
+        "RSS: server {:.1} -> {:.1} MiB, client {:.1} -> {:.1} MiB",
+        mib(server_start),
+        mib(server_end),
+        mib(client_start),
+        mib(client_end)
+    );
+    println!("errors (a stream not complete, short, gapped or repeated): {errors}");
+}
+
 /// `--serve loom|bare K`: a server for the idle measurement; prints its address.
 async fn serve_child(kind: &str, streams: usize) {
     let (listener, _) = bind().await;
@@ -517,11 +653,12 @@ fn main() {
         return;
     }
     let quick = args.iter().any(|a| a == "quick");
-    let only: Vec<&str> = ["throughput", "dialects", "latency", "idle"]
+    let only: Vec<&str> = ["throughput", "dialects", "latency", "idle", "soak"]
         .into_iter()
         .filter(|name| args.iter().any(|a| a == name))
         .collect();
-    let wants = |name: &str| only.is_empty() || only.contains(&name);
+    // The soak takes minutes: only when asked for.
+    let wants = |name: &str| (only.is_empty() && name != "soak") || only.contains(&name);
     rt.block_on(async {
         if wants("throughput") {
             throughput(if quick { 20_000 } else { 200_000 }).await;
@@ -534,6 +671,13 @@ fn main() {
         }
         if wants("idle") {
             idle(if quick { 1_000 } else { 10_000 }).await;
+        }
+        if wants("soak") {
+            if quick {
+                soak(1_000, 20).await;
+            } else {
+                soak(10_000, 300).await;
+            }
         }
     });
 }

@@ -61,8 +61,11 @@
 //! `410 cursor_expired` (a streaming reader overtaken that way is disconnected and gets the 410
 //! when it resumes). A cursor at or past a finished run's terminal is `204`. A finished run is
 //! kept for the run TTL (default an hour), then forgotten (`404`); at most
-//! [`DEFAULT_MAX_FINISHED_RUNS`] finished runs are kept (configurable), the oldest going first,
-//! so memory is bounded by the running runs plus that many bounded logs.
+//! [`DEFAULT_MAX_FINISHED_RUNS`] finished runs are kept (configurable), the oldest going first.
+//! All logs share one budget ([`LogLimits::max_total_bytes`], 128 MiB by default): past it, a
+//! log that writes trims itself to its share, the total over the number of logs. So running
+//! runs hold about that budget together whatever their number, and a finished log keeps what
+//! it held when it ended (at most its share then).
 //!
 //! In distributed mode the same holds with the Redis chunk stream as the log: a cursor is an
 //! entry id (the chunk of `seq` N is entry `N-1`), found by Redis without reading from the
@@ -109,8 +112,8 @@ pub use config::{
 pub use error::ApiError;
 pub use routes::router;
 pub use runlog::{
-    CursorExpired, LogLimits, LoggedChunk, Read, Reader, RunInfo, RunLog, RunStatus, RunTarget,
-    DEFAULT_MAX_BYTES, DEFAULT_MAX_CHUNKS,
+    CursorExpired, LogBudget, LogLimits, LoggedChunk, Read, Reader, RunInfo, RunLog, RunStatus,
+    RunTarget, CHUNK_OVERHEAD, DEFAULT_MAX_BYTES, DEFAULT_MAX_CHUNKS, DEFAULT_MAX_TOTAL_BYTES,
 };
 pub use state::ServerState;
 pub use store::MAX_RECENT_RUNS;

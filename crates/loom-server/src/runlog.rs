@@ -5,8 +5,14 @@
 //! reader and a slow reader costs nothing but its cursor. Past [`LogLimits`] the oldest chunks
 //! are dropped; a reader whose cursor falls before the oldest kept chunk gets
 //! [`CursorExpired`] (HTTP `410`), never a silent jump. [`crate::store`] keeps logs by run id.
+//!
+//! All of a server's logs share one [`LogBudget`]: while they hold more than
+//! [`LogLimits::max_total_bytes`] together, a log that writes trims itself to its share (the
+//! total over the number of logs), so 10,000 runs cost the server that budget, not 10,000
+//! times a log's own bound.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -21,6 +27,14 @@ pub const DEFAULT_MAX_CHUNKS: usize = 10_000;
 /// The most bytes of chunk JSON one embedded log keeps; older chunks are dropped past it.
 pub const DEFAULT_MAX_BYTES: usize = 8 * 1024 * 1024;
 
+/// The most bytes all of a server's logs keep together (chunk JSON plus [`CHUNK_OVERHEAD`]
+/// each).
+pub const DEFAULT_MAX_TOTAL_BYTES: usize = 128 * 1024 * 1024;
+
+/// About what a kept chunk costs beyond its JSON: the shared record, the JSON buffer's spare
+/// capacity and the queue's slot. Counted against the total budget only.
+pub const CHUNK_OVERHEAD: usize = 128;
+
 /// The most chunks a reader takes from the log at once, so one read never copies a whole log.
 const READ_BATCH: usize = 256;
 
@@ -31,6 +45,9 @@ pub struct LogLimits {
     pub max_chunks: usize,
     /// The most bytes of chunk JSON kept (the newest chunk is always kept).
     pub max_bytes: usize,
+    /// The most bytes all the server's logs keep together, counting [`CHUNK_OVERHEAD`] per
+    /// chunk; past it a log that writes trims itself to its share.
+    pub max_total_bytes: usize,
 }
 
 impl Default for LogLimits {
@@ -38,7 +55,40 @@ impl Default for LogLimits {
         Self {
             max_chunks: DEFAULT_MAX_CHUNKS,
             max_bytes: DEFAULT_MAX_BYTES,
+            max_total_bytes: DEFAULT_MAX_TOTAL_BYTES,
         }
+    }
+}
+
+/// The limits every log of one server keeps to, and what they hold together.
+#[derive(Debug)]
+pub struct LogBudget {
+    limits: LogLimits,
+    /// Bytes held by every log, overhead included.
+    used: AtomicUsize,
+    /// Logs alive.
+    logs: AtomicUsize,
+}
+
+impl LogBudget {
+    /// A budget for logs kept to `limits`.
+    pub fn new(limits: LogLimits) -> Arc<Self> {
+        Arc::new(Self {
+            limits,
+            used: AtomicUsize::new(0),
+            logs: AtomicUsize::new(0),
+        })
+    }
+
+    /// Bytes held by every log together, overhead included.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Whether a log holding `bytes` (overhead included) must drop its oldest chunk.
+    fn over_share(&self, bytes: usize) -> bool {
+        self.used() > self.limits.max_total_bytes
+            && bytes > self.limits.max_total_bytes / self.logs.load(Ordering::Relaxed).max(1)
     }
 }
 
@@ -138,7 +188,7 @@ pub struct RunLog {
     run_id: String,
     target: RunTarget,
     created_at: SystemTime,
-    limits: LogLimits,
+    budget: Arc<LogBudget>,
     state: Mutex<LogState>,
     /// Bumped on every write; readers wait on it for more.
     written: watch::Sender<u64>,
@@ -147,12 +197,28 @@ pub struct RunLog {
 #[derive(Debug, Default)]
 struct LogState {
     chunks: VecDeque<Arc<LoggedChunk>>,
+    /// Bytes of chunk JSON held.
     bytes: usize,
     /// The `seq` the first chunk written had (0 for a local run): a log that dropped nothing
     /// still holds it.
     first_seq: Option<u64>,
     last_seq: Option<u64>,
     terminal: Option<Terminal>,
+}
+
+impl LogState {
+    /// What the log holds against the budget: its JSON plus the overhead of each chunk.
+    fn held(&self) -> usize {
+        self.bytes + self.chunks.len() * CHUNK_OVERHEAD
+    }
+}
+
+impl Drop for RunLog {
+    fn drop(&mut self) {
+        let held = self.lock().held();
+        self.budget.used.fetch_sub(held, Ordering::Relaxed);
+        self.budget.logs.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -163,13 +229,14 @@ struct Terminal {
 }
 
 impl RunLog {
-    /// An empty log for run `run_id` of `target`.
-    pub fn new(run_id: impl Into<String>, target: RunTarget, limits: LogLimits) -> Self {
+    /// An empty log for run `run_id` of `target`, kept within `budget`.
+    pub fn new(run_id: impl Into<String>, target: RunTarget, budget: &Arc<LogBudget>) -> Self {
+        budget.logs.fetch_add(1, Ordering::Relaxed);
         Self {
             run_id: run_id.into(),
             target,
             created_at: SystemTime::now(),
-            limits,
+            budget: Arc::clone(budget),
             state: Mutex::new(LogState::default()),
             written: watch::Sender::new(0),
         }
@@ -197,6 +264,10 @@ impl RunLog {
             state.first_seq.get_or_insert(chunk.seq);
             state.last_seq = Some(chunk.seq);
             state.bytes += logged.json.len();
+            let budget = &self.budget;
+            budget
+                .used
+                .fetch_add(logged.json.len() + CHUNK_OVERHEAD, Ordering::Relaxed);
             state.chunks.push_back(logged);
             if chunk.is_terminal() {
                 let (status, code) = RunStatus::of_terminal(chunk);
@@ -206,11 +277,16 @@ impl RunLog {
                     code,
                 });
             }
-            while state.chunks.len() > self.limits.max_chunks
-                || (state.bytes > self.limits.max_bytes && state.chunks.len() > 1)
+            let limits = &budget.limits;
+            while state.chunks.len() > limits.max_chunks
+                || (state.chunks.len() > 1
+                    && (state.bytes > limits.max_bytes || budget.over_share(state.held())))
             {
                 if let Some(old) = state.chunks.pop_front() {
                     state.bytes -= old.json.len();
+                    budget
+                        .used
+                        .fetch_sub(old.json.len() + CHUNK_OVERHEAD, Ordering::Relaxed);
                 }
             }
         }
@@ -338,7 +414,11 @@ mod tests {
     use super::*;
 
     fn log(limits: LogLimits) -> Arc<RunLog> {
-        Arc::new(RunLog::new("r1", RunTarget::Actor("echo".into()), limits))
+        Arc::new(RunLog::new(
+            "r1",
+            RunTarget::Actor("echo".into()),
+            &LogBudget::new(limits),
+        ))
     }
 
     fn data(seq: u64) -> StreamChunk {
@@ -377,6 +457,7 @@ mod tests {
         let log = log(LogLimits {
             max_chunks: 3,
             max_bytes: usize::MAX,
+            ..LogLimits::default()
         });
         for seq in 0..5 {
             log.push(&data(seq));
@@ -396,6 +477,7 @@ mod tests {
         let log = log(LogLimits {
             max_chunks: 100,
             max_bytes: one * 2,
+            ..LogLimits::default()
         });
         for seq in 0..4 {
             log.push(&data(seq));
@@ -404,9 +486,46 @@ mod tests {
         let tiny = self::log(LogLimits {
             max_chunks: 100,
             max_bytes: 1,
+            ..LogLimits::default()
         });
         tiny.push(&data(0));
         assert_eq!(seqs(tiny.read(None).unwrap()), [0]);
+    }
+
+    #[test]
+    fn logs_sharing_a_budget_trim_to_their_share_and_give_it_back_when_dropped() {
+        // Seqs of three digits, so every chunk costs the same.
+        let one = data(100).to_json().len() + CHUNK_OVERHEAD;
+        let budget = LogBudget::new(LogLimits {
+            max_total_bytes: one * 10,
+            ..LogLimits::default()
+        });
+        let new = |id: &str| Arc::new(RunLog::new(id, RunTarget::Actor("echo".into()), &budget));
+        let (a, b) = (new("a"), new("b"));
+        for seq in 100..106 {
+            a.push(&data(seq));
+        }
+        // Within the total: a keeps all 6.
+        assert_eq!(budget.used(), one * 6);
+        for seq in 100..120 {
+            b.push(&data(seq));
+        }
+        // Past the total, b (the writer) trims to its share of 5; a is not written to.
+        assert_eq!(
+            seqs(b.read(Some(114)).expect("read")),
+            (115..120).collect::<Vec<_>>()
+        );
+        assert!(b.read(Some(113)).is_err(), "a trimmed cursor expires");
+        assert_eq!(budget.used(), one * 11);
+        a.push(&data(106));
+        assert_eq!(
+            seqs(a.read(Some(101)).expect("read")),
+            (102..107).collect::<Vec<_>>()
+        );
+        assert!(a.read(Some(100)).is_err());
+        assert_eq!(budget.used(), one * 10);
+        drop(b);
+        assert_eq!(budget.used(), one * 5);
     }
 
     #[test]
@@ -453,6 +572,7 @@ mod tests {
         let log = log(LogLimits {
             max_chunks: 2,
             max_bytes: usize::MAX,
+            ..LogLimits::default()
         });
         let mut reader = log.reader(None);
         for seq in 0..5 {

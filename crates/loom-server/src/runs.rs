@@ -22,7 +22,7 @@ use tracing::Instrument;
 use crate::config::ServerConfig;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::runlog::{RunLog, RunTarget};
+use crate::runlog::{LogBudget, RunLog, RunTarget};
 use crate::store::{DisconnectPolicy, Run, RunStore};
 
 /// What to start.
@@ -62,6 +62,8 @@ pub(crate) struct Engine {
     executor: WorkflowExecutor,
     workflows: BTreeMap<String, Arc<Workflow>>,
     store: Arc<RunStore>,
+    /// What every run's log keeps, and what they hold together.
+    budget: Arc<LogBudget>,
     config: ServerConfig,
     metrics: Arc<Metrics>,
     shutting_down: AtomicBool,
@@ -85,6 +87,7 @@ impl Engine {
             executor,
             workflows,
             store: Arc::new(RunStore::new()),
+            budget: LogBudget::new(config.log_limits),
             config,
             metrics,
             shutting_down: AtomicBool::new(false),
@@ -136,11 +139,7 @@ impl Engine {
                     .stream_with(Arc::clone(workflow), input, options)
             }
         };
-        let log = Arc::new(RunLog::new(
-            run_id.clone(),
-            request.target,
-            self.config.log_limits,
-        ));
+        let log = Arc::new(RunLog::new(run_id.clone(), request.target, &self.budget));
         let run = Arc::new(Run::new(Arc::clone(&log), cancel, request.policy));
         self.store.insert(Arc::clone(&run));
         tokio::spawn(

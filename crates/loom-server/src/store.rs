@@ -227,13 +227,13 @@ mod tests {
     use loom_core::{ActorError, StreamChunk};
 
     use super::*;
-    use crate::runlog::{LogLimits, RunTarget};
+    use crate::runlog::{LogBudget, LogLimits, RunTarget};
 
     fn run(id: &str, policy: DisconnectPolicy) -> (Arc<Run>, CancellationToken) {
         let log = Arc::new(RunLog::new(
             id,
             RunTarget::Actor("echo".into()),
-            LogLimits::default(),
+            &LogBudget::new(LogLimits::default()),
         ));
         let token = CancellationToken::new();
         (Arc::new(Run::new(log, token.clone(), policy)), token)

@@ -122,6 +122,7 @@ async fn a_client_that_never_reads_is_dropped_and_the_log_stays_bounded() {
         log_limits: loom_server::LogLimits {
             max_chunks: 1_000,
             max_bytes: usize::MAX,
+            ..loom_server::LogLimits::default()
         },
         ..ServerConfig::default()
     })

@@ -130,6 +130,7 @@ async fn a_cursor_the_log_no_longer_holds_is_410() {
         log_limits: LogLimits {
             max_chunks: 4,
             max_bytes: usize::MAX,
+            ..LogLimits::default()
         },
         ..ServerConfig::default()
     })
@@ -281,6 +282,7 @@ async fn a_reader_overtaken_by_the_log_bound_is_disconnected_and_its_resume_is_4
         log_limits: LogLimits {
             max_chunks: 100,
             max_bytes: usize::MAX,
+            ..LogLimits::default()
         },
         ..ServerConfig::default()
     };

@@ -152,7 +152,10 @@ fn a_huge_input_from_a_file_or_stdin_reaches_the_actor_whole() {
     let id = std::process::id();
     let file = dir.join(format!("loom-huge-{id}.json"));
     std::fs::write(&file, &input).unwrap();
-    for (i, arg) in [format!("@{}", file.display()), "@-".to_owned()].iter().enumerate() {
+    for (i, arg) in [format!("@{}", file.display()), "@-".to_owned()]
+        .iter()
+        .enumerate()
+    {
         // Output to a file: a 20 MB result would fill a pipe nobody reads until exit.
         let output = dir.join(format!("loom-huge-{id}-{i}.out"));
         let mut child = loom(&["actor", "run", "echo", "--json", "--input", arg])
@@ -171,7 +174,11 @@ fn a_huge_input_from_a_file_or_stdin_reaches_the_actor_whole() {
         let _ = std::fs::remove_file(&output);
         let last: serde_json::Value =
             serde_json::from_str(printed.lines().last().expect("a terminal line")).unwrap();
-        assert_eq!(last["data"]["text"].as_str().map(str::len), Some(text.len()), "{arg}");
+        assert_eq!(
+            last["data"]["text"].as_str().map(str::len),
+            Some(text.len()),
+            "{arg}"
+        );
     }
     let _ = std::fs::remove_file(&file);
 }

@@ -136,3 +136,87 @@ fn serve_with_redis_queues_runs_to_a_worker_and_delete_stops_a_detached_workflow
     assert_eq!(wait(&mut worker.0).code(), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// No secret reaches the logs, even with `RUST_LOG=trace`: not the API key (right or wrong),
+/// not a token from `/v1/tokens` used as `?token=`, not the upstream LLM's key; and `/metrics`
+/// shows neither them nor run ids.
+#[test]
+fn no_secret_reaches_the_logs_even_at_rust_log_trace() {
+    const KEY: &str = "loomkey-Secret-2f9c7e1d";
+    const LLM_KEY: &str = "sk-upstream-Secret-81b3a6";
+    let finish = serde_json::json!({
+        "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "fake",
+        "choices": [{ "index": 0, "delta": {}, "finish_reason": "stop" }]
+    });
+    let llm = FakeOpenAi::start(
+        vec![token_event("Hi"), finish.to_string(), "[DONE]".into()],
+        false,
+    );
+    let mut child = loom(&["serve", "--addr", "127.0.0.1:0"])
+        .env("LOOM_API_KEY", KEY)
+        .env("OPENAI_API_KEY", LLM_KEY)
+        .env("OPENAI_BASE_URL", &llm.base_url)
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("loom serve starts");
+    let rx = lines_of(child.stderr.take().expect("stderr is piped"));
+    let mut logs = Vec::new();
+    let addr = loop {
+        let line = rx.recv_timeout(LIMIT).expect("the serving line");
+        if line.starts_with("loom: serving on") {
+            break served_addr(&line);
+        }
+        logs.push(line);
+    };
+    let bearer = format!("Authorization: Bearer {KEY}");
+
+    let run = http(
+        &addr,
+        "POST",
+        "/v1/actors/chat-agent/run",
+        &[&bearer],
+        r#"{"input":{"prompt":"hi"}}"#,
+    );
+    assert!(run.starts_with("HTTP/1.1 200"), "{run}");
+    let head = llm.requests.recv_timeout(LIMIT).expect("the LLM request");
+    assert!(head.contains(LLM_KEY), "the upstream got its key: {head}");
+    let run_id = run
+        .lines()
+        .find_map(|l| l.strip_prefix("loom-run-id: "))
+        .expect("a run id")
+        .to_owned();
+
+    let wrong = http(&addr, "GET", "/v1/actors", &[&format!("{bearer}x")], "");
+    assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
+    let token = body(&http(&addr, "POST", "/v1/tokens", &[&bearer], ""))["token"]
+        .as_str()
+        .expect("a token")
+        .to_owned();
+    let stream = http(
+        &addr,
+        "GET",
+        &format!("/v1/actors/echo/stream?token={token}"),
+        &[],
+        "",
+    );
+    assert!(stream.starts_with("HTTP/1.1 200"), "{stream}");
+    let metrics = http(&addr, "GET", "/metrics", &[&bearer], "");
+    assert!(metrics.contains("loom_"), "{metrics}");
+    for secret in [KEY, LLM_KEY, token.as_str(), run_id.as_str()] {
+        assert!(!metrics.contains(secret), "/metrics shows {secret}");
+    }
+
+    signal(child.id(), "TERM");
+    assert_eq!(wait(&mut child).code(), Some(0));
+    while let Ok(line) = rx.recv_timeout(LIMIT) {
+        logs.push(line);
+    }
+    // The logs are there (trace level, naming the run), and hold no secret.
+    assert!(logs.iter().any(|l| l.contains(&run_id)), "{}", logs.len());
+    for secret in [KEY, LLM_KEY, token.as_str()] {
+        let leaks: Vec<&String> = logs.iter().filter(|l| l.contains(secret)).collect();
+        assert!(leaks.is_empty(), "{secret} in the logs: {leaks:?}");
+    }
+}

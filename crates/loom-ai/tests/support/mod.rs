@@ -334,7 +334,8 @@ impl RawServer {
                         if !pause.is_zero() {
                             tokio::time::sleep(pause).await;
                         }
-                        if socket.write_all(&piece).await.is_err() || socket.flush().await.is_err() {
+                        if socket.write_all(&piece).await.is_err() || socket.flush().await.is_err()
+                        {
                             return;
                         }
                         written.fetch_add(piece.len(), Ordering::SeqCst);

@@ -186,7 +186,11 @@ impl ReadState {
             };
             if let Some(prev) = self.last_seq {
                 if chunk.seq != prev + 1 {
-                    let how = if chunk.seq <= prev { "repeats" } else { "jumps" };
+                    let how = if chunk.seq <= prev {
+                        "repeats"
+                    } else {
+                        "jumps"
+                    };
                     let err = ActorError::internal(format!(
                         "entry {} in stream {}: seq {how} from {prev} to {}",
                         entry.id, self.key, chunk.seq

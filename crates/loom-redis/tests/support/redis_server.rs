@@ -83,7 +83,10 @@ impl RedisServer {
         // test's server because both were handed the same port.
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.server_pid() != Some(pid) {
-            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
             assert!(exited.is_none(), "redis-server exited at start: {exited:?}");
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));

@@ -560,8 +560,10 @@ async fn soak(server: &RedisServer, streams: usize, secs: u64) {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (reader_start, worker_start) = (mib(rss_kib()), mib(rss_kib_of(worker_pid)));
     let conns = connections(&mut probe).await.saturating_sub(before_conns);
-    // RSS again near the end, while the streams are still live.
-    tokio::time::sleep(Duration::from_secs(secs.saturating_sub(10))).await;
+    // RSS after a minute, and again near the end, while the streams are still live.
+    tokio::time::sleep(Duration::from_secs(secs.saturating_sub(10).min(55))).await;
+    let (reader_minute, worker_minute) = (mib(rss_kib()), mib(rss_kib_of(worker_pid)));
+    tokio::time::sleep(Duration::from_secs(secs.saturating_sub(65))).await;
     let (reader_end, worker_end) = (mib(rss_kib()), mib(rss_kib_of(worker_pid)));
     let mut seen = Vec::with_capacity(streams);
     for task in tasks {
@@ -599,7 +601,7 @@ async fn soak(server: &RedisServer, streams: usize, secs: u64) {
     );
     println!("per-chunk latency p50 {} p99 {}", ms(us(0.5)), ms(us(0.99)));
     println!(
-        "RSS: reader {reader_start:.1} -> {reader_end:.1} MiB, worker {worker_start:.1} -> {worker_end:.1} MiB"
+        "RSS (5 s -> 60 s -> end): reader {reader_start:.1} -> {reader_minute:.1} -> {reader_end:.1} MiB, worker {worker_start:.1} -> {worker_minute:.1} -> {worker_end:.1} MiB"
     );
     println!("Redis connections used by the reading process: {conns}");
     println!("errors (a stream not complete, short, gapped or repeated): {errors}");

@@ -379,7 +379,7 @@ impl Request {
             }
             Err(why) => {
                 return Err(Unreadable {
-                    named: Some(request),
+                    named: Some(Box::new(request)),
                     why,
                 })
             }
@@ -398,7 +398,7 @@ impl Request {
 pub(crate) struct Unreadable {
     /// The request as far as it was read, when its run id and actor type are valid names:
     /// its run can be ended with the error. Its `input` and `timeout_ms` mean nothing.
-    pub(crate) named: Option<Request>,
+    pub(crate) named: Option<Box<Request>>,
     /// What is wrong with the entry.
     pub(crate) why: String,
 }

@@ -571,7 +571,10 @@ async fn soak(streams: usize, secs: u64) {
     let started = start.elapsed();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (client_start, server_start) = (rss_kib(std::process::id()), rss_kib(server.id()));
-    tokio::time::sleep(Duration::from_secs(secs.saturating_sub(10))).await;
+    // Once more after a minute, when the logs have filled their shared budget.
+    tokio::time::sleep(Duration::from_secs(secs.saturating_sub(10).min(55))).await;
+    let server_minute = rss_kib(server.id());
+    tokio::time::sleep(Duration::from_secs(secs.saturating_sub(65))).await;
     let (client_end, server_end) = (rss_kib(std::process::id()), rss_kib(server.id()));
     let mut seen = Vec::with_capacity(streams);
     for task in tasks {
@@ -614,8 +617,9 @@ async fn soak(streams: usize, secs: u64) {
         ms(percentile(&lat, 0.99))
     );
     println!(
-        "RSS: server {:.1} -> {:.1} MiB, client {:.1} -> {:.1} MiB",
+        "RSS: server {:.1} (5 s) -> {:.1} (60 s) -> {:.1} MiB (end), client {:.1} -> {:.1} MiB",
         mib(server_start),
+        mib(server_minute),
         mib(server_end),
         mib(client_start),
         mib(client_end)

@@ -45,7 +45,7 @@ pub(crate) async fn execute(shared: Arc<Shared>, work: Work, _slot: OwnedSemapho
         Err(Unreadable {
             named: Some(request),
             why,
-        }) => (request, Some(why)),
+        }) => (*request, Some(why)),
         Err(Unreadable { named: None, why }) => {
             tracing::error!(queue = %queue, entry = %entry.id, %why, "dropping an unreadable request");
             acknowledge(&shared, &queue, entry.id).await;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::StreamExt;
 use serde_json::{Map, Value};
+use tokio_stream::StreamMap;
 
 use crate::actor::{Actor, ActorStream};
 use crate::chunk::ChunkType;
@@ -60,19 +61,21 @@ impl Actor for Team {
     fn stream(self: Arc<Self>, input: Value, ctx: ActorContext) -> ActorStream {
         Box::pin(async_stream::try_stream! {
             let total = self.members.len() as u64;
-            let members = self.members.iter().map(|actor| {
-                let name = actor.name().to_owned();
+            // A `StreamMap` polls the members in turn from a random one, without allocating
+            // per chunk (`select_all` re-queues each member after every item).
+            let mut merged = StreamMap::with_capacity(self.members.len());
+            for (i, actor) in self.members.iter().enumerate() {
                 let options = RunOptions {
                     run_id: Some(ctx.run_id().to_owned()),
                     parent: Some(ctx.cancellation_token().clone()),
                     ..RunOptions::default()
                 };
-                drive(Arc::clone(actor), input.clone(), Arc::clone(ctx.extensions()), options, None)
-                    .map(move |chunk| (name.clone(), chunk))
-            });
-            let mut merged = futures::stream::select_all(members);
+                let chunks = drive(Arc::clone(actor), input.clone(), Arc::clone(ctx.extensions()), options, None);
+                merged.insert(i, chunks);
+            }
             let mut results = Map::new();
-            while let Some((member, chunk)) = merged.next().await {
+            while let Some((i, chunk)) = merged.next().await {
+                let member = self.members[i].name();
                 match chunk.kind {
                     ChunkType::Start => {}
                     ChunkType::Progress | ChunkType::Data => {
@@ -81,7 +84,7 @@ impl Actor for Team {
                         }
                     }
                     ChunkType::Complete => {
-                        results.insert(member.clone(), chunk.data.unwrap_or(Value::Null));
+                        results.insert(member.to_owned(), chunk.data.unwrap_or(Value::Null));
                         let message = format!("{member} finished");
                         yield Output::progress(results.len() as u64, Some(total), message)
                             .with_actor(member);

@@ -51,10 +51,7 @@ fn main() {
         .expect("a tokio runtime");
     let runtime = Runtime::new(registry(), Extensions::new());
     let input = json!({ "count": count });
-    let member = runtime
-        .registry()
-        .get("tokens")
-        .expect("registered");
+    let member = runtime.registry().get("tokens").expect("registered");
     let team = Arc::new(Team::new("team", "one member").member(member));
     let yaml = "name: one-step\nactions:\n  - name: step\n    actorType: tokens\n    streaming: true\n    input: { count: COUNT }\n"
         .replace("COUNT", &count.to_string());
@@ -63,7 +60,11 @@ fn main() {
     );
     let executor = WorkflowExecutor::new(Arc::new(runtime.clone()));
 
-    let direct = || runtime.stream("tokens", input.clone(), RunOptions::default()).expect("run");
+    let direct = || {
+        runtime
+            .stream("tokens", input.clone(), RunOptions::default())
+            .expect("run")
+    };
     let teamed = || runtime.stream_actor(Arc::clone(&team), input.clone(), RunOptions::default());
     let stepped = || executor.stream(Arc::clone(&workflow), Value::Null);
 

@@ -19,6 +19,7 @@ use loom_core::{
     ErrorInfo, Event, Invoker, Output, RunOptions, Runtime, StreamChunk,
 };
 use serde_json::{json, Map, Value};
+use tokio_stream::StreamMap;
 
 use crate::reference;
 use crate::workflow::{Action, ActorAction, Workflow, MAX_BACKOFF};
@@ -210,10 +211,11 @@ fn run_workflow(
                 ));
             }
             // All of a group's steps are polled here, on the workflow's own task, so their
-            // chunks interleave in the order they are produced.
-            let mut merged = futures::stream::select_all(running);
+            // chunks interleave in the order they are produced; a `StreamMap` polls them in
+            // turn without allocating per chunk.
+            let mut merged: StreamMap<usize, _> = running.into_iter().enumerate().collect();
             let mut results = Map::new();
-            while let Some(event) = merged.next().await {
+            while let Some((_, event)) = merged.next().await {
                 match event {
                     StepEvent::Output(output) => yield output,
                     StepEvent::Done { name, outcome: Ok(value), .. } => {

@@ -15,6 +15,8 @@
 //! `cargo bench -p loom-redis --bench remote_stream` (add `-- quick` for a short run, and
 //! `throughput`, `latency`, `scale` or `soak` to run only those).
 
+#[path = "support/measure.rs"]
+mod measure;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -28,6 +30,7 @@ use loom_core::{
     Runtime,
 };
 use loom_redis::{Client, ClientOptions, Worker, WorkerOptions};
+use measure::{ms, percentile, report, rss_kib_of, Seen};
 use serde_json::{json, Value};
 use support::RedisServer;
 
@@ -121,28 +124,6 @@ fn options(prefix: &str) -> ClientOptions {
         prefix: prefix.to_owned(),
         ..ClientOptions::default()
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.3} ms", d.as_secs_f64() * 1e3)
-}
-
-/// A process's resident memory, from `/proc/<pid>/status`.
-fn rss_kib_of(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// This process's resident memory.
@@ -493,16 +474,6 @@ async fn scale(server: &RedisServer, streams: usize) {
     println!("completed: {completed}/{streams}");
 }
 
-/// What one soak stream saw.
-#[derive(Default)]
-struct Seen {
-    first: Option<Duration>,
-    chunks: u64,
-    /// Every 5th chunk's latency, in microseconds.
-    latencies: Vec<u32>,
-    ok: bool,
-}
-
 async fn soak(server: &RedisServer, streams: usize, secs: u64) {
     let rate = 2;
     println!("## soak: {streams} remote streams at {rate} chunks/s each for {secs} s");
@@ -537,17 +508,12 @@ async fn soak(server: &RedisServer, streams: usize, secs: u64) {
                 expected += 1;
                 match chunk.kind {
                     loom_core::ChunkType::Data => {
-                        seen.chunks += 1;
-                        seen.first.get_or_insert_with(|| asked.elapsed());
-                        if seen.chunks % 5 == 0 {
-                            let t = chunk
-                                .data
-                                .as_ref()
-                                .and_then(|d| d["t"].as_u64())
-                                .unwrap_or(0);
-                            let us = wall_ns().saturating_sub(t) / 1000;
-                            seen.latencies.push(us.min(u64::from(u32::MAX)) as u32);
-                        }
+                        let t = chunk
+                            .data
+                            .as_ref()
+                            .and_then(|d| d["t"].as_u64())
+                            .unwrap_or(0);
+                        seen.data(asked.elapsed(), wall_ns().saturating_sub(t) / 1000);
                     }
                     loom_core::ChunkType::Complete => seen.ok = true,
                     _ => {}
@@ -572,39 +538,11 @@ async fn soak(server: &RedisServer, streams: usize, secs: u64) {
     let took = start.elapsed();
     let _ = worker.kill();
     let _ = worker.wait();
-    let chunks: u64 = seen.iter().map(|s| s.chunks).sum();
-    let errors = seen.iter().filter(|s| !s.ok || s.chunks != count).count();
-    let mut firsts: Vec<Duration> = seen.iter().filter_map(|s| s.first).collect();
-    firsts.sort();
-    let mut lat: Vec<u32> = seen
-        .iter()
-        .flat_map(|s| s.latencies.iter().copied())
-        .collect();
-    lat.sort_unstable();
-    let us = |p: f64| {
-        let i = ((lat.len().max(1) - 1) as f64 * p).round() as usize;
-        Duration::from_micros(u64::from(lat.get(i).copied().unwrap_or(0)))
-    };
-    println!(
-        "streams started in {:.1} s; all ended after {:.1} s",
-        started.as_secs_f64(),
-        took.as_secs_f64()
-    );
-    println!(
-        "chunks: {chunks} ({:.0} chunks/s over the run)",
-        chunks as f64 / took.as_secs_f64()
-    );
-    println!(
-        "time to first chunk p50 {} p99 {}",
-        ms(percentile(&firsts, 0.5)),
-        ms(percentile(&firsts, 0.99))
-    );
-    println!("per-chunk latency p50 {} p99 {}", ms(us(0.5)), ms(us(0.99)));
+    report(&seen, count, started, took);
     println!(
         "RSS (5 s -> 60 s -> end): reader {reader_start:.1} -> {reader_minute:.1} -> {reader_end:.1} MiB, worker {worker_start:.1} -> {worker_minute:.1} -> {worker_end:.1} MiB"
     );
     println!("Redis connections used by the reading process: {conns}");
-    println!("errors (a stream not complete, short, gapped or repeated): {errors}");
 }
 
 /// A worker subprocess (this binary, `--worker`) with `concurrency` slots, a probe connection

@@ -19,6 +19,9 @@
 //! `cargo bench -p loom-server --bench sse` (add `-- quick` for smaller counts, and
 //! `throughput`, `dialects`, `latency`, `idle` or `soak` to run only those).
 
+#[path = "../../loom-redis/benches/support/measure.rs"]
+mod measure;
+
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -32,6 +35,7 @@ use axum::Router;
 use futures::{Stream, StreamExt};
 use loom_core::{actor_fn, try_stream, Extensions, Output, Registry, Runtime};
 use loom_server::{LogLimits, ServerConfig, ServerState};
+use measure::{ms, percentile, report, rss_kib_of, Seen};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -235,15 +239,6 @@ async fn delays(response: reqwest::Response) -> Vec<Duration> {
     out
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.3} ms", d.as_secs_f64() * 1e3)
-}
-
 /// A loom-server whose run logs hold `n` chunks and more, and its base URL. The log holds the
 /// whole run: with the default bound (10,000 chunks) a producer that never waits overtakes the
 /// one reader, which is then disconnected (by design).
@@ -395,18 +390,6 @@ async fn latency(count: u64) {
     println!("added p50: {:.3} ms (target <= 0.2 ms)", added * 1e3);
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// Opens one SSE stream with a hand-written request and reads until its first frame; the
 /// connection, idle from then on. `None` when it could not be opened.
 async fn open_idle(addr: &str, request: &[u8]) -> Option<TcpStream> {
@@ -475,7 +458,7 @@ async fn idle_streams(kind: &str, k: usize) -> (usize, u64) {
     let warm = futures::future::join_all((0..16).map(|_| open_idle(&addr, &request))).await;
     drop(warm);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = rss_kib(child.id());
+    let before = rss_kib_of(child.id());
     let opened: Vec<TcpStream> = futures::stream::iter(0..k)
         .map(|_| open_idle(&addr, &request))
         .buffer_unordered(128)
@@ -483,7 +466,7 @@ async fn idle_streams(kind: &str, k: usize) -> (usize, u64) {
         .collect()
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let after = rss_kib(child.id());
+    let after = rss_kib_of(child.id());
     let reached = opened.len();
     drop(opened);
     let _ = child.kill();
@@ -509,16 +492,6 @@ async fn idle(k: usize) {
             "{name}: {reached}/{k} streams open, RSS delta {kib} KiB, {per:.1} KiB per stream{target}"
         );
     }
-}
-
-/// What one soak stream saw.
-#[derive(Default)]
-struct Seen {
-    first: Option<Duration>,
-    chunks: u64,
-    /// Every 5th chunk's latency, in microseconds.
-    latencies: Vec<u32>,
-    ok: bool,
 }
 
 /// `streams` concurrent SSE streams of `paced` at 2 chunks/s each for `secs` against a
@@ -555,12 +528,7 @@ async fn soak(streams: usize, secs: u64) {
                 in_order &= frame.id == Some(expected);
                 expected += 1;
                 if let Some(t) = frame.stamp {
-                    seen.chunks += 1;
-                    seen.first.get_or_insert_with(|| asked.elapsed());
-                    if seen.chunks % 5 == 0 {
-                        let us = now.saturating_sub(t) / 1000;
-                        seen.latencies.push(us.min(u64::from(u32::MAX)) as u32);
-                    }
+                    seen.data(asked.elapsed(), now.saturating_sub(t) / 1000);
                 }
                 seen.ok = in_order && frame.event == "complete";
             })
@@ -570,12 +538,12 @@ async fn soak(streams: usize, secs: u64) {
     }
     let started = start.elapsed();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let (client_start, server_start) = (rss_kib(std::process::id()), rss_kib(server.id()));
+    let (client_start, server_start) = (rss_kib_of(std::process::id()), rss_kib_of(server.id()));
     // Once more after a minute, when the logs have filled their shared budget.
     tokio::time::sleep(Duration::from_secs(secs.saturating_sub(10).min(55))).await;
-    let server_minute = rss_kib(server.id());
+    let server_minute = rss_kib_of(server.id());
     tokio::time::sleep(Duration::from_secs(secs.saturating_sub(65))).await;
-    let (client_end, server_end) = (rss_kib(std::process::id()), rss_kib(server.id()));
+    let (client_end, server_end) = (rss_kib_of(std::process::id()), rss_kib_of(server.id()));
     let mut seen = Vec::with_capacity(streams);
     for task in tasks {
         seen.push(task.await.unwrap_or_default());
@@ -583,39 +551,8 @@ async fn soak(streams: usize, secs: u64) {
     let took = start.elapsed();
     let _ = server.kill();
     let _ = server.wait();
-    let chunks: u64 = seen.iter().map(|s| s.chunks).sum();
-    let errors = seen.iter().filter(|s| !s.ok || s.chunks != count).count();
-    let mut firsts: Vec<Duration> = seen.iter().filter_map(|s| s.first).collect();
-    firsts.sort();
-    let mut lat: Vec<Duration> = seen
-        .iter()
-        .flat_map(|s| {
-            s.latencies
-                .iter()
-                .map(|&us| Duration::from_micros(us.into()))
-        })
-        .collect();
-    lat.sort();
+    report(&seen, count, started, took);
     let mib = |kib: u64| kib as f64 / 1024.0;
-    println!(
-        "streams started in {:.1} s; all ended after {:.1} s",
-        started.as_secs_f64(),
-        took.as_secs_f64()
-    );
-    println!(
-        "chunks: {chunks} ({:.0} chunks/s over the run)",
-        chunks as f64 / took.as_secs_f64()
-    );
-    println!(
-        "time to first chunk p50 {} p99 {}",
-        ms(percentile(&firsts, 0.5)),
-        ms(percentile(&firsts, 0.99))
-    );
-    println!(
-        "per-chunk latency p50 {} p99 {}",
-        ms(percentile(&lat, 0.5)),
-        ms(percentile(&lat, 0.99))
-    );
     println!(
         "RSS: server {:.1} (5 s) -> {:.1} (60 s) -> {:.1} MiB (end), client {:.1} -> {:.1} MiB",
         mib(server_start),
@@ -624,7 +561,6 @@ async fn soak(streams: usize, secs: u64) {
         mib(client_start),
         mib(client_end)
     );
-    println!("errors (a stream not complete, short, gapped or repeated): {errors}");
 }
 
 /// `--serve loom|bare K`: a server for the idle measurement; prints its address.

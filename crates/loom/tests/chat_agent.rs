@@ -36,14 +36,10 @@ fn openai_base_url_streams_tokens_from_that_server() {
         "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "fake",
         "choices": [], "usage": { "prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5 }
     });
-    let finish_event = json!({
-        "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "fake",
-        "choices": [{ "index": 0, "delta": {}, "finish_reason": "stop" }]
-    });
     let events = vec![
         token_event("Hello"),
         token_event(" world"),
-        finish_event.to_string(),
+        finish_event(),
         usage.to_string(),
         "[DONE]".into(),
     ];

@@ -144,12 +144,8 @@ fn serve_with_redis_queues_runs_to_a_worker_and_delete_stops_a_detached_workflow
 fn no_secret_reaches_the_logs_even_at_rust_log_trace() {
     const KEY: &str = "loomkey-Secret-2f9c7e1d";
     const LLM_KEY: &str = "sk-upstream-Secret-81b3a6";
-    let finish = serde_json::json!({
-        "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "fake",
-        "choices": [{ "index": 0, "delta": {}, "finish_reason": "stop" }]
-    });
     let llm = FakeOpenAi::start(
-        vec![token_event("Hi"), finish.to_string(), "[DONE]".into()],
+        vec![token_event("Hi"), finish_event(), "[DONE]".into()],
         false,
     );
     let mut child = loom(&["serve", "--addr", "127.0.0.1:0"])

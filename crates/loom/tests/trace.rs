@@ -12,7 +12,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use redis_server::RedisServer;
-use serde_json::json;
 use support::*;
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -84,12 +83,8 @@ fn hex_bytes(hex: &str) -> Vec<u8> {
 fn a_traceparent_reaches_the_llm_call_through_redis_and_both_processes_export_the_trace() {
     let redis = RedisServer::start();
     let (otlp, spans) = collector();
-    let finish = json!({
-        "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "fake",
-        "choices": [{ "index": 0, "delta": {}, "finish_reason": "stop" }]
-    });
     let llm = FakeOpenAi::start(
-        vec![token_event("Hi"), finish.to_string(), "[DONE]".into()],
+        vec![token_event("Hi"), finish_event(), "[DONE]".into()],
         false,
     );
     let env = [

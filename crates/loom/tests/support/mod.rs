@@ -280,3 +280,12 @@ pub fn token_event(text: &str) -> String {
     })
     .to_string()
 }
+
+/// The `chat.completion.chunk` that ends a completion with `finish_reason: "stop"`.
+pub fn finish_event() -> String {
+    serde_json::json!({
+        "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "fake",
+        "choices": [{ "index": 0, "delta": {}, "finish_reason": "stop" }]
+    })
+    .to_string()
+}

@@ -175,7 +175,7 @@ pub(crate) struct JoinQuery {
     _token: Option<String>,
 }
 
-/// The input, `{}` when absent or `null`.
+/// The input, `{}` when absent (an explicit `null` stays `null`).
 pub(crate) fn input_or_empty(input: Option<Value>) -> Value {
     input.unwrap_or_else(|| Value::Object(Default::default()))
 }

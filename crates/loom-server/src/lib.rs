@@ -62,10 +62,11 @@
 //! when it resumes). A cursor at or past a finished run's terminal is `204`. A finished run is
 //! kept for the run TTL (default an hour), then forgotten (`404`); at most
 //! [`DEFAULT_MAX_FINISHED_RUNS`] finished runs are kept (configurable), the oldest going first.
-//! All logs share one budget ([`LogLimits::max_total_bytes`], 128 MiB by default): past it, a
-//! log that writes trims itself to its share, the total over the number of logs. So running
-//! runs hold about that budget together whatever their number, and a finished log keeps what
-//! it held when it ended (at most its share then).
+//! All logs share one budget ([`LogLimits::max_total_bytes`], 128 MiB by default): past it,
+//! finished logs give back their chunks first (the oldest first, down to their terminal
+//! chunk, so their status and end stay), then a running log that writes trims itself to its
+//! share, the total over the number of running logs. So the logs hold about that budget
+//! together whatever the number of runs.
 //!
 //! In distributed mode the same holds with the Redis chunk stream as the log: a cursor is an
 //! entry id (the chunk of `seq` N is entry `N-1`), found by Redis without reading from the

@@ -7,13 +7,14 @@
 //! [`CursorExpired`] (HTTP `410`), never a silent jump. [`crate::store`] keeps logs by run id.
 //!
 //! All of a server's logs share one [`LogBudget`]: while they hold more than
-//! [`LogLimits::max_total_bytes`] together, a log that writes trims itself to its share (the
-//! total over the number of logs), so 10,000 runs cost the server that budget, not 10,000
-//! times a log's own bound.
+//! [`LogLimits::max_total_bytes`] together, finished logs give back what they hold first (the
+//! oldest first, down to their terminal chunk), then a running log that writes trims itself to
+//! its share (the total over the number of running logs). So 10,000 runs cost the server about
+//! that budget, not 10,000 times a log's own bound.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -27,8 +28,8 @@ pub const DEFAULT_MAX_CHUNKS: usize = 10_000;
 /// The most bytes of chunk JSON one embedded log keeps; older chunks are dropped past it.
 pub const DEFAULT_MAX_BYTES: usize = 8 * 1024 * 1024;
 
-/// The most bytes all of a server's logs keep together (chunk JSON plus [`CHUNK_OVERHEAD`]
-/// each).
+/// The budget of all of a server's logs together (chunk JSON plus [`CHUNK_OVERHEAD`] each):
+/// past it, finished logs give back their chunks and running ones trim to their share.
 pub const DEFAULT_MAX_TOTAL_BYTES: usize = 128 * 1024 * 1024;
 
 /// About what a kept chunk costs beyond its JSON: the shared record, the JSON buffer's spare
@@ -45,8 +46,9 @@ pub struct LogLimits {
     pub max_chunks: usize,
     /// The most bytes of chunk JSON kept (the newest chunk is always kept).
     pub max_bytes: usize,
-    /// The most bytes all the server's logs keep together, counting [`CHUNK_OVERHEAD`] per
-    /// chunk; past it a log that writes trims itself to its share.
+    /// The budget of all the server's logs together, counting [`CHUNK_OVERHEAD`] per chunk:
+    /// past it, finished logs are trimmed to their terminal chunk (the oldest first), then a
+    /// running log that writes trims itself to its share.
     pub max_total_bytes: usize,
 }
 
@@ -66,8 +68,10 @@ pub struct LogBudget {
     limits: LogLimits,
     /// Bytes held by every log, overhead included.
     used: AtomicUsize,
-    /// Logs alive.
-    logs: AtomicUsize,
+    /// Logs whose run has not ended.
+    running: AtomicUsize,
+    /// Finished logs in the order they finished: the first to give back their chunks.
+    finished: Mutex<VecDeque<Weak<RunLog>>>,
 }
 
 impl LogBudget {
@@ -76,7 +80,8 @@ impl LogBudget {
         Arc::new(Self {
             limits,
             used: AtomicUsize::new(0),
-            logs: AtomicUsize::new(0),
+            running: AtomicUsize::new(0),
+            finished: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -85,10 +90,29 @@ impl LogBudget {
         self.used.load(Ordering::Relaxed)
     }
 
-    /// Whether a log holding `bytes` (overhead included) must drop its oldest chunk.
-    fn over_share(&self, bytes: usize) -> bool {
+    fn over(&self) -> bool {
         self.used() > self.limits.max_total_bytes
-            && bytes > self.limits.max_total_bytes / self.logs.load(Ordering::Relaxed).max(1)
+    }
+
+    /// Whether a running log holding `bytes` (overhead included) must drop its oldest chunk.
+    fn over_share(&self, bytes: usize) -> bool {
+        self.over()
+            && bytes > self.limits.max_total_bytes / self.running.load(Ordering::Relaxed).max(1)
+    }
+
+    /// While over the budget, trims finished logs to their terminal chunk, the oldest first.
+    fn reclaim(&self) {
+        while self.over() {
+            let oldest = self
+                .finished
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_front();
+            let Some(oldest) = oldest else { return };
+            if let Some(log) = oldest.upgrade() {
+                log.keep_only_terminal();
+            }
+        }
     }
 }
 
@@ -211,13 +235,26 @@ impl LogState {
     fn held(&self) -> usize {
         self.bytes + self.chunks.len() * CHUNK_OVERHEAD
     }
+
+    fn drop_oldest(&mut self, budget: &LogBudget) {
+        if let Some(old) = self.chunks.pop_front() {
+            self.bytes -= old.json.len();
+            budget
+                .used
+                .fetch_sub(old.json.len() + CHUNK_OVERHEAD, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Drop for RunLog {
     fn drop(&mut self) {
-        let held = self.lock().held();
+        let state = self.lock();
+        let (held, running) = (state.held(), state.terminal.is_none());
+        drop(state);
         self.budget.used.fetch_sub(held, Ordering::Relaxed);
-        self.budget.logs.fetch_sub(1, Ordering::Relaxed);
+        if running {
+            self.budget.running.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -231,7 +268,7 @@ struct Terminal {
 impl RunLog {
     /// An empty log for run `run_id` of `target`, kept within `budget`.
     pub fn new(run_id: impl Into<String>, target: RunTarget, budget: &Arc<LogBudget>) -> Self {
-        budget.logs.fetch_add(1, Ordering::Relaxed);
+        budget.running.fetch_add(1, Ordering::Relaxed);
         Self {
             run_id: run_id.into(),
             target,
@@ -249,8 +286,9 @@ impl RunLog {
 
     /// Appends `chunk`, dropping the oldest chunks past the limits. Anything after the
     /// terminal chunk is ignored: a late completion never overwrites `cancelled`.
-    pub fn push(&self, chunk: &StreamChunk) {
-        {
+    pub fn push(self: &Arc<Self>, chunk: &StreamChunk) {
+        let budget = &self.budget;
+        let finished = {
             let mut state = self.lock();
             if state.terminal.is_some() {
                 return;
@@ -264,7 +302,6 @@ impl RunLog {
             state.first_seq.get_or_insert(chunk.seq);
             state.last_seq = Some(chunk.seq);
             state.bytes += logged.json.len();
-            let budget = &self.budget;
             budget
                 .used
                 .fetch_add(logged.json.len() + CHUNK_OVERHEAD, Ordering::Relaxed);
@@ -276,21 +313,37 @@ impl RunLog {
                     status,
                     code,
                 });
+                budget.running.fetch_sub(1, Ordering::Relaxed);
             }
             let limits = &budget.limits;
+            let running = state.terminal.is_none();
             while state.chunks.len() > limits.max_chunks
                 || (state.chunks.len() > 1
-                    && (state.bytes > limits.max_bytes || budget.over_share(state.held())))
+                    && (state.bytes > limits.max_bytes
+                        || (running && budget.over_share(state.held()))))
             {
-                if let Some(old) = state.chunks.pop_front() {
-                    state.bytes -= old.json.len();
-                    budget
-                        .used
-                        .fetch_sub(old.json.len() + CHUNK_OVERHEAD, Ordering::Relaxed);
-                }
+                state.drop_oldest(budget);
             }
-        }
+            !running
+        };
         self.written.send_modify(|n| *n += 1);
+        if finished {
+            let mut queue = budget.finished.lock().unwrap_or_else(|e| e.into_inner());
+            // Forgotten logs leave the queue here, so it holds at most the logs still kept.
+            queue.retain(|log| log.strong_count() > 0);
+            queue.push_back(Arc::downgrade(self));
+        }
+        // Outside this log's lock: reclaiming locks finished logs, one at a time.
+        budget.reclaim();
+    }
+
+    /// Drops every chunk but the terminal one (a finished log giving back its memory):
+    /// cursors before it get [`CursorExpired`], the end and the status stay.
+    fn keep_only_terminal(&self) {
+        let mut state = self.lock();
+        while state.chunks.len() > 1 {
+            state.drop_oldest(&self.budget);
+        }
     }
 
     /// Whether the terminal chunk is in.
@@ -493,7 +546,7 @@ mod tests {
     }
 
     #[test]
-    fn logs_sharing_a_budget_trim_to_their_share_and_give_it_back_when_dropped() {
+    fn logs_sharing_a_budget_trim_finished_ones_first_then_to_their_share() {
         // Seqs of three digits, so every chunk costs the same.
         let one = data(100).to_json().len() + CHUNK_OVERHEAD;
         let budget = LogBudget::new(LogLimits {
@@ -524,8 +577,29 @@ mod tests {
         );
         assert!(a.read(Some(100)).is_err());
         assert_eq!(budget.used(), one * 10);
+        // a finishes past the budget: a finished log is the first to give back its chunks
+        // (all but its terminal one), and b, the one running log, may now use it all.
+        let mut end = data(107);
+        end.kind = ChunkType::Complete;
+        let last = end.to_json().len() + CHUNK_OVERHEAD;
+        a.push(&end);
+        assert_eq!(budget.used(), one * 5 + last);
+        assert_eq!(seqs(a.read(Some(106)).expect("read")), vec![107]);
+        assert!(
+            a.read(Some(105)).is_err(),
+            "a keeps only its terminal chunk"
+        );
+        assert_eq!(a.info().status, RunStatus::Complete);
+        for seq in 120..125 {
+            b.push(&data(seq));
+        }
+        assert_eq!(
+            seqs(b.read(Some(114)).expect("read")),
+            (115..125).collect::<Vec<_>>()
+        );
+        assert_eq!(budget.used(), one * 10 + last);
         drop(b);
-        assert_eq!(budget.used(), one * 5);
+        assert_eq!(budget.used(), last);
     }
 
     #[test]

@@ -211,8 +211,9 @@ fn run_workflow(
                 ));
             }
             // All of a group's steps are polled here, on the workflow's own task, so their
-            // chunks interleave in the order they are produced; a `StreamMap` polls them in
-            // turn without allocating per chunk.
+            // chunks interleave as they are produced. A `StreamMap` polls every pending step
+            // on each wake, from a random one, without allocating per chunk: fair, and cheap
+            // for groups of a few steps.
             let mut merged: StreamMap<usize, _> = running.into_iter().enumerate().collect();
             let mut results = Map::new();
             while let Some((_, event)) = merged.next().await {

@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-/// The `p` percentile of `sorted` (0.5: the median).
+/// The `p` percentile of `sorted` (0.5: the median); zero when there is none.
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
+    let i = ((sorted.len().max(1) - 1) as f64 * p).round() as usize;
+    sorted.get(i).copied().unwrap_or_default()
 }
 
 /// `d` in milliseconds, for a report.

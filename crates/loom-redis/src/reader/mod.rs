@@ -24,7 +24,7 @@ use crate::client::Client;
 use crate::codec::EntryId;
 use crate::error::Error;
 use crate::hub::Subscription;
-use crate::keys::check_name;
+use crate::keys::{check_name, CancelReason};
 use crate::script;
 
 pub use state::StreamEntry;
@@ -186,9 +186,10 @@ fn follow(
                             Ok(id) => Some(id),
                             Err(e) => {
                                 tracing::warn!(run_id = %run_id, error = %e, "could not write the terminal chunk");
-                                if e.is_out_of_memory() {
+                                if e.is_out_of_memory() && ending.reason == CancelReason::WorkerLost {
                                     // The log cannot take a verdict: this reader's own names
-                                    // the cause, which is why the producer went quiet.
+                                    // the cause of the producer going quiet (a deadline that
+                                    // passed stays `timeout`).
                                     ending.error = ErrorInfo {
                                         code: ErrorCode::Upstream,
                                         message: format!("Redis is out of memory: it refused this run's writes ({e})"),

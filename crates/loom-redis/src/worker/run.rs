@@ -175,7 +175,9 @@ async fn run_request(
     let result = drive(shared, request, seq, attempt, remaining, token, publisher).await;
     drop(held);
     match result {
-        Err(e) if e.is_out_of_memory() => {
+        // Not when the run was taken over or handed back meanwhile: that request is no longer
+        // this attempt's to acknowledge.
+        Err(e) if e.is_out_of_memory() && !discard.load(Ordering::Acquire) => {
             // Redis refused the run's writes for the whole retry window: a re-run would be
             // refused too, so the run ends here. Releasing the lease tells its readers the
             // producer is gone; each then ends with its own verdict naming the cause.

@@ -158,9 +158,11 @@ async fn a_redis_frozen_longer_than_the_lease_ends_every_stream_and_no_process_d
 }
 
 /// The worker's writes are refused, so it abandons the run (a re-run would be refused too) and
-/// releases its lease; the reader's verdict cannot be written either, so it yields its own:
-/// `error/upstream` naming Redis's out-of-memory refusal. Regression test for the verdict that
-/// was `worker_lost` ("gave up after 3 attempts") and named no cause.
+/// releases its lease. When the reader's verdict cannot be written either, it yields its own:
+/// `error/upstream` naming Redis's out-of-memory refusal. The few bytes the released lease
+/// frees can let the verdict in, and then it is the logged `error/worker_lost`: which of the
+/// two depends on Redis's memory to the byte. Regression test for the run that was re-run
+/// into a full Redis until the attempt cap ("gave up after 3 attempts").
 #[tokio::test]
 async fn a_redis_out_of_memory_ends_the_reader_with_a_clear_error_and_the_worker_serves_again() {
     let server = RedisServer::start_own_with(&[
@@ -181,8 +183,13 @@ async fn a_redis_out_of_memory_ends_the_reader_with_a_clear_error_and_the_worker
     let last = chunks.last().unwrap();
     assert_eq!(last.kind, ChunkType::Error, "{last:?}");
     let error = last.error.as_ref().unwrap();
-    assert_eq!(error.code, ErrorCode::Upstream, "{last:?}");
-    assert!(error.message.contains("Redis is out of memory"), "{last:?}");
+    match error.code {
+        ErrorCode::Upstream => {
+            assert!(error.message.contains("Redis is out of memory"), "{last:?}")
+        }
+        ErrorCode::WorkerLost => assert!(!error.message.contains("attempts"), "{last:?}"),
+        _ => panic!("not a clear verdict: {last:?}"),
+    }
     assert_eq!(
         probe.starts.load(std::sync::atomic::Ordering::SeqCst),
         1,

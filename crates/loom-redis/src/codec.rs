@@ -358,13 +358,6 @@ impl Request {
             Ok((run_id, actor))
         };
         let (run_id, actor) = names().map_err(|why| Unreadable { named: None, why })?;
-        let mut request = Self {
-            run_id,
-            actor,
-            input: Json::Null,
-            timeout_ms: 0,
-            traceparent: None,
-        };
         let rest = || -> Result<(Json, u64), String> {
             let input = parse_json("input", get("input")?.as_bytes())?;
             let timeout_ms = get("timeout_ms")?
@@ -372,24 +365,30 @@ impl Request {
                 .map_err(|_| "field 'timeout_ms' is not a number".to_owned())?;
             Ok((input, timeout_ms))
         };
-        match rest() {
-            Ok((input, timeout_ms)) => {
-                request.input = input;
-                request.timeout_ms = timeout_ms;
-            }
-            Err(why) => {
-                return Err(Unreadable {
-                    named: Some(Box::new(request)),
-                    why,
-                })
-            }
-        }
         // Only a plausible value is kept: it becomes a span's parent, never a key.
-        request.traceparent = get(loom_core::trace::TRACEPARENT)
+        let traceparent = get(loom_core::trace::TRACEPARENT)
             .ok()
             .filter(|t| t.len() <= 256 && t.bytes().all(|b| b.is_ascii_graphic()))
             .map(str::to_owned);
-        Ok(request)
+        match rest() {
+            Ok((input, timeout_ms)) => Ok(Self {
+                run_id,
+                actor,
+                input,
+                timeout_ms,
+                traceparent,
+            }),
+            Err(why) => Err(Unreadable {
+                named: Some(Box::new(Self {
+                    run_id,
+                    actor,
+                    input: Json::Null,
+                    timeout_ms: 0,
+                    traceparent,
+                })),
+                why,
+            }),
+        }
     }
 }
 

@@ -72,6 +72,9 @@ pub struct LogBudget {
     running: AtomicUsize,
     /// Finished logs in the order they finished: the first to give back their chunks.
     finished: Mutex<VecDeque<Weak<RunLog>>>,
+    /// How many `finished` holds, read without its lock: every write asks whether there is
+    /// anything to reclaim, and the answer is almost always no.
+    waiting: AtomicUsize,
 }
 
 impl LogBudget {
@@ -82,6 +85,7 @@ impl LogBudget {
             used: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
             finished: Mutex::new(VecDeque::new()),
+            waiting: AtomicUsize::new(0),
         })
     }
 
@@ -102,17 +106,30 @@ impl LogBudget {
 
     /// While over the budget, trims finished logs to their terminal chunk, the oldest first.
     fn reclaim(&self) {
-        while self.over() {
-            let oldest = self
-                .finished
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop_front();
-            let Some(oldest) = oldest else { return };
-            if let Some(log) = oldest.upgrade() {
+        while self.over() && self.waiting.load(Ordering::Relaxed) > 0 {
+            let oldest = {
+                let mut queue = self.queue();
+                let oldest = queue.pop_front();
+                self.waiting.store(queue.len(), Ordering::Relaxed);
+                oldest
+            };
+            if let Some(log) = oldest.and_then(|log| log.upgrade()) {
                 log.keep_only_terminal();
             }
         }
+    }
+
+    /// Queues `log`, just finished, to give back its chunks when the budget is short.
+    fn finished(&self, log: Weak<RunLog>) {
+        let mut queue = self.queue();
+        // Forgotten logs leave the queue here, so it holds at most the logs still kept.
+        queue.retain(|log| log.strong_count() > 0);
+        queue.push_back(log);
+        self.waiting.store(queue.len(), Ordering::Relaxed);
+    }
+
+    fn queue(&self) -> MutexGuard<'_, VecDeque<Weak<RunLog>>> {
+        self.finished.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -328,10 +345,7 @@ impl RunLog {
         };
         self.written.send_modify(|n| *n += 1);
         if finished {
-            let mut queue = budget.finished.lock().unwrap_or_else(|e| e.into_inner());
-            // Forgotten logs leave the queue here, so it holds at most the logs still kept.
-            queue.retain(|log| log.strong_count() > 0);
-            queue.push_back(Arc::downgrade(self));
+            budget.finished(Arc::downgrade(self));
         }
         // Outside this log's lock: reclaiming locks finished logs, one at a time.
         budget.reclaim();

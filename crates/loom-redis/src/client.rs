@@ -2,10 +2,14 @@
 //! workers, with the timing knobs ([`ClientOptions`]) every party must agree on. It is the
 //! bottom layer: the connections and the options, which every layer above is given.
 //!
-//! A `Client` holds one multiplexed command connection ([`ConnectionManager`], reconnecting
-//! with backoff) and, once the first stream is read, the process's one stream reader
-//! ([`Hub`], `hub.rs`) with its own connection for the blocking `XREAD`. Workers open two
+//! A `Client` holds one multiplexed command connection ([`Conn`]: on one server a
+//! `ConnectionManager`, reconnecting with backoff; on a cluster redis-rs's cluster connection)
+//! and, once the first stream is read, the process's stream reader ([`Hub`], `hub.rs`) with
+//! its own connection for the blocking `XREAD` (one per bucket on a cluster). Workers open
 //! more connections of their own (blocking `XREADGROUP`, cancel subscription).
+//!
+//! [`Client::connect`] finds out what the URL points at: a list of URLs is a cluster's nodes;
+//! one URL is a cluster if that server says `cluster_enabled:1`, else a single server.
 //!
 //! Reading streams ([`Client::tail`]) is added by `reader.rs` and starting runs
 //! ([`Client::invoker`]) by `remote.rs`, the layers above.
@@ -14,20 +18,14 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::AsyncConnectionConfig;
+use redis::aio::ConnectionManagerConfig;
 use tokio::sync::OnceCell;
 
+use crate::conn::{Conn, Topology, CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
 use crate::error::Error;
 use crate::hub::Hub;
-use crate::keys::{check_name, CancelReason, Keys, DEFAULT_PREFIX};
+use crate::keys::{bucket, check_name, CancelReason, Keys, BUCKETS, DEFAULT_PREFIX};
 use crate::script;
-
-/// How long one command may take before the connection counts as broken.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// How long connecting may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Timing and naming that workers and readers of one Redis must agree on.
 ///
@@ -60,6 +58,10 @@ pub struct ClientOptions {
     /// How long the reader's `XREAD` blocks when nothing arrives (default 2 s). New streams
     /// join at once regardless: the reader is woken with `CLIENT UNBLOCK`.
     pub read_block: Duration,
+    /// How many queues each actor type has (default 1). More spread one type's requests over
+    /// a cluster's nodes (see [`Keys::queue`]); callers and workers must agree, or requests
+    /// wait in shards no worker reads.
+    pub queue_shards: u16,
 }
 
 impl Default for ClientOptions {
@@ -73,6 +75,7 @@ impl Default for ClientOptions {
             pickup_timeout: Duration::from_secs(30),
             deadline_grace: Duration::from_secs(2),
             read_block: Duration::from_secs(2),
+            queue_shards: 1,
         }
     }
 }
@@ -92,6 +95,9 @@ impl ClientOptions {
         if self.read_block < Duration::from_millis(10) {
             return bad("read_block must be at least 10 ms");
         }
+        if self.queue_shards == 0 || self.queue_shards > 1024 {
+            return bad("queue_shards must be between 1 and 1024");
+        }
         Ok(())
     }
 }
@@ -110,8 +116,8 @@ pub struct Client {
 }
 
 struct Inner {
-    redis: redis::Client,
-    conn: ConnectionManager,
+    topology: Topology,
+    conn: Conn,
     keys: Keys,
     options: ClientOptions,
     hub: OnceCell<Hub>,
@@ -128,9 +134,12 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// Connects to the Redis at `url` (`redis://[user:password@]host:port/db`) with the
-    /// default options, and checks that the server answers this user. A malformed URL, or a
-    /// `rediss://` one (this build has no TLS), is [`Error::InvalidOptions`] (`bad_input`); an
-    /// unreachable server or a refused user is [`Error::Redis`] (`upstream`).
+    /// default options, and checks that the server answers this user. A server in cluster
+    /// mode is used as a cluster; so is a comma-separated list of node URLs
+    /// (`redis://10.0.0.1:6379,redis://10.0.0.2:6379`), of which any live one will do. A
+    /// malformed URL, or a `rediss://` one (this build has no TLS), is
+    /// [`Error::InvalidOptions`] (`bad_input`); an unreachable server or a refused user is
+    /// [`Error::Redis`] (`upstream`).
     pub async fn connect(url: &str) -> Result<Self, Error> {
         Self::connect_with(url, ClientOptions::default()).await
     }
@@ -139,19 +148,41 @@ impl Client {
     pub async fn connect_with(url: &str, options: ClientOptions) -> Result<Self, Error> {
         options.check()?;
         let keys = Keys::new(options.prefix.clone())?;
-        let redis = redis::Client::open(url)
-            .map_err(|e| Error::InvalidOptions(format!("invalid Redis URL: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_number_of_retries(3)
-            .set_max_delay(Duration::from_secs(2));
-        let mut conn = redis.get_connection_manager_with_config(config).await?;
-        // A server that wants a password answers commands, not the connection, with NOAUTH.
-        redis::cmd("PING").exec_async(&mut conn).await?;
+        let nodes = url
+            .split(',')
+            .map(|u| {
+                redis::Client::open(u.trim())
+                    .map_err(|e| Error::InvalidOptions(format!("invalid Redis URL: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (topology, conn) = match <[redis::Client; 1]>::try_from(nodes) {
+            Ok([redis]) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_number_of_retries(3)
+                    .set_max_delay(Duration::from_secs(2));
+                let mut conn = redis.get_connection_manager_with_config(config).await?;
+                // A server that wants a password answers commands, not the connection, with
+                // NOAUTH.
+                redis::cmd("PING").exec_async(&mut conn).await?;
+                // A server without cluster support refuses `CLUSTER INFO`; an ACL user may
+                // too (it is not among the dangerous commands, `INFO` is).
+                let cluster: Result<String, _> = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(&mut conn)
+                    .await;
+                if cluster.is_ok() {
+                    connect_cluster(vec![redis]).await?
+                } else {
+                    (Topology::Single(redis), Conn::Managed(conn))
+                }
+            }
+            Err(nodes) => connect_cluster(nodes).await?,
+        };
         Ok(Self {
             inner: Arc::new(Inner {
-                redis,
+                topology,
                 conn,
                 keys,
                 options,
@@ -201,26 +232,36 @@ impl Client {
         Ok(())
     }
 
+    /// Whether this client talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.inner.conn.is_cluster()
+    }
+
     /// A clone of the shared command connection.
-    pub(crate) fn conn(&self) -> ConnectionManager {
+    pub(crate) fn conn(&self) -> Conn {
         self.inner.conn.clone()
     }
 
     /// A new dedicated connection for a blocking command that may take up to `block`.
-    pub(crate) async fn dedicated(&self, block: Duration) -> Result<MultiplexedConnection, Error> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(block + RESPONSE_TIMEOUT));
-        Ok(self
-            .inner
-            .redis
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?)
+    pub(crate) async fn dedicated(&self, block: Duration) -> Result<Conn, Error> {
+        self.inner.topology.blocking(block).await
     }
 
-    /// The underlying redis client, for pub/sub connections.
-    pub(crate) fn redis(&self) -> &redis::Client {
-        &self.inner.redis
+    /// The server to subscribe to on attempt `attempt` (0, 1, …): on a cluster, which
+    /// broadcasts every `PUBLISH` to all its nodes, each attempt tries the next node.
+    pub(crate) fn pubsub_node(&self, attempt: usize) -> redis::Client {
+        let nodes = self.inner.topology.pubsub_nodes();
+        nodes[attempt % nodes.len()].clone()
+    }
+
+    /// The hub lane that reads run `run_id`'s stream: all of them share lane 0 on one server;
+    /// on a cluster each bucket has its own lane (its own blocking `XREAD`).
+    pub(crate) fn lane(&self, run_id: &str) -> usize {
+        if self.is_cluster() {
+            bucket(run_id)
+        } else {
+            0
+        }
     }
 
     /// The process's stream reader, started on first use.
@@ -228,14 +269,46 @@ impl Client {
         self.inner
             .hub
             .get_or_init(|| async {
+                let lanes = if self.is_cluster() { BUCKETS } else { 1 };
                 Hub::start(
-                    self.inner.redis.clone(),
+                    self.inner.topology.clone(),
                     self.conn(),
+                    lanes,
                     self.inner.options.read_block,
                 )
             })
             .await
     }
+}
+
+/// Connects to the cluster that `nodes` belong to, and learns all its nodes (for pub/sub,
+/// which must survive the loss of the node it was given).
+async fn connect_cluster(mut nodes: Vec<redis::Client>) -> Result<(Topology, Conn), Error> {
+    let mut conn = Topology::cluster(&nodes, RESPONSE_TIMEOUT).await?;
+    let listing: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut conn)
+        .await?;
+    let base = nodes[0].get_connection_info().clone();
+    for line in listing.lines() {
+        // `<id> <host>:<port>@<bus port>[,<hostname>] <flags> …`
+        let Some(address) = line.split(' ').nth(1) else {
+            continue;
+        };
+        let address = address.split(['@', ',']).next().unwrap_or_default();
+        let Some((host, port)) = address.rsplit_once(':') else {
+            continue;
+        };
+        let (Ok(port), false) = (port.parse::<u16>(), host.is_empty()) else {
+            continue;
+        };
+        let addr = redis::ConnectionAddr::Tcp(host.to_owned(), port);
+        if nodes.iter().any(|n| n.get_connection_info().addr() == &addr) {
+            continue;
+        }
+        nodes.push(redis::Client::open(base.clone().set_addr(addr))?);
+    }
+    Ok((Topology::Cluster(nodes), Conn::Cluster(conn)))
 }
 
 /// Now, in Unix milliseconds.

@@ -5,7 +5,10 @@
 //! A single task with its own connection issues one blocking
 //! `XREAD … STREAMS k1 k2 … id1 id2 …` over every stream the process reads, and hands each
 //! stream's entries to that stream's bounded channel. 10,000 streams cost one connection for
-//! reading (plus the client's command connection for liveness checks), not 10,000. When a
+//! reading (plus the client's command connection for liveness checks), not 10,000. On a
+//! cluster, which refuses an `XREAD` over keys of several slots, there is one such task per
+//! bucket of runs (`keys.rs`), a *lane*, each on the node that owns its bucket: at most
+//! [`BUCKETS`](crate::keys::BUCKETS) reading connections however many streams. When a
 //! stream is added while the `XREAD` blocks, the hub wakes it with `CLIENT UNBLOCK` so the new
 //! stream joins at once. A stream whose consumer is slow (its channel full) is left out of the
 //! next `XREAD` until the consumer catches up, so it never holds up the others and the hub
@@ -16,13 +19,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::Value;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
 use crate::codec::{parse_read_reply, EntryId, RawEntry};
+use crate::conn::{Conn, Topology};
 use crate::error::Error;
 
 /// Entries one `XREAD` fetches per stream at most: large enough that a fast stream moves in
@@ -42,9 +45,16 @@ const JOIN_BUFFER: usize = 1024;
 /// first one can arrive before the `XREAD` blocks).
 const UNBLOCK_RETRY: Duration = Duration::from_millis(20);
 
-/// The process's one stream reader (see the module docs).
+/// The process's stream reader (see the module docs): one lane on a single server, one per
+/// bucket on a cluster.
 #[derive(Debug)]
 pub(crate) struct Hub {
+    lanes: Vec<Lane>,
+}
+
+/// One reading task's door: where streams join it, and how to wake it.
+#[derive(Debug)]
+struct Lane {
     join: mpsc::Sender<Join>,
     wake: Arc<Notify>,
 }
@@ -87,35 +97,39 @@ struct Sub {
 }
 
 impl Hub {
-    /// Starts the hub task, reading with new connections from `redis`, sending
-    /// `CLIENT UNBLOCK` on `commands`, and blocking each `XREAD` for at most `block`. It holds
-    /// connections, not the client, so it stops once every client clone and every reader is
-    /// gone.
-    pub(crate) fn start(
-        redis: redis::Client,
-        commands: ConnectionManager,
-        block: Duration,
-    ) -> Self {
-        let (join, join_rx) = mpsc::channel(JOIN_BUFFER);
-        let wake = Arc::new(Notify::new());
-        let task = HubTask {
-            redis,
-            commands,
-            block,
-            join: join_rx,
-            wake: Arc::clone(&wake),
-            subs: Vec::new(),
-        };
-        tokio::spawn(task.run());
-        Self { join, wake }
+    /// Starts `lanes` hub tasks, reading with new connections to `topology`, sending
+    /// `CLIENT UNBLOCK` on `commands`, and blocking each `XREAD` for at most `block`. They
+    /// hold connections, not the client, so they stop once every client clone and every
+    /// reader is gone. A lane connects only once it has a stream to read.
+    pub(crate) fn start(topology: Topology, commands: Conn, lanes: usize, block: Duration) -> Self {
+        let lanes = (0..lanes.max(1))
+            .map(|_| {
+                let (join, join_rx) = mpsc::channel(JOIN_BUFFER);
+                let wake = Arc::new(Notify::new());
+                let task = HubTask {
+                    topology: topology.clone(),
+                    commands: commands.clone(),
+                    block,
+                    join: join_rx,
+                    wake: Arc::clone(&wake),
+                    subs: Vec::new(),
+                };
+                tokio::spawn(task.run());
+                Lane { join, wake }
+            })
+            .collect();
+        Self { lanes }
     }
 
-    /// Starts reading stream `key` after entry `from`.
+    /// Starts reading stream `key` after entry `from`, on lane `lane` (see
+    /// [`Client::lane`](crate::Client)).
     pub(crate) async fn subscribe(
         &self,
         key: String,
+        lane: usize,
         from: EntryId,
     ) -> Result<Subscription, Error> {
+        let lane = &self.lanes[lane % self.lanes.len()];
         let (tx, rx) = mpsc::channel(SUB_BUFFER);
         let paused = Arc::new(AtomicBool::new(false));
         let join = Join {
@@ -124,14 +138,14 @@ impl Hub {
             tx,
             paused: Arc::clone(&paused),
         };
-        self.join
+        lane.join
             .send(join)
             .await
             .map_err(|_| Error::ReaderStopped)?;
         Ok(Subscription {
             rx,
             paused,
-            wake: Arc::clone(&self.wake),
+            wake: Arc::clone(&lane.wake),
         })
     }
 }
@@ -145,8 +159,8 @@ fn deliver(sub: &mut Sub, entries: Vec<RawEntry>) {
 }
 
 struct HubTask {
-    redis: redis::Client,
-    commands: ConnectionManager,
+    topology: Topology,
+    commands: Conn,
     block: Duration,
     join: mpsc::Receiver<Join>,
     wake: Arc<Notify>,
@@ -216,23 +230,8 @@ impl HubTask {
         }
     }
 
-    async fn connect(&self) -> Result<(MultiplexedConnection, i64), redis::RedisError> {
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(self.block + Duration::from_secs(3)));
-        let mut conn = self
-            .redis
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
-        let id: i64 = redis::cmd("CLIENT")
-            .arg("ID")
-            .query_async(&mut conn)
-            .await?;
-        Ok((conn, id))
-    }
-
     async fn run(mut self) {
-        let mut conn: Option<(MultiplexedConnection, i64)> = None;
+        let mut conn: Option<Blocking> = None;
         let mut backoff = Backoff::default();
         let mut joining_closed = false;
         loop {
@@ -255,16 +254,24 @@ impl HubTask {
                 }
                 continue;
             }
-            let (read_conn, client_id) = match conn.take() {
+            let mut blocking = match conn.take() {
                 Some(c) => c,
-                None => match self.connect().await {
-                    Ok(c) => c,
+                None => match self.topology.blocking(self.block).await {
+                    Ok(c) => Blocking::new(c),
                     Err(e) => {
                         tracing::warn!(error = %e, "stream reader cannot reach Redis; retrying");
                         backoff.wait().await;
                         continue;
                     }
                 },
+            };
+            let client_id = match blocking.client_id(&round[0].0).await {
+                Ok(id) => id,
+                Err(e) => {
+                    tracing::warn!(error = %e, "stream reader lost Redis; reconnecting");
+                    backoff.wait().await;
+                    continue;
+                }
             };
             let mut cmd = redis::cmd("XREAD");
             cmd.arg("COUNT")
@@ -278,7 +285,7 @@ impl HubTask {
             for (_, from) in &round {
                 cmd.arg(from.to_string());
             }
-            let mut c = read_conn.clone();
+            let mut c = blocking.conn.clone();
             let mut read = Box::pin(async move { cmd.query_async::<Value>(&mut c).await });
             let mut unblock_at: Option<Instant> = None;
             let reply = loop {
@@ -301,23 +308,24 @@ impl HubTask {
                         unblock_at.get_or_insert_with(Instant::now);
                     }
                     _ = unblock_sleep => {
-                        let done: Result<i64, _> = redis::cmd("CLIENT")
-                            .arg("UNBLOCK")
-                            .arg(client_id)
-                            .query_async(&mut self.commands)
-                            .await;
+                        let done = unblock(&mut self.commands, client_id, &round[0].0).await;
                         unblock_at = match done {
-                            Ok(1) => None,
+                            Ok(true) => None,
                             _ => Some(Instant::now() + UNBLOCK_RETRY),
                         };
                     }
                 }
             };
+            if unblock_at.is_some() {
+                // An unblock that never took may mean the id is stale (on a cluster, the
+                // bucket moved to another node): ask again next round.
+                blocking.id = None;
+            }
             match reply.map(parse_read_reply) {
                 Ok(Ok(entries)) => {
                     backoff.reset();
                     self.dispatch(entries);
-                    conn = Some((read_conn, client_id));
+                    conn = Some(blocking);
                 }
                 Ok(Err(why)) => {
                     tracing::error!(%why, "unreadable XREAD reply; reconnecting");
@@ -330,4 +338,41 @@ impl HubTask {
             }
         }
     }
+}
+
+/// A dedicated connection for one blocking reader, and its client id on the node that serves
+/// the reader's keys (for `CLIENT UNBLOCK`), asked once and again after a failed unblock.
+pub(crate) struct Blocking {
+    /// The connection.
+    pub(crate) conn: Conn,
+    /// Its client id, once asked.
+    pub(crate) id: Option<i64>,
+}
+
+impl Blocking {
+    /// Wraps a new dedicated connection.
+    pub(crate) fn new(conn: Conn) -> Self {
+        Self { conn, id: None }
+    }
+
+    /// The connection's client id on the node that serves `key`.
+    pub(crate) async fn client_id(&mut self, key: &str) -> Result<i64, Error> {
+        if let Some(id) = self.id {
+            return Ok(id);
+        }
+        let mut id = redis::cmd("CLIENT");
+        id.arg("ID");
+        let id: i64 = self.conn.query_at(id, key).await?;
+        self.id = Some(id);
+        Ok(id)
+    }
+}
+
+/// Sends `CLIENT UNBLOCK <id>` (on the node that serves `key`) over `commands`; `Ok(true)`
+/// once a blocked command was woken.
+pub(crate) async fn unblock(commands: &mut Conn, id: i64, key: &str) -> Result<bool, Error> {
+    let mut cmd = redis::cmd("CLIENT");
+    cmd.arg("UNBLOCK").arg(id);
+    let woken: i64 = commands.query_at(cmd, key).await?;
+    Ok(woken == 1)
 }

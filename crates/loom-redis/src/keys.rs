@@ -5,13 +5,13 @@
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `loom:stream:{<id>}` | stream | one entry per chunk (fields `type data seq …`), the chunk of `seq` N at entry id `N-1` |
-//! | `loom:lease:{<id>}` | string | the owning attempt's token (`<worker>:<attempt>:<entry>`), `PX` lease renewed while the run lives; only its holder may write the stream |
-//! | `loom:cancel:{<id>}` | string | set when the run must stop (`cancelled`, `worker_lost`, `timeout`) |
-//! | `loom:queue:{<type>}` | stream | requests, read by the consumer group `loom-workers` |
+//! | `loom:stream:{<bucket>}:<id>` | stream | one entry per chunk (fields `type data seq …`), the chunk of `seq` N at entry id `N-1` |
+//! | `loom:lease:{<bucket>}:<id>` | string | the owning attempt's token (`<worker>:<attempt>:<entry>`), `PX` lease renewed while the run lives; only its holder may write the stream |
+//! | `loom:cancel:{<bucket>}:<id>` | string | set when the run must stop (`cancelled`, `worker_lost`, `timeout`) |
+//! | `loom:queue:{<type>}`, `loom:queue:{<type>:<shard>}` | stream | requests, read by the consumer group `loom-workers`: shard 0, then shards 1… when queues are sharded ([`ClientOptions::queue_shards`](crate::ClientOptions::queue_shards)) |
 //! | `loom:cancel` | pub/sub channel | run ids whose cancel key was just set |
 //! | `loom:actors` | sorted set | actor types some worker serves, scored by the time (Unix ms) until which one has said so |
-//! | `loom:run:{<id>}` | hash | the run's record: `actor`, `created_ms` (written when it is queued), and what servers keep of its readers (`readers`, `joins`, `grace_ms`) |
+//! | `loom:run:{<bucket>}:<id>` | hash | the run's record: `actor`, `created_ms` (written when it is queued), and what servers keep of its readers (`readers`, `joins`, `grace_ms`) |
 //! | `loom:name:{<name>}` | string | the run a name stands for (a chat's latest run), with a TTL |
 //! | `loom:runs` | sorted set | the most recent run ids ([`RECENT_RUNS`](crate::RECENT_RUNS)), scored by `created_ms` |
 //!
@@ -21,8 +21,21 @@
 //! the stream's start, no index beside it. `seq`s grow by one per chunk across attempts, so
 //! the ids grow too, as Redis requires.
 //!
-//! The `{…}` are Redis Cluster hash tags: the stream, lease and cancel keys of one run hash to
-//! one slot, so the scripts that touch them together also work on a cluster.
+//! The `{…}` are Redis Cluster hash tags: keys with the same tag hash to one slot.
+//!
+//! **Runs are grouped into [`BUCKETS`] buckets.** A run's bucket is a hash of its id, and the
+//! bucket's tag (`{b22}`, `{b13}`, …) is in all of the run's keys, so its stream, lease, cancel
+//! key and record share a slot: the scripts that touch them together work on a cluster. The
+//! tags were chosen so their slots are spread evenly over the 16,384 (one per 1,024), so a
+//! cluster's masters, which own ranges of slots, each hold a fair share of the buckets. A
+//! process reading 10,000 streams on a cluster needs one blocking `XREAD` per bucket (a
+//! cluster refuses one over several slots), not one per stream: a handful of connections. On a
+//! single server the buckets change nothing: one `XREAD` reads them all.
+//!
+//! **Queues can be sharded.** With `queue_shards` N > 1, actor type `<type>` has N queues,
+//! `loom:queue:{<type>}` and `loom:queue:{<type>:1}` … `{<type>:N-1}`, each its own slot, so
+//! one type's requests spread over a cluster's nodes. A request goes to the shard its run id
+//! hashes to; workers read every shard.
 
 use crate::error::Error;
 
@@ -31,6 +44,25 @@ pub const DEFAULT_PREFIX: &str = "loom:";
 
 /// The consumer group every worker joins on each request queue.
 pub const GROUP: &str = "loom-workers";
+
+/// How many hash-tag buckets the runs' keys are spread over (see the module docs).
+pub const BUCKETS: usize = 16;
+
+/// The hash tag of each bucket: bucket k's tag hashes (CRC16, as Redis Cluster does) to a slot
+/// in `[1024 k, 1024 (k + 1))`.
+const BUCKET_TAGS: [&str; BUCKETS] = [
+    "b22", "b13", "b1", "b62", "b23", "b12", "b0", "b63", "b20", "b11", "b3", "b60", "b21",
+    "b10", "b2", "b61",
+];
+
+/// The bucket of run (or name) `id`: FNV-1a of its bytes, modulo [`BUCKETS`]. Every party
+/// computes the same, so it is part of the layout.
+pub(crate) fn bucket(id: &str) -> usize {
+    let hash = id.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    hash as usize % BUCKETS
+}
 
 /// The longest accepted actor type name or id, in bytes: ids are 36-byte UUIDs, and a bound
 /// keeps hostile input from turning into huge keys.
@@ -150,24 +182,56 @@ impl Keys {
         &self.prefix
     }
 
-    /// The chunk stream of run `run_id`: `loom:stream:{<id>}`.
+    /// The key `<prefix><kind>:{<bucket>}:<run_id>` of one of run `run_id`'s keys.
+    fn of_run(&self, kind: &str, run_id: &str) -> String {
+        let tag = BUCKET_TAGS[bucket(run_id)];
+        format!("{}{kind}:{{{tag}}}:{run_id}", self.prefix)
+    }
+
+    /// The chunk stream of run `run_id`: `loom:stream:{<bucket>}:<id>`.
     pub fn stream(&self, run_id: &str) -> String {
-        format!("{}stream:{{{run_id}}}", self.prefix)
+        self.of_run("stream", run_id)
     }
 
-    /// The lease of run `run_id`: `loom:lease:{<id>}`.
+    /// The lease of run `run_id`: `loom:lease:{<bucket>}:<id>`.
     pub fn lease(&self, run_id: &str) -> String {
-        format!("{}lease:{{{run_id}}}", self.prefix)
+        self.of_run("lease", run_id)
     }
 
-    /// The cancel flag of run `run_id`: `loom:cancel:{<id>}`.
+    /// The cancel flag of run `run_id`: `loom:cancel:{<bucket>}:<id>`.
     pub fn cancel(&self, run_id: &str) -> String {
-        format!("{}cancel:{{{run_id}}}", self.prefix)
+        self.of_run("cancel", run_id)
     }
 
-    /// The request queue of actor type `actor_type`: `loom:queue:{<type>}`.
-    pub fn queue(&self, actor_type: &str) -> String {
-        format!("{}queue:{{{actor_type}}}", self.prefix)
+    /// Queue `shard` of actor type `actor_type`: `loom:queue:{<type>}` for shard 0,
+    /// `loom:queue:{<type>:<shard>}` for the others.
+    pub fn queue(&self, actor_type: &str, shard: u16) -> String {
+        match shard {
+            0 => format!("{}queue:{{{actor_type}}}", self.prefix),
+            _ => format!("{}queue:{{{actor_type}:{shard}}}", self.prefix),
+        }
+    }
+
+    /// Whether `queue` is one of actor type `actor_type`'s queues (any shard).
+    pub fn is_queue_of(&self, queue: &str, actor_type: &str) -> bool {
+        let Some(tagged) = queue
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|q| q.strip_prefix("queue:{"))
+            .and_then(|q| q.strip_prefix(actor_type))
+        else {
+            return false;
+        };
+        tagged == "}"
+            || tagged
+                .strip_prefix(':')
+                .and_then(|q| q.strip_suffix('}'))
+                .is_some_and(|n| n.parse::<u16>().is_ok_and(|n| n > 0))
+    }
+
+    /// The queue a request of run `run_id` for `actor_type` goes to, of `shards` shards.
+    pub fn queue_for(&self, actor_type: &str, run_id: &str, shards: u16) -> String {
+        let shard = bucket(run_id) % usize::from(shards.max(1));
+        self.queue(actor_type, shard as u16)
     }
 
     /// The pub/sub channel on which cancelled run ids are published: `loom:cancel`.
@@ -175,9 +239,9 @@ impl Keys {
         format!("{}cancel", self.prefix)
     }
 
-    /// The record of run `run_id`: `loom:run:{<id>}`.
+    /// The record of run `run_id`: `loom:run:{<bucket>}:<id>`.
     pub fn run(&self, run_id: &str) -> String {
-        format!("{}run:{{{run_id}}}", self.prefix)
+        self.of_run("run", run_id)
     }
 
     /// What run name `name` stands for: `loom:name:{<name>}`.
@@ -204,22 +268,57 @@ impl Keys {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conn::slot;
 
     #[test]
     fn layout_keeps_design_names_with_hash_tags() {
         let keys = Keys::default();
-        assert_eq!(keys.stream("r1"), "loom:stream:{r1}");
-        assert_eq!(keys.lease("r1"), "loom:lease:{r1}");
-        assert_eq!(keys.cancel("r1"), "loom:cancel:{r1}");
-        assert_eq!(keys.queue("chat-agent"), "loom:queue:{chat-agent}");
+        let tag = BUCKET_TAGS[bucket("r1")];
+        assert_eq!(keys.stream("r1"), format!("loom:stream:{{{tag}}}:r1"));
+        assert_eq!(keys.lease("r1"), format!("loom:lease:{{{tag}}}:r1"));
+        assert_eq!(keys.cancel("r1"), format!("loom:cancel:{{{tag}}}:r1"));
+        assert_eq!(keys.run("r1"), format!("loom:run:{{{tag}}}:r1"));
+        assert_eq!(keys.queue("chat-agent", 0), "loom:queue:{chat-agent}");
+        assert_eq!(keys.queue("chat-agent", 3), "loom:queue:{chat-agent:3}");
+        assert_eq!(keys.queue_for("chat-agent", "r1", 1), "loom:queue:{chat-agent}");
+        assert!(keys.is_queue_of("loom:queue:{chat-agent}", "chat-agent"));
+        assert!(keys.is_queue_of("loom:queue:{chat-agent:3}", "chat-agent"));
+        for other in [
+            "loom:queue:{chat}",
+            "loom:queue:{chat-agent:0}",
+            "loom:queue:{chat-agent:x}",
+            "loom:queue:{chat-agent}:1",
+            "x:queue:{chat-agent}",
+        ] {
+            assert!(!keys.is_queue_of(other, "chat-agent"), "{other}");
+        }
         assert_eq!(keys.cancel_channel(), "loom:cancel");
-        assert_eq!(keys.run("r1"), "loom:run:{r1}");
         assert_eq!(keys.runs(), "loom:runs");
+        let tag = BUCKET_TAGS[bucket("a")];
         assert_eq!(
-            Keys::new("x:").map(|k| k.stream("a")).ok().as_deref(),
-            Some("x:stream:{a}")
+            Keys::new("x:").map(|k| k.stream("a")).ok(),
+            Some(format!("x:stream:{{{tag}}}:a"))
         );
         assert!(Keys::new("bad{").is_err());
+    }
+
+    #[test]
+    fn bucket_tags_spread_evenly_over_the_slots_and_ids_over_the_buckets() {
+        // The reference value Redis documents for its CRC16, and hash tags.
+        assert_eq!(slot("123456789"), 0x31c3 % 16384);
+        assert_eq!(slot("a{123456789}b"), 0x31c3 % 16384);
+        assert_eq!(slot("{}123456789"), slot("{}123456789"));
+        assert_ne!(slot("{}123456789"), slot("123456789"));
+        assert_eq!(slot(&Keys::default().stream("r1")), slot(&Keys::default().lease("r1")));
+        for (k, tag) in BUCKET_TAGS.iter().enumerate() {
+            let range = k * 16384 / BUCKETS..(k + 1) * 16384 / BUCKETS;
+            assert!(range.contains(&usize::from(slot(tag))), "{tag}");
+        }
+        let mut counts = [0usize; BUCKETS];
+        for _ in 0..16_000 {
+            counts[bucket(&uuid::Uuid::new_v4().to_string())] += 1;
+        }
+        assert!(counts.iter().all(|&n| (800..1200).contains(&n)), "{counts:?}");
     }
 
     #[test]

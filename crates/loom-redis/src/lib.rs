@@ -68,6 +68,7 @@
 mod backoff;
 mod client;
 mod codec;
+mod conn;
 mod error;
 mod hub;
 mod keys;
@@ -81,7 +82,7 @@ mod worker;
 pub use client::{Client, ClientOptions};
 pub use codec::EntryId;
 pub use error::Error;
-pub use keys::{validate_name, Keys, DEFAULT_PREFIX, GROUP, MAX_NAME_LEN};
+pub use keys::{validate_name, Keys, BUCKETS, DEFAULT_PREFIX, GROUP, MAX_NAME_LEN};
 pub use publisher::{Publisher, MAX_PIPELINE, PUBLISH_BUFFER};
 pub use reader::{EntryStream, StreamEntry};
 pub use remote::{RemoteInvoker, Submitted};

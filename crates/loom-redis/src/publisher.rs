@@ -28,13 +28,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use loom_core::{CancellationToken, StreamChunk};
-use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
 use crate::client::Client;
+use crate::conn::Conn;
 use crate::error::Error;
 use crate::keys::check_name;
 use crate::script::{self, Written};
@@ -118,7 +118,7 @@ impl Publisher {
 }
 
 struct Writer {
-    conn: ConnectionManager,
+    conn: Conn,
     stream: String,
     lease: String,
     /// The attempt token the lease must hold for a batch to be written.

@@ -185,7 +185,9 @@ impl RemoteInvoker {
     }
 
     /// Queues `request` and writes its run's record and index entry (`runs.rs`), in one
-    /// round trip.
+    /// round trip: three pipelines sent at once, one per slot (the record's, the queue's, the
+    /// index's), as a cluster requires. The record goes first on the wire; nothing reads it
+    /// to decide anything, so a failure between them loses nothing.
     async fn enqueue(&self, request: &Request) -> Result<Submitted, Error> {
         let keys = self.client.keys();
         let options = self.client.options();
@@ -196,9 +198,12 @@ impl RemoteInvoker {
             .saturating_add(options.stream_ttl.as_secs());
         // For people (the run index and status); no decision reads it.
         let created_ms = unix_ms();
-        let mut pipe = redis::pipe();
-        request.add_to(&mut pipe, &keys.queue(&request.actor));
-        pipe.cmd("HSET")
+        let mut queued = redis::pipe();
+        let queue = keys.queue_for(&request.actor, &request.run_id, options.queue_shards);
+        request.add_to(&mut queued, &queue);
+        let mut recorded = redis::pipe();
+        recorded
+            .cmd("HSET")
             .arg(&record)
             .arg("actor")
             .arg(&request.actor)
@@ -208,7 +213,9 @@ impl RemoteInvoker {
             .cmd("EXPIRE")
             .arg(&record)
             .arg(record_ttl)
-            .ignore()
+            .ignore();
+        let mut indexed = redis::pipe();
+        indexed
             .cmd("ZADD")
             .arg(keys.runs())
             .arg(created_ms)
@@ -219,8 +226,13 @@ impl RemoteInvoker {
             .arg(0)
             .arg(-(RECENT_RUNS as i64) - 1)
             .ignore();
-        let mut conn = self.client.conn();
-        let (id,): (String,) = pipe.query_async(&mut conn).await?;
+        let (mut a, mut b, mut c) = (self.client.conn(), self.client.conn(), self.client.conn());
+        let (recorded, (id,), indexed): ((), (String,), ()) = tokio::try_join!(
+            recorded.query_async(&mut a),
+            queued.query_async(&mut b),
+            indexed.query_async(&mut c),
+        )?;
+        let ((), ()) = (recorded, indexed);
         Ok(Submitted {
             run_id: request.run_id.clone(),
             entry_id: id.parse()?,

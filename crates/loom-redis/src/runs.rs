@@ -169,11 +169,12 @@ impl Client {
         })
     }
 
-    /// The records of `ids` (already checked names), in their order, in one round trip.
+    /// The records of `ids` (already checked names), in their order, in one round trip: one
+    /// pipeline per run (its keys share a slot), all sent at once.
     async fn run_records(&self, ids: &[String]) -> Result<Vec<Option<RunRecord>>, Error> {
         let keys = self.keys();
-        let mut pipe = redis::pipe();
-        for id in ids {
+        let reads = ids.iter().map(|id| {
+            let mut pipe = redis::pipe();
             pipe.cmd("HMGET")
                 .arg(keys.run(id))
                 .arg("actor")
@@ -184,14 +185,12 @@ impl Client {
                 .arg("-")
                 .arg("COUNT")
                 .arg(1);
-        }
-        let replies: Vec<Value> = pipe.query_async(&mut self.conn()).await?;
-        let mut replies = replies.into_iter();
+            let mut conn = self.conn();
+            async move { pipe.query_async::<(Value, Value)>(&mut conn).await }
+        });
+        let replies = futures::future::try_join_all(reads).await?;
         let mut records = Vec::with_capacity(ids.len());
-        for id in ids {
-            let (Some(fields), Some(last)) = (replies.next(), replies.next()) else {
-                return Err(Error::UnexpectedReply("fewer replies than commands".into()));
-            };
+        for (id, (fields, last)) in ids.iter().zip(replies) {
             let (actor, created_ms): (Option<String>, Option<u64>) =
                 redis::from_redis_value(fields)
                     .map_err(|e| Error::UnexpectedReply(format!("run record: {e}")))?;

@@ -144,7 +144,7 @@ async fn an_unreadable_request_is_dropped_without_stopping_the_worker() {
     let probe = Arc::new(Probe::default());
     let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
     let mut plain = server.plain();
-    let queue = client.keys().queue("echo");
+    let queue = client.keys().queue("echo", 0);
     let _: String = redis::cmd("XADD")
         .arg(&queue)
         .arg("*")
@@ -180,7 +180,7 @@ async fn a_forged_request_for_an_actor_the_worker_does_not_serve_is_refused() {
     let mut plain = server.plain();
     let run_id = "forged-0123456789";
     let _: String = redis::cmd("XADD")
-        .arg(client.keys().queue("ticker"))
+        .arg(client.keys().queue("ticker", 0))
         .arg("*")
         .arg(&[
             ("run_id", run_id),
@@ -222,7 +222,7 @@ async fn an_unreadable_request_naming_its_run_ends_that_run_with_bad_input() {
     for (named, input, timeout_ms) in cases {
         let run_id = loom_core::new_run_id();
         let _: String = redis::cmd("XADD")
-            .arg(client.keys().queue("echo"))
+            .arg(client.keys().queue("echo", 0))
             .arg("*")
             .arg("run_id")
             .arg(&run_id)

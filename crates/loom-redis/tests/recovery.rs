@@ -92,7 +92,7 @@ async fn with_no_worker_left_the_reader_gets_worker_lost_and_a_late_worker_does_
 
     // A worker arriving late acknowledges the request without running it again.
     let late = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
-    let queue = client.keys().queue("ticker");
+    let queue = client.keys().queue("ticker", 0);
     within(10, async {
         loop {
             let left: u64 = redis::cmd("XLEN").arg(&queue).query(&mut plain).unwrap();
@@ -196,7 +196,7 @@ async fn an_abandoned_request_behind_many_live_ones_is_still_recovered() {
         },
     )
     .await;
-    let queue = client.keys().queue("echo");
+    let queue = client.keys().queue("echo", 0);
     let group = client.keys().group();
     let mut plain = server.plain();
     let _: () = redis::cmd("XGROUP")

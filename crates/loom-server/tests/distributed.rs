@@ -27,6 +27,7 @@ fn options(prefix: &str) -> ClientOptions {
         visibility_timeout: Duration::from_millis(1500),
         pickup_timeout: Duration::from_secs(6),
         read_block: Duration::from_millis(500),
+        queue_shards: 1,
         ..ClientOptions::default()
     }
 }

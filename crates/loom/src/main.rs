@@ -34,9 +34,15 @@ const CANCEL_GRACE: Duration = Duration::from_secs(5);
 #[command(name = "loom", version, about)]
 struct Cli {
     /// Run actors on workers through this Redis (e.g. redis://127.0.0.1:6379) instead of in
-    /// this process.
+    /// this process. A Redis Cluster works too: the URL of any node, or a comma-separated list
+    /// of nodes' URLs.
     #[arg(long, global = true, env = "LOOM_REDIS_URL", value_name = "URL")]
     redis: Option<String>,
+    /// How many queues each actor type has in Redis (spreads one type's requests over a
+    /// cluster's nodes); callers and workers must use the same number.
+    #[arg(long, global = true, env = "LOOM_QUEUE_SHARDS", value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    queue_shards: u16,
     #[command(subcommand)]
     command: Command,
 }
@@ -221,9 +227,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let redis = match &cli.redis {
         Some(url) => Some(
-            loom_redis::Client::connect(url)
-                .await
-                .map_err(redis_error)?,
+            loom_redis::Client::connect_with(
+                url,
+                loom_redis::ClientOptions {
+                    queue_shards: cli.queue_shards,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(redis_error)?,
         ),
         None => None,
     };

@@ -16,9 +16,13 @@ use crate::worker::state::Shared;
 pub(crate) async fn listen_for_cancels(shared: Arc<Shared>, stop: CancellationToken) {
     let channel = shared.client.keys().cancel_channel();
     let mut backoff = Backoff::default();
+    // On a cluster, each failed attempt tries the next node: every node hears every PUBLISH.
+    let mut attempt = 0;
     loop {
+        let node = shared.client.pubsub_node(attempt);
+        attempt += 1;
         let subscribed = async {
-            let mut pubsub = shared.client.redis().get_async_pubsub().await?;
+            let mut pubsub = node.get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;
             Ok::<_, redis::RedisError>(pubsub)
         };

@@ -3,18 +3,28 @@
 //! shutdown, so nothing it took is dropped), and those of dead workers with an `XAUTOCLAIM`
 //! sweep that keeps a cursor per queue, so it reaches every pending entry however long the
 //! pending list is. A claimed request runs as attempt `delivery count` (at least 2).
+//!
+//! On one server one `XREADGROUP` reads every queue. A cluster refuses a read over several
+//! slots, so there each queue (shard) is read by its own blocking `XREADGROUP`, all at once,
+//! each on its own connection: when the first returns the others are woken with
+//! `CLIENT UNBLOCK`, and everything they took is run (what exceeds the free slots waits in
+//! the worker's list, kept fresh by the heartbeat). Every shard gets its turn in each round,
+//! so none starves.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::join_all;
 use redis::Value;
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
 use crate::codec::{parse_entries, parse_read_reply, text, EntryId, RawEntry};
+use crate::conn::Conn;
 use crate::error::Error;
+use crate::hub::{unblock, Blocking};
 use crate::worker::state::{Shared, Work};
 
 /// How long one `XREADGROUP` blocks when the queues are empty. It also paces the sweep for
@@ -28,8 +38,9 @@ const SCANS_PER_SWEEP: usize = 4;
 pub(crate) struct Fetcher {
     shared: Arc<Shared>,
     queues: Vec<String>,
-    /// The dedicated connection for the blocking read, and its client id (for unblocking).
-    conn: Option<(redis::aio::MultiplexedConnection, i64)>,
+    /// The queues each blocking read covers (all of them on one server, one each on a
+    /// cluster), with its dedicated connection once opened.
+    lanes: Vec<(Vec<String>, Option<Blocking>)>,
     groups_ready: bool,
     backoff: Backoff,
     next_sweep: Instant,
@@ -40,10 +51,15 @@ pub(crate) struct Fetcher {
 
 impl Fetcher {
     pub(crate) fn new(shared: Arc<Shared>, queues: Vec<String>) -> Self {
+        let lanes = if shared.client.is_cluster() {
+            queues.iter().map(|q| (vec![q.clone()], None)).collect()
+        } else {
+            vec![(queues.clone(), None)]
+        };
         Self {
             shared,
             queues,
-            conn: None,
+            lanes,
             groups_ready: false,
             backoff: Backoff::default(),
             next_sweep: Instant::now(),
@@ -64,7 +80,9 @@ impl Fetcher {
             }
             Err(e) => {
                 tracing::warn!(worker = %self.shared.name, error = %e, "cannot take requests; retrying");
-                self.conn = None;
+                for (_, conn) in &mut self.lanes {
+                    *conn = None;
+                }
                 // Redis may have restarted empty: create the groups again (idempotent).
                 self.groups_ready = false;
                 tokio::select! {
@@ -106,58 +124,77 @@ impl Fetcher {
                 return Ok((claimed, false));
             }
         }
-        let (read_conn, client_id) = match self.conn.take() {
-            Some(c) => c,
-            None => {
-                let mut c = self.shared.client.dedicated(READ_BLOCK).await?;
-                let id: i64 = redis::cmd("CLIENT").arg("ID").query_async(&mut c).await?;
-                (c, id)
-            }
-        };
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(group)
-            .arg(&self.shared.name)
-            .arg("COUNT")
-            .arg(free)
-            .arg("BLOCK")
-            .arg(READ_BLOCK.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(&self.queues);
-        for _ in &self.queues {
-            cmd.arg(">");
+        // Each lane's connection and client id (on the node of its queues), for unblocking.
+        let mut ready = Vec::with_capacity(self.lanes.len());
+        for (queues, conn) in &mut self.lanes {
+            let mut blocking = match conn.take() {
+                Some(c) => c,
+                None => Blocking::new(self.shared.client.dedicated(READ_BLOCK).await?),
+            };
+            let id = blocking.client_id(&queues[0]).await?;
+            ready.push((blocking, id));
         }
-        let mut c = read_conn.clone();
-        let read = async move { cmd.query_async::<Value>(&mut c).await };
-        tokio::pin!(read);
-        let mut stopping = false;
-        let reply = tokio::select! {
-            reply = &mut read => reply,
-            _ = shutdown => {
-                stopping = true;
-                // Whatever the blocked read returns is ours to run: wake it rather than drop it.
-                let _: Result<i64, _> = redis::cmd("CLIENT").arg("UNBLOCK").arg(client_id)
-                    .query_async(&mut conn).await;
-                match read.await {
-                    Ok(reply) => Ok(reply),
-                    // Redis is unreachable: nothing was taken, and the worker is stopping.
-                    Err(_) => return Ok((Vec::new(), true)),
-                }
+        let reads = self.lanes.iter().zip(&ready).map(|((queues, _), (blocking, _))| {
+            let mut cmd = redis::cmd("XREADGROUP");
+            cmd.arg("GROUP")
+                .arg(group)
+                .arg(&self.shared.name)
+                .arg("COUNT")
+                .arg(free)
+                .arg("BLOCK")
+                .arg(READ_BLOCK.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(queues);
+            for _ in queues {
+                cmd.arg(">");
             }
-        }?;
-        self.conn = Some((read_conn, client_id));
-        let streams = parse_read_reply(reply).map_err(protocol_error)?;
-        let work = streams
-            .into_iter()
-            .flat_map(|(queue, entries)| {
-                entries.into_iter().map(move |entry| Work {
-                    queue: queue.clone(),
-                    entry,
-                    attempt: 1,
-                })
-            })
-            .collect();
-        Ok((work, stopping))
+            let mut c = blocking.conn.clone();
+            Box::pin(async move { cmd.query_async::<Value>(&mut c).await })
+        });
+        // Shared, so the first to finish can be awaited here and all of them again below.
+        let reads: Vec<_> = reads.map(futures::FutureExt::shared).collect();
+        let mut stopping = false;
+        tokio::select! {
+            _ = futures::future::select_all(reads.iter().cloned()) => {}
+            _ = shutdown => stopping = true,
+        }
+        // Whatever a blocked read returns is ours to run: wake the others rather than drop
+        // them.
+        if reads.len() > 1 || stopping {
+            for ((queues, _), (_, id)) in self.lanes.iter().zip(&ready) {
+                let _ = unblock(&mut conn, *id, &queues[0]).await;
+            }
+        }
+        let replies = join_all(reads).await;
+        let mut work = Vec::new();
+        let mut failed = None;
+        for ((lane, reply), (blocking, _)) in self.lanes.iter_mut().zip(replies).zip(ready) {
+            match reply {
+                Ok(reply) => {
+                    lane.1 = Some(blocking);
+                    let streams = parse_read_reply(reply).map_err(protocol_error)?;
+                    work.extend(streams.into_iter().flat_map(|(queue, entries)| {
+                        entries.into_iter().map(move |entry| Work {
+                            queue: queue.clone(),
+                            entry,
+                            attempt: 1,
+                        })
+                    }));
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        match failed {
+            // Redis is unreachable and the worker is stopping: nothing more was taken.
+            Some(_) if stopping => Ok((work, true)),
+            // What the other lanes took is kept; the failed lane reconnects next round.
+            Some(e) if work.is_empty() => Err(e.into()),
+            Some(e) => {
+                tracing::warn!(worker = %self.shared.name, error = %e, "a queue read failed; reconnecting it");
+                Ok((work, false))
+            }
+            None => Ok((work, stopping)),
+        }
     }
 
     /// Claims up to `free` requests whose worker stopped refreshing them.
@@ -209,7 +246,7 @@ impl Fetcher {
     /// Turns claimed entries into work, with their attempt numbers.
     async fn claim_entries(
         &self,
-        conn: &mut redis::aio::ConnectionManager,
+        conn: &mut Conn,
         queue: &str,
         entries: Vec<RawEntry>,
         work: &mut Vec<Work>,
@@ -242,7 +279,7 @@ fn sweep_every(shared: &Shared) -> Duration {
 }
 
 async fn delivery_count(
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut Conn,
     queue: &str,
     group: &str,
     entry: EntryId,

@@ -175,28 +175,39 @@ async fn refresh(shared: &Shared) -> Result<(), Error> {
                 .push(run.entry.to_string());
         }
     }
-    if claims.is_empty() {
-        return Ok(());
-    }
-    let mut pipe = redis::pipe();
-    for (queue, ids) in claims {
-        pipe.cmd("XCLAIM")
-            .arg(queue)
+    claim_to_self(shared, claims, None).await
+}
+
+/// Claims `entries` of each queue for this worker again (`XCLAIM … JUSTID`), which resets
+/// their idle time, or sets it to `idle` ms. One command per queue, all sent at once: the
+/// queues may live on different nodes of a cluster.
+async fn claim_to_self(
+    shared: &Shared,
+    entries: HashMap<&str, Vec<String>>,
+    idle: Option<u64>,
+) -> Result<(), Error> {
+    let claims = entries.into_iter().map(|(queue, ids)| {
+        let mut cmd = redis::cmd("XCLAIM");
+        cmd.arg(queue)
             .arg(shared.group())
             .arg(&shared.name)
             .arg(0)
-            .arg(ids)
-            .arg("JUSTID")
-            .ignore();
-    }
-    pipe.query_async::<()>(&mut conn).await?;
+            .arg(ids);
+        if let Some(idle) = idle {
+            cmd.arg("IDLE").arg(idle);
+        }
+        cmd.arg("JUSTID");
+        let mut conn = shared.client.conn();
+        async move { cmd.query_async::<()>(&mut conn).await }
+    });
+    futures::future::try_join_all(claims).await?;
     Ok(())
 }
 
 /// The entries of `queue` in this worker's pending list.
 async fn pending_of(
     shared: &Shared,
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut crate::conn::Conn,
     queue: &str,
 ) -> Result<Vec<QueuedEntry>, Error> {
     let pending: Value = redis::cmd("XPENDING")
@@ -239,7 +250,6 @@ pub(crate) async fn hand_back(shared: &Shared) {
         .map(|work| QueuedEntry::new(&work.queue, work.entry.id))
         .collect();
     let visibility = shared.client.options().visibility_timeout.as_millis() as u64;
-    let mut pipe = redis::pipe();
     for run in &held {
         tracing::info!(run_id = %run.run_id, "handing the run back");
     }
@@ -250,20 +260,11 @@ pub(crate) async fn hand_back(shared: &Shared) {
         .iter()
         .map(|run| (&run.queue, run.entry))
         .chain(unstarted.iter().map(|w| (&w.queue, w.entry)));
+    let mut claims: HashMap<&str, Vec<String>> = HashMap::new();
     for (queue, entry) in requests {
-        pipe.cmd("XCLAIM")
-            .arg(queue)
-            .arg(shared.group())
-            .arg(&shared.name)
-            .arg(0)
-            .arg(entry.to_string())
-            .arg("IDLE")
-            .arg(visibility)
-            .arg("JUSTID")
-            .ignore();
+        claims.entry(queue).or_default().push(entry.to_string());
     }
-    let mut conn = shared.client.conn();
-    if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+    if let Err(e) = claim_to_self(shared, claims, Some(visibility)).await {
         tracing::warn!(error = %e, "could not hand runs back; they will be re-run after the visibility timeout");
     }
     // Releasing the lease fences off this worker's writer even if it is still flushing; a

@@ -177,9 +177,10 @@ impl Worker {
         }
         check_name("worker name", &shared.name)?;
         let served = self.served()?;
+        let shards = shared.client.options().queue_shards;
         let queues = served
             .iter()
-            .map(|a| shared.client.keys().queue(a))
+            .flat_map(|a| (0..shards).map(|k| shared.client.keys().queue(a, k)))
             .collect();
         // Fused: once it has resolved it is never polled again (an `async fn` would panic).
         let shutdown = shutdown.fuse();

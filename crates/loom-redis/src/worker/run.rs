@@ -136,7 +136,7 @@ async fn run_request(
         )),
         // A request in one actor type's queue naming another (written by another client) is
         // not run: a worker runs only what it serves, from the queue it serves it on.
-        None if keys.queue(&request.actor) != queue => Some(ActorError::not_found(format!(
+        None if !keys.is_queue_of(queue, &request.actor) => Some(ActorError::not_found(format!(
             "a request for actor type '{}' in the queue of another",
             request.actor
         ))),

@@ -33,6 +33,7 @@ pub fn fast_options() -> ClientOptions {
         pickup_timeout: Duration::from_secs(6),
         deadline_grace: Duration::from_millis(500),
         read_block: Duration::from_millis(500),
+        queue_shards: 1,
     }
 }
 

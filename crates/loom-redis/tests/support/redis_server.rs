@@ -178,7 +178,7 @@ impl Drop for RedisServer {
 }
 
 /// A loopback port no other test of this process was handed.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     static HANDED: Mutex<Vec<u16>> = Mutex::new(Vec::new());
     let mut handed = HANDED.lock().unwrap_or_else(|e| e.into_inner());
     loop {

@@ -1,0 +1,169 @@
+//! [`Conn`]: one connection type for a single Redis server and for a Redis Cluster, so every
+//! command above is written once; and [`Topology`], which of the two a URL names.
+//!
+//! On a cluster, redis-rs's [`ClusterConnection`] routes each command to the node owning its
+//! keys' slot and follows `MOVED`/`ASK` redirects, topology changes and failovers. What it
+//! cannot do is a command over keys of several slots: Loom never sends one (one run's keys
+//! share a bucket's hash tag, see `keys.rs`, and multi-slot work is split into one pipeline
+//! per slot, sent concurrently). The few commands addressed to "the connection" rather than to
+//! keys (`CLIENT ID` and `CLIENT UNBLOCK` for a blocking read) go to the node of the read's
+//! keys: [`Conn::query_at`].
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, Value};
+
+use crate::error::Error;
+
+/// How long one command may take before the connection counts as broken.
+pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long connecting may take.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A command connection: one server's (reconnecting, or plain for a blocking read) or a
+/// cluster's. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub(crate) enum Conn {
+    /// A single server's shared command connection, reconnecting with backoff.
+    Managed(ConnectionManager),
+    /// A single server's dedicated connection, for one blocking reader.
+    Plain(MultiplexedConnection),
+    /// A cluster: one connection per node, commands routed by slot.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Managed(c) => c.req_packed_command(cmd),
+            Self::Plain(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Managed(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Plain(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Managed(c) => c.get_db(),
+            Self::Plain(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Conn {
+    /// Runs `cmd` on the node that serves `key`: on one server, simply runs it; on a cluster,
+    /// routes it to the master owning `key`'s slot (for `CLIENT ID` and `CLIENT UNBLOCK`,
+    /// which name no key but must reach the node of a blocking read).
+    pub(crate) async fn query_at<T: FromRedisValue>(
+        &mut self,
+        cmd: Cmd,
+        key: &str,
+    ) -> Result<T, Error> {
+        let value = match self {
+            Self::Cluster(c) => {
+                let route = Route::new(slot(key), SlotAddr::Master);
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                c.route_command(cmd, routing).await?
+            }
+            other => cmd.query_async(other).await?,
+        };
+        redis::from_redis_value(value).map_err(|e| Error::UnexpectedReply(e.to_string()))
+    }
+
+    /// Whether this is a cluster connection.
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+}
+
+/// Redis Cluster's slot of `key`: CRC16-CCITT (XMODEM) of its hash tag (the text between
+/// the first `{` and the next `}`, when not empty) or else of the whole key, modulo 16,384.
+pub(crate) fn slot(key: &str) -> u16 {
+    let tagged = key
+        .split_once('{')
+        .and_then(|(_, rest)| rest.split_once('}'))
+        .map(|(tag, _)| tag)
+        .filter(|tag| !tag.is_empty())
+        .unwrap_or(key);
+    let crc = tagged.bytes().fold(0u16, |mut crc, byte| {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+        crc
+    });
+    crc % 16384
+}
+
+/// What a Redis URL (or a comma-separated list of node URLs) points at.
+#[derive(Clone)]
+pub(crate) enum Topology {
+    /// One server.
+    Single(redis::Client),
+    /// A cluster, reached through any of its nodes (all of them, as found when connecting,
+    /// so pub/sub can move to another when one is lost).
+    Cluster(Vec<redis::Client>),
+}
+
+impl Topology {
+    /// A cluster connection through `nodes`, whose commands may each take up to
+    /// `response_timeout`.
+    pub(crate) async fn cluster(
+        nodes: &[redis::Client],
+        response_timeout: Duration,
+    ) -> Result<ClusterConnection, Error> {
+        let client = ClusterClient::builder(nodes.iter().map(|n| n.get_connection_info().clone()))
+            .connection_timeout(CONNECT_TIMEOUT)
+            .response_timeout(response_timeout)
+            .build()?;
+        Ok(client.get_async_connection().await?)
+    }
+
+    /// A new connection for one blocking reader, whose commands may each block for `block`.
+    pub(crate) async fn blocking(&self, block: Duration) -> Result<Conn, Error> {
+        let response_timeout = block + RESPONSE_TIMEOUT;
+        Ok(match self {
+            Self::Single(client) => {
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(response_timeout));
+                Conn::Plain(
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?,
+                )
+            }
+            Self::Cluster(nodes) => Conn::Cluster(Self::cluster(nodes, response_timeout).await?),
+        })
+    }
+
+    /// The servers to subscribe to, in the order to try them.
+    pub(crate) fn pubsub_nodes(&self) -> &[redis::Client] {
+        match self {
+            Self::Single(client) => std::slice::from_ref(client),
+            Self::Cluster(nodes) => nodes,
+        }
+    }
+}

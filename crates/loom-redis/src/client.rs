@@ -215,19 +215,21 @@ impl Client {
     pub async fn cancel(&self, run_id: &str) -> Result<(), Error> {
         check_name("run id", run_id)?;
         let keys = self.keys();
+        // Not one pipeline: a cluster routes `PUBLISH` by its channel, as if it were a key of
+        // another slot (and broadcasts it to every node). The key first, so a worker that
+        // hears the message finds it.
         let mut conn = self.conn();
-        redis::pipe()
-            .cmd("SET")
+        redis::cmd("SET")
             .arg(keys.cancel(run_id))
             .arg(CancelReason::Cancelled.as_str())
             .arg("EX")
             .arg(self.inner.options.stream_ttl.as_secs())
-            .ignore()
-            .cmd("PUBLISH")
+            .exec_async(&mut conn)
+            .await?;
+        redis::cmd("PUBLISH")
             .arg(keys.cancel_channel())
             .arg(run_id)
-            .ignore()
-            .query_async::<()>(&mut conn)
+            .exec_async(&mut conn)
             .await?;
         Ok(())
     }
@@ -303,7 +305,10 @@ async fn connect_cluster(mut nodes: Vec<redis::Client>) -> Result<(Topology, Con
             continue;
         };
         let addr = redis::ConnectionAddr::Tcp(host.to_owned(), port);
-        if nodes.iter().any(|n| n.get_connection_info().addr() == &addr) {
+        if nodes
+            .iter()
+            .any(|n| n.get_connection_info().addr() == &addr)
+        {
             continue;
         }
         nodes.push(redis::Client::open(base.clone().set_addr(addr))?);

@@ -51,8 +51,8 @@ pub const BUCKETS: usize = 16;
 /// The hash tag of each bucket: bucket k's tag hashes (CRC16, as Redis Cluster does) to a slot
 /// in `[1024 k, 1024 (k + 1))`.
 const BUCKET_TAGS: [&str; BUCKETS] = [
-    "b22", "b13", "b1", "b62", "b23", "b12", "b0", "b63", "b20", "b11", "b3", "b60", "b21",
-    "b10", "b2", "b61",
+    "b22", "b13", "b1", "b62", "b23", "b12", "b0", "b63", "b20", "b11", "b3", "b60", "b21", "b10",
+    "b2", "b61",
 ];
 
 /// The bucket of run (or name) `id`: FNV-1a of its bytes, modulo [`BUCKETS`]. Every party
@@ -280,7 +280,10 @@ mod tests {
         assert_eq!(keys.run("r1"), format!("loom:run:{{{tag}}}:r1"));
         assert_eq!(keys.queue("chat-agent", 0), "loom:queue:{chat-agent}");
         assert_eq!(keys.queue("chat-agent", 3), "loom:queue:{chat-agent:3}");
-        assert_eq!(keys.queue_for("chat-agent", "r1", 1), "loom:queue:{chat-agent}");
+        assert_eq!(
+            keys.queue_for("chat-agent", "r1", 1),
+            "loom:queue:{chat-agent}"
+        );
         assert!(keys.is_queue_of("loom:queue:{chat-agent}", "chat-agent"));
         assert!(keys.is_queue_of("loom:queue:{chat-agent:3}", "chat-agent"));
         for other in [
@@ -309,7 +312,10 @@ mod tests {
         assert_eq!(slot("a{123456789}b"), 0x31c3 % 16384);
         assert_eq!(slot("{}123456789"), slot("{}123456789"));
         assert_ne!(slot("{}123456789"), slot("123456789"));
-        assert_eq!(slot(&Keys::default().stream("r1")), slot(&Keys::default().lease("r1")));
+        assert_eq!(
+            slot(&Keys::default().stream("r1")),
+            slot(&Keys::default().lease("r1"))
+        );
         for (k, tag) in BUCKET_TAGS.iter().enumerate() {
             let range = k * 16384 / BUCKETS..(k + 1) * 16384 / BUCKETS;
             assert!(range.contains(&usize::from(slot(tag))), "{tag}");
@@ -318,7 +324,10 @@ mod tests {
         for _ in 0..16_000 {
             counts[bucket(&uuid::Uuid::new_v4().to_string())] += 1;
         }
-        assert!(counts.iter().all(|&n| (800..1200).contains(&n)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&n| (800..1200).contains(&n)),
+            "{counts:?}"
+        );
     }
 
     #[test]

@@ -275,8 +275,8 @@ fn after_ctrl_c_chunks_that_keep_coming_do_not_extend_the_grace_period() {
         let stop = Arc::clone(&stop);
         let mut conn = redis.plain();
         std::thread::spawn(move || {
-            let stream = format!("loom:stream:{{{id}}}");
-            let lease = format!("loom:lease:{{{id}}}");
+            let keys = loom_redis::Keys::default();
+            let (stream, lease) = (keys.stream(id), keys.lease(id));
             let start = json!({ "run_id": id, "actor": "producer" }).to_string();
             let _: String = redis::cmd("XADD")
                 .arg(&stream)

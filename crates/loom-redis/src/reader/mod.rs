@@ -128,7 +128,11 @@ pub(crate) async fn open(
 ) -> Result<EntryStream, Error> {
     let key = client.keys().stream(&run_id);
     let lane = client.lane(&run_id);
-    let sub = client.hub().await.subscribe(key.clone(), lane, from).await?;
+    let sub = client
+        .hub()
+        .await
+        .subscribe(key.clone(), lane, from)
+        .await?;
     let run_id: Arc<str> = run_id.into();
     let state = ReadState::new(key, from, watch, Instant::now());
     let inner = follow(client, Arc::clone(&run_id), state, sub);

@@ -134,23 +134,27 @@ impl Fetcher {
             let id = blocking.client_id(&queues[0]).await?;
             ready.push((blocking, id));
         }
-        let reads = self.lanes.iter().zip(&ready).map(|((queues, _), (blocking, _))| {
-            let mut cmd = redis::cmd("XREADGROUP");
-            cmd.arg("GROUP")
-                .arg(group)
-                .arg(&self.shared.name)
-                .arg("COUNT")
-                .arg(free)
-                .arg("BLOCK")
-                .arg(READ_BLOCK.as_millis() as u64)
-                .arg("STREAMS")
-                .arg(queues);
-            for _ in queues {
-                cmd.arg(">");
-            }
-            let mut c = blocking.conn.clone();
-            Box::pin(async move { cmd.query_async::<Value>(&mut c).await })
-        });
+        let reads = self
+            .lanes
+            .iter()
+            .zip(&ready)
+            .map(|((queues, _), (blocking, _))| {
+                let mut cmd = redis::cmd("XREADGROUP");
+                cmd.arg("GROUP")
+                    .arg(group)
+                    .arg(&self.shared.name)
+                    .arg("COUNT")
+                    .arg(free)
+                    .arg("BLOCK")
+                    .arg(READ_BLOCK.as_millis() as u64)
+                    .arg("STREAMS")
+                    .arg(queues);
+                for _ in queues {
+                    cmd.arg(">");
+                }
+                let mut c = blocking.conn.clone();
+                Box::pin(async move { cmd.query_async::<Value>(&mut c).await })
+            });
         // Shared, so the first to finish can be awaited here and all of them again below.
         let reads: Vec<_> = reads.map(futures::FutureExt::shared).collect();
         let mut stopping = false;

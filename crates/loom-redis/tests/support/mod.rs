@@ -3,8 +3,10 @@
 
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+mod redis_cluster;
 mod redis_server;
 
+pub use redis_cluster::RedisCluster;
 pub use redis_server::RedisServer;
 
 use std::sync::atomic::{AtomicU32, Ordering};

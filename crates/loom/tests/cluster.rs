@@ -1,0 +1,219 @@
+//! The CLI on a real Redis Cluster (3 masters on loopback): every command through any node
+//! (`worker`, `actor run`, `stream tail`, `workflow run`, `serve`), with sharded queues, and a
+//! worker killed with SIGKILL mid-stream replaced by another.
+
+mod support;
+
+#[path = "../../loom-redis/tests/support/redis_cluster.rs"]
+mod redis_cluster;
+#[path = "../../loom-redis/tests/support/redis_server.rs"]
+mod redis_server;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use redis_cluster::RedisCluster;
+use serde_json::{json, Value};
+use support::*;
+
+/// The cluster's node URLs, one per node.
+fn nodes(cluster: &RedisCluster) -> Vec<String> {
+    cluster.urls().split(',').map(str::to_owned).collect()
+}
+
+/// A `loom worker` through `url` with `shards` queue shards, once it serves.
+fn worker(url: &str, shards: &str, extra: &[&str]) -> Process {
+    let mut args = vec![
+        "worker",
+        "--redis",
+        url,
+        "--queue-shards",
+        shards,
+        "--concurrency",
+        "4",
+    ];
+    args.extend_from_slice(extra);
+    start_ready(&args, &[], "loom: worker serving").0
+}
+
+fn is_terminal(chunk: &Value) -> bool {
+    chunk["type"] == "complete" || chunk["type"] == "error"
+}
+
+#[test]
+fn every_command_works_through_any_node_of_a_cluster() {
+    let cluster = RedisCluster::start_with(3, 0);
+    let nodes = nodes(&cluster);
+    let list = cluster.urls();
+    let dir = std::env::temp_dir().join(format!("loom-cluster-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = format!(
+        "{}/../../examples/workflows/batch-report.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::copy(&file, dir.join("batch-report.yaml")).expect("workflow copy");
+    let dir_arg = dir.to_str().expect("utf-8 path");
+    let mut worker = worker(&nodes[0], "4", &["--workflows", dir_arg]);
+
+    // `actor run` through another node, the queue sharded four ways.
+    let out = run(&[
+        "actor",
+        "run",
+        "batch",
+        "--stream",
+        "--json",
+        "--input",
+        r#"{"count":250,"delay_ms":1}"#,
+        "--redis",
+        &nodes[1],
+        "--queue-shards",
+        "4",
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let chunks = chunks(&out.stdout);
+    assert_contract(&chunks);
+    assert_eq!(chunks.last().unwrap()["data"]["processed"], json!(250));
+
+    // `stream tail` through the third node replays it.
+    let run_id = chunks[0]["data"]["run_id"].as_str().expect("run id");
+    let tail = run(&["stream", "tail", run_id, "--json", "--redis", &nodes[2]]);
+    assert_eq!(tail.code, Some(0), "{}", tail.stderr);
+    assert_eq!(support::chunks(&tail.stdout), chunks);
+
+    // `workflow run` through the list of every node, from the environment.
+    let mut command = loom(&[
+        "workflow",
+        "run",
+        &file,
+        "--stream",
+        "--json",
+        "--input",
+        r#"{"count":300}"#,
+    ]);
+    command
+        .env("LOOM_REDIS_URL", &list)
+        .env("LOOM_QUEUE_SHARDS", "4")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let flow = finish(command.spawn().expect("loom starts"));
+    assert_eq!(flow.code, Some(0), "{}", flow.stderr);
+    let flow = support::chunks(&flow.stdout);
+    assert_contract(&flow);
+    assert_eq!(
+        flow.last().unwrap()["data"]["steps"]["report"]["processed"],
+        json!(300)
+    );
+
+    // `serve` through a node: a streamed run, then a detached workflow run and its replay.
+    let (mut server, banner) = start_ready(
+        &[
+            "serve",
+            "--redis",
+            &nodes[2],
+            "--queue-shards",
+            "4",
+            "--addr",
+            "127.0.0.1:0",
+        ],
+        &[],
+        "loom: serving on",
+    );
+    let addr = served_addr(&banner);
+    let stream = http(
+        &addr,
+        "POST",
+        "/v1/actors/echo/stream",
+        &[],
+        r#"{"input":{"x":1}}"#,
+    );
+    assert!(
+        stream.contains(r#"data: {"type":"complete","seq":1,"data":{"x":1}}"#),
+        "{stream}"
+    );
+    let deadline = Instant::now() + LIMIT;
+    let created = loop {
+        // The worker advertises its workflows on its first heartbeat.
+        let created = http(
+            &addr,
+            "POST",
+            "/v1/runs",
+            &[],
+            r#"{"workflow":"batch-report","input":{"count":50}}"#,
+        );
+        if created.starts_with("HTTP/1.1 201") || Instant::now() > deadline {
+            break created;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(created.starts_with("HTTP/1.1 201"), "{created}");
+    let body = created.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let id = serde_json::from_str::<Value>(body).expect("a JSON body")["run_id"]
+        .as_str()
+        .expect("run_id")
+        .to_owned();
+    let replay = http(&addr, "GET", &format!("/v1/runs/{id}/stream"), &[], "");
+    assert!(replay.contains("event: complete"), "{replay}");
+
+    signal(server.0.id(), "TERM");
+    assert_eq!(wait(&mut server.0).code(), Some(0));
+    signal(worker.0.id(), "TERM");
+    assert_eq!(wait(&mut worker.0).code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_worker_killed_mid_stream_on_a_cluster_is_replaced_and_seq_stays_gapless() {
+    let cluster = RedisCluster::start_with(3, 0);
+    let nodes = nodes(&cluster);
+    let mut first = worker(&nodes[0], "1", &[]);
+    let mut child = loom(&[
+        "actor",
+        "run",
+        "batch",
+        "--input",
+        r#"{"count":40,"batch_size":1,"delay_ms":150}"#,
+        "--stream",
+        "--json",
+        "--redis",
+        &nodes[1],
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("loom starts");
+    let lines = lines(&mut child);
+    let mut seen: Vec<Value> = Vec::new();
+    let deadline = Instant::now() + LIMIT;
+    let next = || -> Value {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines.recv_timeout(left).expect("a chunk in time");
+        serde_json::from_str(&line).expect("a JSON chunk")
+    };
+    loop {
+        let chunk = next();
+        let third = chunk["type"] == "progress" && chunk["progress"]["current"] == 3;
+        seen.push(chunk);
+        if third {
+            break;
+        }
+    }
+    signal(first.0.id(), "KILL");
+    let _ = first.0.wait();
+    let _second = worker(&nodes[2], "1", &[]);
+    loop {
+        let chunk = next();
+        let done = is_terminal(&chunk);
+        seen.push(chunk);
+        if done {
+            break;
+        }
+    }
+    assert_eq!(wait(&mut child).code(), Some(0));
+    assert_contract(&seen);
+    assert!(
+        seen.iter()
+            .any(|c| c["type"] == "start" && c["attempt"] == 2),
+        "the second attempt's start carries attempt 2"
+    );
+    assert_eq!(seen.last().unwrap()["type"], "complete");
+}

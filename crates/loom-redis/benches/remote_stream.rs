@@ -13,7 +13,10 @@
 //!   request (`-- soak`); `-- soak quick` holds 1,000 streams for 20 s.
 //!
 //! `cargo bench -p loom-redis --bench remote_stream` (add `-- quick` for a short run, and
-//! `throughput`, `latency`, `scale` or `soak` to run only those).
+//! `throughput`, `latency`, `scale` or `soak` to run only those). With `cluster` every figure
+//! is taken on a 3-master Redis Cluster on loopback instead, its baselines too
+//! (`redis-benchmark --cluster`, XADD through redis-rs's cluster client), and the redis-server
+//! CPU is the sum over the nodes.
 
 #[path = "support/measure.rs"]
 mod measure;
@@ -31,8 +34,132 @@ use loom_core::{
 };
 use loom_redis::{Client, ClientOptions, Worker, WorkerOptions};
 use measure::{ms, percentile, report, rss_kib_of, Seen};
+use redis::aio::ConnectionLike;
 use serde_json::{json, Value};
-use support::RedisServer;
+use support::{RedisCluster, RedisServer};
+
+/// A plain or a cluster connection of the redis crate.
+struct AnyConn(Box<dyn ConnectionLike + Send>);
+
+impl ConnectionLike for AnyConn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        self.0.req_packed_command(cmd)
+    }
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        self.0.req_packed_commands(pipeline, offset, count)
+    }
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
+}
+
+/// Where the benchmarks run: one `redis-server`, or a cluster of three masters.
+struct Target {
+    url: String,
+    ports: Vec<String>,
+    cluster: bool,
+    _server: Option<RedisServer>,
+    _cluster: Option<RedisCluster>,
+}
+
+impl Target {
+    fn start(cluster: bool) -> Self {
+        let port_of = |url: &str| {
+            url.trim_end_matches('/')
+                .rsplit(':')
+                .next()
+                .unwrap_or("6379")
+                .to_owned()
+        };
+        if cluster {
+            let nodes = RedisCluster::start_with(3, 0);
+            Self {
+                url: nodes.url(),
+                ports: nodes.urls().split(',').map(port_of).collect(),
+                cluster: true,
+                _server: None,
+                _cluster: Some(nodes),
+            }
+        } else {
+            let server = RedisServer::start();
+            Self {
+                url: server.url().to_owned(),
+                ports: vec![port_of(server.url())],
+                cluster: false,
+                _server: Some(server),
+                _cluster: None,
+            }
+        }
+    }
+
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A plain connection to each node.
+    async fn nodes(&self) -> Vec<redis::aio::MultiplexedConnection> {
+        let mut conns = Vec::new();
+        for port in &self.ports {
+            let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).expect("url");
+            conns.push(
+                client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .expect("connect"),
+            );
+        }
+        conns
+    }
+
+    /// CPU time the redis-servers have used (user + system), from `INFO cpu`.
+    async fn redis_cpu(&self) -> Duration {
+        let mut total = Duration::ZERO;
+        for mut conn in self.nodes().await {
+            total += redis_cpu(&mut conn).await;
+        }
+        total
+    }
+
+    /// Client connections the redis-servers have now.
+    async fn connections(&self) -> usize {
+        let mut total = 0;
+        for mut conn in self.nodes().await {
+            total += connections(&mut conn).await;
+        }
+        total
+    }
+
+    /// A command connection of the redis crate's own: plain, or its cluster client.
+    async fn with_conn<T, F: std::future::Future<Output = T>>(
+        &self,
+        run: impl FnOnce(AnyConn) -> F,
+    ) -> T {
+        if self.cluster {
+            let client = redis::cluster::ClusterClient::new(vec![self.url.as_str()]).expect("url");
+            run(AnyConn(Box::new(
+                client.get_async_connection().await.expect("connect"),
+            )))
+            .await
+        } else {
+            let client = redis::Client::open(self.url.as_str()).expect("url");
+            run(AnyConn(Box::new(
+                client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .expect("connect"),
+            )))
+            .await
+        }
+    }
+}
 
 /// Now, in nanoseconds since the Unix epoch: the clock an actor stamps its chunks with and the
 /// reader compares them to, also when the worker is another process on the same machine.
@@ -172,12 +299,14 @@ async fn connections(conn: &mut redis::aio::MultiplexedConnection) -> usize {
     list.lines().count()
 }
 
-/// `redis-benchmark -c 1 -P 16` XADD, in requests per second, if the tool is installed.
-fn redis_benchmark(port: &str, n: u64) -> Option<f64> {
+/// `redis-benchmark -c 1 -P 16` XADD (with `--cluster` on a cluster), in requests per second,
+/// if the tool is installed.
+fn redis_benchmark(target: &Target, n: u64) -> Option<f64> {
     let out = Command::new("redis-benchmark")
+        .args(target.cluster.then_some("--cluster"))
         .args([
             "-p",
-            port,
+            &target.ports[0],
             "-c",
             "1",
             "-P",
@@ -217,12 +346,7 @@ fn redis_benchmark(port: &str, n: u64) -> Option<f64> {
 }
 
 /// Raw pipelined XADD with the redis crate, depth 16, in XADDs per second.
-async fn raw_pipelined_xadd(url: &str, n: u64) -> f64 {
-    let client = redis::Client::open(url).expect("url");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+async fn raw_pipelined_xadd(mut conn: AnyConn, n: u64) -> f64 {
     let start = Instant::now();
     let mut seq = 0u64;
     while seq < n {
@@ -245,7 +369,7 @@ async fn raw_pipelined_xadd(url: &str, n: u64) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
-async fn throughput(server: &RedisServer, port: &str, n: u64) {
+async fn throughput(server: &Target, n: u64) {
     println!("## throughput: one remote stream, {n} token chunks");
     let prefix = "bench-tp:";
     let worker_client = Client::connect_with(server.url(), options(prefix))
@@ -264,18 +388,13 @@ async fn throughput(server: &RedisServer, port: &str, n: u64) {
     let mut best = 0.0f64;
     let mut rb: Option<f64> = None;
     let mut raw = 0.0f64;
-    let mut probe = redis::Client::open(server.url())
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
     let (mut loom_cpu, mut server_cpu) = (Duration::ZERO, Duration::ZERO);
     for _ in 0..3 {
-        if let Some(r) = redis_benchmark(port, n) {
+        if let Some(r) = redis_benchmark(server, n) {
             rb = Some(rb.map_or(r, |b: f64| b.max(r)));
         }
-        raw = raw.max(raw_pipelined_xadd(server.url(), n).await);
-        let (cpu_at, server_at) = (own_cpu(), redis_cpu(&mut probe).await);
+        raw = raw.max(server.with_conn(|c| raw_pipelined_xadd(c, n)).await);
+        let (cpu_at, server_at) = (own_cpu(), server.redis_cpu().await);
         let start = Instant::now();
         let mut chunks = reader
             .invoker()
@@ -292,7 +411,7 @@ async fn throughput(server: &RedisServer, port: &str, n: u64) {
         assert_eq!(got, n + 2);
         best = best.max(got as f64 / start.elapsed().as_secs_f64());
         loom_cpu += own_cpu().saturating_sub(cpu_at);
-        server_cpu += redis_cpu(&mut probe).await.saturating_sub(server_at);
+        server_cpu += server.redis_cpu().await.saturating_sub(server_at);
     }
     let per_chunk = |cpu: Duration| cpu.as_secs_f64() * 1e6 / (3 * n) as f64;
     let _ = stop.send(());
@@ -301,12 +420,17 @@ async fn throughput(server: &RedisServer, port: &str, n: u64) {
     // The two halves alone: publishing (no reader) and replaying a finished stream.
     let run_id = loom_core::new_run_id();
     // The publisher writes while the run's lease holds its owner token, as a worker's does.
-    redis::cmd("SET")
-        .arg(reader.keys().lease(&run_id))
-        .arg("bench")
-        .arg("PX")
-        .arg(600_000)
-        .query_async::<()>(&mut probe)
+    let lease = reader.keys().lease(&run_id);
+    server
+        .with_conn(|mut c| async move {
+            redis::cmd("SET")
+                .arg(lease)
+                .arg("bench")
+                .arg("PX")
+                .arg(600_000)
+                .query_async::<()>(&mut c)
+                .await
+        })
         .await
         .expect("lease");
     let publisher = loom_redis::Publisher::start(&reader, &run_id, "bench").expect("publisher");
@@ -351,7 +475,7 @@ async fn throughput(server: &RedisServer, port: &str, n: u64) {
     );
 }
 
-async fn latency(server: &RedisServer, count: u64) {
+async fn latency(server: &Target, count: u64) {
     println!("## latency: actor yield -> reader, {count} chunks at 1,000 chunks/s");
     let prefix = "bench-lat:";
     let worker_client = Client::connect_with(server.url(), options(prefix))
@@ -385,28 +509,28 @@ async fn latency(server: &RedisServer, count: u64) {
     let _ = worker.await;
     lat.sort();
 
-    let client = redis::Client::open(server.url()).expect("url");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
-    let mut rtt = Vec::with_capacity(count as usize);
-    for seq in 0..count {
-        let start = Instant::now();
-        redis::cmd("XADD")
-            .arg("bench:rtt")
-            .arg("*")
-            .arg("type")
-            .arg("data")
-            .arg("data")
-            .arg("{\"token\":\"tok\"}")
-            .arg("seq")
-            .arg(seq)
-            .query_async::<()>(&mut conn)
-            .await
-            .expect("xadd");
-        rtt.push(start.elapsed());
-    }
+    let mut rtt = server
+        .with_conn(|mut conn| async move {
+            let mut rtt = Vec::with_capacity(count as usize);
+            for seq in 0..count {
+                let start = Instant::now();
+                redis::cmd("XADD")
+                    .arg("bench:rtt")
+                    .arg("*")
+                    .arg("type")
+                    .arg("data")
+                    .arg("data")
+                    .arg("{\"token\":\"tok\"}")
+                    .arg("seq")
+                    .arg(seq)
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .expect("xadd");
+                rtt.push(start.elapsed());
+            }
+            rtt
+        })
+        .await;
     rtt.sort();
     println!(
         "yield -> reader:     p50 {}  p99 {}  (targets 0.15 ms / 1 ms)",
@@ -420,10 +544,10 @@ async fn latency(server: &RedisServer, count: u64) {
     );
 }
 
-async fn scale(server: &RedisServer, streams: usize) {
+async fn scale(server: &Target, streams: usize) {
     println!("## scale: {streams} concurrent remote streams read by one process");
     let prefix = "bench-scale:";
-    let (mut worker, mut probe, before_conns) = worker_process(server, prefix, streams).await;
+    let (mut worker, before_conns) = worker_process(server, prefix, streams).await;
     let before_rss = rss_kib();
 
     let reader = Client::connect_with(server.url(), options(prefix))
@@ -448,7 +572,7 @@ async fn scale(server: &RedisServer, streams: usize) {
     .await;
     assert!(firsts.iter().all(|ok| *ok));
     let ready = start.elapsed();
-    let conns = connections(&mut probe).await - before_conns;
+    let conns = server.connections().await - before_conns;
     let rss = rss_kib().saturating_sub(before_rss);
     let ends = futures::future::join_all(live.into_iter().map(|mut c| async move {
         let mut last = None;
@@ -474,11 +598,11 @@ async fn scale(server: &RedisServer, streams: usize) {
     println!("completed: {completed}/{streams}");
 }
 
-async fn soak(server: &RedisServer, streams: usize, secs: u64) {
+async fn soak(server: &Target, streams: usize, secs: u64) {
     let rate = 2;
     println!("## soak: {streams} remote streams at {rate} chunks/s each for {secs} s");
     let prefix = "bench-soak:";
-    let (mut worker, mut probe, before_conns) = worker_process(server, prefix, streams).await;
+    let (mut worker, before_conns) = worker_process(server, prefix, streams).await;
     let worker_pid = worker.id();
     let reader = Client::connect_with(server.url(), options(prefix))
         .await
@@ -525,7 +649,7 @@ async fn soak(server: &RedisServer, streams: usize, secs: u64) {
     let started = start.elapsed();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (reader_start, worker_start) = (mib(rss_kib()), mib(rss_kib_of(worker_pid)));
-    let conns = connections(&mut probe).await.saturating_sub(before_conns);
+    let conns = server.connections().await.saturating_sub(before_conns);
     // RSS after a minute, and again near the end, while the streams are still live.
     tokio::time::sleep(Duration::from_secs(secs.saturating_sub(10).min(55))).await;
     let (reader_minute, worker_minute) = (mib(rss_kib()), mib(rss_kib_of(worker_pid)));
@@ -545,31 +669,22 @@ async fn soak(server: &RedisServer, streams: usize, secs: u64) {
     println!("Redis connections used by the reading process: {conns}");
 }
 
-/// A worker subprocess (this binary, `--worker`) with `concurrency` slots, a probe connection
-/// to Redis, and how many connections Redis had once the worker was up.
+/// A worker subprocess (this binary, `--worker`) with `concurrency` slots, and how many
+/// connections Redis had once the worker was up.
 async fn worker_process(
-    server: &RedisServer,
+    server: &Target,
     prefix: &str,
     concurrency: usize,
-) -> (
-    std::process::Child,
-    redis::aio::MultiplexedConnection,
-    usize,
-) {
+) -> (std::process::Child, usize) {
     let exe = std::env::current_exe().expect("own path");
     let worker = Command::new(exe)
         .args(["--worker", server.url(), prefix, &concurrency.to_string()])
         .stdout(Stdio::null())
         .spawn()
         .expect("start the worker process");
-    let probe = redis::Client::open(server.url()).expect("url");
-    let mut probe = probe
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = connections(&mut probe).await;
-    (worker, probe, before)
+    let before = server.connections().await;
+    (worker, before)
 }
 
 async fn run_worker(url: &str, prefix: &str, concurrency: usize) {
@@ -597,14 +712,10 @@ fn main() {
         return;
     }
     let quick = args.iter().any(|a| a == "quick");
-    let server = RedisServer::start();
-    let port = server
-        .url()
-        .rsplit(':')
-        .next()
-        .unwrap_or("6379")
-        .trim_end_matches('/')
-        .to_owned();
+    let server = Target::start(args.iter().any(|a| a == "cluster"));
+    if server.cluster {
+        println!("# on a Redis Cluster of 3 masters");
+    }
     let only: Vec<&str> = ["throughput", "latency", "scale", "soak"]
         .into_iter()
         .filter(|name| args.iter().any(|a| a == name))
@@ -613,7 +724,7 @@ fn main() {
     let wants = |name: &str| (only.is_empty() && name != "soak") || only.contains(&name);
     rt.block_on(async {
         if wants("throughput") {
-            throughput(&server, &port, if quick { 50_000 } else { 200_000 }).await;
+            throughput(&server, if quick { 50_000 } else { 200_000 }).await;
         }
         if wants("latency") {
             latency(&server, if quick { 500 } else { 3000 }).await;

@@ -15,7 +15,10 @@
 //! - The reader side is one multiplexed `XREAD` per process for all its streams; see
 //!   [`EntryStream`].
 //!
-//! Keys, entry fields and semantics follow DESIGN.md §3–§4 ([`Keys`] has the table).
+//! Keys, entry fields and semantics follow DESIGN.md §3–§4 ([`Keys`] has the table). A Redis
+//! Cluster works as well as one server ([`Client::connect`] finds out which it is): a run's
+//! keys share a bucket's hash tag, each bucket is read by one blocking `XREAD`, and queues can
+//! be sharded ([`ClientOptions::queue_shards`]).
 //!
 //! ## Layout
 //!
@@ -24,10 +27,13 @@
 //! - `error`, `backoff`, `keys` — the crate's [`Error`], reconnect waits, the key layout and
 //!   the cancel key's reasons.
 //! - `codec` — how chunks and requests look inside stream entries.
+//! - `conn` — one connection type for a single server and a Redis Cluster, and which of the
+//!   two a URL names.
 //! - `script` — every Lua script (the fenced batch write, ending a run, peeking at a run,
 //!   renewing and releasing a lease), each behind a typed function, all called through
 //!   `redis::Script` (`EVALSHA`, reloaded on `NOSCRIPT`).
-//! - `hub` — the process's one multiplexed `XREAD`, handing raw entries to each stream.
+//! - `hub` — the process's multiplexed `XREAD` (one per bucket on a cluster), handing raw
+//!   entries to each stream.
 //! - `client` — [`Client`]: the connections and the [`ClientOptions`]; the bottom layer the
 //!   others are given.
 //! - `publisher` — [`Publisher`]: a run's chunks, batched into the write script.

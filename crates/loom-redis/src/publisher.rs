@@ -47,7 +47,7 @@ pub const PUBLISH_BUFFER: usize = 512;
 /// The most `XADD`s in one pipeline.
 pub const MAX_PIPELINE: usize = 512;
 
-/// Writes the chunks of one run to `loom:stream:{<id>}` (see the module docs).
+/// Writes the chunks of one run to `loom:stream:{<bucket>}:<id>` (see the module docs).
 #[derive(Debug)]
 pub struct Publisher {
     tx: mpsc::Sender<StreamChunk>,
@@ -57,7 +57,7 @@ pub struct Publisher {
 
 impl Publisher {
     /// Starts the writer for run `run_id`, on behalf of the attempt whose token `owner` the
-    /// run's lease key (`loom:lease:{<id>}`) holds: chunks are written only while it holds
+    /// run's lease key (`loom:lease:{<bucket>}:<id>`) holds: chunks are written only while it holds
     /// `owner` and the stream has no terminal chunk (see the module docs).
     pub fn start(client: &Client, run_id: &str, owner: &str) -> Result<Self, Error> {
         Self::start_run(client, run_id, owner, None)

@@ -1,10 +1,10 @@
 //! [`RemoteInvoker`]: runs actors on workers, through Redis, behind the same
 //! [`Invoker`] seam the local runtime implements.
 //!
-//! `invoke` opens a reader on `loom:stream:{<run id>}` (from its start, so nothing can be
+//! `invoke` opens a reader on `loom:stream:{<bucket>}:<run id>` (from its start, so nothing can be
 //! missed), `XADD`s the request to `loom:queue:{<type>}`, and returns a [`ChunkStream`] of the
 //! worker's chunks with the worker's `seq` (no renumbering). Dropping that stream, or calling
-//! [`ChunkStream::cancel`], sets `loom:cancel:{<id>}` and publishes the id: the worker stops the
+//! [`ChunkStream::cancel`], sets `loom:cancel:{<bucket>}:<id>` and publishes the id: the worker stops the
 //! actor and writes `error/cancelled`, which a stream that was only `cancel()`ed still yields.
 //! The worker enforces the deadline (`error/timeout`); the reader writes `error/timeout` itself
 //! if nothing terminal arrived by the deadline plus `deadline_grace`. The request carries the

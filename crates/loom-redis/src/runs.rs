@@ -2,7 +2,7 @@
 //! runs, when it was queued, what its stream holds last), the index of recent runs, and the
 //! tally of a run's readers that decides when a direct stream whose client left is cancelled.
 //!
-//! [`RemoteInvoker`](crate::RemoteInvoker) writes a run's record (`loom:run:{<id>}`) and adds
+//! [`RemoteInvoker`](crate::RemoteInvoker) writes a run's record (`loom:run:{<bucket>}:<id>`) and adds
 //! it to the index (`loom:runs`) in the same pipeline that queues the request, so a run is
 //! known to every server from the moment it exists. A record expires with its stream (the
 //! request's timeout plus the stream TTL); the index keeps the newest [`RECENT_RUNS`] ids.

@@ -24,7 +24,7 @@
 //!   entry and the cancel key) and continues from there, so the stream stays gapless and the new `start` carries
 //!   `attempt`. A request whose stream already ended is only acknowledged. If the heartbeat
 //!   finds that another worker took one of its runs, it stops that run without writing.
-//! - **Cancel.** The worker subscribes to `loom:cancel` and checks `loom:cancel:{<id>}` before
+//! - **Cancel.** The worker subscribes to `loom:cancel` and checks `loom:cancel:{<bucket>}:<id>` before
 //!   starting a run; a cancel cancels the run's token, so the actor stops at once and the
 //!   runtime writes `error/cancelled`. Pub/sub delivers at most once, so the heartbeat also
 //!   reads the cancel keys of the runs it holds.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use loom_core::{ChunkType, ErrorCode, Extensions, Registry, RunOptions, Runtime};
+use loom_core::{ChunkStream, ChunkType, ErrorCode, Extensions, Registry, RunOptions, Runtime};
 use loom_redis::{Client, ClientOptions, WorkerOptions, BUCKETS};
 use serde_json::json;
 use support::*;
@@ -247,6 +247,75 @@ async fn sharded_queues_spread_one_type_over_the_nodes_and_every_shard_is_served
     for worker in workers {
         worker.stop().await;
     }
+}
+
+/// `count` run ids whose keys share one bucket (so one slot).
+fn ids_in_one_bucket(client: &Client, count: usize) -> Vec<String> {
+    let tag = |id: &str| {
+        client
+            .keys()
+            .stream(id)
+            .split('}')
+            .next()
+            .map(str::to_owned)
+    };
+    let first = loom_core::new_run_id();
+    let mut ids = vec![first.clone()];
+    while ids.len() < count {
+        let id = loom_core::new_run_id();
+        if tag(&id) == tag(&first) {
+            ids.push(id);
+        }
+    }
+    ids
+}
+
+/// Starts `ticker` remotely as run `run_id`.
+async fn ticker_as(client: &Client, run_id: &str, count: u64, delay_ms: u64) -> ChunkStream {
+    let options = RunOptions {
+        run_id: Some(run_id.to_owned()),
+        ..RunOptions::default()
+    };
+    let input = json!({ "count": count, "delay_ms": delay_ms });
+    within(10, client.invoker().stream("ticker", input, options))
+        .await
+        .expect("the request is queued")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_follow_their_bucket_when_its_slot_moves_to_another_master() {
+    let (cluster, client) = cluster(fast_options()).await;
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+    // Four runs in one bucket, and a fifth for after: read and written while its slot moves.
+    let ids = ids_in_one_bucket(&client, 5);
+    let mut readers = Vec::new();
+    for id in &ids[..4] {
+        let run = ticker_as(&client, id, 60, 40).await;
+        readers.push(tokio::spawn(collect(60, run)));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let key = client.keys().stream(&ids[0]);
+    // Keys move a few at a time with pauses: clients meet ASK, TRYAGAIN, then MOVED.
+    let (from, to) =
+        tokio::task::block_in_place(|| cluster.move_slot_of(&key, Duration::from_millis(100)));
+    assert_ne!(from, to);
+    assert_eq!(cluster.master_of(&key), to);
+    for reader in readers {
+        let chunks = reader.await.expect("a reader never hangs");
+        assert_contract(&chunks);
+        // A run whose lease or request could not be renewed while its keys were split
+        // between the nodes may have been run again (a second `start`, `seq` going on).
+        assert_eq!(
+            chunks.last().unwrap().kind,
+            ChunkType::Complete,
+            "{chunks:?}"
+        );
+    }
+    // A new run in the moved bucket runs on its new master.
+    let chunks = collect(30, ticker_as(&client, &ids[4], 3, 1).await).await;
+    assert_eq!(chunks.last().unwrap().kind, ChunkType::Complete);
+    worker.stop().await;
 }
 
 #[tokio::test]

@@ -212,7 +212,6 @@ fn follow(
                             yield entry;
                             return;
                         }
-                        Step::Done => return,
                         // Answered above.
                         Step::CheckLease | Step::EndRun(_) => {}
                     }

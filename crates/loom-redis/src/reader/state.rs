@@ -111,8 +111,6 @@ pub(crate) enum Step {
     EndRun(Ending),
     /// Yield this entry, and end the stream.
     Fail(StreamEntry),
-    /// End the stream: its terminal chunk was already yielded.
-    Done,
 }
 
 /// The reader's view of one stream (see the module docs).
@@ -317,8 +315,17 @@ impl ReadState {
         terminal: Option<EntryId>,
     ) -> Step {
         match terminal {
-            // The terminal is one this reader already yielded.
-            Some(id) if id <= self.last_id => Step::Done,
+            // The stream's terminal is at or before what this reader already read, which
+            // yielded no terminal: the stream Redis has now lost entries this reader saw (a
+            // failover, a flush). Never a silent end.
+            Some(id) if id <= self.last_id => {
+                let err = ActorError::internal(format!(
+                    "stream {} ends at entry {id}, before entry {} this reader already read: \
+                     Redis lost entries",
+                    self.key, self.last_id
+                ));
+                Step::Fail(self.error_entry(None, self.next_seq(), &err))
+            }
             Some(_) => {
                 self.ended_at = Some(now);
                 Step::Wait

@@ -201,6 +201,72 @@ impl RedisCluster {
         )
     }
 
+    /// Moves `key`'s hash slot to another live master, as `redis-cli --cluster reshard` does:
+    /// `SETSLOT … IMPORTING`/`MIGRATING`, `MIGRATE` of its keys (a few at a time, `pause`
+    /// between, so clients meet `ASK` redirects meanwhile), then `SETSLOT … NODE` on every
+    /// master (clients then meet `MOVED`). Returns `(from, to)` ports.
+    pub fn move_slot_of(&self, key: &str, pause: Duration) -> (u16, u16) {
+        let from = self.master_of(key);
+        let view = cluster_nodes(&mut self.node(from)).expect("CLUSTER NODES");
+        let masters: Vec<&NodeLine> = view.iter().filter(|n| n.is_live_master()).collect();
+        let source = masters
+            .iter()
+            .find(|n| n.port == from)
+            .expect("the key's master");
+        let target = masters
+            .iter()
+            .find(|n| n.port != from)
+            .expect("another master");
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut self.node(from))
+            .expect("CLUSTER KEYSLOT");
+        let setslot = |port: u16, how: &str, id: &str| {
+            redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg(how)
+                .arg(id)
+                .query::<()>(&mut self.node(port))
+                .unwrap_or_else(|e| panic!("SETSLOT {slot} {how} on {port}: {e}"));
+        };
+        setslot(target.port, "IMPORTING", &source.id);
+        setslot(from, "MIGRATING", &target.id);
+        let mut source_conn = self.node(from);
+        loop {
+            let keys: Vec<String> = redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(2)
+                .query(&mut source_conn)
+                .expect("GETKEYSINSLOT");
+            if keys.is_empty() {
+                break;
+            }
+            redis::cmd("MIGRATE")
+                .arg("127.0.0.1")
+                .arg(target.port)
+                .arg("")
+                .arg(0)
+                .arg(5000)
+                .arg("KEYS")
+                .arg(&keys)
+                .query::<()>(&mut source_conn)
+                .unwrap_or_else(|e| panic!("MIGRATE {keys:?}: {e}"));
+            std::thread::sleep(pause);
+        }
+        setslot(target.port, "NODE", &target.id);
+        setslot(from, "NODE", &target.id);
+        for other in masters
+            .iter()
+            .filter(|n| n.port != from && n.port != target.port)
+        {
+            setslot(other.port, "NODE", &target.id);
+        }
+        (from, target.port)
+    }
+
     /// A blocking connection to the node on `port` (plain, not a cluster connection: it
     /// answers MOVED for keys of other nodes), for checks. Connecting is bounded (5 s); reads
     /// are not.

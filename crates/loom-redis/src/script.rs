@@ -112,23 +112,31 @@ fn with_last_entry(body: &str) -> Lua {
 
 /// KEYS: stream, lease. ARGV: owner token, stream TTL in seconds (`0`: leave it), `1` when the
 /// batch ends with the terminal chunk (the lease is then deleted), the batch's first `seq`,
-/// then per chunk its field count and its fields. The lease and the last entry are read once
-/// per batch, so a chunk costs Redis one `XADD` and a little Lua.
+/// then per chunk its field count and its fields. The lease is read once per batch, so a chunk
+/// costs Redis one `XADD` and a little Lua.
+///
+/// The stream's last entry is read only when the batch's first `XADD` is refused because its
+/// id (its `seq`) is taken, which happens only when the stream already has this batch (a retry
+/// after a lost reply: `written`) or a terminal chunk written from outside (`ended`). Within a
+/// batch the ids grow, so once the first `XADD` is in, the others go in too.
 static WRITE: LazyLock<Lua> = LazyLock::new(|| {
     with_last_entry(
         r#"
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 'fenced' end
-local id, terminal, seq = last_entry(KEYS[1])
-if id then
-  if terminal then return 'ended' end
-  if seq and tonumber(seq) >= tonumber(ARGV[4]) then return 'written' end
-end
 local i = 5
 local argc = #ARGV
 local next = tonumber(ARGV[4])
 while i <= argc do
   local n = tonumber(ARGV[i])
-  redis.call('XADD', KEYS[1], string.format('%d-1', next), unpack(ARGV, i + 1, i + n))
+  local added = redis.pcall('XADD', KEYS[1], string.format('%d-1', next), unpack(ARGV, i + 1, i + n))
+  if type(added) == 'table' and added.err then
+    -- Any other refusal (out of memory, a wrong type) is the caller's error.
+    if i > 5 or not string.find(added.err, 'equal or smaller', 1, true) then return added end
+    local id, terminal = last_entry(KEYS[1])
+    if terminal then return 'ended' end
+    if id then return 'written' end
+    return added
+  end
   next = next + 1
   i = i + n + 1
 end

@@ -244,9 +244,15 @@ impl Client {
         self.inner.conn.clone()
     }
 
-    /// A new dedicated connection for a blocking command that may take up to `block`.
-    pub(crate) async fn dedicated(&self, block: Duration) -> Result<Conn, Error> {
-        self.inner.topology.blocking(block).await
+    /// A new dedicated connection for a blocking command that may take up to `block` (see
+    /// [`Topology::blocking`] for `at` and `attempt`).
+    pub(crate) async fn dedicated(
+        &self,
+        block: Duration,
+        at: Option<&str>,
+        attempt: usize,
+    ) -> Result<Conn, Error> {
+        self.inner.topology.blocking(block, at, attempt).await
     }
 
     /// The server to subscribe to on attempt `attempt` (0, 1, …): on a cluster, which

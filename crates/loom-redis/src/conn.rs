@@ -5,9 +5,14 @@
 //! keys' slot and follows `MOVED`/`ASK` redirects, topology changes and failovers. What it
 //! cannot do is a command over keys of several slots: Loom never sends one (one run's keys
 //! share a bucket's hash tag, see `keys.rs`, and multi-slot work is split into one pipeline
-//! per slot, sent concurrently). The few commands addressed to "the connection" rather than to
-//! keys (`CLIENT ID` and `CLIENT UNBLOCK` for a blocking read) go to the node of the read's
-//! keys: [`Conn::query_at`].
+//! per slot, sent concurrently). `CLIENT UNBLOCK`, addressed to a connection rather than to
+//! keys, goes to the node of the blocked read's keys: [`Conn::query_at`].
+//!
+//! A blocking read (the hub's `XREAD`, the worker's `XREADGROUP`) holds its connection for as
+//! long as it blocks, so each has one of its own: on a cluster a plain connection to the one
+//! node that owns the read's slot ([`Topology::blocking`]), found by following the `MOVED`
+//! its first read gets from any node — not a cluster connection, which would open one per
+//! node. Its reader follows later `MOVED`s the same way ([`redirect`]).
 
 use std::time::Duration;
 
@@ -94,6 +99,33 @@ impl Conn {
     }
 }
 
+/// What a blocking reader does after its read failed with `error`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Redirect {
+    /// The slot lives on node `host:port` now: connect there and read again at once.
+    MovedTo(String),
+    /// The slot is moving (`ASK`, `TRYAGAIN`) or the cluster is electing (`CLUSTERDOWN`): read
+    /// again on the same connection after a short wait.
+    Wait,
+    /// Anything else: the connection is suspect; reconnect after a backoff.
+    Reconnect,
+}
+
+/// How a blocking reader answers a failed read (see [`Redirect`]).
+pub(crate) fn redirect(error: &redis::RedisError) -> Redirect {
+    use redis::{ErrorKind, ServerErrorKind};
+    match error.kind() {
+        ErrorKind::Server(ServerErrorKind::Moved) => match error.redirect_node() {
+            Some((at, _)) => Redirect::MovedTo(at.to_owned()),
+            None => Redirect::Reconnect,
+        },
+        ErrorKind::Server(
+            ServerErrorKind::Ask | ServerErrorKind::TryAgain | ServerErrorKind::ClusterDown,
+        ) => Redirect::Wait,
+        _ => Redirect::Reconnect,
+    }
+}
+
 /// Redis Cluster's slot of `key`: CRC16-CCITT (XMODEM) of its hash tag (the text between
 /// the first `{` and the next `}`, when not empty) or else of the whole key, modulo 16,384.
 pub(crate) fn slot(key: &str) -> u16 {
@@ -141,22 +173,36 @@ impl Topology {
         Ok(client.get_async_connection().await?)
     }
 
-    /// A new connection for one blocking reader, whose commands may each block for `block`.
-    pub(crate) async fn blocking(&self, block: Duration) -> Result<Conn, Error> {
-        let response_timeout = block + RESPONSE_TIMEOUT;
-        Ok(match self {
-            Self::Single(client) => {
-                let config = redis::AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                    .set_response_timeout(Some(response_timeout));
-                Conn::Plain(
-                    client
-                        .get_multiplexed_async_connection_with_config(&config)
-                        .await?,
-                )
+    /// A new plain connection for one blocking reader, whose commands may each block for
+    /// `block`: to the server, or on a cluster to node `at` (`host:port`, from a `MOVED`), or
+    /// when none is known yet to the `attempt`-th node (any node answers with the `MOVED` that
+    /// names the right one; the next attempt tries the next node if this one is down).
+    pub(crate) async fn blocking(
+        &self,
+        block: Duration,
+        at: Option<&str>,
+        attempt: usize,
+    ) -> Result<Conn, Error> {
+        let client = match (self, at) {
+            (Self::Single(client), _) => client.clone(),
+            (Self::Cluster(nodes), None) => nodes[attempt % nodes.len()].clone(),
+            (Self::Cluster(nodes), Some(at)) => {
+                let (host, port) = at
+                    .rsplit_once(':')
+                    .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+                    .ok_or_else(|| Error::UnexpectedReply(format!("a node address {at:?}")))?;
+                let addr = redis::ConnectionAddr::Tcp(host, port);
+                redis::Client::open(nodes[0].get_connection_info().clone().set_addr(addr))?
             }
-            Self::Cluster(nodes) => Conn::Cluster(Self::cluster(nodes, response_timeout).await?),
-        })
+        };
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(block + RESPONSE_TIMEOUT));
+        Ok(Conn::Plain(
+            client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?,
+        ))
     }
 
     /// The servers to subscribe to, in the order to try them.

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use crate::backoff::Backoff;
 use crate::codec::{parse_read_reply, EntryId, RawEntry};
-use crate::conn::{Conn, Topology};
+use crate::conn::{redirect, Conn, Redirect, Topology};
 use crate::error::Error;
 
 /// Entries one `XREAD` fetches per stream at most: large enough that a fast stream moves in
@@ -40,6 +40,9 @@ const SUB_BUFFER: usize = 2;
 /// Streams waiting to join the hub: joining is cheap, the bound only keeps a burst of
 /// thousands of new streams from queueing without limit.
 const JOIN_BUFFER: usize = 1024;
+
+/// How long a lane waits before reading again while its slot moves between nodes.
+const MOVING_WAIT: Duration = Duration::from_millis(20);
 
 /// How often a pending `CLIENT UNBLOCK` is repeated until the blocked `XREAD` returns (the
 /// first one can arrive before the `XREAD` blocks).
@@ -113,6 +116,8 @@ impl Hub {
                     join: join_rx,
                     wake: Arc::clone(&wake),
                     subs: Vec::new(),
+                    node: None,
+                    attempts: 0,
                 };
                 tokio::spawn(task.run());
                 Lane { join, wake }
@@ -161,6 +166,10 @@ fn deliver(sub: &mut Sub, entries: Vec<RawEntry>) {
 struct HubTask {
     topology: Topology,
     commands: Conn,
+    /// On a cluster, the node that owns this lane's slot, once a `MOVED` named it.
+    node: Option<String>,
+    /// Failed connection attempts, so each tries the next node.
+    attempts: usize,
     block: Duration,
     join: mpsc::Receiver<Join>,
     wake: Arc<Notify>,
@@ -256,14 +265,22 @@ impl HubTask {
             }
             let mut blocking = match conn.take() {
                 Some(c) => c,
-                None => match self.topology.blocking(self.block).await {
-                    Ok(c) => Blocking::new(c),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "stream reader cannot reach Redis; retrying");
-                        backoff.wait().await;
-                        continue;
+                None => {
+                    let node = self.node.as_deref();
+                    match self
+                        .topology
+                        .blocking(self.block, node, self.attempts)
+                        .await
+                    {
+                        Ok(c) => Blocking::new(c),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "stream reader cannot reach Redis; retrying");
+                            (self.node, self.attempts) = (None, self.attempts + 1);
+                            backoff.wait().await;
+                            continue;
+                        }
                     }
-                },
+                }
             };
             let client_id = match blocking.client_id(&round[0].0).await {
                 Ok(id) => id,
@@ -331,10 +348,21 @@ impl HubTask {
                     tracing::error!(%why, "unreadable XREAD reply; reconnecting");
                     backoff.wait().await;
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "stream reader lost Redis; reconnecting");
-                    backoff.wait().await;
-                }
+                Err(e) => match redirect(&e) {
+                    Redirect::MovedTo(node) => {
+                        tracing::debug!(%node, "stream reader follows its slot");
+                        self.node = Some(node);
+                    }
+                    Redirect::Wait => {
+                        tokio::time::sleep(MOVING_WAIT).await;
+                        conn = Some(blocking);
+                    }
+                    Redirect::Reconnect => {
+                        tracing::warn!(error = %e, "stream reader lost Redis; reconnecting");
+                        (self.node, self.attempts) = (None, self.attempts + 1);
+                        backoff.wait().await;
+                    }
+                },
             }
         }
     }

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::backoff::Backoff;
 use crate::codec::{parse_entries, parse_read_reply, text, EntryId, RawEntry};
-use crate::conn::Conn;
+use crate::conn::{redirect, Conn, Redirect};
 use crate::error::Error;
 use crate::hub::{unblock, Blocking};
 use crate::worker::state::{Shared, Work};
@@ -34,13 +34,33 @@ const READ_BLOCK: Duration = Duration::from_millis(500);
 /// How many `XAUTOCLAIM` calls one sweep may make on a queue that yields nothing claimable.
 const SCANS_PER_SWEEP: usize = 4;
 
+/// One blocking read: its queues, the node that owns them (on a cluster, once a `MOVED` named
+/// it), failed attempts (each tries the next node), and its connection once open.
+struct Lane {
+    queues: Vec<String>,
+    node: Option<String>,
+    attempts: usize,
+    conn: Option<Blocking>,
+}
+
+impl Lane {
+    fn new(queues: Vec<String>) -> Self {
+        Self {
+            queues,
+            node: None,
+            attempts: 0,
+            conn: None,
+        }
+    }
+}
+
 /// Takes requests: new ones with `XREADGROUP`, dead workers' ones with `XAUTOCLAIM`.
 pub(crate) struct Fetcher {
     shared: Arc<Shared>,
     queues: Vec<String>,
-    /// The queues each blocking read covers (all of them on one server, one each on a
-    /// cluster), with its dedicated connection once opened.
-    lanes: Vec<(Vec<String>, Option<Blocking>)>,
+    /// The blocking reads, each over some queues (all of them on one server, one each on a
+    /// cluster).
+    lanes: Vec<Lane>,
     groups_ready: bool,
     backoff: Backoff,
     next_sweep: Instant,
@@ -52,9 +72,9 @@ pub(crate) struct Fetcher {
 impl Fetcher {
     pub(crate) fn new(shared: Arc<Shared>, queues: Vec<String>) -> Self {
         let lanes = if shared.client.is_cluster() {
-            queues.iter().map(|q| (vec![q.clone()], None)).collect()
+            queues.iter().map(|q| Lane::new(vec![q.clone()])).collect()
         } else {
-            vec![(queues.clone(), None)]
+            vec![Lane::new(queues.clone())]
         };
         Self {
             shared,
@@ -80,8 +100,10 @@ impl Fetcher {
             }
             Err(e) => {
                 tracing::warn!(worker = %self.shared.name, error = %e, "cannot take requests; retrying");
-                for (_, conn) in &mut self.lanes {
-                    *conn = None;
+                for lane in &mut self.lanes {
+                    lane.conn = None;
+                    lane.attempts += 1;
+                    lane.node = None;
                 }
                 // Redis may have restarted empty: create the groups again (idempotent).
                 self.groups_ready = false;
@@ -126,19 +148,26 @@ impl Fetcher {
         }
         // Each lane's connection and client id (on the node of its queues), for unblocking.
         let mut ready = Vec::with_capacity(self.lanes.len());
-        for (queues, conn) in &mut self.lanes {
-            let mut blocking = match conn.take() {
+        for lane in &mut self.lanes {
+            let mut blocking = match lane.conn.take() {
                 Some(c) => c,
-                None => Blocking::new(self.shared.client.dedicated(READ_BLOCK).await?),
+                None => {
+                    let client = &self.shared.client;
+                    Blocking::new(
+                        client
+                            .dedicated(READ_BLOCK, lane.node.as_deref(), lane.attempts)
+                            .await?,
+                    )
+                }
             };
-            let id = blocking.client_id(&queues[0]).await?;
+            let id = blocking.client_id(&lane.queues[0]).await?;
             ready.push((blocking, id));
         }
         let reads = self
             .lanes
             .iter()
             .zip(&ready)
-            .map(|((queues, _), (blocking, _))| {
+            .map(|(Lane { queues, .. }, (blocking, _))| {
                 let mut cmd = redis::cmd("XREADGROUP");
                 cmd.arg("GROUP")
                     .arg(group)
@@ -165,8 +194,8 @@ impl Fetcher {
         // Whatever a blocked read returns is ours to run: wake the others rather than drop
         // them.
         if reads.len() > 1 || stopping {
-            for ((queues, _), (_, id)) in self.lanes.iter().zip(&ready) {
-                let _ = unblock(&mut conn, *id, &queues[0]).await;
+            for (lane, (_, id)) in self.lanes.iter().zip(&ready) {
+                let _ = unblock(&mut conn, *id, &lane.queues[0]).await;
             }
         }
         let replies = join_all(reads).await;
@@ -175,7 +204,7 @@ impl Fetcher {
         for ((lane, reply), (blocking, _)) in self.lanes.iter_mut().zip(replies).zip(ready) {
             match reply {
                 Ok(reply) => {
-                    lane.1 = Some(blocking);
+                    lane.conn = Some(blocking);
                     let streams = parse_read_reply(reply).map_err(protocol_error)?;
                     work.extend(streams.into_iter().flat_map(|(queue, entries)| {
                         entries.into_iter().map(move |entry| Work {
@@ -185,7 +214,11 @@ impl Fetcher {
                         })
                     }));
                 }
-                Err(e) => failed = Some(e),
+                Err(e) => match redirect(&e) {
+                    // The queue's slot is on another node: read there next round, at once.
+                    Redirect::MovedTo(node) => lane.node = Some(node),
+                    Redirect::Wait | Redirect::Reconnect => failed = Some(e),
+                },
             }
         }
         match failed {

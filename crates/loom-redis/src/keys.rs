@@ -308,8 +308,8 @@ mod tests {
     #[test]
     fn bucket_tags_spread_evenly_over_the_slots_and_ids_over_the_buckets() {
         // The reference value Redis documents for its CRC16, and hash tags.
-        assert_eq!(slot("123456789"), 0x31c3 % 16384);
-        assert_eq!(slot("a{123456789}b"), 0x31c3 % 16384);
+        assert_eq!(slot("123456789"), 0x31c3);
+        assert_eq!(slot("a{123456789}b"), 0x31c3);
         assert_eq!(slot("{}123456789"), slot("{}123456789"));
         assert_ne!(slot("{}123456789"), slot("123456789"));
         assert_eq!(

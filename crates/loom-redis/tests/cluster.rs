@@ -158,7 +158,7 @@ async fn cancel_reaches_the_worker_whatever_node_it_listens_on() {
     let (cluster, client) = cluster(fast_options()).await;
     // The worker connects through another node than the caller.
     let urls = cluster.urls();
-    let last = urls.split(',').last().unwrap().to_owned();
+    let last = urls.split(',').next_back().unwrap().to_owned();
     let worker_client = connect(&last, client.options().clone()).await;
     let probe = Arc::new(Probe::default());
     let worker = RunningWorker::spawn(&worker_client, runtime(&probe), WorkerOptions::default());

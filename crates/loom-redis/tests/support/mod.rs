@@ -6,6 +6,7 @@
 mod redis_cluster;
 mod redis_server;
 
+#[allow(unused_imports)]
 pub use redis_cluster::RedisCluster;
 pub use redis_server::RedisServer;
 

@@ -352,6 +352,21 @@ fn redis_benchmark_on(port: &str, n: u64) -> Option<f64> {
         .ok()
 }
 
+/// `XADD <key> * type data data {"token":"tok"} seq <seq>`: a token chunk's entry, as the
+/// baselines write it.
+fn token_xadd(key: &str, seq: u64) -> redis::Cmd {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(key)
+        .arg("*")
+        .arg("type")
+        .arg("data")
+        .arg("data")
+        .arg("{\"token\":\"tok\"}")
+        .arg("seq")
+        .arg(seq);
+    cmd
+}
+
 /// Raw pipelined XADD with the redis crate, depth 16, in XADDs per second.
 async fn raw_pipelined_xadd(mut conn: AnyConn, n: u64) -> f64 {
     let start = Instant::now();
@@ -359,16 +374,7 @@ async fn raw_pipelined_xadd(mut conn: AnyConn, n: u64) -> f64 {
     while seq < n {
         let mut pipe = redis::pipe();
         for _ in 0..16 {
-            pipe.cmd("XADD")
-                .arg("bench:raw")
-                .arg("*")
-                .arg("type")
-                .arg("data")
-                .arg("data")
-                .arg("{\"token\":\"tok\"}")
-                .arg("seq")
-                .arg(seq)
-                .ignore();
+            pipe.add_command(token_xadd("bench:raw", seq)).ignore();
             seq += 1;
         }
         pipe.query_async::<()>(&mut conn).await.expect("xadd");
@@ -522,15 +528,7 @@ async fn latency(server: &Target, count: u64) {
             let mut rtt = Vec::with_capacity(count as usize);
             for seq in 0..count {
                 let start = Instant::now();
-                redis::cmd("XADD")
-                    .arg("bench:rtt")
-                    .arg("*")
-                    .arg("type")
-                    .arg("data")
-                    .arg("data")
-                    .arg("{\"token\":\"tok\"}")
-                    .arg("seq")
-                    .arg(seq)
+                token_xadd("bench:rtt", seq)
                     .query_async::<()>(&mut conn)
                     .await
                     .expect("xadd");

@@ -73,26 +73,7 @@ async fn a_stream_replays_and_serves_two_readers_and_many_streams_share_few_conn
     let (cluster, client) = cluster(fast_options()).await;
     let probe = Arc::new(Probe::default());
     let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
-    let invoker = client.invoker();
-
-    let run = invoker
-        .submit(
-            "ticker",
-            json!({ "count": 30, "delay_ms": 5 }),
-            &RunOptions::default(),
-        )
-        .await
-        .unwrap();
-    let first = invoker.attach(&run.run_id, None).await.unwrap();
-    let first = tokio::spawn(async move { within(30, first.collect::<Vec<_>>()).await });
-    within(10, async {
-        while client.tail(&run.run_id, None).await.is_err() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    let second = collect(30, client.tail(&run.run_id, None).await.unwrap()).await;
-    let first = first.await.unwrap();
+    let (run_id, first, second) = read_twice(&client).await;
     assert_eq!(first.len(), 32);
     assert_eq!(
         first.iter().map(|e| e.chunk.clone()).collect::<Vec<_>>(),
@@ -103,7 +84,7 @@ async fn a_stream_replays_and_serves_two_readers_and_many_streams_share_few_conn
     let rest: Vec<_> = within(
         10,
         client
-            .tail_entries(&run.run_id, Some(&from))
+            .tail_entries(&run_id, Some(&from))
             .await
             .unwrap()
             .collect::<Vec<_>>(),

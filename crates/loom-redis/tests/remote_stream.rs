@@ -158,28 +158,9 @@ async fn a_stream_replays_from_any_entry_id_and_serves_two_readers() {
     let probe = Arc::new(Probe::default());
     let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
 
-    let invoker = client.invoker();
-    let submitted = invoker
-        .submit(
-            "ticker",
-            json!({ "count": 30, "delay_ms": 5 }),
-            &RunOptions::default(),
-        )
-        .await
-        .unwrap();
-    let run_id = submitted.run_id;
     // Two readers at once while the run is live: one attached before the stream exists, one
     // tailing once it does.
-    let first = invoker.attach(&run_id, None).await.unwrap();
-    let first = tokio::spawn(async move { within(30, first.collect::<Vec<_>>()).await });
-    within(10, async {
-        while client.tail(&run_id, None).await.is_err() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    let second = collect(30, client.tail(&run_id, None).await.unwrap()).await;
-    let first: Vec<_> = first.await.unwrap();
+    let (run_id, first, second) = read_twice(&client).await;
     assert_eq!(first.len(), 32);
     assert_eq!(
         first.iter().map(|e| e.chunk.clone()).collect::<Vec<_>>(),

@@ -96,7 +96,6 @@ fn workers_ten_minutes_ahead_or_behind_keep_deadlines_and_are_advertised() {
             r#"{"input":{"a":1}}"#,
         );
         assert!(response.starts_with("HTTP/1.1 200"), "{offset}: {response}");
-        signal(server.0.id(), "TERM");
-        assert_eq!(wait(&mut server.0).code(), Some(0));
+        terminate(&mut server.0);
     }
 }

@@ -154,10 +154,8 @@ fn every_command_works_through_any_node_of_a_cluster() {
     let replay = http(&addr, "GET", &format!("/v1/runs/{id}/stream"), &[], "");
     assert!(replay.contains("event: complete"), "{replay}");
 
-    signal(server.0.id(), "TERM");
-    assert_eq!(wait(&mut server.0).code(), Some(0));
-    signal(worker.0.id(), "TERM");
-    assert_eq!(wait(&mut worker.0).code(), Some(0));
+    terminate(&mut server.0);
+    terminate(&mut worker.0);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

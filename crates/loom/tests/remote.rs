@@ -189,8 +189,7 @@ fn sigterm_stops_a_worker_cleanly() {
         assert!(Instant::now() < deadline, "the worker joins its queues");
         std::thread::sleep(Duration::from_millis(20));
     }
-    signal(worker.0.id(), "TERM");
-    assert_eq!(wait(&mut worker.0).code(), Some(0));
+    terminate(&mut worker.0);
 }
 
 #[test]

@@ -130,10 +130,8 @@ fn serve_with_redis_queues_runs_to_a_worker_and_delete_stops_a_detached_workflow
     let replay = http(&addr, "GET", &format!("/v1/runs/{id}/stream"), &[], "");
     assert!(replay.contains("\"code\":\"cancelled\""), "{replay}");
 
-    signal(server.0.id(), "TERM");
-    assert_eq!(wait(&mut server.0).code(), Some(0));
-    signal(worker.0.id(), "TERM");
-    assert_eq!(wait(&mut worker.0).code(), Some(0));
+    terminate(&mut server.0);
+    terminate(&mut worker.0);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -204,8 +202,7 @@ fn no_secret_reaches_the_logs_even_at_rust_log_trace() {
         assert!(!metrics.contains(secret), "/metrics shows {secret}");
     }
 
-    signal(child.id(), "TERM");
-    assert_eq!(wait(&mut child).code(), Some(0));
+    terminate(&mut child);
     while let Ok(line) = rx.recv_timeout(LIMIT) {
         logs.push(line);
     }

@@ -133,10 +133,8 @@ fn a_traceparent_reaches_the_llm_call_through_redis_and_both_processes_export_th
     assert_ne!(parts[2], CLIENT_SPAN, "as a child span of the worker's");
 
     // Stopping flushes the exporters; each process sends its spans of the trace.
-    signal(server.0.id(), "TERM");
-    assert_eq!(wait(&mut server.0).code(), Some(0));
-    signal(worker.0.id(), "TERM");
-    assert_eq!(wait(&mut worker.0).code(), Some(0));
+    terminate(&mut server.0);
+    terminate(&mut worker.0);
     let trace_id = hex_bytes(TRACE_ID);
     let mut exports = 0;
     while let Ok((path, body)) = spans.recv_timeout(Duration::from_secs(2)) {

@@ -160,6 +160,32 @@ impl RunningWorker {
     }
 }
 
+/// Submits a 30-token `ticker` run and reads it with two readers at once: one attached before
+/// its stream exists, one tailing once it does. Returns the run id, the first reader's
+/// entries and the second's chunks.
+pub async fn read_twice(
+    client: &Client,
+) -> (String, Vec<loom_redis::StreamEntry>, Vec<StreamChunk>) {
+    let invoker = client.invoker();
+    let input = json!({ "count": 30, "delay_ms": 5 });
+    let run_id = invoker
+        .submit("ticker", input, &Default::default())
+        .await
+        .expect("the request is queued")
+        .run_id;
+    let first = invoker.attach(&run_id, None).await.expect("attach");
+    let first = tokio::spawn(async move { within(30, first.collect::<Vec<_>>()).await });
+    within(10, async {
+        while client.tail(&run_id, None).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let second = collect(30, client.tail(&run_id, None).await.expect("tail")).await;
+    let first = first.await.expect("the first reader");
+    (run_id, first, second)
+}
+
 /// Awaits `fut` for at most `secs` seconds; a hang fails the test.
 pub async fn within<F: std::future::IntoFuture>(secs: u64, fut: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(secs), fut)

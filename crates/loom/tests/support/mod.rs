@@ -157,6 +157,12 @@ pub fn signal(pid: u32, name: &str) {
     assert!(status.success(), "kill -{name} {pid}");
 }
 
+/// Stops `child` with SIGTERM and asserts it exits cleanly (code 0).
+pub fn terminate(child: &mut Child) {
+    signal(child.id(), "TERM");
+    assert_eq!(wait(child).code(), Some(0));
+}
+
 /// Parses JSON Lines output into chunks.
 pub fn chunks(stdout: &str) -> Vec<serde_json::Value> {
     stdout

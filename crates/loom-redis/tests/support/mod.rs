@@ -161,8 +161,9 @@ impl RunningWorker {
 }
 
 /// Submits a 30-token `ticker` run and reads it with two readers at once: one attached before
-/// its stream exists, one tailing once it does. Returns the run id, the first reader's
-/// entries and the second's chunks.
+/// its stream exists, one tailing once it does. Asserts they read the same 32 chunks, keeping
+/// the contract, and that a replay after the 10th entry gives exactly the rest, with their
+/// ids. Returns the run id, the first reader's entries and the second's chunks.
 pub async fn read_twice(
     client: &Client,
 ) -> (String, Vec<loom_redis::StreamEntry>, Vec<StreamChunk>) {
@@ -183,6 +184,19 @@ pub async fn read_twice(
     .await;
     let second = collect(30, client.tail(&run_id, None).await.expect("tail")).await;
     let first = first.await.expect("the first reader");
+    assert_eq!(first.len(), 32);
+    assert_eq!(
+        first.iter().map(|e| e.chunk.clone()).collect::<Vec<_>>(),
+        second
+    );
+    assert_contract(&second);
+    let from = first[9].id.map(|id| id.to_string());
+    let rest = client
+        .tail_entries(&run_id, from.as_deref())
+        .await
+        .expect("replay");
+    let rest: Vec<_> = within(10, rest.collect::<Vec<_>>()).await;
+    assert_eq!(rest, first[10..]);
     (run_id, first, second)
 }
 

@@ -21,11 +21,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use redis::aio::ConnectionManagerConfig;
 use tokio::sync::OnceCell;
 
-use crate::conn::{Conn, Topology, CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
+use crate::conn::{Conn, Topology};
 use crate::error::Error;
 use crate::hub::Hub;
 use crate::keys::{bucket, check_name, CancelReason, Keys, BUCKETS, DEFAULT_PREFIX};
 use crate::script;
+use crate::wire::{Wire, CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
 
 /// Timing and naming that workers and readers of one Redis must agree on.
 ///
@@ -251,7 +252,7 @@ impl Client {
         block: Duration,
         at: Option<&str>,
         attempt: usize,
-    ) -> Result<Conn, Error> {
+    ) -> Result<Wire, Error> {
         self.inner.topology.blocking(block, at, attempt).await
     }
 

@@ -20,6 +20,7 @@ use serde_json::Value as Json;
 
 use crate::error::Error;
 use crate::keys::check_name;
+use crate::wire::Reply;
 
 /// A Redis stream entry id, `<ms>-<seq>`, ordered as Redis orders them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -76,7 +77,7 @@ impl FromStr for EntryId {
 #[derive(Debug, Clone)]
 pub(crate) struct RawEntry {
     pub(crate) id: EntryId,
-    pub(crate) fields: Vec<Value>,
+    pub(crate) fields: Vec<Reply>,
 }
 
 /// Appends `XADD <key> * <fields of chunk>` to `pipe`.
@@ -169,19 +170,23 @@ fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
 }
 
-/// The bytes of a string-like reply value.
-pub(crate) fn bytes(value: &Value) -> Option<&[u8]> {
-    match value {
-        Value::BulkString(b) => Some(b),
-        Value::SimpleString(s) => Some(s.as_bytes()),
-        Value::VerbatimString { text, .. } => Some(text.as_bytes()),
-        _ => None,
-    }
+/// The text of a string-like reply value of the redis crate.
+pub(crate) fn text(value: &Value) -> Option<&str> {
+    let bytes: &[u8] = match value {
+        Value::BulkString(b) => b,
+        Value::SimpleString(s) => s.as_bytes(),
+        Value::VerbatimString { text, .. } => text.as_bytes(),
+        _ => return None,
+    };
+    std::str::from_utf8(bytes).ok()
 }
 
-/// The text of a string-like reply value.
-pub(crate) fn text(value: &Value) -> Option<&str> {
-    bytes(value).and_then(|b| std::str::from_utf8(b).ok())
+/// The bytes of a string reply.
+fn bytes(reply: &Reply) -> Option<&[u8]> {
+    match reply {
+        Reply::Text(b) => Some(b),
+        _ => None,
+    }
 }
 
 fn parse_json<T: DeserializeOwned>(field: &str, raw: &[u8]) -> Result<T, String> {
@@ -189,7 +194,7 @@ fn parse_json<T: DeserializeOwned>(field: &str, raw: &[u8]) -> Result<T, String>
 }
 
 /// Rebuilds the chunk an entry stands for, or says why it cannot.
-pub(crate) fn decode_chunk(fields: &[Value]) -> Result<StreamChunk, String> {
+pub(crate) fn decode_chunk(fields: &[Reply]) -> Result<StreamChunk, String> {
     if !fields.len().is_multiple_of(2) {
         return Err("odd number of field/value items".to_owned());
     }
@@ -242,68 +247,68 @@ pub(crate) fn decode_chunk(fields: &[Value]) -> Result<StreamChunk, String> {
 }
 
 /// The value of field `name` in a flat `field value …` list.
-pub(crate) fn field<'a>(fields: &'a [Value], name: &str) -> Option<&'a [u8]> {
+pub(crate) fn field<'a>(fields: &'a [Reply], name: &str) -> Option<&'a [u8]> {
     fields
         .chunks_exact(2)
         .find(|pair| bytes(&pair[0]) == Some(name.as_bytes()))
         .and_then(|pair| bytes(&pair[1]))
 }
 
+/// The text of a string reply.
+fn reply_text(reply: &Reply) -> Option<&str> {
+    bytes(reply).and_then(|b| std::str::from_utf8(b).ok())
+}
+
 /// Reads one entry `[id, [field, value, …]]`.
-pub(crate) fn parse_entry(value: Value) -> Result<RawEntry, String> {
-    let Value::Array(mut parts) = value else {
+fn parse_entry(reply: Reply) -> Result<RawEntry, String> {
+    let Reply::Array(mut parts) = reply else {
         return Err("an entry is not an array".to_owned());
     };
     if parts.len() != 2 {
         return Err("an entry is not [id, fields]".to_owned());
     }
     let fields = match parts.pop() {
-        Some(Value::Array(fields)) => fields,
-        Some(Value::Map(pairs)) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
-        Some(Value::Nil) => Vec::new(),
+        Some(Reply::Array(fields)) => fields,
+        Some(Reply::Nil) => Vec::new(),
         _ => return Err("an entry's fields are not a list".to_owned()),
     };
     let id = parts
         .pop()
         .as_ref()
-        .and_then(text)
+        .and_then(reply_text)
         .and_then(|s| s.parse().ok())
         .ok_or("an entry id is not <ms>-<seq>")?;
     Ok(RawEntry { id, fields })
 }
 
 /// Reads a list of entries (an `XRANGE` reply, or the entries of an `XAUTOCLAIM` reply).
-pub(crate) fn parse_entries(value: Value) -> Result<Vec<RawEntry>, String> {
-    match value {
-        Value::Array(items) => items.into_iter().map(parse_entry).collect(),
-        Value::Nil => Ok(Vec::new()),
+pub(crate) fn parse_entries(reply: impl Into<Reply>) -> Result<Vec<RawEntry>, String> {
+    match reply.into() {
+        Reply::Array(items) => items.into_iter().map(parse_entry).collect(),
+        Reply::Nil => Ok(Vec::new()),
         _ => Err("a range reply is not an array".to_owned()),
     }
 }
 
-/// Reads an `XREAD`/`XREADGROUP` reply (RESP2 array or RESP3 map) into `(key, entries)`.
-pub(crate) fn parse_read_reply(value: Value) -> Result<Vec<(String, Vec<RawEntry>)>, String> {
-    let pairs: Vec<(Value, Value)> = match value {
-        Value::Nil => return Ok(Vec::new()),
-        Value::Map(pairs) => pairs,
-        Value::Array(items) => items
-            .into_iter()
-            .map(|item| match item {
-                Value::Array(mut kv) if kv.len() == 2 => {
-                    let entries = kv.pop().unwrap_or_default();
-                    let key = kv.pop().unwrap_or_default();
-                    Ok((key, entries))
-                }
-                _ => Err("a read reply item is not [key, entries]".to_owned()),
-            })
-            .collect::<Result<_, _>>()?,
+/// Reads an `XREAD`/`XREADGROUP` reply into `(key, entries)`.
+pub(crate) fn parse_read_reply(reply: Reply) -> Result<Vec<(String, Vec<RawEntry>)>, String> {
+    let items = match reply {
+        Reply::Nil => return Ok(Vec::new()),
+        Reply::Array(items) => items,
         _ => return Err("a read reply is not an array".to_owned()),
     };
-    pairs
+    items
         .into_iter()
-        .map(|(key, entries)| {
-            let key = text(&key).ok_or("a stream key is not text")?.to_owned();
-            Ok((key, parse_entries(entries)?))
+        .map(|item| match item {
+            Reply::Array(mut kv) if kv.len() == 2 => {
+                let entries = kv.pop().unwrap_or(Reply::Nil);
+                let key = kv.pop().unwrap_or(Reply::Nil);
+                let key = reply_text(&key)
+                    .ok_or("a stream key is not text")?
+                    .to_owned();
+                Ok((key, parse_entries(entries)?))
+            }
+            _ => Err("a read reply item is not [key, entries]".to_owned()),
         })
         .collect()
 }
@@ -344,7 +349,7 @@ impl Request {
     /// Reads a request entry, checking the names before they become keys. An entry whose
     /// names are valid but whose other fields are not still names its run, so the worker can
     /// end that run with a clear error instead of leaving its reader to wait.
-    pub(crate) fn decode(fields: &[Value]) -> Result<Self, Unreadable> {
+    pub(crate) fn decode(fields: &[Reply]) -> Result<Self, Unreadable> {
         let get = |name: &str| {
             field(fields, name)
                 .and_then(|b| std::str::from_utf8(b).ok())
@@ -409,15 +414,15 @@ mod tests {
 
     use super::*;
 
-    pub(super) fn fields_of(chunk: &StreamChunk) -> Vec<Value> {
+    pub(super) fn fields_of(chunk: &StreamChunk) -> Vec<Reply> {
         let mut pipe = redis::pipe();
         add_chunk(&mut pipe, "k", chunk);
         let packed = pipe.cmd_iter().next().map(|c| {
             c.args_iter()
                 .skip(3)
                 .map(|arg| match arg {
-                    redis::Arg::Simple(b) => Value::BulkString(b.to_vec()),
-                    _ => Value::Nil,
+                    redis::Arg::Simple(b) => Reply::Text(bytes::Bytes::copy_from_slice(b)),
+                    _ => Reply::Nil,
                 })
                 .collect::<Vec<_>>()
         });
@@ -430,9 +435,9 @@ mod tests {
     fn chunks_round_trip_with_fields_in_order() {
         let token = Output::token(" upon").into_chunk(4);
         let fields = fields_of(&token);
-        let names: Vec<_> = fields.iter().step_by(2).filter_map(text).collect();
+        let names: Vec<_> = fields.iter().step_by(2).filter_map(reply_text).collect();
         assert_eq!(names, ["type", "data", "seq"]);
-        assert_eq!(text(&fields[3]), Some(r#"{"token":" upon"}"#));
+        assert_eq!(reply_text(&fields[3]), Some(r#"{"token":" upon"}"#));
 
         let mut start = StreamChunk::new(ChunkType::Start, 7);
         start.data = Some(json!({"run_id": "r"}));
@@ -456,7 +461,7 @@ mod tests {
 
     #[test]
     fn undecodable_entries_say_why() {
-        let b = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let b = |s: &str| Reply::Text(bytes::Bytes::copy_from_slice(s.as_bytes()));
         assert!(decode_chunk(&[b("type"), b("data"), b("data"), b("x")]).is_err());
         assert!(
             decode_chunk(&[b("type"), b("nope"), b("data"), b("null"), b("seq"), b("1")]).is_err()
@@ -493,9 +498,9 @@ mod tests {
 /// many; 2,000 by default).
 #[cfg(test)]
 mod properties {
+    use crate::wire::Reply;
     use loom_core::{ChunkType, ErrorCode, ErrorInfo, Event, Progress, StreamChunk};
     use proptest::prelude::*;
-    use redis::Value;
     use serde_json::{json, Value as Json};
 
     use super::decode_chunk;
@@ -601,7 +606,7 @@ mod properties {
                 0..10,
             )
         ) {
-            let fields: Vec<Value> = fields.into_iter().map(Value::BulkString).collect();
+            let fields: Vec<Reply> = fields.into_iter().map(|f| Reply::Text(f.into())).collect();
             // Never a panic: a chunk, or an error naming what is wrong.
             if let Err(why) = decode_chunk(&fields) {
                 prop_assert!(!why.is_empty());

@@ -16,28 +16,21 @@
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
+use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, Value};
 
 use crate::error::Error;
+use crate::wire::{Wire, CONNECT_TIMEOUT};
 
-/// How long one command may take before the connection counts as broken.
-pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// How long connecting may take.
-pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// A command connection: one server's (reconnecting, or plain for a blocking read) or a
-/// cluster's. Cheap to clone; clones share the connection.
+/// A command connection: one server's (reconnecting) or a cluster's. Cheap to clone; clones
+/// share the connection.
 #[derive(Clone)]
 pub(crate) enum Conn {
     /// A single server's shared command connection, reconnecting with backoff.
     Managed(ConnectionManager),
-    /// A single server's dedicated connection, for one blocking reader.
-    Plain(MultiplexedConnection),
     /// A cluster: one connection per node, commands routed by slot.
     Cluster(ClusterConnection),
 }
@@ -46,7 +39,6 @@ impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Managed(c) => c.req_packed_command(cmd),
-            Self::Plain(c) => c.req_packed_command(cmd),
             Self::Cluster(c) => c.req_packed_command(cmd),
         }
     }
@@ -59,7 +51,6 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Self::Managed(c) => c.req_packed_commands(pipeline, offset, count),
-            Self::Plain(c) => c.req_packed_commands(pipeline, offset, count),
             Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
@@ -67,7 +58,6 @@ impl ConnectionLike for Conn {
     fn get_db(&self) -> i64 {
         match self {
             Self::Managed(c) => c.get_db(),
-            Self::Plain(c) => c.get_db(),
             Self::Cluster(c) => c.get_db(),
         }
     }
@@ -112,8 +102,11 @@ pub(crate) enum Redirect {
 }
 
 /// How a blocking reader answers a failed read (see [`Redirect`]).
-pub(crate) fn redirect(error: &redis::RedisError) -> Redirect {
+pub(crate) fn redirect(error: &Error) -> Redirect {
     use redis::{ErrorKind, ServerErrorKind};
+    let Error::Redis(error) = error else {
+        return Redirect::Reconnect;
+    };
     match error.kind() {
         ErrorKind::Server(ServerErrorKind::Moved) => match error.redirect_node() {
             Some((at, _)) => Redirect::MovedTo(at.to_owned()),
@@ -182,27 +175,22 @@ impl Topology {
         block: Duration,
         at: Option<&str>,
         attempt: usize,
-    ) -> Result<Conn, Error> {
-        let client = match (self, at) {
-            (Self::Single(client), _) => client.clone(),
-            (Self::Cluster(nodes), None) => nodes[attempt % nodes.len()].clone(),
+    ) -> Result<Wire, Error> {
+        let info = match (self, at) {
+            (Self::Single(client), _) => client.get_connection_info().clone(),
+            (Self::Cluster(nodes), None) => {
+                nodes[attempt % nodes.len()].get_connection_info().clone()
+            }
             (Self::Cluster(nodes), Some(at)) => {
                 let (host, port) = at
                     .rsplit_once(':')
                     .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
                     .ok_or_else(|| Error::UnexpectedReply(format!("a node address {at:?}")))?;
                 let addr = redis::ConnectionAddr::Tcp(host, port);
-                redis::Client::open(nodes[0].get_connection_info().clone().set_addr(addr))?
+                nodes[0].get_connection_info().clone().set_addr(addr)
             }
         };
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(block + RESPONSE_TIMEOUT));
-        Ok(Conn::Plain(
-            client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?,
-        ))
+        Wire::connect(&info, block).await
     }
 
     /// The servers to subscribe to, in the order to try them.

@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::Value;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
@@ -27,6 +26,7 @@ use crate::backoff::Backoff;
 use crate::codec::{parse_read_reply, EntryId, RawEntry};
 use crate::conn::{redirect, Conn, Redirect, Topology};
 use crate::error::Error;
+use crate::wire::{Reply, Wire};
 
 /// Entries one `XREAD` fetches per stream at most: large enough that a fast stream moves in
 /// few round trips, small enough that one reply stays well under a megabyte per stream.
@@ -282,7 +282,7 @@ impl HubTask {
                     }
                 }
             };
-            let client_id = match blocking.client_id(&round[0].0).await {
+            let client_id = match blocking.client_id().await {
                 Ok(id) => id,
                 Err(e) => {
                     tracing::warn!(error = %e, "stream reader lost Redis; reconnecting");
@@ -302,8 +302,7 @@ impl HubTask {
             for (_, from) in &round {
                 cmd.arg(from.to_string());
             }
-            let mut c = blocking.conn.clone();
-            let mut read = Box::pin(async move { cmd.query_async::<Value>(&mut c).await });
+            let mut read = Box::pin(blocking.wire.query(&cmd));
             let mut unblock_at: Option<Instant> = None;
             let reply = loop {
                 let unblock_sleep = async {
@@ -333,11 +332,7 @@ impl HubTask {
                     }
                 }
             };
-            if unblock_at.is_some() {
-                // An unblock that never took may mean the id is stale (on a cluster, the
-                // bucket moved to another node): ask again next round.
-                blocking.id = None;
-            }
+            drop(read);
             match reply.map(parse_read_reply) {
                 Ok(Ok(entries)) => {
                     backoff.reset();
@@ -368,29 +363,30 @@ impl HubTask {
     }
 }
 
-/// A dedicated connection for one blocking reader, and its client id on the node that serves
-/// the reader's keys (for `CLIENT UNBLOCK`), asked once and again after a failed unblock.
+/// A blocking reader's own connection ([`Wire`]), and its client id on its node (for
+/// `CLIENT UNBLOCK`), asked once.
 pub(crate) struct Blocking {
     /// The connection.
-    pub(crate) conn: Conn,
+    pub(crate) wire: Wire,
     /// Its client id, once asked.
-    pub(crate) id: Option<i64>,
+    id: Option<i64>,
 }
 
 impl Blocking {
     /// Wraps a new dedicated connection.
-    pub(crate) fn new(conn: Conn) -> Self {
-        Self { conn, id: None }
+    pub(crate) fn new(wire: Wire) -> Self {
+        Self { wire, id: None }
     }
 
-    /// The connection's client id on the node that serves `key`.
-    pub(crate) async fn client_id(&mut self, key: &str) -> Result<i64, Error> {
+    /// The connection's client id.
+    pub(crate) async fn client_id(&mut self) -> Result<i64, Error> {
         if let Some(id) = self.id {
             return Ok(id);
         }
-        let mut id = redis::cmd("CLIENT");
-        id.arg("ID");
-        let id: i64 = self.conn.query_at(id, key).await?;
+        let id = match self.wire.query(redis::cmd("CLIENT").arg("ID")).await? {
+            Reply::Int(id) => id,
+            other => return Err(Error::UnexpectedReply(format!("CLIENT ID: {other:?}"))),
+        };
         self.id = Some(id);
         Ok(id)
     }

@@ -83,6 +83,7 @@ mod reader;
 mod remote;
 mod runs;
 mod script;
+mod wire;
 mod worker;
 
 pub use client::{Client, ClientOptions};

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use redis::Value;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
@@ -160,14 +161,13 @@ impl Fetcher {
                     )
                 }
             };
-            let id = blocking.client_id(&lane.queues[0]).await?;
+            let id = blocking.client_id().await?;
             ready.push((blocking, id));
         }
-        let reads = self
+        let cmds: Vec<redis::Cmd> = self
             .lanes
             .iter()
-            .zip(&ready)
-            .map(|(Lane { queues, .. }, (blocking, _))| {
+            .map(|Lane { queues, .. }| {
                 let mut cmd = redis::cmd("XREADGROUP");
                 cmd.arg("GROUP")
                     .arg(group)
@@ -181,24 +181,38 @@ impl Fetcher {
                 for _ in queues {
                     cmd.arg(">");
                 }
-                let mut c = blocking.conn.clone();
-                Box::pin(async move { cmd.query_async::<Value>(&mut c).await })
-            });
-        // Shared, so the first to finish can be awaited here and all of them again below.
-        let reads: Vec<_> = reads.map(futures::FutureExt::shared).collect();
-        let mut stopping = false;
-        tokio::select! {
-            _ = futures::future::select_all(reads.iter().cloned()) => {}
-            _ = shutdown => stopping = true,
-        }
-        // Whatever a blocked read returns is ours to run: wake the others rather than drop
-        // them.
-        if reads.len() > 1 || stopping {
-            for (lane, (_, id)) in self.lanes.iter().zip(&ready) {
-                let _ = unblock(&mut conn, *id, &lane.queues[0]).await;
+                cmd
+            })
+            .collect();
+        let woken: Vec<(i64, &str)> = ready
+            .iter()
+            .zip(&self.lanes)
+            .map(|((_, id), lane)| (*id, lane.queues[0].as_str()))
+            .collect();
+        // All reads at once; when the first returns (or the shutdown comes), the others are
+        // woken: whatever a blocked read returns is ours to run, never dropped.
+        let first = Notify::new();
+        let reads = ready.iter_mut().zip(&cmds).map(|((blocking, _), cmd)| {
+            let first = &first;
+            async move {
+                let reply = blocking.wire.query(cmd).await;
+                first.notify_one();
+                reply
             }
-        }
-        let replies = join_all(reads).await;
+        });
+        let wake = async {
+            let stopping = tokio::select! {
+                _ = first.notified() => false,
+                _ = shutdown => true,
+            };
+            if woken.len() > 1 || stopping {
+                for (id, key) in &woken {
+                    let _ = unblock(&mut conn, *id, key).await;
+                }
+            }
+            stopping
+        };
+        let (replies, stopping) = tokio::join!(join_all(reads), wake);
         let mut work = Vec::new();
         let mut failed = None;
         for ((lane, reply), (blocking, _)) in self.lanes.iter_mut().zip(replies).zip(ready) {
@@ -225,7 +239,7 @@ impl Fetcher {
             // Redis is unreachable and the worker is stopping: nothing more was taken.
             Some(_) if stopping => Ok((work, true)),
             // What the other lanes took is kept; the failed lane reconnects next round.
-            Some(e) if work.is_empty() => Err(e.into()),
+            Some(e) if work.is_empty() => Err(e),
             Some(e) => {
                 tracing::warn!(worker = %self.shared.name, error = %e, "a queue read failed; reconnecting it");
                 Ok((work, false))

@@ -1,0 +1,369 @@
+//! [`Wire`]: the connection of a blocking reader (the hub's `XREAD`, the worker's
+//! `XREADGROUP`), which reads RESP2 replies into [`Reply`]s whose strings are slices of the
+//! bytes read ([`Bytes`]), not one allocation each.
+//!
+//! Reading streams is Loom's hot path: an `XREAD` reply carries, per entry, an id and six or
+//! more field strings. The redis crate parses every reply into a tree of `Value`s with a
+//! `Vec<u8>` per string; profiled end to end, that parser and its allocations were the largest
+//! share of the reading process's CPU (docs/performance.md). A blocking read needs little of
+//! a connection's machinery — one command at a time, no pipelining, no pub/sub — so it speaks
+//! RESP2 itself: the command is packed by the redis crate ([`Cmd`]), the reply parsed here,
+//! and an error reply handed back to the redis crate to become a [`redis::RedisError`] with its
+//! kind and code (`MOVED`, `ASK`, `NOAUTH`, …). Reading the reply also happens in the reading
+//! task itself, without a connection task in between.
+
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use redis::{Cmd, ConnectionAddr, ConnectionInfo, RedisError};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::error::Error;
+
+/// How long one command may take before the connection counts as broken.
+pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long connecting may take.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Nesting a reply may have: `XREAD`'s is four deep (streams, stream, entries, entry, fields).
+const MAX_DEPTH: usize = 8;
+
+/// One RESP2 reply, its strings sharing the bytes they were read into.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Reply {
+    /// A nil bulk string or array (`$-1`, `*-1`): an `XREAD` that timed out or was woken.
+    Nil,
+    /// An integer (`:`).
+    Int(i64),
+    /// A simple (`+`) or bulk (`$`) string.
+    Text(Bytes),
+    /// An array (`*`).
+    Array(Vec<Reply>),
+}
+
+impl From<redis::Value> for Reply {
+    /// A reply the redis crate parsed, for the code that reads both (entries of `XRANGE` and
+    /// `XAUTOCLAIM` replies): its strings are moved, not copied.
+    fn from(value: redis::Value) -> Self {
+        use redis::Value;
+        match value {
+            Value::Int(n) => Self::Int(n),
+            Value::BulkString(bytes) => Self::Text(Bytes::from(bytes)),
+            Value::SimpleString(text) => Self::Text(Bytes::from(text.into_bytes())),
+            Value::Okay => Self::Text(Bytes::from_static(b"OK")),
+            Value::Array(items) | Value::Set(items) => {
+                Self::Array(items.into_iter().map(Self::from).collect())
+            }
+            // RESP3 maps, should a server send them: flattened like RESP2's arrays.
+            Value::Map(pairs) => Self::Array(
+                pairs
+                    .into_iter()
+                    .flat_map(|(k, v)| [Self::from(k), Self::from(v)])
+                    .collect(),
+            ),
+            _ => Self::Nil,
+        }
+    }
+}
+
+/// A stream to a server: TCP, or a Unix socket.
+trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin> Io for T {}
+
+/// A blocking reader's connection (see the module docs).
+pub(crate) struct Wire {
+    io: Box<dyn Io>,
+    buf: BytesMut,
+    /// How long one reply may take: the read's block plus the usual response timeout.
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Wire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wire").finish_non_exhaustive()
+    }
+}
+
+impl Wire {
+    /// Connects to `info`'s server as its user (`AUTH`) and database (`SELECT`), for commands
+    /// that may block for `block`.
+    pub(crate) async fn connect(info: &ConnectionInfo, block: Duration) -> Result<Self, Error> {
+        let connect = async {
+            Ok::<Box<dyn Io>, std::io::Error>(match info.addr() {
+                ConnectionAddr::Tcp(host, port) => {
+                    let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+                    tcp.set_nodelay(true)?;
+                    Box::new(tcp)
+                }
+                ConnectionAddr::Unix(path) => {
+                    Box::new(tokio::net::UnixStream::connect(path).await?)
+                }
+                other => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::Unsupported,
+                        format!("unsupported address {other:?}"),
+                    ))
+                }
+            })
+        };
+        let io = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| timed_out("connecting"))?
+            .map_err(|e| Error::Redis(e.into()))?;
+        let mut wire = Self {
+            io,
+            buf: BytesMut::with_capacity(16 * 1024),
+            timeout: block + RESPONSE_TIMEOUT,
+        };
+        let settings = info.redis_settings();
+        if let Some(password) = settings.password() {
+            let mut auth = redis::cmd("AUTH");
+            if let Some(user) = settings.username() {
+                auth.arg(user);
+            }
+            auth.arg(password);
+            wire.query(&auth).await?;
+        }
+        if settings.db() != 0 {
+            wire.query(redis::cmd("SELECT").arg(settings.db())).await?;
+        }
+        Ok(wire)
+    }
+
+    /// Sends `cmd` and reads its reply; an error reply is [`Error::Redis`] with the server's
+    /// kind and code.
+    pub(crate) async fn query(&mut self, cmd: &Cmd) -> Result<Reply, Error> {
+        let packed = cmd.get_packed_command();
+        let io = |e: std::io::Error| Error::Redis(e.into());
+        let exchange = async {
+            self.io.write_all(&packed).await.map_err(io)?;
+            loop {
+                if let Some(reply) = parse(&mut self.buf)? {
+                    return reply;
+                }
+                if self.io.read_buf(&mut self.buf).await.map_err(io)? == 0 {
+                    return Err(RedisError::from(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the server closed the connection",
+                    ))
+                    .into());
+                }
+            }
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| timed_out("waiting for a reply"))?
+    }
+}
+
+fn timed_out(what: &str) -> Error {
+    Error::Redis(RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("timed out {what}"),
+    )))
+}
+
+/// Takes one whole reply off the front of `buf`: `Ok(None)` while it is incomplete (nothing
+/// is consumed then); `Ok(Some(Err))` for an error reply; `Err` for bytes that are not RESP2.
+fn parse(buf: &mut BytesMut) -> Result<Option<Result<Reply, Error>>, Error> {
+    let Some(end) = scan(buf, 0, 0)? else {
+        return Ok(None);
+    };
+    let frame = buf.split_to(end).freeze();
+    if frame.first() == Some(&b'-') {
+        // The redis crate turns the error line into its error, kind and code included.
+        let error = redis::parse_redis_value(&frame)
+            .and_then(redis::Value::extract_error)
+            .err()
+            .unwrap_or_else(|| RedisError::from((redis::ErrorKind::Parse, "an error reply")));
+        return Ok(Some(Err(error.into())));
+    }
+    let mut at = frame;
+    Ok(Some(Ok(build(&mut at)?)))
+}
+
+/// The end of the reply starting at `at` in `buf`, once it is all there.
+fn scan(buf: &[u8], at: usize, depth: usize) -> Result<Option<usize>, Error> {
+    if depth > MAX_DEPTH {
+        return Err(malformed("nested too deeply"));
+    }
+    let Some((kind, line, next)) = line(buf, at)? else {
+        return Ok(None);
+    };
+    match kind {
+        b'+' | b'-' | b':' => Ok(Some(next)),
+        b'$' => {
+            let len = parse_int(line)?;
+            if len < 0 {
+                return Ok(Some(next));
+            }
+            let end = next + len as usize + 2;
+            if buf.len() < end {
+                return Ok(None);
+            }
+            if &buf[end - 2..end] != b"\r\n" {
+                return Err(malformed("a bulk string longer than its length"));
+            }
+            Ok(Some(end))
+        }
+        b'*' => {
+            let count = parse_int(line)?;
+            let mut at = next;
+            for _ in 0..count.max(0) {
+                match scan(buf, at, depth + 1)? {
+                    Some(end) => at = end,
+                    None => return Ok(None),
+                }
+            }
+            Ok(Some(at))
+        }
+        other => Err(malformed(&format!(
+            "unknown reply type {:?}",
+            other as char
+        ))),
+    }
+}
+
+/// The reply at the front of `at` (already checked whole by [`scan`]); its strings are slices
+/// of `at`'s bytes.
+fn build(at: &mut Bytes) -> Result<Reply, Error> {
+    let (kind, n, next) = match line(at, 0)? {
+        Some((b'+', _, next)) => (b'+', 0, next),
+        Some((kind, line, next)) => (kind, parse_int(line)?, next),
+        None => return Err(malformed("a reply ended early")),
+    };
+    match kind {
+        b'+' => {
+            let text = at.slice(1..next - 2);
+            at.advance(next);
+            Ok(Reply::Text(text))
+        }
+        b':' => {
+            at.advance(next);
+            Ok(Reply::Int(n))
+        }
+        b'$' => {
+            let len = n;
+            if len < 0 {
+                at.advance(next);
+                return Ok(Reply::Nil);
+            }
+            let text = at.slice(next..next + len as usize);
+            at.advance(next + len as usize + 2);
+            Ok(Reply::Text(text))
+        }
+        b'*' => {
+            let count = n;
+            at.advance(next);
+            if count < 0 {
+                return Ok(Reply::Nil);
+            }
+            let mut items = Vec::with_capacity(count as usize);
+            for _ in 0..count {
+                items.push(build(at)?);
+            }
+            Ok(Reply::Array(items))
+        }
+        _ => Err(malformed("an unexpected reply type")),
+    }
+}
+
+/// A reply's first line: its type byte, the rest of the line (without `\r\n`), and where the
+/// next line starts.
+type Line<'a> = (u8, &'a [u8], usize);
+
+/// The line starting at `at`, once it is all there.
+fn line(buf: &[u8], at: usize) -> Result<Option<Line<'_>>, Error> {
+    let Some(&kind) = buf.get(at) else {
+        return Ok(None);
+    };
+    let Some(end) = buf[at..].iter().position(|&b| b == b'\n') else {
+        return Ok(None);
+    };
+    let end = at + end;
+    if end == at || buf[end - 1] != b'\r' {
+        return Err(malformed("a line without \\r\\n"));
+    }
+    Ok(Some((kind, &buf[at + 1..end - 1], end + 1)))
+}
+
+fn parse_int(text: &[u8]) -> Result<i64, Error> {
+    std::str::from_utf8(text)
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| malformed("a length or integer that is not a number"))
+}
+
+fn malformed(why: &str) -> Error {
+    Error::UnexpectedReply(format!("malformed RESP reply: {why}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(bytes: &[u8]) -> Option<Result<Reply, Error>> {
+        let mut buf = BytesMut::from(bytes);
+        let reply = parse(&mut buf).expect("well formed");
+        if reply.is_some() {
+            assert!(buf.is_empty(), "the whole reply is consumed");
+        }
+        reply
+    }
+
+    fn text(s: &str) -> Reply {
+        Reply::Text(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    #[test]
+    fn replies_parse_like_the_redis_crate_and_wait_for_their_end() {
+        let xread =
+            b"*1\r\n*2\r\n$3\r\nkey\r\n*1\r\n*2\r\n$3\r\n1-1\r\n*2\r\n$4\r\ntype\r\n$0\r\n\r\n";
+        let expected = Reply::Array(vec![Reply::Array(vec![
+            text("key"),
+            Reply::Array(vec![Reply::Array(vec![
+                text("1-1"),
+                Reply::Array(vec![text("type"), text("")]),
+            ])]),
+        ])]);
+        assert_eq!(parsed(xread).map(|r| r.ok()), Some(Some(expected.clone())));
+        // The redis crate reads the same bytes to the same tree.
+        let theirs = redis::parse_redis_value(xread).map(Reply::from).ok();
+        assert_eq!(theirs, Some(expected));
+        // Every cut short of the end is incomplete, and consumes nothing.
+        for cut in 0..xread.len() {
+            let mut buf = BytesMut::from(&xread[..cut]);
+            assert!(parse(&mut buf).expect("a prefix").is_none(), "cut at {cut}");
+            assert_eq!(buf.len(), cut);
+        }
+        assert_eq!(parsed(b"*-1\r\n").map(|r| r.ok()), Some(Some(Reply::Nil)));
+        assert_eq!(parsed(b"$-1\r\n").map(|r| r.ok()), Some(Some(Reply::Nil)));
+        assert_eq!(
+            parsed(b":42\r\n").map(|r| r.ok()),
+            Some(Some(Reply::Int(42)))
+        );
+        assert_eq!(parsed(b"+OK\r\n").map(|r| r.ok()), Some(Some(text("OK"))));
+    }
+
+    #[test]
+    fn an_error_reply_keeps_its_kind_and_garbage_is_an_error() {
+        let Some(Err(Error::Redis(moved))) = parsed(b"-MOVED 3999 127.0.0.1:6381\r\n") else {
+            panic!("an error reply")
+        };
+        assert_eq!(moved.redirect_node(), Some(("127.0.0.1:6381", 3999)));
+        let Some(Err(Error::Redis(noauth))) = parsed(b"-NOAUTH Authentication required.\r\n")
+        else {
+            panic!("an error reply")
+        };
+        assert_eq!(noauth.code(), Some("NOAUTH"));
+        for bad in [&b"?x\r\n"[..], b"$x\r\n", b"*1\n", b"$3\r\nabcde\r\n"] {
+            let mut buf = BytesMut::from(bad);
+            let outcome = parse(&mut buf);
+            assert!(
+                outcome.is_err() || matches!(outcome, Ok(Some(Err(_)))),
+                "{bad:?} gave {outcome:?}"
+            );
+        }
+    }
+}

@@ -26,6 +26,13 @@ pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long connecting may take.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How much room each socket read asks for: an `XREAD` reply of 1,024 token entries is about
+/// 100 KiB, and a reply is scanned again from its start after each read until it is whole.
+const READ_SIZE: usize = 64 * 1024;
+
+/// Replies shorter than this are copied out of the read buffer (see [`parse`]).
+const OWN_BUFFER_BELOW: usize = 4 * 1024;
+
 /// Nesting a reply may have: `XREAD`'s is four deep (streams, stream, entries, entry, fields).
 const MAX_DEPTH: usize = 8;
 
@@ -113,7 +120,7 @@ impl Wire {
             .map_err(|e| Error::Redis(e.into()))?;
         let mut wire = Self {
             io,
-            buf: BytesMut::with_capacity(16 * 1024),
+            buf: BytesMut::new(),
             timeout: block + RESPONSE_TIMEOUT,
         };
         let settings = info.redis_settings();
@@ -142,6 +149,7 @@ impl Wire {
                 if let Some(reply) = parse(&mut self.buf)? {
                     return reply;
                 }
+                self.buf.reserve(READ_SIZE);
                 if self.io.read_buf(&mut self.buf).await.map_err(io)? == 0 {
                     return Err(RedisError::from(std::io::Error::new(
                         std::io::ErrorKind::UnexpectedEof,
@@ -170,7 +178,15 @@ fn parse(buf: &mut BytesMut) -> Result<Option<Result<Reply, Error>>, Error> {
     let Some(end) = scan(buf, 0, 0)? else {
         return Ok(None);
     };
-    let frame = buf.split_to(end).freeze();
+    let frame = buf.split_to(end);
+    // A reply's strings keep the buffer they were read into alive until their last reader
+    // took them (a slow consumer holds up to two batches). A small reply gets a buffer of its
+    // own, so it never holds a whole read buffer.
+    let frame = if frame.len() < OWN_BUFFER_BELOW {
+        Bytes::copy_from_slice(&frame)
+    } else {
+        frame.freeze()
+    };
     if frame.first() == Some(&b'-') {
         // The redis crate turns the error line into its error, kind and code included.
         let error = redis::parse_redis_value(&frame)
@@ -288,11 +304,20 @@ fn line(buf: &[u8], at: usize) -> Result<Option<Line<'_>>, Error> {
     Ok(Some((kind, &buf[at + 1..end - 1], end + 1)))
 }
 
+/// A RESP integer or length: an optional `-` and up to 18 decimal digits (read on every
+/// string of every reply, so without going through `str`).
 fn parse_int(text: &[u8]) -> Result<i64, Error> {
-    std::str::from_utf8(text)
-        .ok()
-        .and_then(|t| t.parse().ok())
-        .ok_or_else(|| malformed("a length or integer that is not a number"))
+    let (negative, digits) = match text {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, text),
+    };
+    if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(malformed("a length or integer that is not a number"));
+    }
+    let n = digits
+        .iter()
+        .fold(0i64, |n, d| n * 10 + i64::from(d - b'0'));
+    Ok(if negative { -n } else { n })
 }
 
 fn malformed(why: &str) -> Error {

@@ -9,7 +9,7 @@
 //! keys, goes to the node of the blocked read's keys: [`Conn::query_at`].
 //!
 //! A blocking read (the hub's `XREAD`, the worker's `XREADGROUP`) holds its connection for as
-//! long as it blocks, so each has one of its own: on a cluster a plain connection to the one
+//! long as it blocks, so each has one of its own ([`Wire`], `wire.rs`): on a cluster to the one
 //! node that owns the read's slot ([`Topology::blocking`]), found by following the `MOVED`
 //! its first read gets from any node — not a cluster connection, which would open one per
 //! node. Its reader follows later `MOVED`s the same way ([`redirect`]).

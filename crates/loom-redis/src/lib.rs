@@ -26,6 +26,7 @@
 //!
 //! - `error`, `backoff`, `keys` — the crate's [`Error`], reconnect waits, the key layout and
 //!   the cancel key's reasons.
+//! - `wire` — the blocking readers' own connection, reading RESP2 replies into shared bytes.
 //! - `codec` — how chunks and requests look inside stream entries.
 //! - `conn` — one connection type for a single server and a Redis Cluster, and which of the
 //!   two a URL names.

@@ -304,20 +304,26 @@ fn line(buf: &[u8], at: usize) -> Result<Option<Line<'_>>, Error> {
     Ok(Some((kind, &buf[at + 1..end - 1], end + 1)))
 }
 
-/// A RESP integer or length: an optional `-` and up to 18 decimal digits (read on every
-/// string of every reply, so without going through `str`).
+/// A RESP integer or length: an optional `-` and decimal digits that fit an `i64` (read on
+/// every string of every reply, so without going through `str`).
 fn parse_int(text: &[u8]) -> Result<i64, Error> {
-    let (negative, digits) = match text {
-        [b'-', rest @ ..] => (true, rest),
-        _ => (false, text),
+    let (sign, digits) = match text {
+        [b'-', rest @ ..] => (-1, rest),
+        _ => (1, text),
     };
-    if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
-        return Err(malformed("a length or integer that is not a number"));
+    let bad = || malformed("a length or integer that is not a number");
+    if digits.is_empty() {
+        return Err(bad());
     }
-    let n = digits
-        .iter()
-        .fold(0i64, |n, d| n * 10 + i64::from(d - b'0'));
-    Ok(if negative { -n } else { n })
+    // Accumulated with its sign, so `i64::MIN` fits too.
+    digits.iter().try_fold(0i64, |n, &d| {
+        if !d.is_ascii_digit() {
+            return Err(bad());
+        }
+        n.checked_mul(10)
+            .and_then(|n| n.checked_add(sign * i64::from(d - b'0')))
+            .ok_or_else(bad)
+    })
 }
 
 fn malformed(why: &str) -> Error {
@@ -369,6 +375,64 @@ mod tests {
             Some(Some(Reply::Int(42)))
         );
         assert_eq!(parsed(b"+OK\r\n").map(|r| r.ok()), Some(Some(text("OK"))));
+    }
+
+    /// RESP2 bytes of `reply`, as a server writes them.
+    fn encode(reply: &Reply, out: &mut Vec<u8>) {
+        match reply {
+            Reply::Nil => out.extend_from_slice(b"$-1\r\n"),
+            Reply::Int(n) => out.extend_from_slice(format!(":{n}\r\n").as_bytes()),
+            Reply::Text(t) => {
+                out.extend_from_slice(format!("${}\r\n", t.len()).as_bytes());
+                out.extend_from_slice(t);
+                out.extend_from_slice(b"\r\n");
+            }
+            Reply::Array(items) => {
+                out.extend_from_slice(format!("*{}\r\n", items.len()).as_bytes());
+                for item in items {
+                    encode(item, out);
+                }
+            }
+        }
+    }
+
+    fn any_reply() -> impl proptest::strategy::Strategy<Value = Reply> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Reply::Nil),
+            any::<i64>().prop_map(Reply::Int),
+            proptest::collection::vec(any::<u8>(), 0..64).prop_map(|b| Reply::Text(b.into())),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            proptest::collection::vec(inner, 0..8).prop_map(Reply::Array)
+        })
+    }
+
+    proptest::proptest! {
+        /// Any reply, whole or arriving in two pieces, parses to itself and to what the redis
+        /// crate reads from the same bytes.
+        #[test]
+        fn any_reply_parses_to_itself_and_agrees_with_the_redis_crate(
+            reply in any_reply(),
+            cut in 0usize..4096,
+        ) {
+            let mut bytes = Vec::new();
+            encode(&reply, &mut bytes);
+            let theirs = redis::parse_redis_value(&bytes).map(Reply::from).ok();
+            proptest::prop_assert_eq!(theirs.as_ref(), Some(&reply));
+            let cut = cut % (bytes.len() + 1);
+            let mut buf = BytesMut::from(&bytes[..cut]);
+            let early = parse(&mut buf).ok().flatten().and_then(Result::ok);
+            if cut < bytes.len() {
+                proptest::prop_assert!(early.is_none());
+                buf.extend_from_slice(&bytes[cut..]);
+                let whole = parse(&mut buf).ok().flatten().and_then(Result::ok);
+                proptest::prop_assert_eq!(whole, Some(reply));
+            } else {
+                proptest::prop_assert_eq!(early, Some(reply));
+            }
+            proptest::prop_assert!(buf.is_empty());
+        }
     }
 
     #[test]

@@ -65,8 +65,8 @@ impl ConnectionLike for Conn {
 
 impl Conn {
     /// Runs `cmd` on the node that serves `key`: on one server, simply runs it; on a cluster,
-    /// routes it to the master owning `key`'s slot (for `CLIENT ID` and `CLIENT UNBLOCK`,
-    /// which name no key but must reach the node of a blocking read).
+    /// routes it to the master owning `key`'s slot (for `CLIENT UNBLOCK`, which names no key
+    /// but must reach the node of a blocking read).
     pub(crate) async fn query_at<T: FromRedisValue>(
         &mut self,
         cmd: Cmd,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use loom_core::{ChunkType, ErrorCode, RunOptions};
-use loom_redis::WorkerOptions;
+use loom_redis::{Client, WorkerOptions};
 use serde_json::json;
 use support::*;
 
@@ -225,4 +225,30 @@ async fn a_remote_run_past_its_deadline_ends_with_timeout() {
     let chunks = collect(10, chunks).await;
     assert_eq!(chunks.len(), 1);
     assert_eq!(chunks[0].error.as_ref().unwrap().code, ErrorCode::Timeout);
+}
+
+#[tokio::test]
+async fn a_database_number_in_the_url_is_used_by_every_connection() {
+    let server = RedisServer::start_own();
+    let url = format!("{}3", server.url());
+    let client = within(10, Client::connect_with(&url, fast_options()))
+        .await
+        .expect("connect");
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+    // The worker's blocking read and the reader's take their own connections: they must
+    // read database 3 too, or the run is never taken or never seen.
+    let run = ticker(&client, 3, 1).await;
+    let key = client.keys().stream(run.run_id());
+    let chunks = collect(20, run).await;
+    assert_contract(&chunks);
+    assert_eq!(chunks.last().map(|c| c.kind), Some(ChunkType::Complete));
+    let mut plain = server.plain();
+    let exists = |conn: &mut redis::Connection, db: i64| -> i64 {
+        redis::cmd("SELECT").arg(db).exec(conn).expect("SELECT");
+        redis::cmd("EXISTS").arg(&key).query(conn).expect("EXISTS")
+    };
+    assert_eq!(exists(&mut plain, 3), 1);
+    assert_eq!(exists(&mut plain, 0), 0);
+    worker.stop().await;
 }

@@ -252,3 +252,25 @@ async fn a_database_number_in_the_url_is_used_by_every_connection() {
     assert_eq!(exists(&mut plain, 0), 0);
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn a_unix_socket_url_works_for_every_connection() {
+    let socket = std::env::temp_dir().join(format!("loom-test-{}.sock", uuid::Uuid::new_v4()));
+    let path = socket.to_str().expect("a UTF-8 path").to_owned();
+    let server =
+        RedisServer::start_own_with(&["--save", "", "--appendonly", "no", "--unixsocket", &path]);
+    let client = within(
+        10,
+        Client::connect_with(&format!("unix://{path}"), fast_options()),
+    )
+    .await
+    .expect("connect over the socket");
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+    let chunks = collect(20, ticker(&client, 3, 1).await).await;
+    assert_contract(&chunks);
+    assert_eq!(chunks.last().map(|c| c.kind), Some(ChunkType::Complete));
+    worker.stop().await;
+    drop(server);
+    let _ = std::fs::remove_file(&socket);
+}

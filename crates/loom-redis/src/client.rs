@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use redis::aio::ConnectionManagerConfig;
 use tokio::sync::OnceCell;
 
-use crate::conn::{Conn, Topology};
+use crate::conn::{Conn, Reach, Topology};
 use crate::error::Error;
 use crate::hub::Hub;
 use crate::keys::{bucket, check_name, CancelReason, Keys, BUCKETS, DEFAULT_PREFIX};
@@ -245,15 +245,10 @@ impl Client {
         self.inner.conn.clone()
     }
 
-    /// A new dedicated connection for a blocking command that may take up to `block` (see
-    /// [`Topology::blocking`] for `at` and `attempt`).
-    pub(crate) async fn dedicated(
-        &self,
-        block: Duration,
-        at: Option<&str>,
-        attempt: usize,
-    ) -> Result<Wire, Error> {
-        self.inner.topology.blocking(block, at, attempt).await
+    /// A new dedicated connection for a blocking command that may take up to `block`, on a
+    /// cluster where `reach` points.
+    pub(crate) async fn dedicated(&self, block: Duration, reach: &Reach) -> Result<Wire, Error> {
+        self.inner.topology.blocking(block, reach).await
     }
 
     /// The server to subscribe to on attempt `attempt` (0, 1, …): on a cluster, which

@@ -83,9 +83,41 @@ impl Conn {
         redis::from_redis_value(value).map_err(|e| Error::UnexpectedReply(e.to_string()))
     }
 
+    /// Sends `CLIENT UNBLOCK <id>` to the node that serves `key`; `Ok(true)` once a blocked
+    /// command was woken.
+    pub(crate) async fn unblock(&mut self, id: i64, key: &str) -> Result<bool, Error> {
+        let mut cmd = redis::cmd("CLIENT");
+        cmd.arg("UNBLOCK").arg(id);
+        let woken: i64 = self.query_at(cmd, key).await?;
+        Ok(woken == 1)
+    }
+
     /// Whether this is a cluster connection.
     pub(crate) fn is_cluster(&self) -> bool {
         matches!(self, Self::Cluster(_))
+    }
+}
+
+/// Where a blocking reader connects next, on a cluster: the node a `MOVED` named (`host:port`),
+/// or while none is known the `attempts`-th of the known nodes — any node answers with the
+/// `MOVED` that names the right one, and each failure moves on to the next node in case this
+/// one is down. On one server it is not used.
+#[derive(Debug, Default)]
+pub(crate) struct Reach {
+    node: Option<String>,
+    attempts: usize,
+}
+
+impl Reach {
+    /// A `MOVED` named `node`: connect there next.
+    pub(crate) fn moved_to(&mut self, node: String) {
+        self.node = Some(node);
+    }
+
+    /// The connection failed: next time, try the next known node.
+    pub(crate) fn lost(&mut self) {
+        self.node = None;
+        self.attempts += 1;
     }
 }
 
@@ -166,21 +198,14 @@ impl Topology {
         Ok(client.get_async_connection().await?)
     }
 
-    /// A new plain connection for one blocking reader, whose commands may each block for
-    /// `block`: to the server, or on a cluster to node `at` (`host:port`, from a `MOVED`), or
-    /// when none is known yet to the `attempt`-th node (any node answers with the `MOVED` that
-    /// names the right one; the next attempt tries the next node if this one is down).
-    pub(crate) async fn blocking(
-        &self,
-        block: Duration,
-        at: Option<&str>,
-        attempt: usize,
-    ) -> Result<Wire, Error> {
-        let info = match (self, at) {
+    /// A new connection for one blocking reader, whose commands may each block for `block`:
+    /// to the server, or on a cluster to where `reach` points (see [`Reach`]).
+    pub(crate) async fn blocking(&self, block: Duration, reach: &Reach) -> Result<Wire, Error> {
+        let info = match (self, &reach.node) {
             (Self::Single(client), _) => client.get_connection_info().clone(),
-            (Self::Cluster(nodes), None) => {
-                nodes[attempt % nodes.len()].get_connection_info().clone()
-            }
+            (Self::Cluster(nodes), None) => nodes[reach.attempts % nodes.len()]
+                .get_connection_info()
+                .clone(),
             (Self::Cluster(nodes), Some(at)) => {
                 let (host, port) = at
                     .rsplit_once(':')

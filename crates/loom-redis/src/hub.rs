@@ -24,9 +24,9 @@ use tokio::time::Instant;
 
 use crate::backoff::Backoff;
 use crate::codec::{parse_read_reply, EntryId, RawEntry};
-use crate::conn::{redirect, Conn, Redirect, Topology};
+use crate::conn::{redirect, Conn, Reach, Redirect, Topology};
 use crate::error::Error;
-use crate::wire::{Reply, Wire};
+use crate::wire::Wire;
 
 /// Entries one `XREAD` fetches per stream at most: large enough that a fast stream moves in
 /// few round trips, small enough that one reply stays well under a megabyte per stream.
@@ -116,8 +116,7 @@ impl Hub {
                     join: join_rx,
                     wake: Arc::clone(&wake),
                     subs: Vec::new(),
-                    node: None,
-                    attempts: 0,
+                    reach: Reach::default(),
                 };
                 tokio::spawn(task.run());
                 Lane { join, wake }
@@ -166,10 +165,8 @@ fn deliver(sub: &mut Sub, entries: Vec<RawEntry>) {
 struct HubTask {
     topology: Topology,
     commands: Conn,
-    /// On a cluster, the node that owns this lane's slot, once a `MOVED` named it.
-    node: Option<String>,
-    /// Failed connection attempts, so each tries the next node.
-    attempts: usize,
+    /// On a cluster, where this lane's blocking read connects.
+    reach: Reach,
     block: Duration,
     join: mpsc::Receiver<Join>,
     wake: Arc<Notify>,
@@ -240,7 +237,7 @@ impl HubTask {
     }
 
     async fn run(mut self) {
-        let mut conn: Option<Blocking> = None;
+        let mut conn: Option<Wire> = None;
         let mut backoff = Backoff::default();
         let mut joining_closed = false;
         loop {
@@ -263,26 +260,19 @@ impl HubTask {
                 }
                 continue;
             }
-            let mut blocking = match conn.take() {
+            let mut wire = match conn.take() {
                 Some(c) => c,
-                None => {
-                    let node = self.node.as_deref();
-                    match self
-                        .topology
-                        .blocking(self.block, node, self.attempts)
-                        .await
-                    {
-                        Ok(c) => Blocking::new(c),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "stream reader cannot reach Redis; retrying");
-                            (self.node, self.attempts) = (None, self.attempts + 1);
-                            backoff.wait().await;
-                            continue;
-                        }
+                None => match self.topology.blocking(self.block, &self.reach).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "stream reader cannot reach Redis; retrying");
+                        self.reach.lost();
+                        backoff.wait().await;
+                        continue;
                     }
-                }
+                },
             };
-            let client_id = match blocking.client_id().await {
+            let client_id = match wire.client_id().await {
                 Ok(id) => id,
                 Err(e) => {
                     tracing::warn!(error = %e, "stream reader lost Redis; reconnecting");
@@ -302,7 +292,7 @@ impl HubTask {
             for (_, from) in &round {
                 cmd.arg(from.to_string());
             }
-            let mut read = Box::pin(blocking.wire.query(&cmd));
+            let mut read = Box::pin(wire.query(&cmd));
             let mut unblock_at: Option<Instant> = None;
             let reply = loop {
                 let unblock_sleep = async {
@@ -324,7 +314,7 @@ impl HubTask {
                         unblock_at.get_or_insert_with(Instant::now);
                     }
                     _ = unblock_sleep => {
-                        let done = unblock(&mut self.commands, client_id, &round[0].0).await;
+                        let done = self.commands.unblock(client_id, &round[0].0).await;
                         unblock_at = match done {
                             Ok(true) => None,
                             _ => Some(Instant::now() + UNBLOCK_RETRY),
@@ -337,7 +327,7 @@ impl HubTask {
                 Ok(Ok(entries)) => {
                     backoff.reset();
                     self.dispatch(entries);
-                    conn = Some(blocking);
+                    conn = Some(wire);
                 }
                 Ok(Err(why)) => {
                     tracing::error!(%why, "unreadable XREAD reply; reconnecting");
@@ -346,57 +336,19 @@ impl HubTask {
                 Err(e) => match redirect(&e) {
                     Redirect::MovedTo(node) => {
                         tracing::debug!(%node, "stream reader follows its slot");
-                        self.node = Some(node);
+                        self.reach.moved_to(node);
                     }
                     Redirect::Wait => {
                         tokio::time::sleep(MOVING_WAIT).await;
-                        conn = Some(blocking);
+                        conn = Some(wire);
                     }
                     Redirect::Reconnect => {
                         tracing::warn!(error = %e, "stream reader lost Redis; reconnecting");
-                        (self.node, self.attempts) = (None, self.attempts + 1);
+                        self.reach.lost();
                         backoff.wait().await;
                     }
                 },
             }
         }
     }
-}
-
-/// A blocking reader's own connection ([`Wire`]), and its client id on its node (for
-/// `CLIENT UNBLOCK`), asked once.
-pub(crate) struct Blocking {
-    /// The connection.
-    pub(crate) wire: Wire,
-    /// Its client id, once asked.
-    id: Option<i64>,
-}
-
-impl Blocking {
-    /// Wraps a new dedicated connection.
-    pub(crate) fn new(wire: Wire) -> Self {
-        Self { wire, id: None }
-    }
-
-    /// The connection's client id.
-    pub(crate) async fn client_id(&mut self) -> Result<i64, Error> {
-        if let Some(id) = self.id {
-            return Ok(id);
-        }
-        let id = match self.wire.query(redis::cmd("CLIENT").arg("ID")).await? {
-            Reply::Int(id) => id,
-            other => return Err(Error::UnexpectedReply(format!("CLIENT ID: {other:?}"))),
-        };
-        self.id = Some(id);
-        Ok(id)
-    }
-}
-
-/// Sends `CLIENT UNBLOCK <id>` (on the node that serves `key`) over `commands`; `Ok(true)`
-/// once a blocked command was woken.
-pub(crate) async fn unblock(commands: &mut Conn, id: i64, key: &str) -> Result<bool, Error> {
-    let mut cmd = redis::cmd("CLIENT");
-    cmd.arg("UNBLOCK").arg(id);
-    let woken: i64 = commands.query_at(cmd, key).await?;
-    Ok(woken == 1)
 }

@@ -82,6 +82,8 @@ impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin> Io for T {}
 pub(crate) struct Wire {
     io: Box<dyn Io>,
     buf: BytesMut,
+    /// The connection's client id (for `CLIENT UNBLOCK`), once asked.
+    id: Option<i64>,
     /// How long one reply may take: the read's block plus the usual response timeout.
     timeout: Duration,
 }
@@ -121,6 +123,7 @@ impl Wire {
         let mut wire = Self {
             io,
             buf: BytesMut::new(),
+            id: None,
             timeout: block + RESPONSE_TIMEOUT,
         };
         let settings = info.redis_settings();
@@ -136,6 +139,19 @@ impl Wire {
             wire.query(redis::cmd("SELECT").arg(settings.db())).await?;
         }
         Ok(wire)
+    }
+
+    /// The connection's client id, asked once.
+    pub(crate) async fn client_id(&mut self) -> Result<i64, Error> {
+        if let Some(id) = self.id {
+            return Ok(id);
+        }
+        let id = match self.query(redis::cmd("CLIENT").arg("ID")).await? {
+            Reply::Int(id) => id,
+            other => return Err(Error::UnexpectedReply(format!("CLIENT ID: {other:?}"))),
+        };
+        self.id = Some(id);
+        Ok(id)
     }
 
     /// Sends `cmd` and reads its reply; an error reply is [`Error::Redis`] with the server's

@@ -23,9 +23,9 @@ use tokio::time::Instant;
 
 use crate::backoff::Backoff;
 use crate::codec::{parse_entries, parse_read_reply, text, EntryId, RawEntry};
-use crate::conn::{redirect, Conn, Redirect};
+use crate::conn::{redirect, Conn, Reach, Redirect};
 use crate::error::Error;
-use crate::hub::{unblock, Blocking};
+use crate::wire::Wire;
 use crate::worker::state::{Shared, Work};
 
 /// How long one `XREADGROUP` blocks when the queues are empty. It also paces the sweep for
@@ -35,21 +35,19 @@ const READ_BLOCK: Duration = Duration::from_millis(500);
 /// How many `XAUTOCLAIM` calls one sweep may make on a queue that yields nothing claimable.
 const SCANS_PER_SWEEP: usize = 4;
 
-/// One blocking read: its queues, the node that owns them (on a cluster, once a `MOVED` named
-/// it), failed attempts (each tries the next node), and its connection once open.
+/// One blocking read: its queues, where it connects on a cluster, and its connection once
+/// open.
 struct Lane {
     queues: Vec<String>,
-    node: Option<String>,
-    attempts: usize,
-    conn: Option<Blocking>,
+    reach: Reach,
+    conn: Option<Wire>,
 }
 
 impl Lane {
     fn new(queues: Vec<String>) -> Self {
         Self {
             queues,
-            node: None,
-            attempts: 0,
+            reach: Reach::default(),
             conn: None,
         }
     }
@@ -103,8 +101,7 @@ impl Fetcher {
                 tracing::warn!(worker = %self.shared.name, error = %e, "cannot take requests; retrying");
                 for lane in &mut self.lanes {
                     lane.conn = None;
-                    lane.attempts += 1;
-                    lane.node = None;
+                    lane.reach.lost();
                 }
                 // Redis may have restarted empty: create the groups again (idempotent).
                 self.groups_ready = false;
@@ -150,19 +147,17 @@ impl Fetcher {
         // Each lane's connection and client id (on the node of its queues), for unblocking.
         let mut ready = Vec::with_capacity(self.lanes.len());
         for lane in &mut self.lanes {
-            let mut blocking = match lane.conn.take() {
+            let mut wire = match lane.conn.take() {
                 Some(c) => c,
                 None => {
-                    let client = &self.shared.client;
-                    Blocking::new(
-                        client
-                            .dedicated(READ_BLOCK, lane.node.as_deref(), lane.attempts)
-                            .await?,
-                    )
+                    self.shared
+                        .client
+                        .dedicated(READ_BLOCK, &lane.reach)
+                        .await?
                 }
             };
-            let id = blocking.client_id().await?;
-            ready.push((blocking, id));
+            let id = wire.client_id().await?;
+            ready.push((wire, id));
         }
         let cmds: Vec<redis::Cmd> = self
             .lanes
@@ -192,10 +187,10 @@ impl Fetcher {
         // All reads at once; when the first returns (or the shutdown comes), the others are
         // woken: whatever a blocked read returns is ours to run, never dropped.
         let first = Notify::new();
-        let reads = ready.iter_mut().zip(&cmds).map(|((blocking, _), cmd)| {
+        let reads = ready.iter_mut().zip(&cmds).map(|((wire, _), cmd)| {
             let first = &first;
             async move {
-                let reply = blocking.wire.query(cmd).await;
+                let reply = wire.query(cmd).await;
                 first.notify_one();
                 reply
             }
@@ -207,7 +202,7 @@ impl Fetcher {
             };
             if woken.len() > 1 || stopping {
                 for (id, key) in &woken {
-                    let _ = unblock(&mut conn, *id, key).await;
+                    let _ = conn.unblock(*id, key).await;
                 }
             }
             stopping
@@ -215,10 +210,10 @@ impl Fetcher {
         let (replies, stopping) = tokio::join!(join_all(reads), wake);
         let mut work = Vec::new();
         let mut failed = None;
-        for ((lane, reply), (blocking, _)) in self.lanes.iter_mut().zip(replies).zip(ready) {
+        for ((lane, reply), (wire, _)) in self.lanes.iter_mut().zip(replies).zip(ready) {
             match reply {
                 Ok(reply) => {
-                    lane.conn = Some(blocking);
+                    lane.conn = Some(wire);
                     let streams = parse_read_reply(reply).map_err(protocol_error)?;
                     work.extend(streams.into_iter().flat_map(|(queue, entries)| {
                         entries.into_iter().map(move |entry| Work {
@@ -230,7 +225,7 @@ impl Fetcher {
                 }
                 Err(e) => match redirect(&e) {
                     // The queue's slot is on another node: read there next round, at once.
-                    Redirect::MovedTo(node) => lane.node = Some(node),
+                    Redirect::MovedTo(node) => lane.reach.moved_to(node),
                     Redirect::Wait | Redirect::Reconnect => failed = Some(e),
                 },
             }

@@ -72,7 +72,13 @@ async fn local_and_remote_runs_agree_and_runs_spread_over_the_masters() {
 async fn a_stream_replays_and_serves_two_readers_and_many_streams_share_few_connections() {
     let (cluster, client) = cluster(fast_options()).await;
     let probe = Arc::new(Probe::default());
-    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+    // Room for all 200 streams below at once: a request left queued behind 3-second runs for
+    // longer than the pickup timeout (6 s here) would rightly end `worker_lost`.
+    let options = WorkerOptions {
+        concurrency: 256,
+        ..WorkerOptions::default()
+    };
+    let worker = RunningWorker::spawn(&client, runtime(&probe), options);
     read_twice(&client).await;
 
     // 200 live streams over every bucket: the reader blocks in at most one XREAD per bucket.
@@ -89,7 +95,11 @@ async fn a_stream_replays_and_serves_two_readers_and_many_streams_share_few_conn
     );
     for stream in streams {
         let chunks = collect(30, stream).await;
-        assert_eq!(chunks.last().unwrap().kind, ChunkType::Complete);
+        assert_eq!(
+            chunks.last().unwrap().kind,
+            ChunkType::Complete,
+            "{chunks:?}"
+        );
     }
     worker.stop().await;
 }

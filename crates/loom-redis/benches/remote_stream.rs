@@ -33,7 +33,7 @@ use loom_core::{
     Runtime,
 };
 use loom_redis::{Client, ClientOptions, Worker, WorkerOptions};
-use measure::{ms, percentile, report, rss_kib_of, Seen};
+use measure::{p50_p99, percentile, report, rss_kib_of, Seen};
 use redis::aio::ConnectionLike;
 use serde_json::{json, Value};
 use support::{RedisCluster, RedisServer};
@@ -540,16 +540,8 @@ async fn latency(server: &Target, count: u64) {
     rtt.sort();
     let ratio =
         |p: f64| percentile(&lat, p).as_secs_f64() / percentile(&rtt, p).as_secs_f64().max(1e-9);
-    println!(
-        "yield -> reader:     p50 {}  p99 {}",
-        ms(percentile(&lat, 0.5)),
-        ms(percentile(&lat, 0.99))
-    );
-    println!(
-        "bare XADD round trip: p50 {}  p99 {}",
-        ms(percentile(&rtt, 0.5)),
-        ms(percentile(&rtt, 0.99))
-    );
+    println!("yield -> reader:     {}", p50_p99(&lat));
+    println!("bare XADD round trip: {}", p50_p99(&rtt));
     println!(
         "ratio to the bare round trip: p50 {:.2} (target <= 1.5), p99 {:.2} (target <= 3)",
         ratio(0.5),

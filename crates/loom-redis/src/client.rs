@@ -9,7 +9,7 @@
 //! more connections of their own (blocking `XREADGROUP`, cancel subscription).
 //!
 //! [`Client::connect`] finds out what the URL points at: a list of URLs is a cluster's nodes;
-//! one URL is a cluster if that server says `cluster_enabled:1`, else a single server.
+//! one URL is a cluster if that server answers `CLUSTER INFO`, else a single server.
 //!
 //! Reading streams ([`Client::tail`]) is added by `reader.rs` and starting runs
 //! ([`Client::invoker`]) by `remote.rs`, the layers above.

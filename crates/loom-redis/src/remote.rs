@@ -227,12 +227,11 @@ impl RemoteInvoker {
             .arg(-(RECENT_RUNS as i64) - 1)
             .ignore();
         let (mut a, mut b, mut c) = (self.client.conn(), self.client.conn(), self.client.conn());
-        let (recorded, (id,), indexed): ((), (String,), ()) = tokio::try_join!(
+        let ((), (id,), ()): ((), (String,), ()) = tokio::try_join!(
             recorded.query_async(&mut a),
             queued.query_async(&mut b),
             indexed.query_async(&mut c),
         )?;
-        let ((), ()) = (recorded, indexed);
         Ok(Submitted {
             run_id: request.run_id.clone(),
             entry_id: id.parse()?,

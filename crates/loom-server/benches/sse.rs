@@ -35,7 +35,7 @@ use axum::Router;
 use futures::{Stream, StreamExt};
 use loom_core::{actor_fn, try_stream, Extensions, Output, Registry, Runtime};
 use loom_server::{LogLimits, ServerConfig, ServerState};
-use measure::{ms, percentile, report, rss_kib_of, Seen};
+use measure::{p50_p99, percentile, report, rss_kib_of, Seen};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -376,16 +376,8 @@ async fn latency(count: u64) {
     let loom = delays(response).await;
     assert_eq!(bare.len() as u64, count);
     assert_eq!(loom.len() as u64, count);
-    println!(
-        "bare axum Sse handler: p50 {}  p99 {}",
-        ms(percentile(&bare, 0.5)),
-        ms(percentile(&bare, 0.99))
-    );
-    println!(
-        "loom-server:           p50 {}  p99 {}",
-        ms(percentile(&loom, 0.5)),
-        ms(percentile(&loom, 0.99))
-    );
+    println!("bare axum Sse handler: {}", p50_p99(&bare));
+    println!("loom-server:           {}", p50_p99(&loom));
     let added = percentile(&loom, 0.5).as_secs_f64() - percentile(&bare, 0.5).as_secs_f64();
     println!("added p50: {:.3} ms (target <= 0.2 ms)", added * 1e3);
 }

@@ -11,6 +11,15 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted.get(i).copied().unwrap_or_default()
 }
 
+/// `p50 <ms>  p99 <ms>` of `sorted`.
+pub fn p50_p99(sorted: &[Duration]) -> String {
+    format!(
+        "p50 {}  p99 {}",
+        ms(percentile(sorted, 0.5)),
+        ms(percentile(sorted, 0.99))
+    )
+}
+
 /// `d` in milliseconds, for a report.
 pub fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1e3)
@@ -80,15 +89,7 @@ pub fn report(seen: &[Seen], count: u64, started: Duration, took: Duration) {
         "chunks: {chunks} ({:.0} chunks/s over the run)",
         chunks as f64 / took.as_secs_f64()
     );
-    println!(
-        "time to first chunk p50 {} p99 {}",
-        ms(percentile(&firsts, 0.5)),
-        ms(percentile(&firsts, 0.99))
-    );
-    println!(
-        "per-chunk latency p50 {} p99 {}",
-        ms(percentile(&latencies, 0.5)),
-        ms(percentile(&latencies, 0.99))
-    );
+    println!("time to first chunk {}", p50_p99(&firsts));
+    println!("per-chunk latency {}", p50_p99(&latencies));
     println!("errors (a stream not complete, short, gapped or repeated): {errors}");
 }

@@ -13,6 +13,8 @@
 //! {"type":"error","seq":9,"error":{"code":"cancelled","message":"cancelled by client","retryable":false}}
 //! ```
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -138,12 +140,13 @@ pub struct StreamChunk {
     /// Payload of `error` chunks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<Box<ErrorInfo>>,
-    /// The team member that produced the chunk.
+    /// The team member that produced the chunk (shared: a team tags every chunk of a member
+    /// with the same name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub actor: Option<String>,
-    /// The workflow action that produced the chunk.
+    pub actor: Option<Arc<str>>,
+    /// The workflow action that produced the chunk (shared, like `actor`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub step: Option<String>,
+    pub step: Option<Arc<str>>,
     /// A workflow marker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<Event>,

@@ -419,9 +419,8 @@ impl Stream for Drive {
         let Some(actor) = this.actor.as_mut() else {
             return Poll::Ready(None);
         };
-        let polled = catch_unwind(AssertUnwindSafe(|| actor.as_mut().poll_next(cx)));
-        let outcome = match polled {
-            Ok(Poll::Ready(Some(Ok(output)))) => {
+        let outcome = match poll_actor(actor, cx) {
+            Poll::Ready(Ok(output)) => {
                 if output.is_complete() {
                     Ok(output)
                 } else if let Some(err) = this.periodic_stop() {
@@ -432,15 +431,8 @@ impl Stream for Drive {
                     return Poll::Ready(Some(chunk));
                 }
             }
-            Ok(Poll::Ready(Some(Err(err)))) => Err(err),
-            Ok(Poll::Ready(None)) => Err(ActorError::internal(
-                "the actor's stream ended without a complete output",
-            )),
-            Err(panic) => Err(ActorError::internal(format!(
-                "the actor panicked: {}",
-                panic_message(panic.as_ref())
-            ))),
-            Ok(Poll::Pending) => {
+            Poll::Ready(Err(err)) => Err(err),
+            Poll::Pending => {
                 let token = &this.token;
                 let cancelled = this
                     .cancelled
@@ -461,6 +453,25 @@ impl Stream for Drive {
             }
         };
         Poll::Ready(Some(this.finish(outcome)))
+    }
+}
+
+/// Polls an actor's stream for its next output, turning what breaks the contract into an
+/// error: a panic, and an end without a `complete` output.
+pub(crate) fn poll_actor(
+    actor: &mut ActorStream,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Output, ActorError>> {
+    match catch_unwind(AssertUnwindSafe(|| actor.as_mut().poll_next(cx))) {
+        Ok(Poll::Ready(Some(outcome))) => Poll::Ready(outcome),
+        Ok(Poll::Ready(None)) => Poll::Ready(Err(ActorError::internal(
+            "the actor's stream ended without a complete output",
+        ))),
+        Ok(Poll::Pending) => Poll::Pending,
+        Err(panic) => Poll::Ready(Err(ActorError::internal(format!(
+            "the actor panicked: {}",
+            panic_message(panic.as_ref())
+        )))),
     }
 }
 

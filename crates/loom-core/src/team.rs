@@ -1,30 +1,34 @@
 //! [`Team`]: several actors working concurrently on one task, merged into one stream.
 //!
-//! Every member runs through the runtime (so each keeps the stream contract) and all members
-//! are polled from the team's own stream, on one task. Each forwarded chunk is tagged with the
-//! member's name in `actor`. The team ends with one terminal chunk: `complete` with every
+//! All members are polled from the team's own stream, on one task, inside the team's run: the
+//! runtime numbers what the team forwards, keeps its deadline and turns a member's panic or
+//! missing result into the team's error, so a forwarded chunk pays for one run, not two. Each
+//! forwarded chunk is tagged with the member's name in `actor` (one shared `Arc<str>`). The team ends with one terminal chunk: `complete` with every
 //! member's result, or — as soon as one member fails — `error` naming it, after the other
 //! members were cancelled.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use async_trait::async_trait;
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use serde_json::{Map, Value};
 use tokio_stream::StreamMap;
+use tokio_util::sync::DropGuard;
 
 use crate::actor::{Actor, ActorStream};
-use crate::chunk::ChunkType;
 use crate::context::ActorContext;
 use crate::error::ActorError;
 use crate::output::Output;
-use crate::runtime::{drive, RunOptions};
+use crate::runtime::poll_actor;
 
 /// A group of actors run concurrently on the same input.
 pub struct Team {
     name: String,
     description: String,
-    members: Vec<Arc<dyn Actor>>,
+    /// Each member with its name, shared by the tag of every chunk it produces.
+    members: Vec<(Arc<str>, Arc<dyn Actor>)>,
 }
 
 impl Team {
@@ -39,7 +43,8 @@ impl Team {
 
     /// Adds a member; its chunks are tagged with its [`name`](Actor::name).
     pub fn member(mut self, actor: impl Actor) -> Self {
-        self.members.push(Arc::new(actor));
+        let name = Arc::from(actor.name());
+        self.members.push((name, Arc::new(actor)));
         self
     }
 }
@@ -59,52 +64,92 @@ impl Actor for Team {
     }
 
     fn stream(self: Arc<Self>, input: Value, ctx: ActorContext) -> ActorStream {
-        Box::pin(async_stream::try_stream! {
-            let total = self.members.len() as u64;
-            // A `StreamMap` polls the members in turn from a random one, without allocating
-            // per chunk (`select_all` re-queues each member after every item).
-            let mut merged = StreamMap::with_capacity(self.members.len());
-            for (i, actor) in self.members.iter().enumerate() {
-                let options = RunOptions {
-                    run_id: Some(ctx.run_id().to_owned()),
-                    parent: Some(ctx.cancellation_token().clone()),
-                    ..RunOptions::default()
-                };
-                let chunks = drive(Arc::clone(actor), input.clone(), Arc::clone(ctx.extensions()), options, None);
-                merged.insert(i, chunks);
-            }
-            let mut results = Map::new();
-            while let Some((i, chunk)) = merged.next().await {
-                let member = self.members[i].name();
-                match chunk.kind {
-                    ChunkType::Start => {}
-                    ChunkType::Progress | ChunkType::Data => {
-                        if let Some(output) = Output::from_chunk(chunk) {
-                            yield output.with_actor(member);
-                        }
-                    }
-                    ChunkType::Complete => {
-                        results.insert(member.to_owned(), chunk.data.unwrap_or(Value::Null));
-                        let message = format!("{member} finished");
-                        yield Output::progress(results.len() as u64, Some(total), message)
-                            .with_actor(member);
-                    }
-                    ChunkType::Error => {
-                        // Dropping the merged stream drops (cancels) every other member.
-                        drop(merged);
-                        let info = chunk.error_info();
-                        let err = ActorError::new(
-                            info.code,
-                            format!("team member '{member}' failed: {}", info.message),
-                        );
-                        Err(err.with_retryable(info.retryable))?;
-                        return;
-                    }
-                }
-            }
+        // A `StreamMap` polls the members in turn from a random one, without allocating per
+        // chunk (`select_all` re-queues each member after every item).
+        let mut merged = StreamMap::with_capacity(self.members.len());
+        for (i, (_, actor)) in self.members.iter().enumerate() {
+            let ctx = ctx.child();
+            let cancel_on_drop = ctx.cancellation_token().clone().drop_guard();
+            let stream = Arc::clone(actor).stream(input.clone(), ctx);
+            merged.insert(
+                i,
+                Member {
+                    stream,
+                    _cancel_on_drop: cancel_on_drop,
+                },
+            );
+        }
+        Box::pin(TeamStream {
+            team: self,
+            merged,
+            results: Map::new(),
+            ended: false,
+        })
+    }
+}
+
+/// A member's outputs, polled inside the team's own run: the team's run numbers what it
+/// forwards and keeps the deadline, so a member needs no run (and no numbering) of its own.
+struct Member {
+    stream: ActorStream,
+    /// Cancels the member's token when the member is dropped, as dropping a run does.
+    _cancel_on_drop: DropGuard,
+}
+
+impl Stream for Member {
+    type Item = Result<Output, ActorError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        poll_actor(&mut self.stream, cx).map(Some)
+    }
+}
+
+/// A running team: its members' merged outputs, tagged as they come. Written by hand rather
+/// than as a generator, so a forwarded output is moved once, not through a generator's slot.
+struct TeamStream {
+    team: Arc<Team>,
+    merged: StreamMap<usize, Member>,
+    /// The results of the members that completed, by name.
+    results: Map<String, Value>,
+    /// Whether the terminal output was given.
+    ended: bool,
+}
+
+impl Stream for TeamStream {
+    type Item = Result<Output, ActorError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        let Some((i, outcome)) = ready!(this.merged.poll_next_unpin(cx)) else {
+            this.ended = true;
+            let results = std::mem::take(&mut this.results);
             let mut result = Map::new();
             result.insert("members".to_owned(), Value::Object(results));
-            yield Output::complete(Value::Object(result));
-        })
+            return Poll::Ready(Some(Ok(Output::complete(Value::Object(result)))));
+        };
+        let member = &this.team.members[i].0;
+        let output = match outcome {
+            Ok(output) if !output.is_complete() => output,
+            Ok(output) => {
+                this.merged.remove(&i);
+                let result = output.into_chunk(0).data.unwrap_or(Value::Null);
+                this.results.insert(member.to_string(), result);
+                let total = this.team.members.len() as u64;
+                let done = this.results.len() as u64;
+                Output::progress(done, Some(total), format!("{member} finished"))
+            }
+            Err(err) => {
+                // Dropping the other members cancels them.
+                this.merged.clear();
+                this.ended = true;
+                let message = format!("team member '{member}' failed: {}", err.message());
+                let err = ActorError::new(err.code(), message).with_retryable(err.is_retryable());
+                return Poll::Ready(Some(Err(err)));
+            }
+        };
+        Poll::Ready(Some(Ok(output.with_actor(Arc::clone(member)))))
     }
 }

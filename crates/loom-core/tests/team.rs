@@ -43,7 +43,7 @@ async fn a_team_merges_member_streams_tagged_with_their_actor() {
 
     let tokens: Vec<(String, String)> = chunks
         .iter()
-        .filter_map(|c| Some((c.actor.clone()?, c.token()?.to_owned())))
+        .filter_map(|c| Some((c.actor.as_deref()?.to_owned(), c.token()?.to_owned())))
         .collect();
     let pos = |t: &str| {
         tokens
@@ -93,6 +93,66 @@ async fn a_failing_member_fails_the_team_and_cancels_the_others() {
         .await
         .expect("in time")
         .expect("the other member was cancelled");
+}
+
+/// A member's panic, or its stream ending without a result, is the team's error naming
+/// the member, and the team's deadline stops a member that never ends.
+#[tokio::test]
+async fn a_member_that_breaks_the_contract_fails_the_team_by_name() {
+    let cases: [(&str, fn() -> Team); 3] = [
+        ("the actor panicked: member blew up", || {
+            let boom = fn_actor("boom", |_, _| {
+                async_stream::try_stream! {
+                    yield Output::token("x");
+                    if true {
+                        panic!("member blew up");
+                    }
+                    yield Output::complete(Value::Null);
+                }
+            });
+            Team::new("t", "").member(boom)
+        }),
+        ("ended without a complete output", || {
+            let quiet = fn_actor("quiet", |_, _| {
+                async_stream::try_stream! {
+                    yield Output::token("x");
+                }
+            });
+            Team::new("t", "").member(quiet)
+        }),
+        ("deadline", || {
+            let (hanger, _dropped) = Hanger::new("stuck", 1);
+            Team::new("t", "").member(hanger)
+        }),
+    ];
+    for (expected, team) in cases {
+        let options = RunOptions {
+            timeout: Some(std::time::Duration::from_millis(200)),
+            ..RunOptions::default()
+        };
+        let chunks = collect(stream_of(team(), options)).await;
+        assert_contract(&chunks);
+        let member = chunks[1]
+            .actor
+            .as_deref()
+            .expect("a tagged chunk before the end");
+        let error = chunks
+            .last()
+            .and_then(|c| c.error.clone())
+            .expect("an error chunk");
+        assert!(
+            error.message.contains(expected),
+            "{expected}: {}",
+            error.message
+        );
+        if expected == "deadline" {
+            assert_eq!(error.code, ErrorCode::Timeout);
+        } else {
+            assert_eq!(error.code, ErrorCode::Internal);
+            let named = format!("team member '{member}' failed: ");
+            assert!(error.message.starts_with(&named), "{}", error.message);
+        }
+    }
 }
 
 #[tokio::test]

@@ -577,8 +577,8 @@ mod properties {
                             retryable,
                         })
                     });
-                    c.actor = actor;
-                    c.step = step;
+                    c.actor = actor.map(Into::into);
+                    c.step = step.map(Into::into);
                     c.event = event;
                     c.attempt = attempt;
                     c

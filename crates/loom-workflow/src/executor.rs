@@ -275,6 +275,8 @@ fn run_step(
     Box::pin(async_stream::stream! {
         let attempts = step.retries.saturating_add(1);
         let mut attempt = 1u32;
+        // The tag of every forwarded chunk: one shared name, not a copy per chunk.
+        let tag: Arc<str> = Arc::from(step.name.as_str());
         let outcome = loop {
             let options = RunOptions {
                 timeout: step.timeout,
@@ -298,10 +300,10 @@ fn run_step(
                                 yield StepEvent::Output(rerun_marker(&step.name, rerun, done, total));
                             }
                             ChunkType::Start => started = true,
-                            ChunkType::Progress => yield StepEvent::Output(forwarded(chunk, &step.name)),
+                            ChunkType::Progress => yield StepEvent::Output(forwarded(chunk, &tag)),
                             ChunkType::Data => {
                                 if step.streaming {
-                                    yield StepEvent::Output(forwarded(chunk, &step.name));
+                                    yield StepEvent::Output(forwarded(chunk, &tag));
                                 }
                             }
                             ChunkType::Complete => {
@@ -343,10 +345,10 @@ fn backoff(first: Duration, failed_attempt: u32) -> Duration {
 
 /// A step's own chunk, passed on tagged with the step. Its `event`, if any, is dropped: only
 /// this workflow's markers carry one.
-fn forwarded(chunk: StreamChunk, step: &str) -> Output {
+fn forwarded(chunk: StreamChunk, step: &Arc<str>) -> Output {
     Output::from_chunk(chunk)
         .unwrap_or_else(|| Output::data(Value::Null))
-        .with_step(step)
+        .with_step(Arc::clone(step))
         .without_event()
 }
 
@@ -354,7 +356,7 @@ fn start_marker(step: &ActorAction, done: u64, total: u64) -> Output {
     let message = format!("{} started ({})", step.name, step.actor_type);
     Output::progress(done, Some(total), message)
         .with_event(Event::ActionStart)
-        .with_step(&step.name)
+        .with_step(step.name.as_str())
 }
 
 fn group_start_marker(group: &str, members: &[ActorAction], done: u64, total: u64) -> Output {

@@ -371,7 +371,7 @@ fn shares_a_terminal() -> bool {
 fn label(chunk: &StreamChunk) -> Option<String> {
     match (&chunk.step, &chunk.actor) {
         (Some(step), Some(actor)) => Some(format!("{step}/{actor}")),
-        (Some(one), None) | (None, Some(one)) => Some(one.clone()),
+        (Some(one), None) | (None, Some(one)) => Some(one.to_string()),
         (None, None) => None,
     }
 }

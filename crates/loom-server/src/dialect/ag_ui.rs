@@ -112,7 +112,7 @@ impl AgUiMapping {
             (_, Some(Event::ActionComplete | Event::ActionFailed)) => {
                 if let Some(step) = &chunk.step {
                     self.close_message_of(Some(step), &mut events);
-                    if self.steps.remove(step) {
+                    if self.steps.remove(&**step) {
                         events.push(json!({ "type": "STEP_FINISHED", "stepName": step }));
                     }
                 }
@@ -335,15 +335,15 @@ mod tests {
     }
 
     fn by(mut chunk: StreamChunk, actor: Option<&str>, step: Option<&str>) -> StreamChunk {
-        chunk.actor = actor.map(str::to_owned);
-        chunk.step = step.map(str::to_owned);
+        chunk.actor = actor.map(Into::into);
+        chunk.step = step.map(Into::into);
         chunk
     }
 
     fn marker(seq: u64, kind: ChunkType, event: Event, step: &str) -> StreamChunk {
         let mut chunk = StreamChunk::new(kind, seq);
         chunk.event = Some(event);
-        chunk.step = Some(step.to_owned());
+        chunk.step = Some(step.into());
         chunk
     }
 

@@ -57,8 +57,8 @@ fn run() -> impl Strategy<Value = Vec<StreamChunk>> {
                 Step::Token(actor, step, text) => {
                     let mut c = StreamChunk::new(ChunkType::Data, seq);
                     c.data = Some(json!({ "token": text }));
-                    c.actor = actor.map(str::to_owned);
-                    c.step = step.map(str::to_owned);
+                    c.actor = actor.map(Into::into);
+                    c.step = step.map(Into::into);
                     c
                 }
                 Step::ToolCall(index, arguments) => {
@@ -76,7 +76,7 @@ fn run() -> impl Strategy<Value = Vec<StreamChunk>> {
                         total: None,
                         message: None,
                     }));
-                    c.actor = actor.map(str::to_owned);
+                    c.actor = actor.map(Into::into);
                     c
                 }
                 Step::Marker(event, step) => {
@@ -86,7 +86,7 @@ fn run() -> impl Strategy<Value = Vec<StreamChunk>> {
                     };
                     let mut c = StreamChunk::new(kind, seq);
                     c.event = Some(event);
-                    c.step = Some(step.to_owned());
+                    c.step = Some(step.into());
                     if kind == ChunkType::Data {
                         c.data = Some(json!({ "ok": true }));
                     } else {

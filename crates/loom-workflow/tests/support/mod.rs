@@ -88,7 +88,7 @@ pub fn assert_contract(chunks: &[StreamChunk]) {
 pub fn markers(chunks: &[StreamChunk]) -> Vec<(Event, String)> {
     chunks
         .iter()
-        .filter_map(|c| Some((c.event?, c.step.clone()?)))
+        .filter_map(|c| Some((c.event?, c.step.as_deref()?.to_owned())))
         .collect()
 }
 

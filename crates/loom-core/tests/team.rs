@@ -99,7 +99,8 @@ async fn a_failing_member_fails_the_team_and_cancels_the_others() {
 /// the member, and the team's deadline stops a member that never ends.
 #[tokio::test]
 async fn a_member_that_breaks_the_contract_fails_the_team_by_name() {
-    let cases: [(&str, fn() -> Team); 3] = [
+    type Case = (&'static str, fn() -> Team);
+    let cases: [Case; 3] = [
         ("the actor panicked: member blew up", || {
             let boom = fn_actor("boom", |_, _| {
                 async_stream::try_stream! {

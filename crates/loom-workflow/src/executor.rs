@@ -9,16 +9,21 @@
 //!
 //! The stream's shape is documented on [`WorkflowExecutor`].
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use futures::stream::BoxStream;
-use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::{Stream, StreamExt};
 use loom_core::{
     Actor, ActorContext, ActorError, ActorStream, CancellationToken, ChunkStream, ChunkType,
     ErrorInfo, Event, Invoker, Output, RunOptions, Runtime, StreamChunk,
 };
 use serde_json::{json, Map, Value};
+use tokio::time::Sleep;
 use tokio_stream::StreamMap;
 
 use crate::reference;
@@ -183,157 +188,374 @@ fn run_workflow(
     input: Value,
     ctx: ActorContext,
 ) -> ActorStream {
-    Box::pin(async_stream::try_stream! {
-        let input = workflow.check_input(input)?;
-        let total = workflow.steps().count() as u64;
-        let mut steps = Map::new();
-        let mut failed = Map::new();
-        let mut done = 0u64;
-        for action in &workflow.actions {
-            let (group, members) = match action {
-                Action::Actor(step) => (None, std::slice::from_ref(step)),
-                Action::Parallel(group) => (Some(group.name.as_str()), group.actions.as_slice()),
-            };
-            if let Some(group) = group {
-                yield group_start_marker(group, members, done, total);
-            }
-            let mut running = Vec::with_capacity(members.len());
-            for step in members {
-                yield start_marker(step, done, total);
-                let step_input = reference::resolve(&step.input, &input, &steps);
-                running.push(run_step(
-                    Arc::clone(&invoker),
-                    step.clone(),
-                    step_input,
-                    ctx.cancellation_token().clone(),
-                    done,
-                    total,
-                ));
-            }
-            // All of a group's steps are polled here, on the workflow's own task, so their
-            // chunks interleave as they are produced. A `StreamMap` polls every pending step
-            // on each wake, from a random one, without allocating per chunk: fair, and cheap
-            // for groups of a few steps.
-            let mut merged: StreamMap<usize, _> = running.into_iter().enumerate().collect();
-            let mut results = Map::new();
-            while let Some((_, event)) = merged.next().await {
-                match event {
-                    StepEvent::Output(output) => yield output,
-                    StepEvent::Done { name, outcome: Ok(value), .. } => {
-                        done += 1;
-                        steps.insert(name.clone(), value.clone());
-                        results.insert(name.clone(), value.clone());
-                        yield complete_marker(&name, value);
-                    }
-                    StepEvent::Done { outcome: Err(_), .. } if ctx.is_cancelled() => {
-                        // The workflow itself was cancelled: its steps fail with `cancelled`
-                        // as a consequence, which is neither their fault nor worth a marker.
-                        drop(merged);
-                        Err(ActorError::cancelled())?;
-                        return;
-                    }
-                    StepEvent::Done { name, continue_on_error: true, outcome: Err(info) } => {
-                        done += 1;
-                        steps.insert(name.clone(), Value::Null);
-                        results.insert(name.clone(), Value::Null);
-                        failed.insert(name.clone(), json!(info));
-                        yield failed_marker(&name, &info);
-                    }
-                    StepEvent::Done { name, continue_on_error: false, outcome: Err(info) } => {
-                        // Dropping the merged stream drops every sibling still running, which
-                        // cancels it (its ChunkStream's token) before the workflow's error.
-                        drop(merged);
-                        let message = format!("step '{name}' failed: {}", info.message);
-                        Err(ActorError::new(info.code, message).with_retryable(info.retryable))?;
-                        return;
-                    }
-                }
-            }
-            if let Some(group) = group {
-                yield complete_marker(group, Value::Object(results));
-            }
-        }
-        let mut result = Map::new();
-        result.insert("steps".to_owned(), Value::Object(steps));
-        if !failed.is_empty() {
-            result.insert("failed".to_owned(), Value::Object(failed));
-        }
-        yield Output::complete(Value::Object(result));
+    let input = match workflow.check_input(input) {
+        Ok(input) => input,
+        Err(err) => return Box::pin(futures::stream::iter([Err(err.into())])),
+    };
+    Box::pin(WorkflowRun {
+        total: workflow.steps().count() as u64,
+        workflow,
+        invoker,
+        input,
+        ctx,
+        next: 0,
+        done: 0,
+        steps: Map::new(),
+        failed: Map::new(),
+        queued: VecDeque::new(),
+        running: None,
+        ended: false,
     })
 }
 
-/// Runs one step, with its retries, as a stream of forwarded chunks and retry markers ending
-/// in [`StepEvent::Done`].
-fn run_step(
+/// A running workflow: its actions one after another, the chunks of each running step
+/// forwarded as they come.
+///
+/// Written by hand rather than as a generator (as are [`StepRun`] and the team's stream in
+/// `loom-core`): a forwarded chunk then moves once through each layer instead of through a
+/// generator's slot, which halved what a streaming step costs per token.
+struct WorkflowRun {
+    workflow: Arc<Workflow>,
+    invoker: Arc<dyn Invoker>,
+    /// The input, checked against the schema.
+    input: Value,
+    ctx: ActorContext,
+    total: u64,
+    /// The index of the next action to start.
+    next: usize,
+    /// Steps finished, for the markers' `progress.current`.
+    done: u64,
+    /// Every finished step's output, by name (what references resolve against).
+    steps: Map<String, Value>,
+    /// The errors of failed `continue_on_error` steps, by name.
+    failed: Map<String, Value>,
+    /// Markers to give before anything else, in order.
+    queued: VecDeque<Output>,
+    /// The action running now.
+    running: Option<Running>,
+    /// Whether the terminal output (or error) was given.
+    ended: bool,
+}
+
+/// The running steps of one action, polled here on the workflow's own task, so a group's
+/// chunks interleave as they are produced.
+enum Steps {
+    /// A single step, polled directly.
+    One(StepRun),
+    /// A parallel group's steps. A `StreamMap` polls every pending step on each wake, from a
+    /// random one, without allocating per chunk: fair, and cheap for a few steps.
+    Group(StreamMap<usize, StepRun>),
+}
+
+impl Steps {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<StepEvent>> {
+        match self {
+            Self::One(step) => step.poll_next_unpin(cx),
+            Self::Group(steps) => steps.poll_next_unpin(cx).map(|event| event.map(|(_, e)| e)),
+        }
+    }
+}
+
+/// The steps of one action (one step, or a parallel group's).
+struct Running {
+    /// The parallel group's name; `None` for a single step.
+    group: Option<String>,
+    steps: Steps,
+    /// The results of its finished steps, by name (a group's result).
+    results: Map<String, Value>,
+}
+
+impl WorkflowRun {
+    /// Starts the action at `self.next`: queues its markers and starts its steps.
+    fn start_action(&mut self) {
+        let workflow = Arc::clone(&self.workflow);
+        let action = &workflow.actions[self.next];
+        self.next += 1;
+        let (group, members) = match action {
+            Action::Actor(step) => (None, std::slice::from_ref(step)),
+            Action::Parallel(group) => (Some(group.name.clone()), group.actions.as_slice()),
+        };
+        if let Some(group) = &group {
+            let marker = group_start_marker(group, members, self.done, self.total);
+            self.queued.push_back(marker);
+        }
+        let mut runs = Vec::with_capacity(members.len());
+        for step in members {
+            let marker = start_marker(step, self.done, self.total);
+            self.queued.push_back(marker);
+            let input = reference::resolve(&step.input, &self.input, &self.steps);
+            let parent = self.ctx.cancellation_token().clone();
+            let invoker = Arc::clone(&self.invoker);
+            let counts = (self.done, self.total);
+            runs.push(StepRun::new(invoker, step.clone(), input, parent, counts));
+        }
+        let steps = match (runs.pop(), group.is_some()) {
+            (Some(step), false) => Steps::One(step),
+            (last, _) => Steps::Group(runs.into_iter().chain(last).enumerate().collect()),
+        };
+        self.running = Some(Running {
+            group,
+            steps,
+            results: Map::new(),
+        });
+    }
+
+    /// Takes in a step's end: queues its marker, or fails the workflow.
+    fn step_done(
+        &mut self,
+        name: String,
+        continue_on_error: bool,
+        outcome: Result<Value, ErrorInfo>,
+    ) -> Result<(), ActorError> {
+        let Some(running) = &mut self.running else {
+            return Ok(());
+        };
+        match outcome {
+            Ok(value) => {
+                self.done += 1;
+                self.steps.insert(name.clone(), value.clone());
+                running.results.insert(name.clone(), value.clone());
+                self.queued.push_back(complete_marker(&name, value));
+                Ok(())
+            }
+            // The workflow itself was cancelled: its steps fail with `cancelled` as a
+            // consequence, which is neither their fault nor worth a marker.
+            Err(_) if self.ctx.is_cancelled() => Err(ActorError::cancelled()),
+            Err(info) if continue_on_error => {
+                self.done += 1;
+                self.steps.insert(name.clone(), Value::Null);
+                running.results.insert(name.clone(), Value::Null);
+                self.failed.insert(name.clone(), json!(info));
+                self.queued.push_back(failed_marker(&name, &info));
+                Ok(())
+            }
+            Err(info) => {
+                let message = format!("step '{name}' failed: {}", info.message);
+                Err(ActorError::new(info.code, message).with_retryable(info.retryable))
+            }
+        }
+    }
+
+    /// The workflow's result: `{"steps": …}`, plus `"failed": …` when steps failed.
+    fn result(&mut self) -> Output {
+        let mut result = Map::new();
+        result.insert(
+            "steps".to_owned(),
+            Value::Object(std::mem::take(&mut self.steps)),
+        );
+        if !self.failed.is_empty() {
+            let failed = std::mem::take(&mut self.failed);
+            result.insert("failed".to_owned(), Value::Object(failed));
+        }
+        Output::complete(Value::Object(result))
+    }
+}
+
+impl Stream for WorkflowRun {
+    type Item = Result<Output, ActorError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(marker) = this.queued.pop_front() {
+                return Poll::Ready(Some(Ok(marker)));
+            }
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            let Some(running) = &mut this.running else {
+                if this.next < this.workflow.actions.len() {
+                    this.start_action();
+                    continue;
+                }
+                this.ended = true;
+                return Poll::Ready(Some(Ok(this.result())));
+            };
+            match ready!(running.steps.poll_next(cx)) {
+                Some(StepEvent::Output(output)) => return Poll::Ready(Some(Ok(output))),
+                Some(StepEvent::Done {
+                    name,
+                    continue_on_error,
+                    outcome,
+                }) => {
+                    if let Err(err) = this.step_done(name, continue_on_error, outcome) {
+                        // Dropping the running steps cancels every sibling still running
+                        // (its ChunkStream's token) before the workflow's error.
+                        this.running = None;
+                        this.queued.clear();
+                        this.ended = true;
+                        return Poll::Ready(Some(Err(err)));
+                    }
+                }
+                None => {
+                    if let Some(Running {
+                        group: Some(group),
+                        results,
+                        ..
+                    }) = this.running.take()
+                    {
+                        this.queued
+                            .push_back(complete_marker(&group, Value::Object(results)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One step, with its retries: its forwarded chunks and retry markers, then
+/// [`StepEvent::Done`].
+struct StepRun {
     invoker: Arc<dyn Invoker>,
     step: ActorAction,
+    /// The tag of every forwarded chunk: one shared name, not a copy per chunk.
+    tag: Arc<str>,
     input: Value,
+    /// The workflow's token: the parent of every attempt's.
     parent: CancellationToken,
+    /// Steps finished and steps in all when it started, for its markers' `progress`.
     done: u64,
     total: u64,
-) -> BoxStream<'static, StepEvent> {
-    Box::pin(async_stream::stream! {
-        let attempts = step.retries.saturating_add(1);
-        let mut attempt = 1u32;
-        // The tag of every forwarded chunk: one shared name, not a copy per chunk.
-        let tag: Arc<str> = Arc::from(step.name.as_str());
-        let outcome = loop {
-            let options = RunOptions {
-                timeout: step.timeout,
-                parent: Some(parent.clone()),
-                ..RunOptions::default()
-            };
-            let result = match invoker.stream(&step.actor_type, input.clone(), options).await {
-                Err(err) => Err(ErrorInfo::from(&err)),
-                Ok(mut chunks) => {
-                    let mut result = Err(ErrorInfo::from(&ActorError::internal(
-                        "the step's stream ended without a terminal chunk",
-                    )));
-                    let mut started = false;
-                    while let Some(chunk) = chunks.next().await {
-                        match chunk.kind {
-                            // A second `start` is a remote run re-run on another worker after
-                            // its first worker was lost (DESIGN.md §3): what the step forwarded
-                            // so far is superseded, as after a retry of our own.
-                            ChunkType::Start if started => {
-                                let rerun = chunk.attempt.unwrap_or(2);
-                                yield StepEvent::Output(rerun_marker(&step.name, rerun, done, total));
-                            }
-                            ChunkType::Start => started = true,
-                            ChunkType::Progress => yield StepEvent::Output(forwarded(chunk, &tag)),
-                            ChunkType::Data => {
-                                if step.streaming {
-                                    yield StepEvent::Output(forwarded(chunk, &tag));
-                                }
-                            }
-                            ChunkType::Complete => {
-                                result = Ok(chunk.data.unwrap_or(Value::Null));
-                                break;
-                            }
-                            ChunkType::Error => {
-                                result = Err(chunk.error_info());
-                                break;
-                            }
+    /// The attempt running now (1-based).
+    attempt: u32,
+    state: StepState,
+}
+
+enum StepState {
+    /// The invoker is starting the attempt.
+    Starting(BoxFuture<'static, Result<ChunkStream, ActorError>>),
+    /// The attempt's chunks; `started` once its `start` was read.
+    Streaming { chunks: ChunkStream, started: bool },
+    /// Waiting before the next attempt.
+    Backoff(Pin<Box<Sleep>>),
+    /// `Done` was given.
+    Finished,
+}
+
+impl StepRun {
+    fn new(
+        invoker: Arc<dyn Invoker>,
+        step: ActorAction,
+        input: Value,
+        parent: CancellationToken,
+        (done, total): (u64, u64),
+    ) -> Self {
+        let mut run = Self {
+            invoker,
+            tag: Arc::from(step.name.as_str()),
+            step,
+            input,
+            parent,
+            done,
+            total,
+            attempt: 1,
+            state: StepState::Finished,
+        };
+        run.state = StepState::Starting(run.start());
+        run
+    }
+
+    /// Starts an attempt through the invoker.
+    fn start(&self) -> BoxFuture<'static, Result<ChunkStream, ActorError>> {
+        let invoker = Arc::clone(&self.invoker);
+        let actor_type = self.step.actor_type.clone();
+        let input = self.input.clone();
+        let options = RunOptions {
+            timeout: self.step.timeout,
+            parent: Some(self.parent.clone()),
+            ..RunOptions::default()
+        };
+        Box::pin(async move { invoker.stream(&actor_type, input, options).await })
+    }
+
+    /// The step's end: a retry (its marker) when the failure allows one, else `Done`.
+    fn ended(&mut self, outcome: Result<Value, ErrorInfo>) -> StepEvent {
+        let attempts = self.step.retries.saturating_add(1);
+        match outcome {
+            Err(info)
+                if info.retryable && self.attempt < attempts && !self.parent.is_cancelled() =>
+            {
+                self.attempt += 1;
+                let wait = backoff(self.step.backoff, self.attempt - 1);
+                self.state = StepState::Backoff(Box::pin(tokio::time::sleep(wait)));
+                let marker = retry_marker(
+                    &self.step.name,
+                    self.attempt,
+                    attempts,
+                    &info,
+                    self.done,
+                    self.total,
+                );
+                StepEvent::Output(marker)
+            }
+            outcome => {
+                self.state = StepState::Finished;
+                StepEvent::Done {
+                    name: self.step.name.clone(),
+                    continue_on_error: self.step.continue_on_error,
+                    outcome,
+                }
+            }
+        }
+    }
+}
+
+impl Stream for StepRun {
+    type Item = StepEvent;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<StepEvent>> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.state {
+                StepState::Starting(starting) => match ready!(starting.as_mut().poll(cx)) {
+                    Ok(chunks) => {
+                        this.state = StepState::Streaming {
+                            chunks,
+                            started: false,
                         }
                     }
-                    result
+                    Err(err) => return Poll::Ready(Some(this.ended(Err(ErrorInfo::from(&err))))),
+                },
+                StepState::Streaming { chunks, started } => {
+                    let Some(chunk) = ready!(chunks.poll_next_unpin(cx)) else {
+                        let err = ActorError::internal(
+                            "the step's stream ended without a terminal chunk",
+                        );
+                        return Poll::Ready(Some(this.ended(Err(ErrorInfo::from(&err)))));
+                    };
+                    match chunk.kind {
+                        // A second `start` is a remote run re-run on another worker after its
+                        // first worker was lost (DESIGN.md §3): what the step forwarded so
+                        // far is superseded, as after a retry of our own.
+                        ChunkType::Start if *started => {
+                            let rerun = chunk.attempt.unwrap_or(2);
+                            let marker =
+                                rerun_marker(&this.step.name, rerun, this.done, this.total);
+                            return Poll::Ready(Some(StepEvent::Output(marker)));
+                        }
+                        ChunkType::Start => *started = true,
+                        ChunkType::Data if !this.step.streaming => {}
+                        ChunkType::Progress | ChunkType::Data => {
+                            let output = forwarded(chunk, &this.tag);
+                            return Poll::Ready(Some(StepEvent::Output(output)));
+                        }
+                        ChunkType::Complete => {
+                            let result = chunk.data.unwrap_or(Value::Null);
+                            return Poll::Ready(Some(this.ended(Ok(result))));
+                        }
+                        ChunkType::Error => {
+                            return Poll::Ready(Some(this.ended(Err(chunk.error_info()))));
+                        }
+                    }
                 }
-            };
-            match result {
-                Err(info) if info.retryable && attempt < attempts && !parent.is_cancelled() => {
-                    attempt += 1;
-                    yield StepEvent::Output(retry_marker(&step.name, attempt, attempts, &info, done, total));
-                    tokio::time::sleep(backoff(step.backoff, attempt - 1)).await;
+                StepState::Backoff(sleep) => {
+                    ready!(sleep.as_mut().poll(cx));
+                    this.state = StepState::Starting(this.start());
                 }
-                other => break other,
+                StepState::Finished => return Poll::Ready(None),
             }
-        };
-        yield StepEvent::Done {
-            name: step.name.clone(),
-            continue_on_error: step.continue_on_error,
-            outcome,
-        };
-    })
+        }
+    }
 }
 
 /// The wait after failed attempt `failed_attempt` (1-based): `first`, doubled per attempt,

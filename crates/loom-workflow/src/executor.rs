@@ -241,7 +241,7 @@ struct WorkflowRun {
 /// chunks interleave as they are produced.
 enum Steps {
     /// A single step, polled directly.
-    One(StepRun),
+    One(Box<StepRun>),
     /// A parallel group's steps. A `StreamMap` polls every pending step on each wake, from a
     /// random one, without allocating per chunk: fair, and cheap for a few steps.
     Group(StreamMap<usize, StepRun>),
@@ -290,7 +290,7 @@ impl WorkflowRun {
             runs.push(StepRun::new(invoker, step.clone(), input, parent, counts));
         }
         let steps = match (runs.pop(), group.is_some()) {
-            (Some(step), false) => Steps::One(step),
+            (Some(step), false) => Steps::One(Box::new(step)),
             (last, _) => Steps::Group(runs.into_iter().chain(last).enumerate().collect()),
         };
         self.running = Some(Running {

@@ -59,7 +59,7 @@ pub mod trace;
 pub use actor::{actor_fn, parse_input, Actor, ActorStream, FnActor};
 pub use async_stream::{stream, try_stream};
 pub use async_trait::async_trait;
-pub use chunk::{ChunkType, ErrorInfo, Event, Progress, StreamChunk};
+pub use chunk::{ChunkType, ErrorInfo, Event, Progress, StreamChunk, Tag};
 pub use context::{new_run_id, ActorContext, Extensions};
 pub use error::{ActorError, ErrorCode};
 pub use output::Output;

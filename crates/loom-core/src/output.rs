@@ -7,11 +7,9 @@
 //! Inside, an `Output` is the chunk it will become, still unnumbered: numbering it only sets
 //! its `seq`, and a team or a workflow step that forwards a member's chunk only re-tags it.
 
-use std::sync::Arc;
-
 use serde_json::Value;
 
-use crate::chunk::{ChunkType, Event, Progress, StreamChunk};
+use crate::chunk::{ChunkType, Event, Progress, StreamChunk, Tag};
 
 /// One item an actor yields: a `progress`, a `data` or the `complete` output, optionally
 /// tagged with the team member or workflow step it comes from.
@@ -76,15 +74,15 @@ impl Output {
     }
 
     /// Tags the output with the team member that produced it. A forwarder passes the same
-    /// `Arc<str>` for every chunk, so a tag costs a reference count, not a copy.
-    pub fn with_actor(mut self, actor: impl Into<Arc<str>>) -> Self {
+    /// [`Tag`] for every chunk, so a tag costs a reference count, not a copy.
+    pub fn with_actor(mut self, actor: impl Into<Tag>) -> Self {
         self.chunk.actor = Some(actor.into());
         self
     }
 
     /// Tags the output with the workflow step that produced it (see
     /// [`with_actor`](Self::with_actor)).
-    pub fn with_step(mut self, step: impl Into<Arc<str>>) -> Self {
+    pub fn with_step(mut self, step: impl Into<Tag>) -> Self {
         self.chunk.step = Some(step.into());
         self
     }

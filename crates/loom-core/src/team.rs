@@ -3,7 +3,7 @@
 //! All members are polled from the team's own stream, on one task, inside the team's run: the
 //! runtime numbers what the team forwards, keeps its deadline and turns a member's panic or
 //! missing result into the team's error, so a forwarded chunk pays for one run, not two. Each
-//! forwarded chunk is tagged with the member's name in `actor` (one shared `Arc<str>`). The team ends with one terminal chunk: `complete` with every
+//! forwarded chunk is tagged with the member's name in `actor` (one shared [`Tag`]). The team ends with one terminal chunk: `complete` with every
 //! member's result, or — as soon as one member fails — `error` naming it, after the other
 //! members were cancelled.
 
@@ -18,6 +18,7 @@ use tokio_stream::StreamMap;
 use tokio_util::sync::DropGuard;
 
 use crate::actor::{Actor, ActorStream};
+use crate::chunk::Tag;
 use crate::context::ActorContext;
 use crate::error::ActorError;
 use crate::output::Output;
@@ -28,7 +29,7 @@ pub struct Team {
     name: String,
     description: String,
     /// Each member with its name, shared by the tag of every chunk it produces.
-    members: Vec<(Arc<str>, Arc<dyn Actor>)>,
+    members: Vec<(Tag, Arc<dyn Actor>)>,
 }
 
 impl Team {
@@ -43,7 +44,7 @@ impl Team {
 
     /// Adds a member; its chunks are tagged with its [`name`](Actor::name).
     pub fn member(mut self, actor: impl Actor) -> Self {
-        let name = Arc::from(actor.name());
+        let name = Tag::from(actor.name());
         self.members.push((name, Arc::new(actor)));
         self
     }
@@ -150,6 +151,6 @@ impl Stream for TeamStream {
                 return Poll::Ready(Some(Err(err)));
             }
         };
-        Poll::Ready(Some(Ok(output.with_actor(Arc::clone(member)))))
+        Poll::Ready(Some(Ok(output.with_actor(member.clone()))))
     }
 }

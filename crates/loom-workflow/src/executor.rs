@@ -20,7 +20,7 @@ use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
 use loom_core::{
     Actor, ActorContext, ActorError, ActorStream, CancellationToken, ChunkStream, ChunkType,
-    ErrorInfo, Event, Invoker, Output, RunOptions, Runtime, StreamChunk,
+    ErrorInfo, Event, Invoker, Output, RunOptions, Runtime, StreamChunk, Tag,
 };
 use serde_json::{json, Map, Value};
 use tokio::time::Sleep;
@@ -409,7 +409,7 @@ struct StepRun {
     invoker: Arc<dyn Invoker>,
     step: ActorAction,
     /// The tag of every forwarded chunk: one shared name, not a copy per chunk.
-    tag: Arc<str>,
+    tag: Tag,
     input: Value,
     /// The workflow's token: the parent of every attempt's.
     parent: CancellationToken,
@@ -442,7 +442,7 @@ impl StepRun {
     ) -> Self {
         let mut run = Self {
             invoker,
-            tag: Arc::from(step.name.as_str()),
+            tag: Tag::from(step.name.as_str()),
             step,
             input,
             parent,
@@ -567,10 +567,10 @@ fn backoff(first: Duration, failed_attempt: u32) -> Duration {
 
 /// A step's own chunk, passed on tagged with the step. Its `event`, if any, is dropped: only
 /// this workflow's markers carry one.
-fn forwarded(chunk: StreamChunk, step: &Arc<str>) -> Output {
+fn forwarded(chunk: StreamChunk, step: &Tag) -> Output {
     Output::from_chunk(chunk)
         .unwrap_or_else(|| Output::data(Value::Null))
-        .with_step(Arc::clone(step))
+        .with_step(step.clone())
         .without_event()
 }
 

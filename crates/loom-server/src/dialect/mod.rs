@@ -307,7 +307,7 @@ pub(crate) mod fixtures {
     pub(crate) fn data(seq: u64, data: Value, actor: Option<&str>) -> StreamChunk {
         let mut chunk = StreamChunk::new(ChunkType::Data, seq);
         chunk.data = Some(data);
-        chunk.actor = actor.map(Arc::from);
+        chunk.actor = actor.map(Into::into);
         chunk
     }
 

@@ -174,12 +174,16 @@ impl Actor for WorkflowActor {
 enum StepEvent {
     /// A chunk to pass on: a forwarded chunk or an `action-retry` marker.
     Output(Output),
-    /// The step ended (after its retries).
-    Done {
-        name: String,
-        continue_on_error: bool,
-        outcome: Result<Value, ErrorInfo>,
-    },
+    /// The step ended (after its retries); boxed, so an event is no larger than the chunk
+    /// it mostly carries.
+    Done(Box<StepEnd>),
+}
+
+/// How a step ended.
+struct StepEnd {
+    name: String,
+    continue_on_error: bool,
+    outcome: Result<Value, ErrorInfo>,
 }
 
 fn run_workflow(
@@ -301,12 +305,12 @@ impl WorkflowRun {
     }
 
     /// Takes in a step's end: queues its marker, or fails the workflow.
-    fn step_done(
-        &mut self,
-        name: String,
-        continue_on_error: bool,
-        outcome: Result<Value, ErrorInfo>,
-    ) -> Result<(), ActorError> {
+    fn step_done(&mut self, end: StepEnd) -> Result<(), ActorError> {
+        let StepEnd {
+            name,
+            continue_on_error,
+            outcome,
+        } = end;
         let Some(running) = &mut self.running else {
             return Ok(());
         };
@@ -373,12 +377,8 @@ impl Stream for WorkflowRun {
             };
             match ready!(running.steps.poll_next(cx)) {
                 Some(StepEvent::Output(output)) => return Poll::Ready(Some(Ok(output))),
-                Some(StepEvent::Done {
-                    name,
-                    continue_on_error,
-                    outcome,
-                }) => {
-                    if let Err(err) = this.step_done(name, continue_on_error, outcome) {
+                Some(StepEvent::Done(end)) => {
+                    if let Err(err) = this.step_done(*end) {
                         // Dropping the running steps cancels every sibling still running
                         // (its ChunkStream's token) before the workflow's error.
                         this.running = None;
@@ -490,11 +490,11 @@ impl StepRun {
             }
             outcome => {
                 self.state = StepState::Finished;
-                StepEvent::Done {
+                StepEvent::Done(Box::new(StepEnd {
                     name: self.step.name.clone(),
                     continue_on_error: self.step.continue_on_error,
                     outcome,
-                }
+                }))
             }
         }
     }

@@ -4,7 +4,8 @@
 //! interleaved rounds of each, the rate, the ratio to the direct run (target ≥ 0.8) and the
 //! cost per chunk each layer adds.
 //!
-//! `cargo bench -p loom-workflow --bench forwarding` (`-- quick`: 200,000 chunks, 3 rounds).
+//! `cargo bench -p loom-workflow --bench forwarding` (`-- quick`: 200,000 chunks, 3 rounds;
+//! `-- only team` or `-- only step` runs that path alone, e.g. under a profiler).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -45,6 +46,12 @@ async fn drain(stream: impl Stream<Item = StreamChunk>) -> u64 {
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
     let (count, rounds) = if quick { (200_000, 3) } else { (1_000_000, 9) };
+    let args: Vec<String> = std::env::args().collect();
+    let only = args
+        .iter()
+        .position(|a| a == "only")
+        .and_then(|i| args.get(i + 1))
+        .map(|path| if path == "team" { 1 } else { 2 });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -74,6 +81,9 @@ fn main() {
         for k in 0..3 {
             // Rotate the order each round, so no side always runs on a warmer cache.
             let which = (k + round) % 3;
+            if only.is_some_and(|only| only != which) {
+                continue;
+            }
             let t = Instant::now();
             let n = match which {
                 0 => rt.block_on(drain(direct())),
@@ -88,6 +98,11 @@ fn main() {
         times.sort();
         times[times.len() / 2]
     };
+    if let Some(only) = only {
+        let rate = count as f64 / median(&mut times[only]).as_secs_f64();
+        println!("{rate:.0} chunks/s");
+        return;
+    }
     let medians: Vec<Duration> = times.iter_mut().map(median).collect();
     let per_chunk = |d: Duration| d.as_secs_f64() * 1e9 / count as f64;
     for (i, name) in ["direct (runtime)", "one team member", "one streaming step"]

@@ -62,7 +62,7 @@ pub use async_trait::async_trait;
 pub use chunk::{ChunkType, ErrorInfo, Event, Progress, StreamChunk, Tag};
 pub use context::{new_run_id, ActorContext, Extensions};
 pub use error::{ActorError, ErrorCode};
-pub use output::Output;
+pub use output::{Output, OutputKind};
 pub use registry::Registry;
 pub use runtime::{Attempt, ChunkStream, Invoker, RunOptions, Runtime, DEFAULT_TIMEOUT};
 pub use team::Team;

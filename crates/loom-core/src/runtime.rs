@@ -458,6 +458,7 @@ impl Stream for Drive {
 
 /// Polls an actor's stream for its next output, turning what breaks the contract into an
 /// error: a panic, and an end without a `complete` output.
+#[inline(always)]
 pub(crate) fn poll_actor(
     actor: &mut ActorStream,
     cx: &mut Context<'_>,

@@ -411,6 +411,7 @@ impl Drive {
 impl Stream for Drive {
     type Item = StreamChunk;
 
+    #[inline]
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<StreamChunk>> {
         let this = self.get_mut();
         if let Some(start) = this.start.take() {

@@ -21,7 +21,7 @@ use crate::actor::{Actor, ActorStream};
 use crate::chunk::Tag;
 use crate::context::ActorContext;
 use crate::error::ActorError;
-use crate::output::Output;
+use crate::output::{Output, OutputKind};
 use crate::runtime::poll_actor;
 
 /// A group of actors run concurrently on the same input.
@@ -136,7 +136,10 @@ impl Stream for TeamStream {
             Ok(output) if !output.is_complete() => output,
             Ok(output) => {
                 this.merged.remove(&i);
-                let result = output.into_chunk(0).data.unwrap_or(Value::Null);
+                let result = match output.kind {
+                    OutputKind::Complete(result) => result,
+                    OutputKind::Progress(_) | OutputKind::Data(_) => Value::Null,
+                };
                 this.results.insert(member.to_string(), result);
                 let total = this.team.members.len() as u64;
                 let done = this.results.len() as u64;

@@ -2,19 +2,19 @@
 //!
 //! All members are polled from the team's own stream, on one task, inside the team's run: the
 //! runtime numbers what the team forwards, keeps its deadline and turns a member's panic or
-//! missing result into the team's error, so a forwarded chunk pays for one run, not two. Each
-//! forwarded chunk is tagged with the member's name in `actor` (one shared [`Tag`]). The team ends with one terminal chunk: `complete` with every
-//! member's result, or — as soon as one member fails — `error` naming it, after the other
-//! members were cancelled.
+//! missing result into the team's error, so a forwarded chunk pays for one run, not two.
+//! Members take turns: each poll starts at the member after the last one that gave an output.
+//! Each forwarded chunk is tagged with the member's name in `actor` (one shared [`Tag`]). The
+//! team ends with one terminal chunk: `complete` with every member's result, or — as soon as
+//! one member fails — `error` naming it, after the other members were cancelled.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use async_trait::async_trait;
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use serde_json::{Map, Value};
-use tokio_stream::StreamMap;
 use tokio_util::sync::DropGuard;
 
 use crate::actor::{Actor, ActorStream};
@@ -65,24 +65,23 @@ impl Actor for Team {
     }
 
     fn stream(self: Arc<Self>, input: Value, ctx: ActorContext) -> ActorStream {
-        // A `StreamMap` polls the members in turn from a random one, without allocating per
-        // chunk (`select_all` re-queues each member after every item).
-        let mut merged = StreamMap::with_capacity(self.members.len());
-        for (i, (_, actor)) in self.members.iter().enumerate() {
-            let ctx = ctx.child();
-            let cancel_on_drop = ctx.cancellation_token().clone().drop_guard();
-            let stream = Arc::clone(actor).stream(input.clone(), ctx);
-            merged.insert(
-                i,
-                Member {
-                    stream,
+        let members: Vec<Option<Member>> = self
+            .members
+            .iter()
+            .map(|(_, actor)| {
+                let ctx = ctx.child();
+                let cancel_on_drop = ctx.cancellation_token().clone().drop_guard();
+                Some(Member {
+                    stream: Arc::clone(actor).stream(input.clone(), ctx),
                     _cancel_on_drop: cancel_on_drop,
-                },
-            );
-        }
+                })
+            })
+            .collect();
         Box::pin(TeamStream {
+            running: members.len(),
             team: self,
-            merged,
+            members,
+            next: 0,
             results: Map::new(),
             ended: false,
         })
@@ -97,23 +96,52 @@ struct Member {
     _cancel_on_drop: DropGuard,
 }
 
-impl Stream for Member {
-    type Item = Result<Output, ActorError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        poll_actor(&mut self.stream, cx).map(Some)
-    }
-}
-
-/// A running team: its members' merged outputs, tagged as they come. Written by hand rather
-/// than as a generator, so a forwarded output is moved once, not through a generator's slot.
+/// A running team: its members' outputs, tagged as they come. Written by hand, with the
+/// members polled in its own `poll_next`, so a forwarded output crosses one call boundary
+/// (each boundary stores the output and loads it back), not one per helper stream.
 struct TeamStream {
     team: Arc<Team>,
-    merged: StreamMap<usize, Member>,
+    /// Each member's outputs, in the team's order; `None` once the member completed.
+    members: Vec<Option<Member>>,
+    /// Members not yet completed.
+    running: usize,
+    /// The member polled first next time: the one after the last that gave an output, so
+    /// every member gets its turn however fast the others are.
+    next: usize,
     /// The results of the members that completed, by name.
     results: Map<String, Value>,
     /// Whether the terminal output was given.
     ended: bool,
+}
+
+impl TeamStream {
+    /// The next outcome of any running member, trying each once from `next`; `None` when
+    /// every member completed.
+    #[inline(always)]
+    fn poll_members(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<(usize, Result<Output, ActorError>)>> {
+        let count = self.members.len();
+        let mut i = self.next;
+        for _ in 0..count {
+            if i >= count {
+                i = 0;
+            }
+            if let Some(member) = &mut self.members[i] {
+                if let Poll::Ready(outcome) = poll_actor(&mut member.stream, cx) {
+                    self.next = i + 1;
+                    return Poll::Ready(Some((i, outcome)));
+                }
+            }
+            i += 1;
+        }
+        if self.running == 0 {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    }
 }
 
 impl Stream for TeamStream {
@@ -124,7 +152,7 @@ impl Stream for TeamStream {
         if this.ended {
             return Poll::Ready(None);
         }
-        let Some((i, outcome)) = ready!(this.merged.poll_next_unpin(cx)) else {
+        let Some((i, outcome)) = ready!(this.poll_members(cx)) else {
             this.ended = true;
             let results = std::mem::take(&mut this.results);
             let mut result = Map::new();
@@ -135,7 +163,8 @@ impl Stream for TeamStream {
         let output = match outcome {
             Ok(output) if !output.is_complete() => output,
             Ok(output) => {
-                this.merged.remove(&i);
+                this.members[i] = None;
+                this.running -= 1;
                 let result = match output.kind {
                     OutputKind::Complete(result) => result,
                     OutputKind::Progress(_) | OutputKind::Data(_) => Value::Null,
@@ -147,7 +176,8 @@ impl Stream for TeamStream {
             }
             Err(err) => {
                 // Dropping the other members cancels them.
-                this.merged.clear();
+                this.members.clear();
+                this.running = 0;
                 this.ended = true;
                 let message = format!("team member '{member}' failed: {}", err.message());
                 let err = ActorError::new(err.code(), message).with_retryable(err.is_retryable());

@@ -67,6 +67,35 @@ async fn a_team_merges_member_streams_tagged_with_their_actor() {
 }
 
 #[tokio::test]
+async fn busy_members_take_turns() {
+    // Neither member ever waits: a merge that always polled the same member first would
+    // forward all of one member's tokens before the other's.
+    let busy = |name: &'static str| {
+        fn_actor(name, move |_, _| {
+            async_stream::try_stream! {
+                for _ in 0..50 {
+                    yield Output::token(name);
+                }
+                yield Output::complete(Value::Null);
+            }
+        })
+    };
+    let team = Team::new("pair", "two busy members")
+        .member(busy("left"))
+        .member(busy("right"));
+    let chunks = collect(stream_of(team, RunOptions::default())).await;
+    assert_contract(&chunks);
+    let speakers: Vec<&str> = chunks.iter().filter_map(|c| c.token()).collect();
+    assert_eq!(speakers.len(), 100, "every token is forwarded");
+    for pair in speakers.chunks(2) {
+        assert!(
+            pair.contains(&"left") && pair.contains(&"right"),
+            "members alternate: {speakers:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_failing_member_fails_the_team_and_cancels_the_others() {
     let (hanger, hanger_dropped) = Hanger::new("steady", 1);
     let failing = fn_actor("flaky", |_, _| {

@@ -1,8 +1,8 @@
 //! `forwarding`: what one forwarding layer costs. 1,000,000 token chunks from one actor, run
 //! directly through the runtime, through a team of that one member, and as the one
-//! `streaming: true` step of a workflow, measured in the same process: the median of
-//! interleaved rounds of each, the rate, the ratio to the direct run (target ≥ 0.8) and the
-//! cost per chunk each layer adds.
+//! `streaming: true` step of a workflow, measured in the same process in interleaved rounds:
+//! each path's median rate, the median of its per-round ratios to the direct run (target
+//! ≥ 0.8) and the cost per chunk it adds.
 //!
 //! `cargo bench -p loom-workflow --bench forwarding` (`-- quick`: 200,000 chunks, 3 rounds;
 //! `-- only team` or `-- only step` runs that path alone, e.g. under a profiler).
@@ -94,24 +94,33 @@ fn main() {
             assert!(n >= count, "{n} chunks");
         }
     }
-    let median = |times: &mut Vec<Duration>| {
-        times.sort();
-        times[times.len() / 2]
+    let median = |mut values: Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
     };
+    let secs = |times: &Vec<Duration>| times.iter().map(Duration::as_secs_f64).collect::<Vec<_>>();
     if let Some(only) = only {
-        let rate = count as f64 / median(&mut times[only]).as_secs_f64();
+        let rate = count as f64 / median(secs(&times[only]));
         println!("{rate:.0} chunks/s");
         return;
     }
-    let medians: Vec<Duration> = times.iter_mut().map(median).collect();
-    let per_chunk = |d: Duration| d.as_secs_f64() * 1e9 / count as f64;
+    let direct = median(secs(&times[0]));
     for (i, name) in ["direct (runtime)", "one team member", "one streaming step"]
         .iter()
         .enumerate()
     {
-        let rate = count as f64 / medians[i].as_secs_f64();
-        let ratio = medians[0].as_secs_f64() / medians[i].as_secs_f64();
-        let added = per_chunk(medians[i]) - per_chunk(medians[0]);
+        let time = median(secs(&times[i]));
+        let rate = count as f64 / time;
+        // The ratio of each round (direct and this path run back to back), then their
+        // median: a machine that slows down or speeds up between rounds moves both sides.
+        let ratio = median(
+            times[0]
+                .iter()
+                .zip(&times[i])
+                .map(|(direct, path)| direct.as_secs_f64() / path.as_secs_f64())
+                .collect(),
+        );
+        let added = (time - direct) * 1e9 / count as f64;
         let target = if i == 0 { "" } else { " (target >= 0.80)" };
         println!(
             "{name:<20} {rate:>12.0} chunks/s  ratio {ratio:.2}{target}  +{added:.0} ns/chunk"

@@ -142,7 +142,7 @@ impl Output {
     }
 
     /// The output a forwarded chunk stands for (`start` and `error` chunks have none).
-    pub fn from_chunk(chunk: StreamChunk) -> Option<Self> {
+    pub(crate) fn from_chunk(chunk: StreamChunk) -> Option<Self> {
         let kind = match chunk.kind {
             ChunkType::Progress => OutputKind::Progress(chunk.progress.unwrap_or_default()),
             ChunkType::Data => OutputKind::Data(chunk.data.unwrap_or(Value::Null)),

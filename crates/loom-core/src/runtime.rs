@@ -14,7 +14,7 @@ use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,7 +28,7 @@ use crate::actor::{Actor, ActorStream};
 use crate::chunk::{ChunkType, StreamChunk};
 use crate::context::{new_run_id, ActorContext, Extensions};
 use crate::error::{ActorError, ErrorCode};
-use crate::output::Output;
+use crate::output::{Output, OutputKind};
 use crate::registry::Registry;
 
 /// The deadline of a run when none is given: long enough for a long LLM generation, short
@@ -97,7 +97,25 @@ pub struct ChunkStream {
 /// dynamic call per chunk on the hot path); anything else is a boxed stream.
 enum Source {
     Local(Drive),
-    Other(BoxStream<'static, StreamChunk>),
+    Other {
+        chunks: BoxStream<'static, StreamChunk>,
+        /// Whether [`ChunkStream::poll_forward`] has read a `start` chunk.
+        started: bool,
+    },
+}
+
+/// A run's next item as a forwarder reads it ([`ChunkStream::poll_forward`]): unnumbered,
+/// since the forwarder's own run numbers what it passes on.
+#[derive(Debug)]
+pub enum Forwarded {
+    /// A `progress` or `data` output, or the `complete` output that ends the run.
+    Output(Output),
+    /// The error that ended the run.
+    Failed(ActorError),
+    /// A `start` chunk after the first: the run started again from scratch as this attempt
+    /// (a remote run re-run after its worker was lost, DESIGN.md §3); whatever came before
+    /// is superseded.
+    Restarted(u32),
 }
 
 impl ChunkStream {
@@ -107,7 +125,11 @@ impl ChunkStream {
         inner: BoxStream<'static, StreamChunk>,
         cancel: CancellationToken,
     ) -> Self {
-        Self::with_source(run_id.into(), Source::Other(inner), cancel)
+        let source = Source::Other {
+            chunks: inner,
+            started: false,
+        };
+        Self::with_source(run_id.into(), source, cancel)
     }
 
     fn with_source(run_id: Arc<str>, inner: Source, cancel: CancellationToken) -> Self {
@@ -132,17 +154,64 @@ impl ChunkStream {
     /// Reads the stream to its terminal chunk: the `complete` chunk's data, or its `error`
     /// as an [`ActorError`]. This is how every `run` (as opposed to `stream`) is built.
     pub async fn result(mut self) -> Result<Value, ActorError> {
-        use futures::StreamExt;
-        while let Some(chunk) = self.next().await {
-            match chunk.kind {
-                ChunkType::Complete => return Ok(chunk.data.unwrap_or(Value::Null)),
-                ChunkType::Error => return Err(chunk.error_info().into()),
-                ChunkType::Start | ChunkType::Progress | ChunkType::Data => {}
+        loop {
+            match std::future::poll_fn(|cx| self.poll_forward(cx)).await {
+                Some(Forwarded::Output(output)) => {
+                    if let OutputKind::Complete(result) = output.kind {
+                        return Ok(result);
+                    }
+                }
+                Some(Forwarded::Failed(err)) => return Err(err),
+                Some(Forwarded::Restarted(_)) => {}
+                None => {
+                    return Err(ActorError::internal(
+                        "the stream ended without a terminal chunk",
+                    ))
+                }
             }
         }
-        Err(ActorError::internal(
-            "the stream ended without a terminal chunk",
-        ))
+    }
+
+    /// Polls for the run's next item as a forwarder (a workflow step passing on its actor's
+    /// chunks) wants it: without `seq` numbers and without the `start` chunk, which the
+    /// forwarder's own run writes anew. A local run's outputs come straight from its actor,
+    /// never made into chunks, which is what makes a forwarding layer cheap.
+    ///
+    /// Ends (`None`) after the `complete` output or [`Forwarded::Failed`]. Use either this or
+    /// the [`Stream`] of chunks on one `ChunkStream`, not both.
+    #[inline]
+    pub fn poll_forward(&mut self, cx: &mut Context<'_>) -> Poll<Option<Forwarded>> {
+        match &mut self.inner {
+            Source::Local(drive) => {
+                drive.start = None;
+                drive.poll_output(cx).map(|item| {
+                    item.map(|outcome| match outcome {
+                        Ok(output) => Forwarded::Output(output),
+                        Err(err) => Forwarded::Failed(err),
+                    })
+                })
+            }
+            Source::Other { chunks, started } => loop {
+                let Some(chunk) = ready!(chunks.as_mut().poll_next(cx)) else {
+                    return Poll::Ready(None);
+                };
+                match chunk.kind {
+                    ChunkType::Start if *started => {
+                        let attempt = chunk.attempt.unwrap_or(2);
+                        return Poll::Ready(Some(Forwarded::Restarted(attempt)));
+                    }
+                    ChunkType::Start => *started = true,
+                    ChunkType::Error => {
+                        return Poll::Ready(Some(Forwarded::Failed(chunk.error_info().into())))
+                    }
+                    ChunkType::Progress | ChunkType::Data | ChunkType::Complete => {
+                        if let Some(output) = Output::from_chunk(chunk) {
+                            return Poll::Ready(Some(Forwarded::Output(output)));
+                        }
+                    }
+                }
+            },
+        }
     }
 }
 
@@ -152,7 +221,7 @@ impl Stream for ChunkStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<StreamChunk>> {
         match &mut self.inner {
             Source::Local(drive) => Pin::new(drive).poll_next(cx),
-            Source::Other(stream) => stream.as_mut().poll_next(cx),
+            Source::Other { chunks, .. } => chunks.as_mut().poll_next(cx),
         }
     }
 }
@@ -374,19 +443,6 @@ struct Drive {
 }
 
 impl Drive {
-    /// Ends the run: drops the actor's stream *before* numbering the terminal chunk, so
-    /// nothing the actor does can come after it.
-    fn finish(&mut self, outcome: Result<Output, ActorError>) -> StreamChunk {
-        self.actor = None;
-        self.cancelled = None;
-        self.sleep = None;
-        let seq = self.seq;
-        match outcome {
-            Ok(output) => output.into_chunk(seq),
-            Err(err) => StreamChunk::error(seq, &err),
-        }
-    }
-
     fn timeout_error(&self) -> ActorError {
         ActorError::new(ErrorCode::Timeout, "the run passed its deadline")
     }
@@ -406,6 +462,52 @@ impl Drive {
             None
         }
     }
+
+    /// The actor's next output, unnumbered: its outputs, then the one that ends the run —
+    /// its `complete` output, or the error of whatever else ended it (a failure, a panic, no
+    /// result, the deadline, cancellation) — then `None`. The actor's stream is dropped
+    /// before the ending is returned, so nothing the actor does can come after it.
+    #[inline(always)]
+    fn poll_output(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Output, ActorError>>> {
+        let Some(actor) = self.actor.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let outcome = match poll_actor(actor, cx) {
+            Poll::Ready(Ok(output)) => {
+                if output.is_complete() {
+                    Ok(output)
+                } else if let Some(err) = self.periodic_stop() {
+                    Err(err)
+                } else {
+                    return Poll::Ready(Some(Ok(output)));
+                }
+            }
+            Poll::Ready(Err(err)) => Err(err),
+            Poll::Pending => {
+                let token = &self.token;
+                let cancelled = self
+                    .cancelled
+                    .get_or_insert_with(|| Box::pin(token.clone().cancelled_owned()));
+                if cancelled.as_mut().poll(cx).is_ready() {
+                    Err(ActorError::cancelled())
+                } else {
+                    let deadline = self.deadline;
+                    let sleep = self
+                        .sleep
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        Err(self.timeout_error())
+                    } else {
+                        return Poll::Pending;
+                    }
+                }
+            }
+        };
+        self.actor = None;
+        self.cancelled = None;
+        self.sleep = None;
+        Poll::Ready(Some(outcome))
+    }
 }
 
 impl Stream for Drive {
@@ -417,43 +519,14 @@ impl Stream for Drive {
         if let Some(start) = this.start.take() {
             return Poll::Ready(Some(*start));
         }
-        let Some(actor) = this.actor.as_mut() else {
-            return Poll::Ready(None);
+        let seq = this.seq;
+        let chunk = match ready!(this.poll_output(cx)) {
+            None => return Poll::Ready(None),
+            Some(Ok(output)) => output.into_chunk(seq),
+            Some(Err(err)) => StreamChunk::error(seq, &err),
         };
-        let outcome = match poll_actor(actor, cx) {
-            Poll::Ready(Ok(output)) => {
-                if output.is_complete() {
-                    Ok(output)
-                } else if let Some(err) = this.periodic_stop() {
-                    Err(err)
-                } else {
-                    let chunk = output.into_chunk(this.seq);
-                    this.seq += 1;
-                    return Poll::Ready(Some(chunk));
-                }
-            }
-            Poll::Ready(Err(err)) => Err(err),
-            Poll::Pending => {
-                let token = &this.token;
-                let cancelled = this
-                    .cancelled
-                    .get_or_insert_with(|| Box::pin(token.clone().cancelled_owned()));
-                if cancelled.as_mut().poll(cx).is_ready() {
-                    Err(ActorError::cancelled())
-                } else {
-                    let deadline = this.deadline;
-                    let sleep = this
-                        .sleep
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                    if sleep.as_mut().poll(cx).is_ready() {
-                        Err(this.timeout_error())
-                    } else {
-                        return Poll::Pending;
-                    }
-                }
-            }
-        };
-        Poll::Ready(Some(this.finish(outcome)))
+        this.seq += 1;
+        Poll::Ready(Some(chunk))
     }
 }
 

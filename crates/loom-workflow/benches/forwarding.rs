@@ -5,7 +5,7 @@
 //! ≥ 0.8) and the cost per chunk it adds.
 //!
 //! `cargo bench -p loom-workflow --bench forwarding` (`-- quick`: 200,000 chunks, 3 rounds;
-//! `-- only team` or `-- only step` runs that path alone, e.g. under a profiler).
+//! `-- only direct|team|step` runs one path alone, e.g. under a profiler).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -51,7 +51,11 @@ fn main() {
         .iter()
         .position(|a| a == "only")
         .and_then(|i| args.get(i + 1))
-        .map(|path| if path == "team" { 1 } else { 2 });
+        .map(|path| match path.as_str() {
+            "direct" => 0,
+            "team" => 1,
+            _ => 2,
+        });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

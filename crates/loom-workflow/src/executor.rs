@@ -17,14 +17,13 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use loom_core::{
-    Actor, ActorContext, ActorError, ActorStream, CancellationToken, ChunkStream, ChunkType,
-    ErrorInfo, Event, Invoker, Output, RunOptions, Runtime, StreamChunk, Tag,
+    Actor, ActorContext, ActorError, ActorStream, CancellationToken, ChunkStream, ErrorInfo,
+    Event, Forwarded, Invoker, Output, OutputKind, RunOptions, Runtime, Tag,
 };
 use serde_json::{json, Map, Value};
 use tokio::time::Sleep;
-use tokio_stream::StreamMap;
 
 use crate::reference;
 use crate::workflow::{Action, ActorAction, Workflow, MAX_BACKOFF};
@@ -170,16 +169,7 @@ impl Actor for WorkflowActor {
     }
 }
 
-/// What a running step reports to the workflow.
-enum StepEvent {
-    /// A chunk to pass on: a forwarded chunk or an `action-retry` marker.
-    Output(Output),
-    /// The step ended (after its retries); boxed, so an event is no larger than the chunk
-    /// it mostly carries.
-    Done(Box<StepEnd>),
-}
-
-/// How a step ended.
+/// How a step ended (after its retries).
 struct StepEnd {
     name: String,
     continue_on_error: bool,
@@ -241,32 +231,51 @@ struct WorkflowRun {
     ended: bool,
 }
 
-/// The running steps of one action, polled here on the workflow's own task, so a group's
-/// chunks interleave as they are produced.
-enum Steps {
-    /// A single step, polled directly.
-    One(Box<StepRun>),
-    /// A parallel group's steps. A `StreamMap` polls every pending step on each wake, from a
-    /// random one, without allocating per chunk: fair, and cheap for a few steps.
-    Group(StreamMap<usize, StepRun>),
-}
-
-impl Steps {
-    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<StepEvent>> {
-        match self {
-            Self::One(step) => step.poll_next_unpin(cx),
-            Self::Group(steps) => steps.poll_next_unpin(cx).map(|event| event.map(|(_, e)| e)),
-        }
-    }
-}
-
-/// The steps of one action (one step, or a parallel group's).
+/// The steps of one action (one step, or a parallel group's), polled here on the workflow's
+/// own task, so a group's chunks interleave as they are produced.
 struct Running {
     /// The parallel group's name; `None` for a single step.
     group: Option<String>,
-    steps: Steps,
+    /// Each step while it runs, in the action's order; `None` once it ended.
+    steps: Vec<Option<StepRun>>,
+    /// Steps not yet ended.
+    live: usize,
+    /// The step polled first next time: the one after the last that gave an output, so every
+    /// step of a group gets its turn however fast the others are.
+    next: usize,
     /// The results of its finished steps, by name (a group's result).
     results: Map<String, Value>,
+}
+
+impl Running {
+    /// The next item of any running step, trying each once from `next`: an output to pass
+    /// on, or how a step ended (the step is then dropped); `None` once every step ended.
+    #[inline(always)]
+    fn poll_steps(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Output, Box<StepEnd>>>> {
+        let count = self.steps.len();
+        let mut i = self.next;
+        for _ in 0..count {
+            if i >= count {
+                i = 0;
+            }
+            if let Some(step) = &mut self.steps[i] {
+                if let Poll::Ready(item) = step.poll_output(cx) {
+                    self.next = i + 1;
+                    if item.is_err() {
+                        self.steps[i] = None;
+                        self.live -= 1;
+                    }
+                    return Poll::Ready(Some(item));
+                }
+            }
+            i += 1;
+        }
+        if self.live == 0 {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    }
 }
 
 impl WorkflowRun {
@@ -291,15 +300,13 @@ impl WorkflowRun {
             let parent = self.ctx.cancellation_token().clone();
             let invoker = Arc::clone(&self.invoker);
             let counts = (self.done, self.total);
-            runs.push(StepRun::new(invoker, step.clone(), input, parent, counts));
+            runs.push(Some(StepRun::new(invoker, step.clone(), input, parent, counts)));
         }
-        let steps = match (runs.pop(), group.is_some()) {
-            (Some(step), false) => Steps::One(Box::new(step)),
-            (last, _) => Steps::Group(runs.into_iter().chain(last).enumerate().collect()),
-        };
         self.running = Some(Running {
             group,
-            steps,
+            live: runs.len(),
+            steps: runs,
+            next: 0,
             results: Map::new(),
         });
     }
@@ -355,56 +362,83 @@ impl WorkflowRun {
     }
 }
 
+impl WorkflowRun {
+    /// What comes when no step output is due: a queued marker, the end, or the next action
+    /// started (`None`: poll the steps). Kept out of `poll_next`, so the path a forwarded
+    /// output takes stays small.
+    #[inline(never)]
+    fn advance(&mut self) -> Option<Option<Result<Output, ActorError>>> {
+        if let Some(marker) = self.queued.pop_front() {
+            return Some(Some(Ok(marker)));
+        }
+        if self.ended {
+            return Some(None);
+        }
+        if self.running.is_some() {
+            return None;
+        }
+        if self.next < self.workflow.actions.len() {
+            self.start_action();
+            return None;
+        }
+        self.ended = true;
+        Some(Some(Ok(self.result())))
+    }
+
+    /// Takes in a step's end; on the workflow's failure, drops the running steps (which
+    /// cancels every sibling still running, through its run's token) and returns the error.
+    #[inline(never)]
+    fn end_step(&mut self, end: StepEnd) -> Option<ActorError> {
+        let err = self.step_done(end).err()?;
+        self.running = None;
+        self.queued.clear();
+        self.ended = true;
+        Some(err)
+    }
+
+    /// Every step of the running action ended: a group's own `action-complete` marker.
+    #[inline(never)]
+    fn end_action(&mut self) {
+        if let Some(Running {
+            group: Some(group),
+            results,
+            ..
+        }) = self.running.take()
+        {
+            self.queued
+                .push_back(complete_marker(&group, Value::Object(results)));
+        }
+    }
+}
+
 impl Stream for WorkflowRun {
     type Item = Result<Output, ActorError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         loop {
-            if let Some(marker) = this.queued.pop_front() {
-                return Poll::Ready(Some(Ok(marker)));
-            }
-            if this.ended {
-                return Poll::Ready(None);
-            }
-            let Some(running) = &mut this.running else {
-                if this.next < this.workflow.actions.len() {
-                    this.start_action();
-                    continue;
-                }
-                this.ended = true;
-                return Poll::Ready(Some(Ok(this.result())));
+            let running = match &mut this.running {
+                Some(running) if this.queued.is_empty() && !this.ended => running,
+                _ => match this.advance() {
+                    Some(item) => return Poll::Ready(item),
+                    None => continue,
+                },
             };
-            match ready!(running.steps.poll_next(cx)) {
-                Some(StepEvent::Output(output)) => return Poll::Ready(Some(Ok(output))),
-                Some(StepEvent::Done(end)) => {
-                    if let Err(err) = this.step_done(*end) {
-                        // Dropping the running steps cancels every sibling still running
-                        // (its ChunkStream's token) before the workflow's error.
-                        this.running = None;
-                        this.queued.clear();
-                        this.ended = true;
+            match ready!(running.poll_steps(cx)) {
+                Some(Ok(output)) => return Poll::Ready(Some(Ok(output))),
+                Some(Err(end)) => {
+                    if let Some(err) = this.end_step(*end) {
                         return Poll::Ready(Some(Err(err)));
                     }
                 }
-                None => {
-                    if let Some(Running {
-                        group: Some(group),
-                        results,
-                        ..
-                    }) = this.running.take()
-                    {
-                        this.queued
-                            .push_back(complete_marker(&group, Value::Object(results)));
-                    }
-                }
+                None => this.end_action(),
             }
         }
     }
 }
 
-/// One step, with its retries: its forwarded chunks and retry markers, then
-/// [`StepEvent::Done`].
+/// One step, with its retries: its forwarded chunks and retry markers, then its
+/// [`StepEnd`].
 struct StepRun {
     invoker: Arc<dyn Invoker>,
     step: ActorAction,
@@ -424,12 +458,10 @@ struct StepRun {
 enum StepState {
     /// The invoker is starting the attempt.
     Starting(BoxFuture<'static, Result<ChunkStream, ActorError>>),
-    /// The attempt's chunks; `started` once its `start` was read.
-    Streaming { chunks: ChunkStream, started: bool },
+    /// The attempt's run, read unnumbered ([`ChunkStream::poll_forward`]).
+    Streaming(ChunkStream),
     /// Waiting before the next attempt.
     Backoff(Pin<Box<Sleep>>),
-    /// `Done` was given.
-    Finished,
 }
 
 impl StepRun {
@@ -440,7 +472,8 @@ impl StepRun {
         parent: CancellationToken,
         (done, total): (u64, u64),
     ) -> Self {
-        let mut run = Self {
+        let starting = start(&invoker, &step, &input, &parent);
+        Self {
             invoker,
             tag: Tag::from(step.name.as_str()),
             step,
@@ -449,27 +482,13 @@ impl StepRun {
             done,
             total,
             attempt: 1,
-            state: StepState::Finished,
-        };
-        run.state = StepState::Starting(run.start());
-        run
+            state: StepState::Starting(starting),
+        }
     }
 
-    /// Starts an attempt through the invoker.
-    fn start(&self) -> BoxFuture<'static, Result<ChunkStream, ActorError>> {
-        let invoker = Arc::clone(&self.invoker);
-        let actor_type = self.step.actor_type.clone();
-        let input = self.input.clone();
-        let options = RunOptions {
-            timeout: self.step.timeout,
-            parent: Some(self.parent.clone()),
-            ..RunOptions::default()
-        };
-        Box::pin(async move { invoker.stream(&actor_type, input, options).await })
-    }
-
-    /// The step's end: a retry (its marker) when the failure allows one, else `Done`.
-    fn ended(&mut self, outcome: Result<Value, ErrorInfo>) -> StepEvent {
+    /// The end of an attempt: a retry (its marker) when the failure allows one, else the
+    /// step's end.
+    fn ended(&mut self, outcome: Result<Value, ErrorInfo>) -> Result<Output, Box<StepEnd>> {
         let attempts = self.step.retries.saturating_add(1);
         match outcome {
             Err(info)
@@ -486,76 +505,82 @@ impl StepRun {
                     self.done,
                     self.total,
                 );
-                StepEvent::Output(marker)
+                Ok(marker)
             }
-            outcome => {
-                self.state = StepState::Finished;
-                StepEvent::Done(Box::new(StepEnd {
-                    name: self.step.name.clone(),
-                    continue_on_error: self.step.continue_on_error,
-                    outcome,
-                }))
+            outcome => Err(Box::new(StepEnd {
+                name: self.step.name.clone(),
+                continue_on_error: self.step.continue_on_error,
+                outcome,
+            })),
+        }
+    }
+
+    /// The step's next item: a forwarded output or a retry marker, or — last — its end.
+    #[inline]
+    fn poll_output(&mut self, cx: &mut Context<'_>) -> Poll<Result<Output, Box<StepEnd>>> {
+        let this = self;
+        loop {
+            match &mut this.state {
+                StepState::Starting(starting) => match ready!(starting.as_mut().poll(cx)) {
+                    Ok(chunks) => this.state = StepState::Streaming(chunks),
+                    Err(err) => return Poll::Ready(this.ended(Err(ErrorInfo::from(&err)))),
+                },
+                StepState::Streaming(chunks) => match ready!(chunks.poll_forward(cx)) {
+                    Some(Forwarded::Output(output)) => match output.kind {
+                        OutputKind::Complete(result) => {
+                            return Poll::Ready(this.ended(Ok(result)));
+                        }
+                        OutputKind::Data(_) if !this.step.streaming => {}
+                        OutputKind::Progress(_) | OutputKind::Data(_) => {
+                            // Its `event`, if any, is dropped: only this workflow's markers
+                            // carry one.
+                            let output = output.with_step(this.tag.clone()).without_event();
+                            return Poll::Ready(Ok(output));
+                        }
+                    },
+                    Some(Forwarded::Failed(err)) => {
+                        return Poll::Ready(this.ended(Err(ErrorInfo::from(&err))));
+                    }
+                    // A remote run re-run on another worker after its first worker was lost
+                    // (DESIGN.md §3): what the step forwarded so far is superseded, as after a
+                    // retry of our own.
+                    Some(Forwarded::Restarted(rerun)) => {
+                        let marker = rerun_marker(&this.step.name, rerun, this.done, this.total);
+                        return Poll::Ready(Ok(marker));
+                    }
+                    None => {
+                        let err = ActorError::internal(
+                            "the step's stream ended without a terminal chunk",
+                        );
+                        return Poll::Ready(this.ended(Err(ErrorInfo::from(&err))));
+                    }
+                },
+                StepState::Backoff(sleep) => {
+                    ready!(sleep.as_mut().poll(cx));
+                    let starting = start(&this.invoker, &this.step, &this.input, &this.parent);
+                    this.state = StepState::Starting(starting);
+                }
             }
         }
     }
 }
 
-impl Stream for StepRun {
-    type Item = StepEvent;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<StepEvent>> {
-        let this = self.get_mut();
-        loop {
-            match &mut this.state {
-                StepState::Starting(starting) => match ready!(starting.as_mut().poll(cx)) {
-                    Ok(chunks) => {
-                        this.state = StepState::Streaming {
-                            chunks,
-                            started: false,
-                        }
-                    }
-                    Err(err) => return Poll::Ready(Some(this.ended(Err(ErrorInfo::from(&err))))),
-                },
-                StepState::Streaming { chunks, started } => {
-                    let Some(chunk) = ready!(chunks.poll_next_unpin(cx)) else {
-                        let err = ActorError::internal(
-                            "the step's stream ended without a terminal chunk",
-                        );
-                        return Poll::Ready(Some(this.ended(Err(ErrorInfo::from(&err)))));
-                    };
-                    match chunk.kind {
-                        // A second `start` is a remote run re-run on another worker after its
-                        // first worker was lost (DESIGN.md §3): what the step forwarded so
-                        // far is superseded, as after a retry of our own.
-                        ChunkType::Start if *started => {
-                            let rerun = chunk.attempt.unwrap_or(2);
-                            let marker =
-                                rerun_marker(&this.step.name, rerun, this.done, this.total);
-                            return Poll::Ready(Some(StepEvent::Output(marker)));
-                        }
-                        ChunkType::Start => *started = true,
-                        ChunkType::Data if !this.step.streaming => {}
-                        ChunkType::Progress | ChunkType::Data => {
-                            let output = forwarded(chunk, &this.tag);
-                            return Poll::Ready(Some(StepEvent::Output(output)));
-                        }
-                        ChunkType::Complete => {
-                            let result = chunk.data.unwrap_or(Value::Null);
-                            return Poll::Ready(Some(this.ended(Ok(result))));
-                        }
-                        ChunkType::Error => {
-                            return Poll::Ready(Some(this.ended(Err(chunk.error_info()))));
-                        }
-                    }
-                }
-                StepState::Backoff(sleep) => {
-                    ready!(sleep.as_mut().poll(cx));
-                    this.state = StepState::Starting(this.start());
-                }
-                StepState::Finished => return Poll::Ready(None),
-            }
-        }
-    }
+/// Starts an attempt of `step` through the invoker, as a child of the workflow's token.
+fn start(
+    invoker: &Arc<dyn Invoker>,
+    step: &ActorAction,
+    input: &Value,
+    parent: &CancellationToken,
+) -> BoxFuture<'static, Result<ChunkStream, ActorError>> {
+    let invoker = Arc::clone(invoker);
+    let actor_type = step.actor_type.clone();
+    let input = input.clone();
+    let options = RunOptions {
+        timeout: step.timeout,
+        parent: Some(parent.clone()),
+        ..RunOptions::default()
+    };
+    Box::pin(async move { invoker.stream(&actor_type, input, options).await })
 }
 
 /// The wait after failed attempt `failed_attempt` (1-based): `first`, doubled per attempt,
@@ -563,15 +588,6 @@ impl Stream for StepRun {
 fn backoff(first: Duration, failed_attempt: u32) -> Duration {
     let factor = 1u32 << failed_attempt.saturating_sub(1).min(16);
     first.saturating_mul(factor).min(MAX_BACKOFF)
-}
-
-/// A step's own chunk, passed on tagged with the step. Its `event`, if any, is dropped: only
-/// this workflow's markers carry one.
-fn forwarded(chunk: StreamChunk, step: &Tag) -> Output {
-    Output::from_chunk(chunk)
-        .unwrap_or_else(|| Output::data(Value::Null))
-        .with_step(step.clone())
-        .without_event()
 }
 
 fn start_marker(step: &ActorAction, done: u64, total: u64) -> Output {

@@ -30,7 +30,7 @@ pub struct Output {
     /// The payload.
     pub kind: OutputKind,
     /// The team member that produced it.
-    actor: Option<Tag>,
+    pub(crate) actor: Option<Tag>,
     /// The workflow action that produced it.
     step: Option<Tag>,
     /// The workflow marker it carries.
@@ -99,6 +99,13 @@ impl Output {
     pub fn with_step(mut self, step: impl Into<Tag>) -> Self {
         self.step = Some(step.into());
         self
+    }
+
+    /// Tags a forwarded output with the workflow step passing it on, in place, and drops its
+    /// workflow marker (a forwarded output is not the forwarder's marker).
+    pub fn forward_from_step(&mut self, step: &Tag) {
+        self.step = Some(step.clone());
+        self.event = None;
     }
 
     /// Marks the output as a workflow event.

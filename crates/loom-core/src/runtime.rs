@@ -101,21 +101,10 @@ enum Source {
         chunks: BoxStream<'static, StreamChunk>,
         /// Whether [`ChunkStream::poll_forward`] has read a `start` chunk.
         started: bool,
+        /// The attempt of a `start` chunk after the first, until
+        /// [`ChunkStream::take_restart`] takes it.
+        restarted: Option<u32>,
     },
-}
-
-/// A run's next item as a forwarder reads it ([`ChunkStream::poll_forward`]): unnumbered,
-/// since the forwarder's own run numbers what it passes on.
-#[derive(Debug)]
-pub enum Forwarded {
-    /// A `progress` or `data` output, or the `complete` output that ends the run.
-    Output(Output),
-    /// The error that ended the run.
-    Failed(ActorError),
-    /// A `start` chunk after the first: the run started again from scratch as this attempt
-    /// (a remote run re-run after its worker was lost, DESIGN.md §3); whatever came before
-    /// is superseded.
-    Restarted(u32),
 }
 
 impl ChunkStream {
@@ -128,6 +117,7 @@ impl ChunkStream {
         let source = Source::Other {
             chunks: inner,
             started: false,
+            restarted: None,
         };
         Self::with_source(run_id.into(), source, cancel)
     }
@@ -156,13 +146,12 @@ impl ChunkStream {
     pub async fn result(mut self) -> Result<Value, ActorError> {
         loop {
             match std::future::poll_fn(|cx| self.poll_forward(cx)).await {
-                Some(Forwarded::Output(output)) => {
+                Some(Ok(output)) => {
                     if let OutputKind::Complete(result) = output.kind {
                         return Ok(result);
                     }
                 }
-                Some(Forwarded::Failed(err)) => return Err(err),
-                Some(Forwarded::Restarted(_)) => {}
+                Some(Err(err)) => return Err(err),
                 None => {
                     return Err(ActorError::internal(
                         "the stream ended without a terminal chunk",
@@ -173,44 +162,55 @@ impl ChunkStream {
     }
 
     /// Polls for the run's next item as a forwarder (a workflow step passing on its actor's
-    /// chunks) wants it: without `seq` numbers and without the `start` chunk, which the
-    /// forwarder's own run writes anew. A local run's outputs come straight from its actor,
-    /// never made into chunks, which is what makes a forwarding layer cheap.
+    /// chunks) wants it: an unnumbered output, without the `start` chunk (the forwarder's own
+    /// run numbers what it passes on and writes its own `start`). A local run's outputs come
+    /// straight from its actor, never made into chunks, which is what keeps a forwarding
+    /// layer cheap. After each item, [`take_restart`](Self::take_restart) tells whether the
+    /// run started again before it.
     ///
-    /// Ends (`None`) after the `complete` output or [`Forwarded::Failed`]. Use either this or
-    /// the [`Stream`] of chunks on one `ChunkStream`, not both.
+    /// The last item is the `complete` output or the error that ended the run; then `None`.
+    /// Use either this or the [`Stream`] of chunks on one `ChunkStream`, not both.
     #[inline]
-    pub fn poll_forward(&mut self, cx: &mut Context<'_>) -> Poll<Option<Forwarded>> {
+    pub fn poll_forward(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Output, ActorError>>> {
         match &mut self.inner {
             Source::Local(drive) => {
                 drive.start = None;
-                drive.poll_output(cx).map(|item| {
-                    item.map(|outcome| match outcome {
-                        Ok(output) => Forwarded::Output(output),
-                        Err(err) => Forwarded::Failed(err),
-                    })
-                })
+                drive.poll_output(cx)
             }
-            Source::Other { chunks, started } => loop {
+            Source::Other {
+                chunks,
+                started,
+                restarted,
+            } => loop {
                 let Some(chunk) = ready!(chunks.as_mut().poll_next(cx)) else {
                     return Poll::Ready(None);
                 };
                 match chunk.kind {
-                    ChunkType::Start if *started => {
-                        let attempt = chunk.attempt.unwrap_or(2);
-                        return Poll::Ready(Some(Forwarded::Restarted(attempt)));
-                    }
+                    ChunkType::Start if *started => *restarted = Some(chunk.attempt.unwrap_or(2)),
                     ChunkType::Start => *started = true,
-                    ChunkType::Error => {
-                        return Poll::Ready(Some(Forwarded::Failed(chunk.error_info().into())))
-                    }
+                    ChunkType::Error => return Poll::Ready(Some(Err(chunk.error_info().into()))),
                     ChunkType::Progress | ChunkType::Data | ChunkType::Complete => {
                         if let Some(output) = Output::from_chunk(chunk) {
-                            return Poll::Ready(Some(Forwarded::Output(output)));
+                            return Poll::Ready(Some(Ok(output)));
                         }
                     }
                 }
             },
+        }
+    }
+
+    /// Whether a `start` chunk after the first came before the item
+    /// [`poll_forward`](Self::poll_forward) just gave: the run started again from scratch as
+    /// this attempt (a remote run re-run after its worker was lost, DESIGN.md §3), so what
+    /// came before is superseded. Taken once; never for a local run.
+    #[inline]
+    pub fn take_restart(&mut self) -> Option<u32> {
+        match &mut self.inner {
+            Source::Local(_) => None,
+            Source::Other { restarted, .. } => restarted.take(),
         }
     }
 }
@@ -467,46 +467,45 @@ impl Drive {
     /// its `complete` output, or the error of whatever else ended it (a failure, a panic, no
     /// result, the deadline, cancellation) — then `None`. The actor's stream is dropped
     /// before the ending is returned, so nothing the actor does can come after it.
+    ///
+    /// The item keeps the type the actor's stream gives and is changed in place, so an
+    /// output is not copied from one shape of enum into another on the way.
     #[inline(always)]
     fn poll_output(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Output, ActorError>>> {
         let Some(actor) = self.actor.as_mut() else {
             return Poll::Ready(None);
         };
-        let outcome = match poll_actor(actor, cx) {
-            Poll::Ready(Ok(output)) => {
-                if output.is_complete() {
-                    Ok(output)
-                } else if let Some(err) = self.periodic_stop() {
-                    Err(err)
-                } else {
-                    return Poll::Ready(Some(Ok(output)));
-                }
-            }
-            Poll::Ready(Err(err)) => Err(err),
+        let mut item = poll_actor(actor, cx);
+        match &item {
+            Poll::Ready(Some(Ok(output))) if !output.is_complete() => match self.periodic_stop() {
+                None => return item,
+                Some(err) => item = Poll::Ready(Some(Err(err))),
+            },
+            Poll::Ready(_) => {}
             Poll::Pending => {
                 let token = &self.token;
                 let cancelled = self
                     .cancelled
                     .get_or_insert_with(|| Box::pin(token.clone().cancelled_owned()));
-                if cancelled.as_mut().poll(cx).is_ready() {
-                    Err(ActorError::cancelled())
+                let err = if cancelled.as_mut().poll(cx).is_ready() {
+                    ActorError::cancelled()
                 } else {
                     let deadline = self.deadline;
                     let sleep = self
                         .sleep
                         .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                    if sleep.as_mut().poll(cx).is_ready() {
-                        Err(self.timeout_error())
-                    } else {
+                    if sleep.as_mut().poll(cx).is_pending() {
                         return Poll::Pending;
                     }
-                }
+                    self.timeout_error()
+                };
+                item = Poll::Ready(Some(Err(err)));
             }
-        };
+        }
         self.actor = None;
         self.cancelled = None;
         self.sleep = None;
-        Poll::Ready(Some(outcome))
+        item
     }
 }
 
@@ -530,24 +529,26 @@ impl Stream for Drive {
     }
 }
 
-/// Polls an actor's stream for its next output, turning what breaks the contract into an
-/// error: a panic, and an end without a `complete` output.
+/// Polls an actor's stream for its next item, turning what breaks the contract into an
+/// error: a panic, and an end without a `complete` output (never `Ready(None)`).
 #[inline(always)]
 pub(crate) fn poll_actor(
     actor: &mut ActorStream,
     cx: &mut Context<'_>,
-) -> Poll<Result<Output, ActorError>> {
-    match catch_unwind(AssertUnwindSafe(|| actor.as_mut().poll_next(cx))) {
-        Ok(Poll::Ready(Some(outcome))) => Poll::Ready(outcome),
-        Ok(Poll::Ready(None)) => Poll::Ready(Err(ActorError::internal(
+) -> Poll<Option<Result<Output, ActorError>>> {
+    let mut item = match catch_unwind(AssertUnwindSafe(|| actor.as_mut().poll_next(cx))) {
+        Ok(item) => item,
+        Err(panic) => {
+            let message = format!("the actor panicked: {}", panic_message(panic.as_ref()));
+            return Poll::Ready(Some(Err(ActorError::internal(message))));
+        }
+    };
+    if let Poll::Ready(None) = item {
+        item = Poll::Ready(Some(Err(ActorError::internal(
             "the actor's stream ended without a complete output",
-        ))),
-        Ok(Poll::Pending) => Poll::Pending,
-        Err(panic) => Poll::Ready(Err(ActorError::internal(format!(
-            "the actor panicked: {}",
-            panic_message(panic.as_ref())
-        )))),
+        ))));
     }
+    item
 }
 
 fn panic_message(payload: &(dyn Any + Send)) -> &str {

@@ -82,6 +82,7 @@ impl Actor for Team {
             team: self,
             members,
             next: 0,
+            last: 0,
             results: Map::new(),
             ended: false,
         })
@@ -108,6 +109,8 @@ struct TeamStream {
     /// The member polled first next time: the one after the last that gave an output, so
     /// every member gets its turn however fast the others are.
     next: usize,
+    /// The member the last item came from.
+    last: usize,
     /// The results of the members that completed, by name.
     results: Map<String, Value>,
     /// Whether the terminal output was given.
@@ -115,13 +118,10 @@ struct TeamStream {
 }
 
 impl TeamStream {
-    /// The next outcome of any running member, trying each once from `next`; `None` when
-    /// every member completed.
+    /// The next item of any running member, trying each once from `next`; the member's
+    /// index is left in `last`. `None` when every member completed.
     #[inline(always)]
-    fn poll_members(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<(usize, Result<Output, ActorError>)>> {
+    fn poll_members(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Output, ActorError>>> {
         let count = self.members.len();
         let mut i = self.next;
         for _ in 0..count {
@@ -129,9 +129,11 @@ impl TeamStream {
                 i = 0;
             }
             if let Some(member) = &mut self.members[i] {
-                if let Poll::Ready(outcome) = poll_actor(&mut member.stream, cx) {
+                let item = poll_actor(&mut member.stream, cx);
+                if item.is_ready() {
+                    self.last = i;
                     self.next = i + 1;
-                    return Poll::Ready(Some((i, outcome)));
+                    return item;
                 }
             }
             i += 1;
@@ -152,18 +154,24 @@ impl Stream for TeamStream {
         if this.ended {
             return Poll::Ready(None);
         }
-        let Some((i, outcome)) = ready!(this.poll_members(cx)) else {
-            this.ended = true;
-            let results = std::mem::take(&mut this.results);
-            let mut result = Map::new();
-            result.insert("members".to_owned(), Value::Object(results));
-            return Poll::Ready(Some(Ok(Output::complete(Value::Object(result)))));
-        };
-        let member = &this.team.members[i].0;
-        let output = match outcome {
-            Ok(output) if !output.is_complete() => output,
-            Ok(output) => {
-                this.members[i] = None;
+        let mut item = ready!(this.poll_members(cx));
+        let member = &this.team.members[this.last].0;
+        if let Some(Ok(output)) = &mut item {
+            if !output.is_complete() {
+                output.actor = Some(member.clone());
+                return Poll::Ready(item);
+            }
+        }
+        let output = match item {
+            None => {
+                this.ended = true;
+                let results = std::mem::take(&mut this.results);
+                let mut result = Map::new();
+                result.insert("members".to_owned(), Value::Object(results));
+                return Poll::Ready(Some(Ok(Output::complete(Value::Object(result)))));
+            }
+            Some(Ok(output)) => {
+                this.members[this.last] = None;
                 this.running -= 1;
                 let result = match output.kind {
                     OutputKind::Complete(result) => result,
@@ -174,7 +182,7 @@ impl Stream for TeamStream {
                 let done = this.results.len() as u64;
                 Output::progress(done, Some(total), format!("{member} finished"))
             }
-            Err(err) => {
+            Some(Err(err)) => {
                 // Dropping the other members cancels them.
                 this.members.clear();
                 this.running = 0;

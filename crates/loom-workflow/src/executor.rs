@@ -19,8 +19,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::Stream;
 use loom_core::{
-    Actor, ActorContext, ActorError, ActorStream, CancellationToken, ChunkStream, ErrorInfo,
-    Event, Forwarded, Invoker, Output, OutputKind, RunOptions, Runtime, Tag,
+    Actor, ActorContext, ActorError, ActorStream, CancellationToken, ChunkStream, ErrorInfo, Event,
+    Invoker, Output, OutputKind, RunOptions, Runtime, Tag,
 };
 use serde_json::{json, Map, Value};
 use tokio::time::Sleep;
@@ -245,13 +245,15 @@ struct Running {
     next: usize,
     /// The results of its finished steps, by name (a group's result).
     results: Map<String, Value>,
+    /// How the step that just ended ended, until the workflow takes it in.
+    ended: Option<Box<StepEnd>>,
 }
 
 impl Running {
-    /// The next item of any running step, trying each once from `next`: an output to pass
-    /// on, or how a step ended (the step is then dropped); `None` once every step ended.
+    /// The next output of any running step, trying each once from `next`; `None` when a
+    /// step ended (its end is then in `ended`, and the step dropped) or every step had.
     #[inline(always)]
-    fn poll_steps(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Output, Box<StepEnd>>>> {
+    fn poll_steps(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Output, ActorError>>> {
         let count = self.steps.len();
         let mut i = self.next;
         for _ in 0..count {
@@ -261,11 +263,12 @@ impl Running {
             if let Some(step) = &mut self.steps[i] {
                 if let Poll::Ready(item) = step.poll_output(cx) {
                     self.next = i + 1;
-                    if item.is_err() {
+                    if item.is_none() {
+                        self.ended = step.end.take();
                         self.steps[i] = None;
                         self.live -= 1;
                     }
-                    return Poll::Ready(Some(item));
+                    return Poll::Ready(item);
                 }
             }
             i += 1;
@@ -300,7 +303,13 @@ impl WorkflowRun {
             let parent = self.ctx.cancellation_token().clone();
             let invoker = Arc::clone(&self.invoker);
             let counts = (self.done, self.total);
-            runs.push(Some(StepRun::new(invoker, step.clone(), input, parent, counts)));
+            runs.push(Some(StepRun::new(
+                invoker,
+                step.clone(),
+                input,
+                parent,
+                counts,
+            )));
         }
         self.running = Some(Running {
             group,
@@ -308,6 +317,7 @@ impl WorkflowRun {
             steps: runs,
             next: 0,
             results: Map::new(),
+            ended: None,
         });
     }
 
@@ -424,9 +434,12 @@ impl Stream for WorkflowRun {
                     None => continue,
                 },
             };
-            match ready!(running.poll_steps(cx)) {
-                Some(Ok(output)) => return Poll::Ready(Some(Ok(output))),
-                Some(Err(end)) => {
+            let item = ready!(running.poll_steps(cx));
+            if item.is_some() {
+                return Poll::Ready(item);
+            }
+            match running.ended.take() {
+                Some(end) => {
                     if let Some(err) = this.end_step(*end) {
                         return Poll::Ready(Some(Err(err)));
                     }
@@ -453,6 +466,10 @@ struct StepRun {
     /// The attempt running now (1-based).
     attempt: u32,
     state: StepState,
+    /// How the step ended, once it did.
+    end: Option<Box<StepEnd>>,
+    /// The item read after a re-run's `start`, given after its marker.
+    held: Option<Option<Result<Output, ActorError>>>,
 }
 
 enum StepState {
@@ -483,12 +500,14 @@ impl StepRun {
             total,
             attempt: 1,
             state: StepState::Starting(starting),
+            end: None,
+            held: None,
         }
     }
 
-    /// The end of an attempt: a retry (its marker) when the failure allows one, else the
-    /// step's end.
-    fn ended(&mut self, outcome: Result<Value, ErrorInfo>) -> Result<Output, Box<StepEnd>> {
+    /// The end of an attempt: a retry (its marker) when the failure allows one, else `None`
+    /// with the step's end kept in `end`.
+    fn ended(&mut self, outcome: Result<Value, ErrorInfo>) -> Option<Result<Output, ActorError>> {
         let attempts = self.step.retries.saturating_add(1);
         match outcome {
             Err(info)
@@ -505,19 +524,26 @@ impl StepRun {
                     self.done,
                     self.total,
                 );
-                Ok(marker)
+                Some(Ok(marker))
             }
-            outcome => Err(Box::new(StepEnd {
-                name: self.step.name.clone(),
-                continue_on_error: self.step.continue_on_error,
-                outcome,
-            })),
+            outcome => {
+                self.end = Some(Box::new(StepEnd {
+                    name: self.step.name.clone(),
+                    continue_on_error: self.step.continue_on_error,
+                    outcome,
+                }));
+                None
+            }
         }
     }
 
-    /// The step's next item: a forwarded output or a retry marker, or — last — its end.
+    /// The step's next item: a forwarded output or a marker; `None` when the step ended,
+    /// its end then in `end`.
+    ///
+    /// A forwarded output keeps the item type its run gave and is re-tagged in place, so it
+    /// is not copied from one shape of enum into another on the way through.
     #[inline]
-    fn poll_output(&mut self, cx: &mut Context<'_>) -> Poll<Result<Output, Box<StepEnd>>> {
+    fn poll_output(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Output, ActorError>>> {
         let this = self;
         loop {
             match &mut this.state {
@@ -525,36 +551,41 @@ impl StepRun {
                     Ok(chunks) => this.state = StepState::Streaming(chunks),
                     Err(err) => return Poll::Ready(this.ended(Err(ErrorInfo::from(&err)))),
                 },
-                StepState::Streaming(chunks) => match ready!(chunks.poll_forward(cx)) {
-                    Some(Forwarded::Output(output)) => match output.kind {
-                        OutputKind::Complete(result) => {
-                            return Poll::Ready(this.ended(Ok(result)));
-                        }
-                        OutputKind::Data(_) if !this.step.streaming => {}
-                        OutputKind::Progress(_) | OutputKind::Data(_) => {
-                            // Its `event`, if any, is dropped: only this workflow's markers
-                            // carry one.
-                            let output = output.with_step(this.tag.clone()).without_event();
-                            return Poll::Ready(Ok(output));
-                        }
-                    },
-                    Some(Forwarded::Failed(err)) => {
-                        return Poll::Ready(this.ended(Err(ErrorInfo::from(&err))));
-                    }
+                StepState::Streaming(chunks) => {
+                    let mut item = match this.held.take() {
+                        Some(item) => item,
+                        None => ready!(chunks.poll_forward(cx)),
+                    };
                     // A remote run re-run on another worker after its first worker was lost
-                    // (DESIGN.md §3): what the step forwarded so far is superseded, as after a
-                    // retry of our own.
-                    Some(Forwarded::Restarted(rerun)) => {
+                    // (DESIGN.md §3): what the step forwarded so far is superseded, as after
+                    // a retry of our own. The item read after the new `start` comes next.
+                    if let Some(rerun) = chunks.take_restart() {
+                        this.held = Some(item);
                         let marker = rerun_marker(&this.step.name, rerun, this.done, this.total);
-                        return Poll::Ready(Ok(marker));
+                        return Poll::Ready(Some(Ok(marker)));
                     }
-                    None => {
-                        let err = ActorError::internal(
+                    if let Some(Ok(output)) = &mut item {
+                        if !output.is_complete() {
+                            if !this.step.streaming && matches!(output.kind, OutputKind::Data(_)) {
+                                continue;
+                            }
+                            output.forward_from_step(&this.tag);
+                            return Poll::Ready(item);
+                        }
+                    }
+                    let outcome = match item {
+                        Some(Ok(output)) => match output.kind {
+                            OutputKind::Complete(result) => Ok(result),
+                            // Not reached: every other output was passed on or skipped above.
+                            OutputKind::Progress(_) | OutputKind::Data(_) => continue,
+                        },
+                        Some(Err(err)) => Err(ErrorInfo::from(&err)),
+                        None => Err(ErrorInfo::from(&ActorError::internal(
                             "the step's stream ended without a terminal chunk",
-                        );
-                        return Poll::Ready(this.ended(Err(ErrorInfo::from(&err))));
-                    }
-                },
+                        ))),
+                    };
+                    return Poll::Ready(this.ended(outcome));
+                }
                 StepState::Backoff(sleep) => {
                     ready!(sleep.as_mut().poll(cx));
                     let starting = start(&this.invoker, &this.step, &this.input, &this.parent);

@@ -468,8 +468,9 @@ struct StepRun {
     state: StepState,
     /// How the step ended, once it did.
     end: Option<Box<StepEnd>>,
-    /// The item read after a re-run's `start`, given after its marker.
-    held: Option<Option<Result<Output, ActorError>>>,
+    /// The item read after a re-run's `start`, given after its marker (boxed: rare, and
+    /// taking an unboxed one would copy a whole item on every poll).
+    held: Option<Box<Option<Result<Output, ActorError>>>>,
 }
 
 enum StepState {
@@ -553,14 +554,14 @@ impl StepRun {
                 },
                 StepState::Streaming(chunks) => {
                     let mut item = match this.held.take() {
-                        Some(item) => item,
+                        Some(item) => *item,
                         None => ready!(chunks.poll_forward(cx)),
                     };
                     // A remote run re-run on another worker after its first worker was lost
                     // (DESIGN.md §3): what the step forwarded so far is superseded, as after
                     // a retry of our own. The item read after the new `start` comes next.
                     if let Some(rerun) = chunks.take_restart() {
-                        this.held = Some(item);
+                        this.held = Some(Box::new(item));
                         let marker = rerun_marker(&this.step.name, rerun, this.done, this.total);
                         return Poll::Ready(Some(Ok(marker)));
                     }

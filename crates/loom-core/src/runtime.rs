@@ -481,31 +481,42 @@ impl Drive {
                 None => return item,
                 Some(err) => item = Poll::Ready(Some(Err(err))),
             },
-            Poll::Ready(_) => {}
-            Poll::Pending => {
-                let token = &self.token;
-                let cancelled = self
-                    .cancelled
-                    .get_or_insert_with(|| Box::pin(token.clone().cancelled_owned()));
-                let err = if cancelled.as_mut().poll(cx).is_ready() {
-                    ActorError::cancelled()
-                } else {
-                    let deadline = self.deadline;
-                    let sleep = self
-                        .sleep
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                    if sleep.as_mut().poll(cx).is_pending() {
-                        return Poll::Pending;
-                    }
-                    self.timeout_error()
-                };
-                item = Poll::Ready(Some(Err(err)));
-            }
+            Poll::Ready(Some(_)) => {}
+            Poll::Ready(None) => item = Poll::Ready(Some(Err(no_result()))),
+            Poll::Pending => match self.stop_while_pending(cx) {
+                None => return Poll::Pending,
+                Some(err) => item = Poll::Ready(Some(Err(err))),
+            },
         }
+        self.end();
+        item
+    }
+
+    /// Whether the run must stop while its actor waits: cancelled, or past its deadline.
+    /// Registers the waker with both, so either wakes the run.
+    fn stop_while_pending(&mut self, cx: &mut Context<'_>) -> Option<ActorError> {
+        let token = &self.token;
+        let cancelled = self
+            .cancelled
+            .get_or_insert_with(|| Box::pin(token.clone().cancelled_owned()));
+        if cancelled.as_mut().poll(cx).is_ready() {
+            return Some(ActorError::cancelled());
+        }
+        let deadline = self.deadline;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.as_mut().poll(cx).is_pending() {
+            return None;
+        }
+        Some(self.timeout_error())
+    }
+
+    /// Drops the actor's stream, so nothing it does can come after the run's end.
+    fn end(&mut self) {
         self.actor = None;
         self.cancelled = None;
         self.sleep = None;
-        item
     }
 }
 
@@ -518,37 +529,56 @@ impl Stream for Drive {
         if let Some(start) = this.start.take() {
             return Poll::Ready(Some(*start));
         }
-        let seq = this.seq;
-        let chunk = match ready!(this.poll_output(cx)) {
-            None => return Poll::Ready(None),
-            Some(Ok(output)) => output.into_chunk(seq),
-            Some(Err(err)) => StreamChunk::error(seq, &err),
+        let Some(actor) = this.actor.as_mut() else {
+            return Poll::Ready(None);
+        };
+        // The same steps as `poll_output`, written out: numbering the output right where it
+        // arrives keeps the plain run's path free of the moves a shared helper costs here.
+        let outcome = match poll_actor(actor, cx) {
+            Poll::Ready(Some(Ok(output))) if !output.is_complete() => match this.periodic_stop() {
+                None => {
+                    let chunk = output.into_chunk(this.seq);
+                    this.seq += 1;
+                    return Poll::Ready(Some(chunk));
+                }
+                Some(err) => Err(err),
+            },
+            Poll::Ready(Some(outcome)) => outcome,
+            Poll::Ready(None) => Err(no_result()),
+            Poll::Pending => match this.stop_while_pending(cx) {
+                None => return Poll::Pending,
+                Some(err) => Err(err),
+            },
+        };
+        this.end();
+        let chunk = match outcome {
+            Ok(output) => output.into_chunk(this.seq),
+            Err(err) => StreamChunk::error(this.seq, &err),
         };
         this.seq += 1;
         Poll::Ready(Some(chunk))
     }
 }
 
-/// Polls an actor's stream for its next item, turning what breaks the contract into an
-/// error: a panic, and an end without a `complete` output (never `Ready(None)`).
+/// Polls an actor's stream for its next item, turning a panic into an error. `Ready(None)`
+/// breaks the contract too (an end without a `complete` output): see [`no_result`].
 #[inline(always)]
 pub(crate) fn poll_actor(
     actor: &mut ActorStream,
     cx: &mut Context<'_>,
 ) -> Poll<Option<Result<Output, ActorError>>> {
-    let mut item = match catch_unwind(AssertUnwindSafe(|| actor.as_mut().poll_next(cx))) {
+    match catch_unwind(AssertUnwindSafe(|| actor.as_mut().poll_next(cx))) {
         Ok(item) => item,
         Err(panic) => {
             let message = format!("the actor panicked: {}", panic_message(panic.as_ref()));
-            return Poll::Ready(Some(Err(ActorError::internal(message))));
+            Poll::Ready(Some(Err(ActorError::internal(message))))
         }
-    };
-    if let Poll::Ready(None) = item {
-        item = Poll::Ready(Some(Err(ActorError::internal(
-            "the actor's stream ended without a complete output",
-        ))));
     }
-    item
+}
+
+/// The error of an actor whose stream ended without a `complete` output.
+pub(crate) fn no_result() -> ActorError {
+    ActorError::internal("the actor's stream ended without a complete output")
 }
 
 fn panic_message(payload: &(dyn Any + Send)) -> &str {

@@ -22,7 +22,7 @@ use crate::chunk::Tag;
 use crate::context::ActorContext;
 use crate::error::ActorError;
 use crate::output::{Output, OutputKind};
-use crate::runtime::poll_actor;
+use crate::runtime::{no_result, poll_actor};
 
 /// A group of actors run concurrently on the same input.
 pub struct Team {
@@ -129,7 +129,10 @@ impl TeamStream {
                 i = 0;
             }
             if let Some(member) = &mut self.members[i] {
-                let item = poll_actor(&mut member.stream, cx);
+                let mut item = poll_actor(&mut member.stream, cx);
+                if let Poll::Ready(None) = item {
+                    item = Poll::Ready(Some(Err(no_result())));
+                }
                 if item.is_ready() {
                     self.last = i;
                     self.next = i + 1;

@@ -84,6 +84,35 @@ async fn parallel_steps_interleave_their_chunks() {
 }
 
 #[tokio::test]
+async fn busy_parallel_steps_take_turns() {
+    // Neither step ever waits: polling the steps from the same one each time would forward
+    // all of one step's tokens before the other's.
+    let busy = |name: &'static str| -> std::sync::Arc<dyn loom_core::Actor> {
+        std::sync::Arc::new(loom_core::actor_fn(name, move |_, _| {
+            loom_core::try_stream! {
+                for _ in 0..50 {
+                    yield loom_core::Output::token(name);
+                }
+                yield loom_core::Output::complete(json!(name));
+            }
+        }))
+    };
+    let runtime = runtime_with(vec![busy("left"), busy("right")]);
+    let yaml = "name: busy\nactions:\n  - name: both\n    type: parallel\n    actions:\n      - { name: l, actorType: left, streaming: true }\n      - { name: r, actorType: right, streaming: true }\n";
+    let workflow = workflow(&runtime, yaml);
+    let chunks = collect(WorkflowExecutor::new(runtime).stream(workflow, json!({}))).await;
+    assert_contract(&chunks);
+    let speakers: Vec<&str> = chunks.iter().filter_map(|c| c.token()).collect();
+    assert_eq!(speakers.len(), 100, "every token is forwarded");
+    for pair in speakers.chunks(2) {
+        assert!(
+            pair.contains(&"left") && pair.contains(&"right"),
+            "steps alternate: {speakers:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_group_frames_its_steps_with_markers_in_one_gapless_stream() {
     let (left, l) = controlled("left");
     let (right, r) = controlled("right");

@@ -55,6 +55,7 @@ mod registry;
 mod runtime;
 mod team;
 pub mod trace;
+mod turns;
 
 pub use actor::{actor_fn, parse_input, Actor, ActorStream, FnActor};
 pub use async_stream::{stream, try_stream};
@@ -67,6 +68,7 @@ pub use registry::Registry;
 pub use runtime::{Attempt, ChunkStream, Invoker, RunOptions, Runtime, DEFAULT_TIMEOUT};
 pub use team::Team;
 pub use tokio_util::sync::CancellationToken;
+pub use turns::Turns;
 
 /// The README's library example, compiled and run as a doc-test so it cannot go stale.
 #[doc = include_str!("../../../README.md")]

@@ -23,6 +23,7 @@ use crate::context::ActorContext;
 use crate::error::ActorError;
 use crate::output::{Output, OutputKind};
 use crate::runtime::{no_result, poll_actor};
+use crate::turns::Turns;
 
 /// A group of actors run concurrently on the same input.
 pub struct Team {
@@ -65,24 +66,17 @@ impl Actor for Team {
     }
 
     fn stream(self: Arc<Self>, input: Value, ctx: ActorContext) -> ActorStream {
-        let members: Vec<Option<Member>> = self
-            .members
-            .iter()
-            .map(|(_, actor)| {
-                let ctx = ctx.child();
-                let cancel_on_drop = ctx.cancellation_token().clone().drop_guard();
-                Some(Member {
-                    stream: Arc::clone(actor).stream(input.clone(), ctx),
-                    _cancel_on_drop: cancel_on_drop,
-                })
-            })
-            .collect();
+        let members = Turns::new(self.members.iter().map(|(_, actor)| {
+            let ctx = ctx.child();
+            let cancel_on_drop = ctx.cancellation_token().clone().drop_guard();
+            Member {
+                stream: Arc::clone(actor).stream(input.clone(), ctx),
+                _cancel_on_drop: cancel_on_drop,
+            }
+        }));
         Box::pin(TeamStream {
-            running: members.len(),
             team: self,
             members,
-            next: 0,
-            last: 0,
             results: Map::new(),
             ended: false,
         })
@@ -102,51 +96,12 @@ struct Member {
 /// (each boundary stores the output and loads it back), not one per helper stream.
 struct TeamStream {
     team: Arc<Team>,
-    /// Each member's outputs, in the team's order; `None` once the member completed.
-    members: Vec<Option<Member>>,
-    /// Members not yet completed.
-    running: usize,
-    /// The member polled first next time: the one after the last that gave an output, so
-    /// every member gets its turn however fast the others are.
-    next: usize,
-    /// The member the last item came from.
-    last: usize,
+    /// The members still running, polled in turn.
+    members: Turns<Member>,
     /// The results of the members that completed, by name.
     results: Map<String, Value>,
     /// Whether the terminal output was given.
     ended: bool,
-}
-
-impl TeamStream {
-    /// The next item of any running member, trying each once from `next`; the member's
-    /// index is left in `last`. `None` when every member completed.
-    #[inline(always)]
-    fn poll_members(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Output, ActorError>>> {
-        let count = self.members.len();
-        let mut i = self.next;
-        for _ in 0..count {
-            if i >= count {
-                i = 0;
-            }
-            if let Some(member) = &mut self.members[i] {
-                let mut item = poll_actor(&mut member.stream, cx);
-                if let Poll::Ready(None) = item {
-                    item = Poll::Ready(Some(Err(no_result())));
-                }
-                if item.is_ready() {
-                    self.last = i;
-                    self.next = i + 1;
-                    return item;
-                }
-            }
-            i += 1;
-        }
-        if self.running == 0 {
-            Poll::Ready(None)
-        } else {
-            Poll::Pending
-        }
-    }
 }
 
 impl Stream for TeamStream {
@@ -157,8 +112,14 @@ impl Stream for TeamStream {
         if this.ended {
             return Poll::Ready(None);
         }
-        let mut item = ready!(this.poll_members(cx));
-        let member = &this.team.members[this.last].0;
+        let mut item = ready!(this.members.poll(
+            || None,
+            |member| match poll_actor(&mut member.stream, cx) {
+                Poll::Ready(None) => Poll::Ready(Some(Err(no_result()))),
+                item => item,
+            }
+        ));
+        let member = &this.team.members[this.members.last()].0;
         if let Some(Ok(output)) = &mut item {
             if !output.is_complete() {
                 output.actor = Some(member.clone());
@@ -174,8 +135,7 @@ impl Stream for TeamStream {
                 return Poll::Ready(Some(Ok(Output::complete(Value::Object(result)))));
             }
             Some(Ok(output)) => {
-                this.members[this.last] = None;
-                this.running -= 1;
+                this.members.remove_last();
                 let result = match output.kind {
                     OutputKind::Complete(result) => result,
                     OutputKind::Progress(_) | OutputKind::Data(_) => Value::Null,
@@ -188,7 +148,6 @@ impl Stream for TeamStream {
             Some(Err(err)) => {
                 // Dropping the other members cancels them.
                 this.members.clear();
-                this.running = 0;
                 this.ended = true;
                 let message = format!("team member '{member}' failed: {}", err.message());
                 let err = ActorError::new(err.code(), message).with_retryable(err.is_retryable());

@@ -85,14 +85,19 @@ async fn busy_members_take_turns() {
         .member(busy("right"));
     let chunks = collect(stream_of(team, RunOptions::default())).await;
     assert_contract(&chunks);
-    let speakers: Vec<&str> = chunks.iter().filter_map(|c| c.token()).collect();
-    assert_eq!(speakers.len(), 100, "every token is forwarded");
-    for pair in speakers.chunks(2) {
-        assert!(
-            pair.contains(&"left") && pair.contains(&"right"),
-            "members alternate: {speakers:?}"
-        );
-    }
+    let said: Vec<(&str, &str)> = chunks
+        .iter()
+        .filter_map(|c| Some((c.actor.as_deref()?, c.token()?)))
+        .collect();
+    assert_eq!(said.len(), 100, "every token is forwarded, tagged");
+    assert!(
+        said.iter().all(|(member, token)| member == token),
+        "{said:?}"
+    );
+    assert!(
+        said.windows(2).all(|two| two[0].0 != two[1].0),
+        "members alternate: {said:?}"
+    );
 }
 
 #[tokio::test]

@@ -20,7 +20,7 @@ use futures::future::BoxFuture;
 use futures::Stream;
 use loom_core::{
     Actor, ActorContext, ActorError, ActorStream, CancellationToken, ChunkStream, ErrorInfo, Event,
-    Invoker, Output, OutputKind, RunOptions, Runtime, Tag,
+    Invoker, Output, OutputKind, RunOptions, Runtime, Tag, Turns,
 };
 use serde_json::{json, Map, Value};
 use tokio::time::Sleep;
@@ -236,13 +236,9 @@ struct WorkflowRun {
 struct Running {
     /// The parallel group's name; `None` for a single step.
     group: Option<String>,
-    /// Each step while it runs, in the action's order; `None` once it ended.
-    steps: Vec<Option<StepRun>>,
-    /// Steps not yet ended.
-    live: usize,
-    /// The step polled first next time: the one after the last that gave an output, so every
-    /// step of a group gets its turn however fast the others are.
-    next: usize,
+    /// The steps still running, polled in turn (so every step of a group gets its turn
+    /// however fast the others are).
+    steps: Turns<StepRun>,
     /// The results of its finished steps, by name (a group's result).
     results: Map<String, Value>,
     /// How the step that just ended ended, until the workflow takes it in.
@@ -250,34 +246,17 @@ struct Running {
 }
 
 impl Running {
-    /// The next output of any running step, trying each once from `next`; `None` when a
-    /// step ended (its end is then in `ended`, and the step dropped) or every step had.
+    /// The next output of any running step; `None` when a step ended (its end is then in
+    /// `ended`, and the step dropped) or every step had.
     #[inline(always)]
     fn poll_steps(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Output, ActorError>>> {
-        let count = self.steps.len();
-        let mut i = self.next;
-        for _ in 0..count {
-            if i >= count {
-                i = 0;
+        let item = ready!(self.steps.poll(|| None, |step| step.poll_output(cx)));
+        if item.is_none() {
+            if let Some(mut step) = self.steps.remove_last() {
+                self.ended = step.end.take();
             }
-            if let Some(step) = &mut self.steps[i] {
-                if let Poll::Ready(item) = step.poll_output(cx) {
-                    self.next = i + 1;
-                    if item.is_none() {
-                        self.ended = step.end.take();
-                        self.steps[i] = None;
-                        self.live -= 1;
-                    }
-                    return Poll::Ready(item);
-                }
-            }
-            i += 1;
         }
-        if self.live == 0 {
-            Poll::Ready(None)
-        } else {
-            Poll::Pending
-        }
+        Poll::Ready(item)
     }
 }
 
@@ -303,19 +282,11 @@ impl WorkflowRun {
             let parent = self.ctx.cancellation_token().clone();
             let invoker = Arc::clone(&self.invoker);
             let counts = (self.done, self.total);
-            runs.push(Some(StepRun::new(
-                invoker,
-                step.clone(),
-                input,
-                parent,
-                counts,
-            )));
+            runs.push(StepRun::new(invoker, step.clone(), input, parent, counts));
         }
         self.running = Some(Running {
             group,
-            live: runs.len(),
-            steps: runs,
-            next: 0,
+            steps: Turns::new(runs),
             results: Map::new(),
             ended: None,
         });

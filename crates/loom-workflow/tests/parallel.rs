@@ -102,14 +102,20 @@ async fn busy_parallel_steps_take_turns() {
     let workflow = workflow(&runtime, yaml);
     let chunks = collect(WorkflowExecutor::new(runtime).stream(workflow, json!({}))).await;
     assert_contract(&chunks);
-    let speakers: Vec<&str> = chunks.iter().filter_map(|c| c.token()).collect();
-    assert_eq!(speakers.len(), 100, "every token is forwarded");
-    for pair in speakers.chunks(2) {
-        assert!(
-            pair.contains(&"left") && pair.contains(&"right"),
-            "steps alternate: {speakers:?}"
-        );
-    }
+    // Each step's tokens carry its step's name ("l" says "left", "r" says "right").
+    let said: Vec<(&str, &str)> = chunks
+        .iter()
+        .filter_map(|c| Some((c.step.as_deref()?, c.token()?)))
+        .collect();
+    assert_eq!(said.len(), 100, "every token is forwarded, tagged");
+    assert!(
+        said.iter().all(|(step, token)| token.starts_with(step)),
+        "{said:?}"
+    );
+    assert!(
+        said.windows(2).all(|two| two[0].0 != two[1].0),
+        "steps alternate: {said:?}"
+    );
 }
 
 #[tokio::test]

@@ -114,12 +114,6 @@ impl Output {
         self
     }
 
-    /// Removes any workflow marker (a forwarded chunk is not the forwarder's marker).
-    pub fn without_event(mut self) -> Self {
-        self.event = None;
-        self
-    }
-
     /// Whether this output ends the run.
     pub fn is_complete(&self) -> bool {
         matches!(self.kind, OutputKind::Complete(_))

@@ -241,23 +241,6 @@ struct Running {
     steps: Turns<StepRun>,
     /// The results of its finished steps, by name (a group's result).
     results: Map<String, Value>,
-    /// How the step that just ended ended, until the workflow takes it in.
-    ended: Option<Box<StepEnd>>,
-}
-
-impl Running {
-    /// The next output of any running step; `None` when a step ended (its end is then in
-    /// `ended`, and the step dropped) or every step had.
-    #[inline(always)]
-    fn poll_steps(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Output, ActorError>>> {
-        let item = ready!(self.steps.poll(|| None, |step| step.poll_output(cx)));
-        if item.is_none() {
-            if let Some(mut step) = self.steps.remove_last() {
-                self.ended = step.end.take();
-            }
-        }
-        Poll::Ready(item)
-    }
 }
 
 impl WorkflowRun {
@@ -288,7 +271,6 @@ impl WorkflowRun {
             group,
             steps: Turns::new(runs),
             results: Map::new(),
-            ended: None,
         });
     }
 
@@ -405,11 +387,16 @@ impl Stream for WorkflowRun {
                     None => continue,
                 },
             };
-            let item = ready!(running.poll_steps(cx));
+            let item = ready!(running.steps.poll(|| None, |step| step.poll_output(cx)));
             if item.is_some() {
                 return Poll::Ready(item);
             }
-            match running.ended.take() {
+            // A step ended (it is taken out, its end kept in it), or none is left.
+            match running
+                .steps
+                .remove_last()
+                .and_then(|mut step| step.end.take())
+            {
                 Some(end) => {
                     if let Some(err) = this.end_step(*end) {
                         return Poll::Ready(Some(Err(err)));

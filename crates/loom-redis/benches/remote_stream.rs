@@ -448,15 +448,17 @@ async fn throughput(server: &Target, n: u64) {
         .expect("lease");
     let publisher = loom_redis::Publisher::start(&reader, &run_id, "bench").expect("publisher");
     let start = Instant::now();
-    for seq in 0..=n {
-        let chunk = if seq == n {
+    let chunks = (0..=n).map(|seq| {
+        if seq == n {
             Output::complete(json!(null)).into_chunk(seq)
         } else {
             Output::token("tok").into_chunk(seq)
-        };
-        publisher.send(chunk).await.expect("send");
-    }
-    publisher.finish().await.expect("finish");
+        }
+    });
+    publisher
+        .publish(futures::stream::iter(chunks))
+        .await
+        .expect("publish");
     let publish = (n + 1) as f64 / start.elapsed().as_secs_f64();
     let start = Instant::now();
     let replayed = reader

@@ -1,13 +1,16 @@
-//! [`Publisher`]: writes one run's chunks to its stream, one `XADD` per chunk, pipelined.
+//! [`Publisher`]: writes one run's chunks to its stream, one `XADD` per chunk, in batches.
 //!
-//! The run hands chunks to a bounded channel; a writer task takes **whatever is queued** (up
-//! to [`MAX_PIPELINE`]) and sends it as one pipeline. A slow actor's chunk is alone in the
-//! channel and leaves at once; a fast actor's chunks pile up during one round trip and leave
-//! together in the next, so it is not held to one round trip per chunk.
+//! [`Publisher::publish`] reads the run's chunks and writes them **in the task that calls
+//! it**: while one batch is on its way to Redis it keeps reading the run, and when the reply
+//! comes it sends **whatever arrived meanwhile** as the next batch (up to [`MAX_PIPELINE`]).
+//! A slow actor's chunk is alone and leaves at once; a fast actor's chunks pile up during one
+//! round trip and leave together in the next, so it is not held to one round trip per chunk.
+//! No task or channel stands between the actor and the write: a chunk on its way from an
+//! actor's `yield` to Redis wakes no other thread (docs/performance.md says what that saved).
 //!
 //! **Bounded memory.** `XADD` does not depend on readers, so a slow or vanished reader never
-//! slows the writer; and the channel holds at most [`PUBLISH_BUFFER`] chunks, so when Redis
-//! itself is slow the actor waits at its `yield` instead of the worker buffering without
+//! slows the writer; and at most [`PUBLISH_BUFFER`] chunks wait for the next batch, so when
+//! Redis itself is slow the actor waits at its `yield` instead of the worker buffering without
 //! limit. Streams are not capped with `MAXLEN`: a trimmed stream would leave a reader who
 //! fell behind with a gap, and the stream's TTL already bounds what Redis keeps.
 //!
@@ -23,13 +26,16 @@
 //! the terminal chunk sets it again (DESIGN: default 3,600 s after the end) and deletes the
 //! lease.
 
+use std::future::{poll_fn, Future};
+use std::mem;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{ready, Poll};
 use std::time::Duration;
 
+use futures::Stream;
 use loom_core::{CancellationToken, StreamChunk};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
@@ -39,26 +45,33 @@ use crate::error::Error;
 use crate::keys::check_name;
 use crate::script::{self, Written};
 
-/// Chunks buffered between a run and its writer: enough to fill one large pipeline while the
-/// previous one is in flight, small enough (a few hundred KiB of tokens) to be the worker's
+/// Chunks read ahead of the batch in flight: enough to fill one large batch while the
+/// previous one is on its way, small enough (a few hundred KiB of tokens) to be the worker's
 /// memory bound per run.
 pub const PUBLISH_BUFFER: usize = 512;
 
-/// The most `XADD`s in one pipeline.
-pub const MAX_PIPELINE: usize = 512;
+/// The most `XADD`s in one batch (one call of the write script).
+pub const MAX_PIPELINE: usize = PUBLISH_BUFFER;
 
 /// Writes the chunks of one run to `loom:stream:{<bucket>}:<id>` (see the module docs).
-#[derive(Debug)]
 pub struct Publisher {
-    tx: mpsc::Sender<StreamChunk>,
-    discard: Arc<AtomicBool>,
-    task: JoinHandle<Result<(), Error>>,
+    writer: Writer,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("stream", &self.writer.stream)
+            .field("owner", &self.writer.owner)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Publisher {
-    /// Starts the writer for run `run_id`, on behalf of the attempt whose token `owner` the
-    /// run's lease key (`loom:lease:{<bucket>}:<id>`) holds: chunks are written only while it holds
-    /// `owner` and the stream has no terminal chunk (see the module docs).
+    /// A writer for run `run_id`, on behalf of the attempt whose token `owner` the run's lease
+    /// key (`loom:lease:{<bucket>}:<id>`) holds: chunks are written only while it holds
+    /// `owner` and the stream has no terminal chunk (see the module docs). Nothing is sent
+    /// before [`publish`](Self::publish).
     pub fn start(client: &Client, run_id: &str, owner: &str) -> Result<Self, Error> {
         Self::start_run(client, run_id, owner, None)
     }
@@ -71,8 +84,6 @@ impl Publisher {
         run: Option<CancellationToken>,
     ) -> Result<Self, Error> {
         check_name("run id", run_id)?;
-        let (tx, rx) = mpsc::channel(PUBLISH_BUFFER);
-        let discard = Arc::new(AtomicBool::new(false));
         let options = client.options();
         let writer = Writer {
             conn: client.conn(),
@@ -82,39 +93,84 @@ impl Publisher {
             run,
             ttl: options.stream_ttl.as_secs(),
             retry_for: options.visibility_timeout,
-            discard: Arc::clone(&discard),
+            discard: Arc::new(AtomicBool::new(false)),
+            first: true,
         };
-        let task = tokio::spawn(writer.run(rx));
-        Ok(Self { tx, discard, task })
+        Ok(Self { writer })
     }
 
-    /// Queues `chunk`; waits while [`PUBLISH_BUFFER`] chunks are already queued. Fails when
-    /// the writer has stopped (Redis failed past the retry window, or the run was discarded);
-    /// [`finish`](Self::finish) then says why.
-    pub async fn send(&self, chunk: StreamChunk) -> Result<(), Error> {
-        self.tx.send(chunk).await.map_err(|_| Error::WriterStopped)
-    }
-
-    /// Stops writing: whatever is queued and not yet sent is dropped, and nothing more is
+    /// Stops writing: whatever is read and not yet sent is dropped, and nothing more is
     /// written (used when another worker took the run over, or it is handed back). Also set
     /// by the writer itself when it finds it was fenced off.
     pub fn discard(&self) {
-        self.discard.store(true, Ordering::Release);
+        self.writer.discard.store(true, Ordering::Release);
     }
 
     /// A handle that does what [`discard`](Self::discard) does, for another task.
     pub(crate) fn discard_flag(&self) -> Arc<AtomicBool> {
-        Arc::clone(&self.discard)
+        Arc::clone(&self.writer.discard)
     }
 
-    /// Waits until everything queued is written (or discarded).
-    pub async fn finish(self) -> Result<(), Error> {
-        drop(self.tx);
-        match self.task.await {
-            Ok(result) => result,
-            Err(e) => Err(Error::WriterPanicked(e.to_string())),
-        }
+    /// Writes `chunks` in batches until the terminal chunk is written (what follows it is not
+    /// read), `chunks` ends, or the writer stops: discarded, or fenced off (see the module
+    /// docs), which is `Ok` too. Fails when Redis failed past the retry window (the
+    /// visibility timeout, after which another worker may run the request again).
+    pub async fn publish(self, chunks: impl Stream<Item = StreamChunk>) -> Result<(), Error> {
+        let mut chunks = pin!(chunks);
+        let mut idle = Some(self.writer);
+        let mut flight: Option<Flight> = None;
+        let mut next = Vec::with_capacity(PUBLISH_BUFFER);
+        let mut spare = Vec::with_capacity(PUBLISH_BUFFER);
+        // The run ended or its terminal chunk was read: nothing more to read.
+        let mut read_all = false;
+        poll_fn(|cx| loop {
+            while !read_all && next.len() < PUBLISH_BUFFER {
+                match chunks.as_mut().poll_next(cx) {
+                    Poll::Ready(Some(chunk)) => {
+                        read_all = chunk.is_terminal();
+                        next.push(chunk);
+                    }
+                    Poll::Ready(None) => read_all = true,
+                    Poll::Pending => break,
+                }
+            }
+            if let Some(in_flight) = &mut flight {
+                let (writer, mut batch, sent) = ready!(in_flight.as_mut().poll(cx));
+                flight = None;
+                if sent? == Sent::Done {
+                    return Poll::Ready(Ok(()));
+                }
+                batch.clear();
+                spare = batch;
+                idle = Some(writer);
+            }
+            let Some(writer) = idle.take() else {
+                return Poll::Ready(Ok(()));
+            };
+            if next.is_empty() || writer.discard.load(Ordering::Acquire) {
+                if read_all || writer.discard.load(Ordering::Acquire) {
+                    return Poll::Ready(Ok(()));
+                }
+                idle = Some(writer);
+                return Poll::Pending;
+            }
+            let batch = mem::replace(&mut next, mem::take(&mut spare));
+            flight = Some(Box::pin(writer.write(batch)));
+        })
+        .await
     }
+}
+
+/// One batch on its way: gives back the writer and the batch's buffer with the outcome.
+type Flight = Pin<Box<dyn Future<Output = (Writer, Vec<StreamChunk>, Result<Sent, Error>)> + Send>>;
+
+/// What became of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// Written; more may follow.
+    More,
+    /// The terminal chunk was written, or the writer stopped (fenced off, discarded).
+    Done,
 }
 
 struct Writer {
@@ -126,51 +182,50 @@ struct Writer {
     /// Cancelled when the writer is fenced off.
     run: Option<CancellationToken>,
     ttl: u64,
-    /// How long a failing pipeline is retried: after the visibility timeout another worker
+    /// How long a failing batch is retried: after the visibility timeout another worker
     /// may run the request again, so writing later would only interleave two attempts.
     retry_for: Duration,
     discard: Arc<AtomicBool>,
+    /// No batch was written yet (the first one sets the stream's TTL).
+    first: bool,
 }
 
 impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<StreamChunk>) -> Result<(), Error> {
-        let mut batch = Vec::with_capacity(MAX_PIPELINE);
-        let mut first = true;
-        loop {
-            if rx.recv_many(&mut batch, MAX_PIPELINE).await == 0 {
-                return Ok(());
-            }
-            if self.discard.load(Ordering::Acquire) {
-                return Ok(());
-            }
-            let terminal = batch.iter().position(StreamChunk::is_terminal);
-            if let Some(at) = terminal {
-                batch.truncate(at + 1);
-            }
-            let ttl = if first || terminal.is_some() {
-                self.ttl
-            } else {
-                0
-            };
-            let why = match self.send(&batch, ttl, terminal.is_some()).await? {
-                Written::Yes => None,
-                Written::NotOwner => Some("the lease is not ours"),
-                Written::Ended => Some("the stream already has its terminal chunk"),
-            };
-            if let Some(why) = why {
-                tracing::warn!(stream = %self.stream, owner = %self.owner, why, "writer fenced off; stopping the run");
-                self.discard.store(true, Ordering::Release);
-                if let Some(run) = &self.run {
-                    run.cancel();
-                }
-                return Ok(());
-            }
-            first = false;
-            if terminal.is_some() {
-                return Ok(());
-            }
-            batch.clear();
+    /// Writes `batch` (cut after its terminal chunk, if any).
+    async fn write(
+        mut self,
+        mut batch: Vec<StreamChunk>,
+    ) -> (Self, Vec<StreamChunk>, Result<Sent, Error>) {
+        let terminal = batch.iter().position(StreamChunk::is_terminal);
+        if let Some(at) = terminal {
+            batch.truncate(at + 1);
         }
+        let ttl = if self.first || terminal.is_some() {
+            self.ttl
+        } else {
+            0
+        };
+        let why = match self.send(&batch, ttl, terminal.is_some()).await {
+            Ok(Written::Yes) => None,
+            Ok(Written::NotOwner) => Some("the lease is not ours"),
+            Ok(Written::Ended) => Some("the stream already has its terminal chunk"),
+            Err(e) => return (self, batch, Err(e)),
+        };
+        if let Some(why) = why {
+            tracing::warn!(stream = %self.stream, owner = %self.owner, why, "writer fenced off; stopping the run");
+            self.discard.store(true, Ordering::Release);
+            if let Some(run) = &self.run {
+                run.cancel();
+            }
+            return (self, batch, Ok(Sent::Done));
+        }
+        self.first = false;
+        let sent = if terminal.is_some() {
+            Sent::Done
+        } else {
+            Sent::More
+        };
+        (self, batch, Ok(sent))
     }
 
     /// Writes one batch, retrying Redis failures for `retry_for`.

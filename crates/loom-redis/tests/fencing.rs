@@ -7,10 +7,13 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::channel::mpsc;
+use futures::SinkExt;
 use loom_core::{ChunkType, ErrorCode, Output, StreamChunk};
 use loom_redis::{Client, Publisher, WorkerOptions};
 use serde_json::json;
 use support::*;
+use tokio::task::JoinHandle;
 
 fn conn(server: &RedisServer) -> redis::Connection {
     redis::Client::open(server.url())
@@ -35,14 +38,21 @@ fn start_chunk(run_id: &str) -> StreamChunk {
     start
 }
 
-/// Sends token chunks from `seq` on until the writer refuses them (it stopped).
-async fn send_until_refused(publisher: &Publisher, mut seq: u64) {
+/// Publishes, in a task of its own, what is sent on the channel returned.
+fn publishing(
+    publisher: Publisher,
+) -> (
+    mpsc::Sender<StreamChunk>,
+    JoinHandle<Result<(), loom_redis::Error>>,
+) {
+    let (tx, rx) = mpsc::channel(0);
+    (tx, tokio::spawn(publisher.publish(rx)))
+}
+
+/// Sends token chunks from `seq` on until the writer refuses them (it stopped reading).
+async fn send_until_refused(tx: &mut mpsc::Sender<StreamChunk>, mut seq: u64) {
     within(10, async {
-        while publisher
-            .send(Output::token("late").into_chunk(seq))
-            .await
-            .is_ok()
-        {
+        while tx.send(Output::token("late").into_chunk(seq)).await.is_ok() {
             seq += 1;
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -69,17 +79,19 @@ async fn a_writer_whose_lease_another_attempt_took_is_fenced_and_writes_nothing(
     let key = client.keys().stream(&run_id);
     set_lease(&mut conn, &client, &run_id, "w1:1:0-1", 60_000);
 
-    let publisher = Publisher::start(&client, &run_id, "w1:1:0-1").expect("publisher");
-    within(5, publisher.send(start_chunk(&run_id)))
+    let (mut tx, publishing) =
+        publishing(Publisher::start(&client, &run_id, "w1:1:0-1").expect("publisher"));
+    within(5, tx.send(start_chunk(&run_id)))
         .await
         .expect("send start");
     wait_for_len(&mut conn, &key, 1).await;
 
     // Attempt 2 (another worker) takes the run over.
     set_lease(&mut conn, &client, &run_id, "w2:2:0-1", 60_000);
-    send_until_refused(&publisher, 1).await;
-    within(10, publisher.finish())
+    send_until_refused(&mut tx, 1).await;
+    within(10, publishing)
         .await
+        .expect("joined")
         .expect("a fenced writer stops without an error");
 
     let written = entries(&mut conn, &key);
@@ -113,7 +125,7 @@ async fn a_worker_stops_a_run_whose_lease_another_attempt_took_and_writes_nothin
     set_lease(&mut conn, &client, &run_id, "other:2:0-1", 60_000);
 
     within(10, async {
-        while probe.cancelled_at.lock().unwrap().is_none() {
+        while probe.stopped_at.lock().unwrap().is_none() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
@@ -142,8 +154,9 @@ async fn nothing_is_appended_after_a_worker_lost_terminal_even_by_a_live_lease_h
     let key = client.keys().stream(&run_id);
     // The old worker's lease lapses (its heartbeat stalled) while its publisher lives on.
     set_lease(&mut conn, &client, &run_id, "w1:1:0-1", 300);
-    let publisher = Publisher::start(&client, &run_id, "w1:1:0-1").expect("publisher");
-    within(5, publisher.send(start_chunk(&run_id)))
+    let (mut tx, publishing) =
+        publishing(Publisher::start(&client, &run_id, "w1:1:0-1").expect("publisher"));
+    within(5, tx.send(start_chunk(&run_id)))
         .await
         .expect("send start");
     wait_for_len(&mut conn, &key, 1).await;
@@ -159,8 +172,11 @@ async fn nothing_is_appended_after_a_worker_lost_terminal_even_by_a_live_lease_h
 
     // The old worker comes back holding its lease again: still nothing after the terminal.
     set_lease(&mut conn, &client, &run_id, "w1:1:0-1", 60_000);
-    send_until_refused(&publisher, 1).await;
-    within(10, publisher.finish()).await.expect("finish");
+    send_until_refused(&mut tx, 1).await;
+    within(10, publishing)
+        .await
+        .expect("joined")
+        .expect("a fenced writer stops without an error");
 
     let written = entries(&mut conn, &key);
     assert_eq!(written.len(), 2, "{written:?}");

@@ -9,9 +9,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{stream, Stream, StreamExt};
 use loom_core::{
-    ActorError, Attempt, CancellationToken, ChunkType, ErrorCode, RunOptions, StreamChunk,
+    ActorError, Attempt, CancellationToken, ChunkStream, ChunkType, ErrorCode, RunOptions,
+    StreamChunk,
 };
 use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
@@ -148,10 +149,9 @@ async fn run_request(
     // Before the run joins `active`: the heartbeat stops a run whose lease is not its own.
     take_lease(shared, run_id, &owner).await?;
     if let Some(err) = refusal {
-        for chunk in refused(request, seq, attempt, &err) {
-            publisher.send(chunk).await?;
-        }
-        publisher.finish().await?;
+        publisher
+            .publish(stream::iter(refused(request, seq, attempt, &err)))
+            .await?;
         acknowledge(shared, queue, entry).await;
         return Ok(());
     }
@@ -256,39 +256,34 @@ async fn drive(
         .runtime
         .stream_attempt(&request.actor, request.input.clone(), options, attempt_of)
     {
-        Ok(mut chunks) => {
-            let (mut count, mut bytes) = (0u64, 0u64);
-            while let Some(chunk) = chunks.next().await {
-                count += 1;
-                bytes += data_size(&chunk);
-                if (count > shared.max_run_chunks || bytes > shared.max_run_bytes)
-                    && !chunk.is_terminal()
-                {
-                    // Past the cap: the actor stops (its stream is dropped) and the run ends
-                    // with an error in the place of the chunk that did not fit.
-                    drop(chunks);
-                    let err = ActorError::new(
-                        ErrorCode::ActorFailed,
-                        format!(
-                            "the run's output passed the cap of {} chunks or {} bytes a run may write",
-                            shared.max_run_chunks, shared.max_run_bytes
-                        ),
-                    );
-                    publisher.send(StreamChunk::error(chunk.seq, &err)).await?;
-                    break;
-                }
-                if publisher.send(chunk).await.is_err() {
-                    break;
-                }
-            }
-        }
+        Ok(chunks) => publisher.publish(capped(chunks, shared)).await,
         Err(err) => {
-            for chunk in refused(request, seq, attempt, &err) {
-                publisher.send(chunk).await?;
-            }
+            publisher
+                .publish(stream::iter(refused(request, seq, attempt, &err)))
+                .await
         }
     }
-    publisher.finish().await
+}
+
+/// `chunks` up to the caps on what a run may write: past them the actor stops (its stream is
+/// no longer read) and the run ends with an error in the place of the chunk that did not fit.
+fn capped(chunks: ChunkStream, shared: &Shared) -> impl Stream<Item = StreamChunk> {
+    let (max_chunks, max_bytes) = (shared.max_run_chunks, shared.max_run_bytes);
+    let (mut count, mut bytes) = (0u64, 0u64);
+    chunks.map(move |chunk| {
+        count += 1;
+        bytes += data_size(&chunk);
+        if (count > max_chunks || bytes > max_bytes) && !chunk.is_terminal() {
+            let err = ActorError::new(
+                ErrorCode::ActorFailed,
+                format!(
+                    "the run's output passed the cap of {max_chunks} chunks or {max_bytes} bytes a run may write"
+                ),
+            );
+            return StreamChunk::error(chunk.seq, &err);
+        }
+        chunk
+    })
 }
 
 /// About how many bytes of data `chunk` adds to Redis: a token's text is counted without

@@ -64,6 +64,25 @@ pub struct Probe {
     pub starts: AtomicU32,
     /// When a ticker saw its cancel.
     pub cancelled_at: Mutex<Option<Instant>>,
+    /// When a ticker run was stopped before its end: it saw its cancel, or it was dropped.
+    pub stopped_at: Mutex<Option<Instant>>,
+}
+
+/// Records in [`Probe::stopped_at`] when dropped before [`Running::done`].
+struct Running(Option<Arc<Probe>>);
+
+impl Running {
+    fn done(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(probe) = &self.0 {
+            *probe.stopped_at.lock().unwrap() = Some(Instant::now());
+        }
+    }
 }
 
 /// `ticker`: yields `count` tokens `t0 t1 …`, one every `delay_ms`, then completes.
@@ -93,6 +112,7 @@ impl Actor for Ticker {
         Box::pin(async_stream::try_stream! {
             let input: TickerInput = parse_input(input)?;
             self.probe.starts.fetch_add(1, Ordering::SeqCst);
+            let running = Running(Some(Arc::clone(&self.probe)));
             for i in 0..input.count {
                 if input.delay_ms > 0 {
                     tokio::select! {
@@ -106,6 +126,7 @@ impl Actor for Ticker {
                 }
                 yield Output::token(format!("t{i}"));
             }
+            running.done();
             yield Output::complete(json!({ "ticks": input.count }));
         })
     }

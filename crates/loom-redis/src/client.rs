@@ -15,7 +15,7 @@
 //! ([`Client::invoker`]) by `remote.rs`, the layers above.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::aio::ConnectionManagerConfig;
@@ -122,7 +122,13 @@ struct Inner {
     keys: Keys,
     options: ClientOptions,
     hub: OnceCell<Hub>,
+    /// Writers' connections between two runs (see [`Client::writer_wire`]).
+    idle_writers: Mutex<Vec<Wire>>,
 }
+
+/// Writers' connections kept for the next runs: a worker's concurrency (16 by default) is
+/// how many it needs at once.
+const IDLE_WRITERS: usize = 64;
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -188,6 +194,7 @@ impl Client {
                 keys,
                 options,
                 hub: OnceCell::new(),
+                idle_writers: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -238,6 +245,48 @@ impl Client {
     /// Whether this client talks to a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
         self.inner.conn.is_cluster()
+    }
+
+    /// A connection of a writer's own (`publisher.rs`), idle or new, so that its batches go
+    /// to Redis from the run's own task rather than through the shared connection's task. On
+    /// one server only: on a cluster `None`, and the writer uses the cluster connection, which
+    /// routes each batch to its slot's node.
+    pub(crate) async fn writer_wire(&self) -> Option<Result<Wire, Error>> {
+        let Topology::Single(server) = &self.inner.topology else {
+            return None;
+        };
+        let idle = self
+            .inner
+            .idle_writers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        Some(match idle {
+            Some(wire) => Ok(wire),
+            None => Wire::connect(server.get_connection_info(), Duration::ZERO).await,
+        })
+    }
+
+    /// Forgets the idle writers' connections: one failed, so those opened in its time may
+    /// have failed too (Redis restarted), and the next writer had better connect anew.
+    pub(crate) fn drop_idle_writers(&self) {
+        self.inner
+            .idle_writers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    /// Takes back a writer's connection with no reply outstanding, for the next run.
+    pub(crate) fn idle_writer(&self, wire: Wire) {
+        let mut idle = self
+            .inner
+            .idle_writers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < IDLE_WRITERS {
+            idle.push(wire);
+        }
     }
 
     /// A clone of the shared command connection.

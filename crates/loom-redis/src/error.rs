@@ -45,13 +45,6 @@ pub enum Error {
     /// The process's stream reader task is gone, so no stream can be read.
     #[error("the stream reader stopped")]
     ReaderStopped,
-    /// A run's stream writer has stopped: Redis failed past its retry window, or the run
-    /// was discarded. [`Publisher::finish`](crate::Publisher::finish) says which.
-    #[error("the stream writer stopped")]
-    WriterStopped,
-    /// A run's stream writer task panicked.
-    #[error("the stream writer panicked: {0}")]
-    WriterPanicked(String),
     /// Redis refused or failed a command, or could not be reached.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
@@ -66,7 +59,7 @@ impl Error {
 
     /// The wire error code this failure stands for: `bad_input` for invalid names, ids and
     /// options, `not_found` for unknown actors and streams, `upstream` for Redis failures
-    /// (and readers or writers stopped by them), `internal` for a panicked writer.
+    /// (and readers stopped by them).
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::InvalidName { .. }
@@ -74,11 +67,7 @@ impl Error {
             | Self::EntryIdPastEnd(_)
             | Self::InvalidOptions(_) => ErrorCode::BadInput,
             Self::UnknownActor(_) | Self::StreamNotFound(_) => ErrorCode::NotFound,
-            Self::UnexpectedReply(_)
-            | Self::ReaderStopped
-            | Self::WriterStopped
-            | Self::Redis(_) => ErrorCode::Upstream,
-            Self::WriterPanicked(_) => ErrorCode::Internal,
+            Self::UnexpectedReply(_) | Self::ReaderStopped | Self::Redis(_) => ErrorCode::Upstream,
         }
     }
 

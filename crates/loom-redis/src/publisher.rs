@@ -5,8 +5,11 @@
 //! comes it sends **whatever arrived meanwhile** as the next batch (up to [`MAX_PIPELINE`]).
 //! A slow actor's chunk is alone and leaves at once; a fast actor's chunks pile up during one
 //! round trip and leave together in the next, so it is not held to one round trip per chunk.
-//! No task or channel stands between the actor and the write: a chunk on its way from an
-//! actor's `yield` to Redis wakes no other thread (docs/performance.md says what that saved).
+//! No task or channel stands between the actor and the write: on one server a run writes
+//! on a connection of its own (taken from the client's idle ones, given back when the run
+//! ends), so a chunk on its way from an actor's `yield` to Redis wakes no other task
+//! (docs/performance.md says what that saved). On a cluster the batches go through the
+//! client's cluster connection, which routes each to its slot's node.
 //!
 //! **Bounded memory.** `XADD` does not depend on readers, so a slow or vanished reader never
 //! slows the writer; and at most [`PUBLISH_BUFFER`] chunks wait for the next batch, so when
@@ -44,6 +47,7 @@ use crate::conn::Conn;
 use crate::error::Error;
 use crate::keys::check_name;
 use crate::script::{self, Written};
+use crate::wire::Wire;
 
 /// Chunks read ahead of the batch in flight: enough to fill one large batch while the
 /// previous one is on its way, small enough (a few hundred KiB of tokens) to be the worker's
@@ -86,6 +90,8 @@ impl Publisher {
         check_name("run id", run_id)?;
         let options = client.options();
         let writer = Writer {
+            client: client.clone(),
+            wire: None,
             conn: client.conn(),
             stream: client.keys().stream(run_id),
             lease: client.keys().lease(run_id),
@@ -174,6 +180,10 @@ enum Sent {
 }
 
 struct Writer {
+    client: Client,
+    /// The writer's own connection (one server only), while no reply is outstanding on it.
+    wire: Option<Wire>,
+    /// The shared connection: on a cluster, batches go through it.
     conn: Conn,
     stream: String,
     lease: String,
@@ -238,17 +248,7 @@ impl Writer {
         let start = Instant::now();
         let mut backoff = Backoff::default();
         loop {
-            let written = script::write_batch(
-                &mut self.conn,
-                &self.stream,
-                &self.lease,
-                &self.owner,
-                ttl,
-                terminal,
-                batch,
-            )
-            .await;
-            match written {
+            match self.write_once(batch, ttl, terminal).await {
                 Err(Error::Redis(e)) if start.elapsed() < self.retry_for => {
                     tracing::warn!(stream = %self.stream, error = %e, "XADD failed; retrying");
                     backoff.wait().await;
@@ -258,6 +258,50 @@ impl Writer {
                 }
                 written => return written,
             }
+        }
+    }
+
+    /// One try of [`send`](Self::send): on the writer's own connection on one server, on
+    /// the shared cluster connection on a cluster. The own connection is out of `wire` while
+    /// its reply is outstanding, and only an answered one goes back: a try dropped halfway
+    /// (the run stopped) or failed never leaves a connection with a reply still to come.
+    async fn write_once(
+        &mut self,
+        batch: &[StreamChunk],
+        ttl: u64,
+        terminal: bool,
+    ) -> Result<Written, Error> {
+        let wire = match self.wire.take() {
+            Some(wire) => Some(wire),
+            None => self.client.writer_wire().await.transpose()?,
+        };
+        let Some(mut wire) = wire else {
+            let (stream, lease, owner) = (&self.stream, &self.lease, &self.owner);
+            return script::write_batch(&mut self.conn, stream, lease, owner, ttl, terminal, batch)
+                .await;
+        };
+        let written = script::write_batch(
+            &mut wire,
+            &self.stream,
+            &self.lease,
+            &self.owner,
+            ttl,
+            terminal,
+            batch,
+        )
+        .await;
+        match &written {
+            Ok(_) => self.wire = Some(wire),
+            Err(_) => self.client.drop_idle_writers(),
+        }
+        written
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if let Some(wire) = self.wire.take() {
+            self.client.idle_writer(wire);
         }
     }
 }

@@ -1,5 +1,5 @@
 //! [`Wire`]: the connection of a blocking reader (the hub's `XREAD`, the worker's
-//! `XREADGROUP`), which reads RESP2 replies into [`Reply`]s whose strings are slices of the
+//! `XREADGROUP`) and of a run's writer (`publisher.rs`), which reads RESP2 replies into [`Reply`]s whose strings are slices of the
 //! bytes read ([`Bytes`]), not one allocation each.
 //!
 //! Reading streams is Loom's hot path: an `XREAD` reply carries, per entry, an id and six or
@@ -10,7 +10,9 @@
 //! RESP2 itself: the command is packed by the redis crate ([`Cmd`]), the reply parsed here,
 //! and an error reply handed back to the redis crate to become a [`redis::RedisError`] with its
 //! kind and code (`MOVED`, `ASK`, `NOAUTH`, …). Reading the reply also happens in the reading
-//! task itself, without a connection task in between.
+//! task itself, without a connection task in between; that is also why a writer sends its
+//! batches on one (as a [`ConnectionLike`](redis::aio::ConnectionLike), so the scripts of
+//! `script.rs` run on it unchanged).
 
 use std::time::Duration;
 
@@ -78,7 +80,7 @@ impl From<redis::Value> for Reply {
 trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin> Io for T {}
 
-/// A blocking reader's connection (see the module docs).
+/// A blocking reader's or a writer's connection (see the module docs).
 pub(crate) struct Wire {
     io: Box<dyn Io>,
     buf: BytesMut,
@@ -86,6 +88,8 @@ pub(crate) struct Wire {
     id: Option<i64>,
     /// How long one reply may take: the read's block plus the usual response timeout.
     timeout: Duration,
+    /// The database selected.
+    db: i64,
 }
 
 impl std::fmt::Debug for Wire {
@@ -125,6 +129,7 @@ impl Wire {
             buf: BytesMut::new(),
             id: None,
             timeout: block + RESPONSE_TIMEOUT,
+            db: info.redis_settings().db(),
         };
         let settings = info.redis_settings();
         if let Some(password) = settings.password() {
@@ -178,6 +183,53 @@ impl Wire {
         tokio::time::timeout(self.timeout, exchange)
             .await
             .map_err(|_| timed_out("waiting for a reply"))?
+    }
+}
+
+impl redis::aio::ConnectionLike for Wire {
+    /// One command and its reply, in the calling task (how a writer sends its batches).
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        Box::pin(async move {
+            match self.query(cmd).await {
+                Ok(reply) => Ok(reply.into()),
+                Err(Error::Redis(e)) => Err(e),
+                Err(other) => Err(RedisError::from((
+                    redis::ErrorKind::Parse,
+                    "an unreadable reply",
+                    other.to_string(),
+                ))),
+            }
+        })
+    }
+
+    /// Pipelines are not sent on a `Wire`: Loom sends each of its batches as one script call.
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        _pipeline: &'a redis::Pipeline,
+        _offset: usize,
+        _count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        Box::pin(async {
+            Err(RedisError::from((
+                redis::ErrorKind::Client,
+                "pipelines are not sent on this connection",
+            )))
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.db
+    }
+}
+
+impl From<Reply> for redis::Value {
+    fn from(reply: Reply) -> Self {
+        match reply {
+            Reply::Nil => Self::Nil,
+            Reply::Int(n) => Self::Int(n),
+            Reply::Text(bytes) => Self::BulkString(bytes.to_vec()),
+            Reply::Array(items) => Self::Array(items.into_iter().map(Self::from).collect()),
+        }
     }
 }
 

@@ -40,7 +40,19 @@ async fn readers_end_with_an_error_and_workers_survive_until_redis_returns() {
 
     server.restart();
     // The same client and worker serve a new run once Redis is back.
-    let chunks = within(20, async {
+    let chunks = echo_once_back(&client).await;
+    let chunks = collect(20, chunks).await;
+    assert_eq!(
+        chunks.last().unwrap().kind,
+        ChunkType::Complete,
+        "{chunks:?}"
+    );
+    worker.stop().await;
+}
+
+/// An `echo` run, queued as soon as Redis answers again.
+async fn echo_once_back(client: &loom_redis::Client) -> loom_core::ChunkStream {
+    within(20, async {
         loop {
             match client
                 .invoker()
@@ -52,14 +64,7 @@ async fn readers_end_with_an_error_and_workers_survive_until_redis_returns() {
             }
         }
     })
-    .await;
-    let chunks = collect(20, chunks).await;
-    assert_eq!(
-        chunks.last().unwrap().kind,
-        ChunkType::Complete,
-        "{chunks:?}"
-    );
-    worker.stop().await;
+    .await
 }
 
 /// The text of a stream's last attempt: its tokens after the last `start` chunk.
@@ -204,5 +209,37 @@ async fn a_redis_out_of_memory_ends_the_reader_with_a_clear_error_and_the_worker
     let _: () = redis::cmd("FLUSHALL").query(&mut plain).unwrap();
     let again = collect(30, ticker(&client, 3, 0).await).await;
     assert_eq!(again.last().unwrap().kind, ChunkType::Complete, "{again:?}");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn runs_after_a_redis_restart_are_written_at_once_although_idle_writer_connections_died() {
+    let mut server = RedisServer::start_own();
+    let client = client(&server, fast_options()).await;
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+    // Three runs at once leave three writer connections idle in the worker's client.
+    let runs = futures::future::join_all((0..3).map(|_| ticker(&client, 3, 0))).await;
+    for chunks in runs {
+        let chunks = collect(10, chunks).await;
+        assert_eq!(
+            chunks.last().unwrap().kind,
+            ChunkType::Complete,
+            "{chunks:?}"
+        );
+    }
+
+    server.stop();
+    server.restart();
+    let chunks = echo_once_back(&client).await;
+    // One failed write on a dead connection, then a new one: the run ends on its first
+    // attempt, well before a lease could lapse and have it run again.
+    let chunks = collect(5, chunks).await;
+    assert_eq!(
+        chunks.last().unwrap().kind,
+        ChunkType::Complete,
+        "{chunks:?}"
+    );
+    assert!(chunks.iter().all(|c| c.attempt.is_none()), "{chunks:?}");
     worker.stop().await;
 }

@@ -16,7 +16,8 @@
 //! `throughput`, `latency`, `scale` or `soak` to run only those). With `cluster` every figure
 //! is taken on a 3-master Redis Cluster on loopback instead, its baselines too
 //! (`redis-benchmark` on the node owning its key, XADD through redis-rs's cluster client), and the redis-server
-//! CPU is the sum over the nodes.
+//! CPU is the sum over the nodes. `profile` runs the throughput stream without its baselines,
+//! for `perf record` (the baselines' own wake-ups would otherwise fill this process's profile).
 
 #[path = "support/measure.rs"]
 mod measure;
@@ -382,7 +383,9 @@ async fn raw_pipelined_xadd(mut conn: AnyConn, n: u64) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
-async fn throughput(server: &Target, n: u64) {
+/// `baselines: false` (`-- profile`) runs the remote stream alone, for a profiler: the
+/// baselines run in this process too and would fill its profile with their own wake-ups.
+async fn throughput(server: &Target, n: u64, baselines: bool) {
     println!("## throughput: one remote stream, {n} token chunks");
     let prefix = "bench-tp:";
     let worker_client = Client::connect_with(server.url(), options(prefix))
@@ -403,10 +406,12 @@ async fn throughput(server: &Target, n: u64) {
     let mut raw = 0.0f64;
     let (mut loom_cpu, mut server_cpu) = (Duration::ZERO, Duration::ZERO);
     for _ in 0..3 {
-        if let Some(r) = redis_benchmark(server, n) {
-            rb = Some(rb.map_or(r, |b: f64| b.max(r)));
+        if baselines {
+            if let Some(r) = redis_benchmark(server, n) {
+                rb = Some(rb.map_or(r, |b: f64| b.max(r)));
+            }
+            raw = raw.max(server.with_conn(|c| raw_pipelined_xadd(c, n)).await);
         }
-        raw = raw.max(server.with_conn(|c| raw_pipelined_xadd(c, n)).await);
         let (cpu_at, server_at) = (own_cpu(), server.redis_cpu().await);
         let start = Instant::now();
         let mut chunks = reader
@@ -731,7 +736,8 @@ fn main() {
     let wants = |name: &str| (only.is_empty() && name != "soak") || only.contains(&name);
     rt.block_on(async {
         if wants("throughput") {
-            throughput(&server, if quick { 50_000 } else { 200_000 }).await;
+            let baselines = !args.iter().any(|a| a == "profile");
+            throughput(&server, if quick { 50_000 } else { 200_000 }, baselines).await;
         }
         if wants("latency") {
             latency(&server, if quick { 500 } else { 3000 }).await;

@@ -20,7 +20,7 @@ use serde_json::Value as Json;
 
 use crate::error::Error;
 use crate::keys::check_name;
-use crate::wire::Reply;
+use crate::wire::{Strings, Walk};
 
 /// A Redis stream entry id, `<ms>-<seq>`, ordered as Redis orders them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -77,7 +77,7 @@ impl FromStr for EntryId {
 #[derive(Debug, Clone)]
 pub(crate) struct RawEntry {
     pub(crate) id: EntryId,
-    pub(crate) fields: Vec<Reply>,
+    pub(crate) fields: Strings,
 }
 
 /// Appends `XADD <key> * <fields of chunk>` to `pipe`.
@@ -172,19 +172,15 @@ fn json<T: serde::Serialize>(value: &T) -> String {
 
 /// The text of a string-like reply value of the redis crate.
 pub(crate) fn text(value: &Value) -> Option<&str> {
-    let bytes: &[u8] = match value {
-        Value::BulkString(b) => b,
-        Value::SimpleString(s) => s.as_bytes(),
-        Value::VerbatimString { text, .. } => text.as_bytes(),
-        _ => return None,
-    };
-    std::str::from_utf8(bytes).ok()
+    text_bytes(value).and_then(|b| std::str::from_utf8(b).ok())
 }
 
-/// The bytes of a string reply.
-fn bytes(reply: &Reply) -> Option<&[u8]> {
-    match reply {
-        Reply::Text(b) => Some(b),
+/// The bytes of a string-like reply value of the redis crate.
+fn text_bytes(value: &Value) -> Option<&[u8]> {
+    match value {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        Value::VerbatimString { text, .. } => Some(text.as_bytes()),
         _ => None,
     }
 }
@@ -194,7 +190,7 @@ fn parse_json<T: DeserializeOwned>(field: &str, raw: &[u8]) -> Result<T, String>
 }
 
 /// Rebuilds the chunk an entry stands for, or says why it cannot.
-pub(crate) fn decode_chunk(fields: &[Reply]) -> Result<StreamChunk, String> {
+pub(crate) fn decode_chunk(fields: &Strings) -> Result<StreamChunk, String> {
     if !fields.len().is_multiple_of(2) {
         return Err("odd number of field/value items".to_owned());
     }
@@ -202,9 +198,8 @@ pub(crate) fn decode_chunk(fields: &[Reply]) -> Result<StreamChunk, String> {
     let mut seq = None;
     let mut data: Option<&[u8]> = None;
     let mut chunk = StreamChunk::new(ChunkType::Start, 0);
-    for pair in fields.chunks_exact(2) {
-        let name = bytes(&pair[0]).ok_or("a field name is not a string")?;
-        let value = bytes(&pair[1]).ok_or("a field value is not a string")?;
+    let mut texts = fields.iter();
+    while let (Some(name), Some(value)) = (texts.next(), texts.next()) {
         match name {
             b"type" => {
                 let name = std::str::from_utf8(value).unwrap_or("");
@@ -263,70 +258,104 @@ fn token_text(data: &[u8]) -> Option<&str> {
 }
 
 /// The value of field `name` in a flat `field value …` list.
-pub(crate) fn field<'a>(fields: &'a [Reply], name: &str) -> Option<&'a [u8]> {
-    fields
-        .chunks_exact(2)
-        .find(|pair| bytes(&pair[0]) == Some(name.as_bytes()))
-        .and_then(|pair| bytes(&pair[1]))
+pub(crate) fn field<'a>(fields: &'a Strings, name: &str) -> Option<&'a [u8]> {
+    let mut texts = fields.iter();
+    while let (Some(key), Some(value)) = (texts.next(), texts.next()) {
+        if key == name.as_bytes() {
+            return Some(value);
+        }
+    }
+    None
 }
 
-/// The text of a string reply.
-fn reply_text(reply: &Reply) -> Option<&str> {
-    bytes(reply).and_then(|b| std::str::from_utf8(b).ok())
-}
-
-/// Reads one entry `[id, [field, value, …]]`.
-fn parse_entry(reply: Reply) -> Result<RawEntry, String> {
-    let Reply::Array(mut parts) = reply else {
+/// Reads one entry `[id, [field, value, …]]` parsed by the redis crate.
+fn parse_entry(value: Value) -> Result<RawEntry, String> {
+    let Value::Array(mut parts) = value else {
         return Err("an entry is not an array".to_owned());
     };
     if parts.len() != 2 {
         return Err("an entry is not [id, fields]".to_owned());
     }
     let fields = match parts.pop() {
-        Some(Reply::Array(fields)) => fields,
-        Some(Reply::Nil) => Vec::new(),
+        Some(Value::Array(fields)) => fields,
+        Some(Value::Nil) => Vec::new(),
         _ => return Err("an entry's fields are not a list".to_owned()),
     };
+    let texts = fields
+        .iter()
+        .map(|f| text_bytes(f).ok_or("a field is not a string"))
+        .collect::<Result<Vec<_>, _>>()?;
     let id = parts
         .pop()
         .as_ref()
-        .and_then(reply_text)
+        .and_then(text)
         .and_then(|s| s.parse().ok())
         .ok_or("an entry id is not <ms>-<seq>")?;
-    Ok(RawEntry { id, fields })
+    Ok(RawEntry {
+        id,
+        fields: Strings::encode(texts),
+    })
 }
 
-/// Reads a list of entries (an `XRANGE` reply, or the entries of an `XAUTOCLAIM` reply).
-pub(crate) fn parse_entries(reply: impl Into<Reply>) -> Result<Vec<RawEntry>, String> {
-    match reply.into() {
-        Reply::Array(items) => items.into_iter().map(parse_entry).collect(),
-        Reply::Nil => Ok(Vec::new()),
+/// Reads a list of entries parsed by the redis crate (an `XRANGE` reply, or the entries of an
+/// `XAUTOCLAIM` reply).
+pub(crate) fn parse_entries(value: Value) -> Result<Vec<RawEntry>, String> {
+    match value {
+        Value::Array(items) => items.into_iter().map(parse_entry).collect(),
+        Value::Nil => Ok(Vec::new()),
         _ => Err("a range reply is not an array".to_owned()),
     }
 }
 
-/// Reads an `XREAD`/`XREADGROUP` reply into `(key, entries)`.
-pub(crate) fn parse_read_reply(reply: Reply) -> Result<Vec<(String, Vec<RawEntry>)>, String> {
-    let items = match reply {
-        Reply::Nil => return Ok(Vec::new()),
-        Reply::Array(items) => items,
-        _ => return Err("a read reply is not an array".to_owned()),
+/// A reply that is not the shape expected of `what`.
+fn shape(what: &'static str) -> impl Fn(Error) -> String {
+    move |e| format!("{what}: {e}")
+}
+
+/// Reads an `XREAD`/`XREADGROUP` reply ([`Wire::query_frame`](crate::wire::Wire::query_frame))
+/// into `(key, entries)`, each entry's fields one slice of the reply's bytes.
+pub(crate) fn parse_read_frame(
+    frame: bytes::Bytes,
+) -> Result<Vec<(String, Vec<RawEntry>)>, String> {
+    let mut walk = Walk::new(frame);
+    let Some(streams) = walk
+        .array()
+        .map_err(shape("a read reply is not an array"))?
+    else {
+        return Ok(Vec::new());
     };
-    items
-        .into_iter()
-        .map(|item| match item {
-            Reply::Array(mut kv) if kv.len() == 2 => {
-                let entries = kv.pop().unwrap_or(Reply::Nil);
-                let key = kv.pop().unwrap_or(Reply::Nil);
-                let key = reply_text(&key)
-                    .ok_or("a stream key is not text")?
-                    .to_owned();
-                Ok((key, parse_entries(entries)?))
+    let mut read = Vec::with_capacity(streams);
+    for _ in 0..streams {
+        if walk.array().map_err(shape("a read reply item"))? != Some(2) {
+            return Err("a read reply item is not [key, entries]".to_owned());
+        }
+        let key = walk.text().map_err(shape("a stream key"))?;
+        let key = std::str::from_utf8(key)
+            .map_err(|_| "a stream key is not text".to_owned())?
+            .to_owned();
+        let count = walk
+            .array()
+            .map_err(shape("a stream's entries"))?
+            .unwrap_or(0);
+        let mut entries = Vec::with_capacity(count);
+        for _ in 0..count {
+            if walk.array().map_err(shape("an entry"))? != Some(2) {
+                return Err("an entry is not [id, fields]".to_owned());
             }
-            _ => Err("a read reply item is not [key, entries]".to_owned()),
-        })
-        .collect()
+            let id = std::str::from_utf8(walk.text().map_err(shape("an entry id"))?)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or("an entry id is not <ms>-<seq>")?;
+            let n = walk
+                .array()
+                .map_err(shape("an entry's fields"))?
+                .unwrap_or(0);
+            let fields = walk.strings(n).map_err(shape("an entry's fields"))?;
+            entries.push(RawEntry { id, fields });
+        }
+        read.push((key, entries));
+    }
+    Ok(read)
 }
 
 /// A request for one run, as it sits in an actor type's queue.
@@ -365,7 +394,7 @@ impl Request {
     /// Reads a request entry, checking the names before they become keys. An entry whose
     /// names are valid but whose other fields are not still names its run, so the worker can
     /// end that run with a clear error instead of leaving its reader to wait.
-    pub(crate) fn decode(fields: &[Reply]) -> Result<Self, Unreadable> {
+    pub(crate) fn decode(fields: &Strings) -> Result<Self, Unreadable> {
         let get = |name: &str| {
             field(fields, name)
                 .and_then(|b| std::str::from_utf8(b).ok())
@@ -430,30 +459,43 @@ mod tests {
 
     use super::*;
 
-    pub(super) fn fields_of(chunk: &StreamChunk) -> Vec<Reply> {
+    /// The fields the writer writes for `chunk`, as an `XREAD` reply carries them.
+    pub(super) fn fields_of(chunk: &StreamChunk) -> Strings {
         let mut pipe = redis::pipe();
         add_chunk(&mut pipe, "k", chunk);
-        let packed = pipe.cmd_iter().next().map(|c| {
-            c.args_iter()
-                .skip(3)
-                .map(|arg| match arg {
-                    redis::Arg::Simple(b) => Reply::Text(bytes::Bytes::copy_from_slice(b)),
-                    _ => Reply::Nil,
-                })
-                .collect::<Vec<_>>()
-        });
-        let packed = packed.unwrap_or_default();
-        assert_eq!(packed.len(), chunk_field_count(chunk), "{chunk:?}");
-        packed
+        let args: Vec<&[u8]> = pipe
+            .cmd_iter()
+            .flat_map(|c| c.args_iter().skip(3))
+            .filter_map(|arg| match arg {
+                redis::Arg::Simple(b) => Some(b),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(args.len(), chunk_field_count(chunk), "{chunk:?}");
+        Strings::encode(args)
+    }
+
+    /// `texts` as an entry's fields.
+    pub(super) fn strings(texts: &[&str]) -> Strings {
+        Strings::encode(texts.iter().map(|t| t.as_bytes()))
     }
 
     #[test]
     fn chunks_round_trip_with_fields_in_order() {
         let token = Output::token(" upon").into_chunk(4);
         let fields = fields_of(&token);
-        let names: Vec<_> = fields.iter().step_by(2).filter_map(reply_text).collect();
-        assert_eq!(names, ["type", "data", "seq"]);
-        assert_eq!(reply_text(&fields[3]), Some(r#"{"token":" upon"}"#));
+        let texts: Vec<_> = fields.iter().collect();
+        assert_eq!(
+            texts,
+            [
+                &b"type"[..],
+                b"data",
+                b"data",
+                br#"{"token":" upon"}"#,
+                b"seq",
+                b"4"
+            ]
+        );
 
         let mut start = StreamChunk::new(ChunkType::Start, 7);
         start.data = Some(json!({"run_id": "r"}));
@@ -477,24 +519,15 @@ mod tests {
 
     #[test]
     fn undecodable_entries_say_why() {
-        let b = |s: &str| Reply::Text(bytes::Bytes::copy_from_slice(s.as_bytes()));
-        assert!(decode_chunk(&[b("type"), b("data"), b("data"), b("x")]).is_err());
-        assert!(
-            decode_chunk(&[b("type"), b("nope"), b("data"), b("null"), b("seq"), b("1")]).is_err()
-        );
-        assert!(decode_chunk(&[
-            b("type"),
-            b("data"),
-            b("data"),
-            b("null"),
-            b("seq"),
-            b("-1")
-        ])
-        .is_err());
-        assert!(
-            decode_chunk(&[b("type"), b("data"), b("data"), b("{"), b("seq"), b("1")]).is_err()
-        );
-        assert!(decode_chunk(&[b("type")]).is_err());
+        for bad in [
+            &["type", "data", "data", "x"][..],
+            &["type", "nope", "data", "null", "seq", "1"],
+            &["type", "data", "data", "null", "seq", "-1"],
+            &["type", "data", "data", "{", "seq", "1"],
+            &["type"],
+        ] {
+            assert!(decode_chunk(&strings(bad)).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
@@ -514,13 +547,13 @@ mod tests {
 /// many; 2,000 by default).
 #[cfg(test)]
 mod properties {
-    use crate::wire::Reply;
     use loom_core::{ChunkType, ErrorCode, ErrorInfo, Event, Output, Progress, StreamChunk};
     use proptest::prelude::*;
     use serde_json::{json, Value as Json};
 
     use super::tests::fields_of;
     use super::{decode_chunk, token_text};
+    use crate::wire::Strings;
 
     fn json_value() -> impl Strategy<Value = Json> {
         let leaf = prop_oneof![
@@ -629,6 +662,57 @@ mod properties {
         }
 
         #[test]
+        fn read_replies_walk_to_the_entries_they_hold(
+            streams in proptest::collection::vec(
+                (
+                    "[a-z:{}]{1,12}",
+                    proptest::collection::vec(
+                        (any::<u64>(), any::<u64>(), proptest::collection::vec(
+                            proptest::collection::vec(any::<u8>(), 0..20), 0..8)),
+                        0..4,
+                    ),
+                ),
+                0..3,
+            ),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            // The reply as Redis writes it: [[key, [[id, [field, …]], …]], …].
+            let text = |t: &[u8]| [format!("${}\r\n", t.len()).into_bytes(), t.to_vec(), b"\r\n".to_vec()].concat();
+            let mut reply = format!("*{}\r\n", streams.len()).into_bytes();
+            for (key, entries) in &streams {
+                reply.extend(b"*2\r\n");
+                reply.extend(text(key.as_bytes()));
+                reply.extend(format!("*{}\r\n", entries.len()).bytes());
+                for (ms, seq, fields) in entries {
+                    reply.extend(b"*2\r\n");
+                    reply.extend(text(format!("{ms}-{seq}").as_bytes()));
+                    reply.extend(format!("*{}\r\n", fields.len()).bytes());
+                    for field in fields {
+                        reply.extend(text(field));
+                    }
+                }
+            }
+            let read = super::parse_read_frame(reply.clone().into());
+            prop_assert!(read.is_ok(), "{read:?}");
+            let read = read.unwrap_or_default();
+            prop_assert_eq!(read.len(), streams.len());
+            for ((key, entries), (read_key, read_entries)) in streams.iter().zip(&read) {
+                prop_assert_eq!(key, read_key);
+                prop_assert_eq!(entries.len(), read_entries.len());
+                for ((ms, seq, fields), entry) in entries.iter().zip(read_entries) {
+                    prop_assert_eq!((*ms, *seq), (entry.id.ms, entry.id.seq));
+                    let texts: Vec<Vec<u8>> = entry.fields.iter().map(<[u8]>::to_vec).collect();
+                    prop_assert_eq!(fields, &texts);
+                }
+            }
+            // Cut short anywhere, it is an error, never a panic.
+            let cut = cut.index(reply.len().max(1));
+            if cut < reply.len() {
+                prop_assert!(super::parse_read_frame(reply[..cut].to_vec().into()).is_err());
+            }
+        }
+
+        #[test]
         fn arbitrary_fields_decode_or_fail_cleanly(
             fields in proptest::collection::vec(
                 prop_oneof![
@@ -640,7 +724,7 @@ mod properties {
                 0..10,
             )
         ) {
-            let fields: Vec<Reply> = fields.into_iter().map(|f| Reply::Text(f.into())).collect();
+            let fields = Strings::encode(fields.iter().map(Vec::as_slice));
             // Never a panic: a chunk, or an error naming what is wrong.
             if let Err(why) = decode_chunk(&fields) {
                 prop_assert!(!why.is_empty());

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
-use crate::codec::{parse_read_reply, EntryId, RawEntry};
+use crate::codec::{parse_read_frame, EntryId, RawEntry};
 use crate::conn::{redirect, Conn, Reach, Redirect, Topology};
 use crate::error::Error;
 use crate::wire::Wire;
@@ -292,7 +292,7 @@ impl HubTask {
             for (_, from) in &round {
                 cmd.arg(from.to_string());
             }
-            let mut read = Box::pin(wire.query(&cmd));
+            let mut read = Box::pin(wire.query_frame(&cmd));
             let mut unblock_at: Option<Instant> = None;
             let reply = loop {
                 let unblock_sleep = async {
@@ -323,7 +323,7 @@ impl HubTask {
                 }
             };
             drop(read);
-            match reply.map(parse_read_reply) {
+            match reply.map(parse_read_frame) {
                 Ok(Ok(entries)) => {
                     backoff.reset();
                     self.dispatch(entries);

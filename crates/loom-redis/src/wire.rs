@@ -51,31 +51,6 @@ pub(crate) enum Reply {
     Array(Vec<Reply>),
 }
 
-impl From<redis::Value> for Reply {
-    /// A reply the redis crate parsed, for the code that reads both (entries of `XRANGE` and
-    /// `XAUTOCLAIM` replies): its strings are moved, not copied.
-    fn from(value: redis::Value) -> Self {
-        use redis::Value;
-        match value {
-            Value::Int(n) => Self::Int(n),
-            Value::BulkString(bytes) => Self::Text(Bytes::from(bytes)),
-            Value::SimpleString(text) => Self::Text(Bytes::from(text.into_bytes())),
-            Value::Okay => Self::Text(Bytes::from_static(b"OK")),
-            Value::Array(items) | Value::Set(items) => {
-                Self::Array(items.into_iter().map(Self::from).collect())
-            }
-            // RESP3 maps, should a server send them: flattened like RESP2's arrays.
-            Value::Map(pairs) => Self::Array(
-                pairs
-                    .into_iter()
-                    .flat_map(|(k, v)| [Self::from(k), Self::from(v)])
-                    .collect(),
-            ),
-            _ => Self::Nil,
-        }
-    }
-}
-
 /// A stream to a server: TCP, or a Unix socket.
 trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin> Io for T {}
@@ -162,13 +137,20 @@ impl Wire {
     /// Sends `cmd` and reads its reply; an error reply is [`Error::Redis`] with the server's
     /// kind and code.
     pub(crate) async fn query(&mut self, cmd: &Cmd) -> Result<Reply, Error> {
+        let mut frame = self.query_frame(cmd).await?;
+        build(&mut frame)
+    }
+
+    /// Sends `cmd` and returns its reply's bytes, whole and checked, to be read with a
+    /// [`Walk`]; an error reply is [`Error::Redis`] as for [`query`](Self::query).
+    pub(crate) async fn query_frame(&mut self, cmd: &Cmd) -> Result<Bytes, Error> {
         let packed = cmd.get_packed_command();
         let io = |e: std::io::Error| Error::Redis(e.into());
         let exchange = async {
             self.io.write_all(&packed).await.map_err(io)?;
             loop {
-                if let Some(reply) = parse(&mut self.buf)? {
-                    return reply;
+                if let Some(frame) = take_frame(&mut self.buf)? {
+                    return frame;
                 }
                 self.buf.reserve(READ_SIZE);
                 if self.io.read_buf(&mut self.buf).await.map_err(io)? == 0 {
@@ -242,7 +224,13 @@ fn timed_out(what: &str) -> Error {
 
 /// Takes one whole reply off the front of `buf`: `Ok(None)` while it is incomplete (nothing
 /// is consumed then); `Ok(Some(Err))` for an error reply; `Err` for bytes that are not RESP2.
+#[cfg(test)]
 fn parse(buf: &mut BytesMut) -> Result<Option<Result<Reply, Error>>, Error> {
+    Ok(take_frame(buf)?.map(|frame| frame.and_then(|mut frame| build(&mut frame))))
+}
+
+/// Takes one whole reply's bytes off the front of `buf` (see [`parse`]).
+fn take_frame(buf: &mut BytesMut) -> Result<Option<Result<Bytes, Error>>, Error> {
     let Some(end) = scan(buf, 0, 0)? else {
         return Ok(None);
     };
@@ -263,8 +251,129 @@ fn parse(buf: &mut BytesMut) -> Result<Option<Result<Reply, Error>>, Error> {
             .unwrap_or_else(|| RedisError::from((redis::ErrorKind::Parse, "an error reply")));
         return Ok(Some(Err(error.into())));
     }
-    let mut at = frame;
-    Ok(Some(Ok(build(&mut at)?)))
+    Ok(Some(Ok(frame)))
+}
+
+/// Reads one whole reply's bytes (as [`Wire::query_frame`] returns them) item by item,
+/// without building [`Reply`]s: a stream entry's fields stay one slice of the bytes read
+/// ([`Strings`]), not a vector of strings each holding a reference to them.
+pub(crate) struct Walk {
+    frame: Bytes,
+    at: usize,
+}
+
+impl Walk {
+    /// Walks `frame` from its start.
+    pub(crate) fn new(frame: Bytes) -> Self {
+        Self { frame, at: 0 }
+    }
+
+    /// The next item, an array: its length, or `None` for a nil.
+    pub(crate) fn array(&mut self) -> Result<Option<usize>, Error> {
+        match header(&self.frame, &mut self.at)? {
+            (b'*', n, _) if n >= 0 => Ok(Some(n as usize)),
+            (b'*' | b'$', -1, _) => Ok(None),
+            _ => Err(malformed("an array expected")),
+        }
+    }
+
+    /// The next item, a string.
+    pub(crate) fn text(&mut self) -> Result<&[u8], Error> {
+        let (start, end) = skip_text(&self.frame, &mut self.at)?;
+        Ok(&self.frame[start..end])
+    }
+
+    /// The next `count` items, strings, as one [`Strings`].
+    pub(crate) fn strings(&mut self, count: usize) -> Result<Strings, Error> {
+        let start = self.at;
+        for _ in 0..count {
+            skip_text(&self.frame, &mut self.at)?;
+        }
+        Ok(Strings {
+            raw: self.frame.slice(start..self.at),
+            count,
+        })
+    }
+}
+
+/// The header line of the item at `*at` in `buf`: its type, its number (`0` for a simple
+/// string) and where it starts; `*at` moves past the line.
+fn header(buf: &[u8], at: &mut usize) -> Result<(u8, i64, usize), Error> {
+    let (kind, n, next) = match line(buf, *at)? {
+        Some((b'+', _, next)) => (b'+', 0, next),
+        Some((kind, text, next)) => (kind, parse_int(text)?, next),
+        None => return Err(malformed("a reply ended early")),
+    };
+    let start = *at;
+    *at = next;
+    Ok((kind, n, start))
+}
+
+/// Steps `*at` over the string at `*at` in `buf`; where its text starts and ends.
+fn skip_text(buf: &[u8], at: &mut usize) -> Result<(usize, usize), Error> {
+    match header(buf, at)? {
+        (b'+', _, start) => Ok((start + 1, *at - 2)),
+        (b'$', len, _) if len >= 0 => {
+            let (start, end) = (*at, *at + len as usize);
+            if buf.len() < end + 2 {
+                return Err(malformed("a reply ended early"));
+            }
+            *at = end + 2;
+            Ok((start, end))
+        }
+        _ => Err(malformed("a string expected")),
+    }
+}
+
+/// Strings kept as the RESP they were read as (`$<length>\r\n<text>\r\n` each), one slice
+/// of the reply's bytes for all of them: a stream entry's `field value …` list.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Strings {
+    raw: Bytes,
+    count: usize,
+}
+
+impl Strings {
+    /// Writes `texts` as RESP, for strings that did not come from a [`Walk`] (replies the
+    /// redis crate parsed, tests).
+    pub(crate) fn encode<'a>(texts: impl IntoIterator<Item = &'a [u8]>) -> Self {
+        let mut raw = Vec::new();
+        let mut count = 0;
+        for text in texts {
+            raw.extend_from_slice(format!("${}\r\n", text.len()).as_bytes());
+            raw.extend_from_slice(text);
+            raw.extend_from_slice(b"\r\n");
+            count += 1;
+        }
+        Self {
+            raw: raw.into(),
+            count,
+        }
+    }
+
+    /// How many strings.
+    pub(crate) fn len(&self) -> usize {
+        self.count
+    }
+
+    /// The strings, in order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let (raw, mut at) = (&self.raw[..], 0);
+        std::iter::from_fn(move || {
+            // Checked when read: a `Strings` holds `count` whole strings and nothing else.
+            let (start, end) = skip_text(raw, &mut at).ok()?;
+            Some(&raw[start..end])
+        })
+        .take(self.count)
+    }
+}
+
+impl std::fmt::Debug for Strings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.iter().map(String::from_utf8_lossy))
+            .finish()
+    }
 }
 
 /// The end of the reply starting at `at` in `buf`, once it is all there.
@@ -428,8 +537,8 @@ mod tests {
         ])]);
         assert_eq!(parsed(xread).map(|r| r.ok()), Some(Some(expected.clone())));
         // The redis crate reads the same bytes to the same tree.
-        let theirs = redis::parse_redis_value(xread).map(Reply::from).ok();
-        assert_eq!(theirs, Some(expected));
+        let theirs = redis::parse_redis_value(xread).ok();
+        assert_eq!(theirs, Some(redis::Value::from(expected)));
         // Every cut short of the end is incomplete, and consumes nothing.
         for cut in 0..xread.len() {
             let mut buf = BytesMut::from(&xread[..cut]);
@@ -486,8 +595,8 @@ mod tests {
         ) {
             let mut bytes = Vec::new();
             encode(&reply, &mut bytes);
-            let theirs = redis::parse_redis_value(&bytes).map(Reply::from).ok();
-            proptest::prop_assert_eq!(theirs.as_ref(), Some(&reply));
+            let theirs = redis::parse_redis_value(&bytes).ok();
+            proptest::prop_assert_eq!(theirs, Some(redis::Value::from(reply.clone())));
             let cut = cut % (bytes.len() + 1);
             let mut buf = BytesMut::from(&bytes[..cut]);
             let early = parse(&mut buf).ok().flatten().and_then(Result::ok);

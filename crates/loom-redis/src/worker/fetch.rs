@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
-use crate::codec::{parse_entries, parse_read_reply, text, EntryId, RawEntry};
+use crate::codec::{parse_entries, parse_read_frame, text, EntryId, RawEntry};
 use crate::conn::{redirect, Conn, Reach, Redirect};
 use crate::error::Error;
 use crate::wire::Wire;
@@ -190,7 +190,7 @@ impl Fetcher {
         let reads = ready.iter_mut().zip(&cmds).map(|((wire, _), cmd)| {
             let first = &first;
             async move {
-                let reply = wire.query(cmd).await;
+                let reply = wire.query_frame(cmd).await;
                 first.notify_one();
                 reply
             }
@@ -214,7 +214,7 @@ impl Fetcher {
             match reply {
                 Ok(reply) => {
                     lane.conn = Some(wire);
-                    let streams = parse_read_reply(reply).map_err(protocol_error)?;
+                    let streams = parse_read_frame(reply).map_err(protocol_error)?;
                     work.extend(streams.into_iter().flat_map(|(queue, entries)| {
                         entries.into_iter().map(move |entry| Work {
                             queue: queue.clone(),

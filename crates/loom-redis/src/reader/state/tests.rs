@@ -1,6 +1,6 @@
 //! The reader's rules, one test per rule, driven with instants it makes up: no Redis, no waiting.
 
-use crate::wire::Reply;
+use crate::wire::Strings;
 use loom_core::Output;
 use serde_json::json;
 
@@ -29,7 +29,7 @@ fn raw(n: u64, chunk: &StreamChunk) -> RawEntry {
     write_chunk_fields(&mut args, chunk);
     RawEntry {
         id: id(n),
-        fields: args.into_iter().map(|a| Reply::Text(a.into())).collect(),
+        fields: Strings::encode(args.iter().map(Vec::as_slice)),
     }
 }
 
@@ -98,7 +98,7 @@ fn an_undecodable_entry_ends_with_internal_naming_it() {
     let mut state = tail(now);
     let bad = RawEntry {
         id: id(7),
-        fields: vec![Reply::Text(bytes::Bytes::from_static(b"type"))],
+        fields: Strings::encode([&b"type"[..]]),
     };
     let delivery = state.on_batch(vec![raw(1, &token(0)), bad], now);
     assert!(delivery.done);

@@ -44,11 +44,19 @@ pub(crate) async fn heartbeat(shared: Arc<Shared>, served: Vec<String>, stop: Ca
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = advertise(&shared, &served).await {
-            tracing::warn!(worker = %shared.name, error = %e, "could not advertise actor types");
-        }
-        if let Err(e) = refresh(&shared).await {
-            tracing::warn!(worker = %shared.name, error = %e, "could not refresh leases");
+        let beat = async {
+            if let Err(e) = advertise(&shared, &served).await {
+                tracing::warn!(worker = %shared.name, error = %e, "could not advertise actor types");
+            }
+            if let Err(e) = refresh(&shared).await {
+                tracing::warn!(worker = %shared.name, error = %e, "could not refresh leases");
+            }
+        };
+        // The stop comes once every run has ended: nothing is left to renew, and a worker
+        // stopped while Redis does not answer stops without waiting out the beat's timeouts.
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = beat => {}
         }
     }
 }

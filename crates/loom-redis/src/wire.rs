@@ -299,10 +299,8 @@ impl Walk {
 /// The header line of the item at `*at` in `buf`: its type, its number (`0` for a simple
 /// string) and where it starts; `*at` moves past the line.
 fn header(buf: &[u8], at: &mut usize) -> Result<(u8, i64, usize), Error> {
-    let (kind, n, next) = match line(buf, *at)? {
-        Some((b'+', _, next)) => (b'+', 0, next),
-        Some((kind, text, next)) => (kind, parse_int(text)?, next),
-        None => return Err(malformed("a reply ended early")),
+    let Some((kind, n, next)) = head(buf, *at)? else {
+        return Err(malformed("a reply ended early"));
     };
     let start = *at;
     *at = next;
@@ -381,13 +379,13 @@ fn scan(buf: &[u8], at: usize, depth: usize) -> Result<Option<usize>, Error> {
     if depth > MAX_DEPTH {
         return Err(malformed("nested too deeply"));
     }
-    let Some((kind, line, next)) = line(buf, at)? else {
+    let Some((kind, n, next)) = head(buf, at)? else {
         return Ok(None);
     };
     match kind {
         b'+' | b'-' | b':' => Ok(Some(next)),
         b'$' => {
-            let len = parse_int(line)?;
+            let len = n;
             if len < 0 {
                 return Ok(Some(next));
             }
@@ -401,9 +399,8 @@ fn scan(buf: &[u8], at: usize, depth: usize) -> Result<Option<usize>, Error> {
             Ok(Some(end))
         }
         b'*' => {
-            let count = parse_int(line)?;
             let mut at = next;
-            for _ in 0..count.max(0) {
+            for _ in 0..n.max(0) {
                 match scan(buf, at, depth + 1)? {
                     Some(end) => at = end,
                     None => return Ok(None),
@@ -421,10 +418,8 @@ fn scan(buf: &[u8], at: usize, depth: usize) -> Result<Option<usize>, Error> {
 /// The reply at the front of `at` (already checked whole by [`scan`]); its strings are slices
 /// of `at`'s bytes.
 fn build(at: &mut Bytes) -> Result<Reply, Error> {
-    let (kind, n, next) = match line(at, 0)? {
-        Some((b'+', _, next)) => (b'+', 0, next),
-        Some((kind, line, next)) => (kind, parse_int(line)?, next),
-        None => return Err(malformed("a reply ended early")),
+    let Some((kind, n, next)) = head(at, 0)? else {
+        return Err(malformed("a reply ended early"));
     };
     match kind {
         b'+' => {
@@ -481,26 +476,48 @@ fn line(buf: &[u8], at: usize) -> Result<Option<Line<'_>>, Error> {
     Ok(Some((kind, &buf[at + 1..end - 1], end + 1)))
 }
 
-/// A RESP integer or length: an optional `-` and decimal digits that fit an `i64` (read on
-/// every string of every reply, so without going through `str`).
-fn parse_int(text: &[u8]) -> Result<i64, Error> {
-    let (sign, digits) = match text {
-        [b'-', rest @ ..] => (-1, rest),
-        _ => (1, text),
+/// The header line of the item starting at `at`, once it is all there: its type byte, its
+/// number (a length, a count or an integer; `0` for a simple string or an error) and where the
+/// next line starts. The number is read in the same pass that looks for the line's end: this
+/// runs for every string of every reply.
+fn head(buf: &[u8], at: usize) -> Result<Option<(u8, i64, usize)>, Error> {
+    let kind = match buf.get(at) {
+        None => return Ok(None),
+        Some(&kind @ (b'+' | b'-')) => {
+            return Ok(line(buf, at)?.map(|(_, _, next)| (kind, 0, next)));
+        }
+        Some(&kind) => kind,
     };
     let bad = || malformed("a length or integer that is not a number");
-    if digits.is_empty() {
-        return Err(bad());
-    }
+    let mut i = at + 1;
+    let sign = if buf.get(i) == Some(&b'-') {
+        i += 1;
+        -1
+    } else {
+        1
+    };
+    let digits = i;
     // Accumulated with its sign, so `i64::MIN` fits too.
-    digits.iter().try_fold(0i64, |n, &d| {
-        if !d.is_ascii_digit() {
-            return Err(bad());
+    let mut n = 0i64;
+    loop {
+        match buf.get(i) {
+            None => return Ok(None),
+            Some(&d) if d.is_ascii_digit() => {
+                n = n
+                    .checked_mul(10)
+                    .and_then(|n| n.checked_add(sign * i64::from(d - b'0')))
+                    .ok_or_else(bad)?;
+                i += 1;
+            }
+            Some(b'\r') if i > digits => break,
+            Some(_) => return Err(bad()),
         }
-        n.checked_mul(10)
-            .and_then(|n| n.checked_add(sign * i64::from(d - b'0')))
-            .ok_or_else(bad)
-    })
+    }
+    match buf.get(i + 1) {
+        None => Ok(None),
+        Some(b'\n') => Ok(Some((kind, n, i + 2))),
+        Some(_) => Err(malformed("a line without \\r\\n")),
+    }
 }
 
 fn malformed(why: &str) -> Error {

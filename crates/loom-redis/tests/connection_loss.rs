@@ -3,7 +3,9 @@
 
 mod support;
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use loom_core::{ChunkType, ErrorCode, RunOptions};
@@ -60,7 +62,7 @@ async fn echo_once_back(client: &loom_redis::Client) -> loom_core::ChunkStream {
                 .await
             {
                 Ok(chunks) => break chunks,
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
     })
@@ -134,7 +136,7 @@ async fn a_redis_frozen_longer_than_the_lease_ends_every_stream_and_no_process_d
     }
     server.pause();
     // Three leases (800 ms each) without Redis.
-    tokio::time::sleep(std::time::Duration::from_millis(2400)).await;
+    tokio::time::sleep(Duration::from_millis(2400)).await;
     server.resume();
     seen.extend(collect(30, chunks).await);
     let last = seen.last().unwrap();
@@ -241,5 +243,52 @@ async fn runs_after_a_redis_restart_are_written_at_once_although_idle_writer_con
         "{chunks:?}"
     );
     assert!(chunks.iter().all(|c| c.attempt.is_none()), "{chunks:?}");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_run_waits_at_its_yield_while_redis_does_not_answer_and_goes_on_after() {
+    let server = RedisServer::start_own();
+    // A lease that outlasts the freeze: this test is about the writer's memory, not about
+    // a run taken over.
+    let options = loom_redis::ClientOptions {
+        lease_ttl: Duration::from_secs(10),
+        lease_refresh: Duration::from_secs(1),
+        visibility_timeout: Duration::from_secs(20),
+        ..fast_options()
+    };
+    let client = client(&server, options).await;
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+    // A token as fast as it is pulled, far more than the run may hold.
+    let mut chunks = ticker(&client, 10_000_000, 0).await;
+    within(10, chunks.next()).await.expect("start");
+    server.pause();
+    let settle = Duration::from_millis(500);
+    tokio::time::sleep(settle).await;
+    let held = probe.yielded.load(Ordering::SeqCst);
+    tokio::time::sleep(settle).await;
+    assert_eq!(
+        probe.yielded.load(Ordering::SeqCst),
+        held,
+        "the actor must wait at its yield while its batch gets no reply"
+    );
+    server.resume();
+    // It goes on from where it waited: the next chunks come, numbered without a gap.
+    let mut expected = 1;
+    within(20, async {
+        while expected < 5_000 {
+            let chunk = chunks.next().await.expect("the run goes on");
+            assert_eq!(chunk.seq, expected, "{chunk:?}");
+            assert_eq!(chunk.kind, ChunkType::Data, "{chunk:?}");
+            expected += 1;
+        }
+    })
+    .await;
+    assert!(
+        probe.yielded.load(Ordering::SeqCst) > held,
+        "the actor runs again"
+    );
+    drop(chunks);
     worker.stop().await;
 }

@@ -10,7 +10,7 @@ mod redis_server;
 pub use redis_cluster::RedisCluster;
 pub use redis_server::RedisServer;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -62,6 +62,8 @@ pub async fn ticker(client: &Client, count: u64, delay_ms: u64) -> loom_core::Ch
 pub struct Probe {
     /// How many times a ticker run started.
     pub starts: AtomicU32,
+    /// How many tokens tickers yielded, in all.
+    pub yielded: AtomicU64,
     /// When a ticker saw its cancel.
     pub cancelled_at: Mutex<Option<Instant>>,
     /// When a ticker run was stopped before its end: it saw its cancel, or it was dropped.
@@ -124,6 +126,7 @@ impl Actor for Ticker {
                         }
                     }
                 }
+                self.probe.yielded.fetch_add(1, Ordering::SeqCst);
                 yield Output::token(format!("t{i}"));
             }
             running.done();

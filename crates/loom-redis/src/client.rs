@@ -15,7 +15,7 @@
 //! ([`Client::invoker`]) by `remote.rs`, the layers above.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::aio::ConnectionManagerConfig;
@@ -255,12 +255,7 @@ impl Client {
         let Topology::Single(server) = &self.inner.topology else {
             return None;
         };
-        let idle = self
-            .inner
-            .idle_writers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
+        let idle = self.idle_writers().pop();
         Some(match idle {
             Some(wire) => Ok(wire),
             None => Wire::connect(server.get_connection_info(), Duration::ZERO).await,
@@ -270,23 +265,24 @@ impl Client {
     /// Forgets the idle writers' connections: one failed, so those opened in its time may
     /// have failed too (Redis restarted), and the next writer had better connect anew.
     pub(crate) fn drop_idle_writers(&self) {
-        self.inner
-            .idle_writers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        self.idle_writers().clear();
     }
 
     /// Takes back a writer's connection with no reply outstanding, for the next run.
     pub(crate) fn idle_writer(&self, wire: Wire) {
-        let mut idle = self
-            .inner
-            .idle_writers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut idle = self.idle_writers();
         if idle.len() < IDLE_WRITERS {
             idle.push(wire);
         }
+    }
+
+    /// The idle writers' connections (a panic elsewhere while holding them leaves a list that
+    /// is still whole: each change is one push, pop or clear).
+    fn idle_writers(&self) -> MutexGuard<'_, Vec<Wire>> {
+        self.inner
+            .idle_writers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A clone of the shared command connection.

@@ -43,7 +43,6 @@ use tokio::time::Instant;
 
 use crate::backoff::Backoff;
 use crate::client::Client;
-use crate::conn::Conn;
 use crate::error::Error;
 use crate::keys::check_name;
 use crate::script::{self, Written};
@@ -92,7 +91,6 @@ impl Publisher {
         let writer = Writer {
             client: client.clone(),
             wire: None,
-            conn: client.conn(),
             stream: client.keys().stream(run_id),
             lease: client.keys().lease(run_id),
             owner: owner.to_owned(),
@@ -150,13 +148,14 @@ impl Publisher {
                 spare = batch;
                 idle = Some(writer);
             }
+            // No batch in flight: the writer is idle.
             let Some(writer) = idle.take() else {
                 return Poll::Ready(Ok(()));
             };
-            if next.is_empty() || writer.discard.load(Ordering::Acquire) {
-                if read_all || writer.discard.load(Ordering::Acquire) {
-                    return Poll::Ready(Ok(()));
-                }
+            if writer.discard.load(Ordering::Acquire) || (next.is_empty() && read_all) {
+                return Poll::Ready(Ok(()));
+            }
+            if next.is_empty() {
                 idle = Some(writer);
                 return Poll::Pending;
             }
@@ -183,8 +182,6 @@ struct Writer {
     client: Client,
     /// The writer's own connection (one server only), while no reply is outstanding on it.
     wire: Option<Wire>,
-    /// The shared connection: on a cluster, batches go through it.
-    conn: Conn,
     stream: String,
     lease: String,
     /// The attempt token the lease must hold for a batch to be written.
@@ -275,21 +272,14 @@ impl Writer {
             Some(wire) => Some(wire),
             None => self.client.writer_wire().await.transpose()?,
         };
+        let (stream, lease, owner) = (&self.stream, &self.lease, &self.owner);
         let Some(mut wire) = wire else {
-            let (stream, lease, owner) = (&self.stream, &self.lease, &self.owner);
-            return script::write_batch(&mut self.conn, stream, lease, owner, ttl, terminal, batch)
+            let mut cluster = self.client.conn();
+            return script::write_batch(&mut cluster, stream, lease, owner, ttl, terminal, batch)
                 .await;
         };
-        let written = script::write_batch(
-            &mut wire,
-            &self.stream,
-            &self.lease,
-            &self.owner,
-            ttl,
-            terminal,
-            batch,
-        )
-        .await;
+        let written =
+            script::write_batch(&mut wire, stream, lease, owner, ttl, terminal, batch).await;
         match &written {
             Ok(_) => self.wire = Some(wire),
             Err(_) => self.client.drop_idle_writers(),

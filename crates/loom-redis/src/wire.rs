@@ -1,6 +1,7 @@
 //! [`Wire`]: the connection of a blocking reader (the hub's `XREAD`, the worker's
-//! `XREADGROUP`) and of a run's writer (`publisher.rs`), which reads RESP2 replies into [`Reply`]s whose strings are slices of the
-//! bytes read ([`Bytes`]), not one allocation each.
+//! `XREADGROUP`) and of a run's writer (`publisher.rs`), which reads RESP2 replies into
+//! [`Reply`]s (or walks them, [`Walk`]) whose strings are slices of the bytes read
+//! ([`Bytes`]), not one allocation each.
 //!
 //! Reading streams is Loom's hot path: an `XREAD` reply carries, per entry, an id and six or
 //! more field strings. The redis crate parses every reply into a tree of `Value`s with a
@@ -457,23 +458,20 @@ fn build(at: &mut Bytes) -> Result<Reply, Error> {
     }
 }
 
-/// A reply's first line: its type byte, the rest of the line (without `\r\n`), and where the
-/// next line starts.
-type Line<'a> = (u8, &'a [u8], usize);
-
-/// The line starting at `at`, once it is all there.
-fn line(buf: &[u8], at: usize) -> Result<Option<Line<'_>>, Error> {
-    let Some(&kind) = buf.get(at) else {
-        return Ok(None);
-    };
-    let Some(end) = buf[at..].iter().position(|&b| b == b'\n') else {
+/// Where the next line starts after the text line (`+…`, `-…`) starting at `at`, once it
+/// is all there.
+fn line_end(buf: &[u8], at: usize) -> Result<Option<usize>, Error> {
+    let Some(end) = buf
+        .get(at..)
+        .and_then(|rest| rest.iter().position(|&b| b == b'\n'))
+    else {
         return Ok(None);
     };
     let end = at + end;
     if end == at || buf[end - 1] != b'\r' {
         return Err(malformed("a line without \\r\\n"));
     }
-    Ok(Some((kind, &buf[at + 1..end - 1], end + 1)))
+    Ok(Some(end + 1))
 }
 
 /// The header line of the item starting at `at`, once it is all there: its type byte, its
@@ -484,7 +482,7 @@ fn head(buf: &[u8], at: usize) -> Result<Option<(u8, i64, usize)>, Error> {
     let kind = match buf.get(at) {
         None => return Ok(None),
         Some(&kind @ (b'+' | b'-')) => {
-            return Ok(line(buf, at)?.map(|(_, _, next)| (kind, 0, next)));
+            return Ok(line_end(buf, at)?.map(|next| (kind, 0, next)));
         }
         Some(&kind) => kind,
     };

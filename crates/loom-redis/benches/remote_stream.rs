@@ -552,6 +552,7 @@ async fn latency(server: &Target, count: u64) {
             rtt
         })
     };
+    let handoff = bare_handoff(server, count).await;
     let rtt = bare(None).await;
     let paced = bare(Some(Duration::from_millis(1))).await;
     let ratio = |to: &[Duration], p: f64| {
@@ -560,6 +561,10 @@ async fn latency(server: &Target, count: u64) {
     println!("yield -> reader:     {}", p50_p99(&lat));
     println!("bare XADD round trip: {}", p50_p99(&rtt));
     println!("bare XADD round trip at 1,000/s: {}", p50_p99(&paced));
+    println!(
+        "bare XADD -> blocked XREAD at 1,000/s: {}",
+        p50_p99(&handoff)
+    );
     println!(
         "ratio to the bare round trip: p50 {:.2} (target <= 1.5), p99 {:.2} (target <= 3)",
         ratio(&rtt, 0.5),
@@ -570,6 +575,59 @@ async fn latency(server: &Target, count: u64) {
         ratio(&paced, 0.5),
         ratio(&paced, 0.99)
     );
+    println!(
+        "ratio to the bare XADD -> blocked XREAD: p50 {:.2}, p99 {:.2}",
+        ratio(&handoff, 0.5),
+        ratio(&handoff, 0.99)
+    );
+}
+
+/// The floor of any reader that waits on a blocking `XREAD`: `count` bare `XADD`s, one per
+/// millisecond, each stamped with its send time, and how long each took to reach another
+/// connection's blocked `XREAD` (both the redis crate's), sorted.
+async fn bare_handoff(server: &Target, count: u64) -> Vec<Duration> {
+    let key = "bench:handoff";
+    let mut reader = server.with_conn(|conn| async move { conn }).await;
+    let read = tokio::spawn(async move {
+        let mut took = Vec::with_capacity(count as usize);
+        let mut last = "0-0".to_owned();
+        while (took.len() as u64) < count {
+            let reply: redis::streams::StreamReadReply = redis::cmd("XREAD")
+                .arg("BLOCK")
+                .arg(1000)
+                .arg("STREAMS")
+                .arg(key)
+                .arg(&last)
+                .query_async(&mut reader)
+                .await
+                .expect("xread");
+            let now = wall_ns();
+            for entry in reply.keys.into_iter().flat_map(|k| k.ids) {
+                let sent: u64 = entry.get("t").unwrap_or(0);
+                took.push(Duration::from_nanos(now.saturating_sub(sent)));
+                last = entry.id;
+            }
+        }
+        took.sort();
+        took
+    });
+    server
+        .with_conn(move |mut writer| async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            for _ in 0..count {
+                tick.tick().await;
+                redis::cmd("XADD")
+                    .arg(key)
+                    .arg("*")
+                    .arg("t")
+                    .arg(wall_ns())
+                    .query_async::<()>(&mut writer)
+                    .await
+                    .expect("xadd");
+            }
+        })
+        .await;
+    read.await.expect("reader task")
 }
 
 async fn scale(server: &Target, streams: usize) {
@@ -749,8 +807,11 @@ fn main() {
         .filter(|name| args.iter().any(|a| a == name))
         .collect();
     // The soak takes minutes: only when asked for.
-    let wants = |name: &str| (only.is_empty() && name != "soak") || only.contains(&name);
-    rt.block_on(async {
+    let wants = move |name: &str| (only.is_empty() && name != "soak") || only.contains(&name);
+    // The bench runs as a task of the runtime, as a server's request handler does: the future
+    // `block_on` runs is on the calling thread, outside the runtime's workers, and each wake
+    // of it (each chunk a reader takes) would cross threads.
+    let body = async move {
         if wants("throughput") {
             let baselines = !args.iter().any(|a| a == "profile");
             throughput(&server, if quick { 50_000 } else { 200_000 }, baselines).await;
@@ -768,5 +829,6 @@ fn main() {
                 soak(&server, 10_000, 300).await;
             }
         }
-    });
+    };
+    rt.block_on(rt.spawn(body)).expect("bench task");
 }

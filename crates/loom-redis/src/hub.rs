@@ -326,7 +326,15 @@ impl HubTask {
             match reply.map(parse_read_frame) {
                 Ok(Ok(entries)) => {
                     backoff.reset();
+                    // A reply under `COUNT` for every stream read them all to their end: the
+                    // next `XREAD` will block, so sending it can wait until the readers have
+                    // taken these entries. A full one means more is waiting, and the next read
+                    // goes out first, to overlap with the readers' work.
+                    let caught_up = entries.iter().all(|(_, e)| e.len() < READ_COUNT);
                     self.dispatch(entries);
+                    if caught_up {
+                        tokio::task::yield_now().await;
+                    }
                     conn = Some(wire);
                 }
                 Ok(Err(why)) => {

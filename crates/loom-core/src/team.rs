@@ -10,7 +10,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use futures::Stream;
@@ -112,20 +112,25 @@ impl Stream for TeamStream {
         if this.ended {
             return Poll::Ready(None);
         }
-        let mut item = ready!(this.members.poll(
+        let mut polled = this.members.poll(
             || None,
             |member| match poll_actor(&mut member.stream, cx) {
                 Poll::Ready(None) => Poll::Ready(Some(Err(no_result()))),
                 item => item,
-            }
-        ));
+            },
+        );
         let member = &this.team.members[this.members.last()].0;
-        if let Some(Ok(output)) = &mut item {
+        // A forwarded output is tagged in place and returned in the `Poll` it came in: taking
+        // it out and wrapping it again would copy it.
+        if let Poll::Ready(Some(Ok(output))) = &mut polled {
             if !output.is_complete() {
                 output.actor = Some(member.clone());
-                return Poll::Ready(item);
+                return polled;
             }
         }
+        let Poll::Ready(item) = polled else {
+            return Poll::Pending;
+        };
         let output = match item {
             None => {
                 this.ended = true;

@@ -387,9 +387,10 @@ impl Stream for WorkflowRun {
                     None => continue,
                 },
             };
-            let item = ready!(running.steps.poll(|| None, |step| step.poll_output(cx)));
-            if item.is_some() {
-                return Poll::Ready(item);
+            // Returned as polled, not taken out of its `Poll` and wrapped again (a copy).
+            let polled = running.steps.poll(|| None, |step| step.poll_output(cx));
+            if !matches!(polled, Poll::Ready(None)) {
+                return polled;
             }
             // A step ended (it is taken out, its end kept in it), or none is left.
             match running
@@ -511,27 +512,37 @@ impl StepRun {
                     Err(err) => return Poll::Ready(this.ended(Err(ErrorInfo::from(&err)))),
                 },
                 StepState::Streaming(chunks) => {
-                    let mut item = match this.held.take() {
-                        Some(item) => *item,
-                        None => ready!(chunks.poll_forward(cx)),
+                    // The item stays in the `Poll` its run gave and is returned in it: taking
+                    // it out and wrapping it again would copy it on every forwarded output.
+                    let mut polled = match this.held.take() {
+                        Some(item) => Poll::Ready(*item),
+                        None => chunks.poll_forward(cx),
                     };
+                    if polled.is_pending() {
+                        return Poll::Pending;
+                    }
                     // A remote run re-run on another worker after its first worker was lost
                     // (DESIGN.md §3): what the step forwarded so far is superseded, as after
                     // a retry of our own. The item read after the new `start` comes next.
                     if let Some(rerun) = chunks.take_restart() {
-                        this.held = Some(Box::new(item));
+                        if let Poll::Ready(item) = polled {
+                            this.held = Some(Box::new(item));
+                        }
                         let marker = rerun_marker(&this.step.name, rerun, this.done, this.total);
                         return Poll::Ready(Some(Ok(marker)));
                     }
-                    if let Some(Ok(output)) = &mut item {
+                    if let Poll::Ready(Some(Ok(output))) = &mut polled {
                         if !output.is_complete() {
                             if !this.step.streaming && matches!(output.kind, OutputKind::Data(_)) {
                                 continue;
                             }
                             output.forward_from_step(&this.tag);
-                            return Poll::Ready(item);
+                            return polled;
                         }
                     }
+                    let Poll::Ready(item) = polled else {
+                        return Poll::Pending;
+                    };
                     let outcome = match item {
                         Some(Ok(output)) => match output.kind {
                             OutputKind::Complete(result) => Ok(result),

@@ -14,14 +14,14 @@
 //! Reading streams ([`Client::tail`]) is added by `reader.rs` and starting runs
 //! ([`Client::invoker`]) by `remote.rs`, the layers above.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::aio::ConnectionManagerConfig;
 use tokio::sync::OnceCell;
 
-use crate::conn::{Conn, Reach, Topology};
+use crate::conn::{slot, Conn, Reach, Topology};
 use crate::error::Error;
 use crate::hub::Hub;
 use crate::keys::{bucket, check_name, CancelReason, Keys, BUCKETS, DEFAULT_PREFIX};
@@ -124,11 +124,24 @@ struct Inner {
     hub: OnceCell<Hub>,
     /// Writers' connections between two runs (see [`Client::writer_wire`]).
     idle_writers: Mutex<Vec<Wire>>,
+    /// On a cluster, the node each slot's writers were sent to by a `MOVED` (at most one
+    /// slot per bucket of runs: `keys.rs`).
+    writer_nodes: Mutex<HashMap<u16, String>>,
 }
 
 /// Writers' connections kept for the next runs: a worker's concurrency (16 by default) is
 /// how many it needs at once.
 const IDLE_WRITERS: usize = 64;
+
+/// The name a writer's own connection gives itself (`CLIENT SETNAME`), so that `CLIENT LIST`
+/// tells an operator what it is.
+const WRITER_NAME: &str = "loom-writer";
+
+/// Locks `mutex`; a panic elsewhere while it was held leaves what it guards whole here (each
+/// change is one insert, push, removal or clear), so a poisoned lock is taken as it is.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -195,6 +208,7 @@ impl Client {
                 options,
                 hub: OnceCell::new(),
                 idle_writers: Mutex::new(Vec::new()),
+                writer_nodes: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -247,42 +261,63 @@ impl Client {
         self.inner.conn.is_cluster()
     }
 
-    /// A connection of a writer's own (`publisher.rs`), idle or new, so that its batches go
-    /// to Redis from the run's own task rather than through the shared connection's task. On
-    /// one server only: on a cluster `None`, and the writer uses the cluster connection, which
-    /// routes each batch to its slot's node.
-    pub(crate) async fn writer_wire(&self) -> Option<Result<Wire, Error>> {
-        let Topology::Single(server) = &self.inner.topology else {
-            return None;
+    /// A connection of a writer's own (`publisher.rs`) for the stream `key`, idle or new, so
+    /// that its batches go to Redis from the run's own task rather than through the shared
+    /// connection's task (or on a cluster, the cluster connection's and its node's). On a
+    /// cluster it reaches the node a `MOVED` named for `key`'s slot ([`writer_moved`]), or
+    /// while none did a node guessed from the slot, whose `MOVED` then tells. A new one is
+    /// named `loom-writer`.
+    ///
+    /// [`writer_moved`]: Self::writer_moved
+    pub(crate) async fn writer_wire(&self, key: &str) -> Result<Wire, Error> {
+        let reach = match &self.inner.topology {
+            Topology::Single(_) => Reach::default(),
+            Topology::Cluster(_) => {
+                let slot = slot(key);
+                let node = lock(&self.inner.writer_nodes).get(&slot).cloned();
+                Reach::new(node, usize::from(slot))
+            }
         };
-        let idle = self.idle_writers().pop();
-        Some(match idle {
-            Some(wire) => Ok(wire),
-            None => Wire::connect(server.get_connection_info(), Duration::ZERO).await,
-        })
-    }
-
-    /// Forgets the idle writers' connections: one failed, so those opened in its time may
-    /// have failed too (Redis restarted), and the next writer had better connect anew.
-    pub(crate) fn drop_idle_writers(&self) {
-        self.idle_writers().clear();
-    }
-
-    /// Takes back a writer's connection with no reply outstanding, for the next run.
-    pub(crate) fn idle_writer(&self, wire: Wire) {
-        let mut idle = self.idle_writers();
-        if idle.len() < IDLE_WRITERS {
-            idle.push(wire);
+        let idle = {
+            let mut idle = lock(&self.inner.idle_writers);
+            let at = match reach.node() {
+                Some(node) => idle.iter().rposition(|w| w.node() == node),
+                None if !self.is_cluster() => idle.len().checked_sub(1),
+                None => None,
+            };
+            at.map(|at| idle.swap_remove(at))
+        };
+        if let Some(wire) = idle {
+            return Ok(wire);
         }
+        let mut wire = self.inner.topology.blocking(Duration::ZERO, &reach).await?;
+        wire.query(redis::cmd("CLIENT").arg("SETNAME").arg(WRITER_NAME))
+            .await?;
+        Ok(wire)
     }
 
-    /// The idle writers' connections (a panic elsewhere while holding them leaves a list that
-    /// is still whole: each change is one push, pop or clear).
-    fn idle_writers(&self) -> MutexGuard<'_, Vec<Wire>> {
-        self.inner
-            .idle_writers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    /// A cluster's `MOVED` sent a writer of stream `key` to `node`: its slot's writers go
+    /// there from now on.
+    pub(crate) fn writer_moved(&self, key: &str, node: String) {
+        lock(&self.inner.writer_nodes).insert(slot(key), node);
+    }
+
+    /// Forgets the idle writers' connections, and on a cluster where each slot's writers go:
+    /// one failed, so those opened in its time may have failed too (Redis restarted, a node
+    /// failed over), and the next writer had better connect anew.
+    pub(crate) fn drop_idle_writers(&self) {
+        lock(&self.inner.idle_writers).clear();
+        lock(&self.inner.writer_nodes).clear();
+    }
+
+    /// Takes back a writer's connection with no reply outstanding, for the next run (the
+    /// oldest one goes when [`IDLE_WRITERS`] are kept).
+    pub(crate) fn idle_writer(&self, wire: Wire) {
+        let mut idle = lock(&self.inner.idle_writers);
+        if idle.len() >= IDLE_WRITERS {
+            idle.remove(0);
+        }
+        idle.push(wire);
     }
 
     /// A clone of the shared command connection.

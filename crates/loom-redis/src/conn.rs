@@ -109,6 +109,19 @@ pub(crate) struct Reach {
 }
 
 impl Reach {
+    /// `node` when one is known, else the `guess`-th of the known nodes.
+    pub(crate) fn new(node: Option<String>, guess: usize) -> Self {
+        Self {
+            node,
+            attempts: guess,
+        }
+    }
+
+    /// The node a `MOVED` named, if any.
+    pub(crate) fn node(&self) -> Option<&str> {
+        self.node.as_deref()
+    }
+
     /// A `MOVED` named `node`: connect there next.
     pub(crate) fn moved_to(&mut self, node: String) {
         self.node = Some(node);

@@ -5,11 +5,12 @@
 //! comes it sends **whatever arrived meanwhile** as the next batch (up to [`MAX_PIPELINE`]).
 //! A slow actor's chunk is alone and leaves at once; a fast actor's chunks pile up during one
 //! round trip and leave together in the next, so it is not held to one round trip per chunk.
-//! No task or channel stands between the actor and the write: on one server a run writes
-//! on a connection of its own (taken from the client's idle ones, given back when the run
-//! ends), so a chunk on its way from an actor's `yield` to Redis wakes no other task
-//! (docs/performance.md says what that saved). On a cluster the batches go through the
-//! client's cluster connection, which routes each to its slot's node.
+//! No task or channel stands between the actor and the write: a run writes on a connection
+//! of its own (taken from the client's idle ones, given back when the run ends), so a chunk
+//! on its way from an actor's `yield` to Redis wakes no other task (docs/performance.md says
+//! what that saved). On a cluster that connection goes to the master of the run's slot, as
+//! the last `MOVED` for it named; when it fails the run goes on through the client's cluster
+//! connection, which follows failovers and slot moves itself.
 //!
 //! **Bounded memory.** `XADD` does not depend on readers, so a slow or vanished reader never
 //! slows the writer; and at most [`PUBLISH_BUFFER`] chunks wait for the next batch, so when
@@ -43,6 +44,7 @@ use tokio::time::Instant;
 
 use crate::backoff::Backoff;
 use crate::client::Client;
+use crate::conn::{redirect, Redirect};
 use crate::error::Error;
 use crate::keys::check_name;
 use crate::script::{self, Written};
@@ -91,6 +93,7 @@ impl Publisher {
         let writer = Writer {
             client: client.clone(),
             wire: None,
+            shared: false,
             stream: client.keys().stream(run_id),
             lease: client.keys().lease(run_id),
             owner: owner.to_owned(),
@@ -180,8 +183,11 @@ enum Sent {
 
 struct Writer {
     client: Client,
-    /// The writer's own connection (one server only), while no reply is outstanding on it.
+    /// The writer's own connection, while no reply is outstanding on it.
     wire: Option<Wire>,
+    /// On a cluster, whether the writer goes through the cluster connection: its own one
+    /// failed (see [`Writer::write_once`]).
+    shared: bool,
     stream: String,
     lease: String,
     /// The attempt token the lease must hold for a batch to be written.
@@ -258,33 +264,61 @@ impl Writer {
         }
     }
 
-    /// One try of [`send`](Self::send): on the writer's own connection on one server, on
-    /// the shared cluster connection on a cluster. The own connection is out of `wire` while
-    /// its reply is outstanding, and only an answered one goes back: a try dropped halfway
-    /// (the run stopped) or failed never leaves a connection with a reply still to come.
+    /// One try of [`send`](Self::send), on the writer's own connection (see
+    /// [`Client::writer_wire`]). The connection is out of `wire` while its reply is
+    /// outstanding, and only an answered one goes back: a try dropped halfway (the run
+    /// stopped) or failed never leaves a connection with a reply still to come.
+    ///
+    /// On a cluster, a `MOVED` sends the try through the cluster connection (which follows
+    /// it) and the next batches to the node it named; any other failure of the own connection
+    /// sends this try and the rest of the run through the cluster connection, as a failover
+    /// or a slot migration wants.
     async fn write_once(
         &mut self,
         batch: &[StreamChunk],
         ttl: u64,
         terminal: bool,
     ) -> Result<Written, Error> {
-        let wire = match self.wire.take() {
-            Some(wire) => Some(wire),
-            None => self.client.writer_wire().await.transpose()?,
-        };
         let (stream, lease, owner) = (&self.stream, &self.lease, &self.owner);
-        let Some(mut wire) = wire else {
-            let mut cluster = self.client.conn();
-            return script::write_batch(&mut cluster, stream, lease, owner, ttl, terminal, batch)
-                .await;
-        };
-        let written =
-            script::write_batch(&mut wire, stream, lease, owner, ttl, terminal, batch).await;
-        match &written {
-            Ok(_) => self.wire = Some(wire),
-            Err(_) => self.client.drop_idle_writers(),
+        let cluster = self.client.is_cluster();
+        if !self.shared {
+            let wire = match self.wire.take() {
+                Some(wire) => Ok(wire),
+                None => self.client.writer_wire(stream).await,
+            };
+            let failed = match wire {
+                Ok(mut wire) => {
+                    match script::write_batch(&mut wire, stream, lease, owner, ttl, terminal, batch)
+                        .await
+                    {
+                        Ok(written) => {
+                            self.wire = Some(wire);
+                            return Ok(written);
+                        }
+                        Err(e) => match redirect(&e) {
+                            Redirect::MovedTo(node) if cluster => {
+                                self.client.writer_moved(stream, node);
+                                // A `MOVED` is a whole reply: nothing is left outstanding.
+                                self.client.idle_writer(wire);
+                                None
+                            }
+                            _ => Some(e),
+                        },
+                    }
+                }
+                Err(e) => Some(e),
+            };
+            if let Some(e) = failed {
+                self.client.drop_idle_writers();
+                if !cluster {
+                    return Err(e);
+                }
+                tracing::debug!(stream = %stream, error = %e, "writer goes through the cluster connection");
+                self.shared = true;
+            }
         }
-        written
+        let mut conn = self.client.conn();
+        script::write_batch(&mut conn, stream, lease, owner, ttl, terminal, batch).await
     }
 }
 

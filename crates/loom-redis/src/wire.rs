@@ -66,6 +66,8 @@ pub(crate) struct Wire {
     timeout: Duration,
     /// The database selected.
     db: i64,
+    /// The server it is connected to: `host:port`, or a Unix socket's path.
+    node: String,
 }
 
 impl std::fmt::Debug for Wire {
@@ -96,6 +98,11 @@ impl Wire {
                 }
             })
         };
+        let node = match info.addr() {
+            ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
+            ConnectionAddr::Unix(path) => path.display().to_string(),
+            other => format!("{other:?}"),
+        };
         let io = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
             .map_err(|_| timed_out("connecting"))?
@@ -106,6 +113,7 @@ impl Wire {
             id: None,
             timeout: block + RESPONSE_TIMEOUT,
             db: info.redis_settings().db(),
+            node,
         };
         let settings = info.redis_settings();
         if let Some(password) = settings.password() {
@@ -120,6 +128,12 @@ impl Wire {
             wire.query(redis::cmd("SELECT").arg(settings.db())).await?;
         }
         Ok(wire)
+    }
+
+    /// The server it is connected to: `host:port` (as a cluster's `MOVED` names a node), or
+    /// a Unix socket's path.
+    pub(crate) fn node(&self) -> &str {
+        &self.node
     }
 
     /// The connection's client id, asked once.

@@ -116,15 +116,21 @@ fn blocked_xreads(cluster: &RedisCluster) -> usize {
                 .next()
                 .and_then(|p| p.parse().ok())
                 .expect("a node URL with a port");
-            let list: String = redis::cmd("CLIENT")
-                .arg("LIST")
-                .query(&mut cluster.node(port))
-                .expect("CLIENT LIST");
-            list.lines()
+            clients(cluster, port)
+                .iter()
                 .filter(|l| l.contains(" cmd=xread ") && l.contains(" flags=b "))
                 .count()
         })
         .sum()
+}
+
+/// The clients of node `port`, a `CLIENT LIST` line each.
+fn clients(cluster: &RedisCluster, port: u16) -> Vec<String> {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut cluster.node(port))
+        .expect("CLIENT LIST");
+    list.lines().map(str::to_owned).collect()
 }
 
 #[tokio::test]
@@ -286,9 +292,18 @@ async fn streams_follow_their_bucket_when_its_slot_moves_to_another_master() {
             "{chunks:?}"
         );
     }
-    // A new run in the moved bucket runs on its new master.
+    // A new run in the moved bucket runs on its new master, and its writer writes there on a
+    // connection of its own (its first batch may go through the cluster connection, after
+    // the `MOVED` that names the new master).
     let chunks = collect(30, ticker_as(&client, &ids[4], 3, 1).await).await;
     assert_eq!(chunks.last().unwrap().kind, ChunkType::Complete);
+    let writers = clients(&cluster, to);
+    assert!(
+        writers
+            .iter()
+            .any(|l| l.contains(" name=loom-writer ") && l.contains(" cmd=evalsha ")),
+        "no writer connection of its own wrote on the new master: {writers:#?}"
+    );
     worker.stop().await;
 }
 

@@ -266,7 +266,7 @@ impl Client {
     /// connection's task (or on a cluster, the cluster connection's and its node's). On a
     /// cluster it reaches the node a `MOVED` named for `key`'s slot ([`writer_moved`]), or
     /// while none did a node guessed from the slot, whose `MOVED` then tells. A new one is
-    /// named `loom-writer`.
+    /// named `loom-writer` where the server allows it.
     ///
     /// [`writer_moved`]: Self::writer_moved
     pub(crate) async fn writer_wire(&self, key: &str) -> Result<Wire, Error> {
@@ -291,8 +291,12 @@ impl Client {
             return Ok(wire);
         }
         let mut wire = self.inner.topology.blocking(Duration::ZERO, &reach).await?;
-        wire.query(redis::cmd("CLIENT").arg("SETNAME").arg(WRITER_NAME))
-            .await?;
+        // Only a label: an ACL that refuses it does not stop the writer.
+        let mut name = redis::cmd("CLIENT");
+        name.arg("SETNAME").arg(WRITER_NAME);
+        if let Err(e) = wire.query(&name).await {
+            tracing::debug!(error = %e, "a writer connection could not name itself");
+        }
         Ok(wire)
     }
 

@@ -87,6 +87,40 @@ async fn a_user_confined_to_the_prefix_without_dangerous_commands_runs_everythin
 }
 
 #[tokio::test]
+async fn a_user_refused_client_setname_still_has_its_runs_written() {
+    let server = RedisServer::start_own();
+    let options = fast_options();
+    let mut admin = confine(&server, &options.prefix);
+    // Writer connections name themselves `loom-writer`; a stricter ACL may refuse that.
+    redis::cmd("ACL")
+        .arg(&["SETUSER", "loom", "-client|setname"])
+        .exec(&mut admin)
+        .unwrap();
+    let url = as_user(&server, "loom", "s3cret");
+    let client = within(10, Client::connect_with(&url, options))
+        .await
+        .expect("connect as loom");
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+    let chunks = collect(10, ticker(&client, 5, 1).await).await;
+    assert_contract(&chunks);
+    assert_eq!(chunks.last().unwrap().kind, ChunkType::Complete);
+    worker.stop().await;
+
+    let denied: String = format!(
+        "{:?}",
+        redis::cmd("ACL")
+            .arg("LOG")
+            .query::<redis::Value>(&mut admin)
+            .unwrap()
+    );
+    assert!(
+        denied.to_lowercase().contains("setname"),
+        "the writer did not try to name its connection: {denied}"
+    );
+}
+
+#[tokio::test]
 async fn a_wrong_password_is_a_clear_error_when_connecting() {
     let server = RedisServer::start_own();
     let options = fast_options();

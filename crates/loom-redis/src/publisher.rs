@@ -186,7 +186,7 @@ struct Writer {
     /// The writer's own connection, while no reply is outstanding on it.
     wire: Option<Wire>,
     /// On a cluster, whether the writer goes through the cluster connection: its own one
-    /// failed (see [`Writer::write_once`]).
+    /// failed (see [`write_once`](Writer::write_once)).
     shared: bool,
     stream: String,
     lease: String,
@@ -265,60 +265,64 @@ impl Writer {
     }
 
     /// One try of [`send`](Self::send), on the writer's own connection (see
-    /// [`Client::writer_wire`]). The connection is out of `wire` while its reply is
-    /// outstanding, and only an answered one goes back: a try dropped halfway (the run
-    /// stopped) or failed never leaves a connection with a reply still to come.
-    ///
-    /// On a cluster, a `MOVED` sends the try through the cluster connection (which follows
-    /// it) and the next batches to the node it named; any other failure of the own connection
-    /// sends this try and the rest of the run through the cluster connection, as a failover
-    /// or a slot migration wants.
+    /// [`write_own`](Self::write_own)) until that fails on a cluster; then, and for a try a
+    /// `MOVED` sent elsewhere, through the client's cluster connection, which follows slot
+    /// moves and failovers itself.
     async fn write_once(
         &mut self,
         batch: &[StreamChunk],
         ttl: u64,
         terminal: bool,
     ) -> Result<Written, Error> {
-        let (stream, lease, owner) = (&self.stream, &self.lease, &self.owner);
-        let cluster = self.client.is_cluster();
         if !self.shared {
-            let wire = match self.wire.take() {
-                Some(wire) => Ok(wire),
-                None => self.client.writer_wire(stream).await,
-            };
-            let failed = match wire {
-                Ok(mut wire) => {
-                    match script::write_batch(&mut wire, stream, lease, owner, ttl, terminal, batch)
-                        .await
-                    {
-                        Ok(written) => {
-                            self.wire = Some(wire);
-                            return Ok(written);
-                        }
-                        Err(e) => match redirect(&e) {
-                            Redirect::MovedTo(node) if cluster => {
-                                self.client.writer_moved(stream, node);
-                                // A `MOVED` is a whole reply: nothing is left outstanding.
-                                self.client.idle_writer(wire);
-                                None
-                            }
-                            _ => Some(e),
-                        },
+            match self.write_own(batch, ttl, terminal).await {
+                Ok(Some(written)) => return Ok(written),
+                Ok(None) => {}
+                Err(e) => {
+                    self.client.drop_idle_writers();
+                    if !self.client.is_cluster() {
+                        return Err(e);
                     }
+                    tracing::debug!(stream = %self.stream, error = %e, "the run's writer goes on through the cluster connection");
+                    self.shared = true;
                 }
-                Err(e) => Some(e),
-            };
-            if let Some(e) = failed {
-                self.client.drop_idle_writers();
-                if !cluster {
-                    return Err(e);
-                }
-                tracing::debug!(stream = %stream, error = %e, "writer goes through the cluster connection");
-                self.shared = true;
             }
         }
         let mut conn = self.client.conn();
+        let (stream, lease, owner) = (&self.stream, &self.lease, &self.owner);
         script::write_batch(&mut conn, stream, lease, owner, ttl, terminal, batch).await
+    }
+
+    /// One try on the writer's own connection; `None` when a cluster's `MOVED` sent it to
+    /// another node (where the next batches go). The connection is out of `wire` while its
+    /// reply is outstanding, and only an answered one goes back: a try dropped halfway (the
+    /// run stopped) or failed never leaves a connection with a reply still to come.
+    async fn write_own(
+        &mut self,
+        batch: &[StreamChunk],
+        ttl: u64,
+        terminal: bool,
+    ) -> Result<Option<Written>, Error> {
+        let (stream, lease, owner) = (&self.stream, &self.lease, &self.owner);
+        let mut wire = match self.wire.take() {
+            Some(wire) => wire,
+            None => self.client.writer_wire(stream).await?,
+        };
+        match script::write_batch(&mut wire, stream, lease, owner, ttl, terminal, batch).await {
+            Ok(written) => {
+                self.wire = Some(wire);
+                Ok(Some(written))
+            }
+            Err(e) => match redirect(&e) {
+                Redirect::MovedTo(node) if self.client.is_cluster() => {
+                    self.client.writer_moved(stream, node);
+                    // A `MOVED` is a whole reply: nothing is left outstanding.
+                    self.client.idle_writer(wire);
+                    Ok(None)
+                }
+                _ => Err(e),
+            },
+        }
     }
 }
 

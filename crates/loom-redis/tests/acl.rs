@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use loom_core::{ChunkType, ErrorCode};
-use loom_redis::{Client, WorkerOptions};
+use loom_redis::{Client, ClientOptions, WorkerOptions};
 use support::*;
 
 /// The URL of `server` as `user:password`.
@@ -46,17 +46,23 @@ fn confine(server: &RedisServer, prefix: &str) -> redis::Connection {
     admin.get_connection().unwrap()
 }
 
-#[tokio::test]
-async fn a_user_confined_to_the_prefix_without_dangerous_commands_runs_everything() {
-    let server = RedisServer::start_own();
-    let options = fast_options();
-    let mut admin = confine(&server, &options.prefix);
-    let url = as_user(&server, "loom", "s3cret");
+/// A client of `server` as `loom`, and a worker on it.
+async fn loom_with_worker(server: &RedisServer, options: ClientOptions) -> (Client, RunningWorker) {
+    let url = as_user(server, "loom", "s3cret");
     let client = within(10, Client::connect_with(&url, options))
         .await
         .expect("connect as loom");
     let probe = Arc::new(Probe::default());
     let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+    (client, worker)
+}
+
+#[tokio::test]
+async fn a_user_confined_to_the_prefix_without_dangerous_commands_runs_everything() {
+    let server = RedisServer::start_own();
+    let options = fast_options();
+    let mut admin = confine(&server, &options.prefix);
+    let (client, worker) = loom_with_worker(&server, options).await;
 
     // A run to its end, and its replay.
     let chunks = ticker(&client, 5, 1).await;
@@ -96,12 +102,7 @@ async fn a_user_refused_client_setname_still_has_its_runs_written() {
         .arg(&["SETUSER", "loom", "-client|setname"])
         .exec(&mut admin)
         .unwrap();
-    let url = as_user(&server, "loom", "s3cret");
-    let client = within(10, Client::connect_with(&url, options))
-        .await
-        .expect("connect as loom");
-    let probe = Arc::new(Probe::default());
-    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+    let (client, worker) = loom_with_worker(&server, options).await;
     let chunks = collect(10, ticker(&client, 5, 1).await).await;
     assert_contract(&chunks);
     assert_eq!(chunks.last().unwrap().kind, ChunkType::Complete);

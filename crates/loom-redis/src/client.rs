@@ -26,7 +26,7 @@ use crate::error::Error;
 use crate::hub::Hub;
 use crate::keys::{bucket, check_name, CancelReason, Keys, BUCKETS, DEFAULT_PREFIX};
 use crate::script;
-use crate::wire::{Wire, CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
+use crate::wire::{node_of, Wire, CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
 
 /// Timing and naming that workers and readers of one Redis must agree on.
 ///
@@ -261,12 +261,12 @@ impl Client {
         self.inner.conn.is_cluster()
     }
 
-    /// A connection of a writer's own (`publisher.rs`) for the stream `key`, idle or new, so
-    /// that its batches go to Redis from the run's own task rather than through the shared
+    /// A connection of a writer's own (`publisher.rs`) for the stream `key`, so that its
+    /// batches go to Redis from the run's own task rather than through the shared
     /// connection's task (or on a cluster, the cluster connection's and its node's). On a
     /// cluster it reaches the node a `MOVED` named for `key`'s slot ([`writer_moved`]), or
-    /// while none did a node guessed from the slot, whose `MOVED` then tells. A new one is
-    /// named `loom-writer` where the server allows it.
+    /// while none did a node guessed from the slot, whose `MOVED` then tells. An idle one to
+    /// that node if there is one; a new one is named `loom-writer` where the server allows it.
     ///
     /// [`writer_moved`]: Self::writer_moved
     pub(crate) async fn writer_wire(&self, key: &str) -> Result<Wire, Error> {
@@ -278,19 +278,17 @@ impl Client {
                 Reach::new(node, usize::from(slot))
             }
         };
+        let info = self.inner.topology.info(&reach)?;
+        let node = node_of(&info);
         let idle = {
             let mut idle = lock(&self.inner.idle_writers);
-            let at = match reach.node() {
-                Some(node) => idle.iter().rposition(|w| w.node() == node),
-                None if !self.is_cluster() => idle.len().checked_sub(1),
-                None => None,
-            };
+            let at = idle.iter().rposition(|w| w.node() == node);
             at.map(|at| idle.swap_remove(at))
         };
         if let Some(wire) = idle {
             return Ok(wire);
         }
-        let mut wire = self.inner.topology.blocking(Duration::ZERO, &reach).await?;
+        let mut wire = Wire::connect(&info, Duration::ZERO).await?;
         // Only a label: an ACL that refuses it does not stop the writer.
         let mut name = redis::cmd("CLIENT");
         name.arg("SETNAME").arg(WRITER_NAME);

@@ -20,7 +20,7 @@ use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, Value};
+use redis::{Cmd, ConnectionInfo, FromRedisValue, Pipeline, RedisFuture, Value};
 
 use crate::error::Error;
 use crate::wire::{Wire, CONNECT_TIMEOUT};
@@ -117,11 +117,6 @@ impl Reach {
         }
     }
 
-    /// The node a `MOVED` named, if any.
-    pub(crate) fn node(&self) -> Option<&str> {
-        self.node.as_deref()
-    }
-
     /// A `MOVED` named `node`: connect there next.
     pub(crate) fn moved_to(&mut self, node: String) {
         self.node = Some(node);
@@ -214,7 +209,12 @@ impl Topology {
     /// A new connection for one blocking reader, whose commands may each block for `block`:
     /// to the server, or on a cluster to where `reach` points (see [`Reach`]).
     pub(crate) async fn blocking(&self, block: Duration, reach: &Reach) -> Result<Wire, Error> {
-        let info = match (self, &reach.node) {
+        Wire::connect(&self.info(reach)?, block).await
+    }
+
+    /// How to connect to the server, or on a cluster to where `reach` points.
+    pub(crate) fn info(&self, reach: &Reach) -> Result<ConnectionInfo, Error> {
+        Ok(match (self, &reach.node) {
             (Self::Single(client), _) => client.get_connection_info().clone(),
             (Self::Cluster(nodes), None) => nodes[reach.attempts % nodes.len()]
                 .get_connection_info()
@@ -227,8 +227,7 @@ impl Topology {
                 let addr = redis::ConnectionAddr::Tcp(host, port);
                 nodes[0].get_connection_info().clone().set_addr(addr)
             }
-        };
-        Wire::connect(&info, block).await
+        })
     }
 
     /// The servers to subscribe to, in the order to try them.

@@ -98,11 +98,7 @@ impl Wire {
                 }
             })
         };
-        let node = match info.addr() {
-            ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
-            ConnectionAddr::Unix(path) => path.display().to_string(),
-            other => format!("{other:?}"),
-        };
+        let node = node_of(info);
         let io = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
             .map_err(|_| timed_out("connecting"))?
@@ -130,8 +126,7 @@ impl Wire {
         Ok(wire)
     }
 
-    /// The server it is connected to: `host:port` (as a cluster's `MOVED` names a node), or
-    /// a Unix socket's path.
+    /// The server it is connected to (see [`node_of`]).
     pub(crate) fn node(&self) -> &str {
         &self.node
     }
@@ -227,6 +222,16 @@ impl From<Reply> for redis::Value {
             Reply::Text(bytes) => Self::BulkString(bytes.to_vec()),
             Reply::Array(items) => Self::Array(items.into_iter().map(Self::from).collect()),
         }
+    }
+}
+
+/// The server `info` reaches, as a [`Wire`] names it: `host:port` (as a cluster's `MOVED`
+/// names a node), or a Unix socket's path.
+pub(crate) fn node_of(info: &ConnectionInfo) -> String {
+    match info.addr() {
+        ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
+        ConnectionAddr::Unix(path) => path.display().to_string(),
+        other => format!("{other:?}"),
     }
 }
 

@@ -95,11 +95,7 @@ async fn a_stream_replays_and_serves_two_readers_and_many_streams_share_few_conn
     );
     for stream in streams {
         let chunks = collect(30, stream).await;
-        assert_eq!(
-            chunks.last().unwrap().kind,
-            ChunkType::Complete,
-            "{chunks:?}"
-        );
+        assert_completes(&chunks);
     }
     worker.stop().await;
 }
@@ -286,11 +282,7 @@ async fn streams_follow_their_bucket_when_its_slot_moves_to_another_master() {
         assert_contract(&chunks);
         // A run whose lease or request could not be renewed while its keys were split
         // between the nodes may have been run again (a second `start`, `seq` going on).
-        assert_eq!(
-            chunks.last().unwrap().kind,
-            ChunkType::Complete,
-            "{chunks:?}"
-        );
+        assert_completes(&chunks);
     }
     // A new run in the moved bucket runs on its new master, and its writer writes there on a
     // connection of its own (its first batch may go through the cluster connection, after

@@ -44,11 +44,7 @@ async fn readers_end_with_an_error_and_workers_survive_until_redis_returns() {
     // The same client and worker serve a new run once Redis is back.
     let chunks = echo_once_back(&client).await;
     let chunks = collect(20, chunks).await;
-    assert_eq!(
-        chunks.last().unwrap().kind,
-        ChunkType::Complete,
-        "{chunks:?}"
-    );
+    assert_completes(&chunks);
     worker.stop().await;
 }
 
@@ -224,11 +220,7 @@ async fn runs_after_a_redis_restart_are_written_at_once_although_idle_writer_con
     let runs = futures::future::join_all((0..3).map(|_| ticker(&client, 3, 0))).await;
     for chunks in runs {
         let chunks = collect(10, chunks).await;
-        assert_eq!(
-            chunks.last().unwrap().kind,
-            ChunkType::Complete,
-            "{chunks:?}"
-        );
+        assert_completes(&chunks);
     }
 
     server.stop();
@@ -237,11 +229,7 @@ async fn runs_after_a_redis_restart_are_written_at_once_although_idle_writer_con
     // One failed write on a dead connection, then a new one: the run ends on its first
     // attempt, well before a lease could lapse and have it run again.
     let chunks = collect(5, chunks).await;
-    assert_eq!(
-        chunks.last().unwrap().kind,
-        ChunkType::Complete,
-        "{chunks:?}"
-    );
+    assert_completes(&chunks);
     assert!(chunks.iter().all(|c| c.attempt.is_none()), "{chunks:?}");
     worker.stop().await;
 }

@@ -56,11 +56,7 @@ async fn a_worker_with_one_slot_serving_two_queues_runs_both_requests_as_attempt
     .await;
     for chunks in [&ticks, &echo] {
         assert_contract(chunks);
-        assert_eq!(
-            chunks.last().unwrap().kind,
-            ChunkType::Complete,
-            "{chunks:?}"
-        );
+        assert_completes(chunks);
         let starts: Vec<_> = chunks
             .iter()
             .filter(|c| c.kind == ChunkType::Start)

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use loom_core::{
-    async_trait, parse_input, Actor, ActorContext, ActorStream, Extensions, Output, Registry,
-    Runtime, StreamChunk,
+    async_trait, parse_input, Actor, ActorContext, ActorStream, ChunkType, Extensions, Output,
+    Registry, Runtime, StreamChunk,
 };
 use loom_redis::{Client, ClientOptions, Worker, WorkerOptions};
 use serde::Deserialize;
@@ -237,6 +237,15 @@ pub async fn collect<S: Stream<Item = StreamChunk> + Unpin>(
     stream: S,
 ) -> Vec<StreamChunk> {
     within(secs, stream.collect::<Vec<_>>()).await
+}
+
+/// Asserts that `chunks` end with `complete`.
+pub fn assert_completes(chunks: &[StreamChunk]) {
+    assert_eq!(
+        chunks.last().unwrap().kind,
+        ChunkType::Complete,
+        "{chunks:?}"
+    );
 }
 
 /// Asserts the stream contract: start first, gapless seq from the first, one terminal last.

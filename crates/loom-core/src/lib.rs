@@ -65,7 +65,7 @@ pub use context::{new_run_id, ActorContext, Extensions};
 pub use error::{ActorError, ErrorCode};
 pub use output::{Output, OutputKind};
 pub use registry::Registry;
-pub use runtime::{Attempt, ChunkStream, Invoker, RunOptions, Runtime, DEFAULT_TIMEOUT};
+pub use runtime::{Attempt, ChunkStream, Forwarded, Invoker, RunOptions, Runtime, DEFAULT_TIMEOUT};
 pub use team::Team;
 pub use tokio_util::sync::CancellationToken;
 pub use turns::Turns;

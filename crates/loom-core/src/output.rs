@@ -103,6 +103,7 @@ impl Output {
 
     /// Tags a forwarded output with the workflow step passing it on, in place, and drops its
     /// workflow marker (a forwarded output is not the forwarder's marker).
+    #[inline]
     pub fn forward_from_step(&mut self, step: &Tag) {
         self.step = Some(step.clone());
         self.event = None;

@@ -14,7 +14,7 @@ use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -145,7 +145,12 @@ impl ChunkStream {
     /// as an [`ActorError`]. This is how every `run` (as opposed to `stream`) is built.
     pub async fn result(mut self) -> Result<Value, ActorError> {
         loop {
-            match std::future::poll_fn(|cx| self.poll_forward(cx)).await {
+            let next = std::future::poll_fn(|cx| {
+                let mut out = Poll::Pending;
+                self.poll_forward(cx, &mut out);
+                out
+            });
+            match next.await {
                 Some(Ok(output)) => {
                     if let OutputKind::Complete(result) = output.kind {
                         return Ok(result);
@@ -168,33 +173,43 @@ impl ChunkStream {
     /// layer cheap. After each item, [`take_restart`](Self::take_restart) tells whether the
     /// run started again before it.
     ///
+    /// The item is written into `out` (`Pending` when there is none yet), where the forwarder
+    /// tags it and returns it from: an item returned from layer to layer is copied at each
+    /// (it is about a hundred bytes), which was most of what a forwarding layer cost.
+    ///
     /// The last item is the `complete` output or the error that ended the run; then `None`.
     /// Use either this or the [`Stream`] of chunks on one `ChunkStream`, not both.
     #[inline]
-    pub fn poll_forward(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Output, ActorError>>> {
+    pub fn poll_forward(&mut self, cx: &mut Context<'_>, out: &mut Forwarded) {
         match &mut self.inner {
             Source::Local(drive) => {
                 drive.start = None;
-                drive.poll_output(cx)
+                drive.poll_output(cx, out)
             }
             Source::Other {
                 chunks,
                 started,
                 restarted,
             } => loop {
-                let Some(chunk) = ready!(chunks.as_mut().poll_next(cx)) else {
-                    return Poll::Ready(None);
+                let Poll::Ready(chunk) = chunks.as_mut().poll_next(cx) else {
+                    *out = Poll::Pending;
+                    return;
+                };
+                let Some(chunk) = chunk else {
+                    *out = Poll::Ready(None);
+                    return;
                 };
                 match chunk.kind {
                     ChunkType::Start if *started => *restarted = Some(chunk.attempt.unwrap_or(2)),
                     ChunkType::Start => *started = true,
-                    ChunkType::Error => return Poll::Ready(Some(Err(chunk.error_info().into()))),
+                    ChunkType::Error => {
+                        *out = Poll::Ready(Some(Err(chunk.error_info().into())));
+                        return;
+                    }
                     ChunkType::Progress | ChunkType::Data | ChunkType::Complete => {
                         if let Some(output) = Output::from_chunk(chunk) {
-                            return Poll::Ready(Some(Ok(output)));
+                            *out = Poll::Ready(Some(Ok(output)));
+                            return;
                         }
                     }
                 }
@@ -463,33 +478,36 @@ impl Drive {
         }
     }
 
-    /// The actor's next output, unnumbered: its outputs, then the one that ends the run —
-    /// its `complete` output, or the error of whatever else ended it (a failure, a panic, no
-    /// result, the deadline, cancellation) — then `None`. The actor's stream is dropped
-    /// before the ending is returned, so nothing the actor does can come after it.
+    /// The actor's next output, unnumbered, into `out`: its outputs, then the one that ends
+    /// the run — its `complete` output, or the error of whatever else ended it (a failure, a
+    /// panic, no result, the deadline, cancellation) — then `None`. The actor's stream is
+    /// dropped before the ending is given, so nothing the actor does can come after it.
     ///
-    /// The item keeps the type the actor's stream gives and is changed in place, so an
-    /// output is not copied from one shape of enum into another on the way.
+    /// The item is written by the actor's own poll where the forwarder reads it, and only
+    /// replaced when the run ends there ([`ChunkStream::poll_forward`]).
     #[inline(always)]
-    fn poll_output(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Output, ActorError>>> {
+    fn poll_output(&mut self, cx: &mut Context<'_>, out: &mut Forwarded) {
         let Some(actor) = self.actor.as_mut() else {
-            return Poll::Ready(None);
+            *out = Poll::Ready(None);
+            return;
         };
-        let mut item = poll_actor(actor, cx);
-        match &item {
+        poll_actor(actor, cx, out);
+        let err = match &*out {
             Poll::Ready(Some(Ok(output))) if !output.is_complete() => match self.periodic_stop() {
-                None => return item,
-                Some(err) => item = Poll::Ready(Some(Err(err))),
+                None => return,
+                Some(err) => Some(err),
             },
-            Poll::Ready(Some(_)) => {}
-            Poll::Ready(None) => item = Poll::Ready(Some(Err(no_result()))),
+            Poll::Ready(Some(_)) => None,
+            Poll::Ready(None) => Some(no_result()),
             Poll::Pending => match self.stop_while_pending(cx) {
-                None => return Poll::Pending,
-                Some(err) => item = Poll::Ready(Some(Err(err))),
+                None => return,
+                Some(err) => Some(err),
             },
+        };
+        if let Some(err) = err {
+            *out = Poll::Ready(Some(Err(err)));
         }
         self.end();
-        item
     }
 
     /// Whether the run must stop while its actor waits: cancelled, or past its deadline.
@@ -534,7 +552,9 @@ impl Stream for Drive {
         };
         // The same steps as `poll_output`, written out: numbering the output right where it
         // arrives keeps the plain run's path free of the moves a shared helper costs here.
-        let outcome = match poll_actor(actor, cx) {
+        let mut polled = Poll::Pending;
+        poll_actor(actor, cx, &mut polled);
+        let outcome = match polled {
             Poll::Ready(Some(Ok(output))) if !output.is_complete() => match this.periodic_stop() {
                 None => {
                     let chunk = output.into_chunk(this.seq);
@@ -560,21 +580,21 @@ impl Stream for Drive {
     }
 }
 
-/// Polls an actor's stream for its next item, turning a panic into an error. `Ready(None)`
-/// breaks the contract too (an end without a `complete` output): see [`no_result`].
+/// Polls an actor's stream for its next item into `out`, turning a panic into an error.
+/// `Ready(None)` breaks the contract too (an end without a `complete` output): see
+/// [`no_result`]. The item is written where the caller keeps it, not returned out of the
+/// panic guard (a copy).
 #[inline(always)]
-pub(crate) fn poll_actor(
-    actor: &mut ActorStream,
-    cx: &mut Context<'_>,
-) -> Poll<Option<Result<Output, ActorError>>> {
-    match catch_unwind(AssertUnwindSafe(|| actor.as_mut().poll_next(cx))) {
-        Ok(item) => item,
-        Err(panic) => {
-            let message = format!("the actor panicked: {}", panic_message(panic.as_ref()));
-            Poll::Ready(Some(Err(ActorError::internal(message))))
-        }
+pub(crate) fn poll_actor(actor: &mut ActorStream, cx: &mut Context<'_>, out: &mut Forwarded) {
+    if let Err(panic) = catch_unwind(AssertUnwindSafe(|| *out = actor.as_mut().poll_next(cx))) {
+        let message = format!("the actor panicked: {}", panic_message(panic.as_ref()));
+        *out = Poll::Ready(Some(Err(ActorError::internal(message))));
     }
 }
+
+/// What a forwarder polls a run for ([`ChunkStream::poll_forward`]): its next unnumbered
+/// output or the error that ended it, `Ready(None)` after that, or `Pending`.
+pub type Forwarded = Poll<Option<Result<Output, ActorError>>>;
 
 /// The error of an actor whose stream ended without a `complete` output.
 pub(crate) fn no_result() -> ActorError {

@@ -112,16 +112,21 @@ impl Stream for TeamStream {
         if this.ended {
             return Poll::Ready(None);
         }
-        let mut polled = this.members.poll(
-            || None,
-            |member| match poll_actor(&mut member.stream, cx) {
-                Poll::Ready(None) => Poll::Ready(Some(Err(no_result()))),
-                item => item,
-            },
-        );
+        let mut polled = Poll::Pending;
+        let turn = this.members.poll(|member| {
+            poll_actor(&mut member.stream, cx, &mut polled);
+            polled.is_ready()
+        });
+        match turn {
+            Poll::Ready(false) => polled = Poll::Ready(None),
+            Poll::Ready(true) if matches!(polled, Poll::Ready(None)) => {
+                polled = Poll::Ready(Some(Err(no_result())));
+            }
+            _ => {}
+        }
         let member = &this.team.members[this.members.last()].0;
-        // A forwarded output is tagged in place and returned in the `Poll` it came in: taking
-        // it out and wrapping it again would copy it.
+        // A forwarded output is written by the member's poll where it is returned from and
+        // tagged there (`Forwarded`): moving it from layer to layer would copy it.
         if let Poll::Ready(Some(Ok(output))) = &mut polled {
             if !output.is_complete() {
                 output.actor = Some(member.clone());

@@ -60,16 +60,14 @@ impl<T> Turns<T> {
     }
 
     /// Tries each stream still in with `poll`, once, from the one after the last that was
-    /// ready; returns the first ready item. With no stream left it returns `Ready(done())`
-    /// rather than a `Pending` nothing would wake.
+    /// ready. `poll` polls a stream, keeps what it got where the caller reads it (so an item
+    /// is not moved through here), and says whether the stream was ready. Returns
+    /// `Ready(true)` when one was (its index is [`last`](Self::last)), `Pending` when none
+    /// was, and with no stream left `Ready(false)` rather than a `Pending` nothing would wake.
     #[inline(always)]
-    pub fn poll<R>(
-        &mut self,
-        done: impl FnOnce() -> R,
-        mut poll: impl FnMut(&mut T) -> Poll<R>,
-    ) -> Poll<R> {
+    pub fn poll(&mut self, mut poll: impl FnMut(&mut T) -> bool) -> Poll<bool> {
         if self.live == 0 {
-            return Poll::Ready(done());
+            return Poll::Ready(false);
         }
         let count = self.slots.len();
         let mut i = self.next;
@@ -78,11 +76,10 @@ impl<T> Turns<T> {
                 i = 0;
             }
             if let Some(stream) = &mut self.slots[i] {
-                let item = poll(stream);
-                if item.is_ready() {
+                if poll(stream) {
                     self.last = i;
                     self.next = i + 1;
-                    return item;
+                    return Poll::Ready(true);
                 }
             }
             i += 1;
@@ -98,29 +95,47 @@ mod tests {
     #[test]
     fn each_ready_stream_gets_its_turn_and_removed_ones_are_skipped() {
         let mut turns = Turns::new(["a", "b", "c"]);
+        let mut got = "";
         let mut order = Vec::new();
         for _ in 0..4 {
-            let item = turns.poll(|| "none", |s| Poll::Ready(*s));
-            order.push((item, turns.last()));
+            let turn = turns.poll(|s| {
+                got = *s;
+                true
+            });
+            order.push((turn, got, turns.last()));
         }
         assert_eq!(
             order,
             [
-                (Poll::Ready("a"), 0),
-                (Poll::Ready("b"), 1),
-                (Poll::Ready("c"), 2),
-                (Poll::Ready("a"), 0)
+                (Poll::Ready(true), "a", 0),
+                (Poll::Ready(true), "b", 1),
+                (Poll::Ready(true), "c", 2),
+                (Poll::Ready(true), "a", 0)
             ]
         );
         assert_eq!(turns.remove_last(), Some("a"));
         assert_eq!(turns.remove_last(), None, "already out");
         assert_eq!(turns.live(), 2);
-        let item = turns.poll(|| "none", |s| Poll::Ready(*s));
-        assert_eq!((item, turns.last()), (Poll::Ready("b"), 1));
-        let pending = turns.poll(|| "none", |_| Poll::<&str>::Pending);
-        assert_eq!(pending, Poll::Pending);
+        let turn = turns.poll(|s| {
+            got = *s;
+            true
+        });
+        assert_eq!((turn, got, turns.last()), (Poll::Ready(true), "b", 1));
+        let mut tried = 0;
+        let pending = turns.poll(|_| {
+            tried += 1;
+            false
+        });
+        assert_eq!(
+            (pending, tried),
+            (Poll::Pending, 2),
+            "each live stream tried once"
+        );
         turns.clear();
-        let item = turns.poll(|| "none", |s| Poll::Ready(*s));
-        assert_eq!(item, Poll::Ready("none"), "nothing left is not Pending");
+        assert_eq!(
+            turns.poll(|_| true),
+            Poll::Ready(false),
+            "nothing left is not Pending"
+        );
     }
 }

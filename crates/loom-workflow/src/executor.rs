@@ -13,14 +13,14 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::Stream;
 use loom_core::{
     Actor, ActorContext, ActorError, ActorStream, CancellationToken, ChunkStream, ErrorInfo, Event,
-    Invoker, Output, OutputKind, RunOptions, Runtime, Tag, Turns,
+    Forwarded, Invoker, Output, OutputKind, RunOptions, Runtime, Tag, Turns,
 };
 use serde_json::{json, Map, Value};
 use tokio::time::Sleep;
@@ -206,8 +206,9 @@ fn run_workflow(
 /// forwarded as they come.
 ///
 /// Written by hand rather than as a generator (as are [`StepRun`] and the team's stream in
-/// `loom-core`): a forwarded chunk then moves once through each layer instead of through a
-/// generator's slot, which halved what a streaming step costs per token.
+/// `loom-core`): a forwarded output is written once, by its actor's poll, into the slot
+/// this stream returns it from, and tagged there on the way (`Forwarded`); a generator's
+/// slot, or an item returned from layer to layer, copies it at each.
 struct WorkflowRun {
     workflow: Arc<Workflow>,
     invoker: Arc<dyn Invoker>,
@@ -387,8 +388,15 @@ impl Stream for WorkflowRun {
                     None => continue,
                 },
             };
-            // Returned as polled, not taken out of its `Poll` and wrapped again (a copy).
-            let polled = running.steps.poll(|| None, |step| step.poll_output(cx));
+            // Written in place by each layer, not returned from one to the next (a copy).
+            let mut polled = Poll::Pending;
+            let turn = running.steps.poll(|step| {
+                step.poll_output(cx, &mut polled);
+                polled.is_ready()
+            });
+            if turn == Poll::Ready(false) {
+                polled = Poll::Ready(None);
+            }
             if !matches!(polled, Poll::Ready(None)) {
                 return polled;
             }
@@ -497,51 +505,57 @@ impl StepRun {
         }
     }
 
-    /// The step's next item: a forwarded output or a marker; `None` when the step ended,
-    /// its end then in `end`.
-    ///
-    /// A forwarded output keeps the item type its run gave and is re-tagged in place, so it
-    /// is not copied from one shape of enum into another on the way through.
+    /// The step's next item, into `out`: a forwarded output or a marker; `None` when the
+    /// step ended, its end then in `end`. A forwarded output is re-tagged where its run wrote
+    /// it.
     #[inline]
-    fn poll_output(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Output, ActorError>>> {
+    fn poll_output(&mut self, cx: &mut Context<'_>, out: &mut Forwarded) {
         let this = self;
         loop {
             match &mut this.state {
-                StepState::Starting(starting) => match ready!(starting.as_mut().poll(cx)) {
-                    Ok(chunks) => this.state = StepState::Streaming(chunks),
-                    Err(err) => return Poll::Ready(this.ended(Err(ErrorInfo::from(&err)))),
-                },
-                StepState::Streaming(chunks) => {
-                    // The item stays in the `Poll` its run gave and is returned in it: taking
-                    // it out and wrapping it again would copy it on every forwarded output.
-                    let mut polled = match this.held.take() {
-                        Some(item) => Poll::Ready(*item),
-                        None => chunks.poll_forward(cx),
+                StepState::Starting(starting) => {
+                    let Poll::Ready(started) = starting.as_mut().poll(cx) else {
+                        return;
                     };
-                    if polled.is_pending() {
-                        return Poll::Pending;
+                    match started {
+                        Ok(chunks) => this.state = StepState::Streaming(chunks),
+                        Err(err) => {
+                            *out = Poll::Ready(this.ended(Err(ErrorInfo::from(&err))));
+                            return;
+                        }
+                    }
+                }
+                StepState::Streaming(chunks) => {
+                    match this.held.take() {
+                        Some(item) => *out = Poll::Ready(*item),
+                        None => chunks.poll_forward(cx, out),
+                    }
+                    if out.is_pending() {
+                        return;
                     }
                     // A remote run re-run on another worker after its first worker was lost
                     // (DESIGN.md §3): what the step forwarded so far is superseded, as after
                     // a retry of our own. The item read after the new `start` comes next.
                     if let Some(rerun) = chunks.take_restart() {
-                        if let Poll::Ready(item) = polled {
+                        if let Poll::Ready(item) = std::mem::replace(out, Poll::Pending) {
                             this.held = Some(Box::new(item));
                         }
                         let marker = rerun_marker(&this.step.name, rerun, this.done, this.total);
-                        return Poll::Ready(Some(Ok(marker)));
+                        *out = Poll::Ready(Some(Ok(marker)));
+                        return;
                     }
-                    if let Poll::Ready(Some(Ok(output))) = &mut polled {
+                    if let Poll::Ready(Some(Ok(output))) = out {
                         if !output.is_complete() {
                             if !this.step.streaming && matches!(output.kind, OutputKind::Data(_)) {
+                                *out = Poll::Pending;
                                 continue;
                             }
                             output.forward_from_step(&this.tag);
-                            return polled;
+                            return;
                         }
                     }
-                    let Poll::Ready(item) = polled else {
-                        return Poll::Pending;
+                    let Poll::Ready(item) = std::mem::replace(out, Poll::Pending) else {
+                        return;
                     };
                     let outcome = match item {
                         Some(Ok(output)) => match output.kind {
@@ -554,10 +568,13 @@ impl StepRun {
                             "the step's stream ended without a terminal chunk",
                         ))),
                     };
-                    return Poll::Ready(this.ended(outcome));
+                    *out = Poll::Ready(this.ended(outcome));
+                    return;
                 }
                 StepState::Backoff(sleep) => {
-                    ready!(sleep.as_mut().poll(cx));
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        return;
+                    }
                     let starting = start(&this.invoker, &this.step, &this.input, &this.parent);
                     this.state = StepState::Starting(starting);
                 }

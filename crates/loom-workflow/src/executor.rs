@@ -505,9 +505,9 @@ impl StepRun {
         }
     }
 
-    /// The step's next item, into `out`: a forwarded output or a marker; `None` when the
-    /// step ended, its end then in `end`. A forwarded output is re-tagged where its run wrote
-    /// it.
+    /// The step's next item, into `out` (`Pending` on entry, and left so while the step has
+    /// nothing): a forwarded output or a marker; `None` when the step ended, its end then in
+    /// `end`. A forwarded output is re-tagged where its run wrote it.
     #[inline]
     fn poll_output(&mut self, cx: &mut Context<'_>, out: &mut Forwarded) {
         let this = self;

@@ -118,33 +118,33 @@ impl Stream for TeamStream {
             polled.is_ready()
         });
         match turn {
-            Poll::Ready(false) => polled = Poll::Ready(None),
-            Poll::Ready(true) if matches!(polled, Poll::Ready(None)) => {
-                polled = Poll::Ready(Some(Err(no_result())));
-            }
-            _ => {}
-        }
-        let member = &this.team.members[this.members.last()].0;
-        // A forwarded output is written by the member's poll where it is returned from and
-        // tagged there (`Forwarded`): moving it from layer to layer would copy it.
-        if let Poll::Ready(Some(Ok(output))) = &mut polled {
-            if !output.is_complete() {
-                output.actor = Some(member.clone());
-                return polled;
-            }
-        }
-        let Poll::Ready(item) = polled else {
-            return Poll::Pending;
-        };
-        let output = match item {
-            None => {
+            Poll::Pending => return Poll::Pending,
+            // Every member completed (or the team has none): the team's result.
+            Poll::Ready(false) => {
                 this.ended = true;
                 let results = std::mem::take(&mut this.results);
                 let mut result = Map::new();
                 result.insert("members".to_owned(), Value::Object(results));
                 return Poll::Ready(Some(Ok(Output::complete(Value::Object(result)))));
             }
-            Some(Ok(output)) => {
+            Poll::Ready(true) => {}
+        }
+        let member = &this.team.members[this.members.last()].0;
+        // A forwarded output is written by the member's poll into `polled` and tagged there
+        // (`Forwarded`); it is copied once, into the return.
+        if let Poll::Ready(Some(Ok(output))) = &mut polled {
+            if !output.is_complete() {
+                output.actor = Some(member.clone());
+                return polled;
+            }
+        }
+        let outcome = match polled {
+            Poll::Ready(Some(outcome)) => outcome,
+            // A ready member without an item: its stream ended without `complete`.
+            Poll::Ready(None) | Poll::Pending => Err(no_result()),
+        };
+        let output = match outcome {
+            Ok(output) => {
                 this.members.remove_last();
                 let result = match output.kind {
                     OutputKind::Complete(result) => result,
@@ -155,7 +155,7 @@ impl Stream for TeamStream {
                 let done = this.results.len() as u64;
                 Output::progress(done, Some(total), format!("{member} finished"))
             }
-            Some(Err(err)) => {
+            Err(err) => {
                 // Dropping the other members cancels them.
                 this.members.clear();
                 this.ended = true;

@@ -6,9 +6,9 @@ use std::task::Poll;
 /// Streams (or anything polled) taking turns on one task.
 ///
 /// Each poll tries every stream still in at most once, starting after the one that gave the
-/// last item, so one that is always ready cannot starve the others. The item is returned as
-/// the stream gave it (no `(index, item)` pair to build and take apart on every chunk); the
-/// index of the stream it came from is [`last`](Self::last).
+/// last item, so one that is always ready cannot starve the others. The item stays where the
+/// caller's poll put it (nothing is moved through here on every chunk); the index of the
+/// stream it came from is [`last`](Self::last).
 #[derive(Debug)]
 pub struct Turns<T> {
     /// Each stream while it is in, in the order given; `None` once removed.

@@ -11,6 +11,16 @@ use support::*;
 use tokio::sync::oneshot;
 
 #[tokio::test]
+async fn a_team_without_members_completes_with_no_results() {
+    let team = Team::new("nobody", "no members");
+    let chunks = collect(stream_of(team, RunOptions::default())).await;
+    assert_contract(&chunks);
+    let last = chunks.last().expect("a terminal chunk");
+    assert_eq!(last.kind, ChunkType::Complete, "{chunks:?}");
+    assert_eq!(last.data, Some(json!({ "members": {} })));
+}
+
+#[tokio::test]
 async fn a_team_merges_member_streams_tagged_with_their_actor() {
     // The gate proves interleaving: alpha cannot finish until beta has produced a chunk.
     let (gate_tx, gate_rx) = oneshot::channel::<()>();

@@ -522,15 +522,16 @@ async fn latency(server: &Target, count: u64) {
     // Per kind: the stream, the bare round trip back to back (the target's baseline), the
     // same at the stream's pace (one a millisecond, where every process and thread on the
     // way has gone idle between two chunks and must be woken, as for the stream's chunks),
-    // and a bare `XADD` read by a blocked `XREAD`.
-    let mut all: [Vec<Duration>; 4] = Default::default();
+    // and a bare `XADD` read by a blocked `XREAD`, plain and fenced.
+    let mut all: [Vec<Duration>; 5] = Default::default();
     let mut round_ratios = Vec::new();
     for _ in 0..LATENCY_ROUNDS {
         let round = [
             stream_latency(&reader, per_round).await,
             bare_round_trip(server, per_round, None).await,
             bare_round_trip(server, per_round, Some(Duration::from_millis(1))).await,
-            bare_handoff(server, per_round).await,
+            bare_handoff(server, per_round, false).await,
+            bare_handoff(server, per_round, true).await,
         ];
         let p50 = |sorted: &[Duration]| percentile(sorted, 0.5).as_secs_f64();
         round_ratios.push(p50(&round[0]) / p50(&round[1]).max(1e-9));
@@ -543,7 +544,7 @@ async fn latency(server: &Target, count: u64) {
     for sorted in &mut all {
         sorted.sort();
     }
-    let [lat, rtt, paced, handoff] = &all;
+    let [lat, rtt, paced, handoff, fenced] = &all;
     round_ratios.sort_by(f64::total_cmp);
     let ratio = |to: &[Duration], p: f64| {
         percentile(lat, p).as_secs_f64() / percentile(to, p).as_secs_f64().max(1e-9)
@@ -554,6 +555,10 @@ async fn latency(server: &Target, count: u64) {
     println!(
         "bare XADD -> blocked XREAD at 1,000/s: {}",
         p50_p99(handoff)
+    );
+    println!(
+        "bare fenced XADD (GET + XADD script) -> blocked XREAD at 1,000/s: {}",
+        p50_p99(fenced)
     );
     println!(
         "ratio to the bare round trip: p50 {:.2} (median of the rounds' ratios {}; target <= 1.5), \
@@ -575,6 +580,11 @@ async fn latency(server: &Target, count: u64) {
         "ratio to the bare XADD -> blocked XREAD: p50 {:.2}, p99 {:.2}",
         ratio(handoff, 0.5),
         ratio(handoff, 0.99)
+    );
+    println!(
+        "ratio to the bare fenced XADD -> blocked XREAD: p50 {:.2}, p99 {:.2}",
+        ratio(fenced, 0.5),
+        ratio(fenced, 0.99)
     );
 }
 
@@ -626,13 +636,22 @@ async fn bare_round_trip(server: &Target, count: u64, every: Option<Duration>) -
 
 /// The floor of any reader that waits on a blocking `XREAD`: `count` bare `XADD`s, one per
 /// millisecond, each stamped with its send time, and how long each took to reach another
-/// connection's blocked `XREAD` (both the redis crate's), sorted.
-async fn bare_handoff(server: &Target, count: u64) -> Vec<Duration> {
-    let key = "bench:handoff";
+/// connection's blocked `XREAD` (both the redis crate's), sorted. `fenced`: each `XADD` is
+/// made by a script that first checks a lease key, as a fenced write must be (Loom's write
+/// script does that, and numbers the entry), so the figure is the floor of a fenced stream.
+async fn bare_handoff(server: &Target, count: u64, fenced: bool) -> Vec<Duration> {
+    // One hash tag: the script's two keys share a cluster slot.
+    let (key, lease) = ("{bench:handoff}:stream", "{bench:handoff}:lease");
     let mut reader = server.with_conn(|conn| async move { conn }).await;
     // A fresh stream, so the reader reading from the start reads only this call's entries.
-    let _: () = redis::cmd("DEL")
+    let _: () = redis::pipe()
+        .cmd("DEL")
         .arg(key)
+        .ignore()
+        .cmd("SET")
+        .arg(lease)
+        .arg("owner")
+        .ignore()
         .query_async(&mut reader)
         .await
         .expect("del");
@@ -659,19 +678,35 @@ async fn bare_handoff(server: &Target, count: u64) -> Vec<Duration> {
         took.sort();
         took
     });
+    let script = redis::Script::new(
+        "if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 'fenced' end \
+         redis.call('XADD', KEYS[1], '*', 't', ARGV[2]) return 'ok'",
+    );
     server
         .with_conn(move |mut writer| async move {
             let mut tick = tokio::time::interval(Duration::from_millis(1));
             for _ in 0..count {
                 tick.tick().await;
-                redis::cmd("XADD")
-                    .arg(key)
-                    .arg("*")
-                    .arg("t")
-                    .arg(wall_ns())
-                    .query_async::<()>(&mut writer)
-                    .await
-                    .expect("xadd");
+                if fenced {
+                    let written: String = script
+                        .key(key)
+                        .key(lease)
+                        .arg("owner")
+                        .arg(wall_ns())
+                        .invoke_async(&mut writer)
+                        .await
+                        .expect("fenced xadd");
+                    assert_eq!(written, "ok");
+                } else {
+                    redis::cmd("XADD")
+                        .arg(key)
+                        .arg("*")
+                        .arg("t")
+                        .arg(wall_ns())
+                        .query_async::<()>(&mut writer)
+                        .await
+                        .expect("xadd");
+                }
             }
         })
         .await;

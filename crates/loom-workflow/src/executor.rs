@@ -206,9 +206,9 @@ fn run_workflow(
 /// forwarded as they come.
 ///
 /// Written by hand rather than as a generator (as are [`StepRun`] and the team's stream in
-/// `loom-core`): a forwarded output is written once, by its actor's poll, into the slot
-/// this stream returns it from, and tagged there on the way (`Forwarded`); a generator's
-/// slot, or an item returned from layer to layer, copies it at each.
+/// `loom-core`): a forwarded output is written by its actor's poll into a slot of this
+/// stream's `poll_next`, tagged there on the way (`Forwarded`), and copied once, into the
+/// return; a generator's slot, or an item returned from layer to layer, copies it at each.
 struct WorkflowRun {
     workflow: Arc<Workflow>,
     invoker: Arc<dyn Invoker>,

@@ -424,7 +424,7 @@ pub(crate) fn drive(
     let mut start = StreamChunk::new(ChunkType::Start, first_seq);
     start.data = Some(json!({ "run_id": &*run_id, "actor": actor.name() }));
     start.attempt = attempt.map(|a| a.number).filter(|&n| n > 1);
-    let deadline = Instant::now() + options.timeout.unwrap_or(DEFAULT_TIMEOUT);
+    let deadline = deadline_after(options.timeout.unwrap_or(DEFAULT_TIMEOUT));
     let drive = Drive {
         start: Some(Box::new(start)),
         actor: Some(actor.stream(input, ctx)),
@@ -436,6 +436,14 @@ pub(crate) fn drive(
         since_check: 0,
     };
     ChunkStream::with_source(run_id, Source::Local(drive), token)
+}
+
+/// The deadline `timeout` from now; one too far to be represented (a timeout of centuries)
+/// is a deadline thirty years away, which no run reaches.
+fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 24 * 3600))
 }
 
 /// The state machine between an actor's stream and its consumer.

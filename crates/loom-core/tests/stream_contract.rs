@@ -148,6 +148,26 @@ async fn a_run_past_its_deadline_ends_with_timeout() {
 }
 
 #[tokio::test]
+async fn a_timeout_too_long_to_represent_is_no_deadline() {
+    let actor = fn_actor("patient", |_, _| {
+        async_stream::try_stream! {
+            // Pending once, so the run arms its deadline's timer.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            yield Output::complete(json!("done"));
+        }
+    });
+    let options = RunOptions {
+        timeout: Some(Duration::MAX),
+        ..RunOptions::default()
+    };
+    let chunks = tokio::time::timeout(LIMIT, collect(stream_of(actor, options)))
+        .await
+        .expect("in time");
+    assert_contract(&chunks);
+    assert_eq!(chunks.last().map(|c| c.kind), Some(ChunkType::Complete));
+}
+
+#[tokio::test]
 async fn a_busy_actor_that_never_awaits_is_stopped_at_its_deadline() {
     let actor = fn_actor("busy", |_, _| {
         async_stream::try_stream! {

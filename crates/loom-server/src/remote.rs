@@ -437,9 +437,7 @@ fn info(record: &RunRecord) -> RunInfo {
         None => (RunStatus::Running, None),
         Some(chunk) => RunStatus::of_terminal(chunk),
     };
-    let created_at = record.created_ms.map(|ms| {
-        humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-    });
+    let created_at = record.created_ms.and_then(rfc3339_millis);
     RunInfo {
         run_id: record.run_id.clone(),
         actor,
@@ -457,5 +455,32 @@ fn unavailable(err: loom_redis::Error) -> ApiError {
         ApiError::BadRequest(err.to_string())
     } else {
         ApiError::Unavailable(err.to_string())
+    }
+}
+
+/// `ms` since the Unix epoch as RFC 3339 with milliseconds; `None` past what RFC 3339 can
+/// write (the year 9999), which only a corrupted record holds.
+fn rfc3339_millis(ms: u64) -> Option<String> {
+    /// 9999-12-31T23:59:59.999Z.
+    const LATEST: u64 = 253_402_300_799_999;
+    (ms <= LATEST).then(|| {
+        humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creation_times_print_up_to_the_year_9999_and_not_past_it() {
+        assert_eq!(
+            rfc3339_millis(0).as_deref(),
+            Some("1970-01-01T00:00:00.000Z")
+        );
+        let latest = rfc3339_millis(253_402_300_799_999);
+        assert_eq!(latest.as_deref(), Some("9999-12-31T23:59:59.999Z"));
+        assert_eq!(rfc3339_millis(253_402_300_800_000), None);
+        assert_eq!(rfc3339_millis(u64::MAX), None);
     }
 }

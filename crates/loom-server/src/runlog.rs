@@ -396,7 +396,8 @@ impl RunLog {
         };
         // The first seq wanted: the one after the cursor, or the run's first.
         let wanted = match after {
-            Some(after) => after + 1,
+            // No chunk comes after the last `seq` there can be.
+            Some(after) => after.saturating_add(1),
             None => state.first_seq.unwrap_or(oldest),
         };
         if wanted < oldest {
@@ -502,6 +503,13 @@ mod tests {
     }
 
     #[test]
+    fn a_cursor_at_the_largest_seq_waits_for_the_end_of_a_running_run() {
+        let log = log(LogLimits::default());
+        log.push(&data(0));
+        assert_eq!(log.read(Some(u64::MAX)), Ok(Read::Pending));
+    }
+
+    #[test]
     fn reads_are_exclusive_of_the_cursor_and_stop_at_the_terminal() {
         let log = log(LogLimits::default());
         assert_eq!(log.read(None), Ok(Read::Pending));
@@ -515,6 +523,7 @@ mod tests {
         assert_eq!(seqs(log.read(Some(2)).unwrap()), [3]);
         assert_eq!(log.read(Some(3)), Ok(Read::Finished));
         assert_eq!(log.read(Some(99)), Ok(Read::Finished));
+        assert_eq!(log.read(Some(u64::MAX)), Ok(Read::Finished));
         assert_eq!(log.info().status, RunStatus::Complete);
         assert_eq!(log.info().last_seq, Some(3));
     }

@@ -152,7 +152,7 @@ impl ReadState {
     }
 
     fn next_seq(&self) -> u64 {
-        self.last_seq.map_or(0, |s| s + 1)
+        self.last_seq.map_or(0, |s| s.saturating_add(1))
     }
 
     fn error_entry(&self, id: Option<EntryId>, seq: u64, err: &ActorError) -> StreamEntry {
@@ -183,7 +183,7 @@ impl ReadState {
                 }
             };
             if let Some(prev) = self.last_seq {
-                if chunk.seq != prev + 1 {
+                if Some(chunk.seq) != prev.checked_add(1) {
                     let how = if chunk.seq <= prev {
                         "repeats"
                     } else {
@@ -193,7 +193,7 @@ impl ReadState {
                         "entry {} in stream {}: seq {how} from {prev} to {}",
                         entry.id, self.key, chunk.seq
                     ));
-                    entries.push(self.error_entry(Some(entry.id), prev + 1, &err));
+                    entries.push(self.error_entry(Some(entry.id), self.next_seq(), &err));
                     return Delivery {
                         entries,
                         done: true,

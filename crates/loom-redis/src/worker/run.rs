@@ -34,6 +34,16 @@ fn refused(request: &Request, seq: u64, attempt: u32, err: &ActorError) -> [Stre
     [start, StreamChunk::error(seq + 1, err)]
 }
 
+/// The `seq` a new attempt starts at after its stream's `last` entry: `None` when that entry
+/// has no readable `seq`, or one so large (a corrupted stream) that the attempt's own chunks
+/// could not be numbered after it.
+fn first_seq(last: Option<LastEntry>) -> Option<u64> {
+    match last {
+        None => Some(0),
+        Some(LastEntry { seq, .. }) => seq.filter(|&s| s < u64::MAX / 2).map(|s| s + 1),
+    }
+}
+
 /// Runs one request, from its entry to its acknowledgement.
 pub(crate) async fn execute(shared: Arc<Shared>, work: Work, _slot: OwnedSemaphorePermit) {
     let Work {
@@ -99,14 +109,14 @@ async fn run_request(
         acknowledge(shared, queue, entry).await;
         return Ok(());
     }
-    let seq = match peek.last {
-        None => 0,
-        Some(LastEntry { seq: Some(seq), .. }) => seq + 1,
-        Some(LastEntry { id, seq: None, .. }) => {
-            tracing::error!(run_id, entry = %id, "stream's last entry has no seq; not running");
-            acknowledge(shared, queue, entry).await;
-            return Ok(());
-        }
+    let Some(seq) = first_seq(peek.last) else {
+        let id = peek
+            .last
+            .map(|last| last.id.to_string())
+            .unwrap_or_default();
+        tracing::error!(run_id, entry = %id, "stream's last entry has no seq a new attempt can follow; not running");
+        acknowledge(shared, queue, entry).await;
+        return Ok(());
     };
     // The request's age by Redis's clock alone: its queue entry id is Redis's time when it was
     // queued, `now_ms` Redis's time now. No decision depends on this machine's clock.
@@ -318,5 +328,26 @@ async fn acknowledge(shared: &Shared, queue: &str, entry: EntryId) {
     if let Err(e) = done {
         // Left pending: whoever claims it next finds the terminal chunk and only acks.
         tracing::warn!(queue, entry = %id, error = %e, "could not acknowledge a request");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn last(seq: Option<u64>) -> Option<LastEntry> {
+        Some(LastEntry {
+            id: EntryId { ms: 1, seq: 0 },
+            terminal: false,
+            seq,
+        })
+    }
+
+    #[test]
+    fn a_new_attempt_follows_its_streams_last_seq_when_it_can() {
+        assert_eq!(first_seq(None), Some(0));
+        assert_eq!(first_seq(last(Some(4))), Some(5));
+        assert_eq!(first_seq(last(None)), None, "no readable seq");
+        assert_eq!(first_seq(last(Some(u64::MAX))), None, "no room after it");
     }
 }

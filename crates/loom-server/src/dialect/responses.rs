@@ -413,7 +413,7 @@ fn usage(usage: &Value) -> Option<Value> {
     let (input, output) = (tokens("prompt_tokens")?, tokens("completion_tokens")?);
     Some(json!({
         "input_tokens": input, "output_tokens": output,
-        "total_tokens": tokens("total_tokens").unwrap_or(input + output),
+        "total_tokens": tokens("total_tokens").unwrap_or_else(|| input.saturating_add(output)),
     }))
 }
 
@@ -652,6 +652,15 @@ mod tests {
         assert_eq!(done["output"][0]["content"][0]["text"], "Hello");
         assert_eq!(done["usage"]["total_tokens"], 5);
         assert_eq!(mapping.response()["output_text"], "Hello");
+    }
+
+    #[test]
+    fn usage_counts_at_the_limit_of_u64_do_not_overflow() {
+        let max = u64::MAX;
+        let given = usage(&json!({ "prompt_tokens": max, "completion_tokens": 1 }));
+        assert_eq!(given.expect("usage")["total_tokens"], max);
+        let total = json!({ "prompt_tokens": max, "completion_tokens": 1, "total_tokens": 7 });
+        assert_eq!(usage(&total).expect("usage")["total_tokens"], 7);
     }
 
     #[test]

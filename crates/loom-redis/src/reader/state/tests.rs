@@ -93,6 +93,20 @@ fn a_repeated_seq_ends_with_internal_and_so_does_a_gap() {
 }
 
 #[test]
+fn an_entry_after_the_largest_seq_ends_with_internal() {
+    let now = Instant::now();
+    let mut state = tail(now);
+    let batch = vec![raw(1, &token(u64::MAX)), raw(2, &token(0))];
+    let delivery = state.on_batch(batch, now);
+    assert_eq!(
+        (seqs(&delivery), delivery.done),
+        (vec![u64::MAX, u64::MAX], true)
+    );
+    let info = delivery.entries[1].chunk.error.as_ref().expect("error");
+    assert!(info.message.contains("seq repeats"), "{info:?}");
+}
+
+#[test]
 fn an_undecodable_entry_ends_with_internal_naming_it() {
     let now = Instant::now();
     let mut state = tail(now);

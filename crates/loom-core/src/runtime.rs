@@ -174,7 +174,7 @@ impl ChunkStream {
     /// run started again before it.
     ///
     /// The item is written into `out` (`Pending` when there is none yet), where the forwarder
-    /// tags it and returns it from: an item returned from layer to layer is copied at each
+    /// tags it before it passes it on: an item returned from layer to layer is copied at each
     /// (it is about a hundred bytes), which was most of what a forwarding layer cost.
     ///
     /// The last item is the `complete` output or the error that ended the run; then `None`.

@@ -549,17 +549,20 @@ async fn latency(server: &Target, count: u64) {
     let ratio = |to: &[Duration], p: f64| {
         percentile(lat, p).as_secs_f64() / percentile(to, p).as_secs_f64().max(1e-9)
     };
+    // The other baselines: the floors a chunk's path is compared with.
+    let floors = [
+        ("bare XADD round trip at 1,000/s", paced),
+        ("bare XADD -> blocked XREAD at 1,000/s", handoff),
+        (
+            "bare fenced XADD (GET + XADD script) -> blocked XREAD at 1,000/s",
+            fenced,
+        ),
+    ];
     println!("yield -> reader:     {}", p50_p99(lat));
     println!("bare XADD round trip: {}", p50_p99(rtt));
-    println!("bare XADD round trip at 1,000/s: {}", p50_p99(paced));
-    println!(
-        "bare XADD -> blocked XREAD at 1,000/s: {}",
-        p50_p99(handoff)
-    );
-    println!(
-        "bare fenced XADD (GET + XADD script) -> blocked XREAD at 1,000/s: {}",
-        p50_p99(fenced)
-    );
+    for (name, sorted) in floors {
+        println!("{name}: {}", p50_p99(sorted));
+    }
     println!(
         "ratio to the bare round trip: p50 {:.2} (median of the rounds' ratios {}; target <= 1.5), \
          p99 {:.2} (all rounds; target <= 3)",
@@ -571,21 +574,13 @@ async fn latency(server: &Target, count: u64) {
             .join(" "),
         ratio(rtt, 0.99)
     );
-    println!(
-        "ratio to the bare round trip at 1,000/s: p50 {:.2}, p99 {:.2}",
-        ratio(paced, 0.5),
-        ratio(paced, 0.99)
-    );
-    println!(
-        "ratio to the bare XADD -> blocked XREAD: p50 {:.2}, p99 {:.2}",
-        ratio(handoff, 0.5),
-        ratio(handoff, 0.99)
-    );
-    println!(
-        "ratio to the bare fenced XADD -> blocked XREAD: p50 {:.2}, p99 {:.2}",
-        ratio(fenced, 0.5),
-        ratio(fenced, 0.99)
-    );
+    for (name, sorted) in floors {
+        println!(
+            "ratio to the {name}: p50 {:.2}, p99 {:.2}",
+            ratio(sorted, 0.5),
+            ratio(sorted, 0.99)
+        );
+    }
 }
 
 /// How long each of `count` chunks of a remote `paced` run (one a millisecond) took from the

@@ -129,11 +129,14 @@ impl Target {
         total
     }
 
-    /// Client connections the redis-servers have now.
-    async fn connections(&self) -> usize {
-        let mut total = 0;
+    /// Client connections the redis-servers have now: those of writers (`loom-writer`, here
+    /// only the worker subprocess's) and the others.
+    async fn connections(&self) -> Conns {
+        let mut total = Conns::default();
         for mut conn in self.nodes().await {
-            total += connections(&mut conn).await;
+            let node = connections(&mut conn).await;
+            total.writers += node.writers;
+            total.others += node.others;
         }
         total
     }
@@ -291,13 +294,39 @@ async fn redis_cpu(conn: &mut redis::aio::MultiplexedConnection) -> Duration {
     Duration::from_secs_f64(secs)
 }
 
-async fn connections(conn: &mut redis::aio::MultiplexedConnection) -> usize {
+/// Client connections of a server, writers' and the others.
+#[derive(Debug, Default, Clone, Copy)]
+struct Conns {
+    writers: usize,
+    others: usize,
+}
+
+impl Conns {
+    /// What the reading process opened since `before` (taken with the worker running: its
+    /// writers are counted apart), and the worker's writer connections now.
+    fn report(self, before: Conns) {
+        println!(
+            "Redis connections used by the reading process: {}; the worker's writer connections: {}",
+            self.others.saturating_sub(before.others),
+            self.writers
+        );
+    }
+}
+
+async fn connections(conn: &mut redis::aio::MultiplexedConnection) -> Conns {
     let list: String = redis::cmd("CLIENT")
         .arg("LIST")
         .query_async(conn)
         .await
         .unwrap_or_default();
-    list.lines().count()
+    let writers = list
+        .lines()
+        .filter(|l| l.contains(" name=loom-writer "))
+        .count();
+    Conns {
+        writers,
+        others: list.lines().count() - writers,
+    }
 }
 
 /// `redis-benchmark -c 1 -P 16` XADD against the node owning its key (on a cluster the others
@@ -736,7 +765,7 @@ async fn scale(server: &Target, streams: usize) {
     .await;
     assert!(firsts.iter().all(|ok| *ok));
     let ready = start.elapsed();
-    let conns = server.connections().await - before_conns;
+    let conns = server.connections().await;
     let rss = rss_kib().saturating_sub(before_rss);
     let ends = futures::future::join_all(live.into_iter().map(|mut c| async move {
         let mut last = None;
@@ -753,7 +782,7 @@ async fn scale(server: &Target, streams: usize) {
         "all {streams} streams live after {:.2} s",
         ready.as_secs_f64()
     );
-    println!("Redis connections used by the reading process: {conns}");
+    conns.report(before_conns);
     println!(
         "reading process RSS delta: {} KiB ({:.1} KiB per stream)",
         rss,
@@ -813,7 +842,7 @@ async fn soak(server: &Target, streams: usize, secs: u64) {
     let started = start.elapsed();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (reader_start, worker_start) = (mib(rss_kib()), mib(rss_kib_of(worker_pid)));
-    let conns = server.connections().await.saturating_sub(before_conns);
+    let conns = server.connections().await;
     // RSS after a minute, and again near the end, while the streams are still live.
     tokio::time::sleep(Duration::from_secs(secs.saturating_sub(10).min(55))).await;
     let (reader_minute, worker_minute) = (mib(rss_kib()), mib(rss_kib_of(worker_pid)));
@@ -830,7 +859,7 @@ async fn soak(server: &Target, streams: usize, secs: u64) {
     println!(
         "RSS (5 s -> 60 s -> end): reader {reader_start:.1} -> {reader_minute:.1} -> {reader_end:.1} MiB, worker {worker_start:.1} -> {worker_minute:.1} -> {worker_end:.1} MiB"
     );
-    println!("Redis connections used by the reading process: {conns}");
+    conns.report(before_conns);
 }
 
 /// A worker subprocess (this binary, `--worker`) with `concurrency` slots, and how many
@@ -839,7 +868,7 @@ async fn worker_process(
     server: &Target,
     prefix: &str,
     concurrency: usize,
-) -> (std::process::Child, usize) {
+) -> (std::process::Child, Conns) {
     let exe = std::env::current_exe().expect("own path");
     let worker = Command::new(exe)
         .args(["--worker", server.url(), prefix, &concurrency.to_string()])

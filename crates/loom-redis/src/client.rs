@@ -6,7 +6,8 @@
 //! `ConnectionManager`, reconnecting with backoff; on a cluster redis-rs's cluster connection)
 //! and, once the first stream is read, the process's stream reader ([`Hub`], `hub.rs`) with
 //! its own connection for the blocking `XREAD` (one per bucket on a cluster). Workers open
-//! more connections of their own (blocking `XREADGROUP`, cancel subscription).
+//! more connections of their own (blocking `XREADGROUP`, cancel subscription), and runs'
+//! writers up to [`WRITER_CONNECTIONS`] (see [`Client::writer_wire`]).
 //!
 //! [`Client::connect`] finds out what the URL points at: a list of URLs is a cluster's nodes;
 //! one URL is a cluster if that server answers `CLUSTER INFO`, else a single server.
@@ -19,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::aio::ConnectionManagerConfig;
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
 
 use crate::conn::{slot, Conn, Reach, Topology};
 use crate::error::Error;
@@ -122,16 +123,28 @@ struct Inner {
     keys: Keys,
     options: ClientOptions,
     hub: OnceCell<Hub>,
-    /// Writers' connections between two runs (see [`Client::writer_wire`]).
-    idle_writers: Mutex<Vec<Wire>>,
+    /// Writers' connections between two batches (see [`Client::writer_wire`]).
+    idle_writers: Mutex<Vec<WriterWire>>,
+    /// One permit for each writer connection open, idle or busy: at most
+    /// [`WRITER_CONNECTIONS`].
+    writer_permits: Arc<Semaphore>,
     /// On a cluster, the node each slot's writers were sent to by a `MOVED` (at most one
     /// slot per bucket of runs: `keys.rs`).
     writer_nodes: Mutex<HashMap<u16, String>>,
 }
 
-/// Writers' connections kept for the next runs: a worker's concurrency (16 by default) is
-/// how many it needs at once.
-const IDLE_WRITERS: usize = 64;
+/// The most connections a client's writers keep open: a batch takes one only while its reply
+/// is outstanding, so this bounds the writes in flight at once, not the runs. A batch that
+/// finds them all busy goes through the shared connection.
+pub const WRITER_CONNECTIONS: usize = 32;
+
+/// A writer's own connection, holding its place among the client's [`WRITER_CONNECTIONS`]
+/// until it is closed.
+pub(crate) struct WriterWire {
+    /// The connection.
+    pub(crate) wire: Wire,
+    _permit: OwnedSemaphorePermit,
+}
 
 /// The name a writer's own connection gives itself (`CLIENT SETNAME`), so that `CLIENT LIST`
 /// tells an operator what it is.
@@ -208,6 +221,7 @@ impl Client {
                 options,
                 hub: OnceCell::new(),
                 idle_writers: Mutex::new(Vec::new()),
+                writer_permits: Arc::new(Semaphore::new(WRITER_CONNECTIONS)),
                 writer_nodes: Mutex::new(HashMap::new()),
             }),
         })
@@ -261,33 +275,57 @@ impl Client {
         self.inner.conn.is_cluster()
     }
 
-    /// A connection of a writer's own (`publisher.rs`) for the stream `key`, so that its
-    /// batches go to Redis from the run's own task rather than through the shared
+    /// A connection of a writer's own (`publisher.rs`) for one batch of the stream `key`, so
+    /// that the batch goes to Redis from the run's own task rather than through the shared
     /// connection's task (or on a cluster, the cluster connection's and its node's). On a
     /// cluster it reaches the node a `MOVED` named for `key`'s slot ([`writer_moved`]), or
-    /// while none did a node guessed from the slot, whose `MOVED` then tells. An idle one to
-    /// that node if there is one; a new one is named `loom-writer` where the server allows it.
+    /// while none did a node guessed from the slot, whose `MOVED` then tells.
+    ///
+    /// An idle one if there is one; else a new one, named `loom-writer` where the server
+    /// allows it, while fewer than [`WRITER_CONNECTIONS`] are open (when they all are and one
+    /// is idle but reaches another node, that one is closed for it). `None` when they are all
+    /// busy: the batch goes through the shared connection.
     ///
     /// [`writer_moved`]: Self::writer_moved
-    pub(crate) async fn writer_wire(&self, key: &str) -> Result<Wire, Error> {
-        let reach = match &self.inner.topology {
-            Topology::Single(_) => Reach::default(),
+    pub(crate) async fn writer_wire(&self, key: &str) -> Result<Option<WriterWire>, Error> {
+        // On one server every idle connection will do; on a cluster, one to the slot's node.
+        let info = match &self.inner.topology {
+            Topology::Single(_) => None,
             Topology::Cluster(_) => {
                 let slot = slot(key);
                 let node = lock(&self.inner.writer_nodes).get(&slot).cloned();
-                Reach::new(node, usize::from(slot))
+                Some(
+                    self.inner
+                        .topology
+                        .info(&Reach::new(node, usize::from(slot)))?,
+                )
             }
         };
-        let info = self.inner.topology.info(&reach)?;
-        let node = node_of(&info);
-        let idle = {
+        let node = info.as_ref().map(node_of);
+        let permit = {
             let mut idle = lock(&self.inner.idle_writers);
-            let at = idle.iter().rposition(|w| w.node() == node);
-            at.map(|at| idle.swap_remove(at))
+            let fits = |w: &WriterWire| node.as_deref().is_none_or(|n| w.wire.node() == n);
+            if let Some(at) = idle.iter().rposition(fits) {
+                return Ok(Some(idle.swap_remove(at)));
+            }
+            let permits = &self.inner.writer_permits;
+            match Arc::clone(permits).try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) if idle.is_empty() => return Ok(None),
+                Err(_) => {
+                    // Closing the longest idle one gives its permit back at once.
+                    idle.remove(0);
+                    match Arc::clone(permits).try_acquire_owned() {
+                        Ok(permit) => permit,
+                        Err(_) => return Ok(None),
+                    }
+                }
+            }
         };
-        if let Some(wire) = idle {
-            return Ok(wire);
-        }
+        let info = match info {
+            Some(info) => info,
+            None => self.inner.topology.info(&Reach::default())?,
+        };
         let mut wire = Wire::connect(&info, Duration::ZERO).await?;
         // Only a label: an ACL that refuses it does not stop the writer.
         let mut name = redis::cmd("CLIENT");
@@ -295,7 +333,10 @@ impl Client {
         if let Err(e) = wire.query(&name).await {
             tracing::debug!(error = %e, "a writer connection could not name itself");
         }
-        Ok(wire)
+        Ok(Some(WriterWire {
+            wire,
+            _permit: permit,
+        }))
     }
 
     /// A cluster's `MOVED` sent a writer of stream `key` to `node`: its slot's writers go
@@ -312,14 +353,9 @@ impl Client {
         lock(&self.inner.writer_nodes).clear();
     }
 
-    /// Takes back a writer's connection with no reply outstanding, for the next run (the
-    /// oldest one goes when [`IDLE_WRITERS`] are kept).
-    pub(crate) fn idle_writer(&self, wire: Wire) {
-        let mut idle = lock(&self.inner.idle_writers);
-        if idle.len() >= IDLE_WRITERS {
-            idle.remove(0);
-        }
-        idle.push(wire);
+    /// Takes back a writer's connection with no reply outstanding, for the next batch.
+    pub(crate) fn idle_writer(&self, wire: WriterWire) {
+        lock(&self.inner.idle_writers).push(wire);
     }
 
     /// A clone of the shared command connection.

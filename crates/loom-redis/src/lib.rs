@@ -87,7 +87,7 @@ mod script;
 mod wire;
 mod worker;
 
-pub use client::{Client, ClientOptions};
+pub use client::{Client, ClientOptions, WRITER_CONNECTIONS};
 pub use codec::EntryId;
 pub use error::Error;
 pub use keys::{validate_name, Keys, BUCKETS, DEFAULT_PREFIX, GROUP, MAX_NAME_LEN};

@@ -5,12 +5,15 @@
 //! comes it sends **whatever arrived meanwhile** as the next batch (up to [`MAX_PIPELINE`]).
 //! A slow actor's chunk is alone and leaves at once; a fast actor's chunks pile up during one
 //! round trip and leave together in the next, so it is not held to one round trip per chunk.
-//! No task or channel stands between the actor and the write: a run writes on a connection
-//! of its own (taken from the client's idle ones, given back when the run ends), so a chunk
-//! on its way from an actor's `yield` to Redis wakes no other task (docs/performance.md says
-//! what that saved). On a cluster that connection goes to the master of the run's slot, as
-//! the last `MOVED` for it named; when it fails the run goes on through the client's cluster
-//! connection, which follows failovers and slot moves itself.
+//! No task or channel stands between the actor and the write: each batch goes out on a
+//! connection of the writer's own, taken from the client for that batch and given back when
+//! it is answered, so a chunk on its way from an actor's `yield` to Redis wakes no other task
+//! (docs/performance.md says what that saved). A client keeps at most
+//! [`WRITER_CONNECTIONS`](crate::WRITER_CONNECTIONS) of them, however many runs it writes: a batch that
+//! finds them all busy goes through the shared connection. On a cluster a batch's connection
+//! goes to the master of the run's slot, as the last `MOVED` for it named; when it fails the
+//! run goes on through the client's cluster connection, which follows failovers and slot
+//! moves itself.
 //!
 //! **Bounded memory.** `XADD` does not depend on readers, so a slow or vanished reader never
 //! slows the writer; and at most [`PUBLISH_BUFFER`] chunks wait for the next batch, so when
@@ -48,7 +51,6 @@ use crate::conn::{redirect, Redirect};
 use crate::error::Error;
 use crate::keys::check_name;
 use crate::script::{self, Written};
-use crate::wire::Wire;
 
 /// Chunks read ahead of the batch in flight: enough to fill one large batch while the
 /// previous one is on its way, small enough (a few hundred KiB of tokens) to be the worker's
@@ -92,7 +94,6 @@ impl Publisher {
         let options = client.options();
         let writer = Writer {
             client: client.clone(),
-            wire: None,
             shared: false,
             stream: client.keys().stream(run_id),
             lease: client.keys().lease(run_id),
@@ -183,8 +184,6 @@ enum Sent {
 
 struct Writer {
     client: Client,
-    /// The writer's own connection, while no reply is outstanding on it.
-    wire: Option<Wire>,
     /// On a cluster, whether the writer goes through the cluster connection: its own one
     /// failed (see [`write_once`](Writer::write_once)).
     shared: bool,
@@ -264,10 +263,11 @@ impl Writer {
         }
     }
 
-    /// One try of [`send`](Self::send), on the writer's own connection (see
+    /// One try of [`send`](Self::send), on a connection of the writer's own (see
     /// [`write_own`](Self::write_own)) until that fails on a cluster; then, and for a try a
-    /// `MOVED` sent elsewhere, through the client's cluster connection, which follows slot
-    /// moves and failovers itself.
+    /// `MOVED` sent elsewhere or that found every writer connection busy, through the
+    /// client's shared connection (on a cluster its cluster connection, which follows slot
+    /// moves and failovers itself).
     async fn write_once(
         &mut self,
         batch: &[StreamChunk],
@@ -293,10 +293,11 @@ impl Writer {
         script::write_batch(&mut conn, stream, lease, owner, ttl, terminal, batch).await
     }
 
-    /// One try on the writer's own connection; `None` when a cluster's `MOVED` sent it to
-    /// another node (where the next batches go). The connection is out of `wire` while its
-    /// reply is outstanding, and only an answered one goes back: a try dropped halfway (the
-    /// run stopped) or failed never leaves a connection with a reply still to come.
+    /// One try on a writer connection taken from the client for this batch and given back
+    /// once answered; `None` when none was free, or a cluster's `MOVED` sent the try to
+    /// another node (where the next batches go). Only an answered connection goes back: a
+    /// try dropped halfway (the run stopped) or failed closes its connection, so none is ever
+    /// reused with a reply still to come.
     async fn write_own(
         &mut self,
         batch: &[StreamChunk],
@@ -304,32 +305,23 @@ impl Writer {
         terminal: bool,
     ) -> Result<Option<Written>, Error> {
         let (stream, lease, owner) = (&self.stream, &self.lease, &self.owner);
-        let mut wire = match self.wire.take() {
-            Some(wire) => wire,
-            None => self.client.writer_wire(stream).await?,
+        let Some(mut own) = self.client.writer_wire(stream).await? else {
+            return Ok(None);
         };
-        match script::write_batch(&mut wire, stream, lease, owner, ttl, terminal, batch).await {
+        match script::write_batch(&mut own.wire, stream, lease, owner, ttl, terminal, batch).await {
             Ok(written) => {
-                self.wire = Some(wire);
+                self.client.idle_writer(own);
                 Ok(Some(written))
             }
             Err(e) => match redirect(&e) {
                 Redirect::MovedTo(node) if self.client.is_cluster() => {
                     self.client.writer_moved(stream, node);
                     // A `MOVED` is a whole reply: nothing is left outstanding.
-                    self.client.idle_writer(wire);
+                    self.client.idle_writer(own);
                     Ok(None)
                 }
                 _ => Err(e),
             },
-        }
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        if let Some(wire) = self.wire.take() {
-            self.client.idle_writer(wire);
         }
     }
 }

@@ -216,7 +216,7 @@ async fn runs_after_a_redis_restart_are_written_at_once_although_idle_writer_con
     let client = client(&server, fast_options()).await;
     let probe = Arc::new(Probe::default());
     let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
-    // Three runs at once leave three writer connections idle in the worker's client.
+    // Three runs at once leave writer connections idle in the worker's client.
     let runs = futures::future::join_all((0..3).map(|_| ticker(&client, 3, 0))).await;
     for chunks in runs {
         let chunks = collect(10, chunks).await;

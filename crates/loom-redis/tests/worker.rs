@@ -149,3 +149,52 @@ async fn a_run_past_its_cap_of_chunks_or_bytes_ends_with_a_clear_error() {
         worker.stop().await;
     }
 }
+
+/// The connections named `loom-writer` that `server` has now.
+fn writer_connections(server: &RedisServer) -> usize {
+    let mut conn = server.plain();
+    let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut conn).unwrap();
+    list.lines()
+        .filter(|l| l.contains(" name=loom-writer "))
+        .count()
+}
+
+#[tokio::test]
+async fn a_worker_running_more_runs_than_writer_connections_keeps_within_them_and_loses_nothing() {
+    let server = RedisServer::start_own();
+    let client = client(&server, fast_options()).await;
+    let probe = Arc::new(Probe::default());
+    let runs = 2 * loom_redis::WRITER_CONNECTIONS;
+    let worker = RunningWorker::spawn(
+        &client,
+        runtime(&probe),
+        WorkerOptions {
+            concurrency: runs,
+            ..WorkerOptions::default()
+        },
+    );
+    // Every run writes as fast as Redis answers, so nearly all of them have a batch in
+    // flight at any time: one connection per run would open about `runs` of them.
+    let streams = futures::future::join_all((0..runs).map(|_| ticker(&client, 2_000, 0))).await;
+    let reading = tokio::spawn(futures::future::join_all(
+        streams.into_iter().map(|chunks| collect(60, chunks)),
+    ));
+    let mut most = 0;
+    while !reading.is_finished() {
+        most = most.max(writer_connections(&server));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for chunks in reading.await.unwrap() {
+        assert_completes(&chunks);
+        for (i, chunk) in chunks.iter().enumerate() {
+            assert_eq!(chunk.seq, i as u64, "gapless");
+        }
+    }
+    assert!(most > 0, "the runs wrote on writer connections");
+    assert!(
+        most <= loom_redis::WRITER_CONNECTIONS,
+        "{most} writer connections open at once"
+    );
+    assert!(writer_connections(&server) <= loom_redis::WRITER_CONNECTIONS);
+    worker.stop().await;
+}

@@ -67,10 +67,10 @@ use crate::worker::state::Shared;
 pub struct WorkerOptions {
     /// The actor types to serve; empty means every actor of the runtime's registry.
     pub actors: Vec<String>,
-    /// How many runs at once (default 16). Each run writes its chunks on a Redis connection
-    /// of its own (named `loom-writer`; on a cluster, to the master of its run's slot), kept
-    /// for the next runs once it ends: a worker holds about this many connections besides its
-    /// few shared ones.
+    /// How many runs at once (default 16). Runs write their batches on connections of the
+    /// writers' own (named `loom-writer`; on a cluster, to the master of the run's slot),
+    /// each taken for one batch: however many runs, a worker opens at most
+    /// [`WRITER_CONNECTIONS`](crate::WRITER_CONNECTIONS) of them besides its few shared ones.
     pub concurrency: usize,
     /// The worker's consumer name in the group; a random `worker-<uuid>` when `None`. Two
     /// live workers must not share a name.

@@ -12,9 +12,27 @@
 //! stream is added while the `XREAD` blocks, the hub wakes it with `CLIENT UNBLOCK` so the new
 //! stream joins at once. A stream whose consumer is slow (its channel full) is left out of the
 //! next `XREAD` until the consumer catches up, so it never holds up the others and the hub
-//! never buffers more than [`SUB_BUFFER`] batches for it.
+//! never buffers more than [`SUB_BUFFER`] batches for it. An `XREAD` that comes back empty
+//! (timed out, or woken) says that none of the streams it named had more at that instant.
+//!
+//! **Bells.** An `XREAD` costs Redis work for every stream it names, each time (about 0.7 µs a
+//! stream to look up, block on and unblock), so one over thousands of quiet streams, repeated
+//! for every chunk that arrives, would cost Redis more than the chunks themselves. Every write
+//! to a run's stream therefore also rings its bucket's bell ([`Keys::bell`]: an entry naming
+//! the stream), and a task reading more than [`BELLS_ABOVE`] streams blocks on the bells of
+//! its streams' buckets instead, naming in each `XREAD` only the streams a bell named since
+//! (plus those that just joined, or were left out while their reader was slow, or came back
+//! with a full `COUNT`). Such a stream's chunk then takes two round trips, the bell's and the
+//! read's; below [`BELLS_BELOW`] streams the task reads them all directly again. Whatever a
+//! bell may have missed (trimmed past, written by something that does not ring), a read of
+//! every stream once per `block` (the blocking timeout) finds. The bells' positions are read
+//! in the same `XREAD` as the streams, so a write that is not in a stream's read rang after
+//! the bell's position that read returned.
+//!
+//! [`Keys::bell`]: crate::Keys::bell
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::mem;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +44,7 @@ use crate::backoff::Backoff;
 use crate::codec::{parse_read_frame, EntryId, RawEntry};
 use crate::conn::{redirect, Conn, Reach, Redirect, Topology};
 use crate::error::Error;
-use crate::wire::Wire;
+use crate::wire::{Reply, Wire};
 
 /// Entries one `XREAD` fetches per stream at most: large enough that a fast stream moves in
 /// few round trips, small enough that one reply stays well under a megabyte per stream.
@@ -40,6 +58,12 @@ const SUB_BUFFER: usize = 2;
 /// Streams waiting to join the hub: joining is cheap, the bound only keeps a burst of
 /// thousands of new streams from queueing without limit.
 const JOIN_BUFFER: usize = 1024;
+
+/// A task reading more streams than this waits on their bells (see the module docs).
+const BELLS_ABOVE: usize = 64;
+
+/// A task waiting on bells reads its streams directly again once it reads fewer than this.
+const BELLS_BELOW: usize = 32;
 
 /// How long a lane waits before reading again while its slot moves between nodes.
 const MOVING_WAIT: Duration = Duration::from_millis(20);
@@ -65,6 +89,8 @@ struct Lane {
 /// A stream joining the hub.
 struct Join {
     key: String,
+    /// Its bucket's bell.
+    bell: String,
     from: EntryId,
     tx: mpsc::Sender<Vec<RawEntry>>,
     paused: Arc<AtomicBool>,
@@ -92,7 +118,11 @@ impl Subscription {
 /// A stream the hub reads, and how far.
 struct Sub {
     key: String,
+    bell: String,
     last: EntryId,
+    /// While the task waits on bells: whether the next `XREAD` must name this stream (it
+    /// joined, was left out, came back full, or its bell rang).
+    dirty: bool,
     tx: mpsc::Sender<Vec<RawEntry>>,
     paused: Arc<AtomicBool>,
     /// Whether the `XREAD` in flight covers this stream from `last`.
@@ -117,6 +147,9 @@ impl Hub {
                     wake: Arc::clone(&wake),
                     subs: Vec::new(),
                     reach: Reach::default(),
+                    bells: None,
+                    swept: Instant::now(),
+                    relearn: false,
                 };
                 tokio::spawn(task.run());
                 Lane { join, wake }
@@ -130,6 +163,7 @@ impl Hub {
     pub(crate) async fn subscribe(
         &self,
         key: String,
+        bell: String,
         lane: usize,
         from: EntryId,
     ) -> Result<Subscription, Error> {
@@ -138,6 +172,7 @@ impl Hub {
         let paused = Arc::new(AtomicBool::new(false));
         let join = Join {
             key,
+            bell,
             from,
             tx,
             paused: Arc::clone(&paused),
@@ -152,6 +187,44 @@ impl Hub {
             wake: Arc::clone(&lane.wake),
         })
     }
+}
+
+/// The stream a bell's entry names (its field `s`).
+fn rung_stream(entry: &RawEntry) -> Option<Vec<u8>> {
+    let mut fields = entry.fields.iter();
+    while let (Some(field), Some(value)) = (fields.next(), fields.next()) {
+        if field == b"s" {
+            return Some(value.to_vec());
+        }
+    }
+    None
+}
+
+/// The id of `bell`'s last entry (`0-0` while it has none).
+async fn last_entry(wire: &mut Wire, bell: &str) -> Result<EntryId, Error> {
+    let reply = wire
+        .query(
+            redis::cmd("XREVRANGE")
+                .arg(bell)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1),
+        )
+        .await?;
+    let id = match &reply {
+        Reply::Array(entries) => match entries.first() {
+            None => return Ok(EntryId::ZERO),
+            Some(Reply::Array(entry)) => match entry.first() {
+                Some(Reply::Text(id)) => std::str::from_utf8(id).ok(),
+                _ => None,
+            },
+            Some(_) => None,
+        },
+        _ => None,
+    };
+    id.and_then(|id| id.parse().ok())
+        .ok_or_else(|| Error::UnexpectedReply(format!("XREVRANGE of a bell: {reply:?}")))
 }
 
 fn deliver(sub: &mut Sub, entries: Vec<RawEntry>) {
@@ -171,36 +244,119 @@ struct HubTask {
     join: mpsc::Receiver<Join>,
     wake: Arc<Notify>,
     subs: Vec<Sub>,
+    /// While the task waits on bells: each bell's position (the last entry read).
+    bells: Option<HashMap<String, EntryId>>,
+    /// While the task waits on bells: when every stream was last read.
+    swept: Instant,
+    /// Streams joined or left since the bells were last learned.
+    relearn: bool,
 }
 
 impl HubTask {
     fn add(&mut self, join: Join) {
+        self.relearn = true;
         self.subs.push(Sub {
             key: join.key,
+            bell: join.bell,
             last: join.from,
+            dirty: true,
             tx: join.tx,
             paused: join.paused,
             in_round: false,
         });
     }
 
-    /// Marks the streams the next `XREAD` covers and returns `(key, from)` for each key.
-    fn plan_round(&mut self) -> Vec<(String, EntryId)> {
+    /// Waits on bells above [`BELLS_ABOVE`] streams, reads directly below [`BELLS_BELOW`].
+    fn choose_mode(&mut self) {
+        let before = self.subs.len();
         self.subs.retain(|s| !s.tx.is_closed());
+        self.relearn |= self.subs.len() != before;
+        match &self.bells {
+            None if self.subs.len() > BELLS_ABOVE => {
+                self.bells = Some(HashMap::new());
+                self.relearn = true;
+                // The first read on bells names every stream: nothing before it is missed.
+                for sub in &mut self.subs {
+                    sub.dirty = true;
+                }
+            }
+            Some(_) if self.subs.len() < BELLS_BELOW => self.bells = None,
+            _ => {}
+        }
+    }
+
+    /// Marks the streams the next `XREAD` covers and returns `(key, from)` for each key, and
+    /// whether any stream has room for more (with bells, the `XREAD` then waits on them even
+    /// when it names no stream).
+    fn plan_round(&mut self) -> (Vec<(String, EntryId)>, bool) {
+        let sweep = self.bells.is_none() || self.swept.elapsed() >= self.block;
+        if sweep {
+            self.swept = Instant::now();
+        }
+        let mut room = false;
         let mut from: HashMap<&str, EntryId> = HashMap::new();
         for sub in &mut self.subs {
-            sub.in_round = sub.tx.capacity() > 0;
+            let open = sub.tx.capacity() > 0;
+            room |= open;
+            sub.in_round = open && (sweep || sub.dirty);
             if sub.in_round {
                 let at = from.entry(&sub.key).or_insert(sub.last);
                 *at = (*at).min(sub.last);
-            } else {
+            } else if !open {
                 sub.paused.store(true, Ordering::Release);
+                // Read again, from where it stopped, once its reader has room.
+                sub.dirty = true;
             }
         }
-        from.into_iter().map(|(k, id)| (k.to_owned(), id)).collect()
+        let round = from.into_iter().map(|(k, id)| (k.to_owned(), id)).collect();
+        (round, room)
     }
 
-    fn dispatch(&mut self, reply: Vec<(String, Vec<RawEntry>)>) {
+    /// With bells: forgets those no stream rings any more, and learns where each new one
+    /// ends (its streams are dirty: they joined since, or every stream is after a switch).
+    async fn learn_bells(&mut self, wire: &mut Wire) -> Result<Vec<(String, EntryId)>, Error> {
+        let Some(bells) = &mut self.bells else {
+            return Ok(Vec::new());
+        };
+        if !mem::take(&mut self.relearn) {
+            return Ok(bells.iter().map(|(k, at)| (k.clone(), *at)).collect());
+        }
+        let rung: HashSet<&str> = self.subs.iter().map(|s| s.bell.as_str()).collect();
+        bells.retain(|bell, _| rung.contains(bell.as_str()));
+        for bell in rung {
+            if !bells.contains_key(bell) {
+                match last_entry(wire, bell).await {
+                    Ok(at) => bells.insert(bell.to_owned(), at),
+                    Err(e) => {
+                        self.relearn = true;
+                        return Err(e);
+                    }
+                };
+            }
+        }
+        Ok(bells.iter().map(|(k, at)| (k.clone(), *at)).collect())
+    }
+
+    fn dispatch(&mut self, mut reply: Vec<(String, Vec<RawEntry>)>) {
+        let mut rung = HashSet::new();
+        if let Some(bells) = &mut self.bells {
+            reply.retain(|(key, entries)| {
+                let Some(at) = bells.get_mut(key) else {
+                    return true;
+                };
+                if let Some(last) = entries.last() {
+                    *at = last.id;
+                }
+                rung.extend(entries.iter().filter_map(rung_stream));
+                false
+            });
+            for sub in &mut self.subs {
+                // Read to its end as of this reply, unless it comes back full (below).
+                if sub.in_round {
+                    sub.dirty = false;
+                }
+            }
+        }
         // The readers of each key in the reply, found in one pass over the readers.
         let mut readers: Vec<Vec<usize>> = vec![Vec::new(); reply.len()];
         {
@@ -221,6 +377,7 @@ impl HubTask {
         for ((_, mut entries), mut readers) in reply.into_iter().zip(readers) {
             // The last reader takes the entries, the others (rare) get copies.
             let Some(owner) = readers.pop() else { continue };
+            let full = entries.len() >= READ_COUNT;
             for i in readers {
                 let sub = &mut self.subs[i];
                 let fresh: Vec<RawEntry> = entries
@@ -229,10 +386,17 @@ impl HubTask {
                     .cloned()
                     .collect();
                 deliver(sub, fresh);
+                sub.dirty |= full;
             }
             let owner = &mut self.subs[owner];
             entries.retain(|e| e.id > owner.last);
             deliver(owner, entries);
+            owner.dirty |= full;
+        }
+        if !rung.is_empty() {
+            for sub in &mut self.subs {
+                sub.dirty |= rung.contains(sub.key.as_bytes());
+            }
         }
     }
 
@@ -244,8 +408,9 @@ impl HubTask {
             while let Ok(join) = self.join.try_recv() {
                 self.add(join);
             }
-            let round = self.plan_round();
-            if round.is_empty() {
+            self.choose_mode();
+            let (mut round, room) = self.plan_round();
+            if round.is_empty() && !(room && self.bells.is_some()) {
                 if joining_closed && self.subs.is_empty() {
                     return;
                 }
@@ -280,6 +445,13 @@ impl HubTask {
                     continue;
                 }
             };
+            match self.learn_bells(&mut wire).await {
+                Ok(bells) => round.extend(bells),
+                Err(e) => {
+                    conn = self.recover(&e, wire, &mut backoff).await;
+                    continue;
+                }
+            }
             let mut cmd = redis::cmd("XREAD");
             cmd.arg("COUNT")
                 .arg(READ_COUNT)
@@ -341,21 +513,29 @@ impl HubTask {
                     tracing::error!(%why, "unreadable XREAD reply; reconnecting");
                     backoff.wait().await;
                 }
-                Err(e) => match redirect(&e) {
-                    Redirect::MovedTo(node) => {
-                        tracing::debug!(%node, "stream reader follows its slot");
-                        self.reach.moved_to(node);
-                    }
-                    Redirect::Wait => {
-                        tokio::time::sleep(MOVING_WAIT).await;
-                        conn = Some(wire);
-                    }
-                    Redirect::Reconnect => {
-                        tracing::warn!(error = %e, "stream reader lost Redis; reconnecting");
-                        self.reach.lost();
-                        backoff.wait().await;
-                    }
-                },
+                Err(e) => conn = self.recover(&e, wire, &mut backoff).await,
+            }
+        }
+    }
+
+    /// After a command of the lane failed with `e`: follows its slot to another node, waits
+    /// out a migration (keeping `wire`, returned), or forgets `wire` to reconnect.
+    async fn recover(&mut self, e: &Error, wire: Wire, backoff: &mut Backoff) -> Option<Wire> {
+        match redirect(e) {
+            Redirect::MovedTo(node) => {
+                tracing::debug!(%node, "stream reader follows its slot");
+                self.reach.moved_to(node);
+                None
+            }
+            Redirect::Wait => {
+                tokio::time::sleep(MOVING_WAIT).await;
+                Some(wire)
+            }
+            Redirect::Reconnect => {
+                tracing::warn!(error = %e, "stream reader lost Redis; reconnecting");
+                self.reach.lost();
+                backoff.wait().await;
+                None
             }
         }
     }

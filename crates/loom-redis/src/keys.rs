@@ -8,6 +8,7 @@
 //! | `loom:stream:{<bucket>}:<id>` | stream | one entry per chunk (fields `type data seq …`), the chunk of `seq` N at entry id `N-1` |
 //! | `loom:lease:{<bucket>}:<id>` | string | the owning attempt's token (`<worker>:<attempt>:<entry>`), `PX` lease renewed while the run lives; only its holder may write the stream |
 //! | `loom:cancel:{<bucket>}:<id>` | string | set when the run must stop (`cancelled`, `worker_lost`, `timeout`) |
+//! | `loom:bell:{<bucket>}` | stream | the bucket's bell: an entry `s <stream key>` each time one of its run streams is written to (`MAXLEN ~` [`BELL_LEN`]), so a process reading many streams waits on the bells, not on every stream (see `hub.rs`) |
 //! | `loom:queue:{<type>}`, `loom:queue:{<type>:<shard>}` | stream | requests, read by the consumer group `loom-workers`: shard 0, then shards 1… when queues are sharded ([`ClientOptions::queue_shards`](crate::ClientOptions::queue_shards)) |
 //! | `loom:cancel` | pub/sub channel | run ids whose cancel key was just set |
 //! | `loom:actors` | sorted set | actor types some worker serves, scored by the time (Unix ms) until which one has said so |
@@ -30,7 +31,8 @@
 //! cluster's masters, which own ranges of slots, each hold a fair share of the buckets. A
 //! process reading 10,000 streams on a cluster needs one blocking `XREAD` per bucket (a
 //! cluster refuses one over several slots), not one per stream: a handful of connections. On a
-//! single server the buckets change nothing: one `XREAD` reads them all.
+//! single server the buckets change nothing: one `XREAD` reads them all. Each bucket's bell
+//! shares its tag, so the scripts that write a stream ring its bell in the same call.
 //!
 //! **Queues can be sharded.** With `queue_shards` N > 1, actor type `<type>` has N queues,
 //! `loom:queue:{<type>}` and `loom:queue:{<type>:1}` … `{<type>:N-1}`, each its own slot, so
@@ -47,6 +49,10 @@ pub const GROUP: &str = "loom-workers";
 
 /// How many hash-tag buckets the runs' keys are spread over (see the module docs).
 pub const BUCKETS: usize = 16;
+
+/// About how many entries a bell keeps ([`Keys::bell`]): a reader further behind than that
+/// finds its streams' news in its periodic full read instead.
+pub const BELL_LEN: usize = 4096;
 
 /// The hash tag of each bucket: bucket k's tag hashes (CRC16, as Redis Cluster does) to a slot
 /// in `[1024 k, 1024 (k + 1))`.
@@ -191,6 +197,14 @@ impl Keys {
     /// The chunk stream of run `run_id`: `loom:stream:{<bucket>}:<id>`.
     pub fn stream(&self, run_id: &str) -> String {
         self.of_run("stream", run_id)
+    }
+
+    /// The bell of run `run_id`'s bucket: `loom:bell:{<bucket>}`, a stream with an entry
+    /// naming each run stream of the bucket (field `s`) every time that stream is written
+    /// to, so that a process reading many streams waits on the bells rather than on every
+    /// stream (`hub.rs`). Capped at about [`BELL_LEN`] entries.
+    pub fn bell(&self, run_id: &str) -> String {
+        format!("{}bell:{{{}}}", self.prefix, BUCKET_TAGS[bucket(run_id)])
     }
 
     /// The lease of run `run_id`: `loom:lease:{<bucket>}:<id>`.

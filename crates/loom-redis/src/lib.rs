@@ -12,8 +12,8 @@
 //! - [`Worker`] serves the queues with a local [`loom_core::Runtime`]: it runs requests,
 //!   publishes their chunks with a [`Publisher`] (pipelined `XADD`s), keeps leases, re-runs
 //!   dead workers' requests and honours cancels.
-//! - The reader side is one multiplexed `XREAD` per process for all its streams; see
-//!   [`EntryStream`].
+//! - The reader side is one multiplexed `XREAD` per process for all its streams (above a few
+//!   dozen streams, on their buckets' bells and the streams they name); see [`EntryStream`].
 //!
 //! Keys, entry fields and semantics follow DESIGN.md §3–§4 ([`Keys`] has the table). A Redis
 //! Cluster works as well as one server ([`Client::connect`] finds out which it is): a run's
@@ -90,7 +90,7 @@ mod worker;
 pub use client::{Client, ClientOptions, WRITER_CONNECTIONS};
 pub use codec::EntryId;
 pub use error::Error;
-pub use keys::{validate_name, Keys, BUCKETS, DEFAULT_PREFIX, GROUP, MAX_NAME_LEN};
+pub use keys::{validate_name, Keys, BELL_LEN, BUCKETS, DEFAULT_PREFIX, GROUP, MAX_NAME_LEN};
 pub use publisher::{Publisher, MAX_PIPELINE, PUBLISH_BUFFER};
 pub use reader::{EntryStream, StreamEntry};
 pub use remote::{RemoteInvoker, Submitted};

@@ -50,7 +50,7 @@ use crate::client::Client;
 use crate::conn::{redirect, Redirect};
 use crate::error::Error;
 use crate::keys::check_name;
-use crate::script::{self, Written};
+use crate::script::{self, WriteKeys, Written};
 
 /// Chunks read ahead of the batch in flight: enough to fill one large batch while the
 /// previous one is on its way, small enough (a few hundred KiB of tokens) to be the worker's
@@ -68,7 +68,7 @@ pub struct Publisher {
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Publisher")
-            .field("stream", &self.writer.stream)
+            .field("stream", &self.writer.keys.stream)
             .field("owner", &self.writer.owner)
             .finish_non_exhaustive()
     }
@@ -95,8 +95,11 @@ impl Publisher {
         let writer = Writer {
             client: client.clone(),
             shared: false,
-            stream: client.keys().stream(run_id),
-            lease: client.keys().lease(run_id),
+            keys: WriteKeys {
+                stream: client.keys().stream(run_id),
+                lease: client.keys().lease(run_id),
+                bell: client.keys().bell(run_id),
+            },
             owner: owner.to_owned(),
             run,
             ttl: options.stream_ttl.as_secs(),
@@ -187,8 +190,7 @@ struct Writer {
     /// On a cluster, whether the writer goes through the cluster connection: its own one
     /// failed (see [`write_once`](Writer::write_once)).
     shared: bool,
-    stream: String,
-    lease: String,
+    keys: WriteKeys,
     /// The attempt token the lease must hold for a batch to be written.
     owner: String,
     /// Cancelled when the writer is fenced off.
@@ -224,7 +226,7 @@ impl Writer {
             Err(e) => return (self, batch, Err(e)),
         };
         if let Some(why) = why {
-            tracing::warn!(stream = %self.stream, owner = %self.owner, why, "writer fenced off; stopping the run");
+            tracing::warn!(stream = %self.keys.stream, owner = %self.owner, why, "writer fenced off; stopping the run");
             self.discard.store(true, Ordering::Release);
             if let Some(run) = &self.run {
                 run.cancel();
@@ -252,7 +254,7 @@ impl Writer {
         loop {
             match self.write_once(batch, ttl, terminal).await {
                 Err(Error::Redis(e)) if start.elapsed() < self.retry_for => {
-                    tracing::warn!(stream = %self.stream, error = %e, "XADD failed; retrying");
+                    tracing::warn!(stream = %self.keys.stream, error = %e, "XADD failed; retrying");
                     backoff.wait().await;
                     if self.discard.load(Ordering::Acquire) {
                         return Ok(Written::Yes);
@@ -283,14 +285,13 @@ impl Writer {
                     if !self.client.is_cluster() {
                         return Err(e);
                     }
-                    tracing::debug!(stream = %self.stream, error = %e, "the run's writer goes on through the cluster connection");
+                    tracing::debug!(stream = %self.keys.stream, error = %e, "the run's writer goes on through the cluster connection");
                     self.shared = true;
                 }
             }
         }
         let mut conn = self.client.conn();
-        let (stream, lease, owner) = (&self.stream, &self.lease, &self.owner);
-        script::write_batch(&mut conn, stream, lease, owner, ttl, terminal, batch).await
+        script::write_batch(&mut conn, &self.keys, &self.owner, ttl, terminal, batch).await
     }
 
     /// One try on a writer connection taken from the client for this batch and given back
@@ -304,11 +305,12 @@ impl Writer {
         ttl: u64,
         terminal: bool,
     ) -> Result<Option<Written>, Error> {
-        let (stream, lease, owner) = (&self.stream, &self.lease, &self.owner);
+        let stream = &self.keys.stream;
         let Some(mut own) = self.client.writer_wire(stream).await? else {
             return Ok(None);
         };
-        match script::write_batch(&mut own.wire, stream, lease, owner, ttl, terminal, batch).await {
+        let wire = &mut own.wire;
+        match script::write_batch(wire, &self.keys, &self.owner, ttl, terminal, batch).await {
             Ok(written) => {
                 self.client.idle_writer(own);
                 Ok(Some(written))

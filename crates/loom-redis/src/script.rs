@@ -14,8 +14,8 @@
 //!
 //! | script | keys | used by |
 //! |---|---|---|
-//! | [`write_batch`] | stream, lease | the publisher: append a batch while the lease is ours |
-//! | [`end_run`] | stream, cancel | a reader: end a run with `worker_lost`/`timeout` |
+//! | [`write_batch`] | stream, lease, bell | the publisher: append a batch while the lease is ours |
+//! | [`end_run`] | stream, cancel, bell | a reader: end a run with `worker_lost`/`timeout` |
 //! | [`peek`] | stream, cancel | `tail`, and the worker before it starts a run |
 //! | [`renew`] | lease, stream, cancel | the worker's heartbeat |
 //! | [`release`] | lease | the worker handing a run back |
@@ -32,7 +32,7 @@ use redis::{Cmd, FromRedisValue, Script};
 
 use crate::codec::{chunk_field_count, write_chunk_fields, EntryId};
 use crate::error::Error;
-use crate::keys::CancelReason;
+use crate::keys::{CancelReason, BELL_LEN};
 
 /// `last_entry(key)`: the id of the stream's last entry, whether it is terminal, and its
 /// `seq` if that is a plain decimal number; nothing for an empty or missing stream.
@@ -110,7 +110,14 @@ fn with_last_entry(body: &str) -> Lua {
     Lua::new(format!("{LAST_ENTRY}{body}"))
 }
 
-/// KEYS: stream, lease. ARGV: owner token, stream TTL in seconds (`0`: leave it), `1` when the
+/// The Lua line that rings the bell `KEYS[3]` for the stream `KEYS[1]` (see [`Keys::bell`]).
+///
+/// [`Keys::bell`]: crate::Keys::bell
+fn ring() -> String {
+    format!("redis.call('XADD', KEYS[3], 'MAXLEN', '~', {BELL_LEN}, '*', 's', KEYS[1])")
+}
+
+/// KEYS: stream, lease, bell. ARGV: owner token, stream TTL in seconds (`0`: leave it), `1` when the
 /// batch ends with the terminal chunk (the lease is then deleted), the batch's first `seq`,
 /// then per chunk its field count and its fields. The lease is read once per batch, so a chunk
 /// costs Redis one `XADD` and a little Lua.
@@ -120,7 +127,7 @@ fn with_last_entry(body: &str) -> Lua {
 /// after a lost reply: `written`) or a terminal chunk written from outside (`ended`). Within a
 /// batch the ids grow, so once the first `XADD` is in, the others go in too.
 static WRITE: LazyLock<Lua> = LazyLock::new(|| {
-    with_last_entry(
+    with_last_entry(&format!(
         r#"
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 'fenced' end
 local i = 5
@@ -140,16 +147,18 @@ while i <= argc do
   next = next + 1
   i = i + n + 1
 end
+{ring}
 if ARGV[2] ~= '0' then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 if ARGV[3] == '1' then redis.call('DEL', KEYS[2]) end
 return 'ok'
 "#,
-    )
+        ring = ring()
+    ))
 });
 
-/// KEYS: stream, cancel. ARGV: TTL in seconds, the cancel reason, the error as JSON.
+/// KEYS: stream, cancel, bell. ARGV: TTL in seconds, the cancel reason, the error as JSON.
 static END_RUN: LazyLock<Lua> = LazyLock::new(|| {
-    with_last_entry(
+    with_last_entry(&format!(
         r#"
 redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[1])
 local id, terminal, seq = last_entry(KEYS[1])
@@ -160,10 +169,12 @@ if id then
   next = tonumber(seq) + 1
 end
 local new = redis.call('XADD', KEYS[1], string.format('%d-1', next), 'type', 'error', 'data', 'null', 'seq', next, 'error', ARGV[3])
+{ring}
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return new
 "#,
-    )
+        ring = ring()
+    ))
 });
 
 /// KEYS: stream, cancel. Returns `{last id, 1 if terminal else 0, last seq, cancel value,
@@ -232,19 +243,34 @@ pub(crate) enum Written {
     Ended,
 }
 
-/// Appends `batch` to `stream` only while `lease` holds `owner` and the stream has no terminal
-/// chunk. `ttl_secs` (unless 0) is set on the stream; `terminal` deletes the lease after.
+/// The keys of one run that [`write_batch`] writes.
+#[derive(Debug, Clone)]
+pub(crate) struct WriteKeys {
+    /// The run's stream.
+    pub(crate) stream: String,
+    /// Its lease.
+    pub(crate) lease: String,
+    /// Its bucket's bell.
+    pub(crate) bell: String,
+}
+
+/// Appends `batch` to the stream of `keys` only while its lease holds `owner` and the stream
+/// has no terminal chunk, and rings the bell. `ttl_secs` (unless 0) is set on the stream;
+/// `terminal` deletes the lease after.
 pub(crate) async fn write_batch(
     conn: &mut impl ConnectionLike,
-    stream: &str,
-    lease: &str,
+    keys: &WriteKeys,
     owner: &str,
     ttl_secs: u64,
     terminal: bool,
     batch: &[StreamChunk],
 ) -> Result<Written, Error> {
     // A token chunk is three short fields: about 64 bytes with its field count.
-    let mut cmd = WRITE.call(&[stream, lease], 4 + batch.len() * 7, 32 + batch.len() * 64);
+    let mut cmd = WRITE.call(
+        &[&keys.stream, &keys.lease, &keys.bell],
+        4 + batch.len() * 7,
+        32 + batch.len() * 64,
+    );
     cmd.arg(owner)
         .arg(ttl_secs)
         .arg(if terminal { "1" } else { "0" })
@@ -265,16 +291,17 @@ pub(crate) async fn write_batch(
 }
 
 /// Sets the run's cancel key to `reason` and appends `error_json` as an `error` chunk unless
-/// the stream already has a terminal one. Returns the id of the stream's terminal entry.
+/// the stream already has a terminal one (ringing the bell). Returns the id of the stream's terminal entry.
 pub(crate) async fn end_run(
     conn: &mut impl ConnectionLike,
     stream: &str,
     cancel: &str,
+    bell: &str,
     ttl_secs: u64,
     reason: CancelReason,
     error_json: &str,
 ) -> Result<EntryId, Error> {
-    let mut cmd = END_RUN.call(&[stream, cancel], 3, 32 + error_json.len());
+    let mut cmd = END_RUN.call(&[stream, cancel, bell], 3, 32 + error_json.len());
     cmd.arg(ttl_secs).arg(reason.as_str()).arg(error_json);
     let id: String = END_RUN.invoke(conn, &cmd).await?;
     id.parse()

@@ -369,3 +369,41 @@ async fn a_master_killed_mid_stream_never_leaves_a_reader_hanging_or_repeats_a_s
     assert!(completed >= 12 - on_victim, "{completed} completed");
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_read_for_many_streams_is_read_on_its_bell_and_misses_nothing() {
+    let (cluster, client) = cluster(fast_options()).await;
+    let probe = Arc::new(Probe::default());
+    let options = WorkerOptions {
+        concurrency: 80,
+        ..WorkerOptions::default()
+    };
+    let worker = RunningWorker::spawn(&client, runtime(&probe), options);
+    // More streams in one bucket than its lane names in an `XREAD`: it waits on the bucket's
+    // bell, on the master that owns the bucket.
+    let ids = ids_in_one_bucket(&client, 70);
+    let mut readers = Vec::new();
+    for id in &ids {
+        let run = ticker_as(&client, id, 20, 20).await;
+        readers.push(tokio::spawn(collect(60, run)));
+    }
+    for reader in readers {
+        let chunks = reader.await.expect("a reader never hangs");
+        assert_completes(&chunks);
+        for (i, chunk) in chunks.iter().enumerate() {
+            assert_eq!(chunk.seq, i as u64, "gapless");
+        }
+    }
+    // Every batch rang the bell, which lives with the bucket's keys.
+    let bell = client.keys().bell(&ids[0]);
+    let rung: usize = redis::cmd("XLEN")
+        .arg(&bell)
+        .query(&mut cluster.node(cluster.master_of(&bell)))
+        .unwrap();
+    assert!(rung >= ids.len(), "{bell} has {rung} entries");
+    assert_eq!(
+        cluster.master_of(&bell),
+        cluster.master_of(&client.keys().stream(&ids[0]))
+    );
+    worker.stop().await;
+}

@@ -6,6 +6,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use loom_core::{ChunkType, ErrorCode, RunOptions};
 use loom_redis::{Client, WorkerOptions};
 use serde_json::json;
@@ -273,4 +274,140 @@ async fn a_unix_socket_url_works_for_every_connection() {
     worker.stop().await;
     drop(server);
     let _ = std::fs::remove_file(&socket);
+}
+
+/// How many streams each `XREAD` in `server`'s slow log named (it logs every command here).
+fn streams_per_xread(server: &RedisServer) -> Vec<usize> {
+    let mut conn = server.plain();
+    let log: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(1_000_000)
+        .query(&mut conn)
+        .unwrap();
+    let text = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        redis::Value::SimpleString(s) => s.clone(),
+        _ => String::new(),
+    };
+    let mut named = Vec::new();
+    for entry in log {
+        let redis::Value::Array(entry) = entry else {
+            continue;
+        };
+        let Some(redis::Value::Array(args)) = entry.get(3) else {
+            continue;
+        };
+        if args.first().map(text).as_deref() != Some("XREAD") {
+            continue;
+        }
+        // A long command is logged as its first 31 arguments and "... (N more arguments)".
+        let mut total = args.len();
+        if let Some(more) = args.last().map(text) {
+            if let Some(n) = more.strip_prefix("... (").and_then(|m| m.split(' ').next()) {
+                total += n.parse::<usize>().unwrap() - 1;
+            }
+        }
+        // XREAD COUNT n BLOCK ms STREAMS, then the keys and as many ids.
+        named.push(total.saturating_sub(6) / 2);
+    }
+    named
+}
+
+#[tokio::test]
+async fn a_process_reading_many_streams_waits_on_bells_and_misses_nothing() {
+    let server = RedisServer::start_own_with(&[
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--slowlog-log-slower-than",
+        "0",
+        "--slowlog-max-len",
+        "1000000",
+    ]);
+    let client = client(&server, fast_options()).await;
+    let probe = Arc::new(Probe::default());
+    let options = WorkerOptions {
+        concurrency: 128,
+        ..WorkerOptions::default()
+    };
+    let worker = RunningWorker::spawn(&client, runtime(&probe), options);
+    // More streams than one reader names in an `XREAD`, started one after the other, each
+    // ticking 30 times: a chunk arrives every few hundred microseconds, on one stream or
+    // another, for about a second.
+    let streams = 100;
+    let mut live = Vec::with_capacity(streams);
+    for _ in 0..streams {
+        live.push(ticker(&client, 30, 30).await);
+    }
+    // The first stream's reader takes nothing until the others are done: the hub leaves it
+    // out while its channel is full, and must read it again from where it stopped.
+    let first = live.remove(0);
+    let mut all = futures::future::join_all(live.into_iter().map(|c| collect(60, c))).await;
+    all.push(collect(60, first).await);
+    for chunks in all {
+        assert_completes(&chunks);
+        for (i, chunk) in chunks.iter().enumerate() {
+            assert_eq!(chunk.seq, i as u64, "gapless");
+        }
+    }
+    worker.stop().await;
+    // Once it reads more than a few dozen, the reader's `XREAD`s name the bells and the few
+    // streams they named, not every stream (only the switch and the periodic full read do).
+    let named = streams_per_xread(&server);
+    let wide = named.iter().filter(|n| **n > 64).count();
+    let narrow = named.iter().filter(|n| **n <= 32).count();
+    assert!(
+        narrow > 4 * wide.max(1),
+        "{wide} XREADs named more than 64 streams, {narrow} at most 32: {named:?}"
+    );
+}
+
+#[tokio::test]
+async fn streams_written_without_ringing_their_bell_are_read_all_the_same() {
+    let server = RedisServer::start();
+    // `read_block` 500 ms: how often a process reading on bells reads every stream.
+    let client = client(&server, fast_options()).await;
+    let mut plain = server.plain();
+    let keys = client.keys();
+    let ids: Vec<String> = (0..80).map(|_| loom_core::new_run_id()).collect();
+    let add = |plain: &mut redis::Connection, id: &str, seq: u64, kind: &str, data: &str| {
+        let _: String = redis::cmd("XADD")
+            .arg(keys.stream(id))
+            .arg(format!("{}-1", seq + 1))
+            .arg(&["type", kind, "data", data, "seq", &seq.to_string()])
+            .query(plain)
+            .unwrap();
+    };
+    for id in &ids {
+        // A live lease: the readers wait for the run rather than call its worker lost.
+        let _: () = redis::cmd("SET")
+            .arg(keys.lease(id))
+            .arg("someone")
+            .arg("PX")
+            .arg(60_000)
+            .query(&mut plain)
+            .unwrap();
+        add(&mut plain, id, 0, "start", "{}");
+    }
+    let mut tails = Vec::new();
+    for id in &ids {
+        tails.push(client.tail(id, None).await.unwrap());
+    }
+    // Every reader has its start, so all 80 streams are joined and read on their bells.
+    for tail in &mut tails {
+        let start = within(10, tail.next()).await.unwrap();
+        assert_eq!(start.kind, ChunkType::Start);
+    }
+    // Written as a client that does not ring the bells would write: only the hub's read of
+    // every stream once per `read_block` can find these.
+    for id in &ids {
+        add(&mut plain, id, 1, "data", r#"{"token":"x"}"#);
+        add(&mut plain, id, 2, "complete", "{}");
+    }
+    let rest = futures::future::join_all(tails.into_iter().map(|t| collect(10, t))).await;
+    for chunks in rest {
+        let kinds: Vec<ChunkType> = chunks.iter().map(|c| c.kind).collect();
+        assert_eq!(kinds, [ChunkType::Data, ChunkType::Complete], "{chunks:?}");
+    }
 }

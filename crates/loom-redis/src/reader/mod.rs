@@ -131,7 +131,7 @@ pub(crate) async fn open(
     let sub = client
         .hub()
         .await
-        .subscribe(key.clone(), lane, from)
+        .subscribe(key.clone(), client.keys().bell(&run_id), lane, from)
         .await?;
     let run_id: Arc<str> = run_id.into();
     let state = ReadState::new(key, from, watch, Instant::now());
@@ -233,6 +233,7 @@ async fn end_run(client: &Client, run_id: &str, ending: &Ending) -> Result<Entry
         &mut conn,
         &keys.stream(run_id),
         &keys.cancel(run_id),
+        &keys.bell(run_id),
         client.options().stream_ttl.as_secs(),
         ending.reason,
         &error,

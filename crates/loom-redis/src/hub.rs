@@ -19,8 +19,8 @@
 //! stream to look up, block on and unblock), so one over thousands of quiet streams, repeated
 //! for every chunk that arrives, would cost Redis more than the chunks themselves. Every write
 //! to a run's stream therefore also rings its bucket's bell ([`Keys::bell`]: an entry naming
-//! the stream), and a task reading more than [`BELLS_ABOVE`] streams blocks on the bells of
-//! its streams' buckets instead, naming in each `XREAD` only the streams a bell named since
+//! the stream) if the bell exists, and a task reading more than [`BELLS_ABOVE`] streams keeps
+//! the bells of its streams' buckets in existence (a TTL it renews) and blocks on them instead, naming in each `XREAD` only the streams a bell named since
 //! (plus those that just joined, or were left out while their reader was slow, or came back
 //! with a full `COUNT`). Such a stream's chunk then takes two round trips, the bell's and the
 //! read's; below [`BELLS_BELOW`] streams the task reads them all directly again. Whatever a
@@ -44,7 +44,8 @@ use crate::backoff::Backoff;
 use crate::codec::{parse_read_frame, EntryId, RawEntry};
 use crate::conn::{redirect, Conn, Reach, Redirect, Topology};
 use crate::error::Error;
-use crate::wire::{Reply, Wire};
+use crate::script;
+use crate::wire::Wire;
 
 /// Entries one `XREAD` fetches per stream at most: large enough that a fast stream moves in
 /// few round trips, small enough that one reply stays well under a megabyte per stream.
@@ -64,6 +65,10 @@ const BELLS_ABOVE: usize = 64;
 
 /// A task waiting on bells reads its streams directly again once it reads fewer than this.
 const BELLS_BELOW: usize = 32;
+
+/// A bell a task waits on is kept alive for this many `block`s past its last renewal (one
+/// per `block`): a task stalled that long finds its streams in its next full read.
+const BELL_KEPT_FOR: u128 = 10;
 
 /// How long a lane waits before reading again while its slot moves between nodes.
 const MOVING_WAIT: Duration = Duration::from_millis(20);
@@ -150,6 +155,7 @@ impl Hub {
                     bells: None,
                     swept: Instant::now(),
                     relearn: false,
+                    kept: Instant::now(),
                 };
                 tokio::spawn(task.run());
                 Lane { join, wake }
@@ -200,33 +206,6 @@ fn rung_stream(entry: &RawEntry) -> Option<Vec<u8>> {
     None
 }
 
-/// The id of `bell`'s last entry (`0-0` while it has none).
-async fn last_entry(wire: &mut Wire, bell: &str) -> Result<EntryId, Error> {
-    let reply = wire
-        .query(
-            redis::cmd("XREVRANGE")
-                .arg(bell)
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(1),
-        )
-        .await?;
-    let id = match &reply {
-        Reply::Array(entries) => match entries.first() {
-            None => return Ok(EntryId::ZERO),
-            Some(Reply::Array(entry)) => match entry.first() {
-                Some(Reply::Text(id)) => std::str::from_utf8(id).ok(),
-                _ => None,
-            },
-            Some(_) => None,
-        },
-        _ => None,
-    };
-    id.and_then(|id| id.parse().ok())
-        .ok_or_else(|| Error::UnexpectedReply(format!("XREVRANGE of a bell: {reply:?}")))
-}
-
 fn deliver(sub: &mut Sub, entries: Vec<RawEntry>) {
     if let Some(last) = entries.last() {
         sub.last = last.id;
@@ -248,8 +227,10 @@ struct HubTask {
     bells: Option<HashMap<String, EntryId>>,
     /// While the task waits on bells: when every stream was last read.
     swept: Instant,
-    /// Streams joined or left since the bells were last learned.
+    /// Streams joined or left since the bells were last kept.
     relearn: bool,
+    /// While the task waits on bells: when it last kept them all alive.
+    kept: Instant,
 }
 
 impl HubTask {
@@ -312,26 +293,36 @@ impl HubTask {
         (round, room)
     }
 
-    /// With bells: forgets those no stream rings any more, and learns where each new one
-    /// ends (its streams are dirty: they joined since, or every stream is after a switch).
-    async fn learn_bells(&mut self, wire: &mut Wire) -> Result<Vec<(String, EntryId)>, Error> {
+    /// With bells: forgets those no stream rings any more, keeps alive each one its streams
+    /// ring (once per `block`: [`script::keep_bell`]), and reads a new one from the entry
+    /// that call adds (its streams are dirty: they joined since, or every stream is after a
+    /// switch). Returns each bell with its position.
+    async fn keep_bells(&mut self, wire: &mut Wire) -> Result<Vec<(String, EntryId)>, Error> {
         let Some(bells) = &mut self.bells else {
             return Ok(Vec::new());
         };
-        if !mem::take(&mut self.relearn) {
-            return Ok(bells.iter().map(|(k, at)| (k.clone(), *at)).collect());
-        }
-        let rung: HashSet<&str> = self.subs.iter().map(|s| s.bell.as_str()).collect();
-        bells.retain(|bell, _| rung.contains(bell.as_str()));
-        for bell in rung {
-            if !bells.contains_key(bell) {
-                match last_entry(wire, bell).await {
-                    Ok(at) => bells.insert(bell.to_owned(), at),
+        let renew = self.kept.elapsed() >= self.block;
+        if mem::take(&mut self.relearn) || renew {
+            let rung: HashSet<&str> = self.subs.iter().map(|s| s.bell.as_str()).collect();
+            bells.retain(|bell, _| rung.contains(bell.as_str()));
+            let ttl = u64::try_from(self.block.as_millis() * BELL_KEPT_FOR).unwrap_or(u64::MAX);
+            for bell in rung {
+                let known = bells.contains_key(bell);
+                if known && !renew {
+                    continue;
+                }
+                match script::keep_bell(wire, bell, ttl).await {
+                    Ok(at) => {
+                        bells.entry(bell.to_owned()).or_insert(at);
+                    }
                     Err(e) => {
                         self.relearn = true;
                         return Err(e);
                     }
-                };
+                }
+            }
+            if renew {
+                self.kept = Instant::now();
             }
         }
         Ok(bells.iter().map(|(k, at)| (k.clone(), *at)).collect())
@@ -445,7 +436,7 @@ impl HubTask {
                     continue;
                 }
             };
-            match self.learn_bells(&mut wire).await {
+            match self.keep_bells(&mut wire).await {
                 Ok(bells) => round.extend(bells),
                 Err(e) => {
                     conn = self.recover(&e, wire, &mut backoff).await;

@@ -8,7 +8,7 @@
 //! | `loom:stream:{<bucket>}:<id>` | stream | one entry per chunk (fields `type data seq …`), the chunk of `seq` N at entry id `N-1` |
 //! | `loom:lease:{<bucket>}:<id>` | string | the owning attempt's token (`<worker>:<attempt>:<entry>`), `PX` lease renewed while the run lives; only its holder may write the stream |
 //! | `loom:cancel:{<bucket>}:<id>` | string | set when the run must stop (`cancelled`, `worker_lost`, `timeout`) |
-//! | `loom:bell:{<bucket>}` | stream | the bucket's bell: an entry `s <stream key>` each time one of its run streams is written to (`MAXLEN ~` [`BELL_LEN`]), so a process reading many streams waits on the bells, not on every stream (see `hub.rs`) |
+//! | `loom:bell:{<bucket>}` | stream | the bucket's bell, while a process reading many streams keeps it (a TTL it renews): an entry `s <stream key>` each time one of the bucket's run streams is written to (`MAXLEN ~` [`BELL_LEN`]), so that process waits on the bells, not on every stream (see `hub.rs`) |
 //! | `loom:queue:{<type>}`, `loom:queue:{<type>:<shard>}` | stream | requests, read by the consumer group `loom-workers`: shard 0, then shards 1… when queues are sharded ([`ClientOptions::queue_shards`](crate::ClientOptions::queue_shards)) |
 //! | `loom:cancel` | pub/sub channel | run ids whose cancel key was just set |
 //! | `loom:actors` | sorted set | actor types some worker serves, scored by the time (Unix ms) until which one has said so |
@@ -202,7 +202,8 @@ impl Keys {
     /// The bell of run `run_id`'s bucket: `loom:bell:{<bucket>}`, a stream with an entry
     /// naming each run stream of the bucket (field `s`) every time that stream is written
     /// to, so that a process reading many streams waits on the bells rather than on every
-    /// stream (`hub.rs`). Capped at about [`BELL_LEN`] entries.
+    /// stream (`hub.rs`). It exists only while such a process keeps it (with a TTL it
+    /// renews); writes ring only an existing bell. Capped at about [`BELL_LEN`] entries.
     pub fn bell(&self, run_id: &str) -> String {
         format!("{}bell:{{{}}}", self.prefix, BUCKET_TAGS[bucket(run_id)])
     }

@@ -19,6 +19,7 @@
 //! | [`peek`] | stream, cancel | `tail`, and the worker before it starts a run |
 //! | [`renew`] | lease, stream, cancel | the worker's heartbeat |
 //! | [`release`] | lease | the worker handing a run back |
+//! | [`keep_bell`] | bell | a reader waiting on a bucket's bell, keeping it (and its rings) alive |
 //! | [`advertise`], [`served`] | actors | the heartbeat marking actor types served; servers asking which are |
 //!
 //! Every script that needs the time reads Redis's own (`TIME`, through [`NOW_MS`]): no decision
@@ -110,12 +111,29 @@ fn with_last_entry(body: &str) -> Lua {
     Lua::new(format!("{LAST_ENTRY}{body}"))
 }
 
-/// The Lua line that rings the bell `KEYS[3]` for the stream `KEYS[1]` (see [`Keys::bell`]).
+/// The Lua line that rings the bell `KEYS[3]` for the stream `KEYS[1]` (see [`Keys::bell`]),
+/// if it exists: a bell exists only while some reader waits on it ([`keep_bell`]), so a
+/// write that nobody waits on that way costs one key lookup more.
 ///
 /// [`Keys::bell`]: crate::Keys::bell
 fn ring() -> String {
-    format!("redis.call('XADD', KEYS[3], 'MAXLEN', '~', {BELL_LEN}, '*', 's', KEYS[1])")
+    format!(
+        "if redis.call('EXISTS', KEYS[3]) == 1 then \
+         redis.call('XADD', KEYS[3], 'MAXLEN', '~', {BELL_LEN}, '*', 's', KEYS[1]) end"
+    )
 }
+
+/// KEYS: bell. ARGV: TTL in ms. Adds an entry naming no stream, so the bell exists and is
+/// rung from now on, sets its TTL, and returns that entry's id.
+static KEEP_BELL: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(format!(
+        r#"
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', {BELL_LEN}, '*', 's', '')
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return id
+"#
+    ))
+});
 
 /// KEYS: stream, lease, bell. ARGV: owner token, stream TTL in seconds (`0`: leave it), `1` when the
 /// batch ends with the terminal chunk (the lease is then deleted), the batch's first `seq`,
@@ -417,6 +435,19 @@ pub(crate) struct RunKeys<'a> {
     pub(crate) stream: &'a str,
     pub(crate) lease: &'a str,
     pub(crate) cancel: &'a str,
+}
+
+/// Keeps `bell` for `ttl_ms` more (see [`KEEP_BELL`]): the writes of its bucket ring it
+/// while it lasts. Returns the id of the entry it added: every ring after it is after that id.
+pub(crate) async fn keep_bell(
+    conn: &mut impl ConnectionLike,
+    bell: &str,
+    ttl_ms: u64,
+) -> Result<EntryId, Error> {
+    let mut cmd = KEEP_BELL.call(&[bell], 1, 20);
+    cmd.arg(ttl_ms);
+    let id: String = KEEP_BELL.invoke(conn, &cmd).await?;
+    id.parse()
 }
 
 /// Deletes `lease` only while it holds `owner`: a lease another attempt took is left alone.

@@ -332,6 +332,14 @@ async fn a_process_reading_many_streams_waits_on_bells_and_misses_nothing() {
         ..WorkerOptions::default()
     };
     let worker = RunningWorker::spawn(&client, runtime(&probe), options);
+    // A stream read alone is read directly: nobody keeps a bell, so its writes ring none.
+    let alone = ticker(&client, 3, 0).await;
+    let run_id = alone.run_id().to_owned();
+    assert_completes(&collect(10, alone).await);
+    let bell = client.keys().bell(&run_id);
+    let mut plain = server.plain();
+    let exists: bool = redis::cmd("EXISTS").arg(&bell).query(&mut plain).unwrap();
+    assert!(!exists, "{bell} exists with no reader waiting on it");
     // More streams than one reader names in an `XREAD`, started one after the other, each
     // ticking 30 times: a chunk arrives every few hundred microseconds, on one stream or
     // another, for about a second.
@@ -342,6 +350,7 @@ async fn a_process_reading_many_streams_waits_on_bells_and_misses_nothing() {
     }
     // The first stream's reader takes nothing until the others are done: the hub leaves it
     // out while its channel is full, and must read it again from where it stopped.
+    let kept = client.keys().bell(live[1].run_id());
     let first = live.remove(0);
     let mut all = futures::future::join_all(live.into_iter().map(|c| collect(60, c))).await;
     all.push(collect(60, first).await);
@@ -350,6 +359,9 @@ async fn a_process_reading_many_streams_waits_on_bells_and_misses_nothing() {
         assert_contract(&chunks);
     }
     worker.stop().await;
+    // The bells the reader waited on are kept with a TTL, and go once nobody renews them.
+    let ttl: i64 = redis::cmd("PTTL").arg(&kept).query(&mut plain).unwrap();
+    assert!(ttl > 0, "{kept}: PTTL {ttl}");
     // Once it reads more than a few dozen, the reader's `XREAD`s name the bells and the few
     // streams they named, not every stream (only the switch and the periodic full read do).
     let named = streams_per_xread(&server);

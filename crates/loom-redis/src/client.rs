@@ -134,8 +134,8 @@ struct Inner {
 }
 
 /// The most connections a client's writers keep open: a batch takes one only while its reply
-/// is outstanding, so this bounds the writes in flight at once, not the runs. A batch that
-/// finds them all busy goes through the shared connection.
+/// is outstanding, so what it bounds is the connections, however many runs write. A batch
+/// that finds them all busy goes through the shared connection.
 pub const WRITER_CONNECTIONS: usize = 32;
 
 /// A writer's own connection, holding its place among the client's [`WRITER_CONNECTIONS`]

@@ -3,7 +3,8 @@
 //! into chunks.
 //!
 //! A single task with its own connection issues one blocking
-//! `XREAD … STREAMS k1 k2 … id1 id2 …` over every stream the process reads, and hands each
+//! `XREAD … STREAMS k1 k2 … id1 id2 …` over the streams the process reads (all of them, or
+//! with many, their bells and the streams those named: **Bells** below), and hands each
 //! stream's entries to that stream's bounded channel. 10,000 streams cost one connection for
 //! reading (plus the client's command connection for liveness checks), not 10,000. On a
 //! cluster, which refuses an `XREAD` over keys of several slots, there is one such task per
@@ -20,14 +21,16 @@
 //! for every chunk that arrives, would cost Redis more than the chunks themselves. Every write
 //! to a run's stream therefore also rings its bucket's bell ([`Keys::bell`]: an entry naming
 //! the stream) if the bell exists, and a task reading more than [`BELLS_ABOVE`] streams keeps
-//! the bells of its streams' buckets in existence (a TTL it renews) and blocks on them instead, naming in each `XREAD` only the streams a bell named since
-//! (plus those that just joined, or were left out while their reader was slow, or came back
-//! with a full `COUNT`). Such a stream's chunk then takes two round trips, the bell's and the
-//! read's; below [`BELLS_BELOW`] streams the task reads them all directly again. Whatever a
-//! bell may have missed (trimmed past, written by something that does not ring), a read of
-//! every stream once per `block` (the blocking timeout) finds. The bells' positions are read
-//! in the same `XREAD` as the streams, so a write that is not in a stream's read rang after
-//! the bell's position that read returned.
+//! the bells of its streams' buckets in existence (a TTL it renews) and blocks on them instead,
+//! naming in each `XREAD` only the streams a bell named since (plus those that just joined, or
+//! were left out while their reader was slow, or came back with a full `COUNT`). Such a
+//! stream's chunk then takes two round trips, the bell's and the read's; below [`BELLS_BELOW`]
+//! streams the task reads them all directly again. Whatever a bell may have missed (trimmed
+//! past, written by something that does not ring), a read of every stream once per `block` (the
+//! blocking timeout) finds. The bells' positions are read in the same `XREAD` as the streams,
+//! so a write that is not in a stream's read rang after the bell's position that read returned.
+//! When Redis refuses to keep a bell (out of memory, an ACL), the task reads every stream
+//! directly for a while: bells save work, nothing depends on them.
 //!
 //! [`Keys::bell`]: crate::Keys::bell
 
@@ -68,7 +71,7 @@ const BELLS_BELOW: usize = 32;
 
 /// A bell a task waits on is kept alive for this many `block`s past its last renewal (one
 /// per `block`): a task stalled that long finds its streams in its next full read.
-const BELL_KEPT_FOR: u128 = 10;
+const BELL_KEPT_FOR: u32 = 10;
 
 /// How long a lane waits before reading again while its slot moves between nodes.
 const MOVING_WAIT: Duration = Duration::from_millis(20);
@@ -156,6 +159,7 @@ impl Hub {
                     swept: Instant::now(),
                     relearn: false,
                     kept: Instant::now(),
+                    bells_after: Instant::now(),
                 };
                 tokio::spawn(task.run());
                 Lane { join, wake }
@@ -195,6 +199,17 @@ impl Hub {
     }
 }
 
+/// Whether `e` is Redis refusing a command (out of memory, an ACL, a key of another type)
+/// rather than the connection failing or a cluster redirecting it.
+fn refused(e: &Error) -> bool {
+    use redis::ErrorKind;
+    let Error::Redis(redis) = e else {
+        return false;
+    };
+    matches!(redirect(e), Redirect::Reconnect)
+        && matches!(redis.kind(), ErrorKind::Server(_) | ErrorKind::Extension)
+}
+
 /// The stream a bell's entry names (its field `s`).
 fn rung_stream(entry: &RawEntry) -> Option<Vec<u8>> {
     let mut fields = entry.fields.iter();
@@ -231,6 +246,8 @@ struct HubTask {
     relearn: bool,
     /// While the task waits on bells: when it last kept them all alive.
     kept: Instant,
+    /// Not before then does the task wait on bells (Redis refused to keep one).
+    bells_after: Instant,
 }
 
 impl HubTask {
@@ -253,7 +270,7 @@ impl HubTask {
         self.subs.retain(|s| !s.tx.is_closed());
         self.relearn |= self.subs.len() != before;
         match &self.bells {
-            None if self.subs.len() > BELLS_ABOVE => {
+            None if self.subs.len() > BELLS_ABOVE && Instant::now() >= self.bells_after => {
                 self.bells = Some(HashMap::new());
                 self.relearn = true;
                 // The first read on bells names every stream: nothing before it is missed.
@@ -305,7 +322,8 @@ impl HubTask {
         if mem::take(&mut self.relearn) || renew {
             let rung: HashSet<&str> = self.subs.iter().map(|s| s.bell.as_str()).collect();
             bells.retain(|bell, _| rung.contains(bell.as_str()));
-            let ttl = u64::try_from(self.block.as_millis() * BELL_KEPT_FOR).unwrap_or(u64::MAX);
+            let kept_for = self.block.saturating_mul(BELL_KEPT_FOR);
+            let ttl = u64::try_from(kept_for.as_millis()).unwrap_or(u64::MAX);
             for bell in rung {
                 let known = bells.contains_key(bell);
                 if known && !renew {
@@ -438,6 +456,17 @@ impl HubTask {
             };
             match self.keep_bells(&mut wire).await {
                 Ok(bells) => round.extend(bells),
+                Err(e) if refused(&e) => {
+                    // Bells are a saving, not a need: read every stream for a while.
+                    tracing::warn!(error = %e, "stream reader cannot keep its bells; reading every stream");
+                    self.bells = None;
+                    let pause = self.block.saturating_mul(BELL_KEPT_FOR);
+                    self.bells_after = Instant::now()
+                        .checked_add(pause)
+                        .unwrap_or_else(Instant::now);
+                    conn = Some(wire);
+                    continue;
+                }
                 Err(e) => {
                     conn = self.recover(&e, wire, &mut backoff).await;
                     continue;

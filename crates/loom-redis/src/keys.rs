@@ -8,7 +8,7 @@
 //! | `loom:stream:{<bucket>}:<id>` | stream | one entry per chunk (fields `type data seq …`), the chunk of `seq` N at entry id `N-1` |
 //! | `loom:lease:{<bucket>}:<id>` | string | the owning attempt's token (`<worker>:<attempt>:<entry>`), `PX` lease renewed while the run lives; only its holder may write the stream |
 //! | `loom:cancel:{<bucket>}:<id>` | string | set when the run must stop (`cancelled`, `worker_lost`, `timeout`) |
-//! | `loom:bell:{<bucket>}` | stream | the bucket's bell, while a process reading many streams keeps it (a TTL it renews): an entry `s <stream key>` each time one of the bucket's run streams is written to (`MAXLEN ~` [`BELL_LEN`]), so that process waits on the bells, not on every stream (see `hub.rs`) |
+//! | `loom:bell:{<bucket>}` | stream | while a process reading many streams keeps it (a TTL it renews), an entry `s <stream key>` each time one of the bucket's run streams is written to (`MAXLEN ~` [`BELL_LEN`]): that process waits on the bells, not on every stream (`hub.rs`) |
 //! | `loom:queue:{<type>}`, `loom:queue:{<type>:<shard>}` | stream | requests, read by the consumer group `loom-workers`: shard 0, then shards 1… when queues are sharded ([`ClientOptions::queue_shards`](crate::ClientOptions::queue_shards)) |
 //! | `loom:cancel` | pub/sub channel | run ids whose cancel key was just set |
 //! | `loom:actors` | sorted set | actor types some worker serves, scored by the time (Unix ms) until which one has said so |

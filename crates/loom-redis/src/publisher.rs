@@ -9,11 +9,11 @@
 //! connection of the writer's own, taken from the client for that batch and given back when
 //! it is answered, so a chunk on its way from an actor's `yield` to Redis wakes no other task
 //! (docs/performance.md says what that saved). A client keeps at most
-//! [`WRITER_CONNECTIONS`](crate::WRITER_CONNECTIONS) of them, however many runs it writes: a batch that
-//! finds them all busy goes through the shared connection. On a cluster a batch's connection
-//! goes to the master of the run's slot, as the last `MOVED` for it named; when it fails the
-//! run goes on through the client's cluster connection, which follows failovers and slot
-//! moves itself.
+//! [`WRITER_CONNECTIONS`](crate::WRITER_CONNECTIONS) of them, however many runs it writes: a
+//! batch that finds them all busy goes through the shared connection. On a cluster a batch's
+//! connection goes to the master of the run's slot, as the last `MOVED` for it named; when it
+//! fails the run goes on through the client's cluster connection, which follows failovers and
+//! slot moves itself.
 //!
 //! **Bounded memory.** `XADD` does not depend on readers, so a slow or vanished reader never
 //! slows the writer; and at most [`PUBLISH_BUFFER`] chunks wait for the next batch, so when

@@ -113,13 +113,15 @@ fn with_last_entry(body: &str) -> Lua {
 
 /// The Lua line that rings the bell `KEYS[3]` for the stream `KEYS[1]` (see [`Keys::bell`]),
 /// if it exists: a bell exists only while some reader waits on it ([`keep_bell`]), so a
-/// write that nobody waits on that way costs one key lookup more.
+/// write that nobody waits on that way costs one key lookup more. It comes last, and a ring
+/// Redis refuses (out of memory, a bell key of another type) is ignored: a missed ring only
+/// delays a reader until its next full read.
 ///
 /// [`Keys::bell`]: crate::Keys::bell
 fn ring() -> String {
     format!(
         "if redis.call('EXISTS', KEYS[3]) == 1 then \
-         redis.call('XADD', KEYS[3], 'MAXLEN', '~', {BELL_LEN}, '*', 's', KEYS[1]) end"
+         redis.pcall('XADD', KEYS[3], 'MAXLEN', '~', {BELL_LEN}, '*', 's', KEYS[1]) end"
     )
 }
 
@@ -135,10 +137,10 @@ return id
     ))
 });
 
-/// KEYS: stream, lease, bell. ARGV: owner token, stream TTL in seconds (`0`: leave it), `1` when the
-/// batch ends with the terminal chunk (the lease is then deleted), the batch's first `seq`,
-/// then per chunk its field count and its fields. The lease is read once per batch, so a chunk
-/// costs Redis one `XADD` and a little Lua.
+/// KEYS: stream, lease, bell. ARGV: owner token, stream TTL in seconds (`0`: leave it), `1`
+/// when the batch ends with the terminal chunk (the lease is then deleted), the batch's first
+/// `seq`, then per chunk its field count and its fields. The lease is read once per batch, so a
+/// chunk costs Redis one `XADD` and a little Lua (and the batch one ring: [`ring`]).
 ///
 /// The stream's last entry is read only when the batch's first `XADD` is refused because its
 /// id (its `seq`) is taken, which happens only when the stream already has this batch (a retry
@@ -165,9 +167,9 @@ while i <= argc do
   next = next + 1
   i = i + n + 1
 end
-{ring}
 if ARGV[2] ~= '0' then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 if ARGV[3] == '1' then redis.call('DEL', KEYS[2]) end
+{ring}
 return 'ok'
 "#,
         ring = ring()
@@ -187,8 +189,8 @@ if id then
   next = tonumber(seq) + 1
 end
 local new = redis.call('XADD', KEYS[1], string.format('%d-1', next), 'type', 'error', 'data', 'null', 'seq', next, 'error', ARGV[3])
-{ring}
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+{ring}
 return new
 "#,
         ring = ring()
@@ -309,7 +311,8 @@ pub(crate) async fn write_batch(
 }
 
 /// Sets the run's cancel key to `reason` and appends `error_json` as an `error` chunk unless
-/// the stream already has a terminal one (ringing the bell). Returns the id of the stream's terminal entry.
+/// the stream already has a terminal one (ringing the bell). Returns the id of the stream's
+/// terminal entry.
 pub(crate) async fn end_run(
     conn: &mut impl ConnectionLike,
     stream: &str,

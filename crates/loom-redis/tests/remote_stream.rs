@@ -421,3 +421,40 @@ async fn streams_written_without_ringing_their_bell_are_read_all_the_same() {
         assert_eq!(kinds, [ChunkType::Data, ChunkType::Complete], "{chunks:?}");
     }
 }
+
+#[tokio::test]
+async fn bells_redis_refuses_to_keep_cost_the_readers_nothing_but_the_saving() {
+    let server = RedisServer::start_own();
+    let client = client(&server, fast_options()).await;
+    let mut plain = server.plain();
+    // Every bucket's bell is a key of another type: ringing and keeping one fail.
+    let mut bells = std::collections::HashSet::new();
+    while bells.len() < loom_redis::BUCKETS {
+        bells.insert(client.keys().bell(&loom_core::new_run_id()));
+    }
+    for bell in &bells {
+        let _: () = redis::cmd("SET")
+            .arg(bell)
+            .arg("not a stream")
+            .query(&mut plain)
+            .unwrap();
+    }
+    let probe = Arc::new(Probe::default());
+    let options = WorkerOptions {
+        concurrency: 128,
+        ..WorkerOptions::default()
+    };
+    let worker = RunningWorker::spawn(&client, runtime(&probe), options);
+    // Enough streams that the reader would wait on bells: it reads them directly instead,
+    // and the writes that cannot ring are written all the same.
+    let mut live = Vec::new();
+    for _ in 0..80 {
+        live.push(ticker(&client, 20, 10).await);
+    }
+    let all = futures::future::join_all(live.into_iter().map(|c| collect(20, c))).await;
+    for chunks in all {
+        assert_completes(&chunks);
+        assert_contract(&chunks);
+    }
+    worker.stop().await;
+}

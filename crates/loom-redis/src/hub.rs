@@ -311,9 +311,9 @@ impl HubTask {
     }
 
     /// With bells: forgets those no stream rings any more, keeps alive each one its streams
-    /// ring (once per `block`: [`script::keep_bell`]), and reads a new one from the entry
-    /// that call adds (its streams are dirty: they joined since, or every stream is after a
-    /// switch). Returns each bell with its position.
+    /// ring (once per `block`, all in one call: [`script::keep_bells`]), and reads a new one
+    /// from the entry that call adds (its streams are dirty: they joined since, or every
+    /// stream is after a switch). Returns each bell with its position.
     async fn keep_bells(&mut self, wire: &mut Wire) -> Result<Vec<(String, EntryId)>, Error> {
         let Some(bells) = &mut self.bells else {
             return Ok(Vec::new());
@@ -322,16 +322,18 @@ impl HubTask {
         if mem::take(&mut self.relearn) || renew {
             let rung: HashSet<&str> = self.subs.iter().map(|s| s.bell.as_str()).collect();
             bells.retain(|bell, _| rung.contains(bell.as_str()));
+            let keep: Vec<&str> = rung
+                .into_iter()
+                .filter(|bell| renew || !bells.contains_key(*bell))
+                .collect();
             let kept_for = self.block.saturating_mul(BELL_KEPT_FOR);
             let ttl = u64::try_from(kept_for.as_millis()).unwrap_or(u64::MAX);
-            for bell in rung {
-                let known = bells.contains_key(bell);
-                if known && !renew {
-                    continue;
-                }
-                match script::keep_bell(wire, bell, ttl).await {
-                    Ok(at) => {
-                        bells.entry(bell.to_owned()).or_insert(at);
+            if !keep.is_empty() {
+                match script::keep_bells(wire, &keep, ttl).await {
+                    Ok(ids) => {
+                        for (bell, at) in keep.into_iter().zip(ids) {
+                            bells.entry(bell.to_owned()).or_insert(at);
+                        }
                     }
                     Err(e) => {
                         self.relearn = true;

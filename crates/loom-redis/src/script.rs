@@ -19,7 +19,7 @@
 //! | [`peek`] | stream, cancel | `tail`, and the worker before it starts a run |
 //! | [`renew`] | lease, stream, cancel | the worker's heartbeat |
 //! | [`release`] | lease | the worker handing a run back |
-//! | [`keep_bell`] | bell | a reader waiting on a bucket's bell, keeping it (and its rings) alive |
+//! | [`keep_bells`] | bells | a reader waiting on its buckets' bells, keeping them (and their rings) alive |
 //! | [`advertise`], [`served`] | actors | the heartbeat marking actor types served; servers asking which are |
 //!
 //! Every script that needs the time reads Redis's own (`TIME`, through [`NOW_MS`]): no decision
@@ -112,7 +112,7 @@ fn with_last_entry(body: &str) -> Lua {
 }
 
 /// The Lua line that rings the bell `KEYS[3]` for the stream `KEYS[1]` (see [`Keys::bell`]),
-/// if it exists: a bell exists only while some reader waits on it ([`keep_bell`]), so a
+/// if it exists: a bell exists only while some reader waits on it ([`keep_bells`]), so a
 /// write that nobody waits on that way costs one key lookup more. It comes last, and a ring
 /// Redis refuses (out of memory, a bell key of another type) is ignored: a missed ring only
 /// delays a reader until its next full read.
@@ -125,14 +125,18 @@ fn ring() -> String {
     )
 }
 
-/// KEYS: bell. ARGV: TTL in ms. Adds an entry naming no stream, so the bell exists and is
-/// rung from now on, sets its TTL, and returns that entry's id.
-static KEEP_BELL: LazyLock<Lua> = LazyLock::new(|| {
+/// KEYS: bells (on a cluster, of one bucket: one slot). ARGV: TTL in ms. Adds to each an
+/// entry naming no stream, so the bell exists and is rung from now on, sets its TTL, and
+/// returns those entries' ids, in order.
+static KEEP_BELLS: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(format!(
         r#"
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', {BELL_LEN}, '*', 's', '')
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-return id
+local ids = {{}}
+for i, bell in ipairs(KEYS) do
+  ids[i] = redis.call('XADD', bell, 'MAXLEN', '~', {BELL_LEN}, '*', 's', '')
+  redis.call('PEXPIRE', bell, ARGV[1])
+end
+return ids
 "#
     ))
 });
@@ -440,17 +444,18 @@ pub(crate) struct RunKeys<'a> {
     pub(crate) cancel: &'a str,
 }
 
-/// Keeps `bell` for `ttl_ms` more (see [`KEEP_BELL`]): the writes of its bucket ring it
-/// while it lasts. Returns the id of the entry it added: every ring after it is after that id.
-pub(crate) async fn keep_bell(
+/// Keeps `bells` for `ttl_ms` more, in one call (see [`KEEP_BELLS`]): the writes of their
+/// buckets ring them while they last. Returns, for each, the id of the entry it added: every
+/// ring after it is after that id.
+pub(crate) async fn keep_bells(
     conn: &mut impl ConnectionLike,
-    bell: &str,
+    bells: &[&str],
     ttl_ms: u64,
-) -> Result<EntryId, Error> {
-    let mut cmd = KEEP_BELL.call(&[bell], 1, 20);
+) -> Result<Vec<EntryId>, Error> {
+    let mut cmd = KEEP_BELLS.call(bells, 1, 20);
     cmd.arg(ttl_ms);
-    let id: String = KEEP_BELL.invoke(conn, &cmd).await?;
-    id.parse()
+    let ids: Vec<String> = KEEP_BELLS.invoke(conn, &cmd).await?;
+    ids.iter().map(|id| id.parse()).collect()
 }
 
 /// Deletes `lease` only while it holds `owner`: a lease another attempt took is left alone.

@@ -309,18 +309,14 @@ impl Client {
                 return Ok(Some(idle.swap_remove(at)));
             }
             let permits = &self.inner.writer_permits;
-            match Arc::clone(permits).try_acquire_owned() {
-                Ok(permit) => permit,
-                Err(_) if idle.is_empty() => return Ok(None),
-                Err(_) => {
-                    // Closing the longest idle one gives its permit back at once.
-                    idle.remove(0);
-                    match Arc::clone(permits).try_acquire_owned() {
-                        Ok(permit) => permit,
-                        Err(_) => return Ok(None),
-                    }
-                }
+            if permits.available_permits() == 0 && !idle.is_empty() {
+                // Closing the longest idle one gives its permit back at once.
+                idle.remove(0);
             }
+            let Ok(permit) = Arc::clone(permits).try_acquire_owned() else {
+                return Ok(None);
+            };
+            permit
         };
         let info = match info {
             Some(info) => info,

@@ -158,7 +158,6 @@ impl Hub {
                     bells: None,
                     swept: Instant::now(),
                     relearn: false,
-                    kept: Instant::now(),
                     bells_after: Instant::now(),
                 };
                 tokio::spawn(task.run());
@@ -240,12 +239,10 @@ struct HubTask {
     subs: Vec<Sub>,
     /// While the task waits on bells: each bell's position (the last entry read).
     bells: Option<HashMap<String, EntryId>>,
-    /// While the task waits on bells: when every stream was last read.
+    /// While the task waits on bells: when every stream was last read, and its bells renewed.
     swept: Instant,
     /// Streams joined or left since the bells were last kept.
     relearn: bool,
-    /// While the task waits on bells: when it last kept them all alive.
-    kept: Instant,
     /// Not before then does the task wait on bells (Redis refused to keep one).
     bells_after: Instant,
 }
@@ -283,10 +280,11 @@ impl HubTask {
         }
     }
 
-    /// Marks the streams the next `XREAD` covers and returns `(key, from)` for each key, and
+    /// Marks the streams the next `XREAD` covers and returns `(key, from)` for each key,
     /// whether any stream has room for more (with bells, the `XREAD` then waits on them even
-    /// when it names no stream).
-    fn plan_round(&mut self) -> (Vec<(String, EntryId)>, bool) {
+    /// when it names no stream), and whether this round reads every stream (with bells, once
+    /// per `block`; then the bells are renewed too).
+    fn plan_round(&mut self) -> (Vec<(String, EntryId)>, bool, bool) {
         let sweep = self.bells.is_none() || self.swept.elapsed() >= self.block;
         if sweep {
             self.swept = Instant::now();
@@ -307,18 +305,22 @@ impl HubTask {
             }
         }
         let round = from.into_iter().map(|(k, id)| (k.to_owned(), id)).collect();
-        (round, room)
+        (round, room, sweep)
     }
 
     /// With bells: forgets those no stream rings any more, keeps alive each one its streams
-    /// ring (once per `block`, all in one call: [`script::keep_bells`]), and reads a new one
-    /// from the entry that call adds (its streams are dirty: they joined since, or every
-    /// stream is after a switch). Returns each bell with its position.
-    async fn keep_bells(&mut self, wire: &mut Wire) -> Result<Vec<(String, EntryId)>, Error> {
+    /// ring (when `renew`, in the rounds that read every stream; all in one call:
+    /// [`script::keep_bells`]), and reads a new one from the entry that call adds (its
+    /// streams are dirty: they joined since, or every stream is after a switch). Returns each
+    /// bell with its position.
+    async fn keep_bells(
+        &mut self,
+        wire: &mut Wire,
+        renew: bool,
+    ) -> Result<Vec<(String, EntryId)>, Error> {
         let Some(bells) = &mut self.bells else {
             return Ok(Vec::new());
         };
-        let renew = self.kept.elapsed() >= self.block;
         if mem::take(&mut self.relearn) || renew {
             let rung: HashSet<&str> = self.subs.iter().map(|s| s.bell.as_str()).collect();
             bells.retain(|bell, _| rung.contains(bell.as_str()));
@@ -340,9 +342,6 @@ impl HubTask {
                         return Err(e);
                     }
                 }
-            }
-            if renew {
-                self.kept = Instant::now();
             }
         }
         Ok(bells.iter().map(|(k, at)| (k.clone(), *at)).collect())
@@ -420,7 +419,7 @@ impl HubTask {
                 self.add(join);
             }
             self.choose_mode();
-            let (mut round, room) = self.plan_round();
+            let (mut round, room, sweep) = self.plan_round();
             if round.is_empty() && !(room && self.bells.is_some()) {
                 if joining_closed && self.subs.is_empty() {
                     return;
@@ -456,7 +455,7 @@ impl HubTask {
                     continue;
                 }
             };
-            match self.keep_bells(&mut wire).await {
+            match self.keep_bells(&mut wire, sweep).await {
                 Ok(bells) => round.extend(bells),
                 Err(e) if refused(&e) => {
                     // Bells are a saving, not a need: read every stream for a while.

@@ -74,11 +74,7 @@ async fn a_stream_replays_and_serves_two_readers_and_many_streams_share_few_conn
     let probe = Arc::new(Probe::default());
     // Room for all 200 streams below at once: a request left queued behind 3-second runs for
     // longer than the pickup timeout (6 s here) would rightly end `worker_lost`.
-    let options = WorkerOptions {
-        concurrency: 256,
-        ..WorkerOptions::default()
-    };
-    let worker = RunningWorker::spawn(&client, runtime(&probe), options);
+    let worker = RunningWorker::with_concurrency(&client, &probe, 256);
     read_twice(&client).await;
 
     // 200 live streams over every bucket: the reader blocks in at most one XREAD per bucket.
@@ -374,11 +370,7 @@ async fn a_master_killed_mid_stream_never_leaves_a_reader_hanging_or_repeats_a_s
 async fn a_bucket_read_for_many_streams_is_read_on_its_bell_and_misses_nothing() {
     let (cluster, client) = cluster(fast_options()).await;
     let probe = Arc::new(Probe::default());
-    let options = WorkerOptions {
-        concurrency: 80,
-        ..WorkerOptions::default()
-    };
-    let worker = RunningWorker::spawn(&client, runtime(&probe), options);
+    let worker = RunningWorker::with_concurrency(&client, &probe, 80);
     // More streams in one bucket than its lane names in an `XREAD`: it waits on the bucket's
     // bell, on the master that owns the bucket.
     let ids = ids_in_one_bucket(&client, 70);

@@ -327,11 +327,7 @@ async fn a_process_reading_many_streams_waits_on_bells_and_misses_nothing() {
     ]);
     let client = client(&server, fast_options()).await;
     let probe = Arc::new(Probe::default());
-    let options = WorkerOptions {
-        concurrency: 128,
-        ..WorkerOptions::default()
-    };
-    let worker = RunningWorker::spawn(&client, runtime(&probe), options);
+    let worker = RunningWorker::with_concurrency(&client, &probe, 128);
     // A stream read alone is read directly: nobody keeps a bell, so its writes ring none.
     let alone = ticker(&client, 3, 0).await;
     let run_id = alone.run_id().to_owned();
@@ -440,11 +436,7 @@ async fn bells_redis_refuses_to_keep_cost_the_readers_nothing_but_the_saving() {
             .unwrap();
     }
     let probe = Arc::new(Probe::default());
-    let options = WorkerOptions {
-        concurrency: 128,
-        ..WorkerOptions::default()
-    };
-    let worker = RunningWorker::spawn(&client, runtime(&probe), options);
+    let worker = RunningWorker::with_concurrency(&client, &probe, 128);
     // Enough streams that the reader would wait on bells: it reads them directly instead,
     // and the writes that cannot ring are written all the same.
     let mut live = Vec::new();

@@ -162,17 +162,20 @@ fn writer_connections(server: &RedisServer) -> usize {
 #[tokio::test]
 async fn a_worker_running_more_runs_than_writer_connections_keeps_within_them_and_loses_nothing() {
     let server = RedisServer::start_own();
-    let client = client(&server, fast_options()).await;
+    // Leases far longer than the test: it is about connections, and with the fast ones a
+    // machine busy with other tests (64 runs writing flat out, a debug build) can delay a
+    // heartbeat past its lease, and the run is taken over.
+    let options = ClientOptions {
+        lease_ttl: Duration::from_secs(10),
+        lease_refresh: Duration::from_secs(1),
+        visibility_timeout: Duration::from_secs(20),
+        pickup_timeout: Duration::from_secs(30),
+        ..fast_options()
+    };
+    let client = client(&server, options).await;
     let probe = Arc::new(Probe::default());
     let runs = 2 * loom_redis::WRITER_CONNECTIONS;
-    let worker = RunningWorker::spawn(
-        &client,
-        runtime(&probe),
-        WorkerOptions {
-            concurrency: runs,
-            ..WorkerOptions::default()
-        },
-    );
+    let worker = RunningWorker::with_concurrency(&client, &probe, runs);
     // Every run writes as fast as Redis answers, so nearly all of them have a batch in
     // flight at any time: one connection per run would open about `runs` of them.
     let streams = futures::future::join_all((0..runs).map(|_| ticker(&client, 2_000, 0))).await;

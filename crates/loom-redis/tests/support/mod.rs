@@ -162,6 +162,15 @@ impl RunningWorker {
         }
     }
 
+    /// A worker of the test actors ([`runtime`]) with room for `concurrency` runs at once.
+    pub fn with_concurrency(client: &Client, probe: &Arc<Probe>, concurrency: usize) -> Self {
+        let options = WorkerOptions {
+            concurrency,
+            ..WorkerOptions::default()
+        };
+        Self::spawn(client, runtime(probe), options)
+    }
+
     pub fn is_running(&self) -> bool {
         !self.task.is_finished()
     }

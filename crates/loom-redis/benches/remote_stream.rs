@@ -10,8 +10,8 @@
 //! - soak: 10,000 concurrent remote streams at 2 chunks/s each for 5 minutes (20,000 chunks/s
 //!   in all), worker in a subprocess: chunks/s, time to first chunk and per-chunk latency
 //!   (p50/p99), both processes' RSS at start and end, Redis connections, errors. Only on
-//!   request (`-- soak`); `-- soak quick` holds 1,000 streams for 20 s, and `streams=N`
-//!   holds N instead.
+//!   request (`-- soak`); `-- soak quick` holds 1,000 streams for 20 s, `streams=N` holds N
+//!   instead and `secs=S` holds them for S seconds.
 //!
 //! `cargo bench -p loom-redis --bench remote_stream` (add `-- quick` for a short run, and
 //! `throughput`, `latency`, `scale` or `soak` to run only those). With `cluster` every figure
@@ -931,14 +931,13 @@ fn main() {
             scale(&server, if quick { 1000 } else { 10_000 }).await;
         }
         if wants("soak") {
-            let streams = args
-                .iter()
-                .find_map(|a| a.strip_prefix("streams=")?.parse().ok());
-            if quick {
-                soak(&server, streams.unwrap_or(1000), 20).await;
-            } else {
-                soak(&server, streams.unwrap_or(10_000), 300).await;
-            }
+            let given = |name: &str| {
+                args.iter()
+                    .find_map(|a| a.strip_prefix(name)?.parse::<usize>().ok())
+            };
+            let (streams, secs) = if quick { (1000, 20) } else { (10_000, 300) };
+            let streams = given("streams=").unwrap_or(streams);
+            soak(&server, streams, given("secs=").map_or(secs, |s| s as u64)).await;
         }
     };
     rt.block_on(rt.spawn(body)).expect("bench task");

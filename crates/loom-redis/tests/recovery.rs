@@ -309,3 +309,35 @@ async fn an_abandoned_request_behind_many_live_ones_is_still_recovered() {
     assert_eq!(chunks[0].attempt, Some(2), "{chunks:?}");
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn a_worker_holding_more_runs_than_one_heartbeat_call_renews_keeps_every_one() {
+    let server = RedisServer::start();
+    let client = client(&server, fast_options()).await;
+    let probe = Arc::new(Probe::default());
+    // More runs than one renewal call, one XCLAIM or one XPENDING page takes: a page or a
+    // slice left out would stop runs as taken over, and a claim left out lets the idle
+    // worker below take them after the visibility timeout.
+    let runs = 300;
+    let busy = RunningWorker::with_concurrency(&client, &probe, runs);
+    let streams = futures::future::join_all((0..runs).map(|_| ticker(&client, 40, 100))).await;
+    within(30, async {
+        while (probe.starts.load(Ordering::SeqCst) as usize) < runs {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let idle = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+    // 4 s a run: over twice the 1.5 s visibility timeout.
+    let seen =
+        futures::future::join_all(streams.into_iter().map(|chunks| collect(60, chunks))).await;
+    for chunks in &seen {
+        assert_contract(chunks);
+        assert_eq!(starts(chunks).len(), 1, "{chunks:?}");
+        assert_eq!(chunks.len(), 42);
+        assert_eq!(chunks.last().unwrap().kind, ChunkType::Complete);
+    }
+    assert_eq!(probe.starts.load(Ordering::SeqCst) as usize, runs);
+    busy.stop().await;
+    idle.stop().await;
+}

@@ -33,7 +33,12 @@ use crate::worker::state::{Shared, Work};
 const READ_BLOCK: Duration = Duration::from_millis(500);
 
 /// How many `XAUTOCLAIM` calls one sweep may make on a queue that yields nothing claimable.
-const SCANS_PER_SWEEP: usize = 4;
+const SCANS_PER_SWEEP: usize = 16;
+
+/// The most requests one `XAUTOCLAIM` asks for. Redis looks at up to ten times as many
+/// pending entries in that one command, serving nobody else meanwhile: a worker with
+/// thousands of free slots scans a long pending list in several short calls, not one long one.
+const CLAIMS_PER_SCAN: usize = 100;
 
 /// One blocking read: its queues, where it connects on a cluster, and its connection once
 /// open.
@@ -263,7 +268,7 @@ impl Fetcher {
                     .arg(idle)
                     .arg(cursor)
                     .arg("COUNT")
-                    .arg(free - work.len())
+                    .arg((free - work.len()).min(CLAIMS_PER_SCAN))
                     .query_async(&mut conn)
                     .await?;
                 let Value::Array(mut parts) = reply else {

@@ -7,6 +7,10 @@
 //! stolen back), renews the streams' TTL, and reads their cancel keys (pub/sub delivers at
 //! most once). A run another worker took over, or whose lease holds another attempt's token,
 //! is stopped without writing.
+//!
+//! A worker may hold thousands of runs, and Redis serves nobody else while it runs one
+//! command: the beat renews up to [`PER_CALL`] runs of a bucket per script call, reads its
+//! pending list in pages and claims in slices of that size.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -16,8 +20,14 @@ use redis::Value;
 
 use crate::codec::{text, EntryId};
 use crate::error::Error;
-use crate::script::{self, RunKeys};
+use crate::keys::bucket;
+use crate::script::{self, Renewing};
 use crate::worker::state::{HeldRun, Shared};
+
+/// How many runs one renewal call renews, how many requests one `XCLAIM` names and how many
+/// entries one `XPENDING` page returns: each call stays well under a millisecond of Redis's
+/// time.
+const PER_CALL: usize = 256;
 
 /// Makes `owner` the run's lease holder: from here on only its publisher can write, and a
 /// writer of an attempt before it is fenced off.
@@ -138,33 +148,12 @@ async fn refresh(shared: &Shared) -> Result<(), Error> {
                 .push(waiting.entry.to_string());
         }
     }
-    let keys = shared.client.keys();
-    let options = shared.client.options();
-    let lease_ms = options.lease_ttl.as_millis() as u64;
-    let ttl = options.stream_ttl.as_secs();
-    // One script per run, sent together on the multiplexed connection.
-    let renewals = futures::future::join_all(refreshed.iter().map(|run| {
-        let mut conn = shared.client.conn();
-        let (lease, stream, cancel) = (
-            keys.lease(&run.run_id),
-            keys.stream(&run.run_id),
-            keys.cancel(&run.run_id),
-        );
-        async move {
-            let keys = RunKeys {
-                stream: &stream,
-                lease: &lease,
-                cancel: &cancel,
-            };
-            script::renew(&mut conn, keys, &run.owner, lease_ms, ttl).await
-        }
-    }))
-    .await;
-    let renewals = renewals.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let renewals = renew_all(shared, &refreshed).await;
     {
         let active = shared.active();
         for (run, renewal) in refreshed.into_iter().zip(renewals) {
-            let Some(active) = active.get(&run.run_id) else {
+            // Not renewed this beat (Redis refused or did not answer): tried again next beat.
+            let (Some(active), Some(renewal)) = (active.get(&run.run_id), renewal) else {
                 continue;
             };
             if !renewal.renewed {
@@ -186,58 +175,144 @@ async fn refresh(shared: &Shared) -> Result<(), Error> {
     claim_to_self(shared, claims, None).await
 }
 
+/// Renews the leases and stream TTLs of `runs` and reads their cancel keys, [`PER_CALL`] runs
+/// of one bucket (one slot on a cluster) per script call, the calls sent together. Returns
+/// what it found for each run, in order; `None` for a run it could not renew this beat.
+///
+/// A call that fails is tried again one run at a time: while a cluster moves a bucket's slot,
+/// a call naming keys on both sides is refused (`TRYAGAIN`) where most of its runs alone are
+/// not.
+async fn renew_all(shared: &Shared, runs: &[&HeldRun]) -> Vec<Option<script::Renewal>> {
+    let keys = shared.client.keys();
+    let options = shared.client.options();
+    let lease_ms = options.lease_ttl.as_millis() as u64;
+    let ttl = options.stream_ttl.as_secs();
+    let run_keys: Vec<[String; 3]> = runs
+        .iter()
+        .map(|run| {
+            [
+                keys.lease(&run.run_id),
+                keys.stream(&run.run_id),
+                keys.cancel(&run.run_id),
+            ]
+        })
+        .collect();
+    let renew = |ats: &[usize]| {
+        let part: Vec<Renewing> = ats
+            .iter()
+            .map(|&at| {
+                let [lease, stream, cancel] = &run_keys[at];
+                Renewing {
+                    lease,
+                    stream,
+                    cancel,
+                    owner: &runs[at].owner,
+                }
+            })
+            .collect();
+        let mut conn = shared.client.conn();
+        async move { script::renew(&mut conn, &part, lease_ms, ttl).await }
+    };
+    let mut by_bucket: HashMap<usize, Vec<usize>> = HashMap::new();
+    for (at, run) in runs.iter().enumerate() {
+        by_bucket.entry(bucket(&run.run_id)).or_default().push(at);
+    }
+    // One run alone: what it found, or `None` (logged) when it failed too.
+    let one = |at: usize| async move {
+        match renew(&[at]).await {
+            Ok(mut renewal) => (at, renewal.pop()),
+            Err(e) => {
+                tracing::warn!(run_id = %runs[at].run_id, error = %e, "could not renew the run's lease this beat");
+                (at, None)
+            }
+        }
+    };
+    let calls = by_bucket
+        .values()
+        .flat_map(|ats| ats.chunks(PER_CALL))
+        .map(|ats| async move {
+            match renew(ats).await {
+                Ok(renewals) => ats.iter().copied().zip(renewals.into_iter().map(Some)).collect(),
+                Err(e) => {
+                    tracing::debug!(error = %e, runs = ats.len(), "a renewal call failed; renewing its runs one by one");
+                    futures::future::join_all(ats.iter().map(|&at| one(at))).await
+                }
+            }
+        });
+    let mut found = vec![None; runs.len()];
+    for (at, renewal) in futures::future::join_all(calls).await.into_iter().flatten() {
+        found[at] = renewal;
+    }
+    found
+}
+
 /// Claims `entries` of each queue for this worker again (`XCLAIM … JUSTID`), which resets
-/// their idle time, or sets it to `idle` ms. One command per queue, all sent at once: the
-/// queues may live on different nodes of a cluster.
+/// their idle time, or sets it to `idle` ms. [`PER_CALL`] entries per command, all sent at
+/// once: the queues may live on different nodes of a cluster.
 async fn claim_to_self(
     shared: &Shared,
     entries: HashMap<&str, Vec<String>>,
     idle: Option<u64>,
 ) -> Result<(), Error> {
-    let claims = entries.into_iter().map(|(queue, ids)| {
-        let mut cmd = redis::cmd("XCLAIM");
-        cmd.arg(queue)
-            .arg(shared.group())
-            .arg(&shared.name)
-            .arg(0)
-            .arg(ids);
-        if let Some(idle) = idle {
-            cmd.arg("IDLE").arg(idle);
-        }
-        cmd.arg("JUSTID");
-        let mut conn = shared.client.conn();
-        async move { cmd.query_async::<()>(&mut conn).await }
+    let claims = entries.iter().flat_map(|(queue, ids)| {
+        ids.chunks(PER_CALL).map(move |ids| {
+            let mut cmd = redis::cmd("XCLAIM");
+            cmd.arg(queue)
+                .arg(shared.group())
+                .arg(&shared.name)
+                .arg(0)
+                .arg(ids);
+            if let Some(idle) = idle {
+                cmd.arg("IDLE").arg(idle);
+            }
+            cmd.arg("JUSTID");
+            let mut conn = shared.client.conn();
+            async move { cmd.query_async::<()>(&mut conn).await }
+        })
     });
     futures::future::try_join_all(claims).await?;
     Ok(())
 }
 
-/// The entries of `queue` in this worker's pending list.
+/// The entries of `queue` in this worker's pending list, read [`PER_CALL`] at a time.
 async fn pending_of(
     shared: &Shared,
     conn: &mut crate::conn::Conn,
     queue: &str,
 ) -> Result<Vec<QueuedEntry>, Error> {
-    let pending: Value = redis::cmd("XPENDING")
-        .arg(queue)
-        .arg(shared.group())
-        .arg("-")
-        .arg("+")
-        .arg(100_000)
-        .arg(&shared.name)
-        .query_async(conn)
-        .await?;
     let mut mine = Vec::new();
-    if let Value::Array(items) = pending {
+    let mut from = "-".to_owned();
+    loop {
+        let page: Value = redis::cmd("XPENDING")
+            .arg(queue)
+            .arg(shared.group())
+            .arg(&from)
+            .arg("+")
+            .arg(PER_CALL)
+            .arg(&shared.name)
+            .query_async(conn)
+            .await?;
+        let Value::Array(items) = page else {
+            return Err(Error::UnexpectedReply(format!(
+                "XPENDING answered {page:?}"
+            )));
+        };
+        let full = items.len() == PER_CALL;
+        let mut last = None;
         for item in items {
-            if let Value::Array(fields) = item {
-                if let Some(id) = fields.first().and_then(text).and_then(|s| s.parse().ok()) {
-                    mine.push(QueuedEntry::new(queue, id));
-                }
+            let Value::Array(fields) = item else { continue };
+            let id: Option<EntryId> = fields.first().and_then(text).and_then(|s| s.parse().ok());
+            if let Some(id) = id {
+                mine.push(QueuedEntry::new(queue, id));
+                last = Some(id);
             }
         }
+        match last {
+            // The next page starts after the last entry of this one.
+            Some(last) if full => from = format!("({last}"),
+            _ => return Ok(mine),
+        }
     }
-    Ok(mine)
 }
 
 /// Stops the runs still going after the shutdown grace and makes their requests (and those

@@ -821,6 +821,7 @@ async fn soak(server: &Target, streams: usize, secs: u64) {
             let mut expected = 0;
             while let Some(chunk) = chunks.next().await {
                 if chunk.seq != expected {
+                    seen.failed = Some("a gap or a repeat".to_owned());
                     return seen; // a gap or a repeat: not ok
                 }
                 expected += 1;
@@ -834,6 +835,9 @@ async fn soak(server: &Target, streams: usize, secs: u64) {
                         seen.data(asked.elapsed(), wall_ns().saturating_sub(t) / 1000);
                     }
                     loom_core::ChunkType::Complete => seen.ok = true,
+                    loom_core::ChunkType::Error => {
+                        seen.failed = chunk.error.as_ref().map(|e| format!("{:?}", e.code));
+                    }
                     _ => {}
                 }
             }

@@ -123,6 +123,9 @@ struct Inner {
     keys: Keys,
     options: ClientOptions,
     hub: OnceCell<Hub>,
+    /// The writers' shared connection, opened at the first batch that needs it (see
+    /// [`Client::writers_conn`]).
+    writers_conn: OnceCell<Conn>,
     /// Writers' connections between two batches (see [`Client::writer_wire`]).
     idle_writers: Mutex<Vec<WriterWire>>,
     /// One permit for each writer connection open, idle or busy: at most
@@ -135,7 +138,7 @@ struct Inner {
 
 /// The most connections a client's writers keep open: a batch takes one only while its reply
 /// is outstanding, so what it bounds is the connections, however many runs write. A batch
-/// that finds them all busy goes through the shared connection.
+/// that finds them all busy goes through the writers' shared connection.
 pub const WRITER_CONNECTIONS: usize = 32;
 
 /// A writer's own connection, holding its place among the client's [`WRITER_CONNECTIONS`]
@@ -190,12 +193,7 @@ impl Client {
             .collect::<Result<Vec<_>, _>>()?;
         let (topology, conn) = match <[redis::Client; 1]>::try_from(nodes) {
             Ok([redis]) => {
-                let config = ConnectionManagerConfig::new()
-                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
-                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                    .set_number_of_retries(3)
-                    .set_max_delay(Duration::from_secs(2));
-                let mut conn = redis.get_connection_manager_with_config(config).await?;
+                let mut conn = managed(&redis).await?;
                 // A server that wants a password answers commands, not the connection, with
                 // NOAUTH.
                 redis::cmd("PING").exec_async(&mut conn).await?;
@@ -220,6 +218,7 @@ impl Client {
                 keys,
                 options,
                 hub: OnceCell::new(),
+                writers_conn: OnceCell::new(),
                 idle_writers: Mutex::new(Vec::new()),
                 writer_permits: Arc::new(Semaphore::new(WRITER_CONNECTIONS)),
                 writer_nodes: Mutex::new(HashMap::new()),
@@ -284,7 +283,7 @@ impl Client {
     /// An idle one if there is one; else a new one, named `loom-writer` where the server
     /// allows it, while fewer than [`WRITER_CONNECTIONS`] are open (when they all are and one
     /// is idle but reaches another node, that one is closed for it). `None` when they are all
-    /// busy: the batch goes through the shared connection.
+    /// busy: the batch goes through the writers' shared connection.
     ///
     /// [`writer_moved`]: Self::writer_moved
     pub(crate) async fn writer_wire(&self, key: &str) -> Result<Option<WriterWire>, Error> {
@@ -359,6 +358,27 @@ impl Client {
         self.inner.conn.clone()
     }
 
+    /// A clone of the writers' shared connection, for batches that find every writer
+    /// connection busy, and on a cluster for writers whose own connection failed: a
+    /// multiplexed connection like the shared one, but another, so that a flood of writes
+    /// never holds up the commands on the shared one (a worker's heartbeat, which must renew
+    /// its leases in time, and the readers').
+    pub(crate) async fn writers_conn(&self) -> Result<Conn, Error> {
+        let conn = self
+            .inner
+            .writers_conn
+            .get_or_try_init(|| async {
+                Ok::<_, Error>(match &self.inner.topology {
+                    Topology::Single(redis) => Conn::Managed(managed(redis).await?),
+                    Topology::Cluster(nodes) => {
+                        Conn::Cluster(Topology::cluster(nodes, RESPONSE_TIMEOUT).await?)
+                    }
+                })
+            })
+            .await?;
+        Ok(conn.clone())
+    }
+
     /// A new dedicated connection for a blocking command that may take up to `block`, on a
     /// cluster where `reach` points.
     pub(crate) async fn dedicated(&self, block: Duration, reach: &Reach) -> Result<Wire, Error> {
@@ -401,6 +421,16 @@ impl Client {
 
 /// Connects to the cluster that `nodes` belong to, and learns all its nodes (for pub/sub,
 /// which must survive the loss of the node it was given).
+/// A single server's shared connection: multiplexed, reconnecting with backoff.
+async fn managed(redis: &redis::Client) -> Result<redis::aio::ConnectionManager, Error> {
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_number_of_retries(3)
+        .set_max_delay(Duration::from_secs(2));
+    Ok(redis.get_connection_manager_with_config(config).await?)
+}
+
 async fn connect_cluster(mut nodes: Vec<redis::Client>) -> Result<(Topology, Conn), Error> {
     let mut conn = Topology::cluster(&nodes, RESPONSE_TIMEOUT).await?;
     let listing: String = redis::cmd("CLUSTER")

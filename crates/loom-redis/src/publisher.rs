@@ -10,10 +10,11 @@
 //! it is answered, so a chunk on its way from an actor's `yield` to Redis wakes no other task
 //! (docs/performance.md says what that saved). A client keeps at most
 //! [`WRITER_CONNECTIONS`](crate::WRITER_CONNECTIONS) of them, however many runs it writes: a
-//! batch that finds them all busy goes through the shared connection. On a cluster a batch's
-//! connection goes to the master of the run's slot, as the last `MOVED` for it named; when it
-//! fails the run goes on through the client's cluster connection, which follows failovers and
-//! slot moves itself.
+//! batch that finds them all busy goes through the writers' shared (multiplexed) connection,
+//! not the client's shared one, where a flood of writes would hold up the worker's heartbeat
+//! and the readers. On a cluster a batch's connection goes to the master of the run's slot, as
+//! the last `MOVED` for it named; when it fails the run goes on through the writers' cluster
+//! connection, which follows failovers and slot moves itself.
 //!
 //! **Bounded memory.** `XADD` does not depend on readers, so a slow or vanished reader never
 //! slows the writer; and at most [`PUBLISH_BUFFER`] chunks wait for the next batch, so when
@@ -268,7 +269,7 @@ impl Writer {
     /// One try of [`send`](Self::send), on a connection of the writer's own (see
     /// [`write_own`](Self::write_own)) until that fails on a cluster; then, and for a try a
     /// `MOVED` sent elsewhere or that found every writer connection busy, through the
-    /// client's shared connection (on a cluster its cluster connection, which follows slot
+    /// writers' shared connection (on a cluster a cluster connection, which follows slot
     /// moves and failovers itself).
     async fn write_once(
         &mut self,
@@ -290,7 +291,7 @@ impl Writer {
                 }
             }
         }
-        let mut conn = self.client.conn();
+        let mut conn = self.client.writers_conn().await?;
         script::write_batch(&mut conn, &self.keys, &self.owner, ttl, terminal, batch).await
     }
 

@@ -49,6 +49,8 @@ pub struct Seen {
     pub latencies: Vec<u32>,
     /// Whether it ended with `complete`, every `seq` in order.
     pub ok: bool,
+    /// What ended it otherwise, when known: an `error` chunk's code, a gap or a repeat.
+    pub failed: Option<String>,
 }
 
 impl Seen {
@@ -92,4 +94,12 @@ pub fn report(seen: &[Seen], count: u64, started: Duration, took: Duration) {
     println!("time to first chunk {}", p50_p99(&firsts));
     println!("per-chunk latency {}", p50_p99(&latencies));
     println!("errors (a stream not complete, short, gapped or repeated): {errors}");
+    let mut why = std::collections::BTreeMap::new();
+    for s in seen.iter().filter(|s| !s.ok || s.chunks != count) {
+        let what = s.failed.as_deref().unwrap_or("short or unfinished");
+        *why.entry(what).or_insert(0) += 1;
+    }
+    if !why.is_empty() {
+        println!("errors by what ended them: {why:?}");
+    }
 }

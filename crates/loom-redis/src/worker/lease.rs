@@ -25,8 +25,7 @@ use crate::script::{self, Renewing};
 use crate::worker::state::{HeldRun, Shared};
 
 /// How many runs one renewal call renews, how many requests one `XCLAIM` names and how many
-/// entries one `XPENDING` page returns: each call stays well under a millisecond of Redis's
-/// time.
+/// entries one `XPENDING` page returns: each call costs Redis well under a millisecond.
 const PER_CALL: usize = 256;
 
 /// Makes `owner` the run's lease holder: from here on only its publisher can write, and a

@@ -130,16 +130,25 @@ impl Target {
         total
     }
 
-    /// Client connections the redis-servers have now: those of writers (`loom-writer`, here
-    /// only the worker subprocess's) and the others.
-    async fn connections(&self) -> Conns {
-        let mut total = Conns::default();
+    /// The connections to the redis-servers now: this (reading) process's and the worker
+    /// subprocess `worker`'s, from `/proc`, and those named `loom-writer` (only the worker's
+    /// writers), from `CLIENT LIST`.
+    async fn connections(&self, worker: u32) -> Conns {
+        let ports: Vec<u16> = self.ports.iter().filter_map(|p| p.parse().ok()).collect();
+        // Counted before this process opens its own connections for `CLIENT LIST`.
+        let (reader, worker) = (
+            tcp_connections(std::process::id(), &ports),
+            tcp_connections(worker, &ports),
+        );
+        let mut writers = 0;
         for mut conn in self.nodes().await {
-            let node = connections(&mut conn).await;
-            total.writers += node.writers;
-            total.others += node.others;
+            writers += writer_connections(&mut conn).await;
         }
-        total
+        Conns {
+            reader,
+            worker,
+            writers,
+        }
     }
 
     /// A command connection of the redis crate's own: plain, or its cluster client.
@@ -295,39 +304,79 @@ async fn redis_cpu(conn: &mut redis::aio::MultiplexedConnection) -> Duration {
     Duration::from_secs_f64(secs)
 }
 
-/// Client connections of a server, writers' and the others.
+/// Connections to Redis: the reading process's, the worker's, and of the worker's those of
+/// its own writers.
 #[derive(Debug, Default, Clone, Copy)]
 struct Conns {
+    reader: usize,
+    worker: usize,
     writers: usize,
-    others: usize,
 }
 
 impl Conns {
-    /// What the reading process opened since `before` (taken with the worker running: its
-    /// writers are counted apart), and the worker's writer connections now.
-    fn report(self, before: Conns) {
+    fn report(self) {
         println!(
-            "Redis connections used by the reading process: {}; the worker's writer connections: {}",
-            self.others.saturating_sub(before.others),
-            self.writers
+            "Redis connections: the reading process {}; the worker {}, of them {} its writers' own",
+            self.reader, self.worker, self.writers
         );
     }
 }
 
-async fn connections(conn: &mut redis::aio::MultiplexedConnection) -> Conns {
+/// The connections named `loom-writer` a server has.
+async fn writer_connections(conn: &mut redis::aio::MultiplexedConnection) -> usize {
     let list: String = redis::cmd("CLIENT")
         .arg("LIST")
         .query_async(conn)
         .await
         .unwrap_or_default();
-    let writers = list
-        .lines()
+    list.lines()
         .filter(|l| l.contains(" name=loom-writer "))
-        .count();
-    Conns {
-        writers,
-        others: list.lines().count() - writers,
-    }
+        .count()
+}
+
+/// Established TCP connections of process `pid` to any of `ports`: its sockets (`/proc/<pid>/fd`)
+/// looked up in `/proc/<pid>/net/tcp` and `tcp6`.
+fn tcp_connections(pid: u32, ports: &[u16]) -> usize {
+    let sockets: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy();
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_owned(),
+            )
+        })
+        .collect();
+    ["tcp", "tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .map(|line| {
+                    line.split_whitespace()
+                        .map(str::to_owned)
+                        .collect::<Vec<_>>()
+                })
+                .collect::<Vec<_>>()
+        })
+        .filter(|cols| {
+            // sl, local address, remote address (hex ip:port), state (01: established), …, inode
+            let port = cols
+                .get(2)
+                .and_then(|remote| remote.rsplit_once(':'))
+                .and_then(|(_, port)| u16::from_str_radix(port, 16).ok());
+            cols.get(3).map(String::as_str) == Some("01")
+                && port.is_some_and(|p| ports.contains(&p))
+                && cols.get(9).is_some_and(|inode| sockets.contains(inode))
+        })
+        .count()
 }
 
 /// `redis-benchmark -c 1 -P 16` XADD against the node owning its key (on a cluster the others
@@ -741,7 +790,7 @@ async fn bare_handoff(server: &Target, count: u64, fenced: bool) -> Vec<Duration
 async fn scale(server: &Target, streams: usize) {
     println!("## scale: {streams} concurrent remote streams read by one process");
     let prefix = "bench-scale:";
-    let (mut worker, before_conns) = worker_process(server, prefix, streams).await;
+    let mut worker = worker_process(server, prefix, streams).await;
     let before_rss = rss_kib();
 
     let reader = Client::connect_with(server.url(), options(prefix))
@@ -766,7 +815,7 @@ async fn scale(server: &Target, streams: usize) {
     .await;
     assert!(firsts.iter().all(|ok| *ok));
     let ready = start.elapsed();
-    let conns = server.connections().await;
+    let conns = server.connections(worker.id()).await;
     let rss = rss_kib().saturating_sub(before_rss);
     let ends = futures::future::join_all(live.into_iter().map(|mut c| async move {
         let mut last = None;
@@ -783,7 +832,7 @@ async fn scale(server: &Target, streams: usize) {
         "all {streams} streams live after {:.2} s",
         ready.as_secs_f64()
     );
-    conns.report(before_conns);
+    conns.report();
     println!(
         "reading process RSS delta: {} KiB ({:.1} KiB per stream)",
         rss,
@@ -796,7 +845,7 @@ async fn soak(server: &Target, streams: usize, secs: u64) {
     let rate = 2;
     println!("## soak: {streams} remote streams at {rate} chunks/s each for {secs} s");
     let prefix = "bench-soak:";
-    let (mut worker, before_conns) = worker_process(server, prefix, streams).await;
+    let mut worker = worker_process(server, prefix, streams).await;
     let worker_pid = worker.id();
     let reader = Client::connect_with(server.url(), options(prefix))
         .await
@@ -847,7 +896,7 @@ async fn soak(server: &Target, streams: usize, secs: u64) {
     let started = start.elapsed();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (reader_start, worker_start) = (mib(rss_kib()), mib(rss_kib_of(worker_pid)));
-    let conns = server.connections().await;
+    let conns = server.connections(worker_pid).await;
     // RSS after a minute, and again near the end, while the streams are still live.
     tokio::time::sleep(Duration::from_secs(secs.saturating_sub(10).min(55))).await;
     let (reader_minute, worker_minute) = (mib(rss_kib()), mib(rss_kib_of(worker_pid)));
@@ -864,16 +913,12 @@ async fn soak(server: &Target, streams: usize, secs: u64) {
     println!(
         "RSS (5 s -> 60 s -> end): reader {reader_start:.1} -> {reader_minute:.1} -> {reader_end:.1} MiB, worker {worker_start:.1} -> {worker_minute:.1} -> {worker_end:.1} MiB"
     );
-    conns.report(before_conns);
+    conns.report();
 }
 
-/// A worker subprocess (this binary, `--worker`) with `concurrency` slots, and how many
-/// connections Redis had once the worker was up.
-async fn worker_process(
-    server: &Target,
-    prefix: &str,
-    concurrency: usize,
-) -> (std::process::Child, Conns) {
+/// A worker subprocess (this binary, `--worker`) with `concurrency` slots, given a second to
+/// start.
+async fn worker_process(server: &Target, prefix: &str, concurrency: usize) -> std::process::Child {
     let exe = std::env::current_exe().expect("own path");
     let worker = Command::new(exe)
         .args(["--worker", server.url(), prefix, &concurrency.to_string()])
@@ -881,8 +926,7 @@ async fn worker_process(
         .spawn()
         .expect("start the worker process");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = server.connections().await;
-    (worker, before)
+    worker
 }
 
 async fn run_worker(url: &str, prefix: &str, concurrency: usize) {

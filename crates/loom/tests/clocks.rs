@@ -6,6 +6,7 @@
 mod redis_server;
 mod support;
 
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,8 +14,20 @@ use redis_server::RedisServer;
 use serde_json::Value;
 use support::*;
 
+/// A process that leads a process group of its own, killed with the whole group when
+/// dropped: `faketime` runs `loom` as its child, which killing `faketime` alone leaves
+/// running.
+struct Group(Process);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.0 .0.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+    }
+}
+
 /// `loom worker --redis URL` under `faketime -f <offset>`, ready once it says it serves.
-fn skewed_worker(redis: &RedisServer, offset: &str) -> Process {
+fn skewed_worker(redis: &RedisServer, offset: &str) -> Group {
     let mut command = Command::new("faketime");
     command
         .args([
@@ -28,8 +41,9 @@ fn skewed_worker(redis: &RedisServer, offset: &str) -> Process {
         .env_remove("OPENAI_BASE_URL")
         .env_remove("OPENAI_API_KEY")
         .env_remove("LOOM_REDIS_URL")
-        .stdin(Stdio::null());
-    spawn_ready(command, "loom: worker serving").0
+        .stdin(Stdio::null())
+        .process_group(0);
+    Group(spawn_ready(command, "loom: worker serving").0)
 }
 
 /// The chunks of `loom actor run batch` through Redis with `input` and `--timeout`, and how long

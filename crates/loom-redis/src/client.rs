@@ -419,8 +419,6 @@ impl Client {
     }
 }
 
-/// Connects to the cluster that `nodes` belong to, and learns all its nodes (for pub/sub,
-/// which must survive the loss of the node it was given).
 /// A single server's shared connection: multiplexed, reconnecting with backoff.
 async fn managed(redis: &redis::Client) -> Result<redis::aio::ConnectionManager, Error> {
     let config = ConnectionManagerConfig::new()
@@ -431,6 +429,8 @@ async fn managed(redis: &redis::Client) -> Result<redis::aio::ConnectionManager,
     Ok(redis.get_connection_manager_with_config(config).await?)
 }
 
+/// Connects to the cluster that `nodes` belong to, and learns all its nodes (for pub/sub,
+/// which must survive the loss of the node it was given).
 async fn connect_cluster(mut nodes: Vec<redis::Client>) -> Result<(Topology, Conn), Error> {
     let mut conn = Topology::cluster(&nodes, RESPONSE_TIMEOUT).await?;
     let listing: String = redis::cmd("CLUSTER")

@@ -150,7 +150,6 @@ pub(crate) fn write_chunk_fields<W: ?Sized + RedisWrite>(out: &mut W, chunk: &St
     }
 }
 
-/// Writes `n` in decimal as one argument.
 /// Writes `id` as one command argument, without a `String` of its own.
 pub(crate) fn write_entry_id<W: ?Sized + RedisWrite>(out: &mut W, id: EntryId) {
     use std::io::Write;
@@ -158,6 +157,7 @@ pub(crate) fn write_entry_id<W: ?Sized + RedisWrite>(out: &mut W, id: EntryId) {
     let _ = write!(out.writer_for_next_arg(), "{id}");
 }
 
+/// Writes `n` in decimal as one argument.
 fn write_number<W: ?Sized + RedisWrite>(out: &mut W, n: u64) {
     use std::io::Write;
     // Writing into the argument's `Vec` cannot fail.

@@ -9,15 +9,15 @@
 //! command is presized and the chunks' fields are written straight into it.
 //!
 //! The scripts read a run's last entry through one shared Lua function ([`LAST_ENTRY`]); it is
-//! the crate's only `XREVRANGE … COUNT 1`. Every script touches only keys of one run, which
-//! share its hash tag, so they also work on a cluster.
+//! the crate's only `XREVRANGE … COUNT 1`. The keys of each call share one hash tag (those of
+//! one bucket of runs, `keys.rs`, or the actors key alone), so they also work on a cluster.
 //!
 //! | script | keys | used by |
 //! |---|---|---|
 //! | [`write_batch`] | stream, lease, bell | the publisher: append a batch while the lease is ours |
 //! | [`end_run`] | stream, cancel, bell | a reader: end a run with `worker_lost`/`timeout` |
 //! | [`peek`] | stream, cancel | `tail`, and the worker before it starts a run |
-//! | [`renew`] | lease, stream, cancel | the worker's heartbeat |
+//! | [`renew`] | lease, stream, cancel of each of up to 256 runs of one bucket | the worker's heartbeat |
 //! | [`release`] | lease | the worker handing a run back |
 //! | [`keep_bells`] | bells | a reader waiting on its buckets' bells, keeping them (and their rings) alive |
 //! | [`advertise`], [`served`] | actors | the heartbeat marking actor types served; servers asking which are |

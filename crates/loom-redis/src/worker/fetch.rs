@@ -32,7 +32,7 @@ use crate::worker::state::{Shared, Work};
 /// dead workers' requests, so it is short.
 const READ_BLOCK: Duration = Duration::from_millis(500);
 
-/// How many `XAUTOCLAIM` calls one sweep may make on a queue that yields nothing claimable.
+/// How many `XAUTOCLAIM` calls that claim nothing one sweep may make on a queue.
 const SCANS_PER_SWEEP: usize = 16;
 
 /// The most requests one `XAUTOCLAIM` asks for. Redis looks at up to ten times as many
@@ -255,11 +255,11 @@ impl Fetcher {
         let mut conn = self.shared.client.conn();
         let mut work = Vec::new();
         for queue in &self.queues {
-            // A few scans per sweep: each looks at up to ten times COUNT pending entries.
-            for _ in 0..SCANS_PER_SWEEP {
-                if work.len() >= free {
-                    break;
-                }
+            // Scans until `free` requests are claimed or the pending list is read round; a
+            // scan that claims nothing counts against SCANS_PER_SWEEP (each looks at up to
+            // ten times COUNT pending entries).
+            let mut empty = 0;
+            while work.len() < free && empty < SCANS_PER_SWEEP {
                 let cursor = self.cursors.get(queue).map_or("0-0", String::as_str);
                 let reply: Value = redis::cmd("XAUTOCLAIM")
                     .arg(queue)
@@ -286,8 +286,11 @@ impl Fetcher {
                     .await;
                 let wrapped = next == "0-0";
                 self.cursors.insert(queue.clone(), next);
-                if claimed || wrapped {
+                if wrapped {
                     break;
+                }
+                if !claimed {
+                    empty += 1;
                 }
             }
         }

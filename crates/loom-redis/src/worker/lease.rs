@@ -178,9 +178,10 @@ async fn refresh(shared: &Shared) -> Result<(), Error> {
 /// of one bucket (one slot on a cluster) per script call, the calls sent together. Returns
 /// what it found for each run, in order; `None` for a run it could not renew this beat.
 ///
-/// A call that fails is tried again one run at a time: while a cluster moves a bucket's slot,
-/// a call naming keys on both sides is refused (`TRYAGAIN`) where most of its runs alone are
-/// not.
+/// A call a cluster refuses for where its keys are (`TRYAGAIN`, `ASK`, `CROSSSLOT`: it is
+/// moving the bucket's slot key by key) is tried again one run at a time, whose three keys are
+/// split far less often than a call's hundreds. Any other failure (Redis down or slow) leaves
+/// the call's runs for the next beat, logged once.
 async fn renew_all(shared: &Shared, runs: &[&HeldRun]) -> Vec<Option<script::Renewal>> {
     let keys = shared.client.keys();
     let options = shared.client.options();
@@ -232,9 +233,13 @@ async fn renew_all(shared: &Shared, runs: &[&HeldRun]) -> Vec<Option<script::Ren
         .map(|ats| async move {
             match renew(ats).await {
                 Ok(renewals) => ats.iter().copied().zip(renewals.into_iter().map(Some)).collect(),
-                Err(e) => {
-                    tracing::debug!(error = %e, runs = ats.len(), "a renewal call failed; renewing its runs one by one");
+                Err(e) if ats.len() > 1 && is_misplaced(&e) => {
+                    tracing::debug!(error = %e, runs = ats.len(), "a renewal call's keys are split; renewing its runs one by one");
                     futures::future::join_all(ats.iter().map(|&at| one(at))).await
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, runs = ats.len(), "could not renew these runs' leases this beat");
+                    ats.iter().map(|&at| (at, None)).collect()
                 }
             }
         });
@@ -243,6 +248,11 @@ async fn renew_all(shared: &Shared, runs: &[&HeldRun]) -> Vec<Option<script::Ren
         found[at] = renewal;
     }
     found
+}
+
+/// Whether a cluster refused a command for where its keys are, while their slot moves.
+fn is_misplaced(e: &Error) -> bool {
+    matches!(e, Error::Redis(e) if matches!(e.code(), Some("TRYAGAIN" | "ASK" | "CROSSSLOT")))
 }
 
 /// Claims `entries` of each queue for this worker again (`XCLAIM … JUSTID`), which resets

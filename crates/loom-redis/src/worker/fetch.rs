@@ -297,7 +297,8 @@ impl Fetcher {
         Ok(work)
     }
 
-    /// Turns claimed entries into work, with their attempt numbers.
+    /// Turns claimed entries into work, with their attempt numbers (their delivery counts,
+    /// looked up all at once: one round trip however many were claimed).
     async fn claim_entries(
         &self,
         conn: &mut Conn,
@@ -306,15 +307,18 @@ impl Fetcher {
         work: &mut Vec<Work>,
     ) {
         let group = self.shared.group();
-        for entry in entries {
+        let counts = join_all(entries.iter().map(|entry| {
+            let mut conn = conn.clone();
+            async move { delivery_count(&mut conn, queue, group, entry.id).await }
+        }))
+        .await;
+        for (entry, count) in entries.into_iter().zip(counts) {
             // Already claimed: losing it over the lookup would strand it for another
             // visibility timeout. A claimed request is at least a second attempt.
-            let attempt = delivery_count(conn, queue, group, entry.id)
-                .await
-                .unwrap_or_else(|e| {
-                    tracing::warn!(queue = %queue, entry = %entry.id, error = %e, "cannot read the delivery count; assuming attempt 2");
-                    2
-                });
+            let attempt = count.unwrap_or_else(|e| {
+                tracing::warn!(queue = %queue, entry = %entry.id, error = %e, "cannot read the delivery count; assuming attempt 2");
+                2
+            });
             tracing::info!(queue = %queue, entry = %entry.id, attempt, "re-running an abandoned request");
             work.push(Work {
                 queue: queue.to_owned(),

@@ -292,14 +292,22 @@ impl HubTask {
         let mut room = false;
         let mut from: HashMap<&str, EntryId> = HashMap::new();
         for sub in &mut self.subs {
-            let open = sub.tx.capacity() > 0;
+            let mut open = sub.tx.capacity() > 0;
+            if !open {
+                // Paused first, then looked at again: a reader that took its batches in
+                // between found the flag down and asked for nothing, so it is read now.
+                sub.paused.store(true, Ordering::Release);
+                open = sub.tx.capacity() > 0;
+                if open {
+                    sub.paused.store(false, Ordering::Release);
+                }
+            }
             room |= open;
             sub.in_round = open && (sweep || sub.dirty);
             if sub.in_round {
                 let at = from.entry(&sub.key).or_insert(sub.last);
                 *at = (*at).min(sub.last);
             } else if !open {
-                sub.paused.store(true, Ordering::Release);
                 // Read again, from where it stopped, once its reader has room.
                 sub.dirty = true;
             }

@@ -64,10 +64,14 @@ const BUCKET_TAGS: [&str; BUCKETS] = [
 /// The bucket of run (or name) `id`: FNV-1a of its bytes, modulo [`BUCKETS`]. Every party
 /// computes the same, so it is part of the layout.
 pub(crate) fn bucket(id: &str) -> usize {
-    let hash = id.bytes().fold(0x811c_9dc5_u32, |h, b| {
+    fnv1a(id) as usize % BUCKETS
+}
+
+/// The 32-bit FNV-1a hash of `id`: stable across processes and versions, unlike std's.
+fn fnv1a(id: &str) -> u32 {
+    id.bytes().fold(0x811c_9dc5_u32, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    });
-    hash as usize % BUCKETS
+    })
 }
 
 /// The longest accepted actor type name or id, in bytes: ids are 36-byte UUIDs, and a bound
@@ -245,7 +249,8 @@ impl Keys {
 
     /// The queue a request of run `run_id` for `actor_type` goes to, of `shards` shards.
     pub fn queue_for(&self, actor_type: &str, run_id: &str, shards: u16) -> String {
-        let shard = bucket(run_id) % usize::from(shards.max(1));
+        // The whole hash, not the bucket: there are more shards than buckets allowed.
+        let shard = fnv1a(run_id) as usize % usize::from(shards.max(1));
         self.queue(actor_type, shard as u16)
     }
 
@@ -318,6 +323,17 @@ mod tests {
             Some(format!("x:stream:{{{tag}}}:a"))
         );
         assert!(Keys::new("bad{").is_err());
+    }
+
+    #[test]
+    fn requests_spread_over_every_shard_even_past_the_number_of_buckets() {
+        let keys = Keys::default();
+        for shards in [3u16, 16, 64, 1024] {
+            let used: std::collections::HashSet<String> = (0..20_000)
+                .map(|i| keys.queue_for("chat", &format!("run-{i}"), shards))
+                .collect();
+            assert_eq!(used.len(), usize::from(shards), "{shards} shards");
+        }
     }
 
     #[test]

@@ -35,8 +35,9 @@ use crate::codec::{chunk_field_count, write_chunk_fields, write_entry_id, EntryI
 use crate::error::Error;
 use crate::keys::{CancelReason, BELL_LEN};
 
-/// `last_entry(key)`: the id of the stream's last entry, whether it is terminal, and its
-/// `seq` if that is a plain decimal number; nothing for an empty or missing stream.
+/// `last_entry(key)`: the id of the stream's last entry, whether it is terminal, its `seq` if
+/// that is a plain decimal number, and its `field value …` list; nothing for an empty or
+/// missing stream.
 const LAST_ENTRY: &str = r#"
 local function last_entry(key)
   local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
@@ -47,7 +48,7 @@ local function last_entry(key)
     if f[i] == 'type' then t = f[i + 1] elseif f[i] == 'seq' then s = f[i + 1] end
   end
   if s and not string.match(s, '^%d+$') then s = nil end
-  return last[1][1], (t == 'complete' or t == 'error'), s
+  return last[1][1], (t == 'complete' or t == 'error'), s, f
 end
 "#;
 
@@ -148,14 +149,35 @@ return ids
 /// [`ring`]). The id comes ready-made: formatting it in Lua cost Redis more per chunk than
 /// passing it (about 0.5 µs of 4.4, `XADD` included).
 ///
-/// The stream's last entry is read only when the batch's first `XADD` is refused because its
-/// id (its `seq`) is taken, which happens only when the stream already has this batch (a retry
-/// after a lost reply: `written`) or a terminal chunk written from outside (`ended`). Within a
-/// batch the ids grow, so once the first `XADD` is in, the others go in too.
+/// A batch is refused when the lease is not its owner's or its first `XADD` finds the id (the
+/// `seq`) taken; then the stream's last entry says why. When that entry is the batch's own
+/// last chunk, the same id and the same fields, this very batch is already in: a retry after
+/// a lost reply (`written`; the lease may be gone because that batch ended the run).
+/// Otherwise the stream ended (`ended`: a terminal written from outside, maybe at that very
+/// `seq`) or another attempt wrote there (`fenced`) — never taken for this batch, whose
+/// chunks would then be lost. Within a batch the ids grow, so once the first `XADD` is in,
+/// the others go in too.
 static WRITE: LazyLock<Lua> = LazyLock::new(|| {
     with_last_entry(&format!(
         r#"
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 'fenced' end
+local function refused()
+  local at, i = 4, 4
+  while i <= #ARGV do
+    at = i
+    i = i + tonumber(ARGV[i]) + 1
+  end
+  local id, terminal, _, fields = last_entry(KEYS[1])
+  if id == ARGV[at + 1] and #fields == tonumber(ARGV[at]) - 1 then
+    local same = true
+    for k = 1, #fields do
+      if fields[k] ~= ARGV[at + 1 + k] then same = false break end
+    end
+    if same then return 'written' end
+  end
+  if terminal then return 'ended' end
+  return 'fenced'
+end
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return refused() end
 local i = 4
 local argc = #ARGV
 while i <= argc do
@@ -164,10 +186,7 @@ while i <= argc do
   if type(added) == 'table' and added.err then
     -- Any other refusal (out of memory, a wrong type) is the caller's error.
     if i > 4 or not string.find(added.err, 'equal or smaller', 1, true) then return added end
-    local id, terminal = last_entry(KEYS[1])
-    if terminal then return 'ended' end
-    if id then return 'written' end
-    return added
+    return refused()
   end
   i = i + n + 1
 end
@@ -201,11 +220,15 @@ return new
     ))
 });
 
-/// KEYS: stream, cancel. Returns `{last id, 1 if terminal else 0, last seq, cancel value,
-/// Redis's time in ms}`.
+/// KEYS: stream, cancel, and the lease when taking it. ARGV, when taking the lease: the owner
+/// token, the lease in ms. Returns `{last id, 1 if terminal else 0, last seq, cancel value,
+/// Redis's time in ms}`, read after the lease is taken: an earlier attempt that still writes
+/// is fenced off from then on, so the last entry it returns stays the last of the attempts
+/// before, and the new one's `seq`s follow it.
 static PEEK: LazyLock<Lua> = LazyLock::new(|| {
     with_last_entry(&format!(
         r#"{NOW_MS}
+if KEYS[3] then redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2]) end
 local id, terminal, seq = last_entry(KEYS[1])
 return {{id or false, terminal and 1 or 0, seq or false, redis.call('GET', KEYS[2]), string.format('%d', now_ms())}}
 "#
@@ -357,21 +380,37 @@ pub(crate) struct Peek {
     pub(crate) now_ms: u64,
 }
 
-/// Reads the last entry of `stream` and the value of `cancel`, in one round trip.
+/// A run's lease to take: the key, the attempt's owner token, for how long.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Take<'a> {
+    pub(crate) lease: &'a str,
+    pub(crate) owner: &'a str,
+    pub(crate) lease_ms: u64,
+}
+
+/// Reads the last entry of `stream` and the value of `cancel`, in one round trip; with
+/// `take`, after setting that lease (see [`PEEK`]).
 pub(crate) async fn peek(
     conn: &mut impl ConnectionLike,
     stream: &str,
     cancel: &str,
+    take: Option<Take<'_>>,
 ) -> Result<Peek, Error> {
+    let cmd = match take {
+        None => PEEK.call(&[stream, cancel], 0, 0),
+        Some(take) => {
+            let mut cmd = PEEK.call(&[stream, cancel, take.lease], 2, take.owner.len() + 20);
+            cmd.arg(take.owner).arg(take.lease_ms);
+            cmd
+        }
+    };
     let (id, terminal, seq, reason, now): (
         Option<String>,
         i64,
         Option<String>,
         Option<String>,
         String,
-    ) = PEEK
-        .invoke(conn, &PEEK.call(&[stream, cancel], 0, 0))
-        .await?;
+    ) = PEEK.invoke(conn, &cmd).await?;
     let now_ms = now
         .parse()
         .map_err(|_| Error::UnexpectedReply(format!("Redis's time {now:?}")))?;

@@ -183,3 +183,93 @@ async fn nothing_is_appended_after_a_worker_lost_terminal_even_by_a_live_lease_h
     assert_eq!(written[1].1[0], ("type".to_owned(), "error".to_owned()));
     assert!(written[1].1[3].1.contains("worker_lost"), "{written:?}");
 }
+
+/// The `seq` of each entry of stream `key`, in order.
+fn seqs_of(conn: &mut redis::Connection, key: &str) -> Vec<String> {
+    entries(conn, key)
+        .into_iter()
+        .map(|(_, fields)| {
+            fields
+                .into_iter()
+                .find(|(name, _)| name == "seq")
+                .map(|(_, seq)| seq)
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_writer_whose_seqs_another_attempt_wrote_first_is_fenced_not_taken_for_written() {
+    let server = RedisServer::start();
+    let client = client(&server, fast_options()).await;
+    let mut conn = conn(&server);
+    let run_id = loom_core::new_run_id();
+    let key = client.keys().stream(&run_id);
+    set_lease(&mut conn, &client, &run_id, "w1:1:0-1", 60_000);
+    let (mut tx, first) =
+        publishing(Publisher::start(&client, &run_id, "w1:1:0-1").expect("publisher"));
+    within(5, tx.send(start_chunk(&run_id)))
+        .await
+        .expect("send start");
+    for seq in 1..4 {
+        within(5, tx.send(Output::token("a").into_chunk(seq)))
+            .await
+            .expect("send");
+    }
+    wait_for_len(&mut conn, &key, 4).await;
+    drop(tx);
+    within(10, first).await.expect("joined").expect("written");
+
+    // A second attempt holds the lease, but continues from an older look at the stream
+    // (seq 2 on): its first batch finds seq 2 taken by the first attempt's chunks. That is
+    // not this batch written before, so it writes nothing more.
+    set_lease(&mut conn, &client, &run_id, "w2:2:0-1", 60_000);
+    let (mut tx, second) =
+        publishing(Publisher::start(&client, &run_id, "w2:2:0-1").expect("publisher"));
+    within(5, tx.send(Output::token("b").into_chunk(2)))
+        .await
+        .expect("send");
+    send_until_refused(&mut tx, 3).await;
+    within(10, second)
+        .await
+        .expect("joined")
+        .expect("a fenced writer stops without an error");
+    assert_eq!(seqs_of(&mut conn, &key), ["0", "1", "2", "3"]);
+}
+
+#[tokio::test]
+async fn a_batch_sent_again_after_its_reply_was_lost_is_not_written_twice_and_the_run_goes_on() {
+    let server = RedisServer::start();
+    let client = client(&server, fast_options()).await;
+    let mut conn = conn(&server);
+    let run_id = loom_core::new_run_id();
+    let key = client.keys().stream(&run_id);
+    set_lease(&mut conn, &client, &run_id, "w1:1:0-1", 60_000);
+    let (mut tx, first) =
+        publishing(Publisher::start(&client, &run_id, "w1:1:0-1").expect("publisher"));
+    within(5, tx.send(start_chunk(&run_id)))
+        .await
+        .expect("send start");
+    within(5, tx.send(Output::token("a").into_chunk(1)))
+        .await
+        .expect("send");
+    wait_for_len(&mut conn, &key, 2).await;
+    drop(tx);
+    within(10, first).await.expect("joined").expect("written");
+
+    // The same attempt sends its last batch (seq 1) again, as after a lost reply: it is
+    // recognised as written, and what follows is appended once.
+    let (mut tx, again) =
+        publishing(Publisher::start(&client, &run_id, "w1:1:0-1").expect("publisher"));
+    within(5, tx.send(Output::token("a").into_chunk(1)))
+        .await
+        .expect("send");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    within(5, tx.send(Output::token("b").into_chunk(2)))
+        .await
+        .expect("the writer goes on after the batch it found written");
+    wait_for_len(&mut conn, &key, 3).await;
+    drop(tx);
+    within(10, again).await.expect("joined").expect("written");
+    assert_eq!(seqs_of(&mut conn, &key), ["0", "1", "2"]);
+}

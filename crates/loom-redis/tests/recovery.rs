@@ -151,6 +151,38 @@ async fn a_run_longer_than_the_visibility_timeout_completes_once() {
 }
 
 #[tokio::test]
+async fn a_queue_whose_pending_list_cannot_be_read_does_not_stop_its_runs_lease_renewals() {
+    let server = RedisServer::start();
+    let client = client(&server, fast_options()).await;
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+    let mut chunks = ticker(&client, 30, 100).await;
+    let mut seen = take(&mut chunks, 2).await;
+    // The queue becomes unreadable while the run goes on (as when its shard's node fails
+    // over): the heartbeat cannot read the pending list, and must renew the lease anyway.
+    let queue = client.keys().queue("ticker", 0);
+    let mut conn = redis::Client::open(server.url())
+        .expect("url")
+        .get_connection()
+        .expect("connect");
+    redis::pipe()
+        .cmd("DEL")
+        .arg(&queue)
+        .cmd("SET")
+        .arg(&queue)
+        .arg("not a stream")
+        .query::<()>(&mut conn)
+        .expect("replace the queue");
+    // 3 s to go: almost four lease lifetimes (0.8 s).
+    seen.extend(collect(30, chunks).await);
+    assert_contract(&seen);
+    assert_eq!(starts(&seen).len(), 1, "{seen:?}");
+    assert_eq!(seen.len(), 32);
+    assert_eq!(seen.last().map(|c| c.kind), Some(ChunkType::Complete));
+    worker.stop().await;
+}
+
+#[tokio::test]
 async fn shutdown_finishes_held_runs_or_hands_them_back() {
     let server = RedisServer::start();
     let client = client(&server, recovery_options()).await;

@@ -96,6 +96,7 @@ impl Client {
             &mut self.conn(),
             &keys.stream(stream_id),
             &keys.cancel(stream_id),
+            None,
         )
         .await?;
         let Some(last) = peek.last else {

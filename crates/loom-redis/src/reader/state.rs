@@ -138,7 +138,9 @@ impl ReadState {
             key,
             alive_until: now + watch.initial_grace,
             watch,
-            last_seq: None,
+            // A cursor at a Loom entry (`<seq>-1`) says which `seq` comes next: a resumed
+            // reader notices a gap right after its cursor as one that stayed would.
+            last_seq: (from.seq == 1).then_some(from.ms),
             last_id: from,
             redis_ok_at: now,
             ended_at: None,
@@ -234,6 +236,15 @@ impl ReadState {
                 // not the grace a queued request gets for its pickup. The lease counts from
                 // when the chunk arrived, not from this check.
                 self.alive_until = at + self.watch.lease_ttl;
+                // Entries still arriving: the terminal is on its way.
+                if let Some(ended) = &mut self.ended_at {
+                    *ended = (*ended).max(at);
+                }
+                if now >= self.alive_until + self.watch.visibility {
+                    // The chunk is old news (this tick came late: the consumer did not poll
+                    // for a while). Only the lease can tell whether the worker is still there.
+                    return Step::CheckLease;
+                }
                 self.decide(now)
             }
             None => Step::CheckLease,

@@ -1,4 +1,5 @@
-//! Leases: the worker takes a run's lease when an attempt starts ([`take_lease`]), renews it
+//! Leases: the worker takes a run's lease when an attempt starts (with its first look at the
+//! run's stream, `run.rs`), renews it
 //! every `lease_refresh` while it holds it ([`heartbeat`]), and releases it when it hands a
 //! run back at shutdown ([`hand_back`]).
 //!
@@ -27,20 +28,6 @@ use crate::worker::state::{HeldRun, Shared};
 /// How many runs one renewal call renews, how many requests one `XCLAIM` names and how many
 /// entries one `XPENDING` page returns: each call costs Redis well under a millisecond.
 const PER_CALL: usize = 256;
-
-/// Makes `owner` the run's lease holder: from here on only its publisher can write, and a
-/// writer of an attempt before it is fenced off.
-pub(crate) async fn take_lease(shared: &Shared, run_id: &str, owner: &str) -> Result<(), Error> {
-    let lease_ms = shared.client.options().lease_ttl.as_millis() as u64;
-    redis::cmd("SET")
-        .arg(shared.client.keys().lease(run_id))
-        .arg(owner)
-        .arg("PX")
-        .arg(lease_ms)
-        .query_async::<()>(&mut shared.client.conn())
-        .await?;
-    Ok(())
-}
 
 /// Renews the leases, stream TTLs and pending idle times of the runs this worker holds, stops
 /// runs that another worker took over, and says which actor types it serves (`served`).
@@ -116,14 +103,26 @@ async fn refresh(shared: &Shared) -> Result<(), Error> {
         .chain(waiting.iter().map(|w| w.queue.as_str()))
         .collect();
     let mut mine: HashSet<QueuedEntry> = HashSet::new();
+    // Queues whose pending list could not be read this beat (a shard's node failing over):
+    // their runs' leases are renewed all the same — the lease itself says whether a run is
+    // still this worker's — but nothing of theirs is judged lost or claimed until next beat.
+    let mut unread: HashSet<&str> = HashSet::new();
     for queue in queues {
-        mine.extend(pending_of(shared, &mut conn, queue).await?);
+        match pending_of(shared, &mut conn, queue).await {
+            Ok(entries) => mine.extend(entries),
+            Err(e) => {
+                tracing::warn!(worker = %shared.name, queue, error = %e, "could not read the pending list; renewing its runs' leases regardless");
+                unread.insert(queue);
+            }
+        }
     }
     let mut claims: HashMap<&str, Vec<String>> = HashMap::new();
     // The runs to renew: those whose request is still in this worker's pending list.
     let mut refreshed: Vec<&HeldRun> = Vec::new();
     for run in &held {
-        if !mine.contains(&QueuedEntry::new(&run.queue, run.entry)) {
+        if !unread.contains(run.queue.as_str())
+            && !mine.contains(&QueuedEntry::new(&run.queue, run.entry))
+        {
             tracing::warn!(run_id = %run.run_id, "another worker took this run over; stopping it");
             if let Some(active) = shared.active().get(&run.run_id) {
                 active.drop_run();
@@ -132,7 +131,10 @@ async fn refresh(shared: &Shared) -> Result<(), Error> {
         }
         refreshed.push(run);
     }
-    let lost: HashSet<&QueuedEntry> = waiting.iter().filter(|w| !mine.contains(w)).collect();
+    let lost: HashSet<&QueuedEntry> = waiting
+        .iter()
+        .filter(|w| !unread.contains(w.queue.as_str()) && !mine.contains(w))
+        .collect();
     if !lost.is_empty() {
         // Claimed by another worker while it waited here: that worker runs it.
         shared
@@ -165,6 +167,9 @@ async fn refresh(shared: &Shared) -> Result<(), Error> {
                 active.stop_for(reason);
             }
             // Only runs whose lease is still ours keep their request: never steal it back.
+            if unread.contains(run.queue.as_str()) {
+                continue;
+            }
             claims
                 .entry(run.queue.as_str())
                 .or_default()

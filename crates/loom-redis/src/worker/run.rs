@@ -23,7 +23,6 @@ use crate::error::Error;
 use crate::keys::CancelReason;
 use crate::publisher::Publisher;
 use crate::script::{self, LastEntry};
-use crate::worker::lease::take_lease;
 use crate::worker::state::{Active, Shared, Work};
 
 /// The `start` and `error` chunks of a run that ends before its actor starts.
@@ -98,10 +97,22 @@ async fn run_request(
         // for a while): that run goes on and acknowledges the request when it ends.
         return Ok(());
     }
+    let owner = format!("{}:{attempt}:{entry}", shared.name);
+    // The lease is taken first, and the stream looked at after: from here on only this
+    // attempt writes, so the `seq` it continues from is final. (Looked at before, an earlier
+    // attempt still writing could take those `seq`s first.) Before the run joins `active`:
+    // the heartbeat stops a run whose lease is not its own.
+    let lease = keys.lease(run_id);
+    let take = script::Take {
+        lease: &lease,
+        owner: &owner,
+        lease_ms: client.options().lease_ttl.as_millis() as u64,
+    };
     let peek = script::peek(
         &mut client.conn(),
         &keys.stream(run_id),
         &keys.cancel(run_id),
+        Some(take),
     )
     .await?;
     if peek.last.is_some_and(|last| last.terminal) {
@@ -153,11 +164,8 @@ async fn run_request(
         ))),
         None => None,
     };
-    let owner = format!("{}:{attempt}:{entry}", shared.name);
     let token = CancellationToken::new();
     let publisher = Publisher::start_run(client, run_id, &owner, Some(token.clone()))?;
-    // Before the run joins `active`: the heartbeat stops a run whose lease is not its own.
-    take_lease(shared, run_id, &owner).await?;
     if let Some(err) = refusal {
         publisher
             .publish(stream::iter(refused(request, seq, attempt, &err)))
@@ -180,7 +188,7 @@ async fn run_request(
     let held = Held {
         shared,
         run_id,
-        entry,
+        owner: &owner,
     };
     let result = drive(shared, request, seq, attempt, remaining, token, publisher).await;
     drop(held);
@@ -214,16 +222,18 @@ async fn run_request(
 struct Held<'a> {
     shared: &'a Shared,
     run_id: &'a str,
-    entry: EntryId,
+    /// This attempt's lease token.
+    owner: &'a str,
 }
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         let mut active = self.shared.active();
-        // Only this request's record: the same run may since be held for another entry.
+        // Only this attempt's record: the same run may since be held by another attempt,
+        // for another entry or (claimed again meanwhile) the same one.
         if active
             .get(self.run_id)
-            .is_some_and(|a| a.entry == self.entry)
+            .is_some_and(|a| a.owner == self.owner)
         {
             active.remove(self.run_id);
         }

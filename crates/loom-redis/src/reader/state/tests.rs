@@ -143,6 +143,70 @@ fn a_producer_gone_past_lease_and_visibility_is_worker_lost() {
 }
 
 #[test]
+fn a_chunk_read_long_before_a_late_tick_does_not_end_the_run_without_asking_the_lease() {
+    let start = Instant::now();
+    let mut state = tail(start);
+    state.on_batch(vec![raw(1, &token(0))], start);
+    // The consumer did not poll for longer than lease and visibility together: the tick
+    // that comes then asks the lease rather than take the old chunk's time for the last sign.
+    let late = start + 3000 * MS;
+    assert_eq!(state.on_tick(late), Step::CheckLease);
+    assert_eq!(state.on_lease(late, Ok(800)), Step::Wait);
+    // Alive until 3.8 s by that lease; without one after it, lost from 5.3 s as before.
+    assert_eq!(state.on_lease(start + 5200 * MS, Ok(-2)), Step::Wait);
+    assert!(matches!(
+        state.on_lease(start + 5300 * MS, Ok(-2)),
+        Step::EndRun(_)
+    ));
+}
+
+#[test]
+fn entries_still_arriving_keep_a_found_terminal_awaited() {
+    let start = Instant::now();
+    let mut state = tail(start);
+    state.on_batch(vec![raw(1, &token(0))], start);
+    let Step::EndRun(ending) = state.on_lease(start + 3000 * MS, Ok(-2)) else {
+        panic!("expected the run to end")
+    };
+    assert_eq!(
+        state.on_end_run(start + 3000 * MS, ending, Some(id(9))),
+        Step::Wait
+    );
+    // A slow replay: entries keep coming towards the terminal, past the visibility timeout
+    // counted from when the terminal was found.
+    state.on_batch(vec![raw(2, &token(1))], start + 4400 * MS);
+    assert_eq!(state.on_tick(start + 4600 * MS), Step::Wait);
+    // Once they stop, the visibility timeout runs from the last of them.
+    let (_, code, message) = error_of(&state.on_lease(start + 5900 * MS, Ok(-2)));
+    assert_eq!(code, ErrorCode::Internal);
+    assert!(message.contains("did not arrive"), "{message}");
+}
+
+#[test]
+fn a_gap_right_after_a_resumed_reader_cursor_ends_with_internal() {
+    let now = Instant::now();
+    let mut state = ReadState::new(
+        "s".to_owned(),
+        EntryId::of_seq(5),
+        Watch::tail(&options()),
+        now,
+    );
+    let delivery = state.on_batch(vec![raw(8, &token(7))], now);
+    assert_eq!((seqs(&delivery), delivery.done), (vec![6], true));
+    let info = delivery.entries[0].chunk.error.as_ref().expect("error");
+    assert!(info.message.contains("seq jumps from 5 to 7"), "{info:?}");
+    // The seq that follows the cursor passes.
+    let mut state = ReadState::new(
+        "s".to_owned(),
+        EntryId::of_seq(5),
+        Watch::tail(&options()),
+        now,
+    );
+    let delivery = state.on_batch(vec![raw(7, &token(6))], now);
+    assert_eq!((seqs(&delivery), delivery.done), (vec![6], false));
+}
+
+#[test]
 fn a_held_lease_keeps_the_run_alive() {
     let start = Instant::now();
     let mut state = tail(start);

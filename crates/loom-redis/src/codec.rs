@@ -53,24 +53,37 @@ impl FromStr for EntryId {
 
     /// Parses `<ms>-<seq>` or `<ms>` (meaning `<ms>-0`).
     fn from_str(s: &str) -> Result<Self, Error> {
-        let bad = || Error::InvalidEntryId(s.chars().take(64).collect());
-        let digits = |part: &str| {
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(bad());
-            }
-            part.parse::<u64>().map_err(|_| bad())
-        };
-        match s.split_once('-') {
-            Some((ms, seq)) => Ok(Self {
-                ms: digits(ms)?,
-                seq: digits(seq)?,
+        Self::parse(s.as_bytes()).ok_or_else(|| Error::InvalidEntryId(s.chars().take(64).collect()))
+    }
+}
+
+impl EntryId {
+    /// [`from_str`](Self::from_str) on the bytes of a reply, without a `str` in between.
+    fn parse(text: &[u8]) -> Option<Self> {
+        match text.iter().position(|&b| b == b'-') {
+            Some(dash) => Some(Self {
+                ms: decimal(&text[..dash])?,
+                seq: decimal(&text[dash + 1..])?,
             }),
-            None => Ok(Self {
-                ms: digits(s)?,
+            None => Some(Self {
+                ms: decimal(text)?,
                 seq: 0,
             }),
         }
     }
+}
+
+/// A plain decimal number: digits only (no sign, no space), within `u64`.
+fn decimal(text: &[u8]) -> Option<u64> {
+    if text.is_empty() {
+        return None;
+    }
+    text.iter().try_fold(0u64, |n, &b| {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+    })
 }
 
 /// One entry of a stream as read: its id and its flat `field value …` list.
@@ -150,18 +163,22 @@ pub(crate) fn write_chunk_fields<W: ?Sized + RedisWrite>(out: &mut W, chunk: &St
     }
 }
 
-/// Writes `id` as one command argument, without a `String` of its own.
+/// Writes `id` as one command argument, formatted on the stack (`itoa`, not `fmt`: this runs
+/// for every chunk written).
 pub(crate) fn write_entry_id<W: ?Sized + RedisWrite>(out: &mut W, id: EntryId) {
-    use std::io::Write;
-    // Writing into the argument's `Vec` cannot fail.
-    let _ = write!(out.writer_for_next_arg(), "{id}");
+    let (mut ms, mut seq) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let (ms, seq) = (ms.format(id.ms).as_bytes(), seq.format(id.seq).as_bytes());
+    // Two `u64`s of at most 20 digits each and the dash.
+    let mut text = [0u8; 41];
+    text[..ms.len()].copy_from_slice(ms);
+    text[ms.len()] = b'-';
+    text[ms.len() + 1..][..seq.len()].copy_from_slice(seq);
+    out.write_arg(&text[..ms.len() + 1 + seq.len()]);
 }
 
 /// Writes `n` in decimal as one argument.
 fn write_number<W: ?Sized + RedisWrite>(out: &mut W, n: u64) {
-    use std::io::Write;
-    // Writing into the argument's `Vec` cannot fail.
-    let _ = write!(out.writer_for_next_arg(), "{n}");
+    out.write_arg(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Writes `value` as JSON into one command argument.
@@ -216,12 +233,7 @@ pub(crate) fn decode_chunk(fields: &Strings) -> Result<StreamChunk, String> {
                     })?);
             }
             b"seq" => {
-                let parsed = std::str::from_utf8(value)
-                    .ok()
-                    .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .ok_or("field 'seq' is not a number")?;
-                seq = Some(parsed);
+                seq = Some(decimal(value).ok_or("field 'seq' is not a number")?);
             }
             b"data" => data = Some(value),
             b"progress" => chunk.progress = Some(parse_json("progress", value)?),
@@ -349,9 +361,7 @@ pub(crate) fn parse_read_frame(
             if walk.array().map_err(shape("an entry"))? != Some(2) {
                 return Err("an entry is not [id, fields]".to_owned());
             }
-            let id = std::str::from_utf8(walk.text().map_err(shape("an entry id"))?)
-                .ok()
-                .and_then(|s| s.parse().ok())
+            let id = EntryId::parse(walk.text().map_err(shape("an entry id"))?)
                 .ok_or("an entry id is not <ms>-<seq>")?;
             let n = walk
                 .array()
@@ -544,8 +554,34 @@ mod tests {
         assert_eq!(a, EntryId { ms: 5, seq: 1 });
         assert!(a < b);
         assert_eq!(b.to_string(), "6-0");
-        for bad in ["", "-", "a-1", "1-", "1-2-3", "+1", "$"] {
+        for bad in [
+            "",
+            "-",
+            "a-1",
+            "1-",
+            "1-2-3",
+            "+1",
+            "$",
+            "18446744073709551616-0",
+        ] {
             assert!(bad.parse::<EntryId>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn entry_ids_are_written_as_they_parse() {
+        for id in [
+            EntryId::ZERO,
+            EntryId::of_seq(12_345),
+            EntryId {
+                ms: u64::MAX,
+                seq: u64::MAX,
+            },
+        ] {
+            let mut args: Vec<Vec<u8>> = Vec::new();
+            write_entry_id(&mut args, id);
+            assert_eq!(args, [id.to_string().into_bytes()]);
+            assert_eq!(EntryId::parse(&args[0]), Some(id));
         }
     }
 }

@@ -14,20 +14,9 @@ use redis_server::RedisServer;
 use serde_json::Value;
 use support::*;
 
-/// A process that leads a process group of its own, killed with the whole group when
-/// dropped: `faketime` runs `loom` as its child, which killing `faketime` alone leaves
-/// running.
-struct Group(Process);
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        let group = format!("-{}", self.0 .0.id());
-        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-    }
-}
-
-/// `loom worker --redis URL` under `faketime -f <offset>`, ready once it says it serves.
-fn skewed_worker(redis: &RedisServer, offset: &str) -> Group {
+/// `loom worker --redis URL` under `faketime -f <offset>`, ready once it says it serves; in a
+/// process group of its own, which [`Process`] kills whole, even when it never got ready.
+fn skewed_worker(redis: &RedisServer, offset: &str) -> Process {
     let mut command = Command::new("faketime");
     command
         .args([
@@ -43,7 +32,7 @@ fn skewed_worker(redis: &RedisServer, offset: &str) -> Group {
         .env_remove("LOOM_REDIS_URL")
         .stdin(Stdio::null())
         .process_group(0);
-    Group(spawn_ready(command, "loom: worker serving").0)
+    spawn_ready(command, "loom: worker serving").0
 }
 
 /// The chunks of `loom actor run batch` through Redis with `input` and `--timeout`, and how long

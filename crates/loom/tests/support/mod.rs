@@ -21,14 +21,34 @@ pub fn loom(args: &[&str]) -> Command {
     cmd
 }
 
-/// A subprocess killed on drop.
+/// A subprocess killed on drop; one that leads a process group of its own (a wrapper such as
+/// `faketime` running `loom` as its child, which killing the wrapper alone leaves running) is
+/// killed with its whole group.
 pub struct Process(pub Child);
 
 impl Drop for Process {
     fn drop(&mut self) {
+        let pid = self.0.id();
+        if leads_own_group(pid) {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .status();
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Whether process `pid` leads its own process group (`/proc/<pid>/stat`: the group id,
+/// third after the command name, is its own id).
+fn leads_own_group(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let (_, after_name) = stat.rsplit_once(')')?;
+            Some(after_name.split_whitespace().nth(2)? == pid.to_string())
+        })
+        .unwrap_or(false)
 }
 
 /// Starts `loom <args>` with `env` set and waits for its stderr line starting with `ready`;

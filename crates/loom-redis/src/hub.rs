@@ -54,6 +54,19 @@ use crate::wire::Wire;
 /// few round trips, small enough that one reply stays well under a megabyte per stream.
 const READ_COUNT: usize = 1024;
 
+/// Entries one `XREAD` fetches at most over all its streams, about 6 MiB of tokens: a round
+/// naming many streams with a backlog each (replays from their start, a sweep) asks for fewer
+/// per stream, down to [`MIN_READ_COUNT`], so its reply never grows to hundreds of megabytes.
+const READ_BUDGET: usize = 64 * 1024;
+
+/// The fewest entries one `XREAD` fetches per stream.
+const MIN_READ_COUNT: usize = 16;
+
+/// The `COUNT` of an `XREAD` naming `streams` streams (see [`READ_BUDGET`]).
+fn read_count(streams: usize) -> usize {
+    (READ_BUDGET / streams.max(1)).clamp(MIN_READ_COUNT, READ_COUNT)
+}
+
 /// Batches (of up to [`READ_COUNT`] entries) buffered per stream between the hub and its
 /// consumer. Two let the hub read the next batch while the consumer works on one; more would
 /// only buffer what a slow consumer cannot take.
@@ -355,7 +368,7 @@ impl HubTask {
         Ok(bells.iter().map(|(k, at)| (k.clone(), *at)).collect())
     }
 
-    fn dispatch(&mut self, mut reply: Vec<(String, Vec<RawEntry>)>) {
+    fn dispatch(&mut self, mut reply: Vec<(String, Vec<RawEntry>)>, count: usize) {
         let mut rung = HashSet::new();
         if let Some(bells) = &mut self.bells {
             reply.retain(|(key, entries)| {
@@ -395,7 +408,7 @@ impl HubTask {
         for ((_, mut entries), mut readers) in reply.into_iter().zip(readers) {
             // The last reader takes the entries, the others (rare) get copies.
             let Some(owner) = readers.pop() else { continue };
-            let full = entries.len() >= READ_COUNT;
+            let full = entries.len() >= count;
             for i in readers {
                 let sub = &mut self.subs[i];
                 let fresh: Vec<RawEntry> = entries
@@ -481,9 +494,10 @@ impl HubTask {
                     continue;
                 }
             }
+            let count = read_count(round.len());
             let mut cmd = redis::cmd("XREAD");
             cmd.arg("COUNT")
-                .arg(READ_COUNT)
+                .arg(count)
                 .arg("BLOCK")
                 .arg(self.block.as_millis() as u64)
                 .arg("STREAMS");
@@ -531,8 +545,8 @@ impl HubTask {
                     // next `XREAD` will block, so sending it can wait until the readers have
                     // taken these entries. A full one means more is waiting, and the next read
                     // goes out first, to overlap with the readers' work.
-                    let caught_up = entries.iter().all(|(_, e)| e.len() < READ_COUNT);
-                    self.dispatch(entries);
+                    let caught_up = entries.iter().all(|(_, e)| e.len() < count);
+                    self.dispatch(entries, count);
                     if caught_up {
                         tokio::task::yield_now().await;
                     }

@@ -106,6 +106,7 @@ impl Publisher {
             ttl: options.stream_ttl.as_secs(),
             retry_for: options.visibility_timeout,
             discard: Arc::new(AtomicBool::new(false)),
+            ended: Arc::new(AtomicBool::new(false)),
             first: true,
         };
         Ok(Self { writer })
@@ -121,6 +122,12 @@ impl Publisher {
     /// A handle that does what [`discard`](Self::discard) does, for another task.
     pub(crate) fn discard_flag(&self) -> Arc<AtomicBool> {
         Arc::clone(&self.writer.discard)
+    }
+
+    /// Set once this writer's terminal chunk is in the stream: the run is done, whatever
+    /// else happens to the writer after.
+    pub(crate) fn ended_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.writer.ended)
     }
 
     /// Writes `chunks` in batches until the terminal chunk is written (what follows it is not
@@ -201,6 +208,8 @@ struct Writer {
     /// may run the request again, so writing later would only interleave two attempts.
     retry_for: Duration,
     discard: Arc<AtomicBool>,
+    /// Set once the terminal chunk is written.
+    ended: Arc<AtomicBool>,
     /// No batch was written yet (the first one sets the stream's TTL).
     first: bool,
 }
@@ -236,6 +245,7 @@ impl Writer {
         }
         self.first = false;
         let sent = if terminal.is_some() {
+            self.ended.store(true, Ordering::Release);
             Sent::Done
         } else {
             Sent::More

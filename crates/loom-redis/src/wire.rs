@@ -59,7 +59,7 @@ impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin> Io for T {}
 /// A blocking reader's or a writer's connection (see the module docs).
 pub(crate) struct Wire {
     io: Box<dyn Io>,
-    buf: BytesMut,
+    incoming: Incoming,
     /// The connection's client id (for `CLIENT UNBLOCK`), once asked.
     id: Option<i64>,
     /// How long one reply may take: the read's block plus the usual response timeout.
@@ -105,7 +105,7 @@ impl Wire {
             .map_err(|e| Error::Redis(e.into()))?;
         let mut wire = Self {
             io,
-            buf: BytesMut::new(),
+            incoming: Incoming::default(),
             id: None,
             timeout: block + RESPONSE_TIMEOUT,
             db: info.redis_settings().db(),
@@ -159,11 +159,11 @@ impl Wire {
         let exchange = async {
             self.io.write_all(&packed).await.map_err(io)?;
             loop {
-                if let Some(frame) = take_frame(&mut self.buf)? {
+                if let Some(frame) = self.incoming.take_frame()? {
                     return frame;
                 }
-                self.buf.reserve(READ_SIZE);
-                if self.io.read_buf(&mut self.buf).await.map_err(io)? == 0 {
+                self.incoming.buf.reserve(READ_SIZE);
+                if self.io.read_buf(&mut self.incoming.buf).await.map_err(io)? == 0 {
                     return Err(RedisError::from(std::io::Error::new(
                         std::io::ErrorKind::UnexpectedEof,
                         "the server closed the connection",
@@ -242,36 +242,106 @@ fn timed_out(what: &str) -> Error {
     )))
 }
 
-/// Takes one whole reply off the front of `buf`: `Ok(None)` while it is incomplete (nothing
-/// is consumed then); `Ok(Some(Err))` for an error reply; `Err` for bytes that are not RESP2.
+/// Takes one whole reply off the front of `incoming`: `Ok(None)` while it is incomplete
+/// (nothing is consumed then); `Ok(Some(Err))` for an error reply; `Err` for bytes that are not
+/// RESP2.
 #[cfg(test)]
-fn parse(buf: &mut BytesMut) -> Result<Option<Result<Reply, Error>>, Error> {
-    Ok(take_frame(buf)?.map(|frame| frame.and_then(|mut frame| build(&mut frame))))
+fn parse(incoming: &mut Incoming) -> Result<Option<Result<Reply, Error>>, Error> {
+    Ok(incoming
+        .take_frame()?
+        .map(|frame| frame.and_then(|mut frame| build(&mut frame))))
 }
 
-/// Takes one whole reply's bytes off the front of `buf` (see [`parse`]).
-fn take_frame(buf: &mut BytesMut) -> Result<Option<Result<Bytes, Error>>, Error> {
-    let Some(end) = scan(buf, 0, 0)? else {
-        return Ok(None);
-    };
-    let frame = buf.split_to(end);
-    // A reply's strings keep the buffer they were read into alive until their last reader
-    // took them (a slow consumer holds up to two batches). A small reply gets a buffer of its
-    // own, so it never holds a whole read buffer.
-    let frame = if frame.len() < OWN_BUFFER_BELOW {
-        Bytes::copy_from_slice(&frame)
-    } else {
-        frame.freeze()
-    };
-    if frame.first() == Some(&b'-') {
-        // The redis crate turns the error line into its error, kind and code included.
-        let error = redis::parse_redis_value(&frame)
-            .and_then(redis::Value::extract_error)
-            .err()
-            .unwrap_or_else(|| RedisError::from((redis::ErrorKind::Parse, "an error reply")));
-        return Ok(Some(Err(error.into())));
+/// The bytes read from a connection, and how far the reply at their front has been checked:
+/// a reply that arrives in many reads (an `XREAD` of thousands of entries, megabytes) is
+/// checked once, each read going on where the one before stopped, not from its start again.
+#[derive(Default)]
+struct Incoming {
+    buf: BytesMut,
+    /// Where the next item to check starts.
+    at: usize,
+    /// How many items are still to come in each array the check is inside, outermost first.
+    open: Vec<i64>,
+}
+
+impl Incoming {
+    /// Takes one whole reply's bytes off the front of the buffer (see [`parse`]).
+    fn take_frame(&mut self) -> Result<Option<Result<Bytes, Error>>, Error> {
+        let Some(end) = self.scan()? else {
+            return Ok(None);
+        };
+        self.at = 0;
+        let frame = self.buf.split_to(end);
+        // A reply's strings keep the buffer they were read into alive until their last
+        // reader took them (a slow consumer holds up to two batches). A small reply gets a
+        // buffer of its own, so it never holds a whole read buffer.
+        let frame = if frame.len() < OWN_BUFFER_BELOW {
+            Bytes::copy_from_slice(&frame)
+        } else {
+            frame.freeze()
+        };
+        if frame.first() == Some(&b'-') {
+            // The redis crate turns the error line into its error, kind and code included.
+            let error = redis::parse_redis_value(&frame)
+                .and_then(redis::Value::extract_error)
+                .err()
+                .unwrap_or_else(|| RedisError::from((redis::ErrorKind::Parse, "an error reply")));
+            return Ok(Some(Err(error.into())));
+        }
+        Ok(Some(Ok(frame)))
     }
-    Ok(Some(Ok(frame)))
+
+    /// The end of the reply at the front of the buffer, once it is all there; `None` until
+    /// then, having checked what is there.
+    fn scan(&mut self) -> Result<Option<usize>, Error> {
+        loop {
+            let Some((kind, n, next)) = head(&self.buf, self.at)? else {
+                return Ok(None);
+            };
+            match kind {
+                b'+' | b'-' | b':' => self.at = next,
+                b'$' if n < 0 => self.at = next,
+                b'$' => {
+                    let end = next + n as usize + 2;
+                    if self.buf.len() < end {
+                        return Ok(None);
+                    }
+                    if &self.buf[end - 2..end] != b"\r\n" {
+                        return Err(malformed("a bulk string longer than its length"));
+                    }
+                    self.at = end;
+                }
+                b'*' => {
+                    self.at = next;
+                    if n > 0 {
+                        if self.open.len() >= MAX_DEPTH {
+                            return Err(malformed("nested too deeply"));
+                        }
+                        // It fills its place in the array holding it once its items are in.
+                        self.open.push(n);
+                        continue;
+                    }
+                }
+                other => {
+                    return Err(malformed(&format!(
+                        "unknown reply type {:?}",
+                        other as char
+                    )))
+                }
+            }
+            // An item is in: one place less in the array holding it, which may complete it.
+            loop {
+                let Some(left) = self.open.last_mut() else {
+                    return Ok(Some(self.at));
+                };
+                *left -= 1;
+                if *left > 0 {
+                    break;
+                }
+                self.open.pop();
+            }
+        }
+    }
 }
 
 /// Reads one whole reply's bytes (as [`Wire::query_frame`] returns them) item by item,
@@ -394,48 +464,7 @@ impl std::fmt::Debug for Strings {
     }
 }
 
-/// The end of the reply starting at `at` in `buf`, once it is all there.
-fn scan(buf: &[u8], at: usize, depth: usize) -> Result<Option<usize>, Error> {
-    if depth > MAX_DEPTH {
-        return Err(malformed("nested too deeply"));
-    }
-    let Some((kind, n, next)) = head(buf, at)? else {
-        return Ok(None);
-    };
-    match kind {
-        b'+' | b'-' | b':' => Ok(Some(next)),
-        b'$' => {
-            let len = n;
-            if len < 0 {
-                return Ok(Some(next));
-            }
-            let end = next + len as usize + 2;
-            if buf.len() < end {
-                return Ok(None);
-            }
-            if &buf[end - 2..end] != b"\r\n" {
-                return Err(malformed("a bulk string longer than its length"));
-            }
-            Ok(Some(end))
-        }
-        b'*' => {
-            let mut at = next;
-            for _ in 0..n.max(0) {
-                match scan(buf, at, depth + 1)? {
-                    Some(end) => at = end,
-                    None => return Ok(None),
-                }
-            }
-            Ok(Some(at))
-        }
-        other => Err(malformed(&format!(
-            "unknown reply type {:?}",
-            other as char
-        ))),
-    }
-}
-
-/// The reply at the front of `at` (already checked whole by [`scan`]); its strings are slices
+/// The reply at the front of `at` (already checked whole by [`Incoming::scan`]); its strings are slices
 /// of `at`'s bytes.
 fn build(at: &mut Bytes) -> Result<Reply, Error> {
     let Some((kind, n, next)) = head(at, 0)? else {
@@ -545,11 +574,18 @@ fn malformed(why: &str) -> Error {
 mod tests {
     use super::*;
 
+    fn incoming(bytes: &[u8]) -> Incoming {
+        Incoming {
+            buf: BytesMut::from(bytes),
+            ..Incoming::default()
+        }
+    }
+
     fn parsed(bytes: &[u8]) -> Option<Result<Reply, Error>> {
-        let mut buf = BytesMut::from(bytes);
+        let mut buf = incoming(bytes);
         let reply = parse(&mut buf).expect("well formed");
         if reply.is_some() {
-            assert!(buf.is_empty(), "the whole reply is consumed");
+            assert!(buf.buf.is_empty(), "the whole reply is consumed");
         }
         reply
     }
@@ -575,9 +611,17 @@ mod tests {
         assert_eq!(theirs, Some(redis::Value::from(expected)));
         // Every cut short of the end is incomplete, and consumes nothing.
         for cut in 0..xread.len() {
-            let mut buf = BytesMut::from(&xread[..cut]);
+            let mut buf = incoming(&xread[..cut]);
             assert!(parse(&mut buf).expect("a prefix").is_none(), "cut at {cut}");
-            assert_eq!(buf.len(), cut);
+            assert_eq!(buf.buf.len(), cut);
+        }
+        // Arriving a byte at a time, the check goes on where it stopped, and the reply is
+        // whole at its last byte.
+        let mut buf = Incoming::default();
+        for (at, byte) in xread.iter().enumerate() {
+            buf.buf.extend_from_slice(&[*byte]);
+            let reply = parse(&mut buf).expect("a prefix");
+            assert_eq!(reply.is_some(), at == xread.len() - 1, "at {at}");
         }
         assert_eq!(parsed(b"*-1\r\n").map(|r| r.ok()), Some(Some(Reply::Nil)));
         assert_eq!(parsed(b"$-1\r\n").map(|r| r.ok()), Some(Some(Reply::Nil)));
@@ -632,17 +676,17 @@ mod tests {
             let theirs = redis::parse_redis_value(&bytes).ok();
             proptest::prop_assert_eq!(theirs, Some(redis::Value::from(reply.clone())));
             let cut = cut % (bytes.len() + 1);
-            let mut buf = BytesMut::from(&bytes[..cut]);
+            let mut buf = incoming(&bytes[..cut]);
             let early = parse(&mut buf).ok().flatten().and_then(Result::ok);
             if cut < bytes.len() {
                 proptest::prop_assert!(early.is_none());
-                buf.extend_from_slice(&bytes[cut..]);
+                buf.buf.extend_from_slice(&bytes[cut..]);
                 let whole = parse(&mut buf).ok().flatten().and_then(Result::ok);
                 proptest::prop_assert_eq!(whole, Some(reply));
             } else {
                 proptest::prop_assert_eq!(early, Some(reply));
             }
-            proptest::prop_assert!(buf.is_empty());
+            proptest::prop_assert!(buf.buf.is_empty());
         }
     }
 
@@ -658,7 +702,7 @@ mod tests {
         };
         assert_eq!(noauth.code(), Some("NOAUTH"));
         for bad in [&b"?x\r\n"[..], b"$x\r\n", b"*1\n", b"$3\r\nabcde\r\n"] {
-            let mut buf = BytesMut::from(bad);
+            let mut buf = incoming(bad);
             let outcome = parse(&mut buf);
             assert!(
                 outcome.is_err() || matches!(outcome, Ok(Some(Err(_)))),

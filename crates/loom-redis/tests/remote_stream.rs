@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use loom_core::{ChunkType, ErrorCode, RunOptions};
-use loom_redis::{Client, WorkerOptions};
+use loom_redis::{Client, ClientOptions, WorkerOptions};
 use serde_json::json;
 use support::*;
 
@@ -276,8 +276,9 @@ async fn a_unix_socket_url_works_for_every_connection() {
     let _ = std::fs::remove_file(&socket);
 }
 
-/// How many streams each `XREAD` in `server`'s slow log named (it logs every command here).
-fn streams_per_xread(server: &RedisServer) -> Vec<usize> {
+/// The `COUNT` of each `XREAD` in `server`'s slow log (it logs every command here), and how
+/// many streams it named.
+fn xreads(server: &RedisServer) -> Vec<(usize, usize)> {
     let mut conn = server.plain();
     let log: Vec<redis::Value> = redis::cmd("SLOWLOG")
         .arg("GET")
@@ -308,7 +309,8 @@ fn streams_per_xread(server: &RedisServer) -> Vec<usize> {
             }
         }
         // XREAD COUNT n BLOCK ms STREAMS, then the keys and as many ids.
-        named.push(total.saturating_sub(6) / 2);
+        let count = args.get(2).map(text).and_then(|n| n.parse().ok());
+        named.push((count.unwrap_or(0), total.saturating_sub(6) / 2));
     }
     named
 }
@@ -360,13 +362,72 @@ async fn a_process_reading_many_streams_waits_on_bells_and_misses_nothing() {
     assert!(ttl > 0, "{kept}: PTTL {ttl}");
     // Once it reads more than a few dozen, the reader's `XREAD`s name the bells and the few
     // streams they named, not every stream (only the switch and the periodic full read do).
-    let named = streams_per_xread(&server);
+    let named: Vec<usize> = xreads(&server).into_iter().map(|(_, n)| n).collect();
     let wide = named.iter().filter(|n| **n > 64).count();
     let narrow = named.iter().filter(|n| **n <= 32).count();
     assert!(
         narrow > 4 * wide.max(1),
         "{wide} XREADs named more than 64 streams, {narrow} at most 32: {named:?}"
     );
+}
+
+#[tokio::test]
+async fn many_long_streams_replayed_at_once_arrive_whole_in_replies_of_bounded_size() {
+    let server = RedisServer::start_own_with(&[
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--slowlog-log-slower-than",
+        "0",
+        "--slowlog-max-len",
+        "1000000",
+    ]);
+    let client = client(&server, fast_options()).await;
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::with_concurrency(&client, &probe, 128);
+    let streams = 100;
+    let mut runs = Vec::with_capacity(streams);
+    for _ in 0..streams {
+        runs.push(ticker(&client, 1000, 0).await);
+    }
+    let ids: Vec<String> = runs.iter().map(|c| c.run_id().to_owned()).collect();
+    for chunks in futures::future::join_all(runs.into_iter().map(|c| collect(60, c))).await {
+        assert_completes(&chunks);
+    }
+    worker.stop().await;
+    let _: () = redis::cmd("SLOWLOG")
+        .arg("RESET")
+        .query(&mut server.plain())
+        .unwrap();
+    // Every stream again from its start, all at once, by one more process: 100,000 entries
+    // waiting, more per stream than one `XREAD` of all of them asks for.
+    let options = ClientOptions {
+        prefix: client.keys().prefix().to_owned(),
+        ..fast_options()
+    };
+    let again = support::client(&server, options).await;
+    let tails = futures::future::join_all(ids.iter().map(|id| again.tail(id, None))).await;
+    let read = futures::future::join_all(
+        tails
+            .into_iter()
+            .map(|tail| collect(60, tail.expect("tail"))),
+    )
+    .await;
+    for chunks in read {
+        assert_eq!(chunks.len(), 1002);
+        assert_completes(&chunks);
+        assert_contract(&chunks);
+    }
+    // No `XREAD` asked for more than its budget in all (or 16 a stream).
+    let asked = xreads(&server);
+    assert!(asked.iter().any(|(_, named)| *named > 64), "{asked:?}");
+    for (count, named) in asked {
+        assert!(
+            count * named <= (64 * 1024).max(16 * named),
+            "COUNT {count} over {named} streams"
+        );
+    }
 }
 
 #[tokio::test]

@@ -334,8 +334,8 @@ async fn pending_of(
 pub(crate) async fn hand_back(shared: &Shared) {
     // Taken out of `active` first, so the heartbeat does not refresh them again.
     let held: Vec<HeldRun> = shared
-        .active()
-        .drain()
+        .close()
+        .into_iter()
         .map(|(run_id, active)| {
             active.drop_run();
             HeldRun::of(&run_id, &active)
@@ -346,12 +346,23 @@ pub(crate) async fn hand_back(shared: &Shared) {
         .drain(..)
         .map(|work| QueuedEntry::new(&work.queue, work.entry.id))
         .collect();
-    let visibility = shared.client.options().visibility_timeout.as_millis() as u64;
-    for run in &held {
-        tracing::info!(run_id = %run.run_id, "handing the run back");
-    }
     for waiting in &unstarted {
         tracing::info!(queue = %waiting.queue, entry = %waiting.entry, "handing a request back unstarted");
+    }
+    give_back(shared, &held, &unstarted).await;
+}
+
+/// Hands one run back that was getting ready when the worker handed back the others.
+pub(crate) async fn hand_back_late(shared: &Shared, run: HeldRun) {
+    give_back(shared, &[run], &[]).await;
+}
+
+/// Makes the requests of `held` and `unstarted` claimable by any worker at once (their idle
+/// time set to the visibility timeout) and releases `held`'s leases.
+async fn give_back(shared: &Shared, held: &[HeldRun], unstarted: &[QueuedEntry]) {
+    let visibility = shared.client.options().visibility_timeout.as_millis() as u64;
+    for run in held {
+        tracing::info!(run_id = %run.run_id, "handing the run back");
     }
     let requests = held
         .iter()

@@ -23,7 +23,8 @@ use crate::error::Error;
 use crate::keys::CancelReason;
 use crate::publisher::Publisher;
 use crate::script::{self, LastEntry};
-use crate::worker::state::{Active, Shared, Work};
+use crate::worker::lease::hand_back_late;
+use crate::worker::state::{Active, HeldRun, Shared, Work};
 
 /// The `start` and `error` chunks of a run that ends before its actor starts.
 fn refused(request: &Request, seq: u64, attempt: u32, err: &ActorError) -> [StreamChunk; 2] {
@@ -175,8 +176,9 @@ async fn run_request(
     }
 
     let discard = publisher.discard_flag();
-    shared.active().insert(
-        run_id.to_owned(),
+    let ended = publisher.ended_flag();
+    let joined = shared.join(
+        run_id,
         Active {
             queue: queue.to_owned(),
             entry,
@@ -185,6 +187,11 @@ async fn run_request(
             discard: Arc::clone(&discard),
         },
     );
+    if let Err(run) = joined {
+        // The worker is handing its runs back: this one, not started yet, goes back too.
+        hand_back_late(shared, HeldRun::of(run_id, &run)).await;
+        return Ok(());
+    }
     let held = Held {
         shared,
         run_id,
@@ -208,9 +215,11 @@ async fn run_request(
         }
         result => result?,
     }
-    if discard.load(Ordering::Acquire) {
+    if discard.load(Ordering::Acquire) && !ended.load(Ordering::Acquire) {
         // Taken over by another worker, handed back, or ended from outside: not ours to
-        // acknowledge (whoever claims it next finds the terminal chunk and only acks).
+        // acknowledge (whoever claims it next finds the terminal chunk and only acks). A run
+        // whose own terminal is written is done even so: the heartbeat that found its lease
+        // gone (the terminal batch deletes it) just before the run left `active` stops it.
         return Ok(());
     }
     acknowledge(shared, queue, entry).await;

@@ -27,6 +27,9 @@ pub(crate) struct Shared {
     pub(crate) name: String,
     /// The runs held, by run id.
     active: Mutex<HashMap<String, Active>>,
+    /// Set (under the `active` lock) when the worker hands its runs back: a run that was
+    /// still getting ready then does not join `active` but is handed back too.
+    closing: AtomicBool,
     /// Requests read but not yet started: `XREADGROUP COUNT` bounds each queue, not the
     /// total, so one read may return more than there are free slots. They are in this
     /// worker's pending list, so the heartbeat keeps them from looking abandoned.
@@ -48,8 +51,30 @@ impl Shared {
             max_run_bytes: options.max_run_bytes,
             name,
             active: Mutex::new(HashMap::new()),
+            closing: AtomicBool::new(false),
             waiting: Mutex::new(VecDeque::new()),
         }
+    }
+
+    /// Takes every held run out of `active`, for good: from now on [`join`](Self::join)
+    /// refuses.
+    pub(crate) fn close(&self) -> Vec<(String, Active)> {
+        let mut active = self.active();
+        self.closing.store(true, Ordering::Release);
+        active.drain().collect()
+    }
+
+    /// Adds a run to `active`, unless the worker is handing its runs back ([`close`]): then
+    /// gives `run` back.
+    ///
+    /// [`close`]: Self::close
+    pub(crate) fn join(&self, run_id: &str, run: Active) -> Result<(), Active> {
+        let mut active = self.active();
+        if self.closing.load(Ordering::Acquire) {
+            return Err(run);
+        }
+        active.insert(run_id.to_owned(), run);
+        Ok(())
     }
 
     pub(crate) fn active(&self) -> MutexGuard<'_, HashMap<String, Active>> {

@@ -27,8 +27,9 @@
 //! starts, and renews it only while it still holds it) and the stream has no terminal chunk
 //! yet. A writer whose run was taken over (another attempt's token in the lease), handed back
 //! (no lease), or ended from outside (a reader's `worker_lost`/`timeout` terminal) writes
-//! nothing more: it stops, and cancels its run. A batch retried after its reply was lost is
-//! recognised by its `seq` and not written twice.
+//! nothing more: it stops, and cancels its run; so does one whose `seq`s another attempt
+//! wrote first. A batch retried after its reply was lost is recognised (the stream ends with
+//! its last chunk, id and fields) and not written twice.
 //!
 //! The first batch also sets the stream's TTL, so an abandoned stream expires; the one with
 //! the terminal chunk sets it again (DESIGN: default 3,600 s after the end) and deletes the

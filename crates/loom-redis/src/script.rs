@@ -288,9 +288,11 @@ return 0
 /// What became of a batch given to [`write_batch`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Written {
-    /// Appended, now or by an earlier try whose reply was lost (recognised by its `seq`).
+    /// Appended, now or by an earlier try whose reply was lost (the stream's last entry is
+    /// the batch's last chunk, id and fields).
     Yes,
-    /// Refused: the lease does not hold the writer's owner token.
+    /// Refused: the lease does not hold the writer's owner token, or another attempt wrote
+    /// the batch's `seq`s.
     NotOwner,
     /// Refused: the stream already has its terminal chunk.
     Ended,

@@ -505,6 +505,8 @@ impl Drive {
                 None => return,
                 Some(err) => Some(err),
             },
+            // A completion that was ready at once after a cancel does not overwrite it.
+            Poll::Ready(Some(Ok(_))) if self.token.is_cancelled() => Some(ActorError::cancelled()),
             Poll::Ready(Some(_)) => None,
             Poll::Ready(None) => Some(no_result()),
             Poll::Pending => match self.stop_while_pending(cx) {
@@ -571,6 +573,8 @@ impl Stream for Drive {
                 }
                 Some(err) => Err(err),
             },
+            // A completion that was ready at once after a cancel does not overwrite it.
+            Poll::Ready(Some(Ok(_))) if this.token.is_cancelled() => Err(ActorError::cancelled()),
             Poll::Ready(Some(outcome)) => outcome,
             Poll::Ready(None) => Err(no_result()),
             Poll::Pending => match this.stop_while_pending(cx) {

@@ -75,6 +75,30 @@ async fn cancel_ends_the_stream_with_cancelled_and_stops_the_actor() {
 }
 
 #[tokio::test]
+async fn a_completion_ready_at_once_after_a_cancel_does_not_overwrite_it() {
+    // An actor that never waits: its outputs and its completion are all ready when polled.
+    let actor = fn_actor("eager", |_, _| {
+        async_stream::try_stream! {
+            yield Output::data(1);
+            yield Output::complete(Value::Null);
+        }
+    });
+    let mut stream = stream_of(actor, RunOptions::default());
+    assert_eq!(next(&mut stream).await.kind, ChunkType::Start);
+    assert_eq!(next(&mut stream).await.kind, ChunkType::Data);
+    stream.cancel();
+    let rest: Vec<_> = tokio::time::timeout(LIMIT, (&mut stream).collect::<Vec<_>>())
+        .await
+        .expect("in time");
+    assert_eq!(rest.len(), 1, "one terminal chunk: {rest:?}");
+    assert_eq!(
+        rest[0].error.as_ref().map(|e| e.code),
+        Some(ErrorCode::Cancelled),
+        "{rest:?}"
+    );
+}
+
+#[tokio::test]
 async fn cancelling_the_parent_token_cancels_the_run() {
     let parent = loom_core::CancellationToken::new();
     let (hanger, _dropped) = Hanger::new("hanger", 0);

@@ -341,6 +341,11 @@ impl WorkflowRun {
         if self.running.is_some() {
             return None;
         }
+        if self.ctx.is_cancelled() {
+            // Cancelled between steps: the next one is not started.
+            self.ended = true;
+            return Some(Some(Err(ActorError::cancelled())));
+        }
         if self.next < self.workflow.actions.len() {
             self.start_action();
             return None;

@@ -78,6 +78,47 @@ async fn cancel_ends_the_stream_with_cancelled_and_stops_the_steps() {
     r.wait_dropped().await;
 }
 
+#[tokio::test]
+async fn a_workflow_cancelled_between_steps_starts_no_further_step() {
+    let (first, first_control) = controlled("first");
+    let (second, _second_control) = controlled("second");
+    let runtime = runtime_with(vec![first, second]);
+    let workflow = workflow(
+        &runtime,
+        r#"
+name: w
+actions:
+  - { name: a, actorType: first }
+  - { name: b, actorType: second }
+"#,
+    );
+    let mut chunks = WorkflowExecutor::new(runtime).stream(workflow, json!({}));
+    first_control.send(Cmd::Complete(json!("done")));
+    let mut log = Vec::new();
+    while !log
+        .iter()
+        .any(|c: &loom_core::StreamChunk| c.event == Some(Event::ActionComplete))
+    {
+        log.push(next(&mut chunks).await);
+    }
+    chunks.cancel();
+    log.extend(until_terminal(&mut chunks).await);
+    assert_contract(&log);
+    assert_eq!(
+        error_code(terminal(&log)),
+        Some(ErrorCode::Cancelled),
+        "{log:?}"
+    );
+    assert_eq!(
+        markers(&log),
+        [
+            (Event::ActionStart, "a".to_owned()),
+            (Event::ActionComplete, "a".to_owned())
+        ],
+        "step b must not start"
+    );
+}
+
 /// An invoker in front of a local runtime that records the parent token of every run: a
 /// remote invoker can only stop a step through that token.
 struct Recording {

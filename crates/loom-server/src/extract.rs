@@ -166,7 +166,7 @@ impl StreamQuery {
 pub(crate) struct JoinQuery {
     /// Read the chunks after this `seq` (with a `format`: the events after this number).
     pub from: Option<u64>,
-    /// Serve the run in a client dialect: `ag-ui` or `openai-responses` (DESIGN.md §3a).
+    /// Serve the run in a client dialect: `ag-ui`, `ai-sdk` or `openai-responses` (DESIGN.md §3a).
     pub format: Option<String>,
     /// The AG-UI thread id the events repeat (default: the run id).
     pub thread_id: Option<String>,
@@ -188,13 +188,13 @@ pub(crate) fn parse_timeout(timeout: Option<&str>) -> Result<Option<Duration>, A
         .map_err(|e| ApiError::BadRequest(format!("bad timeout: {e}")))
 }
 
-/// The reader's cursor: `?from=N`, else `Last-Event-ID: N`, else none (from the start).
+/// The reader's cursor: `Last-Event-ID: N`, else `?from=N`, else none (from the start).
+///
+/// The header wins: a browser's `EventSource` opened on `…?from=5` reconnects to that same
+/// URL with `Last-Event-ID` set to the last id it saw, which is where it must go on from.
 pub(crate) fn cursor(query: &JoinQuery, headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    if let Some(from) = query.from {
-        return Ok(Some(from));
-    }
     let Some(value) = headers.get("last-event-id") else {
-        return Ok(None);
+        return Ok(query.from);
     };
     value
         .to_str()

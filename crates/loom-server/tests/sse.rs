@@ -75,6 +75,50 @@ async fn resuming_at_any_point_loses_nothing_and_repeats_nothing() {
             .await;
         assert_eq!(response.status(), 204);
     }
+    // A browser's `EventSource` opened on `?from=1` reconnects to the same URL with the last
+    // id it saw: that id is where it goes on from, and past the end it is told to stop.
+    let reconnect = |last_seen: u64| {
+        server
+            .http
+            .get(server.url(&format!("{path}?from=1")))
+            .header("last-event-id", last_seen.to_string())
+            .send()
+    };
+    let resumed = seqs(
+        &SseReader::new(within(reconnect(last - 1)).await.unwrap())
+            .rest()
+            .await,
+    );
+    assert_eq!(resumed, [last]);
+    assert_eq!(within(reconnect(last)).await.unwrap().status(), 204);
+}
+
+#[tokio::test]
+async fn any_run_re_attaches_in_every_dialect_and_an_unknown_one_is_400() {
+    let server = TestServer::default_config().await;
+    let id = server
+        .detached(json!({ "actor": "echo", "input": { "a": 1 } }))
+        .await;
+    let path = format!("/v1/runs/{id}/stream");
+    for (format, ends_with) in [
+        ("ag-ui", "RUN_FINISHED"),
+        ("ai-sdk", "[DONE]"),
+        ("openai-responses", "response.completed"),
+    ] {
+        let response = server.get(&format!("{path}?format={format}")).await;
+        assert_eq!(response.status(), 200, "{format}");
+        let ui_stream = response
+            .headers()
+            .get("x-vercel-ai-ui-message-stream")
+            .cloned();
+        assert_eq!(ui_stream.is_some(), format == "ai-sdk", "{format}");
+        let body = within(response.text()).await.unwrap();
+        assert!(body.contains(ends_with), "{format}: {body}");
+    }
+    let response = server.get(&format!("{path}?format=nope")).await;
+    assert_eq!(response.status(), 400);
+    let body = within(response.text()).await.unwrap();
+    assert!(body.contains("ai-sdk"), "{body}");
 }
 
 #[tokio::test]

@@ -351,7 +351,8 @@ fn chat_name(chat: &str) -> Result<String, ApiError> {
     Ok(name)
 }
 
-fn with_header(mut response: Response) -> Response {
+/// The UI message stream's response header on `response`.
+pub(crate) fn with_header(mut response: Response) -> Response {
     response
         .headers_mut()
         .insert(STREAM_HEADER, HeaderValue::from_static("v1"));

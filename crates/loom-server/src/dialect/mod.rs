@@ -247,8 +247,16 @@ pub(crate) async fn rejoin(
             let permit = state.stream_permit()?;
             serve_numbered(state, run, permit, Numbered::new(mapping, after)).await
         }
+        "ai-sdk" => {
+            let mapping = ai_sdk::AiSdkMapping::new(run.id());
+            let permit = state.stream_permit()?;
+            let events = Numbered::new(mapping, after);
+            Ok(ai_sdk::with_header(
+                serve_numbered(state, run, permit, events).await?,
+            ))
+        }
         other => Err(ApiError::BadRequest(format!(
-            "unknown format '{other}': expected ag-ui or openai-responses"
+            "unknown format '{other}': expected ag-ui, ai-sdk or openai-responses"
         ))),
     }
 }

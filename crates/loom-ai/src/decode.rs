@@ -59,8 +59,10 @@ struct Delta<'a> {
 
 #[derive(Deserialize)]
 struct ToolCallWire<'a> {
+    /// Left out, or `null`, by some servers (Ollama, some proxies): see
+    /// [`ChunkDecoder::call_index`].
     #[serde(default)]
-    index: u32,
+    index: Option<u32>,
     #[serde(default, borrow)]
     id: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
@@ -81,6 +83,8 @@ pub(crate) struct ChunkDecoder {
     finished: bool,
     done: bool,
     usage: Option<Usage>,
+    /// The last tool call a delta was for: its index, and its id once one came.
+    last_call: Option<(u32, Option<String>)>,
 }
 
 impl ChunkDecoder {
@@ -134,8 +138,9 @@ impl ChunkDecoder {
                         Some(f) => (f.name, f.arguments),
                         None => (None, None),
                     };
+                    let index = self.call_index(call.index, call.id.as_deref());
                     out.push_back(TokenEvent::ToolCall(ToolCallDelta {
-                        index: call.index,
+                        index,
                         id: call.id.map(Cow::into_owned),
                         name: name.map(Cow::into_owned),
                         arguments: arguments.map(Cow::into_owned).unwrap_or_default(),
@@ -150,6 +155,28 @@ impl ChunkDecoder {
             self.usage = Some(usage);
         }
         Ok(())
+    }
+
+    /// The index of the tool call a delta is for. Servers that leave `index` out (or send
+    /// `null`) still give each call's first delta its `id`: a new id starts the next call,
+    /// a delta without one continues the last.
+    fn call_index(&mut self, index: Option<u32>, id: Option<&str>) -> u32 {
+        let last = self.last_call.take();
+        let index = match (index, &last) {
+            (Some(index), _) => index,
+            (None, None) => 0,
+            (None, Some((at, last_id))) => match id {
+                Some(id) if last_id.as_deref() != Some(id) => at.saturating_add(1),
+                _ => *at,
+            },
+        };
+        let id = match (id, last) {
+            (Some(id), _) => Some(id.to_owned()),
+            (None, Some((at, last_id))) if at == index => last_id,
+            (None, _) => None,
+        };
+        self.last_call = Some((index, id));
+        index
     }
 
     /// Reports the first finish reason; servers that repeat it are not believed twice.
@@ -253,6 +280,43 @@ mod tests {
             .to_string();
             assert_eq!(decode(&data), [TokenEvent::Text(text.into())], "{data}");
         }
+    }
+
+    #[test]
+    fn tool_calls_without_an_index_are_told_apart_by_their_ids() {
+        let deltas = [
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":null,"id":"c1","type":"function","function":{"name":"weather","arguments":""}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":null,"function":{"arguments":"{\"city\":\"Paris\"}"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"id":"c2","type":"function","function":{"name":"weather","arguments":"{\"city\":"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"\"Tokyo\"}"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"id":"c2","function":{"arguments":""}}]}}]}"#,
+        ];
+        let mut decoder = ChunkDecoder::default();
+        let mut completion = crate::event::Completion::default();
+        for data in deltas {
+            let mut out = VecDeque::new();
+            let event = SseEvent { event: None, data };
+            decoder.decode(&event, &mut out).expect("decodes");
+            out.into_iter().for_each(|e| completion.push(e));
+        }
+        let calls: Vec<_> = completion
+            .tool_calls
+            .iter()
+            .map(|c| (c.id.as_str(), c.name.as_str(), c.arguments.as_str()))
+            .collect();
+        assert_eq!(
+            calls,
+            [
+                ("c1", "weather", r#"{"city":"Paris"}"#),
+                ("c2", "weather", r#"{"city":"Tokyo"}"#)
+            ]
+        );
+        // With indexes, they are what counts.
+        let data = r#"{"choices":[{"delta":{"tool_calls":[{"index":3,"id":"x","function":{"arguments":"{}"}}]}}]}"#;
+        let [TokenEvent::ToolCall(delta)] = &decode(data)[..] else {
+            panic!("one tool call delta")
+        };
+        assert_eq!(delta.index, 3);
     }
 
     #[test]

@@ -328,7 +328,7 @@ mod tests {
     use loom_core::ActorError;
 
     use super::*;
-    use crate::dialect::fixtures;
+    use crate::dialect::fixtures::{self, marker};
 
     fn data(seq: u64, value: Value) -> StreamChunk {
         fixtures::data(seq, value, None)
@@ -337,13 +337,6 @@ mod tests {
     fn by(mut chunk: StreamChunk, actor: Option<&str>, step: Option<&str>) -> StreamChunk {
         chunk.actor = actor.map(Into::into);
         chunk.step = step.map(Into::into);
-        chunk
-    }
-
-    fn marker(seq: u64, kind: ChunkType, event: Event, step: &str) -> StreamChunk {
-        let mut chunk = StreamChunk::new(kind, seq);
-        chunk.event = Some(event);
-        chunk.step = Some(step.into());
         chunk
     }
 

@@ -12,7 +12,8 @@
 //! speaker (a team member, a workflow step) is marked in it: `[writer] `, after a blank line
 //! when something was said before. Progress and other data have no place here and are left
 //! out; a re-run's tokens (`attempt: 2`) follow the first attempt's in the text, after a
-//! `[attempt 2] ` mark: the text already sent cannot be taken back.
+//! `[attempt 2] ` mark, and a workflow step's retry's after a `[<step> retry] ` mark: the text
+//! already sent cannot be taken back.
 //!
 //! **Disconnect cancels the run** at once (no grace): a chat client that goes away does not
 //! come back for the same completion.
@@ -24,7 +25,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
-use loom_core::{ActorError, ChunkType, ErrorInfo, StreamChunk};
+use loom_core::{ActorError, ChunkType, ErrorInfo, Event, StreamChunk};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -121,6 +122,14 @@ impl ChatMapping {
                 } else {
                     Vec::new()
                 }
+            }
+            // A step's retry: its new attempt's tokens follow after a mark, as a re-run's do.
+            ChunkType::Progress if chunk.event == Some(Event::ActionRetry) && self.said => {
+                let step = chunk.step.as_deref().unwrap_or("step");
+                let mark = format!("\n\n[{step} retry] ");
+                // The step's own tokens follow the mark as they are.
+                self.speaker = chunk.step.as_deref().map(str::to_owned);
+                vec![Delta::Text(mark)]
             }
             ChunkType::Progress => Vec::new(),
             ChunkType::Complete => {
@@ -377,7 +386,7 @@ mod tests {
     use loom_core::ErrorCode;
 
     use super::*;
-    use crate::dialect::fixtures::{complete, data, logged};
+    use crate::dialect::fixtures::{complete, data, logged, marker, step_token};
 
     fn map_all(chunks: &[StreamChunk]) -> Vec<Delta> {
         let mut mapping = ChatMapping::default();
@@ -475,6 +484,23 @@ mod tests {
             Some(Delta::Error(info)) => assert_eq!(info.code, ErrorCode::Cancelled),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_workflow_steps_retry_is_marked_in_the_text() {
+        let deltas = map_all(&[
+            step_token(1, "Half", "a"),
+            marker(2, ChunkType::Progress, Event::ActionRetry, "a"),
+            step_token(3, "Whole", "a"),
+        ]);
+        assert_eq!(
+            deltas,
+            [
+                Delta::Text("[a] Half".into()),
+                Delta::Text("\n\n[a retry] ".into()),
+                Delta::Text("Whole".into()),
+            ]
+        );
     }
 
     #[test]

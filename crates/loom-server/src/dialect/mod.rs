@@ -306,7 +306,7 @@ impl IntoResponse for OpenAiError {
 pub(crate) mod fixtures {
     use std::sync::Arc;
 
-    use loom_core::{ChunkType, StreamChunk};
+    use loom_core::{ChunkType, Event, StreamChunk};
     use serde_json::{json, Value};
 
     use crate::runlog::LoggedChunk;
@@ -322,6 +322,21 @@ pub(crate) mod fixtures {
     /// A token, said by `actor` when given.
     pub(crate) fn token(seq: u64, text: &str, actor: Option<&str>) -> StreamChunk {
         data(seq, json!({ "token": text }), actor)
+    }
+
+    /// A token of workflow step `step`.
+    pub(crate) fn step_token(seq: u64, text: &str, step: &str) -> StreamChunk {
+        let mut chunk = token(seq, text, None);
+        chunk.step = Some(step.into());
+        chunk
+    }
+
+    /// A workflow marker of step `step`.
+    pub(crate) fn marker(seq: u64, kind: ChunkType, event: Event, step: &str) -> StreamChunk {
+        let mut chunk = StreamChunk::new(kind, seq);
+        chunk.event = Some(event);
+        chunk.step = Some(step.into());
+        chunk
     }
 
     /// The terminal `complete` chunk with `data`.

@@ -19,7 +19,8 @@
 //! `msg_<run id>_<n>` / `fc_<run id>_<n>` for the n-th item, the same on every replay.
 //!
 //! **Superseded output.** A re-run (`start` with `attempt` ≥ 2) closes the earlier attempt's
-//! open items with status `incomplete`; the new attempt's output goes into new items.
+//! open items with status `incomplete`, and a workflow step's retry (`action-retry`) those of
+//! that step; the new attempt's output goes into new items.
 //!
 //! **Disconnect.** A `background` response is a detached run: it goes on without readers
 //! until it ends or is cancelled. Any other response is cancelled when its client goes away.
@@ -30,7 +31,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use loom_core::{ChunkType, ErrorCode, StreamChunk};
+use loom_core::{ChunkType, ErrorCode, Event, StreamChunk};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -178,8 +179,10 @@ pub(crate) struct ResponsesMapping {
     items: Vec<Item>,
     /// Open message items by speaker (`None`: the run itself).
     messages: HashMap<Option<String>, usize>,
-    /// Open function-call items by the call's index.
-    calls: HashMap<u64, usize>,
+    /// Open function-call items by their speaker and the call's index.
+    calls: HashMap<(Option<String>, u64), usize>,
+    /// The workflow step each open item's output came from, when it came from one.
+    steps: HashMap<usize, String>,
     opened: bool,
     /// The response's status, once it ended, with its error and usage.
     status: &'static str,
@@ -196,6 +199,7 @@ impl ResponsesMapping {
             items: Vec::new(),
             messages: HashMap::new(),
             calls: HashMap::new(),
+            steps: HashMap::new(),
             opened: false,
             status: "queued",
             error: None,
@@ -238,20 +242,27 @@ impl ResponsesMapping {
             ChunkType::Start if chunk.attempt.is_some_and(|a| a > 1) => {
                 self.close_all("incomplete", &mut events);
             }
+            // A step's retry: what its failed attempt opened is closed, and the new attempt's
+            // output goes into new items.
+            ChunkType::Progress if chunk.event == Some(Event::ActionRetry) => {
+                if let Some(step) = chunk.step.as_deref() {
+                    self.close("incomplete", Some(step), &mut events);
+                }
+            }
             ChunkType::Start | ChunkType::Progress => {}
             ChunkType::Data => {
                 if let Some(text) = token(chunk) {
-                    let index = self.message(speaker(chunk).map(str::to_owned), &mut events);
+                    let index = self.message(chunk, &mut events);
                     self.delta(index, text, &mut events);
                 } else if let Some(call) = chunk.data.as_ref().and_then(|d| d.get("tool_call")) {
-                    self.call_delta(call, &mut events);
+                    self.call_delta(chunk, call, &mut events);
                 }
             }
             ChunkType::Complete => {
                 let data = chunk.data.as_ref();
                 if self.items.is_empty() {
                     let text = result_text(data);
-                    let index = self.message(None, &mut events);
+                    let index = self.message(&StreamChunk::new(ChunkType::Data, 0), &mut events);
                     self.delta(index, &text, &mut events);
                 }
                 self.close_all("completed", &mut events);
@@ -282,12 +293,16 @@ impl ResponsesMapping {
         events
     }
 
-    /// The open message item of `name`, opened now if needed.
-    fn message(&mut self, name: Option<String>, events: &mut Vec<Value>) -> usize {
+    /// The open message item of `chunk`'s speaker, opened now if needed.
+    fn message(&mut self, chunk: &StreamChunk, events: &mut Vec<Value>) -> usize {
+        let name = speaker(chunk).map(str::to_owned);
         if let Some(&index) = self.messages.get(&name) {
             return index;
         }
         let index = self.items.len();
+        if let Some(step) = &chunk.step {
+            self.steps.insert(index, step.to_string());
+        }
         let id = format!("msg_{}_{index}", self.head.run_id);
         self.items.push(Item::Message {
             id: id.clone(),
@@ -317,13 +332,19 @@ impl ResponsesMapping {
         }
     }
 
-    fn call_delta(&mut self, call: &Value, events: &mut Vec<Value>) {
-        let key = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+    fn call_delta(&mut self, chunk: &StreamChunk, call: &Value, events: &mut Vec<Value>) {
+        let key = (
+            speaker(chunk).map(str::to_owned),
+            call.get("index").and_then(Value::as_u64).unwrap_or(0),
+        );
         let delta = call.get("arguments").and_then(Value::as_str).unwrap_or("");
         let index = match self.calls.get(&key) {
             Some(&index) => index,
             None => {
                 let index = self.items.len();
+                if let Some(step) = &chunk.step {
+                    self.steps.insert(index, step.to_string());
+                }
                 self.items.push(Item::FunctionCall {
                     id: format!("fc_{}_{index}", self.head.run_id),
                     call_id: call
@@ -358,12 +379,27 @@ impl ResponsesMapping {
 
     /// Closes every open item with `status`, in the order they were opened.
     fn close_all(&mut self, status: &'static str, events: &mut Vec<Value>) {
+        self.close(status, None, events);
+    }
+
+    /// Closes with `status`, in the order they were opened, the open items of workflow step
+    /// `step`, or every open item.
+    fn close(&mut self, status: &'static str, step: Option<&str>, events: &mut Vec<Value>) {
+        let of_step = |index: &usize| {
+            step.is_none_or(|s| self.steps.get(index).map(String::as_str) == Some(s))
+        };
         let mut open: Vec<usize> = self
             .messages
-            .drain()
-            .map(|(_, i)| i)
-            .chain(self.calls.drain().map(|(_, i)| i))
+            .values()
+            .chain(self.calls.values())
+            .copied()
+            .filter(of_step)
             .collect();
+        self.messages.retain(|_, index| !open.contains(index));
+        self.calls.retain(|_, index| !open.contains(index));
+        for index in &open {
+            self.steps.remove(index);
+        }
         open.sort_unstable();
         for index in open {
             let Some(item) = self.items.get_mut(index) else {
@@ -602,7 +638,7 @@ mod tests {
     use crate::runlog::LoggedChunk;
 
     use super::*;
-    use crate::dialect::fixtures::{complete, logged, token};
+    use crate::dialect::fixtures::{complete, logged, marker, step_token, token};
 
     fn head() -> Head {
         Head {
@@ -652,6 +688,48 @@ mod tests {
         assert_eq!(done["output"][0]["content"][0]["text"], "Hello");
         assert_eq!(done["usage"]["total_tokens"], 5);
         assert_eq!(mapping.response()["output_text"], "Hello");
+    }
+
+    #[test]
+    fn a_workflow_steps_retry_closes_its_items_and_leaves_the_other_steps_open() {
+        let (events, mapping) = events(&[
+            StreamChunk::new(ChunkType::Start, 0),
+            step_token(1, "Half", "a"),
+            step_token(2, "B", "b"),
+            marker(3, ChunkType::Progress, Event::ActionRetry, "a"),
+            step_token(4, "Whole", "a"),
+            step_token(5, "b", "b"),
+            complete(6, json!({ "text": "" })),
+        ]);
+        let done: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["type"] == "response.output_item.done")
+            .collect();
+        // The failed attempt's item closes at the retry, before anything after it.
+        assert_eq!(done[0]["item"]["name"], "a");
+        assert_eq!(done[0]["item"]["status"], "incomplete");
+        assert_eq!(done[0]["item"]["content"][0]["text"], "Half");
+        let output = mapping.response()["output"].clone();
+        let items: Vec<(&str, &str, &str)> = output
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                (
+                    i["name"].as_str().unwrap(),
+                    i["status"].as_str().unwrap(),
+                    i["content"][0]["text"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            items,
+            [
+                ("a", "incomplete", "Half"),
+                ("b", "completed", "Bb"),
+                ("a", "completed", "Whole")
+            ]
+        );
     }
 
     #[test]

@@ -70,26 +70,61 @@ async fn wait_for_len(conn: &mut redis::Connection, key: &str, n: usize) {
     .await;
 }
 
-#[tokio::test]
-async fn a_writer_whose_lease_another_attempt_took_is_fenced_and_writes_nothing() {
+/// The owner token of the first attempt in these tests.
+const FIRST: &str = "w1:1:0-1";
+
+/// A run on a server of the test's whose lease [`FIRST`] holds for a minute, and that
+/// attempt's writer, which has written the run's `start`.
+struct Started {
+    _server: RedisServer,
+    client: Client,
+    conn: redis::Connection,
+    run_id: String,
+    key: String,
+    tx: mpsc::Sender<StreamChunk>,
+    writer: JoinHandle<Result<(), loom_redis::Error>>,
+}
+
+async fn started() -> Started {
     let server = RedisServer::start();
     let client = client(&server, fast_options()).await;
     let mut conn = conn(&server);
     let run_id = loom_core::new_run_id();
     let key = client.keys().stream(&run_id);
-    set_lease(&mut conn, &client, &run_id, "w1:1:0-1", 60_000);
-
-    let (mut tx, publishing) =
-        publishing(Publisher::start(&client, &run_id, "w1:1:0-1").expect("publisher"));
+    set_lease(&mut conn, &client, &run_id, FIRST, 60_000);
+    let (mut tx, writer) =
+        publishing(Publisher::start(&client, &run_id, FIRST).expect("publisher"));
     within(5, tx.send(start_chunk(&run_id)))
         .await
         .expect("send start");
     wait_for_len(&mut conn, &key, 1).await;
+    Started {
+        _server: server,
+        client,
+        conn,
+        run_id,
+        key,
+        tx,
+        writer,
+    }
+}
+
+#[tokio::test]
+async fn a_writer_whose_lease_another_attempt_took_is_fenced_and_writes_nothing() {
+    let Started {
+        _server,
+        client,
+        mut conn,
+        run_id,
+        key,
+        mut tx,
+        writer,
+    } = started().await;
 
     // Attempt 2 (another worker) takes the run over.
     set_lease(&mut conn, &client, &run_id, "w2:2:0-1", 60_000);
     send_until_refused(&mut tx, 1).await;
-    within(10, publishing)
+    within(10, writer)
         .await
         .expect("joined")
         .expect("a fenced writer stops without an error");
@@ -153,9 +188,9 @@ async fn nothing_is_appended_after_a_worker_lost_terminal_even_by_a_live_lease_h
     let run_id = loom_core::new_run_id();
     let key = client.keys().stream(&run_id);
     // The old worker's lease lapses (its heartbeat stalled) while its publisher lives on.
-    set_lease(&mut conn, &client, &run_id, "w1:1:0-1", 300);
+    set_lease(&mut conn, &client, &run_id, FIRST, 300);
     let (mut tx, publishing) =
-        publishing(Publisher::start(&client, &run_id, "w1:1:0-1").expect("publisher"));
+        publishing(Publisher::start(&client, &run_id, FIRST).expect("publisher"));
     within(5, tx.send(start_chunk(&run_id)))
         .await
         .expect("send start");
@@ -171,7 +206,7 @@ async fn nothing_is_appended_after_a_worker_lost_terminal_even_by_a_live_lease_h
     );
 
     // The old worker comes back holding its lease again: still nothing after the terminal.
-    set_lease(&mut conn, &client, &run_id, "w1:1:0-1", 60_000);
+    set_lease(&mut conn, &client, &run_id, FIRST, 60_000);
     send_until_refused(&mut tx, 1).await;
     within(10, publishing)
         .await
@@ -200,17 +235,15 @@ fn seqs_of(conn: &mut redis::Connection, key: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn a_writer_whose_seqs_another_attempt_wrote_first_is_fenced_not_taken_for_written() {
-    let server = RedisServer::start();
-    let client = client(&server, fast_options()).await;
-    let mut conn = conn(&server);
-    let run_id = loom_core::new_run_id();
-    let key = client.keys().stream(&run_id);
-    set_lease(&mut conn, &client, &run_id, "w1:1:0-1", 60_000);
-    let (mut tx, first) =
-        publishing(Publisher::start(&client, &run_id, "w1:1:0-1").expect("publisher"));
-    within(5, tx.send(start_chunk(&run_id)))
-        .await
-        .expect("send start");
+    let Started {
+        _server,
+        client,
+        mut conn,
+        run_id,
+        key,
+        mut tx,
+        writer,
+    } = started().await;
     for seq in 1..4 {
         within(5, tx.send(Output::token("a").into_chunk(seq)))
             .await
@@ -218,7 +251,7 @@ async fn a_writer_whose_seqs_another_attempt_wrote_first_is_fenced_not_taken_for
     }
     wait_for_len(&mut conn, &key, 4).await;
     drop(tx);
-    within(10, first).await.expect("joined").expect("written");
+    within(10, writer).await.expect("joined").expect("written");
 
     // A second attempt holds the lease, but continues from an older look at the stream
     // (seq 2 on): its first batch finds seq 2 taken by the first attempt's chunks. That is
@@ -239,28 +272,25 @@ async fn a_writer_whose_seqs_another_attempt_wrote_first_is_fenced_not_taken_for
 
 #[tokio::test]
 async fn a_batch_sent_again_after_its_reply_was_lost_is_not_written_twice_and_the_run_goes_on() {
-    let server = RedisServer::start();
-    let client = client(&server, fast_options()).await;
-    let mut conn = conn(&server);
-    let run_id = loom_core::new_run_id();
-    let key = client.keys().stream(&run_id);
-    set_lease(&mut conn, &client, &run_id, "w1:1:0-1", 60_000);
-    let (mut tx, first) =
-        publishing(Publisher::start(&client, &run_id, "w1:1:0-1").expect("publisher"));
-    within(5, tx.send(start_chunk(&run_id)))
-        .await
-        .expect("send start");
+    let Started {
+        _server,
+        client,
+        mut conn,
+        run_id,
+        key,
+        mut tx,
+        writer,
+    } = started().await;
     within(5, tx.send(Output::token("a").into_chunk(1)))
         .await
         .expect("send");
     wait_for_len(&mut conn, &key, 2).await;
     drop(tx);
-    within(10, first).await.expect("joined").expect("written");
+    within(10, writer).await.expect("joined").expect("written");
 
     // The same attempt sends its last batch (seq 1) again, as after a lost reply: it is
     // recognised as written, and what follows is appended once.
-    let (mut tx, again) =
-        publishing(Publisher::start(&client, &run_id, "w1:1:0-1").expect("publisher"));
+    let (mut tx, again) = publishing(Publisher::start(&client, &run_id, FIRST).expect("publisher"));
     within(5, tx.send(Output::token("a").into_chunk(1)))
         .await
         .expect("send");

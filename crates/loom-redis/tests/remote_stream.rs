@@ -276,6 +276,20 @@ async fn a_unix_socket_url_works_for_every_connection() {
     let _ = std::fs::remove_file(&socket);
 }
 
+/// A `redis-server` of the test's own whose slow log keeps every command, for [`xreads`].
+fn logging_every_command() -> RedisServer {
+    RedisServer::start_own_with(&[
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--slowlog-log-slower-than",
+        "0",
+        "--slowlog-max-len",
+        "1000000",
+    ])
+}
+
 /// The `COUNT` of each `XREAD` in `server`'s slow log (it logs every command here), and how
 /// many streams it named.
 fn xreads(server: &RedisServer) -> Vec<(usize, usize)> {
@@ -317,16 +331,7 @@ fn xreads(server: &RedisServer) -> Vec<(usize, usize)> {
 
 #[tokio::test]
 async fn a_process_reading_many_streams_waits_on_bells_and_misses_nothing() {
-    let server = RedisServer::start_own_with(&[
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--slowlog-log-slower-than",
-        "0",
-        "--slowlog-max-len",
-        "1000000",
-    ]);
+    let server = logging_every_command();
     let client = client(&server, fast_options()).await;
     let probe = Arc::new(Probe::default());
     let worker = RunningWorker::with_concurrency(&client, &probe, 128);
@@ -373,16 +378,7 @@ async fn a_process_reading_many_streams_waits_on_bells_and_misses_nothing() {
 
 #[tokio::test]
 async fn many_long_streams_replayed_at_once_arrive_whole_in_replies_of_bounded_size() {
-    let server = RedisServer::start_own_with(&[
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--slowlog-log-slower-than",
-        "0",
-        "--slowlog-max-len",
-        "1000000",
-    ]);
+    let server = logging_every_command();
     let client = client(&server, fast_options()).await;
     let probe = Arc::new(Probe::default());
     let worker = RunningWorker::with_concurrency(&client, &probe, 128);

@@ -111,30 +111,22 @@ async fn started() -> Started {
 
 #[tokio::test]
 async fn a_writer_whose_lease_another_attempt_took_is_fenced_and_writes_nothing() {
-    let Started {
-        _server,
-        client,
-        mut conn,
-        run_id,
-        key,
-        mut tx,
-        writer,
-    } = started().await;
+    let mut run = started().await;
 
     // Attempt 2 (another worker) takes the run over.
-    set_lease(&mut conn, &client, &run_id, "w2:2:0-1", 60_000);
-    send_until_refused(&mut tx, 1).await;
-    within(10, writer)
+    set_lease(&mut run.conn, &run.client, &run.run_id, "w2:2:0-1", 60_000);
+    send_until_refused(&mut run.tx, 1).await;
+    within(10, run.writer)
         .await
         .expect("joined")
-        .expect("a fenced writer stops without an error");
+        .expect("a fenced run.writer stops without an error");
 
-    let written = entries(&mut conn, &key);
+    let written = entries(&mut run.conn, &run.key);
     assert_eq!(written.len(), 1, "{written:?}");
     assert_eq!(written[0].1[0], ("type".to_owned(), "start".to_owned()));
     let lease: Option<String> = redis::cmd("GET")
-        .arg(client.keys().lease(&run_id))
-        .query(&mut conn)
+        .arg(run.client.keys().lease(&run.run_id))
+        .query(&mut run.conn)
         .expect("GET lease");
     assert_eq!(
         lease.as_deref(),
@@ -235,30 +227,25 @@ fn seqs_of(conn: &mut redis::Connection, key: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn a_writer_whose_seqs_another_attempt_wrote_first_is_fenced_not_taken_for_written() {
-    let Started {
-        _server,
-        client,
-        mut conn,
-        run_id,
-        key,
-        mut tx,
-        writer,
-    } = started().await;
+    let mut run = started().await;
     for seq in 1..4 {
-        within(5, tx.send(Output::token("a").into_chunk(seq)))
+        within(5, run.tx.send(Output::token("a").into_chunk(seq)))
             .await
             .expect("send");
     }
-    wait_for_len(&mut conn, &key, 4).await;
-    drop(tx);
-    within(10, writer).await.expect("joined").expect("written");
+    wait_for_len(&mut run.conn, &run.key, 4).await;
+    drop(run.tx);
+    within(10, run.writer)
+        .await
+        .expect("joined")
+        .expect("written");
 
     // A second attempt holds the lease, but continues from an older look at the stream
     // (seq 2 on): its first batch finds seq 2 taken by the first attempt's chunks. That is
     // not this batch written before, so it writes nothing more.
-    set_lease(&mut conn, &client, &run_id, "w2:2:0-1", 60_000);
+    set_lease(&mut run.conn, &run.client, &run.run_id, "w2:2:0-1", 60_000);
     let (mut tx, second) =
-        publishing(Publisher::start(&client, &run_id, "w2:2:0-1").expect("publisher"));
+        publishing(Publisher::start(&run.client, &run.run_id, "w2:2:0-1").expect("publisher"));
     within(5, tx.send(Output::token("b").into_chunk(2)))
         .await
         .expect("send");
@@ -266,40 +253,36 @@ async fn a_writer_whose_seqs_another_attempt_wrote_first_is_fenced_not_taken_for
     within(10, second)
         .await
         .expect("joined")
-        .expect("a fenced writer stops without an error");
-    assert_eq!(seqs_of(&mut conn, &key), ["0", "1", "2", "3"]);
+        .expect("a fenced run.writer stops without an error");
+    assert_eq!(seqs_of(&mut run.conn, &run.key), ["0", "1", "2", "3"]);
 }
 
 #[tokio::test]
 async fn a_batch_sent_again_after_its_reply_was_lost_is_not_written_twice_and_the_run_goes_on() {
-    let Started {
-        _server,
-        client,
-        mut conn,
-        run_id,
-        key,
-        mut tx,
-        writer,
-    } = started().await;
-    within(5, tx.send(Output::token("a").into_chunk(1)))
+    let mut run = started().await;
+    within(5, run.tx.send(Output::token("a").into_chunk(1)))
         .await
         .expect("send");
-    wait_for_len(&mut conn, &key, 2).await;
-    drop(tx);
-    within(10, writer).await.expect("joined").expect("written");
+    wait_for_len(&mut run.conn, &run.key, 2).await;
+    drop(run.tx);
+    within(10, run.writer)
+        .await
+        .expect("joined")
+        .expect("written");
 
     // The same attempt sends its last batch (seq 1) again, as after a lost reply: it is
     // recognised as written, and what follows is appended once.
-    let (mut tx, again) = publishing(Publisher::start(&client, &run_id, FIRST).expect("publisher"));
+    let (mut tx, again) =
+        publishing(Publisher::start(&run.client, &run.run_id, FIRST).expect("publisher"));
     within(5, tx.send(Output::token("a").into_chunk(1)))
         .await
         .expect("send");
     tokio::time::sleep(Duration::from_millis(100)).await;
     within(5, tx.send(Output::token("b").into_chunk(2)))
         .await
-        .expect("the writer goes on after the batch it found written");
-    wait_for_len(&mut conn, &key, 3).await;
+        .expect("the run.writer goes on after the batch it found written");
+    wait_for_len(&mut run.conn, &run.key, 3).await;
     drop(tx);
     within(10, again).await.expect("joined").expect("written");
-    assert_eq!(seqs_of(&mut conn, &key), ["0", "1", "2"]);
+    assert_eq!(seqs_of(&mut run.conn, &run.key), ["0", "1", "2"]);
 }

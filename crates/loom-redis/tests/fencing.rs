@@ -119,7 +119,7 @@ async fn a_writer_whose_lease_another_attempt_took_is_fenced_and_writes_nothing(
     within(10, run.writer)
         .await
         .expect("joined")
-        .expect("a fenced run.writer stops without an error");
+        .expect("a fenced writer stops without an error");
 
     let written = entries(&mut run.conn, &run.key);
     assert_eq!(written.len(), 1, "{written:?}");
@@ -253,7 +253,7 @@ async fn a_writer_whose_seqs_another_attempt_wrote_first_is_fenced_not_taken_for
     within(10, second)
         .await
         .expect("joined")
-        .expect("a fenced run.writer stops without an error");
+        .expect("a fenced writer stops without an error");
     assert_eq!(seqs_of(&mut run.conn, &run.key), ["0", "1", "2", "3"]);
 }
 
@@ -280,7 +280,7 @@ async fn a_batch_sent_again_after_its_reply_was_lost_is_not_written_twice_and_th
     tokio::time::sleep(Duration::from_millis(100)).await;
     within(5, tx.send(Output::token("b").into_chunk(2)))
         .await
-        .expect("the run.writer goes on after the batch it found written");
+        .expect("the writer goes on after the batch it found written");
     wait_for_len(&mut run.conn, &run.key, 3).await;
     drop(tx);
     within(10, again).await.expect("joined").expect("written");

@@ -16,11 +16,13 @@
 //! ([`Client::invoker`]) by `remote.rs`, the layers above.
 
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::aio::ConnectionManagerConfig;
 use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
+use tokio_util::task::TaskTracker;
 
 use crate::conn::{slot, Conn, Reach, Topology};
 use crate::error::Error;
@@ -134,6 +136,9 @@ struct Inner {
     /// On a cluster, the node each slot's writers were sent to by a `MOVED` (at most one
     /// slot per bucket of runs: `keys.rs`).
     writer_nodes: Mutex<HashMap<u16, String>>,
+    /// The tasks that send a remote stream's cancel when its caller cancels or drops it
+    /// (see [`Client::flush_cancels`]).
+    cancels: TaskTracker,
 }
 
 /// The most connections a client's writers keep open: a batch takes one only while its reply
@@ -222,8 +227,28 @@ impl Client {
                 idle_writers: Mutex::new(Vec::new()),
                 writer_permits: Arc::new(Semaphore::new(WRITER_CONNECTIONS)),
                 writer_nodes: Mutex::new(HashMap::new()),
+                cancels: TaskTracker::new(),
             }),
         })
+    }
+
+    /// Waits, at most `within`, until the cancel of every remote stream this client's
+    /// callers cancelled or dropped has reached Redis. A process about to exit calls it
+    /// last: the cancels are sent by tasks of their own, which a runtime shutting down would
+    /// abort — and a run whose cancel never arrived goes on on its worker to its deadline.
+    pub async fn flush_cancels(&self, within: Duration) {
+        let cancels = &self.inner.cancels;
+        cancels.close();
+        if tokio::time::timeout(within, cancels.wait()).await.is_err() {
+            tracing::warn!(left = cancels.len(), "cancels not all sent before leaving");
+        }
+        cancels.reopen();
+    }
+
+    /// Runs `cancel` (a stream's cancel forwarding) as one of the tasks
+    /// [`flush_cancels`](Self::flush_cancels) waits for.
+    pub(crate) fn spawn_cancel(&self, cancel: impl Future<Output = ()> + Send + 'static) {
+        self.inner.cancels.spawn(cancel);
     }
 
     /// The key layout.
@@ -322,11 +347,17 @@ impl Client {
             None => self.inner.topology.info(&Reach::default())?,
         };
         let mut wire = Wire::connect(&info, Duration::ZERO).await?;
-        // Only a label: an ACL that refuses it does not stop the writer.
+        // Only a label: an ACL that refuses it does not stop the writer. A connection that
+        // failed or timed out on it is not used: its reply may still be on the way, and the
+        // batch would read it for its own.
         let mut name = redis::cmd("CLIENT");
         name.arg("SETNAME").arg(WRITER_NAME);
-        if let Err(e) = wire.query(&name).await {
-            tracing::debug!(error = %e, "a writer connection could not name itself");
+        match wire.query(&name).await {
+            Ok(_) => {}
+            Err(Error::Redis(e)) if !e.is_io_error() => {
+                tracing::debug!(error = %e, "a writer connection could not name itself");
+            }
+            Err(e) => return Err(e),
         }
         Ok(Some(WriterWire {
             wire,

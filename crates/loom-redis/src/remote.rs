@@ -149,7 +149,7 @@ impl RemoteInvoker {
             None => CancellationToken::new(),
         };
         let done = CancellationToken::new();
-        tokio::spawn(forward_cancel(
+        self.client.spawn_cancel(forward_cancel(
             self.client.clone(),
             request.run_id.clone(),
             token.clone(),

@@ -29,6 +29,10 @@ use render::{RenderMode, Renderer};
 /// How long a cancelled run may take to write its terminal chunk before the CLI gives up.
 const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
+/// How long a command waits, before the process exits, for the cancels of the remote runs it
+/// stopped to reach Redis.
+const CANCEL_FLUSH: Duration = Duration::from_secs(3);
+
 /// Loom: run actors and stream their work as it happens.
 #[derive(Parser, Debug)]
 #[command(name = "loom", version, about)]
@@ -245,7 +249,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(client) => Arc::new(client.invoker().with_actors(runtime.registry().names())),
         None => runtime.clone(),
     };
-    match cli.command {
+    // The cancels of remote runs this process stops are sent by tasks of the client's: they
+    // must reach Redis before the process exits, or those runs go on on their workers.
+    let flush = redis.clone();
+    let code = command(cli.command, &runtime, invoker, redis, offline).await;
+    if let Some(client) = flush {
+        client.flush_cancels(CANCEL_FLUSH).await;
+    }
+    code
+}
+
+/// Runs `command`; `invoker` runs actors locally or, with `redis`, on workers.
+async fn command(
+    command: Command,
+    runtime: &Arc<Runtime>,
+    invoker: Arc<dyn Invoker>,
+    redis: Option<loom_redis::Client>,
+    offline: bool,
+) -> anyhow::Result<ExitCode> {
+    match command {
         Command::Actor(ActorCommand::List) => {
             for actor in runtime.registry().iter() {
                 let kind = if actor.streams() {
@@ -262,10 +284,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if offline && redis.is_none() && args.actor == CHAT_AGENT {
                 announce_offline();
             }
+            // Before the run is queued: a signal from here on cancels it.
+            let signals = Signals::new();
             let stream = invoker
                 .stream(&args.actor, input, args.output.options())
                 .await?;
-            Ok(follow(stream, args.output.mode()).await)
+            Ok(follow(stream, signals, args.output.mode(), Stop::Cancel).await)
         }
         Command::Workflow(WorkflowCommand::Validate { file }) => {
             let workflow = load_workflow(&file, invoker.as_ref())?;
@@ -286,9 +310,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if offline && redis.is_none() && workflow.steps().any(|s| s.actor_type == CHAT_AGENT) {
                 announce_offline();
             }
+            let signals = Signals::new();
             let executor = WorkflowExecutor::new(invoker);
             let stream = executor.stream_with(workflow, input, args.output.options());
-            Ok(follow(stream, args.output.mode()).await)
+            Ok(follow(stream, signals, args.output.mode(), Stop::Cancel).await)
         }
         Command::Worker(args) => {
             let client =
@@ -348,17 +373,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve(args) => {
-            serve::serve(args, &runtime, redis, offline, shutdown_signal()).await?;
+            serve::serve(args, runtime, redis, offline, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Stream(StreamCommand::Tail { id, from, json }) => {
             let client = redis
                 .ok_or_else(|| usage("loom stream tail needs --redis URL (or LOOM_REDIS_URL)"))?;
+            let signals = Signals::new();
             let stream = client
                 .tail(&id, from.as_deref())
                 .await
                 .map_err(redis_error)?;
-            Ok(follow(stream, RenderMode { stream: true, json }).await)
+            // The run is not this reader's to stop: a signal only stops the reading.
+            let mode = RenderMode { stream: true, json };
+            Ok(follow(stream, signals, mode, Stop::Leave).await)
         }
     }
 }
@@ -472,18 +500,37 @@ fn build_input(input: Option<&str>, prompt: Option<&str>) -> anyhow::Result<Valu
     Ok(value)
 }
 
-/// Shows a run until its terminal chunk; Ctrl-C cancels it and still waits for (and prints)
-/// the terminal chunk. Returns the exit code.
-async fn follow(mut stream: ChunkStream, mode: RenderMode) -> ExitCode {
+/// What a signal does to a run being followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// Cancel it, and still wait (at most [`CANCEL_GRACE`]) for its terminal chunk.
+    Cancel,
+    /// Leave it running and stop reading (`stream tail`: the run is not the reader's).
+    Leave,
+}
+
+/// Shows a run until its terminal chunk; a signal (Ctrl-C, `SIGTERM`, `SIGHUP`) cancels it
+/// and still waits for (and prints) the terminal chunk, or with [`Stop::Leave`] stops at
+/// once. Returns the exit code: 128 + the signal's number after one.
+async fn follow(
+    mut stream: ChunkStream,
+    mut signals: Signals,
+    mode: RenderMode,
+    stop: Stop,
+) -> ExitCode {
     let mut renderer = Renderer::new(mode);
-    let mut interrupt = interrupt_signal();
-    // Set once, at the first Ctrl-C: chunks that keep coming do not push it back.
+    // Set once, at the first signal: chunks that keep coming do not push it back.
     let mut give_up_at: Option<tokio::time::Instant> = None;
+    let mut signalled: Option<u8> = None;
     let mut terminal: Option<StreamChunk> = None;
     loop {
         let next = tokio::select! {
             chunk = stream.next() => chunk,
-            _ = interrupt.recv(), if give_up_at.is_none() => {
+            code = signals.recv(), if signalled.is_none() => {
+                signalled = Some(code);
+                if stop == Stop::Leave {
+                    break;
+                }
                 give_up_at = Some(tokio::time::Instant::now() + CANCEL_GRACE);
                 stream.cancel();
                 continue;
@@ -498,9 +545,9 @@ async fn follow(mut stream: ChunkStream, mode: RenderMode) -> ExitCode {
         }
     }
     renderer.finish(terminal.as_ref());
-    match terminal.map(|c| c.kind) {
-        _ if give_up_at.is_some() => ExitCode::from(130),
-        Some(ChunkType::Complete) => ExitCode::SUCCESS,
+    match (signalled, terminal.map(|c| c.kind)) {
+        (Some(code), _) => ExitCode::from(code),
+        (None, Some(ChunkType::Complete)) => ExitCode::SUCCESS,
         _ => ExitCode::FAILURE,
     }
 }
@@ -513,15 +560,50 @@ async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Ctrl-C, registered before the run starts so an early Ctrl-C cancels instead of killing.
-fn interrupt_signal() -> tokio::sync::mpsc::Receiver<()> {
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tokio::spawn(async move {
-        while tokio::signal::ctrl_c().await.is_ok() {
-            if tx.send(()).await.is_err() {
-                break;
-            }
+/// The signals that stop a run a command follows, registered when made: one that arrives
+/// before the run is queued, or while it is, is seen once the run is followed, instead of
+/// killing the process with the run left going.
+struct Signals {
+    #[cfg(unix)]
+    streams: Vec<(tokio::signal::unix::Signal, u8)>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let streams = [
+                (SignalKind::interrupt(), 130),
+                (SignalKind::terminate(), 143),
+                (SignalKind::hangup(), 129),
+            ]
+            .into_iter()
+            .filter_map(|(kind, code)| signal(kind).ok().map(|s| (s, code)))
+            .collect();
+            Self { streams }
         }
-    });
-    rx
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// The next signal, as the exit code it stands for (128 + its number).
+    async fn recv(&mut self) -> u8 {
+        #[cfg(unix)]
+        {
+            let waits = self.streams.iter_mut().map(|(signal, code)| {
+                let code = *code;
+                Box::pin(async move {
+                    signal.recv().await;
+                    code
+                })
+            });
+            futures::future::select_all(waits).await.0
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            130
+        }
+    }
 }

@@ -128,6 +128,131 @@ fn ctrl_c_cancels_the_run_on_the_worker_and_exits_130() {
     );
 }
 
+/// The type and error code of the last entry of every chunk stream in `redis`.
+fn stream_ends(redis: &RedisServer) -> Vec<(String, String)> {
+    let mut conn = redis::Client::open(redis.url())
+        .and_then(|c| c.get_connection())
+        .expect("connect");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("loom:stream:*")
+        .query(&mut conn)
+        .expect("KEYS");
+    keys.iter()
+        .map(|key| {
+            let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+                .arg(key)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .query(&mut conn)
+                .expect("XREVRANGE");
+            let fields = last.into_iter().next().map(|(_, f)| f).unwrap_or_default();
+            let field = |name: &str| {
+                fields
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            (field("type"), field("error"))
+        })
+        .collect()
+}
+
+#[test]
+fn a_signal_stops_a_workflow_and_its_steps_running_on_workers() {
+    let redis = RedisServer::start_own();
+    let _worker = WorkerProcess::start(&redis);
+    let dir = std::env::temp_dir().join(format!("loom-remote-wf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("slow.yaml");
+    let yaml = format!(
+        "name: slow\nactions:\n  - name: s\n    actorType: batch\n    input: {SLOW_BATCH}\n"
+    );
+    std::fs::write(&file, yaml).expect("workflow file");
+    for (signal_name, code) in [("INT", 130), ("TERM", 143)] {
+        let mut child = loom(&[
+            "workflow",
+            "run",
+            file.to_str().expect("path"),
+            "--stream",
+            "--json",
+            "--redis",
+            redis.url(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("loom starts");
+        let lines = lines(&mut child);
+        let mut seen = Vec::new();
+        read_until(&lines, &mut seen, |c| {
+            c["step"] == "s" && c["type"] == "progress" && c["event"].is_null()
+        });
+        signal(child.id(), signal_name);
+        assert_eq!(wait(&mut child).code(), Some(code), "{signal_name}");
+        // The step's run on the worker ends cancelled too, not at its own end.
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let ends = stream_ends(&redis);
+            let running = ends
+                .iter()
+                .filter(|(kind, _)| kind != "error" && kind != "complete")
+                .count();
+            if running == 0 {
+                assert!(
+                    ends.iter()
+                        .all(|(kind, error)| kind == "error" && error.contains("cancelled")),
+                    "{signal_name}: {ends:?}"
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{signal_name}: still running: {ends:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn ctrl_c_stops_stream_tail_at_once_and_leaves_the_run_going() {
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(&redis);
+    let (mut owner, owner_lines) = remote_run(&redis, &["batch", "--input", SLOW_BATCH]);
+    let mut seen = Vec::new();
+    read_until(&owner_lines, &mut seen, |c| c["type"] == "start");
+    let run_id = seen[0]["data"]["run_id"]
+        .as_str()
+        .expect("start names the run");
+    let mut tail = loom(&["stream", "tail", run_id, "--json", "--redis", redis.url()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("loom starts");
+    let tail_lines = lines(&mut tail);
+    let mut tailed = Vec::new();
+    read_until(&tail_lines, &mut tailed, |c| c["type"] == "progress");
+    let signalled = Instant::now();
+    signal(tail.id(), "INT");
+    assert_eq!(wait(&mut tail).code(), Some(130));
+    assert!(
+        signalled.elapsed() < Duration::from_secs(2),
+        "stream tail took {:?} to stop",
+        signalled.elapsed()
+    );
+    // The run was the other caller's: it goes on to its end.
+    read_until(&owner_lines, &mut seen, is_terminal);
+    assert_eq!(wait(&mut owner).code(), Some(0));
+    assert_eq!(
+        seen.last().map(|c| c["type"].clone()),
+        Some(json!("complete"))
+    );
+}
+
 #[test]
 fn a_worker_killed_mid_stream_is_replaced_by_another_and_seq_stays_gapless() {
     let redis = RedisServer::start();

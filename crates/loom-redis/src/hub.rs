@@ -56,7 +56,8 @@ const READ_COUNT: usize = 1024;
 
 /// Entries one `XREAD` fetches at most over all its streams, about 6 MiB of tokens: a round
 /// naming many streams with a backlog each (replays from their start, a sweep) asks for fewer
-/// per stream, down to [`MIN_READ_COUNT`], so its reply never grows to hundreds of megabytes.
+/// per stream, down to [`MIN_READ_COUNT`] — the bound holds up to 4,096 streams a round, and
+/// past that a reply asks for 16 entries a stream.
 const READ_BUDGET: usize = 64 * 1024;
 
 /// The fewest entries one `XREAD` fetches per stream.
@@ -128,7 +129,7 @@ impl Subscription {
     /// The next batch of entries; `None` once the hub has stopped.
     pub(crate) async fn recv(&mut self) -> Option<Vec<RawEntry>> {
         let batch = self.rx.recv().await;
-        if self.paused.swap(false, Ordering::AcqRel) {
+        if self.paused.swap(false, Ordering::SeqCst) {
             // The hub left this stream out while its channel was full: ask it back in.
             self.wake.notify_one();
         }
@@ -309,10 +310,12 @@ impl HubTask {
             if !open {
                 // Paused first, then looked at again: a reader that took its batches in
                 // between found the flag down and asked for nothing, so it is read now.
-                sub.paused.store(true, Ordering::Release);
+                // (`SeqCst` here and in the reader's swap: each side writes one thing and
+                // reads the other's, which weaker orderings let both miss.)
+                sub.paused.store(true, Ordering::SeqCst);
                 open = sub.tx.capacity() > 0;
                 if open {
-                    sub.paused.store(false, Ordering::Release);
+                    sub.paused.store(false, Ordering::SeqCst);
                 }
             }
             room |= open;

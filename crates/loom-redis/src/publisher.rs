@@ -231,9 +231,11 @@ impl Writer {
             0
         };
         let why = match self.send(&batch, ttl, terminal.is_some()).await {
-            Ok(Written::Yes) => None,
-            Ok(Written::NotOwner) => Some("the lease is not ours"),
-            Ok(Written::Ended) => Some("the stream already has its terminal chunk"),
+            // Discarded while a failing batch was being retried: nothing was written.
+            Ok(None) => return (self, batch, Ok(Sent::Done)),
+            Ok(Some(Written::Yes)) => None,
+            Ok(Some(Written::NotOwner)) => Some("the lease is not ours"),
+            Ok(Some(Written::Ended)) => Some("the stream already has its terminal chunk"),
             Err(e) => return (self, batch, Err(e)),
         };
         if let Some(why) = why {
@@ -254,13 +256,14 @@ impl Writer {
         (self, batch, Ok(sent))
     }
 
-    /// Writes one batch, retrying Redis failures for `retry_for`.
+    /// Writes one batch, retrying Redis failures for `retry_for`; `None` when the writer was
+    /// discarded meanwhile (the batch is then left unwritten).
     async fn send(
         &mut self,
         batch: &[StreamChunk],
         ttl: u64,
         terminal: bool,
-    ) -> Result<Written, Error> {
+    ) -> Result<Option<Written>, Error> {
         let start = Instant::now();
         let mut backoff = Backoff::default();
         loop {
@@ -269,10 +272,10 @@ impl Writer {
                     tracing::warn!(stream = %self.keys.stream, error = %e, "XADD failed; retrying");
                     backoff.wait().await;
                     if self.discard.load(Ordering::Acquire) {
-                        return Ok(Written::Yes);
+                        return Ok(None);
                     }
                 }
-                written => return written,
+                written => return written.map(Some),
             }
         }
     }

@@ -16,7 +16,7 @@
 //! |---|---|---|
 //! | [`write_batch`] | stream, lease, bell | the publisher: append a batch while the lease is ours |
 //! | [`end_run`] | stream, cancel, bell | a reader: end a run with `worker_lost`/`timeout` |
-//! | [`peek`] | stream, cancel | `tail`, and the worker before it starts a run |
+//! | [`peek`] | stream, cancel (and the lease it takes, for a worker) | `tail`; the worker, taking a run's lease as it looks at its stream |
 //! | [`renew`] | lease, stream, cancel of each of up to 256 runs of one bucket | the worker's heartbeat |
 //! | [`release`] | lease | the worker handing a run back |
 //! | [`keep_bells`] | bells | a reader waiting on its buckets' bells, keeping them (and their rings) alive |

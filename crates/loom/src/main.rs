@@ -591,6 +591,10 @@ impl Signals {
     async fn recv(&mut self) -> u8 {
         #[cfg(unix)]
         {
+            if self.streams.is_empty() {
+                // None could be registered: no signal will come.
+                return std::future::pending().await;
+            }
             let waits = self.streams.iter_mut().map(|(signal, code)| {
                 let code = *code;
                 Box::pin(async move {

@@ -85,6 +85,8 @@ pub(crate) enum Delta {
 pub(crate) struct ChatMapping {
     speaker: Option<String>,
     said: bool,
+    /// A mark (a re-run's, a retry's) was the last text: a speaker follows it on its line.
+    marked: bool,
     called_tools: bool,
 }
 
@@ -95,6 +97,7 @@ impl ChatMapping {
             ChunkType::Start => match chunk.attempt {
                 Some(attempt) if self.said => {
                     self.speaker = None;
+                    self.marked = true;
                     vec![Delta::Text(format!("\n\n[attempt {attempt}] "))]
                 }
                 _ => Vec::new(),
@@ -104,7 +107,7 @@ impl ChatMapping {
                     let mut out = String::new();
                     if let Some(name) = speaker(chunk) {
                         if self.speaker.as_deref() != Some(name) {
-                            if self.said {
+                            if self.said && !self.marked {
                                 out.push_str("\n\n");
                             }
                             out.push('[');
@@ -115,6 +118,7 @@ impl ChatMapping {
                     }
                     out.push_str(text);
                     self.said = true;
+                    self.marked = false;
                     vec![Delta::Text(out)]
                 } else if let Some(call) = chunk.data.as_ref().and_then(|d| d.get("tool_call")) {
                     self.called_tools = true;
@@ -127,8 +131,10 @@ impl ChatMapping {
             ChunkType::Progress if chunk.event == Some(Event::ActionRetry) && self.said => {
                 let step = chunk.step.as_deref().unwrap_or("step");
                 let mark = format!("\n\n[{step} retry] ");
-                // The step's own tokens follow the mark as they are.
+                // The step's own tokens follow the mark as they are; a team member's name
+                // follows it on its line.
                 self.speaker = chunk.step.as_deref().map(str::to_owned);
+                self.marked = true;
                 vec![Delta::Text(mark)]
             }
             ChunkType::Progress => Vec::new(),
@@ -492,6 +498,8 @@ mod tests {
             step_token(1, "Half", "a"),
             marker(2, ChunkType::Progress, Event::ActionRetry, "a"),
             step_token(3, "Whole", "a"),
+            marker(4, ChunkType::Progress, Event::ActionRetry, "a"),
+            data(5, json!({ "token": "Again" }), Some("member")),
         ]);
         assert_eq!(
             deltas,
@@ -499,6 +507,8 @@ mod tests {
                 Delta::Text("[a] Half".into()),
                 Delta::Text("\n\n[a retry] ".into()),
                 Delta::Text("Whole".into()),
+                Delta::Text("\n\n[a retry] ".into()),
+                Delta::Text("[member] Again".into()),
             ]
         );
     }

@@ -222,13 +222,14 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let ai = AiService::from_env().context("invalid AI configuration")?;
+    let ai = AiService::from_env().map_err(|e| usage(format!("invalid AI configuration: {e}")))?;
     let offline = ai.is_offline();
     let runtime = Arc::new(local_runtime(ai));
     // Validate before any work starts, connecting to Redis included.
-    if let Command::Actor(ActorCommand::Run(args)) = &cli.command {
-        check_actor(&runtime, &args.actor)?;
-    }
+    let job = match check(cli.command, &runtime)? {
+        Some(job) => job,
+        None => return Ok(ExitCode::SUCCESS),
+    };
     let redis = match &cli.redis {
         Some(url) => Some(
             loom_redis::Client::connect_with(
@@ -252,22 +253,32 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // The cancels of remote runs this process stops are sent by tasks of the client's: they
     // must reach Redis before the process exits, or those runs go on on their workers.
     let flush = redis.clone();
-    let code = command(cli.command, &runtime, invoker, redis, offline).await;
+    let code = command(job, &runtime, invoker, redis, offline).await;
     if let Some(client) = flush {
         client.flush_cancels(CANCEL_FLUSH).await;
     }
     code
 }
 
-/// Runs `command`; `invoker` runs actors locally or, with `redis`, on workers.
-async fn command(
-    command: Command,
-    runtime: &Arc<Runtime>,
-    invoker: Arc<dyn Invoker>,
-    redis: Option<loom_redis::Client>,
-    offline: bool,
-) -> anyhow::Result<ExitCode> {
-    match command {
+/// A command whose input and workflow are checked.
+enum Job {
+    ActorRun(RunArgs, Value),
+    WorkflowRun(WorkflowRunArgs, loom_workflow::Workflow, Value),
+    Worker(WorkerArgs),
+    Serve(serve::ServeArgs),
+    Tail {
+        id: String,
+        from: Option<String>,
+        json: bool,
+    },
+}
+
+/// Checks what `command` reads — the actor type, the input, the workflow file — before
+/// anything else happens, connecting to Redis included: bad input is a usage error (exit
+/// 2) at once, whether Redis is there or not. `None` when that was the whole command
+/// (`actor list`, `workflow validate`: neither needs Redis).
+fn check(command: Command, runtime: &Runtime) -> anyhow::Result<Option<Job>> {
+    Ok(Some(match command {
         Command::Actor(ActorCommand::List) => {
             for actor in runtime.registry().iter() {
                 let kind = if actor.streams() {
@@ -277,10 +288,47 @@ async fn command(
                 };
                 println!("{:<12} {:<8} {}", actor.name(), kind, actor.description());
             }
-            Ok(ExitCode::SUCCESS)
+            return Ok(None);
         }
         Command::Actor(ActorCommand::Run(args)) => {
+            check_actor(runtime, &args.actor)?;
             let input = build_input(args.input.as_deref(), args.prompt.as_deref())?;
+            Job::ActorRun(args, input)
+        }
+        Command::Workflow(WorkflowCommand::Validate { file }) => {
+            let workflow = load_workflow(&file, runtime)?;
+            println!(
+                "{}: ok (workflow '{}', {} steps)",
+                file.display(),
+                workflow.name,
+                workflow.steps().count()
+            );
+            return Ok(None);
+        }
+        Command::Workflow(WorkflowCommand::Run(args)) => {
+            let workflow = load_workflow(&args.file, runtime)?;
+            let input = build_input(args.input.as_deref(), None)?;
+            let input = workflow
+                .check_input(input)
+                .map_err(|e| usage(e.to_string()))?;
+            Job::WorkflowRun(args, workflow, input)
+        }
+        Command::Worker(args) => Job::Worker(args),
+        Command::Serve(args) => Job::Serve(args),
+        Command::Stream(StreamCommand::Tail { id, from, json }) => Job::Tail { id, from, json },
+    }))
+}
+
+/// Runs `job`; `invoker` runs actors locally or, with `redis`, on workers.
+async fn command(
+    job: Job,
+    runtime: &Arc<Runtime>,
+    invoker: Arc<dyn Invoker>,
+    redis: Option<loom_redis::Client>,
+    offline: bool,
+) -> anyhow::Result<ExitCode> {
+    match job {
+        Job::ActorRun(args, input) => {
             if offline && redis.is_none() && args.actor == CHAT_AGENT {
                 announce_offline();
             }
@@ -291,22 +339,7 @@ async fn command(
                 .await?;
             Ok(follow(stream, signals, args.output.mode(), Stop::Cancel).await)
         }
-        Command::Workflow(WorkflowCommand::Validate { file }) => {
-            let workflow = load_workflow(&file, invoker.as_ref())?;
-            println!(
-                "{}: ok (workflow '{}', {} steps)",
-                file.display(),
-                workflow.name,
-                workflow.steps().count()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Workflow(WorkflowCommand::Run(args)) => {
-            let workflow = load_workflow(&args.file, invoker.as_ref())?;
-            let input = build_input(args.input.as_deref(), None)?;
-            let input = workflow
-                .check_input(input)
-                .map_err(|e| usage(e.to_string()))?;
+        Job::WorkflowRun(args, workflow, input) => {
             if offline && redis.is_none() && workflow.steps().any(|s| s.actor_type == CHAT_AGENT) {
                 announce_offline();
             }
@@ -315,7 +348,7 @@ async fn command(
             let stream = executor.stream_with(workflow, input, args.output.options());
             Ok(follow(stream, signals, args.output.mode(), Stop::Cancel).await)
         }
-        Command::Worker(args) => {
+        Job::Worker(args) => {
             let client =
                 redis.ok_or_else(|| usage("loom worker needs --redis URL (or LOOM_REDIS_URL)"))?;
             for actor in &args.actors {
@@ -372,11 +405,11 @@ async fn command(
             eprintln!("loom: worker stopped");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve(args) => {
+        Job::Serve(args) => {
             serve::serve(args, runtime, redis, offline, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Stream(StreamCommand::Tail { id, from, json }) => {
+        Job::Tail { id, from, json } => {
             let client = redis
                 .ok_or_else(|| usage("loom stream tail needs --redis URL (or LOOM_REDIS_URL)"))?;
             let signals = Signals::new();

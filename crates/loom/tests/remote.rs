@@ -318,6 +318,40 @@ fn sigterm_stops_a_worker_cleanly() {
 }
 
 #[test]
+fn bad_input_is_exit_2_at_once_even_with_redis_down() {
+    let down = "redis://127.0.0.1:1";
+    let with_redis_down = |args: &[&str], env: (&str, &str)| {
+        let child = loom(args)
+            .env("LOOM_REDIS_URL", down)
+            .env(env.0, env.1)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("loom starts");
+        finish(child)
+    };
+    let none = ("LOOM_TEST_UNUSED", "");
+    let out = with_redis_down(&["actor", "run", "echo", "--input", "{bad"], none);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("--input"), "{}", out.stderr);
+    let out = with_redis_down(&["workflow", "run", "no-such-file.yaml"], none);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    // Checking a workflow, or listing the actors, needs no Redis at all.
+    let example = format!(
+        "{}/../../examples/workflows/research-pipeline.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = with_redis_down(&["workflow", "validate", &example], none);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let out = with_redis_down(&["actor", "list"], none);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stdout.contains("echo"), "{}", out.stdout);
+    let out = with_redis_down(&["actor", "list"], ("OPENAI_BASE_URL", "not a url"));
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("AI configuration"), "{}", out.stderr);
+}
+
+#[test]
 fn hostile_names_and_unknown_streams_are_rejected_with_exit_2() {
     let redis = RedisServer::start();
     for name in ["a b", "x*", "{tag}", "a:b", &"n".repeat(129)] {

@@ -221,7 +221,7 @@ fn a_run_past_its_timeout_ends_with_timeout_and_exit_1() {
 
 #[test]
 fn ctrl_c_cancels_the_run_prints_the_cancelled_chunk_and_exits_130() {
-    let mut child = loom(&[
+    let (mut child, lines) = spawn_lines(&mut loom(&[
         "actor",
         "run",
         "batch",
@@ -229,12 +229,7 @@ fn ctrl_c_cancels_the_run_prints_the_cancelled_chunk_and_exits_130() {
         "--json",
         "--input",
         r#"{"count":100000,"batch_size":10,"delay_ms":50}"#,
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("loom starts");
-    let lines = lines(&mut child);
+    ]));
     let mut seen = Vec::new();
     while !seen.iter().any(|l: &String| l.contains(r#""type":"data""#)) {
         seen.push(lines.recv_timeout(LIMIT).expect("a data chunk in time"));

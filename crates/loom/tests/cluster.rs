@@ -164,7 +164,7 @@ fn a_worker_killed_mid_stream_on_a_cluster_is_replaced_and_seq_stays_gapless() {
     let cluster = RedisCluster::start_with(3, 0);
     let nodes = nodes(&cluster);
     let mut first = worker(&nodes[0], "1", &[]);
-    let mut child = loom(&[
+    let (mut child, lines) = spawn_lines(&mut loom(&[
         "actor",
         "run",
         "batch",
@@ -174,12 +174,7 @@ fn a_worker_killed_mid_stream_on_a_cluster_is_replaced_and_seq_stays_gapless() {
         "--json",
         "--redis",
         &nodes[1],
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("loom starts");
-    let lines = lines(&mut child);
+    ]));
     let mut seen: Vec<Value> = Vec::new();
     let deadline = Instant::now() + LIMIT;
     let next = || -> Value {

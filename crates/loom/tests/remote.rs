@@ -41,13 +41,7 @@ fn remote_run(redis: &RedisServer, args: &[&str]) -> (Child, Receiver<String>) {
     let mut all = vec!["actor", "run"];
     all.extend_from_slice(args);
     all.extend_from_slice(&["--stream", "--json", "--redis", redis.url()]);
-    let mut child = loom(&all)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("loom starts");
-    let lines = lines(&mut child);
-    (child, lines)
+    spawn_lines(&mut loom(&all))
 }
 
 /// Reads chunks until `until` holds for one, within [`LIMIT`].
@@ -172,7 +166,7 @@ fn a_signal_stops_a_workflow_and_its_steps_running_on_workers() {
     );
     std::fs::write(&file, yaml).expect("workflow file");
     for (signal_name, code) in [("INT", 130), ("TERM", 143)] {
-        let mut child = loom(&[
+        let (mut child, lines) = spawn_lines(&mut loom(&[
             "workflow",
             "run",
             file.to_str().expect("path"),
@@ -180,12 +174,7 @@ fn a_signal_stops_a_workflow_and_its_steps_running_on_workers() {
             "--json",
             "--redis",
             redis.url(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("loom starts");
-        let lines = lines(&mut child);
+        ]));
         let mut seen = Vec::new();
         read_until(&lines, &mut seen, |c| {
             c["step"] == "s" && c["type"] == "progress" && c["event"].is_null()
@@ -228,12 +217,14 @@ fn ctrl_c_stops_stream_tail_at_once_and_leaves_the_run_going() {
     let run_id = seen[0]["data"]["run_id"]
         .as_str()
         .expect("start names the run");
-    let mut tail = loom(&["stream", "tail", run_id, "--json", "--redis", redis.url()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("loom starts");
-    let tail_lines = lines(&mut tail);
+    let (mut tail, tail_lines) = spawn_lines(&mut loom(&[
+        "stream",
+        "tail",
+        run_id,
+        "--json",
+        "--redis",
+        redis.url(),
+    ]));
     let mut tailed = Vec::new();
     read_until(&tail_lines, &mut tailed, |c| c["type"] == "progress");
     let signalled = Instant::now();

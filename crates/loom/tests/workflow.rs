@@ -2,7 +2,6 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use support::*;
@@ -80,18 +79,13 @@ fn a_bad_definition_is_rejected_with_the_file_and_action_and_exit_2() {
 
 #[test]
 fn ctrl_c_cancels_the_whole_workflow_and_exits_130() {
-    let mut child = loom(&[
+    let (mut child, lines) = spawn_lines(&mut loom(&[
         "workflow",
         "run",
         &example("research-pipeline.yaml"),
         "--stream",
         "--json",
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("loom starts");
-    let lines = lines(&mut child);
+    ]));
     let mut seen = Vec::new();
     while !seen.iter().any(|l: &String| l.contains(r#""token""#)) {
         seen.push(lines.recv_timeout(LIMIT).expect("a token in time"));

@@ -148,6 +148,17 @@ pub fn wait(child: &mut Child) -> ExitStatus {
     }
 }
 
+/// Spawns `command` with its stdout and stderr piped, and streams its stdout's lines.
+pub fn spawn_lines(command: &mut Command) -> (Child, mpsc::Receiver<String>) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("loom starts");
+    let lines = lines(&mut child);
+    (child, lines)
+}
+
 /// Streams a child's stdout lines through a channel, so a test can wait for one with a limit.
 pub fn lines(child: &mut Child) -> mpsc::Receiver<String> {
     lines_of(child.stdout.take().expect("stdout is piped"))

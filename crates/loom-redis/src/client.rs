@@ -177,7 +177,8 @@ impl Client {
     /// Connects to the Redis at `url` (`redis://[user:password@]host:port/db`) with the
     /// default options, and checks that the server answers this user. A server in cluster
     /// mode is used as a cluster; so is a comma-separated list of node URLs
-    /// (`redis://10.0.0.1:6379,redis://10.0.0.2:6379`), of which any live one will do. A
+    /// (`redis://10.0.0.1:6379,redis://10.0.0.2:6379`), of which any live one will do (a
+    /// comma inside a password is written `%2C`). A
     /// malformed URL, or a `rediss://` one (this build has no TLS), is
     /// [`Error::InvalidOptions`] (`bad_input`); an unreachable server or a refused user is
     /// [`Error::Redis`] (`upstream`).

@@ -25,6 +25,9 @@ pub enum ApiError {
     /// 404 `not_found`: an unknown actor, workflow or run.
     #[error("{0}")]
     NotFound(String),
+    /// 405 `method_not_allowed`: the route exists, not with this method.
+    #[error("this route does not take that method")]
+    MethodNotAllowed,
     /// 410 `cursor_expired`: the log no longer holds the cursor.
     #[error(transparent)]
     CursorExpired(#[from] CursorExpired),
@@ -59,6 +62,7 @@ impl ApiError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::CursorExpired(_) => StatusCode::GONE,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -88,6 +92,7 @@ impl ApiError {
             Self::BadRequest(_) => "bad_request",
             Self::Unauthorized => "unauthorized",
             Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
             Self::CursorExpired(_) => "cursor_expired",
             Self::TooLarge { .. } => "too_large",
             Self::TooManyStreams { .. } => "too_many_streams",

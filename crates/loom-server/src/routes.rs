@@ -66,6 +66,7 @@ pub fn router(state: ServerState) -> Router {
         .merge(crate::console::routes())
         .merge(api)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit));
     let router = match cors(&state.config().cors_origins) {
         Some(cors) => router.layer(cors),

@@ -151,6 +151,26 @@ async fn unknown_actors_workflows_and_runs_are_404() {
 }
 
 #[tokio::test]
+async fn a_method_a_route_does_not_take_is_405_with_a_json_body() {
+    let server = TestServer::default_config().await;
+    for (method, path) in [
+        (reqwest::Method::PUT, "/v1/runs/x"),
+        (reqwest::Method::DELETE, "/v1/actors"),
+        (reqwest::Method::GET, "/v1/actors/echo/run"),
+    ] {
+        let response = within(server.http.request(method.clone(), server.url(path)).send())
+            .await
+            .expect("a response");
+        let (status, code, _) = error_of(response).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (405, "method_not_allowed"),
+            "{method} {path}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_body_over_the_limit_is_413() {
     let server = TestServer::start(ServerConfig {
         body_limit: 1024,

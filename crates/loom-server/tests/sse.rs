@@ -114,6 +114,35 @@ async fn any_run_re_attaches_in_every_dialect_and_an_unknown_one_is_400() {
         assert_eq!(ui_stream.is_some(), format == "ai-sdk", "{format}");
         let body = within(response.text()).await.unwrap();
         assert!(body.contains(ends_with), "{format}: {body}");
+        // The run has ended: after its last event there is nothing more (204, so a browser's
+        // `EventSource` stops), and after the one before, just that last event.
+        // Each event's number: its `id:`, or in Responses its `sequence_number`.
+        let numbers = |body: &str| -> Vec<u64> {
+            body.lines()
+                .filter_map(|l| match l.strip_prefix("id: ") {
+                    Some(id) => id.parse().ok(),
+                    None => l
+                        .strip_prefix("data: ")
+                        .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+                        .and_then(|d| d["sequence_number"].as_u64()),
+                })
+                .collect()
+        };
+        let ids = numbers(&body);
+        let last = *ids.last().expect("numbered events");
+        assert_eq!(ids, (0..=last).collect::<Vec<_>>(), "{format}");
+        let after = |id: u64| {
+            server
+                .http
+                .get(server.url(&format!("{path}?format={format}")))
+                .header("last-event-id", id.to_string())
+                .send()
+        };
+        assert_eq!(within(after(last)).await.unwrap().status(), 204, "{format}");
+        let tail = within(within(after(last - 1)).await.unwrap().text())
+            .await
+            .unwrap();
+        assert_eq!(numbers(&tail), [last], "{format}: {tail}");
     }
     let response = server.get(&format!("{path}?format=nope")).await;
     assert_eq!(response.status(), 400);

@@ -29,7 +29,7 @@ use serde_json::{json, Map, Value};
 
 use crate::backend::RunRef;
 use crate::error::ApiError;
-use crate::runlog::{LoggedChunk, RunTarget};
+use crate::runlog::{LoggedChunk, RunStatus, RunTarget};
 use crate::runs::StartRequest;
 use crate::sse::{self, StreamGuards};
 use crate::state::ServerState;
@@ -226,7 +226,8 @@ pub(crate) async fn serve_numbered<M: NumberedEvents>(
 }
 
 /// `GET /v1/runs/{id}/stream?format=…`: any run re-attached in a dialect, after event number
-/// `after` (the dialect's own numbering).
+/// `after` (the dialect's own numbering), with the cursor table's rule for a finished run:
+/// at or past its last event, `204` (a browser's `EventSource` then stops reconnecting).
 pub(crate) async fn rejoin(
     state: &ServerState,
     run: &RunRef,
@@ -237,28 +238,62 @@ pub(crate) async fn rejoin(
     match format {
         "ag-ui" => {
             let thread = thread_id.unwrap_or_else(|| run.id().to_owned());
-            let mapping = ag_ui::AgUiMapping::new(thread, run.id());
-            let permit = state.stream_permit()?;
-            serve_numbered(state, run, permit, Numbered::new(mapping, after)).await
+            let mapping = || ag_ui::AgUiMapping::new(thread.clone(), run.id());
+            serve_rejoined(state, run, mapping, after).await
+        }
+        "ai-sdk" => {
+            let mapping = || ai_sdk::AiSdkMapping::new(run.id());
+            let response = serve_rejoined(state, run, mapping, after).await?;
+            Ok(ai_sdk::with_header(response))
         }
         "openai-responses" => {
             let head = responses::Head::of(&run.info().await?);
-            let mapping = responses::ResponsesMapping::new(head);
-            let permit = state.stream_permit()?;
-            serve_numbered(state, run, permit, Numbered::new(mapping, after)).await
-        }
-        "ai-sdk" => {
-            let mapping = ai_sdk::AiSdkMapping::new(run.id());
-            let permit = state.stream_permit()?;
-            let events = Numbered::new(mapping, after);
-            Ok(ai_sdk::with_header(
-                serve_numbered(state, run, permit, events).await?,
-            ))
+            let mapping = || responses::ResponsesMapping::new(head.clone());
+            serve_rejoined(state, run, mapping, after).await
         }
         other => Err(ApiError::BadRequest(format!(
             "unknown format '{other}': expected ag-ui, ai-sdk or openai-responses"
         ))),
     }
+}
+
+/// The events of `mapping()` after `after`, or `204` when the run has ended and `after` is at
+/// or past its last event.
+async fn serve_rejoined<M: NumberedEvents>(
+    state: &ServerState,
+    run: &RunRef,
+    mapping: impl Fn() -> M,
+    after: Option<u64>,
+) -> Result<Response, ApiError> {
+    if let Some(after) = after {
+        if let Some(count) = events_of_ended(run, mapping()).await? {
+            if after.saturating_add(1) >= count {
+                return Ok(StatusCode::NO_CONTENT.into_response());
+            }
+        }
+    }
+    let permit = state.stream_permit()?;
+    serve_numbered(state, run, permit, Numbered::new(mapping(), after)).await
+}
+
+/// How many events `mapping` makes of the whole run, once it has ended; `None` while it runs.
+async fn events_of_ended<M: NumberedEvents>(
+    run: &RunRef,
+    mut mapping: M,
+) -> Result<Option<u64>, ApiError> {
+    if run.info().await?.status == RunStatus::Running {
+        return Ok(None);
+    }
+    let Some(mut feed) = run.open(None).await? else {
+        return Ok(Some(0));
+    };
+    let mut count = 0u64;
+    while let Some(chunks) = feed.next().await? {
+        for chunk in chunks.iter().filter_map(|logged| parse(logged)) {
+            count += mapping.map(&chunk).len() as u64;
+        }
+    }
+    Ok(Some(count))
 }
 
 /// Whether the route at `path` answers errors in OpenAI's shape.

@@ -10,6 +10,7 @@ use std::time::Duration;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -22,14 +23,28 @@ use crate::store::DisconnectPolicy;
 #[cfg(test)]
 mod properties;
 
-/// A JSON body, parsed whatever its `Content-Type`; rejections are [`ApiError`]s.
+/// A JSON body, parsed whatever its `Content-Type`; rejections are [`ApiError`]s, in
+/// OpenAI's error shape on the OpenAI routes.
 #[derive(Debug)]
 pub(crate) struct LoomJson<T>(pub T);
 
 impl<T: DeserializeOwned> FromRequest<ServerState> for LoomJson<T> {
-    type Rejection = ApiError;
+    type Rejection = Response;
 
-    async fn from_request(request: Request, state: &ServerState) -> Result<Self, ApiError> {
+    async fn from_request(request: Request, state: &ServerState) -> Result<Self, Response> {
+        let openai = crate::dialect::speaks_openai(request.uri().path());
+        Self::parse(request, state).await.map_err(|err| {
+            if openai {
+                crate::dialect::OpenAiError(err).into_response()
+            } else {
+                err.into_response()
+            }
+        })
+    }
+}
+
+impl<T: DeserializeOwned> LoomJson<T> {
+    async fn parse(request: Request, state: &ServerState) -> Result<Self, ApiError> {
         let bytes = Bytes::from_request(request, state)
             .await
             .map_err(|rejection| {

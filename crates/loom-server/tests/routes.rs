@@ -171,6 +171,24 @@ async fn a_method_a_route_does_not_take_is_405_with_a_json_body() {
 }
 
 #[tokio::test]
+async fn an_openai_route_rejects_a_bad_body_in_openais_error_shape() {
+    let server = TestServer::default_config().await;
+    for path in ["/v1/chat/completions", "/v1/responses"] {
+        let response = within(server.http.post(server.url(path)).body("{bad").send())
+            .await
+            .expect("a response");
+        assert_eq!(response.status(), 400, "{path}");
+        let body: Value = within(response.json()).await.expect("an error body");
+        assert_eq!(
+            body["error"]["type"], "invalid_request_error",
+            "{path}: {body}"
+        );
+        assert_eq!(body["error"]["code"], "bad_request", "{path}: {body}");
+        assert!(body["error"]["message"].is_string(), "{path}: {body}");
+    }
+}
+
+#[tokio::test]
 async fn a_body_over_the_limit_is_413() {
     let server = TestServer::start(ServerConfig {
         body_limit: 1024,

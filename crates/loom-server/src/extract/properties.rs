@@ -6,7 +6,7 @@
 //! (2,000 by default).
 
 use axum::body::Body;
-use axum::extract::{FromRequest, Request};
+use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use loom_core::{Extensions, Registry, Runtime};
@@ -51,7 +51,7 @@ fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     SERVER.with(|(runtime, state)| {
         let request = Request::new(Body::from(body.to_vec()));
         runtime.block_on(async {
-            LoomJson::<T>::from_request(request, state)
+            LoomJson::<T>::parse(request, state)
                 .await
                 .map(|LoomJson(value)| value)
         })

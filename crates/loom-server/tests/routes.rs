@@ -171,7 +171,7 @@ async fn a_method_a_route_does_not_take_is_405_with_a_json_body() {
 }
 
 #[tokio::test]
-async fn an_openai_route_rejects_a_bad_body_in_openais_error_shape() {
+async fn an_openai_route_rejects_a_bad_body_or_query_in_openais_error_shape() {
     let server = TestServer::default_config().await;
     for path in ["/v1/chat/completions", "/v1/responses"] {
         let response = within(server.http.post(server.url(path)).body("{bad").send())
@@ -186,6 +186,11 @@ async fn an_openai_route_rejects_a_bad_body_in_openais_error_shape() {
         assert_eq!(body["error"]["code"], "bad_request", "{path}: {body}");
         assert!(body["error"]["message"].is_string(), "{path}: {body}");
     }
+    // A query it cannot read too.
+    let response = server.get("/v1/responses/resp_x?starting_after=x").await;
+    assert_eq!(response.status(), 400);
+    let body: Value = within(response.json()).await.expect("an error body");
+    assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
 }
 
 #[tokio::test]

@@ -28,6 +28,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, UNIX_EPOCH};
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -555,8 +556,9 @@ pub(crate) async fn create(
 pub(crate) async fn retrieve(
     State(state): State<ServerState>,
     Path(id): Path<String>,
-    Query(query): Query<RetrieveQuery>,
+    query: Result<Query<RetrieveQuery>, QueryRejection>,
 ) -> Result<Response, OpenAiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let run = find(&state, &id).await?;
     let info = run.info().await?;
     let head = Head::of(&info);

@@ -211,6 +211,25 @@ async fn nothing_is_appended_after_a_worker_lost_terminal_even_by_a_live_lease_h
     assert!(written[1].1[3].1.contains("worker_lost"), "{written:?}");
 }
 
+/// Has the writer of [`started`] write `tokens` tokens ("a", `seq` 1 on) after its `start`,
+/// and waits until they are in stream `key` and the writer is done.
+async fn write_tokens_and_stop(
+    conn: &mut redis::Connection,
+    key: &str,
+    mut tx: mpsc::Sender<StreamChunk>,
+    writer: JoinHandle<Result<(), loom_redis::Error>>,
+    tokens: u64,
+) {
+    for seq in 1..=tokens {
+        within(5, tx.send(Output::token("a").into_chunk(seq)))
+            .await
+            .expect("send");
+    }
+    wait_for_len(conn, key, 1 + tokens as usize).await;
+    drop(tx);
+    within(10, writer).await.expect("joined").expect("written");
+}
+
 /// The `seq` of each entry of stream `key`, in order.
 fn seqs_of(conn: &mut redis::Connection, key: &str) -> Vec<String> {
     entries(conn, key)
@@ -228,17 +247,7 @@ fn seqs_of(conn: &mut redis::Connection, key: &str) -> Vec<String> {
 #[tokio::test]
 async fn a_writer_whose_seqs_another_attempt_wrote_first_is_fenced_not_taken_for_written() {
     let mut run = started().await;
-    for seq in 1..4 {
-        within(5, run.tx.send(Output::token("a").into_chunk(seq)))
-            .await
-            .expect("send");
-    }
-    wait_for_len(&mut run.conn, &run.key, 4).await;
-    drop(run.tx);
-    within(10, run.writer)
-        .await
-        .expect("joined")
-        .expect("written");
+    write_tokens_and_stop(&mut run.conn, &run.key, run.tx, run.writer, 3).await;
 
     // A second attempt holds the lease, but continues from an older look at the stream
     // (seq 2 on): its first batch finds seq 2 taken by the first attempt's chunks. That is
@@ -260,15 +269,7 @@ async fn a_writer_whose_seqs_another_attempt_wrote_first_is_fenced_not_taken_for
 #[tokio::test]
 async fn a_batch_sent_again_after_its_reply_was_lost_is_not_written_twice_and_the_run_goes_on() {
     let mut run = started().await;
-    within(5, run.tx.send(Output::token("a").into_chunk(1)))
-        .await
-        .expect("send");
-    wait_for_len(&mut run.conn, &run.key, 2).await;
-    drop(run.tx);
-    within(10, run.writer)
-        .await
-        .expect("joined")
-        .expect("written");
+    write_tokens_and_stop(&mut run.conn, &run.key, run.tx, run.writer, 1).await;
 
     // The same attempt sends its last batch (seq 1) again, as after a lost reply: it is
     // recognised as written, and what follows is appended once.

@@ -56,12 +56,8 @@ async fn a_direct_stream_re_attached_within_the_grace_survives_its_clients_drop(
     let (id, mut reader) = open_direct(&server, json!({ "input": slow_batch(40, 100) })).await;
     let cut = reader.next_chunk().await.unwrap().id.unwrap();
     drop(reader);
-    let rejoin = server
-        .http
-        .get(server.url(&format!("/v1/runs/{id}/stream")))
-        .header("last-event-id", cut.to_string())
-        .send();
-    let frames = SseReader::new(within(rejoin).await.unwrap()).rest().await;
+    let rejoin = server.resume(&format!("/v1/runs/{id}/stream"), cut).await;
+    let frames = SseReader::new(rejoin).rest().await;
     // 40 batches of 100 ms: the run outlives the 2 s grace, so only the re-attached reader
     // kept it alive.
     assert_eq!(frames.first().unwrap().id, Some(cut + 1));

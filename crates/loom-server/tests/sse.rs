@@ -46,16 +46,7 @@ async fn resuming_at_any_point_loses_nothing_and_repeats_nothing() {
 
     for cut in [0, 1, last / 2, last - 1] {
         // A reader that drops after `cut` and resumes from there, both ways.
-        let by_header = server
-            .http
-            .get(server.url(&path))
-            .header("last-event-id", cut.to_string())
-            .send();
-        let resumed = seqs(
-            &SseReader::new(within(by_header).await.unwrap())
-                .rest()
-                .await,
-        );
+        let resumed = seqs(&SseReader::new(server.resume(&path, cut).await).rest().await);
         assert_eq!(
             resumed,
             ((cut + 1)..=last).collect::<Vec<_>>(),
@@ -77,20 +68,14 @@ async fn resuming_at_any_point_loses_nothing_and_repeats_nothing() {
     }
     // A browser's `EventSource` opened on `?from=1` reconnects to the same URL with the last
     // id it saw: that id is where it goes on from, and past the end it is told to stop.
-    let reconnect = |last_seen: u64| {
-        server
-            .http
-            .get(server.url(&format!("{path}?from=1")))
-            .header("last-event-id", last_seen.to_string())
-            .send()
-    };
+    let from_one = format!("{path}?from=1");
     let resumed = seqs(
-        &SseReader::new(within(reconnect(last - 1)).await.unwrap())
+        &SseReader::new(server.resume(&from_one, last - 1).await)
             .rest()
             .await,
     );
     assert_eq!(resumed, [last]);
-    assert_eq!(within(reconnect(last)).await.unwrap().status(), 204);
+    assert_eq!(server.resume(&from_one, last).await.status(), 204);
 }
 
 #[tokio::test]
@@ -131,15 +116,13 @@ async fn any_run_re_attaches_in_every_dialect_and_an_unknown_one_is_400() {
         let ids = numbers(&body);
         let last = *ids.last().expect("numbered events");
         assert_eq!(ids, (0..=last).collect::<Vec<_>>(), "{format}");
-        let after = |id: u64| {
-            server
-                .http
-                .get(server.url(&format!("{path}?format={format}")))
-                .header("last-event-id", id.to_string())
-                .send()
-        };
-        assert_eq!(within(after(last)).await.unwrap().status(), 204, "{format}");
-        let tail = within(within(after(last - 1)).await.unwrap().text())
+        let in_format = format!("{path}?format={format}");
+        assert_eq!(
+            server.resume(&in_format, last).await.status(),
+            204,
+            "{format}"
+        );
+        let tail = within(server.resume(&in_format, last - 1).await.text())
             .await
             .unwrap();
         assert_eq!(numbers(&tail), [last], "{format}: {tail}");
@@ -170,12 +153,8 @@ async fn a_live_reader_dropped_midway_resumes_from_its_last_id() {
     }
     drop(reader);
     let cut = seen.last().unwrap().id.unwrap();
-    let resumed = server
-        .http
-        .get(server.url(&format!("/v1/runs/{id}/stream")))
-        .header("last-event-id", cut.to_string())
-        .send();
-    seen.extend(SseReader::new(within(resumed).await.unwrap()).rest().await);
+    let resumed = server.resume(&format!("/v1/runs/{id}/stream"), cut).await;
+    seen.extend(SseReader::new(resumed).rest().await);
     let seqs = seqs(&seen);
     let last = *seqs.last().unwrap();
     assert_eq!(seqs, (0..=last).collect::<Vec<_>>());
@@ -267,11 +246,9 @@ async fn an_event_source_reconnecting_to_the_actor_route_never_reruns_it() {
 
     let before: serde_json::Value = server.get("/v1/runs").await.json().await.unwrap();
     let reconnect = server
-        .http
-        .get(server.url("/v1/actors/echo/stream?input=%7B%22q%22%3A2%7D"))
-        .header("last-event-id", "1")
-        .send();
-    assert_eq!(within(reconnect).await.unwrap().status(), 204);
+        .resume("/v1/actors/echo/stream?input=%7B%22q%22%3A2%7D", 1)
+        .await;
+    assert_eq!(reconnect.status(), 204);
     let after: serde_json::Value = server.get("/v1/runs").await.json().await.unwrap();
     assert_eq!(before["runs"].as_array().unwrap().len(), 1);
     assert_eq!(after, before, "no second run started");

@@ -104,8 +104,9 @@ async fn refresh(shared: &Shared) -> Result<(), Error> {
         .collect();
     let mut mine: HashSet<QueuedEntry> = HashSet::new();
     // Queues whose pending list could not be read this beat (a shard's node failing over):
-    // their runs' leases are renewed all the same — the lease itself says whether a run is
-    // still this worker's — but nothing of theirs is judged lost or claimed until next beat.
+    // their requests count as still this worker's, so their runs' leases are renewed all the
+    // same — the lease itself says whether a run is still this worker's — and nothing of
+    // theirs is judged lost; only their claims wait for the next beat.
     let mut unread: HashSet<&str> = HashSet::new();
     for queue in queues {
         match pending_of(shared, &mut conn, queue).await {
@@ -116,13 +117,17 @@ async fn refresh(shared: &Shared) -> Result<(), Error> {
             }
         }
     }
+    let of_unread = held
+        .iter()
+        .map(|run| QueuedEntry::new(&run.queue, run.entry))
+        .chain(waiting.iter().cloned())
+        .filter(|entry| unread.contains(entry.queue.as_str()));
+    mine.extend(of_unread);
     let mut claims: HashMap<&str, Vec<String>> = HashMap::new();
     // The runs to renew: those whose request is still in this worker's pending list.
     let mut refreshed: Vec<&HeldRun> = Vec::new();
     for run in &held {
-        if !unread.contains(run.queue.as_str())
-            && !mine.contains(&QueuedEntry::new(&run.queue, run.entry))
-        {
+        if !mine.contains(&QueuedEntry::new(&run.queue, run.entry)) {
             tracing::warn!(run_id = %run.run_id, "another worker took this run over; stopping it");
             if let Some(active) = shared.active().get(&run.run_id) {
                 active.drop_run();
@@ -131,10 +136,7 @@ async fn refresh(shared: &Shared) -> Result<(), Error> {
         }
         refreshed.push(run);
     }
-    let lost: HashSet<&QueuedEntry> = waiting
-        .iter()
-        .filter(|w| !unread.contains(w.queue.as_str()) && !mine.contains(w))
-        .collect();
+    let lost: HashSet<&QueuedEntry> = waiting.iter().filter(|w| !mine.contains(w)).collect();
     if !lost.is_empty() {
         // Claimed by another worker while it waited here: that worker runs it.
         shared
@@ -167,15 +169,13 @@ async fn refresh(shared: &Shared) -> Result<(), Error> {
                 active.stop_for(reason);
             }
             // Only runs whose lease is still ours keep their request: never steal it back.
-            if unread.contains(run.queue.as_str()) {
-                continue;
-            }
             claims
                 .entry(run.queue.as_str())
                 .or_default()
                 .push(run.entry.to_string());
         }
     }
+    claims.retain(|queue, _| !unread.contains(queue));
     claim_to_self(shared, claims, None).await
 }
 

@@ -120,6 +120,15 @@ impl TestServer {
             .expect("GET")
     }
 
+    /// `GET path` with `Last-Event-ID: last_seen`, as a reader resuming.
+    pub async fn resume(&self, path: &str, last_seen: impl ToString) -> reqwest::Response {
+        let request = self
+            .http
+            .get(self.url(path))
+            .header("last-event-id", last_seen.to_string());
+        within(request.send()).await.expect("GET")
+    }
+
     /// `POST path` with a JSON body.
     pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
         within(self.http.post(self.url(path)).body(body.to_string()).send())

@@ -15,7 +15,7 @@
 //! Reading streams ([`Client::tail`]) is added by `reader.rs` and starting runs
 //! ([`Client::invoker`]) by `remote.rs`, the layers above.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -24,7 +24,7 @@ use redis::aio::ConnectionManagerConfig;
 use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
-use crate::conn::{slot, Conn, Reach, Topology};
+use crate::conn::{cluster_nodes, slot, Conn, Masters, Reach, Topology};
 use crate::error::Error;
 use crate::hub::Hub;
 use crate::keys::{bucket, check_name, CancelReason, Keys, BUCKETS, DEFAULT_PREFIX};
@@ -133,9 +133,8 @@ struct Inner {
     /// One permit for each writer connection open, idle or busy: at most
     /// [`WRITER_CONNECTIONS`].
     writer_permits: Arc<Semaphore>,
-    /// On a cluster, the node each slot's writers were sent to by a `MOVED` (at most one
-    /// slot per bucket of runs: `keys.rs`).
-    writer_nodes: Mutex<HashMap<u16, String>>,
+    /// On a cluster, the master each slot's writers connect to (see [`Masters`]).
+    masters: Mutex<Masters>,
     /// The tasks that send a remote stream's cancel when its caller cancels or drops it
     /// (see [`Client::flush_cancels`]).
     cancels: TaskTracker,
@@ -197,7 +196,7 @@ impl Client {
                     .map_err(|e| Error::InvalidOptions(format!("invalid Redis URL: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let (topology, conn) = match <[redis::Client; 1]>::try_from(nodes) {
+        let (topology, conn, masters) = match <[redis::Client; 1]>::try_from(nodes) {
             Ok([redis]) => {
                 let mut conn = managed(&redis).await?;
                 // A server that wants a password answers commands, not the connection, with
@@ -212,7 +211,11 @@ impl Client {
                 if cluster.is_ok() {
                     connect_cluster(vec![redis]).await?
                 } else {
-                    (Topology::Single(redis), Conn::Managed(conn))
+                    (
+                        Topology::Single(redis),
+                        Conn::Managed(conn),
+                        Masters::default(),
+                    )
                 }
             }
             Err(nodes) => connect_cluster(nodes).await?,
@@ -227,7 +230,7 @@ impl Client {
                 writers_conn: OnceCell::new(),
                 idle_writers: Mutex::new(Vec::new()),
                 writer_permits: Arc::new(Semaphore::new(WRITER_CONNECTIONS)),
-                writer_nodes: Mutex::new(HashMap::new()),
+                masters: Mutex::new(masters),
                 cancels: TaskTracker::new(),
             }),
         })
@@ -303,8 +306,9 @@ impl Client {
     /// A connection of a writer's own (`publisher.rs`) for one batch of the stream `key`, so
     /// that the batch goes to Redis from the run's own task rather than through the shared
     /// connection's task (or on a cluster, the cluster connection's and its node's). On a
-    /// cluster it reaches the node a `MOVED` named for `key`'s slot ([`writer_moved`]), or
-    /// while none did a node guessed from the slot, whose `MOVED` then tells.
+    /// cluster it reaches the master of `key`'s slot as far as the client knows ([`Masters`]:
+    /// from `CLUSTER NODES`, corrected by [`writer_moved`]); `None` while no live master of
+    /// the slot is known.
     ///
     /// An idle one if there is one; else a new one, named `loom-writer` where the server
     /// allows it, while fewer than [`WRITER_CONNECTIONS`] are open (when they all are and one
@@ -317,13 +321,10 @@ impl Client {
         let info = match &self.inner.topology {
             Topology::Single(_) => None,
             Topology::Cluster(_) => {
-                let slot = slot(key);
-                let node = lock(&self.inner.writer_nodes).get(&slot).cloned();
-                Some(
-                    self.inner
-                        .topology
-                        .info(&Reach::new(node, usize::from(slot)))?,
-                )
+                let Some(node) = self.writer_node(slot(key)).await else {
+                    return Ok(None);
+                };
+                Some(self.inner.topology.info(&Reach::at(node))?)
             }
         };
         let node = info.as_ref().map(node_of);
@@ -347,37 +348,54 @@ impl Client {
             Some(info) => info,
             None => self.inner.topology.info(&Reach::default())?,
         };
-        let mut wire = Wire::connect(&info, Duration::ZERO).await?;
-        // Only a label: an ACL that refuses it does not stop the writer. A connection that
-        // failed or timed out on it is not used: its reply may still be on the way, and the
-        // batch would read it for its own.
-        let mut name = redis::cmd("CLIENT");
-        name.arg("SETNAME").arg(WRITER_NAME);
-        match wire.query(&name).await {
-            Ok(_) => {}
-            Err(Error::Redis(e)) if !e.is_io_error() => {
-                tracing::debug!(error = %e, "a writer connection could not name itself");
+        let wire = match named_writer(&info).await {
+            Ok(wire) => wire,
+            Err(e) => {
+                self.drop_idle_writers(Some(&node_of(&info)));
+                return Err(e);
             }
-            Err(e) => return Err(e),
-        }
+        };
         Ok(Some(WriterWire {
             wire,
             _permit: permit,
         }))
     }
 
+    /// On a cluster, the master to write `slot`'s keys on, asking the cluster again when
+    /// [`Masters`] says so; `None` while no live one is known.
+    async fn writer_node(&self, slot: u16) -> Option<String> {
+        if lock(&self.inner.masters).relearn_now() {
+            let listing: Result<String, _> = redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query_async(&mut self.conn())
+                .await;
+            match listing {
+                Ok(listing) => lock(&self.inner.masters).learn(&cluster_nodes(&listing)),
+                Err(e) => tracing::debug!(error = %e, "CLUSTER NODES failed"),
+            }
+        }
+        lock(&self.inner.masters).node(slot)
+    }
+
     /// A cluster's `MOVED` sent a writer of stream `key` to `node`: its slot's writers go
     /// there from now on.
     pub(crate) fn writer_moved(&self, key: &str, node: String) {
-        lock(&self.inner.writer_nodes).insert(slot(key), node);
+        lock(&self.inner.masters).moved(slot(key), node);
     }
 
-    /// Forgets the idle writers' connections, and on a cluster where each slot's writers go:
-    /// one failed, so those opened in its time may have failed too (Redis restarted, a node
-    /// failed over), and the next writer had better connect anew.
-    pub(crate) fn drop_idle_writers(&self) {
-        lock(&self.inner.idle_writers).clear();
-        lock(&self.inner.writer_nodes).clear();
+    /// A writer's connection to `node` failed (or could not be made): the idle ones opened in
+    /// its time may have failed too (Redis restarted, a node failed over), so the next writer
+    /// connects anew — on one server all of them, on a cluster those to `node`, which is also
+    /// marked down (see [`Masters`]).
+    pub(crate) fn drop_idle_writers(&self, node: Option<&str>) {
+        let mut idle = lock(&self.inner.idle_writers);
+        match node.filter(|_| self.is_cluster()) {
+            Some(node) => {
+                idle.retain(|w| w.wire.node() != node);
+                lock(&self.inner.masters).down(node);
+            }
+            None => idle.clear(),
+        }
     }
 
     /// Takes back a writer's connection with no reply outstanding, for the next batch.
@@ -461,25 +479,44 @@ async fn managed(redis: &redis::Client) -> Result<redis::aio::ConnectionManager,
     Ok(redis.get_connection_manager_with_config(config).await?)
 }
 
+/// A new writer connection to where `info` points, named [`WRITER_NAME`].
+async fn named_writer(info: &redis::ConnectionInfo) -> Result<Wire, Error> {
+    let mut wire = Wire::connect(info, Duration::ZERO).await?;
+    // Only a label: an ACL that refuses it does not stop the writer. A connection that
+    // failed or timed out on it is not used: its reply may still be on the way, and the
+    // batch would read it for its own.
+    let mut name = redis::cmd("CLIENT");
+    name.arg("SETNAME").arg(WRITER_NAME);
+    match wire.query(&name).await {
+        Ok(_) => {}
+        Err(Error::Redis(e)) if !e.is_io_error() => {
+            tracing::debug!(error = %e, "a writer connection could not name itself");
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(wire)
+}
+
 /// Connects to the cluster that `nodes` belong to, and learns all its nodes (for pub/sub,
-/// which must survive the loss of the node it was given).
-async fn connect_cluster(mut nodes: Vec<redis::Client>) -> Result<(Topology, Conn), Error> {
+/// which must survive the loss of the node it was given) and its masters' slots (for the
+/// writers).
+async fn connect_cluster(
+    mut nodes: Vec<redis::Client>,
+) -> Result<(Topology, Conn, Masters), Error> {
     let mut conn = Topology::cluster(&nodes, RESPONSE_TIMEOUT).await?;
     let listing: String = redis::cmd("CLUSTER")
         .arg("NODES")
         .query_async(&mut conn)
         .await?;
+    let listing = cluster_nodes(&listing);
+    let mut masters = Masters::default();
+    masters.learn(&listing);
     let base = nodes[0].get_connection_info().clone();
-    for line in listing.lines() {
-        // `<id> <host>:<port>@<bus port>[,<hostname>] <flags> …`
-        let Some(address) = line.split(' ').nth(1) else {
+    for node in &listing {
+        let Some((host, port)) = node.address.rsplit_once(':') else {
             continue;
         };
-        let address = address.split(['@', ',']).next().unwrap_or_default();
-        let Some((host, port)) = address.rsplit_once(':') else {
-            continue;
-        };
-        let (Ok(port), false) = (port.parse::<u16>(), host.is_empty()) else {
+        let Ok(port) = port.parse::<u16>() else {
             continue;
         };
         let addr = redis::ConnectionAddr::Tcp(host.to_owned(), port);
@@ -491,7 +528,7 @@ async fn connect_cluster(mut nodes: Vec<redis::Client>) -> Result<(Topology, Con
         }
         nodes.push(redis::Client::open(base.clone().set_addr(addr))?);
     }
-    Ok((Topology::Cluster(nodes), Conn::Cluster(conn)))
+    Ok((Topology::Cluster(nodes), Conn::Cluster(conn), masters))
 }
 
 /// Now, in Unix milliseconds.

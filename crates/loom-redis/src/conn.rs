@@ -14,7 +14,7 @@
 //! its first read gets from any node — not a cluster connection, which would open one per
 //! node. Its reader follows later `MOVED`s the same way ([`redirect`]).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster::ClusterClient;
@@ -109,11 +109,11 @@ pub(crate) struct Reach {
 }
 
 impl Reach {
-    /// `node` when one is known, else the `guess`-th of the known nodes.
-    pub(crate) fn new(node: Option<String>, guess: usize) -> Self {
+    /// Node `node` (`host:port`).
+    pub(crate) fn at(node: String) -> Self {
         Self {
-            node,
-            attempts: guess,
+            node: Some(node),
+            attempts: 0,
         }
     }
 
@@ -236,5 +236,186 @@ impl Topology {
             Self::Single(client) => std::slice::from_ref(client),
             Self::Cluster(nodes) => nodes,
         }
+    }
+}
+
+/// One line of `CLUSTER NODES`: a node's address, and the slot ranges it serves when it is a
+/// master not flagged as failing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ClusterNode {
+    /// The node's `host:port`.
+    pub(crate) address: String,
+    /// Its slot ranges, first and last slot; empty for a replica or a failing master.
+    pub(crate) slots: Vec<(u16, u16)>,
+}
+
+/// The nodes of a `CLUSTER NODES` listing, in its order; lines it cannot read are skipped.
+/// A line is `<id> <host>:<port>@<bus port>[,<hostname>] <flags> <master id> <ping sent>
+/// <pong received> <epoch> <link> <slot or range>…`; a slot being migrated (`[5->-<id>]`)
+/// is left out.
+pub(crate) fn cluster_nodes(listing: &str) -> Vec<ClusterNode> {
+    listing
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            let address = fields.nth(1)?.split(['@', ',']).next()?;
+            let (host, port) = address.rsplit_once(':')?;
+            if host.is_empty() || port.parse::<u16>().is_err() {
+                return None;
+            }
+            let flags = fields.next()?;
+            let serving = flags.split(',').any(|f| f == "master")
+                && !flags.split(',').any(|f| f == "fail" || f == "fail?");
+            let slots = fields
+                .skip(5)
+                .filter(|_| serving)
+                .filter_map(|range| {
+                    let (first, last) = range.split_once('-').unwrap_or((range, range));
+                    Some((first.parse().ok()?, last.parse().ok()?))
+                })
+                .collect();
+            Some(ClusterNode {
+                address: address.to_owned(),
+                slots,
+            })
+        })
+        .collect()
+}
+
+/// How long a node a writer could not reach is left alone (its slots' writers go through
+/// the cluster connection meanwhile), unless a `MOVED` names it first: long enough to ride
+/// out a failover, short enough for a master that restarted in place to be used again soon.
+const DOWN_FOR: Duration = Duration::from_secs(5);
+
+/// The least time between two `CLUSTER NODES` a failing writer asks for.
+const RELEARN_EVERY: Duration = Duration::from_secs(1);
+
+/// On a cluster, the master each slot's writers connect to (`Client::writer_wire`): learned
+/// from `CLUSTER NODES` when the client connects, corrected by each `MOVED` a writer meets,
+/// and learned again (at most once per [`RELEARN_EVERY`]) after a writer could not reach
+/// its node or found the node it would use marked down. A node a writer could not reach is
+/// not tried again for [`DOWN_FOR`]: during a failover one writer meets the dead master, not
+/// every new run, and the other masters' slots are not forgotten.
+#[derive(Debug, Default)]
+pub(crate) struct Masters {
+    /// `(first slot, last slot, "host:port")`; a `MOVED`'s single slot comes first.
+    ranges: Vec<(u16, u16, String)>,
+    /// The nodes a writer could not reach, and when.
+    down: Vec<(String, Instant)>,
+    /// A writer met a node down since the last listing.
+    stale: bool,
+    /// When the last listing was asked for.
+    asked: Option<Instant>,
+}
+
+impl Masters {
+    /// Takes the masters' slots from `nodes` (a `CLUSTER NODES` listing), in place of what
+    /// was known.
+    pub(crate) fn learn(&mut self, nodes: &[ClusterNode]) {
+        self.ranges = nodes
+            .iter()
+            .flat_map(|n| n.slots.iter().map(|&(a, b)| (a, b, n.address.clone())))
+            .collect();
+    }
+
+    /// The master to write `slot`'s keys on, or `None` when no live one is known (the
+    /// writer then goes through the cluster connection).
+    pub(crate) fn node(&mut self, slot: u16) -> Option<String> {
+        let (_, _, node) = self
+            .ranges
+            .iter()
+            .find(|(a, b, _)| (*a..=*b).contains(&slot))?;
+        self.down.retain(|(_, at)| at.elapsed() < DOWN_FOR);
+        if self.down.iter().any(|(down, _)| down == node) {
+            self.stale = true;
+            return None;
+        }
+        Some(node.clone())
+    }
+
+    /// Whether to ask for a new listing now: a writer met a node down, and the last listing
+    /// is older than [`RELEARN_EVERY`]. Counts as asked.
+    pub(crate) fn relearn_now(&mut self) -> bool {
+        let due = self.stale && self.asked.is_none_or(|at| at.elapsed() >= RELEARN_EVERY);
+        if due {
+            self.stale = false;
+            self.asked = Some(Instant::now());
+        }
+        due
+    }
+
+    /// A `MOVED` named `node` for `slot`.
+    pub(crate) fn moved(&mut self, slot: u16, node: String) {
+        self.down.retain(|(down, _)| *down != node);
+        self.ranges.retain(|&(a, b, _)| (a, b) != (slot, slot));
+        self.ranges.insert(0, (slot, slot, node));
+    }
+
+    /// A writer could not reach `node`.
+    pub(crate) fn down(&mut self, node: &str) {
+        self.down.retain(|(down, _)| down != node);
+        self.down.push((node.to_owned(), Instant::now()));
+        self.stale = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LISTING: &str = "\
+07c3 127.0.0.1:7001@17001 myself,master - 0 0 1 connected 0-5460\n\
+67ed 127.0.0.1:7002@17002,node-b master - 0 1426238316232 2 connected 5461-10922 [10923->-292f]\n\
+292f 127.0.0.1:7003@17003 master,fail - 0 1426238318243 3 disconnected 10923-16383\n\
+6ec2 127.0.0.1:7004@17004 slave 07c3 0 1426238317741 1 connected\n\
+bad line\n";
+
+    #[test]
+    fn a_listing_gives_every_node_and_the_slots_of_live_masters_only() {
+        let nodes = cluster_nodes(LISTING);
+        let addresses: Vec<_> = nodes.iter().map(|n| n.address.as_str()).collect();
+        assert_eq!(
+            addresses,
+            [
+                "127.0.0.1:7001",
+                "127.0.0.1:7002",
+                "127.0.0.1:7003",
+                "127.0.0.1:7004"
+            ]
+        );
+        assert_eq!(nodes[0].slots, [(0, 5460)]);
+        // A slot being migrated is not the node's yet.
+        assert_eq!(nodes[1].slots, [(5461, 10922)]);
+        // A failing master and a replica serve no slot.
+        assert!(nodes[2].slots.is_empty() && nodes[3].slots.is_empty());
+    }
+
+    #[test]
+    fn writers_avoid_a_node_down_until_a_moved_or_a_new_listing_names_a_live_one() {
+        let mut masters = Masters::default();
+        masters.learn(&cluster_nodes(LISTING));
+        assert_eq!(masters.node(100).as_deref(), Some("127.0.0.1:7001"));
+        assert_eq!(masters.node(6000).as_deref(), Some("127.0.0.1:7002"));
+        // The failing master's slots have no node: the cluster connection writes them.
+        assert_eq!(masters.node(12000), None);
+        assert!(!masters.relearn_now(), "nothing failed yet");
+
+        masters.down("127.0.0.1:7001");
+        assert_eq!(masters.node(100), None);
+        // The other master's slots are not forgotten.
+        assert_eq!(masters.node(6000).as_deref(), Some("127.0.0.1:7002"));
+        assert!(masters.relearn_now());
+        assert!(!masters.relearn_now(), "at most one listing a second");
+        masters.learn(&cluster_nodes(
+            "6ec2 127.0.0.1:7004@17004 master - 0 0 4 connected 0-5460",
+        ));
+        assert_eq!(masters.node(100).as_deref(), Some("127.0.0.1:7004"));
+
+        masters.down("127.0.0.1:7004");
+        masters.moved(100, "127.0.0.1:7004".to_owned());
+        assert_eq!(masters.node(100).as_deref(), Some("127.0.0.1:7004"));
+        masters.moved(100, "127.0.0.1:7002".to_owned());
+        assert_eq!(masters.node(100).as_deref(), Some("127.0.0.1:7002"));
+        assert_eq!(masters.node(101).as_deref(), Some("127.0.0.1:7004"));
     }
 }

@@ -13,8 +13,9 @@
 //! batch that finds them all busy goes through the writers' shared (multiplexed) connection,
 //! not the client's shared one, where a flood of writes would hold up the worker's heartbeat
 //! and the readers. On a cluster a batch's connection goes to the master of the run's slot, as
-//! the last `MOVED` for it named; when it fails the run goes on through the writers' cluster
-//! connection, which follows failovers and slot moves itself.
+//! the client knows it (`CLUSTER NODES`, then each `MOVED`; `conn.rs`'s `Masters`); when it
+//! fails the run goes on through the writers' cluster connection, which follows failovers and
+//! slot moves itself, and the client marks that master down and asks the cluster again.
 //!
 //! **Bounded memory.** `XADD` does not depend on readers, so a slow or vanished reader never
 //! slows the writer; and at most [`PUBLISH_BUFFER`] chunks wait for the next batch, so when
@@ -296,7 +297,6 @@ impl Writer {
                 Ok(Some(written)) => return Ok(written),
                 Ok(None) => {}
                 Err(e) => {
-                    self.client.drop_idle_writers();
                     if !self.client.is_cluster() {
                         return Err(e);
                     }
@@ -337,7 +337,10 @@ impl Writer {
                     self.client.idle_writer(own);
                     Ok(None)
                 }
-                _ => Err(e),
+                _ => {
+                    self.client.drop_idle_writers(Some(own.wire.node()));
+                    Err(e)
+                }
             },
         }
     }

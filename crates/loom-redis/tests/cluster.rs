@@ -6,7 +6,7 @@
 mod support;
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -396,4 +396,109 @@ async fn a_bucket_read_for_many_streams_is_read_on_its_bell_and_misses_nothing()
         cluster.master_of(&client.keys().stream(&ids[0]))
     );
     worker.stop().await;
+}
+
+/// A run id in each bucket, in bucket order of first appearance.
+fn one_id_per_bucket(client: &Client) -> Vec<String> {
+    let mut tags = HashSet::new();
+    let mut ids = Vec::new();
+    while ids.len() < BUCKETS {
+        let id = loom_core::new_run_id();
+        let stream = client.keys().stream(&id);
+        let tag = stream.split('}').next().map(str::to_owned);
+        if tags.insert(tag) {
+            ids.push(id);
+        }
+    }
+    ids
+}
+
+/// Listens on `port` (a dead node's) and counts the connections that name themselves as
+/// Loom's writers, until the returned flag is set.
+fn count_writers_on(port: u16) -> (Arc<AtomicUsize>, Arc<AtomicBool>) {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("the dead node's port");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let (writers, stop) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (count, stopped) = (Arc::clone(&writers), Arc::clone(&stop));
+    std::thread::spawn(move || {
+        while !stopped.load(Ordering::Relaxed) {
+            let Ok((mut socket, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            let _ = socket.set_nonblocking(false);
+            let _ = socket.set_read_timeout(Some(Duration::from_millis(500)));
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 512];
+            while let Ok(n @ 1..) = std::io::Read::read(&mut socket, &mut buf) {
+                seen.extend_from_slice(&buf[..n]);
+                if seen.windows(11).any(|w| w == b"loom-writer") {
+                    count.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+            }
+            // Dropped unanswered: to the writer, the node is down.
+        }
+    });
+    (writers, stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failover_one_writer_meets_the_dead_master_and_new_runs_write_on_the_new_one() {
+    let mut cluster = RedisCluster::start();
+    let client = connect(&cluster.url(), fast_options()).await;
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+    let ids = one_id_per_bucket(&client);
+    // Writers have written to every bucket's master before it fails.
+    for id in &ids {
+        assert_completes(&collect(30, ticker_as(&client, id, 2, 1).await).await);
+    }
+    let victim = cluster.master_of(&client.keys().stream(&ids[0]));
+    let promoted = tokio::task::block_in_place(|| cluster.kill_master(victim));
+    let (dead_tried, stop) = count_writers_on(victim);
+
+    // Runs in every bucket, one after another: the first writer of the dead master's slots
+    // finds it down and the client asks the cluster again; none after it tries there.
+    for _ in 0..2 {
+        for bucket_of in &ids {
+            let id = ids_in_one_bucket_as(&client, bucket_of);
+            assert_completes(&collect(30, ticker_as(&client, &id, 2, 1).await).await);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let tried = dead_tried.load(Ordering::Relaxed);
+    assert!(
+        tried <= 1,
+        "{tried} writer connections went to the dead master on {victim}"
+    );
+    let writers = clients(&cluster, promoted);
+    assert!(
+        writers
+            .iter()
+            .any(|l| l.contains(" name=loom-writer ") && l.contains(" cmd=evalsha ")),
+        "no writer connection of its own wrote on the new master {promoted}: {writers:#?}"
+    );
+    worker.stop().await;
+}
+
+/// A new run id in the bucket of run `other`.
+fn ids_in_one_bucket_as(client: &Client, other: &str) -> String {
+    let tag = |id: &str| {
+        client
+            .keys()
+            .stream(id)
+            .split('}')
+            .next()
+            .map(str::to_owned)
+    };
+    loop {
+        let id = loom_core::new_run_id();
+        if tag(&id) == tag(other) {
+            return id;
+        }
+    }
 }

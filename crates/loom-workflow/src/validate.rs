@@ -153,42 +153,39 @@ fn find_cycle(deps: &[(&str, Vec<reference::Reference>)]) -> Option<Vec<String>>
             (*name, targets)
         })
         .collect();
-    // 0 = unvisited, 1 = on the current path, 2 = done.
+    // 0 = unvisited, 1 = on the current path, 2 = done. Depth first without recursion (a
+    // chain of thousands of steps must not overflow the stack): `path` holds each step on the
+    // current path with how many of its references were followed.
     let mut state: HashMap<&str, u8> = HashMap::new();
-    let mut path: Vec<&str> = Vec::new();
-    fn visit<'a>(
-        node: &'a str,
-        edges: &HashMap<&'a str, Vec<&'a str>>,
-        state: &mut HashMap<&'a str, u8>,
-        path: &mut Vec<&'a str>,
-    ) -> Option<Vec<String>> {
-        state.insert(node, 1);
-        path.push(node);
-        for &next in edges.get(node).into_iter().flatten() {
+    let mut path: Vec<(&str, usize)> = Vec::new();
+    for (root, _) in deps {
+        if state.get(root).copied().unwrap_or(0) != 0 {
+            continue;
+        }
+        state.insert(root, 1);
+        path.push((root, 0));
+        while let Some(&(node, followed)) = path.last() {
+            let Some(&next) = edges.get(node).and_then(|targets| targets.get(followed)) else {
+                state.insert(node, 2);
+                path.pop();
+                continue;
+            };
+            if let Some(top) = path.last_mut() {
+                top.1 += 1;
+            }
             match state.get(next).copied().unwrap_or(0) {
                 1 => {
-                    let start = path.iter().position(|n| *n == next).unwrap_or(0);
+                    let start = path.iter().position(|(n, _)| *n == next).unwrap_or(0);
                     let mut cycle: Vec<String> =
-                        path[start..].iter().map(|n| (*n).to_owned()).collect();
+                        path[start..].iter().map(|(n, _)| (*n).to_owned()).collect();
                     cycle.push(next.to_owned());
                     return Some(cycle);
                 }
                 0 => {
-                    if let Some(cycle) = visit(next, edges, state, path) {
-                        return Some(cycle);
-                    }
+                    state.insert(next, 1);
+                    path.push((next, 0));
                 }
                 _ => {}
-            }
-        }
-        path.pop();
-        state.insert(node, 2);
-        None
-    }
-    for (name, _) in deps {
-        if state.get(name).copied().unwrap_or(0) == 0 {
-            if let Some(cycle) = visit(name, &edges, &mut state, &mut path) {
-                return Some(cycle);
             }
         }
     }

@@ -442,3 +442,24 @@ fn ten_thousand_actions_load_and_a_reference_cycle_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn a_chain_of_ten_thousand_forward_references_is_refused_without_overflowing_the_stack() {
+    // Each step reads the next: no cycle, but a path as long as the workflow. Checked on a
+    // thread with a small stack, where following it by recursion would overflow.
+    let mut yaml = String::from("name: chain\nactions:\n");
+    for i in 0..10_000 {
+        yaml.push_str(&format!(
+            "  - {{name: s{i}, type: actor, actorType: echo, input: {{x: \"${{{{ steps.s{}.output }}}}\"}}}}\n",
+            i + 1
+        ));
+    }
+    yaml.push_str("  - {name: s10000, type: actor, actorType: echo}\n");
+    let err = std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(move || reject(&yaml).to_string())
+        .expect("spawn")
+        .join()
+        .expect("the check does not overflow its stack");
+    assert!(err.contains("s0") && err.contains("s1"), "{err}");
+}

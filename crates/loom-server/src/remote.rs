@@ -12,8 +12,11 @@
 //! **Disconnect.** The readers of a run are counted in its Redis record by every server
 //! ([`loom_redis::ReaderTally`]); a direct stream's record carries its disconnect grace. When
 //! the last reader anywhere leaves, the server it left waits the grace and cancels the run
-//! unless a reader joined meanwhile (on any server). A server that dies holding readers
-//! leaves them counted: such a run then goes on until it ends or reaches its deadline.
+//! unless a reader joined meanwhile (on any server). A direct stream whose client leaves
+//! before its first reader is counted (while the request is being queued) is cancelled at
+//! once: its client never learnt the run's id, so nobody can come back for it. A server that
+//! dies holding readers leaves them counted: such a run then goes on until it ends or reaches
+//! its deadline.
 //!
 //! **Shutdown** closes this server's streams without a terminal chunk: their runs go on on
 //! the workers, and their clients resume through any server.
@@ -159,9 +162,23 @@ impl RemoteRuns {
                 RunTarget::Workflow(w) => format!("no worker serves workflow '{w}'"),
             }));
         }
-        let options = RunOptions {
+        let mut options = RunOptions {
             timeout,
             ..RunOptions::default()
+        };
+        // From here until a reader is counted, a direct run is cancelled if this is dropped
+        // (its client left); a failure to queue it cancels it too, in case it was queued.
+        let unclaimed = match request.policy {
+            DisconnectPolicy::CancelAfter(_) => {
+                let id = loom_core::new_run_id();
+                options.run_id = Some(id.clone());
+                Some(Arc::new(Unclaimed {
+                    client: self.client.clone(),
+                    id,
+                    claimed: AtomicBool::new(false),
+                }))
+            }
+            DisconnectPolicy::Continue => None,
         };
         // Queued inside the run's span: the request carries its trace context to the worker.
         let submitted = self
@@ -171,7 +188,10 @@ impl RemoteRuns {
             .await
             .map_err(unavailable)?;
         self.watch(submitted.run_id.clone());
-        let run = self.run(submitted.run_id);
+        let run = RemoteRun {
+            unclaimed,
+            ..self.run(submitted.run_id)
+        };
         if let DisconnectPolicy::CancelAfter(grace) = request.policy {
             let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
             self.client
@@ -194,6 +214,7 @@ impl RemoteRuns {
             client: self.client.clone(),
             invoker: self.invoker.clone(),
             closing: self.closing.clone(),
+            unclaimed: None,
         }
     }
 
@@ -281,6 +302,8 @@ pub(crate) struct RemoteRun {
     client: Client,
     invoker: RemoteInvoker,
     closing: CancellationToken,
+    /// A direct run's guard until its first reader is counted.
+    unclaimed: Option<Arc<Unclaimed>>,
 }
 
 impl RemoteRun {
@@ -295,6 +318,9 @@ impl RemoteRun {
             .reader_joined(&self.id)
             .await
             .map_err(unavailable)?;
+        if let Some(unclaimed) = &self.unclaimed {
+            unclaimed.claimed.store(true, Ordering::SeqCst);
+        }
         Ok(RemoteAttachment {
             client: self.client.clone(),
             id: self.id.clone(),
@@ -362,6 +388,35 @@ impl Drop for RemoteAttachment {
         handle.spawn(async move {
             if let Err(e) = left(&client, &id).await {
                 tracing::warn!(run_id = %id, error = %e, "could not count a reader gone");
+            }
+        });
+    }
+}
+
+/// A direct run queued for a client that may leave before its first reader is counted:
+/// dropped unclaimed (the client left, or queueing failed), it cancels the run.
+#[derive(Debug)]
+struct Unclaimed {
+    client: Client,
+    id: String,
+    /// Set once a reader of the run is counted: from then on the readers' tally decides.
+    claimed: AtomicBool,
+}
+
+impl Drop for Unclaimed {
+    fn drop(&mut self) {
+        if self.claimed.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let client = self.client.clone();
+        let id = std::mem::take(&mut self.id);
+        handle.spawn(async move {
+            tracing::debug!(run_id = %id, "client gone before it was counted: cancelling the run");
+            if let Err(e) = client.cancel(&id).await {
+                tracing::warn!(run_id = %id, error = %e, "could not cancel a run whose client left");
             }
         });
     }
@@ -469,8 +524,89 @@ fn rfc3339_millis(ms: u64) -> Option<String> {
 }
 
 #[cfg(test)]
+#[path = "../../loom-redis/tests/support/redis_server.rs"]
+mod redis_server;
+
+#[cfg(test)]
 mod tests {
     use super::*;
+    use loom_core::{Extensions, Runtime};
+    use loom_redis::{ClientOptions, Worker, WorkerOptions};
+
+    /// A direct run whose client leaves while it is being queued (the handler's future is
+    /// dropped before a reader is counted) is cancelled; a detached one goes on.
+    #[tokio::test]
+    async fn a_direct_run_whose_client_leaves_before_it_is_counted_is_cancelled() {
+        let redis = redis_server::RedisServer::start();
+        let options = ClientOptions {
+            prefix: format!("t{}:", uuid::Uuid::new_v4().simple()),
+            ..ClientOptions::default()
+        };
+        let client = Client::connect_with(redis.url(), options).await.unwrap();
+        let runtime = Runtime::new(Registry::with_builtins(), Extensions::new());
+        let worker = Worker::new(client.clone(), runtime, WorkerOptions::default());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let worker = tokio::spawn(worker.run(async {
+            let _ = stopped.await;
+        }));
+        let runs = RemoteRuns::new(
+            client.clone(),
+            Registry::with_builtins(),
+            Vec::new(),
+            Arc::default(),
+        );
+        let start = |policy| {
+            runs.start(StartRequest {
+                target: RunTarget::Actor("batch".to_owned()),
+                input: json!({ "count": 20, "batch_size": 1, "delay_ms": 50 }),
+                timeout: None,
+                policy,
+                traceparent: None,
+            })
+        };
+        let ends = tokio::time::timeout(Duration::from_secs(20), async {
+            while !client.served_actors().await.unwrap().contains("batch") {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // A grace far longer than the run: only the client leaving early can cancel it.
+            let left = start(DisconnectPolicy::CancelAfter(Duration::from_secs(600)))
+                .await
+                .unwrap();
+            let kept = start(DisconnectPolicy::Continue).await.unwrap();
+            let ids = [left.id().to_owned(), kept.id().to_owned()];
+            drop((left, kept));
+            let mut ends = Vec::new();
+            for id in ids {
+                let mut feed = runs
+                    .find(&id)
+                    .await
+                    .unwrap()
+                    .open(None)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                let mut last = None;
+                while let Some(chunks) = feed.next().await {
+                    last = chunks.last().cloned();
+                }
+                let last = last.expect("a chunk");
+                ends.push(serde_json::from_slice::<StreamChunk>(&last.json).unwrap());
+            }
+            ends
+        })
+        .await
+        .expect("both runs end");
+        let cancelled = ends[0].error.as_ref().map(|e| e.code);
+        assert_eq!(
+            cancelled,
+            Some(loom_core::ErrorCode::Cancelled),
+            "{:?}",
+            ends[0]
+        );
+        assert_eq!(ends[1].kind, ChunkType::Complete, "{:?}", ends[1]);
+        let _ = stop.send(());
+        let _ = worker.await;
+    }
 
     #[test]
     fn creation_times_print_up_to_the_year_9999_and_not_past_it() {

@@ -67,6 +67,30 @@ impl<T: DeserializeOwned> LoomJson<T> {
     }
 }
 
+/// A route's one path parameter (an actor type, a workflow, a run id); one that is not UTF-8
+/// once decoded is a 400 in Loom's error shape (OpenAI's on the OpenAI routes), not axum's
+/// plain text.
+#[derive(Debug)]
+pub(crate) struct LoomPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for LoomPath {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        match axum::extract::Path::<String>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Self(value)),
+            Err(rejection) => {
+                let err = ApiError::BadRequest(rejection.body_text());
+                Err(if crate::dialect::speaks_openai(parts.uri.path()) {
+                    crate::dialect::OpenAiError(err).into_response()
+                } else {
+                    err.into_response()
+                })
+            }
+        }
+    }
+}
+
 /// The request's W3C `traceparent` header, if it has one that is text: the parent of the
 /// run's span (an invalid trace context is ignored there, never an error).
 #[derive(Debug, Clone, Default)]

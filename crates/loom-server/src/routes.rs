@@ -5,7 +5,7 @@
 //! starts is an [`ApiError`].
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
@@ -19,8 +19,8 @@ use crate::auth::require_key;
 use crate::dialect;
 use crate::error::ApiError;
 use crate::extract::{
-    cursor, input_or_empty, parse_timeout, Envelope, JoinQuery, LoomJson, RunRequest, StreamQuery,
-    TraceParent,
+    cursor, input_or_empty, parse_timeout, Envelope, JoinQuery, LoomJson, LoomPath, RunRequest,
+    StreamQuery, TraceParent,
 };
 use crate::runlog::RunTarget;
 use crate::runs::StartRequest;
@@ -133,7 +133,7 @@ async fn list_workflows(State(state): State<ServerState>) -> Result<Json<Value>,
 /// `POST /v1/actors/{type}/run`: the run's `complete` data, or its error as a status.
 async fn run_actor(
     State(state): State<ServerState>,
-    Path(actor): Path<String>,
+    LoomPath(actor): LoomPath,
     TraceParent(traceparent): TraceParent,
     LoomJson(envelope): LoomJson<Envelope>,
 ) -> Result<Response, ApiError> {
@@ -176,7 +176,7 @@ async fn run_actor(
 /// `POST /v1/actors/{type}/stream`.
 async fn stream_actor(
     State(state): State<ServerState>,
-    Path(actor): Path<String>,
+    LoomPath(actor): LoomPath,
     TraceParent(traceparent): TraceParent,
     LoomJson(envelope): LoomJson<Envelope>,
 ) -> Result<Response, ApiError> {
@@ -188,7 +188,7 @@ async fn stream_actor(
 /// `EventSource`; the run itself is resumed at `GET /v1/runs/{id}/stream`.
 async fn stream_actor_get(
     State(state): State<ServerState>,
-    Path(actor): Path<String>,
+    LoomPath(actor): LoomPath,
     TraceParent(traceparent): TraceParent,
     headers: HeaderMap,
     query: Result<Query<StreamQuery>, QueryRejection>,
@@ -204,7 +204,7 @@ async fn stream_actor_get(
 /// `POST /v1/workflows/{name}/stream`.
 async fn stream_workflow(
     State(state): State<ServerState>,
-    Path(name): Path<String>,
+    LoomPath(name): LoomPath,
     TraceParent(traceparent): TraceParent,
     LoomJson(envelope): LoomJson<Envelope>,
 ) -> Result<Response, ApiError> {
@@ -279,7 +279,7 @@ async fn list_runs(State(state): State<ServerState>) -> Result<Json<Value>, ApiE
 
 async fn run_status(
     State(state): State<ServerState>,
-    Path(id): Path<String>,
+    LoomPath(id): LoomPath,
 ) -> Result<Response, ApiError> {
     let run = state.runs().find(&id).await?;
     Ok(Json(run.info().await?).into_response())
@@ -288,7 +288,7 @@ async fn run_status(
 /// `DELETE /v1/runs/{id}`: cancels the run (idempotent); `202` with its status.
 async fn cancel_run(
     State(state): State<ServerState>,
-    Path(id): Path<String>,
+    LoomPath(id): LoomPath,
 ) -> Result<Response, ApiError> {
     let run = state.runs().find(&id).await?;
     run.cancel().await?;
@@ -298,7 +298,7 @@ async fn cancel_run(
 /// `GET /v1/runs/{id}/stream`: joins a run from a cursor (DESIGN.md §3's cursor table).
 async fn join_run(
     State(state): State<ServerState>,
-    Path(id): Path<String>,
+    LoomPath(id): LoomPath,
     headers: HeaderMap,
     query: Result<Query<JoinQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {

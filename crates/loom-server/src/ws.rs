@@ -5,11 +5,14 @@
 //! closes). A close frame from the client cancels the run at once; a connection that just
 //! drops is a direct stream's disconnect (cancelled after the grace unless a reader rejoins at
 //! `GET /v1/runs/{id}/stream`). The server pings an idle socket every keep-alive interval.
-//! A message the server cannot take gets a `{"error":{"code","message"}}` text frame.
+//! A message the server cannot take gets a `{"error":{"code","message"}}` text frame. A socket
+//! holds one of the server's streams from its upgrade, so one that sends no `start` within two
+//! keep-alive intervals gets an error frame and is closed: a client gone silent cannot keep
+//! it.
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use bytes::Bytes;
 use serde::Deserialize;
@@ -18,7 +21,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::backend::{Attachment, Feed, RunRef};
 use crate::error::ApiError;
-use crate::extract::{input_or_empty, parse_timeout, TraceParent};
+use crate::extract::{input_or_empty, parse_timeout, LoomPath, TraceParent};
 use crate::runlog::RunTarget;
 use crate::runs::StartRequest;
 use crate::state::ServerState;
@@ -38,7 +41,7 @@ enum ClientMessage {
 /// The upgrade: unknown actor → 404 and a full stream cap → 429 before the handshake.
 pub(crate) async fn actor_ws(
     State(state): State<ServerState>,
-    Path(actor): Path<String>,
+    LoomPath(actor): LoomPath,
     TraceParent(traceparent): TraceParent,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
@@ -62,8 +65,20 @@ async fn session(
     traceparent: Option<String>,
     _permit: OwnedSemaphorePermit,
 ) {
+    let wait = state.config().keep_alive * 2;
+    let deadline = tokio::time::sleep(wait);
+    tokio::pin!(deadline);
     let (input, timeout) = loop {
-        match socket.recv().await {
+        let message = tokio::select! {
+            message = socket.recv() => message,
+            () = &mut deadline => {
+                let err = ApiError::BadRequest(format!("no start message within {wait:?}"));
+                let _ = socket.send(error_frame(&err)).await;
+                let _ = socket.send(Message::Close(None)).await;
+                return;
+            }
+        };
+        match message {
             Some(Ok(Message::Text(text))) => match serde_json::from_str(text.as_str()) {
                 Ok(ClientMessage::Start { input, timeout }) => break (input, timeout),
                 Ok(ClientMessage::Cancel) => continue,

@@ -191,6 +191,29 @@ async fn an_openai_route_rejects_a_bad_body_or_query_in_openais_error_shape() {
     assert_eq!(response.status(), 400);
     let body: Value = within(response.json()).await.expect("an error body");
     assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+    // A path parameter that is not UTF-8 once decoded.
+    let response = server.get("/v1/responses/%FF").await;
+    assert_eq!(response.status(), 400);
+    let body: Value = within(response.json()).await.expect("an error body");
+    assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+}
+
+#[tokio::test]
+async fn a_path_parameter_that_is_not_utf8_is_a_400_in_loom_error_shape() {
+    let server = TestServer::default_config().await;
+    for path in [
+        "/v1/runs/%FF",
+        "/v1/runs/%FF/stream",
+        "/v1/actors/%C3%28/stream",
+    ] {
+        let response = if path.starts_with("/v1/actors") {
+            server.post(path, &serde_json::json!({})).await
+        } else {
+            server.get(path).await
+        };
+        let (status, code, _) = error_of(response).await;
+        assert_eq!((status, code.as_str()), (400, "bad_request"), "{path}");
+    }
 }
 
 #[tokio::test]

@@ -152,3 +152,20 @@ async fn an_idle_socket_is_pinged_every_keep_alive_interval() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_socket_that_never_starts_a_run_is_closed_and_gives_its_stream_back() {
+    let server = TestServer::start(ServerConfig {
+        keep_alive: std::time::Duration::from_millis(100),
+        max_streams: 1,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut silent = connect(&server, "batch").await;
+    let error = next_json(&mut silent).await.expect("an error frame");
+    assert_eq!(error["error"]["code"], "bad_request", "{error}");
+    assert!(next_json(&mut silent).await.is_none(), "then the close");
+    // The one stream the server allows is free again.
+    let (_socket, id) = start_slow_batch(&server).await;
+    assert!(!id.is_empty());
+}

@@ -30,7 +30,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use loom_core::{ChunkType, Event, StreamChunk};
 use serde::Deserialize;
@@ -41,7 +41,7 @@ use super::{
     Numbered, NumberedEvents,
 };
 use crate::error::ApiError;
-use crate::extract::{LoomJson, TraceParent};
+use crate::extract::{LoomJson, LoomPath, TraceParent};
 use crate::state::ServerState;
 use crate::store::DisconnectPolicy;
 
@@ -279,7 +279,7 @@ fn chat_messages(messages: Vec<Value>) -> Vec<Value> {
 /// `POST /v1/ag-ui/{agent}`.
 pub(crate) async fn run(
     State(state): State<ServerState>,
-    Path(agent): Path<String>,
+    LoomPath(agent): LoomPath,
     TraceParent(traceparent): TraceParent,
     LoomJson(request): LoomJson<RunAgentInput>,
 ) -> Result<Response, ApiError> {

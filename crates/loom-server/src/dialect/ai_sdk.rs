@@ -24,7 +24,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use loom_core::{ChunkType, Event, StreamChunk};
@@ -36,7 +36,7 @@ use super::{
     Numbered, NumberedEvents,
 };
 use crate::error::ApiError;
-use crate::extract::{LoomJson, TraceParent};
+use crate::extract::{LoomJson, LoomPath, TraceParent};
 use crate::runlog::RunStatus;
 use crate::state::ServerState;
 use crate::store::DisconnectPolicy;
@@ -293,7 +293,7 @@ fn chat_messages(messages: &[Value]) -> Vec<Value> {
 /// `POST /v1/ai-sdk/{agent}`: a new run for the chat, streamed as UI message parts.
 pub(crate) async fn send(
     State(state): State<ServerState>,
-    Path(agent): Path<String>,
+    LoomPath(agent): LoomPath,
     TraceParent(traceparent): TraceParent,
     LoomJson(body): LoomJson<ChatBody>,
 ) -> Result<Response, ApiError> {
@@ -323,7 +323,7 @@ pub(crate) async fn send(
 /// wildcard, read from its end.)
 pub(crate) async fn resume(
     State(state): State<ServerState>,
-    Path(path): Path<String>,
+    LoomPath(path): LoomPath,
 ) -> Result<Response, ApiError> {
     let chat = path
         .strip_suffix("/stream")

@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use loom_core::{ChunkType, ErrorCode, Event, StreamChunk};
@@ -42,7 +42,7 @@ use super::{
 };
 use crate::backend::RunRef;
 use crate::error::ApiError;
-use crate::extract::{LoomJson, TraceParent};
+use crate::extract::{LoomJson, LoomPath, TraceParent};
 use crate::runlog::RunInfo;
 use crate::state::ServerState;
 use crate::store::DisconnectPolicy;
@@ -555,7 +555,7 @@ pub(crate) async fn create(
 /// (after `starting_after`).
 pub(crate) async fn retrieve(
     State(state): State<ServerState>,
-    Path(id): Path<String>,
+    LoomPath(id): LoomPath,
     query: Result<Query<RetrieveQuery>, QueryRejection>,
 ) -> Result<Response, OpenAiError> {
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
@@ -575,7 +575,7 @@ pub(crate) async fn retrieve(
 /// response once it has ended.
 pub(crate) async fn cancel(
     State(state): State<ServerState>,
-    Path(id): Path<String>,
+    LoomPath(id): LoomPath,
 ) -> Result<Response, OpenAiError> {
     let run = find(&state, &id).await?;
     run.cancel().await?;

@@ -152,9 +152,14 @@ async fn run_actor(
     // direct stream's.
     let _attachment = run.attach().await?;
     let mut last = None;
-    if let Some(mut feed) = run.open(None).await? {
-        while let Some(chunks) = feed.next().await? {
-            last = chunks.last().cloned();
+    let mut feed = run.open(None).await?;
+    while let Some(reading) = &mut feed {
+        match reading.next().await {
+            Ok(Some(chunks)) => last = chunks.last().cloned(),
+            Ok(None) => break,
+            // An embedded log that outgrew its bound dropped chunks not read yet: only the
+            // terminal matters here, and the log always keeps it.
+            Err(expired) => feed = run.open(Some(expired.oldest.saturating_sub(1))).await?,
         }
     }
     let terminal: StreamChunk = last

@@ -402,3 +402,28 @@ async fn a_short_lived_token_from_post_tokens_authorizes_query_string_clients() 
     let wrong = server.get(&format!("/v1/runs/{id}?token={token}x")).await;
     assert_eq!(wrong.status(), 401);
 }
+
+#[tokio::test]
+async fn run_answers_with_the_result_even_when_the_log_dropped_chunks_before_it_read_them() {
+    let server = TestServer::start(ServerConfig {
+        log_limits: LogLimits {
+            max_chunks: 2,
+            max_bytes: usize::MAX,
+            ..LogLimits::default()
+        },
+        ..ServerConfig::default()
+    })
+    .await;
+    // Thousands of chunks at once: the log keeps two, so `/run`'s reader falls behind it.
+    for _ in 0..5 {
+        let response = server
+            .post(
+                "/v1/actors/batch/run",
+                &json!({ "input": { "count": 5000, "batch_size": 1, "delay_ms": 0 } }),
+            )
+            .await;
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["processed"], 5000, "{body}");
+    }
+}

@@ -4,12 +4,16 @@
 //! the recent ones and cancel them. A finished run is removed a TTL after its terminal chunk
 //! ([`RunStore::expire_after`]), or earlier when more finished runs than the configured bound
 //! are kept (the oldest first), so memory is bounded by the running runs plus that many logs;
-//! the index of recent runs is bounded too.
+//! the index of recent runs is bounded too. One task forgets the runs whose TTL is over (the
+//! TTL is the same for every run, so they are due in the order they finished), and only while
+//! some are due: not a sleeping task per run.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use loom_core::CancellationToken;
 
@@ -124,8 +128,10 @@ struct StoreState {
     runs: HashMap<String, Arc<Run>>,
     /// Run ids, newest first, at most [`MAX_RECENT_RUNS`].
     recent: VecDeque<String>,
-    /// Finished run ids, in the order they finished.
-    finished: VecDeque<String>,
+    /// Finished run ids and when each is forgotten, in the order they finished.
+    finished: VecDeque<(String, Instant)>,
+    /// Whether the task that forgets runs whose TTL is over is running.
+    sweeping: bool,
     /// Run names (a chat's latest run) and the run each stands for; a name goes with its run.
     names: HashMap<String, String>,
 }
@@ -190,22 +196,38 @@ impl RunStore {
     /// Forgets run `id` `ttl` from now (called once its terminal chunk is in); past
     /// `max_finished` finished runs, forgets the one that finished first at once.
     pub(crate) fn expire_after(self: &Arc<Self>, id: String, ttl: Duration, max_finished: usize) {
-        {
-            let mut state = self.lock();
-            state.finished.push_back(id.clone());
-            while state.finished.len() > max_finished {
-                if let Some(oldest) = state.finished.pop_front() {
-                    state.forget(&oldest);
-                }
+        let mut state = self.lock();
+        state.finished.push_back((id, Instant::now() + ttl));
+        while state.finished.len() > max_finished {
+            if let Some((oldest, _)) = state.finished.pop_front() {
+                state.forget(&oldest);
             }
         }
-        let store = Arc::clone(self);
-        tokio::spawn(async move {
-            tokio::time::sleep(ttl).await;
-            let mut state = store.lock();
-            state.forget(&id);
-            state.finished.retain(|r| *r != id);
-        });
+        if !state.sweeping {
+            state.sweeping = true;
+            tokio::spawn(Arc::clone(self).sweep());
+        }
+    }
+
+    /// Forgets each finished run when its TTL is over, until none is left to forget.
+    async fn sweep(self: Arc<Self>) {
+        loop {
+            let next = {
+                let mut state = self.lock();
+                let now = Instant::now();
+                while let Some((id, _)) = state.finished.pop_front_if(|(_, at)| *at <= now) {
+                    state.forget(&id);
+                }
+                match state.finished.front() {
+                    Some(&(_, at)) => at,
+                    None => {
+                        state.sweeping = false;
+                        return;
+                    }
+                }
+            };
+            tokio::time::sleep_until(next).await;
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, StoreState> {
@@ -280,6 +302,28 @@ mod tests {
         assert!(store.get("b").is_none());
         let ids: Vec<_> = store.recent().into_iter().map(|r| r.run_id).collect();
         assert_eq!(ids, ["c", "a"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_finished_run_is_forgotten_at_its_own_ttl_and_the_sweeper_comes_back() {
+        let store = Arc::new(RunStore::new());
+        for id in ["a", "b", "c"] {
+            store.insert(run(id, DisconnectPolicy::Continue).0);
+        }
+        let ttl = Duration::from_secs(60);
+        store.expire_after("a".into(), ttl, 10);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        store.expire_after("b".into(), ttl, 10);
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        assert!(store.get("a").is_none(), "a's TTL is over");
+        assert!(store.get("b").is_some(), "b's is not");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(store.get("b").is_none());
+        assert!(!store.lock().sweeping, "nothing left to forget");
+        // A run finishing after the store had nothing to forget is forgotten too.
+        store.expire_after("c".into(), ttl, 10);
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        assert!(store.get("c").is_none());
     }
 
     #[tokio::test(start_paused = true)]

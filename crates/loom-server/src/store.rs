@@ -215,8 +215,10 @@ impl RunStore {
             let next = {
                 let mut state = self.lock();
                 let now = Instant::now();
-                while let Some((id, _)) = state.finished.pop_front_if(|(_, at)| *at <= now) {
-                    state.forget(&id);
+                while state.finished.front().is_some_and(|(_, at)| *at <= now) {
+                    if let Some((id, _)) = state.finished.pop_front() {
+                        state.forget(&id);
+                    }
                 }
                 match state.finished.front() {
                     Some(&(_, at)) => at,

@@ -16,6 +16,7 @@ use crate::client::Client;
 use crate::codec::{decode_chunk, parse_entries};
 use crate::error::Error;
 use crate::keys::check_name;
+use crate::script;
 
 /// How many run ids the index of recent runs keeps.
 pub const RECENT_RUNS: usize = 1_000;
@@ -142,26 +143,8 @@ impl Client {
 
     async fn tally(&self, run_id: &str, change: i64) -> Result<ReaderTally, Error> {
         check_name("run id", run_id)?;
-        let key = self.keys().run(run_id);
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        if change != 0 {
-            pipe.cmd("HINCRBY")
-                .arg(&key)
-                .arg("readers")
-                .arg(change)
-                .ignore();
-        }
-        if change > 0 {
-            pipe.cmd("HINCRBY").arg(&key).arg("joins").arg(1).ignore();
-        }
-        pipe.cmd("HMGET")
-            .arg(&key)
-            .arg("readers")
-            .arg("joins")
-            .arg("grace_ms");
-        let ((readers, joins, grace_ms),): ((Option<i64>, Option<i64>, Option<u64>),) =
-            pipe.query_async(&mut self.conn()).await?;
+        let (readers, joins, grace_ms) =
+            script::tally(&mut self.conn(), &self.keys().run(run_id), change).await?;
         Ok(ReaderTally {
             readers: readers.unwrap_or(0),
             joins: joins.unwrap_or(0),

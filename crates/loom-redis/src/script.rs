@@ -21,6 +21,7 @@
 //! | [`release`] | lease | the worker handing a run back |
 //! | [`keep_bells`] | bells | a reader waiting on its buckets' bells, keeping them (and their rings) alive |
 //! | [`advertise`], [`served`] | actors | the heartbeat marking actor types served; servers asking which are |
+//! | [`tally`] | a run's record | servers counting the run's readers |
 //!
 //! Every script that needs the time reads Redis's own (`TIME`, through [`NOW_MS`]): no decision
 //! depends on two machines' clocks agreeing.
@@ -429,6 +430,34 @@ pub(crate) async fn peek(
         cancel: reason.as_deref().map(CancelReason::parse),
         now_ms,
     })
+}
+
+/// KEYS: a run's record. ARGV: the change of its readers (`1`: one came, and `joins` grows
+/// too; `-1`: one left; `0`: none). A record that is gone (expired) is left gone: counting
+/// on it would make a hash without a TTL that nothing removes. Returns `{readers, joins,
+/// grace_ms}`.
+static TALLY: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {false, false, false} end
+local change = tonumber(ARGV[1])
+if change ~= 0 then redis.call('HINCRBY', KEYS[1], 'readers', change) end
+if change > 0 then redis.call('HINCRBY', KEYS[1], 'joins', 1) end
+return redis.call('HMGET', KEYS[1], 'readers', 'joins', 'grace_ms')
+"#,
+    )
+});
+
+/// Changes the readers of the run whose record is `key` by `change` (see [`TALLY`]); returns
+/// its readers, joins and disconnect grace, as far as set.
+pub(crate) async fn tally(
+    conn: &mut impl ConnectionLike,
+    key: &str,
+    change: i64,
+) -> Result<(Option<i64>, Option<i64>, Option<u64>), Error> {
+    let mut cmd = TALLY.call(&[key], 1, 4);
+    cmd.arg(change);
+    TALLY.invoke(conn, &cmd).await
 }
 
 /// Marks `actors` as served for `lease_ms` from Redis's now.

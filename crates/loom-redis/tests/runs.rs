@@ -117,4 +117,18 @@ async fn the_reader_tally_counts_readers_and_joins_across_clients() {
     assert_eq!((left.readers, left.joins), (1, 2));
     let left = b.reader_left(id).await.unwrap();
     assert_eq!((left.readers, left.joins), (0, 2));
+    // A record that is gone (expired) is not made again by a reader leaving late: it would
+    // have no TTL and stay forever.
+    let mut conn = server.plain();
+    let _: () = redis::cmd("DEL")
+        .arg(a.keys().run(id))
+        .query(&mut conn)
+        .unwrap();
+    let late = a.reader_left(id).await.unwrap();
+    assert_eq!((late.readers, late.joins, late.grace_ms), (0, 0, None));
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(a.keys().run(id))
+        .query(&mut conn)
+        .unwrap();
+    assert!(!exists, "the record came back");
 }

@@ -439,3 +439,33 @@ async fn ag_ui_and_ai_sdk_streams_run_on_the_workers_and_a_chat_resumes_on_anoth
         204
     );
 }
+
+#[tokio::test]
+async fn the_readers_verdict_on_an_entry_it_cannot_decode_is_sent_without_an_id() {
+    let cluster = Cluster::start().await;
+    let server = cluster.server(ServerConfig::default()).await;
+    let id = server
+        .detached(json!({ "actor": "batch", "input": slow_batch(200, 50) }))
+        .await;
+    let mut reader = SseReader::new(server.get(&format!("/v1/runs/{id}/stream")).await);
+    let first = reader.next_chunk().await.expect("a chunk");
+    assert!(first.id.is_some());
+    // Another client writes an entry Loom cannot read, far ahead of the run's own.
+    let client = cluster.client().await;
+    let mut conn = cluster.redis.plain();
+    let _: String = redis::cmd("XADD")
+        .arg(client.keys().stream(&id))
+        .arg("999999-1")
+        .arg("type")
+        .arg("data")
+        .query(&mut conn)
+        .unwrap();
+    let rest = reader.rest().await;
+    let last = rest.last().expect("a last frame");
+    assert_eq!(last.event.as_deref(), Some("error"), "{:?}", texts(&rest));
+    assert_eq!(last.data.as_ref().unwrap()["error"]["code"], "internal");
+    assert_eq!(
+        last.id, None,
+        "the verdict is in no entry: a resume must not take it for one"
+    );
+}

@@ -30,8 +30,8 @@ use crate::keys::CancelReason;
 /// One chunk as read from Redis, with the id of its entry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamEntry {
-    /// The Redis entry id; `None` for a chunk the reader made itself (an `error/upstream` when
-    /// Redis stayed unreachable).
+    /// The Redis entry id; `None` for a chunk the reader made itself (its verdict on a gap, an
+    /// undecodable entry or a lost worker, an `error/upstream` when Redis stayed unreachable).
     pub id: Option<EntryId>,
     /// The chunk.
     pub chunk: StreamChunk,
@@ -157,9 +157,12 @@ impl ReadState {
         self.last_seq.map_or(0, |s| s.saturating_add(1))
     }
 
-    fn error_entry(&self, id: Option<EntryId>, seq: u64, err: &ActorError) -> StreamEntry {
+    /// The reader's own verdict, `error` chunk `seq`: it is in no entry of the stream (so it
+    /// has no id, and a consumer resuming by id never takes it for one, or skips an entry for
+    /// it).
+    fn error_entry(&self, seq: u64, err: &ActorError) -> StreamEntry {
         StreamEntry {
-            id,
+            id: None,
             chunk: StreamChunk::error(seq, err),
         }
     }
@@ -177,7 +180,7 @@ impl ReadState {
                         "undecodable entry {} in stream {}: {why}",
                         entry.id, self.key
                     ));
-                    entries.push(self.error_entry(Some(entry.id), self.next_seq(), &err));
+                    entries.push(self.error_entry(self.next_seq(), &err));
                     return Delivery {
                         entries,
                         done: true,
@@ -195,7 +198,7 @@ impl ReadState {
                         "entry {} in stream {}: seq {how} from {prev} to {}",
                         entry.id, self.key, chunk.seq
                     ));
-                    entries.push(self.error_entry(Some(entry.id), self.next_seq(), &err));
+                    entries.push(self.error_entry(self.next_seq(), &err));
                     return Delivery {
                         entries,
                         done: true,
@@ -224,7 +227,7 @@ impl ReadState {
     /// The hub stopped: the last entry to yield.
     pub(crate) fn on_closed(&self) -> StreamEntry {
         let err = ActorError::internal("the stream reader stopped");
-        self.error_entry(None, self.next_seq(), &err)
+        self.error_entry(self.next_seq(), &err)
     }
 
     /// The check interval ticked at `now`.
@@ -273,7 +276,7 @@ impl ReadState {
                             self.key
                         ),
                     );
-                    return Step::Fail(self.error_entry(None, self.next_seq(), &err));
+                    return Step::Fail(self.error_entry(self.next_seq(), &err));
                 }
                 Step::Wait
             }
@@ -289,7 +292,7 @@ impl ReadState {
                     "the terminal entry of stream {} did not arrive",
                     self.key
                 ));
-                return Step::Fail(self.error_entry(None, self.next_seq(), &err));
+                return Step::Fail(self.error_entry(self.next_seq(), &err));
             }
             return Step::Wait;
         }
@@ -335,7 +338,7 @@ impl ReadState {
                      Redis lost entries",
                     self.key, self.last_id
                 ));
-                Step::Fail(self.error_entry(None, self.next_seq(), &err))
+                Step::Fail(self.error_entry(self.next_seq(), &err))
             }
             Some(_) => {
                 self.ended_at = Some(now);

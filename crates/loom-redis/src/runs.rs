@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use loom_core::StreamChunk;
+use loom_core::{ActorError, StreamChunk};
 use redis::Value;
 
 use crate::client::Client;
@@ -189,14 +189,17 @@ impl Client {
     }
 }
 
-/// The chunk of an `XREVRANGE … COUNT 1` reply; an entry Loom cannot decode is an error
-/// naming it, never a guess.
+/// The chunk of an `XREVRANGE … COUNT 1` reply. An entry Loom cannot decode (written by
+/// another client) is taken for what a reader of the stream would end with, `error/internal`
+/// naming it, at the `seq` its id stands for — never a guess at its content, and never an
+/// error for the other runs listed with it.
 fn last_chunk(reply: Value) -> Result<Option<StreamChunk>, Error> {
     let entries = parse_entries(reply).map_err(Error::UnexpectedReply)?;
     let Some(entry) = entries.into_iter().next() else {
         return Ok(None);
     };
-    decode_chunk(&entry.fields)
-        .map(Some)
-        .map_err(|e| Error::UnexpectedReply(format!("entry {}: {e}", entry.id)))
+    Ok(Some(decode_chunk(&entry.fields).unwrap_or_else(|e| {
+        let why = format!("undecodable entry {}: {e}", entry.id);
+        StreamChunk::error(entry.id.ms, &ActorError::internal(why))
+    })))
 }

@@ -441,7 +441,7 @@ async fn ag_ui_and_ai_sdk_streams_run_on_the_workers_and_a_chat_resumes_on_anoth
 }
 
 #[tokio::test]
-async fn the_readers_verdict_on_an_entry_it_cannot_decode_is_sent_without_an_id() {
+async fn an_entry_loom_cannot_decode_ends_the_read_without_an_id_and_the_run_shows_it() {
     let cluster = Cluster::start().await;
     let server = cluster.server(ServerConfig::default()).await;
     let id = server
@@ -468,4 +468,10 @@ async fn the_readers_verdict_on_an_entry_it_cannot_decode_is_sent_without_an_id(
         last.id, None,
         "the verdict is in no entry: a resume must not take it for one"
     );
+    // The run's status, and the list of runs, say so rather than failing.
+    let status = server.status(&id).await;
+    assert_eq!(status["status"], "error", "{status}");
+    assert_eq!(status["error_code"], "internal", "{status}");
+    let listed = server.get("/v1/runs").await;
+    assert_eq!(listed.status(), 200);
 }

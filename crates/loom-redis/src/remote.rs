@@ -192,10 +192,12 @@ impl RemoteInvoker {
         let keys = self.client.keys();
         let options = self.client.options();
         let record = keys.run(&request.run_id);
-        // The record lives as long as the run's stream can: its deadline, then the TTL.
+        // The record lives as long as the run's stream can: its deadline, then the TTL — at
+        // most a century, which Redis's `EXPIRE` takes (a deadline of "forever" it refuses).
         let record_ttl = (request.timeout_ms / 1000)
             .saturating_add(options.pickup_timeout.as_secs())
-            .saturating_add(options.stream_ttl.as_secs());
+            .saturating_add(options.stream_ttl.as_secs())
+            .min(100 * 365 * 24 * 3600);
         // For people (the run index and status); no decision reads it.
         let created_ms = unix_ms();
         let mut queued = redis::pipe();

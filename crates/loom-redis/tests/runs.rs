@@ -132,3 +132,23 @@ async fn the_reader_tally_counts_readers_and_joins_across_clients() {
         .unwrap();
     assert!(!exists, "the record came back");
 }
+
+#[tokio::test]
+async fn a_run_with_a_deadline_of_forever_is_queued_and_its_record_still_expires() {
+    let server = RedisServer::start();
+    let client = client(&server, fast_options()).await;
+    let options = RunOptions {
+        timeout: Some(std::time::Duration::MAX),
+        ..RunOptions::default()
+    };
+    let run = client
+        .invoker()
+        .submit("echo", json!({}), &options)
+        .await
+        .expect("queued");
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(client.keys().run(&run.run_id))
+        .query(&mut server.plain())
+        .unwrap();
+    assert!(ttl > 0, "the record has no TTL: {ttl}");
+}

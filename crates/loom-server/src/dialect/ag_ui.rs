@@ -16,7 +16,8 @@
 //!   result; `error` (also a cancel, a deadline, a lost worker) → `RUN_ERROR` with the code.
 //!
 //! **Superseded output.** A re-run (`start` with `attempt` ≥ 2) and a workflow's
-//! `action-retry` close the open messages they supersede and send `CUSTOM` `loom.superseded`
+//! `action-retry` close the open messages and tool calls they supersede (tool calls are told
+//! apart by speaker and index, and ids made here are never reused) and send `CUSTOM` `loom.superseded`
 //! (`{"attempt"}` or `{"step"}`): what those messages said stays in the client's history,
 //! and the new output comes in new messages.
 //!
@@ -67,8 +68,10 @@ pub(crate) struct AgUiMapping {
     /// Open text messages by speaker (`None`: the run itself), and how many were opened.
     messages: BTreeMap<Option<String>, String>,
     opened: usize,
-    /// Open tool calls by the call's index.
-    calls: BTreeMap<u64, String>,
+    /// Open tool calls by speaker and the call's index: the call's id and its chunks' step;
+    /// and how many were opened (ids made here are numbered, never reused by a re-run).
+    calls: BTreeMap<(Option<String>, u64), (String, Option<String>)>,
+    calls_opened: usize,
     /// Open steps, and the team members seen (whose steps close at the end).
     steps: BTreeSet<String>,
 }
@@ -83,6 +86,7 @@ impl AgUiMapping {
             messages: BTreeMap::new(),
             opened: 0,
             calls: BTreeMap::new(),
+            calls_opened: 0,
             steps: BTreeSet::new(),
         }
     }
@@ -119,6 +123,7 @@ impl AgUiMapping {
             }
             (_, Some(Event::ActionRetry)) => {
                 self.close_message_of(chunk.step.as_deref(), &mut events);
+                self.close_calls_of(chunk.step.as_deref(), &mut events);
                 events.push(custom("loom.superseded", json!({ "step": chunk.step })));
             }
             (ChunkType::Data, None) => {
@@ -133,7 +138,7 @@ impl AgUiMapping {
                         }));
                     }
                 } else if let Some(call) = chunk.data.as_ref().and_then(|d| d.get("tool_call")) {
-                    self.call(call, &mut events);
+                    self.call(chunk, call, &mut events);
                 } else {
                     events.push(custom("loom.data", tagged(chunk, chunk.data.clone())));
                 }
@@ -195,20 +200,24 @@ impl AgUiMapping {
         id
     }
 
-    fn call(&mut self, call: &Value, events: &mut Vec<Value>) {
+    /// A tool-call delta of `chunk`'s speaker: calls are told apart by speaker and index.
+    fn call(&mut self, chunk: &StreamChunk, call: &Value, events: &mut Vec<Value>) {
         let index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
-        let id = match self.calls.get(&index) {
-            Some(id) => id.clone(),
+        let key = (speaker(chunk).map(str::to_owned), index);
+        let id = match self.calls.get(&key) {
+            Some((id, _)) => id.clone(),
             None => {
-                let id = call
-                    .get("id")
-                    .and_then(Value::as_str)
-                    .map_or_else(|| format!("call_{}_{index}", self.run_id), str::to_owned);
+                let id = call.get("id").and_then(Value::as_str).map_or_else(
+                    || format!("call_{}_{}", self.run_id, self.calls_opened),
+                    str::to_owned,
+                );
+                self.calls_opened += 1;
                 let name = call.get("name").and_then(Value::as_str).unwrap_or("");
                 events.push(json!({
                     "type": "TOOL_CALL_START", "toolCallId": id, "toolCallName": name,
                 }));
-                self.calls.insert(index, id.clone());
+                self.calls
+                    .insert(key, (id.clone(), chunk.step.as_deref().map(str::to_owned)));
                 id
             }
         };
@@ -232,9 +241,22 @@ impl AgUiMapping {
     }
 
     fn close_calls(&mut self, events: &mut Vec<Value>) {
-        for (_, id) in std::mem::take(&mut self.calls) {
+        for (_, (id, _)) in std::mem::take(&mut self.calls) {
             events.push(json!({ "type": "TOOL_CALL_END", "toolCallId": id }));
         }
+    }
+
+    /// Closes the open tool calls made inside workflow step `step` (by the step itself or a
+    /// team member in it).
+    fn close_calls_of(&mut self, step: Option<&str>, events: &mut Vec<Value>) {
+        let Some(step) = step else { return };
+        self.calls.retain(|_, (id, of)| {
+            let closing = of.as_deref() == Some(step);
+            if closing {
+                events.push(json!({ "type": "TOOL_CALL_END", "toolCallId": id }));
+            }
+            !closing
+        });
     }
 }
 
@@ -375,6 +397,48 @@ mod tests {
 
     fn types(events: &[Value]) -> Vec<&str> {
         events.iter().map(|e| e["type"].as_str().unwrap()).collect()
+    }
+
+    fn call_of(seq: u64, step: &str, arguments: &str) -> StreamChunk {
+        let call = json!({ "tool_call": { "index": 0, "name": "f", "arguments": arguments } });
+        by(data(seq, call), None, Some(step))
+    }
+
+    #[test]
+    fn a_steps_retry_ends_its_own_tool_calls_and_calls_are_told_apart_by_step() {
+        let events = events(&[
+            marker(0, ChunkType::Progress, Event::ActionStart, "a"),
+            marker(1, ChunkType::Progress, Event::ActionStart, "b"),
+            call_of(2, "a", "{\"x\":"),
+            call_of(3, "b", "{\"y\":2}"),
+            marker(4, ChunkType::Progress, Event::ActionRetry, "a"),
+            call_of(5, "a", "{\"x\":1}"),
+            complete(6),
+        ]);
+        let started: Vec<&str> = events
+            .iter()
+            .filter(|e| e["type"] == "TOOL_CALL_START")
+            .map(|e| e["toolCallId"].as_str().unwrap())
+            .collect();
+        assert_eq!(started.len(), 3, "{events:#?}");
+        let unique: BTreeSet<_> = started.iter().collect();
+        assert_eq!(unique.len(), 3, "a retry's call gets a new id: {started:?}");
+        // The retry ends step a's call, not step b's.
+        let retry = events
+            .iter()
+            .position(|e| e["name"] == "loom.superseded")
+            .unwrap();
+        assert_eq!(events[retry - 1]["type"], "TOOL_CALL_END");
+        assert_eq!(events[retry - 1]["toolCallId"], started[0]);
+        let args_of = |id: &str| -> String {
+            events
+                .iter()
+                .filter(|e| e["type"] == "TOOL_CALL_ARGS" && e["toolCallId"] == id)
+                .map(|e| e["delta"].as_str().unwrap())
+                .collect()
+        };
+        assert_eq!(args_of(started[1]), "{\"y\":2}");
+        assert_eq!(args_of(started[2]), "{\"x\":1}");
     }
 
     #[test]

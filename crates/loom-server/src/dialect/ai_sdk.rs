@@ -17,7 +17,8 @@
 //! A run that streamed no text answers with its result as text.
 //!
 //! **Superseded output.** A re-run (`attempt` ≥ 2) or a step's retry closes the text parts it
-//! supersedes and sends `data-loom-superseded`; the new output comes in new parts.
+//! supersedes, ends the tool calls it supersedes with `tool-input-error` (their input was cut
+//! short: nothing to run), and sends `data-loom-superseded`; the new output comes in new parts.
 //!
 //! **Disconnect** is a direct stream's: a client that goes away (also `useChat`'s `stop`)
 //! cancels the run after the disconnect grace unless it resumes.
@@ -61,8 +62,10 @@ pub(crate) struct AiSdkMapping {
     texts: BTreeMap<Option<String>, String>,
     opened: usize,
     said: bool,
-    /// Open tool inputs by the call's index: id, name, input text.
-    calls: BTreeMap<u64, (String, String, String)>,
+    /// Open tool inputs by speaker and the call's index, and how many were opened (ids made
+    /// here are numbered, never reused by a re-run).
+    calls: BTreeMap<(Option<String>, u64), ToolInput>,
+    calls_opened: usize,
 }
 
 impl AiSdkMapping {
@@ -75,6 +78,7 @@ impl AiSdkMapping {
             opened: 0,
             said: false,
             calls: BTreeMap::new(),
+            calls_opened: 0,
         }
     }
 
@@ -89,6 +93,8 @@ impl AiSdkMapping {
             (ChunkType::Start, _) => {
                 if let Some(attempt) = chunk.attempt.filter(|&a| a > 1) {
                     self.close_texts(&mut parts);
+                    let why = format!("superseded by attempt {attempt}");
+                    self.supersede_calls(|_| true, &why, &mut parts);
                     parts.push(data("superseded", None, json!({ "attempt": attempt })));
                 }
             }
@@ -102,6 +108,8 @@ impl AiSdkMapping {
                     Event::ActionFailed => "failed",
                     Event::ActionRetry => {
                         self.close_text_of(Some(step), &mut parts);
+                        let why = format!("superseded by a retry of step {step}");
+                        self.supersede_calls(|of| of == Some(&**step), &why, &mut parts);
                         parts.push(data("superseded", None, json!({ "step": step })));
                         "retrying"
                     }
@@ -120,7 +128,7 @@ impl AiSdkMapping {
                     let id = self.text(speaker(chunk), &mut parts);
                     parts.push(json!({ "type": "text-delta", "id": id, "delta": text }));
                 } else if let Some(call) = chunk.data.as_ref().and_then(|d| d.get("tool_call")) {
-                    self.call(call, &mut parts);
+                    self.call(chunk, call, &mut parts);
                 } else {
                     let mut value = json!({ "data": chunk.data });
                     if let Some(name) = speaker(chunk) {
@@ -199,15 +207,18 @@ impl AiSdkMapping {
         id
     }
 
-    fn call(&mut self, call: &Value, parts: &mut Vec<Value>) {
+    /// A tool-call delta of `chunk`'s speaker: calls are told apart by speaker and index.
+    fn call(&mut self, chunk: &StreamChunk, call: &Value, parts: &mut Vec<Value>) {
         let index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
         let delta = call.get("arguments").and_then(Value::as_str).unwrap_or("");
-        let run_id = &self.run_id;
-        let entry = self.calls.entry(index).or_insert_with(|| {
+        let (run_id, opened) = (&self.run_id, &mut self.calls_opened);
+        let key = (speaker(chunk).map(str::to_owned), index);
+        let entry = self.calls.entry(key).or_insert_with(|| {
             let id = call
                 .get("id")
                 .and_then(Value::as_str)
-                .map_or_else(|| format!("call_{run_id}_{index}"), str::to_owned);
+                .map_or_else(|| format!("call_{run_id}_{opened}"), str::to_owned);
+            *opened += 1;
             let name = call
                 .get("name")
                 .and_then(Value::as_str)
@@ -216,14 +227,39 @@ impl AiSdkMapping {
             parts.push(json!({
                 "type": "tool-input-start", "toolCallId": id, "toolName": name, "dynamic": true,
             }));
-            (id, name, String::new())
+            ToolInput {
+                id,
+                name,
+                input: String::new(),
+                step: chunk.step.as_deref().map(str::to_owned),
+            }
         });
         if !delta.is_empty() {
-            entry.2.push_str(delta);
+            entry.input.push_str(delta);
             parts.push(json!({
-                "type": "tool-input-delta", "toolCallId": entry.0, "inputTextDelta": delta,
+                "type": "tool-input-delta", "toolCallId": entry.id, "inputTextDelta": delta,
             }));
         }
+    }
+
+    /// Ends the open tool calls made inside a step `of` accepts (`None`: outside any step)
+    /// with `tool-input-error`: a re-run or a retry cut their input short.
+    fn supersede_calls(
+        &mut self,
+        of: impl Fn(Option<&str>) -> bool,
+        why: &str,
+        parts: &mut Vec<Value>,
+    ) {
+        self.calls.retain(|_, call| {
+            if !of(call.step.as_deref()) {
+                return true;
+            }
+            parts.push(json!({
+                "type": "tool-input-error", "toolCallId": call.id, "toolName": call.name,
+                "input": call.input, "errorText": why, "dynamic": true,
+            }));
+            false
+        });
     }
 
     fn close_text_of(&mut self, name: Option<&str>, parts: &mut Vec<Value>) {
@@ -239,14 +275,26 @@ impl AiSdkMapping {
     }
 
     fn close_calls(&mut self, parts: &mut Vec<Value>) {
-        for (_, (id, name, input)) in std::mem::take(&mut self.calls) {
+        for (_, call) in std::mem::take(&mut self.calls) {
+            let input = call.input;
             let input: Value = serde_json::from_str(&input).unwrap_or(Value::String(input));
             parts.push(json!({
-                "type": "tool-input-available", "toolCallId": id, "toolName": name,
+                "type": "tool-input-available", "toolCallId": call.id, "toolName": call.name,
                 "input": input, "dynamic": true,
             }));
         }
     }
+}
+
+/// A tool call's input as it streams in.
+#[derive(Debug)]
+struct ToolInput {
+    id: String,
+    name: String,
+    /// The argument text so far.
+    input: String,
+    /// The workflow step its chunks came from.
+    step: Option<String>,
 }
 
 /// A `data-loom-<name>` part; parts with the same `id` replace each other on the client.
@@ -433,6 +481,44 @@ mod tests {
         assert_eq!(last["type"], "data-loom-progress");
         assert_eq!(last["id"], "researcher");
         assert_eq!(last["data"]["speaker"], "researcher");
+    }
+
+    #[test]
+    fn a_rerun_ends_the_superseded_tool_call_and_the_new_one_has_only_its_own_input() {
+        let call = |seq, arguments: &str| {
+            data(
+                seq,
+                json!({ "tool_call": { "index": 0, "name": "f", "arguments": arguments } }),
+                None,
+            )
+        };
+        let mut rerun = StreamChunk::new(ChunkType::Start, 2);
+        rerun.attempt = Some(2);
+        let parts = parts(&[
+            StreamChunk::new(ChunkType::Start, 0),
+            call(1, "{\"city\":\"Par"),
+            rerun,
+            call(3, "{\"city\":\"Rome\"}"),
+            crate::dialect::fixtures::complete(4, json!({ "finish_reason": "tool_calls" })),
+        ]);
+        let of =
+            |kind: &str| -> Vec<&Value> { parts.iter().filter(|p| p["type"] == kind).collect() };
+        let (started, ended, available) = (
+            of("tool-input-start"),
+            of("tool-input-error"),
+            of("tool-input-available"),
+        );
+        assert_eq!(
+            (started.len(), ended.len(), available.len()),
+            (2, 1, 1),
+            "{parts:#?}"
+        );
+        assert_ne!(started[0]["toolCallId"], started[1]["toolCallId"]);
+        assert_eq!(ended[0]["toolCallId"], started[0]["toolCallId"]);
+        assert_eq!(ended[0]["errorText"], "superseded by attempt 2");
+        assert_eq!(available[0]["toolCallId"], started[1]["toolCallId"]);
+        assert_eq!(available[0]["input"], json!({ "city": "Rome" }));
+        assert_eq!(parts[parts.len() - 2]["finishReason"], "tool-calls");
     }
 
     #[test]

@@ -223,7 +223,7 @@ proptest! {
                 "text-end" => prop_assert!(texts.remove(&id("id"))),
                 "tool-input-start" => prop_assert!(calls.insert(id("toolCallId"))),
                 "tool-input-delta" => prop_assert!(calls.contains(&id("toolCallId"))),
-                "tool-input-available" => prop_assert!(calls.remove(&id("toolCallId"))),
+                "tool-input-available" | "tool-input-error" => prop_assert!(calls.remove(&id("toolCallId"))),
                 t => prop_assert!(t.is_empty() || t.starts_with("data-loom-") || matches!(t, "start" | "finish" | "error"), "{}", t),
             }
         }

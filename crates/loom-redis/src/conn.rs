@@ -321,10 +321,15 @@ impl Masters {
     /// The master to write `slot`'s keys on, or `None` when no live one is known (the
     /// writer then goes through the cluster connection).
     pub(crate) fn node(&mut self, slot: u16) -> Option<String> {
-        let (_, _, node) = self
+        let found = self
             .ranges
             .iter()
-            .find(|(a, b, _)| (*a..=*b).contains(&slot))?;
+            .find(|(a, b, _)| (*a..=*b).contains(&slot));
+        let Some((_, _, node)) = found else {
+            // Its master was failing when last listed: ask again (at most once a second).
+            self.stale = true;
+            return None;
+        };
         self.down.retain(|(_, at)| at.elapsed() < DOWN_FOR);
         if self.down.iter().any(|(down, _)| down == node) {
             self.stale = true;
@@ -333,8 +338,8 @@ impl Masters {
         Some(node.clone())
     }
 
-    /// Whether to ask for a new listing now: a writer met a node down, and the last listing
-    /// is older than [`RELEARN_EVERY`]. Counts as asked.
+    /// Whether to ask for a new listing now: a writer met a node down or a slot with no live
+    /// master, and the last listing is older than [`RELEARN_EVERY`]. Counts as asked.
     pub(crate) fn relearn_now(&mut self) -> bool {
         let due = self.stale && self.asked.is_none_or(|at| at.elapsed() >= RELEARN_EVERY);
         if due {
@@ -396,15 +401,17 @@ bad line\n";
         masters.learn(&cluster_nodes(LISTING));
         assert_eq!(masters.node(100).as_deref(), Some("127.0.0.1:7001"));
         assert_eq!(masters.node(6000).as_deref(), Some("127.0.0.1:7002"));
-        // The failing master's slots have no node: the cluster connection writes them.
-        assert_eq!(masters.node(12000), None);
         assert!(!masters.relearn_now(), "nothing failed yet");
+        // The failing master's slots have no node: the cluster connection writes them, and
+        // the client asks again who serves them.
+        assert_eq!(masters.node(12000), None);
+        assert!(masters.relearn_now());
+        masters.learn(&cluster_nodes(LISTING));
 
         masters.down("127.0.0.1:7001");
         assert_eq!(masters.node(100), None);
         // The other master's slots are not forgotten.
         assert_eq!(masters.node(6000).as_deref(), Some("127.0.0.1:7002"));
-        assert!(masters.relearn_now());
         assert!(!masters.relearn_now(), "at most one listing a second");
         masters.learn(&cluster_nodes(
             "6ec2 127.0.0.1:7004@17004 master - 0 0 4 connected 0-5460",

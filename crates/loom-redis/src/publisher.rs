@@ -338,7 +338,11 @@ impl Writer {
                     Ok(None)
                 }
                 _ => {
-                    self.client.drop_idle_writers(Some(own.wire.node()));
+                    // The connection failed, not the command (an `ASK`, out of memory…): the
+                    // node may be down.
+                    if matches!(&e, Error::Redis(r) if r.is_io_error()) {
+                        self.client.drop_idle_writers(Some(own.wire.node()));
+                    }
                     Err(e)
                 }
             },

@@ -4,7 +4,7 @@ import { Loom, LoomError } from "/loom-client.js";
 
 const $ = (id) => document.getElementById(id);
 let loom = new Loom({ baseUrl: location.origin, apiKey: localStorage.getItem("loom-key") ?? undefined });
-let current = null; // { id, stream }
+let current = null; // the run shown: { id, stream, stop }, where stop ends its stream
 const workflows = new Map();
 
 function status(text) {
@@ -57,7 +57,7 @@ async function listRuns() {
       const join = document.createElement("button");
       join.type = "button";
       join.textContent = "Open";
-      join.onclick = () => follow(run.run_id, loom.runs.stream(run.run_id));
+      join.onclick = () => follow(run.run_id);
       li.append(name, join);
       return li;
     }),
@@ -119,15 +119,21 @@ function step(name, state, started) {
   li.lastChild.textContent = started ? `${((performance.now() - started) / 1000).toFixed(1)} s` : "";
 }
 
-/** Shows run `id`'s chunks from `stream` until its terminal chunk. */
-async function follow(id, stream) {
+/**
+ * Shows run `id`'s chunks until its terminal chunk. Following another run (or the same one again)
+ * ends the stream shown before; the run itself goes on.
+ */
+async function follow(id) {
+  current?.stop.abort();
+  const stop = new AbortController();
+  const stream = loom.runs.stream(id, { signal: stop.signal });
+  current = { id, stream, stop };
   reset(id);
-  current = { id, stream };
   $("cancel").disabled = false;
   const started = new Map();
   try {
     for await (const chunk of stream) {
-      if (current.id !== id) return;
+      if (current.stream !== stream) return;
       const who = chunk.actor ?? chunk.step ?? "";
       if (chunk.event === "action-start") {
         started.set(chunk.step, performance.now());
@@ -147,9 +153,9 @@ async function follow(id, stream) {
       }
     }
   } catch (error) {
-    status(error.message);
+    if (!stop.signal.aborted) status(error.message);
   } finally {
-    if (current.id === id) $("cancel").disabled = true;
+    if (current.stream === stream) $("cancel").disabled = true;
     listRuns().catch(() => {});
   }
 }
@@ -174,7 +180,7 @@ $("start-form").onsubmit = async (event) => {
     // A detached run: it survives this page, and any reader can re-attach to it.
     const { run_id } = await loom.runs.create({ [kind]: name, input });
     status("");
-    follow(run_id, loom.runs.stream(run_id));
+    follow(run_id);
   } catch (error) {
     status(error instanceof LoomError ? `${error.code}: ${error.message}` : error.message);
   }

@@ -13,10 +13,10 @@
 //! ([`loom_redis::ReaderTally`]); a direct stream's record carries its disconnect grace. When
 //! the last reader anywhere leaves, the server it left waits the grace and cancels the run
 //! unless a reader joined meanwhile (on any server). A direct stream whose client leaves
-//! before its first reader is counted (while the request is being queued) is cancelled at
-//! once: its client never learnt the run's id, so nobody can come back for it. A server that
-//! dies holding readers leaves them counted: such a run then goes on until it ends or reaches
-//! its deadline.
+//! before its first reader is counted (while the request is being queued) is cancelled the
+//! same way, after the grace unless a reader joined (a chat's client may come back by the
+//! chat's name). A server that dies holding readers leaves them counted: such a run then goes
+//! on until it ends or reaches its deadline.
 //!
 //! **Shutdown** closes this server's streams without a terminal chunk: their runs go on on
 //! the workers, and their clients resume through any server.
@@ -169,12 +169,13 @@ impl RemoteRuns {
         // From here until a reader is counted, a direct run is cancelled if this is dropped
         // (its client left); a failure to queue it cancels it too, in case it was queued.
         let unclaimed = match request.policy {
-            DisconnectPolicy::CancelAfter(_) => {
+            DisconnectPolicy::CancelAfter(grace) => {
                 let id = loom_core::new_run_id();
                 options.run_id = Some(id.clone());
                 Some(Arc::new(Unclaimed {
                     client: self.client.clone(),
                     id,
+                    grace,
                     claimed: AtomicBool::new(false),
                 }))
             }
@@ -394,11 +395,13 @@ impl Drop for RemoteAttachment {
 }
 
 /// A direct run queued for a client that may leave before its first reader is counted:
-/// dropped unclaimed (the client left, or queueing failed), it cancels the run.
+/// dropped unclaimed (the client left, or queueing failed), it cancels the run after the
+/// grace unless a reader joined meanwhile.
 #[derive(Debug)]
 struct Unclaimed {
     client: Client,
     id: String,
+    grace: Duration,
     /// Set once a reader of the run is counted: from then on the readers' tally decides.
     claimed: AtomicBool,
 }
@@ -413,7 +416,13 @@ impl Drop for Unclaimed {
         };
         let client = self.client.clone();
         let id = std::mem::take(&mut self.id);
+        let grace = self.grace;
         handle.spawn(async move {
+            tokio::time::sleep(grace).await;
+            let joined = client.readers(&id).await.is_ok_and(|now| now.joins > 0);
+            if joined {
+                return;
+            }
             tracing::debug!(run_id = %id, "client gone before it was counted: cancelling the run");
             if let Err(e) = client.cancel(&id).await {
                 tracing::warn!(run_id = %id, error = %e, "could not cancel a run whose client left");
@@ -568,8 +577,8 @@ mod tests {
             while !client.served_actors().await.unwrap().contains("batch") {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            // A grace far longer than the run: only the client leaving early can cancel it.
-            let left = start(DisconnectPolicy::CancelAfter(Duration::from_secs(600)))
+            // No reader is ever counted: only the client leaving early can cancel it.
+            let left = start(DisconnectPolicy::CancelAfter(Duration::from_millis(100)))
                 .await
                 .unwrap();
             let kept = start(DisconnectPolicy::Continue).await.unwrap();

@@ -151,15 +151,30 @@ async fn run_actor(
     // Dropped with this handler when the client goes away: the run is then cancelled like a
     // direct stream's.
     let _attachment = run.attach().await?;
+    // An embedded log that outgrows its bound drops chunks not read yet, even between two
+    // reads here: only the terminal matters, and the log always keeps it, so reading goes on
+    // from the oldest chunk held.
     let mut last = None;
-    let mut feed = run.open(None).await?;
-    while let Some(reading) = &mut feed {
-        match reading.next().await {
-            Ok(Some(chunks)) => last = chunks.last().cloned(),
+    let mut cursor = None;
+    'read: loop {
+        let mut feed = match run.open(cursor).await {
+            Ok(Some(feed)) => feed,
             Ok(None) => break,
-            // An embedded log that outgrew its bound dropped chunks not read yet: only the
-            // terminal matters here, and the log always keeps it.
-            Err(expired) => feed = run.open(Some(expired.oldest.saturating_sub(1))).await?,
+            Err(ApiError::CursorExpired(expired)) => {
+                cursor = Some(expired.oldest.saturating_sub(1));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        loop {
+            match feed.next().await {
+                Ok(Some(chunks)) => last = chunks.last().cloned(),
+                Ok(None) => break 'read,
+                Err(expired) => {
+                    cursor = Some(expired.oldest.saturating_sub(1));
+                    continue 'read;
+                }
+            }
         }
     }
     let terminal: StreamChunk = last

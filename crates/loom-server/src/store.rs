@@ -197,7 +197,13 @@ impl RunStore {
     /// `max_finished` finished runs, forgets the one that finished first at once.
     pub(crate) fn expire_after(self: &Arc<Self>, id: String, ttl: Duration, max_finished: usize) {
         let mut state = self.lock();
-        state.finished.push_back((id, Instant::now() + ttl));
+        // A TTL past what the clock can add is kept for a century (as good as forever).
+        let now = Instant::now();
+        let at = now
+            .checked_add(ttl)
+            .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+            .unwrap_or(now);
+        state.finished.push_back((id, at));
         while state.finished.len() > max_finished {
             if let Some((oldest, _)) = state.finished.pop_front() {
                 state.forget(&oldest);

@@ -65,7 +65,7 @@ async fn session(
     traceparent: Option<String>,
     _permit: OwnedSemaphorePermit,
 ) {
-    let wait = state.config().keep_alive * 2;
+    let wait = state.config().keep_alive.saturating_mul(2);
     let deadline = tokio::time::sleep(wait);
     tokio::pin!(deadline);
     let (input, timeout) = loop {

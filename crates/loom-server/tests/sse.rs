@@ -403,7 +403,7 @@ async fn a_short_lived_token_from_post_tokens_authorizes_query_string_clients() 
     assert_eq!(wrong.status(), 401);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_answers_with_the_result_even_when_the_log_dropped_chunks_before_it_read_them() {
     let server = TestServer::start(ServerConfig {
         log_limits: LogLimits {

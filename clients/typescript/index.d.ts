@@ -59,14 +59,23 @@ export type StreamChunk = StartChunk | ProgressChunk | DataChunk | CompleteChunk
 export class LoomError extends Error {
   readonly status: number;
   readonly code: string;
+  /** The seconds the server asked to wait (`Retry-After`, e.g. on 429 `too_many_streams`). */
+  readonly retryAfter?: number;
   constructor(status: number, code: string, message: string);
 }
 
-/** A live run: iterate it for its chunks; leaving the loop early cancels a run it started. */
+/**
+ * A live run: iterate it for its chunks; leaving the loop early cancels a run it started. A
+ * dropped connection is re-attached (network errors, 5xx and 429 are tried again, up to 5 times
+ * in a row); when the loop fails on its own it throws and does not cancel the run.
+ */
 export interface RunStream extends AsyncIterable<StreamChunk> {
   /** The run id, once the server has answered. */
   readonly runId: Promise<string>;
-  /** Asks the run to stop (idempotent); the loop then ends with an `error/cancelled` chunk. */
+  /**
+   * Asks the run to stop (one DELETE, sent again only if it failed); the loop then ends with
+   * an `error/cancelled` chunk.
+   */
   cancel(): Promise<void>;
 }
 
@@ -111,7 +120,10 @@ export interface Runs {
   get(id: string): Promise<RunInfo>;
   list(): Promise<RunInfo[]>;
   cancel(id: string): Promise<RunInfo>;
-  /** Joins a run after `from` (exclusive), or from its start; leaving does not cancel it. */
+  /**
+   * Joins a run after `from` (exclusive), or from its start; leaving the loop or aborting
+   * `signal` ends it without cancelling the run.
+   */
   stream(id: string, options?: { from?: number; signal?: AbortSignal }): RunStream;
 }
 

@@ -5,10 +5,15 @@
 //
 // A stream is a live run: breaking out of the loop, aborting its signal or `cancel()` sends
 // `DELETE /v1/runs/{id}`; a dropped connection is re-attached at `/v1/runs/{id}/stream` with
-// `Last-Event-ID`, so the loop sees every chunk once. Wire names stay snake_case as on the
-// wire (DESIGN.md §3). Types: index.d.ts.
+// `Last-Event-ID`, so the loop sees every chunk once. A loop that fails on its own (it cannot
+// re-attach, a frame is not JSON) sends no DELETE: the server cancels a run whose client is
+// gone after its disconnect grace. Wire names stay snake_case as on the wire (DESIGN.md §3).
+// Types: index.d.ts.
 
-/** An HTTP error from Loom: `status`, and `code` and `message` from its JSON body. */
+/**
+ * An HTTP error from Loom: `status`, and `code` and `message` from its JSON body; `retryAfter`
+ * (seconds) when the response had a `Retry-After`.
+ */
 export class LoomError extends Error {
   constructor(status, code, message) {
     super(message);
@@ -18,8 +23,10 @@ export class LoomError extends Error {
   }
 }
 
-/** How many times a dropped stream is re-attached before the loop throws. */
+/** How many re-attaches in a row may fail (no chunk between them) before the loop throws. */
 const MAX_REATTACH = 5;
+/** The longest wait before a re-attach, whatever `Retry-After` asks. */
+const MAX_WAIT_MS = 5_000;
 
 export class Loom {
   /** @param {{ baseUrl: string, apiKey?: string, fetch?: typeof fetch }} options */
@@ -75,12 +82,16 @@ export class Loom {
 
 async function errorOf(response) {
   const text = await response.text().catch(() => "");
+  let error;
   try {
-    const { error } = JSON.parse(text);
-    return new LoomError(response.status, error.code, error.message);
+    const body = JSON.parse(text).error;
+    error = new LoomError(response.status, body.code, body.message);
   } catch {
-    return new LoomError(response.status, "http_error", text || response.statusText);
+    error = new LoomError(response.status, "http_error", text || response.statusText);
   }
+  const after = response.headers.get("retry-after")?.trim();
+  if (after && /^\d+$/.test(after)) error.retryAfter = Number(after);
+  return error;
 }
 
 class Target {
@@ -154,6 +165,7 @@ class RunStream {
     this.signal = signal;
     this.cancelOnExit = cancelOnExit;
     this.ended = false;
+    this.cancelling = undefined;
     this.abort = new AbortController();
     this.id = runId;
     let resolve, reject;
@@ -175,18 +187,34 @@ class RunStream {
       },
     );
     this.first.catch(() => {});
+    this.unlisten = () => {};
     if (signal) {
+      // A run this stream started is cancelled; a run it only joined is left to go on.
       const stop = () => {
         this.abort.abort(signal.reason);
-        this.cancel().catch(() => {});
+        if (this.cancelOnExit) this.cancel().catch(() => {});
       };
       if (signal.aborted) stop();
-      else signal.addEventListener("abort", stop, { once: true });
+      else {
+        signal.addEventListener("abort", stop, { once: true });
+        this.unlisten = () => signal.removeEventListener("abort", stop);
+      }
     }
   }
 
-  /** Asks the run to stop (DELETE; idempotent); the loop then ends with `error/cancelled`. */
+  /**
+   * Asks the run to stop (one DELETE, sent again only if it failed); the loop then ends with
+   * `error/cancelled`.
+   */
   async cancel() {
+    this.cancelling ??= this.sendCancel().catch((error) => {
+      this.cancelling = undefined;
+      throw error;
+    });
+    return this.cancelling;
+  }
+
+  async sendCancel() {
     const id = this.id ?? (await this.runId);
     if (this.ended) return;
     await this.loom.runs.cancel(id);
@@ -201,55 +229,152 @@ class RunStream {
   }
 
   async *[Symbol.asyncIterator]() {
-    let response = await this.first;
-    let failures = 0;
+    const aborted = this.abort.signal;
+    // The caller stops the loop (break, return, its signal) while it is suspended at a yield or
+    // by aborting; anything else that ends it early is the loop's own failure.
+    let suspended = false;
+    let failed = false;
     try {
+      let response = await this.first;
+      let failures = 0;
+      let retryAfter = 0;
+      let lastError;
       for (;;) {
-        if (response.status === 204) {
+        if (response?.status === 204) {
           this.ended = true;
           return;
         }
-        try {
-          for await (const chunk of frames(response.body)) {
-            this.cursor = chunk.seq;
-            failures = 0;
-            if (chunk.type === "complete" || chunk.type === "error") this.ended = true;
-            yield chunk;
-            if (this.ended) return;
+        if (response) {
+          const reader = response.body.getReader();
+          try {
+            const parse = frames(reader);
+            for (;;) {
+              if (aborted.aborted) throw aborted.reason;
+              let next;
+              try {
+                next = await parse.next();
+              } catch (error) {
+                if (aborted.aborted) throw aborted.reason;
+                // fetch reports a lost connection as a TypeError; anything else is not a drop.
+                if (!(error instanceof TypeError)) throw error;
+                lastError = error;
+                break;
+              }
+              if (next.done) break;
+              const { id, data } = next.value;
+              const chunk = data ? JSON.parse(data) : undefined;
+              // Only a frame's `id:` moves the cursor: a frame without one is not in the log.
+              if (id) this.cursor = id;
+              if (chunk === undefined) continue;
+              failures = 0;
+              if (chunk.type === "complete" || chunk.type === "error") this.ended = true;
+              suspended = true;
+              yield chunk;
+              suspended = false;
+              if (this.ended) return;
+            }
+          } finally {
+            reader.cancel().catch(() => {});
           }
-        } catch (error) {
-          if (this.signal?.aborted || this.abort.signal.aborted) throw error;
         }
-        // The connection dropped before the terminal chunk: re-attach after the last seq.
+        // The connection dropped before the terminal chunk, or re-attaching failed: re-attach
+        // after the cursor.
         if (++failures > MAX_REATTACH) {
-          throw new LoomError(0, "unavailable", "the stream dropped and could not be re-attached");
+          const message = "the stream dropped and could not be re-attached";
+          const error = new LoomError(0, "unavailable", message);
+          if (lastError) error.cause = lastError;
+          throw error;
         }
-        await new Promise((r) => setTimeout(r, 100 * 2 ** (failures - 1)));
-        response = await this.attach();
+        const backoff = Math.max(100 * 2 ** (failures - 1), retryAfter * 1000);
+        await sleep(Math.min(backoff, MAX_WAIT_MS), aborted);
+        if (aborted.aborted) throw aborted.reason;
+        retryAfter = 0;
+        try {
+          response = await this.attach();
+        } catch (error) {
+          if (aborted.aborted) throw aborted.reason;
+          if (!retryable(error)) throw error;
+          lastError = error;
+          retryAfter = error.retryAfter ?? 0;
+          response = undefined;
+        }
       }
+    } catch (error) {
+      failed = !suspended && !aborted.aborted;
+      throw error;
     } finally {
+      this.unlisten();
       this.abort.abort();
-      if (!this.ended && this.cancelOnExit) await this.cancel().catch(() => {});
+      // A loop that failed on its own leaves the run to the server's disconnect grace.
+      if (!failed && !this.ended && this.cancelOnExit) await this.cancel().catch(() => {});
     }
   }
 }
 
-/** The chunks of an SSE body (`id`, `event`, `data` frames; comments skipped). */
-async function* frames(body) {
+/** A network error, a 5xx or a 429: worth another try. */
+function retryable(error) {
+  if (error instanceof TypeError) return true;
+  return error instanceof LoomError && (error.status >= 500 || error.status === 429);
+}
+
+/** Resolves after `ms`, or at once when `signal` aborts. */
+function sleep(ms, signal) {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener("abort", done, { once: true });
+  });
+}
+
+/**
+ * The frames of an SSE body read from `reader`: `{ id, event, data }`, each field undefined when
+ * the frame has none; multi-line `data:` joined with "\n". LF, CRLF and CR end lines; comments
+ * are skipped; a frame the body ends before its blank line is dropped.
+ */
+async function* frames(reader) {
   const decoder = new TextDecoder();
   let buffer = "";
-  for await (const bytes of body) {
-    buffer += decoder.decode(bytes, { stream: true });
-    let end;
-    while ((end = buffer.indexOf("\n\n")) >= 0) {
-      const frame = buffer.slice(0, end);
-      buffer = buffer.slice(end + 2);
-      const data = frame
-        .split("\n")
-        .filter((line) => line.startsWith("data:"))
-        .map((line) => line.slice(line.startsWith("data: ") ? 6 : 5))
-        .join("\n");
-      if (data) yield JSON.parse(data);
+  let frame = {};
+  // A CR that ended the last read ended its line; an LF that opens this read is its other half.
+  let afterCR = false;
+  for (;;) {
+    const { done, value: bytes } = await reader.read();
+    if (done) return;
+    let text = decoder.decode(bytes, { stream: true });
+    if (afterCR && text) {
+      if (text.startsWith("\n")) text = text.slice(1);
+      afterCR = false;
     }
+    buffer += text;
+    const eol = /\r\n|\r|\n/g;
+    let start = 0;
+    for (let match; (match = eol.exec(buffer)); ) {
+      const line = buffer.slice(start, match.index);
+      start = eol.lastIndex;
+      if (line === "") {
+        if (Object.keys(frame).length > 0) yield frame;
+        frame = {};
+        continue;
+      }
+      if (line.startsWith(":")) continue;
+      const colon = line.indexOf(":");
+      const field = colon < 0 ? line : line.slice(0, colon);
+      let content = colon < 0 ? "" : line.slice(colon + 1);
+      if (content.startsWith(" ")) content = content.slice(1);
+      if (field === "data") {
+        frame.data = frame.data === undefined ? content : `${frame.data}\n${content}`;
+      } else if (field === "id" && !content.includes("\0")) {
+        frame.id = content;
+      } else if (field === "event") {
+        frame.event = content;
+      }
+    }
+    afterCR = start === buffer.length && buffer.endsWith("\r");
+    buffer = buffer.slice(start);
   }
 }

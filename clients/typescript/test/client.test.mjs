@@ -2,6 +2,7 @@
 // upstream for chat-agent): the seed's four use cases, cancel, resume, joining, errors.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
+import http from "node:http";
 import net from "node:net";
 import { Loom, LoomError } from "loom-client";
 import { startLoom } from "../../node/support.mjs";
@@ -102,7 +103,7 @@ test("cancel() and an aborted signal end the loop with error/cancelled", async (
     for await (const chunk of aborted) {
       if (chunk.seq === 2) abort.abort();
     }
-  });
+  }, (e) => e === abort.signal.reason && e.name === "AbortError");
   const id = await aborted.runId;
   await until(async () => (await loom.runs.get(id)).status === "cancelled");
 });
@@ -142,6 +143,278 @@ test("a connection killed mid-stream is re-attached: every chunk once, in order"
   } finally {
     proxy.close();
   }
+});
+
+/**
+ * An HTTP proxy to the server that records each request and lets `route(req, res, forward)`
+ * answer it: `forward()` sends it on and resolves to the server's response.
+ */
+async function proxy(route) {
+  const target = new URL(server.base);
+  const seen = [];
+  const sockets = new Set();
+  const box = http.createServer((req, res) => {
+    const cursor = req.headers["last-event-id"];
+    seen.push({ method: req.method, url: req.url, cursor, at: Date.now() });
+    const forward = () =>
+      new Promise((resolve, reject) => {
+        const out = http.request(
+          { host: target.hostname, port: target.port, method: req.method, path: req.url,
+            headers: req.headers },
+          resolve,
+        );
+        out.on("error", reject);
+        req.pipe(out);
+      });
+    Promise.resolve(route(req, res, forward)).catch(() => res.destroy());
+  });
+  box.on("connection", (socket) => {
+    sockets.add(socket);
+    socket.on("close", () => sockets.delete(socket));
+  });
+  await new Promise((resolve) => box.listen(0, "127.0.0.1", resolve));
+  return {
+    loom: new Loom({ baseUrl: `http://127.0.0.1:${box.address().port}` }),
+    seen,
+    count: (method, pattern) => seen.filter((r) => r.method === method && pattern.test(r.url)).length,
+    close() {
+      for (const socket of sockets) socket.destroy();
+      box.close();
+    },
+  };
+}
+
+/** Passes the server's response on as it is. */
+function pass(res, upstream) {
+  res.writeHead(upstream.statusCode, upstream.headers);
+  upstream.pipe(res);
+}
+
+/**
+ * Sends the frames of an SSE response through `each(frame, index)` (the frame's LF text,
+ * without its blank line) until it returns false.
+ */
+async function eachFrame(upstream, each) {
+  upstream.setEncoding("utf8");
+  let buffer = "";
+  let index = 0;
+  for await (const text of upstream) {
+    buffer += text;
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const frame = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      if ((await each(frame, index++)) === false) return;
+    }
+  }
+}
+
+/** Writes `text` to `res` and resolves once it has left. */
+function write(res, text) {
+  return new Promise((resolve) => res.write(text, resolve));
+}
+
+/** A JSON error answer, as the server gives it. */
+function refuse(res, status, code, headers = {}) {
+  res.writeHead(status, { "content-type": "application/json", ...headers });
+  res.end(JSON.stringify({ error: { code, message: `refused by the test (${status})` } }));
+}
+
+const DIRECT = /^\/v1\/actors\/[^/]+\/stream$/;
+const REATTACH = /^\/v1\/runs\/[^/]+\/stream$/;
+const RUN = /^\/v1\/runs\/[^/]+$/;
+
+/**
+ * A proxy that forwards everything but cuts each direct stream after `frames` frames; `reattach`
+ * answers the re-attaches (by their number from 0), or null to forward them.
+ */
+function cutting(frames, reattach = () => null) {
+  let reattaches = 0;
+  return proxy(async (req, res, forward) => {
+    if (req.method === "GET" && REATTACH.test(req.url)) {
+      const answer = reattach(reattaches++);
+      if (answer) return refuse(res, ...answer);
+    }
+    const upstream = await forward();
+    if (!(req.method === "POST" && DIRECT.test(req.url))) return pass(res, upstream);
+    res.writeHead(upstream.statusCode, upstream.headers);
+    await eachFrame(upstream, async (frame, i) => {
+      await write(res, `${frame}\n\n`);
+      return i + 1 < frames;
+    });
+    res.destroy();
+    upstream.destroy();
+  });
+}
+
+test("a re-attach answered 503, then 429 with Retry-After, is tried again: every chunk once, run not cancelled", async () => {
+  const through = await cutting(6, (n) =>
+    n === 0 ? [503, "unavailable"] : n === 1 ? [429, "too_many_streams", { "retry-after": "1" }] : null,
+  );
+  try {
+    const stream = through.loom.actor("team-demo").stream({ prompt: "Loom" });
+    const chunks = await collect(stream);
+    assert.deepEqual(chunks.map((c) => c.seq), chunks.map((_, i) => i), "nothing lost or twice");
+    assert.equal(chunks.at(-1).type, "complete");
+    const gets = through.seen.filter((r) => r.method === "GET" && REATTACH.test(r.url));
+    assert.equal(gets.length, 3);
+    assert.deepEqual(gets.map((r) => r.cursor), ["5", "5", "5"]);
+    assert.ok(gets[2].at - gets[1].at >= 900, "Retry-After: 1 is honoured");
+    assert.equal(through.count("DELETE", RUN), 0);
+    assert.equal((await loom.runs.get(await stream.runId)).status, "complete");
+  } finally {
+    through.close();
+  }
+});
+
+test("a re-attach answered 404 throws at once, and a loop that fails on its own sends no DELETE", async () => {
+  const through = await cutting(3, () => [404, "not_found"]);
+  try {
+    const stream = through.loom.actor("team-demo").stream({ prompt: "Loom" });
+    await assert.rejects(collect(stream), (e) => e instanceof LoomError && e.status === 404);
+    assert.equal(through.count("GET", REATTACH), 1, "no second try");
+    assert.equal(through.count("DELETE", RUN), 0);
+  } finally {
+    through.close();
+  }
+});
+
+test("re-attaches that keep failing end the loop once the budget is spent, with no DELETE", async () => {
+  const through = await cutting(3, () => [503, "unavailable"]);
+  try {
+    const stream = through.loom.actor("team-demo").stream({ prompt: "Loom" });
+    await assert.rejects(
+      collect(stream),
+      (e) => e instanceof LoomError && e.code === "unavailable" && e.cause?.status === 503,
+    );
+    assert.equal(through.count("GET", REATTACH), 5);
+    assert.equal(through.count("DELETE", RUN), 0);
+  } finally {
+    through.close();
+  }
+});
+
+test("aborting during the wait before a re-attach ends the loop at once, with one DELETE", async () => {
+  const abort = new AbortController();
+  const through = await cutting(3, () => {
+    setTimeout(() => abort.abort(), 50);
+    return [503, "unavailable", { "retry-after": "5" }];
+  });
+  try {
+    const stream = through.loom.actor("team-demo").stream({ prompt: "Loom" }, { signal: abort.signal });
+    await assert.rejects(collect(stream), (e) => e.name === "AbortError");
+    const waited = Date.now() - through.seen.find((r) => r.method === "GET").at;
+    assert.ok(waited < 2_000, `the wait ended with the abort (after ${waited} ms)`);
+    await stream.cancel();
+    assert.equal(through.count("GET", REATTACH), 1);
+    assert.equal(through.count("DELETE", RUN), 1, "abort, the loop's end and cancel() send one DELETE");
+    const id = await stream.runId;
+    await until(async () => (await loom.runs.get(id)).status === "cancelled");
+  } finally {
+    through.close();
+  }
+});
+
+test("a frame that is not JSON ends the loop with its SyntaxError, with no re-attach and no DELETE", async () => {
+  const through = await proxy(async (req, res, forward) => {
+    const upstream = await forward();
+    if (!(req.method === "POST" && DIRECT.test(req.url))) return pass(res, upstream);
+    res.writeHead(upstream.statusCode, upstream.headers);
+    await eachFrame(upstream, async (frame, i) => {
+      await write(res, i === 2 ? "id: 2\nevent: data\ndata: {not json\n\n" : `${frame}\n\n`);
+    });
+    res.end();
+  });
+  try {
+    const stream = through.loom.actor("team-demo").stream({ prompt: "Loom" });
+    const chunks = [];
+    await assert.rejects(async () => {
+      for await (const chunk of stream) chunks.push(chunk);
+    }, SyntaxError);
+    assert.deepEqual(chunks.map((c) => c.seq), [0, 1]);
+    assert.equal(through.count("GET", REATTACH), 0);
+    assert.equal(through.count("DELETE", RUN), 0);
+  } finally {
+    through.close();
+  }
+});
+
+test("SSE lines end in CRLF, CR or LF (a CRLF split over two reads), comments, multi-line data, a frame without id", async () => {
+  const pause = () => new Promise((r) => setTimeout(r, 2));
+  const stray = { type: "data", seq: 999, data: { token: "(not in the log)" } };
+  const through = await proxy(async (req, res, forward) => {
+    const upstream = await forward();
+    if (!(req.method === "POST" && DIRECT.test(req.url))) return pass(res, upstream);
+    res.writeHead(upstream.statusCode, upstream.headers);
+    await eachFrame(upstream, async (frame, i) => {
+      // Data split over two lines (at the JSON's first comma), `id:3` without its space.
+      const lines = frame.split("\n").flatMap((line) => {
+        if (line.startsWith("id: ") && i % 2) return [`id:${line.slice(4)}`];
+        if (!line.startsWith("data: ")) return [line];
+        const comma = line.indexOf(",");
+        return [line.slice(0, comma + 1), `data:${line.slice(comma + 1)}`];
+      });
+      const eol = ["\r\n", "\r", "\n"][i % 3];
+      for (const line of [": a comment", ...lines, ""]) {
+        await write(res, line + eol.slice(0, 1));
+        await pause();
+        if (eol === "\r\n") {
+          // The LF of a CRLF in a read of its own: the CR alone must wait for it.
+          await write(res, "\n");
+          await pause();
+        }
+      }
+      if (i === 4) {
+        await write(res, `event: data\r\ndata: ${JSON.stringify(stray)}\r\n\r\n`);
+        return false;
+      }
+    });
+    // Cut after the frame without id: the re-attach must resume after seq 4, not 999.
+    res.destroy();
+    upstream.destroy();
+  });
+  try {
+    const chunks = await collect(through.loom.actor("team-demo").stream({ prompt: "Loom" }));
+    assert.deepEqual(chunks[5], stray);
+    const logged = chunks.filter((c) => c.seq !== 999);
+    assert.deepEqual(logged.map((c) => c.seq), logged.map((_, i) => i), "nothing lost or twice");
+    assert.equal(logged.at(-1).type, "complete");
+    assert.deepEqual(through.seen.filter((r) => r.method === "GET").map((r) => r.cursor), ["4"]);
+  } finally {
+    through.close();
+  }
+});
+
+test("aborting runs.stream(id, { signal }) ends the loop but leaves the run to complete", async () => {
+  const { run_id } = await loom.runs.create({
+    actor: "batch",
+    input: { count: 1000, batch_size: 100, delay_ms: 30 },
+  });
+  const abort = new AbortController();
+  const stream = loom.runs.stream(run_id, { signal: abort.signal });
+  await assert.rejects(async () => {
+    for await (const chunk of stream) {
+      if (chunk.type === "progress") abort.abort();
+    }
+  }, (e) => e === abort.signal.reason && e.name === "AbortError");
+  await until(async () => (await loom.runs.get(run_id)).status === "complete");
+});
+
+test("the loop's end removes its listener from the signal", async () => {
+  const abort = new AbortController();
+  const listening = new Set();
+  const { signal } = abort;
+  signal.addEventListener = (type, listener, options) => {
+    listening.add(listener);
+    EventTarget.prototype.addEventListener.call(signal, type, listener, options);
+  };
+  signal.removeEventListener = (type, listener, options) => {
+    listening.delete(listener);
+    EventTarget.prototype.removeEventListener.call(signal, type, listener, options);
+  };
+  const chunks = await collect(loom.actor("echo").stream({ a: 1 }, { signal }));
+  assert.equal(chunks.at(-1).type, "complete");
+  assert.equal(listening.size, 0);
 });
 
 test("a detached run is joined from a seq, exclusive as on the wire", async () => {

@@ -340,8 +340,11 @@ impl NumberedEvents for AgUiMapping {
         AgUiMapping::map(self, chunk)
     }
 
-    fn write(number: u64, event: Value, out: &mut Vec<u8>) {
-        out.extend_from_slice(format!("id: {number}\ndata: {event}\n\n").as_bytes());
+    fn write(number: u64, logged: bool, event: Value, out: &mut Vec<u8>) {
+        if logged {
+            out.extend_from_slice(format!("id: {number}\n").as_bytes());
+        }
+        out.extend_from_slice(format!("data: {event}\n\n").as_bytes());
     }
 }
 

@@ -311,12 +311,15 @@ impl NumberedEvents for AiSdkMapping {
         AiSdkMapping::map(self, chunk)
     }
 
-    fn write(number: u64, part: Value, out: &mut Vec<u8>) {
+    fn write(number: u64, logged: bool, part: Value, out: &mut Vec<u8>) {
         let text = match part {
             Value::String(done) => done,
             part => part.to_string(),
         };
-        out.extend_from_slice(format!("id: {number}\ndata: {text}\n\n").as_bytes());
+        if logged {
+            out.extend_from_slice(format!("id: {number}\n").as_bytes());
+        }
+        out.extend_from_slice(format!("data: {text}\n\n").as_bytes());
     }
 }
 

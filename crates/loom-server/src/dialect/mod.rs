@@ -159,12 +159,16 @@ pub(crate) fn result_text(data: Option<&Value>) -> String {
 
 /// A dialect whose events are numbered by their position in the sequence its mapping
 /// generates from the run's `seq` 0 (DESIGN.md §3a "Numbering"), so a resume regenerates the
-/// sequence and skips what its cursor covers.
+/// sequence and skips what its cursor covers. The events of a chunk the log does not hold (a
+/// reader's verdict when it lost Redis) take no place in that sequence: a resume regenerates
+/// the log's, and must not skip one of its events for them.
 pub(crate) trait NumberedEvents: Send + 'static {
     /// The events `chunk` adds.
     fn map(&mut self, chunk: &StreamChunk) -> Vec<Value>;
-    /// Writes event number `number` as an SSE frame.
-    fn write(number: u64, event: Value, out: &mut Vec<u8>);
+    /// Writes event number `number` as an SSE frame; `logged` is false for an event of a chunk
+    /// the log does not hold, whose `number` is then the last logged event's (a cursor taken
+    /// from it resumes after that one), and whose frame carries no SSE `id:`.
+    fn write(number: u64, logged: bool, event: Value, out: &mut Vec<u8>);
 }
 
 /// A dialect's events as SSE frames, after event number `after`.
@@ -190,10 +194,14 @@ impl<M: NumberedEvents> Numbered<M> {
         for logged in chunks {
             let Some(chunk) = parse(logged) else { continue };
             for event in self.mapping.map(&chunk) {
+                if !logged.in_log {
+                    M::write(self.next.saturating_sub(1), false, event, &mut out);
+                    continue;
+                }
                 let number = self.next;
                 self.next += 1;
                 if self.after.is_none_or(|after| number > after) {
-                    M::write(number, event, &mut out);
+                    M::write(number, true, event, &mut out);
                 }
             }
         }
@@ -395,6 +403,25 @@ pub(crate) mod fixtures {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chunk_the_log_does_not_hold_takes_no_number_and_its_frames_no_id() {
+        let mut logged = fixtures::logged(&fixtures::token(1, "Hi", None));
+        let mut events = Numbered::new(ag_ui::AgUiMapping::new("t", "r"), None);
+        let first = String::from_utf8(events.frames(&[logged]).to_vec()).unwrap();
+        // RUN_STARTED, TEXT_MESSAGE_START, TEXT_MESSAGE_CONTENT: numbers 0, 1, 2.
+        assert!(
+            first.contains("id: 2\n") && !first.contains("id: 3\n"),
+            "{first}"
+        );
+        let verdict = StreamChunk::error(2, &loom_core::ActorError::internal("Redis is gone"));
+        logged = fixtures::logged(&verdict);
+        Arc::get_mut(&mut logged).unwrap().in_log = false;
+        let last = String::from_utf8(events.frames(&[logged]).to_vec()).unwrap();
+        assert!(last.contains("RUN_ERROR"), "{last}");
+        assert!(!last.contains("id:"), "{last}");
+        assert_eq!(events.next, 3, "the verdict took no number");
+    }
 
     #[test]
     fn a_chat_actor_gets_the_conversation_and_others_the_last_user_text() {

@@ -624,7 +624,7 @@ impl NumberedEvents for ResponsesMapping {
         ResponsesMapping::map(self, chunk)
     }
 
-    fn write(number: u64, mut event: Value, out: &mut Vec<u8>) {
+    fn write(number: u64, _logged: bool, mut event: Value, out: &mut Vec<u8>) {
         event["sequence_number"] = json!(number);
         let kind = event["type"].as_str().unwrap_or_default().to_owned();
         out.extend_from_slice(format!("event: {kind}\ndata: {event}\n\n").as_bytes());

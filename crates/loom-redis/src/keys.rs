@@ -12,7 +12,8 @@
 //! | `loom:queue:{<type>}`, `loom:queue:{<type>:<shard>}` | stream | requests, read by the consumer group `loom-workers`: shard 0, then shards 1… when queues are sharded ([`ClientOptions::queue_shards`](crate::ClientOptions::queue_shards)) |
 //! | `loom:cancel` | pub/sub channel | run ids whose cancel key was just set |
 //! | `loom:actors` | sorted set | actor types some worker serves, scored by the time (Unix ms) until which one has said so |
-//! | `loom:run:{<bucket>}:<id>` | hash | the run's record: `actor`, `created_ms` (written when it is queued), and what servers keep of its readers (`readers`, `joins`, `grace_ms`) |
+//! | `loom:run:{<bucket>}:<id>` | hash | the run's record: `actor`, `created_ms` (written when it is queued), and what servers keep of its readers (`joins`, `grace_ms`) |
+//! | `loom:readers:{<bucket>}:<id>` | set | the run's readers now, one member per reader (on any server), expiring with the record |
 //! | `loom:name:{<name>}` | string | the run a name stands for (a chat's latest run), with a TTL |
 //! | `loom:runs` | sorted set | the most recent run ids ([`RECENT_RUNS`](crate::RECENT_RUNS)), scored by `created_ms` |
 //!
@@ -262,6 +263,11 @@ impl Keys {
     /// The record of run `run_id`: `loom:run:{<bucket>}:<id>`.
     pub fn run(&self, run_id: &str) -> String {
         self.of_run("run", run_id)
+    }
+
+    /// The readers of run `run_id` now: `loom:readers:{<bucket>}:<id>`.
+    pub fn readers(&self, run_id: &str) -> String {
+        self.of_run("readers", run_id)
     }
 
     /// What run name `name` stands for: `loom:name:{<name>}`.

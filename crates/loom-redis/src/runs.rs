@@ -16,7 +16,7 @@ use crate::client::Client;
 use crate::codec::{decode_chunk, parse_entries};
 use crate::error::Error;
 use crate::keys::check_name;
-use crate::script;
+use crate::script::{self, Tally};
 
 /// How many run ids the index of recent runs keeps.
 pub const RECENT_RUNS: usize = 1_000;
@@ -126,25 +126,29 @@ impl Client {
         Ok(id.filter(|id| check_name("run id", id).is_ok()))
     }
 
-    /// Counts a new reader of run `run_id` (on any server).
-    pub async fn reader_joined(&self, run_id: &str) -> Result<ReaderTally, Error> {
-        self.tally(run_id, 1).await
+    /// Counts `reader` (an id unique to one reader, on any server) as a reader of run
+    /// `run_id`. Safe to call again when its reply was lost: a reader is counted once.
+    pub async fn reader_joined(&self, run_id: &str, reader: &str) -> Result<ReaderTally, Error> {
+        self.tally(run_id, Tally::Join, reader).await
     }
 
-    /// Counts a reader of run `run_id` gone.
-    pub async fn reader_left(&self, run_id: &str) -> Result<ReaderTally, Error> {
-        self.tally(run_id, -1).await
+    /// Counts `reader` of run `run_id` gone. Safe to call again when its reply was lost, or
+    /// when the join's was (a reader that was never counted leaves nothing behind).
+    pub async fn reader_left(&self, run_id: &str, reader: &str) -> Result<ReaderTally, Error> {
+        self.tally(run_id, Tally::Leave, reader).await
     }
 
     /// The tally of run `run_id`'s readers now.
     pub async fn readers(&self, run_id: &str) -> Result<ReaderTally, Error> {
-        self.tally(run_id, 0).await
+        self.tally(run_id, Tally::Look, "").await
     }
 
-    async fn tally(&self, run_id: &str, change: i64) -> Result<ReaderTally, Error> {
+    async fn tally(&self, run_id: &str, what: Tally, reader: &str) -> Result<ReaderTally, Error> {
         check_name("run id", run_id)?;
+        let keys = self.keys();
+        let (record, readers) = (keys.run(run_id), keys.readers(run_id));
         let (readers, joins, grace_ms) =
-            script::tally(&mut self.conn(), &self.keys().run(run_id), change).await?;
+            script::tally(&mut self.conn(), &record, &readers, what, reader).await?;
         Ok(ReaderTally {
             readers: readers.unwrap_or(0),
             joins: joins.unwrap_or(0),

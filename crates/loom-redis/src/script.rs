@@ -21,7 +21,7 @@
 //! | [`release`] | lease | the worker handing a run back |
 //! | [`keep_bells`] | bells | a reader waiting on its buckets' bells, keeping them (and their rings) alive |
 //! | [`advertise`], [`served`] | actors | the heartbeat marking actor types served; servers asking which are |
-//! | [`tally`] | a run's record | servers counting the run's readers |
+//! | [`tally`] | a run's record and readers | servers counting the run's readers |
 //!
 //! Every script that needs the time reads Redis's own (`TIME`, through [`NOW_MS`]): no decision
 //! depends on two machines' clocks agreeing.
@@ -432,31 +432,56 @@ pub(crate) async fn peek(
     })
 }
 
-/// KEYS: a run's record. ARGV: the change of its readers (`1`: one came, and `joins` grows
-/// too; `-1`: one left; `0`: none). A record that is gone (expired) is left gone: counting
-/// on it would make a hash without a TTL that nothing removes. Returns `{readers, joins,
-/// grace_ms}`.
+/// KEYS: a run's record, its readers (a set). ARGV: `join`, `leave` or `look`, and a reader's
+/// id. A reader joining is added to the set (which expires with the record) and counted in
+/// `joins`; one leaving is removed. Both are safe to send again after a lost reply: a set
+/// member is there once, and `joins` only has to change. A record that is gone (expired) is
+/// left gone, nothing is counted on it. Returns `{readers, joins, grace_ms}`.
 static TALLY: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return {false, false, false} end
-local change = tonumber(ARGV[1])
-if change ~= 0 then redis.call('HINCRBY', KEYS[1], 'readers', change) end
-if change > 0 then redis.call('HINCRBY', KEYS[1], 'joins', 1) end
-return redis.call('HMGET', KEYS[1], 'readers', 'joins', 'grace_ms')
+if ARGV[1] == 'join' then
+  redis.call('SADD', KEYS[2], ARGV[2])
+  redis.call('HINCRBY', KEYS[1], 'joins', 1)
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+elseif ARGV[1] == 'leave' then
+  redis.call('SREM', KEYS[2], ARGV[2])
+end
+return {redis.call('SCARD', KEYS[2]), redis.call('HGET', KEYS[1], 'joins'), redis.call('HGET', KEYS[1], 'grace_ms')}
 "#,
     )
 });
 
-/// Changes the readers of the run whose record is `key` by `change` (see [`TALLY`]); returns
-/// its readers, joins and disconnect grace, as far as set.
+/// What [`tally`] does with a reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tally {
+    /// It joins.
+    Join,
+    /// It leaves.
+    Leave,
+    /// Nothing: only look.
+    Look,
+}
+
+/// Counts `reader` of the run whose record and reader set are `record` and `readers` as
+/// `what` says (see [`TALLY`]); returns its readers, joins and disconnect grace, as far as
+/// set.
 pub(crate) async fn tally(
     conn: &mut impl ConnectionLike,
-    key: &str,
-    change: i64,
+    record: &str,
+    readers: &str,
+    what: Tally,
+    reader: &str,
 ) -> Result<(Option<i64>, Option<i64>, Option<u64>), Error> {
-    let mut cmd = TALLY.call(&[key], 1, 4);
-    cmd.arg(change);
+    let what = match what {
+        Tally::Join => "join",
+        Tally::Leave => "leave",
+        Tally::Look => "look",
+    };
+    let mut cmd = TALLY.call(&[record, readers], 2, 8 + reader.len());
+    cmd.arg(what).arg(reader);
     TALLY.invoke(conn, &cmd).await
 }
 

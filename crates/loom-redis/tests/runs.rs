@@ -108,15 +108,22 @@ async fn the_reader_tally_counts_readers_and_joins_across_clients() {
     let id = &run.run_id;
     assert_eq!(a.readers(id).await.unwrap().grace_ms, None);
     a.set_disconnect_grace(id, 10_000).await.unwrap();
-    let joined = a.reader_joined(id).await.unwrap();
+    let joined = a.reader_joined(id, "ra").await.unwrap();
     assert_eq!((joined.readers, joined.joins), (1, 1));
     assert_eq!(joined.grace_ms, Some(10_000));
-    let other = b.reader_joined(id).await.unwrap();
+    let other = b.reader_joined(id, "rb").await.unwrap();
     assert_eq!((other.readers, other.joins), (2, 2));
-    let left = a.reader_left(id).await.unwrap();
-    assert_eq!((left.readers, left.joins), (1, 2));
-    let left = b.reader_left(id).await.unwrap();
-    assert_eq!((left.readers, left.joins), (0, 2));
+    // Sent again (its reply was lost): still one reader.
+    let again = b.reader_joined(id, "rb").await.unwrap();
+    assert_eq!(again.readers, 2);
+    let left = a.reader_left(id, "ra").await.unwrap();
+    assert_eq!(left.readers, 1);
+    // Leaving again, or a reader whose join never arrived leaving: nothing changes.
+    assert_eq!(a.reader_left(id, "ra").await.unwrap().readers, 1);
+    assert_eq!(a.reader_left(id, "never").await.unwrap().readers, 1);
+    let left = b.reader_left(id, "rb").await.unwrap();
+    assert_eq!(left.readers, 0);
+    assert!(left.joins >= 2);
     // A record that is gone (expired) is not made again by a reader leaving late: it would
     // have no TTL and stay forever.
     let mut conn = server.plain();
@@ -124,7 +131,7 @@ async fn the_reader_tally_counts_readers_and_joins_across_clients() {
         .arg(a.keys().run(id))
         .query(&mut conn)
         .unwrap();
-    let late = a.reader_left(id).await.unwrap();
+    let late = a.reader_left(id, "ra").await.unwrap();
     assert_eq!((late.readers, late.joins, late.grace_ms), (0, 0, None));
     let exists: bool = redis::cmd("EXISTS")
         .arg(a.keys().run(id))

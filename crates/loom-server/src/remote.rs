@@ -9,7 +9,8 @@
 //! Redis finds it in the stream's radix tree by id, without reading the stream from its
 //! start. A run's status is its record plus its stream's last entry (`XREVRANGE … COUNT 1`).
 //!
-//! **Disconnect.** The readers of a run are counted in its Redis record by every server
+//! **Disconnect.** The readers of a run are counted in Redis by every server, each reader under
+//! an id of its own, so a count sent again after a Redis blip counts once
 //! ([`loom_redis::ReaderTally`]); a direct stream's record carries its disconnect grace. When
 //! the last reader anywhere leaves, the server it left waits the grace and cancels the run
 //! unless a reader joined meanwhile (on any server). A direct stream whose client leaves
@@ -315,17 +316,21 @@ impl RemoteRun {
 
     /// Counts a reader of the run until the returned guard drops (see the module docs).
     pub(crate) async fn attach(&self) -> Result<RemoteAttachment, ApiError> {
+        let reader = loom_core::new_run_id();
+        // A join whose reply was lost may have counted: the guard takes it back either way.
+        let attachment = RemoteAttachment {
+            client: self.client.clone(),
+            id: self.id.clone(),
+            reader,
+        };
         self.client
-            .reader_joined(&self.id)
+            .reader_joined(&self.id, &attachment.reader)
             .await
             .map_err(unavailable)?;
         if let Some(unclaimed) = &self.unclaimed {
             unclaimed.claimed.store(true, Ordering::SeqCst);
         }
-        Ok(RemoteAttachment {
-            client: self.client.clone(),
-            id: self.id.clone(),
-        })
+        Ok(attachment)
     }
 
     /// A feed of the run's chunks after `cursor`, or `None` when the cursor is at or past
@@ -377,6 +382,8 @@ async fn record(client: &Client, id: &str) -> Result<RunRecord, ApiError> {
 pub(crate) struct RemoteAttachment {
     client: Client,
     id: String,
+    /// This reader's id among the run's readers.
+    reader: String,
 }
 
 impl Drop for RemoteAttachment {
@@ -386,8 +393,9 @@ impl Drop for RemoteAttachment {
         };
         let client = self.client.clone();
         let id = std::mem::take(&mut self.id);
+        let reader = std::mem::take(&mut self.reader);
         handle.spawn(async move {
-            if let Err(e) = left(&client, &id).await {
+            if let Err(e) = left(&client, &id, &reader).await {
                 tracing::warn!(run_id = %id, error = %e, "could not count a reader gone");
             }
         });
@@ -433,8 +441,21 @@ impl Drop for Unclaimed {
 
 /// A reader of run `id` left: if it was the last one anywhere and the run has a disconnect
 /// grace, cancel it after the grace unless someone joined meanwhile.
-async fn left(client: &Client, id: &str) -> Result<(), loom_redis::Error> {
-    let tally = client.reader_left(id).await?;
+async fn left(client: &Client, id: &str, reader: &str) -> Result<(), loom_redis::Error> {
+    // A reader still counted would keep the run from ever being cancelled: over a Redis blip,
+    // try again (leaving twice is safe).
+    let mut wait = Duration::from_millis(100);
+    let tally = loop {
+        match client.reader_left(id, reader).await {
+            Ok(tally) => break tally,
+            Err(e) if wait <= Duration::from_secs(2) => {
+                tracing::debug!(run_id = id, error = %e, "counting a reader gone; trying again");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let Some(grace_ms) = tally.grace_ms.filter(|_| tally.readers <= 0) else {
         return Ok(());
     };

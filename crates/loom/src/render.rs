@@ -13,7 +13,12 @@
 //! so the text and a live token count are both on screen all the run. Indicatif redraws its
 //! area by moving the cursor up over the lines it drew; a line it does not know of (a raw
 //! token mid-line, a finished bar left in the area) makes it erase lines it does not own.
+//!
+//! Text from the run (tokens, messages, names) is printed with the control characters a
+//! terminal acts on taken out ([`printable`]): a model's output must not set the window title,
+//! write the clipboard or erase what is on screen. `--json` escapes them as JSON does.
 
+use std::borrow::Cow;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
@@ -97,6 +102,14 @@ impl Renderer {
             }
             return;
         }
+        let chunk = &*printable(chunk);
+        if let Some(attempt) = chunk
+            .attempt
+            .filter(|&a| a > 1 && chunk.kind == ChunkType::Start)
+        {
+            self.rerun(attempt);
+            return;
+        }
         if let (Some(event), Some(step)) = (chunk.event, &chunk.step) {
             self.marker(event, step, chunk);
             return;
@@ -122,6 +135,24 @@ impl Renderer {
             }
             ChunkType::Start | ChunkType::Complete | ChunkType::Error => {}
         }
+    }
+
+    /// The run started again (its worker was lost): what was shown of the attempt before is
+    /// superseded, and said so, never mixed into the new attempt's output silently.
+    fn rerun(&mut self, attempt: u32) {
+        self.pending.clear();
+        if let Some(live) = self.live.take() {
+            live.bar.finish_and_clear();
+            self.multi.remove(&live.bar);
+        }
+        if self.mid_line {
+            out("\n");
+            self.mid_line = false;
+        }
+        self.tokens = 0;
+        self.note(&format!(
+            "↻ attempt {attempt}: the run started again on another worker; the output above is superseded"
+        ));
     }
 
     /// A workflow marker: a spinner line per running step, then ✓/✗ and its duration.
@@ -283,6 +314,8 @@ impl Renderer {
     /// Ends the run's display with its terminal chunk (or `None` if the stream ended without
     /// one) and prints the result and the summary.
     pub(crate) fn finish(mut self, terminal: Option<&StreamChunk>) {
+        let terminal = terminal.map(printable);
+        let terminal = terminal.as_deref();
         while !self.pending.is_empty() {
             self.flush(0);
         }
@@ -332,6 +365,67 @@ impl Renderer {
             None => eprintln!("✗ the stream ended without a terminal chunk ({stats})"),
         }
     }
+}
+
+/// Whether a terminal would act on `c` rather than show it: a control character other than a
+/// newline or a tab (escape, carriage return, bell, backspace, delete, the C1 range).
+fn acted_on(c: char) -> bool {
+    c.is_control() && c != '\n' && c != '\t'
+}
+
+/// `text` as a terminal shows it and nothing more: each character it would act on becomes
+/// U+FFFD, except a carriage return, which is dropped (a `\r\n` line end stays a line end).
+fn clean(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(acted_on) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(
+        text.chars()
+            .filter(|&c| c != '\r')
+            .map(|c| if acted_on(c) { '\u{FFFD}' } else { c })
+            .collect(),
+    )
+}
+
+/// `chunk` with its text that reaches the terminal (token, progress and error messages, a
+/// failed step's message, speaker names) [`clean`]ed; the chunk itself when there is nothing
+/// to clean, as for nearly every chunk.
+fn printable(chunk: &StreamChunk) -> Cow<'_, StreamChunk> {
+    let dirty = |text: Option<&str>| text.is_some_and(|t| t.chars().any(acted_on));
+    let step_error = |c: &StreamChunk| {
+        c.data
+            .as_ref()
+            .and_then(|d| d.get("error")?.get("message")?.as_str().map(str::to_owned))
+    };
+    let needs = dirty(chunk.token())
+        || dirty(chunk.progress.as_ref().and_then(|p| p.message.as_deref()))
+        || dirty(chunk.error.as_ref().map(|e| e.message.as_str()))
+        || dirty(chunk.actor.as_deref())
+        || dirty(chunk.step.as_deref())
+        || dirty(step_error(chunk).as_deref());
+    if !needs {
+        return Cow::Borrowed(chunk);
+    }
+    let mut chunk = chunk.clone();
+    if let Some(token) = chunk.token().map(|t| clean(t).into_owned()) {
+        if let Some(data) = chunk.data.as_mut() {
+            data["token"] = Value::String(token);
+        }
+    }
+    if let Some(message) = step_error(&chunk) {
+        if let Some(data) = chunk.data.as_mut() {
+            data["error"]["message"] = Value::String(clean(&message).into_owned());
+        }
+    }
+    if let Some(message) = chunk.progress.as_mut().and_then(|p| p.message.as_mut()) {
+        *message = clean(message).into_owned();
+    }
+    if let Some(error) = chunk.error.as_mut() {
+        error.message = clean(&error.message).into_owned();
+    }
+    chunk.actor = chunk.actor.map(|a| clean(&a).as_ref().into());
+    chunk.step = chunk.step.map(|s| clean(&s).as_ref().into());
+    Cow::Owned(chunk)
 }
 
 impl LiveLine {

@@ -109,3 +109,40 @@ fn chat_agent_json(server: &FakeOpenAi, prompt: &str) -> std::process::Child {
     .spawn()
     .expect("loom starts")
 }
+
+#[test]
+fn control_characters_in_tokens_never_reach_the_terminal_but_json_keeps_them() {
+    // A model (or a prompt injection) sets the window title, writes the clipboard, rings
+    // the bell and returns the cursor to erase the line.
+    let hostile = "\u{1b}]0;pwned\u{7}Hi\u{1b}]52;c;ZXZpbA==\u{7} there\r\u{1b}[2K\u{9b}31m!";
+    let events = vec![token_event(hostile), finish_event(), "[DONE]".into()];
+    let server = FakeOpenAi::start(events.clone(), false);
+    let out = finish(
+        loom(&["actor", "run", "chat-agent", "--stream", "--prompt", "hi"])
+            .env("OPENAI_BASE_URL", &server.base_url)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("loom starts"),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    for text in [&out.stdout, &out.stderr] {
+        assert!(
+            !text
+                .chars()
+                .any(|c| c.is_control() && c != '\n' && c != '\t'),
+            "a control character got through: {text:?}"
+        );
+    }
+    assert!(
+        out.stdout.contains("Hi") && out.stdout.contains(" there"),
+        "{:?}",
+        out.stdout
+    );
+    // `--json` is for programs: the token as the model sent it, escaped as JSON escapes it.
+    let server = FakeOpenAi::start(events, false);
+    let out = finish(chat_agent_json(&server, "hi"));
+    let chunks = chunks(&out.stdout);
+    let token = chunks.iter().find_map(|c| c["data"]["token"].as_str());
+    assert_eq!(token, Some(hostile));
+}

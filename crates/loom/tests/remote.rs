@@ -270,6 +270,15 @@ fn a_worker_killed_mid_stream_is_replaced_by_another_and_seq_stays_gapless() {
         seen.last().map(|c| c["type"].clone()),
         Some(json!("complete"))
     );
+    // For a person, the re-run is said, not mixed silently into the first attempt's output.
+    let id = seen[0]["data"]["run_id"].as_str().expect("a run id");
+    let out = run(&["stream", "tail", id, "--redis", redis.url()]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("attempt 2") && out.stderr.contains("superseded"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]

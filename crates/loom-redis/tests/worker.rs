@@ -199,3 +199,54 @@ async fn a_worker_running_more_runs_than_writer_connections_keeps_within_them_an
     assert!(writer_connections(&server) <= loom_redis::WRITER_CONNECTIONS);
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn a_worker_takes_about_as_many_requests_as_it_has_free_slots_whatever_its_queues() {
+    let server = RedisServer::start();
+    let client = client(&server, fast_options()).await;
+    let invoker = client.invoker();
+    // Four slow requests in each of two queues, before the worker's first read.
+    let mut streams = Vec::new();
+    for actor in ["ticker", "batch"] {
+        for _ in 0..4 {
+            let input = match actor {
+                "ticker" => json!({ "count": 30, "delay_ms": 100 }),
+                _ => json!({ "count": 30, "batch_size": 1, "delay_ms": 100 }),
+            };
+            streams.push(
+                invoker
+                    .stream(actor, input, RunOptions::default())
+                    .await
+                    .unwrap(),
+            );
+        }
+    }
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::spawn(
+        &client,
+        runtime(&probe),
+        WorkerOptions {
+            actors: vec!["ticker".to_owned(), "batch".to_owned()],
+            concurrency: 2,
+            ..WorkerOptions::default()
+        },
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Taken by this worker: its two runs, and none held back from other workers.
+    let mut conn = server.plain();
+    let taken: i64 = ["ticker", "batch"]
+        .iter()
+        .map(|actor| {
+            let (count, ..): (i64, redis::Value, redis::Value, redis::Value) =
+                redis::cmd("XPENDING")
+                    .arg(client.keys().queue(actor, 0))
+                    .arg(loom_redis::GROUP)
+                    .query(&mut conn)
+                    .unwrap();
+            count
+        })
+        .sum();
+    assert_eq!(taken, 2, "requests taken with two free slots");
+    drop(streams);
+    worker.stop().await;
+}

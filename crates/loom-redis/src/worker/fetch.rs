@@ -144,7 +144,7 @@ impl Fetcher {
         }
         if Instant::now() >= self.next_sweep {
             self.next_sweep = Instant::now() + sweep_every(&self.shared);
-            let claimed = self.claim_abandoned(free).await?;
+            let claimed = self.claim_abandoned(free).await;
             if !claimed.is_empty() {
                 return Ok((claimed, false));
             }
@@ -164,6 +164,10 @@ impl Fetcher {
             let id = wire.client_id().await?;
             ready.push((wire, id));
         }
+        // `COUNT` bounds each queue, not the read: a share of the free slots per queue keeps
+        // what one read takes near `free` (at most one more per queue), so requests do not
+        // wait in this worker while others are idle.
+        let count = free.div_ceil(self.queues.len().max(1)).max(1);
         let cmds: Vec<redis::Cmd> = self
             .lanes
             .iter()
@@ -173,7 +177,7 @@ impl Fetcher {
                     .arg(group)
                     .arg(&self.shared.name)
                     .arg("COUNT")
-                    .arg(free)
+                    .arg(count)
                     .arg("BLOCK")
                     .arg(READ_BLOCK.as_millis() as u64)
                     .arg("STREAMS")
@@ -216,10 +220,10 @@ impl Fetcher {
         let mut work = Vec::new();
         let mut failed = None;
         for ((lane, reply), (wire, _)) in self.lanes.iter_mut().zip(replies).zip(ready) {
-            match reply {
-                Ok(reply) => {
+            // A reply this lane cannot read fails the lane, not what the others took.
+            match reply.and_then(|reply| parse_read_frame(reply).map_err(protocol_error)) {
+                Ok(streams) => {
                     lane.conn = Some(wire);
-                    let streams = parse_read_frame(reply).map_err(protocol_error)?;
                     work.extend(streams.into_iter().flat_map(|(queue, entries)| {
                         entries.into_iter().map(move |entry| Work {
                             queue: queue.clone(),
@@ -249,52 +253,67 @@ impl Fetcher {
     }
 
     /// Claims up to `free` requests whose worker stopped refreshing them.
-    async fn claim_abandoned(&mut self, free: usize) -> Result<Vec<Work>, Error> {
-        let group = self.shared.group();
-        let idle = self.shared.client.options().visibility_timeout.as_millis() as u64;
+    async fn claim_abandoned(&mut self, free: usize) -> Vec<Work> {
         let mut conn = self.shared.client.conn();
         let mut work = Vec::new();
-        for queue in &self.queues {
-            // Scans until `free` requests are claimed or the pending list is read round; a
-            // scan that claims nothing counts against SCANS_PER_SWEEP (each looks at up to
-            // ten times COUNT pending entries).
-            let mut empty = 0;
-            while work.len() < free && empty < SCANS_PER_SWEEP {
-                let cursor = self.cursors.get(queue).map_or("0-0", String::as_str);
-                let reply: Value = redis::cmd("XAUTOCLAIM")
-                    .arg(queue)
-                    .arg(group)
-                    .arg(&self.shared.name)
-                    .arg(idle)
-                    .arg(cursor)
-                    .arg("COUNT")
-                    .arg((free - work.len()).min(CLAIMS_PER_SCAN))
-                    .query_async(&mut conn)
-                    .await?;
-                let Value::Array(mut parts) = reply else {
-                    return Err(protocol_error(
-                        "XAUTOCLAIM reply is not an array".to_owned(),
-                    ));
-                };
-                if parts.len() < 2 {
-                    return Err(protocol_error("XAUTOCLAIM reply is too short".to_owned()));
-                }
-                let next = text(&parts[0]).unwrap_or("0-0").to_owned();
-                let entries = parse_entries(parts.swap_remove(1)).map_err(protocol_error)?;
-                let claimed = !entries.is_empty();
-                self.claim_entries(&mut conn, queue, entries, &mut work)
-                    .await;
-                let wrapped = next == "0-0";
-                self.cursors.insert(queue.clone(), next);
-                if wrapped {
-                    break;
-                }
-                if !claimed {
-                    empty += 1;
-                }
+        for queue in self.queues.clone() {
+            // What is claimed is ours (its idle time reset): a failure on a later queue must
+            // not drop it, or it would wait unseen for another visibility timeout.
+            if let Err(e) = self.claim_from(&mut conn, &queue, free, &mut work).await {
+                tracing::warn!(worker = %self.shared.name, queue, error = %e, "cannot claim abandoned requests");
             }
         }
-        Ok(work)
+        work
+    }
+
+    /// [`claim_abandoned`](Self::claim_abandoned) on one queue, adding to `work`: scans until
+    /// `free` requests are claimed or the pending list is read round; a scan that claims
+    /// nothing counts against SCANS_PER_SWEEP (each looks at up to ten times COUNT pending
+    /// entries).
+    async fn claim_from(
+        &mut self,
+        conn: &mut Conn,
+        queue: &str,
+        free: usize,
+        work: &mut Vec<Work>,
+    ) -> Result<(), Error> {
+        let group = self.shared.group();
+        let idle = self.shared.client.options().visibility_timeout.as_millis() as u64;
+        let mut empty = 0;
+        while work.len() < free && empty < SCANS_PER_SWEEP {
+            let cursor = self.cursors.get(queue).map_or("0-0", String::as_str);
+            let reply: Value = redis::cmd("XAUTOCLAIM")
+                .arg(queue)
+                .arg(group)
+                .arg(&self.shared.name)
+                .arg(idle)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg((free - work.len()).min(CLAIMS_PER_SCAN))
+                .query_async(conn)
+                .await?;
+            let Value::Array(mut parts) = reply else {
+                return Err(protocol_error(
+                    "XAUTOCLAIM reply is not an array".to_owned(),
+                ));
+            };
+            if parts.len() < 2 {
+                return Err(protocol_error("XAUTOCLAIM reply is too short".to_owned()));
+            }
+            let next = text(&parts[0]).unwrap_or("0-0").to_owned();
+            let entries = parse_entries(parts.swap_remove(1)).map_err(protocol_error)?;
+            let claimed = !entries.is_empty();
+            self.claim_entries(conn, queue, entries, work).await;
+            let wrapped = next == "0-0";
+            self.cursors.insert(queue.to_owned(), next);
+            if wrapped {
+                break;
+            }
+            if !claimed {
+                empty += 1;
+            }
+        }
+        Ok(())
     }
 
     /// Turns claimed entries into work, with their attempt numbers (their delivery counts,

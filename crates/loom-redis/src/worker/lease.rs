@@ -40,11 +40,15 @@ pub(crate) async fn heartbeat(shared: Arc<Shared>, served: Vec<String>, stop: Ca
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
+        // At once, not one after the other: a node that does not answer the advertisement
+        // must not delay the leases' renewal past their expiry.
         let beat = async {
-            if let Err(e) = advertise(&shared, &served).await {
+            let (advertised, refreshed) =
+                tokio::join!(advertise(&shared, &served), refresh(&shared));
+            if let Err(e) = advertised {
                 tracing::warn!(worker = %shared.name, error = %e, "could not advertise actor types");
             }
-            if let Err(e) = refresh(&shared).await {
+            if let Err(e) = refreshed {
                 tracing::warn!(worker = %shared.name, error = %e, "could not refresh leases");
             }
         };
@@ -96,7 +100,6 @@ async fn refresh(shared: &Shared) -> Result<(), Error> {
     if held.is_empty() && waiting.is_empty() {
         return Ok(());
     }
-    let mut conn = shared.client.conn();
     let queues: HashSet<&str> = held
         .iter()
         .map(|run| run.queue.as_str())
@@ -108,8 +111,14 @@ async fn refresh(shared: &Shared) -> Result<(), Error> {
     // same — the lease itself says whether a run is still this worker's — and nothing of
     // theirs is judged lost; only their claims wait for the next beat.
     let mut unread: HashSet<&str> = HashSet::new();
-    for queue in queues {
-        match pending_of(shared, &mut conn, queue).await {
+    // All queues at once: one that does not answer costs one timeout, not one per queue.
+    let pending = futures::future::join_all(queues.into_iter().map(|queue| {
+        let mut conn = shared.client.conn();
+        async move { (queue, pending_of(shared, &mut conn, queue).await) }
+    }))
+    .await;
+    for (queue, entries) in pending {
+        match entries {
             Ok(entries) => mine.extend(entries),
             Err(e) => {
                 tracing::warn!(worker = %shared.name, queue, error = %e, "could not read the pending list; renewing its runs' leases regardless");

@@ -126,8 +126,9 @@ impl Publisher {
         Arc::clone(&self.writer.discard)
     }
 
-    /// Set once this writer's terminal chunk is in the stream: the run is done, whatever
-    /// else happens to the writer after.
+    /// Set once the stream has its terminal chunk, this writer's or one written from outside
+    /// (a reader's `worker_lost`/`timeout`): the run is done, whatever else happens to the
+    /// writer after.
     pub(crate) fn ended_flag(&self) -> Arc<AtomicBool> {
         Arc::clone(&self.writer.ended)
     }
@@ -236,7 +237,11 @@ impl Writer {
             Ok(None) => return (self, batch, Ok(Sent::Done)),
             Ok(Some(Written::Yes)) => None,
             Ok(Some(Written::NotOwner)) => Some("the lease is not ours"),
-            Ok(Some(Written::Ended)) => Some("the stream already has its terminal chunk"),
+            Ok(Some(Written::Ended)) => {
+                // Ended from outside: the run is done all the same.
+                self.ended.store(true, Ordering::Release);
+                Some("the stream already has its terminal chunk")
+            }
             Err(e) => return (self, batch, Err(e)),
         };
         if let Some(why) = why {

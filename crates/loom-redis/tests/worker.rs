@@ -6,6 +6,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use loom_core::{ChunkType, RunOptions};
 use loom_redis::{ClientOptions, WorkerOptions};
 use serde_json::json;
@@ -248,5 +249,85 @@ async fn a_worker_takes_about_as_many_requests_as_it_has_free_slots_whatever_its
         .sum();
     assert_eq!(taken, 2, "requests taken with two free slots");
     drop(streams);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_run_a_reader_ended_from_outside_is_acknowledged_at_once() {
+    let server = RedisServer::start();
+    // A visibility timeout far beyond the bound below: only the worker's own acknowledgement
+    // can empty the pending list in time.
+    let client = client(
+        &server,
+        ClientOptions {
+            visibility_timeout: Duration::from_secs(20),
+            pickup_timeout: Duration::from_secs(30),
+            ..fast_options()
+        },
+    )
+    .await;
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::with_concurrency(&client, &probe, 1);
+    let mut ticks = client
+        .invoker()
+        .stream(
+            "ticker",
+            json!({ "count": 200, "delay_ms": 50 }),
+            RunOptions::default(),
+        )
+        .await
+        .unwrap();
+    let run_id = ticks.run_id().to_owned();
+    let mut seen = 0;
+    while seen < 3 {
+        within(5, ticks.next()).await.expect("a chunk");
+        seen += 1;
+    }
+    // What a reader does when it gives the worker up: the terminal, then the cancel key.
+    let mut conn = server.plain();
+    let key = client.keys().stream(&run_id);
+    let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+        .arg(&key)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query(&mut conn)
+        .unwrap();
+    let next: u64 = last[0].0.split('-').next().unwrap().parse::<u64>().unwrap() + 1;
+    let error = r#"{"code":"worker_lost","message":"gone","retryable":false}"#;
+    let _: redis::Value = redis::pipe()
+        .cmd("XADD")
+        .arg(&key)
+        .arg(format!("{next}-1"))
+        .arg("type")
+        .arg("error")
+        .arg("data")
+        .arg("null")
+        .arg("seq")
+        .arg(next)
+        .arg("error")
+        .arg(error)
+        .cmd("SET")
+        .arg(client.keys().cancel(&run_id))
+        .arg("worker_lost")
+        .query(&mut conn)
+        .unwrap();
+    let queue = client.keys().queue("ticker", 0);
+    within(5, async {
+        loop {
+            let (count, ..): (i64, redis::Value, redis::Value, redis::Value) =
+                redis::cmd("XPENDING")
+                    .arg(&queue)
+                    .arg(loom_redis::GROUP)
+                    .query(&mut server.plain())
+                    .unwrap();
+            if count == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
     worker.stop().await;
 }

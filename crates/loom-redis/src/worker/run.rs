@@ -185,6 +185,7 @@ async fn run_request(
             owner: owner.clone(),
             token: token.clone(),
             discard: Arc::clone(&discard),
+            ended: Arc::clone(&ended),
         },
     );
     if let Err(run) = joined {
@@ -216,10 +217,12 @@ async fn run_request(
         result => result?,
     }
     if discard.load(Ordering::Acquire) && !ended.load(Ordering::Acquire) {
-        // Taken over by another worker, handed back, or ended from outside: not ours to
-        // acknowledge (whoever claims it next finds the terminal chunk and only acks). A run
-        // whose own terminal is written is done even so: the heartbeat that found its lease
-        // gone (the terminal batch deletes it) just before the run left `active` stops it.
+        // Taken over by another worker or handed back: not ours to acknowledge. A run whose
+        // stream has its terminal chunk is done even so, and acknowledged: its own terminal
+        // (the heartbeat that found its lease gone — the terminal batch deletes it — just
+        // before the run left `active` stops it), or one written from outside (a reader's
+        // `worker_lost`/`timeout`), which a claim after the visibility timeout would only
+        // acknowledge, a timeout later.
         return Ok(());
     }
     acknowledge(shared, queue, entry).await;

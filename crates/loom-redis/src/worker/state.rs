@@ -111,6 +111,8 @@ pub(crate) struct Active {
     pub(crate) owner: String,
     pub(crate) token: CancellationToken,
     pub(crate) discard: Arc<AtomicBool>,
+    /// Set once the run's stream has its terminal chunk (the publisher's `ended` flag).
+    pub(crate) ended: Arc<AtomicBool>,
 }
 
 impl Active {
@@ -125,6 +127,7 @@ impl Active {
     /// terminal chunk, the run stops without writing.
     pub(crate) fn stop_for(&self, reason: CancelReason) {
         if reason.terminal_written() {
+            self.ended.store(true, Ordering::Release);
             self.drop_run();
         } else {
             self.token.cancel();

@@ -142,8 +142,6 @@ impl RemoteInvoker {
             watch,
         )
         .await?;
-        self.enqueue(&request).await?;
-
         let token = match &options.parent {
             Some(parent) => parent.child_token(),
             None => CancellationToken::new(),
@@ -155,6 +153,11 @@ impl RemoteInvoker {
             token.clone(),
             done.clone(),
         ));
+        // Dropped while the request is being queued (a workflow cancelled as its step starts)
+        // or failing to queue it, this cancels the run, which may be queued already.
+        let queueing = token.clone().drop_guard();
+        self.enqueue(&request).await?;
+        queueing.disarm();
         let chunks = entries.map(move |entry| {
             if entry.chunk.is_terminal() {
                 done.cancel();

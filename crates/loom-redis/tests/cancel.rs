@@ -123,3 +123,44 @@ async fn a_cancel_whose_message_was_missed_still_stops_the_run() {
     assert!(probe.cancelled_at.lock().unwrap().is_some());
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_dropped_while_it_is_being_queued_is_cancelled() {
+    let server = RedisServer::start_own();
+    let client = client(&server, fast_options()).await;
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+    let run_id = loom_core::new_run_id();
+    let options = RunOptions {
+        run_id: Some(run_id.clone()),
+        ..RunOptions::default()
+    };
+    // Redis holds the request unanswered; the caller gives up (a workflow cancelled just as
+    // its step starts) while it is on its way.
+    server.pause();
+    let invoker = client.invoker();
+    let starting = invoker.stream("ticker", json!({ "count": 50, "delay_ms": 50 }), options);
+    let gave_up = tokio::time::timeout(Duration::from_millis(300), starting).await;
+    assert!(
+        gave_up.is_err(),
+        "the request was answered while Redis was paused"
+    );
+    server.resume();
+    // The request went in all the same: its run is cancelled, not run to its end.
+    let chunks = within(20, async {
+        loop {
+            if let Ok(stream) = client.tail(&run_id, None).await {
+                break collect(15, stream).await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let last = chunks.last().expect("chunks");
+    assert_eq!(
+        last.error.as_ref().map(|e| e.code),
+        Some(ErrorCode::Cancelled),
+        "{chunks:?}"
+    );
+    worker.stop().await;
+}

@@ -116,6 +116,18 @@ fn blocked_xreads(cluster: &RedisCluster) -> usize {
         .sum()
 }
 
+/// Asserts that a writer connection of Loom's own (not the cluster connection) wrote on node
+/// `port`.
+fn assert_a_writer_of_its_own_wrote_on(cluster: &RedisCluster, port: u16) {
+    let writers = clients(cluster, port);
+    assert!(
+        writers
+            .iter()
+            .any(|l| l.contains(" name=loom-writer ") && l.contains(" cmd=evalsha ")),
+        "no writer connection of its own wrote on node {port}: {writers:#?}"
+    );
+}
+
 /// The clients of node `port`, a `CLIENT LIST` line each.
 fn clients(cluster: &RedisCluster, port: u16) -> Vec<String> {
     let list: String = redis::cmd("CLIENT")
@@ -285,13 +297,7 @@ async fn streams_follow_their_bucket_when_its_slot_moves_to_another_master() {
     // the `MOVED` that names the new master).
     let chunks = collect(30, ticker_as(&client, &ids[4], 3, 1).await).await;
     assert_eq!(chunks.last().unwrap().kind, ChunkType::Complete);
-    let writers = clients(&cluster, to);
-    assert!(
-        writers
-            .iter()
-            .any(|l| l.contains(" name=loom-writer ") && l.contains(" cmd=evalsha ")),
-        "no writer connection of its own wrote on the new master: {writers:#?}"
-    );
+    assert_a_writer_of_its_own_wrote_on(&cluster, to);
     worker.stop().await;
 }
 
@@ -475,13 +481,7 @@ async fn after_a_failover_one_writer_meets_the_dead_master_and_new_runs_write_on
         tried <= 1,
         "{tried} writer connections went to the dead master on {victim}"
     );
-    let writers = clients(&cluster, promoted);
-    assert!(
-        writers
-            .iter()
-            .any(|l| l.contains(" name=loom-writer ") && l.contains(" cmd=evalsha ")),
-        "no writer connection of its own wrote on the new master {promoted}: {writers:#?}"
-    );
+    assert_a_writer_of_its_own_wrote_on(&cluster, promoted);
     worker.stop().await;
 }
 

@@ -41,11 +41,14 @@ pub(crate) async fn listen_for_cancels(shared: Arc<Shared>, stop: CancellationTo
             }
         };
         backoff.reset();
-        // Cancels published while we were not subscribed are still in the cancel keys.
+        // Cancels published while we were not subscribed are still in the cancel keys: read
+        // all at once, so thousands of held runs cost one round trip's time, not thousands.
         let held: Vec<String> = shared.active().keys().cloned().collect();
-        for run_id in held {
-            cancel_run(&shared, &run_id, Unreadable::LeaveRunning).await;
-        }
+        futures::future::join_all(
+            held.iter()
+                .map(|run_id| cancel_run(&shared, run_id, Unreadable::LeaveRunning)),
+        )
+        .await;
         let mut messages = pubsub.into_on_message();
         loop {
             let message = tokio::select! {
@@ -56,8 +59,13 @@ pub(crate) async fn listen_for_cancels(shared: Arc<Shared>, stop: CancellationTo
             let Ok(run_id) = message.get_payload::<String>() else {
                 continue;
             };
+            // Each in a task of its own: a slow read of one cancel key must not hold up the
+            // cancels behind it (the target is a stop within 100 ms).
             if shared.active().contains_key(&run_id) {
-                cancel_run(&shared, &run_id, Unreadable::Stop).await;
+                let shared = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    cancel_run(&shared, &run_id, Unreadable::Stop).await;
+                });
             }
         }
         tracing::warn!(worker = %shared.name, "cancel subscription lost; resubscribing");

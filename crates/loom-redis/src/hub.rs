@@ -474,7 +474,11 @@ impl HubTask {
             let client_id = match wire.client_id().await {
                 Ok(id) => id,
                 Err(e) => {
+                    // A node that takes the connection but does not answer (hung, or a dead
+                    // master's address now held by something else): try the next one, or the
+                    // lane would come back to it for ever.
                     tracing::warn!(error = %e, "stream reader lost Redis; reconnecting");
+                    self.reach.lost();
                     backoff.wait().await;
                     continue;
                 }

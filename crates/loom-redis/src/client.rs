@@ -24,7 +24,7 @@ use redis::aio::ConnectionManagerConfig;
 use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
-use crate::conn::{cluster_nodes, slot, Conn, Masters, Reach, Topology};
+use crate::conn::{list_nodes, slot, Conn, Masters, Reach, Topology};
 use crate::error::Error;
 use crate::hub::Hub;
 use crate::keys::{bucket, check_name, CancelReason, Keys, BUCKETS, DEFAULT_PREFIX};
@@ -365,12 +365,8 @@ impl Client {
     /// [`Masters`] says so; `None` while no live one is known.
     async fn writer_node(&self, slot: u16) -> Option<String> {
         if lock(&self.inner.masters).relearn_now() {
-            let listing: Result<String, _> = redis::cmd("CLUSTER")
-                .arg("NODES")
-                .query_async(&mut self.conn())
-                .await;
-            match listing {
-                Ok(listing) => lock(&self.inner.masters).learn(&cluster_nodes(&listing)),
+            match list_nodes(&mut self.conn()).await {
+                Ok(listing) => lock(&self.inner.masters).learn(&listing),
                 Err(e) => tracing::debug!(error = %e, "CLUSTER NODES failed"),
             }
         }
@@ -504,11 +500,7 @@ async fn connect_cluster(
     mut nodes: Vec<redis::Client>,
 ) -> Result<(Topology, Conn, Masters), Error> {
     let mut conn = Topology::cluster(&nodes, RESPONSE_TIMEOUT).await?;
-    let listing: String = redis::cmd("CLUSTER")
-        .arg("NODES")
-        .query_async(&mut conn)
-        .await?;
-    let listing = cluster_nodes(&listing);
+    let listing = list_nodes(&mut conn).await?;
     let mut masters = Masters::default();
     masters.learn(&listing);
     let base = nodes[0].get_connection_info().clone();

@@ -249,6 +249,12 @@ pub(crate) struct ClusterNode {
     pub(crate) slots: Vec<(u16, u16)>,
 }
 
+/// The cluster's nodes as the node `conn` reaches sees them (`CLUSTER NODES`).
+pub(crate) async fn list_nodes(conn: &mut impl ConnectionLike) -> Result<Vec<ClusterNode>, Error> {
+    let listing: String = redis::cmd("CLUSTER").arg("NODES").query_async(conn).await?;
+    Ok(cluster_nodes(&listing))
+}
+
 /// The nodes of a `CLUSTER NODES` listing, in its order; lines it cannot read are skipped.
 /// A line is `<id> <host>:<port>@<bus port>[,<hostname>] <flags> <master id> <ping sent>
 /// <pong received> <epoch> <link> <slot or range>…`; a slot being migrated (`[5->-<id>]`)

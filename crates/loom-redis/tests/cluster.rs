@@ -235,23 +235,18 @@ async fn sharded_queues_spread_one_type_over_the_nodes_and_every_shard_is_served
 
 /// `count` run ids whose keys share one bucket (so one slot).
 fn ids_in_one_bucket(client: &Client, count: usize) -> Vec<String> {
-    let tag = |id: &str| {
-        client
-            .keys()
-            .stream(id)
-            .split('}')
-            .next()
-            .map(str::to_owned)
-    };
     let first = loom_core::new_run_id();
     let mut ids = vec![first.clone()];
     while ids.len() < count {
-        let id = loom_core::new_run_id();
-        if tag(&id) == tag(&first) {
-            ids.push(id);
-        }
+        ids.push(id_in_bucket_of(client, &first));
     }
     ids
+}
+
+/// The hash tag of run `id`'s keys (its bucket's).
+fn bucket_tag(client: &Client, id: &str) -> String {
+    let stream = client.keys().stream(id);
+    stream.split('}').next().unwrap_or_default().to_owned()
 }
 
 /// Starts `ticker` remotely as run `run_id`.
@@ -410,9 +405,7 @@ fn one_id_per_bucket(client: &Client) -> Vec<String> {
     let mut ids = Vec::new();
     while ids.len() < BUCKETS {
         let id = loom_core::new_run_id();
-        let stream = client.keys().stream(&id);
-        let tag = stream.split('}').next().map(str::to_owned);
-        if tags.insert(tag) {
+        if tags.insert(bucket_tag(client, &id)) {
             ids.push(id);
         }
     }
@@ -471,7 +464,7 @@ async fn after_a_failover_one_writer_meets_the_dead_master_and_new_runs_write_on
     // finds it down and the client asks the cluster again; none after it tries there.
     for _ in 0..2 {
         for bucket_of in &ids {
-            let id = ids_in_one_bucket_as(&client, bucket_of);
+            let id = id_in_bucket_of(&client, bucket_of);
             assert_completes(&collect(30, ticker_as(&client, &id, 2, 1).await).await);
         }
     }
@@ -486,18 +479,11 @@ async fn after_a_failover_one_writer_meets_the_dead_master_and_new_runs_write_on
 }
 
 /// A new run id in the bucket of run `other`.
-fn ids_in_one_bucket_as(client: &Client, other: &str) -> String {
-    let tag = |id: &str| {
-        client
-            .keys()
-            .stream(id)
-            .split('}')
-            .next()
-            .map(str::to_owned)
-    };
+fn id_in_bucket_of(client: &Client, other: &str) -> String {
+    let tag = bucket_tag(client, other);
     loop {
         let id = loom_core::new_run_id();
-        if tag(&id) == tag(other) {
+        if bucket_tag(client, &id) == tag {
             return id;
         }
     }

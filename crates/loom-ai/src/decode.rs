@@ -24,6 +24,9 @@ fn lenient_usage<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Usage>
 /// How much of an undecodable event an error quotes.
 const QUOTE_BYTES: usize = 200;
 
+/// The most of a server's own error message that is kept.
+const MESSAGE_BYTES: usize = 2048;
+
 #[derive(Deserialize)]
 struct Chunk<'a> {
     #[serde(default, borrow)]
@@ -215,23 +218,29 @@ pub(crate) fn error_message(data: &str) -> String {
     }
 }
 
-/// The message in `{"message": …}`, a string, or the JSON text.
+/// The message in `{"message": …}`, a string, or the JSON text; at most [`MESSAGE_BYTES`]
+/// of it, since it ends up in the run's `error` chunk.
 fn value_message(value: &serde_json::Value) -> String {
     if let Some(message) = value.get("message").and_then(|m| m.as_str()) {
-        return message.to_owned();
+        return cut(message, MESSAGE_BYTES).to_owned();
     }
     match value.as_str() {
-        Some(text) => text.to_owned(),
-        None => value.to_string(),
+        Some(text) => cut(text, MESSAGE_BYTES).to_owned(),
+        None => cut(&value.to_string(), MESSAGE_BYTES).to_owned(),
     }
 }
 
 /// At most [`QUOTE_BYTES`] of `text`, cut at a character boundary.
 pub(crate) fn quote(text: &str) -> &str {
-    if text.len() <= QUOTE_BYTES {
+    cut(text, QUOTE_BYTES)
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    if text.len() <= max {
         return text;
     }
-    let mut end = QUOTE_BYTES;
+    let mut end = max;
     while !text.is_char_boundary(end) {
         end -= 1;
     }

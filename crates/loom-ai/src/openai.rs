@@ -22,6 +22,10 @@ use crate::sse::{SseError, SseParser};
 use crate::stream::TokenStream;
 use crate::tools::{Tool, ToolChoice};
 
+/// How much of an answer that is not a stream (an error status's body) is read: enough for
+/// any explanation, and a proxy that answers with gigabytes costs no more.
+const ERROR_BODY_BYTES: usize = 64 * 1024;
+
 /// A client for one OpenAI-compatible server; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct OpenAiClient {
@@ -58,8 +62,14 @@ impl OpenAiClient {
     pub(crate) fn new(config: &AiConfig, base_url: &str) -> Result<Self, AiError> {
         let base = base_url.trim_end_matches('/');
         let url = format!("{base}/chat/completions");
-        reqwest::Url::parse(&url)
+        let parsed = reqwest::Url::parse(&url)
             .map_err(|e| AiError::Config(format!("base URL {base_url:?}: {e}")))?;
+        // `localhost:11434/v1` parses, with `localhost` as its scheme.
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(AiError::Config(format!(
+                "base URL {base_url:?}: it must start with http:// or https://"
+            )));
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.idle_timeout)
@@ -171,14 +181,26 @@ impl OpenAiClient {
                 .map_err(|e| self.send_error(&e))?;
         let status = response.status();
         if status.is_success() {
-            return Ok(response);
+            // A server that ignored `stream: true` (or answers an error with 200), or a web
+            // page at a wrong base URL: not a stream, and its words say why.
+            let kind = response
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.split(';').next().unwrap_or(v).trim().to_ascii_lowercase());
+            let Some(kind @ ("application/json" | "text/html")) = kind.as_deref() else {
+                return Ok(response);
+            };
+            let text = self.error_body(response).await;
+            return Err(AiError::Decode {
+                message: format!(
+                    "the AI server answered {kind}, not an event stream: {}",
+                    error_message(&self.scrub(text))
+                ),
+            });
         }
         let retry_after = retry_after(response.headers());
-        let text = tokio::time::timeout(self.idle_timeout, response.text())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default();
+        let text = self.error_body(response).await;
         let message = if text.trim().is_empty() {
             status.canonical_reason().unwrap_or("no message").to_owned()
         } else {
@@ -190,6 +212,23 @@ impl OpenAiClient {
             message: self.scrub(message),
             retry_after,
         })
+    }
+
+    /// The start of an answer that is not a stream (an error's explanation): at most
+    /// [`ERROR_BODY_BYTES`], read within the idle timeout, empty when none arrived.
+    async fn error_body(&self, mut response: reqwest::Response) -> String {
+        let mut body = Vec::new();
+        let read = async {
+            while body.len() < ERROR_BODY_BYTES {
+                match response.chunk().await {
+                    Ok(Some(bytes)) => body.extend_from_slice(&bytes),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(self.idle_timeout, read).await;
+        body.truncate(ERROR_BODY_BYTES);
+        String::from_utf8_lossy(&body).into_owned()
     }
 
     fn send_error(&self, err: &reqwest::Error) -> AiError {

@@ -55,6 +55,57 @@ async fn a_status_with_a_plain_body_quotes_the_body() {
     assert!(error.to_string().contains("bad things"), "{error}");
 }
 
+/// A huge error body (a proxy's, an echo of the request) is read only so far, and the message
+/// quoted from it is bounded: the run's `error` chunk stays small.
+#[tokio::test]
+async fn a_huge_error_body_gives_a_bounded_message() {
+    let server = FakeServer::start(vec![Reply::error(400, &"x".repeat(10 << 20))]).await;
+    let error = first_error(&server.service()).await;
+    assert_eq!(error.status(), Some(400));
+    let message = error.to_string();
+    assert!(
+        message.contains("xxxx") && message.len() < 4096,
+        "{} bytes",
+        message.len()
+    );
+}
+
+/// A server that ignored `stream: true` answers 200 with one JSON object: the run fails at
+/// once, saying so and quoting the server, instead of as a broken stream that is retried.
+#[tokio::test]
+async fn a_200_that_is_not_an_event_stream_is_a_clear_error() {
+    let server = FakeServer::start(vec![Reply::Status {
+        status: 200,
+        body: r#"{"error":{"message":"streaming is not supported by this model"}}"#.into(),
+        headers: Vec::new(),
+    }])
+    .await;
+    let error = first_error(&server.service()).await;
+    assert!(matches!(error, AiError::Decode { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(
+        message.contains("application/json, not an event stream")
+            && message.contains("streaming is not supported by this model"),
+        "{message}"
+    );
+    assert!(!error.is_retryable());
+    assert_eq!(server.requests().len(), 1);
+}
+
+/// `localhost:11434/v1` (the scheme forgotten) parses as a URL whose scheme is `localhost`:
+/// refused when the service is made, not retried as a connection failure on every run.
+#[test]
+fn a_base_url_without_http_is_refused() {
+    for url in ["localhost:11434/v1", "ftp://example.com/v1"] {
+        let made = AiService::new(AiConfig::openai_compatible(url));
+        let Err(error) = made else {
+            panic!("{url} was taken");
+        };
+        assert!(matches!(error, AiError::Config(_)), "{url}: {error:?}");
+        assert!(error.to_string().contains("http://"), "{error}");
+    }
+}
+
 #[tokio::test]
 async fn a_429_is_retried_after_the_servers_retry_after() {
     let ok = Reply::sse(wire::openai_stream(&["fine"], None));

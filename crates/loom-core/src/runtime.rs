@@ -427,7 +427,7 @@ pub(crate) fn drive(
     let deadline = deadline_after(options.timeout.unwrap_or(DEFAULT_TIMEOUT));
     let drive = Drive {
         start: Some(Box::new(start)),
-        actor: Some(actor.stream(input, ctx)),
+        actor: Some(open(actor, input, ctx)),
         seq: first_seq + 1,
         token: token.clone(),
         cancelled: None,
@@ -505,8 +505,9 @@ impl Drive {
                 None => return,
                 Some(err) => Some(err),
             },
-            // A completion that was ready at once after a cancel does not overwrite it.
-            Poll::Ready(Some(Ok(_))) if self.token.is_cancelled() => Some(ActorError::cancelled()),
+            // An ending that was ready at once after a cancel (a completion, or a failure the
+            // cancel itself caused) does not overwrite it.
+            Poll::Ready(Some(_)) if self.token.is_cancelled() => Some(ActorError::cancelled()),
             Poll::Ready(Some(_)) => None,
             Poll::Ready(None) => Some(no_result()),
             Poll::Pending => match self.stop_while_pending(cx) {
@@ -573,8 +574,9 @@ impl Stream for Drive {
                 }
                 Some(err) => Err(err),
             },
-            // A completion that was ready at once after a cancel does not overwrite it.
-            Poll::Ready(Some(Ok(_))) if this.token.is_cancelled() => Err(ActorError::cancelled()),
+            // An ending that was ready at once after a cancel (a completion, or a failure the
+            // cancel itself caused) does not overwrite it.
+            Poll::Ready(Some(_)) if this.token.is_cancelled() => Err(ActorError::cancelled()),
             Poll::Ready(Some(outcome)) => outcome,
             Poll::Ready(None) => Err(no_result()),
             Poll::Pending => match this.stop_while_pending(cx) {
@@ -592,6 +594,21 @@ impl Stream for Drive {
     }
 }
 
+/// The actor's stream for one run; a panic while it is made (in
+/// [`stream`](Actor::stream) itself, before its first poll) is a stream of that one error, as a
+/// panic in a poll is ([`poll_actor`]).
+pub(crate) fn open(actor: Arc<dyn Actor>, input: Value, ctx: ActorContext) -> ActorStream {
+    catch_unwind(AssertUnwindSafe(|| actor.stream(input, ctx))).unwrap_or_else(|panic| {
+        let error = panicked(panic.as_ref());
+        Box::pin(futures::stream::once(async move { Err(error) }))
+    })
+}
+
+/// The error of an actor that panicked with `payload`.
+fn panicked(payload: &(dyn Any + Send)) -> ActorError {
+    ActorError::internal(format!("the actor panicked: {}", panic_message(payload)))
+}
+
 /// Polls an actor's stream for its next item into `out`, turning a panic into an error.
 /// `Ready(None)` breaks the contract too (an end without a `complete` output): see
 /// [`no_result`]. The item is written where the caller keeps it, not returned out of the
@@ -599,8 +616,7 @@ impl Stream for Drive {
 #[inline(always)]
 pub(crate) fn poll_actor(actor: &mut ActorStream, cx: &mut Context<'_>, out: &mut Forwarded) {
     if let Err(panic) = catch_unwind(AssertUnwindSafe(|| *out = actor.as_mut().poll_next(cx))) {
-        let message = format!("the actor panicked: {}", panic_message(panic.as_ref()));
-        *out = Poll::Ready(Some(Err(ActorError::internal(message))));
+        *out = Poll::Ready(Some(Err(panicked(panic.as_ref()))));
     }
 }
 

@@ -22,7 +22,7 @@ use crate::chunk::Tag;
 use crate::context::ActorContext;
 use crate::error::ActorError;
 use crate::output::{Output, OutputKind};
-use crate::runtime::{no_result, poll_actor};
+use crate::runtime::{no_result, open, poll_actor};
 use crate::turns::Turns;
 
 /// A group of actors run concurrently on the same input.
@@ -43,10 +43,21 @@ impl Team {
         }
     }
 
-    /// Adds a member; its chunks are tagged with its [`name`](Actor::name).
+    /// Adds a member; its chunks are tagged with its [`name`](Actor::name), and its result is
+    /// the team's under that name. A second member of a name already taken is `name#2` (a
+    /// third `name#3`, …), so no member's chunks or result pass for another's.
     pub fn member(mut self, actor: impl Actor) -> Self {
-        let name = Tag::from(actor.name());
-        self.members.push((name, Arc::new(actor)));
+        let taken = |tag: &str| self.members.iter().any(|(t, _)| t.as_str() == tag);
+        let name = actor.name();
+        let tag = if taken(name) {
+            (2..)
+                .map(|n| format!("{name}#{n}"))
+                .find(|tag| !taken(tag))
+                .unwrap_or_default()
+        } else {
+            name.to_owned()
+        };
+        self.members.push((Tag::from(tag), Arc::new(actor)));
         self
     }
 }
@@ -70,7 +81,7 @@ impl Actor for Team {
             let ctx = ctx.child();
             let cancel_on_drop = ctx.cancellation_token().clone().drop_guard();
             Member {
-                stream: Arc::clone(actor).stream(input.clone(), ctx),
+                stream: open(Arc::clone(actor), input.clone(), ctx),
                 _cancel_on_drop: cancel_on_drop,
             }
         }));

@@ -98,6 +98,33 @@ async fn a_completion_ready_at_once_after_a_cancel_does_not_overwrite_it() {
     );
 }
 
+/// An actor that fails because it was cancelled (its own `select!` on the token, or an
+/// HTTP call aborted with it, mapped to an error): the run still ends `cancelled`.
+#[tokio::test]
+async fn a_failure_the_cancel_caused_does_not_overwrite_it() {
+    let actor = fn_actor("aborting", |_, ctx: loom_core::ActorContext| {
+        async_stream::try_stream! {
+            yield Output::data(1);
+            ctx.cancellation_token().cancelled().await;
+            Err(failed("aborted"))?;
+            yield Output::complete(Value::Null);
+        }
+    });
+    let mut stream = stream_of(actor, RunOptions::default());
+    assert_eq!(next(&mut stream).await.kind, ChunkType::Start);
+    assert_eq!(next(&mut stream).await.kind, ChunkType::Data);
+    stream.cancel();
+    let rest: Vec<_> = tokio::time::timeout(LIMIT, (&mut stream).collect::<Vec<_>>())
+        .await
+        .expect("in time");
+    assert_eq!(rest.len(), 1, "one terminal chunk: {rest:?}");
+    assert_eq!(
+        rest[0].error.as_ref().map(|e| e.code),
+        Some(ErrorCode::Cancelled),
+        "{rest:?}"
+    );
+}
+
 #[tokio::test]
 async fn cancelling_the_parent_token_cancels_the_run() {
     let parent = loom_core::CancellationToken::new();

@@ -36,6 +36,13 @@ async fn streaming_actor_yields_start_gapless_seq_and_one_complete() {
         first_batch.as_ref().map(|d| d["results"][2].clone()),
         Some(json!(9))
     );
+    let last_batch = chunks
+        .iter()
+        .rfind(|c| c.kind == ChunkType::Data)
+        .and_then(|c| c.data.as_ref())
+        .expect("data");
+    let results = last_batch["results"].as_array().expect("results");
+    assert_eq!((results.len(), &results[0]), (50, &json!(201 * 201)));
 }
 
 #[tokio::test]
@@ -96,6 +103,42 @@ async fn a_panicking_actor_ends_with_an_internal_error_chunk() {
         .expect("an error chunk");
     assert_eq!(error.code, ErrorCode::Internal);
     assert!(error.message.contains("boom"), "{}", error.message);
+}
+
+/// An actor that panics in `stream()` itself, before it has made its stream (reading its
+/// input, say), alone and as a team's member: the run ends with an `error` chunk all the same.
+#[tokio::test]
+async fn an_actor_that_panics_while_making_its_stream_ends_with_an_internal_error_chunk() {
+    fn hasty() -> impl Actor {
+        fn_actor("hasty", |input: Value, _| {
+            let n = input["n"].as_u64().expect("an input with n");
+            async_stream::try_stream! {
+                yield Output::complete(json!(n));
+            }
+        })
+    }
+    let alone = collect(stream_of(hasty(), RunOptions::default())).await;
+    let team = collect(stream_of(
+        loom_core::Team::new("t", "").member(hasty()),
+        RunOptions::default(),
+    ))
+    .await;
+    for (chunks, prefix) in [(alone, ""), (team, "team member 'hasty' failed: ")] {
+        assert_contract(&chunks);
+        let error = chunks
+            .last()
+            .and_then(|c| c.error.clone())
+            .expect("an error chunk");
+        assert_eq!(error.code, ErrorCode::Internal);
+        assert!(
+            error.message.starts_with(prefix)
+                && error
+                    .message
+                    .contains("the actor panicked: an input with n"),
+            "{}",
+            error.message
+        );
+    }
 }
 
 #[tokio::test]
@@ -242,15 +285,19 @@ fn parse_input_maps_serde_errors_to_bad_input() {
 
 #[tokio::test]
 async fn bad_batch_input_ends_with_bad_input() {
-    let stream = runtime()
-        .stream("batch", json!({ "batch_size": 0 }), RunOptions::default())
-        .expect("batch");
-    let chunks = collect(stream).await;
-    assert_contract(&chunks);
-    assert_eq!(
-        chunks.last().and_then(|c| c.error.as_ref()).map(|e| e.code),
-        Some(ErrorCode::BadInput)
-    );
+    // A batch is one `data` chunk: one of a million items would be a chunk of megabytes.
+    for input in [json!({ "batch_size": 0 }), json!({ "batch_size": 10_001 })] {
+        let stream = runtime()
+            .stream("batch", input.clone(), RunOptions::default())
+            .expect("batch");
+        let chunks = collect(stream).await;
+        assert_contract(&chunks);
+        assert_eq!(
+            chunks.last().and_then(|c| c.error.as_ref()).map(|e| e.code),
+            Some(ErrorCode::BadInput),
+            "{input}"
+        );
+    }
 }
 
 #[test]

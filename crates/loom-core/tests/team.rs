@@ -241,3 +241,40 @@ async fn team_demo_runs_three_attributed_members() {
         .as_str()
         .is_some_and(|t| t.contains("rust")));
 }
+
+/// Two members of one name: each has its own tag and its own result, and the team counts
+/// both.
+#[tokio::test]
+async fn members_of_one_name_are_told_apart() {
+    let writer = |said: &'static str| {
+        fn_actor("writer", move |_, _| {
+            async_stream::try_stream! {
+                yield Output::token(said);
+                yield Output::complete(json!(said));
+            }
+        })
+    };
+    let team = Team::new("t", "")
+        .member(writer("one"))
+        .member(writer("two"));
+    let chunks = collect(stream_of(team, RunOptions::default())).await;
+    assert_contract(&chunks);
+    let tagged: Vec<(String, String)> = chunks
+        .iter()
+        .filter_map(|c| Some((c.actor.as_deref()?.to_owned(), c.token()?.to_owned())))
+        .collect();
+    assert!(
+        tagged.contains(&("writer".into(), "one".into()))
+            && tagged.contains(&("writer#2".into(), "two".into())),
+        "{tagged:?}"
+    );
+    let finished: Vec<_> = chunks.iter().filter_map(|c| c.progress.clone()).collect();
+    assert_eq!(
+        finished.last().map(|p| (p.current, p.total)),
+        Some((2, Some(2)))
+    );
+    assert_eq!(
+        chunks.last().and_then(|c| c.data.clone()),
+        Some(json!({ "members": { "writer": "one", "writer#2": "two" } }))
+    );
+}

@@ -222,7 +222,7 @@ pub(crate) fn input_or_empty(input: Option<Value>) -> Value {
 /// Parses a deadline like `"30s"`; a bad one is a 400.
 pub(crate) fn parse_timeout(timeout: Option<&str>) -> Result<Option<Duration>, ApiError> {
     timeout
-        .map(loom_workflow::parse_duration)
+        .map(loom_workflow::parse_timeout)
         .transpose()
         .map_err(|e| ApiError::BadRequest(format!("bad timeout: {e}")))
 }

@@ -31,7 +31,7 @@ use futures::stream::ReadyChunks;
 use futures::StreamExt;
 use loom_core::{ActorError, CancellationToken, ChunkType, Registry, RunOptions, StreamChunk};
 use loom_redis::{Client, EntryId, EntryStream, RemoteInvoker, RunRecord, StreamEntry};
-use loom_workflow::{Workflow, WORKFLOW_ACTOR_PREFIX};
+use loom_workflow::{Workflow, DEFAULT_WORKFLOW_TIMEOUT, WORKFLOW_ACTOR_PREFIX};
 use serde_json::{json, Value};
 use tracing::Instrument;
 
@@ -153,6 +153,10 @@ impl RemoteRuns {
                         .map_err(|e| ActorError::bad_input(e.to_string()))?;
                     timeout = timeout.or(workflow.timeout);
                 }
+                // The deadline is the caller's to set (readers keep it too): a workflow's
+                // own default, not one step's, when neither the request nor a definition
+                // this server has says.
+                let timeout = timeout.or(Some(DEFAULT_WORKFLOW_TIMEOUT));
                 (format!("{WORKFLOW_ACTOR_PREFIX}{name}"), input, timeout)
             }
         };
@@ -634,6 +638,84 @@ mod tests {
             ends[0]
         );
         assert_eq!(ends[1].kind, ChunkType::Complete, "{:?}", ends[1]);
+        let _ = stop.send(());
+        let _ = worker.await;
+    }
+
+    /// A server that does not have a workflow's definition gives its run a workflow's
+    /// default deadline (an hour), not one step's (ten minutes): the record lives that long.
+    #[tokio::test]
+    async fn a_workflow_run_queued_without_its_definition_gets_a_workflows_deadline() {
+        let redis = redis_server::RedisServer::start();
+        let options = ClientOptions {
+            prefix: format!("t{}:", uuid::Uuid::new_v4().simple()),
+            ..ClientOptions::default()
+        };
+        let client = Client::connect_with(redis.url(), options).await.unwrap();
+        let builtins = Registry::with_builtins();
+        let workflow = loom_workflow::parse(
+            "name: w\nactions:\n  - { name: a, type: actor, actorType: echo }\n",
+            "w.yaml",
+            &|t| builtins.contains(t),
+        )
+        .unwrap();
+        let local = Arc::new(Runtime::new(Registry::with_builtins(), Extensions::new()));
+        let mut registry = Registry::with_builtins();
+        registry
+            .register(loom_workflow::WorkflowExecutor::new(local.clone()).worker_actor(workflow));
+        let worker = Worker::new(
+            client.clone(),
+            local.with_registry(registry),
+            WorkerOptions::default(),
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let worker = tokio::spawn(worker.run(async {
+            let _ = stopped.await;
+        }));
+        let runs = RemoteRuns::new(
+            client.clone(),
+            Registry::with_builtins(),
+            Vec::new(),
+            Arc::default(),
+        );
+        let ttl = tokio::time::timeout(Duration::from_secs(20), async {
+            while !client
+                .served_actors()
+                .await
+                .unwrap()
+                .contains("workflows/w")
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let run = runs
+                .start(StartRequest {
+                    target: RunTarget::Workflow("w".to_owned()),
+                    input: json!({}),
+                    timeout: None,
+                    policy: DisconnectPolicy::Continue,
+                    traceparent: None,
+                })
+                .await
+                .unwrap();
+            let mut conn = redis::Client::open(redis.url())
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            redis::cmd("TTL")
+                .arg(client.keys().run(run.id()))
+                .query_async::<u64>(&mut conn)
+                .await
+                .unwrap()
+        })
+        .await
+        .expect("queued");
+        let options = client.options();
+        let after = options.pickup_timeout + options.stream_ttl;
+        assert!(
+            ttl + 60 >= (DEFAULT_WORKFLOW_TIMEOUT + after).as_secs(),
+            "the record lives {ttl} s"
+        );
         let _ = stop.send(());
         let _ = worker.await;
     }

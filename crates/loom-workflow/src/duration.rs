@@ -1,10 +1,30 @@
 //! The one duration syntax of Loom, shared by workflow files (`timeout:`, `backoff:`) and the
 //! CLI's duration flags: [`parse_duration`] turns text into a [`Duration`] or a
-//! [`DurationError`] that says which forms are accepted.
+//! [`DurationError`] that says which forms are accepted; [`parse_timeout`] also bounds it.
 
 use std::time::Duration;
 
 use crate::error::DurationError;
+
+/// The longest `timeout` or `backoff` a definition may set, and the longest `--timeout`.
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// A deadline as workflow files' `timeout:` and the CLI's `--timeout` take it: what
+/// [`parse_duration`] reads, more than zero and at most [`MAX_DURATION`] (a week).
+///
+/// ```
+/// use loom_workflow::parse_timeout;
+/// assert!(parse_timeout("30s").is_ok());
+/// assert!(parse_timeout("0").is_err());
+/// assert!(parse_timeout("8 days").is_err());
+/// ```
+pub fn parse_timeout(text: &str) -> Result<Duration, DurationError> {
+    match parse_duration(text)? {
+        zero if zero.is_zero() => Err(DurationError::Zero),
+        long if long > MAX_DURATION => Err(DurationError::TooLong),
+        duration => Ok(duration),
+    }
+}
 
 /// Parses a duration written as a number with a unit (`500ms`, `30s`, `10m`, `1h`, `1.5s`,
 /// `1h 30m`; any unit `humantime` knows) or as a bare number of seconds (`30`, `1.5`).

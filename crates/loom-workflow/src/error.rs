@@ -268,4 +268,10 @@ pub enum DurationError {
     /// Anything else that is not a number with or without a unit.
     #[error("not a duration: {DURATION_FORMS}")]
     Malformed,
+    /// Zero, where a deadline is meant ([`parse_timeout`](crate::parse_timeout)).
+    #[error("must be more than zero")]
+    Zero,
+    /// Over a week ([`parse_timeout`](crate::parse_timeout)).
+    #[error("must be at most a week")]
+    TooLong,
 }

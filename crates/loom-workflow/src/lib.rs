@@ -62,7 +62,7 @@ mod schema;
 mod validate;
 mod workflow;
 
-pub use duration::parse_duration;
+pub use duration::{parse_duration, parse_timeout, MAX_DURATION};
 pub use error::{DurationError, Problem, WorkflowError};
 pub use executor::{WorkflowExecutor, DEFAULT_WORKFLOW_TIMEOUT, WORKFLOW_ACTOR_PREFIX};
 pub use load::{load, parse, MAX_DEFINITION_BYTES};

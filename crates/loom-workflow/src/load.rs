@@ -9,6 +9,7 @@
 //! line the parser recorded for it.
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
@@ -17,14 +18,11 @@ use serde_json::Value;
 use serde_path_to_error::Segment;
 use serde_saphyr::Spanned;
 
-use crate::duration::parse_duration;
-use crate::error::{Problem, WorkflowError};
+use crate::duration::parse_timeout;
+use crate::error::{DurationError, Problem, WorkflowError};
 use crate::schema::InputSchema;
 use crate::validate::validate;
 use crate::workflow::{Action, ActorAction, ParallelGroup, Workflow, DEFAULT_BACKOFF};
-
-/// The longest `timeout` or `backoff` a definition may set.
-const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The largest workflow definition, in bytes (1 MiB): hundreds of times what a real one needs,
 /// and small enough that a hostile file is refused before it is read or parsed.
@@ -109,11 +107,21 @@ pub fn load(
         file: file.clone(),
         source,
     };
+    if !is_supported(&file) {
+        return parse("", &file, knows);
+    }
     let size = std::fs::metadata(path).map_err(read_error)?.len();
     if size > MAX_DEFINITION_BYTES {
         return Err(too_large(&file, size));
     }
-    let text = std::fs::read_to_string(path).map_err(read_error)?;
+    // Read through the limit too: a device or a pipe says its size is 0.
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_DEFINITION_BYTES + 1).read_to_string(&mut text))
+        .map_err(read_error)?;
+    if text.len() as u64 > MAX_DEFINITION_BYTES {
+        return Err(too_large(&file, text.len() as u64));
+    }
     parse(&text, &file, knows)
 }
 
@@ -359,7 +367,7 @@ fn convert_actor(workflow: &Workflow, raw: RawAction) -> Result<ActorAction, Wor
 }
 
 /// A `timeout` or `backoff`: a number of seconds (`30`, `0.5`) or a string that
-/// [`parse_duration`] reads (`"500ms"`, `"30s"`, `"2m"`, `"1h"`), at most a week.
+/// [`parse_timeout`] reads (`"500ms"`, `"30s"`, `"2m"`, `"1h"`), at most a week.
 fn duration(value: &Value, field: &'static str, zero_ok: bool) -> Result<Duration, Problem> {
     let text = match value {
         Value::String(s) => s.clone(),
@@ -377,14 +385,10 @@ fn duration(value: &Value, field: &'static str, zero_ok: bool) -> Result<Duratio
         value: text.clone(),
         reason,
     };
-    let duration = parse_duration(&text).map_err(|e| bad(e.to_string()))?;
-    if duration > MAX_DURATION {
-        return Err(bad("must be at most a week".to_owned()));
+    match parse_timeout(&text) {
+        Err(DurationError::Zero) if zero_ok => Ok(Duration::ZERO),
+        parsed => parsed.map_err(|e| bad(e.to_string())),
     }
-    if duration.is_zero() && !zero_ok {
-        return Err(bad("must be more than zero".to_owned()));
-    }
-    Ok(duration)
 }
 
 #[cfg(test)]

@@ -8,11 +8,16 @@ use crate::error::{Problem, WorkflowError};
 use crate::reference::{self, Root};
 use crate::workflow::{Action, Workflow};
 
-/// Checks a parsed workflow: at least one action, valid and unique names, non-empty groups,
+/// Checks a parsed workflow: a valid name, at least one action, valid and unique names, non-empty groups,
 /// known actor types, well-formed references that point only to earlier steps (not to a
 /// sibling in the same parallel group), and no cycles. [`parse`](crate::parse) and [`load`](crate::load) call it; call
 /// it again to check a workflow against another set of actor types.
 pub fn validate(workflow: &Workflow, knows: &dyn Fn(&str) -> bool) -> Result<(), WorkflowError> {
+    // The name is a path segment (`/v1/workflows/{name}`) and part of a queue's key.
+    if !is_name(&workflow.name) {
+        let name = workflow.name.clone();
+        return Err(workflow.error(None, Problem::InvalidName(name)));
+    }
     if workflow.actions.is_empty() {
         return Err(workflow.error(None, Problem::NoActions));
     }

@@ -424,6 +424,39 @@ fn a_50_mb_file_is_refused_before_it_is_read() {
     ));
 }
 
+/// A file that says its size is 0 but never ends (a device, a pipe) is read only up to the
+/// limit, and a file of another kind is refused before it is read at all.
+#[cfg(unix)]
+#[test]
+fn an_endless_file_is_refused_at_the_limit_and_another_format_unread() {
+    let endless = std::env::temp_dir().join(format!("loom-endless-{}.yaml", std::process::id()));
+    let _ = std::fs::remove_file(&endless);
+    std::os::unix::fs::symlink("/dev/zero", &endless).unwrap();
+    let err = loom_workflow::load(&endless, &known).expect_err("too large");
+    let _ = std::fs::remove_file(&endless);
+    assert!(
+        matches!(&err, WorkflowError::Definition { problem, .. } if matches!(**problem, Problem::TooLarge { .. })),
+        "{err}"
+    );
+    let err = loom_workflow::load("/dev/zero", &known).expect_err("not a definition");
+    assert_eq!(err.problem(), Some(&Problem::UnsupportedFormat), "{err}");
+}
+
+/// The workflow's name is a path segment and part of a Redis key: held to the rule of
+/// action names.
+#[test]
+fn a_workflow_name_that_cannot_be_a_key_is_refused() {
+    for name in ["\"report v2\"", "a/b", "\"\""] {
+        let err = reject(&format!(
+            "name: {name}\nactions:\n  - {{ name: a, actorType: echo }}\n"
+        ));
+        assert!(
+            matches!(err.problem(), Some(Problem::InvalidName(_))),
+            "{name}: {err}"
+        );
+    }
+}
+
 #[test]
 fn ten_thousand_actions_load_and_a_reference_cycle_is_refused() {
     let mut yaml = String::from("name: many\nactions:\n");

@@ -135,9 +135,9 @@ struct OutputArgs {
     /// Print chunks as JSON Lines on stdout (all of them with --stream, else the last one).
     #[arg(long)]
     json: bool,
-    /// The run's deadline, e.g. `30s`, `500ms`, `10m`, `1h 30m` (a bare number is seconds);
-    /// the same syntax as `timeout:` in workflow files.
-    #[arg(long, value_name = "DURATION", value_parser = loom_workflow::parse_duration)]
+    /// The run's deadline, e.g. `30s`, `500ms`, `10m`, `1h 30m` (a bare number is seconds),
+    /// more than zero and at most a week: the same as `timeout:` in workflow files.
+    #[arg(long, value_name = "DURATION", value_parser = loom_workflow::parse_timeout)]
     timeout: Option<Duration>,
 }
 
@@ -226,7 +226,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let offline = ai.is_offline();
     let runtime = Arc::new(local_runtime(ai));
     // Validate before any work starts, connecting to Redis included.
-    let job = match check(cli.command, &runtime)? {
+    let job = match check(cli.command, &runtime, cli.redis.is_some())? {
         Some(job) => job,
         None => return Ok(ExitCode::SUCCESS),
     };
@@ -264,8 +264,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 enum Job {
     ActorRun(RunArgs, Value),
     WorkflowRun(WorkflowRunArgs, loom_workflow::Workflow, Value),
-    Worker(WorkerArgs),
-    Serve(serve::ServeArgs),
+    /// With the workflows of its `--workflows`.
+    Worker(WorkerArgs, Vec<loom_workflow::Workflow>),
+    /// With the workflows of its `--workflows`.
+    Serve(serve::ServeArgs, Vec<loom_workflow::Workflow>),
     Tail {
         id: String,
         from: Option<String>,
@@ -276,8 +278,9 @@ enum Job {
 /// Checks what `command` reads — the actor type, the input, the workflow file — before
 /// anything else happens, connecting to Redis included: bad input is a usage error (exit
 /// 2) at once, whether Redis is there or not. `None` when that was the whole command
-/// (`actor list`, `workflow validate`: neither needs Redis).
-fn check(command: Command, runtime: &Runtime) -> anyhow::Result<Option<Job>> {
+/// (`actor list`, `workflow validate`: neither needs Redis). `distributed`: runs go through
+/// Redis (`--redis`).
+fn check(command: Command, runtime: &Runtime, distributed: bool) -> anyhow::Result<Option<Job>> {
     Ok(Some(match command {
         Command::Actor(ActorCommand::List) => {
             for actor in runtime.registry().iter() {
@@ -313,9 +316,27 @@ fn check(command: Command, runtime: &Runtime) -> anyhow::Result<Option<Job>> {
                 .map_err(|e| usage(e.to_string()))?;
             Job::WorkflowRun(args, workflow, input)
         }
-        Command::Worker(args) => Job::Worker(args),
-        Command::Serve(args) => Job::Serve(args),
-        Command::Stream(StreamCommand::Tail { id, from, json }) => Job::Tail { id, from, json },
+        Command::Worker(args) => {
+            for actor in &args.actors {
+                loom_redis::validate_name(actor).map_err(|e| usage(e.to_string()))?;
+                if !runtime.knows(actor) {
+                    return Err(usage(format!("unknown actor type '{actor}'")));
+                }
+            }
+            let workflows = match &args.workflows {
+                Some(dir) => serve::load_workflows(dir, &|t| runtime.knows(t))?,
+                None => Vec::new(),
+            };
+            Job::Worker(args, workflows)
+        }
+        Command::Serve(args) => {
+            let workflows = serve::workflows(&args, runtime, distributed)?;
+            Job::Serve(args, workflows)
+        }
+        Command::Stream(StreamCommand::Tail { id, from, json }) => {
+            loom_redis::validate_name(&id).map_err(|e| usage(e.to_string()))?;
+            Job::Tail { id, from, json }
+        }
     }))
 }
 
@@ -348,22 +369,14 @@ async fn command(
             let stream = executor.stream_with(workflow, input, args.output.options());
             Ok(follow(stream, signals, args.output.mode(), Stop::Cancel).await)
         }
-        Job::Worker(args) => {
+        Job::Worker(args, workflows) => {
             let client =
                 redis.ok_or_else(|| usage("loom worker needs --redis URL (or LOOM_REDIS_URL)"))?;
-            for actor in &args.actors {
-                loom_redis::validate_name(actor).map_err(|e| usage(e.to_string()))?;
-                if !runtime.knows(actor) {
-                    return Err(usage(format!("unknown actor type '{actor}'")));
-                }
-            }
             // Workflow steps run on this worker's own runtime.
             let mut registry = runtime.registry().clone();
-            if let Some(dir) = &args.workflows {
-                let executor = WorkflowExecutor::new(runtime.clone());
-                for workflow in serve::load_workflows(dir, &|t| runtime.knows(t))? {
-                    registry.register(executor.worker_actor(workflow));
-                }
+            let executor = WorkflowExecutor::new(runtime.clone());
+            for workflow in workflows {
+                registry.register(executor.worker_actor(workflow));
             }
             let mut served = if args.actors.is_empty() {
                 runtime.registry().names()
@@ -405,8 +418,8 @@ async fn command(
             eprintln!("loom: worker stopped");
             Ok(ExitCode::SUCCESS)
         }
-        Job::Serve(args) => {
-            serve::serve(args, runtime, redis, offline, shutdown_signal()).await?;
+        Job::Serve(args, workflows) => {
+            serve::serve(args, workflows, runtime, redis, offline, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Job::Tail { id, from, json } => {

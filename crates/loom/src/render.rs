@@ -157,7 +157,7 @@ impl Renderer {
 
     /// A workflow marker: a spinner line per running step, then ✓/✗ and its duration.
     fn marker(&mut self, event: Event, step: &str, chunk: &StreamChunk) {
-        self.flush_label(step);
+        self.flush_step(step);
         match event {
             Event::ActionStart => {
                 let line = self
@@ -300,6 +300,20 @@ impl Renderer {
 
     fn flush_label(&mut self, label: &str) {
         if let Some(index) = self.pending.iter().position(|(l, _)| l == label) {
+            self.flush(index);
+        }
+    }
+
+    /// Prints the buffered tokens of a step and of its team members (`step/member`), so a
+    /// step's marker — its end, or a retry whose tokens start again — follows them and the
+    /// next attempt's tokens are never appended to the last one's.
+    fn flush_step(&mut self, step: &str) {
+        let of_step = |label: &str| {
+            label
+                .strip_prefix(step)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        };
+        while let Some(index) = self.pending.iter().position(|(l, _)| of_step(l)) {
             self.flush(index);
         }
     }

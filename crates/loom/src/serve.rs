@@ -27,21 +27,30 @@ pub(crate) struct ServeArgs {
     cors_origins: Vec<String>,
 }
 
-/// Serves `runtime`'s actors and the workflows of `args` until Ctrl-C or SIGTERM; with
-/// `redis`, serves the runs of that Redis's workers instead.
+/// The workflows of `args.workflows`, checked against `runtime`'s actor types; in front of
+/// workers (`distributed`) a step's actor type is the workers' to know.
+pub(crate) fn workflows(
+    args: &ServeArgs,
+    runtime: &Runtime,
+    distributed: bool,
+) -> anyhow::Result<Vec<Workflow>> {
+    match &args.workflows {
+        Some(dir) if distributed => load_workflows(dir, &|_| true),
+        Some(dir) => load_workflows(dir, &|t| runtime.knows(t)),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Serves `runtime`'s actors and `workflows` (see [`workflows`]) until Ctrl-C or SIGTERM;
+/// with `redis`, serves the runs of that Redis's workers instead.
 pub(crate) async fn serve(
     args: ServeArgs,
+    workflows: Vec<Workflow>,
     runtime: &Runtime,
     redis: Option<loom_redis::Client>,
     offline: bool,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    // In front of workers, a step's actor type is the workers' to know.
-    let workflows = match (&args.workflows, &redis) {
-        (Some(dir), None) => load_workflows(dir, &|t| runtime.knows(t))?,
-        (Some(dir), Some(_)) => load_workflows(dir, &|_| true)?,
-        (None, _) => Vec::new(),
-    };
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;

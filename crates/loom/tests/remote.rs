@@ -346,6 +346,29 @@ fn bad_input_is_exit_2_at_once_even_with_redis_down() {
     let out = with_redis_down(&["actor", "list"], none);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(out.stdout.contains("echo"), "{}", out.stdout);
+    // What a worker, a server or a tail is given is checked before Redis is tried too.
+    let workflows = std::env::temp_dir().join(format!("loom-bad-wf-{}", std::process::id()));
+    std::fs::create_dir_all(&workflows).unwrap();
+    std::fs::write(workflows.join("bad.yaml"), "name: bad v2\nactions: []\n").unwrap();
+    let workflows = workflows.display().to_string();
+    for (args, says) in [
+        (&["worker", "--actors", "a b"][..], "a b"),
+        (&["worker", "--workflows", &workflows][..], "bad.yaml"),
+        (
+            &["serve", "--workflows", &workflows, "--addr", "127.0.0.1:0"][..],
+            "bad.yaml",
+        ),
+        (&["stream", "tail", "a b"][..], "a b"),
+        (
+            &["actor", "run", "echo", "--timeout", "0"][..],
+            "more than zero",
+        ),
+    ] {
+        let out = with_redis_down(args, none);
+        assert_eq!(out.code, Some(2), "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(says), "{args:?}: {}", out.stderr);
+        assert!(!out.stderr.contains("Redis"), "{args:?}: {}", out.stderr);
+    }
     let out = with_redis_down(&["actor", "list"], ("OPENAI_BASE_URL", "not a url"));
     assert_eq!(out.code, Some(2), "{}", out.stderr);
     assert!(out.stderr.contains("AI configuration"), "{}", out.stderr);

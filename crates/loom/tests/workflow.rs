@@ -102,3 +102,36 @@ fn ctrl_c_cancels_the_whole_workflow_and_exits_130() {
         Some(serde_json::json!("cancelled"))
     );
 }
+
+/// A team step that times out mid-sentence and is retried: each attempt's unfinished lines
+/// are shown before the retry's note, never glued to the next attempt's words.
+#[test]
+fn a_retried_team_steps_unfinished_lines_are_not_glued_to_the_next_attempt() {
+    let dir = std::env::temp_dir().join(format!("loom-cli-retry-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("retry.yaml");
+    // Each member says one sentence of about 14 words, 60-90 ms apart: none ends in 400 ms.
+    std::fs::write(
+        &file,
+        "name: retry\nactions:\n  - { name: draft, type: actor, actorType: team-demo, \
+         streaming: true, timeout: 400ms, retries: 1, backoff: 10ms, input: { topic: x } }\n",
+    )
+    .expect("write");
+    let out = run(&["workflow", "run", &file.display().to_string(), "--stream"]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("↻ draft"), "{}", out.stderr);
+    let analyst: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("[draft/analyst]"))
+        .collect();
+    assert_eq!(analyst.len(), 2, "one line per attempt: {}", out.stdout);
+    for line in analyst {
+        assert_eq!(
+            line.matches("The sources agree").count(),
+            1,
+            "{}",
+            out.stdout
+        );
+    }
+}

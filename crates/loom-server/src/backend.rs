@@ -3,6 +3,7 @@
 //! ([`RemoteRuns`], `loom serve --redis`: the Redis chunk streams are the logs). The routes,
 //! the SSE bodies and the WebSocket use only this module's types.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
@@ -179,6 +180,51 @@ impl RunRef {
         }
     }
 
+    /// Reads the run from `cursor` to its terminal chunk, handing `each` its chunks in order,
+    /// for a reader that wants the run's outcome rather than every chunk (`/run`, a
+    /// non-streaming dialect answer). An embedded log that outgrew its bound may have dropped
+    /// chunks before they were read (the log always keeps the terminal): `each` is then
+    /// told of the [`Gap`](Through::Gap), and reading goes on from the oldest chunk held.
+    /// `each` breaks to stop early.
+    pub(crate) async fn read_through(
+        &self,
+        mut cursor: Option<u64>,
+        mut each: impl FnMut(Through<'_>) -> ControlFlow<()>,
+    ) -> Result<(), ApiError> {
+        'read: loop {
+            let mut feed = match self.open(cursor).await {
+                Ok(Some(feed)) => feed,
+                Ok(None) => return Ok(()),
+                Err(ApiError::CursorExpired(expired)) => {
+                    cursor = Some(expired.oldest.saturating_sub(1));
+                    if each(Through::Gap).is_break() {
+                        return Ok(());
+                    }
+                    continue 'read;
+                }
+                Err(e) => return Err(e),
+            };
+            loop {
+                match feed.next().await {
+                    Ok(Some(chunks)) => {
+                        cursor = chunks.last().map(|c| c.seq).or(cursor);
+                        if each(Through::Chunks(&chunks)).is_break() {
+                            return Ok(());
+                        }
+                    }
+                    Ok(None) => return Ok(()),
+                    Err(expired) => {
+                        cursor = Some(expired.oldest.saturating_sub(1));
+                        if each(Through::Gap).is_break() {
+                            return Ok(());
+                        }
+                        continue 'read;
+                    }
+                }
+            }
+        }
+    }
+
     /// The run's status.
     pub(crate) async fn info(&self) -> Result<RunInfo, ApiError> {
         match self {
@@ -197,6 +243,14 @@ impl RunRef {
             Self::Remote(run) => run.cancel().await,
         }
     }
+}
+
+/// What [`RunRef::read_through`] hands its reader.
+pub(crate) enum Through<'a> {
+    /// The next chunks, in order.
+    Chunks(&'a [Arc<LoggedChunk>]),
+    /// Chunks were dropped before they were read: what follows is not the whole run.
+    Gap,
 }
 
 /// A reader of a run, counted while it lives.

@@ -70,6 +70,8 @@ impl ApiError {
             Self::Run(err) => match err.code() {
                 ErrorCode::BadInput => StatusCode::UNPROCESSABLE_ENTITY,
                 ErrorCode::NotFound => StatusCode::NOT_FOUND,
+                // Stopped on purpose (`DELETE`, a shutdown): no fault, and not to be retried.
+                ErrorCode::Cancelled => StatusCode::CONFLICT,
                 ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
                 ErrorCode::Upstream => StatusCode::BAD_GATEWAY,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -83,6 +85,17 @@ impl ApiError {
         match self {
             Self::Run(err) => err.message().to_owned(),
             other => other.to_string(),
+        }
+    }
+
+    /// Whether sending the same request again may succeed: a busy or unavailable server, or a
+    /// run that failed in a way that may pass (DESIGN.md §3: `timeout`, `worker_lost`,
+    /// `upstream`).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::TooManyStreams { .. } | Self::ShuttingDown | Self::Unavailable(_) => true,
+            Self::Run(err) => err.is_retryable(),
+            _ => false,
         }
     }
 

@@ -4,18 +4,21 @@
 //! [`crate::sse`] (streams) or read it to the end (`/run`). Every failure before a stream
 //! starts is an [`ApiError`].
 
+use std::ops::ControlFlow;
+
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Query, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use loom_core::{ChunkType, StreamChunk};
 use serde_json::{json, Value};
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 use crate::auth::require_key;
+use crate::backend::Through;
 use crate::dialect;
 use crate::error::ApiError;
 use crate::extract::{
@@ -24,7 +27,7 @@ use crate::extract::{
 };
 use crate::runlog::RunTarget;
 use crate::runs::StartRequest;
-use crate::sse::{self, StreamGuards, RUN_ID_HEADER};
+use crate::sse::{self, Overtaken, StreamGuards, RUN_ID_HEADER};
 use crate::state::ServerState;
 use crate::store::DisconnectPolicy;
 use crate::tokens::TOKEN_TTL;
@@ -96,11 +99,9 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
         CorsLayer::new()
             .allow_origin(allow)
             .allow_methods([Method::GET, Method::POST, Method::DELETE])
-            .allow_headers([
-                header::AUTHORIZATION,
-                header::CONTENT_TYPE,
-                HeaderName::from_static("last-event-id"),
-            ])
+            // Whatever a page's client sends (`Last-Event-ID`, `traceparent`, the openai
+            // SDK's `x-stainless-*`): the origins are what CORS restricts here.
+            .allow_headers(AllowHeaders::mirror_request())
             .expose_headers([RUN_ID_HEADER]),
     )
 }
@@ -151,32 +152,15 @@ async fn run_actor(
     // Dropped with this handler when the client goes away: the run is then cancelled like a
     // direct stream's.
     let _attachment = run.attach().await?;
-    // An embedded log that outgrows its bound drops chunks not read yet, even between two
-    // reads here: only the terminal matters, and the log always keeps it, so reading goes on
-    // from the oldest chunk held.
+    // Only the terminal matters, and a log always keeps it.
     let mut last = None;
-    let mut cursor = None;
-    'read: loop {
-        let mut feed = match run.open(cursor).await {
-            Ok(Some(feed)) => feed,
-            Ok(None) => break,
-            Err(ApiError::CursorExpired(expired)) => {
-                cursor = Some(expired.oldest.saturating_sub(1));
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        loop {
-            match feed.next().await {
-                Ok(Some(chunks)) => last = chunks.last().cloned(),
-                Ok(None) => break 'read,
-                Err(expired) => {
-                    cursor = Some(expired.oldest.saturating_sub(1));
-                    continue 'read;
-                }
-            }
+    run.read_through(None, |read| {
+        if let Through::Chunks(chunks) = read {
+            last = chunks.last().cloned();
         }
-    }
+        ControlFlow::Continue(())
+    })
+    .await?;
     let terminal: StreamChunk = last
         .filter(|c| c.kind.is_terminal())
         .and_then(|c| serde_json::from_slice(&c.json).ok())
@@ -260,7 +244,14 @@ async fn direct_stream(
         // Only a cursor can be at the terminal chunk.
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
-    Ok(sse::response(state, run.id(), feed, guards, sse::frames))
+    Ok(sse::response(
+        state,
+        run.id(),
+        feed,
+        guards,
+        Overtaken::Leave,
+        sse::frames,
+    ))
 }
 
 /// `POST /v1/runs`: a detached run, `201 {run_id, stream_url}`.
@@ -340,5 +331,12 @@ async fn join_run(
     if cursor.is_some() {
         state.metrics().resumed();
     }
-    Ok(sse::response(&state, &id, feed, guards, sse::frames))
+    Ok(sse::response(
+        &state,
+        &id,
+        feed,
+        guards,
+        Overtaken::Leave,
+        sse::frames,
+    ))
 }

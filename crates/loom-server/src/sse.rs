@@ -3,9 +3,13 @@
 //! Each chunk is `id: <seq>\nevent: <type>\ndata: <chunk json>\n\n`; an idle stream gets a
 //! `: keep-alive\n\n` comment every keep-alive interval. The body is polled only when the
 //! socket takes more, so a back-pressured stream gets no keep-alives and costs only its
-//! [`Feed`]'s cursor. A reader whose cursor the log dropped is disconnected without a
-//! terminal; its client resumes and gets `410 cursor_expired`. A chunk the log does not hold
-//! (a verdict the server made when it lost Redis) has no `id:` line.
+//! [`Feed`]'s cursor. The keep-alive counts from the last bytes written, so a run whose
+//! chunks a dialect renders as nothing (progress, in the OpenAI dialects) still keeps its
+//! connection alive. A reader whose cursor the log dropped is disconnected
+//! ([`Overtaken`]): on Loom's own frames without a terminal — its client resumes and gets
+//! `410 cursor_expired` — and in a dialect, whose official clients do not resume, after an
+//! `error` that says the stream is incomplete. A chunk the log does not hold (a verdict the
+//! server made when it lost Redis, or that one) has no `id:` line.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,11 +19,13 @@ use axum::body::Body;
 use axum::http::{header, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
+use loom_core::{ActorError, StreamChunk};
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
 
 use crate::backend::{Attachment, Feed};
 use crate::metrics::Metrics;
-use crate::runlog::LoggedChunk;
+use crate::runlog::{CursorExpired, LoggedChunk};
 use crate::state::ServerState;
 
 /// The comment an idle stream gets (a line starting with `:` is ignored by clients).
@@ -37,6 +43,16 @@ pub(crate) struct StreamGuards {
     pub(crate) _permit: OwnedSemaphorePermit,
 }
 
+/// What a stream whose reader fell behind the log (its cursor dropped) ends with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Overtaken {
+    /// Nothing: the client resumes from its cursor and is told `410` (Loom's own frames).
+    Leave,
+    /// An `error` chunk the log does not hold, rendered as the dialect renders errors, so a
+    /// client that cannot resume never takes a cut stream for a whole one.
+    Fail,
+}
+
 /// An SSE response streaming `feed`'s chunks of run `run_id` until the terminal chunk, each
 /// batch rendered by `render`: Loom's own [`frames`], or a dialect's events.
 pub(crate) fn response<F>(
@@ -44,6 +60,7 @@ pub(crate) fn response<F>(
     run_id: &str,
     feed: Feed,
     guards: StreamGuards,
+    overtaken: Overtaken,
     render: F,
 ) -> Response
 where
@@ -52,24 +69,38 @@ where
     let state = BodyState {
         feed,
         keep_alive: server.config().keep_alive,
+        written: Instant::now(),
+        overtaken: Some(overtaken),
         metrics: Arc::clone(server.metrics()),
         render,
         _guards: guards,
     };
     let body = futures::stream::unfold(state, |mut state| async move {
-        let bytes = match tokio::time::timeout(state.keep_alive, state.feed.next()).await {
-            Err(_idle) => Bytes::from_static(KEEP_ALIVE),
-            Ok(Ok(Some(chunks))) => {
-                state.metrics.chunks_sent(chunks.len());
-                (state.render)(&chunks)
-            }
-            Ok(Ok(None)) => return None,
-            Ok(Err(expired)) => {
-                tracing::debug!(%expired, "reader fell behind the log: disconnecting it");
-                state.metrics.slow_reader_dropped();
-                return None;
+        let overtaken = state.overtaken?;
+        let bytes = loop {
+            let quiet = state.keep_alive.saturating_sub(state.written.elapsed());
+            match tokio::time::timeout(quiet, state.feed.next()).await {
+                Err(_idle) => break Bytes::from_static(KEEP_ALIVE),
+                Ok(Ok(Some(chunks))) => {
+                    state.metrics.chunks_sent(chunks.len());
+                    let bytes = (state.render)(&chunks);
+                    if !bytes.is_empty() {
+                        break bytes;
+                    }
+                }
+                Ok(Ok(None)) => return None,
+                Ok(Err(expired)) => {
+                    tracing::debug!(%expired, "reader fell behind the log: disconnecting it");
+                    state.metrics.slow_reader_dropped();
+                    if overtaken == Overtaken::Leave {
+                        return None;
+                    }
+                    state.overtaken = None;
+                    break (state.render)(&[fell_behind(expired)]);
+                }
             }
         };
+        state.written = Instant::now();
         Some((Ok::<_, Infallible>(bytes), state))
     });
     let mut response = Body::from_stream(body).into_response();
@@ -89,9 +120,30 @@ where
     response
 }
 
+/// The `error` a [`Overtaken::Fail`] stream ends with.
+fn fell_behind(expired: CursorExpired) -> Arc<LoggedChunk> {
+    let seq = expired.cursor.map_or(0, |c| c + 1);
+    let error = ActorError::internal(format!(
+        "this stream fell behind the run's log, which dropped chunks {seq} to {} before they \
+         were sent: what was sent is incomplete (the run goes on; fetch its result)",
+        expired.oldest.saturating_sub(1)
+    ));
+    let chunk = StreamChunk::error(seq, &error);
+    Arc::new(LoggedChunk {
+        seq,
+        kind: chunk.kind,
+        json: chunk.to_json().into(),
+        in_log: false,
+    })
+}
+
 struct BodyState<F> {
     feed: Feed,
     keep_alive: Duration,
+    /// When bytes were last written: the keep-alive is due a `keep_alive` after.
+    written: Instant,
+    /// `None` once the stream said it fell behind: it ends.
+    overtaken: Option<Overtaken>,
     metrics: Arc<Metrics>,
     render: F,
     _guards: StreamGuards,

@@ -7,11 +7,18 @@
 //! `GET /v1/runs/{id}/stream`). The server pings an idle socket every keep-alive interval.
 //! A message the server cannot take gets a `{"error":{"code","message"}}` text frame. A socket
 //! holds one of the server's streams from its upgrade, so one that sends no `start` within two
-//! keep-alive intervals gets an error frame and is closed: a client gone silent cannot keep
-//! it.
+//! keep-alive intervals gets an error frame and is closed, and one that takes no frame for as
+//! long (it stopped reading) is dropped: a client gone silent cannot keep it.
+//!
+//! The close frame says why: `1000` after the terminal chunk, `1008` for a request the
+//! server refuses (an error frame comes first), `1011` for a failure of the server's, and
+//! `4000` when the reader fell behind the run's log (it rejoins with a cursor at
+//! `GET /v1/runs/{id}/stream`).
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use std::time::Duration;
+
+use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
 use bytes::Bytes;
@@ -58,23 +65,69 @@ fn error_frame(err: &ApiError) -> Message {
     Message::Text(body.to_string().into())
 }
 
+/// The close code of a socket that ends with `err`.
+fn close_code(err: &ApiError) -> u16 {
+    if err.status().is_server_error() {
+        close_code::ERROR
+    } else {
+        close_code::POLICY
+    }
+}
+
+/// The close code of a reader that fell behind the run's log.
+const FELL_BEHIND: u16 = 4000;
+
+/// A socket whose sends give up when the client takes no frame for `patience`.
+struct Socket {
+    socket: WebSocket,
+    patience: Duration,
+}
+
+impl Socket {
+    /// Sends `message`; `false` when the client is gone or stopped reading.
+    async fn send(&mut self, message: Message) -> bool {
+        matches!(
+            tokio::time::timeout(self.patience, self.socket.send(message)).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// Sends `err` as an error frame (see the module docs).
+    async fn error(&mut self, err: &ApiError) -> bool {
+        self.send(error_frame(err)).await
+    }
+
+    /// Closes with `code` and `reason`.
+    async fn close(&mut self, code: u16, reason: &'static str) {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let _ = self.send(Message::Close(Some(frame))).await;
+    }
+}
+
 async fn session(
-    mut socket: WebSocket,
+    socket: WebSocket,
     state: ServerState,
     actor: String,
     traceparent: Option<String>,
     _permit: OwnedSemaphorePermit,
 ) {
     let wait = state.config().keep_alive.saturating_mul(2);
+    let mut socket = Socket {
+        socket,
+        patience: wait,
+    };
     let deadline = tokio::time::sleep(wait);
     tokio::pin!(deadline);
     let (input, timeout) = loop {
         let message = tokio::select! {
-            message = socket.recv() => message,
+            message = socket.socket.recv() => message,
             () = &mut deadline => {
                 let err = ApiError::BadRequest(format!("no start message within {wait:?}"));
-                let _ = socket.send(error_frame(&err)).await;
-                let _ = socket.send(Message::Close(None)).await;
+                socket.error(&err).await;
+                socket.close(close_code::POLICY, "no start message").await;
                 return;
             }
         };
@@ -84,7 +137,9 @@ async fn session(
                 Ok(ClientMessage::Cancel) => continue,
                 Err(e) => {
                     let err = ApiError::BadRequest(format!("not a Loom message: {e}"));
-                    let _ = socket.send(error_frame(&err)).await;
+                    if !socket.error(&err).await {
+                        return;
+                    }
                 }
             },
             Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
@@ -95,8 +150,10 @@ async fn session(
     {
         Ok(opened) => opened,
         Err(err) => {
-            let _ = socket.send(error_frame(&err)).await;
-            let _ = socket.send(Message::Close(None)).await;
+            socket.error(&err).await;
+            socket
+                .close(close_code(&err), "the run could not start")
+                .await;
             return;
         }
     };
@@ -107,34 +164,35 @@ async fn session(
                 Ok(Some(chunks)) => {
                     for chunk in chunks {
                         let Ok(text) = String::from_utf8(chunk.json.to_vec()) else { return };
-                        if socket.send(Message::Text(text.into())).await.is_err() {
+                        if !socket.send(Message::Text(text.into())).await {
                             return;
                         }
                     }
                 }
-                // The terminal chunk is sent: a normal close. An overtaken reader is closed
-                // too (it rejoins with a cursor at `GET /v1/runs/{id}/stream`).
-                Ok(None) | Err(_) => {
-                    let _ = socket.send(Message::Close(None)).await;
+                Ok(None) => {
+                    socket.close(close_code::NORMAL, "the run ended").await;
+                    return;
+                }
+                Err(_) => {
+                    socket.close(FELL_BEHIND, "fell behind the run's log: rejoin with a cursor").await;
                     return;
                 }
             },
-            message = socket.recv() => match message {
-                Some(Ok(Message::Text(text))) => match serde_json::from_str(text.as_str()) {
-                    Ok(ClientMessage::Cancel) => {
-                        if let Err(err) = run.cancel().await {
-                            let _ = socket.send(error_frame(&err)).await;
+            message = socket.socket.recv() => match message {
+                Some(Ok(Message::Text(text))) => {
+                    let refused = match serde_json::from_str(text.as_str()) {
+                        Ok(ClientMessage::Cancel) => run.cancel().await.err(),
+                        Ok(ClientMessage::Start { .. }) => {
+                            Some(ApiError::BadRequest("this socket's run has started".into()))
+                        }
+                        Err(e) => Some(ApiError::BadRequest(format!("not a Loom message: {e}"))),
+                    };
+                    if let Some(err) = refused {
+                        if !socket.error(&err).await {
+                            return;
                         }
                     }
-                    Ok(ClientMessage::Start { .. }) => {
-                        let err = ApiError::BadRequest("this socket's run has started".into());
-                        let _ = socket.send(error_frame(&err)).await;
-                    }
-                    Err(e) => {
-                        let err = ApiError::BadRequest(format!("not a Loom message: {e}"));
-                        let _ = socket.send(error_frame(&err)).await;
-                    }
-                },
+                }
                 Some(Ok(Message::Close(_))) => {
                     if let Err(err) = run.cancel().await {
                         tracing::warn!(run_id = run.id(), error = %err, "could not cancel on close");
@@ -145,7 +203,7 @@ async fn session(
                 Some(Err(_)) | None => return,
             },
             _ = tokio::time::sleep(keep_alive) => {
-                if socket.send(Message::Ping(Bytes::new())).await.is_err() {
+                if !socket.send(Message::Ping(Bytes::new())).await {
                     return;
                 }
             }

@@ -60,6 +60,49 @@ async fn run_returns_the_result_and_the_actors_bad_input_is_422() {
     assert_eq!((status, code.as_str()), (422, "bad_input"));
 }
 
+/// A run stopped on purpose is no server fault: `/run` answers 409 `cancelled`. The OpenAI
+/// routes tell the official SDKs, which send again on 409 and any 5xx, whether a failure may
+/// pass (`x-should-retry`): a cancelled or refused run must not start again.
+#[tokio::test]
+async fn a_cancelled_run_is_409_and_openai_clients_are_told_what_not_to_retry() {
+    let server = TestServer::default_config().await;
+    let slow = json!({ "input": slow_batch(500, 20) });
+    let run = server.post("/v1/actors/batch/run", &slow);
+    let cancel = async {
+        let id = within(async {
+            loop {
+                let runs: Value = server.get("/v1/runs").await.json().await.unwrap();
+                if let Some(id) = runs["runs"][0]["run_id"].as_str() {
+                    return id.to_owned();
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert_eq!(server.delete(&format!("/v1/runs/{id}")).await.status(), 202);
+    };
+    let (response, ()) = tokio::join!(run, cancel);
+    let (status, code, _) = error_of(response).await;
+    assert_eq!((status, code.as_str()), (409, "cancelled"));
+
+    let refused = server
+        .post(
+            "/v1/chat/completions",
+            &json!({ "model": "batch", "messages": [{ "role": "user", "content": "{\"bogus\": 1}" }] }),
+        )
+        .await;
+    assert_eq!(refused.status(), 422);
+    assert_eq!(refused.headers()["x-should-retry"], "false");
+    let unknown = server
+        .post(
+            "/v1/chat/completions",
+            &json!({ "model": "nobody", "messages": [{ "role": "user", "content": "hi" }] }),
+        )
+        .await;
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(unknown.headers()["x-should-retry"], "false");
+}
+
 #[tokio::test]
 async fn bodies_are_json_whatever_their_content_type_and_empty_is_an_empty_envelope() {
     let server = TestServer::default_config().await;
@@ -390,6 +433,11 @@ async fn cors_is_off_by_default_and_answers_only_the_configured_origins() {
             )
             .header("origin", origin)
             .header("access-control-request-method", "POST")
+            // What the openai SDK sends from a browser, besides the usual ones.
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type,traceparent,x-stainless-os",
+            )
             .send()
     };
     let off = TestServer::default_config().await;
@@ -409,6 +457,13 @@ async fn cors_is_off_by_default_and_answers_only_the_configured_origins() {
     assert_eq!(
         response.headers()["access-control-allow-origin"],
         "https://app.example"
+    );
+    let allowed = response.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap();
+    assert!(
+        allowed.contains("traceparent") && allowed.contains("x-stainless-os"),
+        "{allowed}"
     );
     let other = within(preflight(&on, "https://evil.example"))
         .await

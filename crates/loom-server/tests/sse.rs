@@ -427,3 +427,140 @@ async fn run_answers_with_the_result_even_when_the_log_dropped_chunks_before_it_
         assert_eq!(body["processed"], 5000, "{body}");
     }
 }
+
+/// A finished response whose log kept only its last chunks (the log's bound) is still
+/// retrieved and cancelled, whole: its text then comes from the terminal chunk's result, never
+/// from what is left of its tokens, and never a `410` for a cursor the client never sent.
+#[tokio::test]
+async fn a_response_whose_log_dropped_its_start_is_retrieved_from_its_result() {
+    let words = actor_fn("words", |_, _| {
+        try_stream! {
+            for _ in 0..200 {
+                yield Output::token("w ");
+            }
+            yield Output::complete(json!({ "text": "two hundred words" }));
+        }
+    });
+    let mut registry = Registry::with_builtins();
+    registry.register(words);
+    let config = ServerConfig {
+        log_limits: LogLimits {
+            max_chunks: 20,
+            ..LogLimits::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start_with(registry, config).await;
+    let created: serde_json::Value = server
+        .post(
+            "/v1/responses",
+            &json!({ "model": "words", "input": "go", "background": true }),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().expect("an id").to_owned();
+    let run_id = id.strip_prefix("resp_").expect("resp_ id");
+    assert_eq!(server.finished(run_id).await["status"], "complete");
+    for response in [
+        server.get(&format!("/v1/responses/{id}")).await,
+        server
+            .post(&format!("/v1/responses/{id}/cancel"), &json!({}))
+            .await,
+    ] {
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["status"], "completed", "{body}");
+        assert_eq!(
+            body["output"][0]["content"][0]["text"], "two hundred words",
+            "{body}"
+        );
+    }
+}
+
+/// A chat stream whose run sends only what the dialect renders as nothing (progress) still
+/// gets its keep-alives: they count from the last bytes written, not the last chunk.
+#[tokio::test]
+async fn a_dialect_stream_of_chunks_it_does_not_render_still_gets_keep_alives() {
+    let ticker = actor_fn("ticker", |_, _| {
+        try_stream! {
+            for n in 1..=20u64 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                yield Output::progress(n, Some(20), "tick");
+            }
+            yield Output::complete(json!({ "text": "done" }));
+        }
+    });
+    let mut registry = Registry::with_builtins();
+    registry.register(ticker);
+    let config = ServerConfig {
+        keep_alive: Duration::from_millis(100),
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start_with(registry, config).await;
+    let response = server
+        .post(
+            "/v1/chat/completions",
+            &json!({ "model": "ticker", "stream": true, "messages": [{ "role": "user", "content": "go" }] }),
+        )
+        .await;
+    let body = within(response.bytes()).await.unwrap();
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains(": keep-alive\n\n"), "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+}
+
+/// A chat stream overtaken by the log's bound — the OpenAI SDKs cannot resume — ends with an
+/// error saying so, never as if the answer were whole.
+#[tokio::test]
+async fn a_chat_stream_overtaken_by_the_log_bound_ends_with_an_error() {
+    let gate = Arc::new(Semaphore::new(0));
+    let flood = {
+        let gate = Arc::clone(&gate);
+        actor_fn("flood", move |_input, _ctx| {
+            let gate = Arc::clone(&gate);
+            try_stream! {
+                yield Output::token("first");
+                let _open = gate.acquire_owned().await.map_err(|_| ActorError::internal("gate"))?;
+                for _ in 1..100_000u64 {
+                    yield Output::token("x".repeat(400));
+                }
+                yield Output::complete(json!(null));
+            }
+        })
+    };
+    let mut registry = Registry::with_builtins();
+    registry.register(flood);
+    let config = ServerConfig {
+        log_limits: LogLimits {
+            max_chunks: 100,
+            max_bytes: usize::MAX,
+            ..LogLimits::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start_with(registry, config).await;
+    let response = server
+        .post(
+            "/v1/chat/completions",
+            &json!({ "model": "flood", "stream": true, "messages": [{ "role": "user", "content": "go" }] }),
+        )
+        .await;
+    let id = response.headers()["loom-run-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut reader = SseReader::new(response);
+    let first = reader.next_chunk().await.expect("the role chunk");
+    assert!(first.data.is_some());
+    gate.add_permits(1);
+    assert_eq!(server.finished(&id).await["status"], "complete");
+    let mut last = None;
+    while let Some(frame) = reader.next_chunk().await {
+        last = frame.data;
+    }
+    let last = last.expect("frames after the gate");
+    let message = last["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("fell behind"), "{last}");
+}

@@ -66,10 +66,67 @@ async fn a_run_streams_as_text_frames_then_the_server_closes() {
         json!({ "type": "complete", "seq": 1, "data": { "a": 1 } })
     );
     assert_eq!(
-        next_json(&mut socket).await,
-        None,
+        close_code(&mut socket).await,
+        Some(1000),
         "closed after the terminal"
     );
+}
+
+/// The code of the close frame that ends the socket (skipping anything before it).
+async fn close_code(socket: &mut Socket) -> Option<u16> {
+    loop {
+        match within(socket.next()).await? {
+            Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
+            Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// A client that starts a run and then reads nothing is dropped once the server's sends
+/// have waited two keep-alive intervals, and its stream is free again.
+#[tokio::test]
+async fn a_socket_that_stops_reading_is_dropped_and_gives_its_stream_back() {
+    // 64 MB at once: more than loopback's buffers take (up to 32 MB received, 4 MB sent).
+    let flood = loom_core::actor_fn("flood", |_, _| {
+        loom_core::try_stream! {
+            for _ in 0..1_000 {
+                yield loom_core::Output::token("x".repeat(64 * 1024));
+            }
+            yield loom_core::Output::complete(Value::Null);
+        }
+    });
+    let mut registry = loom_core::Registry::with_builtins();
+    registry.register(flood);
+    let config = ServerConfig {
+        keep_alive: std::time::Duration::from_millis(100),
+        max_streams: 1,
+        // The log holds the whole run: the reader is never overtaken, only stuck.
+        log_limits: loom_server::LogLimits {
+            max_bytes: usize::MAX,
+            max_total_bytes: usize::MAX,
+            ..loom_server::LogLimits::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start_with(registry, config).await;
+    let mut deaf = connect(&server, "flood").await;
+    send(&mut deaf, json!({ "action": "start" })).await;
+    let url = format!("{}/v1/actors/echo/ws", server.base.replace("http", "ws"));
+    let began = std::time::Instant::now();
+    let mut next = within(async {
+        loop {
+            match tokio_tungstenite::connect_async(url.as_str()).await {
+                Ok((socket, _)) => return socket,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        }
+    })
+    .await;
+    eprintln!("second socket after {:?}", began.elapsed());
+    send(&mut next, json!({ "action": "start", "input": { "b": 2 } })).await;
+    assert_eq!(next_json(&mut next).await.expect("start")["type"], "start");
+    drop(deaf);
 }
 
 #[tokio::test]

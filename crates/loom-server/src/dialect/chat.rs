@@ -18,6 +18,7 @@
 //! **Disconnect cancels the run** at once (no grace): a chat client that goes away does not
 //! come back for the same completion.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -33,10 +34,11 @@ use super::{
     conversation_input, openai_error_body, parse, result_text, sampling, speaker, start_request,
     target, token, OpenAiError,
 };
+use crate::backend::Through;
 use crate::error::ApiError;
 use crate::extract::{LoomJson, TraceParent};
 use crate::runlog::LoggedChunk;
-use crate::sse::{self, StreamGuards};
+use crate::sse::{self, Overtaken, StreamGuards};
 use crate::state::ServerState;
 use crate::store::DisconnectPolicy;
 
@@ -220,9 +222,6 @@ pub(crate) async fn completions(
         ))
         .await?;
     let attachment = run.attach().await?;
-    let Some(mut feed) = run.open(None).await? else {
-        return Err(ApiError::ShuttingDown.into());
-    };
     let head = Head {
         id: format!("chatcmpl-{}", run.id()),
         created: SystemTime::now()
@@ -231,6 +230,9 @@ pub(crate) async fn completions(
         model: request.model,
     };
     if let Some(permit) = permit {
+        let Some(feed) = run.open(None).await? else {
+            return Err(ApiError::ShuttingDown.into());
+        };
         let include_usage = request.stream_options.is_some_and(|o| o.include_usage);
         let guards = StreamGuards {
             _attachment: attachment,
@@ -247,6 +249,7 @@ pub(crate) async fn completions(
             run.id(),
             feed,
             guards,
+            Overtaken::Fail,
             move |chunks| stream.frames(chunks),
         ));
     }
@@ -254,11 +257,26 @@ pub(crate) async fn completions(
     let mut mapping = ChatMapping::default();
     let mut text = String::new();
     let mut finish = None;
-    while let Some(chunks) = feed.next().await.map_err(ApiError::from)? {
+    let mut failed = None;
+    // Where the log dropped chunks before they were read, the answer is the terminal chunk's
+    // (its result holds the whole text), never a text with a hole in it.
+    let mut whole = true;
+    run.read_through(None, |read| {
+        let chunks = match read {
+            Through::Chunks(chunks) => chunks,
+            Through::Gap => {
+                whole = false;
+                (mapping, text) = (ChatMapping::default(), String::new());
+                return ControlFlow::Continue(());
+            }
+        };
         for logged in chunks {
-            let Some(chunk) = parse(&logged) else {
+            let Some(chunk) = parse(logged) else {
                 continue;
             };
+            if !whole && !chunk.is_terminal() {
+                continue;
+            }
             for delta in mapping.map(&chunk) {
                 match delta {
                     Delta::Text(t) => text.push_str(&t),
@@ -273,11 +291,17 @@ pub(crate) async fn completions(
                         finish = Some((reason, usage, calls));
                     }
                     Delta::Error(info) => {
-                        return Err(ApiError::Run(ActorError::from(info)).into());
+                        failed = Some(info);
+                        return ControlFlow::Break(());
                     }
                 }
             }
         }
+        ControlFlow::Continue(())
+    })
+    .await?;
+    if let Some(info) = failed {
+        return Err(ApiError::Run(ActorError::from(info)).into());
     }
     let (reason, usage, calls) = finish.ok_or(ApiError::ShuttingDown)?;
     let mut message = json!({ "role": "assistant", "content": text });

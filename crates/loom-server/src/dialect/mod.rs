@@ -20,7 +20,7 @@ pub(crate) mod chat;
 mod properties;
 pub(crate) mod responses;
 
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use loom_core::StreamChunk;
@@ -31,7 +31,7 @@ use crate::backend::RunRef;
 use crate::error::ApiError;
 use crate::runlog::{LoggedChunk, RunStatus, RunTarget};
 use crate::runs::StartRequest;
-use crate::sse::{self, StreamGuards};
+use crate::sse::{self, Overtaken, StreamGuards};
 use crate::state::ServerState;
 use crate::store::DisconnectPolicy;
 use bytes::Bytes;
@@ -229,6 +229,7 @@ pub(crate) async fn serve_numbered<M: NumberedEvents>(
         run.id(),
         feed,
         guards,
+        Overtaken::Fail,
         move |chunks| events.frames(chunks),
     ))
 }
@@ -338,8 +339,15 @@ impl IntoResponse for OpenAiError {
     fn into_response(self) -> Response {
         let status = self.0.status();
         let body = openai_error_body(status, self.0.code(), &self.0.message());
+        // The official SDKs send a request again on 408, 409, 429 and any 5xx unless told
+        // not to: a run that failed for good, or was cancelled, must not start again.
+        let retry = self.0.is_retryable();
         let mut response = self.0.into_response();
         *response.body_mut() = Json(body).into_response().into_body();
+        response.headers_mut().insert(
+            "x-should-retry",
+            HeaderValue::from_static(if retry { "true" } else { "false" }),
+        );
         response
     }
 }

@@ -26,6 +26,7 @@
 //! until it ends or is cancelled. Any other response is cancelled when its client goes away.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::extract::rejection::QueryRejection;
@@ -40,7 +41,7 @@ use super::{
     chat_tools, conversation_input, parse, result_text, sampling, serve_numbered, speaker,
     start_request, target, token, Numbered, NumberedEvents, OpenAiError,
 };
-use crate::backend::RunRef;
+use crate::backend::{RunRef, Through};
 use crate::error::ApiError;
 use crate::extract::{LoomJson, LoomPath, TraceParent};
 use crate::runlog::RunInfo;
@@ -593,29 +594,41 @@ async fn find(state: &ServerState, id: &str) -> Result<RunRef, ApiError> {
 
 /// The mapping fed the run's chunks from `seq` 0: up to `until` (the last `seq` written, for a
 /// snapshot that does not wait; `Some(None)`: nothing written yet), or to the terminal chunk.
+/// Where the log dropped chunks before they were read, the mapping starts again and takes only
+/// the terminal chunk (whose result holds the whole text), never a text with a hole in it.
 async fn replay(
     run: &RunRef,
     head: Head,
     until: Option<Option<u64>>,
 ) -> Result<ResponsesMapping, ApiError> {
-    let mut mapping = ResponsesMapping::new(head);
+    let mut mapping = ResponsesMapping::new(head.clone());
     if until == Some(None) {
         return Ok(mapping);
     }
-    let Some(mut feed) = run.open(None).await? else {
-        return Ok(mapping);
-    };
-    while let Some(chunks) = feed.next().await? {
+    let mut whole = true;
+    run.read_through(None, |read| {
+        let chunks = match read {
+            Through::Chunks(chunks) => chunks,
+            Through::Gap => {
+                whole = false;
+                mapping = ResponsesMapping::new(head.clone());
+                return ControlFlow::Continue(());
+            }
+        };
         for logged in chunks {
-            let Some(chunk) = parse(&logged) else {
+            let Some(chunk) = parse(logged) else {
                 continue;
             };
-            mapping.map(&chunk);
+            if whole || chunk.is_terminal() {
+                mapping.map(&chunk);
+            }
             if until.flatten().is_some_and(|last| chunk.seq >= last) {
-                return Ok(mapping);
+                return ControlFlow::Break(());
             }
         }
-    }
+        ControlFlow::Continue(())
+    })
+    .await?;
     Ok(mapping)
 }
 

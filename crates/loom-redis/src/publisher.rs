@@ -53,7 +53,7 @@ use crate::client::Client;
 use crate::conn::{redirect, Redirect};
 use crate::error::Error;
 use crate::keys::check_name;
-use crate::script::{self, WriteKeys, Written};
+use crate::script::{self, RunKeys, Written};
 
 /// Chunks read ahead of the batch in flight: enough to fill one large batch while the
 /// previous one is on its way, small enough (a few hundred KiB of tokens) to be the worker's
@@ -98,11 +98,7 @@ impl Publisher {
         let writer = Writer {
             client: client.clone(),
             shared: false,
-            keys: WriteKeys {
-                stream: client.keys().stream(run_id),
-                lease: client.keys().lease(run_id),
-                bell: client.keys().bell(run_id),
-            },
+            keys: RunKeys::new(client.keys(), run_id),
             owner: owner.to_owned(),
             run,
             ttl: options.stream_ttl.as_secs(),
@@ -201,7 +197,7 @@ struct Writer {
     /// On a cluster, whether the writer goes through the cluster connection: its own one
     /// failed (see [`write_once`](Writer::write_once)).
     shared: bool,
-    keys: WriteKeys,
+    keys: RunKeys,
     /// The attempt token the lease must hold for a batch to be written.
     owner: String,
     /// Cancelled when the writer is fenced off.

@@ -109,8 +109,15 @@ impl RemoteInvoker {
     /// Reads the run `run_id` after entry `from` (from its start when `None`), waiting for a
     /// worker to pick it up if it is still queued, for at most the `pickup_timeout`. Unlike
     /// [`Client::tail`], the stream need not exist yet. Dropping the result does not cancel.
+    /// Fails with [`Error::EntryIdPastEnd`] when the stream exists and `from` is past its
+    /// last entry; a `from` at or past its terminal gives an empty stream.
     pub async fn attach(&self, run_id: &str, from: Option<EntryId>) -> Result<EntryStream, Error> {
         check_name("run id", run_id)?;
+        if let Some(from) = from {
+            if self.client.read_at_end(run_id, from).await? {
+                return Ok(reader::ended(run_id));
+            }
+        }
         let options = self.client.options();
         // No deadline here: a detached run may rightly go on for longer than any default,
         // and its worker enforces the deadline it was given.
@@ -159,7 +166,10 @@ impl RemoteInvoker {
         self.enqueue(&request).await?;
         queueing.disarm();
         let chunks = entries.map(move |entry| {
-            if entry.chunk.is_terminal() {
+            // Only a terminal from the stream ends the run; one the reader made itself (Redis
+            // out of reach, a verdict it could not write) does not, and dropping the stream
+            // must still cancel the run.
+            if entry.chunk.is_terminal() && entry.id.is_some() {
                 done.cancel();
             }
             entry.chunk

@@ -14,8 +14,8 @@
 //!
 //! | script | keys | used by |
 //! |---|---|---|
-//! | [`write_batch`] | stream, lease, bell | the publisher: append a batch while the lease is ours |
-//! | [`end_run`] | stream, cancel, bell | a reader: end a run with `worker_lost`/`timeout` |
+//! | [`write_batch`] | stream, lease, bell, record, readers | the publisher: append a batch while the lease is ours |
+//! | [`end_run`] | stream, lease, bell, record, readers, cancel | a reader: end a run with `worker_lost`/`timeout` |
 //! | [`peek`] | stream, cancel (and the lease it takes, for a worker) | `tail`; the worker, taking a run's lease as it looks at its stream |
 //! | [`renew`] | lease, stream, cancel of each of up to 256 runs of one bucket | the worker's heartbeat |
 //! | [`release`] | lease | the worker handing a run back |
@@ -34,7 +34,7 @@ use redis::{Cmd, FromRedisValue, Script};
 
 use crate::codec::{chunk_field_count, write_chunk_fields, write_entry_id, EntryId};
 use crate::error::Error;
-use crate::keys::{CancelReason, BELL_LEN};
+use crate::keys::{CancelReason, Keys, BELL_LEN};
 
 /// `last_entry(key)`: the id of the stream's last entry, whether it is terminal, its `seq` if
 /// that is a plain decimal number, and its `field value …` list; nothing for an empty or
@@ -127,6 +127,14 @@ fn ring() -> String {
     )
 }
 
+/// The Lua line that gives the run's record `KEYS[4]` and reader set `KEYS[5]` the TTL its
+/// stream gets with its terminal chunk (`ttl`, a Lua expression), so a finished run is known
+/// exactly as long as its chunks are: a record that outlived its stream would show the run
+/// as running, and a reader joining it would wait for a worker that is long gone.
+fn keep_record_for(ttl: &str) -> String {
+    format!("redis.call('EXPIRE', KEYS[4], {ttl}) redis.call('EXPIRE', KEYS[5], {ttl})")
+}
+
 /// KEYS: bells (on a cluster, of one bucket: one slot). ARGV: TTL in ms. Adds to each an
 /// entry naming no stream, so the bell exists and is rung from now on, sets its TTL, and
 /// returns those entries' ids, in order.
@@ -192,31 +200,41 @@ while i <= argc do
   i = i + n + 1
 end
 if ARGV[2] ~= '0' then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-if ARGV[3] == '1' then redis.call('DEL', KEYS[2]) end
+if ARGV[3] == '1' then
+  redis.call('DEL', KEYS[2])
+  if ARGV[2] ~= '0' then {keep} end
+end
 {ring}
 return 'ok'
 "#,
+        keep = keep_record_for("ARGV[2]"),
         ring = ring()
     ))
 });
 
-/// KEYS: stream, cancel, bell. ARGV: TTL in seconds, the cancel reason, the error as JSON.
+/// KEYS: stream, lease, bell, record, readers, cancel. ARGV: TTL in seconds, the cancel
+/// reason, the error as JSON, `1` when a lease held now stops it (the run is held again: a
+/// new attempt took it since the reader looked). Returns the terminal entry's id, or nothing
+/// when stopped by the lease.
 static END_RUN: LazyLock<Lua> = LazyLock::new(|| {
     with_last_entry(&format!(
         r#"
-redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[1])
 local id, terminal, seq = last_entry(KEYS[1])
+if id and terminal then return id end
+if ARGV[4] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return false end
+redis.call('SET', KEYS[6], ARGV[2], 'EX', ARGV[1])
 local next = 0
 if id then
-  if terminal then return id end
   if not seq then return redis.error_reply('the last entry has no readable seq') end
   next = tonumber(seq) + 1
 end
 local new = redis.call('XADD', KEYS[1], string.format('%d-1', next), 'type', 'error', 'data', 'null', 'seq', next, 'error', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+{keep}
 {ring}
 return new
 "#,
+        keep = keep_record_for("ARGV[1]"),
         ring = ring()
     ))
 });
@@ -299,23 +317,43 @@ pub(crate) enum Written {
     Ended,
 }
 
-/// The keys of one run that [`write_batch`] writes.
+/// The keys of one run that [`write_batch`] and [`end_run`] write (all of one bucket).
 #[derive(Debug, Clone)]
-pub(crate) struct WriteKeys {
+pub(crate) struct RunKeys {
     /// The run's stream.
     pub(crate) stream: String,
     /// Its lease.
     pub(crate) lease: String,
     /// Its bucket's bell.
     pub(crate) bell: String,
+    /// Its record.
+    pub(crate) record: String,
+    /// Its reader set.
+    pub(crate) readers: String,
+    /// Its cancel key.
+    pub(crate) cancel: String,
+}
+
+impl RunKeys {
+    /// Run `run_id`'s keys.
+    pub(crate) fn new(keys: &Keys, run_id: &str) -> Self {
+        Self {
+            stream: keys.stream(run_id),
+            lease: keys.lease(run_id),
+            bell: keys.bell(run_id),
+            record: keys.run(run_id),
+            readers: keys.readers(run_id),
+            cancel: keys.cancel(run_id),
+        }
+    }
 }
 
 /// Appends `batch` to the stream of `keys` only while its lease holds `owner` and the stream
 /// has no terminal chunk, and rings the bell. `ttl_secs` (unless 0) is set on the stream;
-/// `terminal` deletes the lease after.
+/// `terminal` deletes the lease after and gives the record and reader set that TTL too.
 pub(crate) async fn write_batch(
     conn: &mut impl ConnectionLike,
-    keys: &WriteKeys,
+    keys: &RunKeys,
     owner: &str,
     ttl_secs: u64,
     terminal: bool,
@@ -323,7 +361,13 @@ pub(crate) async fn write_batch(
 ) -> Result<Written, Error> {
     // A token chunk is three short fields: about 80 bytes with its count and its id.
     let mut cmd = WRITE.call(
-        &[&keys.stream, &keys.lease, &keys.bell],
+        &[
+            &keys.stream,
+            &keys.lease,
+            &keys.bell,
+            &keys.record,
+            &keys.readers,
+        ],
         3 + batch.len() * 8,
         32 + batch.len() * 80,
     );
@@ -346,22 +390,41 @@ pub(crate) async fn write_batch(
     }
 }
 
-/// Sets the run's cancel key to `reason` and appends `error_json` as an `error` chunk unless
-/// the stream already has a terminal one (ringing the bell). Returns the id of the stream's
-/// terminal entry.
+/// Unless the stream already has a terminal chunk, sets the run's cancel key to `reason` and
+/// appends `error_json` as an `error` chunk (ringing the bell, and giving the record the
+/// stream's TTL). Returns the id of the stream's terminal entry; `None`, writing nothing, when
+/// `reason` is [`CancelReason::WorkerLost`] and the run's lease is held (a new attempt took
+/// the run since its reader found it without one).
 pub(crate) async fn end_run(
     conn: &mut impl ConnectionLike,
-    stream: &str,
-    cancel: &str,
-    bell: &str,
+    keys: &RunKeys,
     ttl_secs: u64,
     reason: CancelReason,
     error_json: &str,
-) -> Result<EntryId, Error> {
-    let mut cmd = END_RUN.call(&[stream, cancel, bell], 3, 32 + error_json.len());
-    cmd.arg(ttl_secs).arg(reason.as_str()).arg(error_json);
-    let id: String = END_RUN.invoke(conn, &cmd).await?;
-    id.parse()
+) -> Result<Option<EntryId>, Error> {
+    let mut cmd = END_RUN.call(
+        &[
+            &keys.stream,
+            &keys.lease,
+            &keys.bell,
+            &keys.record,
+            &keys.readers,
+            &keys.cancel,
+        ],
+        4,
+        32 + error_json.len(),
+    );
+    let unless_held = if reason == CancelReason::WorkerLost {
+        "1"
+    } else {
+        "0"
+    };
+    cmd.arg(ttl_secs)
+        .arg(reason.as_str())
+        .arg(error_json)
+        .arg(unless_held);
+    let id: Option<String> = END_RUN.invoke(conn, &cmd).await?;
+    id.map(|id| id.parse()).transpose()
 }
 
 /// A stream's last entry, as [`peek`] sees it.

@@ -43,6 +43,46 @@ async fn the_chunk_of_seq_n_is_entry_n_1_and_a_reader_resumes_after_any_seq() {
     worker.stop().await;
 }
 
+/// A run that ended is known exactly as long as its chunks: its record and reader set get
+/// the stream's TTL with the terminal (their own, from queueing, adds the run's deadline), so
+/// an expired run is never shown running. A cursor past the stream's last entry is refused at
+/// once, where a reader would wait for it past the terminal; one at the terminal reads nothing.
+#[tokio::test]
+async fn an_ended_runs_record_expires_with_its_stream_and_a_cursor_past_its_end_is_refused() {
+    let server = RedisServer::start();
+    let options = fast_options();
+    let stream_ttl = options.stream_ttl.as_secs() as i64;
+    let client = client(&server, options).await;
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+    let stream = ticker(&client, 3, 0).await;
+    let run_id = stream.run_id().to_owned();
+    let chunks = within(10, collect(20, stream)).await;
+    let last = chunks.last().unwrap().seq;
+    let mut conn = server.plain();
+    let ttl = |key: String, conn: &mut redis::Connection| -> i64 {
+        redis::cmd("TTL").arg(key).query(conn).unwrap()
+    };
+    let record = ttl(client.keys().run(&run_id), &mut conn);
+    assert!(record > 0 && record <= stream_ttl, "record TTL {record} s");
+
+    let invoker = client.invoker();
+    let past = invoker
+        .attach(&run_id, Some(EntryId::of_seq(last + 5)))
+        .await;
+    assert!(
+        matches!(past, Err(loom_redis::Error::EntryIdPastEnd(_))),
+        "{past:?}"
+    );
+    let at_end = invoker
+        .attach(&run_id, Some(EntryId::of_seq(last)))
+        .await
+        .unwrap();
+    let rest: Vec<_> = within(5, futures::StreamExt::collect::<Vec<_>>(at_end)).await;
+    assert!(rest.is_empty(), "{rest:?}");
+    worker.stop().await;
+}
+
 #[tokio::test]
 async fn a_queued_run_has_a_record_at_once_and_its_last_chunk_once_it_ends() {
     let server = RedisServer::start();

@@ -35,6 +35,7 @@ use loom_workflow::{Workflow, DEFAULT_WORKFLOW_TIMEOUT, WORKFLOW_ACTOR_PREFIX};
 use serde_json::{json, Value};
 use tracing::Instrument;
 
+use crate::backend::check_cursor;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::runlog::{LoggedChunk, RunInfo, RunStatus, RunTarget};
@@ -345,6 +346,9 @@ impl RemoteRun {
             if cursor >= terminal.seq {
                 return Ok(None);
             }
+        }
+        if let Some(cursor) = cursor {
+            check_cursor(cursor, record.last.as_ref().map(|c| c.seq))?;
         }
         let entries = self
             .invoker

@@ -564,3 +564,23 @@ async fn a_chat_stream_overtaken_by_the_log_bound_ends_with_an_error() {
     let message = last["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("fell behind"), "{last}");
 }
+
+/// A cursor past the last chunk of a running run names a chunk the run does not have: `400`
+/// at once, not a wait that ends with nothing when the run does.
+#[tokio::test]
+async fn a_cursor_past_a_running_runs_last_chunk_is_400() {
+    let server = TestServer::default_config().await;
+    let id = server
+        .detached(json!({ "actor": "batch", "input": slow_batch(100, 20) }))
+        .await;
+    let response = server.get(&format!("/v1/runs/{id}/stream?from=500")).await;
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("past the run's last chunk")),
+        "{body}"
+    );
+    assert_eq!(server.delete(&format!("/v1/runs/{id}")).await.status(), 202);
+}

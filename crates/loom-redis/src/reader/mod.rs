@@ -107,17 +107,39 @@ impl Client {
             Some("$") => last.id,
             Some(id) => id.parse()?,
         };
-        if from > last.id {
-            // No entry of this stream has that id: a reader could wait past the terminal.
-            return Err(Error::EntryIdPastEnd(from.to_string()));
-        }
-        if from >= last.id && last.terminal {
-            // Nothing will ever come after the terminal chunk.
+        if at_end(&last, from)? {
             return Ok(ended(stream_id));
         }
         let watch = Watch::tail(self.options());
         open(self.clone(), stream_id.to_owned(), from, watch).await
     }
+
+    /// Whether a reader of run `run_id`'s stream asking for the entries after `from` would
+    /// get none ever (see [`at_end`]); `false` while the stream does not exist.
+    pub(crate) async fn read_at_end(&self, run_id: &str, from: EntryId) -> Result<bool, Error> {
+        let keys = self.keys();
+        let peek = script::peek(
+            &mut self.conn(),
+            &keys.stream(run_id),
+            &keys.cancel(run_id),
+            None,
+        )
+        .await?;
+        match peek.last {
+            Some(last) => at_end(&last, from),
+            None => Ok(false),
+        }
+    }
+}
+
+/// Whether nothing will ever come after entry `from` of a stream whose last entry is `last`
+/// (it is the terminal, or after it); [`Error::EntryIdPastEnd`] when no entry of the stream
+/// has that id: a reader would wait for it past the terminal.
+fn at_end(last: &script::LastEntry, from: EntryId) -> Result<bool, Error> {
+    if from > last.id {
+        return Err(Error::EntryIdPastEnd(from.to_string()));
+    }
+    Ok(from >= last.id && last.terminal)
 }
 
 /// Opens a reader on run `run_id`'s stream, after entry `from`.
@@ -144,7 +166,7 @@ pub(crate) async fn open(
 }
 
 /// A stream with nothing more to read.
-fn ended(run_id: &str) -> EntryStream {
+pub(crate) fn ended(run_id: &str) -> EntryStream {
     EntryStream {
         run_id: run_id.into(),
         inner: Box::pin(futures::stream::empty()),
@@ -189,7 +211,12 @@ fn follow(
                     }
                     if let Step::EndRun(mut ending) = step {
                         let terminal = match end_run(&client, &run_id, &ending).await {
-                            Ok(id) => Some(id),
+                            Ok(Some(id)) => Some(id),
+                            // A new attempt took the run since the lease was looked at.
+                            Ok(None) => {
+                                state.on_held(now);
+                                continue;
+                            }
                             Err(e) => {
                                 tracing::warn!(run_id = %run_id, error = %e, "could not write the terminal chunk");
                                 if e.is_out_of_memory() && ending.reason == CancelReason::WorkerLost {
@@ -222,24 +249,26 @@ fn follow(
     }
 }
 
-/// Ends run `run_id` from outside its worker: marks it with the ending's reason in its cancel
-/// key (so a late worker does not run it), publishes the id, and appends the ending's error as
-/// the terminal chunk unless the stream already has one. Returns the id of the stream's
-/// terminal entry (the one written here or the one already there).
-async fn end_run(client: &Client, run_id: &str, ending: &Ending) -> Result<EntryId, Error> {
+/// Ends run `run_id` from outside its worker unless the stream already has its terminal
+/// chunk: marks it with the ending's reason in its cancel key (so a late worker does not run
+/// it), publishes the id, and appends the ending's error as the terminal chunk. Returns the id
+/// of the stream's terminal entry (the one written here or the one already there); `None`
+/// for a `worker_lost` that a new attempt's lease stopped (see [`script::end_run`]).
+async fn end_run(client: &Client, run_id: &str, ending: &Ending) -> Result<Option<EntryId>, Error> {
     let keys = client.keys();
     let mut conn = client.conn();
     let error = serde_json::to_string(&ending.error).unwrap_or_else(|_| "null".to_owned());
     let id = script::end_run(
         &mut conn,
-        &keys.stream(run_id),
-        &keys.cancel(run_id),
-        &keys.bell(run_id),
+        &script::RunKeys::new(keys, run_id),
         client.options().stream_ttl.as_secs(),
         ending.reason,
         &error,
     )
     .await?;
+    if id.is_none() {
+        return Ok(None);
+    }
     let published: Result<(), _> = redis::cmd("PUBLISH")
         .arg(keys.cancel_channel())
         .arg(run_id)

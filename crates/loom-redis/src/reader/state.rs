@@ -320,6 +320,13 @@ impl ReadState {
         }
     }
 
+    /// The run turned out to be held again when the reader went to end it `worker_lost`: a
+    /// new attempt took its lease since the reader looked. Its lease counts from now.
+    pub(crate) fn on_held(&mut self, now: Instant) {
+        self.redis_ok_at = now;
+        self.alive_until = self.alive_until.max(now + self.watch.lease_ttl);
+    }
+
     /// The outcome of writing `ending` at `now`: the id of the stream's terminal entry, or
     /// `None` when Redis failed (the reader then yields the ending itself).
     pub(crate) fn on_end_run(

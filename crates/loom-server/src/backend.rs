@@ -187,19 +187,22 @@ impl RunRef {
     /// for a reader that wants the run's outcome rather than every chunk (`/run`, a
     /// non-streaming dialect answer). An embedded log that outgrew its bound may have dropped
     /// chunks before they were read (the log always keeps the terminal): `each` is then
-    /// told of the [`Gap`](Through::Gap), and reading goes on from the oldest chunk held.
-    /// `each` breaks to stop early.
+    /// told of the [`Gap`](Through::Gap) and handed only the terminal chunk after it (whose
+    /// result is the whole answer), never a text with a hole in it. `each` breaks to stop
+    /// early.
     pub(crate) async fn read_through(
         &self,
         mut cursor: Option<u64>,
         mut each: impl FnMut(Through<'_>) -> ControlFlow<()>,
     ) -> Result<(), ApiError> {
+        let mut whole = true;
         'read: loop {
             let mut feed = match self.open(cursor).await {
                 Ok(Some(feed)) => feed,
                 Ok(None) => return Ok(()),
                 Err(ApiError::CursorExpired(expired)) => {
                     cursor = Some(expired.oldest.saturating_sub(1));
+                    whole = false;
                     if each(Through::Gap).is_break() {
                         return Ok(());
                     }
@@ -209,8 +212,11 @@ impl RunRef {
             };
             loop {
                 match feed.next().await {
-                    Ok(Some(chunks)) => {
+                    Ok(Some(mut chunks)) => {
                         cursor = chunks.last().map(|c| c.seq).or(cursor);
+                        if !whole {
+                            chunks.retain(|c| c.kind.is_terminal());
+                        }
                         if each(Through::Chunks(&chunks)).is_break() {
                             return Ok(());
                         }
@@ -218,6 +224,7 @@ impl RunRef {
                     Ok(None) => return Ok(()),
                     Err(expired) => {
                         cursor = Some(expired.oldest.saturating_sub(1));
+                        whole = false;
                         if each(Through::Gap).is_break() {
                             return Ok(());
                         }
@@ -264,7 +271,8 @@ pub(crate) fn check_cursor(cursor: u64, last: Option<u64>) -> Result<(), ApiErro
 pub(crate) enum Through<'a> {
     /// The next chunks, in order.
     Chunks(&'a [Arc<LoggedChunk>]),
-    /// Chunks were dropped before they were read: what follows is not the whole run.
+    /// Chunks were dropped before they were read: what was handed before is not the whole
+    /// run, and only the terminal chunk follows.
     Gap,
 }
 

@@ -307,20 +307,20 @@ async fn with_an_api_key_every_route_but_healthz_and_the_console_needs_the_beare
     assert_eq!(unauthorized_stream.status(), 401);
 }
 
-#[tokio::test]
-async fn a_reader_overtaken_by_the_log_bound_is_disconnected_and_its_resume_is_410() {
-    // `flood` writes one chunk, waits for the gate, then writes ~45 MB without pause: far
-    // more than loopback socket buffers hold (a few MB each way).
+/// A server whose log keeps 100 chunks, with an actor `flood` that writes one token, waits
+/// for the gate, then writes ~45 MB of tokens without pause: far more than loopback socket
+/// buffers hold, so a reader that stops reading meanwhile is overtaken by the log's bound.
+async fn flood_server() -> (TestServer, Arc<Semaphore>) {
     let gate = Arc::new(Semaphore::new(0));
     let flood = {
         let gate = Arc::clone(&gate);
         actor_fn("flood", move |_input, _ctx| {
             let gate = Arc::clone(&gate);
             try_stream! {
-                yield Output::data(json!(0));
+                yield Output::token("first");
                 let _open = gate.acquire_owned().await.map_err(|_| ActorError::internal("gate"))?;
-                for n in 1..100_000u64 {
-                    yield Output::data(json!({ "n": n, "pad": "x".repeat(400) }));
+                for _ in 1..100_000u64 {
+                    yield Output::token("x".repeat(400));
                 }
                 yield Output::complete(json!(null));
             }
@@ -336,7 +336,12 @@ async fn a_reader_overtaken_by_the_log_bound_is_disconnected_and_its_resume_is_4
         },
         ..ServerConfig::default()
     };
-    let server = TestServer::start_with(registry, config).await;
+    (TestServer::start_with(registry, config).await, gate)
+}
+
+#[tokio::test]
+async fn a_reader_overtaken_by_the_log_bound_is_disconnected_and_its_resume_is_410() {
+    let (server, gate) = flood_server().await;
     let response = server.post("/v1/actors/flood/stream", &json!({})).await;
     let id = response.headers()["loom-run-id"]
         .to_str()
@@ -515,32 +520,7 @@ async fn a_dialect_stream_of_chunks_it_does_not_render_still_gets_keep_alives() 
 /// error saying so, never as if the answer were whole.
 #[tokio::test]
 async fn a_chat_stream_overtaken_by_the_log_bound_ends_with_an_error() {
-    let gate = Arc::new(Semaphore::new(0));
-    let flood = {
-        let gate = Arc::clone(&gate);
-        actor_fn("flood", move |_input, _ctx| {
-            let gate = Arc::clone(&gate);
-            try_stream! {
-                yield Output::token("first");
-                let _open = gate.acquire_owned().await.map_err(|_| ActorError::internal("gate"))?;
-                for _ in 1..100_000u64 {
-                    yield Output::token("x".repeat(400));
-                }
-                yield Output::complete(json!(null));
-            }
-        })
-    };
-    let mut registry = Registry::with_builtins();
-    registry.register(flood);
-    let config = ServerConfig {
-        log_limits: LogLimits {
-            max_chunks: 100,
-            max_bytes: usize::MAX,
-            ..LogLimits::default()
-        },
-        ..ServerConfig::default()
-    };
-    let server = TestServer::start_with(registry, config).await;
+    let (server, gate) = flood_server().await;
     let response = server
         .post(
             "/v1/chat/completions",

@@ -91,15 +91,7 @@ impl Client {
         from: Option<&str>,
     ) -> Result<EntryStream, Error> {
         check_name("stream id", stream_id)?;
-        let keys = self.keys();
-        let peek = script::peek(
-            &mut self.conn(),
-            &keys.stream(stream_id),
-            &keys.cancel(stream_id),
-            None,
-        )
-        .await?;
-        let Some(last) = peek.last else {
+        let Some(last) = self.last_entry(stream_id).await? else {
             return Err(Error::StreamNotFound(stream_id.to_owned()));
         };
         let from = match from {
@@ -117,18 +109,18 @@ impl Client {
     /// Whether a reader of run `run_id`'s stream asking for the entries after `from` would
     /// get none ever (see [`at_end`]); `false` while the stream does not exist.
     pub(crate) async fn read_at_end(&self, run_id: &str, from: EntryId) -> Result<bool, Error> {
-        let keys = self.keys();
-        let peek = script::peek(
-            &mut self.conn(),
-            &keys.stream(run_id),
-            &keys.cancel(run_id),
-            None,
-        )
-        .await?;
-        match peek.last {
+        match self.last_entry(run_id).await? {
             Some(last) => at_end(&last, from),
             None => Ok(false),
         }
+    }
+
+    /// The last entry of run `run_id`'s stream; `None` when it has none.
+    async fn last_entry(&self, run_id: &str) -> Result<Option<script::LastEntry>, Error> {
+        let keys = self.keys();
+        let cancel = keys.cancel(run_id);
+        let peek = script::peek(&mut self.conn(), &keys.stream(run_id), &cancel, None).await?;
+        Ok(peek.last)
     }
 }
 

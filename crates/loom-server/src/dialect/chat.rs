@@ -258,14 +258,11 @@ pub(crate) async fn completions(
     let mut text = String::new();
     let mut finish = None;
     let mut failed = None;
-    // Where the log dropped chunks before they were read, the answer is the terminal chunk's
-    // (its result holds the whole text), never a text with a hole in it.
-    let mut whole = true;
     run.read_through(None, |read| {
         let chunks = match read {
             Through::Chunks(chunks) => chunks,
+            // Only the terminal follows: its result is the answer.
             Through::Gap => {
-                whole = false;
                 (mapping, text) = (ChatMapping::default(), String::new());
                 return ControlFlow::Continue(());
             }
@@ -274,9 +271,6 @@ pub(crate) async fn completions(
             let Some(chunk) = parse(logged) else {
                 continue;
             };
-            if !whole && !chunk.is_terminal() {
-                continue;
-            }
             for delta in mapping.map(&chunk) {
                 match delta {
                     Delta::Text(t) => text.push_str(&t),

@@ -594,8 +594,8 @@ async fn find(state: &ServerState, id: &str) -> Result<RunRef, ApiError> {
 
 /// The mapping fed the run's chunks from `seq` 0: up to `until` (the last `seq` written, for a
 /// snapshot that does not wait; `Some(None)`: nothing written yet), or to the terminal chunk.
-/// Where the log dropped chunks before they were read, the mapping starts again and takes only
-/// the terminal chunk (whose result holds the whole text), never a text with a hole in it.
+/// Where the log dropped chunks before they were read, the mapping starts again with the
+/// terminal chunk ([`RunRef::read_through`]).
 async fn replay(
     run: &RunRef,
     head: Head,
@@ -605,12 +605,11 @@ async fn replay(
     if until == Some(None) {
         return Ok(mapping);
     }
-    let mut whole = true;
     run.read_through(None, |read| {
         let chunks = match read {
             Through::Chunks(chunks) => chunks,
+            // Only the terminal follows: its result is the answer.
             Through::Gap => {
-                whole = false;
                 mapping = ResponsesMapping::new(head.clone());
                 return ControlFlow::Continue(());
             }
@@ -619,9 +618,7 @@ async fn replay(
             let Some(chunk) = parse(logged) else {
                 continue;
             };
-            if whole || chunk.is_terminal() {
-                mapping.map(&chunk);
-            }
+            mapping.map(&chunk);
             if until.flatten().is_some_and(|last| chunk.seq >= last) {
                 return ControlFlow::Break(());
             }

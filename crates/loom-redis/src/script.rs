@@ -19,6 +19,7 @@
 //! | [`peek`] | stream, cancel (and the lease it takes, for a worker) | `tail`; the worker, taking a run's lease as it looks at its stream |
 //! | [`renew`] | lease, stream, cancel of each of up to 256 runs of one bucket | the worker's heartbeat |
 //! | [`release`] | lease | the worker handing a run back |
+//! | [`claim_mine`] | a queue | the worker claiming its own requests again (refreshing, or handing back) |
 //! | [`keep_bells`] | bells | a reader waiting on its buckets' bells, keeping them (and their rings) alive |
 //! | [`advertise`], [`served`] | actors | the heartbeat marking actor types served; servers asking which are |
 //! | [`tally`] | a run's record and readers | servers counting the run's readers |
@@ -254,6 +255,30 @@ return {{id or false, terminal and 1 or 0, seq or false, redis.call('GET', KEYS[
     ))
 });
 
+/// KEYS: a queue. ARGV: the group, this consumer, the idle time to set in ms (empty: reset
+/// it), then entry ids. `XCLAIM`s each id that is in this consumer's pending list now, and
+/// none that another consumer claimed since the caller looked: a plain `XCLAIM … 0` would
+/// take it back from whoever holds it.
+static CLAIM_MINE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r#"
+local claimed = 0
+for i = 4, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then
+    if ARGV[3] == '' then
+      redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    else
+      redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', ARGV[3], 'JUSTID')
+    end
+    claimed = claimed + 1
+  end
+end
+return claimed
+"#,
+    )
+});
+
 /// KEYS: actors. ARGV: lease in ms, then actor types. Marks each as served until Redis's now
 /// plus the lease (`ZADD GT`: another worker's later mark stands).
 static ADVERTISE: LazyLock<Lua> = LazyLock::new(|| {
@@ -303,6 +328,27 @@ return 0
 "#,
     )
 });
+
+/// Claims the requests `ids` of `queue` for `consumer` again, each only while it is in that
+/// consumer's pending list (see [`CLAIM_MINE`]): resets their idle time, or sets it to `idle`
+/// ms. Returns how many it claimed.
+pub(crate) async fn claim_mine(
+    conn: &mut impl ConnectionLike,
+    queue: &str,
+    group: &str,
+    consumer: &str,
+    idle: Option<u64>,
+    ids: &[String],
+) -> Result<u64, Error> {
+    let mut cmd = CLAIM_MINE.call(&[queue], 3 + ids.len(), 64 + ids.len() * 24);
+    cmd.arg(group)
+        .arg(consumer)
+        .arg(idle.map(|ms| ms.to_string()).unwrap_or_default());
+    for id in ids {
+        cmd.arg(id);
+    }
+    CLAIM_MINE.invoke(conn, &cmd).await
+}
 
 /// What became of a batch given to [`write_batch`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

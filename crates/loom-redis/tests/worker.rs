@@ -331,3 +331,28 @@ async fn a_run_a_reader_ended_from_outside_is_acknowledged_at_once() {
     .await;
     worker.stop().await;
 }
+
+/// A run whose request vanished from the queue's pending list while it ran (the queue key
+/// deleted, and its group made again empty; a failover that lost the entry) goes on to its
+/// end: its lease, not the pending list, says whose it is.
+#[tokio::test]
+async fn a_run_whose_queue_was_deleted_under_it_goes_on_to_its_end() {
+    let server = RedisServer::start();
+    let client = client(&server, fast_options()).await;
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+    let mut stream = ticker(&client, 20, 100).await;
+    let first = within(5, stream.next()).await.expect("start");
+    assert_eq!(first.kind, ChunkType::Start);
+    let queue = client.keys().queue("ticker", 0);
+    let deleted: i64 = redis::cmd("DEL")
+        .arg(&queue)
+        .query(&mut server.plain())
+        .unwrap();
+    assert_eq!(deleted, 1);
+    let mut chunks = vec![first];
+    chunks.extend(within(10, collect(40, stream)).await);
+    assert_contract(&chunks);
+    assert_completes(&chunks);
+    worker.stop().await;
+}

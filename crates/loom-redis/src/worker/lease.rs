@@ -133,18 +133,12 @@ async fn refresh(shared: &Shared) -> Result<(), Error> {
         .filter(|entry| unread.contains(entry.queue.as_str()));
     mine.extend(of_unread);
     let mut claims: HashMap<&str, Vec<String>> = HashMap::new();
-    // The runs to renew: those whose request is still in this worker's pending list.
-    let mut refreshed: Vec<&HeldRun> = Vec::new();
-    for run in &held {
-        if !mine.contains(&QueuedEntry::new(&run.queue, run.entry)) {
-            tracing::warn!(run_id = %run.run_id, "another worker took this run over; stopping it");
-            if let Some(active) = shared.active().get(&run.run_id) {
-                active.drop_run();
-            }
-            continue;
-        }
-        refreshed.push(run);
-    }
+    // Every run's lease is renewed, whether or not its request is still in this worker's
+    // pending list: the lease alone says whose the run is (an attempt that took the request
+    // over takes the lease before it writes, and this run's renewal then fails). A request
+    // gone from every pending list (its queue deleted, a failover that lost the entry) is no
+    // reason to kill a healthy run; only requests still this worker's are claimed again.
+    let refreshed: Vec<&HeldRun> = held.iter().collect();
     let lost: HashSet<&QueuedEntry> = waiting.iter().filter(|w| !mine.contains(w)).collect();
     if !lost.is_empty() {
         // Claimed by another worker while it waited here: that worker runs it.
@@ -177,14 +171,22 @@ async fn refresh(shared: &Shared) -> Result<(), Error> {
             if let Some(reason) = renewal.cancel {
                 active.stop_for(reason);
             }
-            // Only runs whose lease is still ours keep their request: never steal it back.
-            claims
-                .entry(run.queue.as_str())
-                .or_default()
-                .push(run.entry.to_string());
+            // Only runs whose lease is still ours keep their request, and only while it is
+            // in this worker's pending list: never steal it back.
+            if mine.contains(&QueuedEntry::new(&run.queue, run.entry)) {
+                claims
+                    .entry(run.queue.as_str())
+                    .or_default()
+                    .push(run.entry.to_string());
+            }
         }
     }
     claims.retain(|queue, _| !unread.contains(queue));
+    // A worker handing its runs back gives their requests back itself (`hand_back`): a
+    // claim from a beat begun before would reset what it gives back.
+    if shared.is_closing() {
+        return Ok(());
+    }
     claim_to_self(shared, claims, None).await
 }
 
@@ -269,9 +271,11 @@ fn is_misplaced(e: &Error) -> bool {
     matches!(e, Error::Redis(e) if matches!(e.code(), Some("TRYAGAIN" | "ASK" | "CROSSSLOT")))
 }
 
-/// Claims `entries` of each queue for this worker again (`XCLAIM … JUSTID`), which resets
-/// their idle time, or sets it to `idle` ms. [`PER_CALL`] entries per command, all sent at
-/// once: the queues may live on different nodes of a cluster.
+/// Claims `entries` of each queue for this worker again, which resets their idle time, or
+/// sets it to `idle` ms: each only if it is still in this worker's pending list at that very
+/// moment ([`script::claim_mine`]), so a request another worker claimed since this one looked
+/// is never taken back. [`PER_CALL`] entries per call, all sent at once: the queues may live
+/// on different nodes of a cluster.
 async fn claim_to_self(
     shared: &Shared,
     entries: HashMap<&str, Vec<String>>,
@@ -279,18 +283,10 @@ async fn claim_to_self(
 ) -> Result<(), Error> {
     let claims = entries.iter().flat_map(|(queue, ids)| {
         ids.chunks(PER_CALL).map(move |ids| {
-            let mut cmd = redis::cmd("XCLAIM");
-            cmd.arg(queue)
-                .arg(shared.group())
-                .arg(&shared.name)
-                .arg(0)
-                .arg(ids);
-            if let Some(idle) = idle {
-                cmd.arg("IDLE").arg(idle);
-            }
-            cmd.arg("JUSTID");
             let mut conn = shared.client.conn();
-            async move { cmd.query_async::<()>(&mut conn).await }
+            async move {
+                script::claim_mine(&mut conn, queue, shared.group(), &shared.name, idle, ids).await
+            }
         })
     });
     futures::future::try_join_all(claims).await?;

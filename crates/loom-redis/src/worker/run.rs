@@ -168,9 +168,15 @@ async fn run_request(
     let token = CancellationToken::new();
     let publisher = Publisher::start_run(client, run_id, &owner, Some(token.clone()))?;
     if let Some(err) = refusal {
+        let (discard, ended) = (publisher.discard_flag(), publisher.ended_flag());
         publisher
             .publish(stream::iter(refused(request, seq, attempt, &err)))
             .await?;
+        // Fenced off before the refusal was written (another attempt holds the run): not
+        // this attempt's request to acknowledge.
+        if discard.load(Ordering::Acquire) && !ended.load(Ordering::Acquire) {
+            return Ok(());
+        }
         acknowledge(shared, queue, entry).await;
         return Ok(());
     }

@@ -64,6 +64,11 @@ impl Shared {
         active.drain().collect()
     }
 
+    /// Whether the worker is handing its runs back ([`close`](Self::close) was called).
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
     /// Adds a run to `active`, unless the worker is handing its runs back ([`close`]): then
     /// gives `run` back.
     ///

@@ -1,12 +1,25 @@
-//! The API key check: with `LOOM_API_KEY` set, a request needs `Authorization: Bearer <key>`,
-//! or `?token=` with a short-lived token from `POST /v1/tokens` (for clients that cannot set
-//! headers: a browser `EventSource` or WebSocket).
+//! Who may call the API.
 //!
-//! [`crate::routes`] layers [`require_key`] on every route but `/healthz`. The key is compared
-//! in constant time; neither the key nor tokens are logged (no request URI is logged).
+//! **The API key.** With `LOOM_API_KEY` set, a request needs `Authorization: Bearer <key>`,
+//! or, on a `GET` (a browser `EventSource` or WebSocket, which cannot set headers), `?token=`
+//! with a short-lived token from `POST /v1/tokens` — which itself takes only the key, so a
+//! leaked token cannot make more. [`crate::routes`] layers [`require_key`] on every route but
+//! `/healthz`. The key is compared in constant time; neither the key nor tokens are logged
+//! (no request URI is logged).
+//!
+//! **Browsers.** A page of another site can make a browser send requests to a server on the
+//! user's machine, key or not: an `<img>` that starts a run, a form post, a WebSocket (which
+//! CORS does not cover), or — by DNS rebinding — reads of every run. [`same_site`] refuses
+//! (`403 forbidden`) what a browser says it sends for another site (`Sec-Fetch-Site`, else an
+//! `Origin` that is not the server's own) unless `--cors-origin` lets that origin in, and
+//! [`loopback_host`] makes a server listening on loopback answer only to loopback host names.
+//! Clients that are not browsers send neither header and are not concerned.
+
+use std::net::IpAddr;
 
 use axum::extract::{Request, State};
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, HOST, ORIGIN};
+use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
@@ -31,14 +44,86 @@ pub(crate) async fn require_key(
         .and_then(|v| v.strip_prefix("Bearer "));
     let authorized = match given {
         Some(given) => same_key(given, key),
-        None => query_token(&request).is_some_and(|t| state.tokens().is_valid(t)),
+        None if request.method() == Method::GET => {
+            query_token(&request).is_some_and(|t| state.tokens().is_valid(t))
+        }
+        None => false,
     };
     if authorized {
         next.run(request).await
-    } else if crate::dialect::speaks_openai(request.uri().path()) {
-        crate::dialect::OpenAiError(ApiError::Unauthorized).into_response()
     } else {
-        ApiError::Unauthorized.into_response()
+        refuse(&request, ApiError::Unauthorized)
+    }
+}
+
+/// Refuses (`403`) a request a browser sends for a page of another site, unless the server's
+/// CORS origins let that page's origin in: `Sec-Fetch-Site` `cross-site` or `same-site` (a
+/// page on another port of the same host is another origin too), or without that header, an
+/// `Origin` other than the server's own (`Host`).
+pub(crate) async fn same_site(
+    State(state): State<ServerState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let headers = request.headers();
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let origin = text(ORIGIN);
+    let foreign = match text(HeaderName::from_static("sec-fetch-site")) {
+        Some(site) => matches!(site, "cross-site" | "same-site"),
+        None => origin.is_some_and(|origin| {
+            let own = origin.split_once("://").map(|(_, authority)| authority);
+            own != text(HOST)
+        }),
+    };
+    let allowed = || {
+        let origins = &state.config().cors_origins;
+        origins.iter().any(|o| o == "*") || origin.is_some_and(|o| origins.iter().any(|a| a == o))
+    };
+    if foreign && !allowed() {
+        let err = ApiError::Forbidden(
+            "a request from a page of another site (allow its origin with --cors-origin)".into(),
+        );
+        return refuse(&request, err);
+    }
+    next.run(request).await
+}
+
+/// For a server listening on a loopback address: refuses (`403`) a request whose `Host` is not
+/// a loopback name (`localhost`, `127.0.0.1`, `[::1]`, with any port), which only a page that
+/// had its own name point at this machine (DNS rebinding) sends to it.
+pub(crate) async fn loopback_host(request: Request, next: Next) -> Response {
+    let host = request.headers().get(HOST).and_then(|v| v.to_str().ok());
+    if let Some(host) = host {
+        let name = match host.rsplit_once(':') {
+            Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+            _ => host,
+        };
+        let loopback = name.eq_ignore_ascii_case("localhost")
+            || name
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback {
+            let err = ApiError::Forbidden(format!(
+                "this server listens on loopback and answers only to loopback host names, not {host:?}"
+            ));
+            return refuse(&request, err);
+        }
+    }
+    next.run(request).await
+}
+
+/// `err` in the shape of the route's dialect.
+fn refuse(request: &Request, err: ApiError) -> Response {
+    if crate::dialect::speaks_openai(request.uri().path()) {
+        crate::dialect::OpenAiError(err).into_response()
+    } else {
+        err.into_response()
     }
 }
 

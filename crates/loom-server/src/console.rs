@@ -16,8 +16,16 @@ const CLIENT: &str = include_str!("../../../clients/typescript/index.js");
 
 /// `GET /`, `/console.js`, `/console.css` and `/loom-client.js`.
 pub(crate) fn routes() -> Router<ServerState> {
+    // No page of another site may frame the console (and its key) to steer clicks on it.
     let file = |content_type: &'static str, body: &'static str| {
-        get(move || async move { ([(header::CONTENT_TYPE, content_type)], body).into_response() })
+        get(move || async move {
+            let headers = [
+                (header::CONTENT_TYPE, content_type),
+                (header::X_FRAME_OPTIONS, "DENY"),
+                (header::CONTENT_SECURITY_POLICY, "frame-ancestors 'none'"),
+            ];
+            (headers, body).into_response()
+        })
     };
     Router::new()
         .route("/", file("text/html; charset=utf-8", INDEX))

@@ -22,6 +22,10 @@ pub enum ApiError {
     /// 401 `unauthorized`: `LOOM_API_KEY` is set and the request has no or the wrong key.
     #[error("missing or wrong API key (send Authorization: Bearer <key>)")]
     Unauthorized,
+    /// 403 `forbidden`: a browser sent the request for a page of another site that CORS does
+    /// not let in, or by a host name a server listening on loopback does not answer to.
+    #[error("{0}")]
+    Forbidden(String),
     /// 404 `not_found`: an unknown actor, workflow or run.
     #[error("{0}")]
     NotFound(String),
@@ -61,6 +65,7 @@ impl ApiError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::CursorExpired(_) => StatusCode::GONE,
@@ -104,6 +109,7 @@ impl ApiError {
         match self {
             Self::BadRequest(_) => "bad_request",
             Self::Unauthorized => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::CursorExpired(_) => "cursor_expired",

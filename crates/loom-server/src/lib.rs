@@ -123,13 +123,18 @@ pub use tokens::TOKEN_TTL;
 /// Serves `state` on `listener` until `shutdown` resolves, then shuts down gracefully: no new
 /// connections or runs; embedded runs are cancelled and open streams end with their terminal
 /// `error/cancelled` chunk; in distributed mode the runs go on on their workers and open
-/// streams close without a terminal chunk.
+/// streams close without a terminal chunk. On a loopback address it answers only to loopback
+/// host names (`localhost`, `127.0.0.1`, `[::1]`): a page that points its own name at this
+/// machine (DNS rebinding) gets `403`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ServerState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(state.clone());
+    let mut app = router(state.clone());
+    if listener.local_addr()?.ip().is_loopback() {
+        app = app.layer(axum::middleware::from_fn(auth::loopback_host));
+    }
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;

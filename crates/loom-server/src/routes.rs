@@ -17,7 +17,7 @@ use loom_core::{ChunkType, StreamChunk};
 use serde_json::{json, Value};
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
-use crate::auth::require_key;
+use crate::auth::{require_key, same_site};
 use crate::backend::Through;
 use crate::dialect;
 use crate::error::ApiError;
@@ -63,7 +63,8 @@ pub fn router(state: ServerState) -> Router {
         )
         .route("/metrics", get(metrics))
         .route("/v1/tokens", post(issue_token))
-        .route_layer(from_fn_with_state(state.clone(), require_key));
+        .route_layer(from_fn_with_state(state.clone(), require_key))
+        .route_layer(from_fn_with_state(state.clone(), same_site));
     let router = Router::new()
         .route("/healthz", get(healthz))
         .merge(crate::console::routes())

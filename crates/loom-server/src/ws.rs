@@ -5,7 +5,8 @@
 //! closes). A close frame from the client cancels the run at once; a connection that just
 //! drops is a direct stream's disconnect (cancelled after the grace unless a reader rejoins at
 //! `GET /v1/runs/{id}/stream`). The server pings an idle socket every keep-alive interval.
-//! A message the server cannot take gets a `{"error":{"code","message"}}` text frame. A socket
+//! A message the server cannot take gets a `{"error":{"code","message"}}` text frame; one
+//! over the body limit closes the socket. A socket
 //! holds one of the server's streams from its upgrade, so one that sends no `start` within two
 //! keep-alive intervals gets an error frame and is closed, and one that takes no frame for as
 //! long (it stopped reading) is dropped: a client gone silent cannot keep it.
@@ -57,6 +58,9 @@ pub(crate) async fn actor_ws(
         return Err(ApiError::NotFound(format!("unknown actor type '{actor}'")));
     }
     let permit = state.stream_permit()?;
+    // A message is held whole to be parsed: it is bound like a request body.
+    let limit = state.config().body_limit;
+    let upgrade = upgrade.max_message_size(limit).max_frame_size(limit);
     Ok(upgrade.on_upgrade(move |socket| session(socket, state, actor, traceparent, permit)))
 }
 

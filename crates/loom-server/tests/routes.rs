@@ -538,3 +538,79 @@ async fn hostile_bodies_are_400_and_the_server_goes_on() {
     }
     assert_eq!(server.get("/healthz").await.status(), 200);
 }
+
+/// A page of another site cannot make a browser use the server: what a browser says it sends
+/// for another site (`Sec-Fetch-Site`, or an `Origin` not the server's own) is `403` unless
+/// `--cors-origin` lets that origin in, WebSocket handshakes too; and a server on loopback
+/// answers only to loopback host names (DNS rebinding). Clients that are not browsers, and the
+/// server's own pages, are not concerned.
+#[tokio::test]
+async fn pages_of_other_sites_and_foreign_host_names_are_refused() {
+    let server = TestServer::default_config().await;
+    let own = server.base.clone();
+    let port = own.rsplit(':').next().unwrap().to_owned();
+    let post = |headers: Vec<(&'static str, String)>| {
+        let mut request = server
+            .http
+            .post(server.url("/v1/actors/echo/run"))
+            .json(&json!({ "input": 1 }));
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+    let cases = [
+        (vec![], 200),
+        (vec![("sec-fetch-site", "same-origin".to_owned())], 200),
+        (vec![("sec-fetch-site", "none".to_owned())], 200),
+        (vec![("origin", own.clone())], 200),
+        (vec![("sec-fetch-site", "cross-site".to_owned())], 403),
+        (
+            vec![
+                ("sec-fetch-site", "same-site".to_owned()),
+                ("origin", "http://localhost:3000".to_owned()),
+            ],
+            403,
+        ),
+        (vec![("origin", "https://evil.example".to_owned())], 403),
+        (vec![("host", format!("attacker.example:{port}"))], 403),
+        (vec![("host", format!("localhost:{port}"))], 200),
+    ];
+    for (headers, status) in cases {
+        let response = within(post(headers.clone())).await.unwrap();
+        assert_eq!(response.status(), status, "{headers:?}");
+        if status == 403 {
+            let (_, code, _) = error_of(response).await;
+            assert_eq!(code, "forbidden", "{headers:?}");
+        }
+    }
+    // The page's origin let in.
+    let open = TestServer::start(ServerConfig {
+        cors_origins: vec!["https://app.example".into()],
+        ..ServerConfig::default()
+    })
+    .await;
+    let allowed = open
+        .http
+        .post(open.url("/v1/actors/echo/run"))
+        .header("sec-fetch-site", "cross-site")
+        .header("origin", "https://app.example")
+        .json(&json!({ "input": 1 }))
+        .send();
+    assert_eq!(within(allowed).await.unwrap().status(), 200);
+    // A WebSocket, which CORS does not cover.
+    let url = format!("{}/v1/actors/echo/ws", server.base.replace("http", "ws"));
+    let mut handshake =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+            url.as_str(),
+        )
+        .unwrap();
+    handshake
+        .headers_mut()
+        .insert("origin", "https://evil.example".parse().unwrap());
+    let refused = within(tokio_tungstenite::connect_async(handshake)).await;
+    assert!(refused.is_err(), "the handshake is refused");
+    // The console cannot be framed by another page.
+    let page = server.get("/").await;
+    assert_eq!(page.headers()["x-frame-options"], "DENY");
+}

@@ -406,6 +406,19 @@ async fn a_short_lived_token_from_post_tokens_authorizes_query_string_clients() 
 
     let wrong = server.get(&format!("/v1/runs/{id}?token={token}x")).await;
     assert_eq!(wrong.status(), 401);
+    // A token is for what cannot send a header, which only reads: it neither starts nor
+    // cancels runs, nor makes itself a successor.
+    for (path, body) in [
+        (format!("/v1/tokens?token={token}"), json!({})),
+        (
+            format!("/v1/runs?token={token}"),
+            json!({ "actor": "echo" }),
+        ),
+    ] {
+        assert_eq!(server.post(&path, &body).await.status(), 401, "{path}");
+    }
+    let delete = server.delete(&format!("/v1/runs/{id}?token={token}")).await;
+    assert_eq!(delete.status(), 401);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

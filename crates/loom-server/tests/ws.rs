@@ -226,3 +226,18 @@ async fn a_socket_that_never_starts_a_run_is_closed_and_gives_its_stream_back() 
     let (_socket, id) = start_slow_batch(&server).await;
     assert!(!id.is_empty());
 }
+
+/// A message is held whole to be parsed, so it is bound like a request body: one over the
+/// limit closes the socket before it is read.
+#[tokio::test]
+async fn a_message_over_the_body_limit_closes_the_socket() {
+    let server = TestServer::start(ServerConfig {
+        body_limit: 64 * 1024,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut socket = connect(&server, "echo").await;
+    let big = json!({ "action": "start", "input": "x".repeat(128 * 1024) });
+    let _ = within(socket.send(Message::text(big.to_string()))).await;
+    assert_eq!(next_json(&mut socket).await, None, "closed, nothing run");
+}

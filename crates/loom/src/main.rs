@@ -40,7 +40,13 @@ struct Cli {
     /// Run actors on workers through this Redis (e.g. redis://127.0.0.1:6379) instead of in
     /// this process. A Redis Cluster works too: the URL of any node, or a comma-separated list
     /// of nodes' URLs.
-    #[arg(long, global = true, env = "LOOM_REDIS_URL", value_name = "URL")]
+    #[arg(
+        long,
+        global = true,
+        env = "LOOM_REDIS_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     redis: Option<String>,
     /// How many queues each actor type has in Redis (spreads one type's requests over a
     /// cluster's nodes); callers and workers must use the same number.

@@ -262,3 +262,18 @@ fn team_demo_streams_attributed_tokens() {
     }
     assert!(out.stderr.contains("tokens"), "{}", out.stderr);
 }
+
+/// `--help` names where `--redis` comes from, never the URL itself: it may hold a password.
+#[test]
+fn help_never_prints_the_redis_url_from_the_environment() {
+    let child = loom(&["--help"])
+        .env("LOOM_REDIS_URL", "redis://loom:hunter2@db.example:6379")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("loom starts");
+    let out = finish(child);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stdout.contains("LOOM_REDIS_URL"), "{}", out.stdout);
+    assert!(!out.stdout.contains("hunter2"), "{}", out.stdout);
+}

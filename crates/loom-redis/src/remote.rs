@@ -109,12 +109,12 @@ impl RemoteInvoker {
     /// Reads the run `run_id` after entry `from` (from its start when `None`), waiting for a
     /// worker to pick it up if it is still queued, for at most the `pickup_timeout`. Unlike
     /// [`Client::tail`], the stream need not exist yet. Dropping the result does not cancel.
-    /// Fails with [`Error::EntryIdPastEnd`] when the stream exists and `from` is past its
-    /// last entry; a `from` at or past its terminal gives an empty stream.
+    /// A `from` at or past the terminal gives an empty stream; one ahead of a live run's
+    /// last entry waits for the run to get there, and ends with nothing if it ends before.
     pub async fn attach(&self, run_id: &str, from: Option<EntryId>) -> Result<EntryStream, Error> {
         check_name("run id", run_id)?;
         if let Some(from) = from {
-            if self.client.read_at_end(run_id, from).await? {
+            if self.client.ended_by(run_id, from).await? {
                 return Ok(reader::ended(run_id));
             }
         }

@@ -174,9 +174,6 @@ impl RunRef {
                 if run.log().read(cursor)? == Read::Finished {
                     return Ok(None);
                 }
-                if let Some(cursor) = cursor {
-                    check_cursor(cursor, run.log().info().last_seq)?;
-                }
                 Ok(Some(Feed::Local(run.log().reader(cursor))))
             }
             Self::Remote(run) => Ok(run.open(cursor).await?.map(Feed::Remote)),
@@ -253,18 +250,6 @@ impl RunRef {
             Self::Remote(run) => run.cancel().await,
         }
     }
-}
-
-/// Refuses a cursor past `last`, the `seq` of the run's last chunk (`None`: none written
-/// yet): no chunk of the run has it, so a reader would wait for it past the run's end.
-pub(crate) fn check_cursor(cursor: u64, last: Option<u64>) -> Result<(), ApiError> {
-    if last.is_some_and(|last| cursor <= last) {
-        return Ok(());
-    }
-    let written = last.map_or("no chunk yet".to_owned(), |l| format!("up to seq {l}"));
-    Err(ApiError::BadRequest(format!(
-        "cursor {cursor} is past the run's last chunk (it has {written})"
-    )))
 }
 
 /// What [`RunRef::read_through`] hands its reader.

@@ -35,7 +35,6 @@ use loom_workflow::{Workflow, DEFAULT_WORKFLOW_TIMEOUT, WORKFLOW_ACTOR_PREFIX};
 use serde_json::{json, Value};
 use tracing::Instrument;
 
-use crate::backend::check_cursor;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::runlog::{LoggedChunk, RunInfo, RunStatus, RunTarget};
@@ -346,9 +345,6 @@ impl RemoteRun {
             if cursor >= terminal.seq {
                 return Ok(None);
             }
-        }
-        if let Some(cursor) = cursor {
-            check_cursor(cursor, record.last.as_ref().map(|c| c.seq))?;
         }
         let entries = self
             .invoker

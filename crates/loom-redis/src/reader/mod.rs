@@ -106,13 +106,12 @@ impl Client {
         open(self.clone(), stream_id.to_owned(), from, watch).await
     }
 
-    /// Whether a reader of run `run_id`'s stream asking for the entries after `from` would
-    /// get none ever (see [`at_end`]); `false` while the stream does not exist.
-    pub(crate) async fn read_at_end(&self, run_id: &str, from: EntryId) -> Result<bool, Error> {
-        match self.last_entry(run_id).await? {
-            Some(last) => at_end(&last, from),
-            None => Ok(false),
-        }
+    /// Whether run `run_id` has ended at or before entry `from`: a reader asking for the
+    /// entries after it would get none ever. A `from` ahead of a live run's last entry is not:
+    /// its reader waits for the run to get there.
+    pub(crate) async fn ended_by(&self, run_id: &str, from: EntryId) -> Result<bool, Error> {
+        let last = self.last_entry(run_id).await?;
+        Ok(last.is_some_and(|last| last.terminal && from >= last.id))
     }
 
     /// The last entry of run `run_id`'s stream; `None` when it has none.
@@ -232,6 +231,7 @@ fn follow(
                             yield entry;
                             return;
                         }
+                        Step::End => return,
                         // Answered above.
                         Step::CheckLease | Step::EndRun(_) => {}
                     }

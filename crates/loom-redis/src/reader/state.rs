@@ -111,6 +111,9 @@ pub(crate) enum Step {
     EndRun(Ending),
     /// Yield this entry, and end the stream.
     Fail(StreamEntry),
+    /// End the stream with nothing more: the run ended at or before the entry the reader was
+    /// asked to read after, so nothing of it comes after that cursor.
+    End,
 }
 
 /// The reader's view of one stream (see the module docs).
@@ -121,6 +124,8 @@ pub(crate) struct ReadState {
     watch: Watch,
     last_seq: Option<u64>,
     last_id: EntryId,
+    /// The entry the reader was asked to read after.
+    from: EntryId,
     /// Until when the producer counts as alive without a new sign of it.
     alive_until: Instant,
     /// When Redis last answered.
@@ -142,6 +147,7 @@ impl ReadState {
             // reader notices a gap right after its cursor as one that stayed would.
             last_seq: (from.seq == 1).then_some(from.ms),
             last_id: from,
+            from,
             redis_ok_at: now,
             ended_at: None,
             heard_at: None,
@@ -336,6 +342,9 @@ impl ReadState {
         terminal: Option<EntryId>,
     ) -> Step {
         match terminal {
+            // Nothing was read past the cursor, and the run ended before it or at it: a cursor
+            // ahead of a live run's end waits for the run to reach it, and it never did.
+            Some(id) if id <= self.last_id && self.last_id == self.from => Step::End,
             // The stream's terminal is at or before what this reader already read, which
             // yielded no terminal: the stream Redis has now lost entries this reader saw (a
             // failover, a flush). Never a silent end.

@@ -4,7 +4,9 @@
 //! - throughput: chunks/s of one remote stream end to end (actor → worker → Redis → reader)
 //!   against `redis-benchmark -P 16` XADD and a raw pipelined XADD loop (depth 16);
 //! - latency: actor yield → reader per chunk at 1,000 chunks/s, p50/p99, next to one bare
-//!   XADD round trip;
+//!   XADD round trip, and the floors a chunk's path is compared with: Redis's own hand-off
+//!   of an `XADD` to a blocked `XREAD`, and one loopback socket's hand-off to a thread
+//!   blocked in `read` (no Redis at all: the floor of any reader that waits);
 //! - scale: 10,000 concurrent remote streams read by one process: Redis connections it uses
 //!   and its memory (RSS delta); the worker runs in a subprocess (this binary, `--worker`);
 //! - soak: 10,000 concurrent remote streams at 2 chunks/s each for 5 minutes (20,000 chunks/s
@@ -632,7 +634,7 @@ async fn latency(server: &Target, count: u64) {
     // same at the stream's pace (one a millisecond, where every process and thread on the
     // way has gone idle between two chunks and must be woken, as for the stream's chunks),
     // and a bare `XADD` read by a blocked `XREAD`, plain and fenced.
-    let mut all: [Vec<Duration>; 5] = Default::default();
+    let mut all: [Vec<Duration>; 6] = Default::default();
     let mut round_ratios = Vec::new();
     for _ in 0..LATENCY_ROUNDS {
         let round = [
@@ -641,6 +643,9 @@ async fn latency(server: &Target, count: u64) {
             bare_round_trip(server, per_round, Some(Duration::from_millis(1))).await,
             bare_handoff(server, per_round, false).await,
             bare_handoff(server, per_round, true).await,
+            tokio::task::spawn_blocking(move || socket_handoff(per_round))
+                .await
+                .expect("socket hand-off"),
         ];
         let p50 = |sorted: &[Duration]| percentile(sorted, 0.5).as_secs_f64();
         round_ratios.push(p50(&round[0]) / p50(&round[1]).max(1e-9));
@@ -653,7 +658,7 @@ async fn latency(server: &Target, count: u64) {
     for sorted in &mut all {
         sorted.sort();
     }
-    let [lat, rtt, paced, handoff, fenced] = &all;
+    let [lat, rtt, paced, handoff, fenced, socket] = &all;
     round_ratios.sort_by(f64::total_cmp);
     let ratio = |to: &[Duration], p: f64| {
         percentile(lat, p).as_secs_f64() / percentile(to, p).as_secs_f64().max(1e-9)
@@ -665,6 +670,10 @@ async fn latency(server: &Target, count: u64) {
         (
             "bare fenced XADD (GET + XADD script) -> blocked XREAD at 1,000/s",
             fenced,
+        ),
+        (
+            "loopback socket -> a thread blocked in read at 1,000/s (no Redis)",
+            socket,
         ),
     ];
     println!("yield -> reader:     {}", p50_p99(lat));
@@ -690,6 +699,17 @@ async fn latency(server: &Target, count: u64) {
             ratio(sorted, 0.99)
         );
     }
+    // Where the target stands against the floors: a floor above 1.5 × the round trip is one
+    // no reader that waits idle between chunks can go under, whatever it does.
+    let floor_ratio = |sorted: &[Duration]| {
+        percentile(sorted, 0.5).as_secs_f64() / percentile(rtt, 0.5).as_secs_f64().max(1e-9)
+    };
+    println!(
+        "the floors ÷ the bare round trip, p50: Redis's hand-off {:.2}, a loopback socket's {:.2} \
+         (the target asks a chunk for <= 1.5)",
+        floor_ratio(handoff),
+        floor_ratio(socket)
+    );
 }
 
 /// How long each of `count` chunks of a remote `paced` run (one a millisecond) took from the
@@ -711,6 +731,38 @@ async fn stream_latency(reader: &Client, count: u64) -> Vec<Duration> {
             lat.push(Duration::from_nanos(now.saturating_sub(t)));
         }
     }
+    lat.sort();
+    lat
+}
+
+/// The floor of any reader that waits, Redis or not: `count` timestamps written one per
+/// millisecond to a loopback TCP connection (`TCP_NODELAY`) and how long each took to reach
+/// another thread blocked in `read` on its other end, sorted. Plain threads and blocking
+/// sockets: no runtime, no parsing, nothing but the kernel waking an idle thread.
+fn socket_handoff(count: u64) -> Vec<Duration> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut writer =
+        std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    let (mut reader, _) = listener.accept().expect("accept");
+    writer.set_nodelay(true).expect("nodelay");
+    let origin = Instant::now();
+    let read = std::thread::spawn(move || {
+        let mut lat = Vec::with_capacity(count as usize);
+        let mut stamp = [0u8; 8];
+        for _ in 0..count {
+            reader.read_exact(&mut stamp).expect("read");
+            let sent = Duration::from_nanos(u64::from_le_bytes(stamp));
+            lat.push(origin.elapsed().saturating_sub(sent));
+        }
+        lat
+    });
+    for _ in 0..count {
+        std::thread::sleep(Duration::from_millis(1));
+        let now = origin.elapsed().as_nanos() as u64;
+        writer.write_all(&now.to_le_bytes()).expect("write");
+    }
+    let mut lat = read.join().expect("reader thread");
     lat.sort();
     lat
 }

@@ -12,7 +12,8 @@
 //! CORS does not cover), or — by DNS rebinding — reads of every run. [`same_site`] refuses
 //! (`403 forbidden`) what a browser says it sends for another site (`Sec-Fetch-Site`, else an
 //! `Origin` that is not the server's own) unless `--cors-origin` lets that origin in, and
-//! [`loopback_host`] makes a server listening on loopback answer only to loopback host names.
+//! [`loopback_host`] makes a server listening on loopback answer only to loopback host names
+//! and those it is told of (`--allow-host`, the hosts of `--cors-origin`).
 //! Clients that are not browsers send neither header and are not concerned.
 
 use std::net::IpAddr;
@@ -74,16 +75,12 @@ pub(crate) async fn same_site(
     let origin = text(ORIGIN);
     let foreign = match text(HeaderName::from_static("sec-fetch-site")) {
         Some(site) => matches!(site, "cross-site" | "same-site"),
-        None => origin.is_some_and(|origin| {
-            let own = origin.split_once("://").map(|(_, authority)| authority);
-            own != text(HOST)
-        }),
+        None => origin.is_some_and(|origin| authority(origin) != text(HOST)),
     };
-    let allowed = || {
-        let origins = &state.config().cors_origins;
-        origins.iter().any(|o| o == "*") || origin.is_some_and(|o| origins.iter().any(|a| a == o))
-    };
-    if foreign && !allowed() {
+    let origins = &state.config().cors_origins;
+    let allowed =
+        origins.iter().any(|o| o == "*") || origin.is_some_and(|o| origins.iter().any(|a| a == o));
+    if foreign && !allowed {
         let err = ApiError::Forbidden(
             "a request from a page of another site (allow its origin with --cors-origin)".into(),
         );
@@ -92,30 +89,52 @@ pub(crate) async fn same_site(
     next.run(request).await
 }
 
-/// For a server listening on a loopback address: refuses (`403`) a request whose `Host` is not
-/// a loopback name (`localhost`, `127.0.0.1`, `[::1]`, with any port), which only a page that
-/// had its own name point at this machine (DNS rebinding) sends to it.
-pub(crate) async fn loopback_host(request: Request, next: Next) -> Response {
+/// For a server listening on a loopback address: refuses (`403`) a request whose `Host` is
+/// not a loopback name (`localhost`, `127.0.0.1`, `[::1]`), one of the configured
+/// `allowed_hosts`, or the host of a CORS origin (any port): only a page that had its own name
+/// point at this machine (DNS rebinding) sends it another one.
+pub(crate) async fn loopback_host(
+    State(state): State<ServerState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let host = request.headers().get(HOST).and_then(|v| v.to_str().ok());
     if let Some(host) = host {
-        let name = match host.rsplit_once(':') {
-            Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
-            _ => host,
-        };
-        let loopback = name.eq_ignore_ascii_case("localhost")
-            || name
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
-        if !loopback {
+        let name = host_name(host);
+        let config = state.config();
+        let known = |other: &str| host_name(other).eq_ignore_ascii_case(name);
+        let answered = name.eq_ignore_ascii_case("localhost")
+            || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            || config.allowed_hosts.iter().any(|h| known(h))
+            || config
+                .cors_origins
+                .iter()
+                .filter_map(|o| authority(o))
+                .any(known);
+        if !answered {
             let err = ApiError::Forbidden(format!(
-                "this server listens on loopback and answers only to loopback host names, not {host:?}"
+                "this server listens on loopback and answers to {host:?} only if --allow-host names it"
             ));
             return refuse(&request, err);
         }
     }
     next.run(request).await
+}
+
+/// The `host[:port]` of an origin (`scheme://host[:port]`).
+fn authority(origin: &str) -> Option<&str> {
+    origin.split_once("://").map(|(_, authority)| authority)
+}
+
+/// The name in a `host[:port]` (an IPv6 address without its brackets).
+fn host_name(authority: &str) -> &str {
+    let name = match authority.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) && !name.ends_with(':') => {
+            name
+        }
+        _ => authority,
+    };
+    name.trim_start_matches('[').trim_end_matches(']')
 }
 
 /// `err` in the shape of the route's dialect.

@@ -214,7 +214,8 @@ impl RunRef {
                         if !whole {
                             chunks.retain(|c| c.kind.is_terminal());
                         }
-                        if each(Through::Chunks(&chunks)).is_break() {
+                        let reached = cursor.unwrap_or(0);
+                        if each(Through::Chunks(&chunks, reached)).is_break() {
                             return Ok(());
                         }
                     }
@@ -254,8 +255,9 @@ impl RunRef {
 
 /// What [`RunRef::read_through`] hands its reader.
 pub(crate) enum Through<'a> {
-    /// The next chunks, in order.
-    Chunks(&'a [Arc<LoggedChunk>]),
+    /// The next chunks, in order, and the `seq` reading has reached (that of the last chunk
+    /// read, also when a gap left only the terminal to hand on).
+    Chunks(&'a [Arc<LoggedChunk>], u64),
     /// Chunks were dropped before they were read: what was handed before is not the whole
     /// run, and only the terminal chunk follows.
     Gap,

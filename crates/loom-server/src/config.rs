@@ -45,6 +45,9 @@ pub struct ServerConfig {
     pub log_limits: LogLimits,
     /// Origins browsers may call the API from (`*`: any); empty, the default: CORS off.
     pub cors_origins: Vec<String>,
+    /// Host names a server listening on loopback answers to besides the loopback ones and
+    /// those of `cors_origins` (a reverse proxy that passes its own `Host` on); any port.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -59,6 +62,7 @@ impl Default for ServerConfig {
             max_streams: DEFAULT_MAX_STREAMS,
             log_limits: LogLimits::default(),
             cors_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -75,6 +79,7 @@ impl fmt::Debug for ServerConfig {
             .field("max_streams", &self.max_streams)
             .field("log_limits", &self.log_limits)
             .field("cors_origins", &self.cors_origins)
+            .field("allowed_hosts", &self.allowed_hosts)
             .finish()
     }
 }

@@ -124,8 +124,9 @@ pub use tokens::TOKEN_TTL;
 /// connections or runs; embedded runs are cancelled and open streams end with their terminal
 /// `error/cancelled` chunk; in distributed mode the runs go on on their workers and open
 /// streams close without a terminal chunk. On a loopback address it answers only to loopback
-/// host names (`localhost`, `127.0.0.1`, `[::1]`): a page that points its own name at this
-/// machine (DNS rebinding) gets `403`.
+/// host names (`localhost`, `127.0.0.1`, `[::1]`) and those of
+/// [`ServerConfig::allowed_hosts`] and its CORS origins: a page that points its own name at
+/// this machine (DNS rebinding) gets `403`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ServerState,
@@ -133,7 +134,8 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let mut app = router(state.clone());
     if listener.local_addr()?.ip().is_loopback() {
-        app = app.layer(axum::middleware::from_fn(auth::loopback_host));
+        let guard = axum::middleware::from_fn_with_state(state.clone(), auth::loopback_host);
+        app = app.layer(guard);
     }
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {

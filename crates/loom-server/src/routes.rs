@@ -156,7 +156,7 @@ async fn run_actor(
     // Only the terminal matters, and a log always keeps it.
     let mut last = None;
     run.read_through(None, |read| {
-        if let Through::Chunks(chunks) = read {
+        if let Through::Chunks(chunks, _) = read {
             last = chunks.last().cloned();
         }
         ControlFlow::Continue(())

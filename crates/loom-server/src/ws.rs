@@ -11,7 +11,8 @@
 //! keep-alive intervals gets an error frame and is closed, and one that takes no frame for as
 //! long (it stopped reading) is dropped: a client gone silent cannot keep it.
 //!
-//! The close frame says why: `1000` after the terminal chunk, `1008` for a request the
+//! The close frame says why: `1000` after the terminal chunk, `1001` when a server in front
+//! of workers shuts down (the run goes on: rejoin it elsewhere), `1008` for a request the
 //! server refuses (an error frame comes first), `1011` for a failure of the server's, and
 //! `4000` when the reader fell behind the run's log (it rejoins with a cursor at
 //! `GET /v1/runs/{id}/stream`).
@@ -162,19 +163,26 @@ async fn session(
         }
     };
     let keep_alive = state.config().keep_alive;
+    let mut ended = false;
     loop {
         tokio::select! {
             batch = feed.next() => match batch {
                 Ok(Some(chunks)) => {
                     for chunk in chunks {
+                        ended = chunk.kind.is_terminal();
                         let Ok(text) = String::from_utf8(chunk.json.to_vec()) else { return };
                         if !socket.send(Message::Text(text.into())).await {
                             return;
                         }
                     }
                 }
-                Ok(None) => {
+                Ok(None) if ended => {
                     socket.close(close_code::NORMAL, "the run ended").await;
+                    return;
+                }
+                // No terminal: the server is shutting down, the run goes on on its worker.
+                Ok(None) => {
+                    socket.close(close_code::AWAY, "the server is going away: rejoin the run").await;
                     return;
                 }
                 Err(_) => {

@@ -584,12 +584,21 @@ async fn pages_of_other_sites_and_foreign_host_names_are_refused() {
             assert_eq!(code, "forbidden", "{headers:?}");
         }
     }
-    // The page's origin let in.
+    // The page's origin let in, and a proxy's host name.
     let open = TestServer::start(ServerConfig {
         cors_origins: vec!["https://app.example".into()],
+        allowed_hosts: vec!["loom.example".into()],
         ..ServerConfig::default()
     })
     .await;
+    for host in ["loom.example", "loom.example:443", "app.example"] {
+        let proxied = open
+            .http
+            .get(open.url("/healthz"))
+            .header("host", host)
+            .send();
+        assert_eq!(within(proxied).await.unwrap().status(), 200, "{host}");
+    }
     let allowed = open
         .http
         .post(open.url("/v1/actors/echo/run"))

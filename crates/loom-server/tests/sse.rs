@@ -564,7 +564,7 @@ async fn a_chat_stream_overtaken_by_the_log_bound_ends_with_an_error() {
 async fn a_cursor_ahead_of_a_running_run_waits_for_it() {
     let server = TestServer::default_config().await;
     let id = server
-        .detached(json!({ "actor": "batch", "input": slow_batch(5, 50) }))
+        .detached(json!({ "actor": "batch", "input": slow_batch(5, 300) }))
         .await;
     let ahead = server.get(&format!("/v1/runs/{id}/stream?from=3")).await;
     let beyond = server.get(&format!("/v1/runs/{id}/stream?from=500")).await;

@@ -25,6 +25,10 @@ pub(crate) struct ServeArgs {
     /// off without it.
     #[arg(long = "cors-origin", value_name = "ORIGIN")]
     cors_origins: Vec<String>,
+    /// A host name to answer to when listening on loopback, besides the loopback ones (a
+    /// reverse proxy that passes its own `Host` on; repeat for several).
+    #[arg(long = "allow-host", value_name = "NAME")]
+    allowed_hosts: Vec<String>,
 }
 
 /// The workflows of `args.workflows`, checked against `runtime`'s actor types; in front of
@@ -78,6 +82,7 @@ pub(crate) async fn serve(
     let config = ServerConfig {
         api_key,
         cors_origins: args.cors_origins,
+        allowed_hosts: args.allowed_hosts,
         ..ServerConfig::default()
     };
     let state = match redis {

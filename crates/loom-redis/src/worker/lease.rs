@@ -4,10 +4,11 @@
 //! run back at shutdown ([`hand_back`]).
 //!
 //! The heartbeat also keeps the requests of held and waiting runs fresh in the group's pending
-//! list (`XCLAIM … JUSTID` to itself, only for runs whose lease it renewed, so a run is never
-//! stolen back), renews the streams' TTL, and reads their cancel keys (pub/sub delivers at
-//! most once). A run another worker took over, or whose lease holds another attempt's token,
-//! is stopped without writing.
+//! list (claiming them to itself again, only for runs whose lease it renewed and only while
+//! the request is still in its own pending list, checked in the same script: a request is
+//! never stolen back), renews the streams' TTL, and reads their cancel keys (pub/sub delivers
+//! at most once). A run whose lease holds another attempt's token (the attempt that took it
+//! over) is stopped without writing; the lease alone decides, not the pending list.
 //!
 //! A worker may hold thousands of runs, and Redis serves nobody else while it runs one
 //! command: the beat renews up to [`PER_CALL`] runs of a bucket per script call, reads its

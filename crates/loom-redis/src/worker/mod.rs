@@ -12,8 +12,9 @@
 //!   so a worker that lost a run can never append to its stream. Every `lease_refresh` a
 //!   heartbeat renews, for each run the worker holds, the lease (`PEXPIRE lease_ttl`, only
 //!   while it still holds the attempt's token — else the run stops without writing), the
-//!   stream's TTL, and the request's idle time in the group's pending list (`XCLAIM … JUSTID`
-//!   to itself, only for runs whose lease was renewed, so a run is never stolen back). A long
+//!   stream's TTL, and the request's idle time in the group's pending list (claimed to itself
+//!   again, only for runs whose lease was renewed and only while the request is still its
+//!   own, in one script: a run is never stolen back). A long
 //!   run on a healthy worker is therefore never idle long enough to be claimed by another
 //!   worker. `XREADGROUP COUNT` bounds each queue, not the total, so each queue is asked for
 //!   its share of the free slots; a read may still return a few more requests than there are

@@ -260,7 +260,7 @@ pub(crate) async fn completions(
     let mut failed = None;
     run.read_through(None, |read| {
         let chunks = match read {
-            Through::Chunks(chunks) => chunks,
+            Through::Chunks(chunks, _) => chunks,
             // Only the terminal follows: its result is the answer.
             Through::Gap => {
                 (mapping, text) = (ChatMapping::default(), String::new());

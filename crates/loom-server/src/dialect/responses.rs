@@ -605,9 +605,10 @@ async fn replay(
     if until == Some(None) {
         return Ok(mapping);
     }
+    let snapshot_of = until.flatten();
     run.read_through(None, |read| {
-        let chunks = match read {
-            Through::Chunks(chunks) => chunks,
+        let (chunks, reached) = match read {
+            Through::Chunks(chunks, reached) => (chunks, reached),
             // Only the terminal follows: its result is the answer.
             Through::Gap => {
                 mapping = ResponsesMapping::new(head.clone());
@@ -619,9 +620,14 @@ async fn replay(
                 continue;
             };
             mapping.map(&chunk);
-            if until.flatten().is_some_and(|last| chunk.seq >= last) {
+            if snapshot_of.is_some_and(|last| chunk.seq >= last) {
                 return ControlFlow::Break(());
             }
+        }
+        // A snapshot stops where the run was when asked, also past a gap that left nothing
+        // but the terminal to map (a running run's snapshot then shows no output yet).
+        if snapshot_of.is_some_and(|last| reached >= last) {
+            return ControlFlow::Break(());
         }
         ControlFlow::Continue(())
     })

@@ -1,9 +1,13 @@
 // Types of loom-client (index.js). Wire names stay snake_case, as on the wire.
 
-/** The codes of a Loom error (DESIGN.md §3). */
+/**
+ * The codes of a Loom error (DESIGN.md §3): a chunk's, a run's on `execute`, and the HTTP
+ * API's; `no_run_id` and `unavailable` (status 0) are the client's own.
+ */
 export type ErrorCode =
   | "bad_input" | "not_found" | "timeout" | "cancelled" | "upstream" | "worker_lost"
-  | "internal" | (string & {});
+  | "internal" | "bad_request" | "unauthorized" | "cursor_expired" | "too_large"
+  | "too_many_streams" | "unavailable" | "no_run_id" | (string & {});
 
 /** A chunk's error. */
 export interface ErrorInfo {
@@ -55,22 +59,30 @@ export interface ErrorChunk extends ChunkBase {
 /** One element of a run's stream, ordered by a gapless `seq` from 0. */
 export type StreamChunk = StartChunk | ProgressChunk | DataChunk | CompleteChunk | ErrorChunk;
 
-/** An HTTP error: its status, and the `code` and `message` of its body. */
+/**
+ * An HTTP error: its status, and the `code` and `message` of its body (e.g. 404 `not_found`,
+ * 410 `cursor_expired`, 409 `cancelled` from `execute`). Status 0: the client's own (`unavailable`
+ * when re-attaching failed, with the last failure as `cause`; `no_run_id`).
+ */
 export class LoomError extends Error {
   readonly status: number;
-  readonly code: string;
+  readonly code: ErrorCode;
   /** The seconds the server asked to wait (`Retry-After`, e.g. on 429 `too_many_streams`). */
   readonly retryAfter?: number;
   constructor(status: number, code: string, message: string);
 }
 
 /**
- * A live run: iterate it for its chunks; leaving the loop early cancels a run it started. A
- * dropped connection is re-attached (network errors, 5xx and 429 are tried again, up to 5 times
- * in a row); when the loop fails on its own it throws and does not cancel the run.
+ * A live run: iterate it (once) for its chunks; leaving the loop early cancels a run it
+ * started (the loop waits up to 2 s for that DELETE; `await cancel()` waits for it). A dropped
+ * connection is re-attached (network errors, 5xx and 429 are tried again, up to 5 times in a
+ * row); when the loop fails on its own it throws and does not cancel the run.
  */
 export interface RunStream extends AsyncIterable<StreamChunk> {
-  /** The run id, once the server has answered. */
+  /**
+   * The run id, once the server has answered (its `Loom-Run-Id` header; where a cross-origin
+   * response hides it, the run's `start` chunk, so only once the loop has read it).
+   */
   readonly runId: Promise<string>;
   /**
    * Asks the run to stop (one DELETE, sent again only if it failed); the loop then ends with
@@ -80,7 +92,10 @@ export interface RunStream extends AsyncIterable<StreamChunk> {
 }
 
 export interface StreamOptions {
-  /** Aborting it cancels the run and ends the loop. */
+  /**
+   * Aborting it ends the loop at once and cancels the run (aborted before the server has
+   * answered, the DELETE follows its answer).
+   */
   signal?: AbortSignal;
   /** The run's deadline, e.g. "30s". */
   timeout?: string;
@@ -106,10 +121,20 @@ export interface RunInfo {
   last_seq: number | null;
 }
 
+export interface ExecuteOptions {
+  /** Aborting it rejects at once; the server cancels the run after its disconnect grace. */
+  signal?: AbortSignal;
+  /** The run's deadline, e.g. "30s" (past it: a 504 `timeout` LoomError). */
+  timeout?: string;
+}
+
 export interface Actor {
   stream(input?: unknown, options?: StreamOptions): RunStream;
-  /** The run's result, or a LoomError with its error. */
-  execute(input?: unknown): Promise<any>;
+  /**
+   * The run's result, or a LoomError with its error (422 `bad_input`, 409 `cancelled`, 504
+   * `timeout`, …).
+   */
+  execute(input?: unknown, options?: ExecuteOptions): Promise<any>;
 }
 export interface Workflow {
   stream(input?: unknown, options?: StreamOptions): RunStream;
@@ -122,7 +147,9 @@ export interface Runs {
   cancel(id: string): Promise<RunInfo>;
   /**
    * Joins a run after `from` (exclusive), or from its start; leaving the loop or aborting
-   * `signal` ends it without cancelling the run.
+   * `signal` ends it without cancelling the run. A `from` at or past a finished run's terminal
+   * ends the loop at once (204); one before what the server's log still holds is a 410
+   * `cursor_expired` LoomError.
    */
   stream(id: string, options?: { from?: number; signal?: AbortSignal }): RunStream;
 }

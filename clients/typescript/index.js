@@ -4,10 +4,11 @@
 //   for await (const chunk of loom.actor("chat-agent").stream({ prompt: "hi" })) { … }
 //
 // A stream is a live run: breaking out of the loop, aborting its signal or `cancel()` sends
-// `DELETE /v1/runs/{id}`; a dropped connection is re-attached at `/v1/runs/{id}/stream` with
-// `Last-Event-ID`, so the loop sees every chunk once. A loop that fails on its own (it cannot
-// re-attach, a frame is not JSON) sends no DELETE: the server cancels a run whose client is
-// gone after its disconnect grace. Wire names stay snake_case as on the wire (DESIGN.md §3).
+// `DELETE /v1/runs/{id}` (an abort before the server has answered waits, a bounded time, for
+// the answer that names the run); a dropped connection is re-attached at `/v1/runs/{id}/stream`
+// with `Last-Event-ID`, so the loop sees every chunk once. A loop that fails on its own (it
+// cannot re-attach, a frame is not JSON) sends no DELETE: the server cancels a run whose client
+// is gone after its disconnect grace. Wire names stay snake_case as on the wire (DESIGN.md §3).
 // Types: index.d.ts.
 
 /**
@@ -27,6 +28,12 @@ export class LoomError extends Error {
 const MAX_REATTACH = 5;
 /** The longest wait before a re-attach, whatever `Retry-After` asks. */
 const MAX_WAIT_MS = 5_000;
+/**
+ * How long leaving a loop (`break`) waits for its DELETE before it returns anyway (the DELETE
+ * goes on; `await stream.cancel()` waits for it), and how long an abort waits for the answer
+ * that names a run it started, so that it can cancel it.
+ */
+const CANCEL_WAIT_MS = 2_000;
 
 export class Loom {
   /** @param {{ baseUrl: string, apiKey?: string, fetch?: typeof fetch }} options */
@@ -110,9 +117,16 @@ class Target {
     });
   }
 
-  /** Runs the actor to its end: its result, or a LoomError with the run's error. */
-  async execute(input = {}) {
-    return this.loom.json("POST", `${this.path}/run`, { input });
+  /**
+   * Runs the actor to its end: its result, or a LoomError with the run's error (409
+   * `cancelled`, 504 `timeout`, 422 `bad_input`, …). Aborting `signal` abandons the request;
+   * the server then cancels the run after its disconnect grace.
+   */
+  async execute(input = {}, { signal, timeout } = {}) {
+    const body = { input };
+    if (timeout !== undefined) body.timeout = timeout;
+    const response = await this.loom.request("POST", `${this.path}/run`, { body, signal });
+    return response.json();
   }
 }
 
@@ -165,6 +179,8 @@ class RunStream {
     this.signal = signal;
     this.cancelOnExit = cancelOnExit;
     this.ended = false;
+    this.iterated = false;
+    this.opened = false;
     this.cancelling = undefined;
     this.abort = new AbortController();
     this.id = runId;
@@ -174,19 +190,54 @@ class RunStream {
       reject = rej;
     });
     this.runId.catch(() => {});
-    // The first response is requested at once, so `runId` resolves without iterating.
-    this.first = (open ? open(this.abort.signal) : this.attach()).then(
+    let named = false;
+    /** Settles `runId` once: with `id`, or with the error `failed`. */
+    this.name = (id, failed) => {
+      if (named) return;
+      named = true;
+      if (failed) return reject(failed);
+      this.id = id;
+      resolve(id);
+    };
+    // The first response is requested at once (unless `signal` has aborted already), so
+    // `runId` resolves without iterating. Its request has a signal of its own: see below.
+    const opening = new AbortController();
+    const first = signal?.aborted
+      ? Promise.reject(signal.reason)
+      : open
+        ? open(opening.signal)
+        : this.attach(opening.signal);
+    this.first = first.then(
       (response) => {
-        this.id ??= response.headers.get("loom-run-id");
-        resolve(this.id);
+        this.opened = true;
+        // A cross-origin response shows the header only if the server exposes it; else the
+        // run's `start` chunk names the run (see the loop).
+        const id = runId ?? response.headers.get("loom-run-id");
+        if (id) this.name(id);
+        else if (this.abort.signal.aborted) this.name(undefined, unnamed());
         return response;
       },
       (error) => {
-        reject(error);
+        this.opened = true;
+        this.name(undefined, error);
         throw error;
       },
     );
     this.first.catch(() => {});
+    // When the loop stops, so does the opening request; but a run this stream started can be
+    // cancelled only once the server has named it, so its answer is awaited (a bounded time)
+    // first.
+    const stopOpening = () => {
+      const reason = this.abort.signal.reason;
+      if (this.opened || !this.cancelOnExit) return opening.abort(reason);
+      const timer = setTimeout(() => opening.abort(reason), CANCEL_WAIT_MS);
+      const done = () => {
+        clearTimeout(timer);
+        opening.abort(reason);
+      };
+      this.first.then(done, done);
+    };
+    this.abort.signal.addEventListener("abort", stopOpening, { once: true });
     this.unlisten = () => {};
     if (signal) {
       // A run this stream started is cancelled; a run it only joined is left to go on.
@@ -220,22 +271,30 @@ class RunStream {
     await this.loom.runs.cancel(id);
   }
 
-  attach() {
+  attach(signal = this.abort.signal) {
+    if (this.id == null) return Promise.reject(unnamed());
     const headers = this.cursor === undefined ? {} : { "last-event-id": String(this.cursor) };
     return this.loom.request("GET", `/v1/runs/${encodeURIComponent(this.id)}/stream`, {
       headers,
-      signal: this.abort.signal,
+      signal,
     });
   }
 
-  async *[Symbol.asyncIterator]() {
+  [Symbol.asyncIterator]() {
+    // One loop per stream: a second would share (and end) the first one's connection.
+    if (this.iterated) throw new TypeError("a RunStream can be iterated only once");
+    this.iterated = true;
+    return this.chunks();
+  }
+
+  async *chunks() {
     const aborted = this.abort.signal;
     // The caller stops the loop (break, return, its signal) while it is suspended at a yield or
     // by aborting; anything else that ends it early is the loop's own failure.
     let suspended = false;
     let failed = false;
     try {
-      let response = await this.first;
+      let response = await orAbort(this.first, aborted);
       let failures = 0;
       let retryAfter = 0;
       let lastError;
@@ -267,6 +326,11 @@ class RunStream {
               if (id) this.cursor = id;
               if (chunk === undefined) continue;
               failures = 0;
+              if (chunk.type === "start" && this.id == null) {
+                const named = chunk.data?.run_id;
+                if (typeof named === "string" && named) this.name(named);
+                else this.name(undefined, unnamed());
+              }
               if (chunk.type === "complete" || chunk.type === "error") this.ended = true;
               suspended = true;
               yield chunk;
@@ -304,11 +368,49 @@ class RunStream {
       throw error;
     } finally {
       this.unlisten();
+      // Aborted already: by the caller's signal, which has sent the DELETE itself.
+      const stopped = aborted.aborted;
       this.abort.abort();
-      // A loop that failed on its own leaves the run to the server's disconnect grace.
-      if (!failed && !this.ended && this.cancelOnExit) await this.cancel().catch(() => {});
+      if (this.opened) this.name(undefined, unnamed());
+      // A loop that failed on its own leaves the run to the server's disconnect grace. One the
+      // caller left (`break`) waits for the DELETE, but not for a server that does not answer.
+      if (!failed && !this.ended && this.cancelOnExit) {
+        const cancelling = this.cancel().catch(() => {});
+        if (!stopped) await within(cancelling, CANCEL_WAIT_MS);
+      }
     }
   }
+}
+
+/** The error of a stream whose run id is unknown (see the `first` response). */
+function unnamed() {
+  return new LoomError(
+    0,
+    "no_run_id",
+    "the server's answer did not name the run (no Loom-Run-Id header, which a cross-origin " +
+      "response shows only when exposed, and no start chunk): it cannot be re-attached or cancelled",
+  );
+}
+
+/** `promise`, or the rejection with `signal`'s reason as soon as it aborts. */
+function orAbort(promise, signal) {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise((resolve, reject) => {
+    const stop = () => reject(signal.reason);
+    signal.addEventListener("abort", stop, { once: true });
+    promise
+      .finally(() => signal.removeEventListener("abort", stop))
+      .then(resolve, reject);
+  });
+}
+
+/** `promise`, or undefined after `ms`, whichever comes first (the timer does not outlive it). */
+function within(promise, ms) {
+  let timer;
+  const late = new Promise((resolve) => {
+    timer = setTimeout(resolve, ms);
+  });
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
 }
 
 /** A network error, a 5xx or a 429: worth another try. */
@@ -346,7 +448,9 @@ async function* frames(reader) {
     const { done, value: bytes } = await reader.read();
     if (done) return;
     let text = decoder.decode(bytes, { stream: true });
-    if (afterCR && text) {
+    // An empty read (or half a character) changes nothing, not even a pending CR.
+    if (!text) continue;
+    if (afterCR) {
       if (text.startsWith("\n")) text = text.slice(1);
       afterCR = false;
     }

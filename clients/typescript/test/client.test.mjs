@@ -493,3 +493,193 @@ test("npm install of this folder in an empty one, then the seed's loop, in plain
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+test("breaking out of the loop returns though its DELETE goes unanswered, and the DELETE is sent", async () => {
+  // A server that takes the DELETE and never answers it (overloaded, or the network went away).
+  const through = await proxy(async (req, res, forward) => {
+    if (req.method === "DELETE") return;
+    pass(res, await forward());
+  });
+  try {
+    const stream = through.loom.actor("team-demo").stream({ prompt: "Loom" });
+    const left = (async () => {
+      for await (const chunk of stream) {
+        if (chunk.seq === 2) break;
+      }
+      return "left";
+    })();
+    const started = Date.now();
+    const outcome = await Promise.race([left, sleep(8_000).then(() => "still in the loop")]);
+    assert.equal(outcome, "left");
+    assert.ok(Date.now() - started < 6_000);
+    assert.equal(through.count("DELETE", RUN), 1);
+  } finally {
+    through.close();
+  }
+});
+
+test("aborting before the server has answered still cancels the run it started, at once", async () => {
+  // The response that names the run is late (a busy server, a slow queue in distributed mode).
+  const through = await proxy(async (req, res, forward) => {
+    const upstream = await forward();
+    if (req.method === "POST" && DIRECT.test(req.url)) await sleep(1_500);
+    pass(res, upstream);
+  });
+  try {
+    const abort = new AbortController();
+    const stream = through.loom
+      .actor("batch")
+      .stream({ count: 1000, batch_size: 1, delay_ms: 50 }, { signal: abort.signal });
+    setTimeout(() => abort.abort(), 100);
+    const started = Date.now();
+    await assert.rejects(collect(stream), (e) => e === abort.signal.reason);
+    assert.ok(Date.now() - started < 1_000, "the loop ends with the abort, not with the answer");
+    // Not after the server's disconnect grace (10 s): the DELETE goes once the run is named.
+    await until(() => through.count("DELETE", RUN) === 1);
+    const id = await stream.runId;
+    const run = await until(async () => {
+      const info = await loom.runs.get(id);
+      return info.status !== "running" && info;
+    });
+    assert.equal(run.status, "cancelled");
+  } finally {
+    through.close();
+  }
+});
+
+test("an aborted signal sends no request at all", async () => {
+  const through = await proxy(async (req, res, forward) => pass(res, await forward()));
+  try {
+    const stream = through.loom.actor("echo").stream({}, { signal: AbortSignal.abort() });
+    await assert.rejects(collect(stream), (e) => e.name === "AbortError");
+    await sleep(200);
+    assert.deepEqual(through.seen, []);
+  } finally {
+    through.close();
+  }
+});
+
+test("without a Loom-Run-Id header (a cross-origin answer that does not expose it), the start chunk names the run", async () => {
+  // Like `cutting(4)`, but the direct stream's answer loses its loom-run-id header.
+  const through = await proxy(async (req, res, forward) => {
+    const upstream = await forward();
+    if (!(req.method === "POST" && DIRECT.test(req.url))) return pass(res, upstream);
+    const { "loom-run-id": _, ...headers } = upstream.headers;
+    res.writeHead(upstream.statusCode, headers);
+    await eachFrame(upstream, async (frame, i) => {
+      await write(res, `${frame}\n\n`);
+      return i + 1 < 4;
+    });
+    res.destroy();
+    upstream.destroy();
+  });
+  try {
+    const stream = through.loom.actor("team-demo").stream({ prompt: "Loom" });
+    const chunks = await collect(stream);
+    const id = chunks[0].data.run_id;
+    assert.equal(await stream.runId, id);
+    assert.deepEqual(chunks.map((c) => c.seq), chunks.map((_, i) => i), "nothing lost or twice");
+    assert.equal(chunks.at(-1).type, "complete");
+    const gets = through.seen.filter((r) => r.method === "GET");
+    assert.deepEqual(gets.map((r) => [r.url, r.cursor]), [[`/v1/runs/${id}/stream`, "3"]]);
+  } finally {
+    through.close();
+  }
+});
+
+test("an empty read between a CR and its LF does not split the line's frame", async () => {
+  // A fetch (a polyfill, a service worker) whose body reads come as "…\r", "", "\n…", with
+  // CRLF line ends and each chunk's data over two lines.
+  const encoder = new TextEncoder();
+  const decoder = new TextDecoder();
+  const splitting = async (url, init) => {
+    const response = await fetch(url, init);
+    if (!response.headers.get("content-type")?.startsWith("text/event-stream")) return response;
+    const pieces = new TransformStream({
+      transform(bytes, controller) {
+        const text = decoder
+          .decode(bytes, { stream: true })
+          .replace(/^data: (\{[^,\n]*,)/gm, "data: $1\ndata:")
+          .replace(/\n/g, "\r\n");
+        for (const piece of text.split(/(?<=\r)/)) {
+          controller.enqueue(encoder.encode(piece));
+          if (piece.endsWith("\r")) controller.enqueue(new Uint8Array(0));
+        }
+      },
+    });
+    return new Response(response.body.pipeThrough(pieces), response);
+  };
+  const through = new Loom({ baseUrl: server.base, fetch: splitting });
+  const chunks = await collect(through.actor("team-demo").stream({ prompt: "Loom" }));
+  assert.deepEqual(chunks.map((c) => c.seq), chunks.map((_, i) => i));
+  assert.equal(chunks.at(-1).type, "complete");
+});
+
+test("a second loop over one stream is refused, and the first goes on", async () => {
+  const stream = loom.actor("team-demo").stream({ prompt: "Loom" });
+  const chunks = [];
+  for await (const chunk of stream) {
+    chunks.push(chunk);
+    if (chunks.length === 2) {
+      await assert.rejects(async () => {
+        for await (const _ of stream) assert.fail("a second loop got a chunk");
+      }, TypeError);
+    }
+  }
+  assert.deepEqual(chunks.map((c) => c.seq), chunks.map((_, i) => i));
+  assert.equal(chunks.at(-1).type, "complete");
+});
+
+test("execute of a run cancelled meanwhile is a 409 cancelled LoomError", async () => {
+  const since = Date.now() - 1_000;
+  const running = loom.actor("batch").execute({ count: 1000, batch_size: 10, delay_ms: 50 });
+  running.catch(() => {});
+  const run = await until(async () => {
+    const [newest] = await loom.runs.list();
+    const fresh = newest?.actor === "batch" && Date.parse(newest.created_at) >= since;
+    return fresh && newest.status === "running" && newest;
+  });
+  await loom.runs.cancel(run.run_id);
+  await assert.rejects(running, (e) => e instanceof LoomError && e.status === 409 && e.code === "cancelled");
+});
+
+test("a reader the log left behind gets 410 cursor_expired as a LoomError, with no DELETE", async () => {
+  const through = await proxy(async (req, res, forward) => pass(res, await forward()));
+  try {
+    // 20,001 chunks, twice what an embedded log keeps: a reader paused at seq 1 until the run
+    // has ended is left behind, disconnected, and told 410 when it re-attaches.
+    const stream = through.loom.actor("batch").stream({ count: 10_000, batch_size: 1, delay_ms: 0 });
+    const seqs = [];
+    await assert.rejects(async () => {
+      for await (const chunk of stream) {
+        seqs.push(chunk.seq);
+        if (chunk.seq === 1) {
+          const id = await stream.runId;
+          await until(async () => (await loom.runs.get(id)).status !== "running");
+        }
+      }
+    }, (e) => e instanceof LoomError && e.status === 410 && e.code === "cursor_expired");
+    assert.deepEqual(seqs, seqs.map((_, i) => i), "nothing skipped before the error");
+    const gets = through.seen.filter((r) => r.method === "GET" && REATTACH.test(r.url));
+    // (The server's own reader of a direct stream may fall behind before it sent anything.)
+    assert.deepEqual(gets.map((r) => r.cursor), [seqs.length ? String(seqs.at(-1)) : undefined]);
+    assert.equal(through.count("DELETE", RUN), 0);
+  } finally {
+    through.close();
+  }
+});
+
+test("execute takes a timeout and a signal", async () => {
+  const slow = { count: 40, batch_size: 1, delay_ms: 100 };
+  await assert.rejects(
+    loom.actor("batch").execute(slow, { timeout: "300ms" }),
+    (e) => e instanceof LoomError && e.status === 504 && e.code === "timeout",
+  );
+  const abort = new AbortController();
+  setTimeout(() => abort.abort(), 100);
+  const started = Date.now();
+  await assert.rejects(loom.actor("batch").execute(slow, { signal: abort.signal }), (e) => e.name === "AbortError");
+  assert.ok(Date.now() - started < 2_000);
+});

@@ -66,10 +66,19 @@ async function listRuns() {
 
 function reset(id) {
   $("run-id").textContent = id;
-  $("run-state").textContent = "running";
-  $("run-state").className = "badge";
-  for (const box of ["steps", "bars", "lanes"]) $(box).replaceChildren();
+  state("running");
+  clearOutput();
   $("result").hidden = true;
+}
+
+function state(text) {
+  $("run-state").textContent = text;
+  $("run-state").className = `badge ${text}`;
+}
+
+/** Takes back every step, bar and lane shown (a new attempt of the run supersedes them). */
+function clearOutput() {
+  for (const box of ["steps", "bars", "lanes"]) $(box).replaceChildren();
 }
 
 /** The lane of a speaker (a team member, a workflow step, or the run itself). */
@@ -106,7 +115,7 @@ function bar(name, progress) {
   meter.value = progress.current;
 }
 
-function step(name, state, started) {
+function step(name, state, started, note = "") {
   let li = document.getElementById(`step-${name}`);
   if (!li) {
     li = document.createElement("li");
@@ -116,7 +125,8 @@ function step(name, state, started) {
   }
   li.className = state;
   li.firstChild.textContent = name;
-  li.lastChild.textContent = started ? `${((performance.now() - started) / 1000).toFixed(1)} s` : "";
+  li.lastChild.textContent = started ? `${((performance.now() - started) / 1000).toFixed(1)} s` : note && "retrying";
+  li.title = note;
 }
 
 /**
@@ -131,29 +141,55 @@ async function follow(id) {
   reset(id);
   $("cancel").disabled = false;
   const started = new Map();
+  // What each workflow step has shown (its lanes' and bars' names), which its retry takes back.
+  const shown = new Map();
+  const showing = (chunk, who) => {
+    if (chunk.step === undefined) return;
+    if (!shown.has(chunk.step)) shown.set(chunk.step, new Set());
+    shown.get(chunk.step).add(who);
+  };
   try {
     for await (const chunk of stream) {
       if (current.stream !== stream) return;
       const who = chunk.actor ?? chunk.step ?? "";
-      if (chunk.event === "action-start") {
+      if (chunk.type === "start" && chunk.attempt > 1) {
+        // A re-run of the whole run (its worker was lost): what the attempt before showed is
+        // superseded (DESIGN.md §3), not to be glued to this one's output.
+        clearOutput();
+        started.clear();
+        shown.clear();
+        status(`Attempt ${chunk.attempt}: the output of the attempt before was discarded.`);
+      } else if (chunk.event === "action-start") {
         started.set(chunk.step, performance.now());
         step(chunk.step, "running");
+      } else if (chunk.event === "action-retry") {
+        // Everything the step showed since its start (or last retry) is superseded.
+        for (const name of shown.get(chunk.step) ?? []) {
+          document.getElementById(`lane-${name}`)?.remove();
+          document.getElementById(`bar-${name}`)?.remove();
+        }
+        shown.delete(chunk.step);
+        step(chunk.step, "running", undefined, chunk.progress?.message ?? "retried");
       } else if (chunk.event === "action-complete" || chunk.event === "action-failed") {
         step(chunk.step, chunk.event === "action-complete" ? "done" : "failed", started.get(chunk.step));
       } else if (chunk.type === "data" && typeof chunk.data?.token === "string") {
         lane(who).textContent += chunk.data.token;
+        showing(chunk, who);
       } else if (chunk.type === "progress") {
         bar(who, chunk.progress);
+        showing(chunk, who);
       } else if (chunk.type === "complete" || chunk.type === "error") {
-        const state = chunk.type === "complete" ? "complete" : chunk.error.code === "cancelled" ? "cancelled" : "error";
-        $("run-state").textContent = state;
-        $("run-state").className = `badge ${state}`;
+        state(chunk.type === "complete" ? "complete" : chunk.error.code === "cancelled" ? "cancelled" : "error");
         $("result").hidden = false;
         $("result").textContent = JSON.stringify(chunk.type === "complete" ? chunk.data : chunk.error, null, 2);
       }
     }
   } catch (error) {
-    if (!stop.signal.aborted) status(error.message);
+    if (!stop.signal.aborted) {
+      // The page lost the stream (the run may go on): say so rather than show it running.
+      state("disconnected");
+      status(error instanceof LoomError ? `${error.code}: ${error.message}` : error.message);
+    }
   } finally {
     if (current.stream === stream) $("cancel").disabled = true;
     listRuns().catch(() => {});

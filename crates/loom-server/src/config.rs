@@ -24,6 +24,9 @@ pub const DEFAULT_MAX_FINISHED_RUNS: usize = 1_000;
 /// The most SSE streams open at once (more: 429 `too_many_streams`).
 pub const DEFAULT_MAX_STREAMS: usize = 10_000;
 
+/// The default cap on runs running at once in this process (embedded mode).
+pub const DEFAULT_MAX_RUNS: usize = 10_000;
+
 /// The server's configuration. `Debug` never shows the API key.
 #[derive(Clone)]
 pub struct ServerConfig {
@@ -41,6 +44,9 @@ pub struct ServerConfig {
     pub body_limit: usize,
     /// The most SSE streams open at once.
     pub max_streams: usize,
+    /// The most runs running at once in this process (embedded mode: in front of workers the
+    /// workers' concurrency bounds them); a run past it is `429 too_many_runs`.
+    pub max_runs: usize,
     /// How much of a run each embedded log keeps.
     pub log_limits: LogLimits,
     /// Origins browsers may call the API from (`*`: any); empty, the default: CORS off.
@@ -60,6 +66,7 @@ impl Default for ServerConfig {
             max_finished_runs: DEFAULT_MAX_FINISHED_RUNS,
             body_limit: DEFAULT_BODY_LIMIT,
             max_streams: DEFAULT_MAX_STREAMS,
+            max_runs: DEFAULT_MAX_RUNS,
             log_limits: LogLimits::default(),
             cors_origins: Vec::new(),
             allowed_hosts: Vec::new(),
@@ -77,6 +84,7 @@ impl fmt::Debug for ServerConfig {
             .field("max_finished_runs", &self.max_finished_runs)
             .field("body_limit", &self.body_limit)
             .field("max_streams", &self.max_streams)
+            .field("max_runs", &self.max_runs)
             .field("log_limits", &self.log_limits)
             .field("cors_origins", &self.cors_origins)
             .field("allowed_hosts", &self.allowed_hosts)

@@ -47,6 +47,12 @@ pub enum ApiError {
         /// The cap.
         limit: usize,
     },
+    /// 429 `too_many_runs`: the cap on runs running at once is reached.
+    #[error("too many runs running (the limit is {limit}); retry later")]
+    TooManyRuns {
+        /// The cap.
+        limit: usize,
+    },
     /// 503 `unavailable`: the server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
@@ -70,7 +76,7 @@ impl ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::CursorExpired(_) => StatusCode::GONE,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyStreams { .. } | Self::TooManyRuns { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::ShuttingDown | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Run(err) => match err.code() {
                 ErrorCode::BadInput => StatusCode::UNPROCESSABLE_ENTITY,
@@ -98,7 +104,10 @@ impl ApiError {
     /// `upstream`).
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::TooManyStreams { .. } | Self::ShuttingDown | Self::Unavailable(_) => true,
+            Self::TooManyStreams { .. }
+            | Self::TooManyRuns { .. }
+            | Self::ShuttingDown
+            | Self::Unavailable(_) => true,
             Self::Run(err) => err.is_retryable(),
             _ => false,
         }
@@ -115,6 +124,7 @@ impl ApiError {
             Self::CursorExpired(_) => "cursor_expired",
             Self::TooLarge { .. } => "too_large",
             Self::TooManyStreams { .. } => "too_many_streams",
+            Self::TooManyRuns { .. } => "too_many_runs",
             Self::ShuttingDown | Self::Unavailable(_) => "unavailable",
             Self::Run(err) => err.code().as_str(),
         }
@@ -131,7 +141,7 @@ impl IntoResponse for ApiError {
         }
         let body = json!({ "error": { "code": self.code(), "message": self.message() } });
         let mut response = (status, Json(body)).into_response();
-        if matches!(self, Self::TooManyStreams { .. }) {
+        if matches!(self, Self::TooManyStreams { .. } | Self::TooManyRuns { .. }) {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -17,6 +17,7 @@ use loom_core::{
 };
 use loom_workflow::{Workflow, WorkflowExecutor};
 use serde_json::Value;
+use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::config::ServerConfig;
@@ -67,6 +68,8 @@ pub(crate) struct Engine {
     config: ServerConfig,
     metrics: Arc<Metrics>,
     shutting_down: AtomicBool,
+    /// One permit per run running (`max_runs`), held by its drive task.
+    running: Arc<Semaphore>,
 }
 
 impl Engine {
@@ -88,6 +91,7 @@ impl Engine {
             workflows,
             store: Arc::new(RunStore::new()),
             budget: LogBudget::new(config.log_limits),
+            running: Arc::new(Semaphore::new(config.max_runs)),
             config,
             metrics,
             shutting_down: AtomicBool::new(false),
@@ -111,11 +115,17 @@ impl Engine {
 
     /// Starts a run and returns it once it is in the store; its chunks follow in its log.
     /// Unknown actor or workflow: `not_found`; a workflow input failing its schema:
-    /// `bad_input`; shutting down: `unavailable`.
+    /// `bad_input`; shutting down: `unavailable`; `max_runs` running: `too_many_runs`.
     pub(crate) fn start(&self, request: StartRequest) -> Result<Arc<Run>, ApiError> {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(ApiError::ShuttingDown);
         }
+        let permit =
+            Arc::clone(&self.running)
+                .try_acquire_owned()
+                .map_err(|_| ApiError::TooManyRuns {
+                    limit: self.config.max_runs,
+                })?;
         let run_id = new_run_id();
         let span = request.span(Some(&run_id));
         let cancel = CancellationToken::new();
@@ -142,15 +152,19 @@ impl Engine {
         let log = Arc::new(RunLog::new(run_id.clone(), request.target, &self.budget));
         let run = Arc::new(Run::new(Arc::clone(&log), cancel, request.policy));
         self.store.insert(Arc::clone(&run));
+        let driven = drive(
+            stream,
+            log,
+            Arc::clone(&self.store),
+            self.config.run_ttl,
+            self.config.max_finished_runs,
+            Arc::clone(&self.metrics),
+        );
         tokio::spawn(
-            drive(
-                stream,
-                log,
-                Arc::clone(&self.store),
-                self.config.run_ttl,
-                self.config.max_finished_runs,
-                Arc::clone(&self.metrics),
-            )
+            async move {
+                driven.await;
+                drop(permit);
+            }
             .instrument(span),
         );
         // A shutdown that began while this run started has not seen it: stop it here.

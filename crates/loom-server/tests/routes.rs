@@ -623,3 +623,34 @@ async fn pages_of_other_sites_and_foreign_host_names_are_refused() {
     let page = server.get("/").await;
     assert_eq!(page.headers()["x-frame-options"], "DENY");
 }
+
+/// Runs running at once are capped like streams: past `max_runs` a new one is `429
+/// too_many_runs` with `Retry-After`, and a run that ends gives its place back.
+#[tokio::test]
+async fn past_the_run_cap_a_run_is_429_until_one_ends() {
+    let server = TestServer::start(ServerConfig {
+        max_runs: 1,
+        ..ServerConfig::default()
+    })
+    .await;
+    let id = server
+        .detached(json!({ "actor": "batch", "input": slow_batch(1000, 20) }))
+        .await;
+    let refused = server.post("/v1/runs", &json!({ "actor": "echo" })).await;
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let (status, code, _) = error_of(refused).await;
+    assert_eq!((status, code.as_str()), (429, "too_many_runs"));
+    assert_eq!(server.delete(&format!("/v1/runs/{id}")).await.status(), 202);
+    assert_eq!(server.finished(&id).await["status"], "cancelled");
+    within(async {
+        while server
+            .post("/v1/runs", &json!({ "actor": "echo" }))
+            .await
+            .status()
+            != 201
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}

@@ -198,6 +198,14 @@ fn follow(
                     let mut step = state.on_tick(now);
                     if step == Step::CheckLease {
                         let pttl = redis::cmd("PTTL").arg(&lease).query_async::<i64>(&mut conn).await;
+                        // No lease, and nothing read past a cursor ahead of the run: a run that
+                        // ended before the cursor ends this reader now, not after the
+                        // visibility timeout it gives a worker that may still come.
+                        if let (Ok(..0), Some(from)) = (&pttl, state.waiting_at_cursor()) {
+                            if client.ended_by(&run_id, from).await.unwrap_or(false) {
+                                return;
+                            }
+                        }
                         step = state.on_lease(now, pttl.map_err(|e| e.to_string()));
                     }
                     if let Step::EndRun(mut ending) = step {

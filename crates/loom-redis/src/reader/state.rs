@@ -326,6 +326,11 @@ impl ReadState {
         }
     }
 
+    /// The cursor the reader was asked to read after, while nothing past it was read.
+    pub(crate) fn waiting_at_cursor(&self) -> Option<EntryId> {
+        (self.last_id == self.from && self.from != EntryId::ZERO).then_some(self.from)
+    }
+
     /// The run turned out to be held again when the reader went to end it `worker_lost`: a
     /// new attempt took its lease since the reader looked. Its lease counts from now.
     pub(crate) fn on_held(&mut self, now: Instant) {

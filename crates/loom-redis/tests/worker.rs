@@ -356,3 +356,34 @@ async fn a_run_whose_queue_was_deleted_under_it_goes_on_to_its_end() {
     assert_completes(&chunks);
     worker.stop().await;
 }
+
+/// One queue that cannot be read (its key overwritten with a string) is left out of the
+/// worker's reads; the others go on being served.
+#[tokio::test]
+async fn a_queue_that_cannot_be_read_does_not_stop_the_others() {
+    let server = RedisServer::start();
+    let client = client(&server, fast_options()).await;
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::spawn(
+        &client,
+        runtime(&probe),
+        WorkerOptions {
+            actors: vec!["ticker".to_owned(), "echo".to_owned()],
+            ..WorkerOptions::default()
+        },
+    );
+    // Served first, then its queue key is overwritten while the worker reads it.
+    let first = ticker(&client, 2, 10).await;
+    assert_completes(&within(5, collect(10, first)).await);
+    let _: () = redis::cmd("SET")
+        .arg(client.keys().queue("echo", 0))
+        .arg("not a stream")
+        .query(&mut server.plain())
+        .unwrap();
+    for _ in 0..3 {
+        let chunks = within(5, collect(10, ticker(&client, 2, 10).await)).await;
+        assert_contract(&chunks);
+        assert_completes(&chunks);
+    }
+    worker.stop().await;
+}

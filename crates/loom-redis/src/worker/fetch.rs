@@ -11,7 +11,7 @@
 //! the worker's list, kept fresh by the heartbeat). Every shard gets its turn in each round,
 //! so none starves.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +31,9 @@ use crate::worker::state::{Shared, Work};
 /// How long one `XREADGROUP` blocks when the queues are empty. It also paces the sweep for
 /// dead workers' requests, so it is short.
 const READ_BLOCK: Duration = Duration::from_millis(500);
+
+/// How long a queue whose group could not be made is left out of the reads.
+const GROUP_RETRY: Duration = Duration::from_secs(5);
 
 /// How many `XAUTOCLAIM` calls that claim nothing one sweep may make on a queue.
 const SCANS_PER_SWEEP: usize = 16;
@@ -65,7 +68,10 @@ pub(crate) struct Fetcher {
     /// The blocking reads, each over some queues (all of them on one server, one each on a
     /// cluster).
     lanes: Vec<Lane>,
-    groups_ready: bool,
+    /// The queues whose group exists, as far as this worker knows: those it reads.
+    ready: HashSet<String>,
+    /// When to try again to make the group of a queue that refused it.
+    retry_at: HashMap<String, Instant>,
     backoff: Backoff,
     next_sweep: Instant,
     /// Per queue, where the next `XAUTOCLAIM` continues, so sweeps reach every pending entry
@@ -84,7 +90,8 @@ impl Fetcher {
             shared,
             queues,
             lanes,
-            groups_ready: false,
+            ready: HashSet::new(),
+            retry_at: HashMap::new(),
             backoff: Backoff::default(),
             next_sweep: Instant::now(),
             cursors: HashMap::new(),
@@ -109,7 +116,7 @@ impl Fetcher {
                     lane.reach.lost();
                 }
                 // Redis may have restarted empty: create the groups again (idempotent).
-                self.groups_ready = false;
+                self.ready.clear();
                 tokio::select! {
                     _ = self.backoff.wait() => (Vec::new(), false),
                     _ = shutdown => (Vec::new(), true),
@@ -125,22 +132,40 @@ impl Fetcher {
     ) -> Result<(Vec<Work>, bool), Error> {
         let group = self.shared.group();
         let mut conn = self.shared.client.conn();
-        if !self.groups_ready {
-            for queue in &self.queues {
-                let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
-                    .arg("CREATE")
-                    .arg(queue)
-                    .arg(group)
-                    .arg("0")
-                    .arg("MKSTREAM")
-                    .query_async(&mut conn)
-                    .await;
-                match created {
-                    Err(e) if e.code() != Some("BUSYGROUP") => return Err(e.into()),
-                    _ => {}
+        // Each queue's group, made where it is missing. A queue whose group cannot be made (its
+        // key overwritten with another type, its node failing over) is left out of the reads
+        // and tried again a while later: one bad queue never stops the others.
+        let now = Instant::now();
+        let mut refused = None;
+        for queue in &self.queues {
+            if self.ready.contains(queue) || self.retry_at.get(queue).is_some_and(|at| now < *at) {
+                continue;
+            }
+            let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(queue)
+                .arg(group)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(&mut conn)
+                .await;
+            match created {
+                Err(e) if e.code() != Some("BUSYGROUP") => {
+                    tracing::warn!(worker = %self.shared.name, queue, error = %e, "cannot read this queue; trying it again later");
+                    self.retry_at.insert(queue.clone(), now + GROUP_RETRY);
+                    refused = Some(e);
+                }
+                _ => {
+                    self.retry_at.remove(queue);
+                    self.ready.insert(queue.clone());
                 }
             }
-            self.groups_ready = true;
+        }
+        if self.ready.is_empty() {
+            return Err(refused.map_or_else(
+                || Error::UnexpectedReply("no queue can be read".to_owned()),
+                Error::from,
+            ));
         }
         if Instant::now() >= self.next_sweep {
             self.next_sweep = Instant::now() + sweep_every(&self.shared);
@@ -149,9 +174,25 @@ impl Fetcher {
                 return Ok((claimed, false));
             }
         }
+        // The lanes to read this round, each with its queues that can be read.
+        let round: Vec<(usize, Vec<String>)> = self
+            .lanes
+            .iter()
+            .enumerate()
+            .map(|(at, lane)| {
+                let queues = lane
+                    .queues
+                    .iter()
+                    .filter(|q| self.ready.contains(*q))
+                    .cloned();
+                (at, queues.collect::<Vec<_>>())
+            })
+            .filter(|(_, queues)| !queues.is_empty())
+            .collect();
         // Each lane's connection and client id (on the node of its queues), for unblocking.
-        let mut ready = Vec::with_capacity(self.lanes.len());
-        for lane in &mut self.lanes {
+        let mut ready = Vec::with_capacity(round.len());
+        for (at, _) in &round {
+            let lane = &mut self.lanes[*at];
             let mut wire = match lane.conn.take() {
                 Some(c) => c,
                 None => {
@@ -168,10 +209,9 @@ impl Fetcher {
         // what one read takes near `free` (at most one more per queue), so requests do not
         // wait in this worker while others are idle.
         let count = free.div_ceil(self.queues.len().max(1)).max(1);
-        let cmds: Vec<redis::Cmd> = self
-            .lanes
+        let cmds: Vec<redis::Cmd> = round
             .iter()
-            .map(|Lane { queues, .. }| {
+            .map(|(_, queues)| {
                 let mut cmd = redis::cmd("XREADGROUP");
                 cmd.arg("GROUP")
                     .arg(group)
@@ -190,8 +230,8 @@ impl Fetcher {
             .collect();
         let woken: Vec<(i64, &str)> = ready
             .iter()
-            .zip(&self.lanes)
-            .map(|((_, id), lane)| (*id, lane.queues[0].as_str()))
+            .zip(&round)
+            .map(|((_, id), (_, queues))| (*id, queues[0].as_str()))
             .collect();
         // All reads at once; when the first returns (or the shutdown comes), the others are
         // woken: whatever a blocked read returns is ours to run, never dropped.
@@ -219,7 +259,8 @@ impl Fetcher {
         let (replies, stopping) = tokio::join!(join_all(reads), wake);
         let mut work = Vec::new();
         let mut failed = None;
-        for ((lane, reply), (wire, _)) in self.lanes.iter_mut().zip(replies).zip(ready) {
+        for (((at, queues), reply), (wire, _)) in round.iter().zip(replies).zip(ready) {
+            let lane = &mut self.lanes[*at];
             // A reply this lane cannot read fails the lane, not what the others took.
             match reply.and_then(|reply| parse_read_frame(reply).map_err(protocol_error)) {
                 Ok(streams) => {
@@ -235,7 +276,14 @@ impl Fetcher {
                 Err(e) => match redirect(&e) {
                     // The queue's slot is on another node: read there next round, at once.
                     Redirect::MovedTo(node) => lane.reach.moved_to(node),
-                    Redirect::Wait | Redirect::Reconnect => failed = Some(e),
+                    Redirect::Wait | Redirect::Reconnect => {
+                        // Its groups are made again before it is read (a node that restarted
+                        // empty, a queue key overwritten): a bad queue is then left out.
+                        for queue in queues {
+                            self.ready.remove(queue);
+                        }
+                        failed = Some(e);
+                    }
                 },
             }
         }

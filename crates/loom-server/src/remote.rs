@@ -567,28 +567,56 @@ mod tests {
     use loom_core::{Extensions, Runtime};
     use loom_redis::{ClientOptions, Worker, WorkerOptions};
 
+    /// A Redis of the test's own, a worker on `runtime` and the server side of remote runs.
+    struct Harness {
+        redis: redis_server::RedisServer,
+        client: Client,
+        runs: RemoteRuns,
+        stop: tokio::sync::oneshot::Sender<()>,
+        worker: tokio::task::JoinHandle<Result<(), loom_redis::Error>>,
+    }
+
+    impl Harness {
+        async fn start(runtime: Runtime) -> Self {
+            let redis = redis_server::RedisServer::start();
+            let options = ClientOptions {
+                prefix: format!("t{}:", uuid::Uuid::new_v4().simple()),
+                ..ClientOptions::default()
+            };
+            let client = Client::connect_with(redis.url(), options).await.unwrap();
+            let worker = Worker::new(client.clone(), runtime, WorkerOptions::default());
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let worker = tokio::spawn(worker.run(async {
+                let _ = stopped.await;
+            }));
+            let runs = RemoteRuns::new(
+                client.clone(),
+                Registry::with_builtins(),
+                Vec::new(),
+                Arc::default(),
+            );
+            Self {
+                redis,
+                client,
+                runs,
+                stop,
+                worker,
+            }
+        }
+
+        async fn stop(self) {
+            let _ = self.stop.send(());
+            let _ = self.worker.await;
+        }
+    }
+
     /// A direct run whose client leaves while it is being queued (the handler's future is
     /// dropped before a reader is counted) is cancelled; a detached one goes on.
     #[tokio::test]
     async fn a_direct_run_whose_client_leaves_before_it_is_counted_is_cancelled() {
-        let redis = redis_server::RedisServer::start();
-        let options = ClientOptions {
-            prefix: format!("t{}:", uuid::Uuid::new_v4().simple()),
-            ..ClientOptions::default()
-        };
-        let client = Client::connect_with(redis.url(), options).await.unwrap();
-        let runtime = Runtime::new(Registry::with_builtins(), Extensions::new());
-        let worker = Worker::new(client.clone(), runtime, WorkerOptions::default());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let worker = tokio::spawn(worker.run(async {
-            let _ = stopped.await;
-        }));
-        let runs = RemoteRuns::new(
-            client.clone(),
-            Registry::with_builtins(),
-            Vec::new(),
-            Arc::default(),
-        );
+        let harness =
+            Harness::start(Runtime::new(Registry::with_builtins(), Extensions::new())).await;
+        let (client, runs) = (&harness.client, &harness.runs);
         let start = |policy| {
             runs.start(StartRequest {
                 target: RunTarget::Actor("batch".to_owned()),
@@ -638,20 +666,13 @@ mod tests {
             ends[0]
         );
         assert_eq!(ends[1].kind, ChunkType::Complete, "{:?}", ends[1]);
-        let _ = stop.send(());
-        let _ = worker.await;
+        harness.stop().await;
     }
 
     /// A server that does not have a workflow's definition gives its run a workflow's
     /// default deadline (an hour), not one step's (ten minutes): the record lives that long.
     #[tokio::test]
     async fn a_workflow_run_queued_without_its_definition_gets_a_workflows_deadline() {
-        let redis = redis_server::RedisServer::start();
-        let options = ClientOptions {
-            prefix: format!("t{}:", uuid::Uuid::new_v4().simple()),
-            ..ClientOptions::default()
-        };
-        let client = Client::connect_with(redis.url(), options).await.unwrap();
         let builtins = Registry::with_builtins();
         let workflow = loom_workflow::parse(
             "name: w\nactions:\n  - { name: a, type: actor, actorType: echo }\n",
@@ -663,21 +684,8 @@ mod tests {
         let mut registry = Registry::with_builtins();
         registry
             .register(loom_workflow::WorkflowExecutor::new(local.clone()).worker_actor(workflow));
-        let worker = Worker::new(
-            client.clone(),
-            local.with_registry(registry),
-            WorkerOptions::default(),
-        );
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let worker = tokio::spawn(worker.run(async {
-            let _ = stopped.await;
-        }));
-        let runs = RemoteRuns::new(
-            client.clone(),
-            Registry::with_builtins(),
-            Vec::new(),
-            Arc::default(),
-        );
+        let harness = Harness::start(local.with_registry(registry)).await;
+        let (client, runs) = (&harness.client, &harness.runs);
         let ttl = tokio::time::timeout(Duration::from_secs(20), async {
             while !client
                 .served_actors()
@@ -697,7 +705,7 @@ mod tests {
                 })
                 .await
                 .unwrap();
-            let mut conn = redis::Client::open(redis.url())
+            let mut conn = redis::Client::open(harness.redis.url())
                 .unwrap()
                 .get_multiplexed_async_connection()
                 .await
@@ -716,8 +724,7 @@ mod tests {
             ttl + 60 >= (DEFAULT_WORKFLOW_TIMEOUT + after).as_secs(),
             "the record lives {ttl} s"
         );
-        let _ = stop.send(());
-        let _ = worker.await;
+        harness.stop().await;
     }
 
     #[test]

@@ -204,51 +204,90 @@ async fn a_worker_running_more_runs_than_writer_connections_keeps_within_them_an
 #[tokio::test]
 async fn a_worker_takes_about_as_many_requests_as_it_has_free_slots_whatever_its_queues() {
     let server = RedisServer::start();
-    let client = client(&server, fast_options()).await;
-    let invoker = client.invoker();
-    // Four slow requests in each of two queues, before the worker's first read.
-    let mut streams = Vec::new();
-    for actor in ["ticker", "batch"] {
-        for _ in 0..4 {
-            let input = match actor {
-                "ticker" => json!({ "count": 30, "delay_ms": 100 }),
-                _ => json!({ "count": 30, "batch_size": 1, "delay_ms": 100 }),
-            };
-            streams.push(
-                invoker
-                    .stream(actor, input, RunOptions::default())
-                    .await
-                    .unwrap(),
-            );
+    // Two free slots over two queues, and one over two: fewer slots than queues.
+    for concurrency in [2, 1] {
+        let client = client(&server, fast_options()).await;
+        let invoker = client.invoker();
+        // Four slow requests in each of two queues, before the worker's first read.
+        let mut streams = Vec::new();
+        for actor in ["ticker", "batch"] {
+            for _ in 0..4 {
+                let input = match actor {
+                    "ticker" => json!({ "count": 30, "delay_ms": 100 }),
+                    _ => json!({ "count": 30, "batch_size": 1, "delay_ms": 100 }),
+                };
+                streams.push(
+                    invoker
+                        .stream(actor, input, RunOptions::default())
+                        .await
+                        .unwrap(),
+                );
+            }
         }
+        let probe = Arc::new(Probe::default());
+        let worker = RunningWorker::spawn(
+            &client,
+            runtime(&probe),
+            WorkerOptions {
+                actors: vec!["ticker".to_owned(), "batch".to_owned()],
+                concurrency,
+                ..WorkerOptions::default()
+            },
+        );
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        // Taken by this worker: its runs, and none held back from other workers.
+        let mut conn = server.plain();
+        let taken: i64 = ["ticker", "batch"]
+            .iter()
+            .map(|actor| {
+                let (count, ..): (i64, redis::Value, redis::Value, redis::Value) =
+                    redis::cmd("XPENDING")
+                        .arg(client.keys().queue(actor, 0))
+                        .arg(loom_redis::GROUP)
+                        .query(&mut conn)
+                        .unwrap();
+                count
+            })
+            .sum();
+        assert_eq!(
+            taken, concurrency as i64,
+            "requests taken with {concurrency} free slots"
+        );
+        drop(streams);
+        worker.stop().await;
     }
+}
+
+/// With one free slot over two queues, requests in either are served, one at a time, none
+/// waiting behind an empty queue.
+#[tokio::test]
+async fn one_free_slot_serves_every_queue_in_turn() {
+    let server = RedisServer::start();
+    let client = client(&server, fast_options()).await;
     let probe = Arc::new(Probe::default());
     let worker = RunningWorker::spawn(
         &client,
         runtime(&probe),
         WorkerOptions {
-            actors: vec!["ticker".to_owned(), "batch".to_owned()],
-            concurrency: 2,
+            actors: vec!["ticker".to_owned(), "echo".to_owned()],
+            concurrency: 1,
             ..WorkerOptions::default()
         },
     );
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    // Taken by this worker: its two runs, and none held back from other workers.
-    let mut conn = server.plain();
-    let taken: i64 = ["ticker", "batch"]
-        .iter()
-        .map(|actor| {
-            let (count, ..): (i64, redis::Value, redis::Value, redis::Value) =
-                redis::cmd("XPENDING")
-                    .arg(client.keys().queue(actor, 0))
-                    .arg(loom_redis::GROUP)
-                    .query(&mut conn)
-                    .unwrap();
-            count
+    let invoker = client.invoker();
+    for round in 0..3 {
+        let echo = invoker
+            .stream("echo", json!({ "round": round }), RunOptions::default())
+            .await
+            .unwrap();
+        let ticks = ticker(&client, 2, 10).await;
+        let (echo, ticks) = within(5, async {
+            tokio::join!(collect(5, echo), collect(10, ticks))
         })
-        .sum();
-    assert_eq!(taken, 2, "requests taken with two free slots");
-    drop(streams);
+        .await;
+        assert_completes(&echo);
+        assert_completes(&ticks);
+    }
     worker.stop().await;
 }
 

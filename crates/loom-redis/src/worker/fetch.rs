@@ -72,6 +72,8 @@ pub(crate) struct Fetcher {
     ready: HashSet<String>,
     /// When to try again to make the group of a queue that refused it.
     retry_at: HashMap<String, Instant>,
+    /// Where the next look at the queues in turn starts ([`take_in_turn`](Self::take_in_turn)).
+    turn: usize,
     backoff: Backoff,
     next_sweep: Instant,
     /// Per queue, where the next `XAUTOCLAIM` continues, so sweeps reach every pending entry
@@ -92,6 +94,7 @@ impl Fetcher {
             lanes,
             ready: HashSet::new(),
             retry_at: HashMap::new(),
+            turn: 0,
             backoff: Backoff::default(),
             next_sweep: Instant::now(),
             cursors: HashMap::new(),
@@ -172,6 +175,23 @@ impl Fetcher {
             let claimed = self.claim_abandoned(free).await;
             if !claimed.is_empty() {
                 return Ok((claimed, false));
+            }
+        }
+        // Fewer free slots than queues: a blocking read over them all could take one request
+        // from each, which would then wait here while other workers are idle. So they are
+        // looked at in turn without blocking, one request each, until `free` are taken; only
+        // when none has any does the blocking read wait on them all (it then takes what
+        // arrives first: more than `free` only if several queues are written at once).
+        let readable: Vec<String> = self
+            .queues
+            .iter()
+            .filter(|q| self.ready.contains(*q))
+            .cloned()
+            .collect();
+        if free < readable.len() {
+            let taken = self.take_in_turn(&mut conn, &readable, free).await;
+            if !taken.is_empty() {
+                return Ok((taken, false));
             }
         }
         // The lanes to read this round, each with its queues that can be read.
@@ -300,6 +320,46 @@ impl Fetcher {
         }
     }
 
+    /// Up to `free` new requests from `queues` (more than `free` of them), one per queue,
+    /// each read without blocking, starting one queue further each call so that none waits
+    /// behind the others. A queue that fails is left to be made again next round; what was
+    /// taken before is kept.
+    async fn take_in_turn(&mut self, conn: &mut Conn, queues: &[String], free: usize) -> Vec<Work> {
+        let group = self.shared.group();
+        let start = self.turn;
+        self.turn = self.turn.wrapping_add(1);
+        let mut work = Vec::new();
+        for k in 0..queues.len() {
+            if work.len() >= free {
+                break;
+            }
+            let queue = &queues[(start + k) % queues.len()];
+            let reply: Result<Value, redis::RedisError> = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(group)
+                .arg(&self.shared.name)
+                .arg("COUNT")
+                .arg(1)
+                .arg("STREAMS")
+                .arg(queue)
+                .arg(">")
+                .query_async(conn)
+                .await;
+            match reply.map_err(Error::from).and_then(read_entries) {
+                Ok(entries) => work.extend(entries.into_iter().map(|entry| Work {
+                    queue: queue.clone(),
+                    entry,
+                    attempt: 1,
+                })),
+                Err(e) => {
+                    tracing::warn!(worker = %self.shared.name, queue, error = %e, "a queue read failed; making its group again");
+                    self.ready.remove(queue);
+                }
+            }
+        }
+        work
+    }
+
     /// Claims up to `free` requests whose worker stopped refreshing them.
     async fn claim_abandoned(&mut self, free: usize) -> Vec<Work> {
         let mut conn = self.shared.client.conn();
@@ -394,6 +454,30 @@ impl Fetcher {
             });
         }
     }
+}
+
+/// The entries of a one-queue `XREADGROUP` reply (none when it is nil).
+fn read_entries(reply: Value) -> Result<Vec<RawEntry>, Error> {
+    let streams = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(streams) => streams,
+        _ => return Err(protocol_error("a read reply is not an array".to_owned())),
+    };
+    let mut entries = Vec::new();
+    for stream in streams {
+        let Value::Array(mut pair) = stream else {
+            return Err(protocol_error(
+                "a read reply's stream is not a pair".to_owned(),
+            ));
+        };
+        if pair.len() != 2 {
+            return Err(protocol_error(
+                "a read reply's stream is not a pair".to_owned(),
+            ));
+        }
+        entries.extend(parse_entries(pair.swap_remove(1)).map_err(protocol_error)?);
+    }
+    Ok(entries)
 }
 
 /// How often to look for dead workers' requests: a fraction of the visibility timeout, so a

@@ -17,9 +17,11 @@
 //!   own, in one script: a run is never stolen back). A long
 //!   run on a healthy worker is therefore never idle long enough to be claimed by another
 //!   worker. `XREADGROUP COUNT` bounds each queue, not the total, so each queue is asked for
-//!   its share of the free slots; a read may still return a few more requests than there are
-//!   free slots (at most one more per queue): the extra ones wait in the worker, are started
-//!   first as slots free up, and the heartbeat renews their idle time too.
+//!   its share of the free slots; with fewer free slots than queues they are read in turn
+//!   without blocking, one request each, before a blocking read waits on them all. A read may
+//!   still return a few more requests than there are free slots (at most one more per queue,
+//!   or several queues written while it blocked): the extra ones wait in the worker, are
+//!   started first as slots free up, and the heartbeat renews their idle time too.
 //! - **Crash recovery.** Every few hundred milliseconds the worker `XAUTOCLAIM`s requests idle
 //!   for more than the visibility timeout — those of a dead worker — and runs them again as
 //!   attempt `delivery count` (2, 3, …): it reads the stream's last `seq` (one script reads the last

@@ -147,6 +147,11 @@ impl Actor for ChatAgent {
                 "finish_reason": completion.finish_reason.as_ref().map(|r| r.as_str()),
                 "usage": completion.usage,
             });
+            // A place the server's `index` skipped holds no call: none is made up for it (a
+            // call without an id would be refused when sent back).
+            completion
+                .tool_calls
+                .retain(|call| !(call.id.is_empty() && call.name.is_empty()));
             if !completion.tool_calls.is_empty() {
                 result["tool_calls"] = json!(completion.tool_calls);
             }

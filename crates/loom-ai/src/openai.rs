@@ -91,35 +91,61 @@ impl OpenAiClient {
         let body = body(&request, model);
         let secret = self.api_key.clone();
         let stream = async_stream::try_stream! {
-            let mut response = client.open(body?).await?;
-            let mut parser = SseParser::new();
-            let mut decoder = ChunkDecoder::default();
-            let mut events = VecDeque::new();
-            'read: loop {
-                let bytes = match response.chunk().await {
-                    Ok(Some(bytes)) => bytes,
-                    Ok(None) => break,
-                    Err(e) => Err(client.body_error(&e))?,
+            let body = body?;
+            // A stream that breaks before its first event (a reset, a silence, a cut after
+            // the 200) is sent again like a failed request: nothing was yielded to repeat.
+            let mut retry = 0;
+            loop {
+                let mut response = client.open(body.clone()).await?;
+                let mut parser = SseParser::new();
+                let mut decoder = ChunkDecoder::default();
+                let mut events = VecDeque::new();
+                let mut yielded = false;
+                let broke: Option<AiError> = 'read: loop {
+                    let bytes = match response.chunk().await {
+                        Ok(Some(bytes)) => bytes,
+                        Ok(None) => break 'read None,
+                        Err(e) => break 'read Some(client.body_error(&e)),
+                    };
+                    if let Err(e) = parser.feed(&bytes) {
+                        break 'read Some(sse_error(e));
+                    }
+                    while let Some(event) = parser.next_event() {
+                        if let Err(e) = decoder.decode(&event, &mut events) {
+                            break 'read Some(e);
+                        }
+                        while let Some(token) = events.pop_front() {
+                            yielded = true;
+                            yield token;
+                        }
+                        if decoder.is_done() {
+                            break 'read None;
+                        }
+                    }
                 };
-                parser.feed(&bytes).map_err(sse_error)?;
-                while let Some(event) = parser.next_event() {
-                    decoder.decode(&event, &mut events)?;
-                    while let Some(token) = events.pop_front() {
-                        yield token;
+                let ended = match broke {
+                    Some(err) => Err(err),
+                    None => {
+                        let last = if decoder.is_done() { None } else { parser.finish() };
+                        last.map_or(Ok(()), |event| decoder.decode(&event, &mut events))
+                            .and_then(|()| decoder.end(&mut events))
                     }
-                    if decoder.is_done() {
-                        break 'read;
+                };
+                match ended {
+                    Err(err) if !yielded && err.is_retryable() && retry < client.retry.max_retries => {
+                        let delay = client.retry.delay(retry, err.retry_after());
+                        tracing::warn!(retry = retry + 1, ?delay, "AI stream broke before its first token, retrying: {err}");
+                        tokio::time::sleep(delay).await;
+                        retry += 1;
+                    }
+                    ended => {
+                        ended?;
+                        while let Some(token) = events.pop_front() {
+                            yield token;
+                        }
+                        break;
                     }
                 }
-            }
-            if !decoder.is_done() {
-                if let Some(event) = parser.finish() {
-                    decoder.decode(&event, &mut events)?;
-                }
-            }
-            decoder.end(&mut events)?;
-            while let Some(token) = events.pop_front() {
-                yield token;
             }
         };
         // Every error leaves through here, whatever produced it (the server's status, an

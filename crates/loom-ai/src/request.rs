@@ -35,6 +35,10 @@ pub struct Message {
     /// Who wrote it.
     pub role: Role,
     /// What it says; `None` (sent as `null`) for an assistant message that only called tools.
+    /// Read from a string, or from a list of content parts whose `text` parts are joined
+    /// (the shape the official OpenAI clients also send); a part of another kind (an image)
+    /// is refused, never dropped unseen.
+    #[serde(default, deserialize_with = "text_or_parts")]
     pub content: Option<String>,
     /// The tools an assistant message called.
     #[serde(default, skip_serializing_if = "Vec::is_empty", with = "message_calls")]
@@ -42,6 +46,41 @@ pub struct Message {
     /// The call a `tool` message answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_call_id: Option<String>,
+}
+
+/// A message's `content`: a string, `null`, or a list of content parts.
+fn text_or_parts<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Content {
+        Text(String),
+        Parts(Vec<Part>),
+    }
+    #[derive(Deserialize)]
+    struct Part {
+        #[serde(rename = "type")]
+        kind: String,
+        #[serde(default)]
+        text: Option<String>,
+    }
+    Ok(match Option::<Content>::deserialize(d)? {
+        None => None,
+        Some(Content::Text(text)) => Some(text),
+        Some(Content::Parts(parts)) => {
+            let mut text = String::new();
+            for part in parts {
+                match (part.kind.as_str(), part.text) {
+                    ("text", Some(t)) => text.push_str(&t),
+                    (kind, _) => {
+                        return Err(serde::de::Error::custom(format!(
+                            "content parts of type '{kind}' are not supported: only text"
+                        )))
+                    }
+                }
+            }
+            Some(text)
+        }
+    })
 }
 
 impl Message {

@@ -46,6 +46,37 @@ async fn the_upstream_usage_is_reported_as_sent() {
     );
 }
 
+/// The official OpenAI clients may send a message's content as a list of parts: its text
+/// parts reach the model as one text; a part of another kind (an image) is `bad_input`, never
+/// dropped unseen.
+#[tokio::test]
+async fn content_as_a_list_of_text_parts_is_taken_and_an_image_part_is_refused() {
+    let server = FakeServer::start(vec![Reply::sse(wire::openai_stream(&["a"], None))]).await;
+    let parts = json!([{"type": "text", "text": "Hello, "}, {"type": "text", "text": "world"}]);
+    let input = json!({"messages": [{"role": "user", "content": parts}]});
+    let chunks = run(&runtime(server.service()), input).await;
+    assert_eq!(chunks.last().expect("terminal").kind, ChunkType::Complete);
+    assert_eq!(
+        server.requests()[0].body["messages"][0]["content"],
+        "Hello, world"
+    );
+
+    let image = json!([{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]);
+    let input = json!({"messages": [{"role": "user", "content": image}]});
+    let chunks = run(&runtime(server.service()), input).await;
+    let error = chunks
+        .last()
+        .and_then(|c| c.error.clone())
+        .expect("an error");
+    assert_eq!(error.code, loom_core::ErrorCode::BadInput);
+    assert!(error.message.contains("image_url"), "{}", error.message);
+    assert_eq!(
+        server.requests().len(),
+        1,
+        "nothing sent for the refused one"
+    );
+}
+
 #[tokio::test]
 async fn messages_and_options_reach_the_server() {
     let server = FakeServer::start(vec![Reply::sse(wire::openai_stream(&["a"], None))]).await;

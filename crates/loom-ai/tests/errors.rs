@@ -190,6 +190,22 @@ async fn a_stream_that_breaks_after_tokens_is_not_retried_and_keeps_its_tokens()
     assert_eq!(server.requests().len(), 1, "no retry after the first token");
 }
 
+/// A stream that breaks after its 200 but before its first token (only the role chunk came)
+/// is sent again like a failed request: nothing was said that a retry could repeat.
+#[tokio::test]
+async fn a_stream_that_breaks_before_its_first_token_is_retried() {
+    let broken = Reply::sse(frame(&wire::role_chunk()));
+    let server = FakeServer::start(vec![
+        broken,
+        Reply::sse(wire::openai_stream(&["fine"], None)),
+    ])
+    .await;
+    let (text, _, error) = drain_prompt(server.service()).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(text, "fine");
+    assert_eq!(server.requests().len(), 2);
+}
+
 #[tokio::test]
 async fn a_refused_connection_is_a_connect_error() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

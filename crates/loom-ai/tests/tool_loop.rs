@@ -160,3 +160,27 @@ async fn without_tools_the_request_names_none() {
     assert!(!object.contains_key("tool_choice"), "{body}");
     assert_eq!(body["messages"], json!([{"role": "user", "content": "hi"}]));
 }
+
+/// A server whose only call says `"index": 1`: the result holds that one call, not an empty
+/// one made up for index 0 (which a client would send back, and OpenAI refuse).
+#[tokio::test]
+async fn a_skipped_tool_call_index_makes_no_empty_call() {
+    let reply = [
+        frame(&wire::tool_chunk(1, Some("call_A"), Some("lookup"), "{}")),
+        frame(&wire::finish_chunk("tool_calls")),
+        DONE.to_owned(),
+    ]
+    .concat();
+    let server = FakeServer::start(vec![Reply::sse(reply)]).await;
+    let runtime = chat_runtime(server.service());
+    let chunks = run_chat(&runtime, json!({"prompt": "look it up"})).await;
+    let done = chunks
+        .last()
+        .and_then(|c| c.data.clone())
+        .expect("complete");
+    assert_eq!(
+        done["tool_calls"],
+        json!([{"id": "call_A", "name": "lookup", "arguments": "{}"}]),
+        "{done}"
+    );
+}

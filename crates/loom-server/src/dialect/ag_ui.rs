@@ -65,8 +65,9 @@ pub(crate) struct AgUiMapping {
     thread_id: String,
     run_id: String,
     started: bool,
-    /// Open text messages by speaker (`None`: the run itself), and how many were opened.
-    messages: BTreeMap<Option<String>, String>,
+    /// Open text messages by speaker (`None`: the run itself): the message's id and its
+    /// chunks' step; and how many were opened.
+    messages: BTreeMap<Option<String>, (String, Option<String>)>,
     opened: usize,
     /// Open tool calls by speaker and the call's index: the call's id and its chunks' step;
     /// and how many were opened (ids made here are numbered, never reused by a re-run).
@@ -115,14 +116,14 @@ impl AgUiMapping {
             }
             (_, Some(Event::ActionComplete | Event::ActionFailed)) => {
                 if let Some(step) = &chunk.step {
-                    self.close_message_of(Some(step), &mut events);
+                    self.close_messages_of(Some(step), &mut events);
                     if self.steps.remove(&**step) {
                         events.push(json!({ "type": "STEP_FINISHED", "stepName": step }));
                     }
                 }
             }
             (_, Some(Event::ActionRetry)) => {
-                self.close_message_of(chunk.step.as_deref(), &mut events);
+                self.close_messages_of(chunk.step.as_deref(), &mut events);
                 self.close_calls_of(chunk.step.as_deref(), &mut events);
                 events.push(custom("loom.superseded", json!({ "step": chunk.step })));
             }
@@ -131,7 +132,7 @@ impl AgUiMapping {
                     self.step_started(member, &mut events);
                 }
                 if let Some(text) = token(chunk) {
-                    let id = self.message(speaker(chunk), &mut events);
+                    let id = self.message(chunk, &mut events);
                     if !text.is_empty() {
                         events.push(json!({
                             "type": "TEXT_MESSAGE_CONTENT", "messageId": id, "delta": text,
@@ -182,10 +183,11 @@ impl AgUiMapping {
         }
     }
 
-    /// The open message of `name`, started now if needed.
-    fn message(&mut self, name: Option<&str>, events: &mut Vec<Value>) -> String {
+    /// The open message of `chunk`'s speaker, started now if needed.
+    fn message(&mut self, chunk: &StreamChunk, events: &mut Vec<Value>) -> String {
+        let name = speaker(chunk);
         let key = name.map(str::to_owned);
-        if let Some(id) = self.messages.get(&key) {
+        if let Some((id, _)) = self.messages.get(&key) {
             return id.clone();
         }
         let id = format!("msg_{}_{}", self.run_id, self.opened);
@@ -196,7 +198,8 @@ impl AgUiMapping {
             start["name"] = json!(name);
         }
         events.push(start);
-        self.messages.insert(key, id.clone());
+        let step = chunk.step.as_deref().map(str::to_owned);
+        self.messages.insert(key, (id.clone(), step));
         id
     }
 
@@ -228,14 +231,23 @@ impl AgUiMapping {
         }
     }
 
-    fn close_message_of(&mut self, name: Option<&str>, events: &mut Vec<Value>) {
-        if let Some(id) = self.messages.remove(&name.map(str::to_owned)) {
-            events.push(json!({ "type": "TEXT_MESSAGE_END", "messageId": id }));
-        }
+    /// Closes the open messages of workflow step `step` — its own and its team members' —
+    /// or, for `None`, the run's own.
+    fn close_messages_of(&mut self, step: Option<&str>, events: &mut Vec<Value>) {
+        self.messages.retain(|name, (id, of)| {
+            let closing = match step {
+                Some(step) => of.as_deref() == Some(step) || name.as_deref() == Some(step),
+                None => name.is_none(),
+            };
+            if closing {
+                events.push(json!({ "type": "TEXT_MESSAGE_END", "messageId": id }));
+            }
+            !closing
+        });
     }
 
     fn close_messages(&mut self, events: &mut Vec<Value>) {
-        for (_, id) in std::mem::take(&mut self.messages) {
+        for (_, (id, _)) in std::mem::take(&mut self.messages) {
             events.push(json!({ "type": "TEXT_MESSAGE_END", "messageId": id }));
         }
     }
@@ -442,6 +454,43 @@ mod tests {
         };
         assert_eq!(args_of(started[1]), "{\"y\":2}");
         assert_eq!(args_of(started[2]), "{\"x\":1}");
+    }
+
+    /// A team running as a workflow step speaks through its members: a retry of the step
+    /// ends their messages too, and the new attempt's words start new ones.
+    #[test]
+    fn a_steps_retry_ends_its_team_members_messages() {
+        let said = |seq, text: &str| {
+            by(
+                data(seq, json!({ "token": text })),
+                Some("writer"),
+                Some("draft"),
+            )
+        };
+        let events = events(&[
+            marker(0, ChunkType::Progress, Event::ActionStart, "draft"),
+            said(1, "Old"),
+            marker(2, ChunkType::Progress, Event::ActionRetry, "draft"),
+            said(3, "New"),
+            complete(4),
+        ]);
+        let messages: Vec<String> = events
+            .iter()
+            .filter(|e| e["type"] == "TEXT_MESSAGE_START")
+            .map(|e| e["messageId"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(messages.len(), 2, "{events:#?}");
+        let text_of = |id: &str| -> String {
+            events
+                .iter()
+                .filter(|e| e["type"] == "TEXT_MESSAGE_CONTENT" && e["messageId"] == id)
+                .map(|e| e["delta"].as_str().unwrap())
+                .collect()
+        };
+        assert_eq!(
+            (text_of(&messages[0]), text_of(&messages[1])),
+            ("Old".into(), "New".into())
+        );
     }
 
     #[test]

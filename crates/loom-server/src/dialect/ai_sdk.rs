@@ -58,8 +58,9 @@ pub(crate) struct ChatBody {
 pub(crate) struct AiSdkMapping {
     run_id: String,
     started: bool,
-    /// Open text parts by speaker (`None`: the run itself), and how many were opened.
-    texts: BTreeMap<Option<String>, String>,
+    /// Open text parts by speaker (`None`: the run itself): the part's id and its chunks'
+    /// step; and how many were opened.
+    texts: BTreeMap<Option<String>, (String, Option<String>)>,
     opened: usize,
     said: bool,
     /// Open tool inputs by speaker and the call's index, and how many were opened (ids made
@@ -107,7 +108,7 @@ impl AiSdkMapping {
                     Event::ActionComplete => "done",
                     Event::ActionFailed => "failed",
                     Event::ActionRetry => {
-                        self.close_text_of(Some(step), &mut parts);
+                        self.close_texts_of(step, &mut parts);
                         let why = format!("superseded by a retry of step {step}");
                         self.supersede_calls(|of| of == Some(&**step), &why, &mut parts);
                         parts.push(data("superseded", None, json!({ "step": step })));
@@ -119,13 +120,13 @@ impl AiSdkMapping {
                 let mut value = json!({ "step": step, "status": status });
                 if marker == Event::ActionComplete {
                     value["result"] = chunk.data.clone().unwrap_or(Value::Null);
-                    self.close_text_of(Some(step), &mut parts);
+                    self.close_texts_of(step, &mut parts);
                 }
                 parts.push(data("step", Some(step), value));
             }
             (ChunkType::Data, None) => {
                 if let Some(text) = token(chunk) {
-                    let id = self.text(speaker(chunk), &mut parts);
+                    let id = self.text(speaker(chunk), chunk.step.as_deref(), &mut parts);
                     parts.push(json!({ "type": "text-delta", "id": id, "delta": text }));
                 } else if let Some(call) = chunk.data.as_ref().and_then(|d| d.get("tool_call")) {
                     self.call(chunk, call, &mut parts);
@@ -150,7 +151,7 @@ impl AiSdkMapping {
                 if !self.said && self.calls.is_empty() {
                     let text = result_text(result);
                     if !text.is_empty() {
-                        let id = self.text(None, &mut parts);
+                        let id = self.text(None, None, &mut parts);
                         parts.push(json!({ "type": "text-delta", "id": id, "delta": text }));
                     }
                 }
@@ -180,6 +181,9 @@ impl AiSdkMapping {
             (ChunkType::Error, None) => {
                 self.close_texts(&mut parts);
                 let info = chunk.error_info();
+                // A tool input the run's end cut short is never left streaming.
+                let why = format!("the run ended: {}", info.code.as_str());
+                self.supersede_calls(|_| true, &why, &mut parts);
                 parts.push(json!({
                     "type": "error", "errorText": format!("{}: {}", info.code.as_str(), info.message),
                 }));
@@ -189,11 +193,12 @@ impl AiSdkMapping {
         parts
     }
 
-    /// The open text part of `name`, started now if needed.
-    fn text(&mut self, name: Option<&str>, parts: &mut Vec<Value>) -> String {
+    /// The open text part of `name` (whose chunks come from workflow step `step`), started
+    /// now if needed.
+    fn text(&mut self, name: Option<&str>, step: Option<&str>, parts: &mut Vec<Value>) -> String {
         self.said = true;
         let key = name.map(str::to_owned);
-        if let Some(id) = self.texts.get(&key) {
+        if let Some((id, _)) = self.texts.get(&key) {
             return id.clone();
         }
         let id = format!("txt_{}_{}", self.run_id, self.opened);
@@ -203,7 +208,8 @@ impl AiSdkMapping {
             start["providerMetadata"] = json!({ "loom": { "speaker": name } });
         }
         parts.push(start);
-        self.texts.insert(key, id.clone());
+        self.texts
+            .insert(key, (id.clone(), step.map(str::to_owned)));
         id
     }
 
@@ -262,14 +268,19 @@ impl AiSdkMapping {
         });
     }
 
-    fn close_text_of(&mut self, name: Option<&str>, parts: &mut Vec<Value>) {
-        if let Some(id) = self.texts.remove(&name.map(str::to_owned)) {
-            parts.push(json!({ "type": "text-end", "id": id }));
-        }
+    /// Ends the open text parts of workflow step `step`: its own and its team members'.
+    fn close_texts_of(&mut self, step: &str, parts: &mut Vec<Value>) {
+        self.texts.retain(|name, (id, of)| {
+            let closing = of.as_deref() == Some(step) || name.as_deref() == Some(step);
+            if closing {
+                parts.push(json!({ "type": "text-end", "id": id }));
+            }
+            !closing
+        });
     }
 
     fn close_texts(&mut self, parts: &mut Vec<Value>) {
-        for (_, id) in std::mem::take(&mut self.texts) {
+        for (_, (id, _)) in std::mem::take(&mut self.texts) {
             parts.push(json!({ "type": "text-end", "id": id }));
         }
     }
@@ -522,6 +533,40 @@ mod tests {
         assert_eq!(available[0]["toolCallId"], started[1]["toolCallId"]);
         assert_eq!(available[0]["input"], json!({ "city": "Rome" }));
         assert_eq!(parts[parts.len() - 2]["finishReason"], "tool-calls");
+    }
+
+    /// A team running as a workflow step speaks through its members: a retry of the step
+    /// ends their text parts too. A run's error ends the tool inputs it cut short.
+    #[test]
+    fn a_steps_retry_ends_its_members_texts_and_an_error_its_tool_inputs() {
+        let mut said = data(1, json!({ "token": "Old" }), Some("writer"));
+        said.step = Some("draft".into());
+        let mut again = data(3, json!({ "token": "New" }), Some("writer"));
+        again.step = Some("draft".into());
+        let call =
+            json!({ "tool_call": { "index": 0, "id": "c1", "name": "f", "arguments": "{" } });
+        let parts = parts(&[
+            StreamChunk::new(ChunkType::Start, 0),
+            said,
+            crate::dialect::fixtures::marker(2, ChunkType::Progress, Event::ActionRetry, "draft"),
+            again,
+            data(4, call, None),
+            StreamChunk::error(5, &ActorError::cancelled()),
+        ]);
+        let texts: Vec<&Value> = parts.iter().filter(|p| p["type"] == "text-start").collect();
+        assert_eq!(texts.len(), 2, "{parts:#?}");
+        let first_end = parts
+            .iter()
+            .position(|p| p["type"] == "text-end" && p["id"] == texts[0]["id"])
+            .expect("the first text ends");
+        let second_start = parts.iter().position(|p| p == texts[1]).unwrap();
+        assert!(first_end < second_start, "{parts:#?}");
+        let input_error = parts
+            .iter()
+            .position(|p| p["type"] == "tool-input-error" && p["toolCallId"] == "c1")
+            .expect("the cut call ends");
+        let error = parts.iter().position(|p| p["type"] == "error").unwrap();
+        assert!(input_error < error, "{parts:#?}");
     }
 
     #[test]

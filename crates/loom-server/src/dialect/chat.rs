@@ -18,6 +18,7 @@
 //! **Disconnect cancels the run** at once (no grace): a chat client that goes away does not
 //! come back for the same completion.
 
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -90,14 +91,47 @@ pub(crate) struct ChatMapping {
     /// A mark (a re-run's, a retry's) was the last text: a speaker follows it on its line.
     marked: bool,
     called_tools: bool,
+    /// Each tool call's `index` on the wire, by who called it, in which attempt (re-runs and
+    /// retries count up) and at which index of its own: the official clients merge deltas by
+    /// `index`, so two calls must never share one.
+    calls: HashMap<(Option<String>, u32, u64), u64>,
+    /// Re-runs and step retries so far.
+    generation: u32,
 }
 
 impl ChatMapping {
+    /// `call` with its `index` on the wire: a new one for each new call, and its `id` and
+    /// `name` only on the call's first delta (the clients append what a delta repeats).
+    fn renumber(&mut self, chunk: &StreamChunk, call: &Value) -> Value {
+        let own = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+        let key = (speaker(chunk).map(str::to_owned), self.generation, own);
+        let next = self.calls.len() as u64;
+        let mut call = call.clone();
+        match self.calls.entry(key) {
+            std::collections::hash_map::Entry::Occupied(index) => {
+                call["index"] = json!(*index.get());
+                if let Some(fields) = call.as_object_mut() {
+                    fields.remove("id");
+                    fields.remove("name");
+                }
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                call["index"] = json!(*slot.insert(next));
+            }
+        }
+        call
+    }
+
     /// What `chunk` adds.
     pub(crate) fn map(&mut self, chunk: &StreamChunk) -> Vec<Delta> {
         match chunk.kind {
+            ChunkType::Start if chunk.attempt.is_some_and(|a| a > 1) && !self.said => {
+                self.generation += 1;
+                Vec::new()
+            }
             ChunkType::Start => match chunk.attempt {
                 Some(attempt) if self.said => {
+                    self.generation += 1;
                     self.speaker = None;
                     self.marked = true;
                     vec![Delta::Text(format!("\n\n[attempt {attempt}] "))]
@@ -124,13 +158,18 @@ impl ChatMapping {
                     vec![Delta::Text(out)]
                 } else if let Some(call) = chunk.data.as_ref().and_then(|d| d.get("tool_call")) {
                     self.called_tools = true;
-                    vec![Delta::ToolCall(call.clone())]
+                    vec![Delta::ToolCall(self.renumber(chunk, call))]
                 } else {
                     Vec::new()
                 }
             }
             // A step's retry: its new attempt's tokens follow after a mark, as a re-run's do.
-            ChunkType::Progress if chunk.event == Some(Event::ActionRetry) && self.said => {
+            ChunkType::Progress if chunk.event == Some(Event::ActionRetry) && !self.said => {
+                self.generation += 1;
+                Vec::new()
+            }
+            ChunkType::Progress if chunk.event == Some(Event::ActionRetry) => {
+                self.generation += 1;
                 let step = chunk.step.as_deref().unwrap_or("step");
                 let mark = format!("\n\n[{step} retry] ");
                 // The step's own tokens follow the mark as they are; a team member's name
@@ -491,6 +530,36 @@ mod tests {
                 usage: None
             }
         );
+    }
+
+    /// The clients merge tool-call deltas by `index`: calls of two members, or of a run and
+    /// its re-run, each get their own, and a call's `id` and `name` are sent once however
+    /// often its deltas repeat them.
+    #[test]
+    fn every_tool_call_gets_its_own_index_and_names_itself_once() {
+        let call = |id: &str, args: &str| json!({ "tool_call": { "index": 0, "id": id, "name": "f", "arguments": args } });
+        let mut rerun = StreamChunk::new(ChunkType::Start, 4);
+        rerun.attempt = Some(2);
+        let deltas = map_all(&[
+            data(1, call("a", "{\"x\":"), Some("alpha")),
+            data(2, call("b", "{}"), Some("beta")),
+            data(3, call("a", "1}"), Some("alpha")),
+            rerun,
+            data(5, call("c", "{}"), Some("alpha")),
+        ]);
+        let calls: Vec<&Value> = deltas
+            .iter()
+            .filter_map(|d| match d {
+                Delta::ToolCall(call) => Some(call),
+                _ => None,
+            })
+            .collect();
+        let indexes: Vec<u64> = calls.iter().filter_map(|c| c["index"].as_u64()).collect();
+        assert_eq!(indexes, [0, 1, 0, 2]);
+        assert_eq!(calls[2].get("id"), None, "{}", calls[2]);
+        assert_eq!(calls[2].get("name"), None, "{}", calls[2]);
+        assert_eq!(calls[2]["arguments"], "1}");
+        assert_eq!(calls[3]["id"], "c");
     }
 
     #[test]

@@ -349,11 +349,12 @@ impl ResponsesMapping {
                 }
                 self.items.push(Item::FunctionCall {
                     id: format!("fc_{}_{index}", self.head.run_id),
-                    call_id: call
-                        .get("id")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_owned(),
+                    // A call the provider gave no id still needs one of its own: clients
+                    // tell calls apart by it.
+                    call_id: call.get("id").and_then(Value::as_str).map_or_else(
+                        || format!("call_{}_{index}", self.head.run_id),
+                        str::to_owned,
+                    ),
                     name: call
                         .get("name")
                         .and_then(Value::as_str)
@@ -656,7 +657,7 @@ mod tests {
     use crate::runlog::LoggedChunk;
 
     use super::*;
-    use crate::dialect::fixtures::{complete, logged, marker, step_token, token};
+    use crate::dialect::fixtures::{complete, data, logged, marker, step_token, token};
 
     fn head() -> Head {
         Head {
@@ -706,6 +707,32 @@ mod tests {
         assert_eq!(done["output"][0]["content"][0]["text"], "Hello");
         assert_eq!(done["usage"]["total_tokens"], 5);
         assert_eq!(mapping.response()["output_text"], "Hello");
+    }
+
+    /// Clients tell function calls apart by `call_id`: a call the provider gave no id gets
+    /// one of its own, never an empty one shared with the next.
+    #[test]
+    fn calls_without_a_provider_id_get_call_ids_of_their_own() {
+        let call =
+            |index: u64| json!({ "tool_call": { "index": index, "name": "f", "arguments": "{}" } });
+        let (_, mapping) = events(&[
+            StreamChunk::new(ChunkType::Start, 0),
+            data(1, call(0), None),
+            data(2, call(1), None),
+            complete(3, json!({ "text": "" })),
+        ]);
+        let output = mapping.response()["output"].clone();
+        let ids: Vec<&str> = output
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|item| item["call_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids.len(), 2, "{output}");
+        assert!(
+            ids.iter().all(|id| !id.is_empty()) && ids[0] != ids[1],
+            "{ids:?}"
+        );
     }
 
     #[test]

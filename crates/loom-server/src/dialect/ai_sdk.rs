@@ -334,22 +334,102 @@ impl NumberedEvents for AiSdkMapping {
     }
 }
 
-/// `useChat`'s UI messages in Chat Completions' shape: each message's text parts, joined.
+/// `useChat`'s UI messages in Chat Completions' shape: each message's text parts, joined;
+/// an assistant message's tool parts (`dynamic-tool`, `tool-<name>`) that have a result
+/// become its `tool_calls` and a `tool` message with that result each, split where a new
+/// step starts (`step-start`), as the model saw them. A call with no result yet is left out
+/// (a model refuses a call that is not answered).
 fn chat_messages(messages: &[Value]) -> Vec<Value> {
-    messages
-        .iter()
-        .map(|m| {
-            let text: String = match m.get("parts").and_then(Value::as_array) {
-                Some(parts) => parts
-                    .iter()
-                    .filter(|p| p["type"] == "text")
-                    .filter_map(|p| p["text"].as_str())
-                    .collect(),
-                None => m["content"].as_str().unwrap_or("").to_owned(),
+    let text_of = |parts: &[Value]| -> String {
+        parts
+            .iter()
+            .filter(|p| p["type"] == "text")
+            .filter_map(|p| p["text"].as_str())
+            .collect()
+    };
+    let mut out = Vec::new();
+    for m in messages {
+        let Some(parts) = m.get("parts").and_then(Value::as_array) else {
+            let content = m["content"].as_str().unwrap_or("");
+            out.push(json!({ "role": m["role"], "content": content }));
+            continue;
+        };
+        if m["role"] != "assistant" {
+            out.push(json!({ "role": m["role"], "content": text_of(parts) }));
+            continue;
+        }
+        let mut step = Step::default();
+        for part in parts {
+            let kind = part["type"].as_str().unwrap_or("");
+            let tool = match kind {
+                "step-start" => {
+                    step.flush(&mut out);
+                    continue;
+                }
+                "text" => {
+                    step.text.push_str(part["text"].as_str().unwrap_or(""));
+                    continue;
+                }
+                "dynamic-tool" => part["toolName"].as_str().unwrap_or(""),
+                _ => match kind.strip_prefix("tool-") {
+                    Some(name) => name,
+                    None => continue,
+                },
             };
-            json!({ "role": m["role"], "content": text })
-        })
-        .collect()
+            let result = match part["state"].as_str() {
+                Some("output-available") => match &part["output"] {
+                    Value::String(text) => text.clone(),
+                    output => output.to_string(),
+                },
+                Some("output-error") => part["errorText"].as_str().unwrap_or("").to_owned(),
+                _ => continue,
+            };
+            let arguments = match &part["input"] {
+                Value::String(text) => text.clone(),
+                input => input.to_string(),
+            };
+            let id = &part["toolCallId"];
+            step.calls.push(json!({
+                "id": id, "type": "function",
+                "function": { "name": tool, "arguments": arguments },
+            }));
+            step.results
+                .push(json!({ "role": "tool", "tool_call_id": id, "content": result }));
+        }
+        step.flush(&mut out);
+    }
+    out
+}
+
+/// One step of an assistant UI message: its text, the calls it made and their results.
+#[derive(Default)]
+struct Step {
+    text: String,
+    calls: Vec<Value>,
+    results: Vec<Value>,
+}
+
+impl Step {
+    /// The step as an assistant message and its tool messages, if it said or did anything.
+    fn flush(&mut self, out: &mut Vec<Value>) {
+        let Self {
+            text,
+            calls,
+            results,
+        } = std::mem::take(self);
+        if text.is_empty() && calls.is_empty() {
+            return;
+        }
+        let mut message = json!({ "role": "assistant", "content": text });
+        if !calls.is_empty() {
+            if text.is_empty() {
+                message["content"] = Value::Null;
+            }
+            message["tool_calls"] = Value::Array(calls);
+        }
+        out.push(message);
+        out.extend(results);
+    }
 }
 
 /// `POST /v1/ai-sdk/{agent}`: a new run for the chat, streamed as UI message parts.
@@ -567,6 +647,38 @@ mod tests {
             .expect("the cut call ends");
         let error = parts.iter().position(|p| p["type"] == "error").unwrap();
         assert!(input_error < error, "{parts:#?}");
+    }
+
+    /// `useChat` sends the tool calls it answered back inside the assistant message: each
+    /// step becomes an assistant message with its calls, followed by their results, so the
+    /// model sees what it asked and what it got; a call not answered yet is left out.
+    #[test]
+    fn tool_parts_come_back_as_calls_and_results() {
+        let ui = json!([
+            { "role": "user", "parts": [{ "type": "text", "text": "weather?" }] },
+            { "role": "assistant", "parts": [
+                { "type": "step-start" },
+                { "type": "text", "text": "Let me check." },
+                { "type": "dynamic-tool", "toolName": "weather", "toolCallId": "c1",
+                  "state": "output-available", "input": { "city": "Paris" }, "output": { "c": 21 } },
+                { "type": "tool-clock", "toolCallId": "c2", "state": "input-available", "input": {} },
+                { "type": "step-start" },
+                { "type": "text", "text": "It is 21." },
+            ]},
+        ]);
+        let messages = chat_messages(ui.as_array().unwrap());
+        assert_eq!(
+            messages,
+            vec![
+                json!({ "role": "user", "content": "weather?" }),
+                json!({ "role": "assistant", "content": "Let me check.", "tool_calls": [{
+                    "id": "c1", "type": "function",
+                    "function": { "name": "weather", "arguments": "{\"city\":\"Paris\"}" },
+                }]}),
+                json!({ "role": "tool", "tool_call_id": "c1", "content": "{\"c\":21}" }),
+                json!({ "role": "assistant", "content": "It is 21." }),
+            ]
+        );
     }
 
     #[test]

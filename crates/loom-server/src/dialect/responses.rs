@@ -482,13 +482,23 @@ fn messages(instructions: Option<String>, input: Value) -> Result<Vec<Value>, Ap
                         };
                         messages.push(json!({ "role": item["role"], "content": text }));
                     }
-                    "function_call" => messages.push(json!({
-                        "role": "assistant", "content": null,
-                        "tool_calls": [{
+                    "function_call" => {
+                        let call = json!({
                             "id": item["call_id"], "type": "function",
                             "function": { "name": item["name"], "arguments": item["arguments"] },
-                        }],
-                    })),
+                        });
+                        // Calls made together are one assistant message, which their
+                        // outputs then follow: the shape a model takes.
+                        let last = messages
+                            .last_mut()
+                            .filter(|m| m["role"] == "assistant" && m["content"].is_null());
+                        match last.and_then(|m| m["tool_calls"].as_array_mut()) {
+                            Some(calls) => calls.push(call),
+                            None => messages.push(json!({
+                                "role": "assistant", "content": null, "tool_calls": [call],
+                            })),
+                        }
+                    }
                     "function_call_output" => messages.push(json!({
                         "role": "tool", "tool_call_id": item["call_id"], "content": item["output"],
                     })),
@@ -707,6 +717,36 @@ mod tests {
         assert_eq!(done["output"][0]["content"][0]["text"], "Hello");
         assert_eq!(done["usage"]["total_tokens"], 5);
         assert_eq!(mapping.response()["output_text"], "Hello");
+    }
+
+    /// The usual tool loop sends back the calls made together, then their outputs: the calls
+    /// are one assistant message, which the outputs follow (the shape a model takes).
+    #[test]
+    fn calls_made_together_are_one_assistant_message() {
+        let call = |id: &str| json!({ "type": "function_call", "call_id": id, "name": "f", "arguments": "{}" });
+        let output =
+            |id: &str| json!({ "type": "function_call_output", "call_id": id, "output": "ok" });
+        let input = json!([
+            { "role": "user", "content": "go" },
+            call("c1"), call("c2"), output("c1"), output("c2"),
+        ]);
+        let messages = messages(None, input).unwrap();
+        let roles: Vec<&str> = messages
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            roles,
+            ["user", "assistant", "tool", "tool"],
+            "{messages:#?}"
+        );
+        let ids: Vec<&str> = messages[1]["tool_calls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["c1", "c2"]);
     }
 
     /// Clients tell function calls apart by `call_id`: a call the provider gave no id gets

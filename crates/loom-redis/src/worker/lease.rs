@@ -184,7 +184,9 @@ async fn refresh(shared: &Shared) -> Result<(), Error> {
     }
     claims.retain(|queue, _| !unread.contains(queue));
     // A worker handing its runs back gives their requests back itself (`hand_back`): a
-    // claim from a beat begun before would reset what it gives back.
+    // claim from a beat begun before would reset what it gives back. The hand-back waits for
+    // a beat's claims to be done before it gives back.
+    let _claiming = shared.claiming.lock().await;
     if shared.is_closing() {
         return Ok(());
     }
@@ -355,6 +357,8 @@ pub(crate) async fn hand_back(shared: &Shared) {
     for waiting in &unstarted {
         tracing::info!(queue = %waiting.queue, entry = %waiting.entry, "handing a request back unstarted");
     }
+    // After any beat's claims: none of them lands after what is given back here.
+    let _claiming = shared.claiming.lock().await;
     give_back(shared, &held, &unstarted).await;
 }
 

@@ -34,6 +34,9 @@ pub(crate) struct Shared {
     /// total, so one read may return more than there are free slots. They are in this
     /// worker's pending list, so the heartbeat keeps them from looking abandoned.
     waiting: Mutex<VecDeque<Work>>,
+    /// Held by a heartbeat while it claims its requests again, and by the hand-back before it
+    /// gives them back: a beat that began before the hand-back never resets what it gave.
+    pub(crate) claiming: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -53,6 +56,7 @@ impl Shared {
             active: Mutex::new(HashMap::new()),
             closing: AtomicBool::new(false),
             waiting: Mutex::new(VecDeque::new()),
+            claiming: tokio::sync::Mutex::new(()),
         }
     }
 

@@ -424,7 +424,7 @@ fn start_server(kind: &str, streams: usize) -> (std::process::Child, String) {
 /// reader of one shared detached `idle` run (`readers`), or the bare handler's `/idle`.
 async fn idle_request(kind: &str, addr: &str) -> Vec<u8> {
     match kind {
-        "loom" => b"POST /v1/actors/idle/stream HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}".to_vec(),
+        "loom" => b"POST /v1/actors/idle/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}".to_vec(),
         "readers" => {
             let response = reqwest::Client::new()
                 .post(format!("http://{addr}/v1/runs"))
@@ -435,9 +435,9 @@ async fn idle_request(kind: &str, addr: &str) -> Vec<u8> {
             assert_eq!(response.status(), 201);
             let body: Value = response.json().await.expect("json");
             let id = body["run_id"].as_str().expect("run_id");
-            format!("GET /v1/runs/{id}/stream HTTP/1.1\r\nHost: bench\r\n\r\n").into_bytes()
+            format!("GET /v1/runs/{id}/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").into_bytes()
         }
-        _ => b"GET /idle HTTP/1.1\r\nHost: bench\r\n\r\n".to_vec(),
+        _ => b"GET /idle HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".to_vec(),
     }
 }
 
@@ -448,6 +448,11 @@ async fn idle_streams(kind: &str, k: usize) -> (usize, u64) {
     let request = idle_request(kind, &addr).await;
     // Warm up: the first streams touch code and allocator pools every stream then shares.
     let warm = futures::future::join_all((0..16).map(|_| open_idle(&addr, &request))).await;
+    // A figure over streams that never opened would say nothing: fail instead.
+    assert!(
+        warm.iter().any(Option::is_some),
+        "{kind}: the server opened none of the warm-up streams"
+    );
     drop(warm);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = rss_kib_of(child.id());

@@ -101,7 +101,8 @@ enum StreamCommand {
     Tail {
         /// The stream (run) id.
         id: String,
-        /// Start after this Redis entry id (e.g. `1700000000000-0`), or `$` for new chunks only.
+        /// Start after this Redis entry id — the chunk of `seq` N is entry `N-1`, so `3-1`
+        /// starts after seq 3 — or `$` for new chunks only.
         #[arg(long, value_name = "ID")]
         from: Option<String>,
         /// Print chunks as JSON Lines on stdout.
@@ -256,6 +257,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(client) => Arc::new(client.invoker().with_actors(runtime.registry().names())),
         None => runtime.clone(),
     };
+    if let Some(client) = &redis {
+        check_served(client, &job).await?;
+    }
     // The cancels of remote runs this process stops are sent by tasks of the client's: they
     // must reach Redis before the process exits, or those runs go on on their workers.
     let flush = redis.clone();
@@ -344,6 +348,41 @@ fn check(command: Command, runtime: &Runtime, distributed: bool) -> anyhow::Resu
             Job::Tail { id, from, json }
         }
     }))
+}
+
+/// Waits, for at most the pickup timeout, until a live worker serves every actor type a run
+/// through Redis needs (a workflow run here needs each of its steps' types); then refuses it
+/// (exit 2) rather than queueing a request nobody takes and reporting `worker_lost` — so a
+/// worker started at the same time is waited for, and a forgotten one is named.
+async fn check_served(client: &loom_redis::Client, job: &Job) -> anyhow::Result<()> {
+    let needed: Vec<&str> = match job {
+        Job::ActorRun(args, _) => vec![args.actor.as_str()],
+        Job::WorkflowRun(_, workflow, _) => {
+            workflow.steps().map(|s| s.actor_type.as_str()).collect()
+        }
+        _ => return Ok(()),
+    };
+    let wait = client.options().pickup_timeout;
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut told = false;
+    loop {
+        let served = client.served_actors().await.map_err(redis_error)?;
+        let Some(missing) = needed.iter().find(|t| !served.contains(**t)) else {
+            return Ok(());
+        };
+        if !told {
+            eprintln!(
+                "loom: no live worker serves '{missing}' yet; waiting up to {wait:?} for one"
+            );
+            told = true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(usage(format!(
+                "no live worker serves actor type '{missing}' (start one: loom worker --redis URL)"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Runs `job`; `invoker` runs actors locally or, with `redis`, on workers.

@@ -40,16 +40,7 @@ async fn a_worker_with_one_slot_serving_two_queues_runs_both_requests_as_attempt
         .stream("echo", json!({ "hello": 1 }), RunOptions::default())
         .await
         .unwrap();
-    let probe = Arc::new(Probe::default());
-    let worker = RunningWorker::spawn(
-        &client,
-        runtime(&probe),
-        WorkerOptions {
-            actors: vec!["ticker".to_owned(), "echo".to_owned()],
-            concurrency: 1,
-            ..WorkerOptions::default()
-        },
-    );
+    let worker = serving(&client, &["ticker", "echo"], 1);
 
     let (ticks, echo) = within(5, async {
         tokio::join!(collect(5, ticks), collect(5, echo))
@@ -91,15 +82,7 @@ async fn a_worker_advertises_the_actor_types_it_serves_for_one_lease() {
     let server = RedisServer::start();
     let client = client(&server, fast_options()).await;
     assert!(client.served_actors().await.unwrap().is_empty());
-    let probe = Arc::new(Probe::default());
-    let worker = RunningWorker::spawn(
-        &client,
-        runtime(&probe),
-        WorkerOptions {
-            actors: vec!["echo".to_owned()],
-            ..WorkerOptions::default()
-        },
-    );
+    let worker = serving(&client, &["echo"], WorkerOptions::default().concurrency);
     within(5, async {
         while client.served_actors().await.unwrap().is_empty() {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -224,16 +207,7 @@ async fn a_worker_takes_about_as_many_requests_as_it_has_free_slots_whatever_its
                 );
             }
         }
-        let probe = Arc::new(Probe::default());
-        let worker = RunningWorker::spawn(
-            &client,
-            runtime(&probe),
-            WorkerOptions {
-                actors: vec!["ticker".to_owned(), "batch".to_owned()],
-                concurrency,
-                ..WorkerOptions::default()
-            },
-        );
+        let worker = serving(&client, &["ticker", "batch"], concurrency);
         tokio::time::sleep(Duration::from_millis(800)).await;
         // Taken by this worker: its runs, and none held back from other workers.
         let mut conn = server.plain();
@@ -264,16 +238,7 @@ async fn a_worker_takes_about_as_many_requests_as_it_has_free_slots_whatever_its
 async fn one_free_slot_serves_every_queue_in_turn() {
     let server = RedisServer::start();
     let client = client(&server, fast_options()).await;
-    let probe = Arc::new(Probe::default());
-    let worker = RunningWorker::spawn(
-        &client,
-        runtime(&probe),
-        WorkerOptions {
-            actors: vec!["ticker".to_owned(), "echo".to_owned()],
-            concurrency: 1,
-            ..WorkerOptions::default()
-        },
-    );
+    let worker = serving(&client, &["ticker", "echo"], 1);
     let invoker = client.invoker();
     for round in 0..3 {
         let echo = invoker
@@ -402,14 +367,10 @@ async fn a_run_whose_queue_was_deleted_under_it_goes_on_to_its_end() {
 async fn a_queue_that_cannot_be_read_does_not_stop_the_others() {
     let server = RedisServer::start();
     let client = client(&server, fast_options()).await;
-    let probe = Arc::new(Probe::default());
-    let worker = RunningWorker::spawn(
+    let worker = serving(
         &client,
-        runtime(&probe),
-        WorkerOptions {
-            actors: vec!["ticker".to_owned(), "echo".to_owned()],
-            ..WorkerOptions::default()
-        },
+        &["ticker", "echo"],
+        WorkerOptions::default().concurrency,
     );
     // Served first, then its queue key is overwritten while the worker reads it.
     let first = ticker(&client, 2, 10).await;
@@ -425,4 +386,14 @@ async fn a_queue_that_cannot_be_read_does_not_stop_the_others() {
         assert_completes(&chunks);
     }
     worker.stop().await;
+}
+
+/// A worker serving only `actors`, running at most `concurrency` runs at once.
+fn serving(client: &loom_redis::Client, actors: &[&str], concurrency: usize) -> RunningWorker {
+    let options = WorkerOptions {
+        actors: actors.iter().map(|a| (*a).to_owned()).collect(),
+        concurrency,
+        ..WorkerOptions::default()
+    };
+    RunningWorker::spawn(client, runtime(&Arc::new(Probe::default())), options)
 }

@@ -125,19 +125,19 @@ impl ChatMapping {
     /// What `chunk` adds.
     pub(crate) fn map(&mut self, chunk: &StreamChunk) -> Vec<Delta> {
         match chunk.kind {
-            ChunkType::Start if chunk.attempt.is_some_and(|a| a > 1) && !self.said => {
+            // A re-run: its calls are new ones, and its tokens follow after a mark.
+            ChunkType::Start => {
+                let Some(attempt) = chunk.attempt.filter(|&a| a > 1) else {
+                    return Vec::new();
+                };
                 self.generation += 1;
-                Vec::new()
-            }
-            ChunkType::Start => match chunk.attempt {
-                Some(attempt) if self.said => {
-                    self.generation += 1;
-                    self.speaker = None;
-                    self.marked = true;
-                    vec![Delta::Text(format!("\n\n[attempt {attempt}] "))]
+                if !self.said {
+                    return Vec::new();
                 }
-                _ => Vec::new(),
-            },
+                self.speaker = None;
+                self.marked = true;
+                vec![Delta::Text(format!("\n\n[attempt {attempt}] "))]
+            }
             ChunkType::Data => {
                 if let Some(text) = token(chunk) {
                     let mut out = String::new();
@@ -164,12 +164,11 @@ impl ChatMapping {
                 }
             }
             // A step's retry: its new attempt's tokens follow after a mark, as a re-run's do.
-            ChunkType::Progress if chunk.event == Some(Event::ActionRetry) && !self.said => {
-                self.generation += 1;
-                Vec::new()
-            }
             ChunkType::Progress if chunk.event == Some(Event::ActionRetry) => {
                 self.generation += 1;
+                if !self.said {
+                    return Vec::new();
+                }
                 let step = chunk.step.as_deref().unwrap_or("step");
                 let mark = format!("\n\n[{step} retry] ");
                 // The step's own tokens follow the mark as they are; a team member's name

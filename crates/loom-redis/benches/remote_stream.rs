@@ -27,6 +27,8 @@ mod measure;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -151,6 +153,21 @@ impl Target {
             worker,
             writers,
         }
+    }
+
+    /// A plain blocking socket to the node that holds `key` (on a cluster, the one that
+    /// answers for it rather than with a `MOVED`), and a buffered reader of its replies.
+    fn raw_socket(&self, key: &str) -> (TcpStream, BufReader<TcpStream>) {
+        for port in &self.ports {
+            let socket = TcpStream::connect(format!("127.0.0.1:{port}")).expect("connect");
+            socket.set_nodelay(true).expect("nodelay");
+            let mut replies = BufReader::new(socket.try_clone().expect("clone"));
+            let holds = raw_query(&socket, &mut replies, redis::cmd("EXISTS").arg(key));
+            if matches!(holds, redis::Value::Int(_)) {
+                return (socket, replies);
+            }
+        }
+        panic!("no node answers for {key}")
     }
 
     /// A command connection of the redis crate's own: plain, or its cluster client.
@@ -641,8 +658,8 @@ async fn latency(server: &Target, count: u64) {
             stream_latency(&reader, per_round).await,
             bare_round_trip(server, per_round, None).await,
             bare_round_trip(server, per_round, Some(Duration::from_millis(1))).await,
-            bare_handoff(server, per_round, false).await,
-            bare_handoff(server, per_round, true).await,
+            tokio::task::block_in_place(|| bare_handoff(server, per_round, false)),
+            tokio::task::block_in_place(|| bare_handoff(server, per_round, true)),
             tokio::task::spawn_blocking(move || socket_handoff(per_round))
                 .await
                 .expect("socket hand-off"),
@@ -790,41 +807,55 @@ async fn bare_round_trip(server: &Target, count: u64, every: Option<Duration>) -
         .await
 }
 
+/// One command on a plain socket (see [`Target::raw_socket`]) and its reply.
+fn raw_query(
+    mut socket: &TcpStream,
+    replies: &mut BufReader<TcpStream>,
+    cmd: &redis::Cmd,
+) -> redis::Value {
+    socket.write_all(&cmd.get_packed_command()).expect("send");
+    redis::Parser::new().parse_value(replies).expect("reply")
+}
+
 /// The floor of any reader that waits on a blocking `XREAD`: `count` bare `XADD`s, one per
 /// millisecond, each stamped with its send time, and how long each took to reach another
-/// connection's blocked `XREAD` (both the redis crate's), sorted. `fenced`: each `XADD` is
-/// made by a script that first checks a lease key, as a fenced write must be (Loom's write
-/// script does that, and numbers the entry), so the figure is the floor of a fenced stream.
-async fn bare_handoff(server: &Target, count: u64, fenced: bool) -> Vec<Duration> {
+/// connection's blocked `XREAD`, sorted: the time its reply's first bytes reached the
+/// reading thread. Plain threads on plain sockets, as [`socket_handoff`] is: a client
+/// library's code on the way, cold after a millisecond idle, makes the figure larger, and
+/// that cost is the client's, not Redis's (docs/performance.md, "A twelfth machine").
+/// `fenced`: each `XADD` is made by a script that first checks a lease key, as a fenced write
+/// must be (Loom's write script does that, and numbers the entry), so the figure is the floor
+/// of a fenced stream.
+fn bare_handoff(server: &Target, count: u64, fenced: bool) -> Vec<Duration> {
     // One hash tag: the script's two keys share a cluster slot.
     let (key, lease) = ("{bench:handoff}:stream", "{bench:handoff}:lease");
-    let mut reader = server.with_conn(|conn| async move { conn }).await;
+    let (reader, mut replies) = server.raw_socket(key);
     // A fresh stream, so the reader reading from the start reads only this call's entries.
-    let _: () = redis::pipe()
-        .cmd("DEL")
-        .arg(key)
-        .ignore()
-        .cmd("SET")
-        .arg(lease)
-        .arg("owner")
-        .ignore()
-        .query_async(&mut reader)
-        .await
-        .expect("del");
-    let read = tokio::spawn(async move {
+    raw_query(&reader, &mut replies, redis::cmd("DEL").arg(key));
+    raw_query(
+        &reader,
+        &mut replies,
+        redis::cmd("SET").arg(lease).arg("owner"),
+    );
+    let read = std::thread::spawn(move || {
         let mut took = Vec::with_capacity(count as usize);
         let mut last = "0-0".to_owned();
         while (took.len() as u64) < count {
-            let reply: redis::streams::StreamReadReply = redis::cmd("XREAD")
+            let xread = redis::cmd("XREAD")
                 .arg("BLOCK")
                 .arg(1000)
                 .arg("STREAMS")
                 .arg(key)
                 .arg(&last)
-                .query_async(&mut reader)
-                .await
-                .expect("xread");
+                .get_packed_command();
+            (&reader).write_all(&xread).expect("send");
+            replies.fill_buf().expect("read");
             let now = wall_ns();
+            let reply = redis::Parser::new()
+                .parse_value(&mut replies)
+                .expect("reply");
+            let reply: redis::streams::StreamReadReply =
+                redis::from_redis_value(reply).expect("xread");
             for entry in reply.keys.into_iter().flat_map(|k| k.ids) {
                 let sent: u64 = entry.get("t").unwrap_or(0);
                 took.push(Duration::from_nanos(now.saturating_sub(sent)));
@@ -834,39 +865,36 @@ async fn bare_handoff(server: &Target, count: u64, fenced: bool) -> Vec<Duration
         took.sort();
         took
     });
-    let script = redis::Script::new(
-        "if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 'fenced' end \
-         redis.call('XADD', KEYS[1], '*', 't', ARGV[2]) return 'ok'",
-    );
-    server
-        .with_conn(move |mut writer| async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(1));
-            for _ in 0..count {
-                tick.tick().await;
-                if fenced {
-                    let written: String = script
-                        .key(key)
-                        .key(lease)
-                        .arg("owner")
-                        .arg(wall_ns())
-                        .invoke_async(&mut writer)
-                        .await
-                        .expect("fenced xadd");
-                    assert_eq!(written, "ok");
-                } else {
-                    redis::cmd("XADD")
-                        .arg(key)
-                        .arg("*")
-                        .arg("t")
-                        .arg(wall_ns())
-                        .query_async::<()>(&mut writer)
-                        .await
-                        .expect("xadd");
-                }
-            }
-        })
-        .await;
-    read.await.expect("reader task")
+    let (writer, mut acks) = server.raw_socket(key);
+    for _ in 0..count {
+        std::thread::sleep(Duration::from_millis(1));
+        let sent = wall_ns();
+        let reply = if fenced {
+            raw_query(
+                &writer,
+                &mut acks,
+                redis::cmd("EVAL")
+                    .arg(
+                        "if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 'fenced' end \
+                         redis.call('XADD', KEYS[1], '*', 't', ARGV[2]) return 'ok'",
+                    )
+                    .arg(2)
+                    .arg(key)
+                    .arg(lease)
+                    .arg("owner")
+                    .arg(sent),
+            )
+        } else {
+            raw_query(
+                &writer,
+                &mut acks,
+                redis::cmd("XADD").arg(key).arg("*").arg("t").arg(sent),
+            )
+        };
+        let written = matches!(&reply, redis::Value::BulkString(b) if !fenced || b == b"ok");
+        assert!(written, "{reply:?}");
+    }
+    read.join().expect("reader thread")
 }
 
 async fn scale(server: &Target, streams: usize) {

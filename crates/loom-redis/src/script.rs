@@ -698,3 +698,82 @@ pub(crate) async fn release(
     let _: i64 = RELEASE.invoke(conn, &cmd).await?;
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "../tests/support/redis_server.rs"]
+mod test_redis;
+
+#[cfg(test)]
+mod tests {
+    use redis::AsyncCommands;
+
+    use super::test_redis::RedisServer;
+    use super::*;
+
+    /// A run's keys under a prefix of the test's own, and a connection to `server`.
+    async fn run_keys(server: &RedisServer) -> (RunKeys, redis::aio::MultiplexedConnection) {
+        let prefix = format!("t{}:", uuid::Uuid::new_v4().simple());
+        let keys = RunKeys::new(&Keys::new(prefix).expect("prefix"), "run-1");
+        let client = redis::Client::open(server.url()).expect("url");
+        let conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        (keys, conn)
+    }
+
+    /// A reader's `worker_lost` verdict, written by `END_RUN`, is not written over a run a new
+    /// attempt took meanwhile (its lease is held), while a `timeout` is; and once the stream
+    /// has its terminal, ending it again writes nothing and answers that terminal's id.
+    #[tokio::test]
+    async fn end_run_leaves_a_held_run_alone_unless_its_deadline_passed() {
+        let server = RedisServer::start();
+        let (keys, mut conn) = run_keys(&server).await;
+        let _: String = conn
+            .xadd(
+                &keys.stream,
+                "0-1",
+                &[("type", "start"), ("data", "null"), ("seq", "0")],
+            )
+            .await
+            .expect("xadd");
+        let _: () = conn.set(&keys.lease, "attempt-2").await.expect("set");
+        let error = r#"{"code":"worker_lost","message":"gone"}"#;
+
+        let held = end_run(&mut conn, &keys, 60, CancelReason::WorkerLost, error).await;
+        assert_eq!(held.expect("end_run"), None);
+        let len: usize = conn.xlen(&keys.stream).await.expect("xlen");
+        assert_eq!(len, 1, "nothing is written over a held lease");
+        let cancel: Option<String> = conn.get(&keys.cancel).await.expect("get");
+        assert_eq!(cancel, None, "a held run is not told to stop");
+
+        let _: () = conn.del(&keys.lease).await.expect("del");
+        let ended = end_run(&mut conn, &keys, 60, CancelReason::WorkerLost, error).await;
+        assert_eq!(ended.expect("end_run"), Some(EntryId::of_seq(1)));
+        let cancel: Option<String> = conn.get(&keys.cancel).await.expect("get");
+        assert_eq!(cancel.as_deref(), Some("worker_lost"));
+        let ttl: i64 = conn.ttl(&keys.stream).await.expect("ttl");
+        assert!((1..=60).contains(&ttl), "the ended stream expires: {ttl}");
+
+        // The lease held again, a deadline verdict on the ended stream: its terminal stands.
+        let _: () = conn.set(&keys.lease, "attempt-3").await.expect("set");
+        let again = end_run(&mut conn, &keys, 60, CancelReason::Timeout, error).await;
+        assert_eq!(again.expect("end_run"), Some(EntryId::of_seq(1)));
+        let len: usize = conn.xlen(&keys.stream).await.expect("xlen");
+        assert_eq!(len, 2, "one terminal only");
+    }
+
+    /// A deadline verdict is written even while the lease is held: a run past its deadline
+    /// ends whoever holds it.
+    #[tokio::test]
+    async fn end_run_writes_a_timeout_over_a_held_lease() {
+        let server = RedisServer::start();
+        let (keys, mut conn) = run_keys(&server).await;
+        let _: () = conn.set(&keys.lease, "attempt-1").await.expect("set");
+        let error = r#"{"code":"timeout","message":"late"}"#;
+        let ended = end_run(&mut conn, &keys, 60, CancelReason::Timeout, error).await;
+        assert_eq!(ended.expect("end_run"), Some(EntryId::of_seq(0)));
+        let cancel: Option<String> = conn.get(&keys.cancel).await.expect("get");
+        assert_eq!(cancel.as_deref(), Some("timeout"));
+    }
+}

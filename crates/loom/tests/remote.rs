@@ -375,6 +375,44 @@ fn bad_input_is_exit_2_at_once_even_with_redis_down() {
 }
 
 #[test]
+fn a_run_no_live_worker_serves_is_refused_with_exit_2_after_the_pickup_timeout() {
+    // Its own server: the streams counted at the end are this test's alone.
+    let redis = RedisServer::start_own();
+    // A worker that serves another actor type only: `echo` still has nobody.
+    let mut worker = loom(&["worker", "--redis", redis.url(), "--actors", "batch"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("loom worker starts");
+    let started = Instant::now();
+    let out = run(&[
+        "actor",
+        "run",
+        "echo",
+        "--input",
+        r#"{"a":1}"#,
+        "--redis",
+        redis.url(),
+    ]);
+    let took = started.elapsed();
+    let _ = worker.kill();
+    let _ = worker.wait();
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("waiting up to 30s"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("no live worker serves actor type 'echo'"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+    // It waited for a worker (one started at the same time would have been in time).
+    assert!(took >= Duration::from_secs(29), "{took:?}");
+    // Nothing was queued for nobody: no run streams.
+    assert!(stream_ends(&redis).is_empty());
+}
+
+#[test]
 fn hostile_names_and_unknown_streams_are_rejected_with_exit_2() {
     let redis = RedisServer::start();
     for name in ["a b", "x*", "{tag}", "a:b", &"n".repeat(129)] {

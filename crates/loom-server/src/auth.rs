@@ -98,7 +98,15 @@ pub(crate) async fn loopback_host(
     request: Request,
     next: Next,
 ) -> Response {
-    let host = request.headers().get(HOST).and_then(|v| v.to_str().ok());
+    let mut hosts = request.headers().get_all(HOST).iter();
+    let host = hosts.next().and_then(|v| v.to_str().ok());
+    if hosts.next().is_some() {
+        // RFC 9112 §3.2: a request with two is refused; judging one would let the other in.
+        return refuse(
+            &request,
+            ApiError::BadRequest("more than one Host header".into()),
+        );
+    }
     if let Some(host) = host {
         let name = host_name(host);
         let config = state.config();

@@ -6,6 +6,7 @@
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
+use loom_workflow::WORKFLOW_ACTOR_PREFIX;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
@@ -71,11 +72,22 @@ impl Runs {
         }
     }
 
-    /// Whether actor type `actor` can be started.
-    pub(crate) async fn knows(&self, actor: &str) -> Result<bool, ApiError> {
-        match self {
-            Self::Local(engine) => Ok(engine.runtime().registry().contains(actor)),
-            Self::Remote(remote) => remote.knows(actor).await,
+    /// Whether `target` can be started: a registered actor type or a loaded workflow here; in
+    /// distributed mode, one a live worker serves.
+    pub(crate) async fn knows(&self, target: &RunTarget) -> Result<bool, ApiError> {
+        match (self, target) {
+            (Self::Local(engine), RunTarget::Actor(actor)) => {
+                Ok(engine.runtime().registry().contains(actor))
+            }
+            (Self::Local(engine), RunTarget::Workflow(name)) => {
+                Ok(engine.workflows().any(|w| w.name == *name))
+            }
+            (Self::Remote(remote), RunTarget::Actor(actor)) => remote.knows(actor).await,
+            (Self::Remote(remote), RunTarget::Workflow(name)) => {
+                remote
+                    .knows(&format!("{WORKFLOW_ACTOR_PREFIX}{name}"))
+                    .await
+            }
         }
     }
 

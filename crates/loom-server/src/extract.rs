@@ -61,6 +61,13 @@ impl<T: DeserializeOwned> LoomJson<T> {
         } else {
             &bytes
         };
+        // Every body is an object: serde would also take a struct as an array of its fields,
+        // so a raw array posted where the envelope goes would run as one.
+        if !text.trim_ascii_start().starts_with(b"{") {
+            return Err(ApiError::BadRequest(
+                "the body is not a valid request: a JSON object is expected".into(),
+            ));
+        }
         serde_json::from_slice(text)
             .map(LoomJson)
             .map_err(|e| ApiError::BadRequest(format!("the body is not a valid request: {e}")))

@@ -143,7 +143,7 @@ async fn run_actor(
     let run = state
         .runs()
         .start(StartRequest {
-            target: RunTarget::Actor(actor),
+            target: RunTarget::named(&actor),
             input: input_or_empty(envelope.input),
             timeout: parse_timeout(envelope.timeout.as_deref())?,
             policy: envelope.on_disconnect.policy(grace),
@@ -185,7 +185,7 @@ async fn stream_actor(
     TraceParent(traceparent): TraceParent,
     LoomJson(envelope): LoomJson<Envelope>,
 ) -> Result<Response, ApiError> {
-    direct_stream(&state, RunTarget::Actor(actor), envelope, traceparent).await
+    direct_stream(&state, RunTarget::named(&actor), envelope, traceparent).await
 }
 
 /// `GET /v1/actors/{type}/stream?input=…` for a browser `EventSource`. A request with
@@ -203,7 +203,7 @@ async fn stream_actor_get(
     }
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let envelope = query.into_envelope()?;
-    direct_stream(&state, RunTarget::Actor(actor), envelope, traceparent).await
+    direct_stream(&state, RunTarget::named(&actor), envelope, traceparent).await
 }
 
 /// `POST /v1/workflows/{name}/stream`.
@@ -262,7 +262,7 @@ async fn create_run(
     LoomJson(request): LoomJson<RunRequest>,
 ) -> Result<Response, ApiError> {
     let target = match (request.actor, request.workflow) {
-        (Some(actor), None) => RunTarget::Actor(actor),
+        (Some(actor), None) => RunTarget::named(&actor),
         (None, Some(workflow)) => RunTarget::Workflow(workflow),
         _ => {
             return Err(ApiError::BadRequest(

@@ -169,6 +169,17 @@ pub enum RunTarget {
     Workflow(String),
 }
 
+impl RunTarget {
+    /// What a name in an actor type's place names (DESIGN.md §3a): `workflows/<name>` is a
+    /// workflow, anything else an actor type.
+    pub fn named(name: &str) -> Self {
+        match name.strip_prefix(loom_workflow::WORKFLOW_ACTOR_PREFIX) {
+            Some(workflow) => Self::Workflow(workflow.to_owned()),
+            None => Self::Actor(name.to_owned()),
+        }
+    }
+}
+
 /// A run's status as `GET /v1/runs/{id}` shows it (DESIGN.md §3).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RunInfo {
@@ -204,7 +215,13 @@ pub struct LoggedChunk {
 
 /// A cursor older than the oldest chunk the log still holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("cursor {cursor:?} is before the oldest chunk this log still holds ({oldest})")]
+#[error(
+    "{} needs chunks this log no longer holds (its oldest is seq {oldest})",
+    cursor.map_or_else(
+        || "reading from the run's start".to_owned(),
+        |seq| format!("resuming after seq {seq}")
+    )
+)]
 pub struct CursorExpired {
     /// The cursor asked for (`None`: from the start).
     pub cursor: Option<u64>,
@@ -480,6 +497,18 @@ mod tests {
     use loom_core::ActorError;
 
     use super::*;
+
+    #[test]
+    fn workflows_are_named_with_their_prefix() {
+        assert_eq!(
+            RunTarget::named("workflows/report"),
+            RunTarget::Workflow("report".into())
+        );
+        assert_eq!(
+            RunTarget::named("chat-agent"),
+            RunTarget::Actor("chat-agent".into())
+        );
+    }
 
     fn log(limits: LogLimits) -> Arc<RunLog> {
         Arc::new(RunLog::new(

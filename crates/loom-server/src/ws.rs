@@ -36,7 +36,9 @@ use crate::runs::StartRequest;
 use crate::state::ServerState;
 use crate::store::DisconnectPolicy;
 
-/// What a client sends.
+/// What a client sends. `Cancel` is a struct variant, not a unit one: serde lets a unit
+/// variant of a tagged enum through with any other fields, and `{"action":"cancel",
+/// "run_id":…}` must be refused, not cancel this socket's run.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
 enum ClientMessage {
@@ -44,7 +46,22 @@ enum ClientMessage {
         input: Option<Value>,
         timeout: Option<String>,
     },
-    Cancel,
+    Cancel {},
+}
+
+/// What a client's frame asks: `None` for the control frames (pings, pongs), which need no
+/// answer; an error for a text frame that is not a [`ClientMessage`] and for a binary frame.
+fn read(message: &Message) -> Option<Result<ClientMessage, ApiError>> {
+    match message {
+        Message::Text(text) => Some(
+            serde_json::from_str(text.as_str())
+                .map_err(|e| ApiError::BadRequest(format!("not a Loom message: {e}"))),
+        ),
+        Message::Binary(_) => Some(Err(ApiError::BadRequest(
+            "a binary frame: Loom's messages are JSON text frames".into(),
+        ))),
+        _ => None,
+    }
 }
 
 /// The upgrade: unknown actor → 404 and a full stream cap → 429 before the handshake.
@@ -55,7 +72,7 @@ pub(crate) async fn actor_ws(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let upgrade = upgrade.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    if !state.runs().knows(&actor).await? {
+    if !state.runs().knows(&RunTarget::named(&actor)).await? {
         return Err(ApiError::NotFound(format!("unknown actor type '{actor}'")));
     }
     let permit = state.stream_permit()?;
@@ -136,19 +153,21 @@ async fn session(
                 return;
             }
         };
-        match message {
-            Some(Ok(Message::Text(text))) => match serde_json::from_str(text.as_str()) {
-                Ok(ClientMessage::Start { input, timeout }) => break (input, timeout),
-                Ok(ClientMessage::Cancel) => continue,
-                Err(e) => {
-                    let err = ApiError::BadRequest(format!("not a Loom message: {e}"));
-                    if !socket.error(&err).await {
-                        return;
-                    }
-                }
-            },
+        let refused = match message {
             Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
-            Some(Ok(_)) => {}
+            Some(Ok(message)) => match read(&message) {
+                Some(Ok(ClientMessage::Start { input, timeout })) => break (input, timeout),
+                Some(Ok(ClientMessage::Cancel {})) => Some(ApiError::BadRequest(
+                    "no run to cancel: this socket's run has not started".into(),
+                )),
+                Some(Err(err)) => Some(err),
+                None => None,
+            },
+        };
+        if let Some(err) = refused {
+            if !socket.error(&err).await {
+                return;
+            }
         }
     };
     let (run, _attachment, mut feed) = match open(&state, actor, input, timeout, traceparent).await
@@ -191,13 +210,20 @@ async fn session(
                 }
             },
             message = socket.socket.recv() => match message {
-                Some(Ok(Message::Text(text))) => {
-                    let refused = match serde_json::from_str(text.as_str()) {
-                        Ok(ClientMessage::Cancel) => run.cancel().await.err(),
-                        Ok(ClientMessage::Start { .. }) => {
+                Some(Ok(Message::Close(_))) => {
+                    if let Err(err) = run.cancel().await {
+                        tracing::warn!(run_id = run.id(), error = %err, "could not cancel on close");
+                    }
+                    return;
+                }
+                Some(Ok(message)) => {
+                    let refused = match read(&message) {
+                        Some(Ok(ClientMessage::Cancel {})) => run.cancel().await.err(),
+                        Some(Ok(ClientMessage::Start { .. })) => {
                             Some(ApiError::BadRequest("this socket's run has started".into()))
                         }
-                        Err(e) => Some(ApiError::BadRequest(format!("not a Loom message: {e}"))),
+                        Some(Err(err)) => Some(err),
+                        None => None,
                     };
                     if let Some(err) = refused {
                         if !socket.error(&err).await {
@@ -205,13 +231,6 @@ async fn session(
                         }
                     }
                 }
-                Some(Ok(Message::Close(_))) => {
-                    if let Err(err) = run.cancel().await {
-                        tracing::warn!(run_id = run.id(), error = %err, "could not cancel on close");
-                    }
-                    return;
-                }
-                Some(Ok(_)) => {}
                 Some(Err(_)) | None => return,
             },
             _ = tokio::time::sleep(keep_alive) => {
@@ -234,7 +253,7 @@ async fn open(
     let run = state
         .runs()
         .start(StartRequest {
-            target: RunTarget::Actor(actor),
+            target: RunTarget::named(&actor),
             input: input_or_empty(input),
             timeout: parse_timeout(timeout.as_deref())?,
             policy: DisconnectPolicy::CancelAfter(state.config().disconnect_grace),

@@ -150,6 +150,18 @@ async fn an_unknown_envelope_field_or_bad_json_or_bad_timeout_is_400() {
     let (status, code, message) = error_of(response).await;
     assert_eq!((status, code.as_str()), (400, "bad_request"));
     assert!(message.contains("prompt"), "{message}");
+    // So is one that is an array, which serde would take as the envelope's fields in order.
+    for (path, body) in [
+        (
+            "/v1/actors/echo/run",
+            json!([{ "a": 1 }, "continue", "30s"]),
+        ),
+        ("/v1/runs", json!(["echo", null, { "a": 1 }, null])),
+    ] {
+        let (status, code, message) = error_of(server.post(path, &body).await).await;
+        assert_eq!((status, code.as_str()), (400, "bad_request"), "{path}");
+        assert!(message.contains("JSON object"), "{path}: {message}");
+    }
 
     let not_json = server
         .http
@@ -229,6 +241,42 @@ async fn an_openai_route_rejects_a_bad_body_or_query_in_openais_error_shape() {
         assert_eq!(body["error"]["code"], "bad_request", "{path}: {body}");
         assert!(body["error"]["message"].is_string(), "{path}: {body}");
     }
+    // What Loom cannot honour is refused, not ignored: more than one choice, a conversation
+    // kept on the server, no conversation at all.
+    let user = json!([{ "role": "user", "content": "hi" }]);
+    for (path, body, says) in [
+        (
+            "/v1/chat/completions",
+            json!({ "model": "echo", "n": 2, "messages": user }),
+            "one choice",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({ "model": "chat-agent", "messages": [] }),
+            "no messages",
+        ),
+        (
+            "/v1/responses",
+            json!({ "model": "echo", "input": "hi", "previous_response_id": "resp_x" }),
+            "previous_response_id",
+        ),
+        (
+            "/v1/responses",
+            json!({ "model": "chat-agent", "input": [] }),
+            "no messages",
+        ),
+    ] {
+        let response = server.post(path, &body).await;
+        assert_eq!(response.status(), 400, "{path} {body}");
+        let error: Value = within(response.json()).await.expect("an error body");
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{path} {body}: {error}");
+    }
+    let one = json!({ "model": "echo", "n": 1, "messages": user });
+    assert_eq!(
+        server.post("/v1/chat/completions", &one).await.status(),
+        200
+    );
     // A query it cannot read too.
     let response = server.get("/v1/responses/resp_x?starting_after=x").await;
     assert_eq!(response.status(), 400);
@@ -287,6 +335,45 @@ async fn a_workflow_input_failing_its_schema_is_422() {
         .await;
     let (status, code, _) = error_of(response).await;
     assert_eq!((status, code.as_str()), (422, "bad_input"));
+}
+
+/// `workflows/<name>` goes wherever an actor type goes (DESIGN.md §3a) and is the workflow
+/// itself, its input checked before it runs: on the actor routes and `POST /v1/runs` as in
+/// the dialects.
+#[tokio::test]
+async fn a_workflow_named_as_an_actor_type_is_that_workflow() {
+    let server = TestServer::default_config().await;
+    let id = server
+        .detached(json!({ "actor": "workflows/report", "input": { "count": 3 } }))
+        .await;
+    let status = server.finished(&id).await;
+    assert_eq!(status["status"], "complete", "{status}");
+    assert_eq!(status["workflow"], "report");
+    let ran = server
+        .post(
+            "/v1/actors/workflows%2Freport/run",
+            &json!({ "input": { "count": 3 } }),
+        )
+        .await;
+    assert_eq!(ran.status(), 200);
+    for (path, body) in [
+        (
+            "/v1/runs",
+            json!({ "actor": "workflows/report", "input": { "count": "many" } }),
+        ),
+        (
+            "/v1/actors/workflows%2Freport/stream",
+            json!({ "input": { "count": "many" } }),
+        ),
+    ] {
+        let (status, code, _) = error_of(server.post(path, &body).await).await;
+        assert_eq!((status, code.as_str()), (422, "bad_input"), "{path}");
+    }
+    let url = format!(
+        "{}/v1/actors/workflows%2Freport/ws",
+        server.base.replace("http", "ws")
+    );
+    assert!(within(tokio_tungstenite::connect_async(url)).await.is_ok());
 }
 
 #[tokio::test]
@@ -622,6 +709,26 @@ async fn pages_of_other_sites_and_foreign_host_names_are_refused() {
     // The console cannot be framed by another page.
     let page = server.get("/").await;
     assert_eq!(page.headers()["x-frame-options"], "DENY");
+    // Two Host headers: refused outright, not judged by the first one.
+    let mut raw = tokio::net::TcpStream::connect(own.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let request = format!(
+        "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nHost: evil.example\r\n\
+         Connection: close\r\n\r\n"
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut raw, request.as_bytes())
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    within(tokio::io::AsyncReadExt::read_to_string(
+        &mut raw,
+        &mut answer,
+    ))
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("more than one Host header"), "{answer}");
 }
 
 /// Runs running at once are capped like streams: past `max_runs` a new one is `429

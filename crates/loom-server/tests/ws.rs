@@ -145,6 +145,65 @@ async fn cancel_ends_the_run_with_error_cancelled_on_the_socket() {
 }
 
 #[tokio::test]
+async fn a_cancel_with_other_fields_a_binary_frame_or_an_early_cancel_is_refused_not_acted_on() {
+    let server = TestServer::default_config().await;
+    let mut socket = connect(&server, "batch").await;
+    send(&mut socket, json!({ "action": "cancel" })).await;
+    let early = next_json(&mut socket).await.expect("an error frame");
+    assert_eq!(early["error"]["code"], "bad_request", "{early}");
+    assert!(
+        early["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not started"),
+        "{early}"
+    );
+    send(
+        &mut socket,
+        json!({ "action": "start", "input": slow_batch(30, 20) }),
+    )
+    .await;
+    let start = next_json(&mut socket).await.expect("start");
+    let id = start["data"]["run_id"].as_str().unwrap().to_owned();
+    // Meant for another run: refused, and this socket's run goes on.
+    send(
+        &mut socket,
+        json!({ "action": "cancel", "run_id": "00000000-0000-0000-0000-000000000000" }),
+    )
+    .await;
+    within(socket.send(Message::binary(b"{\"action\":\"cancel\"}".to_vec())))
+        .await
+        .expect("send");
+    let mut errors = Vec::new();
+    let mut last = None;
+    while let Some(frame) = next_json(&mut socket).await {
+        if frame.get("error").is_some() && frame.get("type").is_none() {
+            errors.push(frame);
+        } else {
+            last = Some(frame);
+        }
+    }
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors[0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("run_id"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[1]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("binary"),
+        "{errors:?}"
+    );
+    let last = last.expect("chunks");
+    assert_eq!(last["type"], "complete", "{last}");
+    assert_eq!(server.status(&id).await["status"], "complete");
+}
+
+#[tokio::test]
 async fn closing_the_socket_cancels_the_run() {
     let server = TestServer::start(loom_server::ServerConfig {
         disconnect_grace: std::time::Duration::from_secs(600),

@@ -38,11 +38,12 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{
-    chat_tools, conversation_input, serve_numbered, speaker, start_request, target, token,
-    Numbered, NumberedEvents,
+    chat_tools, conversation_input, serve_numbered, speaker, start_request, token, Numbered,
+    NumberedEvents,
 };
 use crate::error::ApiError;
 use crate::extract::{LoomJson, LoomPath, TraceParent};
+use crate::runlog::RunTarget;
 use crate::state::ServerState;
 use crate::store::DisconnectPolicy;
 
@@ -317,7 +318,7 @@ pub(crate) async fn run(
     TraceParent(traceparent): TraceParent,
     LoomJson(request): LoomJson<RunAgentInput>,
 ) -> Result<Response, ApiError> {
-    let target = target(&agent);
+    let target = RunTarget::named(&agent);
     let input = match request
         .forwarded_props
         .as_ref()

@@ -33,12 +33,12 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{
-    conversation_input, result_text, serve_numbered, speaker, start_request, target, token,
-    Numbered, NumberedEvents,
+    conversation_input, result_text, serve_numbered, speaker, start_request, token, Numbered,
+    NumberedEvents,
 };
 use crate::error::ApiError;
 use crate::extract::{LoomJson, LoomPath, TraceParent};
-use crate::runlog::RunStatus;
+use crate::runlog::{RunStatus, RunTarget};
 use crate::state::ServerState;
 use crate::store::DisconnectPolicy;
 
@@ -439,7 +439,7 @@ pub(crate) async fn send(
     TraceParent(traceparent): TraceParent,
     LoomJson(body): LoomJson<ChatBody>,
 ) -> Result<Response, ApiError> {
-    let target = target(&agent);
+    let target = RunTarget::named(&agent);
     let takes_messages = state.runs().takes_messages(&target);
     let input = conversation_input(takes_messages, chat_messages(&body.messages), Map::new())?;
     let chat = chat_name(&body.id)?;

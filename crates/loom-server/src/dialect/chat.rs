@@ -33,12 +33,12 @@ use serde_json::{json, Map, Value};
 
 use super::{
     conversation_input, openai_error_body, parse, result_text, sampling, speaker, start_request,
-    target, token, OpenAiError,
+    token, OpenAiError,
 };
 use crate::backend::Through;
 use crate::error::ApiError;
 use crate::extract::{LoomJson, TraceParent};
-use crate::runlog::LoggedChunk;
+use crate::runlog::{LoggedChunk, RunTarget};
 use crate::sse::{self, Overtaken, StreamGuards};
 use crate::state::ServerState;
 use crate::store::DisconnectPolicy;
@@ -57,6 +57,9 @@ pub(crate) struct ChatRequest {
     max_completion_tokens: Option<Value>,
     tools: Option<Value>,
     tool_choice: Option<Value>,
+    /// How many choices: Loom answers with one, so any other number is refused rather than
+    /// answered with fewer than asked.
+    n: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -233,7 +236,10 @@ pub(crate) async fn completions(
     TraceParent(traceparent): TraceParent,
     LoomJson(request): LoomJson<ChatRequest>,
 ) -> Result<Response, OpenAiError> {
-    let target = target(&request.model);
+    if let Some(n) = request.n.filter(|n| *n != 1) {
+        return Err(ApiError::BadRequest(format!("n is {n}: Loom answers with one choice")).into());
+    }
+    let target = RunTarget::named(&request.model);
     let sampling = sampling([
         ("temperature", request.temperature),
         (

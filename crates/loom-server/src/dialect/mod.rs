@@ -24,7 +24,6 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use loom_core::StreamChunk;
-use loom_workflow::WORKFLOW_ACTOR_PREFIX;
 use serde_json::{json, Map, Value};
 
 use crate::backend::RunRef;
@@ -38,15 +37,6 @@ use bytes::Bytes;
 use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
 
-/// What a dialect's model or agent name names: `workflows/<name>` is a workflow, anything
-/// else an actor type.
-pub(crate) fn target(name: &str) -> RunTarget {
-    match name.strip_prefix(WORKFLOW_ACTOR_PREFIX) {
-        Some(workflow) => RunTarget::Workflow(workflow.to_owned()),
-        None => RunTarget::Actor(name.to_owned()),
-    }
-}
-
 /// The input a conversation becomes (DESIGN.md §3a "Input"): an actor that takes messages gets
 /// `{"messages": […]}` plus the dialect's sampling fields; any other gets the last user
 /// message's text parsed as JSON when it is an object, else `{"prompt": text}`.
@@ -55,6 +45,11 @@ pub(crate) fn conversation_input(
     messages: Vec<Value>,
     sampling: Map<String, Value>,
 ) -> Result<Value, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::BadRequest(
+            "the conversation has no messages".into(),
+        ));
+    }
     if takes_messages {
         let mut input = sampling;
         input.insert("messages".into(), Value::Array(messages));
@@ -453,14 +448,5 @@ mod tests {
         .unwrap();
         assert_eq!(prompt, json!({ "prompt": "hi" }));
         assert!(conversation_input(false, vec![], Map::new()).is_err());
-    }
-
-    #[test]
-    fn workflows_are_named_with_their_prefix() {
-        assert_eq!(
-            target("workflows/report"),
-            RunTarget::Workflow("report".into())
-        );
-        assert_eq!(target("chat-agent"), RunTarget::Actor("chat-agent".into()));
     }
 }

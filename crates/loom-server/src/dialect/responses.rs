@@ -39,12 +39,12 @@ use serde_json::{json, Value};
 
 use super::{
     chat_tools, conversation_input, parse, result_text, sampling, serve_numbered, speaker,
-    start_request, target, token, Numbered, NumberedEvents, OpenAiError,
+    start_request, token, Numbered, NumberedEvents, OpenAiError,
 };
 use crate::backend::{RunRef, Through};
 use crate::error::ApiError;
 use crate::extract::{LoomJson, LoomPath, TraceParent};
-use crate::runlog::RunInfo;
+use crate::runlog::{RunInfo, RunTarget};
 use crate::state::ServerState;
 use crate::store::DisconnectPolicy;
 
@@ -65,6 +65,9 @@ pub(crate) struct CreateResponse {
     max_output_tokens: Option<Value>,
     tools: Option<Vec<Value>>,
     tool_choice: Option<Value>,
+    /// A response to continue from: Loom keeps no conversations, so it is refused rather
+    /// than ignored (the model would answer without the context the client counts on).
+    previous_response_id: Option<String>,
 }
 
 /// The query of `GET /v1/responses/{id}`.
@@ -525,7 +528,14 @@ pub(crate) async fn create(
     TraceParent(traceparent): TraceParent,
     LoomJson(request): LoomJson<CreateResponse>,
 ) -> Result<Response, OpenAiError> {
-    let target = target(&request.model);
+    if request.previous_response_id.is_some() {
+        return Err(ApiError::BadRequest(
+            "previous_response_id: Loom keeps no conversations; send the whole conversation as input"
+                .into(),
+        )
+        .into());
+    }
+    let target = RunTarget::named(&request.model);
     let sampling = sampling([
         ("temperature", request.temperature),
         ("max_tokens", request.max_output_tokens),

@@ -20,6 +20,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use loom_core::{ActorError, ErrorInfo};
 use redis::aio::ConnectionManagerConfig;
 use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
@@ -28,7 +29,7 @@ use crate::conn::{list_nodes, slot, Conn, Masters, Reach, Topology};
 use crate::error::Error;
 use crate::hub::Hub;
 use crate::keys::{bucket, check_name, CancelReason, Keys, BUCKETS, DEFAULT_PREFIX};
-use crate::script;
+use crate::script::{self, RunKeys};
 use crate::wire::{node_of, Wire, CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
 
 /// Timing and naming that workers and readers of one Redis must agree on.
@@ -270,19 +271,26 @@ impl Client {
     /// A server checks an actor type against this before queueing a request no worker would
     /// take.
     pub async fn served_actors(&self) -> Result<BTreeSet<String>, Error> {
-        let actors = script::served(&mut self.conn(), &self.keys().actors()).await?;
-        Ok(actors.into_iter().collect())
+        script::served(&mut self.conn(), &self.keys().actors()).await
     }
 
-    /// Asks run `run_id` to stop: sets its cancel key and publishes the id, so the worker
-    /// running it (or the one that picks it up) ends it with `error/cancelled`.
+    /// Asks run `run_id` to stop: a run no worker holds (its request still queued, or between
+    /// two attempts) gets its `error/cancelled` terminal here at once — no worker would write
+    /// it before one took the request up, and the one that does then leaves it; a run a
+    /// worker holds gets its cancel key set and the id published, and that worker ends it
+    /// with `error/cancelled`. Nothing is written after a terminal chunk.
     pub async fn cancel(&self, run_id: &str) -> Result<(), Error> {
         check_name("run id", run_id)?;
         let keys = self.keys();
+        let mut conn = self.conn();
+        let ttl = self.inner.options.stream_ttl.as_secs();
+        let error = ErrorInfo::from(&ActorError::cancelled());
+        let error = serde_json::to_string(&error).unwrap_or_else(|_| "null".to_owned());
+        let run = RunKeys::new(keys, run_id);
+        script::end_run(&mut conn, &run, ttl, CancelReason::Cancelled, &error).await?;
         // Not one pipeline: a cluster routes `PUBLISH` by its channel, as if it were a key of
         // another slot (and broadcasts it to every node). The key first, so a worker that
         // hears the message finds it.
-        let mut conn = self.conn();
         redis::cmd("SET")
             .arg(keys.cancel(run_id))
             .arg(CancelReason::Cancelled.as_str())

@@ -24,7 +24,7 @@ pub enum Error {
         reason: &'static str,
     },
     /// A Redis stream entry id that is not `<ms>` or `<ms>-<seq>` (or `$` where allowed).
-    #[error("invalid entry id {0:?}: expected <ms>-<seq>, e.g. 1700000000000-0")]
+    #[error("invalid entry id {0:?}: expected `<seq>-1`, the entry of the chunk of that seq (e.g. 12-1)")]
     InvalidEntryId(String),
     /// An entry id to read after that is past the stream's last entry.
     #[error("entry id {0:?} is past the stream's last entry")]

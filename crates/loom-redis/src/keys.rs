@@ -11,7 +11,7 @@
 //! | `loom:bell:{<bucket>}` | stream | while a process reading many streams keeps it (a TTL it renews), an entry `s <stream key>` each time one of the bucket's run streams is written to (`MAXLEN ~` [`BELL_LEN`]): that process waits on the bells, not on every stream (`hub.rs`) |
 //! | `loom:queue:{<type>}`, `loom:queue:{<type>:<shard>}` | stream | requests, read by the consumer group `loom-workers`: shard 0, then shards 1… when queues are sharded ([`ClientOptions::queue_shards`](crate::ClientOptions::queue_shards)) |
 //! | `loom:cancel` | pub/sub channel | run ids whose cancel key was just set |
-//! | `loom:actors` | sorted set | actor types some worker serves, scored by the time (Unix ms) until which one has said so |
+//! | `loom:actors` | sorted set | `<actor type> <worker>` for each type a live worker serves, scored by the time (Unix ms) until which it has said so; a worker that stops takes its own back |
 //! | `loom:run:{<bucket>}:<id>` | hash | the run's record: `actor`, `created_ms` (written when it is queued), and what servers keep of its readers (`joins`, `grace_ms`) |
 //! | `loom:readers:{<bucket>}:<id>` | set | the run's readers now, one member per reader (on any server), expiring with the record |
 //! | `loom:name:{<name>}` | string | the run a name stands for (a chat's latest run), with a TTL |

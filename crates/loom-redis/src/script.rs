@@ -27,6 +27,7 @@
 //! Every script that needs the time reads Redis's own (`TIME`, through [`NOW_MS`]): no decision
 //! depends on two machines' clocks agreeing.
 
+use std::collections::BTreeSet;
 use std::sync::LazyLock;
 
 use loom_core::StreamChunk;
@@ -279,17 +280,26 @@ return claimed
     )
 });
 
-/// KEYS: actors. ARGV: lease in ms, then actor types. Marks each as served until Redis's now
-/// plus the lease (`ZADD GT`: another worker's later mark stands).
+/// KEYS: actors. ARGV: lease in ms, the worker's name, then actor types. Marks each as
+/// served by this worker (the member `<type> <worker>`: see [`mark`]) until Redis's now plus
+/// the lease, and drops the marks that lapsed (any worker's), so the set holds only live ones.
 static ADVERTISE: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(format!(
         r#"{NOW_MS}
-local until_ms = string.format('%d', now_ms() + tonumber(ARGV[1]))
-for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'GT', until_ms, ARGV[i]) end
-return #ARGV - 1
+local now = now_ms()
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('(%d', now))
+local until_ms = string.format('%d', now + tonumber(ARGV[1]))
+for i = 3, #ARGV do redis.call('ZADD', KEYS[1], until_ms, ARGV[i] .. ' ' .. ARGV[2]) end
+return #ARGV - 2
 "#
     ))
 });
+
+/// The member of the actors set that says `worker` serves `actor`: a worker that stops takes
+/// its own marks back without touching another's. Names hold no spaces (`keys.rs`).
+fn mark(actor: &str, worker: &str) -> String {
+    format!("{actor} {worker}")
+}
 
 /// KEYS: actors. The actor types whose mark has not lapsed by Redis's now.
 static SERVED: LazyLock<Lua> = LazyLock::new(|| {
@@ -439,8 +449,9 @@ pub(crate) async fn write_batch(
 /// Unless the stream already has a terminal chunk, sets the run's cancel key to `reason` and
 /// appends `error_json` as an `error` chunk (ringing the bell, and giving the record the
 /// stream's TTL). Returns the id of the stream's terminal entry; `None`, writing nothing, when
-/// `reason` is [`CancelReason::WorkerLost`] and the run's lease is held (a new attempt took
-/// the run since its reader found it without one).
+/// the run's lease is held and `reason` is not [`CancelReason::Timeout`]: a reader's
+/// `worker_lost` (a new attempt took the run since the reader found it without one) or a
+/// caller's cancel (the worker holding the run writes its terminal).
 pub(crate) async fn end_run(
     conn: &mut impl ConnectionLike,
     keys: &RunKeys,
@@ -460,10 +471,12 @@ pub(crate) async fn end_run(
         4,
         32 + error_json.len(),
     );
-    let unless_held = if reason == CancelReason::WorkerLost {
-        "1"
-    } else {
+    // A deadline ends a run whoever holds it; a reader's `worker_lost` and a caller's cancel
+    // leave one a worker holds to that worker.
+    let unless_held = if reason == CancelReason::Timeout {
         "0"
+    } else {
+        "1"
     };
     cmd.arg(ttl_secs)
         .arg(reason.as_str())
@@ -594,16 +607,17 @@ pub(crate) async fn tally(
     TALLY.invoke(conn, &cmd).await
 }
 
-/// Marks `actors` as served for `lease_ms` from Redis's now.
+/// Marks `actors` as served by `worker` for `lease_ms` from Redis's now.
 pub(crate) async fn advertise(
     conn: &mut impl ConnectionLike,
     key: &str,
     lease_ms: u64,
+    worker: &str,
     actors: &[String],
 ) -> Result<(), Error> {
     let bytes: usize = actors.iter().map(String::len).sum();
-    let mut cmd = ADVERTISE.call(&[key], 1 + actors.len(), 16 + bytes);
-    cmd.arg(lease_ms);
+    let mut cmd = ADVERTISE.call(&[key], 2 + actors.len(), 16 + worker.len() + bytes);
+    cmd.arg(lease_ms).arg(worker);
     for actor in actors {
         cmd.arg(actor);
     }
@@ -611,12 +625,38 @@ pub(crate) async fn advertise(
     Ok(())
 }
 
-/// The actor types marked as served until after Redis's now.
+/// Takes back `worker`'s marks of `actors`: it serves them no more.
+pub(crate) async fn withdraw(
+    conn: &mut impl ConnectionLike,
+    key: &str,
+    worker: &str,
+    actors: &[String],
+) -> Result<(), Error> {
+    let mut cmd = redis::cmd("ZREM");
+    cmd.arg(key);
+    for actor in actors {
+        cmd.arg(mark(actor, worker));
+    }
+    let _: i64 = cmd.query_async(conn).await?;
+    Ok(())
+}
+
+/// The actor types some worker marked as served until after Redis's now, once each.
 pub(crate) async fn served(
     conn: &mut impl ConnectionLike,
     key: &str,
-) -> Result<Vec<String>, Error> {
-    SERVED.invoke(conn, &SERVED.call(&[key], 0, 0)).await
+) -> Result<BTreeSet<String>, Error> {
+    let marks: Vec<String> = SERVED.invoke(conn, &SERVED.call(&[key], 0, 0)).await?;
+    Ok(marks
+        .into_iter()
+        .map(|mut mark| {
+            // A mark of an older Loom is the type alone.
+            if let Some(at) = mark.find(' ') {
+                mark.truncate(at);
+            }
+            mark
+        })
+        .collect())
 }
 
 /// What [`renew`] found for a run.

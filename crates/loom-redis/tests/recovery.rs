@@ -77,6 +77,10 @@ async fn with_no_worker_left_the_reader_gets_worker_lost_and_a_late_worker_does_
     assert_contract(&seen);
     let last = seen.last().unwrap();
     assert_eq!(last.error.as_ref().unwrap().code, ErrorCode::WorkerLost);
+    assert!(
+        last.error.as_ref().unwrap().message.contains("was lost"),
+        "{last:?}"
+    );
 
     let mut plain = server.plain();
     let mark: Option<String> = redis::cmd("GET")
@@ -124,10 +128,49 @@ async fn a_request_no_worker_picks_up_ends_with_worker_lost() {
         .unwrap();
     let chunks = collect(10, chunks).await;
     assert_eq!(chunks.len(), 1);
-    assert_eq!(
-        chunks[0].error.as_ref().unwrap().code,
-        ErrorCode::WorkerLost
+    let error = chunks[0].error.as_ref().unwrap();
+    assert_eq!(error.code, ErrorCode::WorkerLost);
+    // Not "lost": none ever took it.
+    assert!(
+        error.message.contains("no worker took the run up"),
+        "{error:?}"
     );
+}
+
+/// A run cancelled while its request waits in the queue ends at once with `error/cancelled`
+/// (no worker would write it before taking the request up), and the worker that takes the
+/// request up later leaves it.
+#[tokio::test]
+async fn a_run_cancelled_while_queued_ends_at_once_and_is_never_run() {
+    let server = RedisServer::start();
+    let client = client(&server, fast_options()).await;
+    let chunks = ticker(&client, 3, 0).await;
+    let run_id = chunks.run_id().to_owned();
+    let asked = std::time::Instant::now();
+    chunks.cancel();
+    let rest = collect(10, chunks).await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "not after the pickup timeout: {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(rest.len(), 1, "{rest:?}");
+    assert_eq!(rest[0].error.as_ref().unwrap().code, ErrorCode::Cancelled);
+
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+    let again = ticker(&client, 2, 0).await;
+    assert_completes(&collect(10, again).await);
+    assert_eq!(
+        probe.starts.load(Ordering::SeqCst),
+        1,
+        "only the second run ran"
+    );
+    assert_eq!(
+        collect(10, client.tail(&run_id, None).await.unwrap()).await,
+        rest
+    );
+    worker.stop().await;
 }
 
 #[tokio::test]

@@ -77,25 +77,38 @@ async fn a_worker_stopped_while_redis_is_unreachable_returns_without_panicking()
     server.resume();
 }
 
+/// A worker says which actor types it serves for one lease at a time; one that stops takes its
+/// own word back at once (another's stands), and one that dies lets it lapse.
 #[tokio::test]
-async fn a_worker_advertises_the_actor_types_it_serves_for_one_lease() {
+async fn a_worker_advertises_the_actor_types_it_serves_and_takes_them_back_when_it_stops() {
     let server = RedisServer::start();
     let client = client(&server, fast_options()).await;
     assert!(client.served_actors().await.unwrap().is_empty());
-    let worker = serving(&client, &["echo"], WorkerOptions::default().concurrency);
+    let concurrency = WorkerOptions::default().concurrency;
+    let first = serving(&client, &["echo"], concurrency);
+    let second = serving(&client, &["echo", "ticker"], concurrency);
+    let served = || async {
+        client
+            .served_actors()
+            .await
+            .unwrap()
+            .into_iter()
+            .collect::<Vec<_>>()
+    };
     within(5, async {
-        while client.served_actors().await.unwrap().is_empty() {
+        while served().await != ["echo", "ticker"] {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await;
-    // Only what it serves: the runtime also knows `ticker`.
-    let served = client.served_actors().await.unwrap();
-    assert_eq!(served.into_iter().collect::<Vec<_>>(), ["echo"]);
-    worker.stop().await;
-    // With no worker saying so any more, the type lapses after one lease (800 ms here).
+    // Stopped: its `ticker` is gone at once, the other worker's `echo` stands.
+    second.stop().await;
+    assert_eq!(served().await, ["echo"]);
+    // Killed: nothing takes its word back, and it lapses after one lease (800 ms here).
+    first.kill().await;
+    assert_eq!(served().await, ["echo"]);
     within(5, async {
-        while !client.served_actors().await.unwrap().is_empty() {
+        while !served().await.is_empty() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })

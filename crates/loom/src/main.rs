@@ -471,6 +471,9 @@ async fn command(
             let client = redis
                 .ok_or_else(|| usage("loom stream tail needs --redis URL (or LOOM_REDIS_URL)"))?;
             let signals = Signals::new();
+            if let Some(code) = ended_before(&client, &id, from.as_deref()).await? {
+                return Ok(code);
+            }
             let stream = client
                 .tail(&id, from.as_deref())
                 .await
@@ -480,6 +483,37 @@ async fn command(
             Ok(follow(stream, signals, mode, Stop::Leave).await)
         }
     }
+}
+
+/// When `from` is at or past the terminal chunk of finished run `id` (`$`, or the terminal's
+/// entry), no chunk follows it: says how the run ended, and gives that outcome's exit code.
+async fn ended_before(
+    client: &loom_redis::Client,
+    id: &str,
+    from: Option<&str>,
+) -> anyhow::Result<Option<ExitCode>> {
+    let Some(from) = from else { return Ok(None) };
+    let record = client.run_record(id).await.map_err(redis_error)?;
+    let Some(terminal) = record.as_ref().and_then(|r| r.terminal()) else {
+        return Ok(None);
+    };
+    let end = loom_redis::EntryId::of_seq(terminal.seq);
+    let at_end = from == "$"
+        || from
+            .parse()
+            .is_ok_and(|from: loom_redis::EntryId| from >= end);
+    if !at_end {
+        return Ok(None);
+    }
+    let (outcome, code) = match &terminal.error {
+        Some(error) => (format!("error/{}", error.code.as_str()), ExitCode::FAILURE),
+        None => ("complete".to_owned(), ExitCode::SUCCESS),
+    };
+    eprintln!(
+        "loom: the run already ended ({outcome}) at seq {}: nothing follows that entry",
+        terminal.seq
+    );
+    Ok(Some(code))
 }
 
 /// Bad names, bad URLs and unknown streams are the user's to fix (exit 2); the rest is not.
@@ -561,13 +595,28 @@ fn load_workflow(
 /// (as curl's `-d`): one argument holds at most 128 KiB on Linux.
 fn build_input(input: Option<&str>, prompt: Option<&str>) -> anyhow::Result<Value> {
     let read = |path: &str| -> anyhow::Result<Vec<u8>> {
-        let read = if path == "-" {
-            let mut bytes = Vec::new();
-            std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes).map(|_| bytes)
+        let source: std::io::Result<Box<dyn std::io::Read>> = if path == "-" {
+            Ok(Box::new(std::io::stdin()))
         } else {
-            std::fs::read(path)
+            std::fs::File::open(path).map(|f| Box::new(f) as Box<dyn std::io::Read>)
         };
-        read.map_err(|e| usage(format!("--input @{path}: {e}")))
+        // Read through the limit, not to the end: `@/dev/zero` would never end.
+        let mut bytes = Vec::new();
+        source
+            .and_then(|s| {
+                std::io::Read::read_to_end(
+                    &mut std::io::Read::take(s, MAX_INPUT_BYTES + 1),
+                    &mut bytes,
+                )
+            })
+            .map_err(|e| usage(format!("--input @{path}: {e}")))?;
+        if bytes.len() as u64 > MAX_INPUT_BYTES {
+            bail!(usage(format!(
+                "--input @{path}: more than {} MiB; an input may have at most that",
+                MAX_INPUT_BYTES >> 20
+            )));
+        }
+        Ok(bytes)
     };
     let mut value = match input {
         Some(text) => {
@@ -590,6 +639,10 @@ fn build_input(input: Option<&str>, prompt: Option<&str>) -> anyhow::Result<Valu
     }
     Ok(value)
 }
+
+/// The largest `--input` read from a file or stdin: far above any actor's input (a long
+/// conversation is a few MiB), and a bound on what a mistyped path (`@/dev/zero`) can take.
+const MAX_INPUT_BYTES: u64 = 64 << 20;
 
 /// What a signal does to a run being followed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -98,6 +98,28 @@ fn a_remote_run_streams_through_redis_and_can_be_replayed_with_stream_tail() {
         chunks,
         "a replay gives the same chunks"
     );
+    // From the run's end (`$`, or its terminal entry) nothing follows: the tail says how the
+    // run ended and exits by it, not that the stream had no terminal chunk.
+    let end = format!("{}-1", chunks.len() - 1);
+    for from in ["$", end.as_str()] {
+        let args = [
+            "stream",
+            "tail",
+            run_id,
+            "--from",
+            from,
+            "--redis",
+            redis.url(),
+        ];
+        let tail = run(&args);
+        assert_eq!(tail.code, Some(0), "{from}: {}", tail.stderr);
+        assert!(tail.stdout.is_empty(), "{from}: {}", tail.stdout);
+        assert!(
+            tail.stderr.contains("already ended (complete)"),
+            "{from}: {}",
+            tail.stderr
+        );
+    }
 }
 
 #[test]
@@ -362,6 +384,11 @@ fn bad_input_is_exit_2_at_once_even_with_redis_down() {
         (
             &["actor", "run", "echo", "--timeout", "0"][..],
             "more than zero",
+        ),
+        // Read through its limit, not to the end of a file that has none.
+        (
+            &["actor", "run", "echo", "--input", "@/dev/zero"][..],
+            "more than 64 MiB",
         ),
     ] {
         let out = with_redis_down(args, none);

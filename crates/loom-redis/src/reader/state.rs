@@ -312,12 +312,18 @@ impl ReadState {
                 },
             })
         } else if now >= self.alive_until + self.watch.visibility {
+            // Nothing in the stream at all: no worker ever started the run (none served its
+            // type on these queues, or none had room), which "lost" would misname.
+            let message = if self.from == EntryId::ZERO && self.last_seq.is_none() {
+                "no worker took the run up (is one serving its type, with the same queue shards?)"
+            } else {
+                "the run's worker was lost and no other worker took it over"
+            };
             Step::EndRun(Ending {
                 reason: CancelReason::WorkerLost,
                 error: ErrorInfo {
                     code: ErrorCode::WorkerLost,
-                    message: "the run's worker was lost and no other worker took it over"
-                        .to_owned(),
+                    message: message.to_owned(),
                     retryable: true,
                 },
             })

@@ -31,21 +31,39 @@ use crate::worker::state::{HeldRun, Shared};
 const PER_CALL: usize = 256;
 
 /// Renews the leases, stream TTLs and pending idle times of the runs this worker holds, stops
-/// runs that another worker took over, and says which actor types it serves (`served`).
-pub(crate) async fn heartbeat(shared: Arc<Shared>, served: Vec<String>, stop: CancellationToken) {
+/// runs that another worker took over, and says which actor types it serves (`served`) until
+/// `stopping` (it takes no more requests), when it takes that back: a caller then learns at
+/// once that nobody serves a type, instead of queueing a request nobody will take.
+pub(crate) async fn heartbeat(
+    shared: Arc<Shared>,
+    served: Vec<String>,
+    stopping: CancellationToken,
+    stop: CancellationToken,
+) {
     let every = shared.client.options().lease_refresh;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut withdrawn = false;
     loop {
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => break,
+            _ = stopping.cancelled(), if !withdrawn => {
+                withdraw(&shared, &served).await;
+                withdrawn = true;
+                continue;
+            }
             _ = tick.tick() => {}
         }
         // At once, not one after the other: a node that does not answer the advertisement
         // must not delay the leases' renewal past their expiry.
         let beat = async {
-            let (advertised, refreshed) =
-                tokio::join!(advertise(&shared, &served), refresh(&shared));
+            let advertise = async {
+                match withdrawn {
+                    false => advertise(&shared, &served).await,
+                    true => Ok(()),
+                }
+            };
+            let (advertised, refreshed) = tokio::join!(advertise, refresh(&shared));
             if let Err(e) = advertised {
                 tracing::warn!(worker = %shared.name, error = %e, "could not advertise actor types");
             }
@@ -56,9 +74,21 @@ pub(crate) async fn heartbeat(shared: Arc<Shared>, served: Vec<String>, stop: Ca
         // The stop comes once every run has ended: nothing is left to renew, and a worker
         // stopped while Redis does not answer stops without waiting out the beat's timeouts.
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => break,
             _ = beat => {}
         }
+    }
+    if !withdrawn {
+        withdraw(&shared, &served).await;
+    }
+}
+
+/// Takes back this worker's marks of `served`; a failure only leaves them to lapse.
+async fn withdraw(shared: &Shared, served: &[String]) {
+    let key = shared.client.keys().actors();
+    let taken = script::withdraw(&mut shared.client.conn(), &key, &shared.name, served).await;
+    if let Err(e) = taken {
+        tracing::debug!(worker = %shared.name, error = %e, "could not withdraw actor types; they lapse");
     }
 }
 
@@ -68,7 +98,8 @@ pub(crate) async fn heartbeat(shared: Arc<Shared>, served: Vec<String>, stop: Ca
 async fn advertise(shared: &Shared, served: &[String]) -> Result<(), Error> {
     let lease_ms = shared.client.options().lease_ttl.as_millis() as u64;
     let key = shared.client.keys().actors();
-    script::advertise(&mut shared.client.conn(), &key, lease_ms, served).await
+    let mut conn = shared.client.conn();
+    script::advertise(&mut conn, &key, lease_ms, &shared.name, served).await
 }
 
 /// A request in a queue.

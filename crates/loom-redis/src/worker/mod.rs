@@ -194,10 +194,12 @@ impl Worker {
         tokio::pin!(shutdown);
 
         let stop = CancellationToken::new();
+        let stopping = CancellationToken::new();
         // In a JoinSet, so they are aborted with the worker if its future is dropped.
         let mut background = JoinSet::new();
         background.spawn(listen_for_cancels(Arc::clone(&shared), stop.clone()));
-        background.spawn(heartbeat(Arc::clone(&shared), served, stop.clone()));
+        let beat = heartbeat(Arc::clone(&shared), served, stopping.clone(), stop.clone());
+        background.spawn(beat);
         let mut runs = JoinSet::new();
         let slots = Arc::new(Semaphore::new(self.options.concurrency));
         let mut fetcher = Fetcher::new(Arc::clone(&shared), queues);
@@ -226,6 +228,7 @@ impl Worker {
         }
 
         tracing::info!(worker = %shared.name, running = runs.len(), "worker stopping");
+        stopping.cancel();
         let grace = tokio::time::sleep(self.options.shutdown_grace);
         tokio::pin!(grace);
         loop {

@@ -20,7 +20,14 @@ struct WorkerProcess(Child);
 
 impl WorkerProcess {
     fn start(redis: &RedisServer) -> Self {
-        let child = loom(&["worker", "--redis", redis.url(), "--concurrency", "4"])
+        Self::with(redis, &[])
+    }
+
+    /// One started with `more` arguments too (`--actors a,b`).
+    fn with(redis: &RedisServer, more: &[&str]) -> Self {
+        let mut args = vec!["worker", "--redis", redis.url(), "--concurrency", "4"];
+        args.extend_from_slice(more);
+        let child = loom(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -406,11 +413,7 @@ fn a_run_no_live_worker_serves_is_refused_with_exit_2_after_the_pickup_timeout()
     // Its own server: the streams counted at the end are this test's alone.
     let redis = RedisServer::start_own();
     // A worker that serves another actor type only: `echo` still has nobody.
-    let mut worker = loom(&["worker", "--redis", redis.url(), "--actors", "batch"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("loom worker starts");
+    let _worker = WorkerProcess::with(&redis, &["--actors", "batch"]);
     let started = Instant::now();
     let out = run(&[
         "actor",
@@ -422,8 +425,6 @@ fn a_run_no_live_worker_serves_is_refused_with_exit_2_after_the_pickup_timeout()
         redis.url(),
     ]);
     let took = started.elapsed();
-    let _ = worker.kill();
-    let _ = worker.wait();
     assert_eq!(out.code, Some(2), "{}", out.stderr);
     assert!(out.stderr.contains("waiting up to 30s"), "{}", out.stderr);
     assert!(

@@ -83,18 +83,29 @@ pub(crate) async fn heartbeat(
     }
 }
 
-/// Takes back this worker's marks of `served`; a failure only leaves them to lapse.
+/// Takes back this worker's marks of `served`, waiting at most [`WITHDRAW_WITHIN`]: a
+/// failure only leaves them to lapse, and a worker stopping while Redis does not answer
+/// stops all the same.
 async fn withdraw(shared: &Shared, served: &[String]) {
     let key = shared.client.keys().actors();
-    let taken = script::withdraw(&mut shared.client.conn(), &key, &shared.name, served).await;
-    if let Err(e) = taken {
-        tracing::debug!(worker = %shared.name, error = %e, "could not withdraw actor types; they lapse");
+    let mut conn = shared.client.conn();
+    let taken = script::withdraw(&mut conn, &key, &shared.name, served);
+    match tokio::time::timeout(WITHDRAW_WITHIN, taken).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(worker = %shared.name, error = %e, "could not withdraw actor types; they lapse");
+        }
+        Err(_) => {
+            tracing::debug!(worker = %shared.name, "withdrawing actor types timed out; they lapse")
+        }
     }
 }
 
-/// Marks `served` as served for one more lease (`ZADD GT`: another worker's later mark
-/// stands). The first tick of the heartbeat comes at once, so a worker is known as soon as
-/// it starts.
+/// How long a stopping worker waits to take back its actor types.
+const WITHDRAW_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Marks `served` as served by this worker for one more lease. The first tick of the
+/// heartbeat comes at once, so a worker is known as soon as it starts.
 async fn advertise(shared: &Shared, served: &[String]) -> Result<(), Error> {
     let lease_ms = shared.client.options().lease_ttl.as_millis() as u64;
     let key = shared.client.keys().actors();

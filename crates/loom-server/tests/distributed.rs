@@ -424,6 +424,9 @@ async fn ag_ui_and_ai_sdk_streams_run_on_the_workers_and_a_chat_resumes_on_anoth
     // The chat's run is found through Redis by the other server, and replayed from its start.
     let resumed = b.get("/v1/ai-sdk/team-demo/chat-9/stream").await;
     assert_eq!(resumed.status(), 200);
+    // Another agent's path finds nothing of its own to resume; an unknown agent is 404.
+    assert_eq!(b.get("/v1/ai-sdk/echo/chat-9/stream").await.status(), 204);
+    assert_eq!(b.get("/v1/ai-sdk/nope/chat-9/stream").await.status(), 404);
     let mut replay = SseReader::new(resumed);
     let start = replay.next_frame().await.expect("the start part");
     assert_eq!(start.data.as_ref().unwrap()["type"], "start");

@@ -460,22 +460,32 @@ pub(crate) async fn send(
     ))
 }
 
-/// `GET /v1/ai-sdk/{agent}/{chatId}/stream`: the chat's run that has not ended, replayed in
-/// full; `204` when there is none. (The agent may be `workflows/<name>`: the path is one
-/// wildcard, read from its end.)
+/// `GET /v1/ai-sdk/{agent}/{chatId}/stream`: the chat's run of that agent that has not ended,
+/// replayed in full; `204` when there is none; `404` for an agent the server does not know.
+/// (The agent may be `workflows/<name>`: the path is one wildcard, read from its end.)
 pub(crate) async fn resume(
     State(state): State<ServerState>,
     LoomPath(path): LoomPath,
 ) -> Result<Response, ApiError> {
-    let chat = path
+    let (agent, chat) = path
         .strip_suffix("/stream")
         .and_then(|rest| rest.rsplit_once('/'))
-        .map(|(_, chat)| chat)
         .ok_or_else(|| ApiError::NotFound("expected /v1/ai-sdk/{agent}/{chatId}/stream".into()))?;
+    let target = RunTarget::named(agent);
+    if !state.runs().knows(&target).await? {
+        return Err(ApiError::NotFound(format!("unknown agent '{agent}'")));
+    }
     let Some(run) = state.runs().named(&chat_name(chat)?).await? else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
-    if run.info().await?.status != RunStatus::Running {
+    let info = run.info().await?;
+    // The chat id names the chat's latest run, whatever its agent: another agent's is not
+    // this one's to resume.
+    let runs_agent = match &target {
+        RunTarget::Actor(actor) => info.actor.as_ref() == Some(actor),
+        RunTarget::Workflow(name) => info.workflow.as_ref() == Some(name),
+    };
+    if !runs_agent || info.status != RunStatus::Running {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let permit = state.stream_permit()?;

@@ -2,12 +2,14 @@
 
 /**
  * The codes of a Loom error (DESIGN.md §3): a chunk's, a run's on `execute`, and the HTTP
- * API's; `no_run_id` and `unavailable` (status 0) are the client's own.
+ * API's; `no_run_id` and `unavailable` (status 0) are the client's own, and so is `http_error`:
+ * an HTTP error whose body is not Loom's (a proxy's page), the body as its message.
  */
 export type ErrorCode =
   | "bad_input" | "not_found" | "timeout" | "cancelled" | "upstream" | "worker_lost"
   | "internal" | "bad_request" | "unauthorized" | "cursor_expired" | "too_large"
-  | "too_many_streams" | "too_many_runs" | "forbidden" | "unavailable" | "no_run_id" | (string & {});
+  | "too_many_streams" | "too_many_runs" | "forbidden" | "unavailable" | "no_run_id"
+  | "http_error" | (string & {});
 
 /** A chunk's error. */
 export interface ErrorInfo {
@@ -93,8 +95,10 @@ export interface RunStream extends AsyncIterable<StreamChunk> {
 
 export interface StreamOptions {
   /**
-   * Aborting it ends the loop at once and cancels the run (aborted before the server has
-   * answered, the DELETE follows its answer).
+   * Aborting it ends the loop at once — it throws the signal's reason (an `AbortError`, or a
+   * `TimeoutError` from `AbortSignal.timeout`) — and cancels the run (aborted before the server
+   * has answered, the DELETE follows its answer if that comes within 2 s; a run whose DELETE
+   * never went is cancelled by the server after its disconnect grace).
    */
   signal?: AbortSignal;
   /** The run's deadline, e.g. "30s". */
@@ -138,6 +142,8 @@ export interface Actor {
 }
 export interface Workflow {
   stream(input?: unknown, options?: StreamOptions): RunStream;
+  /** The workflow's result, as an actor's `execute` (it runs as the type `workflows/<name>`). */
+  execute(input?: unknown, options?: ExecuteOptions): Promise<any>;
 }
 
 export interface Runs {

@@ -50,9 +50,11 @@ export class Loom {
     return new Target(this, `/v1/actors/${encodeURIComponent(type)}`);
   }
 
-  /** A workflow by name, to `stream`. */
+  /** A workflow by name, to `stream` or `execute`. */
   workflow(name) {
-    return new Target(this, `/v1/workflows/${encodeURIComponent(name)}`);
+    // Its stream has a route of its own; `execute` goes where an actor type goes, as
+    // `workflows/<name>` (DESIGN.md §3a).
+    return new Target(this, `/v1/workflows/${encodeURIComponent(name)}`, this.actor(`workflows/${name}`).path);
   }
 
   /** The registered actors: `[{ name, description, streams }]`. */
@@ -89,22 +91,28 @@ export class Loom {
 
 async function errorOf(response) {
   const text = await response.text().catch(() => "");
-  let error;
+  let body;
   try {
-    const body = JSON.parse(text).error;
-    error = new LoomError(response.status, body.code, body.message);
+    body = JSON.parse(text)?.error;
   } catch {
-    error = new LoomError(response.status, "http_error", text || response.statusText);
+    // Not JSON: a proxy's page, say.
   }
+  // Loom's shape is `{"error":{"code","message"}}`; anything else (a proxy's `{"error":"…"}`)
+  // is `http_error` with the body as its message.
+  const error =
+    typeof body?.code === "string"
+      ? new LoomError(response.status, body.code, String(body.message ?? ""))
+      : new LoomError(response.status, "http_error", text || response.statusText);
   const after = response.headers.get("retry-after")?.trim();
   if (after && /^\d+$/.test(after)) error.retryAfter = Number(after);
   return error;
 }
 
 class Target {
-  constructor(loom, path) {
+  constructor(loom, path, runPath = path) {
     this.loom = loom;
     this.path = path;
+    this.runPath = runPath;
   }
 
   /** A new run of this actor or workflow, streamed; returns at once. */
@@ -125,7 +133,7 @@ class Target {
   async execute(input = {}, { signal, timeout } = {}) {
     const body = { input };
     if (timeout !== undefined) body.timeout = timeout;
-    const response = await this.loom.request("POST", `${this.path}/run`, { body, signal });
+    const response = await this.loom.request("POST", `${this.runPath}/run`, { body, signal });
     return response.json();
   }
 }

@@ -446,6 +446,19 @@ test("execute, the lists, and errors: LoomError for HTTP, an error chunk for a f
   const failing = await collect(loom.actor("batch").stream({ count: "many" }));
   assert.equal(failing.at(-1).type, "error");
   assert.equal(failing.at(-1).error.code, "bad_input");
+
+  // A workflow runs to its result too.
+  const report = await loom.workflow("batch-report").execute({ count: 3 });
+  assert.ok(report && typeof report === "object", JSON.stringify(report));
+  // A body that is not Loom's (a proxy's `{"error":"…"}`) is `http_error`, never a missing code.
+  const proxied = new Loom({
+    baseUrl: "http://proxy.invalid",
+    fetch: async () => new Response(JSON.stringify({ error: "boom" }), { status: 500 }),
+  });
+  await assert.rejects(
+    proxied.actors(),
+    (e) => e instanceof LoomError && e.status === 500 && e.code === "http_error" && e.message.includes("boom"),
+  );
 });
 
 test("with LOOM_API_KEY set, the key is sent; a wrong one is a 401 LoomError", async () => {

@@ -131,9 +131,11 @@ function step(name, state, started, note = "") {
 
 /**
  * Shows run `id`'s chunks until its terminal chunk. Following another run (or the same one again)
- * ends the stream shown before; the run itself goes on.
+ * ends the stream shown before; the run itself goes on. `live`: the run was just started here,
+ * so its chunks arrive as they happen and steps can be timed; a re-opened run's replay comes
+ * in a burst, and chunks carry no times, so its steps show their outcome only.
  */
-async function follow(id) {
+async function follow(id, { live = false } = {}) {
   current?.stop.abort();
   const stop = new AbortController();
   const stream = loom.runs.stream(id, { signal: stop.signal });
@@ -160,7 +162,7 @@ async function follow(id) {
         shown.clear();
         status(`Attempt ${chunk.attempt}: the output of the attempt before was discarded.`);
       } else if (chunk.event === "action-start") {
-        started.set(chunk.step, performance.now());
+        if (live) started.set(chunk.step, performance.now());
         step(chunk.step, "running");
       } else if (chunk.event === "action-retry") {
         // Everything the step showed since its start (or last retry) is superseded.
@@ -186,9 +188,18 @@ async function follow(id) {
     }
   } catch (error) {
     if (!stop.signal.aborted) {
-      // The page lost the stream (the run may go on): say so rather than show it running.
-      state("disconnected");
-      status(error instanceof LoomError ? `${error.code}: ${error.message}` : error.message);
+      const why = error instanceof LoomError ? `${error.code}: ${error.message}` : error.message;
+      // The page lost the stream, or the log no longer holds its start (410): a run that is
+      // over still says how it ended; one that goes on is shown as lost, not as running.
+      const info = await loom.runs.get(id).catch(() => undefined);
+      if (current.stream !== stream) return;
+      if (info && info.status !== "running") {
+        state(info.status);
+        status(`${why} — the run ended: ${info.status}${info.error_code ? ` (${info.error_code})` : ""}`);
+      } else {
+        state("disconnected");
+        status(why);
+      }
     }
   } finally {
     if (current.stream === stream) $("cancel").disabled = true;
@@ -216,7 +227,7 @@ $("start-form").onsubmit = async (event) => {
     // A detached run: it survives this page, and any reader can re-attach to it.
     const { run_id } = await loom.runs.create({ [kind]: name, input });
     status("");
-    follow(run_id);
+    follow(run_id, { live: true });
   } catch (error) {
     status(error instanceof LoomError ? `${error.code}: ${error.message}` : error.message);
   }

@@ -39,14 +39,19 @@ async fn next_json(socket: &mut Socket) -> Option<Value> {
 /// Starts a long `batch` run over a new socket; returns the socket and the run id.
 async fn start_slow_batch(server: &TestServer) -> (Socket, String) {
     let mut socket = connect(server, "batch").await;
+    let id = start_batch(&mut socket, 1000).await;
+    (socket, id)
+}
+
+/// Starts a `batch` run of `batches` one every 20 ms on `socket`; returns its run id.
+async fn start_batch(socket: &mut Socket, batches: u64) -> String {
     send(
-        &mut socket,
-        json!({ "action": "start", "input": slow_batch(1000, 20) }),
+        socket,
+        json!({ "action": "start", "input": slow_batch(batches, 20) }),
     )
     .await;
-    let start = next_json(&mut socket).await.expect("start");
-    let id = start["data"]["run_id"].as_str().unwrap().to_owned();
-    (socket, id)
+    let start = next_json(socket).await.expect("start");
+    start["data"]["run_id"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test]
@@ -158,13 +163,7 @@ async fn a_cancel_with_other_fields_a_binary_frame_or_an_early_cancel_is_refused
             .contains("not started"),
         "{early}"
     );
-    send(
-        &mut socket,
-        json!({ "action": "start", "input": slow_batch(30, 20) }),
-    )
-    .await;
-    let start = next_json(&mut socket).await.expect("start");
-    let id = start["data"]["run_id"].as_str().unwrap().to_owned();
+    let id = start_batch(&mut socket, 30).await;
     // Meant for another run: refused, and this socket's run goes on.
     send(
         &mut socket,

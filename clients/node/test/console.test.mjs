@@ -123,7 +123,12 @@ test("with LOOM_API_KEY the page asks for the key and then works", async () => {
   try {
     const page = await open(locked.base, { colorScheme: "dark" });
     await page.waitForSelector("#key-form:not([hidden])");
-    assert.match(await page.textContent("#status"), /API key/);
+    assert.match(await page.textContent("#status"), /needs an API key/);
+    // A wrong key is said to be wrong, and not kept.
+    await page.fill("#key", "nope");
+    await page.click("#key-form button");
+    await page.waitForFunction(() => /refused that API key/.test(document.getElementById("status").textContent));
+    assert.equal(await page.evaluate(() => localStorage.getItem("loom-key")), null);
     await page.fill("#key", "s3cret");
     await page.click("#key-form button");
     await page.waitForSelector("#target option[value='actor:echo']", { state: "attached" });

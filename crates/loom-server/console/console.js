@@ -29,7 +29,9 @@ async function load() {
     if (error instanceof LoomError && error.status === 401) {
       $("key-form").hidden = false;
       $("key").focus();
-      status("This server needs an API key.");
+      // A key the server refused is not kept for the next visit.
+      if (loom.apiKey) localStorage.removeItem("loom-key");
+      status(loom.apiKey ? "The server refused that API key." : "This server needs an API key.");
     } else {
       status(`Cannot reach the server: ${error.message}`);
     }

@@ -6,7 +6,6 @@
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use loom_workflow::WORKFLOW_ACTOR_PREFIX;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
@@ -82,12 +81,7 @@ impl Runs {
             (Self::Local(engine), RunTarget::Workflow(name)) => {
                 Ok(engine.workflows().any(|w| w.name == *name))
             }
-            (Self::Remote(remote), RunTarget::Actor(actor)) => remote.knows(actor).await,
-            (Self::Remote(remote), RunTarget::Workflow(name)) => {
-                remote
-                    .knows(&format!("{WORKFLOW_ACTOR_PREFIX}{name}"))
-                    .await
-            }
+            (Self::Remote(remote), target) => remote.knows(&target.actor_type()).await,
         }
     }
 

@@ -157,7 +157,7 @@ impl RemoteRuns {
                 // own default, not one step's, when neither the request nor a definition
                 // this server has says.
                 let timeout = timeout.or(Some(DEFAULT_WORKFLOW_TIMEOUT));
-                (format!("{WORKFLOW_ACTOR_PREFIX}{name}"), input, timeout)
+                (request.target.actor_type(), input, timeout)
             }
         };
         // Only a served type is queued: nothing else becomes a key.
@@ -513,13 +513,10 @@ fn logged(entry: StreamEntry) -> Arc<LoggedChunk> {
 
 /// A record as `GET /v1/runs/{id}` shows it.
 fn info(record: &RunRecord) -> RunInfo {
-    let actor = record.actor.clone();
-    let (actor, workflow) = match actor
-        .as_deref()
-        .and_then(|a| a.strip_prefix(WORKFLOW_ACTOR_PREFIX))
-    {
-        Some(name) => (None, Some(name.to_owned())),
-        None => (actor, None),
+    let (actor, workflow) = match record.actor.as_deref().map(RunTarget::named) {
+        Some(RunTarget::Actor(actor)) => (Some(actor), None),
+        Some(RunTarget::Workflow(name)) => (None, Some(name)),
+        None => (None, None),
     };
     let terminal: Option<&StreamChunk> = record.terminal();
     let (status, error_code) = match terminal {

@@ -178,6 +178,15 @@ impl RunTarget {
             None => Self::Actor(name.to_owned()),
         }
     }
+
+    /// The actor type it runs as, [`named`](Self::named)'s inverse: a workflow is
+    /// `workflows/<name>` (what workers serve and queues are named by).
+    pub fn actor_type(&self) -> String {
+        match self {
+            Self::Actor(actor) => actor.clone(),
+            Self::Workflow(name) => format!("{}{name}", loom_workflow::WORKFLOW_ACTOR_PREFIX),
+        }
+    }
 }
 
 /// A run's status as `GET /v1/runs/{id}` shows it (DESIGN.md §3).

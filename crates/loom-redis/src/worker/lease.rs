@@ -58,10 +58,10 @@ pub(crate) async fn heartbeat(
         // must not delay the leases' renewal past their expiry.
         let beat = async {
             let advertise = async {
-                match withdrawn {
-                    false => advertise(&shared, &served).await,
-                    true => Ok(()),
+                if withdrawn {
+                    return Ok(());
                 }
+                advertise(&shared, &served).await
             };
             let (advertised, refreshed) = tokio::join!(advertise, refresh(&shared));
             if let Err(e) = advertised {

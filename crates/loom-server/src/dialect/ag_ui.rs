@@ -382,6 +382,16 @@ mod tests {
         fixtures::complete(seq, json!({ "ok": true }))
     }
 
+    /// The `delta`s of the `kind` events whose `key` is `id`, joined: a message's text, a
+    /// call's arguments.
+    fn joined(events: &[Value], kind: &str, key: &str, id: &str) -> String {
+        events
+            .iter()
+            .filter(|e| e["type"] == kind && e[key] == id)
+            .map(|e| e["delta"].as_str().unwrap())
+            .collect()
+    }
+
     /// The events of `chunks`, checked against the order rules `@ag-ui/client` enforces.
     fn events(chunks: &[StreamChunk]) -> Vec<Value> {
         let mut mapping = AgUiMapping::new("t", "r");
@@ -446,13 +456,7 @@ mod tests {
             .unwrap();
         assert_eq!(events[retry - 1]["type"], "TOOL_CALL_END");
         assert_eq!(events[retry - 1]["toolCallId"], started[0]);
-        let args_of = |id: &str| -> String {
-            events
-                .iter()
-                .filter(|e| e["type"] == "TOOL_CALL_ARGS" && e["toolCallId"] == id)
-                .map(|e| e["delta"].as_str().unwrap())
-                .collect()
-        };
+        let args_of = |id: &str| joined(&events, "TOOL_CALL_ARGS", "toolCallId", id);
         assert_eq!(args_of(started[1]), "{\"y\":2}");
         assert_eq!(args_of(started[2]), "{\"x\":1}");
     }
@@ -481,13 +485,7 @@ mod tests {
             .map(|e| e["messageId"].as_str().unwrap().to_owned())
             .collect();
         assert_eq!(messages.len(), 2, "{events:#?}");
-        let text_of = |id: &str| -> String {
-            events
-                .iter()
-                .filter(|e| e["type"] == "TEXT_MESSAGE_CONTENT" && e["messageId"] == id)
-                .map(|e| e["delta"].as_str().unwrap())
-                .collect()
-        };
+        let text_of = |id: &str| joined(&events, "TEXT_MESSAGE_CONTENT", "messageId", id);
         assert_eq!(
             (text_of(&messages[0]), text_of(&messages[1])),
             ("Old".into(), "New".into())

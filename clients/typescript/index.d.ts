@@ -150,6 +150,7 @@ export interface Runs {
   create(request: { actor: string; input?: unknown; timeout?: string } | { workflow: string; input?: unknown; timeout?: string }): Promise<{ run_id: string; stream_url: string }>;
   get(id: string): Promise<RunInfo>;
   list(): Promise<RunInfo[]>;
+  /** Cancels the run (idempotent): its status once it has ended (`cancelled`, or how it ended first), or `running` if it did not end within 2 s. */
   cancel(id: string): Promise<RunInfo>;
   /**
    * Joins a run after `from` (exclusive), or from its start; leaving the loop or aborting

@@ -42,7 +42,7 @@
 //! | `POST /v1/runs` `{"actor"\|"workflow", "input", "timeout"}` | a detached run: `201 {run_id, stream_url}` |
 //! | `GET /v1/runs` · `GET /v1/runs/{id}` | recent runs, newest first · one run's status |
 //! | `GET /v1/runs/{id}/stream` | SSE from a cursor (`Last-Event-ID` or `?from=`, exclusive) |
-//! | `DELETE /v1/runs/{id}` | cancel (idempotent), `202` with the status |
+//! | `DELETE /v1/runs/{id}` | cancel (idempotent), `202` with the status once the run ended (at most 2 s) |
 //! | `GET /v1/actors/{type}/ws` | WebSocket: `{"action":"start","input":…}` / `{"action":"cancel"}` in, chunks as JSON text frames out |
 //! | `POST /v1/tokens` | a short-lived token (5 min) for `?token=`, for clients that cannot set headers |
 //! | `GET /metrics` | Prometheus: active runs and streams, chunks sent, resumes, dropped slow readers, outcomes by code, time to first chunk, run duration |

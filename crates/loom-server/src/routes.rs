@@ -5,6 +5,7 @@
 //! starts is an [`ApiError`].
 
 use std::ops::ControlFlow;
+use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Query, State};
@@ -297,13 +298,23 @@ async fn run_status(
     Ok(Json(run.info().await?).into_response())
 }
 
-/// `DELETE /v1/runs/{id}`: cancels the run (idempotent); `202` with its status.
+/// How long `DELETE /v1/runs/{id}` waits for the run to end before it answers.
+const CANCEL_WAIT: Duration = Duration::from_secs(2);
+
+/// `DELETE /v1/runs/{id}`: cancels the run (idempotent); `202` with its status once it has
+/// ended (`cancelled`, or how it ended first), or still `running` when it did not end within
+/// [`CANCEL_WAIT`] (a worker slow to hear of the cancel).
 async fn cancel_run(
     State(state): State<ServerState>,
     LoomPath(id): LoomPath,
 ) -> Result<Response, ApiError> {
     let run = state.runs().find(&id).await?;
     run.cancel().await?;
+    let reached = run.info().await?.last_seq;
+    let ended = run.read_through(reached, |_| ControlFlow::Continue(()));
+    if let Ok(Err(e)) = tokio::time::timeout(CANCEL_WAIT, ended).await {
+        return Err(e);
+    }
     Ok((StatusCode::ACCEPTED, Json(run.info().await?)).into_response())
 }
 

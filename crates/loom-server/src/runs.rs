@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use loom_core::{
-    new_run_id, ActorError, CancellationToken, ChunkStream, RunOptions, Runtime, StreamChunk,
+    new_run_id, ActorError, CancellationToken, ChunkStream, ErrorCode, RunOptions, Runtime,
+    StreamChunk,
 };
 use loom_workflow::{Workflow, WorkflowExecutor};
 use serde_json::Value;
@@ -56,6 +57,9 @@ impl StartRequest {
     }
 }
 
+/// The message of the `error/cancelled` chunk of a run the server's shutdown stopped.
+const SHUTDOWN_MESSAGE: &str = "cancelled: the server is shutting down";
+
 /// Starts runs and keeps them in the [`RunStore`].
 #[derive(Debug)]
 pub(crate) struct Engine {
@@ -67,7 +71,8 @@ pub(crate) struct Engine {
     budget: Arc<LogBudget>,
     config: ServerConfig,
     metrics: Arc<Metrics>,
-    shutting_down: AtomicBool,
+    /// Set by [`Engine::shutdown`]; read by each run's drive task to say why it was cancelled.
+    shutting_down: Arc<AtomicBool>,
     /// One permit per run running (`max_runs`), held by its drive task.
     running: Arc<Semaphore>,
 }
@@ -94,7 +99,7 @@ impl Engine {
             running: Arc::new(Semaphore::new(config.max_runs)),
             config,
             metrics,
-            shutting_down: AtomicBool::new(false),
+            shutting_down: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -159,6 +164,7 @@ impl Engine {
             self.config.run_ttl,
             self.config.max_finished_runs,
             Arc::clone(&self.metrics),
+            Arc::clone(&self.shutting_down),
         );
         tokio::spawn(
             async move {
@@ -185,7 +191,9 @@ impl Engine {
     }
 }
 
-/// The run's one producer: every chunk into the log, then the log's expiry.
+/// The run's one producer: every chunk into the log, then the log's expiry. A run cancelled
+/// once the server is shutting down says so in its terminal chunk, rather than blaming a
+/// client.
 async fn drive(
     mut stream: ChunkStream,
     log: Arc<RunLog>,
@@ -193,10 +201,16 @@ async fn drive(
     ttl: Duration,
     max_finished: usize,
     metrics: Arc<Metrics>,
+    shutting_down: Arc<AtomicBool>,
 ) {
     let started = Instant::now();
     let mut last_seq = None;
-    while let Some(chunk) = stream.next().await {
+    while let Some(mut chunk) = stream.next().await {
+        if let Some(error) = chunk.error.as_mut() {
+            if error.code == ErrorCode::Cancelled && shutting_down.load(Ordering::SeqCst) {
+                error.message = SHUTDOWN_MESSAGE.to_owned();
+            }
+        }
         if last_seq.is_some_and(|seq| seq == 0) {
             metrics.first_chunk(started.elapsed());
         }

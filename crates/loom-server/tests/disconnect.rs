@@ -94,6 +94,12 @@ async fn graceful_shutdown_ends_open_streams_with_error_cancelled() {
     for (id, rest) in [(direct_id, direct_rest), (detached, joined_rest)] {
         let last = rest.last().unwrap_or_else(|| panic!("{id}: no terminal"));
         assert_eq!(last.event.as_deref(), Some("error"), "{id}");
-        assert_eq!(last.data.as_ref().unwrap()["error"]["code"], "cancelled");
+        let error = &last.data.as_ref().unwrap()["error"];
+        assert_eq!(error["code"], "cancelled");
+        // The shutdown is named, not a client.
+        assert_eq!(
+            error["message"], "cancelled: the server is shutting down",
+            "{id}"
+        );
     }
 }

@@ -233,6 +233,9 @@ async fn a_run_started_on_one_server_is_joined_resumed_and_cancelled_through_ano
     );
     let cancelled = b.delete(&format!("/v1/runs/{id}")).await;
     assert_eq!(cancelled.status(), 202);
+    // The answer waited for the worker's terminal chunk.
+    let answer: Value = cancelled.json().await.unwrap();
+    assert_eq!(answer["status"], "cancelled", "{answer}");
     let rest = on_a.rest().await;
     let end = rest.last().unwrap();
     assert_eq!(end.event.as_deref(), Some("error"), "{:?}", texts(&rest));

@@ -421,6 +421,9 @@ async fn delete_cancels_a_run_with_a_terminal_in_its_log_and_is_idempotent() {
     for _ in 0..2 {
         let response = server.delete(&format!("/v1/runs/{id}")).await;
         assert_eq!(response.status(), 202);
+        // The answer comes once the run has ended, with how it ended.
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["status"], "cancelled", "{answer}");
     }
     let status = server.finished(&id).await;
     assert_eq!(status["status"], "cancelled");

@@ -27,6 +27,9 @@ pub const DEFAULT_MAX_STREAMS: usize = 10_000;
 /// The default cap on runs running at once in this process (embedded mode).
 pub const DEFAULT_MAX_RUNS: usize = 10_000;
 
+/// How long a client may take to send a request's headers before its connection is closed.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The server's configuration. `Debug` never shows the API key.
 #[derive(Clone)]
 pub struct ServerConfig {
@@ -36,6 +39,9 @@ pub struct ServerConfig {
     pub disconnect_grace: Duration,
     /// The interval of `: keep-alive` comments on an idle stream.
     pub keep_alive: Duration,
+    /// How long a client may take to send a request's headers (HTTP/1) before its connection
+    /// is closed, so that connections that never finish a request cannot pile up.
+    pub header_timeout: Duration,
     /// How long a finished run stays readable.
     pub run_ttl: Duration,
     /// The most finished runs kept readable (the oldest go first, before their TTL).
@@ -62,6 +68,7 @@ impl Default for ServerConfig {
             api_key: None,
             disconnect_grace: DEFAULT_DISCONNECT_GRACE,
             keep_alive: DEFAULT_KEEP_ALIVE,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
             run_ttl: DEFAULT_RUN_TTL,
             max_finished_runs: DEFAULT_MAX_FINISHED_RUNS,
             body_limit: DEFAULT_BODY_LIMIT,
@@ -80,6 +87,7 @@ impl fmt::Debug for ServerConfig {
             .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
             .field("disconnect_grace", &self.disconnect_grace)
             .field("keep_alive", &self.keep_alive)
+            .field("header_timeout", &self.header_timeout)
             .field("run_ttl", &self.run_ttl)
             .field("max_finished_runs", &self.max_finished_runs)
             .field("body_limit", &self.body_limit)

@@ -105,10 +105,17 @@ mod tokens;
 mod ws;
 
 use std::future::Future;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 
 pub use config::{
-    ServerConfig, DEFAULT_BODY_LIMIT, DEFAULT_DISCONNECT_GRACE, DEFAULT_KEEP_ALIVE,
-    DEFAULT_MAX_FINISHED_RUNS, DEFAULT_MAX_RUNS, DEFAULT_MAX_STREAMS, DEFAULT_RUN_TTL,
+    ServerConfig, DEFAULT_BODY_LIMIT, DEFAULT_DISCONNECT_GRACE, DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_KEEP_ALIVE, DEFAULT_MAX_FINISHED_RUNS, DEFAULT_MAX_RUNS, DEFAULT_MAX_STREAMS,
+    DEFAULT_RUN_TTL,
 };
 pub use error::ApiError;
 pub use routes::router;
@@ -126,7 +133,9 @@ pub use tokens::TOKEN_TTL;
 /// streams close without a terminal chunk. On a loopback address it answers only to loopback
 /// host names (`localhost`, `127.0.0.1`, `[::1]`) and those of
 /// [`ServerConfig::allowed_hosts`] and its CORS origins: a page that points its own name at
-/// this machine (DNS rebinding) gets `403`.
+/// this machine (DNS rebinding) gets `403`. A connection that has not sent a request's
+/// headers within [`ServerConfig::header_timeout`] is closed (hyper's HTTP/1 header
+/// timeout, which `axum::serve` leaves off).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ServerState,
@@ -137,11 +146,55 @@ pub async fn serve(
         let guard = axum::middleware::from_fn_with_state(state.clone(), auth::loopback_host);
         app = app.layer(guard);
     }
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: cancelling running runs");
-            state.shutdown();
-        })
-        .await
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.config().header_timeout);
+    // WebSockets over HTTP/2 (RFC 8441), as `axum::serve` allows them.
+    builder.http2().enable_connect_protocol();
+    let connections = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = connections.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::trace!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: cancelling running runs");
+    state.shutdown();
+    connections.shutdown().await;
+    Ok(())
+}
+
+/// After a failed `accept`: a connection that failed before it was accepted is the peer's
+/// business; anything else (out of file descriptors) is logged, and accepting waits a
+/// second before it tries again rather than spinning.
+async fn accept_failed(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "accepting a connection failed; trying again in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }

@@ -67,6 +67,11 @@ pub struct ClientOptions {
     /// a cluster's nodes (see [`Keys::queue`]); callers and workers must agree, or requests
     /// wait in shards no worker reads.
     pub queue_shards: u16,
+    /// The most requests one queue (one shard of an actor type's) may hold, waiting or
+    /// running, before a new one is refused with [`Error::QueueFull`] (default `None`: no
+    /// bound). Checked by whoever queues, atomically with the queueing: give every caller the
+    /// same bound.
+    pub max_queued: Option<u64>,
 }
 
 impl Default for ClientOptions {
@@ -81,6 +86,7 @@ impl Default for ClientOptions {
             deadline_grace: Duration::from_secs(2),
             read_block: Duration::from_secs(2),
             queue_shards: 1,
+            max_queued: None,
         }
     }
 }
@@ -102,6 +108,9 @@ impl ClientOptions {
         }
         if self.queue_shards == 0 || self.queue_shards > 1024 {
             return bad("queue_shards must be between 1 and 1024");
+        }
+        if self.max_queued == Some(0) {
+            return bad("max_queued must be at least 1");
         }
         Ok(())
     }

@@ -390,12 +390,9 @@ pub(crate) struct Request {
 }
 
 impl Request {
-    /// Appends `XADD <queue> * <fields>` to `pipe`.
-    pub(crate) fn add_to(&self, pipe: &mut redis::Pipeline, queue: &str) {
-        pipe.cmd("XADD")
-            .arg(queue)
-            .arg("*")
-            .arg("run_id")
+    /// Appends the request's entry fields (name, value, …) to `cmd`.
+    pub(crate) fn write_fields(&self, cmd: &mut redis::Cmd) {
+        cmd.arg("run_id")
             .arg(&self.run_id)
             .arg("actor")
             .arg(&self.actor)
@@ -404,7 +401,7 @@ impl Request {
             .arg("timeout_ms")
             .arg(self.timeout_ms);
         if let Some(traceparent) = &self.traceparent {
-            pipe.arg(loom_core::trace::TRACEPARENT).arg(traceparent);
+            cmd.arg(loom_core::trace::TRACEPARENT).arg(traceparent);
         }
     }
 

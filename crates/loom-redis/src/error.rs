@@ -42,6 +42,15 @@ pub enum Error {
     /// protocol version, or a script's reply it does not know).
     #[error("unexpected reply from Redis: {0}")]
     UnexpectedReply(String),
+    /// The actor type's queue holds [`ClientOptions::max_queued`](crate::ClientOptions::max_queued)
+    /// requests already (waiting or running): the request was not queued.
+    #[error("the queue of actor type '{actor}' is full ({limit} requests waiting or running); try again later")]
+    QueueFull {
+        /// The actor type.
+        actor: String,
+        /// The bound it reached.
+        limit: u64,
+    },
     /// The process's stream reader task is gone, so no stream can be read.
     #[error("the stream reader stopped")]
     ReaderStopped,
@@ -59,7 +68,7 @@ impl Error {
 
     /// The wire error code this failure stands for: `bad_input` for invalid names, ids and
     /// options, `not_found` for unknown actors and streams, `upstream` for Redis failures
-    /// (and readers stopped by them).
+    /// (and readers stopped by them) and a full queue.
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::InvalidName { .. }
@@ -67,7 +76,10 @@ impl Error {
             | Self::EntryIdPastEnd(_)
             | Self::InvalidOptions(_) => ErrorCode::BadInput,
             Self::UnknownActor(_) | Self::StreamNotFound(_) => ErrorCode::NotFound,
-            Self::UnexpectedReply(_) | Self::ReaderStopped | Self::Redis(_) => ErrorCode::Upstream,
+            Self::QueueFull { .. }
+            | Self::UnexpectedReply(_)
+            | Self::ReaderStopped
+            | Self::Redis(_) => ErrorCode::Upstream,
         }
     }
 

@@ -18,7 +18,8 @@
 //! Keys, entry fields and semantics follow DESIGN.md §3–§4 ([`Keys`] has the table). A Redis
 //! Cluster works as well as one server ([`Client::connect`] finds out which it is): a run's
 //! keys share a bucket's hash tag, each bucket is read by one blocking `XREAD`, and queues can
-//! be sharded ([`ClientOptions::queue_shards`]).
+//! be sharded ([`ClientOptions::queue_shards`]). Queues are unbounded unless callers set
+//! [`ClientOptions::max_queued`]: a full queue refuses a request with [`Error::QueueFull`].
 //!
 //! ## Layout
 //!

@@ -29,6 +29,7 @@ use crate::error::Error;
 use crate::keys::check_name;
 use crate::reader::{self, EntryStream, Watch};
 use crate::runs::RECENT_RUNS;
+use crate::script;
 
 /// Starts runs on remote workers (see the module docs).
 ///
@@ -200,7 +201,9 @@ impl RemoteInvoker {
     /// Queues `request` and writes its run's record and index entry (`runs.rs`), in one
     /// round trip: three pipelines sent at once, one per slot (the record's, the queue's, the
     /// index's), as a cluster requires. The record goes first on the wire; nothing reads it
-    /// to decide anything, so a failure between them loses nothing.
+    /// to decide anything, so a failure between them loses nothing. A queue at
+    /// [`max_queued`](crate::ClientOptions::max_queued) refuses the request: the record and
+    /// the index entry are taken back, and the error is [`Error::QueueFull`].
     async fn enqueue(&self, request: &Request) -> Result<Submitted, Error> {
         let keys = self.client.keys();
         let options = self.client.options();
@@ -213,9 +216,8 @@ impl RemoteInvoker {
             .min(100 * 365 * 24 * 3600);
         // For people (the run index and status); no decision reads it.
         let created_ms = unix_ms();
-        let mut queued = redis::pipe();
         let queue = keys.queue_for(&request.actor, &request.run_id, options.queue_shards);
-        request.add_to(&mut queued, &queue);
+        let limit = options.max_queued.unwrap_or(0);
         let mut recorded = redis::pipe();
         recorded
             .cmd("HSET")
@@ -242,11 +244,30 @@ impl RemoteInvoker {
             .arg(-(RECENT_RUNS as i64) - 1)
             .ignore();
         let (mut a, mut b, mut c) = (self.client.conn(), self.client.conn(), self.client.conn());
-        let ((), (id,), ()): ((), (String,), ()) = tokio::try_join!(
-            recorded.query_async(&mut a),
-            queued.query_async(&mut b),
-            indexed.query_async(&mut c),
+        let ((), id, ()) = tokio::try_join!(
+            async { Ok(recorded.query_async::<()>(&mut a).await?) },
+            script::enqueue(&mut b, &queue, limit, request),
+            async { Ok(indexed.query_async::<()>(&mut c).await?) },
         )?;
+        let Some(id) = id else {
+            // Refused: the record and the index entry name a run that will never be.
+            let mut forget = redis::pipe();
+            forget.cmd("DEL").arg(&record).ignore();
+            let mut unindex = redis::pipe();
+            unindex
+                .cmd("ZREM")
+                .arg(keys.runs())
+                .arg(&request.run_id)
+                .ignore();
+            tokio::try_join!(
+                forget.query_async::<()>(&mut a),
+                unindex.query_async::<()>(&mut c)
+            )?;
+            return Err(Error::QueueFull {
+                actor: request.actor.clone(),
+                limit,
+            });
+        };
         Ok(Submitted {
             run_id: request.run_id.clone(),
             entry_id: id.parse()?,

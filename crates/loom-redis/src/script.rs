@@ -34,7 +34,7 @@ use loom_core::StreamChunk;
 use redis::aio::ConnectionLike;
 use redis::{Cmd, FromRedisValue, Script};
 
-use crate::codec::{chunk_field_count, write_chunk_fields, write_entry_id, EntryId};
+use crate::codec::{chunk_field_count, write_chunk_fields, write_entry_id, EntryId, Request};
 use crate::error::Error;
 use crate::keys::{CancelReason, Keys, BELL_LEN};
 
@@ -308,6 +308,20 @@ static SERVED: LazyLock<Lua> = LazyLock::new(|| {
 return redis.call('ZRANGE', KEYS[1], string.format('%d', now_ms()), '+inf', 'BYSCORE')
 "#
     ))
+});
+
+/// KEYS: a queue. ARGV: the most entries it may hold (0: no bound), then a request's fields.
+/// Adds the request unless the queue already holds that many (waiting or running: a worker
+/// deletes a request's entry once its run has ended); returns the new entry's id, or `false`
+/// when the queue is full.
+static ENQUEUE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r#"
+local max = tonumber(ARGV[1])
+if max > 0 and redis.call('XLEN', KEYS[1]) >= max then return false end
+return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+"#,
+    )
 });
 
 /// KEYS: per run its lease, stream and cancel key (on a cluster, runs of one bucket: one
@@ -657,6 +671,20 @@ pub(crate) async fn served(
             mark
         })
         .collect())
+}
+
+/// Adds `request` to `queue` unless the queue holds `max` entries already (`0`: no bound; see
+/// [`ENQUEUE`]): its entry id, or `None` when the queue is full.
+pub(crate) async fn enqueue(
+    conn: &mut impl ConnectionLike,
+    queue: &str,
+    max: u64,
+    request: &Request,
+) -> Result<Option<String>, Error> {
+    let mut cmd = ENQUEUE.call(&[queue], 11, 256);
+    cmd.arg(max);
+    request.write_fields(&mut cmd);
+    ENQUEUE.invoke(conn, &cmd).await
 }
 
 /// What [`renew`] found for a run.

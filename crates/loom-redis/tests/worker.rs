@@ -59,6 +59,76 @@ async fn a_worker_with_one_slot_serving_two_queues_runs_both_requests_as_attempt
     worker.stop().await;
 }
 
+/// A queue at `max_queued` refuses the next request, keeping nothing of it (no record, no
+/// entry in the run index); once a worker has run the queued ones, requests are taken again.
+#[tokio::test]
+async fn a_full_queue_refuses_a_request_and_keeps_nothing_of_it() {
+    let server = RedisServer::start();
+    let client = client(
+        &server,
+        ClientOptions {
+            max_queued: Some(2),
+            ..fast_options()
+        },
+    )
+    .await;
+    let invoker = client.invoker();
+    let options = RunOptions::default();
+    let mut queued = Vec::new();
+    for n in 0..2 {
+        let submitted = invoker.submit("echo", json!({ "n": n }), &options).await;
+        queued.push(submitted.expect("room in the queue").run_id);
+    }
+    let refused = invoker
+        .submit("echo", json!({ "n": 2 }), &options)
+        .await
+        .expect_err("the queue is full");
+    assert!(
+        matches!(&refused, loom_redis::Error::QueueFull { actor, limit: 2 } if actor == "echo"),
+        "{refused:?}"
+    );
+    assert_eq!(refused.code(), loom_core::ErrorCode::Upstream);
+    let listed: Vec<String> = client
+        .recent_runs(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.run_id)
+        .collect();
+    assert_eq!(
+        listed.len(),
+        2,
+        "only the queued runs are known: {listed:?}"
+    );
+    assert!(queued.iter().all(|id| listed.contains(id)), "{listed:?}");
+    // Another actor type's queue is not this one.
+    invoker
+        .submit("ticker", json!({ "count": 1 }), &options)
+        .await
+        .expect("its own queue has room");
+
+    let worker = serving(&client, &["echo", "ticker"], 2);
+    for id in &queued {
+        let entries = within(10, invoker.attach(id, None)).await.unwrap();
+        let chunks = collect(10, entries.map(|e| e.chunk)).await;
+        assert_completes(&chunks);
+    }
+    // The finished requests left the queue: there is room again.
+    within(10, async {
+        loop {
+            match invoker.submit("echo", json!({ "n": 3 }), &options).await {
+                Ok(_) => break,
+                Err(loom_redis::Error::QueueFull { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await;
+    worker.stop().await;
+}
+
 #[tokio::test]
 async fn a_worker_stopped_while_redis_is_unreachable_returns_without_panicking() {
     // Its own server, whatever LOOM_TEST_REDIS_URL says: this test freezes it.

@@ -53,6 +53,10 @@ pub enum ApiError {
         /// The cap.
         limit: usize,
     },
+    /// 429 `queue_full`: in front of workers, the actor type's queue holds the most requests
+    /// it may (`--max-queued`).
+    #[error("{0}")]
+    QueueFull(String),
     /// 503 `unavailable`: the server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
@@ -76,7 +80,9 @@ impl ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::CursorExpired(_) => StatusCode::GONE,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::TooManyStreams { .. } | Self::TooManyRuns { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyStreams { .. } | Self::TooManyRuns { .. } | Self::QueueFull(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::ShuttingDown | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Run(err) => match err.code() {
                 ErrorCode::BadInput => StatusCode::UNPROCESSABLE_ENTITY,
@@ -106,6 +112,7 @@ impl ApiError {
         match self {
             Self::TooManyStreams { .. }
             | Self::TooManyRuns { .. }
+            | Self::QueueFull(_)
             | Self::ShuttingDown
             | Self::Unavailable(_) => true,
             Self::Run(err) => err.is_retryable(),
@@ -125,6 +132,7 @@ impl ApiError {
             Self::TooLarge { .. } => "too_large",
             Self::TooManyStreams { .. } => "too_many_streams",
             Self::TooManyRuns { .. } => "too_many_runs",
+            Self::QueueFull(_) => "queue_full",
             Self::ShuttingDown | Self::Unavailable(_) => "unavailable",
             Self::Run(err) => err.code().as_str(),
         }
@@ -141,7 +149,7 @@ impl IntoResponse for ApiError {
         }
         let body = json!({ "error": { "code": self.code(), "message": self.message() } });
         let mut response = (status, Json(body)).into_response();
-        if matches!(self, Self::TooManyStreams { .. } | Self::TooManyRuns { .. }) {
+        if self.status() == StatusCode::TOO_MANY_REQUESTS {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

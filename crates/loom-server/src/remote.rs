@@ -535,10 +535,13 @@ fn info(record: &RunRecord) -> RunInfo {
     }
 }
 
-/// A Redis failure before a stream starts: `503 unavailable`, or the client's own mistake.
+/// A Redis failure before a stream starts: `503 unavailable`, `429 queue_full`, or the
+/// client's own mistake.
 fn unavailable(err: loom_redis::Error) -> ApiError {
     if err.is_bad_input() {
         ApiError::BadRequest(err.to_string())
+    } else if matches!(err, loom_redis::Error::QueueFull { .. }) {
+        ApiError::QueueFull(err.to_string())
     } else {
         ApiError::Unavailable(err.to_string())
     }

@@ -290,6 +290,35 @@ async fn a_direct_stream_rejoined_on_another_server_survives_its_client_and_then
     assert_eq!(status["status"], "cancelled");
 }
 
+/// A queue at `max_queued` (`--max-queued`) refuses a new run with `429 queue_full` and
+/// `Retry-After`; the running one goes on.
+#[tokio::test]
+async fn past_max_queued_a_run_is_429_queue_full() {
+    let cluster = Cluster::start().await;
+    let bounded = ClientOptions {
+        max_queued: Some(1),
+        ..options(&cluster.prefix)
+    };
+    let client = within(Client::connect_with(cluster.redis.url(), bounded))
+        .await
+        .expect("connect");
+    let server = TestServer::distributed(client, ServerConfig::default()).await;
+    let running = server
+        .detached(json!({ "actor": "batch", "input": slow_batch(40, 20) }))
+        .await;
+    let refused = server
+        .post(
+            "/v1/actors/batch/stream",
+            &json!({ "input": slow_batch(1, 1) }),
+        )
+        .await;
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let (status, code, message) = error_of(refused).await;
+    assert_eq!((status, code.as_str()), (429, "queue_full"), "{message}");
+    assert!(message.contains("'batch'"), "{message}");
+    assert_eq!(server.finished(&running).await["status"], "complete");
+}
+
 #[tokio::test]
 async fn a_server_that_shuts_down_closes_its_streams_without_a_terminal_and_the_run_goes_on() {
     let cluster = Cluster::start().await;

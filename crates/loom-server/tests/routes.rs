@@ -6,17 +6,6 @@ use loom_server::ServerConfig;
 use serde_json::{json, Value};
 use support::*;
 
-async fn error_of(response: reqwest::Response) -> (u16, String, String) {
-    let status = response.status().as_u16();
-    let body: Value = within(response.json()).await.expect("an error body");
-    let code = body["error"]["code"].as_str().expect("code").to_owned();
-    let message = body["error"]["message"]
-        .as_str()
-        .expect("message")
-        .to_owned();
-    (status, code, message)
-}
-
 #[tokio::test]
 async fn healthz_and_the_lists_of_actors_and_workflows() {
     let server = TestServer::default_config().await;

@@ -53,6 +53,11 @@ struct Cli {
     #[arg(long, global = true, env = "LOOM_QUEUE_SHARDS", value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     queue_shards: u16,
+    /// The most requests one queue may hold, waiting or running, before a new run is refused
+    /// (Redis only; default: no bound). Give every caller the same bound.
+    #[arg(long, global = true, env = "LOOM_MAX_QUEUED", value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_queued: Option<u64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -217,7 +222,9 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            let chain: Vec<String> = err.chain().map(ToString::to_string).collect();
+            let mut chain: Vec<String> = err.chain().map(ToString::to_string).collect();
+            // An error that carries its cause's text (`upstream: <cause>`) names it once.
+            chain.dedup_by(|cause, error| error.ends_with(cause.as_str()));
             eprintln!("loom: {}", chain.join(": "));
             if err.is::<UsageError>() {
                 ExitCode::from(2)
@@ -243,6 +250,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 url,
                 loom_redis::ClientOptions {
                     queue_shards: cli.queue_shards,
+                    max_queued: cli.max_queued,
                     ..Default::default()
                 },
             )

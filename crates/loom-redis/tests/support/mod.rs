@@ -37,6 +37,7 @@ pub fn fast_options() -> ClientOptions {
         deadline_grace: Duration::from_millis(500),
         read_block: Duration::from_millis(500),
         queue_shards: 1,
+        max_queued: None,
     }
 }
 

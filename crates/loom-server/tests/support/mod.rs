@@ -52,6 +52,18 @@ pub async fn within<T>(future: impl Future<Output = T>) -> T {
         .expect("timed out waiting")
 }
 
+/// An error answer's status, `code` and `message`.
+pub async fn error_of(response: reqwest::Response) -> (u16, String, String) {
+    let status = response.status().as_u16();
+    let body: Value = within(response.json()).await.expect("an error body");
+    let code = body["error"]["code"].as_str().expect("code").to_owned();
+    let message = body["error"]["message"]
+        .as_str()
+        .expect("message")
+        .to_owned();
+    (status, code, message)
+}
+
 /// A server on 127.0.0.1:0 with the built-in actors and [`WORKFLOW`].
 pub struct TestServer {
     /// `http://127.0.0.1:PORT`.

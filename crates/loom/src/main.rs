@@ -661,9 +661,14 @@ enum Stop {
     Leave,
 }
 
-/// Shows a run until its terminal chunk; a signal (Ctrl-C, `SIGTERM`, `SIGHUP`) cancels it
-/// and still waits for (and prints) the terminal chunk, or with [`Stop::Leave`] stops at
-/// once. Returns the exit code: 128 + the signal's number after one.
+/// The exit code after stdout's reader went away: 128 + `SIGPIPE`'s number, as a shell
+/// reports a writer killed by it.
+const SIGPIPE_EXIT: u8 = 141;
+
+/// Shows a run until its terminal chunk; a signal (Ctrl-C, `SIGTERM`, `SIGHUP`) or a closed
+/// stdout cancels it and still waits for (and shows on stderr) the terminal chunk, or with
+/// [`Stop::Leave`] stops at once. Returns the exit code: 128 + the signal's number after one
+/// (141 after stdout closed).
 async fn follow(
     mut stream: ChunkStream,
     mut signals: Signals,
@@ -676,25 +681,31 @@ async fn follow(
     let mut signalled: Option<u8> = None;
     let mut terminal: Option<StreamChunk> = None;
     loop {
-        let next = tokio::select! {
-            chunk = stream.next() => chunk,
-            code = signals.recv(), if signalled.is_none() => {
-                signalled = Some(code);
-                if stop == Stop::Leave {
+        let code = tokio::select! {
+            chunk = stream.next() => {
+                let Some(chunk) = chunk else { break };
+                renderer.chunk(&chunk);
+                if chunk.is_terminal() {
+                    terminal = Some(chunk);
                     break;
                 }
-                give_up_at = Some(tokio::time::Instant::now() + CANCEL_GRACE);
-                stream.cancel();
-                continue;
+                // Nobody reads the output any more (`| head`): stopped as by the SIGPIPE a
+                // writer that does not ignore it dies of, rather than run (and pay for
+                // tokens) unread.
+                if !render::stdout_closed() || signalled.is_some() {
+                    continue;
+                }
+                SIGPIPE_EXIT
             }
-            _ = sleep_until_some(give_up_at) => None,
+            code = signals.recv(), if signalled.is_none() => code,
+            _ = sleep_until_some(give_up_at) => break,
         };
-        let Some(chunk) = next else { break };
-        renderer.chunk(&chunk);
-        if chunk.is_terminal() {
-            terminal = Some(chunk);
+        signalled = Some(code);
+        if stop == Stop::Leave {
             break;
         }
+        give_up_at = Some(tokio::time::Instant::now() + CANCEL_GRACE);
+        stream.cancel();
     }
     renderer.finish(terminal.as_ref());
     match (signalled, terminal.map(|c| c.kind)) {

@@ -3,8 +3,8 @@
 //!
 //! stdout carries results only — tokens, data, the final result, or JSON Lines. Everything
 //! meant for a person (spinner, progress, summary, errors) goes to stderr; indicatif hides the
-//! spinner when stderr is not a terminal. A closed stdout pipe is not an error: writes to it
-//! are dropped.
+//! spinner when stderr is not a terminal. When stdout's reader goes away (`| head`), nothing
+//! more is written to it and the run is stopped as if by `SIGPIPE` ([`stdout_closed`]).
 //!
 //! When stdout and stderr are the same terminal, nothing is written under indicatif's feet:
 //! finished lines (a step's ✓, a member's sentence) go above the live area with
@@ -20,6 +20,7 @@
 
 use std::borrow::Cow;
 use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -491,12 +492,29 @@ fn pretty(value: &Value) -> String {
     }
 }
 
-/// Writes to stdout and flushes, so tokens appear as they arrive; errors (a closed pipe) are
-/// ignored on purpose.
+/// Set once a write to stdout failed (its reader is gone: `| head`).
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Whether stdout's reader has gone away; the run being followed is then stopped as by a
+/// `SIGPIPE` ([`crate::follow`]).
+pub(crate) fn stdout_closed() -> bool {
+    STDOUT_CLOSED.load(Ordering::Relaxed)
+}
+
+/// Writes to stdout and flushes, so tokens appear as they arrive. A failed write (a closed
+/// pipe) is remembered ([`stdout_closed`]), and nothing more is written.
 fn out(text: &str) {
+    if stdout_closed() {
+        return;
+    }
     let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(text.as_bytes());
-    let _ = stdout.flush();
+    if stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .is_err()
+    {
+        STDOUT_CLOSED.store(true, Ordering::Relaxed);
+    }
 }
 
 fn spinner_style() -> ProgressStyle {

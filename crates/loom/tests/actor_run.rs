@@ -246,6 +246,35 @@ fn ctrl_c_cancels_the_run_prints_the_cancelled_chunk_and_exits_130() {
     assert_eq!(last["error"]["code"], "cancelled", "{last}");
 }
 
+/// `loom … | head -1`: once stdout's reader is gone the run is cancelled, not run to its end
+/// unread, and `loom` exits 141 (128 + SIGPIPE), as a writer killed by SIGPIPE would.
+#[test]
+fn a_closed_stdout_cancels_the_run_and_exits_141() {
+    let mut child = loom(&[
+        "actor",
+        "run",
+        "batch",
+        "--stream",
+        "--json",
+        "--input",
+        r#"{"count":1000,"batch_size":1,"delay_ms":20}"#,
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("loom starts");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).expect("the start chunk");
+    assert!(first.contains(r#""type":"start""#), "{first}");
+    drop(stdout);
+    // Unread, the run would take 20 s.
+    let started = std::time::Instant::now();
+    let out = finish(child);
+    assert_eq!(out.code, Some(141), "{}", out.stderr);
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
 #[test]
 fn team_demo_streams_attributed_tokens() {
     let out = run(&[

@@ -52,7 +52,9 @@ pub enum Endpoint {
     Offline,
 }
 
-/// How the service retries a request that failed before its first token.
+/// How the service retries a request that failed before its first token: a 429 or 5xx
+/// answer, a connection that failed, a stream cut before its first token — not a server that
+/// stayed silent for the idle timeout (asking again would only multiply the wait).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Retries after the first attempt (0 disables retrying).

@@ -21,7 +21,8 @@
 //!   [`Extensions`](loom_core::Extensions) (a missing one fails the run with `internal`).
 //!
 //! Failures before the first token (429, 5xx, connection errors) are retried with capped
-//! backoff, honouring `Retry-After`; after the first token they end the stream with an error
+//! backoff, honouring `Retry-After` (a server silent for the whole idle timeout is not asked
+//! again: that would multiply the wait); after the first token they end the stream with an error
 //! and the tokens already yielded stand. Dropping a [`TokenStream`] (or cancelling the run)
 //! closes the HTTP connection at once.
 //!

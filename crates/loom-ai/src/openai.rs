@@ -92,8 +92,8 @@ impl OpenAiClient {
         let secret = self.api_key.clone();
         let stream = async_stream::try_stream! {
             let body = body?;
-            // A stream that breaks before its first event (a reset, a silence, a cut after
-            // the 200) is sent again like a failed request: nothing was yielded to repeat.
+            // A stream that breaks before its first event (a reset, a cut after the 200) is
+            // sent again like a failed request: nothing was yielded to repeat.
             let mut retry = 0;
             loop {
                 let mut response = client.open(body.clone()).await?;
@@ -101,11 +101,15 @@ impl OpenAiClient {
                 let mut decoder = ChunkDecoder::default();
                 let mut events = VecDeque::new();
                 let mut yielded = false;
+                let mut silent = false;
                 let broke: Option<AiError> = 'read: loop {
                     let bytes = match response.chunk().await {
                         Ok(Some(bytes)) => bytes,
                         Ok(None) => break 'read None,
-                        Err(e) => break 'read Some(client.body_error(&e)),
+                        Err(e) => {
+                            silent = e.is_timeout();
+                            break 'read Some(client.body_error(&e));
+                        }
                     };
                     if let Err(e) = parser.feed(&bytes) {
                         break 'read Some(sse_error(e));
@@ -132,7 +136,9 @@ impl OpenAiClient {
                     }
                 };
                 match ended {
-                    Err(err) if !yielded && err.is_retryable() && retry < client.retry.max_retries => {
+                    // A server silent for the whole idle timeout is not asked again: it
+                    // would only multiply the wait.
+                    Err(err) if !yielded && !silent && err.is_retryable() && retry < client.retry.max_retries => {
                         let delay = client.retry.delay(retry, err.retry_after());
                         tracing::warn!(retry = retry + 1, ?delay, "AI stream broke before its first token, retrying: {err}");
                         tokio::time::sleep(delay).await;
@@ -157,14 +163,19 @@ impl OpenAiClient {
     }
 
     /// Sends the request until it gets a success status, retrying 429, 5xx and connection
-    /// failures with capped exponential backoff. Nothing has been yielded yet when this
-    /// runs, so a retry can never repeat a token.
+    /// failures with capped exponential backoff — not a server that stayed silent for the
+    /// idle timeout, which would only multiply the wait. Nothing has been yielded yet when
+    /// this runs, so a retry can never repeat a token.
     async fn open(&self, body: Bytes) -> Result<reqwest::Response, AiError> {
         let mut retry = 0;
         loop {
             match self.send(body.clone()).await {
                 Ok(response) => return Ok(response),
-                Err(err) if err.is_retryable() && retry < self.retry.max_retries => {
+                Err(err)
+                    if err.is_retryable()
+                        && !matches!(err, AiError::Timeout { .. })
+                        && retry < self.retry.max_retries =>
+                {
                     let delay = self.retry.delay(retry, err.retry_after());
                     tracing::warn!(
                         retry = retry + 1,

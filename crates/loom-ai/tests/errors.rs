@@ -259,6 +259,40 @@ async fn a_stream_that_stalls_mid_way_ends_as_upstream_after_its_tokens() {
     assert!(error.to_string().contains("no data"), "{error}");
 }
 
+/// A server silent for the whole idle timeout — before its headers, or after them with no
+/// event — is not asked again: retrying would multiply the wait by the retries.
+#[tokio::test]
+async fn a_server_silent_for_the_idle_timeout_is_not_retried() {
+    let quiet_stream = || Reply::Sse {
+        pieces: vec![String::new(), frame(&wire::text_chunk("late"))],
+        pause: Duration::from_secs(30),
+        hold_open: false,
+    };
+    for replies in [
+        vec![Reply::Silence, Reply::Silence],
+        vec![quiet_stream(), quiet_stream()],
+    ] {
+        let server = FakeServer::start(replies).await;
+        let ai = AiService::new(
+            server
+                .config()
+                .with_retry(RetryPolicy {
+                    initial_backoff: Duration::from_millis(10),
+                    ..RetryPolicy::default()
+                })
+                .with_connect_timeout(Duration::from_millis(100))
+                .with_idle_timeout(Duration::from_millis(200)),
+        )
+        .expect("ai");
+        let error = first_error(&ai).await;
+        assert!(
+            matches!(error, AiError::Timeout { .. } | AiError::Interrupted { .. }),
+            "{error:?}"
+        );
+        assert_eq!(server.requests().len(), 1, "{error}");
+    }
+}
+
 #[tokio::test]
 async fn the_api_key_is_in_no_debug_output_and_no_error() {
     // A server that echoes the key back in its error message.

@@ -9,7 +9,7 @@
 //! → `text-start`/`text-delta`/`text-end`, one text part per speaker (a team member or a
 //! workflow step, named in the part's `providerMetadata.loom.speaker`); tool-call deltas →
 //! `tool-input-start`/`tool-input-delta`, then `tool-input-available` with the parsed input
-//! (dynamic tools); progress → `data-loom-progress` with the speaker (or `run`) as its id, so
+//! (dynamic tools), or `tool-input-error` when it does not parse; progress → `data-loom-progress` with the speaker (or `run`) as its id, so
 //! a newer progress replaces the part; a workflow step's markers → `data-loom-step` with the
 //! step as its id (`running`, `done`, `failed`); any other data → `data-loom-data`; the
 //! terminal chunk closes every open part, then `finish` (the result's finish reason, the
@@ -285,14 +285,26 @@ impl AiSdkMapping {
         }
     }
 
+    /// Ends the open tool calls: `tool-input-available` with the parsed input (none: `{}`), or
+    /// `tool-input-error` when the model's input is not JSON (cut by its token limit, say).
     fn close_calls(&mut self, parts: &mut Vec<Value>) {
         for (_, call) in std::mem::take(&mut self.calls) {
-            let input = call.input;
-            let input: Value = serde_json::from_str(&input).unwrap_or(Value::String(input));
-            parts.push(json!({
-                "type": "tool-input-available", "toolCallId": call.id, "toolName": call.name,
-                "input": input, "dynamic": true,
-            }));
+            let text = if call.input.trim().is_empty() {
+                "{}"
+            } else {
+                call.input.as_str()
+            };
+            parts.push(match serde_json::from_str::<Value>(text) {
+                Ok(input) => json!({
+                    "type": "tool-input-available", "toolCallId": call.id,
+                    "toolName": call.name, "input": input, "dynamic": true,
+                }),
+                Err(e) => json!({
+                    "type": "tool-input-error", "toolCallId": call.id, "toolName": call.name,
+                    "input": call.input, "dynamic": true,
+                    "errorText": format!("the model's tool input is not valid JSON: {e}"),
+                }),
+            });
         }
     }
 }
@@ -623,6 +635,40 @@ mod tests {
         assert_eq!(available[0]["toolCallId"], started[1]["toolCallId"]);
         assert_eq!(available[0]["input"], json!({ "city": "Rome" }));
         assert_eq!(parts[parts.len() - 2]["finishReason"], "tool-calls");
+    }
+
+    #[test]
+    fn a_tool_input_that_is_not_json_is_an_input_error_and_none_is_an_empty_object() {
+        let call = |seq, index: u64, name: &str, arguments: &str| {
+            data(
+                seq,
+                json!({ "tool_call": { "index": index, "name": name, "arguments": arguments } }),
+                None,
+            )
+        };
+        let parts = parts(&[
+            StreamChunk::new(ChunkType::Start, 0),
+            call(1, 0, "f", "{\"city\": \"Par"),
+            call(2, 1, "g", ""),
+            crate::dialect::fixtures::complete(3, json!({ "finish_reason": "length" })),
+        ]);
+        let error = parts
+            .iter()
+            .find(|p| p["type"] == "tool-input-error")
+            .expect("an input error");
+        assert_eq!(error["toolName"], "f");
+        assert_eq!(error["input"], "{\"city\": \"Par");
+        assert!(error["errorText"]
+            .as_str()
+            .unwrap()
+            .contains("not valid JSON"));
+        let available: Vec<&Value> = parts
+            .iter()
+            .filter(|p| p["type"] == "tool-input-available")
+            .collect();
+        assert_eq!(available.len(), 1, "{parts:#?}");
+        assert_eq!(available[0]["toolName"], "g");
+        assert_eq!(available[0]["input"], json!({}));
     }
 
     /// A team running as a workflow step speaks through its members: a retry of the step

@@ -9,7 +9,8 @@
 //! item's extra `name` field), opened at its first token; tool-call deltas become
 //! `function_call` items with argument deltas; the terminal chunk closes every open item and
 //! ends the response: `response.completed`, `response.incomplete` (the result's
-//! `finish_reason` was `length`: `max_output_tokens`), or `response.failed` (status `failed`,
+//! `finish_reason` was `length`: `max_output_tokens`, or `content_filter`; the open items are
+//! `incomplete` too), or `response.failed` (status `failed`,
 //! or `cancelled` after a cancel, with the error's code). A run that streamed nothing answers
 //! with its result as the text of one message. Usage is the result's, `null` when unknown.
 //!
@@ -270,16 +271,26 @@ impl ResponsesMapping {
                     let index = self.message(&StreamChunk::new(ChunkType::Data, 0), &mut events);
                     self.delta(index, &text, &mut events);
                 }
-                self.close_all("completed", &mut events);
                 self.usage = data.and_then(|d| d.get("usage")).and_then(usage);
-                let length = data.and_then(|d| d.get("finish_reason")) == Some(&json!("length"));
-                let kind = if length {
-                    self.status = "incomplete";
-                    self.incomplete = Some(json!({ "reason": "max_output_tokens" }));
-                    "response.incomplete"
-                } else {
-                    self.status = "completed";
-                    "response.completed"
+                // Cut short by the model's limit or its filter: the response and its open
+                // items are `incomplete`, with the reason (OpenAI's two).
+                let cut = match data.and_then(|d| d.get("finish_reason")) {
+                    Some(Value::String(r)) if r == "length" => Some("max_output_tokens"),
+                    Some(Value::String(r)) if r == "content_filter" => Some("content_filter"),
+                    _ => None,
+                };
+                let kind = match cut {
+                    Some(reason) => {
+                        self.close_all("incomplete", &mut events);
+                        self.status = "incomplete";
+                        self.incomplete = Some(json!({ "reason": reason }));
+                        "response.incomplete"
+                    }
+                    None => {
+                        self.close_all("completed", &mut events);
+                        self.status = "completed";
+                        "response.completed"
+                    }
                 };
                 events.push(json!({ "type": kind, "response": self.response() }));
             }
@@ -880,13 +891,28 @@ mod tests {
         ]);
         let response = mapping.response();
         assert_eq!(response["output"][0]["status"], "incomplete");
-        assert_eq!(response["output"][1]["status"], "completed");
+        // Cut by the limit: the last message is incomplete too.
+        assert_eq!(response["output"][1]["status"], "incomplete");
         assert_eq!(response["output"][1]["content"][0]["text"], "Twice");
         assert_eq!(events.last().unwrap()["type"], "response.incomplete");
         assert_eq!(
             response["incomplete_details"]["reason"],
             "max_output_tokens"
         );
+    }
+
+    #[test]
+    fn a_filtered_answer_is_incomplete_for_content_filter() {
+        let (events, mapping) = events(&[
+            StreamChunk::new(ChunkType::Start, 0),
+            token(1, "Half", None),
+            complete(2, json!({ "finish_reason": "content_filter" })),
+        ]);
+        let response = mapping.response();
+        assert_eq!(response["status"], "incomplete");
+        assert_eq!(response["incomplete_details"]["reason"], "content_filter");
+        assert_eq!(response["output"][0]["status"], "incomplete");
+        assert_eq!(events.last().unwrap()["type"], "response.incomplete");
     }
 
     #[test]

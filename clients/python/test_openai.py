@@ -42,7 +42,16 @@ class Upstream(BaseHTTPRequestHandler):
 
     def do_POST(self):  # noqa: N802 (the stdlib's name)
         length = int(self.headers.get("content-length", 0))
-        Upstream.requests.append(json.loads(self.rfile.read(length)))
+        request = json.loads(self.rfile.read(length))
+        Upstream.requests.append(request)
+        if request["messages"][-1]["content"] == "refuse":
+            body = json.dumps({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}})
+            self.send_response(401)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+            return
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.end_headers()
@@ -185,6 +194,16 @@ class ChatCompletions(WithServer):
                 messages=[{"role": "user", "content": '{"count": "many"}'}],
             )
 
+    def test_an_upstream_refusal_before_any_token_is_a_status_error_also_when_streaming(self):
+        for stream in (False, True):
+            with self.assertRaises(openai.InternalServerError) as caught:
+                self.client.chat.completions.create(
+                    model="chat-agent", messages=[{"role": "user", "content": "refuse"}], stream=stream
+                )
+            self.assertEqual(caught.exception.status_code, 502)
+            self.assertEqual(caught.exception.code, "upstream")
+            self.assertIn("401", caught.exception.message)
+
     def test_a_client_that_goes_away_cancels_the_run(self):
         stream = self.client.chat.completions.create(
             model="team-demo", messages=[{"role": "user", "content": "Loom"}], stream=True
@@ -216,6 +235,13 @@ class Responses(WithServer):
         self.assertEqual(done.output_text, "Hello world")
         self.assertEqual(done.usage.input_tokens, 3)
         self.assertEqual(done.usage.output_tokens, 2)
+
+    def test_an_upstream_refusal_before_any_output_is_a_status_error(self):
+        for stream in (False, True):
+            with self.assertRaises(openai.InternalServerError) as caught:
+                self.client.responses.create(model="chat-agent", input="refuse", stream=stream)
+            self.assertEqual(caught.exception.status_code, 502)
+            self.assertIn("401", caught.exception.message)
 
     def test_a_response_without_stream_is_the_finished_response(self):
         response = self.client.responses.create(

@@ -249,7 +249,7 @@ async fn direct_stream(
     Ok(sse::response(
         state,
         run.id(),
-        feed,
+        (Vec::new(), feed),
         guards,
         Overtaken::Leave,
         sse::frames,
@@ -346,7 +346,7 @@ async fn join_run(
     Ok(sse::response(
         &state,
         &id,
-        feed,
+        (Vec::new(), feed),
         guards,
         Overtaken::Leave,
         sse::frames,

@@ -53,12 +53,13 @@ pub(crate) enum Overtaken {
     Fail,
 }
 
-/// An SSE response streaming `feed`'s chunks of run `run_id` until the terminal chunk, each
-/// batch rendered by `render`: Loom's own [`frames`], or a dialect's events.
+/// An SSE response streaming `first` (chunks already read from `feed`), then `feed`'s chunks
+/// of run `run_id` until the terminal chunk, each batch rendered by `render`: Loom's own
+/// [`frames`], or a dialect's events.
 pub(crate) fn response<F>(
     server: &ServerState,
     run_id: &str,
-    feed: Feed,
+    (first, feed): (Vec<Arc<LoggedChunk>>, Feed),
     guards: StreamGuards,
     overtaken: Overtaken,
     render: F,
@@ -67,6 +68,7 @@ where
     F: FnMut(&[Arc<LoggedChunk>]) -> Bytes + Send + 'static,
 {
     let state = BodyState {
+        first,
         feed,
         keep_alive: server.config().keep_alive,
         written: Instant::now(),
@@ -77,6 +79,15 @@ where
     };
     let body = futures::stream::unfold(state, |mut state| async move {
         let overtaken = state.overtaken?;
+        if !state.first.is_empty() {
+            let first = std::mem::take(&mut state.first);
+            state.metrics.chunks_sent(first.len());
+            let bytes = (state.render)(&first);
+            if !bytes.is_empty() {
+                state.written = Instant::now();
+                return Some((Ok(bytes), state));
+            }
+        }
         let bytes = loop {
             let quiet = state.keep_alive.saturating_sub(state.written.elapsed());
             match tokio::time::timeout(quiet, state.feed.next()).await {
@@ -138,6 +149,8 @@ fn fell_behind(expired: CursorExpired) -> Arc<LoggedChunk> {
 }
 
 struct BodyState<F> {
+    /// Chunks read before the response started, sent first.
+    first: Vec<Arc<LoggedChunk>>,
     feed: Feed,
     keep_alive: Duration,
     /// When bytes were last written: the keep-alive is due a `keep_alive` after.

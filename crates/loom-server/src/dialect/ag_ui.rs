@@ -38,8 +38,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{
-    chat_tools, conversation_input, serve_numbered, speaker, start_request, token, Numbered,
-    NumberedEvents,
+    chat_tools, conversation_input, serve_numbered, speaker, start_request, token, EarlyFailure,
+    Numbered, NumberedEvents,
 };
 use crate::error::ApiError;
 use crate::extract::{LoomJson, LoomPath, TraceParent};
@@ -345,7 +345,8 @@ pub(crate) async fn run(
         ))
         .await?;
     let mapping = AgUiMapping::new(request.thread_id, run.id());
-    serve_numbered(&state, &run, permit, Numbered::new(mapping, None)).await
+    let events = Numbered::new(mapping, None);
+    serve_numbered(&state, &run, permit, events, EarlyFailure::InStream).await
 }
 
 impl NumberedEvents for AgUiMapping {

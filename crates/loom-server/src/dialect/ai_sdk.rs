@@ -33,8 +33,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{
-    conversation_input, result_text, serve_numbered, speaker, start_request, token, Numbered,
-    NumberedEvents,
+    conversation_input, result_text, serve_numbered, speaker, start_request, token, EarlyFailure,
+    Numbered, NumberedEvents,
 };
 use crate::error::ApiError;
 use crate::extract::{LoomJson, LoomPath, TraceParent};
@@ -468,7 +468,7 @@ pub(crate) async fn send(
     state.runs().name_run(&chat, &run).await?;
     let events = Numbered::new(AiSdkMapping::new(run.id()), None);
     Ok(with_header(
-        serve_numbered(&state, &run, permit, events).await?,
+        serve_numbered(&state, &run, permit, events, EarlyFailure::InStream).await?,
     ))
 }
 
@@ -503,7 +503,7 @@ pub(crate) async fn resume(
     let permit = state.stream_permit()?;
     let events = Numbered::new(AiSdkMapping::new(run.id()), None);
     Ok(with_header(
-        serve_numbered(&state, &run, permit, events).await?,
+        serve_numbered(&state, &run, permit, events, EarlyFailure::InStream).await?,
     ))
 }
 

@@ -33,7 +33,7 @@ use serde_json::{json, Map, Value};
 
 use super::{
     conversation_input, openai_error_body, parse, result_text, sampling, speaker, start_request,
-    token, OpenAiError,
+    token, EarlyFailure, OpenAiError,
 };
 use crate::backend::Through;
 use crate::error::ApiError;
@@ -288,10 +288,11 @@ pub(crate) async fn completions(
             mapping: ChatMapping::default(),
             opened: false,
         };
+        let opened = EarlyFailure::Status.open(feed).await?;
         return Ok(sse::response(
             &state,
             run.id(),
-            feed,
+            opened,
             guards,
             Overtaken::Fail,
             move |chunks| stream.frames(chunks),

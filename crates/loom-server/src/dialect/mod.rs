@@ -23,10 +23,10 @@ pub(crate) mod responses;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use loom_core::StreamChunk;
+use loom_core::{ActorError, ChunkType, StreamChunk};
 use serde_json::{json, Map, Value};
 
-use crate::backend::RunRef;
+use crate::backend::{Feed, RunRef};
 use crate::error::ApiError;
 use crate::runlog::{LoggedChunk, RunStatus, RunTarget};
 use crate::runs::StartRequest;
@@ -211,6 +211,7 @@ pub(crate) async fn serve_numbered<M: NumberedEvents>(
     run: &RunRef,
     permit: OwnedSemaphorePermit,
     mut events: Numbered<M>,
+    early: EarlyFailure,
 ) -> Result<Response, ApiError> {
     let guards = StreamGuards {
         _attachment: run.attach().await?,
@@ -219,14 +220,57 @@ pub(crate) async fn serve_numbered<M: NumberedEvents>(
     let Some(feed) = run.open(None).await? else {
         return Err(ApiError::ShuttingDown);
     };
+    let opened = early.open(feed).await?;
     Ok(sse::response(
         state,
         run.id(),
-        feed,
+        opened,
         guards,
         Overtaken::Fail,
         move |chunks| events.frames(chunks),
     ))
+}
+
+/// How a dialect's stream tells of a run that failed before it gave anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EarlyFailure {
+    /// In the stream, as every later failure (AG-UI's `RUN_ERROR`, the AI SDK's `error`, a
+    /// rejoined stream whose head was sent long ago).
+    InStream,
+    /// As an HTTP error status before the stream starts, as OpenAI's API answers a request it
+    /// cannot serve, so its clients raise their status errors (and retry what may pass)
+    /// rather than a bare stream error: the response's head waits for the run's first
+    /// output.
+    Status,
+}
+
+impl EarlyFailure {
+    /// The chunks to send first and the feed to go on with; with [`Status`](Self::Status),
+    /// read until the run's first chunk after `start` — a failure there is the error.
+    pub(crate) async fn open(
+        self,
+        mut feed: Feed,
+    ) -> Result<(Vec<Arc<LoggedChunk>>, Feed), ApiError> {
+        let mut first = Vec::new();
+        if self == Self::InStream {
+            return Ok((first, feed));
+        }
+        loop {
+            let Some(chunks) = feed.next().await? else {
+                return Ok((first, feed));
+            };
+            first.extend(chunks);
+            let Some(output) = first.iter().find(|c| c.kind != ChunkType::Start) else {
+                continue;
+            };
+            if output.kind == ChunkType::Error {
+                if let Some(chunk) = parse(output) {
+                    return Err(ApiError::Run(ActorError::from(chunk.error_info())));
+                }
+            }
+            return Ok((first, feed));
+        }
+    }
 }
 
 /// `GET /v1/runs/{id}/stream?format=…`: any run re-attached in a dialect, after event number
@@ -277,7 +321,8 @@ async fn serve_rejoined<M: NumberedEvents>(
         }
     }
     let permit = state.stream_permit()?;
-    serve_numbered(state, run, permit, Numbered::new(mapping(), after)).await
+    let events = Numbered::new(mapping(), after);
+    serve_numbered(state, run, permit, events, EarlyFailure::InStream).await
 }
 
 /// How many events `mapping` makes of the whole run, once it has ended; `None` while it runs.

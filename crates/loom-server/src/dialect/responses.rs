@@ -34,13 +34,13 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use loom_core::{ChunkType, ErrorCode, Event, StreamChunk};
+use loom_core::{ActorError, ChunkType, ErrorCode, ErrorInfo, Event, StreamChunk};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{
     chat_tools, conversation_input, parse, result_text, sampling, serve_numbered, speaker,
-    start_request, token, Numbered, NumberedEvents, OpenAiError,
+    start_request, token, EarlyFailure, Numbered, NumberedEvents, OpenAiError,
 };
 use crate::backend::{RunRef, Through};
 use crate::error::ApiError;
@@ -193,6 +193,8 @@ pub(crate) struct ResponsesMapping {
     /// The response's status, once it ended, with its error and usage.
     status: &'static str,
     error: Option<Value>,
+    /// The run's failure (not a cancel), when it failed before any output item.
+    failed_early: Option<ErrorInfo>,
     usage: Option<Value>,
     incomplete: Option<Value>,
 }
@@ -209,9 +211,16 @@ impl ResponsesMapping {
             opened: false,
             status: "queued",
             error: None,
+            failed_early: None,
             usage: None,
             incomplete: None,
         }
+    }
+
+    /// The run's error when it failed before any output: a request OpenAI's API would have
+    /// refused with an error status, which is how the create route answers it.
+    pub(crate) fn failed_early(&self) -> Option<ActorError> {
+        self.failed_early.clone().map(ActorError::from)
     }
 
     /// The response object as things stand.
@@ -303,6 +312,9 @@ impl ResponsesMapping {
                     "failed"
                 };
                 self.error = Some(json!({ "code": info.code.as_str(), "message": info.message }));
+                if self.status == "failed" && self.items.is_empty() {
+                    self.failed_early = Some(info);
+                }
                 events.push(json!({ "type": "response.failed", "response": self.response() }));
             }
         }
@@ -573,7 +585,8 @@ pub(crate) async fn create(
     let head = Head::of(&run.info().await?);
     if let Some(permit) = permit {
         let events = Numbered::new(ResponsesMapping::new(head), None);
-        return Ok(serve_numbered(&state, &run, permit, events).await?);
+        let early = EarlyFailure::Status;
+        return Ok(serve_numbered(&state, &run, permit, events, early).await?);
     }
     if request.background {
         let mapping = ResponsesMapping::new(head);
@@ -581,6 +594,9 @@ pub(crate) async fn create(
     }
     let _attachment = run.attach().await?;
     let mapping = replay(&run, head, None).await?;
+    if let Some(error) = mapping.failed_early() {
+        return Err(ApiError::Run(error).into());
+    }
     Ok(Json(mapping.response()).into_response())
 }
 
@@ -598,7 +614,7 @@ pub(crate) async fn retrieve(
     if query.stream {
         let permit = state.stream_permit()?;
         let events = Numbered::new(ResponsesMapping::new(head), query.starting_after);
-        return Ok(serve_numbered(&state, &run, permit, events).await?);
+        return Ok(serve_numbered(&state, &run, permit, events, EarlyFailure::InStream).await?);
     }
     let mapping = replay(&run, head, Some(info.last_seq)).await?;
     Ok(Json(mapping.response()).into_response())

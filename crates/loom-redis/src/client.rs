@@ -199,11 +199,18 @@ impl Client {
     pub async fn connect_with(url: &str, options: ClientOptions) -> Result<Self, Error> {
         options.check()?;
         let keys = Keys::new(options.prefix.clone())?;
-        let nodes = url
-            .split(',')
-            .map(|u| {
-                redis::Client::open(u.trim())
-                    .map_err(|e| Error::InvalidOptions(format!("invalid Redis URL: {e}")))
+        let urls: Vec<&str> = url.split(',').map(str::trim).collect();
+        let nodes = urls
+            .iter()
+            .enumerate()
+            .map(|(i, u)| {
+                // The URL itself is not quoted: it may hold a password.
+                let which = match urls.len() {
+                    1 => String::new(),
+                    n => format!(" (entry {} of {n} in the list)", i + 1),
+                };
+                redis::Client::open(*u)
+                    .map_err(|e| Error::InvalidOptions(format!("invalid Redis URL{which}: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let (topology, conn, masters) = match <[redis::Client; 1]>::try_from(nodes) {
@@ -228,7 +235,12 @@ impl Client {
                     )
                 }
             }
-            Err(nodes) => connect_cluster(nodes).await?,
+            Err(nodes) => {
+                for node in &nodes {
+                    refuse_outside_cluster_mode(node).await?;
+                }
+                connect_cluster(nodes).await?
+            }
         };
         Ok(Self {
             inner: Arc::new(Inner {
@@ -538,6 +550,27 @@ async fn connect_cluster(
         nodes.push(redis::Client::open(base.clone().set_addr(addr))?);
     }
     Ok((Topology::Cluster(nodes), Conn::Cluster(conn), masters))
+}
+
+/// Refuses a node of a list of URLs that answers but is not in cluster mode: taken for a
+/// node of the cluster, it would be read from, and as it answers every key it does not hold
+/// with nothing (never `MOVED`), its readers would wait for chunks written elsewhere. A node
+/// that cannot be reached is left to the cluster client, which skips it.
+async fn refuse_outside_cluster_mode(node: &redis::Client) -> Result<(), Error> {
+    let info = node.get_connection_info();
+    let Ok(mut wire) = Wire::connect(info, Duration::ZERO).await else {
+        return Ok(());
+    };
+    match wire.query(redis::cmd("CLUSTER").arg("INFO")).await {
+        Err(Error::Redis(e)) if e.to_string().contains("cluster support disabled") => {
+            Err(Error::InvalidOptions(format!(
+                "{} is not in cluster mode: a list of Redis URLs must name nodes of one cluster \
+                 (give a single server's URL alone)",
+                node_of(info)
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Now, in Unix milliseconds.

@@ -36,6 +36,25 @@ async fn local_and_remote_runs_agree_and_runs_spread_over_the_masters() {
     let (cluster, client) = cluster(fast_options()).await;
     // A list of nodes is a cluster too.
     let listed = connect(&cluster.urls(), client.options().clone()).await;
+    // A server outside cluster mode in a list is refused, not read from as a node; a bad
+    // entry is named by its place (not quoted: it may hold a password).
+    let single = RedisServer::start_own();
+    for (list, says) in [
+        (
+            format!("{},{}", single.url(), cluster.url()),
+            "not in cluster mode",
+        ),
+        (format!("{},", cluster.url()), "entry 2 of 2"),
+    ] {
+        let refused = within(15, Client::connect_with(&list, client.options().clone()))
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(refused, loom_redis::Error::InvalidOptions(_)),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains(says), "{refused}");
+    }
     let probe = Arc::new(Probe::default());
     let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
 

@@ -447,7 +447,7 @@ async fn command(
                 "loom: worker serving {} (concurrency {}); Ctrl-C or SIGTERM stops it{}",
                 served.join(", "),
                 args.concurrency,
-                if offline {
+                if offline && served.iter().any(|a| a == "chat-agent") {
                     "; chat-agent uses the offline provider"
                 } else {
                     ""

@@ -5,9 +5,10 @@
 //! **Mapping** ([`ChatMapping`], pure): a token (`{"token": …}`) is a `content` delta; a
 //! tool-call delta (`{"tool_call": …}`) a `tool_calls` delta; the terminal `complete` the
 //! `finish_reason` (the result's, else `stop`, or `tool_calls` after tool calls) and, with
-//! `stream_options.include_usage`, a last chunk with the result's `usage` (`null` when the
-//! upstream reported none — never zeros); the terminal `error` an `{"error": …}` event in
-//! OpenAI's shape, which the clients raise. A run that streamed no token (any other actor, a
+//! `stream_options.include_usage`, `"usage": null` on every chunk and a last chunk with the
+//! result's `usage` (`null` when the upstream reported none — never zeros); the terminal
+//! `error` an `{"error": …}` event in OpenAI's shape, which the clients raise (a run that
+//! fails before any output is an error status instead: [`EarlyFailure::Status`]). A run that streamed no token (any other actor, a
 //! workflow) answers with its result as text. Chat Completions has one text, so a change of
 //! speaker (a team member, a workflow step) is marked in it: `[writer] `, after a blank line
 //! when something was said before. Progress and other data have no place here and are left
@@ -381,12 +382,18 @@ struct ChatStream {
 }
 
 impl ChatStream {
+    /// A chunk of the stream; with `include_usage`, with `"usage": null` as OpenAI's are
+    /// until the last.
     fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> Value {
-        json!({
+        let mut chunk = json!({
             "id": self.head.id, "object": "chat.completion.chunk", "created": self.head.created,
             "model": self.head.model,
             "choices": [{ "index": 0, "delta": delta, "finish_reason": finish_reason }],
-        })
+        });
+        if self.include_usage {
+            chunk["usage"] = Value::Null;
+        }
+        chunk
     }
 
     fn frames(&mut self, chunks: &[Arc<LoggedChunk>]) -> Bytes {
@@ -636,6 +643,9 @@ mod tests {
         assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
         let token: Value = serde_json::from_str(events[1]).unwrap();
         assert_eq!(token["choices"][0]["delta"]["content"], "Hi");
+        // With include_usage, every chunk has a usage field, null until the last.
+        assert!(token.as_object().unwrap().contains_key("usage"), "{token}");
+        assert_eq!(token["usage"], Value::Null);
         let finish: Value = serde_json::from_str(events[2]).unwrap();
         assert_eq!(finish["choices"][0]["finish_reason"], "stop");
         let usage: Value = serde_json::from_str(events[3]).unwrap();

@@ -46,6 +46,10 @@ struct Chunk<'a> {
 
 #[derive(Deserialize)]
 struct Choice<'a> {
+    /// Which answer it is: Loom asks for one (`n` is never sent), so any other is a server's
+    /// stray and is skipped rather than mixed into the text.
+    #[serde(default)]
+    index: Option<u64>,
     #[serde(default, borrow)]
     delta: Option<Delta<'a>>,
     #[serde(default, borrow)]
@@ -132,6 +136,9 @@ impl ChunkDecoder {
             });
         }
         for choice in chunk.choices.into_iter().flatten() {
+            if choice.index.is_some_and(|i| i != 0) {
+                continue;
+            }
             if let Some(delta) = choice.delta {
                 if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
                     out.push_back(TokenEvent::Text(text.into_owned()));
@@ -214,8 +221,22 @@ impl ChunkDecoder {
 pub(crate) fn error_message(data: &str) -> String {
     match serde_json::from_str::<serde_json::Value>(data) {
         Ok(value) => value_message(value.get("error").unwrap_or(&value)),
-        Err(_) => quote(data).to_owned(),
+        Err(_) => html_title(data).unwrap_or_else(|| quote(data).to_owned()),
     }
+}
+
+/// The `<title>` of an HTML page (a proxy's or a web server's error page), which says in a
+/// line what its markup says in a screenful; `None` for anything else.
+fn html_title(text: &str) -> Option<String> {
+    let head = quote(text).trim_start().to_ascii_lowercase();
+    if !(head.starts_with("<!doctype html") || head.starts_with("<html")) {
+        return None;
+    }
+    let start = head.find("<title>")? + "<title>".len();
+    let end = start + head[start..].find("</title>")?;
+    // Lowercasing ASCII keeps every byte offset, so the title is cut from the original.
+    let title = quote(text).trim_start()[start..end].trim();
+    Some(format!("{title} (an HTML page)"))
 }
 
 /// The message in `{"message": …}`, a string, or the JSON text; at most [`MESSAGE_BYTES`]
@@ -326,6 +347,12 @@ mod tests {
             panic!("one tool call delta")
         };
         assert_eq!(delta.index, 3);
+    }
+
+    #[test]
+    fn a_choice_other_than_the_first_is_skipped() {
+        let data = r#"{"choices":[{"index":1,"delta":{"content":"[1]"},"finish_reason":"stop"},{"index":0,"delta":{"content":"Hello"}}]}"#;
+        assert_eq!(decode(data), [TokenEvent::Text("Hello".into())]);
     }
 
     #[test]

@@ -55,6 +55,24 @@ async fn a_status_with_a_plain_body_quotes_the_body() {
     assert!(error.to_string().contains("bad things"), "{error}");
 }
 
+/// A proxy's HTML error page is named by its title, not quoted as markup.
+#[tokio::test]
+async fn an_html_error_page_is_named_by_its_title() {
+    let page = "<!DOCTYPE html>\n<html><head><title>503 Service Temporarily Unavailable</title>\
+                </head><body><center><h1>503</h1></center><hr><center>nginx</center></body></html>";
+    let server = FakeServer::start(vec![Reply::Status {
+        status: 401,
+        body: page.into(),
+        headers: Vec::new(),
+    }])
+    .await;
+    let error = first_error(&server.service()).await;
+    assert_eq!(
+        error.to_string(),
+        "the AI server answered 401: 503 Service Temporarily Unavailable (an HTML page)"
+    );
+}
+
 /// A huge error body (a proxy's, an echo of the request) is read only so far, and the message
 /// quoted from it is bounded: the run's `error` chunk stays small.
 #[tokio::test]

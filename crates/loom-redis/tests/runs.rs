@@ -116,13 +116,7 @@ async fn a_queued_run_has_a_record_at_once_and_its_last_chunk_once_it_ends() {
     assert!(client.run_record("no-such-run").await.unwrap().is_none());
     assert!(client.run_record("bad:id").await.is_err());
 
-    let recent: Vec<String> = client
-        .recent_runs(10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.run_id)
-        .collect();
+    let recent = recent_run_ids(&client).await;
     assert_eq!(recent, [second.run_id.clone(), first.run_id.clone()]);
 
     let probe = Arc::new(Probe::default());

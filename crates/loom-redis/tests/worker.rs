@@ -88,13 +88,7 @@ async fn a_full_queue_refuses_a_request_and_keeps_nothing_of_it() {
         "{refused:?}"
     );
     assert_eq!(refused.code(), loom_core::ErrorCode::Upstream);
-    let listed: Vec<String> = client
-        .recent_runs(10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.run_id)
-        .collect();
+    let listed = recent_run_ids(&client).await;
     assert_eq!(
         listed.len(),
         2,

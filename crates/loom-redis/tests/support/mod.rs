@@ -47,6 +47,12 @@ pub async fn client(server: &RedisServer, options: ClientOptions) -> Client {
         .expect("connect")
 }
 
+/// The ids of the runs in the run index, newest first.
+pub async fn recent_run_ids(client: &Client) -> Vec<String> {
+    let runs = client.recent_runs(10).await.expect("the run index");
+    runs.into_iter().map(|r| r.run_id).collect()
+}
+
 /// Starts the `ticker` actor remotely: `count` tokens, one every `delay_ms`.
 pub async fn ticker(client: &Client, count: u64, delay_ms: u64) -> loom_core::ChunkStream {
     let input = json!({ "count": count, "delay_ms": delay_ms });

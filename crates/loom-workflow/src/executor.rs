@@ -262,7 +262,8 @@ impl WorkflowRun {
         for step in members {
             let marker = start_marker(step, self.done, self.total);
             self.queued.push_back(marker);
-            let input = reference::resolve(&step.input, &self.input, &self.steps);
+            let input = reference::resolve_within(&step.input, &self.input, &self.steps)
+                .map_err(|why| ActorError::bad_input(format!("step '{}': {why}", step.name)));
             let parent = self.ctx.cancellation_token().clone();
             let invoker = Arc::clone(&self.invoker);
             let counts = (self.done, self.total);
@@ -455,14 +456,21 @@ enum StepState {
 }
 
 impl StepRun {
+    /// The step, started on `input`; one whose input could not be made fails at once.
     fn new(
         invoker: Arc<dyn Invoker>,
         step: ActorAction,
-        input: Value,
+        input: Result<Value, ActorError>,
         parent: CancellationToken,
         (done, total): (u64, u64),
     ) -> Self {
-        let starting = start(&invoker, &step, &input, &parent);
+        let (starting, input) = match input {
+            Ok(input) => (start(&invoker, &step, &input, &parent), input),
+            Err(err) => {
+                let failed: BoxFuture<'static, _> = Box::pin(std::future::ready(Err(err)));
+                (failed, Value::Null)
+            }
+        };
         Self {
             invoker,
             tag: Tag::from(step.name.as_str()),

@@ -125,9 +125,131 @@ fn collect(value: &Value, found: &mut Vec<Reference>) -> Result<(), ParseError> 
     Ok(())
 }
 
+/// The most levels of arrays and objects a step's resolved input may nest: below the usual
+/// limit of JSON parsers (serde_json's is 128), which a remote step's worker parses it with,
+/// and far below what a deep value's recursive handling would take of a thread's stack.
+pub const MAX_STEP_INPUT_DEPTH: usize = 100;
+
+/// The most a step's resolved input may weigh, in bytes of compact JSON (counted roughly):
+/// steps that each take the one before twice would otherwise double it at every step.
+pub const MAX_STEP_INPUT_BYTES: usize = 16 << 20;
+
+/// `value` with every reference replaced, reading the workflow `input` and the outputs of
+/// the finished `steps`; refused, before anything is copied, when the result would nest
+/// deeper than [`MAX_STEP_INPUT_DEPTH`] or weigh more than [`MAX_STEP_INPUT_BYTES`].
+pub(crate) fn resolve_within(
+    value: &Value,
+    input: &Value,
+    steps: &Map<String, Value>,
+) -> Result<Value, String> {
+    let extent = resolved_extent(value, input, steps);
+    if extent.depth > MAX_STEP_INPUT_DEPTH {
+        return Err(format!(
+            "its input would nest {} levels deep, past the limit of {MAX_STEP_INPUT_DEPTH}",
+            extent.depth
+        ));
+    }
+    if extent.bytes > MAX_STEP_INPUT_BYTES {
+        return Err(format!(
+            "its input would be about {} MiB, past the limit of {} MiB",
+            extent.bytes >> 20,
+            MAX_STEP_INPUT_BYTES >> 20
+        ));
+    }
+    Ok(resolve(value, input, steps))
+}
+
+/// How big a value is: bytes of compact JSON (roughly: escapes and numbers are estimated) and
+/// levels of arrays and objects.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Extent {
+    bytes: usize,
+    depth: usize,
+}
+
+impl Extent {
+    /// `self` and `other` side by side.
+    fn and(self, other: Extent) -> Extent {
+        Extent {
+            bytes: self.bytes.saturating_add(other.bytes),
+            depth: self.depth.max(other.depth),
+        }
+    }
+}
+
+/// The extent of `value` once resolved, measured without resolving it.
+fn resolved_extent(value: &Value, input: &Value, steps: &Map<String, Value>) -> Extent {
+    match value {
+        Value::String(s) => match parse_string(s) {
+            Ok(parts) => match parts.as_slice() {
+                [Part::Ref(r)] => extent(lookup(r, input, steps)),
+                parts => {
+                    let bytes = parts.iter().fold(2usize, |bytes, part| {
+                        bytes.saturating_add(match part {
+                            Part::Text(t) => t.len(),
+                            Part::Ref(r) => extent(lookup(r, input, steps)).bytes,
+                        })
+                    });
+                    Extent { bytes, depth: 0 }
+                }
+            },
+            Err(_) => extent(value),
+        },
+        Value::Array(items) => {
+            let inner = items.iter().fold(Extent::default(), |e, item| {
+                e.and(resolved_extent(item, input, steps))
+            });
+            Extent {
+                bytes: inner.bytes.saturating_add(2 + items.len()),
+                depth: inner.depth + 1,
+            }
+        }
+        Value::Object(map) => {
+            let inner = map.iter().fold(Extent::default(), |e, (key, item)| {
+                let key = Extent {
+                    bytes: key.len() + 4,
+                    depth: 0,
+                };
+                e.and(key).and(resolved_extent(item, input, steps))
+            });
+            Extent {
+                bytes: inner.bytes.saturating_add(2),
+                depth: inner.depth + 1,
+            }
+        }
+        other => extent(other),
+    }
+}
+
+/// The extent of a value as it is, walked with a stack of its own: a value from outside (a
+/// step's output) may nest deeper than recursion could follow.
+fn extent(value: &Value) -> Extent {
+    let mut total = Extent::default();
+    let mut pending = vec![(value, 1usize)];
+    while let Some((value, level)) = pending.pop() {
+        let bytes = match value {
+            Value::Null | Value::Bool(_) => 5,
+            Value::Number(_) => 8,
+            Value::String(s) => s.len() + 2,
+            Value::Array(items) => {
+                pending.extend(items.iter().map(|item| (item, level + 1)));
+                total.depth = total.depth.max(level);
+                2 + items.len()
+            }
+            Value::Object(map) => {
+                pending.extend(map.values().map(|item| (item, level + 1)));
+                total.depth = total.depth.max(level);
+                2 + map.keys().map(|k| k.len() + 4).sum::<usize>()
+            }
+        };
+        total.bytes = total.bytes.saturating_add(bytes);
+    }
+    total
+}
+
 /// `value` with every reference replaced, reading the workflow `input` and the outputs of
 /// the finished `steps`.
-pub(crate) fn resolve(value: &Value, input: &Value, steps: &Map<String, Value>) -> Value {
+fn resolve(value: &Value, input: &Value, steps: &Map<String, Value>) -> Value {
     match value {
         Value::String(s) => match parse_string(s) {
             Ok(parts) => resolve_parts(s, parts, input, steps),
@@ -233,6 +355,35 @@ mod tests {
             json!("About ${{ input.topic }}: ${{ steps.research.output.n }} ${{ steps.research.output.list }}${{ input.none }}.");
         let out = resolve(&value, &input, &steps());
         assert_eq!(out, json!("About rust: 3 [1,{\"a\":\"b\"}]."));
+    }
+
+    #[test]
+    fn an_input_too_deep_or_too_big_is_refused_before_it_is_made() {
+        let mut deep = json!("leaf");
+        for _ in 0..MAX_STEP_INPUT_DEPTH {
+            deep = json!({ "x": deep });
+        }
+        let mut steps = Map::new();
+        steps.insert("deep".into(), deep);
+        // As deep as allowed, then one level more by the template's own object.
+        let at_limit = resolve_within(&json!("${{ steps.deep.output }}"), &Value::Null, &steps);
+        assert!(at_limit.is_ok());
+        let past = resolve_within(
+            &json!({ "y": "${{ steps.deep.output }}" }),
+            &json!(null),
+            &steps,
+        );
+        assert!(past.unwrap_err().contains("101 levels"));
+
+        let big = "x".repeat(MAX_STEP_INPUT_BYTES / 2);
+        steps.insert("big".into(), json!(big));
+        let twice = json!({ "a": "${{ steps.big.output }}", "b": "${{ steps.big.output }}" });
+        let refused = resolve_within(&twice, &Value::Null, &steps).unwrap_err();
+        assert!(refused.contains("MiB"), "{refused}");
+        let embedded = json!("${{ steps.big.output }} and ${{ steps.big.output }}");
+        assert!(resolve_within(&embedded, &Value::Null, &steps).is_err());
+        let once = json!({ "a": "${{ steps.big.output }}" });
+        assert!(resolve_within(&once, &Value::Null, &steps).is_ok());
     }
 
     #[test]

@@ -194,6 +194,46 @@ async fn an_unknown_actor_at_run_time_fails_the_step() {
     assert_eq!(error_code(terminal(&chunks)), Some(ErrorCode::NotFound));
 }
 
+/// Steps that each take the output before them, wrapped once (a chain) or twice (doubling at
+/// every step): the step whose input would pass the depth or size bound fails with
+/// `bad_input` before its input is made, and the run ends with that error — no stack overflow,
+/// no memory without end.
+#[tokio::test]
+async fn a_step_input_past_the_depth_or_size_bound_fails_the_step() {
+    let runtime = runtime_with(vec![]);
+    let chain = |steps: usize, wrap: &str, leaf: &str| {
+        let mut yaml = format!(
+            "name: w\nactions:\n  - name: s0\n    actorType: echo\n    input: {{ v: {leaf} }}\n"
+        );
+        for i in 1..steps {
+            let before = format!("\"${{{{ steps.s{}.output }}}}\"", i - 1);
+            let input = wrap.replace("PREV", &before);
+            yaml.push_str(&format!(
+                "  - name: s{i}\n    actorType: echo\n    input: {input}\n"
+            ));
+        }
+        yaml
+    };
+    // The doubling chain starts from 64 KiB, so it passes 16 MiB within a few steps.
+    let cases = [
+        (chain(110, "{ x: PREV }", "lol"), "nest 101 levels"),
+        (
+            chain(40, "{ a: PREV, b: PREV }", &"x".repeat(64 << 10)),
+            "MiB",
+        ),
+    ];
+    for (yaml, says) in cases {
+        let workflow = workflow(&runtime, &yaml);
+        let executor = WorkflowExecutor::new(runtime.clone());
+        let chunks = collect(executor.stream(workflow, json!({}))).await;
+        assert_contract(&chunks);
+        let end = terminal(&chunks);
+        assert_eq!(error_code(end), Some(ErrorCode::BadInput), "{end:?}");
+        let message = &end.error.as_ref().expect("an error").message;
+        assert!(message.contains(says), "{message}");
+    }
+}
+
 /// An invoker whose runs look like a remote run re-run after its worker died: a token, a
 /// second `start` with `attempt: 2`, another token, `complete`.
 struct RerunInvoker;

@@ -262,7 +262,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // Where runs happen: in this process, or on workers through Redis. The local registry
     // names the actor types, so an unknown one is rejected before anything is queued.
     let invoker: Arc<dyn Invoker> = match &redis {
-        Some(client) => Arc::new(client.invoker().with_actors(runtime.registry().names())),
+        Some(client) => {
+            let mut actors = runtime.registry().names();
+            actors.extend(job_types(&job).into_iter().map(str::to_owned));
+            Arc::new(client.invoker().with_actors(actors))
+        }
         None => runtime.clone(),
     };
     if let Some(client) = &redis {
@@ -312,12 +316,12 @@ fn check(command: Command, runtime: &Runtime, distributed: bool) -> anyhow::Resu
             return Ok(None);
         }
         Command::Actor(ActorCommand::Run(args)) => {
-            check_actor(runtime, &args.actor)?;
+            check_actor(runtime, &args.actor, distributed)?;
             let input = build_input(args.input.as_deref(), args.prompt.as_deref())?;
             Job::ActorRun(args, input)
         }
         Command::Workflow(WorkflowCommand::Validate { file }) => {
-            let workflow = load_workflow(&file, runtime)?;
+            let workflow = load_workflow(&file, runtime, distributed)?;
             println!(
                 "{}: ok (workflow '{}', {} steps)",
                 file.display(),
@@ -327,7 +331,7 @@ fn check(command: Command, runtime: &Runtime, distributed: bool) -> anyhow::Resu
             return Ok(None);
         }
         Command::Workflow(WorkflowCommand::Run(args)) => {
-            let workflow = load_workflow(&args.file, runtime)?;
+            let workflow = load_workflow(&args.file, runtime, distributed)?;
             let input = build_input(args.input.as_deref(), None)?;
             let input = workflow
                 .check_input(input)
@@ -362,14 +366,22 @@ fn check(command: Command, runtime: &Runtime, distributed: bool) -> anyhow::Resu
 /// through Redis needs (a workflow run here needs each of its steps' types); then refuses it
 /// (exit 2) rather than queueing a request nobody takes and reporting `worker_lost` — so a
 /// worker started at the same time is waited for, and a forgotten one is named.
-async fn check_served(client: &loom_redis::Client, job: &Job) -> anyhow::Result<()> {
-    let needed: Vec<&str> = match job {
+/// The actor types `job` runs.
+fn job_types(job: &Job) -> Vec<&str> {
+    match job {
         Job::ActorRun(args, _) => vec![args.actor.as_str()],
         Job::WorkflowRun(_, workflow, _) => {
             workflow.steps().map(|s| s.actor_type.as_str()).collect()
         }
-        _ => return Ok(()),
-    };
+        _ => Vec::new(),
+    }
+}
+
+async fn check_served(client: &loom_redis::Client, job: &Job) -> anyhow::Result<()> {
+    let needed = job_types(job);
+    if needed.is_empty() {
+        return Ok(());
+    }
     let wait = client.options().pickup_timeout;
     let deadline = tokio::time::Instant::now() + wait;
     let mut told = false;
@@ -563,16 +575,31 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 }
 
 /// Rejects an actor type that would be an unsafe Redis key or that no worker can run (every
-/// worker runs this binary's registry).
-fn check_actor(runtime: &Runtime, actor: &str) -> anyhow::Result<()> {
+/// worker runs this binary's registry, and through Redis the workflows of its `--workflows`).
+fn check_actor(runtime: &Runtime, actor: &str, distributed: bool) -> anyhow::Result<()> {
     loom_redis::validate_name(actor).map_err(|e| usage(e.to_string()))?;
-    if !runtime.knows(actor) {
+    if !known(runtime, actor, distributed) {
         let known = runtime.registry().names().join(", ");
+        let remote = if distributed {
+            ", or workflows/<name> of a worker's --workflows"
+        } else {
+            ""
+        };
         return Err(usage(format!(
-            "unknown actor type '{actor}' (known: {known})"
+            "unknown actor type '{actor}' (known: {known}{remote})"
         )));
     }
     Ok(())
+}
+
+/// Whether `actor` names an actor this command can run: one of this build's, or, through
+/// Redis, a workflow a worker serves (`workflows/<name>`; whether one does is asked of Redis
+/// before the run is queued).
+fn known(runtime: &Runtime, actor: &str, distributed: bool) -> bool {
+    runtime.knows(actor)
+        || (distributed
+            && actor.starts_with(loom_workflow::WORKFLOW_ACTOR_PREFIX)
+            && loom_redis::validate_name(actor).is_ok())
 }
 
 /// The in-process runtime: the built-in actors plus `chat-agent`, with the AI service.
@@ -593,9 +620,10 @@ fn announce_offline() {
 /// Loads and checks a workflow file; any problem is a usage error (exit 2).
 fn load_workflow(
     file: &std::path::Path,
-    invoker: &dyn Invoker,
+    runtime: &Runtime,
+    distributed: bool,
 ) -> anyhow::Result<loom_workflow::Workflow> {
-    loom_workflow::load(file, &|t| invoker.knows(t)).map_err(|e| usage(e.to_string()))
+    loom_workflow::load(file, &|t| known(runtime, t, distributed)).map_err(|e| usage(e.to_string()))
 }
 
 /// Merges `--input` and `--prompt` into the actor's input; bad JSON, or a file that cannot

@@ -507,6 +507,55 @@ fn a_workflow_runs_its_actions_on_workers_with_the_same_stream() {
     );
 }
 
+/// Through Redis a workflow a worker serves (`--workflows`) is an actor type like any other:
+/// `actor run workflows/<name>` runs it, and so does a workflow step naming it, though this
+/// process does not have the workflow; without Redis the type is unknown, exit 2.
+#[test]
+fn a_workflow_served_by_a_worker_runs_as_an_actor_type_and_as_a_step() {
+    let redis = RedisServer::start();
+    let examples = format!("{}/../../examples/workflows", env!("CARGO_MANIFEST_DIR"));
+    let _worker = WorkerProcess::with(&redis, &["--workflows", &examples]);
+    let input = r#"{"count":200}"#;
+    let direct = run(&[
+        "actor",
+        "run",
+        "workflows/batch-report",
+        "--json",
+        "--input",
+        input,
+        "--redis",
+        redis.url(),
+    ]);
+    assert_eq!(direct.code, Some(0), "{}", direct.stderr);
+    let result = chunks(&direct.stdout).pop().expect("the terminal chunk");
+    assert_eq!(result["data"]["steps"]["report"]["processed"], 200);
+
+    let dir = std::env::temp_dir().join(format!("loom-nested-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let nested = dir.join("nested.yaml");
+    std::fs::write(
+        &nested,
+        "name: nested\nactions:\n  - name: inner\n    actorType: workflows/batch-report\n    input: { count: 200 }\n",
+    )
+    .unwrap();
+    let nested = nested.display().to_string();
+    let stepped = run(&["workflow", "run", &nested, "--json", "--redis", redis.url()]);
+    assert_eq!(stepped.code, Some(0), "{}", stepped.stderr);
+    let result = chunks(&stepped.stdout).pop().expect("the terminal chunk");
+    assert_eq!(
+        result["data"]["steps"]["inner"]["steps"]["report"]["processed"],
+        200
+    );
+    let local = run(&["workflow", "run", &nested]);
+    assert_eq!(local.code, Some(2), "{}", local.stderr);
+    assert!(
+        local.stderr.contains("workflows/batch-report"),
+        "{}",
+        local.stderr
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The Ctrl-C grace period is counted from the Ctrl-C, not from the last chunk: a stream
 /// that keeps going after the cancel (here a `tail`, whose producer does not stop) does not
 /// keep the CLI alive.

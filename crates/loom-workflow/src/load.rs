@@ -221,6 +221,32 @@ fn read_raw(text: &str) -> Result<RawWorkflow, SyntaxError> {
 
 /// The parser's message without its location (the error shows the line itself).
 fn message_of(error: &serde_saphyr::Error) -> String {
+    // The error itself, out of the wrappers that say where an alias was used.
+    let mut inner = error;
+    while let serde_saphyr::Error::AliasError { error, .. }
+    | serde_saphyr::Error::WithSnippet { error, .. } = inner
+    {
+        inner = error;
+    }
+    if let serde_saphyr::Error::Budget { breach, .. } = inner {
+        use serde_saphyr::budget::BudgetBreach;
+        // The parser's limits against hostile files, said in words rather than its Debug.
+        return match breach {
+            BudgetBreach::Depth { depth } => {
+                format!("the definition nests {depth} levels deep, past the parser's limit")
+            }
+            BudgetBreach::Nodes { nodes } => format!(
+                "the definition holds over {} values once its aliases are expanded, past the \
+                 parser's limit",
+                nodes.saturating_sub(1)
+            ),
+            BudgetBreach::Aliases { aliases } => format!(
+                "the definition uses over {} aliases, past the parser's limit",
+                aliases.saturating_sub(1)
+            ),
+            other => format!("the definition is past one of the parser's limits ({other:?})"),
+        };
+    }
     if let serde_saphyr::Error::InvalidScalar { ty, .. } = error {
         // serde-saphyr says only "invalid u32" here; say that it is the type that is wrong.
         return format!("invalid type: expected {ty}");

@@ -496,3 +496,33 @@ fn a_chain_of_ten_thousand_forward_references_is_refused_without_overflowing_the
         .expect("the check does not overflow its stack");
     assert!(err.contains("s0") && err.contains("s1"), "{err}");
 }
+
+#[test]
+fn the_parsers_limits_are_said_in_words() {
+    // Nine levels of aliases, each holding ten of the one before: a billion values.
+    let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..9 {
+        let prev = format!("*a{}", i - 1);
+        let items = vec![prev.as_str(); 10].join(", ");
+        bomb.push_str(&format!("a{i}: &a{i} [{items}]\n"));
+    }
+    let yaml = format!(
+        "name: w\nactions:\n  - name: s\n    actorType: echo\n    input:\n{}",
+        bomb.lines()
+            .map(|l| format!("      {l}\n"))
+            .collect::<String>()
+    );
+    let deep = format!(
+        "{{\"name\":\"w\",\"actions\":[{{\"name\":\"s\",\"actorType\":\"echo\",\"input\":{}{}}}]}}",
+        "[".repeat(70),
+        "]".repeat(70)
+    );
+    for (text, says) in [
+        (yaml, "values once its aliases are expanded"),
+        (deep, "levels deep"),
+    ] {
+        let message = reject(&text).to_string();
+        assert!(message.contains(says), "{message}");
+        assert!(!message.contains('{'), "no Debug formatting: {message}");
+    }
+}

@@ -503,7 +503,7 @@ fn the_parsers_limits_are_said_in_words() {
     let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
     for i in 1..9 {
         let prev = format!("*a{}", i - 1);
-        let items = vec![prev.as_str(); 10].join(", ");
+        let items = [prev.as_str(); 10].join(", ");
         bomb.push_str(&format!("a{i}: &a{i} [{items}]\n"));
     }
     let yaml = format!(

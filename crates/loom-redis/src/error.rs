@@ -24,7 +24,10 @@ pub enum Error {
         reason: &'static str,
     },
     /// A Redis stream entry id that is not `<ms>` or `<ms>-<seq>` (or `$` where allowed).
-    #[error("invalid entry id {0:?}: expected `<seq>-1`, the entry of the chunk of that seq (e.g. 12-1)")]
+    #[error(
+        "invalid entry id {0:?}: expected `<seq>-1`, the entry of the chunk of that seq (e.g. \
+         12-1; reading starts after it; a bare 12 means 12-0, so it starts at seq 12)"
+    )]
     InvalidEntryId(String),
     /// An entry id to read after that is past the stream's last entry.
     #[error("entry id {0:?} is past the stream's last entry")]

@@ -357,6 +357,10 @@ fn check(command: Command, runtime: &Runtime, distributed: bool) -> anyhow::Resu
         }
         Command::Stream(StreamCommand::Tail { id, from, json }) => {
             loom_redis::validate_name(&id).map_err(|e| usage(e.to_string()))?;
+            if let Some(from) = from.as_deref().filter(|f| *f != "$") {
+                from.parse::<loom_redis::EntryId>()
+                    .map_err(|e| usage(e.to_string()))?;
+            }
             Job::Tail { id, from, json }
         }
     }))

@@ -459,6 +459,18 @@ fn hostile_names_and_unknown_streams_are_rejected_with_exit_2() {
     assert_eq!(out.code, Some(2), "{}", out.stderr);
     let out = run(&["stream", "tail", "x", "--redis", "not a url"]);
     assert_eq!(out.code, Some(2), "{}", out.stderr);
+    // A bad entry id is bad usage, told before Redis is asked (nothing listens on port 1).
+    let out = run(&[
+        "stream",
+        "tail",
+        "x",
+        "--from",
+        "xyz",
+        "--redis",
+        "redis://127.0.0.1:1",
+    ]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("a bare 12 means"), "{}", out.stderr);
     let out = run(&["worker"]);
     assert_eq!(out.code, Some(2), "a worker needs --redis: {}", out.stderr);
 }

@@ -80,8 +80,27 @@ struct ToolCallWire<'a> {
 struct FunctionWire<'a> {
     #[serde(default, borrow)]
     name: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "arguments")]
     arguments: Option<Cow<'a, str>>,
+}
+
+/// A tool call's arguments: the string of JSON OpenAI sends, or the JSON itself (Ollama's
+/// native shape, some proxies), kept as its compact text.
+fn arguments<'de: 'a, 'a, D>(deserializer: D) -> Result<Option<Cow<'a, str>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Wire<'a> {
+        Text(#[serde(borrow)] Cow<'a, str>),
+        Json(serde_json::Value),
+    }
+    Ok(match Option::<Wire<'a>>::deserialize(deserializer)? {
+        None => None,
+        Some(Wire::Text(text)) => Some(text),
+        Some(Wire::Json(value)) => Some(Cow::Owned(value.to_string())),
+    })
 }
 
 /// The state of one stream's decoding.
@@ -347,6 +366,16 @@ mod tests {
             panic!("one tool call delta")
         };
         assert_eq!(delta.index, 3);
+    }
+
+    #[test]
+    fn tool_call_arguments_sent_as_json_are_taken_as_their_text() {
+        let data = r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c1","function":{"name":"weather","arguments":{"city":"Paris"}}}]}}]}"#;
+        let events = decode(data);
+        let [TokenEvent::ToolCall(call)] = events.as_slice() else {
+            panic!("one tool call: {events:?}");
+        };
+        assert_eq!(call.arguments, r#"{"city":"Paris"}"#);
     }
 
     #[test]

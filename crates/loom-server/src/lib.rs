@@ -134,8 +134,8 @@ pub use tokens::TOKEN_TTL;
 /// host names (`localhost`, `127.0.0.1`, `[::1]`) and those of
 /// [`ServerConfig::allowed_hosts`] and its CORS origins: a page that points its own name at
 /// this machine (DNS rebinding) gets `403`. A connection that has not sent a request's
-/// headers within [`ServerConfig::header_timeout`] is closed (hyper's HTTP/1 header
-/// timeout, which `axum::serve` leaves off).
+/// headers within [`ServerConfig::header_timeout`], or no byte at all, is closed (hyper's
+/// HTTP/1 header timeout, which `axum::serve` leaves off).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ServerState,
@@ -154,6 +154,9 @@ pub async fn serve(
     // WebSockets over HTTP/2 (RFC 8441), as `axum::serve` allows them.
     builder.http2().enable_connect_protocol();
     let connections = GracefulShutdown::new();
+    // Connections still waiting for their first byte stop waiting at shutdown.
+    let closing = loom_core::CancellationToken::new();
+    let header_timeout = state.config().header_timeout;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -166,13 +169,25 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let service = TowerToHyperService::new(app.clone());
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = connections.watch(connection);
+        let (builder, service) = (builder.clone(), TowerToHyperService::new(app.clone()));
+        let (watcher, closing) = (connections.watcher(), closing.clone());
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            // hyper's header timer starts at the request's first byte: a connection that
+            // never sends one is closed after the same time here.
+            // (`peek`, as `readable` may be ready before any byte came.)
+            let mut first = [0u8; 1];
+            tokio::select! {
+                peeked = tokio::time::timeout(header_timeout, stream.peek(&mut first)) => {
+                    if !matches!(peeked, Ok(Ok(1))) {
+                        return;
+                    }
+                }
+                () = closing.cancelled() => return,
+            }
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(connection).await {
                 tracing::trace!(error = %e, "connection ended with an error");
             }
         });
@@ -180,6 +195,7 @@ pub async fn serve(
     drop(listener);
     tracing::info!("shutting down: cancelling running runs");
     state.shutdown();
+    closing.cancel();
     connections.shutdown().await;
     Ok(())
 }

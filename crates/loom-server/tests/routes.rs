@@ -723,8 +723,9 @@ async fn pages_of_other_sites_and_foreign_host_names_are_refused() {
     assert!(answer.contains("more than one Host header"), "{answer}");
 }
 
-/// A client that opens a connection and never finishes its request's headers loses the
-/// connection after the header timeout; a whole request on the next connection is served.
+/// A client that opens a connection and never finishes its request's headers, or never
+/// sends a byte, loses the connection after the header timeout; a whole request on the next
+/// connection is served.
 #[tokio::test]
 async fn a_connection_that_never_finishes_its_headers_is_closed() {
     let server = TestServer::start(ServerConfig {
@@ -733,19 +734,23 @@ async fn a_connection_that_never_finishes_its_headers_is_closed() {
     })
     .await;
     let address = server.base.trim_start_matches("http://").to_owned();
-    let mut raw = tokio::net::TcpStream::connect(&address).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut raw, b"GET /healthz HTTP/1.1\r\nHost: 127")
-        .await
-        .unwrap();
-    let started = std::time::Instant::now();
-    let mut rest = Vec::new();
-    // Closed by the server: the read ends (a reset is an end too), well before `within`'s bound.
-    let _ = within(tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut rest)).await;
-    assert!(started.elapsed() >= std::time::Duration::from_millis(250));
-    assert!(
-        !String::from_utf8_lossy(&rest).contains("200 OK"),
-        "{rest:?}"
-    );
+    // Half a request, and nothing at all.
+    for sent in [&b"GET /healthz HTTP/1.1\r\nHost: 127"[..], b""] {
+        let mut raw = tokio::net::TcpStream::connect(&address).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut raw, sent)
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let mut rest = Vec::new();
+        // Closed by the server: the read ends (a reset is an end too), well before `within`'s
+        // bound.
+        let _ = within(tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut rest)).await;
+        assert!(started.elapsed() >= std::time::Duration::from_millis(250));
+        assert!(
+            !String::from_utf8_lossy(&rest).contains("200 OK"),
+            "{rest:?}"
+        );
+    }
     assert_eq!(server.get("/healthz").await.status(), 200);
 }
 

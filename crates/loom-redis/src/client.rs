@@ -299,7 +299,9 @@ impl Client {
     /// two attempts) gets its `error/cancelled` terminal here at once — no worker would write
     /// it before one took the request up, and the one that does then leaves it; a run a
     /// worker holds gets its cancel key set and the id published, and that worker ends it
-    /// with `error/cancelled`. Nothing is written after a terminal chunk.
+    /// with `error/cancelled`. Nothing is written after a terminal chunk. With
+    /// [`ClientOptions::max_queued`], a request cancelled while it waits also leaves its
+    /// queue at once, giving its place back.
     pub async fn cancel(&self, run_id: &str) -> Result<(), Error> {
         check_name("run id", run_id)?;
         let keys = self.keys();
@@ -308,7 +310,20 @@ impl Client {
         let error = ErrorInfo::from(&ActorError::cancelled());
         let error = serde_json::to_string(&error).unwrap_or_else(|_| "null".to_owned());
         let run = RunKeys::new(keys, run_id);
-        script::end_run(&mut conn, &run, ttl, CancelReason::Cancelled, &error).await?;
+        let ended = script::end_run(&mut conn, &run, ttl, CancelReason::Cancelled, &error).await?;
+        // A bounded queue gives a request cancelled while it waits its place back at once,
+        // rather than when a worker reaches it and leaves it.
+        if let (Some(_), Some(limit)) = (ended, self.inner.options.max_queued) {
+            let actor: Option<String> = redis::cmd("HGET")
+                .arg(keys.run(run_id))
+                .arg("actor")
+                .query_async(&mut conn)
+                .await?;
+            if let Some(actor) = actor.filter(|a| check_name("actor type", a).is_ok()) {
+                let queue = keys.queue_for(&actor, run_id, self.inner.options.queue_shards);
+                script::dequeue(&mut conn, &queue, run_id, limit).await?;
+            }
+        }
         // Not one pipeline: a cluster routes `PUBLISH` by its channel, as if it were a key of
         // another slot (and broadcasts it to every node). The key first, so a worker that
         // hears the message finds it.

@@ -198,12 +198,12 @@ impl RemoteInvoker {
         })
     }
 
-    /// Queues `request` and writes its run's record and index entry (`runs.rs`), in one
-    /// round trip: three pipelines sent at once, one per slot (the record's, the queue's, the
-    /// index's), as a cluster requires. The record goes first on the wire; nothing reads it
-    /// to decide anything, so a failure between them loses nothing. A queue at
-    /// [`max_queued`](crate::ClientOptions::max_queued) refuses the request: the record and
-    /// the index entry are taken back, and the error is [`Error::QueueFull`].
+    /// Queues `request` and writes its run's record and index entry (`runs.rs`): the record
+    /// and the queue's entry in one round trip (two pipelines sent at once, one per slot, as
+    /// a cluster requires), then, once the queue took it, the index entry. Nothing reads the
+    /// record or the index to decide anything, so a failure between them loses nothing. A
+    /// queue at [`max_queued`](crate::ClientOptions::max_queued) refuses the request
+    /// ([`Error::QueueFull`]).
     async fn enqueue(&self, request: &Request) -> Result<Submitted, Error> {
         let keys = self.client.keys();
         let options = self.client.options();
@@ -243,31 +243,22 @@ impl RemoteInvoker {
             .arg(0)
             .arg(-(RECENT_RUNS as i64) - 1)
             .ignore();
-        let (mut a, mut b, mut c) = (self.client.conn(), self.client.conn(), self.client.conn());
-        let ((), id, ()) = tokio::try_join!(
+        let (mut a, mut b) = (self.client.conn(), self.client.conn());
+        let ((), id) = tokio::try_join!(
             async { Ok(recorded.query_async::<()>(&mut a).await?) },
             script::enqueue(&mut b, &queue, limit, request),
-            async { Ok(indexed.query_async::<()>(&mut c).await?) },
         )?;
         let Some(id) = id else {
-            // Refused: the record and the index entry name a run that will never be.
-            let mut forget = redis::pipe();
-            forget.cmd("DEL").arg(&record).ignore();
-            let mut unindex = redis::pipe();
-            unindex
-                .cmd("ZREM")
-                .arg(keys.runs())
-                .arg(&request.run_id)
-                .ignore();
-            tokio::try_join!(
-                forget.query_async::<()>(&mut a),
-                unindex.query_async::<()>(&mut c)
-            )?;
+            // Refused: the record, which only the run's id finds, is taken back.
+            redis::cmd("DEL").arg(&record).exec_async(&mut a).await?;
             return Err(Error::QueueFull {
                 actor: request.actor.clone(),
                 limit,
             });
         };
+        // The index keeps the newest entries only: a run joins it once it is queued, so a
+        // refused one neither shows in it nor pushes a real one out.
+        indexed.query_async::<()>(&mut a).await?;
         Ok(Submitted {
             run_id: request.run_id.clone(),
             entry_id: id.parse()?,

@@ -324,6 +324,28 @@ return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
     )
 });
 
+/// KEYS: a queue. ARGV: a run id, how many entries to look through from the oldest. Deletes
+/// the run's request if it is among them; returns 1 if it was.
+static DEQUEUE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r#"
+for _, entry in ipairs(redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', ARGV[2])) do
+  local fields = entry[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'run_id' then
+      if fields[i + 1] == ARGV[1] then
+        redis.call('XDEL', KEYS[1], entry[1])
+        return 1
+      end
+      break
+    end
+  end
+end
+return 0
+"#,
+    )
+});
+
 /// KEYS: per run its lease, stream and cancel key (on a cluster, runs of one bucket: one
 /// slot). ARGV: lease in ms, stream TTL in seconds, then per run its owner token. Renews each
 /// lease only while it holds its owner; returns per run `{1 if renewed else 0, cancel}`.
@@ -685,6 +707,20 @@ pub(crate) async fn enqueue(
     cmd.arg(max);
     request.write_fields(&mut cmd);
     ENQUEUE.invoke(conn, &cmd).await
+}
+
+/// Deletes run `run_id`'s request from `queue` if it is among the queue's `within` oldest
+/// entries (see [`DEQUEUE`]); whether it was.
+pub(crate) async fn dequeue(
+    conn: &mut impl ConnectionLike,
+    queue: &str,
+    run_id: &str,
+    within: u64,
+) -> Result<bool, Error> {
+    let mut cmd = DEQUEUE.call(&[queue], 2, run_id.len() + 20);
+    cmd.arg(run_id).arg(within);
+    let deleted: i64 = DEQUEUE.invoke(conn, &cmd).await?;
+    Ok(deleted == 1)
 }
 
 /// What [`renew`] found for a run.

@@ -60,7 +60,8 @@ async fn a_worker_with_one_slot_serving_two_queues_runs_both_requests_as_attempt
 }
 
 /// A queue at `max_queued` refuses the next request, keeping nothing of it (no record, no
-/// entry in the run index); once a worker has run the queued ones, requests are taken again.
+/// entry in the run index); a request cancelled while it waits gives its place back at once,
+/// and once a worker has run the queued ones, requests are taken again.
 #[tokio::test]
 async fn a_full_queue_refuses_a_request_and_keeps_nothing_of_it() {
     let server = RedisServer::start();
@@ -100,6 +101,11 @@ async fn a_full_queue_refuses_a_request_and_keeps_nothing_of_it() {
         .submit("ticker", json!({ "count": 1 }), &options)
         .await
         .expect("its own queue has room");
+    // A request cancelled while it waits gives its place back at once.
+    let cancelled = queued.pop().expect("two queued");
+    client.cancel(&cancelled).await.unwrap();
+    let again = invoker.submit("echo", json!({ "n": 4 }), &options).await;
+    queued.push(again.expect("the cancelled request's place").run_id);
 
     let worker = serving(&client, &["echo", "ticker"], 2);
     for id in &queued {

@@ -29,7 +29,7 @@ pub type ActorStream = BoxStream<'static, Result<Output, ActorError>>;
 ///
 /// ```
 /// use std::sync::Arc;
-/// use loom_core::{async_trait, Actor, ActorContext, ActorError, ActorStream, Output};
+/// use loom_core::{async_trait, try_stream, Actor, ActorContext, ActorStream, Output};
 /// use serde_json::{json, Value};
 ///
 /// struct Countdown;
@@ -39,7 +39,7 @@ pub type ActorStream = BoxStream<'static, Result<Output, ActorError>>;
 ///     fn name(&self) -> &str { "countdown" }
 ///     fn streams(&self) -> bool { true }
 ///     fn stream(self: Arc<Self>, _input: Value, _ctx: ActorContext) -> ActorStream {
-///         Box::pin(async_stream::try_stream! {
+///         Box::pin(try_stream! {
 ///             for n in (1..=3).rev() {
 ///                 yield Output::data(json!({ "n": n }));
 ///             }

@@ -136,7 +136,9 @@ impl ChunkStream {
         &self.run_id
     }
 
-    /// Asks the run to stop; the stream then ends with `error/cancelled`.
+    /// Asks the run to stop; the stream then ends with `error/cancelled`. Outputs the actor
+    /// yielded before it saw the cancel may still come first: a run stops at its next await,
+    /// or within 64 outputs of an actor that never awaits.
     pub fn cancel(&self) {
         self.cancel.cancel();
     }

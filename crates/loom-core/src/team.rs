@@ -5,8 +5,10 @@
 //! missing result into the team's error, so a forwarded chunk pays for one run, not two.
 //! Members take turns: each poll starts at the member after the last one that gave an output.
 //! Each forwarded chunk is tagged with the member's name in `actor` (one shared [`Tag`]). The
-//! team ends with one terminal chunk: `complete` with every member's result, or — as soon as
-//! one member fails — `error` naming it, after the other members were cancelled.
+//! team ends with one terminal chunk: `complete` with every member's result by name,
+//! `{"members": {"<member>": <result>, …}}`, or — as soon as one member fails — `error` naming
+//! it, after the other members were cancelled. Each member's end is also a `progress` chunk
+//! tagged with the member (`{"current": 1, "total": 2, "message": "<member> finished"}`).
 
 use std::pin::Pin;
 use std::sync::Arc;

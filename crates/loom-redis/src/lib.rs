@@ -8,7 +8,9 @@
 //!   from any entry id ([`Client::tail`]) and cancels runs ([`Client::cancel`]).
 //! - [`RemoteInvoker`] implements [`loom_core::Invoker`]: it queues a request on
 //!   `loom:queue:{<type>}` and returns the run's stream; dropping it cancels the run on its
-//!   worker.
+//!   worker. The cancel is sent by a task of the client's: a program about to exit calls
+//!   [`Client::flush_cancels`] last, or the runtime's shutdown may drop it and the run goes
+//!   on to its deadline.
 //! - [`Worker`] serves the queues with a local [`loom_core::Runtime`]: it runs requests,
 //!   publishes their chunks with a [`Publisher`] (pipelined `XADD`s), keeps leases, re-runs
 //!   dead workers' requests and honours cancels.

@@ -69,7 +69,7 @@
 //! together whatever the number of runs.
 //!
 //! In distributed mode the same holds with the Redis chunk stream as the log: a cursor is an
-//! entry id (the chunk of `seq` N is entry `N-1`), found by Redis without reading from the
+//! entry id (the chunk of `seq` N is the entry with id `<N>-1`, e.g. `12-1`), found by Redis without reading from the
 //! stream's start, and the readers of a run are counted in Redis by every server (module
 //! `remote`).
 //!

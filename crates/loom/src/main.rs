@@ -366,10 +366,6 @@ fn check(command: Command, runtime: &Runtime, distributed: bool) -> anyhow::Resu
     }))
 }
 
-/// Waits, for at most the pickup timeout, until a live worker serves every actor type a run
-/// through Redis needs (a workflow run here needs each of its steps' types); then refuses it
-/// (exit 2) rather than queueing a request nobody takes and reporting `worker_lost` — so a
-/// worker started at the same time is waited for, and a forgotten one is named.
 /// The actor types `job` runs.
 fn job_types(job: &Job) -> Vec<&str> {
     match job {
@@ -381,6 +377,10 @@ fn job_types(job: &Job) -> Vec<&str> {
     }
 }
 
+/// Waits, for at most the pickup timeout, until a live worker serves every actor type a run
+/// through Redis needs (a workflow run here needs each of its steps' types); then refuses it
+/// (exit 2) rather than queueing a request nobody takes and reporting `worker_lost` — so a
+/// worker started at the same time is waited for, and a forgotten one is named.
 async fn check_served(client: &loom_redis::Client, job: &Job) -> anyhow::Result<()> {
     let needed = job_types(job);
     if needed.is_empty() {

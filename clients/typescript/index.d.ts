@@ -8,7 +8,7 @@
 export type ErrorCode =
   | "bad_input" | "not_found" | "timeout" | "cancelled" | "upstream" | "worker_lost"
   | "internal" | "bad_request" | "unauthorized" | "cursor_expired" | "too_large"
-  | "too_many_streams" | "too_many_runs" | "forbidden" | "unavailable" | "no_run_id"
+  | "too_many_streams" | "too_many_runs" | "queue_full" | "forbidden" | "unavailable" | "no_run_id"
   | "http_error" | (string & {});
 
 /** A chunk's error. */

@@ -9,25 +9,40 @@ export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "
 const LOOM = process.env.LOOM_BIN ?? path.join(ROOT, "target/debug/loom");
 const LIMIT_MS = 30_000;
 
-/** What the fake upstream streams: two tokens, the finish, the usage, [DONE]. */
-function upstreamEvents() {
+/**
+ * What the fake upstream streams for `request`: two tokens, the finish, the usage, [DONE];
+ * asked about the weather with no tool result yet, a call of `get_weather` instead.
+ */
+function upstreamEvents(request) {
   const base = { id: "chatcmpl-up", object: "chat.completion.chunk", created: 1, model: "fake" };
-  const token = (t) => ({ ...base, choices: [{ index: 0, delta: { content: t }, finish_reason: null }] });
-  return [
-    token("Hello"),
-    token(" world"),
-    { ...base, choices: [{ index: 0, delta: {}, finish_reason: "stop" }] },
-    { ...base, choices: [], usage: { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 } },
-  ].map((e) => JSON.stringify(e)).concat(["[DONE]"]);
+  const chunk = (delta, finish = null) => ({ ...base, choices: [{ index: 0, delta, finish_reason: finish }] });
+  const messages = request?.messages ?? [];
+  const asked = String(messages.at(-1)?.content ?? "").includes("weather");
+  const events = asked && !messages.some((m) => m.role === "tool")
+    ? [
+        chunk({ tool_calls: [{ index: 0, id: "call_1", type: "function", function: { name: "get_weather", arguments: "" } }] }),
+        chunk({ tool_calls: [{ index: 0, function: { arguments: '{"city":"Paris"}' } }] }),
+        chunk({}, "tool_calls"),
+      ]
+    : [chunk({ content: "Hello" }), chunk({ content: " world" }), chunk({}, "stop")];
+  events.push({ ...base, choices: [], usage: { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 } });
+  return events.map((e) => JSON.stringify(e)).concat(["[DONE]"]);
 }
 
 /** Starts the upstream and `loom serve`; resolves to `{ base, stop }`. */
 export async function startLoom(env = {}) {
   const upstream = createServer((req, res) => {
-    req.resume();
+    let body = "";
+    req.on("data", (data) => (body += data));
     req.on("end", () => {
+      let request;
+      try {
+        request = JSON.parse(body);
+      } catch {
+        request = undefined;
+      }
       res.writeHead(200, { "content-type": "text/event-stream" });
-      for (const event of upstreamEvents()) res.write(`data: ${event}\n\n`);
+      for (const event of upstreamEvents(request)) res.write(`data: ${event}\n\n`);
       res.end();
     });
   });

@@ -2,7 +2,12 @@
 // readUIMessageStream, against a real `loom serve`.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { DefaultChatTransport, readUIMessageStream } from "ai";
+import {
+  AbstractChat,
+  DefaultChatTransport,
+  lastAssistantMessageIsCompleteWithToolCalls,
+  readUIMessageStream,
+} from "ai";
 import { startLoom } from "../support.mjs";
 
 let loom;
@@ -103,4 +108,52 @@ test("a failing run ends with an error part; an unknown agent is an HTTP error",
   await assert.rejects(chat("nobody", "x"), /not_found/);
   // A check the server makes before starting is an HTTP error too (422).
   await assert.rejects(chat("workflows/batch-report", '{"count": "many"}'), /bad_input/);
+});
+
+/** A chat's state kept in plain fields, as `useChat` keeps it in React's. */
+class ChatState {
+  status = "ready";
+  error = undefined;
+  messages = [];
+  pushMessage = (message) => {
+    this.messages = this.messages.concat(message);
+  };
+  popMessage = () => {
+    this.messages = this.messages.slice(0, -1);
+  };
+  replaceMessage = (index, message) => {
+    this.messages = this.messages.map((m, i) => (i === index ? message : m));
+  };
+  snapshot = (value) => structuredClone(value);
+}
+
+test("a client-side tool loop goes on in one assistant message and stops at the answer", async () => {
+  let sends = 0;
+  const chat = new (class extends AbstractChat {})({
+    id: `tools-${Math.random().toString(36).slice(2)}`,
+    state: new ChatState(),
+    transport: new DefaultChatTransport({
+      api: `${loom.base}/v1/ai-sdk/chat-agent`,
+      prepareSendMessagesRequest: ({ id, messages }) => {
+        sends += 1;
+        return { body: { id, messages } };
+      },
+    }),
+    onToolCall: ({ toolCall }) => {
+      chat.addToolOutput({ tool: toolCall.toolName, toolCallId: toolCall.toolCallId, output: { temp: 21 } });
+    },
+    // Bounded, so a loop that would not stop fails the test instead of running on.
+    sendAutomaticallyWhen: (options) => sends < 5 && lastAssistantMessageIsCompleteWithToolCalls(options),
+  });
+  await chat.sendMessage({ text: "What is the weather in Paris?" });
+  const deadline = Date.now() + 20_000;
+  while ((chat.status !== "ready" || sends < 2) && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  await new Promise((resolve) => setTimeout(resolve, 300)); // no further request follows
+  assert.equal(sends, 2, "the call, then the answer to its result");
+  const assistants = chat.messages.filter((m) => m.role === "assistant");
+  assert.equal(assistants.length, 1, JSON.stringify(chat.messages));
+  const kinds = assistants[0].parts.map((p) => (p.type === "text" ? `text:${p.text}` : p.type === "dynamic-tool" ? `tool:${p.state}` : p.type));
+  assert.deepEqual(kinds, ["step-start", "tool:output-available", "step-start", "text:Hello world"]);
 });

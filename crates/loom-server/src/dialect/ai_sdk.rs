@@ -5,14 +5,17 @@
 //! replay, or answers `204` when there is none (what the transport's `resume` expects).
 //! `{agent}` is an actor type or `workflows/<name>`.
 //!
-//! **Mapping** ([`AiSdkMapping`], pure): `start` (the message id is `msg_<run id>`); tokens
+//! **Mapping** ([`AiSdkMapping`], pure): `start` (the message id is `msg_<run id>`, or, when
+//! the chat's last message is the assistant's — a tool's result sent back — that message's
+//! id, so the run's parts go on in it) and `start-step`, the run being one model step; tokens
 //! → `text-start`/`text-delta`/`text-end`, one text part per speaker (a team member or a
 //! workflow step, named in the part's `providerMetadata.loom.speaker`); tool-call deltas →
 //! `tool-input-start`/`tool-input-delta`, then `tool-input-available` with the parsed input
-//! (dynamic tools), or `tool-input-error` when it does not parse; progress → `data-loom-progress` with the speaker (or `run`) as its id, so
-//! a newer progress replaces the part; a workflow step's markers → `data-loom-step` with the
-//! step as its id (`running`, `done`, `failed`); any other data → `data-loom-data`; the
-//! terminal chunk closes every open part, then `finish` (the result's finish reason, the
+//! (dynamic tools), or `tool-input-error` when it does not parse; progress →
+//! `data-loom-progress` with the speaker (or `run`) as its id, so a newer progress replaces
+//! the part; a workflow step's markers → `data-loom-step` with the step as its id
+//! (`running`, `done`, `failed`); any other data → `data-loom-data`; the terminal chunk
+//! closes every open part, then `finish-step` and `finish` (the result's finish reason, the
 //! result and usage in `messageMetadata`) or `error` (`code: message`); then `data: [DONE]`.
 //! A run that streamed no text answers with its result as text.
 //!
@@ -57,6 +60,9 @@ pub(crate) struct ChatBody {
 #[derive(Debug)]
 pub(crate) struct AiSdkMapping {
     run_id: String,
+    /// The `start` part's `messageId`: `msg_<run id>`, or the assistant message a
+    /// continuation adds to ([`continuing`](Self::continuing)).
+    message_id: String,
     started: bool,
     /// Open text parts by speaker (`None`: the run itself): the part's id and its chunks'
     /// step; and how many were opened.
@@ -72,8 +78,10 @@ pub(crate) struct AiSdkMapping {
 impl AiSdkMapping {
     /// A mapping for run `run_id`.
     pub(crate) fn new(run_id: impl Into<String>) -> Self {
+        let run_id = run_id.into();
         Self {
-            run_id: run_id.into(),
+            message_id: format!("msg_{run_id}"),
+            run_id,
             started: false,
             texts: BTreeMap::new(),
             opened: 0,
@@ -83,12 +91,25 @@ impl AiSdkMapping {
         }
     }
 
+    /// A run that goes on with the chat's last message, assistant message `message_id` (a
+    /// tool's result sent back, `sendAutomaticallyWhen`): its parts go to that message, as
+    /// the AI SDK's own servers do, not to a new one holding a copy of it.
+    pub(crate) fn continuing(mut self, message_id: Option<&str>) -> Self {
+        if let Some(id) = message_id {
+            self.message_id = id.to_owned();
+        }
+        self
+    }
+
     /// The parts `chunk` adds (`[DONE]` as the string it is on the wire).
     pub(crate) fn map(&mut self, chunk: &StreamChunk) -> Vec<Value> {
         let mut parts = Vec::new();
         if !self.started {
             self.started = true;
-            parts.push(json!({ "type": "start", "messageId": format!("msg_{}", self.run_id) }));
+            // One model step per run: the client splits a message's history at its steps
+            // (what the model said before and after a tool's result).
+            parts.push(json!({ "type": "start", "messageId": self.message_id }));
+            parts.push(json!({ "type": "start-step" }));
         }
         match (chunk.kind, chunk.event) {
             (ChunkType::Start, _) => {
@@ -172,6 +193,7 @@ impl AiSdkMapping {
                     .and_then(|r| r.get("usage"))
                     .cloned()
                     .unwrap_or(Value::Null);
+                parts.push(json!({ "type": "finish-step" }));
                 parts.push(json!({
                     "type": "finish", "finishReason": reason,
                     "messageMetadata": { "runId": self.run_id, "result": result, "usage": usage },
@@ -455,6 +477,11 @@ pub(crate) async fn send(
     let takes_messages = state.runs().takes_messages(&target);
     let input = conversation_input(takes_messages, chat_messages(&body.messages), Map::new())?;
     let chat = chat_name(&body.id)?;
+    let continued = body
+        .messages
+        .last()
+        .filter(|m| m["role"] == "assistant")
+        .and_then(|m| m["id"].as_str());
     let permit = state.stream_permit()?;
     let run = state
         .runs()
@@ -466,7 +493,8 @@ pub(crate) async fn send(
         ))
         .await?;
     state.runs().name_run(&chat, &run).await?;
-    let events = Numbered::new(AiSdkMapping::new(run.id()), None);
+    let mapping = AiSdkMapping::new(run.id()).continuing(continued);
+    let events = Numbered::new(mapping, None);
     Ok(with_header(
         serve_numbered(&state, &run, permit, events, EarlyFailure::InStream).await?,
     ))
@@ -561,17 +589,29 @@ mod tests {
             types(&parts),
             [
                 "start",
+                "start-step",
                 "text-start",
                 "text-delta",
                 "text-delta",
                 "text-end",
+                "finish-step",
                 "finish",
                 "[DONE]"
             ]
         );
         assert_eq!(parts[0]["messageId"], "msg_r");
-        assert_eq!(parts[5]["finishReason"], "length");
-        assert_eq!(parts[5]["messageMetadata"]["usage"], Value::Null);
+        assert_eq!(parts[7]["finishReason"], "length");
+        assert_eq!(parts[7]["messageMetadata"]["usage"], Value::Null);
+    }
+
+    /// A chat whose last message is the assistant's (a tool's result sent back) goes on in
+    /// that message: its id, not a new one, so the client adds to it rather than copying it.
+    #[test]
+    fn a_continuation_goes_on_in_the_assistant_message() {
+        let mut mapping = AiSdkMapping::new("r").continuing(Some("msg_earlier"));
+        let parts = mapping.map(&StreamChunk::new(ChunkType::Start, 0));
+        assert_eq!(parts[0]["messageId"], "msg_earlier");
+        assert_eq!(parts[1]["type"], "start-step");
     }
 
     #[test]
@@ -589,10 +629,10 @@ mod tests {
             progress,
         ]);
         assert_eq!(
-            parts[1]["providerMetadata"]["loom"]["speaker"],
+            parts[2]["providerMetadata"]["loom"]["speaker"],
             "researcher"
         );
-        assert_eq!(parts[3]["providerMetadata"]["loom"]["speaker"], "writer");
+        assert_eq!(parts[4]["providerMetadata"]["loom"]["speaker"], "writer");
         let last = parts.last().unwrap();
         assert_eq!(last["type"], "data-loom-progress");
         assert_eq!(last["id"], "researcher");
@@ -752,6 +792,7 @@ mod tests {
             types(&parts),
             [
                 "start",
+                "start-step",
                 "text-start",
                 "text-delta",
                 "text-end",
@@ -763,8 +804,9 @@ mod tests {
                 "[DONE]"
             ]
         );
-        assert_ne!(parts[1]["id"], parts[5]["id"], "new output, new part");
-        assert!(parts[8]["errorText"]
+        assert_ne!(parts[2]["id"], parts[6]["id"], "new output, new part");
+        assert!(parts[2]["id"].is_string());
+        assert!(parts[9]["errorText"]
             .as_str()
             .unwrap()
             .starts_with("cancelled: "));

@@ -224,7 +224,7 @@ proptest! {
                 "tool-input-start" => prop_assert!(calls.insert(id("toolCallId"))),
                 "tool-input-delta" => prop_assert!(calls.contains(&id("toolCallId"))),
                 "tool-input-available" | "tool-input-error" => prop_assert!(calls.remove(&id("toolCallId"))),
-                t => prop_assert!(t.is_empty() || t.starts_with("data-loom-") || matches!(t, "start" | "finish" | "error"), "{}", t),
+                t => prop_assert!(t.is_empty() || t.starts_with("data-loom-") || matches!(t, "start" | "start-step" | "finish-step" | "finish" | "error"), "{}", t),
             }
         }
         prop_assert!(texts.is_empty(), "every text part ended");

@@ -118,6 +118,8 @@ impl AgUiMapping {
             (_, Some(Event::ActionComplete | Event::ActionFailed)) => {
                 if let Some(step) = &chunk.step {
                     self.close_messages_of(Some(step), &mut events);
+                    // A step's calls end with it, not with the run.
+                    self.close_calls_of(Some(step), &mut events);
                     if self.steps.remove(&**step) {
                         events.push(json!({ "type": "STEP_FINISHED", "stepName": step }));
                     }
@@ -429,6 +431,29 @@ mod tests {
     fn call_of(seq: u64, step: &str, arguments: &str) -> StreamChunk {
         let call = json!({ "tool_call": { "index": 0, "name": "f", "arguments": arguments } });
         by(data(seq, call), None, Some(step))
+    }
+
+    /// A tool call made inside a workflow step ends with the step, not with the run.
+    #[test]
+    fn a_steps_tool_calls_end_with_the_step() {
+        use crate::dialect::fixtures::marker;
+        let mut call = StreamChunk::new(ChunkType::Data, 1);
+        call.data = Some(
+            json!({ "tool_call": { "index": 0, "id": "c1", "name": "f", "arguments": "{}" } }),
+        );
+        call.step = Some("first".into());
+        let mut mapping = AgUiMapping::new("t", "r");
+        let events: Vec<Value> = [
+            StreamChunk::new(ChunkType::Start, 0),
+            marker(1, ChunkType::Progress, Event::ActionStart, "first"),
+            call,
+            marker(3, ChunkType::Progress, Event::ActionComplete, "first"),
+        ]
+        .iter()
+        .flat_map(|c| mapping.map(c))
+        .collect();
+        let at = |kind: &str| events.iter().position(|e| e["type"] == kind).expect(kind);
+        assert!(at("TOOL_CALL_END") < at("STEP_FINISHED"), "{events:#?}");
     }
 
     #[test]

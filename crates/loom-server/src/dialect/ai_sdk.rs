@@ -139,9 +139,23 @@ impl AiSdkMapping {
                     _ => return parts,
                 };
                 let mut value = json!({ "step": step, "status": status });
-                if marker == Event::ActionComplete {
-                    value["result"] = chunk.data.clone().unwrap_or(Value::Null);
-                    self.close_texts_of(step, &mut parts);
+                // A step's parts end with it, not with the run: its calls are ready to run
+                // once it completed, and were never made when it failed.
+                let of_step = |of: Option<&str>| of == Some(&**step);
+                match marker {
+                    Event::ActionComplete => {
+                        value["result"] = chunk.data.clone().unwrap_or(Value::Null);
+                        self.close_texts_of(step, &mut parts);
+                        self.close_calls(of_step, &mut parts);
+                    }
+                    Event::ActionFailed => {
+                        let error = chunk.data.as_ref().and_then(|d| d.get("error"));
+                        value["error"] = error.cloned().unwrap_or(Value::Null);
+                        self.close_texts_of(step, &mut parts);
+                        let why = format!("step {step} failed");
+                        self.supersede_calls(of_step, &why, &mut parts);
+                    }
+                    _ => {}
                 }
                 parts.push(data("step", Some(step), value));
             }
@@ -178,7 +192,7 @@ impl AiSdkMapping {
                 }
                 self.close_texts(&mut parts);
                 let called = !self.calls.is_empty();
-                self.close_calls(&mut parts);
+                self.close_calls(|_| true, &mut parts);
                 let reason = match result
                     .and_then(|r| r.get("finish_reason"))
                     .and_then(Value::as_str)
@@ -307,10 +321,15 @@ impl AiSdkMapping {
         }
     }
 
-    /// Ends the open tool calls: `tool-input-available` with the parsed input (none: `{}`), or
-    /// `tool-input-error` when the model's input is not JSON (cut by its token limit, say).
-    fn close_calls(&mut self, parts: &mut Vec<Value>) {
-        for (_, call) in std::mem::take(&mut self.calls) {
+    /// Ends the open tool calls made inside a step `of` accepts (`None`: outside any step):
+    /// `tool-input-available` with the parsed input (none: `{}`), or `tool-input-error` when
+    /// the model's input is not JSON (cut by its token limit, say).
+    fn close_calls(&mut self, of: impl Fn(Option<&str>) -> bool, parts: &mut Vec<Value>) {
+        let (closing, open): (BTreeMap<_, _>, BTreeMap<_, _>) = std::mem::take(&mut self.calls)
+            .into_iter()
+            .partition(|(_, call)| of(call.step.as_deref()));
+        self.calls = open;
+        for (_, call) in closing {
             let text = if call.input.trim().is_empty() {
                 "{}"
             } else {
@@ -743,6 +762,42 @@ mod tests {
             .expect("the cut call ends");
         let error = parts.iter().position(|p| p["type"] == "error").unwrap();
         assert!(input_error < error, "{parts:#?}");
+    }
+
+    /// A tool call made inside a workflow step is ready once the step completes, not at the
+    /// run's end; a failed step's text ends with it, its error told, its call never made.
+    #[test]
+    fn a_steps_calls_and_texts_end_with_the_step() {
+        use crate::dialect::fixtures::marker;
+        let mut call = data(
+            1,
+            json!({ "tool_call": { "index": 0, "id": "c1", "name": "f", "arguments": "{}" } }),
+            None,
+        );
+        call.step = Some("first".into());
+        let mut said = data(3, json!({ "token": "Half" }), None);
+        said.step = Some("second".into());
+        let mut failed = marker(4, ChunkType::Progress, Event::ActionFailed, "second");
+        failed.data = Some(json!({ "error": { "code": "upstream", "message": "broke" } }));
+        let parts = parts(&[
+            StreamChunk::new(ChunkType::Start, 0),
+            call,
+            marker(2, ChunkType::Progress, Event::ActionComplete, "first"),
+            said,
+            failed,
+        ]);
+        let at = |kind: &str| parts.iter().position(|p| p["type"] == kind).expect(kind);
+        let step_done = parts
+            .iter()
+            .position(|p| p["type"] == "data-loom-step" && p["data"]["status"] == "done")
+            .expect("the first step's end");
+        assert!(at("tool-input-available") < step_done, "{parts:#?}");
+        let step_failed = parts
+            .iter()
+            .position(|p| p["type"] == "data-loom-step" && p["data"]["status"] == "failed")
+            .expect("the second step's failure");
+        assert!(at("text-end") < step_failed, "{parts:#?}");
+        assert_eq!(parts[step_failed]["data"]["error"]["message"], "broke");
     }
 
     /// `useChat` sends the tool calls it answered back inside the assistant message: each

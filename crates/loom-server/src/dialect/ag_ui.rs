@@ -291,17 +291,24 @@ fn tagged(chunk: &StreamChunk, payload: Option<Value>) -> Value {
     value
 }
 
-/// AG-UI's messages in Chat Completions' shape (the shape actors that take a conversation read).
+/// AG-UI's messages in Chat Completions' shape (the shape actors that take a conversation
+/// read). `reasoning` and `activity` messages are the agent's own record, not conversation:
+/// left out. A tool message's `error` is what the model is told the tool answered.
 fn chat_messages(messages: Vec<Value>) -> Vec<Value> {
     messages
         .into_iter()
+        .filter(|m| !matches!(m["role"].as_str(), Some("reasoning" | "activity")))
         .map(|m| {
             let role = match m["role"].as_str() {
                 Some("developer") => "system",
                 Some(role) => role,
                 None => "user",
             };
-            let mut out = json!({ "role": role, "content": m["content"] });
+            let content = match m.get("error").and_then(Value::as_str) {
+                Some(error) if role == "tool" => json!(format!("error: {error}")),
+                _ => m["content"].clone(),
+            };
+            let mut out = json!({ "role": role, "content": content });
             if let Some(Value::Array(calls)) = m.get("toolCalls") {
                 out["tool_calls"] = Value::Array(calls.clone());
             }
@@ -434,6 +441,23 @@ mod tests {
     }
 
     /// A tool call made inside a workflow step ends with the step, not with the run.
+    #[test]
+    fn reasoning_and_activity_are_left_out_and_a_tool_error_is_its_answer() {
+        let messages = chat_messages(vec![
+            json!({ "id": "1", "role": "user", "content": "weather?" }),
+            json!({ "id": "2", "role": "reasoning", "content": "thinking" }),
+            json!({ "id": "3", "role": "activity", "activityType": "x", "content": {} }),
+            json!({ "id": "4", "role": "tool", "toolCallId": "c1", "content": "", "error": "failed" }),
+        ]);
+        assert_eq!(
+            messages,
+            vec![
+                json!({ "role": "user", "content": "weather?" }),
+                json!({ "role": "tool", "content": "error: failed", "tool_call_id": "c1" }),
+            ]
+        );
+    }
+
     #[test]
     fn a_steps_tool_calls_end_with_the_step() {
         use crate::dialect::fixtures::marker;

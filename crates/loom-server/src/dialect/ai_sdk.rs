@@ -31,7 +31,7 @@ use std::collections::BTreeMap;
 use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use loom_core::{ChunkType, Event, StreamChunk};
+use loom_core::{ActorError, ChunkType, Event, StreamChunk};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -391,8 +391,10 @@ impl NumberedEvents for AiSdkMapping {
 /// an assistant message's tool parts (`dynamic-tool`, `tool-<name>`) that have a result
 /// become its `tool_calls` and a `tool` message with that result each, split where a new
 /// step starts (`step-start`), as the model saw them. A call with no result yet is left out
-/// (a model refuses a call that is not answered).
-fn chat_messages(messages: &[Value]) -> Vec<Value> {
+/// (a model refuses a call that is not answered). A message with neither `parts` nor a
+/// text `content` is a 400, and a `file` part a 422 (no model input here takes files): never
+/// an empty prompt the model answers anyway.
+fn chat_messages(messages: &[Value]) -> Result<Vec<Value>, ApiError> {
     let text_of = |parts: &[Value]| -> String {
         parts
             .iter()
@@ -403,10 +405,19 @@ fn chat_messages(messages: &[Value]) -> Vec<Value> {
     let mut out = Vec::new();
     for m in messages {
         let Some(parts) = m.get("parts").and_then(Value::as_array) else {
-            let content = m["content"].as_str().unwrap_or("");
+            let Some(content) = m["content"].as_str() else {
+                return Err(ApiError::BadRequest(
+                    "a message needs `parts` (a list) or a text `content`".into(),
+                ));
+            };
             out.push(json!({ "role": m["role"], "content": content }));
             continue;
         };
+        if parts.iter().any(|p| p["type"] == "file") {
+            return Err(ApiError::Run(ActorError::bad_input(
+                "file parts are not supported: send text",
+            )));
+        }
         if m["role"] != "assistant" {
             out.push(json!({ "role": m["role"], "content": text_of(parts) }));
             continue;
@@ -451,7 +462,7 @@ fn chat_messages(messages: &[Value]) -> Vec<Value> {
         }
         step.flush(&mut out);
     }
-    out
+    Ok(out)
 }
 
 /// One step of an assistant UI message: its text, the calls it made and their results.
@@ -494,7 +505,7 @@ pub(crate) async fn send(
 ) -> Result<Response, ApiError> {
     let target = RunTarget::named(&agent);
     let takes_messages = state.runs().takes_messages(&target);
-    let input = conversation_input(takes_messages, chat_messages(&body.messages), Map::new())?;
+    let input = conversation_input(takes_messages, chat_messages(&body.messages)?, Map::new())?;
     let chat = chat_name(&body.id)?;
     let continued = body
         .messages
@@ -554,8 +565,14 @@ pub(crate) async fn resume(
     ))
 }
 
-/// The name a chat's latest run goes by; a chat id that cannot be one is a 400.
+/// The name a chat's latest run goes by; a chat id that cannot be one is a 400, and so is one
+/// with a `/`, which the resume route's path could not carry.
 fn chat_name(chat: &str) -> Result<String, ApiError> {
+    if chat.contains('/') {
+        return Err(ApiError::BadRequest(
+            "invalid chat id: it may not hold '/' (the resume route could not name it)".into(),
+        ));
+    }
     let name = format!("ai-sdk-chat-{chat}");
     loom_redis::validate_name(&name)
         .map_err(|e| ApiError::BadRequest(format!("invalid chat id: {e}")))?;
@@ -572,7 +589,6 @@ pub(crate) fn with_header(mut response: Response) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use loom_core::ActorError;
 
     use super::*;
     use crate::dialect::fixtures::data;
@@ -800,6 +816,29 @@ mod tests {
         assert_eq!(parts[step_failed]["data"]["error"]["message"], "broke");
     }
 
+    #[test]
+    fn a_chat_id_with_a_slash_is_refused() {
+        assert_eq!(chat_name("a/b").unwrap_err().status(), 400);
+        assert_eq!(chat_name("chat-1").unwrap(), "ai-sdk-chat-chat-1");
+    }
+
+    #[test]
+    fn a_message_without_text_or_with_a_file_is_refused() {
+        for bad in [
+            json!([{ "role": "user" }]),
+            json!([{ "role": "user", "parts": "x" }]),
+        ] {
+            let refused = chat_messages(bad.as_array().unwrap()).unwrap_err();
+            assert_eq!(refused.status(), 400, "{bad}");
+        }
+        let file = json!([{ "role": "user", "parts": [
+            { "type": "file", "mediaType": "image/png", "url": "data:," },
+        ]}]);
+        let refused = chat_messages(file.as_array().unwrap()).unwrap_err();
+        assert_eq!(refused.code(), "bad_input");
+        assert_eq!(refused.status(), 422);
+    }
+
     /// `useChat` sends the tool calls it answered back inside the assistant message: each
     /// step becomes an assistant message with its calls, followed by their results, so the
     /// model sees what it asked and what it got; a call not answered yet is left out.
@@ -817,7 +856,7 @@ mod tests {
                 { "type": "text", "text": "It is 21." },
             ]},
         ]);
-        let messages = chat_messages(ui.as_array().unwrap());
+        let messages = chat_messages(ui.as_array().unwrap()).unwrap();
         assert_eq!(
             messages,
             vec![

@@ -9,7 +9,8 @@
 //!   workflow step, in the message's `name`), opened at its first token;
 //! - tool-call deltas → `TOOL_CALL_START`/`ARGS`/`END`;
 //! - a workflow's `action-start` → `STEP_STARTED`, its `action-complete`/`action-failed` →
-//!   `STEP_FINISHED`; a team member's first chunk → `STEP_STARTED` (named after it);
+//!   `STEP_FINISHED` (after a `CUSTOM` `loom.step-failed` with the step's error when it
+//!   failed); a team member's first chunk → `STEP_STARTED` (named after it);
 //! - progress and any other data → `CUSTOM` (`loom.progress`, `loom.data`, with the chunk's
 //!   `actor`/`step`);
 //! - `complete` → every open message, tool call and step closed, then `RUN_FINISHED` with the
@@ -120,6 +121,13 @@ impl AgUiMapping {
                     self.close_messages_of(Some(step), &mut events);
                     // A step's calls end with it, not with the run.
                     self.close_calls_of(Some(step), &mut events);
+                    if chunk.event == Some(Event::ActionFailed) {
+                        // STEP_FINISHED carries no outcome: a failed step (`continue_on_error`)
+                        // says why here.
+                        let error = chunk.data.as_ref().and_then(|d| d.get("error")).cloned();
+                        let value = json!({ "step": step, "error": error });
+                        events.push(custom("loom.step-failed", value));
+                    }
                     if self.steps.remove(&**step) {
                         events.push(json!({ "type": "STEP_FINISHED", "stepName": step }));
                     }
@@ -440,7 +448,6 @@ mod tests {
         by(data(seq, call), None, Some(step))
     }
 
-    /// A tool call made inside a workflow step ends with the step, not with the run.
     #[test]
     fn reasoning_and_activity_are_left_out_and_a_tool_error_is_its_answer() {
         let messages = chat_messages(vec![
@@ -458,6 +465,30 @@ mod tests {
         );
     }
 
+    /// A failed step says why before it finishes.
+    #[test]
+    fn a_failed_step_says_why() {
+        use crate::dialect::fixtures::marker;
+        let mut failed = marker(2, ChunkType::Progress, Event::ActionFailed, "bad");
+        failed.data = Some(json!({ "error": { "code": "upstream", "message": "broke" } }));
+        let mut mapping = AgUiMapping::new("t", "r");
+        let events: Vec<Value> = [
+            StreamChunk::new(ChunkType::Start, 0),
+            marker(1, ChunkType::Progress, Event::ActionStart, "bad"),
+            failed,
+        ]
+        .iter()
+        .flat_map(|c| mapping.map(c))
+        .collect();
+        let said = events
+            .iter()
+            .position(|e| e["name"] == "loom.step-failed")
+            .expect("the failure told");
+        assert_eq!(events[said]["value"]["error"]["message"], "broke");
+        assert_eq!(events[said + 1]["type"], "STEP_FINISHED", "{events:#?}");
+    }
+
+    /// A tool call made inside a workflow step ends with the step, not with the run.
     #[test]
     fn a_steps_tool_calls_end_with_the_step() {
         use crate::dialect::fixtures::marker;

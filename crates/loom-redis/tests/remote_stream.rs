@@ -392,38 +392,48 @@ async fn many_long_streams_replayed_at_once_arrive_whole_in_replies_of_bounded_s
         assert_completes(&chunks);
     }
     worker.stop().await;
-    let _: () = redis::cmd("SLOWLOG")
-        .arg("RESET")
-        .query(&mut server.plain())
-        .unwrap();
     // Every stream again from its start, all at once, by one more process: 100,000 entries
-    // waiting, more per stream than one `XREAD` of all of them asks for.
-    let options = ClientOptions {
-        prefix: client.keys().prefix().to_owned(),
-        ..fast_options()
-    };
-    let again = support::client(&server, options).await;
-    let tails = futures::future::join_all(ids.iter().map(|id| again.tail(id, None))).await;
-    let read = futures::future::join_all(
-        tails
-            .into_iter()
-            .map(|tail| collect(60, tail.expect("tail"))),
-    )
-    .await;
-    for chunks in read {
-        assert_eq!(chunks.len(), 1002);
-        assert_completes(&chunks);
-        assert_contract(&chunks);
+    // waiting, more per stream than one `XREAD` of all of them asks for. The streams join
+    // that process's reads as their tails open: most times one read names more than 64 of
+    // them (its budget must then cut its COUNT), but a read may start before half of them
+    // joined; up to three processes try.
+    let mut wide = Vec::new();
+    for _ in 0..3 {
+        let _: () = redis::cmd("SLOWLOG")
+            .arg("RESET")
+            .query(&mut server.plain())
+            .unwrap();
+        let options = ClientOptions {
+            prefix: client.keys().prefix().to_owned(),
+            ..fast_options()
+        };
+        let again = support::client(&server, options).await;
+        let tails = futures::future::join_all(ids.iter().map(|id| again.tail(id, None))).await;
+        let read = futures::future::join_all(
+            tails
+                .into_iter()
+                .map(|tail| collect(60, tail.expect("tail"))),
+        )
+        .await;
+        for chunks in read {
+            assert_eq!(chunks.len(), 1002);
+            assert_completes(&chunks);
+            assert_contract(&chunks);
+        }
+        // No `XREAD` asked for more than its budget in all (or 16 a stream).
+        let asked = xreads(&server);
+        for &(count, named) in &asked {
+            assert!(
+                count * named <= (64 * 1024).max(16 * named),
+                "COUNT {count} over {named} streams"
+            );
+        }
+        wide = asked.into_iter().filter(|(_, named)| *named > 64).collect();
+        if !wide.is_empty() {
+            break;
+        }
     }
-    // No `XREAD` asked for more than its budget in all (or 16 a stream).
-    let asked = xreads(&server);
-    assert!(asked.iter().any(|(_, named)| *named > 64), "{asked:?}");
-    for (count, named) in asked {
-        assert!(
-            count * named <= (64 * 1024).max(16 * named),
-            "COUNT {count} over {named} streams"
-        );
-    }
+    assert!(!wide.is_empty(), "no read named more than 64 streams");
 }
 
 #[tokio::test]

@@ -116,7 +116,7 @@ impl AiSdkMapping {
                 if let Some(attempt) = chunk.attempt.filter(|&a| a > 1) {
                     self.close_texts(&mut parts);
                     let why = format!("superseded by attempt {attempt}");
-                    self.supersede_calls(|_| true, &why, &mut parts);
+                    self.end_calls(|_| true, Some(&why), &mut parts);
                     parts.push(data("superseded", None, json!({ "attempt": attempt })));
                 }
             }
@@ -131,7 +131,7 @@ impl AiSdkMapping {
                     Event::ActionRetry => {
                         self.close_texts_of(step, &mut parts);
                         let why = format!("superseded by a retry of step {step}");
-                        self.supersede_calls(|of| of == Some(&**step), &why, &mut parts);
+                        self.end_calls(|of| of == Some(&**step), Some(&why), &mut parts);
                         parts.push(data("superseded", None, json!({ "step": step })));
                         "retrying"
                     }
@@ -146,14 +146,14 @@ impl AiSdkMapping {
                     Event::ActionComplete => {
                         value["result"] = chunk.data.clone().unwrap_or(Value::Null);
                         self.close_texts_of(step, &mut parts);
-                        self.close_calls(of_step, &mut parts);
+                        self.end_calls(of_step, None, &mut parts);
                     }
                     Event::ActionFailed => {
                         let error = chunk.data.as_ref().and_then(|d| d.get("error"));
                         value["error"] = error.cloned().unwrap_or(Value::Null);
                         self.close_texts_of(step, &mut parts);
                         let why = format!("step {step} failed");
-                        self.supersede_calls(of_step, &why, &mut parts);
+                        self.end_calls(of_step, Some(&why), &mut parts);
                     }
                     _ => {}
                 }
@@ -192,7 +192,7 @@ impl AiSdkMapping {
                 }
                 self.close_texts(&mut parts);
                 let called = !self.calls.is_empty();
-                self.close_calls(|_| true, &mut parts);
+                self.end_calls(|_| true, None, &mut parts);
                 let reason = match result
                     .and_then(|r| r.get("finish_reason"))
                     .and_then(Value::as_str)
@@ -219,7 +219,7 @@ impl AiSdkMapping {
                 let info = chunk.error_info();
                 // A tool input the run's end cut short is never left streaming.
                 let why = format!("the run ended: {}", info.code.as_str());
-                self.supersede_calls(|_| true, &why, &mut parts);
+                self.end_calls(|_| true, Some(&why), &mut parts);
                 parts.push(json!({
                     "type": "error", "errorText": format!("{}: {}", info.code.as_str(), info.message),
                 }));
@@ -284,26 +284,6 @@ impl AiSdkMapping {
         }
     }
 
-    /// Ends the open tool calls made inside a step `of` accepts (`None`: outside any step)
-    /// with `tool-input-error`: a re-run or a retry cut their input short.
-    fn supersede_calls(
-        &mut self,
-        of: impl Fn(Option<&str>) -> bool,
-        why: &str,
-        parts: &mut Vec<Value>,
-    ) {
-        self.calls.retain(|_, call| {
-            if !of(call.step.as_deref()) {
-                return true;
-            }
-            parts.push(json!({
-                "type": "tool-input-error", "toolCallId": call.id, "toolName": call.name,
-                "input": call.input, "errorText": why, "dynamic": true,
-            }));
-            false
-        });
-    }
-
     /// Ends the open text parts of workflow step `step`: its own and its team members'.
     fn close_texts_of(&mut self, step: &str, parts: &mut Vec<Value>) {
         self.texts.retain(|name, (id, of)| {
@@ -321,32 +301,42 @@ impl AiSdkMapping {
         }
     }
 
-    /// Ends the open tool calls made inside a step `of` accepts (`None`: outside any step):
-    /// `tool-input-available` with the parsed input (none: `{}`), or `tool-input-error` when
-    /// the model's input is not JSON (cut by its token limit, say).
-    fn close_calls(&mut self, of: impl Fn(Option<&str>) -> bool, parts: &mut Vec<Value>) {
-        let (closing, open): (BTreeMap<_, _>, BTreeMap<_, _>) = std::mem::take(&mut self.calls)
-            .into_iter()
-            .partition(|(_, call)| of(call.step.as_deref()));
-        self.calls = open;
-        for (_, call) in closing {
-            let text = if call.input.trim().is_empty() {
-                "{}"
-            } else {
-                call.input.as_str()
+    /// Ends the open tool calls made inside a step `of` accepts (`None`: outside any step).
+    /// `cut` says why their input was cut short (a re-run, a retry, a failure): each then ends
+    /// with `tool-input-error`. Otherwise each ends with `tool-input-available` and its
+    /// parsed input (none: `{}`), or `tool-input-error` when the model's input is not JSON
+    /// (cut by its token limit, say).
+    fn end_calls(
+        &mut self,
+        of: impl Fn(Option<&str>) -> bool,
+        cut: Option<&str>,
+        parts: &mut Vec<Value>,
+    ) {
+        self.calls.retain(|_, call| {
+            if !of(call.step.as_deref()) {
+                return true;
+            }
+            let text = match call.input.trim() {
+                "" => "{}",
+                _ => call.input.as_str(),
             };
-            parts.push(match serde_json::from_str::<Value>(text) {
+            let input = match cut {
+                Some(why) => Err(why.to_owned()),
+                None => serde_json::from_str::<Value>(text)
+                    .map_err(|e| format!("the model's tool input is not valid JSON: {e}")),
+            };
+            parts.push(match input {
                 Ok(input) => json!({
                     "type": "tool-input-available", "toolCallId": call.id,
                     "toolName": call.name, "input": input, "dynamic": true,
                 }),
-                Err(e) => json!({
+                Err(why) => json!({
                     "type": "tool-input-error", "toolCallId": call.id, "toolName": call.name,
-                    "input": call.input, "dynamic": true,
-                    "errorText": format!("the model's tool input is not valid JSON: {e}"),
+                    "input": call.input, "errorText": why, "dynamic": true,
                 }),
             });
-        }
+            false
+        });
     }
 }
 

@@ -101,8 +101,8 @@ export interface StreamOptions {
    * never went is cancelled by the server after its disconnect grace).
    */
   signal?: AbortSignal;
-  /** The run's deadline, e.g. "30s". */
-  timeout?: string;
+  /** The run's deadline, e.g. "30s", or a number of seconds. */
+  timeout?: string | number;
 }
 
 export interface ActorInfo {
@@ -128,8 +128,8 @@ export interface RunInfo {
 export interface ExecuteOptions {
   /** Aborting it rejects at once; the server cancels the run after its disconnect grace. */
   signal?: AbortSignal;
-  /** The run's deadline, e.g. "30s" (past it: a 504 `timeout` LoomError). */
-  timeout?: string;
+  /** The run's deadline, e.g. "30s", or a number of seconds (past it: a 504 `timeout` LoomError). */
+  timeout?: string | number;
 }
 
 export interface Actor {
@@ -147,7 +147,7 @@ export interface Workflow {
 }
 
 export interface Runs {
-  create(request: { actor: string; input?: unknown; timeout?: string } | { workflow: string; input?: unknown; timeout?: string }): Promise<{ run_id: string; stream_url: string }>;
+  create(request: { actor: string; input?: unknown; timeout?: string | number } | { workflow: string; input?: unknown; timeout?: string | number }): Promise<{ run_id: string; stream_url: string }>;
   get(id: string): Promise<RunInfo>;
   list(): Promise<RunInfo[]>;
   /** Cancels the run (idempotent): its status once it has ended (`cancelled`, or how it ended first), or `running` if it did not end within 2 s. */

@@ -24,8 +24,14 @@ export class LoomError extends Error {
   }
 }
 
-/** How many re-attaches in a row may fail (no chunk between them) before the loop throws. */
-const MAX_REATTACH = 5;
+/**
+ * How many re-attaches in a row may fail (no chunk between them) before the loop throws: with
+ * waits of 0.1, 0.2, 0.4, 0.8, 1.6 s, then 2 s, about 9 s in all — a server restarting, within
+ * a server's default disconnect grace (10 s), after which a direct run is cancelled anyway.
+ */
+const MAX_REATTACH = 8;
+/** The longest wait between two failed re-attaches (unless `Retry-After` asks for longer). */
+const MAX_BACKOFF_MS = 2_000;
 /** The longest wait before a re-attach, whatever `Retry-After` asks. */
 const MAX_WAIT_MS = 5_000;
 /**
@@ -357,7 +363,7 @@ class RunStream {
           if (lastError) error.cause = lastError;
           throw error;
         }
-        const backoff = Math.max(100 * 2 ** (failures - 1), retryAfter * 1000);
+        const backoff = Math.max(Math.min(100 * 2 ** (failures - 1), MAX_BACKOFF_MS), retryAfter * 1000);
         await sleep(Math.min(backoff, MAX_WAIT_MS), aborted);
         if (aborted.aborted) throw aborted.reason;
         retryAfter = 0;

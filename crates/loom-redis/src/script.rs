@@ -20,6 +20,7 @@
 //! | [`renew`] | lease, stream, cancel of each of up to 256 runs of one bucket | the worker's heartbeat |
 //! | [`release`] | lease | the worker handing a run back |
 //! | [`claim_mine`] | a queue | the worker claiming its own requests again (refreshing, or handing back) |
+//! | [`prune_consumers`] | a queue | a worker deleting its group's dead consumers (those not in [`live_workers`]), and itself when it stops |
 //! | [`keep_bells`] | bells | a reader waiting on its buckets' bells, keeping them (and their rings) alive |
 //! | [`advertise`], [`served`] | actors | the heartbeat marking actor types served; servers asking which are |
 //! | [`tally`] | a run's record and readers | servers counting the run's readers |
@@ -396,6 +397,63 @@ pub(crate) async fn claim_mine(
     CLAIM_MINE.invoke(conn, &cmd).await
 }
 
+/// KEYS: a queue. ARGV: the workers' group, an idle time in ms, `only` or `except`, then
+/// consumer names. Deletes from the group each consumer idle at least that long with nothing
+/// pending that is (`only`) or is not (`except`) one of the names: it holds nothing, and a
+/// worker that reads again under its name is made a consumer again by its `XREADGROUP`.
+/// Looked at and deleted in one step, so no request delivered meanwhile goes with it. Returns
+/// how many it deleted.
+static PRUNE_CONSUMERS: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r#"
+local named = {}
+for i = 4, #ARGV do named[ARGV[i]] = true end
+local deleted = 0
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local f = {}
+  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+  if f['pending'] == 0 and f['idle'] >= tonumber(ARGV[2])
+      and (named[f['name']] == true) == (ARGV[3] == 'only') then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+    deleted = deleted + 1
+  end
+end
+return deleted
+"#,
+    )
+});
+
+/// Which consumers [`prune_consumers`] may delete.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Consumers<'a> {
+    /// Only these.
+    Only(&'a [String]),
+    /// All but these.
+    Except(&'a [String]),
+}
+
+/// Deletes the consumers of `queue`'s `group` that `which` names, idle for at least `idle_ms`
+/// with nothing pending (see [`PRUNE_CONSUMERS`]); returns how many.
+pub(crate) async fn prune_consumers(
+    conn: &mut impl ConnectionLike,
+    queue: &str,
+    group: &str,
+    idle_ms: u64,
+    which: Consumers<'_>,
+) -> Result<u64, Error> {
+    let (mode, names) = match which {
+        Consumers::Only(names) => ("only", names),
+        Consumers::Except(names) => ("except", names),
+    };
+    let bytes: usize = names.iter().map(String::len).sum();
+    let mut cmd = PRUNE_CONSUMERS.call(&[queue], 3 + names.len(), 48 + bytes);
+    cmd.arg(group).arg(idle_ms).arg(mode);
+    for name in names {
+        cmd.arg(name);
+    }
+    PRUNE_CONSUMERS.invoke(conn, &cmd).await
+}
+
 /// What became of a batch given to [`write_batch`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Written {
@@ -682,15 +740,42 @@ pub(crate) async fn served(
     conn: &mut impl ConnectionLike,
     key: &str,
 ) -> Result<BTreeSet<String>, Error> {
+    Ok(marks(conn, key)
+        .await?
+        .into_iter()
+        .map(|(a, _)| a)
+        .collect())
+}
+
+/// The workers whose mark on some actor type has not lapsed: the live ones.
+pub(crate) async fn live_workers(
+    conn: &mut impl ConnectionLike,
+    key: &str,
+) -> Result<Vec<String>, Error> {
+    let workers: BTreeSet<String> = marks(conn, key)
+        .await?
+        .into_iter()
+        .flat_map(|(_, w)| w)
+        .collect();
+    Ok(workers.into_iter().collect())
+}
+
+/// The marks that have not lapsed, as actor types and the workers that set them.
+async fn marks(
+    conn: &mut impl ConnectionLike,
+    key: &str,
+) -> Result<Vec<(String, Option<String>)>, Error> {
     let marks: Vec<String> = SERVED.invoke(conn, &SERVED.call(&[key], 0, 0)).await?;
     Ok(marks
         .into_iter()
-        .map(|mut mark| {
-            // A mark of an older Loom is the type alone.
-            if let Some(at) = mark.find(' ') {
+        .map(|mut mark| match mark.find(' ') {
+            Some(at) => {
+                let worker = mark[at + 1..].to_owned();
                 mark.truncate(at);
+                (mark, Some(worker))
             }
-            mark
+            // A mark of an older Loom is the type alone.
+            None => (mark, None),
         })
         .collect())
 }

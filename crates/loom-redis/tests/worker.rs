@@ -471,6 +471,65 @@ async fn a_queue_that_cannot_be_read_does_not_stop_the_others() {
     worker.stop().await;
 }
 
+/// A worker that stops leaves its queue's consumer group; a killed one stays in it until
+/// another worker finds it idle for two visibility timeouts (3 s here) with nothing pending.
+/// Regression test for the groups that kept the name of every worker that ever read them.
+#[tokio::test]
+async fn workers_that_are_gone_leave_the_queues_consumer_group() {
+    let server = RedisServer::start();
+    let client = client(&server, fast_options()).await;
+    let queue = client.keys().queue("echo", 0);
+    let group = client.keys().group();
+    let mut conn = server.plain();
+    let mut consumers = || -> Vec<String> {
+        let rows: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&queue)
+            .arg(group)
+            .query(&mut conn)
+            .unwrap();
+        rows.iter()
+            .map(|row| redis::from_redis_value(row["name"].clone()).unwrap())
+            .collect()
+    };
+    let echo = || async {
+        let chunks = client
+            .invoker()
+            .stream("echo", json!({}), RunOptions::default())
+            .await
+            .unwrap();
+        assert_completes(&collect(10, chunks).await);
+    };
+
+    let stopped = serving(&client, &["echo"], 1);
+    echo().await;
+    assert_eq!(consumers().len(), 1);
+    stopped.stop().await;
+    assert_eq!(consumers(), Vec::<String>::new(), "a stopped worker leaves");
+
+    let killed = serving(&client, &["echo"], 1);
+    echo().await;
+    let dead = consumers();
+    assert_eq!(dead.len(), 1);
+    killed.kill().await;
+    let live = serving(&client, &["echo"], 1);
+    echo().await;
+    assert_eq!(consumers().len(), 2, "{:?}", consumers());
+    within(10, async {
+        while consumers().contains(&dead[0]) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        consumers().len(),
+        1,
+        "the live worker stays: {:?}",
+        consumers()
+    );
+    live.stop().await;
+}
+
 /// A worker serving only `actors`, running at most `concurrency` runs at once.
 fn serving(client: &loom_redis::Client, actors: &[&str], concurrency: usize) -> RunningWorker {
     let options = WorkerOptions {

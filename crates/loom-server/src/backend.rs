@@ -136,6 +136,14 @@ impl Runs {
             Self::Remote(remote) => remote.shutdown(),
         }
     }
+
+    /// After [`shutdown`](Self::shutdown): in distributed mode, waits out the disconnect graces
+    /// this server's readers started when they left (embedded runs are cancelled already).
+    pub(crate) async fn drained(&self) {
+        if let Self::Remote(remote) = self {
+            remote.drained().await;
+        }
+    }
 }
 
 /// A workflow as `GET /v1/workflows` lists it.

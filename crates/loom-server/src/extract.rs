@@ -149,8 +149,37 @@ pub(crate) struct Envelope {
     /// What a client going away does.
     #[serde(default)]
     pub on_disconnect: OnDisconnect,
-    /// The run's deadline, e.g. `"30s"`.
+    /// The run's deadline, e.g. `"30s"`, or a number of seconds.
+    #[serde(default, deserialize_with = "duration_text")]
     pub timeout: Option<String>,
+}
+
+/// A duration given as text (`"30s"`) or as a JSON number of seconds (`30`, `1.5`), as the
+/// text of that number: [`parse_timeout`] reads both.
+fn duration_text<'de, D: serde::Deserializer<'de>>(field: D) -> Result<Option<String>, D::Error> {
+    struct Text;
+    impl serde::de::Visitor<'_> for Text {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a duration like \"30s\" or a number of seconds")
+        }
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+            Ok(Some(text.to_owned()))
+        }
+        fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Self::Value, E> {
+            Ok(Some(n.to_string()))
+        }
+        fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Self::Value, E> {
+            Ok(Some(n.to_string()))
+        }
+        fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Self::Value, E> {
+            Ok(Some(n.to_string()))
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    field.deserialize_any(Text)
 }
 
 /// A field that is present is `Some`, even when it is `null` (serde's own `Option` reads a
@@ -170,7 +199,8 @@ pub(crate) struct RunRequest {
     /// Its input (default `{}`; an explicit `null` is the input `null`).
     #[serde(default, deserialize_with = "present")]
     pub input: Option<Value>,
-    /// The run's deadline, e.g. `"10m"`.
+    /// The run's deadline, e.g. `"10m"`, or a number of seconds.
+    #[serde(default, deserialize_with = "duration_text")]
     pub timeout: Option<String>,
 }
 

@@ -48,7 +48,8 @@
 //! | `GET /metrics` | Prometheus: active runs and streams, chunks sent, resumes, dropped slow readers, outcomes by code, time to first chunk, run duration |
 //!
 //! The actor and workflow routes take the envelope `{"input", "on_disconnect":
-//! "cancel"|"continue", "timeout": "30s"}`; bodies are JSON whatever their `Content-Type`.
+//! "cancel"|"continue", "timeout": "30s"}` (a `timeout` may also be a number of seconds); bodies
+//! are JSON whatever their `Content-Type`.
 //! A `GET …/actors/{type}/stream` carrying `Last-Event-ID` is an `EventSource` reconnecting: it
 //! gets `204` and never starts the actor again (resume at `GET /v1/runs/{id}/stream`).
 //!
@@ -129,8 +130,9 @@ pub use tokens::TOKEN_TTL;
 
 /// Serves `state` on `listener` until `shutdown` resolves, then shuts down gracefully: no new
 /// connections or runs; embedded runs are cancelled and open streams end with their terminal
-/// `error/cancelled` chunk; in distributed mode the runs go on on their workers and open
-/// streams close without a terminal chunk. On a loopback address it answers only to loopback
+/// `error/cancelled` chunk; in distributed mode the runs go on on their workers, open
+/// streams close without a terminal chunk, and the server waits out the disconnect grace of the
+/// direct runs whose clients it had ([`ServerState::drained`]). On a loopback address it answers only to loopback
 /// host names (`localhost`, `127.0.0.1`, `[::1]`) and those of
 /// [`ServerConfig::allowed_hosts`] and its CORS origins: a page that points its own name at
 /// this machine (DNS rebinding) gets `403`. A connection that has not sent a request's
@@ -197,6 +199,7 @@ pub async fn serve(
     state.shutdown();
     closing.cancel();
     connections.shutdown().await;
+    state.drained().await;
     Ok(())
 }
 

@@ -20,7 +20,9 @@
 //! on until it ends or reaches its deadline.
 //!
 //! **Shutdown** closes this server's streams without a terminal chunk: their runs go on on
-//! the workers, and their clients resume through any server.
+//! the workers, and their clients resume through any server. The server then waits out the
+//! graces its readers' leaving started ([`RemoteRuns::drained`]), so that a direct run whose
+//! client does not come back is still cancelled.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -31,8 +33,10 @@ use futures::stream::ReadyChunks;
 use futures::StreamExt;
 use loom_core::{ActorError, CancellationToken, ChunkType, Registry, RunOptions, StreamChunk};
 use loom_redis::{Client, EntryId, EntryStream, RemoteInvoker, RunRecord, StreamEntry};
-use loom_workflow::{Workflow, DEFAULT_WORKFLOW_TIMEOUT, WORKFLOW_ACTOR_PREFIX};
+use loom_workflow::{default_timeout, Workflow, WORKFLOW_ACTOR_PREFIX};
 use serde_json::{json, Value};
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::error::ApiError;
@@ -59,6 +63,8 @@ pub(crate) struct RemoteRuns {
     metrics: Arc<Metrics>,
     /// Runs queued here whose terminal chunk the watcher has not seen.
     active: Arc<AtomicUsize>,
+    /// This server's readers and the graces their leaving started: waited for at shutdown.
+    graces: TaskTracker,
 }
 
 impl RemoteRuns {
@@ -81,6 +87,7 @@ impl RemoteRuns {
             shutting_down: AtomicBool::new(false),
             metrics,
             active: Arc::default(),
+            graces: TaskTracker::new(),
         }
     }
 
@@ -146,18 +153,16 @@ impl RemoteRuns {
             RunTarget::Actor(actor) => (actor.clone(), request.input, request.timeout),
             RunTarget::Workflow(name) => {
                 let mut input = request.input;
-                let mut timeout = request.timeout;
                 if let Some(workflow) = self.workflows.get(name) {
                     input = workflow
                         .check_input(input)
                         .map_err(|e| ActorError::bad_input(e.to_string()))?;
-                    timeout = timeout.or(workflow.timeout);
                 }
-                // The deadline is the caller's to set (readers keep it too): a workflow's
-                // own default, not one step's, when neither the request nor a definition
-                // this server has says.
-                let timeout = timeout.or(Some(DEFAULT_WORKFLOW_TIMEOUT));
-                (request.target.actor_type(), input, timeout)
+                // The workflow ends itself at its definition's deadline, on its worker: the
+                // run's deadline is the caller's, else long enough for any definition.
+                let actor_type = request.target.actor_type();
+                let timeout = request.timeout.or(default_timeout(&actor_type));
+                (actor_type, input, timeout)
             }
         };
         // Only a served type is queued: nothing else becomes a key.
@@ -182,6 +187,8 @@ impl RemoteRuns {
                     id,
                     grace,
                     claimed: AtomicBool::new(false),
+                    graces: self.graces.clone(),
+                    _held: self.graces.token(),
                 }))
             }
             DisconnectPolicy::Continue => None,
@@ -221,6 +228,7 @@ impl RemoteRuns {
             invoker: self.invoker.clone(),
             closing: self.closing.clone(),
             unclaimed: None,
+            graces: self.graces.clone(),
         }
     }
 
@@ -298,6 +306,21 @@ impl RemoteRuns {
     pub(crate) fn shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
         self.closing.cancel();
+        self.graces.close();
+    }
+
+    /// After [`shutdown`](Self::shutdown): once this server's readers are gone, waits out the
+    /// disconnect graces their leaving started, so that a direct run whose client resumes
+    /// through no other server is still cancelled. How many graces were pending is logged.
+    pub(crate) async fn drained(&self) {
+        let pending = self.graces.len();
+        if pending > 0 {
+            tracing::info!(
+                pending,
+                "waiting out the disconnect grace of runs whose clients left"
+            );
+        }
+        self.graces.wait().await;
     }
 }
 
@@ -310,6 +333,7 @@ pub(crate) struct RemoteRun {
     closing: CancellationToken,
     /// A direct run's guard until its first reader is counted.
     unclaimed: Option<Arc<Unclaimed>>,
+    graces: TaskTracker,
 }
 
 impl RemoteRun {
@@ -326,6 +350,8 @@ impl RemoteRun {
             client: self.client.clone(),
             id: self.id.clone(),
             reader,
+            graces: self.graces.clone(),
+            _held: self.graces.token(),
         };
         self.client
             .reader_joined(&self.id, &attachment.reader)
@@ -388,6 +414,10 @@ pub(crate) struct RemoteAttachment {
     id: String,
     /// This reader's id among the run's readers.
     reader: String,
+    /// Where the grace its leaving starts runs (see [`RemoteRuns::drained`]).
+    graces: TaskTracker,
+    /// Holds the server's shutdown until this reader is gone.
+    _held: TaskTrackerToken,
 }
 
 impl Drop for RemoteAttachment {
@@ -398,11 +428,14 @@ impl Drop for RemoteAttachment {
         let client = self.client.clone();
         let id = std::mem::take(&mut self.id);
         let reader = std::mem::take(&mut self.reader);
-        handle.spawn(async move {
-            if let Err(e) = left(&client, &id, &reader).await {
-                tracing::warn!(run_id = %id, error = %e, "could not count a reader gone");
-            }
-        });
+        self.graces.spawn_on(
+            async move {
+                if let Err(e) = left(&client, &id, &reader).await {
+                    tracing::warn!(run_id = %id, error = %e, "could not count a reader gone");
+                }
+            },
+            &handle,
+        );
     }
 }
 
@@ -416,6 +449,10 @@ struct Unclaimed {
     grace: Duration,
     /// Set once a reader of the run is counted: from then on the readers' tally decides.
     claimed: AtomicBool,
+    /// Where its grace runs (see [`RemoteRuns::drained`]).
+    graces: TaskTracker,
+    /// Holds the server's shutdown until this is dropped.
+    _held: TaskTrackerToken,
 }
 
 impl Drop for Unclaimed {
@@ -429,7 +466,7 @@ impl Drop for Unclaimed {
         let client = self.client.clone();
         let id = std::mem::take(&mut self.id);
         let grace = self.grace;
-        handle.spawn(async move {
+        self.graces.spawn_on(async move {
             tokio::time::sleep(grace).await;
             let joined = client.readers(&id).await.is_ok_and(|now| now.joins > 0);
             if joined {
@@ -439,7 +476,7 @@ impl Drop for Unclaimed {
             if let Err(e) = client.cancel(&id).await {
                 tracing::warn!(run_id = %id, error = %e, "could not cancel a run whose client left");
             }
-        });
+        }, &handle);
     }
 }
 
@@ -669,8 +706,9 @@ mod tests {
         harness.stop().await;
     }
 
-    /// A server that does not have a workflow's definition gives its run a workflow's
-    /// default deadline (an hour), not one step's (ten minutes): the record lives that long.
+    /// A server that does not have a workflow's definition gives its run the longest deadline
+    /// (the workflow ends itself at its own), not one step's (ten minutes): the record lives
+    /// that long.
     #[tokio::test]
     async fn a_workflow_run_queued_without_its_definition_gets_a_workflows_deadline() {
         let builtins = Registry::with_builtins();
@@ -721,7 +759,7 @@ mod tests {
         let options = client.options();
         let after = options.pickup_timeout + options.stream_ttl;
         assert!(
-            ttl + 60 >= (DEFAULT_WORKFLOW_TIMEOUT + after).as_secs(),
+            ttl + 60 >= (loom_workflow::MAX_DURATION + after).as_secs(),
             "the record lives {ttl} s"
         );
         harness.stop().await;

@@ -2,6 +2,7 @@
 //! metrics and the concurrent-stream cap.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use loom_core::{Registry, Runtime};
 use loom_workflow::Workflow;
@@ -30,6 +31,10 @@ struct Inner {
     stream_cap: usize,
     tokens: Tokens,
 }
+
+/// How much longer than the disconnect grace [`ServerState::drained`] waits, for the last
+/// readers to close and for Redis to take the cancels.
+const DRAIN_MARGIN: Duration = Duration::from_secs(5);
 
 impl ServerState {
     /// A server that runs `runtime`'s actors and `workflows` in this process (the embedded
@@ -113,5 +118,19 @@ impl ServerState {
     /// workers and this server's streams close without a terminal chunk.
     pub fn shutdown(&self) {
         self.inner.runs.shutdown();
+    }
+
+    /// After [`shutdown`](Self::shutdown), once the streams are closed: in distributed mode,
+    /// waits out the disconnect grace of each direct run whose last reader was on this server
+    /// (at most [`ServerConfig::disconnect_grace`](crate::ServerConfig) and a few seconds more),
+    /// cancelling those whose clients did not resume through another server.
+    pub async fn drained(&self) {
+        let bound = self.config().disconnect_grace + DRAIN_MARGIN;
+        if tokio::time::timeout(bound, self.inner.runs.drained())
+            .await
+            .is_err()
+        {
+            tracing::warn!("stopped waiting for the disconnect graces of runs whose clients left");
+        }
     }
 }

@@ -341,6 +341,50 @@ async fn a_server_that_shuts_down_closes_its_streams_without_a_terminal_and_the_
     assert_eq!(status["status"], "complete", "{status}");
 }
 
+/// A server shutting down closes its direct streams, then waits out their disconnect grace: a
+/// run whose client resumed through another server goes on, one whose client never came back
+/// is cancelled. Regression test for the run that went on to its end once the server it was
+/// streamed from had shut down (the grace's timer died with it).
+#[tokio::test]
+async fn a_server_that_shuts_down_still_cancels_a_direct_run_whose_client_does_not_come_back() {
+    let cluster = Cluster::start().await;
+    let config = ServerConfig {
+        disconnect_grace: Duration::from_millis(600),
+        ..ServerConfig::default()
+    };
+    let mut a = cluster.server(config.clone()).await;
+    let b = cluster.server(config).await;
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let body = json!({ "input": slow_batch(1000, 20) });
+        let response = a.post("/v1/actors/batch/stream", &body).await;
+        let id = response.headers()["loom-run-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let mut reader = SseReader::new(response);
+        let seen = reader.next_chunk().await.unwrap().id.unwrap();
+        readers.push((id, seen, reader));
+    }
+    let (gone, _, gone_reader) = readers.remove(0);
+    let (back, seen, mut back_reader) = readers.remove(0);
+    let started = std::time::Instant::now();
+    let ((), mut resumed) = tokio::join!(a.shut_down(), async {
+        // Its client comes back through the other server as soon as the stream closes.
+        back_reader.rest().await;
+        SseReader::new(b.get(&format!("/v1/runs/{back}/stream?from={seen}")).await)
+    });
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "the shutdown waited out the grace: {:?}",
+        started.elapsed()
+    );
+    drop(gone_reader);
+    assert_eq!(b.finished(&gone).await["status"], "cancelled");
+    resumed.next_chunk().await.expect("the resumed run goes on");
+    assert_eq!(b.status(&back).await["status"], "running");
+}
+
 #[tokio::test]
 async fn chat_completions_run_on_the_workers_too() {
     let cluster = Cluster::start().await;

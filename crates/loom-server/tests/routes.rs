@@ -448,9 +448,21 @@ async fn past_the_stream_cap_a_stream_is_429_with_retry_after() {
 #[tokio::test]
 async fn the_envelopes_timeout_is_the_runs_deadline() {
     let server = TestServer::default_config().await;
-    let body = json!({ "input": slow_batch(1000, 20), "timeout": "100ms" });
-    let (status, code, _) = error_of(server.post("/v1/actors/batch/run", &body).await).await;
-    assert_eq!((status, code.as_str()), (504, "timeout"));
+    // As text with a unit, or as a JSON number of seconds.
+    for timeout in [json!("100ms"), json!(0.1)] {
+        let body = json!({ "input": slow_batch(1000, 20), "timeout": timeout });
+        let (status, code, _) = error_of(server.post("/v1/actors/batch/run", &body).await).await;
+        assert_eq!((status, code.as_str()), (504, "timeout"), "{timeout}");
+    }
+    let body = json!({ "actor": "batch", "input": slow_batch(1000, 20), "timeout": 0.1 });
+    let id = server.detached(body).await;
+    let run = server.finished(&id).await;
+    assert_eq!(run["error_code"], "timeout", "{run}");
+    // Anything else is named for what it should be.
+    let body = json!({ "timeout": true });
+    let (status, _, message) = error_of(server.post("/v1/actors/echo/run", &body).await).await;
+    assert_eq!(status, 400);
+    assert!(message.contains("a number of seconds"), "{message}");
 }
 
 #[tokio::test]

@@ -116,6 +116,12 @@ pub enum Problem {
     NoActions,
     /// A name is empty or has characters other than letters, digits, `_` and `-`.
     InvalidName(String),
+    /// The workflow's name is longer than [`MAX_WORKFLOW_NAME_LEN`](crate::MAX_WORKFLOW_NAME_LEN)
+    /// bytes.
+    NameTooLong {
+        /// Its length, in bytes.
+        len: usize,
+    },
     /// Two actions share a name.
     DuplicateName,
     /// An actor action without `actorType`.
@@ -200,6 +206,13 @@ impl fmt::Display for Problem {
             Self::InvalidName(name) => write!(
                 f,
                 "invalid name '{name}': use letters, digits, '_' and '-' only"
+            ),
+            Self::NameTooLong { len } => write!(
+                f,
+                "the name is {len} bytes long: at most {} (workers serve it as the actor type \
+                 '{}<name>', which becomes a Redis key)",
+                crate::MAX_WORKFLOW_NAME_LEN,
+                crate::WORKFLOW_ACTOR_PREFIX
             ),
             Self::DuplicateName => f.write_str("duplicate action name"),
             Self::MissingActorType => f.write_str("missing field `actorType`"),

@@ -19,12 +19,13 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::Stream;
 use loom_core::{
-    Actor, ActorContext, ActorError, ActorStream, CancellationToken, ChunkStream, ErrorInfo, Event,
-    Forwarded, Invoker, Output, OutputKind, RunOptions, Runtime, Tag, Turns,
+    Actor, ActorContext, ActorError, ActorStream, CancellationToken, ChunkStream, ErrorCode,
+    ErrorInfo, Event, Forwarded, Invoker, Output, OutputKind, RunOptions, Runtime, Tag, Turns,
 };
 use serde_json::{json, Map, Value};
 use tokio::time::Sleep;
 
+use crate::duration::MAX_DURATION;
 use crate::reference;
 use crate::workflow::{Action, ActorAction, Workflow, MAX_BACKOFF};
 
@@ -88,7 +89,8 @@ impl WorkflowExecutor {
     }
 
     /// [`stream`](Self::stream) with run options: a run id, a parent cancellation token, a
-    /// deadline (default: the definition's `timeout`, else [`DEFAULT_WORKFLOW_TIMEOUT`]).
+    /// deadline, which can only bring the end sooner than the definition's own `timeout`
+    /// (else [`DEFAULT_WORKFLOW_TIMEOUT`]).
     pub fn stream_with(
         &self,
         workflow: impl Into<Arc<Workflow>>,
@@ -96,9 +98,7 @@ impl WorkflowExecutor {
         mut options: RunOptions,
     ) -> ChunkStream {
         let workflow = workflow.into();
-        if options.timeout.is_none() {
-            options.timeout = Some(workflow.timeout.unwrap_or(DEFAULT_WORKFLOW_TIMEOUT));
-        }
+        options.timeout = options.timeout.or(Some(MAX_DURATION));
         Runtime::default().stream_actor(self.actor(workflow), input, options)
     }
 
@@ -112,7 +112,10 @@ impl WorkflowExecutor {
     }
 
     /// `workflow` as an actor named after it, e.g. to register in a
-    /// [`Registry`](loom_core::Registry) or serve over HTTP. Its run deadline is the caller's.
+    /// [`Registry`](loom_core::Registry) or serve over HTTP. It ends itself with
+    /// `error/timeout` at its definition's `timeout` (else [`DEFAULT_WORKFLOW_TIMEOUT`]) after
+    /// it starts, or sooner at its run's deadline; give its runs the deadline
+    /// [`default_timeout`] says when the caller sets none.
     pub fn actor(&self, workflow: impl Into<Arc<Workflow>>) -> Arc<dyn Actor> {
         let workflow = workflow.into();
         let name = workflow.name.clone();
@@ -160,12 +163,67 @@ impl Actor for WorkflowActor {
     }
 
     fn stream(self: Arc<Self>, input: Value, ctx: ActorContext) -> ActorStream {
-        run_workflow(
+        let run = run_workflow(
             Arc::clone(&self.workflow),
             Arc::clone(&self.invoker),
             input,
             ctx,
-        )
+        );
+        // The definition's own deadline holds wherever the workflow runs: on a worker the
+        // run's deadline is its caller's, who may not know the definition.
+        Box::pin(Deadline {
+            run: Some(run),
+            timeout: self.workflow.timeout.unwrap_or(DEFAULT_WORKFLOW_TIMEOUT),
+            sleep: None,
+            name: self.workflow.name.clone(),
+        })
+    }
+}
+
+/// The deadline to give a run of `actor_type` whose caller sets none, for callers that may not
+/// have its definition: a workflow served by workers (`workflows/<name>`) ends itself at its
+/// definition's `timeout`, so its run gets the longest deadline ([`MAX_DURATION`]); any
+/// other actor type `None` (the runtime's default).
+pub fn default_timeout(actor_type: &str) -> Option<Duration> {
+    actor_type
+        .starts_with(WORKFLOW_ACTOR_PREFIX)
+        .then_some(MAX_DURATION)
+}
+
+/// A workflow's stream, ended with `error/timeout` once its own deadline has passed since its
+/// first poll (dropping the rest cancels its running steps).
+struct Deadline {
+    /// The workflow's stream; `None` once the deadline ended it.
+    run: Option<ActorStream>,
+    timeout: Duration,
+    /// Started at the first poll, inside the runtime.
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// The workflow's name, for the error.
+    name: String,
+}
+
+impl Stream for Deadline {
+    type Item = Result<Output, ActorError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let Some(run) = &mut this.run else {
+            return Poll::Ready(None);
+        };
+        let timeout = this.timeout;
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if sleep.as_mut().poll(cx).is_pending() {
+            return run.as_mut().poll_next(cx);
+        }
+        this.run = None;
+        let message = format!(
+            "workflow '{}' passed its timeout ({})",
+            this.name,
+            humantime::format_duration(timeout)
+        );
+        Poll::Ready(Some(Err(ActorError::new(ErrorCode::Timeout, message))))
     }
 }
 
@@ -607,7 +665,7 @@ fn start(
     let actor_type = step.actor_type.clone();
     let input = input.clone();
     let options = RunOptions {
-        timeout: step.timeout,
+        timeout: step.timeout.or_else(|| default_timeout(&step.actor_type)),
         parent: Some(parent.clone()),
         ..RunOptions::default()
     };

@@ -64,9 +64,11 @@ mod workflow;
 
 pub use duration::{parse_duration, parse_timeout, MAX_DURATION};
 pub use error::{DurationError, Problem, WorkflowError};
-pub use executor::{WorkflowExecutor, DEFAULT_WORKFLOW_TIMEOUT, WORKFLOW_ACTOR_PREFIX};
+pub use executor::{
+    default_timeout, WorkflowExecutor, DEFAULT_WORKFLOW_TIMEOUT, WORKFLOW_ACTOR_PREFIX,
+};
 pub use load::{load, parse, MAX_DEFINITION_BYTES};
 pub use reference::{MAX_STEP_INPUT_BYTES, MAX_STEP_INPUT_DEPTH};
 pub use schema::{InputSchema, JsonType, PropertySchema};
-pub use validate::validate;
+pub use validate::{validate, MAX_WORKFLOW_NAME_LEN};
 pub use workflow::{Action, ActorAction, ParallelGroup, Workflow, DEFAULT_BACKOFF, MAX_BACKOFF};

@@ -7,8 +7,13 @@ use std::collections::{HashMap, HashSet};
 use crate::error::{Problem, WorkflowError};
 use crate::reference::{self, Root};
 use crate::workflow::{Action, Workflow};
+use crate::WORKFLOW_ACTOR_PREFIX;
 
-/// Checks a parsed workflow: a valid name, at least one action, valid and unique names, non-empty groups,
+/// The longest workflow name, in bytes: workers serve a workflow as the actor type
+/// `workflows/<name>`, a Redis key's part of at most 128 bytes.
+pub const MAX_WORKFLOW_NAME_LEN: usize = 128 - WORKFLOW_ACTOR_PREFIX.len();
+
+/// Checks a parsed workflow: a valid name (at most [`MAX_WORKFLOW_NAME_LEN`] bytes), at least one action, valid and unique names, non-empty groups,
 /// known actor types, well-formed references that point only to earlier steps (not to a
 /// sibling in the same parallel group), and no cycles. [`parse`](crate::parse) and [`load`](crate::load) call it; call
 /// it again to check a workflow against another set of actor types.
@@ -17,6 +22,10 @@ pub fn validate(workflow: &Workflow, knows: &dyn Fn(&str) -> bool) -> Result<(),
     if !is_name(&workflow.name) {
         let name = workflow.name.clone();
         return Err(workflow.error(None, Problem::InvalidName(name)));
+    }
+    if workflow.name.len() > MAX_WORKFLOW_NAME_LEN {
+        let len = workflow.name.len();
+        return Err(workflow.error(None, Problem::NameTooLong { len }));
     }
     if workflow.actions.is_empty() {
         return Err(workflow.error(None, Problem::NoActions));

@@ -5,7 +5,7 @@ mod support;
 
 use std::sync::atomic::Ordering;
 
-use loom_core::{ChunkType, ErrorCode, Event};
+use loom_core::{ChunkType, ErrorCode, Event, RunOptions};
 use loom_workflow::WorkflowExecutor;
 use serde_json::json;
 use support::*;
@@ -129,6 +129,47 @@ async fn a_step_past_its_timeout_fails_with_timeout_and_is_stopped() {
         1,
         "the timed-out actor was stopped"
     );
+}
+
+/// A workflow's own `timeout` ends it wherever it runs: as a registered actor (how workers
+/// serve it, with the caller's deadline, which may be longer) as much as through the executor;
+/// a caller's shorter deadline comes first. Regression test for the definition's deadline that
+/// a worker ignored.
+#[tokio::test]
+async fn a_workflows_own_timeout_ends_it_however_it_is_run_and_a_callers_shorter_one_first() {
+    let hang = Hang::new("hang");
+    let runtime = runtime_with(vec![hang.clone()]);
+    let yaml = "name: w\ntimeout: 100ms\nactions:\n  - { name: step, actorType: hang }\n";
+    let workflow = std::sync::Arc::new(workflow(&runtime, yaml));
+    let executor = WorkflowExecutor::new(runtime.clone());
+    let long = RunOptions {
+        timeout: Some(std::time::Duration::from_secs(60)),
+        ..RunOptions::default()
+    };
+    let as_actor = runtime.stream_actor(executor.worker_actor(workflow.clone()), json!({}), long);
+    let ways = [
+        collect(executor.stream(workflow.clone(), json!({}))).await,
+        collect(as_actor).await,
+    ];
+    for chunks in ways {
+        let error = terminal(&chunks).error.as_ref().expect("error");
+        assert_eq!(error.code, ErrorCode::Timeout);
+        assert_eq!(error.message, "workflow 'w' passed its timeout (100ms)");
+    }
+    assert_eq!(
+        hang.drops.load(Ordering::SeqCst),
+        2,
+        "each step was stopped"
+    );
+
+    let short = RunOptions {
+        timeout: Some(std::time::Duration::from_millis(20)),
+        ..RunOptions::default()
+    };
+    let chunks = collect(executor.stream_with(workflow, json!({}), short)).await;
+    let error = terminal(&chunks).error.as_ref().expect("error");
+    assert_eq!(error.code, ErrorCode::Timeout);
+    assert_eq!(error.message, "the run passed its deadline");
 }
 
 #[tokio::test]

@@ -455,6 +455,18 @@ fn a_workflow_name_that_cannot_be_a_key_is_refused() {
             "{name}: {err}"
         );
     }
+    // Served by workers as `workflows/<name>`, a key part of at most 128 bytes: a longer
+    // name passed here and stopped every worker that loaded it.
+    let longest = "a".repeat(loom_workflow::MAX_WORKFLOW_NAME_LEN);
+    let yaml = |name: &str| format!("name: {name}\nactions:\n  - {{ name: a, actorType: echo }}\n");
+    parse(&yaml(&longest), "long.yaml", &known).expect("the longest name");
+    let err = reject(&yaml(&format!("{longest}a")));
+    assert_eq!(
+        err.problem(),
+        Some(&Problem::NameTooLong { len: 119 }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("at most 118"), "{err}");
 }
 
 #[test]

@@ -424,9 +424,12 @@ async fn command(
             }
             // Before the run is queued: a signal from here on cancels it.
             let signals = Signals::new();
-            let stream = invoker
-                .stream(&args.actor, input, args.output.options())
-                .await?;
+            let mut options = args.output.options();
+            // A workflow a worker serves ends itself at its own deadline.
+            options.timeout = options
+                .timeout
+                .or_else(|| loom_workflow::default_timeout(&args.actor));
+            let stream = invoker.stream(&args.actor, input, options).await?;
             Ok(follow(stream, signals, args.output.mode(), Stop::Cancel).await)
         }
         Job::WorkflowRun(args, workflow, input) => {
@@ -488,7 +491,18 @@ async fn command(
             Ok(ExitCode::SUCCESS)
         }
         Job::Serve(args, workflows) => {
-            serve::serve(args, workflows, runtime, redis, offline, shutdown_signal()).await?;
+            let shutdown = shutdown_signal();
+            // A second signal stops at once, without waiting out the disconnect graces.
+            let shutdown = async move {
+                shutdown.await;
+                let again = shutdown_signal();
+                tokio::spawn(async move {
+                    again.await;
+                    eprintln!("loom: stopped without waiting for clients to resume");
+                    std::process::exit(130);
+                });
+            };
+            serve::serve(args, workflows, runtime, redis, offline, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         Job::Tail { id, from, json } => {

@@ -568,6 +568,45 @@ fn a_workflow_served_by_a_worker_runs_as_an_actor_type_and_as_a_step() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A workflow's own `timeout:` ends it on the worker that serves it, whoever runs it and
+/// whatever deadline they give: regression test for `actor run workflows/<name>`, which
+/// does not have the definition and ran the workflow to its end (or to ten minutes).
+#[test]
+fn a_workflow_served_by_a_worker_ends_at_its_own_timeout_run_by_name_or_from_its_file() {
+    let redis = RedisServer::start();
+    let dir = std::env::temp_dir().join(format!("loom-deadline-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("slow.yaml");
+    std::fs::write(
+        &file,
+        "name: slow\ntimeout: 1s\nactions:\n  - name: work\n    actorType: batch\n    input: { count: 100, batch_size: 1, delay_ms: 50 }\n",
+    )
+    .unwrap();
+    let dir_arg = dir.display().to_string();
+    let _worker = WorkerProcess::with(&redis, &["--workflows", &dir_arg]);
+    let file = file.display().to_string();
+    for args in [
+        vec!["actor", "run", "workflows/slow", "--timeout", "1h"],
+        vec!["actor", "run", "workflows/slow"],
+        vec!["workflow", "run", &file],
+    ] {
+        let started = std::time::Instant::now();
+        let out = run(&[&args[..], &["--json", "--redis", redis.url()]].concat());
+        assert_eq!(out.code, Some(1), "{args:?}: {}", out.stderr);
+        let end = chunks(&out.stdout).pop().expect("the terminal chunk");
+        assert_eq!(end["error"]["code"], "timeout", "{args:?}: {end}");
+        assert_eq!(
+            end["error"]["message"], "workflow 'slow' passed its timeout (1s)",
+            "{args:?}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(4),
+            "{args:?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The Ctrl-C grace period is counted from the Ctrl-C, not from the last chunk: a stream
 /// that keeps going after the cancel (here a `tail`, whose producer does not stop) does not
 /// keep the CLI alive.

@@ -25,6 +25,7 @@ use crate::backoff::Backoff;
 use crate::codec::{parse_entries, parse_read_frame, text, EntryId, RawEntry};
 use crate::conn::{redirect, Conn, Reach, Redirect};
 use crate::error::Error;
+use crate::script::{self, Consumers};
 use crate::wire::Wire;
 use crate::worker::state::{Shared, Work};
 
@@ -76,6 +77,8 @@ pub(crate) struct Fetcher {
     turn: usize,
     backoff: Backoff,
     next_sweep: Instant,
+    /// When to next delete the groups' dead consumers ([`prune_dead`](Self::prune_dead)).
+    next_prune: Instant,
     /// Per queue, where the next `XAUTOCLAIM` continues, so sweeps reach every pending entry
     /// however long the pending list is.
     cursors: HashMap<String, String>,
@@ -97,6 +100,7 @@ impl Fetcher {
             turn: 0,
             backoff: Backoff::default(),
             next_sweep: Instant::now(),
+            next_prune: Instant::now(),
             cursors: HashMap::new(),
         }
     }
@@ -176,6 +180,10 @@ impl Fetcher {
             if !claimed.is_empty() {
                 return Ok((claimed, false));
             }
+        }
+        if Instant::now() >= self.next_prune {
+            self.next_prune = Instant::now() + self.shared.client.options().visibility_timeout;
+            self.prune_dead().await;
         }
         // Fewer free slots than queues: a blocking read over them all could take one request
         // from each, which would then wait here while other workers are idle. So they are
@@ -372,6 +380,43 @@ impl Fetcher {
             }
         }
         work
+    }
+
+    /// Deletes this worker from each queue's group if nothing is pending under its name.
+    pub(crate) async fn leave(&self) {
+        let me = [self.shared.name.clone()];
+        self.prune(0, Consumers::Only(&me)).await;
+    }
+
+    /// Deletes from each queue's group the consumers of workers that no longer advertise
+    /// themselves (killed, or stopped holding requests that others have claimed since), idle
+    /// for two visibility timeouts with nothing pending: they would stay there for good.
+    async fn prune_dead(&self) {
+        let mut conn = self.shared.client.conn();
+        let actors = self.shared.client.keys().actors();
+        let live = match script::live_workers(&mut conn, &actors).await {
+            Ok(live) => live,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot tell the live workers");
+                return;
+            }
+        };
+        let idle = 2 * self.shared.client.options().visibility_timeout.as_millis() as u64;
+        self.prune(idle, Consumers::Except(&live)).await;
+    }
+
+    /// Deletes the consumers `which` names from each queue's group, if idle for `idle_ms` with
+    /// nothing pending ([`script::prune_consumers`]).
+    async fn prune(&self, idle_ms: u64, which: Consumers<'_>) {
+        let mut conn = self.shared.client.conn();
+        let group = self.shared.group();
+        for queue in &self.queues {
+            match script::prune_consumers(&mut conn, queue, group, idle_ms, which).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(queue, deleted = n, "deleted idle consumers"),
+                Err(e) => tracing::debug!(queue, error = %e, "cannot delete idle consumers"),
+            }
+        }
     }
 
     /// [`claim_abandoned`](Self::claim_abandoned) on one queue, adding to `work`: scans until

@@ -28,13 +28,18 @@
 //!   entry and the cancel key) and continues from there, so the stream stays gapless and the new `start` carries
 //!   `attempt`. A request whose stream already ended is only acknowledged. If the heartbeat
 //!   finds that another worker took one of its runs, it stops that run without writing.
+//!   Every visibility timeout it also deletes from the queues' groups each consumer of a worker
+//!   that no longer advertises itself, idle for two visibility timeouts with nothing pending
+//!   (it would otherwise stay in `XINFO CONSUMERS` for good); a worker that stops deletes its
+//!   own.
 //! - **Cancel.** The worker subscribes to `loom:cancel` and checks `loom:cancel:{<bucket>}:<id>` before
 //!   starting a run; a cancel cancels the run's token, so the actor stops at once and the
 //!   runtime writes `error/cancelled`. Pub/sub delivers at most once, so the heartbeat also
 //!   reads the cancel keys of the runs it holds.
 //! - **Shutdown.** When the shutdown future resolves the worker stops taking requests, lets
 //!   the runs it holds finish for up to `shutdown_grace`, then hands the rest back (their
-//!   requests become claimable at once, and another worker continues their streams).
+//!   requests become claimable at once, and another worker continues their streams). It then
+//!   leaves the queues' groups, if nothing is pending under its name.
 //! - **Redis loss.** Every loop logs, backs off and reconnects; the worker does not exit.
 //!
 //! One file per concern: `fetch.rs` takes requests (`XREADGROUP`, the `XAUTOCLAIM` sweep),
@@ -245,6 +250,9 @@ impl Worker {
         }
         stop.cancel();
         while background.join_next().await.is_some() {}
+        // Out of the group, unless it handed requests back: they stay pending under its name
+        // until others claim them, and a later sweep deletes it then.
+        fetcher.leave().await;
         tracing::info!(worker = %shared.name, "worker stopped");
         Ok(())
     }

@@ -42,7 +42,7 @@ pub(crate) async fn require_key(
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(bearer);
     let authorized = match given {
         Some(given) => same_key(given, key),
         None if request.method() == Method::GET => {
@@ -55,6 +55,15 @@ pub(crate) async fn require_key(
     } else {
         refuse(&request, ApiError::Unauthorized)
     }
+}
+
+/// The credentials of an `Authorization` value of the `Bearer` scheme, whose name is
+/// case-insensitive (RFC 9110 §11.1) and may be followed by more than one space.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim_start_matches(' '))
 }
 
 /// Refuses (`403`) a request a browser sends for a page of another site, unless the server's

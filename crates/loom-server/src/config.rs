@@ -40,7 +40,8 @@ pub struct ServerConfig {
     /// The interval of `: keep-alive` comments on an idle stream.
     pub keep_alive: Duration,
     /// How long a client may take to send a request's headers (HTTP/1) before its connection
-    /// is closed, so that connections that never finish a request cannot pile up.
+    /// is closed, and then its JSON body (`408 request_timeout`), so that connections that
+    /// never finish a request cannot pile up or hold a shutdown.
     pub header_timeout: Duration,
     /// How long a finished run stays readable.
     pub run_ttl: Duration,

@@ -32,6 +32,13 @@ pub enum ApiError {
     /// 405 `method_not_allowed`: the route exists, not with this method.
     #[error("this route does not take that method")]
     MethodNotAllowed,
+    /// 408 `request_timeout`: the request's body did not arrive in time
+    /// ([`ServerConfig::header_timeout`](crate::ServerConfig::header_timeout)).
+    #[error("the request body did not arrive within {secs} s")]
+    BodyTimeout {
+        /// The time it had, in seconds.
+        secs: u64,
+    },
     /// 410 `cursor_expired`: the log no longer holds the cursor.
     #[error(transparent)]
     CursorExpired(#[from] CursorExpired),
@@ -78,6 +85,7 @@ impl ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::CursorExpired(_) => StatusCode::GONE,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooManyStreams { .. } | Self::TooManyRuns { .. } | Self::QueueFull(_) => {
@@ -128,6 +136,7 @@ impl ApiError {
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::BodyTimeout { .. } => "request_timeout",
             Self::CursorExpired(_) => "cursor_expired",
             Self::TooLarge { .. } => "too_large",
             Self::TooManyStreams { .. } => "too_many_streams",

@@ -45,8 +45,14 @@ impl<T: DeserializeOwned> FromRequest<ServerState> for LoomJson<T> {
 
 impl<T: DeserializeOwned> LoomJson<T> {
     async fn parse(request: Request, state: &ServerState) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(request, state)
+        // A body that never finishes would hold its connection (and a shutdown) for ever.
+        let wait = state.config().header_timeout;
+        let read = tokio::time::timeout(wait, Bytes::from_request(request, state));
+        let bytes = read
             .await
+            .map_err(|_| ApiError::BodyTimeout {
+                secs: wait.as_secs(),
+            })?
             .map_err(|rejection| {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::TooLarge {

@@ -42,7 +42,11 @@ pub fn router(state: ServerState) -> Router {
         .route("/v1/actors/{actor}/run", post(run_actor))
         .route(
             "/v1/actors/{actor}/stream",
-            post(stream_actor).get(stream_actor_get),
+            // Not `HEAD`, which a GET route answers too: a link checker's look must not start
+            // a run.
+            post(stream_actor)
+                .get(stream_actor_get)
+                .head(|| async { ([(header::ALLOW, "GET,POST")], ApiError::MethodNotAllowed) }),
         )
         .route("/v1/workflows/{name}/stream", post(stream_workflow))
         .route("/v1/runs", post(create_run).get(list_runs))

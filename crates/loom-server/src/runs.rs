@@ -206,6 +206,10 @@ async fn drive(
     let started = Instant::now();
     let mut last_seq = None;
     while let Some(mut chunk) = stream.next().await {
+        // An actor that never waits would keep this loop, and the tasks it wakes (its
+        // readers, queued on this thread), from ever giving the thread up: tokio's budget
+        // makes it yield now and then.
+        tokio::task::coop::consume_budget().await;
         if let Some(error) = chunk.error.as_mut() {
             if error.code == ErrorCode::Cancelled && shutting_down.load(Ordering::SeqCst) {
                 error.message = SHUTDOWN_MESSAGE.to_owned();

@@ -127,6 +127,29 @@ impl Socket {
         };
         let _ = self.send(Message::Close(Some(frame))).await;
     }
+
+    /// Reading a message failed: closes with why, if the socket still takes a frame — `1009`
+    /// for a message over the limit (the run, if any, is then cancelled after the disconnect
+    /// grace, as for a client gone), `1002` for anything else.
+    async fn broken(&mut self, err: &axum::Error) {
+        let why = err.to_string();
+        // tungstenite's own words for a message or frame over the limit.
+        let code = if why.contains("too long") || why.contains("too big") {
+            close_code::SIZE
+        } else {
+            close_code::PROTOCOL
+        };
+        // A close frame's reason holds at most 123 bytes.
+        let mut end = why.len().min(123);
+        while !why.is_char_boundary(end) {
+            end -= 1;
+        }
+        let frame = CloseFrame {
+            code,
+            reason: why[..end].to_owned().into(),
+        };
+        let _ = self.send(Message::Close(Some(frame))).await;
+    }
 }
 
 async fn session(
@@ -154,7 +177,8 @@ async fn session(
             }
         };
         let refused = match message {
-            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+            Some(Ok(Message::Close(_))) | None => return,
+            Some(Err(err)) => return socket.broken(&err).await,
             Some(Ok(message)) => match read(&message) {
                 Some(Ok(ClientMessage::Start { input, timeout })) => break (input, timeout),
                 Some(Ok(ClientMessage::Cancel {})) => Some(ApiError::BadRequest(
@@ -231,7 +255,8 @@ async fn session(
                         }
                     }
                 }
-                Some(Err(_)) | None => return,
+                Some(Err(err)) => return socket.broken(&err).await,
+                None => return,
             },
             _ = tokio::time::sleep(keep_alive) => {
                 if !socket.send(Message::Ping(Bytes::new())).await {

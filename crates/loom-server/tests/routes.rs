@@ -766,6 +766,41 @@ async fn a_connection_that_never_finishes_its_headers_is_closed() {
     assert_eq!(server.get("/healthz").await.status(), 200);
 }
 
+/// A body that stops arriving is answered `408 request_timeout` after the header timeout, and
+/// does not hold a shutdown: regression test for the half-sent body that kept `SIGTERM`
+/// waiting for ever.
+#[tokio::test]
+async fn a_body_that_stops_arriving_is_408_and_does_not_hold_a_shutdown() {
+    let mut server = TestServer::start(ServerConfig {
+        header_timeout: std::time::Duration::from_millis(300),
+        ..ServerConfig::default()
+    })
+    .await;
+    let address = server.base.trim_start_matches("http://").to_owned();
+    let mut raw = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head =
+        "POST /v1/actors/echo/run HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n";
+    let partial = format!("{head}{{\"input\":");
+    tokio::io::AsyncWriteExt::write_all(&mut raw, partial.as_bytes())
+        .await
+        .unwrap();
+    let mut answer = vec![0; 4096];
+    let read = within(tokio::io::AsyncReadExt::read(&mut raw, &mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer[..read.unwrap()]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+
+    // Half a body again, then the shutdown: it ends within the timeout.
+    let mut raw = tokio::net::TcpStream::connect(&address).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut raw, partial.as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let started = std::time::Instant::now();
+    server.shut_down().await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+}
+
 /// Runs running at once are capped like streams: past `max_runs` a new one is `429
 /// too_many_runs` with `Retry-After`, and a run that ends gives its place back.
 #[tokio::test]
@@ -795,4 +830,20 @@ async fn past_the_run_cap_a_run_is_429_until_one_ends() {
         }
     })
     .await;
+}
+
+/// A `HEAD` of the `EventSource` route (what link checkers and prefetchers send) starts no
+/// run: `405`, where the `GET` it would otherwise be answered as starts one.
+#[tokio::test]
+async fn a_head_of_the_event_source_route_starts_no_run() {
+    let server = TestServer::default_config().await;
+    let head = server
+        .http
+        .head(server.url("/v1/actors/echo/stream?input=%7B%7D"))
+        .send();
+    let response = within(head).await.unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "GET,POST");
+    let runs: Value = within(server.get("/v1/runs").await.json()).await.unwrap();
+    assert_eq!(runs, json!({ "runs": [] }), "no run started");
 }

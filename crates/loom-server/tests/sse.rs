@@ -284,6 +284,7 @@ async fn with_an_api_key_every_route_but_healthz_and_the_console_needs_the_beare
         Some("s3cret"),
         Some("Bearer s3cre"),
         Some("Basic s3cret"),
+        Some("Bearers3cret"),
     ] {
         let mut request = server.http.get(server.url("/v1/actors"));
         if let Some(auth) = auth {
@@ -305,6 +306,12 @@ async fn with_an_api_key_every_route_but_healthz_and_the_console_needs_the_beare
     assert_eq!(frames.last().unwrap().event.as_deref(), Some("complete"));
     let unauthorized_stream = server.post("/v1/actors/echo/stream", &json!({})).await;
     assert_eq!(unauthorized_stream.status(), 401);
+    // The scheme's name is case-insensitive (RFC 9110 §11.1), and more spaces may follow it.
+    for auth in ["bearer s3cret", "BEARER s3cret", "Bearer  s3cret"] {
+        let request = server.http.get(server.url("/v1/actors"));
+        let response = within(request.header("authorization", auth).send()).await;
+        assert_eq!(response.unwrap().status(), 200, "{auth}");
+    }
 }
 
 /// A server whose log keeps 100 chunks, with an actor `flood` that writes one token, waits

@@ -286,7 +286,7 @@ async fn a_socket_that_never_starts_a_run_is_closed_and_gives_its_stream_back() 
 }
 
 /// A message is held whole to be parsed, so it is bound like a request body: one over the
-/// limit closes the socket before it is read.
+/// limit closes the socket before it is read, with `1009` (message too big).
 #[tokio::test]
 async fn a_message_over_the_body_limit_closes_the_socket() {
     let server = TestServer::start(ServerConfig {
@@ -297,5 +297,61 @@ async fn a_message_over_the_body_limit_closes_the_socket() {
     let mut socket = connect(&server, "echo").await;
     let big = json!({ "action": "start", "input": "x".repeat(128 * 1024) });
     let _ = within(socket.send(Message::text(big.to_string()))).await;
-    assert_eq!(next_json(&mut socket).await, None, "closed, nothing run");
+    assert_eq!(
+        close_code(&mut socket).await,
+        Some(1009),
+        "closed, nothing run"
+    );
+}
+
+/// An actor that never waits (here one that yields tokens as fast as it can) does not keep
+/// its socket's task from running: a client that stops reading is still dropped, and its run
+/// cancelled after the grace. Regression test for the run that went on for ever, its socket
+/// starved on the thread of the loop that logs the run. The server has a runtime of its own,
+/// so that starving it fails this test instead of hanging it.
+#[tokio::test]
+async fn a_socket_of_an_actor_that_never_waits_is_still_dropped_and_its_run_cancelled() {
+    let spin = loom_core::actor_fn("spin", |_, _| {
+        loom_core::try_stream! {
+            for _ in 0..100_000_000u64 {
+                yield loom_core::Output::token("x");
+            }
+            yield loom_core::Output::complete(Value::Null);
+        }
+    });
+    let mut registry = loom_core::Registry::with_builtins();
+    registry.register(spin);
+    let config = ServerConfig {
+        keep_alive: std::time::Duration::from_millis(100),
+        disconnect_grace: std::time::Duration::from_millis(100),
+        ..ServerConfig::default()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = runtime.spawn(TestServer::start_with(registry, config));
+    // Not waited for when the test ends: a starved thread would never let it go.
+    let _runtime = Background(Some(runtime));
+    let server = within(server).await.unwrap();
+    let mut deaf = connect(&server, "spin").await;
+    send(&mut deaf, json!({ "action": "start" })).await;
+    let start = next_json(&mut deaf).await.expect("start");
+    let id = start["data"]["run_id"].as_str().expect("run id").to_owned();
+    // Reads nothing more, and keeps the socket open.
+    let status = server.finished(&id).await;
+    assert_eq!(status["status"], "cancelled", "{status}");
+    drop(deaf);
+}
+
+/// A runtime shut down in the background when dropped.
+struct Background(Option<tokio::runtime::Runtime>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }

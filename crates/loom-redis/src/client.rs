@@ -219,6 +219,7 @@ impl Client {
                 // A server that wants a password answers commands, not the connection, with
                 // NOAUTH.
                 redis::cmd("PING").exec_async(&mut conn).await?;
+                check_version(&mut conn).await?;
                 // A server without cluster support refuses `CLUSTER INFO`; an ACL user may
                 // too (it is not among the dangerous commands, `INFO` is).
                 let cluster: Result<String, _> = redis::cmd("CLUSTER")
@@ -509,6 +510,56 @@ impl Client {
     }
 }
 
+/// The oldest Redis Loom runs on: `XAUTOCLAIM` and `ZRANGE … BYSCORE` came in 6.2.
+pub const MIN_REDIS_VERSION: (u32, u32) = (6, 2);
+
+/// Refuses a server older than [`MIN_REDIS_VERSION`], whose refusals of newer commands would
+/// otherwise come up only mid-run. The version is `HELLO 2`'s (the protocol stays RESP2;
+/// `HELLO` came in 6.0 and is no dangerous command, which an ACL user may lack, as `INFO` is).
+async fn check_version(conn: &mut redis::aio::ConnectionManager) -> Result<(), Error> {
+    let (major, minor) = MIN_REDIS_VERSION;
+    let too_old = |version: &str| {
+        Error::InvalidOptions(format!(
+            "Redis {major}.{minor} or later is needed; this server is {version}"
+        ))
+    };
+    let hello: Result<redis::Value, _> = redis::cmd("HELLO").arg(2).query_async(conn).await;
+    let fields = match hello {
+        Ok(redis::Value::Array(fields)) => fields,
+        Ok(redis::Value::Map(pairs)) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        Ok(_) => return Ok(()),
+        Err(e) if e.code() == Some("ERR") && e.to_string().contains("unknown command") => {
+            return Err(too_old("older than 6.0"));
+        }
+        // Refused or failed for another reason: the commands themselves will tell.
+        Err(_) => return Ok(()),
+    };
+    let version = fields
+        .chunks(2)
+        .find(|pair| {
+            redis::from_redis_value::<String>(pair[0].clone()).is_ok_and(|k| k == "version")
+        })
+        .and_then(|pair| pair.get(1).cloned())
+        .and_then(|v| redis::from_redis_value::<String>(v).ok());
+    let Some(version) = version else {
+        return Ok(());
+    };
+    if is_older(&version, MIN_REDIS_VERSION) {
+        return Err(too_old(&version));
+    }
+    Ok(())
+}
+
+/// Whether `version` (`major.minor.patch`, as Redis gives it) is older than `min`; one that
+/// does not read as a version is taken for a new one.
+fn is_older(version: &str, min: (u32, u32)) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>());
+    match (parts.next(), parts.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => (major, minor) < min,
+        _ => false,
+    }
+}
+
 /// A single server's shared connection: multiplexed, reconnecting with backoff.
 async fn managed(redis: &redis::Client) -> Result<redis::aio::ConnectionManager, Error> {
     let config = ConnectionManagerConfig::new()
@@ -593,4 +644,27 @@ pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_before_6_2_are_older_and_unreadable_ones_are_not() {
+        for old in ["6.0.16", "6.1.0", "5.0.14", "2.8.24"] {
+            assert!(is_older(old, MIN_REDIS_VERSION), "{old}");
+        }
+        for new in [
+            "6.2.0",
+            "6.2.14",
+            "7.0.15",
+            "7.4.2",
+            "10.0.0",
+            "255.255.255",
+            "unstable",
+        ] {
+            assert!(!is_older(new, MIN_REDIS_VERSION), "{new}");
+        }
+    }
 }

@@ -69,6 +69,12 @@ impl Error {
         matches!(self, Self::Redis(e) if e.code() == Some("OOM"))
     }
 
+    /// Whether Redis refused the command for the user's permissions (an ACL): a `NOPERM`
+    /// error reply, which asking again will not change.
+    pub fn is_no_permission(&self) -> bool {
+        matches!(self, Self::Redis(e) if e.code() == Some("NOPERM"))
+    }
+
     /// The wire error code this failure stands for: `bad_input` for invalid names, ids and
     /// options, `not_found` for unknown actors and streams, `upstream` for Redis failures
     /// (and readers stopped by them) and a full queue.

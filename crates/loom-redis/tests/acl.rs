@@ -153,3 +153,43 @@ async fn a_tls_url_is_refused_as_bad_input_because_this_build_has_no_tls() {
     assert_eq!(error.code(), ErrorCode::BadInput, "{error}");
     assert!(error.to_string().contains("TLS"), "{error}");
 }
+
+/// A worker whose user may not run scripts, or read or claim the queues, fails at once with
+/// Redis's refusal, rather than staying up serving nothing while callers wait: regression
+/// test for the worker that said it was serving and never ran a request.
+#[tokio::test]
+async fn a_worker_refused_a_command_it_needs_fails_at_once() {
+    let server = RedisServer::start_own();
+    let options = fast_options();
+    let _admin = confine(&server, &options.prefix);
+    let mut plain = redis::Client::open(as_user(&server, "admin", "adminpw"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    for refused in ["-evalsha", "-xreadgroup", "-xautoclaim"] {
+        // The recommended user, less one command (`ACL SETUSER` adds to what it has).
+        redis::cmd("ACL")
+            .arg(&[
+                "SETUSER",
+                "loom",
+                "+@all",
+                "-@dangerous",
+                "+client|unblock",
+                refused,
+            ])
+            .exec(&mut plain)
+            .unwrap();
+        let url = as_user(&server, "loom", "s3cret");
+        let client = within(10, Client::connect_with(&url, options.clone()))
+            .await
+            .expect("connect as loom");
+        let probe = Arc::new(Probe::default());
+        let worker = loom_redis::Worker::new(client, runtime(&probe), WorkerOptions::default());
+        let err = within(5, worker.run(std::future::pending()))
+            .await
+            .expect_err("refused");
+        assert!(err.is_no_permission(), "{refused}: {err}");
+        let command = refused.trim_start_matches('-');
+        assert!(err.to_string().contains(command), "{refused}: {err}");
+    }
+}

@@ -388,8 +388,9 @@ async fn many_long_streams_replayed_at_once_arrive_whole_in_replies_of_bounded_s
         runs.push(ticker(&client, 1000, 0).await);
     }
     let ids: Vec<String> = runs.iter().map(|c| c.run_id().to_owned()).collect();
-    for chunks in futures::future::join_all(runs.into_iter().map(|c| collect(60, c))).await {
-        assert_completes(&chunks);
+    let first = futures::future::join_all(runs.into_iter().map(|c| collect(60, c))).await;
+    for chunks in &first {
+        assert_completes(chunks);
     }
     worker.stop().await;
     // Every stream again from its start, all at once, by one more process: 100,000 entries
@@ -415,10 +416,12 @@ async fn many_long_streams_replayed_at_once_arrive_whole_in_replies_of_bounded_s
                 .map(|tail| collect(60, tail.expect("tail"))),
         )
         .await;
-        for chunks in read {
-            assert_eq!(chunks.len(), 1002);
-            assert_completes(&chunks);
-            assert_contract(&chunks);
+        // Each as it was read live: 1,002 chunks, or more where a worker starved past its
+        // lease on a loaded machine re-ran the run.
+        for (chunks, live) in read.iter().zip(&first) {
+            assert!(chunks.len() >= 1002, "{}", chunks.len());
+            assert_eq!(chunks, live);
+            assert_contract(chunks);
         }
         // No `XREAD` asked for more than its budget in all (or 16 a stream).
         let asked = xreads(&server);

@@ -174,12 +174,16 @@ impl RunStore {
     /// The recent runs' status, newest first.
     pub(crate) fn recent(&self) -> Vec<RunInfo> {
         let state = self.lock();
-        state
+        let mut recent: Vec<RunInfo> = state
             .recent
             .iter()
             .filter_map(|id| state.runs.get(id))
             .map(|run| run.log.info())
-            .collect()
+            .collect();
+        // Runs started at once join the index in whichever order their requests got here,
+        // not always that of their creation times (to the millisecond).
+        recent.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        recent
     }
 
     /// Every run that has not ended.
@@ -310,6 +314,20 @@ mod tests {
         assert!(store.get("b").is_none());
         let ids: Vec<_> = store.recent().into_iter().map(|r| r.run_id).collect();
         assert_eq!(ids, ["c", "a"]);
+    }
+
+    /// Runs started at once may reach the store in another order than they were created in:
+    /// the list is by creation time all the same.
+    #[tokio::test]
+    async fn runs_are_listed_by_creation_time_whatever_order_they_were_stored_in() {
+        let store = Arc::new(RunStore::new());
+        let older = run("older", DisconnectPolicy::Continue).0;
+        std::thread::sleep(Duration::from_millis(5));
+        let newer = run("newer", DisconnectPolicy::Continue).0;
+        store.insert(newer);
+        store.insert(older);
+        let ids: Vec<_> = store.recent().into_iter().map(|r| r.run_id).collect();
+        assert_eq!(ids, ["newer", "older"]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -168,6 +168,8 @@ async fn session(
     tokio::pin!(deadline);
     let (input, timeout) = loop {
         let message = tokio::select! {
+            // A message that is there wins over the deadline, however late this task runs.
+            biased;
             message = socket.socket.recv() => message,
             () = &mut deadline => {
                 let err = ApiError::BadRequest(format!("no start message within {wait:?}"));

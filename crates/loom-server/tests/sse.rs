@@ -555,7 +555,11 @@ async fn a_chat_stream_overtaken_by_the_log_bound_ends_with_an_error() {
     let first = reader.next_chunk().await.expect("the role chunk");
     assert!(first.data.is_some());
     gate.add_permits(1);
-    assert_eq!(server.finished(&id).await["status"], "complete");
+    // It runs on past this reader (to its end, or until the reader's falling behind has
+    // cancelled it): the reader is overtaken either way.
+    let status = server.finished(&id).await;
+    let ended = status["status"].as_str();
+    assert!(matches!(ended, Some("complete" | "cancelled")), "{status}");
     let mut last = None;
     while let Some(frame) = reader.next_chunk().await {
         last = frame.data;

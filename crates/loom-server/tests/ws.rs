@@ -130,7 +130,8 @@ async fn a_socket_that_stops_reading_is_dropped_and_gives_its_stream_back() {
     .await;
     eprintln!("second socket after {:?}", began.elapsed());
     send(&mut next, json!({ "action": "start", "input": { "b": 2 } })).await;
-    assert_eq!(next_json(&mut next).await.expect("start")["type"], "start");
+    let first = next_json(&mut next).await.expect("start");
+    assert_eq!(first["type"], "start", "{first}");
     drop(deaf);
 }
 

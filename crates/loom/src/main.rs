@@ -210,7 +210,10 @@ fn usage(message: impl Into<String>) -> anyhow::Error {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Before the async runtime: the OTLP exporter's HTTP client is a blocking one.
-    let result = telemetry::init().and_then(|telemetry| {
+    // A worker or a server runs unattended: its warnings are logged unless RUST_LOG says
+    // otherwise.
+    let service = matches!(cli.command, Command::Worker(_) | Command::Serve(_));
+    let result = telemetry::init(service).and_then(|telemetry| {
         let result = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

@@ -3,7 +3,8 @@
 //! carries the trace on (see `loom_core::trace`), so one trace covers client → server →
 //! worker → LLM call. Spans are exported over OTLP/HTTP (protobuf) only when
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set; logs go to
-//! stderr only when `RUST_LOG` asks for them. Both are off by default.
+//! stderr as `RUST_LOG` asks, and without it a worker's or a server's warnings and errors do
+//! (`loom worker`, `loom serve`), other commands' none.
 
 use anyhow::Context as _;
 use opentelemetry::trace::TracerProvider as _;
@@ -18,9 +19,14 @@ pub(crate) struct Telemetry {
     provider: SdkTracerProvider,
 }
 
+/// What a `service` (a worker, a server) logs on stderr without `RUST_LOG`.
+const SERVICE_LOGS: &str =
+    "loom=warn,loom_core=warn,loom_redis=warn,loom_server=warn,loom_ai=warn,loom_workflow=warn";
+
 /// Installs the global subscriber: the OpenTelemetry layer for Loom's spans (exporting when
-/// configured) and, with `RUST_LOG`, human-readable logs on stderr.
-pub(crate) fn init() -> anyhow::Result<Telemetry> {
+/// configured) and human-readable logs on stderr: what `RUST_LOG` asks for, else a `service`'s
+/// warnings and errors.
+pub(crate) fn init(service: bool) -> anyhow::Result<Telemetry> {
     let exporting = [
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -40,10 +46,14 @@ pub(crate) fn init() -> anyhow::Result<Telemetry> {
     let spans = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("loom"))
         .with_filter(EnvFilter::new("loom=info,loom_core=info,loom_redis=info,loom_server=info,loom_ai=info,loom_workflow=info"));
-    let logs = std::env::var_os("RUST_LOG").map(|_| {
+    let filter = match std::env::var_os("RUST_LOG") {
+        Some(_) => Some(EnvFilter::from_default_env()),
+        None => service.then(|| EnvFilter::new(SERVICE_LOGS)),
+    };
+    let logs = filter.map(|filter| {
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
-            .with_filter(EnvFilter::from_default_env())
+            .with_filter(filter)
     });
     tracing_subscriber::registry()
         .with(spans)

@@ -359,12 +359,17 @@ impl ReadState {
             // The stream's terminal is at or before what this reader already read, which
             // yielded no terminal: the stream Redis has now lost entries this reader saw (a
             // failover, a flush). Never a silent end.
+            // Lost by the infrastructure, not a bug of Loom's: `upstream`.
             Some(id) if id <= self.last_id => {
-                let err = ActorError::internal(format!(
-                    "stream {} ends at entry {id}, before entry {} this reader already read: \
-                     Redis lost entries",
-                    self.key, self.last_id
-                ));
+                let err = ActorError::new(
+                    ErrorCode::Upstream,
+                    format!(
+                        "stream {} ends at entry {id}, before entry {} this reader already \
+                         read: Redis lost entries (a restart without persistence, a flush, a \
+                         failover)",
+                        self.key, self.last_id
+                    ),
+                );
                 Step::Fail(self.error_entry(self.next_seq(), &err))
             }
             Some(_) => {

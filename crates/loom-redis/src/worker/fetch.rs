@@ -382,6 +382,43 @@ impl Fetcher {
         work
     }
 
+    /// Sends once each command a worker needs that an ACL may refuse — a script, and on every
+    /// queue the group reads, claims and acknowledgements, each doing nothing — and fails on
+    /// the first that Redis refuses for the user's permissions: such a worker would otherwise
+    /// stay up serving nothing while callers wait. Other failures are left to the loops.
+    pub(crate) async fn check_permissions(&self) -> Result<(), Error> {
+        let mut conn = self.shared.client.conn();
+        let group = self.shared.group();
+        let name = &self.shared.name;
+        let refused = |result: Result<(), Error>| match result {
+            Err(e) if e.is_no_permission() => Err(e),
+            _ => Ok(()),
+        };
+        let actors = self.shared.client.keys().actors();
+        refused(script::live_workers(&mut conn, &actors).await.map(drop))?;
+        for queue in &self.queues {
+            let mut reads = redis::cmd("XREADGROUP");
+            // This consumer's own pending requests (`0`), not new ones (`>`): nothing taken.
+            reads.arg("GROUP").arg(group).arg(name).arg("COUNT").arg(1);
+            reads.arg("STREAMS").arg(queue).arg("0");
+            let mut claims = redis::cmd("XAUTOCLAIM");
+            // Nothing has been idle that long.
+            claims
+                .arg(queue)
+                .arg(group)
+                .arg(name)
+                .arg(i64::MAX)
+                .arg("0-0");
+            let mut acks = redis::cmd("XACK");
+            acks.arg(queue).arg(group).arg("0-0");
+            for cmd in [reads, claims, acks] {
+                let sent = cmd.query_async::<Value>(&mut conn).await;
+                refused(sent.map(drop).map_err(Error::from))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes this worker from each queue's group if nothing is pending under its name.
     pub(crate) async fn leave(&self) {
         let me = [self.shared.name.clone()];

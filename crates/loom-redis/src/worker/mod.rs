@@ -178,8 +178,10 @@ impl Worker {
     /// Serves requests until `shutdown` resolves, then finishes (or hands back) the runs it
     /// holds and returns.
     ///
-    /// Fails at once on bad options (unknown actor, invalid name, zero concurrency); Redis
-    /// failures while running are logged and retried, never returned.
+    /// Fails at once on bad options (unknown actor, invalid name, zero concurrency) and when
+    /// Redis refuses a command it needs for the user's permissions (an ACL; the error is
+    /// [`Error::is_no_permission`]); Redis failures while running are logged and retried,
+    /// never returned.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
         let shared = Arc::clone(&self.shared);
         if self.options.concurrency == 0 {
@@ -198,6 +200,9 @@ impl Worker {
         let shutdown = shutdown.fuse();
         tokio::pin!(shutdown);
 
+        let mut fetcher = Fetcher::new(Arc::clone(&shared), queues);
+        fetcher.check_permissions().await?;
+
         let stop = CancellationToken::new();
         let stopping = CancellationToken::new();
         // In a JoinSet, so they are aborted with the worker if its future is dropped.
@@ -207,7 +212,6 @@ impl Worker {
         background.spawn(beat);
         let mut runs = JoinSet::new();
         let slots = Arc::new(Semaphore::new(self.options.concurrency));
-        let mut fetcher = Fetcher::new(Arc::clone(&shared), queues);
         tracing::info!(worker = %shared.name, "worker started");
         loop {
             while runs.try_join_next().is_some() {}

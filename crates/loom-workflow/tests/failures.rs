@@ -172,6 +172,39 @@ async fn a_workflows_own_timeout_ends_it_however_it_is_run_and_a_callers_shorter
     assert_eq!(error.message, "the run passed its deadline");
 }
 
+/// A step that streams without ever waiting is cut at the workflow's own deadline too (its
+/// clock is read as the tokens go by, not only when the step waits). The run has a runtime of
+/// its own, left behind unwaited, so that one never cut fails this test instead of hanging it.
+#[test]
+fn a_workflow_whose_step_never_waits_ends_at_its_own_timeout() {
+    let spin = loom_core::actor_fn("spin", |_, _| {
+        loom_core::try_stream! {
+            for _ in 0..u64::MAX {
+                yield loom_core::Output::token("x");
+            }
+        }
+    });
+    let runtime = runtime_with(vec![std::sync::Arc::new(spin)]);
+    let yaml =
+        "name: w\ntimeout: 100ms\nactions:\n  - { name: step, actorType: spin, streaming: true }\n";
+    let workflow = workflow(&runtime, yaml);
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (done, ended) = std::sync::mpsc::channel();
+    tokio.spawn(async move {
+        let stream = WorkflowExecutor::new(runtime).stream(workflow, json!({}));
+        let _ = done.send(collect(stream).await);
+    });
+    let chunks = ended.recv_timeout(std::time::Duration::from_secs(10));
+    tokio.shutdown_background();
+    let chunks = chunks.expect("cut at the deadline");
+    let error = terminal(&chunks).error.as_ref().expect("error");
+    assert_eq!(error.message, "workflow 'w' passed its timeout (100ms)");
+}
+
 #[tokio::test]
 async fn a_timeout_is_retried_when_retries_are_set() {
     let hang = Hang::new("hang");

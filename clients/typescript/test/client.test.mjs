@@ -662,9 +662,11 @@ test("execute of a run cancelled meanwhile is a 409 cancelled LoomError", async 
 test("a reader the log left behind gets 410 cursor_expired as a LoomError, with no DELETE", async () => {
   const through = await proxy(async (req, res, forward) => pass(res, await forward()));
   try {
-    // 20,001 chunks, twice what an embedded log keeps: a reader paused at seq 1 until the run
-    // has ended is left behind, disconnected, and told 410 when it re-attaches.
-    const stream = through.loom.actor("batch").stream({ count: 10_000, batch_size: 1, delay_ms: 0 });
+    // 200,001 chunks (about 20 MB: more than the sockets on the way hold, so the server's
+    // writer cannot keep up for it), twenty times what an embedded log keeps: a reader paused
+    // at seq 1 until the run has ended is left behind, disconnected, and told 410 when it
+    // re-attaches.
+    const stream = through.loom.actor("batch").stream({ count: 100_000, batch_size: 1, delay_ms: 0 });
     const seqs = [];
     await assert.rejects(async () => {
       for await (const chunk of stream) {

@@ -397,7 +397,9 @@ fn convert_actor(workflow: &Workflow, raw: RawAction) -> Result<ActorAction, Wor
 fn duration(value: &Value, field: &'static str, zero_ok: bool) -> Result<Duration, Problem> {
     let text = match value {
         Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
+        // In decimals: JSON's shortest form writes a small number with an exponent (`1e-10`),
+        // which no duration is written in.
+        Value::Number(n) => n.as_f64().map_or_else(|| n.to_string(), |f| f.to_string()),
         other => {
             return Err(Problem::BadDuration {
                 field,
@@ -436,6 +438,10 @@ mod tests {
         assert!(d(serde_json::json!(0)).is_err());
         assert!(d(serde_json::json!(-1)).is_err());
         assert!(d(serde_json::json!(true)).is_err());
+        // A number too small to be a duration is named for what it is.
+        let tiny = d(serde_json::json!(1e-10)).unwrap_err().to_string();
+        assert!(tiny.contains("'0.0000000001'"), "{tiny}");
+        assert!(!tiny.contains("not a duration"), "{tiny}");
         assert!(d(serde_json::json!("8 days")).is_err());
         let backoff = duration(&serde_json::json!(0), "backoff", true);
         assert_eq!(backoff, Ok(Duration::ZERO));

@@ -135,6 +135,67 @@ fn serve_with_redis_queues_runs_to_a_worker_and_delete_stops_a_detached_workflow
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// In front of workers, `SIGTERM` closes the server's streams and then waits out the
+/// disconnect grace of the direct runs whose clients it had (10 s); a second `SIGTERM` stops
+/// it at once, with exit 130.
+#[test]
+fn serve_with_redis_waits_out_the_disconnect_grace_at_shutdown_unless_signalled_twice() {
+    use std::io::{Read, Write};
+
+    let redis = RedisServer::start();
+    let (worker, _) = start_ready(
+        &["worker", "--redis", redis.url()],
+        &[],
+        "loom: worker serving",
+    );
+    let (mut server, banner) = start_ready(
+        &["serve", "--redis", redis.url(), "--addr", "127.0.0.1:0"],
+        &[],
+        "loom: serving on",
+    );
+    let addr = served_addr(&banner);
+    let deadline = std::time::Instant::now() + LIMIT;
+    while !http(&addr, "GET", "/v1/actors", &[], "").contains("\"batch\"") {
+        assert!(std::time::Instant::now() < deadline, "no worker advertised");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // A direct stream, held open and read up to its first chunk.
+    let mut client = std::net::TcpStream::connect(&addr).expect("connect");
+    client.set_read_timeout(Some(LIMIT)).unwrap();
+    let body = r#"{"input":{"count":1000,"batch_size":1,"delay_ms":50}}"#;
+    let request = format!(
+        "POST /v1/actors/batch/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    client.write_all(request.as_bytes()).unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains("event: start") {
+        let n = client.read(&mut buf).expect("the stream's first bytes");
+        assert!(n > 0, "{seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+
+    signal(server.0.id(), "TERM");
+    // Its streams close (this one without a terminal chunk) ...
+    let mut rest = Vec::new();
+    let _ = client.read_to_end(&mut rest);
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(!rest.contains("event: complete"), "{rest}");
+    // ... and it waits out the grace of the run whose client it had.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(
+        server.0.try_wait().unwrap().is_none(),
+        "the server waits out the disconnect grace"
+    );
+    let second = std::time::Instant::now();
+    signal(server.0.id(), "TERM");
+    assert_eq!(wait(&mut server.0).code(), Some(130));
+    assert!(second.elapsed() < std::time::Duration::from_secs(5));
+    // Killed with its run, which nobody cancelled: a graceful stop would wait for it.
+    drop(worker);
+}
+
 /// No secret reaches the logs, even with `RUST_LOG=trace`: not the API key (right or wrong),
 /// not a token from `/v1/tokens` used as `?token=`, not the upstream LLM's key; and `/metrics`
 /// shows neither them nor run ids.

@@ -60,6 +60,20 @@ fn body(response: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {response}"))
 }
 
+/// A `loom worker` on `redis` (with `worker_args`) and a `loom serve --redis` in front of it,
+/// each once it says it is ready; and the server's address.
+fn worker_and_server(redis: &RedisServer, worker_args: &[&str]) -> (Process, Process, String) {
+    let args = [&["worker", "--redis", redis.url()][..], worker_args].concat();
+    let (worker, _) = start_ready(&args, &[], "loom: worker serving");
+    let (server, banner) = start_ready(
+        &["serve", "--redis", redis.url(), "--addr", "127.0.0.1:0"],
+        &[],
+        "loom: serving on",
+    );
+    let addr = served_addr(&banner);
+    (worker, server, addr)
+}
+
 const SLOW: &str = "name: slow\nactions:\n  - name: work\n    type: actor\n    actorType: batch\n    input: { count: 200, batch_size: 1, delay_ms: 50 }\n";
 
 #[test]
@@ -69,17 +83,7 @@ fn serve_with_redis_queues_runs_to_a_worker_and_delete_stops_a_detached_workflow
     std::fs::create_dir_all(&dir).expect("temp dir");
     std::fs::write(dir.join("slow.yaml"), SLOW).expect("workflow file");
     let dir_arg = dir.to_str().expect("utf-8 path");
-    let (mut worker, _) = start_ready(
-        &["worker", "--redis", redis.url(), "--workflows", dir_arg],
-        &[],
-        "loom: worker serving",
-    );
-    let (mut server, banner) = start_ready(
-        &["serve", "--redis", redis.url(), "--addr", "127.0.0.1:0"],
-        &[],
-        "loom: serving on",
-    );
-    let addr = served_addr(&banner);
+    let (mut worker, mut server, addr) = worker_and_server(&redis, &["--workflows", dir_arg]);
     // The worker advertises what it serves on its first heartbeat.
     let deadline = std::time::Instant::now() + LIMIT;
     loop {
@@ -143,17 +147,7 @@ fn serve_with_redis_waits_out_the_disconnect_grace_at_shutdown_unless_signalled_
     use std::io::{Read, Write};
 
     let redis = RedisServer::start();
-    let (worker, _) = start_ready(
-        &["worker", "--redis", redis.url()],
-        &[],
-        "loom: worker serving",
-    );
-    let (mut server, banner) = start_ready(
-        &["serve", "--redis", redis.url(), "--addr", "127.0.0.1:0"],
-        &[],
-        "loom: serving on",
-    );
-    let addr = served_addr(&banner);
+    let (worker, mut server, addr) = worker_and_server(&redis, &[]);
     let deadline = std::time::Instant::now() + LIMIT;
     while !http(&addr, "GET", "/v1/actors", &[], "").contains("\"batch\"") {
         assert!(std::time::Instant::now() < deadline, "no worker advertised");

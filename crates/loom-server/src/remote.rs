@@ -187,8 +187,7 @@ impl RemoteRuns {
                     id,
                     grace,
                     claimed: AtomicBool::new(false),
-                    graces: self.graces.clone(),
-                    _held: self.graces.token(),
+                    held: self.graces.token(),
                 }))
             }
             DisconnectPolicy::Continue => None,
@@ -350,8 +349,7 @@ impl RemoteRun {
             client: self.client.clone(),
             id: self.id.clone(),
             reader,
-            graces: self.graces.clone(),
-            _held: self.graces.token(),
+            held: self.graces.token(),
         };
         self.client
             .reader_joined(&self.id, &attachment.reader)
@@ -414,10 +412,9 @@ pub(crate) struct RemoteAttachment {
     id: String,
     /// This reader's id among the run's readers.
     reader: String,
-    /// Where the grace its leaving starts runs (see [`RemoteRuns::drained`]).
-    graces: TaskTracker,
-    /// Holds the server's shutdown until this reader is gone.
-    _held: TaskTrackerToken,
+    /// Holds the server's shutdown until this reader is gone; the grace its leaving starts
+    /// runs on its tracker (see [`RemoteRuns::drained`]).
+    held: TaskTrackerToken,
 }
 
 impl Drop for RemoteAttachment {
@@ -428,7 +425,7 @@ impl Drop for RemoteAttachment {
         let client = self.client.clone();
         let id = std::mem::take(&mut self.id);
         let reader = std::mem::take(&mut self.reader);
-        self.graces.spawn_on(
+        self.held.task_tracker().spawn_on(
             async move {
                 if let Err(e) = left(&client, &id, &reader).await {
                     tracing::warn!(run_id = %id, error = %e, "could not count a reader gone");
@@ -449,10 +446,9 @@ struct Unclaimed {
     grace: Duration,
     /// Set once a reader of the run is counted: from then on the readers' tally decides.
     claimed: AtomicBool,
-    /// Where its grace runs (see [`RemoteRuns::drained`]).
-    graces: TaskTracker,
-    /// Holds the server's shutdown until this is dropped.
-    _held: TaskTrackerToken,
+    /// Holds the server's shutdown until this is dropped; its grace runs on its tracker (see
+    /// [`RemoteRuns::drained`]).
+    held: TaskTrackerToken,
 }
 
 impl Drop for Unclaimed {
@@ -466,7 +462,7 @@ impl Drop for Unclaimed {
         let client = self.client.clone();
         let id = std::mem::take(&mut self.id);
         let grace = self.grace;
-        self.graces.spawn_on(async move {
+        self.held.task_tracker().spawn_on(async move {
             tokio::time::sleep(grace).await;
             let joined = client.readers(&id).await.is_ok_and(|now| now.joins > 0);
             if joined {

@@ -45,7 +45,7 @@ use std::task::{ready, Poll};
 use std::time::Duration;
 
 use futures::Stream;
-use loom_core::{CancellationToken, StreamChunk};
+use loom_core::{ActorError, CancellationToken, ErrorCode, StreamChunk};
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
@@ -238,6 +238,10 @@ impl Writer {
                 self.ended.store(true, Ordering::Release);
                 Some("the stream already has its terminal chunk")
             }
+            Err(e) if e.is_out_of_memory() => {
+                let ended = self.end_out_of_memory(&batch, &e).await;
+                return (self, batch, if ended { Ok(Sent::Done) } else { Err(e) });
+            }
             Err(e) => return (self, batch, Err(e)),
         };
         if let Some(why) = why {
@@ -256,6 +260,30 @@ impl Writer {
             Sent::More
         };
         (self, batch, Ok(sent))
+    }
+
+    /// Redis refused `batch` for want of memory for the whole retry window, and a re-run would
+    /// be refused too: ends the run with an `error/upstream` chunk naming the cause, in place
+    /// of the batch. Redis weighs each command with its arguments, so that one small entry
+    /// often fits where a batch of large chunks did not; whether it went in. When it did not,
+    /// the worker releases the run and its readers end it with their own verdict.
+    async fn end_out_of_memory(&mut self, batch: &[StreamChunk], refused: &Error) -> bool {
+        let Some(first) = batch.first() else {
+            return false;
+        };
+        let err = ActorError::new(
+            ErrorCode::Upstream,
+            format!("Redis is out of memory: it refused this run's chunks ({refused})"),
+        );
+        let verdict = [StreamChunk::error(first.seq, &err)];
+        match self.write_once(&verdict, self.ttl, true).await {
+            Ok(Written::Yes) => {
+                tracing::error!(stream = %self.keys.stream, error = %refused, "Redis is out of memory; the run ends with an error");
+                self.ended.store(true, Ordering::Release);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Writes one batch, retrying Redis failures for `retry_for`; `None` when the writer was

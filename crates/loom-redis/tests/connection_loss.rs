@@ -160,8 +160,8 @@ async fn a_redis_frozen_longer_than_the_lease_ends_every_stream_and_no_process_d
     worker.stop().await;
 }
 
-/// The worker's writes are refused, so it abandons the run (a re-run would be refused too) and
-/// releases its lease. When the reader's verdict cannot be written either, it yields its own:
+/// The worker's writes are refused, its own error chunk in their place too (Redis is full),
+/// so it abandons the run (a re-run would be refused too) and releases its lease. When the reader's verdict cannot be written either, it yields its own:
 /// `error/upstream` naming Redis's out-of-memory refusal. The few bytes the released lease
 /// frees can let the verdict in, and then it is the logged `error/worker_lost`: which of the
 /// two depends on Redis's memory to the byte. Regression test for the run that was re-run
@@ -207,6 +207,58 @@ async fn a_redis_out_of_memory_ends_the_reader_with_a_clear_error_and_the_worker
     let _: () = redis::cmd("FLUSHALL").query(&mut plain).unwrap();
     let again = collect(30, ticker(&client, 3, 0).await).await;
     assert_eq!(again.last().unwrap().kind, ChunkType::Complete, "{again:?}");
+    worker.stop().await;
+}
+
+/// Redis weighs a command with its arguments: near `maxmemory`, a batch of large chunks is
+/// refused where a small entry still fits. The worker then ends the run itself with an
+/// `error/upstream` chunk naming the cause, written to the stream (a replay reads it too),
+/// instead of releasing it to a reader's `worker_lost` ("no worker took the run up").
+#[tokio::test]
+async fn a_chunk_too_large_for_redis_memory_ends_its_run_with_the_workers_own_error() {
+    let server = RedisServer::start_own_with(&["--save", "", "--appendonly", "no"]);
+    let client = client(&server, fast_options()).await;
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+    let first = collect(30, ticker(&client, 3, 0).await).await;
+    assert_completes(&first);
+    // 200 kB of room, and chunks of about 110 kB (10,000 results of the batch actor).
+    let mut plain = server.plain();
+    let info: String = redis::cmd("INFO").arg("memory").query(&mut plain).unwrap();
+    let used: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(used + 200_000)
+        .query(&mut plain)
+        .unwrap();
+    let input = json!({ "count": 100_000, "batch_size": 10_000, "delay_ms": 0 });
+    let run_id = client
+        .invoker()
+        .submit("batch", input, &Default::default())
+        .await
+        .expect("the request is queued")
+        .run_id;
+    let attached = client
+        .invoker()
+        .attach(&run_id, None)
+        .await
+        .expect("attach");
+    let entries = within(30, attached.collect::<Vec<_>>()).await;
+    let chunks: Vec<_> = entries.into_iter().map(|e| e.chunk).collect();
+    let last = chunks.last().unwrap();
+    let error = last.error.as_ref().expect("an error chunk");
+    assert_eq!(error.code, ErrorCode::Upstream, "{last:?}");
+    assert!(error.message.contains("Redis is out of memory"), "{last:?}");
+    assert_contract(&chunks);
+    // The worker's own chunk, in the stream: a replay ends with it too.
+    let replay = collect(10, client.tail(&run_id, None).await.expect("replay")).await;
+    assert_eq!(replay, chunks);
+    assert!(worker.is_running(), "the worker survives");
     worker.stop().await;
 }
 

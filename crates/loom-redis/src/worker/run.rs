@@ -210,9 +210,10 @@ async fn run_request(
         // Not when the run was taken over or handed back meanwhile: that request is no longer
         // this attempt's to acknowledge.
         Err(e) if e.is_out_of_memory() && !discard.load(Ordering::Acquire) => {
-            // Redis refused the run's writes for the whole retry window: a re-run would be
-            // refused too, so the run ends here. Releasing the lease tells its readers the
-            // producer is gone; each then ends with its own verdict naming the cause.
+            // Redis refused the run's writes for the whole retry window, and the error chunk
+            // the publisher put in their place too: a re-run would be refused as well, so the
+            // run ends here. Releasing the lease tells its readers the producer is gone; each
+            // then ends with its own verdict naming the cause.
             tracing::error!(run_id, error = %e, "Redis is out of memory; the run is abandoned");
             if let Err(e) = script::release(&mut client.conn(), &keys.lease(run_id), &owner).await {
                 tracing::warn!(run_id, error = %e, "could not release the lease");

@@ -163,21 +163,12 @@ impl Actor for WorkflowActor {
     }
 
     fn stream(self: Arc<Self>, input: Value, ctx: ActorContext) -> ActorStream {
-        let run = run_workflow(
+        run_workflow(
             Arc::clone(&self.workflow),
             Arc::clone(&self.invoker),
             input,
             ctx,
-        );
-        // The definition's own deadline holds wherever the workflow runs: on a worker the
-        // run's deadline is its caller's, who may not know the definition.
-        Box::pin(Deadline {
-            run: Some(run),
-            timeout: self.workflow.timeout.unwrap_or(DEFAULT_WORKFLOW_TIMEOUT),
-            sleep: None,
-            given: 0,
-            name: self.workflow.name.clone(),
-        })
+        )
     }
 }
 
@@ -191,59 +182,49 @@ pub fn default_timeout(actor_type: &str) -> Option<Duration> {
         .then_some(MAX_DURATION)
 }
 
-/// A workflow's stream, ended with `error/timeout` once its own deadline has passed since its
-/// first poll (dropping the rest cancels its running steps).
+/// A workflow's own deadline, from its definition's `timeout` (else
+/// [`DEFAULT_WORKFLOW_TIMEOUT`]): it holds wherever the workflow runs, since on a worker the
+/// run's deadline is its caller's, who may not know the definition. Counted from the run's
+/// first poll, inside the runtime.
 ///
-/// The timer is polled only when the workflow's stream has nothing ready (to be woken at the
+/// The timer is polled only when the workflow has nothing ready (to be woken at the
 /// deadline), and the clock read every [`DEADLINE_CHECK_EVERY`] items otherwise: polling it
-/// per item cost a forwarded token about a third more.
+/// per item cost a forwarded token about a third more. Kept inside [`WorkflowRun`], not
+/// wrapped around it, so a forwarded token crosses no stream boundary more.
 struct Deadline {
-    /// The workflow's stream; `None` once the deadline ended it.
-    run: Option<ActorStream>,
     timeout: Duration,
-    /// Started at the first poll, inside the runtime.
+    /// Started at the first poll.
     sleep: Option<Pin<Box<Sleep>>>,
     /// Items given since the clock was last read.
     given: u32,
-    /// The workflow's name, for the error.
-    name: String,
 }
 
 /// How many items a workflow gives between two reads of the clock while it has items ready.
 const DEADLINE_CHECK_EVERY: u32 = 64;
 
-impl Stream for Deadline {
-    type Item = Result<Output, ActorError>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        let Some(run) = &mut this.run else {
-            return Poll::Ready(None);
-        };
-        let timeout = this.timeout;
-        let sleep = this
+impl Deadline {
+    /// Whether the deadline has passed, by the clock when it is its turn to be read (the
+    /// timer starts at the first call).
+    #[inline(always)]
+    fn passed(&mut self) -> bool {
+        let timeout = self.timeout;
+        let sleep = self
             .sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        this.given += 1;
-        let expired = if this.given >= DEADLINE_CHECK_EVERY {
-            this.given = 0;
-            tokio::time::Instant::now() >= sleep.deadline()
-        } else {
-            false
-        };
-        if !expired {
-            match run.as_mut().poll_next(cx) {
-                Poll::Pending if sleep.as_mut().poll(cx).is_ready() => {}
-                polled => return polled,
-            }
+        self.given += 1;
+        if self.given < DEADLINE_CHECK_EVERY {
+            return false;
         }
-        this.run = None;
-        let message = format!(
-            "workflow '{}' passed its timeout ({})",
-            this.name,
-            humantime::format_duration(timeout)
-        );
-        Poll::Ready(Some(Err(ActorError::new(ErrorCode::Timeout, message))))
+        self.given = 0;
+        tokio::time::Instant::now() >= sleep.deadline()
+    }
+
+    /// Whether the deadline has passed, by its timer, which then wakes `cx` when it does:
+    /// for a workflow that has nothing ready.
+    fn passed_while_waiting(&mut self, cx: &mut Context<'_>) -> bool {
+        self.sleep
+            .as_mut()
+            .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready())
     }
 }
 
@@ -266,6 +247,11 @@ fn run_workflow(
     };
     Box::pin(WorkflowRun {
         total: workflow.steps().count() as u64,
+        deadline: Deadline {
+            timeout: workflow.timeout.unwrap_or(DEFAULT_WORKFLOW_TIMEOUT),
+            sleep: None,
+            given: 0,
+        },
         workflow,
         invoker,
         input,
@@ -308,6 +294,8 @@ struct WorkflowRun {
     running: Option<Running>,
     /// Whether the terminal output (or error) was given.
     ended: bool,
+    /// The workflow's own deadline.
+    deadline: Deadline,
 }
 
 /// The steps of one action (one step, or a parallel group's), polled here on the workflow's
@@ -464,6 +452,43 @@ impl Stream for WorkflowRun {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        if this.ended && this.queued.is_empty() {
+            return Poll::Ready(None);
+        }
+        if this.deadline.passed() {
+            return Poll::Ready(Some(Err(this.timed_out())));
+        }
+        match this.poll_actions(cx) {
+            Poll::Pending if this.deadline.passed_while_waiting(cx) => {
+                Poll::Ready(Some(Err(this.timed_out())))
+            }
+            polled => polled,
+        }
+    }
+}
+
+impl WorkflowRun {
+    /// The workflow passed its own deadline: drops its running steps (which cancels them)
+    /// and gives the error.
+    #[inline(never)]
+    fn timed_out(&mut self) -> ActorError {
+        self.running = None;
+        self.queued.clear();
+        self.ended = true;
+        ActorError::new(
+            ErrorCode::Timeout,
+            format!(
+                "workflow '{}' passed its timeout ({})",
+                self.workflow.name,
+                humantime::format_duration(self.deadline.timeout)
+            ),
+        )
+    }
+
+    /// The workflow's own poll: its markers, and its running steps' chunks.
+    #[inline(always)]
+    fn poll_actions(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Output, ActorError>>> {
+        let this = self;
         loop {
             let running = match &mut this.running {
                 Some(running) if this.queued.is_empty() && !this.ended => running,

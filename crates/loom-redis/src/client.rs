@@ -60,6 +60,13 @@ pub struct ClientOptions {
     /// How long after a run's deadline its reader waits for the worker's `error/timeout`
     /// before writing one itself (default 2 s).
     pub deadline_grace: Duration,
+    /// How long a reader waits for an unreachable Redis to answer again — a restart, a
+    /// cluster's failover — before it ends its stream with `error/upstream` (default 30 s: a
+    /// failover takes the cluster's `cluster-node-timeout`, 15 s unless configured, and a few
+    /// seconds more). When Redis answers again, the run's producer gets as long to show it is
+    /// still there as a worker that just renewed its lease: a re-run of the request, whose
+    /// worker lost its writes meanwhile, is read on, not ended `worker_lost`.
+    pub outage_timeout: Duration,
     /// How long the reader's `XREAD` blocks when nothing arrives (default 2 s). New streams
     /// join at once regardless: the reader is woken with `CLIENT UNBLOCK`.
     pub read_block: Duration,
@@ -84,6 +91,7 @@ impl Default for ClientOptions {
             stream_ttl: Duration::from_secs(3600),
             pickup_timeout: Duration::from_secs(30),
             deadline_grace: Duration::from_secs(2),
+            outage_timeout: Duration::from_secs(30),
             read_block: Duration::from_secs(2),
             queue_shards: 1,
             max_queued: None,

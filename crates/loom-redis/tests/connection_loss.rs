@@ -48,6 +48,44 @@ async fn readers_end_with_an_error_and_workers_survive_until_redis_returns() {
     worker.stop().await;
 }
 
+/// Redis unreachable for longer than a lease and the visibility timeout — as in a cluster's
+/// failover on Redis's default timing, 15 s and more, which ended every reader `upstream`
+/// while the run went on — but within the outage timeout: the reader waits it out and reads
+/// the run to its end (re-run from its start when its worker lost its writes meanwhile).
+#[tokio::test]
+async fn a_reader_waits_out_a_redis_outage_shorter_than_its_outage_timeout() {
+    let server = RedisServer::start_own();
+    let options = loom_redis::ClientOptions {
+        outage_timeout: Duration::from_secs(15),
+        ..fast_options()
+    };
+    let client = client(&server, options).await;
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+    let mut chunks = ticker(&client, 40, 50).await;
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        seen.push(within(10, chunks.next()).await.expect("a chunk"));
+    }
+    // Read on throughout, as a live consumer does.
+    let rest = tokio::spawn(collect(40, chunks));
+    server.pause();
+    // Past the lease and the visibility timeout (2.3 s), and past the worker's retries.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    server.resume();
+    seen.extend(rest.await.expect("the reader"));
+    let last = seen.last().unwrap();
+    assert_eq!(last.kind, ChunkType::Complete, "{last:?}");
+    assert_eq!(
+        last_attempt_text(&seen),
+        (0..40).map(|i| format!("t{i}")).collect::<String>()
+    );
+    for (i, chunk) in seen.iter().enumerate() {
+        assert_eq!(chunk.seq, i as u64, "gapless, none twice: {seen:?}");
+    }
+    worker.stop().await;
+}
+
 /// An `echo` run, queued as soon as Redis answers again.
 async fn echo_once_back(client: &loom_redis::Client) -> loom_core::ChunkStream {
     within(20, async {

@@ -74,8 +74,8 @@ impl Client {
     /// from its start when `from` is `None`; `Some("$")` follows only what is added from now.
     ///
     /// The stream ends after the terminal chunk; with `worker_lost` if the run's worker died
-    /// and no other took it over; with `upstream` if Redis stays unreachable past the lease
-    /// plus visibility timeout. Dropping it stops reading and does **not** cancel the run.
+    /// and no other took it over; with `upstream` if Redis stays unreachable past the
+    /// outage timeout ([`ClientOptions::outage_timeout`](crate::ClientOptions::outage_timeout)). Dropping it stops reading and does **not** cancel the run.
     /// Fails with [`Error::StreamNotFound`] if no such stream exists, and with
     /// [`Error::EntryIdPastEnd`] if `from` is past its last entry.
     pub async fn tail(&self, stream_id: &str, from: Option<&str>) -> Result<ChunkStream, Error> {
@@ -194,7 +194,7 @@ fn follow(
                     }
                 }
                 _ = tick.tick() => {
-                    let now = Instant::now();
+                    let mut now = Instant::now();
                     let mut step = state.on_tick(now);
                     if step == Step::CheckLease {
                         let pttl = redis::cmd("PTTL").arg(&lease).query_async::<i64>(&mut conn).await;
@@ -206,6 +206,9 @@ fn follow(
                                 return;
                             }
                         }
+                        // Judged when Redis answered (or failed to): a lease check that
+                        // waited out an outage must not be taken as made before it.
+                        now = Instant::now();
                         step = state.on_lease(now, pttl.map_err(|e| e.to_string()));
                     }
                     if let Step::EndRun(mut ending) = step {

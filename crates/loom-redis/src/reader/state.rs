@@ -15,8 +15,9 @@
 //! **Liveness.** While nothing arrives, the lease is checked every `lease_refresh`. Once the
 //! producer has been gone (no lease, no chunk) for longer than the visibility timeout, or the
 //! deadline passed, the run is ended with `worker_lost` or `timeout`. If Redis stays
-//! unreachable for the lease plus the visibility timeout, the stream ends with
-//! `error/upstream` — never a hang.
+//! unreachable for the outage timeout, the stream ends with `error/upstream` — never a hang;
+//! when it answers again sooner, the producer counts as alive for one more lease from then
+//! (nobody could renew one meanwhile), so a request re-run after the outage is read on.
 
 use std::time::Duration;
 
@@ -43,6 +44,8 @@ pub(crate) struct Watch {
     lease_ttl: Duration,
     visibility: Duration,
     check_every: Duration,
+    /// How long Redis may stay unreachable.
+    outage: Duration,
     /// How long the producer counts as alive before any sign of it.
     initial_grace: Duration,
     /// When the run must have ended (its deadline plus grace), if known.
@@ -56,6 +59,7 @@ impl Watch {
             lease_ttl: options.lease_ttl,
             visibility: options.visibility_timeout,
             check_every: options.lease_refresh,
+            outage: options.outage_timeout,
             initial_grace: options.lease_ttl,
             deadline: None,
         }
@@ -130,6 +134,8 @@ pub(crate) struct ReadState {
     alive_until: Instant,
     /// When Redis last answered.
     redis_ok_at: Instant,
+    /// Whether Redis failed the last lease check.
+    unreachable: bool,
     /// When the reader wrote (or found) the terminal entry that has not come through yet.
     ended_at: Option<Instant>,
     /// When the last batch arrived that the checks have not yet taken into account.
@@ -149,6 +155,7 @@ impl ReadState {
             last_id: from,
             from,
             redis_ok_at: now,
+            unreachable: false,
             ended_at: None,
             heard_at: None,
         }
@@ -265,6 +272,11 @@ impl ReadState {
         match pttl {
             Ok(ms) => {
                 self.redis_ok_at = now;
+                if std::mem::take(&mut self.unreachable) {
+                    // Back after an outage, in which no worker could renew its lease or
+                    // write: its end (or a re-run's start) is judged from now on.
+                    self.alive_until = self.alive_until.max(now + self.watch.lease_ttl);
+                }
                 if ms > 0 {
                     let until = now + Duration::from_millis(ms.unsigned_abs());
                     self.alive_until = self.alive_until.max(until);
@@ -272,9 +284,8 @@ impl ReadState {
                 self.decide(now)
             }
             Err(why) => {
-                if now.duration_since(self.redis_ok_at)
-                    >= self.watch.lease_ttl + self.watch.visibility
-                {
+                self.unreachable = true;
+                if now.duration_since(self.redis_ok_at) >= self.watch.outage {
                     let err = ActorError::new(
                         ErrorCode::Upstream,
                         format!(

@@ -35,6 +35,7 @@ pub fn fast_options() -> ClientOptions {
         stream_ttl: Duration::from_secs(120),
         pickup_timeout: Duration::from_secs(6),
         deadline_grace: Duration::from_millis(500),
+        outage_timeout: Duration::from_millis(2300),
         read_block: Duration::from_millis(500),
         queue_shards: 1,
         max_queued: None,

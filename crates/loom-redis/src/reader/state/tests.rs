@@ -16,6 +16,7 @@ fn options() -> ClientOptions {
         visibility_timeout: 1500 * MS,
         pickup_timeout: 6000 * MS,
         deadline_grace: 500 * MS,
+        outage_timeout: 2300 * MS,
         ..ClientOptions::default()
     }
 }
@@ -254,7 +255,7 @@ fn a_queued_run_gets_its_pickup_time_and_its_deadline_ends_it_with_timeout() {
 }
 
 #[test]
-fn redis_unreachable_past_lease_and_visibility_ends_with_upstream() {
+fn redis_unreachable_past_the_outage_timeout_ends_with_upstream() {
     let start = Instant::now();
     let mut state = tail(start);
     state.on_batch(vec![raw(1, &token(0))], start);
@@ -265,6 +266,34 @@ fn redis_unreachable_past_lease_and_visibility_ends_with_upstream() {
     let (seq, code, message) = error_of(&state.on_lease(start + 2300 * MS, Err("down".into())));
     assert_eq!((seq, code), (1, ErrorCode::Upstream));
     assert!(message.contains("down"), "{message}");
+}
+
+#[test]
+fn redis_back_after_an_outage_gives_the_producer_a_lease_from_then() {
+    let start = Instant::now();
+    let options = ClientOptions {
+        outage_timeout: 20_000 * MS,
+        ..options()
+    };
+    let mut state = ReadState::new("s".to_owned(), EntryId::ZERO, Watch::tail(&options), start);
+    state.on_batch(vec![raw(1, &token(0))], start);
+    // Down for longer than a lease and the visibility timeout (a cluster's failover), not
+    // for the outage timeout: the reader waits.
+    for at in [1_000, 5_000, 19_900] {
+        assert_eq!(
+            state.on_lease(start + at * MS, Err("down".into())),
+            Step::Wait
+        );
+    }
+    // Back, the lease lapsed meanwhile: a lease and the visibility timeout from now for
+    // the worker, or a re-run, to write again.
+    let back = start + 19_950 * MS;
+    assert_eq!(state.on_lease(back, Ok(-2)), Step::Wait);
+    assert_eq!(state.on_lease(back + 2_200 * MS, Ok(-2)), Step::Wait);
+    let Step::EndRun(ending) = state.on_lease(back + 2_300 * MS, Ok(-2)) else {
+        panic!("expected the run to end")
+    };
+    assert_eq!(ending.reason, CancelReason::WorkerLost);
 }
 
 #[test]

@@ -71,7 +71,8 @@ pub enum ApiError {
     #[error("redis is unavailable: {0}")]
     Unavailable(String),
     /// A run that ended with an error (on `/run`), or could not start: its code decides the
-    /// status (`bad_input` → 422).
+    /// status (`bad_input` → 422, `not_found` → 404, `cancelled` → 409, `upstream` → 502,
+    /// `worker_lost` → 503, `timeout` → 504, any other → 500).
     #[error(transparent)]
     Run(#[from] ActorError),
 }
@@ -99,6 +100,9 @@ impl ApiError {
                 ErrorCode::Cancelled => StatusCode::CONFLICT,
                 ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
                 ErrorCode::Upstream => StatusCode::BAD_GATEWAY,
+                // No worker took the run, or its worker died and none took it over: the
+                // service is short of workers for now, not at fault.
+                ErrorCode::WorkerLost => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
         }
@@ -164,5 +168,20 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_runs_error_code_gives_its_status() {
+        let status = |code| ApiError::Run(ActorError::new(code, "m")).status().as_u16();
+        assert_eq!(status(ErrorCode::BadInput), 422);
+        assert_eq!(status(ErrorCode::Timeout), 504);
+        assert_eq!(status(ErrorCode::Upstream), 502);
+        assert_eq!(status(ErrorCode::WorkerLost), 503);
+        assert_eq!(status(ErrorCode::Internal), 500);
     }
 }

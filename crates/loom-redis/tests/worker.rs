@@ -215,6 +215,41 @@ async fn a_run_past_its_cap_of_chunks_or_bytes_ends_with_a_clear_error() {
         }
         worker.stop().await;
     }
+    // A result past the byte cap is refused like any chunk: the run's terminal is the cap's
+    // error, not the 5 kB `complete`.
+    let probe = Arc::new(Probe::default());
+    let capped = WorkerOptions {
+        max_run_bytes: 1_000,
+        ..WorkerOptions::default()
+    };
+    let worker = RunningWorker::spawn(&client, runtime(&probe), capped);
+    let input = json!({ "text": "x".repeat(5_000) });
+    let chunks = within(
+        10,
+        client.invoker().stream("echo", input, Default::default()),
+    )
+    .await
+    .expect("the request is queued");
+    let chunks = collect(10, chunks).await;
+    assert_contract(&chunks);
+    let last = chunks.last().unwrap();
+    let error = last.error.as_ref().expect("an error chunk, not the result");
+    assert!(error.message.contains("cap"), "{}", error.message);
+    worker.stop().await;
+    // A cap no run could keep is refused at start.
+    for (max_run_chunks, max_run_bytes) in [(1, u64::MAX), (u64::MAX, 0)] {
+        let options = WorkerOptions {
+            max_run_chunks,
+            max_run_bytes,
+            ..WorkerOptions::default()
+        };
+        let worker = loom_redis::Worker::new(client.clone(), runtime(&probe), options);
+        let refused = within(5, worker.run(std::future::pending())).await;
+        assert!(
+            matches!(refused, Err(loom_redis::Error::InvalidOptions(_))),
+            "{refused:?}"
+        );
+    }
 }
 
 /// The connections named `loom-writer` that `server` has now.

@@ -91,12 +91,15 @@ struct WorkerArgs {
     /// as actor types `workflows/<name>` (what `loom serve --redis` queues workflow runs to).
     #[arg(long, value_name = "DIR")]
     workflows: Option<PathBuf>,
-    /// The most chunks one run may write to Redis; past it the run ends with an error.
-    #[arg(long, value_name = "N", default_value_t = loom_redis::DEFAULT_MAX_RUN_CHUNKS)]
+    /// The most chunks one run may write to Redis, its start and its end included; past it
+    /// the run ends with an error.
+    #[arg(long, value_name = "N", default_value_t = loom_redis::DEFAULT_MAX_RUN_CHUNKS,
+          value_parser = clap::value_parser!(u64).range(2..))]
     max_run_chunks: u64,
-    /// The most bytes of chunk data one run may write to Redis; past it the run ends with an
-    /// error.
-    #[arg(long, value_name = "BYTES", default_value_t = loom_redis::DEFAULT_MAX_RUN_BYTES)]
+    /// The most bytes of chunk data one run may write to Redis, its result included; past it
+    /// the run ends with an error.
+    #[arg(long, value_name = "BYTES", default_value_t = loom_redis::DEFAULT_MAX_RUN_BYTES,
+          value_parser = clap::value_parser!(u64).range(1..))]
     max_run_bytes: u64,
 }
 

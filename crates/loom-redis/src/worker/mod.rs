@@ -90,11 +90,13 @@ pub struct WorkerOptions {
     /// The attempt after which a request that keeps losing its worker ends with
     /// `error/worker_lost` instead of running again (default 3).
     pub max_attempts: u32,
-    /// The most chunks one run may write (default [`DEFAULT_MAX_RUN_CHUNKS`]); past it the run
-    /// is stopped and ends with `error/actor_failed` saying so.
+    /// The most chunks one run may write, its terminal one included (default
+    /// [`DEFAULT_MAX_RUN_CHUNKS`]; at least 2); past it the run is stopped and ends with
+    /// `error/actor_failed` saying so, in the place of the chunk that did not fit (an `error`
+    /// chunk of the run's own is kept).
     pub max_run_chunks: u64,
-    /// The most bytes of chunk data one run may write (default [`DEFAULT_MAX_RUN_BYTES`]),
-    /// likewise.
+    /// The most bytes of chunk data one run may write, its result included (default
+    /// [`DEFAULT_MAX_RUN_BYTES`]; at least 1), likewise.
     pub max_run_bytes: u64,
 }
 
@@ -178,7 +180,8 @@ impl Worker {
     /// Serves requests until `shutdown` resolves, then finishes (or hands back) the runs it
     /// holds and returns.
     ///
-    /// Fails at once on bad options (unknown actor, invalid name, zero concurrency) and when
+    /// Fails at once on bad options (unknown actor, invalid name, zero concurrency, a cap on
+    /// runs' output that no run could keep) and when
     /// Redis refuses a command it needs for the user's permissions (an ACL; the error is
     /// [`Error::is_no_permission`]); Redis failures while running are logged and retried,
     /// never returned.
@@ -187,6 +190,12 @@ impl Worker {
         if self.options.concurrency == 0 {
             return Err(Error::InvalidOptions(
                 "concurrency must be at least 1".to_owned(),
+            ));
+        }
+        // A run writes at least its `start` and its terminal chunk.
+        if self.options.max_run_chunks < 2 || self.options.max_run_bytes == 0 {
+            return Err(Error::InvalidOptions(
+                "max_run_chunks must be at least 2 (a start and a terminal chunk) and max_run_bytes at least 1".to_owned(),
             ));
         }
         check_name("worker name", &shared.name)?;

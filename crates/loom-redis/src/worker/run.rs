@@ -305,14 +305,16 @@ async fn drive(
 }
 
 /// `chunks` up to the caps on what a run may write: past them the actor stops (its stream is
-/// no longer read) and the run ends with an error in the place of the chunk that did not fit.
+/// no longer read) and the run ends with an error in the place of the chunk that did not fit
+/// — a `complete` too (a result too large is refused like any chunk), not the run's own
+/// `error`, which carries no data and says more than the cap's.
 fn capped(chunks: ChunkStream, shared: &Shared) -> impl Stream<Item = StreamChunk> {
     let (max_chunks, max_bytes) = (shared.max_run_chunks, shared.max_run_bytes);
     let (mut count, mut bytes) = (0u64, 0u64);
     chunks.map(move |chunk| {
         count += 1;
         bytes += data_size(&chunk);
-        if (count > max_chunks || bytes > max_bytes) && !chunk.is_terminal() {
+        if (count > max_chunks || bytes > max_bytes) && chunk.kind != ChunkType::Error {
             let err = ActorError::new(
                 ErrorCode::ActorFailed,
                 format!(

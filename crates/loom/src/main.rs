@@ -261,7 +261,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
             )
             .await
-            .map_err(redis_error)?,
+            .map_err(|e| unreachable_redis(url, e))?,
         ),
         None => None,
     };
@@ -521,7 +521,14 @@ async fn command(
             let stream = client
                 .tail(&id, from.as_deref())
                 .await
-                .map_err(redis_error)?;
+                .map_err(|e| match e {
+                    loom_redis::Error::StreamNotFound(_) => usage(format!(
+                        "{e} (a run's stream exists from its first chunk until an hour after \
+                         its end; a workflow run by `loom workflow run` has none: its caller \
+                         follows it, and each remote step has a stream of its own)"
+                    )),
+                    e => redis_error(e),
+                })?;
             // The run is not this reader's to stop: a signal only stops the reading.
             let mode = RenderMode { stream: true, json };
             Ok(follow(stream, signals, mode, Stop::Leave).await)
@@ -567,6 +574,28 @@ fn redis_error(err: loom_redis::Error) -> anyhow::Error {
     } else {
         anyhow::Error::new(err)
     }
+}
+
+/// A failure to connect to the Redis at `url` (a list of nodes' URLs, or one), named with
+/// the address it tried — without a password it may hold — and where that address came
+/// from; bad input stays a usage error.
+fn unreachable_redis(url: &str, err: loom_redis::Error) -> anyhow::Error {
+    if err.is_bad_input() {
+        return redis_error(err);
+    }
+    let redacted: Vec<String> = url
+        .split(',')
+        .map(|one| match (one.find("://"), one.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}://…@{}", &one[..scheme], &one[at + 1..])
+            }
+            _ => one.to_owned(),
+        })
+        .collect();
+    anyhow::Error::new(err).context(format!(
+        "cannot connect to Redis at {} (from --redis or LOOM_REDIS_URL; is redis-server running there?)",
+        redacted.join(",")
+    ))
 }
 
 /// A future that resolves on Ctrl-C or SIGTERM: what stops a worker. The handlers are

@@ -403,6 +403,22 @@ fn bad_input_is_exit_2_at_once_even_with_redis_down() {
         assert!(out.stderr.contains(says), "{args:?}: {}", out.stderr);
         assert!(!out.stderr.contains("Redis"), "{args:?}: {}", out.stderr);
     }
+    // Good input and Redis down: exit 1, naming the address tried and not its password.
+    let out = loom(&["actor", "run", "echo", "--input", "{}"])
+        .env("LOOM_REDIS_URL", "redis://:hunter2@127.0.0.1:1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map(finish)
+        .expect("loom starts");
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("cannot connect to Redis at redis://…@127.0.0.1:1"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("hunter2"), "{}", out.stderr);
     let out = with_redis_down(&["actor", "list"], ("OPENAI_BASE_URL", "not a url"));
     assert_eq!(out.code, Some(2), "{}", out.stderr);
     assert!(out.stderr.contains("AI configuration"), "{}", out.stderr);
@@ -457,6 +473,8 @@ fn hostile_names_and_unknown_streams_are_rejected_with_exit_2() {
         redis.url(),
     ]);
     assert_eq!(out.code, Some(2), "{}", out.stderr);
+    // Saying which ids have a stream: a workflow run's own id has none.
+    assert!(out.stderr.contains("a workflow run by"), "{}", out.stderr);
     let out = run(&["stream", "tail", "x", "--redis", "not a url"]);
     assert_eq!(out.code, Some(2), "{}", out.stderr);
     // A bad entry id is bad usage, told before Redis is asked (nothing listens on port 1).

@@ -147,6 +147,11 @@ class ChatCompletions(WithServer):
             model="chat-agent", messages=[{"role": "user", "content": "hi"}]
         )
         self.assertEqual(completion.object, "chat.completion")
+        # `stream=None`, which the client sends as null, is no stream (OpenAI's schema).
+        also = self.client.chat.completions.create(
+            model="chat-agent", messages=[{"role": "user", "content": "hi"}], stream=None
+        )
+        self.assertEqual(also.choices[0].message.content, "Hello world")
         self.assertEqual(completion.choices[0].message.content, "Hello world")
         self.assertEqual(completion.choices[0].finish_reason, "stop")
         self.assertEqual(completion.usage.prompt_tokens, 3)
@@ -252,6 +257,11 @@ class Responses(WithServer):
         sent = Upstream.requests[-1]
         self.assertEqual([m["role"] for m in sent["messages"]], ["system", "user"])
         self.assertEqual(sent["max_tokens"], 50)
+        # `stream=None` and `background=None`, sent as nulls, are neither (OpenAI's schema).
+        also = self.client.responses.create(
+            model="chat-agent", input="hi", stream=None, background=None
+        )
+        self.assertEqual(also.output_text, "Hello world")
 
     def test_a_team_gives_one_output_item_per_member(self):
         response = self.client.responses.create(model="team-demo", input="Loom")

@@ -51,7 +51,10 @@ pub struct Message {
 /// A message's `content`: a string, `null`, or a list of content parts.
 fn text_or_parts<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     #[derive(Deserialize)]
-    #[serde(untagged)]
+    #[serde(
+        untagged,
+        expecting = "a message's `content`: a string, or a list of text parts"
+    )]
     enum Content {
         Text(String),
         Parts(Vec<Part>),

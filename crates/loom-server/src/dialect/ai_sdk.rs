@@ -382,15 +382,17 @@ impl NumberedEvents for AiSdkMapping {
 /// become its `tool_calls` and a `tool` message with that result each, split where a new
 /// step starts (`step-start`), as the model saw them. A call with no result yet is left out
 /// (a model refuses a call that is not answered). A message with neither `parts` nor a
-/// text `content` is a 400, and a `file` part a 422 (no model input here takes files): never
-/// an empty prompt the model answers anyway.
+/// text `content` is a 400, and a `file` part, or a user message with no text part, a 422 (no
+/// model input here takes files): never an empty prompt the model answers anyway.
 fn chat_messages(messages: &[Value]) -> Result<Vec<Value>, ApiError> {
-    let text_of = |parts: &[Value]| -> String {
-        parts
+    // `None` when no part is text: a message with nothing to say.
+    let text_of = |parts: &[Value]| -> Option<String> {
+        let texts: Vec<&str> = parts
             .iter()
             .filter(|p| p["type"] == "text")
             .filter_map(|p| p["text"].as_str())
-            .collect()
+            .collect();
+        (!texts.is_empty()).then(|| texts.concat())
     };
     let mut out = Vec::new();
     for m in messages {
@@ -409,7 +411,12 @@ fn chat_messages(messages: &[Value]) -> Result<Vec<Value>, ApiError> {
             )));
         }
         if m["role"] != "assistant" {
-            out.push(json!({ "role": m["role"], "content": text_of(parts) }));
+            let Some(text) = text_of(parts) else {
+                return Err(ApiError::Run(ActorError::bad_input(
+                    "a user or system message needs a text part with a string `text`",
+                )));
+            };
+            out.push(json!({ "role": m["role"], "content": text }));
             continue;
         }
         let mut step = Step::default();
@@ -827,6 +834,20 @@ mod tests {
         let refused = chat_messages(file.as_array().unwrap()).unwrap_err();
         assert_eq!(refused.code(), "bad_input");
         assert_eq!(refused.status(), 422);
+        for parts in [
+            json!([]),
+            json!([{ "type": "text" }]),
+            json!([{ "type": "text", "text": 5 }]),
+            json!([{ "type": "step-start" }]),
+        ] {
+            let bad = json!([{ "role": "user", "parts": parts }]);
+            let refused = chat_messages(bad.as_array().unwrap()).unwrap_err();
+            assert_eq!(
+                (refused.status().as_u16(), refused.code()),
+                (422, "bad_input"),
+                "{parts}"
+            );
+        }
     }
 
     /// `useChat` sends the tool calls it answered back inside the assistant message: each

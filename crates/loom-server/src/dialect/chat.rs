@@ -33,8 +33,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{
-    conversation_input, openai_error_body, parse, result_text, sampling, speaker, start_request,
-    token, EarlyFailure, OpenAiError,
+    conversation_input, null_as_false, openai_error_body, parse, result_text, sampling, speaker,
+    start_request, token, EarlyFailure, OpenAiError,
 };
 use crate::backend::Through;
 use crate::error::ApiError;
@@ -50,7 +50,7 @@ use crate::store::DisconnectPolicy;
 pub(crate) struct ChatRequest {
     model: String,
     messages: Vec<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_false")]
     stream: bool,
     stream_options: Option<StreamOptions>,
     temperature: Option<Value>,
@@ -65,7 +65,7 @@ pub(crate) struct ChatRequest {
 
 #[derive(Debug, Deserialize)]
 struct StreamOptions {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_false")]
     include_usage: bool,
 }
 

@@ -24,6 +24,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use loom_core::{ActorError, ChunkType, StreamChunk};
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::backend::{Feed, RunRef};
@@ -55,12 +56,17 @@ pub(crate) fn conversation_input(
         input.insert("messages".into(), Value::Array(messages));
         return Ok(Value::Object(input));
     }
-    let text = messages
+    let last = messages
         .iter()
         .rev()
         .find(|m| m["role"] == "user")
-        .map(|m| message_text(&m["content"]))
         .ok_or_else(|| ApiError::BadRequest("the conversation has no user message".into()))?;
+    // Never an empty input the actor would run on anyway.
+    let text = message_text(&last["content"]).ok_or_else(|| {
+        ApiError::Run(ActorError::bad_input(
+            "the last user message has no text: its `content` must be a string or a list of text parts",
+        ))
+    })?;
     Ok(match serde_json::from_str::<Value>(&text) {
         Ok(object @ Value::Object(_)) => object,
         _ => json!({ "prompt": text }),
@@ -111,17 +117,23 @@ pub(crate) fn chat_tools(tools: &[Value]) -> Value {
     Value::Array(tools)
 }
 
-/// A message's text: a string, or the `text` of its text parts.
-fn message_text(content: &Value) -> String {
+/// A message's text: a string, or the `text` of its text parts; `None` for any other
+/// content, or parts none of which has a text.
+fn message_text(content: &Value) -> Option<String> {
     match content {
-        Value::String(text) => text.clone(),
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p["text"].as_str())
-            .collect::<Vec<_>>()
-            .join(""),
-        _ => String::new(),
+        Value::String(text) => Some(text.clone()),
+        Value::Array(parts) => {
+            let texts: Vec<&str> = parts.iter().filter_map(|p| p["text"].as_str()).collect();
+            (!texts.is_empty()).then(|| texts.concat())
+        }
+        _ => None,
     }
+}
+
+/// A boolean field that may also be `null` (OpenAI's schemas allow it, and its Python client
+/// sends `null` for a `None`): `null` is `false`.
+pub(crate) fn null_as_false<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(d)?.unwrap_or(false))
 }
 
 /// Who said a chunk: the team member (`actor`) or workflow step (`step`) it is tagged with.
@@ -493,5 +505,35 @@ mod tests {
         .unwrap();
         assert_eq!(prompt, json!({ "prompt": "hi" }));
         assert!(conversation_input(false, vec![], Map::new()).is_err());
+        // A last user message without text is refused, not run as an empty prompt.
+        for content in [
+            json!(5),
+            json!(null),
+            json!({ "a": 1 }),
+            json!([]),
+            json!([{ "type": "text", "text": 5 }]),
+        ] {
+            let message = json!({ "role": "user", "content": content });
+            let refused = conversation_input(false, vec![message], Map::new()).unwrap_err();
+            assert_eq!(
+                (refused.status().as_u16(), refused.code()),
+                (422, "bad_input"),
+                "{content}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_null_boolean_is_false() {
+        #[derive(Deserialize)]
+        struct Body {
+            #[serde(default, deserialize_with = "null_as_false")]
+            stream: bool,
+        }
+        let stream = |body: &str| serde_json::from_str::<Body>(body).map(|b| b.stream);
+        assert!(!stream(r#"{"stream": null}"#).unwrap());
+        assert!(!stream("{}").unwrap());
+        assert!(stream(r#"{"stream": true}"#).unwrap());
+        assert!(stream(r#"{"stream": 1}"#).is_err());
     }
 }

@@ -39,8 +39,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{
-    chat_tools, conversation_input, parse, result_text, sampling, serve_numbered, speaker,
-    start_request, token, EarlyFailure, Numbered, NumberedEvents, OpenAiError,
+    chat_tools, conversation_input, null_as_false, parse, result_text, sampling, serve_numbered,
+    speaker, start_request, token, EarlyFailure, Numbered, NumberedEvents, OpenAiError,
 };
 use crate::backend::{RunRef, Through};
 use crate::error::ApiError;
@@ -58,9 +58,9 @@ pub(crate) struct CreateResponse {
     model: String,
     input: Value,
     instructions: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_false")]
     stream: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_false")]
     background: bool,
     temperature: Option<Value>,
     max_output_tokens: Option<Value>,
@@ -74,7 +74,7 @@ pub(crate) struct CreateResponse {
 /// The query of `GET /v1/responses/{id}`.
 #[derive(Debug, Deserialize)]
 pub(crate) struct RetrieveQuery {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_false")]
     stream: bool,
     starting_after: Option<u64>,
 }

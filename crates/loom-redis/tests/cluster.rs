@@ -386,6 +386,49 @@ async fn a_master_killed_mid_stream_never_leaves_a_reader_hanging_or_repeats_a_s
     worker.stop().await;
 }
 
+/// A failover that takes longer than a lease and the visibility timeout — as one on Redis's
+/// default `cluster-node-timeout` (15 s) does against the default leases — ended every reader
+/// of the dead master's runs `upstream` while the runs went on. Readers now wait out the outage
+/// (`outage_timeout`) and read each run to its end, re-run on the new master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_wait_out_a_failover_longer_than_a_lease_and_read_the_runs_to_their_end() {
+    // A failover of about 6 s, against 4 s of lease and visibility timeout.
+    let mut cluster = RedisCluster::start_slow_to_fail_over(5_000);
+    let options = ClientOptions {
+        lease_ttl: Duration::from_millis(1500),
+        lease_refresh: Duration::from_millis(500),
+        visibility_timeout: Duration::from_millis(2500),
+        outage_timeout: Duration::from_secs(25),
+        ..fast_options()
+    };
+    let client = connect(&cluster.url(), options).await;
+    let probe = Arc::new(Probe::default());
+    // Attempts that meet the dead master lose their writes; enough of them to see it through.
+    let workers = WorkerOptions {
+        max_attempts: 20,
+        ..WorkerOptions::default()
+    };
+    let worker = RunningWorker::spawn(&client, runtime(&probe), workers);
+    let mut runs = Vec::new();
+    for _ in 0..6 {
+        runs.push(ticker(&client, 200, 50).await);
+    }
+    let victim = cluster.master_of(&client.keys().stream(runs[0].run_id()));
+    let readers: Vec<_> = runs
+        .into_iter()
+        .map(|run| tokio::spawn(collect(90, run)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let promoted = tokio::task::block_in_place(|| cluster.kill_master(victim));
+    assert_ne!(promoted, victim);
+    for reader in readers {
+        let chunks = reader.await.expect("a reader never hangs");
+        assert_contract(&chunks);
+        assert_completes(&chunks);
+    }
+    worker.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bucket_read_for_many_streams_is_read_on_its_bell_and_misses_nothing() {
     let (cluster, client) = cluster(fast_options()).await;

@@ -50,6 +50,8 @@ pub struct RedisCluster {
     /// Config files (`nodes-PORT.conf`) and logs (`node-PORT.log`); removed on drop.
     dir: PathBuf,
     masters: usize,
+    /// `--cluster-node-timeout` in ms: about how long a failover takes to begin.
+    node_timeout_ms: u64,
 }
 
 impl RedisCluster {
@@ -62,6 +64,21 @@ impl RedisCluster {
     /// `replicas` replicas each. Returns once every node reports `cluster_state:ok`, sees every
     /// other node connected, and every replica is in sync with its master.
     pub fn start_with(masters: usize, replicas: usize) -> Self {
+        Self::start_timed(masters, replicas, 1000)
+    }
+
+    /// 3 masters + 1 replica each whose failovers take longer: `--cluster-node-timeout
+    /// node_timeout_ms` (a failover takes that and about a second more; at most 15 s, so that
+    /// [`kill_master`](Self::kill_master) waits long enough).
+    pub fn start_slow_to_fail_over(node_timeout_ms: u64) -> Self {
+        assert!(
+            node_timeout_ms <= 15_000,
+            "kill_master waits 20 s for a failover"
+        );
+        Self::start_timed(3, 1, node_timeout_ms)
+    }
+
+    fn start_timed(masters: usize, replicas: usize, node_timeout_ms: u64) -> Self {
         assert!(
             masters >= 3,
             "a Redis Cluster needs at least 3 masters, not {masters}"
@@ -70,6 +87,7 @@ impl RedisCluster {
             nodes: Vec::new(),
             dir: unique_dir(),
             masters,
+            node_timeout_ms,
         };
         std::fs::create_dir_all(&cluster.dir).expect("create the cluster's temporary directory");
         // From here on a panic drops `cluster`, which kills whatever was started.
@@ -312,7 +330,7 @@ impl RedisCluster {
                 "--cluster-config-file",
                 config.to_str().expect("a UTF-8 path"),
             ])
-            .args(["--cluster-node-timeout", "1000"])
+            .args(["--cluster-node-timeout", &self.node_timeout_ms.to_string()])
             // A replica always tries to fail over, however long since it heard its master.
             .args(["--cluster-replica-validity-factor", "0"])
             // Replicas stay with the master they were given.

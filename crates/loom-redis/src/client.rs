@@ -296,12 +296,25 @@ impl Client {
         &self.inner.options
     }
 
-    /// The actor types some live worker serves: every worker says which it serves on each
-    /// heartbeat, and a type counts for one lease (`lease_ttl`) after the last worker said so.
-    /// A server checks an actor type against this before queueing a request no worker would
-    /// take.
+    /// The actor types some live worker serves on this client's queues: every worker says
+    /// which it serves, and on how many queue shards, on each heartbeat, and a type counts for
+    /// one lease (`lease_ttl`) after the last worker said so. A server checks an actor type
+    /// against this before queueing a request no worker would take.
     pub async fn served_actors(&self) -> Result<BTreeSet<String>, Error> {
-        script::served(&mut self.conn(), &self.keys().actors()).await
+        let shards = self.inner.options.queue_shards;
+        let served = script::served(&mut self.conn(), &self.keys().actors()).await?;
+        Ok(served
+            .into_iter()
+            .filter_map(|(actor, by)| by.contains(&shards).then_some(actor))
+            .collect())
+    }
+
+    /// The numbers of queue shards ([`ClientOptions::queue_shards`]) that live workers serve
+    /// `actor` on: empty when none serves it; without this client's own, its requests would
+    /// wait in queues no worker reads (the caller and the workers disagree on the number).
+    pub async fn queue_shards_served(&self, actor: &str) -> Result<BTreeSet<u16>, Error> {
+        let mut served = script::served(&mut self.conn(), &self.keys().actors()).await?;
+        Ok(served.remove(actor).unwrap_or_default())
     }
 
     /// Asks run `run_id` to stop: a run no worker holds (its request still queued, or between

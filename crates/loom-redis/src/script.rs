@@ -28,7 +28,7 @@
 //! Every script that needs the time reads Redis's own (`TIME`, through [`NOW_MS`]): no decision
 //! depends on two machines' clocks agreeing.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
 
 use loom_core::StreamChunk;
@@ -281,25 +281,29 @@ return claimed
     )
 });
 
-/// KEYS: actors. ARGV: lease in ms, the worker's name, then actor types. Marks each as
-/// served by this worker (the member `<type> <worker>`: see [`mark`]) until Redis's now plus
-/// the lease, and drops the marks that lapsed (any worker's), so the set holds only live ones.
+/// KEYS: actors. ARGV: lease in ms, the worker's name and its queue shards, then actor types.
+/// Marks each as served by this worker (the member `<type> <worker> <shards>`: see [`mark`])
+/// until Redis's now plus the lease, and drops the marks that lapsed (any worker's), so the
+/// set holds only live ones.
 static ADVERTISE: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(format!(
         r#"{NOW_MS}
 local now = now_ms()
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('(%d', now))
 local until_ms = string.format('%d', now + tonumber(ARGV[1]))
-for i = 3, #ARGV do redis.call('ZADD', KEYS[1], until_ms, ARGV[i] .. ' ' .. ARGV[2]) end
-return #ARGV - 2
+local by = ' ' .. ARGV[2] .. ' ' .. ARGV[3]
+for i = 4, #ARGV do redis.call('ZADD', KEYS[1], until_ms, ARGV[i] .. by) end
+return #ARGV - 3
 "#
     ))
 });
 
-/// The member of the actors set that says `worker` serves `actor`: a worker that stops takes
-/// its own marks back without touching another's. Names hold no spaces (`keys.rs`).
-fn mark(actor: &str, worker: &str) -> String {
-    format!("{actor} {worker}")
+/// The member of the actors set that says `worker` serves `actor` on `shards` queues: a
+/// worker that stops takes its own marks back without touching another's, and a caller
+/// counts only the workers that read the queues it writes to. Names hold no spaces
+/// (`keys.rs`).
+fn mark(actor: &str, worker: &str, shards: u16) -> String {
+    format!("{actor} {worker} {shards}")
 }
 
 /// KEYS: actors. The actor types whose mark has not lapsed by Redis's now.
@@ -701,17 +705,18 @@ pub(crate) async fn tally(
     TALLY.invoke(conn, &cmd).await
 }
 
-/// Marks `actors` as served by `worker` for `lease_ms` from Redis's now.
+/// Marks `actors` as served by `worker`, reading `shards` queues of each, for `lease_ms` from
+/// Redis's now.
 pub(crate) async fn advertise(
     conn: &mut impl ConnectionLike,
     key: &str,
     lease_ms: u64,
-    worker: &str,
+    (worker, shards): (&str, u16),
     actors: &[String],
 ) -> Result<(), Error> {
     let bytes: usize = actors.iter().map(String::len).sum();
-    let mut cmd = ADVERTISE.call(&[key], 2 + actors.len(), 16 + worker.len() + bytes);
-    cmd.arg(lease_ms).arg(worker);
+    let mut cmd = ADVERTISE.call(&[key], 3 + actors.len(), 24 + worker.len() + bytes);
+    cmd.arg(lease_ms).arg(worker).arg(shards);
     for actor in actors {
         cmd.arg(actor);
     }
@@ -723,28 +728,29 @@ pub(crate) async fn advertise(
 pub(crate) async fn withdraw(
     conn: &mut impl ConnectionLike,
     key: &str,
-    worker: &str,
+    (worker, shards): (&str, u16),
     actors: &[String],
 ) -> Result<(), Error> {
     let mut cmd = redis::cmd("ZREM");
     cmd.arg(key);
     for actor in actors {
-        cmd.arg(mark(actor, worker));
+        cmd.arg(mark(actor, worker, shards));
     }
     let _: i64 = cmd.query_async(conn).await?;
     Ok(())
 }
 
-/// The actor types some worker marked as served until after Redis's now, once each.
+/// The actor types some worker marked as served until after Redis's now, each with the
+/// numbers of queue shards its workers read.
 pub(crate) async fn served(
     conn: &mut impl ConnectionLike,
     key: &str,
-) -> Result<BTreeSet<String>, Error> {
-    Ok(marks(conn, key)
-        .await?
-        .into_iter()
-        .map(|(a, _)| a)
-        .collect())
+) -> Result<BTreeMap<String, BTreeSet<u16>>, Error> {
+    let mut served: BTreeMap<String, BTreeSet<u16>> = BTreeMap::new();
+    for mark in marks(conn, key).await? {
+        served.entry(mark.actor).or_default().insert(mark.shards);
+    }
+    Ok(served)
 }
 
 /// The workers whose mark on some actor type has not lapsed: the live ones.
@@ -755,27 +761,32 @@ pub(crate) async fn live_workers(
     let workers: BTreeSet<String> = marks(conn, key)
         .await?
         .into_iter()
-        .flat_map(|(_, w)| w)
+        .flat_map(|m| m.worker)
         .collect();
     Ok(workers.into_iter().collect())
 }
 
-/// The marks that have not lapsed, as actor types and the workers that set them.
-async fn marks(
-    conn: &mut impl ConnectionLike,
-    key: &str,
-) -> Result<Vec<(String, Option<String>)>, Error> {
+/// A mark that has not lapsed (see [`mark`]).
+struct Mark {
+    actor: String,
+    /// `None` in a mark of an older Loom: the type alone.
+    worker: Option<String>,
+    /// 1 in a mark of an older Loom, which had one queue a type.
+    shards: u16,
+}
+
+/// The marks that have not lapsed.
+async fn marks(conn: &mut impl ConnectionLike, key: &str) -> Result<Vec<Mark>, Error> {
     let marks: Vec<String> = SERVED.invoke(conn, &SERVED.call(&[key], 0, 0)).await?;
     Ok(marks
         .into_iter()
-        .map(|mut mark| match mark.find(' ') {
-            Some(at) => {
-                let worker = mark[at + 1..].to_owned();
-                mark.truncate(at);
-                (mark, Some(worker))
+        .map(|mark| {
+            let mut parts = mark.splitn(3, ' ');
+            Mark {
+                actor: parts.next().unwrap_or_default().to_owned(),
+                worker: parts.next().map(str::to_owned),
+                shards: parts.next().and_then(|s| s.parse().ok()).unwrap_or(1),
             }
-            // A mark of an older Loom is the type alone.
-            None => (mark, None),
         })
         .collect())
 }

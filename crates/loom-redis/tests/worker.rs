@@ -185,6 +185,38 @@ async fn a_worker_advertises_the_actor_types_it_serves_and_takes_them_back_when_
     .await;
 }
 
+/// A caller counts only the workers that read the queues it writes to: with another number of
+/// queue shards its requests would wait in queues nobody reads, and it can say why.
+#[tokio::test]
+async fn a_type_served_on_another_number_of_queue_shards_is_not_served_to_this_caller() {
+    let server = RedisServer::start();
+    let options = fast_options();
+    let four = ClientOptions {
+        queue_shards: 4,
+        ..options.clone()
+    };
+    let one = client(&server, options).await;
+    let four = client(&server, four).await;
+    let worker = serving(&one, &["echo"], 1);
+    within(5, async {
+        while !one.served_actors().await.unwrap().contains("echo") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(four.served_actors().await.unwrap().is_empty());
+    let shards: Vec<u16> = four
+        .queue_shards_served("echo")
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(shards, [1]);
+    assert!(four.queue_shards_served("ticker").await.unwrap().is_empty());
+    worker.stop().await;
+    assert!(one.served_actors().await.unwrap().is_empty(), "withdrawn");
+}
+
 #[tokio::test]
 async fn a_run_past_its_cap_of_chunks_or_bytes_ends_with_a_clear_error() {
     let server = RedisServer::start();

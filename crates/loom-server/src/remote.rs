@@ -167,10 +167,26 @@ impl RemoteRuns {
         };
         // Only a served type is queued: nothing else becomes a key.
         if !self.served().await?.contains(&actor_type) {
-            return Err(ApiError::NotFound(match &request.target {
-                RunTarget::Actor(a) => format!("no worker serves actor type '{a}'"),
-                RunTarget::Workflow(w) => format!("no worker serves workflow '{w}'"),
-            }));
+            let what = match &request.target {
+                RunTarget::Actor(a) => format!("actor type '{a}'"),
+                RunTarget::Workflow(w) => format!("workflow '{w}'"),
+            };
+            // Served on other queues than this server writes to: a setting to fix, said so.
+            let shards = self
+                .client
+                .queue_shards_served(&actor_type)
+                .await
+                .map_err(unavailable)?;
+            let elsewhere = match shards.first() {
+                Some(theirs) => format!(
+                    " (live workers serve it with --queue-shards {theirs}, this server uses {})",
+                    self.client.options().queue_shards
+                ),
+                None => String::new(),
+            };
+            return Err(ApiError::NotFound(format!(
+                "no worker serves {what}{elsewhere}"
+            )));
         }
         let mut options = RunOptions {
             timeout,

@@ -319,6 +319,30 @@ async fn past_max_queued_a_run_is_429_queue_full() {
     assert_eq!(server.finished(&running).await["status"], "complete");
 }
 
+/// A server whose `--queue-shards` differs from the workers' would queue runs no worker
+/// reads: it refuses them, saying so.
+#[tokio::test]
+async fn a_server_on_other_queue_shards_than_the_workers_says_so() {
+    let cluster = Cluster::start().await;
+    let four = ClientOptions {
+        queue_shards: 4,
+        ..options(&cluster.prefix)
+    };
+    let client = within(Client::connect_with(cluster.redis.url(), four))
+        .await
+        .expect("connect");
+    let server = TestServer::distributed(client, ServerConfig::default()).await;
+    let refused = server
+        .post("/v1/actors/echo/run", &json!({ "input": {} }))
+        .await;
+    let (status, code, message) = error_of(refused).await;
+    assert_eq!((status, code.as_str()), (404, "not_found"), "{message}");
+    assert!(
+        message.contains("live workers serve it with --queue-shards 1, this server uses 4"),
+        "{message}"
+    );
+}
+
 #[tokio::test]
 async fn a_server_that_shuts_down_closes_its_streams_without_a_terminal_and_the_run_goes_on() {
     let cluster = Cluster::start().await;

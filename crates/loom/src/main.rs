@@ -400,15 +400,34 @@ async fn check_served(client: &loom_redis::Client, job: &Job) -> anyhow::Result<
         let Some(missing) = needed.iter().find(|t| !served.contains(**t)) else {
             return Ok(());
         };
+        // Workers that serve it on other queues than this caller writes to.
+        let elsewhere = || async {
+            let shards = client
+                .queue_shards_served(missing)
+                .await
+                .unwrap_or_default();
+            if shards.is_empty() {
+                return String::new();
+            }
+            let shards: Vec<String> = shards.iter().map(u16::to_string).collect();
+            format!(
+                "; live workers serve it with --queue-shards {}, this caller uses {}: give them \
+                 the same number (or LOOM_QUEUE_SHARDS)",
+                shards.join(" or "),
+                client.options().queue_shards
+            )
+        };
         if !told {
             eprintln!(
-                "loom: no live worker serves '{missing}' yet; waiting up to {wait:?} for one"
+                "loom: no live worker serves '{missing}' yet; waiting up to {wait:?} for one{}",
+                elsewhere().await
             );
             told = true;
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(usage(format!(
-                "no live worker serves actor type '{missing}' (start one: loom worker --redis URL)"
+                "no live worker serves actor type '{missing}' (start one: loom worker --redis URL){}",
+                elsewhere().await
             )));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

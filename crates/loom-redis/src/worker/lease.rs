@@ -89,7 +89,8 @@ pub(crate) async fn heartbeat(
 async fn withdraw(shared: &Shared, served: &[String]) {
     let key = shared.client.keys().actors();
     let mut conn = shared.client.conn();
-    let taken = script::withdraw(&mut conn, &key, &shared.name, served);
+    let shards = shared.client.options().queue_shards;
+    let taken = script::withdraw(&mut conn, &key, (&shared.name, shards), served);
     match tokio::time::timeout(WITHDRAW_WITHIN, taken).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
@@ -110,7 +111,8 @@ async fn advertise(shared: &Shared, served: &[String]) -> Result<(), Error> {
     let lease_ms = shared.client.options().lease_ttl.as_millis() as u64;
     let key = shared.client.keys().actors();
     let mut conn = shared.client.conn();
-    script::advertise(&mut conn, &key, lease_ms, &shared.name, served).await
+    let shards = shared.client.options().queue_shards;
+    script::advertise(&mut conn, &key, lease_ms, (&shared.name, shards), served).await
 }
 
 /// A request in a queue.

@@ -15,7 +15,7 @@
 //! Reading streams ([`Client::tail`]) is added by `reader.rs` and starting runs
 //! ([`Client::invoker`]) by `remote.rs`, the layers above.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -302,7 +302,7 @@ impl Client {
     /// against this before queueing a request no worker would take.
     pub async fn served_actors(&self) -> Result<BTreeSet<String>, Error> {
         let shards = self.inner.options.queue_shards;
-        let served = script::served(&mut self.conn(), &self.keys().actors()).await?;
+        let served = self.served().await?;
         Ok(served
             .into_iter()
             .filter_map(|(actor, by)| by.contains(&shards).then_some(actor))
@@ -313,8 +313,31 @@ impl Client {
     /// `actor` on: empty when none serves it; without this client's own, its requests would
     /// wait in queues no worker reads (the caller and the workers disagree on the number).
     pub async fn queue_shards_served(&self, actor: &str) -> Result<BTreeSet<u16>, Error> {
-        let mut served = script::served(&mut self.conn(), &self.keys().actors()).await?;
+        let mut served = self.served().await?;
         Ok(served.remove(actor).unwrap_or_default())
+    }
+
+    async fn served(&self) -> Result<BTreeMap<String, BTreeSet<u16>>, Error> {
+        let key = self.keys().actors();
+        self.retried(|| async { script::served(&mut self.conn(), &key).await })
+            .await
+    }
+
+    /// Runs `op` — a read, or a write that may land twice — once more when it failed on a
+    /// dropped connection. After a Redis restart or a failover the shared connection learns
+    /// that its socket is gone only when a command fails on it, and reconnects for the next:
+    /// without this, the first request of a server idle through the restart failed.
+    pub(crate) async fn retried<T, F: Future<Output = Result<T, Error>>>(
+        &self,
+        op: impl Fn() -> F,
+    ) -> Result<T, Error> {
+        match op().await {
+            Err(Error::Redis(e)) if e.is_connection_dropped() => {
+                tracing::debug!(error = %e, "the connection to Redis had dropped; once more");
+                op().await
+            }
+            result => result,
+        }
     }
 
     /// Asks run `run_id` to stop: a run no worker holds (its request still queued, or between
@@ -332,7 +355,13 @@ impl Client {
         let error = ErrorInfo::from(&ActorError::cancelled());
         let error = serde_json::to_string(&error).unwrap_or_else(|_| "null".to_owned());
         let run = RunKeys::new(keys, run_id);
-        let ended = script::end_run(&mut conn, &run, ttl, CancelReason::Cancelled, &error).await?;
+        // Safe twice: a second try finds the terminal the first one wrote.
+        let ended = self
+            .retried(|| async {
+                let reason = CancelReason::Cancelled;
+                script::end_run(&mut self.conn(), &run, ttl, reason, &error).await
+            })
+            .await?;
         // A bounded queue gives a request cancelled while it waits its place back at once,
         // rather than when a worker reaches it and leaves it.
         if let (Some(_), Some(limit)) = (ended, self.inner.options.max_queued) {

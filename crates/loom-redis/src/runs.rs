@@ -71,12 +71,14 @@ impl Client {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let ids: Vec<String> = redis::cmd("ZRANGE")
+        let mut index = redis::cmd("ZRANGE");
+        index
             .arg(self.keys().runs())
             .arg(0)
             .arg(limit - 1)
-            .arg("REV")
-            .query_async(&mut self.conn())
+            .arg("REV");
+        let ids: Vec<String> = self
+            .retried(|| async { Ok(index.query_async(&mut self.conn()).await?) })
             .await?;
         // Ids in the index were checked when they were queued; one written by another
         // client that is not a valid name is skipped rather than turned into a key.
@@ -92,13 +94,12 @@ impl Client {
     /// [`ReaderTally`]); servers set it for direct streams.
     pub async fn set_disconnect_grace(&self, run_id: &str, grace_ms: u64) -> Result<(), Error> {
         check_name("run id", run_id)?;
-        redis::cmd("HSET")
-            .arg(self.keys().run(run_id))
+        let mut set = redis::cmd("HSET");
+        set.arg(self.keys().run(run_id))
             .arg("grace_ms")
-            .arg(grace_ms)
-            .query_async::<()>(&mut self.conn())
-            .await?;
-        Ok(())
+            .arg(grace_ms);
+        self.retried(|| async { Ok(set.query_async::<()>(&mut self.conn()).await?) })
+            .await
     }
 
     /// Names run `run_id` `name` (e.g. a chat whose latest run it is) for `ttl`, replacing
@@ -106,22 +107,22 @@ impl Client {
     pub async fn name_run(&self, name: &str, run_id: &str, ttl: Duration) -> Result<(), Error> {
         check_name("run name", name)?;
         check_name("run id", run_id)?;
-        redis::cmd("SET")
-            .arg(self.keys().run_name(name))
+        let mut set = redis::cmd("SET");
+        set.arg(self.keys().run_name(name))
             .arg(run_id)
             .arg("EX")
-            .arg(ttl.as_secs().max(1))
-            .query_async::<()>(&mut self.conn())
-            .await?;
-        Ok(())
+            .arg(ttl.as_secs().max(1));
+        self.retried(|| async { Ok(set.query_async::<()>(&mut self.conn()).await?) })
+            .await
     }
 
     /// The run named `name` ([`name_run`](Self::name_run)), if the name has not expired.
     pub async fn named_run(&self, name: &str) -> Result<Option<String>, Error> {
         check_name("run name", name)?;
-        let id: Option<String> = redis::cmd("GET")
-            .arg(self.keys().run_name(name))
-            .query_async(&mut self.conn())
+        let mut get = redis::cmd("GET");
+        get.arg(self.keys().run_name(name));
+        let id: Option<String> = self
+            .retried(|| async { Ok(get.query_async(&mut self.conn()).await?) })
             .await?;
         Ok(id.filter(|id| check_name("run id", id).is_ok()))
     }
@@ -147,8 +148,12 @@ impl Client {
         check_name("run id", run_id)?;
         let keys = self.keys();
         let (record, readers) = (keys.run(run_id), keys.readers(run_id));
-        let (readers, joins, grace_ms) =
-            script::tally(&mut self.conn(), &record, &readers, what, reader).await?;
+        // Safe twice (see `reader_joined`).
+        let (readers, joins, grace_ms) = self
+            .retried(|| async {
+                script::tally(&mut self.conn(), &record, &readers, what, reader).await
+            })
+            .await?;
         Ok(ReaderTally {
             readers: readers.unwrap_or(0),
             joins: joins.unwrap_or(0),
@@ -160,7 +165,7 @@ impl Client {
     /// pipeline per run (its keys share a slot), all sent at once.
     async fn run_records(&self, ids: &[String]) -> Result<Vec<Option<RunRecord>>, Error> {
         let keys = self.keys();
-        let reads = ids.iter().map(|id| {
+        let read = |id: &String| {
             let mut pipe = redis::pipe();
             pipe.cmd("HMGET")
                 .arg(keys.run(id))
@@ -174,8 +179,10 @@ impl Client {
                 .arg(1);
             let mut conn = self.conn();
             async move { pipe.query_async::<(Value, Value)>(&mut conn).await }
-        });
-        let replies = futures::future::try_join_all(reads).await?;
+        };
+        let replies = self
+            .retried(|| async { Ok(futures::future::try_join_all(ids.iter().map(read)).await?) })
+            .await?;
         let mut records = Vec::with_capacity(ids.len());
         for (id, (fields, last)) in ids.iter().zip(replies) {
             let (actor, created_ms): (Option<String>, Option<u64>) =

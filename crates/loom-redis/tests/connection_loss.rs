@@ -86,6 +86,29 @@ async fn a_reader_waits_out_a_redis_outage_shorter_than_its_outage_timeout() {
     worker.stop().await;
 }
 
+/// A client idle through a Redis restart answers its next calls, the first too: its shared
+/// connection learns the socket is gone only when a command fails on it, and the reads and
+/// idempotent writes go once more on the new one (a server's first request after a restart
+/// was a 503).
+#[tokio::test]
+async fn a_client_idle_through_a_redis_restart_answers_its_first_call() {
+    let mut server = RedisServer::start_own();
+    let client = client(&server, fast_options()).await;
+    assert!(client.served_actors().await.expect("served").is_empty());
+    for round in 0..3 {
+        server.stop();
+        server.restart();
+        // Let the connection's reader see its socket close, as an idle server's does.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let calls = match round {
+            0 => client.served_actors().await.map(drop),
+            1 => client.recent_runs(10).await.map(drop),
+            _ => client.cancel("no-such-run").await,
+        };
+        calls.unwrap_or_else(|e| panic!("round {round}: {e}"));
+    }
+}
+
 /// An `echo` run, queued as soon as Redis answers again.
 async fn echo_once_back(client: &loom_redis::Client) -> loom_core::ChunkStream {
     within(20, async {

@@ -45,6 +45,15 @@ impl<T: DeserializeOwned> FromRequest<ServerState> for LoomJson<T> {
 
 impl<T: DeserializeOwned> LoomJson<T> {
     async fn parse(request: Request, state: &ServerState) -> Result<Self, ApiError> {
+        // A body declared too large is refused before any of it is waited for.
+        let limit = state.config().body_limit;
+        let declared = request
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit as u64) {
+            return Err(ApiError::TooLarge { limit });
+        }
         // A body that never finishes would hold its connection (and a shutdown) for ever.
         let wait = state.config().header_timeout;
         let read = tokio::time::timeout(wait, Bytes::from_request(request, state));
@@ -55,9 +64,7 @@ impl<T: DeserializeOwned> LoomJson<T> {
             })?
             .map_err(|rejection| {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::TooLarge {
-                        limit: state.config().body_limit,
-                    }
+                    ApiError::TooLarge { limit }
                 } else {
                     ApiError::BadRequest(rejection.body_text())
                 }

@@ -63,6 +63,7 @@ impl ServerState {
     fn with(runs: Runs, config: ServerConfig, metrics: Arc<Metrics>) -> Self {
         let stream_cap = config.max_streams.min(Semaphore::MAX_PERMITS);
         let streams = Arc::new(Semaphore::new(stream_cap));
+        let tokens = Tokens::new(config.api_key.as_deref());
         Self {
             inner: Arc::new(Inner {
                 runs,
@@ -70,7 +71,7 @@ impl ServerState {
                 metrics,
                 streams,
                 stream_cap,
-                tokens: Tokens::default(),
+                tokens,
             }),
         }
     }

@@ -790,6 +790,24 @@ async fn a_body_that_stops_arriving_is_408_and_does_not_hold_a_shutdown() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("request_timeout"), "{answer}");
 
+    // A body declared past the limit is 413 at once, not a wait for bytes it cannot take.
+    let mut raw = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head =
+        "POST /v1/actors/echo/run HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2000000\r\n\r\n{";
+    tokio::io::AsyncWriteExt::write_all(&mut raw, head.as_bytes())
+        .await
+        .unwrap();
+    let mut answer = vec![0; 4096];
+    let started = std::time::Instant::now();
+    let read = within(tokio::io::AsyncReadExt::read(&mut raw, &mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer[..read.unwrap()]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("too_large"), "{answer}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(300),
+        "before the timeout"
+    );
+
     // Half a body again, then the shutdown: it ends within the timeout.
     let mut raw = tokio::net::TcpStream::connect(&address).await.unwrap();
     tokio::io::AsyncWriteExt::write_all(&mut raw, partial.as_bytes())

@@ -426,6 +426,18 @@ async fn a_short_lived_token_from_post_tokens_authorizes_query_string_clients() 
     }
     let delete = server.delete(&format!("/v1/runs/{id}?token={token}")).await;
     assert_eq!(delete.status(), 401);
+
+    // Another server with the same key (behind one load balancer, or this one restarted)
+    // takes the token; one with another key does not.
+    for (key, status) in [("s3cret", 200), ("other", 401)] {
+        let other = TestServer::start(ServerConfig {
+            api_key: Some(key.into()),
+            ..ServerConfig::default()
+        })
+        .await;
+        let url = format!("/v1/actors/echo/stream?input=%7B%7D&token={token}");
+        assert_eq!(other.get(&url).await.status(), status, "{key}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

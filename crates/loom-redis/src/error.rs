@@ -69,6 +69,17 @@ impl Error {
         matches!(self, Self::Redis(e) if e.code() == Some("OOM"))
     }
 
+    /// Whether Redis could not be reached or answered late, or a cluster was moving the slot
+    /// (a connection refused or dropped, a timeout, `CLUSTERDOWN`, `TRYAGAIN`): not a refusal
+    /// of the command itself.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Self::Redis(e) if e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_cluster_error())
+    }
+
     /// Whether Redis refused the command for the user's permissions (an ACL): a `NOPERM`
     /// error reply, which asking again will not change.
     pub fn is_no_permission(&self) -> bool {

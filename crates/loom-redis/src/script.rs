@@ -20,6 +20,7 @@
 //! | [`renew`] | lease, stream, cancel of each of up to 256 runs of one bucket | the worker's heartbeat |
 //! | [`release`] | lease | the worker handing a run back |
 //! | [`claim_mine`] | a queue | the worker claiming its own requests again (refreshing, or handing back) |
+//! | [`recount`] | a queue | the worker giving back the attempt number of a run Redis's failure ended |
 //! | [`prune_consumers`] | a queue | a worker deleting its group's dead consumers (those not in [`live_workers`]), and itself when it stops |
 //! | [`keep_bells`] | bells | a reader waiting on its buckets' bells, keeping them (and their rings) alive |
 //! | [`advertise`], [`served`] | actors | the heartbeat marking actor types served; servers asking which are |
@@ -281,6 +282,20 @@ return claimed
     )
 });
 
+/// KEYS: a queue. ARGV: the group, this consumer, an entry id, a delivery count. Sets the
+/// entry's delivery count (its attempt number) to the count if this consumer holds it, leaving
+/// its idle time as it is; returns 1 if it did.
+static RECOUNT: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r#"
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if not (p[1] and p[1][2] == ARGV[2]) then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'IDLE', p[1][3], 'RETRYCOUNT', ARGV[4], 'JUSTID')
+return 1
+"#,
+    )
+});
+
 /// KEYS: actors. ARGV: lease in ms, the worker's name and its queue shards, then actor types.
 /// Marks each as served by this worker (the member `<type> <worker> <shards>`: see [`mark`])
 /// until Redis's now plus the lease, and drops the marks that lapsed (any worker's), so the
@@ -399,6 +414,21 @@ pub(crate) async fn claim_mine(
         cmd.arg(id);
     }
     CLAIM_MINE.invoke(conn, &cmd).await
+}
+
+/// Sets the delivery count of `id`, pending for `consumer`, to `count` (see [`RECOUNT`]):
+/// whether it was this consumer's to set.
+pub(crate) async fn recount(
+    conn: &mut impl ConnectionLike,
+    queue: &str,
+    (group, consumer): (&str, &str),
+    id: &str,
+    count: u32,
+) -> Result<bool, Error> {
+    let mut cmd = RECOUNT.call(&[queue], 4, 64 + consumer.len());
+    cmd.arg(group).arg(consumer).arg(id).arg(count);
+    let set: u32 = RECOUNT.invoke(conn, &cmd).await?;
+    Ok(set == 1)
 }
 
 /// KEYS: a queue. ARGV: the workers' group, an idle time in ms, `only` or `except`, then

@@ -75,6 +75,19 @@ pub(crate) async fn execute(shared: Arc<Shared>, work: Work, _slot: OwnedSemapho
         // The request stays pending: once its idle time passes the visibility timeout a
         // worker (maybe this one) runs it again.
         tracing::warn!(run_id = %request.run_id, error = %e, "run interrupted; it will be retried");
+        if e.is_unreachable() && attempt > 1 {
+            // Redis (the run's node: a cluster's failover) failed this attempt, not a lost
+            // worker: it does not count towards `max_attempts`, or a failover longer than a
+            // few visibility timeouts would use them all up before the run could go on.
+            let consumer = shared.name.as_str();
+            let id = entry.id.to_string();
+            let group = (shared.group(), consumer);
+            let mut conn = shared.client.conn();
+            let recounted = script::recount(&mut conn, &queue, group, &id, attempt - 1);
+            if let Err(e) = recounted.await {
+                tracing::debug!(run_id = %request.run_id, error = %e, "could not give the attempt back");
+            }
+        }
     }
 }
 

@@ -392,14 +392,16 @@ async fn a_master_killed_mid_stream_never_leaves_a_reader_hanging_or_repeats_a_s
 /// (`outage_timeout`) and read each run to its end, re-run on the new master.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_wait_out_a_failover_longer_than_a_lease_and_read_the_runs_to_their_end() {
-    // A failover of about 9 s, against 6 s of lease and visibility timeout (which a re-run
-    // also has, once Redis answers again, to start writing).
-    let mut cluster = RedisCluster::start_slow_to_fail_over(8_000);
+    // Redis's default failover (`cluster-node-timeout` 15 s: 16 s and more) against Loom's
+    // default timings: 13 s of lease and visibility timeout (which a re-run also has, once
+    // Redis answers again, to start writing), 30 s of outage.
+    let mut cluster = RedisCluster::start_slow_to_fail_over(15_000);
+    let defaults = ClientOptions::default();
     let options = ClientOptions {
-        lease_ttl: Duration::from_millis(2000),
-        lease_refresh: Duration::from_millis(500),
-        visibility_timeout: Duration::from_millis(4000),
-        outage_timeout: Duration::from_secs(25),
+        lease_ttl: defaults.lease_ttl,
+        lease_refresh: defaults.lease_refresh,
+        visibility_timeout: defaults.visibility_timeout,
+        outage_timeout: defaults.outage_timeout,
         ..fast_options()
     };
     let client = connect(&cluster.url(), options).await;

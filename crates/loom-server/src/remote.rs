@@ -244,6 +244,7 @@ impl RemoteRuns {
             closing: self.closing.clone(),
             unclaimed: None,
             graces: self.graces.clone(),
+            ended_by_redis: Arc::default(),
         }
     }
 
@@ -349,6 +350,10 @@ pub(crate) struct RemoteRun {
     /// A direct run's guard until its first reader is counted.
     unclaimed: Option<Arc<Unclaimed>>,
     graces: TaskTracker,
+    /// Set when a feed of this run ended with its reader's own verdict (Redis unreachable
+    /// past the outage timeout, entries lost): the server, not the client, ended that stream,
+    /// so its reader's leaving starts no disconnect grace.
+    ended_by_redis: Arc<AtomicBool>,
 }
 
 impl RemoteRun {
@@ -366,6 +371,7 @@ impl RemoteRun {
             id: self.id.clone(),
             reader,
             held: self.graces.token(),
+            ended_by_redis: Arc::clone(&self.ended_by_redis),
         };
         self.client
             .reader_joined(&self.id, &attachment.reader)
@@ -394,6 +400,7 @@ impl RemoteRun {
         Ok(Some(RemoteFeed {
             entries: entries.ready_chunks(BATCH),
             closing: self.closing.clone(),
+            ended_by_redis: Arc::clone(&self.ended_by_redis),
         }))
     }
 
@@ -431,6 +438,8 @@ pub(crate) struct RemoteAttachment {
     /// Holds the server's shutdown until this reader is gone; the grace its leaving starts
     /// runs on its tracker (see [`RemoteRuns::drained`]).
     held: TaskTrackerToken,
+    /// See [`RemoteRun`]'s field.
+    ended_by_redis: Arc<AtomicBool>,
 }
 
 impl Drop for RemoteAttachment {
@@ -441,9 +450,10 @@ impl Drop for RemoteAttachment {
         let client = self.client.clone();
         let id = std::mem::take(&mut self.id);
         let reader = std::mem::take(&mut self.reader);
+        let grace = !self.ended_by_redis.load(Ordering::SeqCst);
         self.held.task_tracker().spawn_on(
             async move {
-                if let Err(e) = left(&client, &id, &reader).await {
+                if let Err(e) = left(&client, &id, &reader, grace).await {
                     tracing::warn!(run_id = %id, error = %e, "could not count a reader gone");
                 }
             },
@@ -492,9 +502,15 @@ impl Drop for Unclaimed {
     }
 }
 
-/// A reader of run `id` left: if it was the last one anywhere and the run has a disconnect
-/// grace, cancel it after the grace unless someone joined meanwhile.
-async fn left(client: &Client, id: &str, reader: &str) -> Result<(), loom_redis::Error> {
+/// A reader of run `id` left: if it was the last one anywhere, the run has a disconnect grace
+/// and `grace` (its client left, the server did not end its stream), cancel it after the
+/// grace unless someone joined meanwhile.
+async fn left(
+    client: &Client,
+    id: &str,
+    reader: &str,
+    grace: bool,
+) -> Result<(), loom_redis::Error> {
     // A reader still counted would keep the run from ever being cancelled: over a Redis blip,
     // try again (leaving twice is safe).
     let mut wait = Duration::from_millis(100);
@@ -509,7 +525,7 @@ async fn left(client: &Client, id: &str, reader: &str) -> Result<(), loom_redis:
             Err(e) => return Err(e),
         }
     };
-    let Some(grace_ms) = tally.grace_ms.filter(|_| tally.readers <= 0) else {
+    let Some(grace_ms) = tally.grace_ms.filter(|_| grace && tally.readers <= 0) else {
         return Ok(());
     };
     tokio::time::sleep(Duration::from_millis(grace_ms)).await;
@@ -532,6 +548,8 @@ async fn left(client: &Client, id: &str, reader: &str) -> Result<(), loom_redis:
 pub(crate) struct RemoteFeed {
     entries: ReadyChunks<EntryStream>,
     closing: CancellationToken,
+    /// See [`RemoteRun`]'s field.
+    ended_by_redis: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for RemoteFeed {
@@ -546,7 +564,13 @@ impl RemoteFeed {
         tokio::select! {
             biased;
             _ = self.closing.cancelled() => None,
-            batch = self.entries.next() => batch.map(|entries| entries.into_iter().map(logged).collect()),
+            batch = self.entries.next() => batch.map(|entries| {
+                // A terminal in no entry is the reader's own verdict.
+                if entries.iter().any(|e| e.id.is_none() && e.chunk.is_terminal()) {
+                    self.ended_by_redis.store(true, Ordering::SeqCst);
+                }
+                entries.into_iter().map(logged).collect()
+            }),
         }
     }
 }

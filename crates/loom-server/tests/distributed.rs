@@ -37,17 +37,23 @@ fn options(prefix: &str) -> ClientOptions {
 struct Cluster {
     redis: RedisServer,
     prefix: String,
+    options: ClientOptions,
     stop: Option<oneshot::Sender<()>>,
     worker: Option<JoinHandle<()>>,
 }
 
 impl Cluster {
     async fn start() -> Self {
-        let redis = RedisServer::start();
         let prefix = format!("t{}:", uuid::Uuid::new_v4().simple());
+        let options = options(&prefix);
+        Self::start_on(RedisServer::start(), prefix, options).await
+    }
+
+    async fn start_on(redis: RedisServer, prefix: String, options: ClientOptions) -> Self {
         let mut cluster = Self {
             redis,
             prefix,
+            options,
             stop: None,
             worker: None,
         };
@@ -82,12 +88,9 @@ impl Cluster {
     }
 
     async fn client(&self) -> Client {
-        within(Client::connect_with(
-            self.redis.url(),
-            options(&self.prefix),
-        ))
-        .await
-        .expect("connect")
+        within(Client::connect_with(self.redis.url(), self.options.clone()))
+            .await
+            .expect("connect")
     }
 
     /// A new server (its own Redis connections, as another process would have).
@@ -341,6 +344,50 @@ async fn a_server_on_other_queue_shards_than_the_workers_says_so() {
         message.contains("live workers serve it with --queue-shards 1, this server uses 4"),
         "{message}"
     );
+}
+
+/// A stream the server ended itself — its reader's own verdict after Redis stayed
+/// unreachable past the outage timeout — is not its client leaving: the run is not cancelled
+/// after the disconnect grace ("cancelled by client") but goes on, to be rejoined.
+#[tokio::test]
+async fn a_stream_ended_by_a_redis_outage_starts_no_disconnect_grace() {
+    let prefix = format!("t{}:", uuid::Uuid::new_v4().simple());
+    let options = ClientOptions {
+        outage_timeout: Duration::from_millis(1500),
+        ..options(&prefix)
+    };
+    let cluster = Cluster::start_on(RedisServer::start_own(), prefix, options).await;
+    let server = cluster
+        .server(ServerConfig {
+            disconnect_grace: Duration::from_millis(500),
+            ..ServerConfig::default()
+        })
+        .await;
+    let response = server
+        .post(
+            "/v1/actors/batch/stream",
+            &json!({ "input": slow_batch(60, 100) }),
+        )
+        .await;
+    let id = response.headers()["loom-run-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut reader = SseReader::new(response);
+    within(reader.next_chunk()).await.expect("a first chunk");
+    cluster.redis.pause();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    cluster.redis.resume();
+    let frames = within(reader.rest()).await;
+    let last = frames
+        .last()
+        .and_then(|f| f.data.clone())
+        .expect("a last chunk");
+    assert_eq!(last["error"]["code"], "upstream", "{last}");
+    // Past the grace, the run goes on to its end: nobody cancelled it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let status = server.finished(&id).await;
+    assert_eq!(status["status"], "complete", "{status}");
 }
 
 #[tokio::test]

@@ -121,6 +121,13 @@ class ChatCompletions(WithServer):
         self.assertIn("chat-agent", ids)
         self.assertIn("team-demo", ids)
         self.assertIn("workflows/batch-report", ids)
+        # `models.retrieve`, a workflow's id (with its slash) too; an unknown one is a 404.
+        self.assertEqual(self.client.models.retrieve("chat-agent").id, "chat-agent")
+        self.assertEqual(
+            self.client.models.retrieve("workflows/batch-report").id, "workflows/batch-report"
+        )
+        with self.assertRaises(openai.NotFoundError):
+            self.client.models.retrieve("nobody")
 
     def test_a_chat_agent_reply_streams_tokens_then_usage(self):
         stream = self.client.chat.completions.create(

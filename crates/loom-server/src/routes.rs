@@ -55,6 +55,7 @@ pub fn router(state: ServerState) -> Router {
         .route("/v1/actors/{actor}/ws", get(crate::ws::actor_ws))
         .route("/v1/chat/completions", post(dialect::chat::completions))
         .route("/v1/models", get(dialect::chat::models))
+        .route("/v1/models/{*id}", get(dialect::chat::model))
         .route("/v1/ag-ui/{*agent}", post(dialect::ag_ui::run))
         .route(
             "/v1/ai-sdk/{*agent}",

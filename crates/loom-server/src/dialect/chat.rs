@@ -1,5 +1,5 @@
 //! OpenAI Chat Completions: `POST /v1/chat/completions` (`model` = actor type or
-//! `workflows/<name>`) and `GET /v1/models`, so the official `openai` clients work against
+//! `workflows/<name>`) and `GET /v1/models` (and `/v1/models/{id}`), so the official `openai` clients work against
 //! `loom serve` unmodified.
 //!
 //! **Mapping** ([`ChatMapping`], pure): a token (`{"token": …}`) is a `content` delta; a
@@ -24,7 +24,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
@@ -217,18 +217,39 @@ impl ChatMapping {
 
 /// `GET /v1/models`: every actor and workflow, as models.
 pub(crate) async fn models(State(state): State<ServerState>) -> Result<Response, OpenAiError> {
-    let mut names: Vec<String> = Vec::new();
-    for actor in state.runs().actors().await? {
-        names.extend(actor["name"].as_str().map(str::to_owned));
-    }
-    for workflow in state.runs().workflows().await? {
-        names.extend(workflow["name"].as_str().map(|n| format!("workflows/{n}")));
-    }
-    let data: Vec<Value> = names
-        .into_iter()
-        .map(|id| json!({ "id": id, "object": "model", "created": 0, "owned_by": "loom" }))
+    let data: Vec<Value> = model_ids(&state)
+        .await?
+        .iter()
+        .map(|id| model_object(id))
         .collect();
     Ok(Json(json!({ "object": "list", "data": data })).into_response())
+}
+
+/// `GET /v1/models/{id}` (the clients' `models.retrieve`): one of them, or a 404.
+pub(crate) async fn model(
+    State(state): State<ServerState>,
+    Path(id): Path<String>,
+) -> Result<Response, OpenAiError> {
+    if !model_ids(&state).await?.contains(&id) {
+        return Err(ApiError::NotFound(format!("no actor or workflow '{id}'")).into());
+    }
+    Ok(Json(model_object(&id)).into_response())
+}
+
+/// The ids of every actor and workflow: `<actor type>`, `workflows/<name>`.
+async fn model_ids(state: &ServerState) -> Result<Vec<String>, ApiError> {
+    let mut ids: Vec<String> = Vec::new();
+    for actor in state.runs().actors().await? {
+        ids.extend(actor["name"].as_str().map(str::to_owned));
+    }
+    for workflow in state.runs().workflows().await? {
+        ids.extend(workflow["name"].as_str().map(|n| format!("workflows/{n}")));
+    }
+    Ok(ids)
+}
+
+fn model_object(id: &str) -> Value {
+    json!({ "id": id, "object": "model", "created": 0, "owned_by": "loom" })
 }
 
 /// `POST /v1/chat/completions`.

@@ -8,7 +8,7 @@
 //!
 //! | module | dialect |
 //! |---|---|
-//! | `chat` | OpenAI Chat Completions (`POST /v1/chat/completions`, `GET /v1/models`) |
+//! | `chat` | OpenAI Chat Completions (`POST /v1/chat/completions`, `GET /v1/models`, `GET /v1/models/{id}`) |
 //! | `ag_ui` | AG-UI over SSE (`POST /v1/ag-ui/{agent}`) |
 //! | `ai_sdk` | Vercel AI SDK UI message stream v1 (`POST /v1/ai-sdk/{agent}`, `GET /v1/ai-sdk/{agent}/{chatId}/stream`) |
 //! | `responses` | OpenAI Responses (`POST /v1/responses`, `GET /v1/responses/{id}`, `POST /v1/responses/{id}/cancel`) |

@@ -421,14 +421,20 @@ impl WorkflowRun {
         Some(Some(Ok(self.result())))
     }
 
+    /// Ends the workflow on a failure: drops the running steps (which cancels every one still
+    /// running, through its run's token) and the markers not given yet; its error comes next.
+    fn fail(&mut self) {
+        self.running = None;
+        self.queued.clear();
+        self.ended = true;
+    }
+
     /// Takes in a step's end; on the workflow's failure, drops the running steps (which
     /// cancels every sibling still running, through its run's token) and returns the error.
     #[inline(never)]
     fn end_step(&mut self, end: StepEnd) -> Option<ActorError> {
         let err = self.step_done(end).err()?;
-        self.running = None;
-        self.queued.clear();
-        self.ended = true;
+        self.fail();
         Some(err)
     }
 
@@ -472,9 +478,7 @@ impl WorkflowRun {
     /// and gives the error.
     #[inline(never)]
     fn timed_out(&mut self) -> ActorError {
-        self.running = None;
-        self.queued.clear();
-        self.ended = true;
+        self.fail();
         ActorError::new(
             ErrorCode::Timeout,
             format!(

@@ -36,8 +36,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{
-    conversation_input, result_text, serve_numbered, speaker, start_request, token, EarlyFailure,
-    Numbered, NumberedEvents,
+    conversation_input, parts_text, result_text, serve_numbered, speaker, start_request, token,
+    EarlyFailure, Numbered, NumberedEvents,
 };
 use crate::error::ApiError;
 use crate::extract::{LoomJson, LoomPath, TraceParent};
@@ -385,15 +385,8 @@ impl NumberedEvents for AiSdkMapping {
 /// text `content` is a 400, and a `file` part, or a user message with no text part, a 422 (no
 /// model input here takes files): never an empty prompt the model answers anyway.
 fn chat_messages(messages: &[Value]) -> Result<Vec<Value>, ApiError> {
-    // `None` when no part is text: a message with nothing to say.
-    let text_of = |parts: &[Value]| -> Option<String> {
-        let texts: Vec<&str> = parts
-            .iter()
-            .filter(|p| p["type"] == "text")
-            .filter_map(|p| p["text"].as_str())
-            .collect();
-        (!texts.is_empty()).then(|| texts.concat())
-    };
+    // Only text parts: a reasoning part has a `text` too.
+    let text_of = |parts: &[Value]| parts_text(parts.iter().filter(|p| p["type"] == "text"));
     let mut out = Vec::new();
     for m in messages {
         let Some(parts) = m.get("parts").and_then(Value::as_array) else {

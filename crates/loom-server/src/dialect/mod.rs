@@ -117,17 +117,21 @@ pub(crate) fn chat_tools(tools: &[Value]) -> Value {
     Value::Array(tools)
 }
 
-/// A message's text: a string, or the `text` of its text parts; `None` for any other
-/// content, or parts none of which has a text.
+/// A message's text: a string, or the `text` of its parts; `None` for any other content, or
+/// parts none of which has a text.
 fn message_text(content: &Value) -> Option<String> {
     match content {
         Value::String(text) => Some(text.clone()),
-        Value::Array(parts) => {
-            let texts: Vec<&str> = parts.iter().filter_map(|p| p["text"].as_str()).collect();
-            (!texts.is_empty()).then(|| texts.concat())
-        }
+        Value::Array(parts) => parts_text(parts.iter()),
         _ => None,
     }
+}
+
+/// The string `text`s of `parts`, joined; `None` when none has one (a message with nothing
+/// to say).
+pub(crate) fn parts_text<'a>(parts: impl Iterator<Item = &'a Value>) -> Option<String> {
+    let texts: Vec<&str> = parts.filter_map(|p| p["text"].as_str()).collect();
+    (!texts.is_empty()).then(|| texts.concat())
 }
 
 /// A boolean field that may also be `null` (OpenAI's schemas allow it, and its Python client

@@ -72,7 +72,7 @@ impl Runs {
     }
 
     /// Whether `target` can be started: a registered actor type or a loaded workflow here; in
-    /// distributed mode, one a live worker serves.
+    /// distributed mode, one a live worker serves or this server describes.
     pub(crate) async fn knows(&self, target: &RunTarget) -> Result<bool, ApiError> {
         match (self, target) {
             (Self::Local(engine), RunTarget::Actor(actor)) => {
@@ -81,7 +81,7 @@ impl Runs {
             (Self::Local(engine), RunTarget::Workflow(name)) => {
                 Ok(engine.workflows().any(|w| w.name == *name))
             }
-            (Self::Remote(remote), target) => remote.knows(&target.actor_type()).await,
+            (Self::Remote(remote), target) => remote.knows(target).await,
         }
     }
 

@@ -70,6 +70,10 @@ pub enum ApiError {
     /// 503 `unavailable`: Redis cannot be reached (distributed mode).
     #[error("redis is unavailable: {0}")]
     Unavailable(String),
+    /// 503 `unavailable` with `Retry-After`: no live worker serves an actor type or workflow
+    /// that exists (distributed mode).
+    #[error("{0}")]
+    NoWorker(String),
     /// A run that ended with an error (on `/run`), or could not start: its code decides the
     /// status (`bad_input` → 422, `not_found` → 404, `cancelled` → 409, `upstream` → 502,
     /// `worker_lost` → 503, `timeout` → 504, any other → 500).
@@ -92,7 +96,9 @@ impl ApiError {
             Self::TooManyStreams { .. } | Self::TooManyRuns { .. } | Self::QueueFull(_) => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            Self::ShuttingDown | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ShuttingDown | Self::Unavailable(_) | Self::NoWorker(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Run(err) => match err.code() {
                 ErrorCode::BadInput => StatusCode::UNPROCESSABLE_ENTITY,
                 ErrorCode::NotFound => StatusCode::NOT_FOUND,
@@ -126,7 +132,8 @@ impl ApiError {
             | Self::TooManyRuns { .. }
             | Self::QueueFull(_)
             | Self::ShuttingDown
-            | Self::Unavailable(_) => true,
+            | Self::Unavailable(_)
+            | Self::NoWorker(_) => true,
             Self::Run(err) => err.is_retryable(),
             _ => false,
         }
@@ -146,7 +153,7 @@ impl ApiError {
             Self::TooManyStreams { .. } => "too_many_streams",
             Self::TooManyRuns { .. } => "too_many_runs",
             Self::QueueFull(_) => "queue_full",
-            Self::ShuttingDown | Self::Unavailable(_) => "unavailable",
+            Self::ShuttingDown | Self::Unavailable(_) | Self::NoWorker(_) => "unavailable",
             Self::Run(err) => err.code().as_str(),
         }
     }
@@ -162,7 +169,7 @@ impl IntoResponse for ApiError {
         }
         let body = json!({ "error": { "code": self.code(), "message": self.message() } });
         let mut response = (status, Json(body)).into_response();
-        if self.status() == StatusCode::TOO_MANY_REQUESTS {
+        if status == StatusCode::TOO_MANY_REQUESTS || matches!(self, Self::NoWorker(_)) {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

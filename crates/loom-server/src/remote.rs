@@ -142,8 +142,9 @@ impl RemoteRuns {
         });
     }
 
-    /// Queues a run. An actor type (or workflow) no live worker serves is `not_found` at
-    /// once; a workflow input failing the definition this server has is `bad_input`.
+    /// Queues a run. An actor type (or workflow) no live worker serves is refused at once
+    /// ([`check_served`](Self::check_served)); a workflow input failing the definition this
+    /// server has is `bad_input`.
     pub(crate) async fn start(&self, request: StartRequest) -> Result<RemoteRun, ApiError> {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(ApiError::ShuttingDown);
@@ -166,28 +167,7 @@ impl RemoteRuns {
             }
         };
         // Only a served type is queued: nothing else becomes a key.
-        if !self.served().await?.contains(&actor_type) {
-            let what = match &request.target {
-                RunTarget::Actor(a) => format!("actor type '{a}'"),
-                RunTarget::Workflow(w) => format!("workflow '{w}'"),
-            };
-            // Served on other queues than this server writes to: a setting to fix, said so.
-            let shards = self
-                .client
-                .queue_shards_served(&actor_type)
-                .await
-                .map_err(unavailable)?;
-            let elsewhere = match shards.first() {
-                Some(theirs) => format!(
-                    " (live workers serve it with --queue-shards {theirs}, this server uses {})",
-                    self.client.options().queue_shards
-                ),
-                None => String::new(),
-            };
-            return Err(ApiError::NotFound(format!(
-                "no worker serves {what}{elsewhere}"
-            )));
-        }
+        self.check_served(&request.target, &actor_type).await?;
         let mut options = RunOptions {
             timeout,
             ..RunOptions::default()
@@ -279,9 +259,51 @@ impl RemoteRuns {
         Ok(records.iter().map(info).collect())
     }
 
-    /// Whether a live worker serves actor type `actor`.
-    pub(crate) async fn knows(&self, actor: &str) -> Result<bool, ApiError> {
-        Ok(self.served().await?.contains(actor))
+    /// Whether `target` names something that can run: a type a live worker serves, or one
+    /// this server describes (its registry's actors, its workflows), which may be served
+    /// again soon (workers starting, or advertising again after a Redis restart).
+    pub(crate) async fn knows(&self, target: &RunTarget) -> Result<bool, ApiError> {
+        Ok(self.describes(target) || self.served().await?.contains(&target.actor_type()))
+    }
+
+    /// Whether this server's own registry or workflows describe `target`.
+    fn describes(&self, target: &RunTarget) -> bool {
+        match target {
+            RunTarget::Actor(actor) => self.registry.contains(actor),
+            RunTarget::Workflow(name) => self.workflows.contains_key(name),
+        }
+    }
+
+    /// `Ok` when a live worker serves `actor_type` (`target`'s queue). Otherwise a type
+    /// nobody describes is `not_found`; one this server describes, or that workers serve on
+    /// another number of queue shards, is `unavailable` (503, `Retry-After`): the service is
+    /// short of workers for now, and the error says what to change when it is a setting.
+    async fn check_served(&self, target: &RunTarget, actor_type: &str) -> Result<(), ApiError> {
+        if self.served().await?.contains(actor_type) {
+            return Ok(());
+        }
+        let what = match target {
+            RunTarget::Actor(a) => format!("actor type '{a}'"),
+            RunTarget::Workflow(w) => format!("workflow '{w}'"),
+        };
+        let shards = self
+            .client
+            .queue_shards_served(actor_type)
+            .await
+            .map_err(unavailable)?;
+        if let Some(theirs) = shards.first() {
+            return Err(ApiError::NoWorker(format!(
+                "no worker serves {what} on this server's queues: live workers serve it with \
+                 --queue-shards {theirs}, this server uses {}",
+                self.client.options().queue_shards
+            )));
+        }
+        if self.describes(target) {
+            return Err(ApiError::NoWorker(format!(
+                "no live worker serves {what} right now (start one with `loom worker`)"
+            )));
+        }
+        Err(ApiError::NotFound(format!("no worker serves {what}")))
     }
 
     async fn served(&self) -> Result<BTreeSet<String>, ApiError> {

@@ -339,11 +339,53 @@ async fn a_server_on_other_queue_shards_than_the_workers_says_so() {
         .post("/v1/actors/echo/run", &json!({ "input": {} }))
         .await;
     let (status, code, message) = error_of(refused).await;
-    assert_eq!((status, code.as_str()), (404, "not_found"), "{message}");
+    assert_eq!((status, code.as_str()), (503, "unavailable"), "{message}");
     assert!(
         message.contains("live workers serve it with --queue-shards 1, this server uses 4"),
         "{message}"
     );
+}
+
+/// With no worker serving it, an actor type the server describes is a passing shortage (a
+/// worker starting, or advertising again after a Redis restart): `503` with `Retry-After`,
+/// not `404`, which stays for a name nobody knows. Nothing is queued either way.
+#[tokio::test]
+async fn an_actor_no_worker_serves_yet_is_503_and_an_unknown_one_404() {
+    let redis = RedisServer::start();
+    let prefix = format!("t{}:", uuid::Uuid::new_v4().simple());
+    let client = within(Client::connect_with(redis.url(), options(&prefix)))
+        .await
+        .expect("connect");
+    let server = TestServer::distributed(client.clone(), ServerConfig::default()).await;
+
+    let response = server
+        .post("/v1/actors/echo/run", &json!({ "input": {} }))
+        .await;
+    assert_eq!(
+        response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let (status, code, message) = error_of(response).await;
+    assert_eq!((status, code.as_str()), (503, "unavailable"), "{message}");
+    assert!(
+        message.contains("no live worker serves actor type 'echo'"),
+        "{message}"
+    );
+    let (status, code, message) = error_of(
+        server
+            .post("/v1/actors/nobody/stream", &json!({ "input": {} }))
+            .await,
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (404, "not_found"), "{message}");
+    // Nothing was queued for either.
+    assert!(within(client.recent_runs(10))
+        .await
+        .expect("runs")
+        .is_empty());
 }
 
 /// A stream the server ended itself — its reader's own verdict after Redis stayed

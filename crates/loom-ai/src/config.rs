@@ -111,7 +111,8 @@ pub struct AiConfig {
     /// The longest wait for the response headers and then for each next piece of the body.
     /// A generating model sends a token every few tens of milliseconds, so a minute of
     /// silence means the server is stuck, while a slow first token on a loaded server still
-    /// fits.
+    /// fits. Only waiting for the server counts: a caller that reads slowly (a pager, a slow
+    /// client) is backpressure, not silence.
     pub idle_timeout: Duration,
     /// Retries of 429 and 5xx answers and of connection failures, before the first token.
     pub retry: RetryPolicy,

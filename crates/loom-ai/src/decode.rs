@@ -114,9 +114,16 @@ pub(crate) struct ChunkDecoder {
 }
 
 impl ChunkDecoder {
-    /// Whether `data: [DONE]` arrived.
-    pub(crate) fn is_done(&self) -> bool {
-        self.done
+    /// Whether the answer is whole: `data: [DONE]` arrived, or the finish reason and the
+    /// usage (asked for with `include_usage`, sent after the last choice) both did, after
+    /// which only `[DONE]` can follow.
+    pub(crate) fn is_answered(&self) -> bool {
+        self.done || (self.finished && self.usage.is_some())
+    }
+
+    /// Whether a finish reason arrived: the text is whole, though the usage may not be.
+    pub(crate) fn is_finished(&self) -> bool {
+        self.finished
     }
 
     /// Decodes one event, appending the token events it carries to `out`.

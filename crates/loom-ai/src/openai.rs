@@ -70,9 +70,11 @@ impl OpenAiClient {
                 "base URL {base_url:?}: it must start with http:// or https://"
             )));
         }
+        // No `read_timeout`: reqwest's counts from the last data even while the caller is
+        // not reading (a slow consumer is backpressure, not a silent server); the idle
+        // timeout is applied around each read instead ([`Self::stream`]).
         let http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
-            .read_timeout(config.idle_timeout)
             .build()
             .map_err(|e| AiError::Config(format!("cannot build the HTTP client: {e}")))?;
         Ok(Self {
@@ -103,12 +105,21 @@ impl OpenAiClient {
                 let mut yielded = false;
                 let mut silent = false;
                 let broke: Option<AiError> = 'read: loop {
-                    let bytes = match response.chunk().await {
-                        Ok(Some(bytes)) => bytes,
-                        Ok(None) => break 'read None,
-                        Err(e) => {
-                            silent = e.is_timeout();
-                            break 'read Some(client.body_error(&e));
+                    // Only the time spent waiting for the server counts as its silence.
+                    let bytes = match tokio::time::timeout(client.idle_timeout, response.chunk()).await {
+                        Ok(Ok(Some(bytes))) => bytes,
+                        Ok(Ok(None)) => break 'read None,
+                        // Cut after its finish reason (without `[DONE]`, maybe without the
+                        // usage): the text is whole.
+                        Ok(Err(_)) | Err(_) if decoder.is_finished() => break 'read None,
+                        Ok(Err(e)) => break 'read Some(client.body_error(&e)),
+                        Err(_) => {
+                            silent = true;
+                            // Once the response has started, a silent server is a broken
+                            // stream (DESIGN §4: `upstream`), not the run's deadline.
+                            break 'read Some(AiError::Interrupted {
+                                message: format!("no data from the AI server for {:?}", client.idle_timeout),
+                            });
                         }
                     };
                     if let Err(e) = parser.feed(&bytes) {
@@ -122,7 +133,9 @@ impl OpenAiClient {
                             yielded = true;
                             yield token;
                         }
-                        if decoder.is_done() {
+                        // Nothing but `[DONE]` can follow: a server that never sends it
+                        // is not waited for.
+                        if decoder.is_answered() {
                             break 'read None;
                         }
                     }
@@ -130,9 +143,15 @@ impl OpenAiClient {
                 let ended = match broke {
                     Some(err) => Err(err),
                     None => {
-                        let last = if decoder.is_done() { None } else { parser.finish() };
-                        last.map_or(Ok(()), |event| decoder.decode(&event, &mut events))
-                            .and_then(|()| decoder.end(&mut events))
+                        let finished = decoder.is_finished();
+                        let last = if decoder.is_answered() { None } else { parser.finish() };
+                        match last.map_or(Ok(()), |event| decoder.decode(&event, &mut events)) {
+                            // After the finish reason a cut event is only the usage or
+                            // `[DONE]`, lost with the connection.
+                            Err(_) if finished => Ok(()),
+                            decoded => decoded,
+                        }
+                        .and_then(|()| decoder.end(&mut events))
                     }
                 };
                 match ended {
@@ -286,14 +305,9 @@ impl OpenAiClient {
     }
 
     fn body_error(&self, err: &reqwest::Error) -> AiError {
-        // Once the response has started, a silent server is a broken stream (DESIGN §4:
-        // `upstream`), not the run's deadline.
-        let message = if err.is_timeout() {
-            format!("no data from the AI server for {:?}", self.idle_timeout)
-        } else {
-            self.scrub(chain(err))
-        };
-        AiError::Interrupted { message }
+        AiError::Interrupted {
+            message: self.scrub(chain(err)),
+        }
     }
 
     /// Removes the API key from text that came from outside (a server may echo it).

@@ -8,7 +8,7 @@ use std::time::Duration;
 use loom_ai::{AiConfig, AiError, AiService, CompletionRequest, RetryPolicy};
 use loom_core::{ActorError, ErrorCode};
 use support::wire::{self, frame};
-use support::{drain, drain_prompt, FakeServer, Reply};
+use support::{drain, drain_prompt, within, FakeServer, Reply};
 
 const KEY: &str = "sk-proj-SECRET-9f8e7d6c5b4a";
 
@@ -275,6 +275,41 @@ async fn a_stream_that_stalls_mid_way_ends_as_upstream_after_its_tokens() {
     // DESIGN §4: a stream that breaks mid-way is `upstream`; `timeout` is the run's deadline.
     assert_eq!(error.code(), ErrorCode::Upstream, "{error:?}");
     assert!(error.to_string().contains("no data"), "{error}");
+}
+
+/// The idle timeout is the server's silence, not the caller's: a consumer that stops reading
+/// for longer (a pipe into a pager, a slow client) gets the rest of the answer when it reads
+/// on. reqwest's own read timeout counted from the last data even while nobody read.
+#[tokio::test]
+async fn a_consumer_pausing_past_the_idle_timeout_gets_the_whole_answer() {
+    let tokens = ["one ", "two ", "three"];
+    let server = FakeServer::start(vec![Reply::pieces(
+        vec![
+            frame(&wire::text_chunk(tokens[0])),
+            frame(&wire::text_chunk(tokens[1])),
+            frame(&wire::text_chunk(tokens[2])),
+            frame(&wire::finish_chunk("stop")),
+            "data: [DONE]\n\n".to_owned(),
+        ],
+        Duration::from_millis(20),
+    )])
+    .await;
+    let ai = AiService::new(
+        server
+            .config()
+            .with_idle_timeout(Duration::from_millis(200)),
+    )
+    .expect("ai");
+    let mut stream = ai.stream_completion(CompletionRequest::prompt("x"));
+    let mut text = String::new();
+    while let Some(item) = within(futures::StreamExt::next(&mut stream)).await {
+        if let loom_ai::TokenEvent::Text(t) = item.expect("no error") {
+            text.push_str(&t);
+            // Three times the idle timeout between two reads, the server long done.
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+    }
+    assert_eq!(text, tokens.concat());
 }
 
 /// A server silent for the whole idle timeout — before its headers, or after them with no

@@ -311,6 +311,64 @@ async fn a_connection_that_ends_after_finish_but_without_done_is_complete() {
     );
 }
 
+/// A chunked body cut after the finish reason (no terminating chunk, no `[DONE]`, the usage
+/// event half sent): the text is whole, so the answer is complete, without the usage.
+#[tokio::test]
+async fn a_chunked_body_cut_after_the_finish_reason_is_complete() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.expect("accept");
+        let mut request = vec![0u8; 64 * 1024];
+        let _ = socket.read(&mut request).await;
+        let events = [
+            frame(&wire::text_chunk("all")),
+            frame(&wire::finish_chunk("stop")),
+            "data: {\"choices\":[],\"usa".to_owned(),
+        ]
+        .concat();
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+             transfer-encoding: chunked\r\n\r\n{:x}\r\n{events}\r\n",
+            events.len()
+        );
+        let _ = socket.write_all(response.as_bytes()).await;
+        // Closed without the last chunk (`0\r\n\r\n`): the body is cut.
+    });
+    let service = loom_ai::AiService::new(
+        loom_ai::AiConfig::openai_compatible(format!("http://{addr}/v1"))
+            .with_retry(loom_ai::RetryPolicy::none()),
+    )
+    .expect("service");
+    let (text, events, error) = drain_prompt(service).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(text, "all");
+    assert_eq!(events, [TokenEvent::Finish(FinishReason::Stop)]);
+}
+
+/// After the finish reason and the usage nothing but `[DONE]` can come: a server that keeps
+/// the connection open without sending it is not waited for (it sends keep-alives here, so
+/// no idle timeout would ever end the wait).
+#[tokio::test]
+async fn a_stream_with_finish_and_usage_ends_without_waiting_for_done() {
+    let server = FakeServer::start(vec![Reply::hold_open(vec![
+        frame(&wire::text_chunk("all")),
+        frame(&wire::finish_chunk("stop")),
+        frame(&wire::usage_chunk(2, 1)),
+    ])])
+    .await;
+    let (text, events, error) = drain_prompt(server.service()).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(text, "all");
+    assert_eq!(
+        events,
+        [TokenEvent::Finish(FinishReason::Stop), usage(2, 1)]
+    );
+}
+
 #[tokio::test]
 async fn a_body_that_is_not_sse_json_is_a_decode_error() {
     let server = FakeServer::start(vec![Reply::sse("data: <html>oops</html>\n\n")]).await;

@@ -24,7 +24,7 @@ use loom_core::{
 use loom_workflow::WorkflowExecutor;
 use serde_json::Value;
 
-use render::{RenderMode, Renderer};
+use render::{RenderMode, Renderer, StdoutWriter};
 
 /// How long a cancelled run may take to write its terminal chunk before the CLI gives up.
 const CANCEL_GRACE: Duration = Duration::from_secs(5);
@@ -765,10 +765,14 @@ enum Stop {
 /// reports a writer killed by it.
 const SIGPIPE_EXIT: u8 = 141;
 
+/// How long a stopped run's last output (its terminal chunk in `--json`) waits for stdout's
+/// reader before the command exits without it.
+const STDOUT_GRACE: Duration = Duration::from_secs(1);
+
 /// Shows a run until its terminal chunk; a signal (Ctrl-C, `SIGTERM`, `SIGHUP`) or a closed
 /// stdout cancels it and still waits for (and shows on stderr) the terminal chunk, or with
 /// [`Stop::Leave`] stops at once. Returns the exit code: 128 + the signal's number after one
-/// (141 after stdout closed).
+/// (141 after stdout closed; 1 after stdout failed otherwise, said on stderr).
 async fn follow(
     mut stream: ChunkStream,
     mut signals: Signals,
@@ -776,13 +780,26 @@ async fn follow(
     stop: Stop,
 ) -> ExitCode {
     let mut renderer = Renderer::new(mode);
+    let writer = StdoutWriter::start();
+    // What the last chunk printed, written before the next chunk is read: a reader that
+    // stops reading holds the run back — while a signal is still heard.
+    let mut unsent: Option<String> = None;
     // Set once, at the first signal: chunks that keep coming do not push it back.
     let mut give_up_at: Option<tokio::time::Instant> = None;
     let mut signalled: Option<u8> = None;
     let mut terminal: Option<StreamChunk> = None;
     loop {
+        if unsent.is_none() {
+            unsent = renderer.take_output();
+        }
         let code = tokio::select! {
-            chunk = stream.next() => {
+            permit = writer.reserve(), if unsent.is_some() => {
+                if let (Some(permit), Some(text)) = (permit, unsent.take()) {
+                    permit.send(text);
+                }
+                continue;
+            }
+            chunk = stream.next(), if unsent.is_none() || signalled.is_some() => {
                 let Some(chunk) = chunk else { break };
                 renderer.chunk(&chunk);
                 if chunk.is_terminal() {
@@ -792,14 +809,19 @@ async fn follow(
                 // Nobody reads the output any more (`| head`): stopped as by the SIGPIPE a
                 // writer that does not ignore it dies of, rather than run (and pay for
                 // tokens) unread.
-                if !render::stdout_closed() || signalled.is_some() {
+                if signalled.is_some() {
                     continue;
                 }
-                SIGPIPE_EXIT
+                match stdout_failure() {
+                    Some(code) => code,
+                    None => continue,
+                }
             }
             code = signals.recv(), if signalled.is_none() => code,
             _ = sleep_until_some(give_up_at) => break,
         };
+        // Stopped: from now on chunks are read without waiting for stdout's reader, so the
+        // terminal chunk is read (and shown on stderr) at once even when it has stalled.
         signalled = Some(code);
         if stop == Stop::Leave {
             break;
@@ -807,12 +829,38 @@ async fn follow(
         give_up_at = Some(tokio::time::Instant::now() + CANCEL_GRACE);
         stream.cancel();
     }
-    renderer.finish(terminal.as_ref());
+    let rest = renderer.finish(
+        terminal.as_ref(),
+        stop == Stop::Leave && signalled.is_some(),
+    );
+    // The result, and whatever the reader has not taken yet: waited for as long as it
+    // takes, but only a moment once stopped.
+    let rest = unsent.into_iter().chain(rest).reduce(|a, b| a + &b);
+    if signalled.is_some() {
+        let _ = tokio::time::timeout(STDOUT_GRACE, writer.finish(rest)).await;
+    } else {
+        tokio::select! {
+            () = writer.finish(rest) => signalled = stdout_failure(),
+            code = signals.recv() => signalled = Some(code),
+        }
+    }
     match (signalled, terminal.map(|c| c.kind)) {
         (Some(code), _) => ExitCode::from(code),
         (None, Some(ChunkType::Complete)) => ExitCode::SUCCESS,
         _ => ExitCode::FAILURE,
     }
+}
+
+/// The exit code once stdout failed: 141 when its reader went away (as a shell reports a
+/// writer killed by `SIGPIPE`), else 1 with the reason on stderr (a full disk must not pass
+/// for a result written). Called once per run followed.
+fn stdout_failure() -> Option<u8> {
+    let err = render::stdout_error()?;
+    if err.kind() == std::io::ErrorKind::BrokenPipe {
+        return Some(SIGPIPE_EXIT);
+    }
+    eprintln!("loom: cannot write the output to stdout: {err}");
+    Some(1)
 }
 
 /// Resolves at `deadline`, or never when there is none.

@@ -4,7 +4,10 @@
 //! stdout carries results only — tokens, data, the final result, or JSON Lines. Everything
 //! meant for a person (spinner, progress, summary, errors) goes to stderr; indicatif hides the
 //! spinner when stderr is not a terminal. When stdout's reader goes away (`| head`), nothing
-//! more is written to it and the run is stopped as if by `SIGPIPE` ([`stdout_closed`]).
+//! more is written to it and the run is stopped as if by `SIGPIPE` ([`stdout_error`]). When
+//! stdout is not a terminal (a pipe, a file), what a chunk prints is handed to a thread of its
+//! own ([`StdoutWriter`]): a reader that stops reading holds the run back, as it should, but
+//! never the task that must hear a Ctrl-C.
 //!
 //! When stdout and stderr are the same terminal, nothing is written under indicatif's feet:
 //! finished lines (a step's ✓, a member's sentence) go above the live area with
@@ -20,12 +23,14 @@
 
 use std::borrow::Cow;
 use std::io::{IsTerminal, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::mem;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use loom_core::{ChunkType, Event, StreamChunk};
 use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
 
 /// What to print, from the `--stream` and `--json` flags.
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +61,28 @@ pub(crate) struct Renderer {
     live: Option<LiveLine>,
     /// Whether stdout and stderr share a terminal (asked once, not per token).
     shared_terminal: bool,
+    stdout: Stdout,
+}
+
+/// stdout as the renderer writes it: straight to a terminal (indicatif's redraws around the
+/// text need it written when they happen), else into a buffer its caller hands to a
+/// [`StdoutWriter`].
+struct Stdout {
+    terminal: bool,
+    buffer: String,
+}
+
+impl Stdout {
+    fn write(&mut self, text: &str) {
+        if stdout_error().is_some() {
+            return;
+        }
+        if self.terminal {
+            write_now(text);
+        } else {
+            self.buffer.push_str(text);
+        }
+    }
 }
 
 /// The line of tokens being written, shown in the live area until it is complete.
@@ -91,7 +118,17 @@ impl Renderer {
             mid_line: false,
             live: None,
             shared_terminal: shares_a_terminal(),
+            stdout: Stdout {
+                terminal: std::io::stdout().is_terminal(),
+                buffer: String::new(),
+            },
         }
+    }
+
+    /// What the chunks shown so far print on stdout and is not written yet (never on a
+    /// terminal, which is written at once).
+    pub(crate) fn take_output(&mut self) -> Option<String> {
+        (!self.stdout.buffer.is_empty()).then(|| mem::take(&mut self.stdout.buffer))
     }
 
     /// Shows one chunk.
@@ -99,7 +136,7 @@ impl Renderer {
         self.chunks += 1;
         if self.mode.json {
             if self.mode.stream || chunk.is_terminal() {
-                out(&format!("{}\n", chunk.to_json()));
+                self.stdout.write(&format!("{}\n", chunk.to_json()));
             }
             return;
         }
@@ -147,7 +184,7 @@ impl Renderer {
             self.multi.remove(&live.bar);
         }
         if self.mid_line {
-            out("\n");
+            self.stdout.write("\n");
             self.mid_line = false;
         }
         self.tokens = 0;
@@ -257,12 +294,13 @@ impl Renderer {
                 Some(live) => {
                     live.text.push_str(token);
                     for line in live.complete_lines() {
-                        self.multi.suspend(|| out(&format!("{line}\n")));
+                        self.multi
+                            .suspend(|| self.stdout.write(&format!("{line}\n")));
                     }
                     live.bar.set_message(live.text.clone());
                 }
                 None => {
-                    out(token);
+                    self.stdout.write(token);
                     self.mid_line = true;
                 }
             }
@@ -322,34 +360,44 @@ impl Renderer {
     /// Prints a whole line on stdout, ending any line of tokens first.
     fn line(&mut self, text: &str) {
         let newline = if self.mid_line { "\n" } else { "" };
-        self.multi.suspend(|| out(&format!("{newline}{text}\n")));
+        self.multi
+            .suspend(|| self.stdout.write(&format!("{newline}{text}\n")));
         self.mid_line = false;
     }
 
     /// Ends the run's display with its terminal chunk (or `None` if the stream ended without
-    /// one) and prints the result and the summary.
-    pub(crate) fn finish(mut self, terminal: Option<&StreamChunk>) {
+    /// one) and prints the result and the summary; returns what is still to be written to
+    /// stdout ([`take_output`](Self::take_output)). `left`: the reader stopped reading
+    /// before the end (`stream tail` stopped, or its stdout closed), so the steps still open
+    /// did not fail, and the run may well go on.
+    pub(crate) fn finish(mut self, terminal: Option<&StreamChunk>, left: bool) -> Option<String> {
         let terminal = terminal.map(printable);
         let terminal = terminal.as_deref();
         while !self.pending.is_empty() {
             self.flush(0);
         }
+        let open_mark = if left && terminal.is_none() {
+            "…"
+        } else {
+            "✗"
+        };
         while let Some((step, _, _)) = self.steps.last().cloned() {
-            self.end_step(&step, "✗", None);
+            self.end_step(&step, open_mark, None);
         }
         if let Some(live) = self.live.take() {
             live.bar.finish_and_clear();
             self.multi.remove(&live.bar);
             if !live.text.is_empty() {
-                self.multi.suspend(|| out(&format!("{}\n", live.text)));
+                self.multi
+                    .suspend(|| self.stdout.write(&format!("{}\n", live.text)));
             }
         }
         self.bar.finish_and_clear();
         if self.mode.json {
-            return;
+            return self.take_output();
         }
         if self.mid_line {
-            out("\n");
+            self.stdout.write("\n");
         }
         let secs = self.started.elapsed().as_secs_f64();
         let mut stats = format!("{} chunks", self.chunks);
@@ -361,7 +409,7 @@ impl Renderer {
             Some(chunk) if chunk.kind == ChunkType::Complete => {
                 let printed_tokens = self.mode.stream && self.tokens > 0;
                 if !printed_tokens {
-                    out(&format!(
+                    self.stdout.write(&format!(
                         "{}\n",
                         pretty(chunk.data.as_ref().unwrap_or(&Value::Null))
                     ));
@@ -377,8 +425,10 @@ impl Renderer {
                     });
                 eprintln!("✗ error/{code}: {message} ({stats}, {secs:.2} s)");
             }
+            None if left => eprintln!("■ stopped reading before the run's end ({stats})"),
             None => eprintln!("✗ the stream ended without a terminal chunk ({stats})"),
         }
+        self.take_output()
     }
 }
 
@@ -492,28 +542,67 @@ fn pretty(value: &Value) -> String {
     }
 }
 
-/// Set once a write to stdout failed (its reader is gone: `| head`).
-static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+/// The first failed write to stdout: its reader went away (`| head`), or it takes no more
+/// (a full disk). Nothing more is written after it.
+static STDOUT_ERROR: OnceLock<std::io::Error> = OnceLock::new();
 
-/// Whether stdout's reader has gone away; the run being followed is then stopped as by a
-/// `SIGPIPE` ([`crate::follow`]).
-pub(crate) fn stdout_closed() -> bool {
-    STDOUT_CLOSED.load(Ordering::Relaxed)
+/// Why stdout takes no more output, once a write to it failed; the run being followed is then
+/// stopped as by a `SIGPIPE` ([`crate::follow`]).
+pub(crate) fn stdout_error() -> Option<&'static std::io::Error> {
+    STDOUT_ERROR.get()
 }
 
-/// Writes to stdout and flushes, so tokens appear as they arrive. A failed write (a closed
-/// pipe) is remembered ([`stdout_closed`]), and nothing more is written.
-fn out(text: &str) {
-    if stdout_closed() {
+/// Writes to stdout and flushes, so tokens appear as they arrive; a failed write is kept
+/// ([`stdout_error`]).
+fn write_now(text: &str) {
+    if stdout_error().is_some() {
         return;
     }
     let mut stdout = std::io::stdout().lock();
-    if stdout
+    if let Err(e) = stdout
         .write_all(text.as_bytes())
         .and_then(|()| stdout.flush())
-        .is_err()
     {
-        STDOUT_CLOSED.store(true, Ordering::Relaxed);
+        let _ = STDOUT_ERROR.set(e);
+    }
+}
+
+/// The thread that writes a run's output to stdout when stdout is not a terminal, so the
+/// task that follows the run waits for a stalled reader without blocking in `write` — where it
+/// could not hear a signal.
+pub(crate) struct StdoutWriter {
+    tx: mpsc::Sender<String>,
+    done: oneshot::Receiver<()>,
+}
+
+impl StdoutWriter {
+    /// Starts the thread.
+    pub(crate) fn start() -> Self {
+        // Each piece is a chunk's output: a few of them in flight keep the thread busy while
+        // the reader keeps up, and bound what waits when it does not.
+        let (tx, mut rx) = mpsc::channel::<String>(4);
+        let (finished, done) = oneshot::channel();
+        std::thread::spawn(move || {
+            while let Some(text) = rx.blocking_recv() {
+                write_now(&text);
+            }
+            let _ = finished.send(());
+        });
+        Self { tx, done }
+    }
+
+    /// Room for one more piece, once the thread has taken the ones before (cancel-safe).
+    pub(crate) async fn reserve(&self) -> Option<mpsc::Permit<'_, String>> {
+        self.tx.reserve().await.ok()
+    }
+
+    /// Writes `rest`, then waits until everything handed over is written (or stdout failed).
+    pub(crate) async fn finish(self, rest: Option<String>) {
+        if let (Some(text), Some(permit)) = (rest, self.tx.reserve().await.ok()) {
+            permit.send(text);
+        }
+        drop(self.tx);
+        let _ = self.done.await;
     }
 }
 

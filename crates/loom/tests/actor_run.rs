@@ -246,6 +246,62 @@ fn ctrl_c_cancels_the_run_prints_the_cancelled_chunk_and_exits_130() {
     assert_eq!(last["error"]["code"], "cancelled", "{last}");
 }
 
+/// `loom … | less`, the pager not reading: a full pipe holds the run back, but Ctrl-C still
+/// cancels it and `loom` exits 130 at once — it does not wait in `write` for a reader that
+/// may never come.
+#[test]
+fn ctrl_c_is_heard_while_stdout_is_not_read() {
+    let mut child = loom(&[
+        "actor",
+        "run",
+        "batch",
+        "--stream",
+        "--json",
+        "--input",
+        r#"{"count":1000000,"batch_size":1,"delay_ms":0}"#,
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("loom starts");
+    // About 100 bytes a chunk, thousands a second: the pipe (64 KiB) is full long before.
+    std::thread::sleep(Duration::from_secs(2));
+    signal(child.id(), "INT");
+    let out = finish(child);
+    assert_eq!(out.code, Some(130), "{}", out.stderr);
+    // What was written is the run's chunks in order (the last line may be cut off).
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(lines.len() > 100, "{} lines", lines.len());
+    let written = chunks(&lines[..lines.len() - 1].join("\n"));
+    for (i, chunk) in written.iter().enumerate() {
+        assert_eq!(chunk["seq"], i as u64, "{chunk}");
+    }
+}
+
+/// A result `loom` could not write (a full disk) is not a success: exit 1, and why on stderr.
+#[test]
+fn a_result_stdout_cannot_take_is_exit_1_with_the_reason() {
+    for json in [true, false] {
+        let mut args = vec!["actor", "run", "echo", "--input", r#"{"a":1}"#];
+        if json {
+            args.push("--json");
+        }
+        let full = std::fs::File::create("/dev/full").expect("/dev/full");
+        let child = loom(&args)
+            .stdout(full)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("loom starts");
+        let out = finish(child);
+        assert_eq!(out.code, Some(1), "{}", out.stderr);
+        assert!(
+            out.stderr.contains("cannot write the output to stdout"),
+            "{}",
+            out.stderr
+        );
+    }
+}
+
 /// `loom … | head -1`: once stdout's reader is gone the run is cancelled, not run to its end
 /// unread, and `loom` exits 141 (128 + SIGPIPE), as a writer killed by SIGPIPE would.
 #[test]

@@ -251,7 +251,7 @@ fn ctrl_c_cancels_the_run_prints_the_cancelled_chunk_and_exits_130() {
 /// may never come.
 #[test]
 fn ctrl_c_is_heard_while_stdout_is_not_read() {
-    let mut child = loom(&[
+    let child = loom(&[
         "actor",
         "run",
         "batch",

@@ -32,7 +32,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
 
-use loom_core::StreamChunk;
+use loom_core::{ActorError, ErrorCode, ErrorInfo, StreamChunk};
 use redis::aio::ConnectionLike;
 use redis::{Cmd, FromRedisValue, Script};
 
@@ -218,26 +218,35 @@ return 'ok'
 
 /// KEYS: stream, lease, bell, record, readers, cancel. ARGV: TTL in seconds, the cancel
 /// reason, the error as JSON, `1` when a lease held now stops it (the run is held again: a
-/// new attempt took it since the reader looked). Returns the terminal entry's id, or nothing
-/// when stopped by the lease.
+/// new attempt took it since the reader looked), the error as JSON of a run a caller
+/// cancelled. Returns the terminal entry's id, or nothing when stopped by the lease.
+///
+/// A run a caller asked to cancel (its cancel key says `cancelled`) that a reader ends
+/// because its worker died, or its deadline passed, before the worker could stop it, ends
+/// `cancelled`: the caller's word is the run's outcome.
 static END_RUN: LazyLock<Lua> = LazyLock::new(|| {
     with_last_entry(&format!(
         r#"
 local id, terminal, seq = last_entry(KEYS[1])
 if id and terminal then return id end
 if ARGV[4] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return false end
-redis.call('SET', KEYS[6], ARGV[2], 'EX', ARGV[1])
+local reason, err = ARGV[2], ARGV[3]
+if reason ~= '{cancelled}' and redis.call('GET', KEYS[6]) == '{cancelled}' then
+  reason, err = '{cancelled}', ARGV[5]
+end
+redis.call('SET', KEYS[6], reason, 'EX', ARGV[1])
 local next = 0
 if id then
   if not seq then return redis.error_reply('the last entry has no readable seq') end
   next = tonumber(seq) + 1
 end
-local new = redis.call('XADD', KEYS[1], string.format('%d-1', next), 'type', 'error', 'data', 'null', 'seq', next, 'error', ARGV[3])
+local new = redis.call('XADD', KEYS[1], string.format('%d-1', next), 'type', 'error', 'data', 'null', 'seq', next, 'error', err)
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 {keep}
 {ring}
 return new
 "#,
+        cancelled = CancelReason::Cancelled.as_str(),
         keep = keep_record_for("ARGV[1]"),
         ring = ring()
     ))
@@ -587,6 +596,12 @@ pub(crate) async fn end_run(
     reason: CancelReason,
     error_json: &str,
 ) -> Result<Option<EntryId>, Error> {
+    let cancelled = ActorError::new(
+        ErrorCode::Cancelled,
+        "cancelled; its worker was lost before it could stop the run",
+    );
+    let cancelled =
+        serde_json::to_string(&ErrorInfo::from(&cancelled)).unwrap_or_else(|_| "null".to_owned());
     let mut cmd = END_RUN.call(
         &[
             &keys.stream,
@@ -596,8 +611,8 @@ pub(crate) async fn end_run(
             &keys.readers,
             &keys.cancel,
         ],
-        4,
-        32 + error_json.len(),
+        5,
+        32 + error_json.len() + cancelled.len(),
     );
     // A deadline ends a run whoever holds it; a reader's `worker_lost` and a caller's cancel
     // leave one a worker holds to that worker.
@@ -609,7 +624,8 @@ pub(crate) async fn end_run(
     cmd.arg(ttl_secs)
         .arg(reason.as_str())
         .arg(error_json)
-        .arg(unless_held);
+        .arg(unless_held)
+        .arg(cancelled);
     let id: Option<String> = END_RUN.invoke(conn, &cmd).await?;
     id.map(|id| id.parse()).transpose()
 }

@@ -61,6 +61,44 @@ async fn a_dead_workers_run_is_rerun_by_another_as_attempt_2_gapless() {
     second.stop().await;
 }
 
+/// A caller cancels a run whose worker has just died, its lease not yet lapsed (so the
+/// cancel leaves the run to that worker): when the reader finds the worker lost, the run
+/// ends `cancelled`, as asked, not `worker_lost`, and its record says so.
+#[tokio::test]
+async fn a_run_cancelled_after_its_worker_died_ends_cancelled_not_worker_lost() {
+    let server = RedisServer::start();
+    let client = client(&server, recovery_options()).await;
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+
+    let mut chunks = ticker(&client, 1000, 20).await;
+    let run_id = chunks.run_id().to_owned();
+    let mut seen = take(&mut chunks, 3).await;
+    worker.kill().await;
+    within(10, client.cancel(&run_id)).await.expect("cancel");
+    seen.extend(collect(15, chunks).await);
+    assert_contract(&seen);
+    let last = seen.last().unwrap();
+    assert_eq!(
+        last.error.as_ref().unwrap().code,
+        ErrorCode::Cancelled,
+        "{last:?}"
+    );
+    let record = client.run_record(&run_id).await.unwrap().unwrap();
+    assert_eq!(
+        record
+            .terminal()
+            .and_then(|t| t.error.as_ref().map(|e| e.code)),
+        Some(ErrorCode::Cancelled)
+    );
+    let mut plain = server.plain();
+    let mark: Option<String> = redis::cmd("GET")
+        .arg(client.keys().cancel(&run_id))
+        .query(&mut plain)
+        .unwrap();
+    assert_eq!(mark.as_deref(), Some("cancelled"));
+}
+
 #[tokio::test]
 async fn with_no_worker_left_the_reader_gets_worker_lost_and_a_late_worker_does_not_rerun() {
     let server = RedisServer::start();

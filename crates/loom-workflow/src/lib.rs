@@ -70,5 +70,5 @@ pub use executor::{
 pub use load::{load, parse, MAX_DEFINITION_BYTES};
 pub use reference::{MAX_STEP_INPUT_BYTES, MAX_STEP_INPUT_DEPTH};
 pub use schema::{InputSchema, JsonType, PropertySchema};
-pub use validate::{validate, MAX_WORKFLOW_NAME_LEN};
+pub use validate::{is_workflow_name, validate, MAX_WORKFLOW_NAME_LEN};
 pub use workflow::{Action, ActorAction, ParallelGroup, Workflow, DEFAULT_BACKOFF, MAX_BACKOFF};

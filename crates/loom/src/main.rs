@@ -670,8 +670,9 @@ fn check_actor(runtime: &Runtime, actor: &str, distributed: bool) -> anyhow::Res
 fn known(runtime: &Runtime, actor: &str, distributed: bool) -> bool {
     runtime.knows(actor)
         || (distributed
-            && actor.starts_with(loom_workflow::WORKFLOW_ACTOR_PREFIX)
-            && loom_redis::validate_name(actor).is_ok())
+            && actor
+                .strip_prefix(loom_workflow::WORKFLOW_ACTOR_PREFIX)
+                .is_some_and(loom_workflow::is_workflow_name))
 }
 
 /// The in-process runtime: the built-in actors plus `chat-agent`, with the AI service.

@@ -645,6 +645,17 @@ fn a_workflow_served_by_a_worker_runs_as_an_actor_type_and_as_a_step() {
         local.stderr
     );
     let _ = std::fs::remove_dir_all(&dir);
+
+    // A name no workflow can have is refused at once, not waited for as a worker to come.
+    for bad in ["workflows/../x", "workflows/", "workflows/batch-report/x"] {
+        let refused = run(&["actor", "run", bad, "--redis", redis.url()]);
+        assert_eq!(refused.code, Some(2), "{}", refused.stderr);
+        assert!(
+            refused.stderr.contains("unknown actor type"),
+            "{bad}: {}",
+            refused.stderr
+        );
+    }
 }
 
 /// A workflow's own `timeout:` ends it on the worker that serves it, whoever runs it and

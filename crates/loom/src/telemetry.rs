@@ -6,6 +6,8 @@
 //! stderr as `RUST_LOG` asks, and without it a worker's or a server's warnings and errors do
 //! (`loom worker`, `loom serve`), other commands' none.
 
+use std::io::IsTerminal as _;
+
 use anyhow::Context as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -53,6 +55,8 @@ pub(crate) fn init(service: bool) -> anyhow::Result<Telemetry> {
     let logs = filter.map(|filter| {
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            // Colours for a person at a terminal, plain text for a log file or a collector.
+            .with_ansi(std::io::stderr().is_terminal())
             .with_filter(filter)
     });
     tracing_subscriber::registry()

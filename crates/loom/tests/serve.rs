@@ -267,4 +267,7 @@ fn no_secret_reaches_the_logs_even_at_rust_log_trace() {
         let leaks: Vec<&String> = logs.iter().filter(|l| l.contains(secret)).collect();
         assert!(leaks.is_empty(), "{secret} in the logs: {leaks:?}");
     }
+    // stderr is a pipe here, as for a log file or a collector: plain text, no colour codes.
+    let coloured: Vec<&String> = logs.iter().filter(|l| l.contains('\u{1b}')).collect();
+    assert!(coloured.is_empty(), "{coloured:?}");
 }

@@ -119,6 +119,13 @@ impl Socket {
         self.send(error_frame(err)).await
     }
 
+    /// Answers the client's close frame (RFC 6455 §5.5.1: the close handshake): the reply
+    /// the socket queued when the frame came is sent before the connection goes.
+    async fn closed_by_client(&mut self) {
+        let _ =
+            tokio::time::timeout(self.patience, futures::SinkExt::close(&mut self.socket)).await;
+    }
+
     /// Closes with `code` and `reason`.
     async fn close(&mut self, code: u16, reason: &'static str) {
         let frame = CloseFrame {
@@ -179,7 +186,8 @@ async fn session(
             }
         };
         let refused = match message {
-            Some(Ok(Message::Close(_))) | None => return,
+            Some(Ok(Message::Close(_))) => return socket.closed_by_client().await,
+            None => return,
             Some(Err(err)) => return socket.broken(&err).await,
             Some(Ok(message)) => match read(&message) {
                 Some(Ok(ClientMessage::Start { input, timeout })) => break (input, timeout),
@@ -240,6 +248,7 @@ async fn session(
                     if let Err(err) = run.cancel().await {
                         tracing::warn!(run_id = run.id(), error = %err, "could not cancel on close");
                     }
+                    socket.closed_by_client().await;
                     return;
                 }
                 Some(Ok(message)) => {

@@ -212,9 +212,28 @@ async fn closing_the_socket_cancels_the_run() {
     .await;
     let (mut socket, id) = start_slow_batch(&server).await;
     within(socket.close(None)).await.expect("close");
+    // The close handshake (RFC 6455 §5.5.1): the server answers with a close frame of its own
+    // (after the chunks already on their way), rather than dropping the connection.
+    assert!(answered_close(&mut socket).await);
     // The grace is 10 minutes: only the close frame can end it this soon.
     let status = server.finished(&id).await;
     assert_eq!(status["status"], "cancelled");
+
+    // The same before any run started.
+    let mut idle = connect(&server, "batch").await;
+    within(idle.close(None)).await.expect("close");
+    assert!(answered_close(&mut idle).await);
+}
+
+/// Whether the server answered this client's close frame with one of its own.
+async fn answered_close(socket: &mut Socket) -> bool {
+    loop {
+        match within(socket.next()).await {
+            Some(Ok(Message::Close(_))) => return true,
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return false,
+        }
+    }
 }
 
 #[tokio::test]

@@ -292,6 +292,14 @@ async fn with_an_api_key_every_route_but_healthz_and_the_console_needs_the_beare
         }
         let response = within(request.send()).await.unwrap();
         assert_eq!(response.status(), 401, "{auth:?}");
+        // RFC 9110 §11.6.1: a 401 names the scheme it wants.
+        assert_eq!(
+            response
+                .headers()
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok()),
+            Some("Bearer")
+        );
         let body: serde_json::Value = response.json().await.unwrap();
         assert_eq!(body["error"]["code"], "unauthorized");
     }

@@ -247,6 +247,13 @@ fn message_of(error: &serde_saphyr::Error) -> String {
             other => format!("the definition is past one of the parser's limits ({other:?})"),
         };
     }
+    if let serde_saphyr::Error::DuplicateMappingKey { key, .. } = inner {
+        // Without the parser's hint at an option of its own, which no user can set here.
+        return match key {
+            Some(key) => format!("duplicate key '{key}'"),
+            None => "duplicate key".to_owned(),
+        };
+    }
     if let serde_saphyr::Error::InvalidScalar { ty, .. } = error {
         // serde-saphyr says only "invalid u32" here; say that it is the type that is wrong.
         return format!("invalid type: expected {ty}");

@@ -131,6 +131,17 @@ fn an_unknown_actor_type_is_rejected() {
     );
 }
 
+/// A key given twice in one mapping is named, without the parser's hint at an option of its
+/// own that no user can set.
+#[test]
+fn a_duplicate_key_is_named_plainly() {
+    let message = reject("name: w\nname: v\nactions:\n  - name: a\n    actorType: echo\n")
+        .to_string();
+    assert!(message.starts_with("bad.yaml:2: "), "{message}");
+    assert!(message.contains("duplicate key 'name'"), "{message}");
+    assert!(!message.contains("Options"), "{message}");
+}
+
 #[test]
 fn duplicate_names_are_rejected_also_across_groups() {
     let err = reject(

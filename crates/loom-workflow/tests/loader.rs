@@ -135,8 +135,8 @@ fn an_unknown_actor_type_is_rejected() {
 /// own that no user can set.
 #[test]
 fn a_duplicate_key_is_named_plainly() {
-    let message = reject("name: w\nname: v\nactions:\n  - name: a\n    actorType: echo\n")
-        .to_string();
+    let message =
+        reject("name: w\nname: v\nactions:\n  - name: a\n    actorType: echo\n").to_string();
     assert!(message.starts_with("bad.yaml:2: "), "{message}");
     assert!(message.contains("duplicate key 'name'"), "{message}");
     assert!(!message.contains("Options"), "{message}");

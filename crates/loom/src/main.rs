@@ -444,7 +444,8 @@ async fn command(
 ) -> anyhow::Result<ExitCode> {
     match job {
         Job::ActorRun(args, input) => {
-            if offline && redis.is_none() && args.actor == CHAT_AGENT {
+            // With `--json`, stderr is for errors only (the offline text says what it is).
+            if offline && redis.is_none() && args.actor == CHAT_AGENT && !args.output.mode().json {
                 announce_offline();
             }
             // Before the run is queued: a signal from here on cancels it.
@@ -458,7 +459,11 @@ async fn command(
             Ok(follow(stream, signals, args.output.mode(), Stop::Cancel).await)
         }
         Job::WorkflowRun(args, workflow, input) => {
-            if offline && redis.is_none() && workflow.steps().any(|s| s.actor_type == CHAT_AGENT) {
+            if offline
+                && redis.is_none()
+                && !args.output.mode().json
+                && workflow.steps().any(|s| s.actor_type == CHAT_AGENT)
+            {
                 announce_offline();
             }
             let signals = Signals::new();

@@ -28,6 +28,12 @@ fn with_no_configuration_chat_agent_streams_from_the_offline_provider() {
         "a summary with tokens/s: {}",
         out.stderr
     );
+    // With `--json` stderr carries only an error that stops the command; the text itself
+    // says it is the offline provider's.
+    let json = run(&["actor", "run", "chat-agent", "--json", "--prompt", "hi"]);
+    assert_eq!(json.code, Some(0), "{}", json.stderr);
+    assert_eq!(json.stderr, "");
+    assert!(json.stdout.contains("offline provider"), "{}", json.stdout);
 }
 
 #[test]

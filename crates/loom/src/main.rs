@@ -352,9 +352,10 @@ fn check(command: Command, runtime: &Runtime, distributed: bool) -> anyhow::Resu
                 }
             }
             let workflows = match &args.workflows {
-                Some(dir) => serve::load_workflows(dir, &|t| runtime.knows(t))?,
+                Some(dir) => serve::load_workflows(dir, &|t| known(runtime, t, true))?,
                 None => Vec::new(),
             };
+            serve::check_no_cycle(&workflows)?;
             Job::Worker(args, workflows)
         }
         Command::Serve(args) => {
@@ -474,9 +475,13 @@ async fn command(
         Job::Worker(args, workflows) => {
             let client =
                 redis.ok_or_else(|| usage("loom worker needs --redis URL (or LOOM_REDIS_URL)"))?;
-            // Workflow steps run on this worker's own runtime.
+            // Workflow steps run on this worker's own runtime; a step that is a workflow
+            // itself is queued like any caller's run.
             let mut registry = runtime.registry().clone();
-            let executor = WorkflowExecutor::new(runtime.clone());
+            let executor = WorkflowExecutor::new(Arc::new(WorkerSteps {
+                local: runtime.clone(),
+                remote: client.invoker(),
+            }));
             for workflow in workflows {
                 registry.register(executor.worker_actor(workflow));
             }
@@ -678,6 +683,33 @@ fn known(runtime: &Runtime, actor: &str, distributed: bool) -> bool {
             && actor
                 .strip_prefix(loom_workflow::WORKFLOW_ACTOR_PREFIX)
                 .is_some_and(loom_workflow::is_workflow_name))
+}
+
+/// A worker's workflow steps: its own actors in-process, and a step that is a workflow
+/// (`workflows/<name>`) through Redis, served by whichever worker serves it (this one too).
+struct WorkerSteps {
+    local: Arc<Runtime>,
+    remote: loom_redis::RemoteInvoker,
+}
+
+#[loom_core::async_trait]
+impl Invoker for WorkerSteps {
+    async fn stream(
+        &self,
+        actor_type: &str,
+        input: Value,
+        options: RunOptions,
+    ) -> Result<ChunkStream, loom_core::ActorError> {
+        if actor_type.starts_with(loom_workflow::WORKFLOW_ACTOR_PREFIX) {
+            Invoker::stream(&self.remote, actor_type, input, options).await
+        } else {
+            Invoker::stream(self.local.as_ref(), actor_type, input, options).await
+        }
+    }
+
+    fn knows(&self, actor_type: &str) -> bool {
+        known(&self.local, actor_type, true)
+    }
 }
 
 /// The in-process runtime: the built-in actors plus `chat-agent`, with the AI service.

@@ -98,6 +98,59 @@ pub(crate) async fn serve(
     Ok(())
 }
 
+/// Refuses workflows that call each other in a loop (`workflows/<name>` steps): each run would
+/// queue the next until every worker's slots were taken. A step naming a workflow not among
+/// `workflows` is another worker's to serve.
+pub(crate) fn check_no_cycle(workflows: &[Workflow]) -> anyhow::Result<()> {
+    let calls = |workflow: &Workflow| -> Vec<String> {
+        workflow
+            .steps()
+            .filter_map(|s| {
+                s.actor_type
+                    .strip_prefix(loom_workflow::WORKFLOW_ACTOR_PREFIX)
+            })
+            .filter(|name| workflows.iter().any(|w| w.name == *name))
+            .map(str::to_owned)
+            .collect()
+    };
+    // Depth-first from each workflow, along the calls, with the path so far.
+    fn walk(
+        name: &str,
+        path: &mut Vec<String>,
+        calls: &dyn Fn(&str) -> Vec<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = path.iter().position(|p| p == name) {
+            let mut cycle = path[at..].to_vec();
+            cycle.push(name.to_owned());
+            return Some(cycle);
+        }
+        path.push(name.to_owned());
+        for next in calls(name) {
+            if let Some(cycle) = walk(&next, path, calls) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        None
+    }
+    let calls_of = |name: &str| {
+        workflows
+            .iter()
+            .find(|w| w.name == name)
+            .map(calls)
+            .unwrap_or_default()
+    };
+    for workflow in workflows {
+        if let Some(cycle) = walk(&workflow.name, &mut Vec::new(), &calls_of) {
+            return Err(crate::usage(format!(
+                "workflows call each other in a loop: {}",
+                cycle.join(" → ")
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Every workflow definition in `dir`, in file-name order; a bad one or two with one name is
 /// a usage error.
 /// Step actor types are checked with `knows`.

@@ -658,6 +658,63 @@ fn a_workflow_served_by_a_worker_runs_as_an_actor_type_and_as_a_step() {
     }
 }
 
+/// A worker serves a workflow whose step is another workflow (`workflows/<name>`): that step
+/// is queued like any caller's run, to whichever worker serves it. Workflows that call each
+/// other in a loop are refused when the worker starts (exit 2).
+#[test]
+fn a_worker_serves_a_workflow_that_calls_another_and_refuses_a_loop() {
+    let redis = RedisServer::start();
+    let dir = std::env::temp_dir().join(format!("loom-calls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let examples = format!("{}/../../examples/workflows", env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(
+        format!("{examples}/batch-report.yaml"),
+        dir.join("batch-report.yaml"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("outer.yaml"),
+        "name: outer\nactions:\n  - name: inner\n    actorType: workflows/batch-report\n    input: { count: 200 }\n",
+    )
+    .unwrap();
+    let served = dir.display().to_string();
+    let _worker = WorkerProcess::with(&redis, &["--workflows", &served]);
+    let out = run(&[
+        "actor",
+        "run",
+        "workflows/outer",
+        "--json",
+        "--redis",
+        redis.url(),
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let result = chunks(&out.stdout).pop().expect("the terminal chunk");
+    assert_eq!(
+        result["data"]["steps"]["inner"]["steps"]["report"]["processed"], 200,
+        "{result}"
+    );
+
+    let looped = dir.join("loop");
+    std::fs::create_dir_all(&looped).unwrap();
+    for (name, calls) in [("a", "b"), ("b", "a")] {
+        std::fs::write(
+            looped.join(format!("{name}.yaml")),
+            format!("name: {name}\nactions:\n  - name: step\n    actorType: workflows/{calls}\n"),
+        )
+        .unwrap();
+    }
+    let refused = run(&[
+        "worker",
+        "--redis",
+        redis.url(),
+        "--workflows",
+        &looped.display().to_string(),
+    ]);
+    assert_eq!(refused.code, Some(2), "{}", refused.stderr);
+    assert!(refused.stderr.contains("a → b → a"), "{}", refused.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A workflow's own `timeout:` ends it on the worker that serves it, whoever runs it and
 /// whatever deadline they give: regression test for `actor run workflows/<name>`, which
 /// does not have the definition and ran the workflow to its end (or to ten minutes).

@@ -387,6 +387,9 @@ pub(crate) struct Request {
     pub(crate) timeout_ms: u64,
     /// The caller's W3C trace context (field `traceparent`, only when there is one).
     pub(crate) traceparent: Option<String>,
+    /// Whether the caller keeps its presence key (`Keys::caller`) while it reads the run,
+    /// and the run is to be cancelled when that lapses (field `caller 1`, only when set).
+    pub(crate) caller: bool,
 }
 
 impl Request {
@@ -402,6 +405,9 @@ impl Request {
             .arg(self.timeout_ms);
         if let Some(traceparent) = &self.traceparent {
             cmd.arg(loom_core::trace::TRACEPARENT).arg(traceparent);
+        }
+        if self.caller {
+            cmd.arg("caller").arg("1");
         }
     }
 
@@ -434,6 +440,7 @@ impl Request {
             .ok()
             .filter(|t| t.len() <= 256 && t.bytes().all(|b| b.is_ascii_graphic()))
             .map(str::to_owned);
+        let caller = get("caller").is_ok_and(|c| c == "1");
         match rest() {
             Ok((input, timeout_ms)) => Ok(Self {
                 run_id,
@@ -441,6 +448,7 @@ impl Request {
                 input,
                 timeout_ms,
                 traceparent,
+                caller,
             }),
             Err(why) => Err(Unreadable {
                 named: Some(Box::new(Self {
@@ -449,6 +457,7 @@ impl Request {
                     input: Json::Null,
                     timeout_ms: 0,
                     traceparent,
+                    caller,
                 })),
                 why,
             }),

@@ -8,6 +8,7 @@
 //! | `loom:stream:{<bucket>}:<id>` | stream | one entry per chunk (fields `type data seq …`), the chunk of `seq` N at entry id `N-1` |
 //! | `loom:lease:{<bucket>}:<id>` | string | the owning attempt's token (`<worker>:<attempt>:<entry>`), `PX` lease renewed while the run lives; only its holder may write the stream |
 //! | `loom:cancel:{<bucket>}:<id>` | string | set when the run must stop (`cancelled`, `worker_lost`, `timeout`) |
+//! | `loom:caller:{<bucket>}:<id>` | string | while the caller that started the run reads it (`RemoteInvoker::stream`), `PX` renewed like a lease: when it lapses (the caller was killed), the worker cancels the run |
 //! | `loom:bell:{<bucket>}` | stream | while a process reading many streams keeps it (a TTL it renews), an entry `s <stream key>` each time one of the bucket's run streams is written to (`MAXLEN ~` [`BELL_LEN`]): that process waits on the bells, not on every stream (`hub.rs`) |
 //! | `loom:queue:{<type>}`, `loom:queue:{<type>:<shard>}` | stream | requests, read by the consumer group `loom-workers`: shard 0, then shards 1… when queues are sharded ([`ClientOptions::queue_shards`](crate::ClientOptions::queue_shards)) |
 //! | `loom:cancel` | pub/sub channel | run ids whose cancel key was just set |
@@ -221,6 +222,12 @@ impl Keys {
     /// The cancel flag of run `run_id`: `loom:cancel:{<bucket>}:<id>`.
     pub fn cancel(&self, run_id: &str) -> String {
         self.of_run("cancel", run_id)
+    }
+
+    /// The presence of the caller that started run `run_id` and reads it:
+    /// `loom:caller:{<bucket>}:<id>`, renewed like a lease while it reads.
+    pub fn caller(&self, run_id: &str) -> String {
+        self.of_run("caller", run_id)
     }
 
     /// Queue `shard` of actor type `actor_type`: `loom:queue:{<type>}` for shard 0,

@@ -133,13 +133,20 @@ impl RemoteInvoker {
     }
 
     /// Starts a run and returns its chunks; like [`Invoker::stream`] with this crate's error.
+    /// Dropping the stream cancels the run; so does this process ending without a word (killed
+    /// outright): while the stream lives it renews its presence every
+    /// [`lease_refresh`](crate::ClientOptions::lease_refresh), and the worker cancels the run
+    /// once that has lapsed for a [`lease_ttl`](crate::ClientOptions::lease_ttl).
     pub async fn stream(
         &self,
         actor_type: &str,
         input: Value,
         options: RunOptions,
     ) -> Result<ChunkStream, Error> {
-        let request = self.request(actor_type, input, &options)?;
+        let mut request = self.request(actor_type, input, &options)?;
+        // This caller reads the run it starts: a worker cancels it once the caller's presence
+        // lapses (the process killed, with no chance to cancel).
+        request.caller = true;
         let timeout = Duration::from_millis(request.timeout_ms);
         let watch = Watch::run(self.client.options(), Instant::now() + timeout);
         // Reading starts before the request exists, from the stream's start: nothing is missed.
@@ -195,6 +202,7 @@ impl RemoteInvoker {
             input,
             timeout_ms,
             traceparent: loom_core::trace::current_traceparent(),
+            caller: false,
         })
     }
 
@@ -231,6 +239,16 @@ impl RemoteInvoker {
             .arg(&record)
             .arg(record_ttl)
             .ignore();
+        if request.caller {
+            // Present before any worker can look (the record's slot: one bucket).
+            recorded
+                .cmd("SET")
+                .arg(keys.caller(&request.run_id))
+                .arg(1)
+                .arg("PX")
+                .arg(options.lease_ttl.as_millis() as u64)
+                .ignore();
+        }
         let mut indexed = redis::pipe();
         indexed
             .cmd("ZADD")
@@ -267,13 +285,34 @@ impl RemoteInvoker {
 }
 
 /// Sends the cancel to the worker when the caller cancels (or drops) a stream that has not
-/// ended yet.
+/// ended yet; meanwhile renews the caller's presence (`Keys::caller`) every lease refresh,
+/// which tells the worker the caller is still there.
 async fn forward_cancel(
     client: Client,
     run_id: String,
     token: CancellationToken,
     done: CancellationToken,
 ) {
+    let presence = async {
+        let key = client.keys().caller(&run_id);
+        let options = client.options();
+        let ttl = options.lease_ttl.as_millis() as u64;
+        let mut beat = tokio::time::interval(options.lease_refresh);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            beat.tick().await;
+            let renewed = redis::cmd("SET")
+                .arg(&key)
+                .arg(1)
+                .arg("PX")
+                .arg(ttl)
+                .exec_async(&mut client.conn())
+                .await;
+            if let Err(e) = renewed {
+                tracing::debug!(run_id, error = %e, "could not renew the caller's presence");
+            }
+        }
+    };
     tokio::select! {
         biased;
         _ = done.cancelled() => {}
@@ -282,6 +321,7 @@ async fn forward_cancel(
                 tracing::warn!(run_id, error = %e, "could not send the cancel");
             }
         }
+        () = presence => {}
     }
 }
 

@@ -375,23 +375,32 @@ return 0
     )
 });
 
-/// KEYS: per run its lease, stream and cancel key (on a cluster, runs of one bucket: one
-/// slot). ARGV: lease in ms, stream TTL in seconds, then per run its owner token. Renews each
-/// lease only while it holds its owner; returns per run `{1 if renewed else 0, cancel}`.
+/// KEYS: per run its lease, stream, cancel key and caller presence key (on a cluster, runs
+/// of one bucket: one slot). ARGV: lease in ms, stream TTL in seconds, then per run its owner
+/// token, then per run `1` when its caller's presence is watched. Renews each lease only while
+/// it holds its owner; returns per run `{1 if renewed else 0, cancel}`. A renewed run whose
+/// watched caller's presence has lapsed (the caller was killed) is marked cancelled here.
 static RENEW: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(
+    Lua::new(format!(
         r#"
-local out = {}
-for r = 1, #KEYS / 3 do
-  local lease = KEYS[3 * r - 2]
+local out = {{}}
+local runs = #KEYS / 4
+for r = 1, runs do
+  local lease = KEYS[4 * r - 3]
   local renewed = 0
   if redis.call('GET', lease) == ARGV[r + 2] then renewed = redis.call('PEXPIRE', lease, ARGV[1]) end
-  redis.call('EXPIRE', KEYS[3 * r - 1], ARGV[2])
-  out[r] = {renewed, redis.call('GET', KEYS[3 * r])}
+  redis.call('EXPIRE', KEYS[4 * r - 2], ARGV[2])
+  local cancel = redis.call('GET', KEYS[4 * r - 1])
+  if renewed == 1 and not cancel and ARGV[runs + r + 2] == '1' and redis.call('EXISTS', KEYS[4 * r]) == 0 then
+    cancel = '{cancelled}'
+    redis.call('SET', KEYS[4 * r - 1], cancel, 'EX', ARGV[2])
+  end
+  out[r] = {{renewed, cancel}}
 end
 return out
 "#,
-    )
+        cancelled = CancelReason::Cancelled.as_str()
+    ))
 });
 
 /// KEYS: lease. ARGV: owner token. Deletes the lease only while it holds the owner.
@@ -883,15 +892,26 @@ pub(crate) async fn renew(
     lease_ms: u64,
     ttl_secs: u64,
 ) -> Result<Vec<Renewal>, Error> {
+    // An unwatched run's caller key is named too (every run has four), never read.
     let keys: Vec<&str> = runs
         .iter()
-        .flat_map(|run| [run.lease, run.stream, run.cancel])
+        .flat_map(|run| {
+            [
+                run.lease,
+                run.stream,
+                run.cancel,
+                run.caller.unwrap_or(run.cancel),
+            ]
+        })
         .collect();
     let owners: usize = runs.iter().map(|run| run.owner.len()).sum();
-    let mut cmd = RENEW.call(&keys, 2 + runs.len(), 32 + owners);
+    let mut cmd = RENEW.call(&keys, 2 + 2 * runs.len(), 32 + owners + 2 * runs.len());
     cmd.arg(lease_ms).arg(ttl_secs);
     for run in runs {
         cmd.arg(run.owner);
+    }
+    for run in runs {
+        cmd.arg(if run.caller.is_some() { "1" } else { "0" });
     }
     let replies: Vec<(i64, Option<String>)> = RENEW.invoke(conn, &cmd).await?;
     if replies.len() != runs.len() {
@@ -917,6 +937,8 @@ pub(crate) struct Renewing<'a> {
     pub(crate) stream: &'a str,
     pub(crate) cancel: &'a str,
     pub(crate) owner: &'a str,
+    /// The caller's presence key, when the run is to be cancelled once it lapses.
+    pub(crate) caller: Option<&'a str>,
 }
 
 /// Keeps `bells` for `ttl_ms` more, in one call (see [`KEEP_BELLS`]): the writes of their

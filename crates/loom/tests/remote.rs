@@ -151,6 +151,48 @@ fn ctrl_c_cancels_the_run_on_the_worker_and_exits_130() {
     );
 }
 
+/// A caller killed outright (SIGKILL: no chance to send a cancel) leaves no run going on its
+/// worker: its presence lapses and the worker cancels the run within a lease (5 s), where
+/// it would otherwise run its whole minute.
+#[test]
+fn a_caller_killed_outright_has_its_run_cancelled_on_the_worker() {
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(&redis);
+    let minute = r#"{"count":400,"batch_size":1,"delay_ms":150}"#;
+    let (mut child, lines) = remote_run(&redis, &["batch", "--input", minute]);
+    let mut seen = Vec::new();
+    read_until(&lines, &mut seen, |c| c["type"] == "data");
+    signal(child.id(), "KILL");
+    let _ = wait(&mut child);
+    let run_id = seen[0]["data"]["run_id"]
+        .as_str()
+        .expect("the run id in the start chunk")
+        .to_owned();
+    let (mut tail, tail_lines) = spawn_lines(&mut loom(&[
+        "stream",
+        "tail",
+        &run_id,
+        "--json",
+        "--redis",
+        redis.url(),
+    ]));
+    let mut rest = Vec::new();
+    read_until(&tail_lines, &mut rest, is_terminal);
+    let _ = wait(&mut tail);
+    assert_contract(&rest);
+    assert_eq!(
+        rest.last().map(|c| c["error"]["code"].clone()),
+        Some(json!("cancelled")),
+        "{:?}",
+        rest.last()
+    );
+    assert!(
+        rest.len() < 200,
+        "the run stopped early: {} chunks",
+        rest.len()
+    );
+}
+
 /// The type and error code of the last entry of every chunk stream in `redis`.
 fn stream_ends(redis: &RedisServer) -> Vec<(String, String)> {
     let mut conn = redis::Client::open(redis.url())

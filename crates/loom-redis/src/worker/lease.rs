@@ -250,13 +250,14 @@ async fn renew_all(shared: &Shared, runs: &[&HeldRun]) -> Vec<Option<script::Ren
     let options = shared.client.options();
     let lease_ms = options.lease_ttl.as_millis() as u64;
     let ttl = options.stream_ttl.as_secs();
-    let run_keys: Vec<[String; 3]> = runs
+    let run_keys: Vec<[String; 4]> = runs
         .iter()
         .map(|run| {
             [
                 keys.lease(&run.run_id),
                 keys.stream(&run.run_id),
                 keys.cancel(&run.run_id),
+                keys.caller(&run.run_id),
             ]
         })
         .collect();
@@ -264,12 +265,13 @@ async fn renew_all(shared: &Shared, runs: &[&HeldRun]) -> Vec<Option<script::Ren
         let part: Vec<Renewing> = ats
             .iter()
             .map(|&at| {
-                let [lease, stream, cancel] = &run_keys[at];
+                let [lease, stream, cancel, caller] = &run_keys[at];
                 Renewing {
                     lease,
                     stream,
                     cancel,
                     owner: &runs[at].owner,
+                    caller: runs[at].caller.then_some(caller.as_str()),
                 }
             })
             .collect();

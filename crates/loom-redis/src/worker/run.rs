@@ -205,6 +205,7 @@ async fn run_request(
             token: token.clone(),
             discard: Arc::clone(&discard),
             ended: Arc::clone(&ended),
+            caller: request.caller,
         },
     );
     if let Err(run) = joined {

@@ -122,6 +122,9 @@ pub(crate) struct Active {
     pub(crate) discard: Arc<AtomicBool>,
     /// Set once the run's stream has its terminal chunk (the publisher's `ended` flag).
     pub(crate) ended: Arc<AtomicBool>,
+    /// Whether the run's caller keeps its presence key while it reads (the request's
+    /// `caller`): the run is cancelled once that lapses.
+    pub(crate) caller: bool,
 }
 
 impl Active {
@@ -151,6 +154,7 @@ pub(crate) struct HeldRun {
     pub(crate) queue: String,
     pub(crate) entry: EntryId,
     pub(crate) owner: String,
+    pub(crate) caller: bool,
 }
 
 impl HeldRun {
@@ -160,6 +164,7 @@ impl HeldRun {
             queue: active.queue.clone(),
             entry: active.entry,
             owner: active.owner.clone(),
+            caller: active.caller,
         }
     }
 }

@@ -135,8 +135,10 @@ impl RemoteInvoker {
     /// Starts a run and returns its chunks; like [`Invoker::stream`] with this crate's error.
     /// Dropping the stream cancels the run; so does this process ending without a word (killed
     /// outright): while the stream lives it renews its presence every
-    /// [`lease_refresh`](crate::ClientOptions::lease_refresh), and the worker cancels the run
-    /// once that has lapsed for a [`lease_ttl`](crate::ClientOptions::lease_ttl).
+    /// [`lease_refresh`](crate::ClientOptions::lease_refresh) for a
+    /// [`lease_ttl`](crate::ClientOptions::lease_ttl), and the worker cancels the run once its
+    /// heartbeats have found it lapsed for another `lease_ttl` (not merely late after a Redis
+    /// outage).
     pub async fn stream(
         &self,
         actor_type: &str,

@@ -378,29 +378,25 @@ return 0
 /// KEYS: per run its lease, stream, cancel key and caller presence key (on a cluster, runs
 /// of one bucket: one slot). ARGV: lease in ms, stream TTL in seconds, then per run its owner
 /// token, then per run `1` when its caller's presence is watched. Renews each lease only while
-/// it holds its owner; returns per run `{1 if renewed else 0, cancel}`. A renewed run whose
-/// watched caller's presence has lapsed (the caller was killed) is marked cancelled here.
+/// it holds its owner; returns per run `{1 if renewed else 0, cancel, 0 if its watched
+/// caller's presence is missing else 1}`.
 static RENEW: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(format!(
+    Lua::new(
         r#"
-local out = {{}}
+local out = {}
 local runs = #KEYS / 4
 for r = 1, runs do
   local lease = KEYS[4 * r - 3]
   local renewed = 0
   if redis.call('GET', lease) == ARGV[r + 2] then renewed = redis.call('PEXPIRE', lease, ARGV[1]) end
   redis.call('EXPIRE', KEYS[4 * r - 2], ARGV[2])
-  local cancel = redis.call('GET', KEYS[4 * r - 1])
-  if renewed == 1 and not cancel and ARGV[runs + r + 2] == '1' and redis.call('EXISTS', KEYS[4 * r]) == 0 then
-    cancel = '{cancelled}'
-    redis.call('SET', KEYS[4 * r - 1], cancel, 'EX', ARGV[2])
-  end
-  out[r] = {{renewed, cancel}}
+  local present = 1
+  if ARGV[runs + r + 2] == '1' then present = redis.call('EXISTS', KEYS[4 * r]) end
+  out[r] = {renewed, redis.call('GET', KEYS[4 * r - 1]), present}
 end
 return out
 "#,
-        cancelled = CancelReason::Cancelled.as_str()
-    ))
+    )
 });
 
 /// KEYS: lease. ARGV: owner token. Deletes the lease only while it holds the owner.
@@ -881,6 +877,8 @@ pub(crate) struct Renewal {
     pub(crate) renewed: bool,
     /// The run's cancel key, if set.
     pub(crate) cancel: Option<CancelReason>,
+    /// `false` when the run's caller watches it and its presence key is gone.
+    pub(crate) caller_present: bool,
 }
 
 /// Renews, in one call, each run's lease for `lease_ms` only while it holds the run's owner
@@ -913,7 +911,7 @@ pub(crate) async fn renew(
     for run in runs {
         cmd.arg(if run.caller.is_some() { "1" } else { "0" });
     }
-    let replies: Vec<(i64, Option<String>)> = RENEW.invoke(conn, &cmd).await?;
+    let replies: Vec<(i64, Option<String>, i64)> = RENEW.invoke(conn, &cmd).await?;
     if replies.len() != runs.len() {
         return Err(Error::UnexpectedReply(format!(
             "the renew script answered for {} runs of {}",
@@ -923,9 +921,10 @@ pub(crate) async fn renew(
     }
     Ok(replies
         .into_iter()
-        .map(|(renewed, reason)| Renewal {
+        .map(|(renewed, reason, present)| Renewal {
             renewed: renewed == 1,
             cancel: reason.as_deref().map(CancelReason::parse),
+            caller_present: present == 1,
         })
         .collect())
 }

@@ -152,8 +152,8 @@ fn ctrl_c_cancels_the_run_on_the_worker_and_exits_130() {
 }
 
 /// A caller killed outright (SIGKILL: no chance to send a cancel) leaves no run going on its
-/// worker: its presence lapses and the worker cancels the run within a lease (5 s), where
-/// it would otherwise run its whole minute.
+/// worker: its presence lapses and the worker cancels the run within two leases (10 s),
+/// where it would otherwise run its whole minute.
 #[test]
 fn a_caller_killed_outright_has_its_run_cancelled_on_the_worker() {
     let redis = RedisServer::start();

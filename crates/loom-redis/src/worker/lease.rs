@@ -215,6 +215,20 @@ async fn refresh(shared: &Shared) -> Result<(), Error> {
             }
             if let Some(reason) = renewal.cancel {
                 active.stop_for(reason);
+            } else if active.caller_seen(
+                renewal.caller_present,
+                std::time::Instant::now(),
+                shared.client.options().lease_ttl,
+            ) {
+                // Its caller is gone without a word (killed): cancelled as if it had said so.
+                tracing::info!(run_id = %run.run_id, "the run's caller is gone; cancelling it");
+                let client = shared.client.clone();
+                let run_id = run.run_id.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = client.cancel(&run_id).await {
+                        tracing::warn!(run_id, error = %e, "could not cancel the run of a caller that is gone");
+                    }
+                });
             }
             // Only runs whose lease is still ours keep their request, and only while it is
             // in this worker's pending list: never steal it back.

@@ -206,6 +206,7 @@ async fn run_request(
             discard: Arc::clone(&discard),
             ended: Arc::clone(&ended),
             caller: request.caller,
+            caller_missing: std::sync::Mutex::new(None),
         },
     );
     if let Err(run) = joined {

@@ -6,6 +6,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use loom_core::{CancellationToken, Runtime};
 
@@ -125,6 +126,8 @@ pub(crate) struct Active {
     /// Whether the run's caller keeps its presence key while it reads (the request's
     /// `caller`): the run is cancelled once that lapses.
     pub(crate) caller: bool,
+    /// Since when the heartbeat has found the caller's presence missing, while Redis answered.
+    pub(crate) caller_missing: Mutex<Option<Instant>>,
 }
 
 impl Active {
@@ -137,6 +140,21 @@ impl Active {
     /// Stops the run for `reason` (its cancel key): a caller's cancel lets the runtime write
     /// `error/cancelled`; after a reader's `worker_lost`/`timeout`, which already wrote the
     /// terminal chunk, the run stops without writing.
+    /// The heartbeat found the caller's presence there (`present`) or not, at `now`. Whether
+    /// the caller has now been missing for `patience`: gone, not merely late to renew its
+    /// presence after Redis came back from an outage, when both renew in the same beat.
+    pub(crate) fn caller_seen(&self, present: bool, now: Instant, patience: Duration) -> bool {
+        let mut missing = self
+            .caller_missing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if present {
+            *missing = None;
+            return false;
+        }
+        now.duration_since(*missing.get_or_insert(now)) >= patience
+    }
+
     pub(crate) fn stop_for(&self, reason: CancelReason) {
         if reason.terminal_written() {
             self.ended.store(true, Ordering::Release);

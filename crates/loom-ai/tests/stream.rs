@@ -322,8 +322,31 @@ async fn a_chunked_body_cut_after_the_finish_reason_is_complete() {
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         let (mut socket, _) = listener.accept().await.expect("accept");
-        let mut request = vec![0u8; 64 * 1024];
-        let _ = socket.read(&mut request).await;
+        // The whole request (head and body) is read first: closing with some of it unread
+        // would reset the connection instead of ending it.
+        let mut request = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let n = socket.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            request.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&request);
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                if request.len() >= end + 4 + length {
+                    break;
+                }
+            }
+        }
         let events = [
             frame(&wire::text_chunk("all")),
             frame(&wire::finish_chunk("stop")),

@@ -216,6 +216,16 @@ return 'ok'
     ))
 });
 
+/// The terminal error of a run a caller cancelled that a reader ended because its worker
+/// stopped answering or its deadline passed first ([`END_RUN`]), as JSON.
+static CANCELLED_FROM_OUTSIDE: LazyLock<String> = LazyLock::new(|| {
+    let error = ActorError::new(
+        ErrorCode::Cancelled,
+        "cancelled; the run ended before its worker could stop it",
+    );
+    serde_json::to_string(&ErrorInfo::from(&error)).unwrap_or_else(|_| "null".to_owned())
+});
+
 /// KEYS: stream, lease, bell, record, readers, cancel. ARGV: TTL in seconds, the cancel
 /// reason, the error as JSON, `1` when a lease held now stops it (the run is held again: a
 /// new attempt took it since the reader looked), the error as JSON of a run a caller
@@ -601,12 +611,7 @@ pub(crate) async fn end_run(
     reason: CancelReason,
     error_json: &str,
 ) -> Result<Option<EntryId>, Error> {
-    let cancelled = ActorError::new(
-        ErrorCode::Cancelled,
-        "cancelled; its worker was lost before it could stop the run",
-    );
-    let cancelled =
-        serde_json::to_string(&ErrorInfo::from(&cancelled)).unwrap_or_else(|_| "null".to_owned());
+    let cancelled = &*CANCELLED_FROM_OUTSIDE;
     let mut cmd = END_RUN.call(
         &[
             &keys.stream,

@@ -274,10 +274,10 @@ impl RemoteRuns {
         }
     }
 
-    /// `Ok` when a live worker serves `actor_type` (`target`'s queue). Otherwise a type
-    /// nobody describes is `not_found`; one this server describes, or that workers serve on
-    /// another number of queue shards, is `unavailable` (503, `Retry-After`): the service is
-    /// short of workers for now, and the error says what to change when it is a setting.
+    /// `Ok` when a live worker serves `actor_type` (`target`'s queue). Otherwise one this
+    /// server describes is `unavailable` (503, `Retry-After`): the service is short of workers
+    /// for now. A type nobody describes is `not_found`, and so is one that workers serve on
+    /// another number of queue shards, with the setting to change.
     async fn check_served(&self, target: &RunTarget, actor_type: &str) -> Result<(), ApiError> {
         if self.served().await?.contains(actor_type) {
             return Ok(());
@@ -291,8 +291,9 @@ impl RemoteRuns {
             .queue_shards_served(actor_type)
             .await
             .map_err(unavailable)?;
+        // A setting to change, not a shortage that passes: not to be retried.
         if let Some(theirs) = shards.first() {
-            return Err(ApiError::NoWorker(format!(
+            return Err(ApiError::NotFound(format!(
                 "no worker serves {what} on this server's queues: live workers serve it with \
                  --queue-shards {theirs}, this server uses {}",
                 self.client.options().queue_shards

@@ -339,7 +339,7 @@ async fn a_server_on_other_queue_shards_than_the_workers_says_so() {
         .post("/v1/actors/echo/run", &json!({ "input": {} }))
         .await;
     let (status, code, message) = error_of(refused).await;
-    assert_eq!((status, code.as_str()), (503, "unavailable"), "{message}");
+    assert_eq!((status, code.as_str()), (404, "not_found"), "{message}");
     assert!(
         message.contains("live workers serve it with --queue-shards 1, this server uses 4"),
         "{message}"

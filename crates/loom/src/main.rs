@@ -821,7 +821,7 @@ async fn follow(
     let writer = StdoutWriter::start();
     // What the last chunk printed, written before the next chunk is read: a reader that
     // stops reading holds the run back — while a signal is still heard.
-    let mut unsent: Option<String> = None;
+    let mut unsent: Option<render::Output> = None;
     // Set once, at the first signal: chunks that keep coming do not push it back.
     let mut give_up_at: Option<tokio::time::Instant> = None;
     let mut signalled: Option<u8> = None;
@@ -872,9 +872,13 @@ async fn follow(
         stop == Stop::Leave && signalled.is_some(),
     );
     // The result, and whatever the reader has not taken yet: waited for as long as it
-    // takes, but only a moment once stopped.
-    let rest = unsent.into_iter().chain(rest).reduce(|a, b| a + &b);
+    // takes, but only a moment once stopped (its stderr lines shown at once then).
+    let rest = unsent.into_iter().chain(rest).reduce(|mut a, b| {
+        a.append(b);
+        a
+    });
     if signalled.is_some() {
+        let rest = rest.map(render::Output::stderr_now);
         let _ = tokio::time::timeout(STDOUT_GRACE, writer.finish(rest)).await;
     } else {
         tokio::select! {

@@ -65,11 +65,12 @@ pub(crate) struct Renderer {
 }
 
 /// stdout as the renderer writes it: straight to a terminal (indicatif's redraws around the
-/// text need it written when they happen), else into a buffer its caller hands to a
-/// [`StdoutWriter`].
+/// text need it written when they happen), else into [`Output`] its caller hands to a
+/// [`StdoutWriter`] — with the lines for stderr, so the two keep their order when they go to
+/// one file (`> run.log 2>&1`).
 struct Stdout {
     terminal: bool,
-    buffer: String,
+    pending: Output,
 }
 
 impl Stdout {
@@ -80,8 +81,55 @@ impl Stdout {
         if self.terminal {
             write_now(text);
         } else {
-            self.buffer.push_str(text);
+            self.pending.push(Piece::Out, text);
         }
+    }
+}
+
+/// Output on its way to stdout and stderr, in the order it was made.
+#[derive(Debug, Default)]
+pub(crate) struct Output(Vec<(Piece, String)>);
+
+/// Where a piece of [`Output`] goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Piece {
+    Out,
+    Err,
+}
+
+impl Output {
+    fn push(&mut self, piece: Piece, text: &str) {
+        match self.0.last_mut() {
+            Some((last, pending)) if *last == piece => pending.push_str(text),
+            _ => self.0.push((piece, text.to_owned())),
+        }
+    }
+
+    /// Appends `later`.
+    pub(crate) fn append(&mut self, later: Output) {
+        for (piece, text) in later.0 {
+            self.push(piece, &text);
+        }
+    }
+
+    /// Writes the stdout pieces to stdout (until it fails) and the rest to stderr, in order.
+    fn write(&self) {
+        for (piece, text) in &self.0 {
+            match piece {
+                Piece::Out => write_now(text),
+                Piece::Err => write_err(text),
+            }
+        }
+    }
+
+    /// Writes the lines for stderr now, and returns the rest: a stopped run's summary shows
+    /// even while stdout's reader has stalled.
+    pub(crate) fn stderr_now(self) -> Output {
+        let (err, out): (Vec<_>, Vec<_>) = self.0.into_iter().partition(|(p, _)| *p == Piece::Err);
+        for (_, text) in err {
+            write_err(&text);
+        }
+        Output(out)
     }
 }
 
@@ -120,15 +168,15 @@ impl Renderer {
             shared_terminal: shares_a_terminal(),
             stdout: Stdout {
                 terminal: std::io::stdout().is_terminal(),
-                buffer: String::new(),
+                pending: Output::default(),
             },
         }
     }
 
-    /// What the chunks shown so far print on stdout and is not written yet (never on a
-    /// terminal, which is written at once).
-    pub(crate) fn take_output(&mut self) -> Option<String> {
-        (!self.stdout.buffer.is_empty()).then(|| mem::take(&mut self.stdout.buffer))
+    /// What the chunks shown so far print and is not written yet (nothing when stdout is a
+    /// terminal: then everything is written at once).
+    pub(crate) fn take_output(&mut self) -> Option<Output> {
+        (!self.stdout.pending.0.is_empty()).then(|| mem::take(&mut self.stdout.pending))
     }
 
     /// Shows one chunk.
@@ -243,9 +291,14 @@ impl Renderer {
         self.note(&text);
     }
 
-    /// A line for people on stderr, above the live area.
-    fn note(&self, text: &str) {
-        self.multi.suspend(|| eprintln!("{text}"));
+    /// A line for people on stderr, above the live area (or, when stdout is not a terminal,
+    /// after what was printed on stdout before it).
+    fn note(&mut self, text: &str) {
+        if self.stdout.terminal {
+            self.multi.suspend(|| eprintln!("{text}"));
+        } else {
+            self.stdout.pending.push(Piece::Err, &format!("{text}\n"));
+        }
     }
 
     fn progress(&mut self, chunk: &StreamChunk, label: Option<String>) {
@@ -370,7 +423,7 @@ impl Renderer {
     /// stdout ([`take_output`](Self::take_output)). `left`: the reader stopped reading
     /// before the end (`stream tail` stopped, or its stdout closed), so the steps still open
     /// did not fail, and the run may well go on.
-    pub(crate) fn finish(mut self, terminal: Option<&StreamChunk>, left: bool) -> Option<String> {
+    pub(crate) fn finish(mut self, terminal: Option<&StreamChunk>, left: bool) -> Option<Output> {
         let terminal = terminal.map(printable);
         let terminal = terminal.as_deref();
         while !self.pending.is_empty() {
@@ -414,7 +467,7 @@ impl Renderer {
                         pretty(chunk.data.as_ref().unwrap_or(&Value::Null))
                     ));
                 }
-                eprintln!("✓ complete ({stats}, {secs:.2} s)");
+                self.note(&format!("✓ complete ({stats}, {secs:.2} s)"));
             }
             Some(chunk) => {
                 let (code, message) = chunk
@@ -423,10 +476,12 @@ impl Renderer {
                     .map_or(("internal", "no error details"), |e| {
                         (e.code.as_str(), e.message.as_str())
                     });
-                eprintln!("✗ error/{code}: {message} ({stats}, {secs:.2} s)");
+                self.note(&format!("✗ error/{code}: {message} ({stats}, {secs:.2} s)"));
             }
-            None if left => eprintln!("■ stopped reading before the run's end ({stats})"),
-            None => eprintln!("✗ the stream ended without a terminal chunk ({stats})"),
+            None if left => self.note(&format!("■ stopped reading before the run's end ({stats})")),
+            None => self.note(&format!(
+                "✗ the stream ended without a terminal chunk ({stats})"
+            )),
         }
         self.take_output()
     }
@@ -567,11 +622,16 @@ fn write_now(text: &str) {
     }
 }
 
-/// The thread that writes a run's output to stdout when stdout is not a terminal, so the
-/// task that follows the run waits for a stalled reader without blocking in `write` — where it
-/// could not hear a signal.
+/// Writes to stderr; a failure there has nowhere to be told.
+fn write_err(text: &str) {
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
+/// The thread that writes a run's output when stdout is not a terminal, so the task that
+/// follows the run waits for a stalled reader without blocking in `write` — where it could not
+/// hear a signal.
 pub(crate) struct StdoutWriter {
-    tx: mpsc::Sender<String>,
+    tx: mpsc::Sender<Output>,
     done: oneshot::Receiver<()>,
 }
 
@@ -580,11 +640,11 @@ impl StdoutWriter {
     pub(crate) fn start() -> Self {
         // Each piece is a chunk's output: a few of them in flight keep the thread busy while
         // the reader keeps up, and bound what waits when it does not.
-        let (tx, mut rx) = mpsc::channel::<String>(4);
+        let (tx, mut rx) = mpsc::channel::<Output>(4);
         let (finished, done) = oneshot::channel();
         std::thread::spawn(move || {
-            while let Some(text) = rx.blocking_recv() {
-                write_now(&text);
+            while let Some(output) = rx.blocking_recv() {
+                output.write();
             }
             let _ = finished.send(());
         });
@@ -592,12 +652,12 @@ impl StdoutWriter {
     }
 
     /// Room for one more piece, once the thread has taken the ones before (cancel-safe).
-    pub(crate) async fn reserve(&self) -> Option<mpsc::Permit<'_, String>> {
+    pub(crate) async fn reserve(&self) -> Option<mpsc::Permit<'_, Output>> {
         self.tx.reserve().await.ok()
     }
 
     /// Writes `rest`, then waits until everything handed over is written (or stdout failed).
-    pub(crate) async fn finish(self, rest: Option<String>) {
+    pub(crate) async fn finish(self, rest: Option<Output>) {
         if let (Some(text), Some(permit)) = (rest, self.tx.reserve().await.ok()) {
             permit.send(text);
         }

@@ -251,7 +251,7 @@ fn ctrl_c_cancels_the_run_prints_the_cancelled_chunk_and_exits_130() {
 /// may never come.
 #[test]
 fn ctrl_c_is_heard_while_stdout_is_not_read() {
-    let child = loom(&[
+    let mut child = loom(&[
         "actor",
         "run",
         "batch",
@@ -264,17 +264,29 @@ fn ctrl_c_is_heard_while_stdout_is_not_read() {
     .stderr(Stdio::piped())
     .spawn()
     .expect("loom starts");
-    // About 100 bytes a chunk, thousands a second: the pipe (64 KiB) is full long before.
-    std::thread::sleep(Duration::from_secs(2));
+    // The first chunk: the run (and the signal handling, set up before it) has started.
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).expect("the start chunk");
+    assert!(first.contains(r#""type":"start""#), "{first}");
+    // Then nothing is read. About 100 bytes a chunk, thousands a second: the pipe (64 KiB)
+    // is full long before a second has passed, and `loom` waits on it.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "loom ended early"
+    );
     signal(child.id(), "INT");
-    let out = finish(child);
-    assert_eq!(out.code, Some(130), "{}", out.stderr);
+    let status = wait(&mut child);
+    assert_eq!(status.code(), Some(130));
     // What was written is the run's chunks in order (the last line may be cut off).
-    let lines: Vec<&str> = out.stdout.lines().collect();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).expect("the rest of stdout");
+    let lines: Vec<&str> = rest.lines().collect();
     assert!(lines.len() > 100, "{} lines", lines.len());
     let written = chunks(&lines[..lines.len() - 1].join("\n"));
     for (i, chunk) in written.iter().enumerate() {
-        assert_eq!(chunk["seq"], i as u64, "{chunk}");
+        assert_eq!(chunk["seq"], i as u64 + 1, "{chunk}");
     }
 }
 

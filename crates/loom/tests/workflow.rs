@@ -56,6 +56,44 @@ fn every_example_runs_offline_with_step_markers_and_one_gapless_stream() {
     }
 }
 
+/// stdout and stderr into one file (`> run.log 2>&1`): each step's lines come before its ✓,
+/// as on a terminal, though stdout is written by a thread of its own there.
+#[test]
+fn stdout_and_stderr_in_one_file_keep_their_order() {
+    let path = std::env::temp_dir().join(format!("loom-both-{}.log", std::process::id()));
+    let file = std::fs::File::create(&path).expect("a log file");
+    let child = loom(&[
+        "workflow",
+        "run",
+        &example("research-pipeline.yaml"),
+        "--stream",
+    ])
+    .stdout(file.try_clone().expect("the file again"))
+    .stderr(file)
+    .spawn()
+    .expect("loom starts");
+    let out = finish(child);
+    assert_eq!(out.code, Some(0));
+    let log = std::fs::read_to_string(&path).expect("the log");
+    let _ = std::fs::remove_file(&path);
+    let lines: Vec<&str> = log.lines().collect();
+    for step in ["analyse", "write"] {
+        let said = lines
+            .iter()
+            .rposition(|l| l.starts_with(&format!("[{step}] ")))
+            .unwrap_or_else(|| panic!("{step} said nothing: {log}"));
+        let done = lines
+            .iter()
+            .position(|l| l.starts_with(&format!("✓ {step} (")))
+            .unwrap_or_else(|| panic!("{step} has no ✓: {log}"));
+        assert!(said < done, "{step}'s ✓ before its text: {log}");
+    }
+    assert!(
+        lines.last().is_some_and(|l| l.starts_with("✓ complete")),
+        "{log}"
+    );
+}
+
 #[test]
 fn a_bad_definition_is_rejected_with_the_file_and_action_and_exit_2() {
     let dir = std::env::temp_dir().join(format!("loom-cli-{}", std::process::id()));

@@ -156,6 +156,28 @@ struct Inner {
     /// The tasks that send a remote stream's cancel when its caller cancels or drops it
     /// (see [`Client::flush_cancels`]).
     cancels: TaskTracker,
+    /// The runs whose caller's presence this client renews (see [`Client::present`]).
+    presence: std::sync::OnceLock<Presence>,
+}
+
+/// The runs a client reads as their caller, and the one task that renews all their
+/// presence keys each [`lease_refresh`](ClientOptions::lease_refresh): one pipeline per
+/// bucket, not one command per run (a process may read 10,000 runs). It stops with the client.
+struct Presence {
+    runs: Arc<Mutex<BTreeSet<String>>>,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+/// A run's caller's presence, renewed while this lives (see [`Client::present`]).
+pub(crate) struct Present {
+    runs: Arc<Mutex<BTreeSet<String>>>,
+    run_id: String,
+}
+
+impl Drop for Present {
+    fn drop(&mut self) {
+        lock(&self.runs).remove(&self.run_id);
+    }
 }
 
 /// The most connections a client's writers keep open: a batch takes one only while its reply
@@ -263,6 +285,7 @@ impl Client {
                 writer_permits: Arc::new(Semaphore::new(WRITER_CONNECTIONS)),
                 masters: Mutex::new(masters),
                 cancels: TaskTracker::new(),
+                presence: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -278,6 +301,31 @@ impl Client {
             tracing::warn!(left = cancels.len(), "cancels not all sent before leaving");
         }
         cancels.reopen();
+    }
+
+    /// Renews the presence of run `run_id`'s caller (`Keys::caller`, set when it was queued)
+    /// until the returned guard is dropped: its worker cancels it once the presence lapses.
+    pub(crate) fn present(&self, run_id: &str) -> Present {
+        let presence = self.inner.presence.get_or_init(|| {
+            let runs = Arc::new(Mutex::new(BTreeSet::new()));
+            let stop = tokio_util::sync::CancellationToken::new();
+            tokio::spawn(renew_presence(
+                self.conn(),
+                self.keys().clone(),
+                self.options().clone(),
+                Arc::clone(&runs),
+                stop.clone(),
+            ));
+            Presence {
+                runs,
+                _stop: stop.drop_guard(),
+            }
+        });
+        lock(&presence.runs).insert(run_id.to_owned());
+        Present {
+            runs: Arc::clone(&presence.runs),
+            run_id: run_id.to_owned(),
+        }
     }
 
     /// Runs `cancel` (a stream's cancel forwarding) as one of the tasks
@@ -694,6 +742,47 @@ pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The task of [`Presence`]: every `lease_refresh`, sets the presence key of each run in
+/// `runs` for a `lease_ttl`, one pipeline per bucket (one slot on a cluster), until `stop`.
+async fn renew_presence(
+    conn: Conn,
+    keys: Keys,
+    options: ClientOptions,
+    runs: Arc<Mutex<BTreeSet<String>>>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let ttl = options.lease_ttl.as_millis() as u64;
+    let mut beat = tokio::time::interval(options.lease_refresh);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = beat.tick() => {}
+        }
+        let mut by_bucket: BTreeMap<usize, redis::Pipeline> = BTreeMap::new();
+        for run_id in lock(&runs).iter() {
+            by_bucket
+                .entry(bucket(run_id))
+                .or_insert_with(redis::pipe)
+                .cmd("SET")
+                .arg(keys.caller(run_id))
+                .arg(1)
+                .arg("PX")
+                .arg(ttl)
+                .ignore();
+        }
+        let sends = by_bucket.into_values().map(|pipe| {
+            let mut conn = conn.clone();
+            async move { pipe.exec_async(&mut conn).await }
+        });
+        for sent in futures::future::join_all(sends).await {
+            if let Err(e) = sent {
+                tracing::debug!(error = %e, "could not renew callers' presence this beat");
+            }
+        }
+    }
 }
 
 #[cfg(test)]

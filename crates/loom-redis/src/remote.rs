@@ -287,34 +287,15 @@ impl RemoteInvoker {
 }
 
 /// Sends the cancel to the worker when the caller cancels (or drops) a stream that has not
-/// ended yet; meanwhile renews the caller's presence (`Keys::caller`) every lease refresh,
-/// which tells the worker the caller is still there.
+/// ended yet; meanwhile the client renews the caller's presence (`Keys::caller`), which
+/// tells the worker the caller is still there.
 async fn forward_cancel(
     client: Client,
     run_id: String,
     token: CancellationToken,
     done: CancellationToken,
 ) {
-    let presence = async {
-        let key = client.keys().caller(&run_id);
-        let options = client.options();
-        let ttl = options.lease_ttl.as_millis() as u64;
-        let mut beat = tokio::time::interval(options.lease_refresh);
-        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            beat.tick().await;
-            let renewed = redis::cmd("SET")
-                .arg(&key)
-                .arg(1)
-                .arg("PX")
-                .arg(ttl)
-                .exec_async(&mut client.conn())
-                .await;
-            if let Err(e) = renewed {
-                tracing::debug!(run_id, error = %e, "could not renew the caller's presence");
-            }
-        }
-    };
+    let _present = client.present(&run_id);
     tokio::select! {
         biased;
         _ = done.cancelled() => {}
@@ -323,7 +304,6 @@ async fn forward_cancel(
                 tracing::warn!(run_id, error = %e, "could not send the cancel");
             }
         }
-        () = presence => {}
     }
 }
 

@@ -263,16 +263,28 @@ return new
 });
 
 /// KEYS: stream, cancel, and the lease when taking it. ARGV, when taking the lease: the owner
-/// token, the lease in ms. Returns `{last id, 1 if terminal else 0, last seq, cancel value,
-/// Redis's time in ms}`, read after the lease is taken: an earlier attempt that still writes
-/// is fenced off from then on, so the last entry it returns stays the last of the attempts
-/// before, and the new one's `seq`s follow it.
+/// token, the lease in ms, `1` for a re-run. Returns `{last id, 1 if terminal else 0, last
+/// seq, cancel value, Redis's time in ms, false}`, read after the lease is taken: an earlier
+/// attempt that still writes is fenced off from then on, so the last entry it returns stays
+/// the last of the attempts before, and the new one's `seq`s follow it.
+///
+/// A re-run leaves a live lease of another attempt alone and returns `{…, its token}`: that
+/// attempt's worker renews it, so it is alive, though it could not keep the request's idle
+/// time down (the queue's node failing over while the run's is fine).
 static PEEK: LazyLock<Lua> = LazyLock::new(|| {
     with_last_entry(&format!(
         r#"{NOW_MS}
-if KEYS[3] then redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2]) end
+local held = false
+if KEYS[3] then
+  local lease = redis.call('GET', KEYS[3])
+  if ARGV[3] == '1' and lease and lease ~= ARGV[1] then
+    held = lease
+  else
+    redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
+  end
+end
 local id, terminal, seq = last_entry(KEYS[1])
-return {{id or false, terminal and 1 or 0, seq or false, redis.call('GET', KEYS[2]), string.format('%d', now_ms())}}
+return {{id or false, terminal and 1 or 0, seq or false, redis.call('GET', KEYS[2]), string.format('%d', now_ms()), held}}
 "#
     ))
 });
@@ -301,15 +313,20 @@ return claimed
     )
 });
 
-/// KEYS: a queue. ARGV: the group, this consumer, an entry id, a delivery count. Sets the
-/// entry's delivery count (its attempt number) to the count if this consumer holds it, leaving
-/// its idle time as it is; returns 1 if it did.
+/// KEYS: a queue. ARGV: the group, this consumer, an entry id, a delivery count, and maybe
+/// another consumer. Sets the entry's delivery count (its attempt number) to the count if this
+/// consumer holds it, leaving its idle time as it is — or, given another consumer, hands the
+/// entry to that one with its idle time reset; returns 1 if it did.
 static RECOUNT: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r#"
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
 if not (p[1] and p[1][2] == ARGV[2]) then return 0 end
-redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'IDLE', p[1][3], 'RETRYCOUNT', ARGV[4], 'JUSTID')
+if ARGV[5] then
+  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[5], 0, ARGV[3], 'IDLE', 0, 'RETRYCOUNT', ARGV[4], 'JUSTID')
+else
+  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'IDLE', p[1][3], 'RETRYCOUNT', ARGV[4], 'JUSTID')
+end
 return 1
 "#,
     )
@@ -440,17 +457,21 @@ pub(crate) async fn claim_mine(
     CLAIM_MINE.invoke(conn, &cmd).await
 }
 
-/// Sets the delivery count of `id`, pending for `consumer`, to `count` (see [`RECOUNT`]):
-/// whether it was this consumer's to set.
+/// Sets the delivery count of `id`, pending for `consumer`, to `count`, and hands it to
+/// consumer `to` when given (see [`RECOUNT`]): whether it was this consumer's to set.
 pub(crate) async fn recount(
     conn: &mut impl ConnectionLike,
     queue: &str,
     (group, consumer): (&str, &str),
     id: &str,
     count: u32,
+    to: Option<&str>,
 ) -> Result<bool, Error> {
-    let mut cmd = RECOUNT.call(&[queue], 4, 64 + consumer.len());
+    let mut cmd = RECOUNT.call(&[queue], 5, 64 + consumer.len());
     cmd.arg(group).arg(consumer).arg(id).arg(count);
+    if let Some(to) = to {
+        cmd.arg(to);
+    }
     let set: u32 = RECOUNT.invoke(conn, &cmd).await?;
     Ok(set == 1)
 }
@@ -650,13 +671,15 @@ pub(crate) struct LastEntry {
 }
 
 /// A run's state before it is read or run: its stream's last entry and its cancel key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Peek {
     /// `None` when the stream is empty or does not exist.
     pub(crate) last: Option<LastEntry>,
     pub(crate) cancel: Option<CancelReason>,
     /// Redis's clock, in Unix milliseconds.
     pub(crate) now_ms: u64,
+    /// The token of another attempt whose live lease a re-run left alone.
+    pub(crate) held_by: Option<String>,
 }
 
 /// A run's lease to take: the key, the attempt's owner token, for how long.
@@ -665,6 +688,8 @@ pub(crate) struct Take<'a> {
     pub(crate) lease: &'a str,
     pub(crate) owner: &'a str,
     pub(crate) lease_ms: u64,
+    /// A re-run, which leaves another attempt's live lease alone.
+    pub(crate) rerun: bool,
 }
 
 /// Reads the last entry of `stream` and the value of `cancel`, in one round trip; with
@@ -678,17 +703,20 @@ pub(crate) async fn peek(
     let cmd = match take {
         None => PEEK.call(&[stream, cancel], 0, 0),
         Some(take) => {
-            let mut cmd = PEEK.call(&[stream, cancel, take.lease], 2, take.owner.len() + 20);
-            cmd.arg(take.owner).arg(take.lease_ms);
+            let mut cmd = PEEK.call(&[stream, cancel, take.lease], 3, take.owner.len() + 24);
+            cmd.arg(take.owner)
+                .arg(take.lease_ms)
+                .arg(if take.rerun { "1" } else { "0" });
             cmd
         }
     };
-    let (id, terminal, seq, reason, now): (
+    let (id, terminal, seq, reason, now, held_by): (
         Option<String>,
         i64,
         Option<String>,
         Option<String>,
         String,
+        Option<String>,
     ) = PEEK.invoke(conn, &cmd).await?;
     let now_ms = now
         .parse()
@@ -705,6 +733,7 @@ pub(crate) async fn peek(
         last,
         cancel: reason.as_deref().map(CancelReason::parse),
         now_ms,
+        held_by,
     })
 }
 

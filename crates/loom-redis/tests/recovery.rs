@@ -231,6 +231,122 @@ async fn a_run_longer_than_the_visibility_timeout_completes_once() {
     b.stop().await;
 }
 
+/// A request whose idle time passed the visibility timeout while its attempt's worker was
+/// alive — on a cluster, the queue's node failing over while the run's is fine: the worker
+/// renews the lease but cannot reset the request's idle time — is not run again by the worker
+/// that claims it: the live lease says the attempt goes on, and the request goes back to the
+/// worker holding it, its delivery not counted.
+#[tokio::test]
+async fn a_request_claimed_while_its_attempt_holds_a_live_lease_goes_back_to_that_worker() {
+    let server = RedisServer::start();
+    let client = client(&server, fast_options()).await;
+    let probe = Arc::new(Probe::default());
+    let queued = within(
+        10,
+        client.invoker().submit(
+            "ticker",
+            json!({ "count": 5, "delay_ms": 10 }),
+            &RunOptions::default(),
+        ),
+    )
+    .await
+    .expect("queued");
+    let queue = client.keys().queue("ticker", 0);
+    let entry = queued.entry_id.to_string();
+    let mut plain = server.plain();
+    // "ghost" stands for the live worker: it took the request and renews the lease.
+    let _: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&queue)
+        .arg(loom_redis::GROUP)
+        .arg(0)
+        .arg("MKSTREAM")
+        .query(&mut plain);
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(loom_redis::GROUP)
+        .arg("ghost")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(&queue)
+        .arg(">")
+        .query(&mut plain)
+        .unwrap();
+    // Its idle time far past the visibility timeout, as after a long failover.
+    let _: redis::Value = redis::cmd("XCLAIM")
+        .arg(&queue)
+        .arg(loom_redis::GROUP)
+        .arg("ghost")
+        .arg(0)
+        .arg(&entry)
+        .arg("IDLE")
+        .arg(100_000)
+        .arg("JUSTID")
+        .query(&mut plain)
+        .unwrap();
+    let lease = client.keys().lease(&queued.run_id);
+    let token = format!("ghost:1:{entry}");
+    let renew = {
+        let url = server.url().to_owned();
+        let (lease, token) = (lease.clone(), token.clone());
+        tokio::spawn(async move {
+            let mut conn = redis::Client::open(url)
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            loop {
+                let _: redis::RedisResult<()> = redis::cmd("SET")
+                    .arg(&lease)
+                    .arg(&token)
+                    .arg("PX")
+                    .arg(800)
+                    .query_async(&mut conn)
+                    .await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+    // The worker's sweep claims the request (it looks abandoned), then hands it back.
+    let pending = within(10, async {
+        loop {
+            let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+                .arg(&queue)
+                .arg(loom_redis::GROUP)
+                .arg("-")
+                .arg("+")
+                .arg(10)
+                .query(&mut server.plain())
+                .unwrap();
+            if pending
+                .first()
+                .is_some_and(|(_, _, idle, _)| *idle < 100_000)
+            {
+                return pending;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    // A few more beats: nothing else happens to it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(probe.starts.load(Ordering::SeqCst), 0, "run again");
+    let (_, consumer, _, deliveries) = &pending[0];
+    assert_eq!(
+        (consumer.as_str(), *deliveries),
+        ("ghost", 1),
+        "{pending:?}"
+    );
+    let held: Option<String> = redis::cmd("GET").arg(&lease).query(&mut plain).unwrap();
+    assert_eq!(held.as_deref(), Some(token.as_str()));
+    renew.abort();
+    worker.stop().await;
+}
+
 #[tokio::test]
 async fn a_queue_whose_pending_list_cannot_be_read_does_not_stop_its_runs_lease_renewals() {
     let server = RedisServer::start();

@@ -20,7 +20,7 @@ use tracing::Instrument;
 
 use crate::codec::{EntryId, Request, Unreadable};
 use crate::error::Error;
-use crate::keys::CancelReason;
+use crate::keys::{check_name, CancelReason};
 use crate::publisher::Publisher;
 use crate::script::{self, LastEntry};
 use crate::worker::lease::hand_back_late;
@@ -83,7 +83,7 @@ pub(crate) async fn execute(shared: Arc<Shared>, work: Work, _slot: OwnedSemapho
             let id = entry.id.to_string();
             let group = (shared.group(), consumer);
             let mut conn = shared.client.conn();
-            let recounted = script::recount(&mut conn, &queue, group, &id, attempt - 1);
+            let recounted = script::recount(&mut conn, &queue, group, &id, attempt - 1, None);
             if let Err(e) = recounted.await {
                 tracing::debug!(run_id = %request.run_id, error = %e, "could not give the attempt back");
             }
@@ -121,6 +121,7 @@ async fn run_request(
         lease: &lease,
         owner: &owner,
         lease_ms: client.options().lease_ttl.as_millis() as u64,
+        rerun: attempt > 1,
     };
     let peek = script::peek(
         &mut client.conn(),
@@ -129,6 +130,20 @@ async fn run_request(
         Some(take),
     )
     .await?;
+    if let Some(holder) = peek.held_by {
+        // Its attempt's worker is alive (it renews the lease) and only failed to keep the
+        // request's idle time down (the queue's node was failing over): the request goes back
+        // to it, with this delivery not counted, and the run goes on there.
+        let worker = holder.rsplitn(3, ':').nth(2).unwrap_or_default();
+        tracing::info!(run_id, holder = %holder, "a live attempt holds the run; handing its request back");
+        if check_name("worker name", worker).is_ok() {
+            let id = entry.to_string();
+            let group = (shared.group(), shared.name.as_str());
+            let mut conn = client.conn();
+            script::recount(&mut conn, queue, group, &id, attempt - 1, Some(worker)).await?;
+        }
+        return Ok(());
+    }
     if peek.last.is_some_and(|last| last.terminal) {
         // A worker died between writing the terminal chunk and acknowledging.
         acknowledge(shared, queue, entry).await;

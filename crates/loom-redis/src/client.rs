@@ -156,6 +156,8 @@ struct Inner {
     /// The tasks that send a remote stream's cancel when its caller cancels or drops it
     /// (see [`Client::flush_cancels`]).
     cancels: TaskTracker,
+    /// Cancels of those tasks that failed since the last [`Client::flush_cancels`].
+    cancels_failed: std::sync::atomic::AtomicUsize,
     /// The runs whose caller's presence this client renews (see [`Client::present`]).
     presence: std::sync::OnceLock<Presence>,
 }
@@ -285,6 +287,7 @@ impl Client {
                 writer_permits: Arc::new(Semaphore::new(WRITER_CONNECTIONS)),
                 masters: Mutex::new(masters),
                 cancels: TaskTracker::new(),
+                cancels_failed: std::sync::atomic::AtomicUsize::new(0),
                 presence: std::sync::OnceLock::new(),
             }),
         })
@@ -293,14 +296,27 @@ impl Client {
     /// Waits, at most `within`, until the cancel of every remote stream this client's
     /// callers cancelled or dropped has reached Redis. A process about to exit calls it
     /// last: the cancels are sent by tasks of their own, which a runtime shutting down would
-    /// abort — and a run whose cancel never arrived goes on on its worker to its deadline.
-    pub async fn flush_cancels(&self, within: Duration) {
+    /// abort. Returns how many did not reach Redis (it could not be reached, or not in time):
+    /// their runs' workers cancel them once they find their caller gone (its presence lapses).
+    pub async fn flush_cancels(&self, within: Duration) -> usize {
         let cancels = &self.inner.cancels;
         cancels.close();
-        if tokio::time::timeout(within, cancels.wait()).await.is_err() {
-            tracing::warn!(left = cancels.len(), "cancels not all sent before leaving");
-        }
+        let left = match tokio::time::timeout(within, cancels.wait()).await {
+            Ok(()) => 0,
+            Err(_) => cancels.len(),
+        };
         cancels.reopen();
+        left + self
+            .inner
+            .cancels_failed
+            .swap(0, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts a cancel that could not be sent (see [`flush_cancels`](Self::flush_cancels)).
+    pub(crate) fn cancel_failed(&self) {
+        self.inner
+            .cancels_failed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Renews the presence of run `run_id`'s caller (`Keys::caller`, set when it was queued)

@@ -302,6 +302,7 @@ async fn forward_cancel(
         _ = token.cancelled() => {
             if let Err(e) = client.cancel(&run_id).await {
                 tracing::warn!(run_id, error = %e, "could not send the cancel");
+                client.cancel_failed();
             }
         }
     }

@@ -283,7 +283,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let flush = redis.clone();
     let code = command(job, &runtime, invoker, redis, offline).await;
     if let Some(client) = flush {
-        client.flush_cancels(CANCEL_FLUSH).await;
+        let unsent = client.flush_cancels(CANCEL_FLUSH).await;
+        if unsent > 0 {
+            eprintln!(
+                "loom: the cancel did not reach Redis; the worker cancels the run once it finds \
+                 this caller gone (within two leases of Redis answering again)"
+            );
+        }
     }
     code
 }

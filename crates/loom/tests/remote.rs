@@ -193,6 +193,58 @@ fn a_caller_killed_outright_has_its_run_cancelled_on_the_worker() {
     );
 }
 
+/// Ctrl-C while Redis does not answer (a failover, a pause): the cancel cannot be sent, which
+/// `loom` says as it exits 130; the run is still cancelled, by its worker, once Redis answers
+/// again and the caller's presence is found gone — not run to its end.
+#[test]
+fn ctrl_c_while_redis_does_not_answer_still_cancels_the_run() {
+    let redis = RedisServer::start_own();
+    let _worker = WorkerProcess::start(&redis);
+    let minute = r#"{"count":400,"batch_size":1,"delay_ms":150}"#;
+    let (mut child, lines) = remote_run(&redis, &["batch", "--input", minute]);
+    let mut seen = Vec::new();
+    read_until(&lines, &mut seen, |c| c["type"] == "data");
+    let run_id = seen[0]["data"]["run_id"]
+        .as_str()
+        .expect("the run id in the start chunk")
+        .to_owned();
+    redis.pause();
+    signal(child.id(), "INT");
+    let status = wait(&mut child);
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+    }
+    redis.resume();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("the cancel did not reach Redis"),
+        "{stderr}"
+    );
+    let (mut tail, tail_lines) = spawn_lines(&mut loom(&[
+        "stream",
+        "tail",
+        &run_id,
+        "--json",
+        "--redis",
+        redis.url(),
+    ]));
+    let mut rest = Vec::new();
+    read_until(&tail_lines, &mut rest, is_terminal);
+    let _ = wait(&mut tail);
+    assert_eq!(
+        rest.last().map(|c| c["error"]["code"].clone()),
+        Some(json!("cancelled")),
+        "{:?}",
+        rest.last()
+    );
+    assert!(
+        rest.len() < 200,
+        "the run stopped early: {} chunks",
+        rest.len()
+    );
+}
+
 /// The type and error code of the last entry of every chunk stream in `redis`.
 fn stream_ends(redis: &RedisServer) -> Vec<(String, String)> {
     let mut conn = redis::Client::open(redis.url())

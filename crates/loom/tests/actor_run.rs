@@ -246,29 +246,35 @@ fn ctrl_c_cancels_the_run_prints_the_cancelled_chunk_and_exits_130() {
     assert_eq!(last["error"]["code"], "cancelled", "{last}");
 }
 
-/// `loom … | less`, the pager not reading: a full pipe holds the run back, but Ctrl-C still
-/// cancels it and `loom` exits 130 at once — it does not wait in `write` for a reader that
-/// may never come.
-#[test]
-fn ctrl_c_is_heard_while_stdout_is_not_read() {
+/// `loom actor run batch --stream --json` on `input`, read to its `start` chunk: the process
+/// and the rest of its stdout.
+fn batch_started(
+    input: &str,
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStdout>,
+) {
     let mut child = loom(&[
-        "actor",
-        "run",
-        "batch",
-        "--stream",
-        "--json",
-        "--input",
-        r#"{"count":1000000,"batch_size":1,"delay_ms":0}"#,
+        "actor", "run", "batch", "--stream", "--json", "--input", input,
     ])
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
     .spawn()
     .expect("loom starts");
-    // The first chunk: the run (and the signal handling, set up before it) has started.
     let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
     let mut first = String::new();
     std::io::BufRead::read_line(&mut stdout, &mut first).expect("the start chunk");
     assert!(first.contains(r#""type":"start""#), "{first}");
+    (child, stdout)
+}
+
+/// `loom … | less`, the pager not reading: a full pipe holds the run back, but Ctrl-C still
+/// cancels it and `loom` exits 130 at once — it does not wait in `write` for a reader that
+/// may never come.
+#[test]
+fn ctrl_c_is_heard_while_stdout_is_not_read() {
+    // The run (and the signal handling, set up before it) has started.
+    let (mut child, mut stdout) = batch_started(r#"{"count":1000000,"batch_size":1,"delay_ms":0}"#);
     // Then nothing is read. About 100 bytes a chunk, thousands a second: the pipe (64 KiB)
     // is full long before a second has passed, and `loom` waits on it.
     std::thread::sleep(Duration::from_secs(1));
@@ -318,23 +324,7 @@ fn a_result_stdout_cannot_take_is_exit_1_with_the_reason() {
 /// unread, and `loom` exits 141 (128 + SIGPIPE), as a writer killed by SIGPIPE would.
 #[test]
 fn a_closed_stdout_cancels_the_run_and_exits_141() {
-    let mut child = loom(&[
-        "actor",
-        "run",
-        "batch",
-        "--stream",
-        "--json",
-        "--input",
-        r#"{"count":1000,"batch_size":1,"delay_ms":20}"#,
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("loom starts");
-    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
-    let mut first = String::new();
-    std::io::BufRead::read_line(&mut stdout, &mut first).expect("the start chunk");
-    assert!(first.contains(r#""type":"start""#), "{first}");
+    let (child, stdout) = batch_started(r#"{"count":1000,"batch_size":1,"delay_ms":20}"#);
     drop(stdout);
     // Unread, the run would take 20 s.
     let started = std::time::Instant::now();

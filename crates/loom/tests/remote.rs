@@ -151,27 +151,27 @@ fn ctrl_c_cancels_the_run_on_the_worker_and_exits_130() {
     );
 }
 
-/// A caller killed outright (SIGKILL: no chance to send a cancel) leaves no run going on its
-/// worker: its presence lapses and the worker cancels the run within two leases (10 s),
-/// where it would otherwise run its whole minute.
-#[test]
-fn a_caller_killed_outright_has_its_run_cancelled_on_the_worker() {
-    let redis = RedisServer::start();
-    let _worker = WorkerProcess::start(&redis);
+/// Starts a remote `batch` run of a minute and reads it to its first data chunk: returns the
+/// caller and the run's id.
+fn a_minute_long_run(redis: &RedisServer) -> (Child, String) {
     let minute = r#"{"count":400,"batch_size":1,"delay_ms":150}"#;
-    let (mut child, lines) = remote_run(&redis, &["batch", "--input", minute]);
+    let (child, lines) = remote_run(redis, &["batch", "--input", minute]);
     let mut seen = Vec::new();
     read_until(&lines, &mut seen, |c| c["type"] == "data");
-    signal(child.id(), "KILL");
-    let _ = wait(&mut child);
     let run_id = seen[0]["data"]["run_id"]
         .as_str()
         .expect("the run id in the start chunk")
         .to_owned();
+    (child, run_id)
+}
+
+/// Follows the run with `stream tail` to its terminal chunk: it must be `cancelled`, long
+/// before its minute was up.
+fn assert_ends_cancelled(redis: &RedisServer, run_id: &str) {
     let (mut tail, tail_lines) = spawn_lines(&mut loom(&[
         "stream",
         "tail",
-        &run_id,
+        run_id,
         "--json",
         "--redis",
         redis.url(),
@@ -193,6 +193,19 @@ fn a_caller_killed_outright_has_its_run_cancelled_on_the_worker() {
     );
 }
 
+/// A caller killed outright (SIGKILL: no chance to send a cancel) leaves no run going on its
+/// worker: its presence lapses and the worker cancels the run within two leases (10 s),
+/// where it would otherwise run its whole minute.
+#[test]
+fn a_caller_killed_outright_has_its_run_cancelled_on_the_worker() {
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(&redis);
+    let (mut child, run_id) = a_minute_long_run(&redis);
+    signal(child.id(), "KILL");
+    let _ = wait(&mut child);
+    assert_ends_cancelled(&redis, &run_id);
+}
+
 /// Ctrl-C while Redis does not answer (a failover, a pause): the cancel cannot be sent, which
 /// `loom` says as it exits 130; the run is still cancelled, by its worker, once Redis answers
 /// again and the caller's presence is found gone — not run to its end.
@@ -200,14 +213,7 @@ fn a_caller_killed_outright_has_its_run_cancelled_on_the_worker() {
 fn ctrl_c_while_redis_does_not_answer_still_cancels_the_run() {
     let redis = RedisServer::start_own();
     let _worker = WorkerProcess::start(&redis);
-    let minute = r#"{"count":400,"batch_size":1,"delay_ms":150}"#;
-    let (mut child, lines) = remote_run(&redis, &["batch", "--input", minute]);
-    let mut seen = Vec::new();
-    read_until(&lines, &mut seen, |c| c["type"] == "data");
-    let run_id = seen[0]["data"]["run_id"]
-        .as_str()
-        .expect("the run id in the start chunk")
-        .to_owned();
+    let (mut child, run_id) = a_minute_long_run(&redis);
     redis.pause();
     signal(child.id(), "INT");
     let status = wait(&mut child);
@@ -221,28 +227,7 @@ fn ctrl_c_while_redis_does_not_answer_still_cancels_the_run() {
         stderr.contains("the cancel did not reach Redis"),
         "{stderr}"
     );
-    let (mut tail, tail_lines) = spawn_lines(&mut loom(&[
-        "stream",
-        "tail",
-        &run_id,
-        "--json",
-        "--redis",
-        redis.url(),
-    ]));
-    let mut rest = Vec::new();
-    read_until(&tail_lines, &mut rest, is_terminal);
-    let _ = wait(&mut tail);
-    assert_eq!(
-        rest.last().map(|c| c["error"]["code"].clone()),
-        Some(json!("cancelled")),
-        "{:?}",
-        rest.last()
-    );
-    assert!(
-        rest.len() < 200,
-        "the run stopped early: {} chunks",
-        rest.len()
-    );
+    assert_ends_cancelled(&redis, &run_id);
 }
 
 /// The type and error code of the last entry of every chunk stream in `redis`.

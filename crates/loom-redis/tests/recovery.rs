@@ -38,6 +38,20 @@ fn starts(chunks: &[loom_core::StreamChunk]) -> Vec<&loom_core::StreamChunk> {
         .collect()
 }
 
+/// A long ticker run (counted by `probe`), read for three chunks, whose only worker is then
+/// killed: the stream, the run id and the chunks read.
+async fn a_run_whose_worker_died(
+    client: &loom_redis::Client,
+    probe: &Arc<Probe>,
+) -> (ChunkStream, String, Vec<loom_core::StreamChunk>) {
+    let worker = RunningWorker::spawn(client, runtime(probe), WorkerOptions::default());
+    let mut chunks = ticker(client, 1000, 20).await;
+    let run_id = chunks.run_id().to_owned();
+    let seen = take(&mut chunks, 3).await;
+    worker.kill().await;
+    (chunks, run_id, seen)
+}
+
 #[tokio::test]
 async fn a_dead_workers_run_is_rerun_by_another_as_attempt_2_gapless() {
     let server = RedisServer::start();
@@ -69,12 +83,7 @@ async fn a_run_cancelled_after_its_worker_died_ends_cancelled_not_worker_lost() 
     let server = RedisServer::start();
     let client = client(&server, recovery_options()).await;
     let probe = Arc::new(Probe::default());
-    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
-
-    let mut chunks = ticker(&client, 1000, 20).await;
-    let run_id = chunks.run_id().to_owned();
-    let mut seen = take(&mut chunks, 3).await;
-    worker.kill().await;
+    let (chunks, run_id, mut seen) = a_run_whose_worker_died(&client, &probe).await;
     within(10, client.cancel(&run_id)).await.expect("cancel");
     seen.extend(collect(15, chunks).await);
     assert_contract(&seen);
@@ -104,12 +113,7 @@ async fn with_no_worker_left_the_reader_gets_worker_lost_and_a_late_worker_does_
     let server = RedisServer::start();
     let client = client(&server, fast_options()).await;
     let probe = Arc::new(Probe::default());
-    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
-
-    let mut chunks = ticker(&client, 1000, 20).await;
-    let run_id = chunks.run_id().to_owned();
-    let mut seen = take(&mut chunks, 3).await;
-    worker.kill().await;
+    let (chunks, run_id, mut seen) = a_run_whose_worker_died(&client, &probe).await;
     // Lease (0.8 s) plus visibility (1.5 s), plus checks: well inside 10 s.
     seen.extend(collect(10, chunks).await);
     assert_contract(&seen);

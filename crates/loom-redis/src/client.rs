@@ -20,6 +20,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::StreamExt as _;
 use loom_core::{ActorError, ErrorInfo};
 use redis::aio::ConnectionManagerConfig;
 use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
@@ -163,8 +164,8 @@ struct Inner {
 }
 
 /// The runs a client reads as their caller, and the one task that renews all their
-/// presence keys each [`lease_refresh`](ClientOptions::lease_refresh): one pipeline per
-/// bucket, not one command per run (a process may read 10,000 runs). It stops with the client.
+/// presence keys each [`lease_refresh`](ClientOptions::lease_refresh), not a task and a timer
+/// per run (a process may read 10,000 runs). It stops with the client.
 struct Presence {
     runs: Arc<Mutex<BTreeSet<String>>>,
     _stop: tokio_util::sync::DropGuard,
@@ -760,8 +761,13 @@ pub(crate) fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Presence renewals a client has in flight at once.
+const PRESENCE_IN_FLIGHT: usize = 256;
+
 /// The task of [`Presence`]: every `lease_refresh`, sets the presence key of each run in
-/// `runs` for a `lease_ttl`, one pipeline per bucket (one slot on a cluster), until `stop`.
+/// `runs` for a `lease_ttl`, until `stop`. One command a key, many in flight (the connection
+/// pipelines them): a pipeline of several runs' keys would be sent again whole to the node a
+/// slot is migrating to when one of its keys has moved, writing the others there too.
 async fn renew_presence(
     conn: Conn,
     keys: Keys,
@@ -777,26 +783,26 @@ async fn renew_presence(
             () = stop.cancelled() => return,
             _ = beat.tick() => {}
         }
-        let mut by_bucket: BTreeMap<usize, redis::Pipeline> = BTreeMap::new();
-        for run_id in lock(&runs).iter() {
-            by_bucket
-                .entry(bucket(run_id))
-                .or_insert_with(redis::pipe)
-                .cmd("SET")
-                .arg(keys.caller(run_id))
-                .arg(1)
-                .arg("PX")
-                .arg(ttl)
-                .ignore();
-        }
-        let sends = by_bucket.into_values().map(|pipe| {
+        let present: Vec<String> = lock(&runs).iter().map(|id| keys.caller(id)).collect();
+        let sets = present.into_iter().map(|key| {
             let mut conn = conn.clone();
-            async move { pipe.exec_async(&mut conn).await }
-        });
-        for sent in futures::future::join_all(sends).await {
-            if let Err(e) = sent {
-                tracing::debug!(error = %e, "could not renew callers' presence this beat");
+            async move {
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(1)
+                    .arg("PX")
+                    .arg(ttl)
+                    .exec_async(&mut conn)
+                    .await
             }
+        });
+        let failed = futures::stream::iter(sets)
+            .buffer_unordered(PRESENCE_IN_FLIGHT)
+            .filter(|sent| std::future::ready(sent.is_err()))
+            .count()
+            .await;
+        if failed > 0 {
+            tracing::debug!(failed, "could not renew some callers' presence this beat");
         }
     }
 }

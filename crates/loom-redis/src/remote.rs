@@ -241,16 +241,16 @@ impl RemoteInvoker {
             .arg(&record)
             .arg(record_ttl)
             .ignore();
-        if request.caller {
-            // Present before any worker can look (the record's slot: one bucket).
-            recorded
-                .cmd("SET")
-                .arg(keys.caller(&request.run_id))
+        // The caller's presence, from the start (a worker first looks at it a lease refresh
+        // after it took the run up). A command of its own: a pipeline's keys stay one key's.
+        let present = request.caller.then(|| {
+            let mut set = redis::cmd("SET");
+            set.arg(keys.caller(&request.run_id))
                 .arg(1)
                 .arg("PX")
-                .arg(options.lease_ttl.as_millis() as u64)
-                .ignore();
-        }
+                .arg(options.lease_ttl.as_millis() as u64);
+            set
+        });
         let mut indexed = redis::pipe();
         indexed
             .cmd("ZADD")
@@ -263,10 +263,16 @@ impl RemoteInvoker {
             .arg(0)
             .arg(-(RECENT_RUNS as i64) - 1)
             .ignore();
-        let (mut a, mut b) = (self.client.conn(), self.client.conn());
-        let ((), id) = tokio::try_join!(
+        let (mut a, mut b, mut c) = (self.client.conn(), self.client.conn(), self.client.conn());
+        let ((), id, ()) = tokio::try_join!(
             async { Ok(recorded.query_async::<()>(&mut a).await?) },
             script::enqueue(&mut b, &queue, limit, request),
+            async {
+                match &present {
+                    Some(set) => Ok(set.exec_async(&mut c).await?),
+                    None => Ok::<(), Error>(()),
+                }
+            },
         )?;
         let Some(id) = id else {
             // Refused: the record, which only the run's id finds, is taken back.

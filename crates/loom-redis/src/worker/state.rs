@@ -137,9 +137,6 @@ impl Active {
         self.token.cancel();
     }
 
-    /// Stops the run for `reason` (its cancel key): a caller's cancel lets the runtime write
-    /// `error/cancelled`; after a reader's `worker_lost`/`timeout`, which already wrote the
-    /// terminal chunk, the run stops without writing.
     /// The heartbeat found the caller's presence there (`present`) or not, at `now`. Whether
     /// the caller has now been missing for `patience`: gone, not merely late to renew its
     /// presence after Redis came back from an outage, when both renew in the same beat.
@@ -155,6 +152,9 @@ impl Active {
         now.duration_since(*missing.get_or_insert(now)) >= patience
     }
 
+    /// Stops the run for `reason` (its cancel key): a caller's cancel lets the runtime write
+    /// `error/cancelled`; after a reader's `worker_lost`/`timeout`, which already wrote the
+    /// terminal chunk, the run stops without writing.
     pub(crate) fn stop_for(&self, reason: CancelReason) {
         if reason.terminal_written() {
             self.ended.store(true, Ordering::Release);

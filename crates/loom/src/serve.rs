@@ -2,6 +2,7 @@
 //! process's runtime, or with `--redis` in front of the workers of that Redis (the server then
 //! runs nothing itself). Ctrl-C or SIGTERM shuts it down gracefully (exit 0).
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -113,10 +114,12 @@ pub(crate) fn check_no_cycle(workflows: &[Workflow]) -> anyhow::Result<()> {
             .map(str::to_owned)
             .collect()
     };
-    // Depth-first from each workflow, along the calls, with the path so far.
+    // Depth-first from each workflow, along the calls, with the path so far; a workflow
+    // whose calls were all followed once (`done`) has no loop past it.
     fn walk(
         name: &str,
         path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
         calls: &dyn Fn(&str) -> Vec<String>,
     ) -> Option<Vec<String>> {
         if let Some(at) = path.iter().position(|p| p == name) {
@@ -124,13 +127,17 @@ pub(crate) fn check_no_cycle(workflows: &[Workflow]) -> anyhow::Result<()> {
             cycle.push(name.to_owned());
             return Some(cycle);
         }
+        if done.contains(name) {
+            return None;
+        }
         path.push(name.to_owned());
         for next in calls(name) {
-            if let Some(cycle) = walk(&next, path, calls) {
+            if let Some(cycle) = walk(&next, path, done, calls) {
                 return Some(cycle);
             }
         }
         path.pop();
+        done.insert(name.to_owned());
         None
     }
     let calls_of = |name: &str| {
@@ -140,8 +147,9 @@ pub(crate) fn check_no_cycle(workflows: &[Workflow]) -> anyhow::Result<()> {
             .map(calls)
             .unwrap_or_default()
     };
+    let mut done = BTreeSet::new();
     for workflow in workflows {
-        if let Some(cycle) = walk(&workflow.name, &mut Vec::new(), &calls_of) {
+        if let Some(cycle) = walk(&workflow.name, &mut Vec::new(), &mut done, &calls_of) {
             return Err(crate::usage(format!(
                 "workflows call each other in a loop: {}",
                 cycle.join(" → ")

@@ -77,8 +77,8 @@ export class LoomError extends Error {
 /**
  * A live run: iterate it (once) for its chunks; leaving the loop early cancels a run it
  * started (the loop waits up to 2 s for that DELETE; `await cancel()` waits for it). A dropped
- * connection is re-attached (network errors, 5xx and 429 are tried again, up to 5 times in a
- * row); when the loop fails on its own it throws and does not cancel the run.
+ * connection is re-attached (network errors, 5xx and 429 are tried again, up to 8 times in a
+ * row, honouring `Retry-After`); when the loop fails on its own it throws and does not cancel the run.
  */
 export interface RunStream extends AsyncIterable<StreamChunk> {
   /**

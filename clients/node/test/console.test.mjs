@@ -37,7 +37,13 @@ async function start(page, target, input) {
 }
 
 test("chat-agent: tokens arrive in the lane and the run completes", async () => {
-  const page = await open(loom.base);
+  const page = await browser.newPage();
+  page.setDefaultTimeout(20_000);
+  // A clean load: no request of the page fails (a missing icon included), no script error.
+  const failures = [];
+  page.on("response", (r) => { if (r.status() >= 400) failures.push(`${r.status()} ${r.url()}`); });
+  page.on("pageerror", (e) => failures.push(String(e)));
+  await page.goto(`${loom.base}/`);
   await page.waitForSelector("#target option[value='actor:chat-agent']", { state: "attached" });
   await page.selectOption("#target", "actor:chat-agent");
   assert.equal(await page.textContent("#input-label"), "Prompt", "a prompt field for chat-agent");
@@ -46,6 +52,7 @@ test("chat-agent: tokens arrive in the lane and the run completes", async () => 
   assert.equal(await page.textContent("#lanes .text"), "Hello world");
   assert.match(await page.textContent("#result"), /"text": "Hello world"/);
   await page.screenshot({ path: path.join(SHOTS, "console-chat.png"), fullPage: true });
+  assert.deepEqual(failures, []);
   await page.close();
 });
 

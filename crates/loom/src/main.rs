@@ -403,7 +403,9 @@ async fn check_served(client: &loom_redis::Client, job: &Job) -> anyhow::Result<
     let deadline = tokio::time::Instant::now() + wait;
     let mut told = false;
     loop {
-        let served = client.served_actors().await.map_err(redis_error)?;
+        let served = through_outage(client, || client.served_actors())
+            .await
+            .map_err(redis_error)?;
         let Some(missing) = needed.iter().find(|t| !served.contains(**t)) else {
             return Ok(());
         };
@@ -438,6 +440,32 @@ async fn check_served(client: &loom_redis::Client, job: &Job) -> anyhow::Result<
             )));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Runs `op` (a read) again while Redis does not answer — a restart, a cluster's failover —
+/// for up to the client's `outage_timeout`, as a reader of a run waits; says so once.
+async fn through_outage<T, Fut>(
+    client: &loom_redis::Client,
+    mut op: impl FnMut() -> Fut,
+) -> Result<T, loom_redis::Error>
+where
+    Fut: std::future::Future<Output = Result<T, loom_redis::Error>>,
+{
+    let wait = client.options().outage_timeout;
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut told = false;
+    loop {
+        match op().await {
+            Err(e) if e.is_unreachable() && tokio::time::Instant::now() < deadline => {
+                if !told {
+                    eprintln!("loom: Redis does not answer ({e}); waiting up to {wait:?} for it");
+                    told = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            done => return done,
+        }
     }
 }
 
@@ -553,8 +581,7 @@ async fn command(
             if let Some(code) = ended_before(&client, &id, from.as_deref()).await? {
                 return Ok(code);
             }
-            let stream = client
-                .tail(&id, from.as_deref())
+            let stream = through_outage(&client, || client.tail(&id, from.as_deref()))
                 .await
                 .map_err(|e| match e {
                     loom_redis::Error::StreamNotFound(_) => usage(format!(
@@ -579,7 +606,9 @@ async fn ended_before(
     from: Option<&str>,
 ) -> anyhow::Result<Option<ExitCode>> {
     let Some(from) = from else { return Ok(None) };
-    let record = client.run_record(id).await.map_err(redis_error)?;
+    let record = through_outage(client, || client.run_record(id))
+        .await
+        .map_err(redis_error)?;
     let Some(terminal) = record.as_ref().and_then(|r| r.terminal()) else {
         return Ok(None);
     };

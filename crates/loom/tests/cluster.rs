@@ -210,3 +210,40 @@ fn a_worker_killed_mid_stream_on_a_cluster_is_replaced_and_seq_stays_gapless() {
     );
     assert_eq!(seen.last().unwrap()["type"], "complete");
 }
+
+/// A command started while a master is down (its failover under way) waits for the cluster,
+/// as a reader of a run does, rather than failing at its first command's timeout: here the
+/// master holding `loom:actors`, which every run reads first.
+#[test]
+fn a_run_started_during_a_failover_waits_for_the_cluster() {
+    // A failover longer than a command's timeout (3 s): the node timeout is 5 s.
+    let mut cluster = RedisCluster::start_slow_to_fail_over(5_000);
+    let port = cluster.master_of("loom:actors");
+    let url = nodes(&cluster)
+        .into_iter()
+        .find(|u| !u.ends_with(&format!(":{port}")))
+        .expect("another node");
+    let _worker = worker(&url, "1", &[]);
+    let failing_over = std::thread::spawn(move || {
+        cluster.kill_master(port);
+        cluster
+    });
+    // The failover takes the node timeout and an election: the run starts inside it.
+    std::thread::sleep(Duration::from_millis(200));
+    let out = run(&[
+        "actor",
+        "run",
+        "echo",
+        "--input",
+        r#"{"a":1}"#,
+        "--json",
+        "--redis",
+        &url,
+    ]);
+    let _cluster = failing_over.join().expect("the failover");
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let last: Value =
+        serde_json::from_str(out.stdout.lines().last().expect("a chunk")).expect("a JSON chunk");
+    assert_eq!(last["type"], "complete", "{last}");
+    assert_eq!(last["data"], json!({ "a": 1 }));
+}

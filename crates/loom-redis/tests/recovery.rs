@@ -52,6 +52,22 @@ async fn a_run_whose_worker_died(
     (chunks, run_id, seen)
 }
 
+/// Consumer `consumer` of the workers' group takes the next `count` requests of `queue`, as a
+/// worker would (a live one, or one about to die).
+fn take_as(plain: &mut redis::Connection, queue: &str, consumer: &str, count: usize) {
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(loom_redis::GROUP)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count)
+        .arg("STREAMS")
+        .arg(queue)
+        .arg(">")
+        .query(plain)
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_dead_workers_run_is_rerun_by_another_as_attempt_2_gapless() {
     let server = RedisServer::start();
@@ -266,17 +282,7 @@ async fn a_request_claimed_while_its_attempt_holds_a_live_lease_goes_back_to_tha
         .arg(0)
         .arg("MKSTREAM")
         .query(&mut plain);
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(loom_redis::GROUP)
-        .arg("ghost")
-        .arg("COUNT")
-        .arg(1)
-        .arg("STREAMS")
-        .arg(&queue)
-        .arg(">")
-        .query(&mut plain)
-        .unwrap();
+    take_as(&mut plain, &queue, "ghost", 1);
     // Its idle time far past the visibility timeout, as after a long failover.
     let _: redis::Value = redis::cmd("XCLAIM")
         .arg(&queue)
@@ -453,34 +459,14 @@ async fn an_abandoned_request_behind_many_live_ones_is_still_recovered() {
             .unwrap();
         busy.push(id);
     }
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(group)
-        .arg("busy")
-        .arg("COUNT")
-        .arg(15)
-        .arg("STREAMS")
-        .arg(&queue)
-        .arg(">")
-        .query(&mut plain)
-        .unwrap();
+    take_as(&mut plain, &queue, "busy", 15);
     let chunks = client
         .invoker()
         .stream("echo", json!({ "late": true }), RunOptions::default())
         .await
         .unwrap();
     // A consumer that takes the request and dies.
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(group)
-        .arg("dead")
-        .arg("COUNT")
-        .arg(1)
-        .arg("STREAMS")
-        .arg(&queue)
-        .arg(">")
-        .query(&mut plain)
-        .unwrap();
+    take_as(&mut plain, &queue, "dead", 1);
     let keep_fresh = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let refresher = {
         let keep_fresh = Arc::clone(&keep_fresh);

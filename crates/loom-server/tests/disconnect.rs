@@ -20,10 +20,7 @@ fn short_grace(grace_ms: u64) -> ServerConfig {
 async fn open_direct(server: &TestServer, body: serde_json::Value) -> (String, SseReader) {
     let response = server.post("/v1/actors/batch/stream", &body).await;
     assert_eq!(response.status(), 200);
-    let id = response.headers()["loom-run-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let id = run_id_of(&response);
     let mut reader = SseReader::new(response);
     let start = reader.next_chunk().await.expect("start chunk");
     assert_eq!(start.data.unwrap()["data"]["run_id"], id.as_str());

@@ -276,10 +276,7 @@ async fn a_direct_stream_rejoined_on_another_server_survives_its_client_and_then
             &json!({ "input": slow_batch(500, 20) }),
         )
         .await;
-    let id = response.headers()["loom-run-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let id = run_id_of(&response);
     let mut direct = SseReader::new(response);
     let seen = direct.next_chunk().await.unwrap().id.unwrap();
     drop(direct);
@@ -411,10 +408,7 @@ async fn a_stream_ended_by_a_redis_outage_starts_no_disconnect_grace() {
             &json!({ "input": slow_batch(60, 100) }),
         )
         .await;
-    let id = response.headers()["loom-run-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let id = run_id_of(&response);
     let mut reader = SseReader::new(response);
     within(reader.next_chunk()).await.expect("a first chunk");
     cluster.redis.pause();
@@ -471,10 +465,7 @@ async fn a_server_that_shuts_down_still_cancels_a_direct_run_whose_client_does_n
     for _ in 0..2 {
         let body = json!({ "input": slow_batch(1000, 20) });
         let response = a.post("/v1/actors/batch/stream", &body).await;
-        let id = response.headers()["loom-run-id"]
-            .to_str()
-            .unwrap()
-            .to_owned();
+        let id = run_id_of(&response);
         let mut reader = SseReader::new(response);
         let seen = reader.next_chunk().await.unwrap().id.unwrap();
         readers.push((id, seen, reader));

@@ -469,10 +469,7 @@ async fn the_envelopes_timeout_is_the_runs_deadline() {
 async fn metrics_count_chunks_resumes_and_outcomes() {
     let server = TestServer::default_config().await;
     let response = server.post("/v1/actors/echo/stream", &json!({})).await;
-    let id = response.headers()["loom-run-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let id = run_id_of(&response);
     assert_eq!(SseReader::new(response).rest().await.len(), 2);
     let resumed = server.get(&format!("/v1/runs/{id}/stream?from=0")).await;
     assert_eq!(SseReader::new(resumed).rest().await.len(), 1);

@@ -142,10 +142,7 @@ async fn a_live_reader_dropped_midway_resumes_from_its_last_id() {
             &json!({ "input": slow_batch(20, 10), "on_disconnect": "continue" }),
         )
         .await;
-    let id = response.headers()["loom-run-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let id = run_id_of(&response);
     let mut reader = SseReader::new(response);
     let mut seen = Vec::new();
     for _ in 0..7 {
@@ -358,10 +355,7 @@ async fn flood_server() -> (TestServer, Arc<Semaphore>) {
 async fn a_reader_overtaken_by_the_log_bound_is_disconnected_and_its_resume_is_410() {
     let (server, gate) = flood_server().await;
     let response = server.post("/v1/actors/flood/stream", &json!({})).await;
-    let id = response.headers()["loom-run-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let id = run_id_of(&response);
     let mut reader = SseReader::new(response);
     let mut frames = vec![reader.next_chunk().await.expect("start")];
     frames.push(reader.next_chunk().await.expect("the first data chunk"));
@@ -405,10 +399,7 @@ async fn a_short_lived_token_from_post_tokens_authorizes_query_string_clients() 
     let url = format!("/v1/actors/echo/stream?input=%7B%22k%22%3A1%7D&token={token}");
     let response = server.get(&url).await;
     assert_eq!(response.status(), 200);
-    let id = response.headers()["loom-run-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let id = run_id_of(&response);
     let frames = SseReader::new(response).rest().await;
     assert_eq!(
         frames.last().unwrap().data.as_ref().unwrap()["data"],
@@ -567,10 +558,7 @@ async fn a_chat_stream_overtaken_by_the_log_bound_ends_with_an_error() {
             &json!({ "model": "flood", "stream": true, "messages": [{ "role": "user", "content": "go" }] }),
         )
         .await;
-    let id = response.headers()["loom-run-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let id = run_id_of(&response);
     let mut reader = SseReader::new(response);
     let first = reader.next_chunk().await.expect("the role chunk");
     assert!(first.data.is_some());

@@ -317,3 +317,11 @@ pub fn seqs(frames: &[Frame]) -> Vec<u64> {
 pub fn slow_batch(batches: u64, delay_ms: u64) -> Value {
     serde_json::json!({ "count": batches, "batch_size": 1, "delay_ms": delay_ms })
 }
+
+/// The run id a response names in its `Loom-Run-Id` header.
+pub fn run_id_of(response: &reqwest::Response) -> String {
+    response.headers()["loom-run-id"]
+        .to_str()
+        .expect("a text run id")
+        .to_owned()
+}

@@ -424,7 +424,7 @@ impl Client {
         let ended = self
             .retried(|| async {
                 let reason = CancelReason::Cancelled;
-                script::end_run(&mut self.conn(), &run, ttl, reason, &error).await
+                script::end_run(&mut self.conn(), &run, ttl, reason, &error, 0).await
             })
             .await?;
         // A bounded queue gives a request cancelled while it waits its place back at once,

@@ -226,14 +226,31 @@ static CANCELLED_FROM_OUTSIDE: LazyLock<String> = LazyLock::new(|| {
     serde_json::to_string(&ErrorInfo::from(&error)).unwrap_or_else(|_| "null".to_owned())
 });
 
+/// The terminal error of a run whose stream lost entries its readers were given ([`END_RUN`]),
+/// as JSON.
+static LOST_BY_REDIS: LazyLock<String> = LazyLock::new(|| {
+    let error = ActorError::new(
+        ErrorCode::Upstream,
+        "Redis lost this run's stream (a restart without persistence, a flush, a failover): it \
+         ended short of what its readers had been given",
+    );
+    serde_json::to_string(&ErrorInfo::from(&error)).unwrap_or_else(|_| "null".to_owned())
+});
+
 /// KEYS: stream, lease, bell, record, readers, cancel. ARGV: TTL in seconds, the cancel
 /// reason, the error as JSON, `1` when a lease held now stops it (the run is held again: a
 /// new attempt took it since the reader looked), the error as JSON of a run a caller
-/// cancelled. Returns the terminal entry's id, or nothing when stopped by the lease.
+/// cancelled, the least `seq` the terminal may take, the error as JSON of a stream that lost
+/// entries below that `seq`. Returns the terminal entry's id, or nothing when stopped by the
+/// lease.
 ///
 /// A run a caller asked to cancel (its cancel key says `cancelled`) that a reader ends
 /// because its worker died, or its deadline passed, before the worker could stop it, ends
 /// `cancelled`: the caller's word is the run's outcome.
+///
+/// The least `seq` is the one the reader ending the run expects next: on a stream Redis lost
+/// (a restart without persistence, a flush) the terminal comes after what readers were given,
+/// so one resuming from there reads it instead of a stream that ended before its cursor.
 static END_RUN: LazyLock<Lua> = LazyLock::new(|| {
     with_last_entry(&format!(
         r#"
@@ -241,15 +258,18 @@ local id, terminal, seq = last_entry(KEYS[1])
 if id and terminal then return id end
 if ARGV[4] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return false end
 local reason, err = ARGV[2], ARGV[3]
-if reason ~= '{cancelled}' and redis.call('GET', KEYS[6]) == '{cancelled}' then
-  reason, err = '{cancelled}', ARGV[5]
-end
-redis.call('SET', KEYS[6], reason, 'EX', ARGV[1])
 local next = 0
 if id then
   if not seq then return redis.error_reply('the last entry has no readable seq') end
   next = tonumber(seq) + 1
 end
+if next < tonumber(ARGV[6]) then
+  next, err = tonumber(ARGV[6]), ARGV[7]
+end
+if reason ~= '{cancelled}' and redis.call('GET', KEYS[6]) == '{cancelled}' then
+  reason, err = '{cancelled}', ARGV[5]
+end
+redis.call('SET', KEYS[6], reason, 'EX', ARGV[1])
 local new = redis.call('XADD', KEYS[1], string.format('%d-1', next), 'type', 'error', 'data', 'null', 'seq', next, 'error', err)
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 {keep}
@@ -624,15 +644,19 @@ pub(crate) async fn write_batch(
 /// stream's TTL). Returns the id of the stream's terminal entry; `None`, writing nothing, when
 /// the run's lease is held and `reason` is not [`CancelReason::Timeout`]: a reader's
 /// `worker_lost` (a new attempt took the run since the reader found it without one) or a
-/// caller's cancel (the worker holding the run writes its terminal).
+/// caller's cancel (the worker holding the run writes its terminal). The terminal's `seq` is
+/// at least `least_seq`; one past the stream's own end says the stream lost entries, an
+/// `upstream` error (see [`END_RUN`]).
 pub(crate) async fn end_run(
     conn: &mut impl ConnectionLike,
     keys: &RunKeys,
     ttl_secs: u64,
     reason: CancelReason,
     error_json: &str,
+    least_seq: u64,
 ) -> Result<Option<EntryId>, Error> {
     let cancelled = &*CANCELLED_FROM_OUTSIDE;
+    let lost = &*LOST_BY_REDIS;
     let mut cmd = END_RUN.call(
         &[
             &keys.stream,
@@ -643,7 +667,7 @@ pub(crate) async fn end_run(
             &keys.cancel,
         ],
         5,
-        32 + error_json.len() + cancelled.len(),
+        48 + error_json.len() + cancelled.len() + lost.len(),
     );
     // A deadline ends a run whoever holds it; a reader's `worker_lost` and a caller's cancel
     // leave one a worker holds to that worker.
@@ -656,7 +680,9 @@ pub(crate) async fn end_run(
         .arg(reason.as_str())
         .arg(error_json)
         .arg(unless_held)
-        .arg(cancelled);
+        .arg(cancelled)
+        .arg(least_seq)
+        .arg(lost);
     let id: Option<String> = END_RUN.invoke(conn, &cmd).await?;
     id.map(|id| id.parse()).transpose()
 }
@@ -1041,7 +1067,7 @@ mod tests {
         let _: () = conn.set(&keys.lease, "attempt-2").await.expect("set");
         let error = r#"{"code":"worker_lost","message":"gone"}"#;
 
-        let held = end_run(&mut conn, &keys, 60, CancelReason::WorkerLost, error).await;
+        let held = end_run(&mut conn, &keys, 60, CancelReason::WorkerLost, error, 0).await;
         assert_eq!(held.expect("end_run"), None);
         let len: usize = conn.xlen(&keys.stream).await.expect("xlen");
         assert_eq!(len, 1, "nothing is written over a held lease");
@@ -1049,7 +1075,7 @@ mod tests {
         assert_eq!(cancel, None, "a held run is not told to stop");
 
         let _: () = conn.del(&keys.lease).await.expect("del");
-        let ended = end_run(&mut conn, &keys, 60, CancelReason::WorkerLost, error).await;
+        let ended = end_run(&mut conn, &keys, 60, CancelReason::WorkerLost, error, 0).await;
         assert_eq!(ended.expect("end_run"), Some(EntryId::of_seq(1)));
         let cancel: Option<String> = conn.get(&keys.cancel).await.expect("get");
         assert_eq!(cancel.as_deref(), Some("worker_lost"));
@@ -1058,10 +1084,56 @@ mod tests {
 
         // The lease held again, a deadline verdict on the ended stream: its terminal stands.
         let _: () = conn.set(&keys.lease, "attempt-3").await.expect("set");
-        let again = end_run(&mut conn, &keys, 60, CancelReason::Timeout, error).await;
+        let again = end_run(&mut conn, &keys, 60, CancelReason::Timeout, error, 0).await;
         assert_eq!(again.expect("end_run"), Some(EntryId::of_seq(1)));
         let len: usize = conn.xlen(&keys.stream).await.expect("xlen");
         assert_eq!(len, 2, "one terminal only");
+    }
+
+    /// A reader's verdict comes after what the reader was given: on a stream Redis lost (a
+    /// restart without persistence) it is written at the reader's next `seq`, saying so,
+    /// where a resuming reader finds it; on an intact stream it follows the last entry, as
+    /// always.
+    #[tokio::test]
+    async fn end_run_writes_past_what_the_reader_had_when_the_stream_was_lost() {
+        let server = RedisServer::start();
+        let (keys, mut conn) = run_keys(&server).await;
+        let error = r#"{"code":"worker_lost","message":"gone"}"#;
+        let ended = end_run(&mut conn, &keys, 60, CancelReason::WorkerLost, error, 7).await;
+        assert_eq!(ended.expect("end_run"), Some(EntryId::of_seq(7)));
+        let entries: redis::streams::StreamRangeReply =
+            conn.xrange_all(&keys.stream).await.expect("xrange");
+        let fields = &entries.ids[0].map;
+        assert_eq!(fields["seq"], redis::Value::BulkString(b"7".to_vec()));
+        let redis::Value::BulkString(err) = &fields["error"] else {
+            panic!("an error field: {fields:?}");
+        };
+        let err: serde_json::Value = serde_json::from_slice(err).expect("json");
+        assert_eq!(err["code"], "upstream", "{err}");
+        assert!(err["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Redis lost"));
+
+        let (keys, mut conn) = run_keys(&server).await;
+        let _: String = conn
+            .xadd(
+                &keys.stream,
+                "0-1",
+                &[("type", "start"), ("data", "null"), ("seq", "0")],
+            )
+            .await
+            .expect("xadd");
+        // The reader had the start chunk: it expects seq 1, which follows the stream's end.
+        let ended = end_run(&mut conn, &keys, 60, CancelReason::WorkerLost, error, 1).await;
+        assert_eq!(ended.expect("end_run"), Some(EntryId::of_seq(1)));
+        let entries: redis::streams::StreamRangeReply =
+            conn.xrange_all(&keys.stream).await.expect("xrange");
+        let fields = &entries.ids[1].map;
+        assert_eq!(
+            fields["error"],
+            redis::Value::BulkString(error.as_bytes().to_vec())
+        );
     }
 
     /// A deadline verdict is written even while the lease is held: a run past its deadline
@@ -1072,7 +1144,7 @@ mod tests {
         let (keys, mut conn) = run_keys(&server).await;
         let _: () = conn.set(&keys.lease, "attempt-1").await.expect("set");
         let error = r#"{"code":"timeout","message":"late"}"#;
-        let ended = end_run(&mut conn, &keys, 60, CancelReason::Timeout, error).await;
+        let ended = end_run(&mut conn, &keys, 60, CancelReason::Timeout, error, 0).await;
         assert_eq!(ended.expect("end_run"), Some(EntryId::of_seq(0)));
         let cancel: Option<String> = conn.get(&keys.cancel).await.expect("get");
         assert_eq!(cancel.as_deref(), Some("timeout"));

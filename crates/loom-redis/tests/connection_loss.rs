@@ -393,3 +393,47 @@ async fn a_run_waits_at_its_yield_while_redis_does_not_answer_and_goes_on_after(
     drop(chunks);
     worker.stop().await;
 }
+
+/// Redis restarted without persistence mid-run loses the run's stream, lease and all: the
+/// live reader ends right after the last chunk it had with an `upstream` error saying so, and
+/// that error is in the stream, where a reader resuming after the chunk before it finds it
+/// (it found a stream ending before its cursor: nothing at all).
+#[tokio::test]
+async fn a_stream_lost_in_a_restart_ends_after_what_its_reader_had() {
+    let mut server = RedisServer::start_own();
+    let client = client(&server, fast_options()).await;
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+    let mut live = ticker(&client, 100000, 20).await;
+    let run_id = live.run_id().to_owned();
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        seen.push(within(10, live.next()).await.expect("a chunk"));
+    }
+    server.restart();
+    seen.extend(collect(30, live).await);
+    for (i, chunk) in seen.iter().enumerate() {
+        assert_eq!(chunk.seq, i as u64, "gapless, none twice: {seen:?}");
+    }
+    let last = seen.last().expect("chunks");
+    let lost = |chunk: &loom_core::StreamChunk| {
+        let err = chunk.error.as_ref().expect("an error chunk");
+        assert_eq!(err.code, ErrorCode::Upstream, "{chunk:?}");
+        assert!(
+            err.message.contains("Redis lost this run's stream"),
+            "{chunk:?}"
+        );
+    };
+    lost(last);
+
+    let resumed = client
+        .invoker()
+        .attach(&run_id, Some(loom_redis::EntryId::of_seq(last.seq - 1)))
+        .await
+        .expect("attach");
+    let rest: Vec<_> = within(10, resumed.collect::<Vec<_>>()).await;
+    assert_eq!(rest.len(), 1, "{rest:?}");
+    assert_eq!(rest[0].chunk.seq, last.seq);
+    lost(&rest[0].chunk);
+    worker.stop().await;
+}

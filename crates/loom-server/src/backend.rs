@@ -85,6 +85,19 @@ impl Runs {
         }
     }
 
+    /// `Ok` when a run of `target` can be started now; otherwise the refusal starting it would
+    /// get: `not_found` for a name this server cannot run, and in distributed mode
+    /// `unavailable` (503, `Retry-After`) while no live worker serves a type this server
+    /// describes, or `not_found` for workers on other queue shards (see `RemoteRuns::start`).
+    /// The WebSocket upgrade asks it before its handshake.
+    pub(crate) async fn check_startable(&self, target: &RunTarget) -> Result<(), ApiError> {
+        match self {
+            Self::Local(_) if self.knows(target).await? => Ok(()),
+            Self::Local(_) => Err(ApiError::NotFound(format!("unknown {}", target.describe()))),
+            Self::Remote(remote) => remote.check_served(target).await,
+        }
+    }
+
     /// Whether `target` takes a conversation (an actor whose
     /// [`takes_messages`](loom_core::Actor::takes_messages) says so; in distributed mode, as
     /// this server's registry knows it).

@@ -167,7 +167,7 @@ impl RemoteRuns {
             }
         };
         // Only a served type is queued: nothing else becomes a key.
-        self.check_served(&request.target, &actor_type).await?;
+        self.check_served(&request.target).await?;
         let mut options = RunOptions {
             timeout,
             ..RunOptions::default()
@@ -278,17 +278,15 @@ impl RemoteRuns {
     /// server describes is `unavailable` (503, `Retry-After`): the service is short of workers
     /// for now. A type nobody describes is `not_found`, and so is one that workers serve on
     /// another number of queue shards, with the setting to change.
-    async fn check_served(&self, target: &RunTarget, actor_type: &str) -> Result<(), ApiError> {
-        if self.served().await?.contains(actor_type) {
+    pub(crate) async fn check_served(&self, target: &RunTarget) -> Result<(), ApiError> {
+        let actor_type = target.actor_type();
+        if self.served().await?.contains(&actor_type) {
             return Ok(());
         }
-        let what = match target {
-            RunTarget::Actor(a) => format!("actor type '{a}'"),
-            RunTarget::Workflow(w) => format!("workflow '{w}'"),
-        };
+        let what = target.describe();
         let shards = self
             .client
-            .queue_shards_served(actor_type)
+            .queue_shards_served(&actor_type)
             .await
             .map_err(unavailable)?;
         // A setting to change, not a shortage that passes: not to be retried.

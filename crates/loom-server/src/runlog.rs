@@ -187,6 +187,14 @@ impl RunTarget {
             Self::Workflow(name) => format!("{}{name}", loom_workflow::WORKFLOW_ACTOR_PREFIX),
         }
     }
+
+    /// How messages name it: `actor type 'echo'`, `workflow 'report'`.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Actor(actor) => format!("actor type '{actor}'"),
+            Self::Workflow(name) => format!("workflow '{name}'"),
+        }
+    }
 }
 
 /// A run's status as `GET /v1/runs/{id}` shows it (DESIGN.md §3).

@@ -64,7 +64,8 @@ fn read(message: &Message) -> Option<Result<ClientMessage, ApiError>> {
     }
 }
 
-/// The upgrade: unknown actor → 404 and a full stream cap → 429 before the handshake.
+/// The upgrade: what a `POST` starting the run would be refused for (an unknown actor → 404,
+/// no live worker serving it → 503) and a full stream cap → 429, before the handshake.
 pub(crate) async fn actor_ws(
     State(state): State<ServerState>,
     LoomPath(actor): LoomPath,
@@ -72,9 +73,10 @@ pub(crate) async fn actor_ws(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let upgrade = upgrade.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    if !state.runs().knows(&RunTarget::named(&actor)).await? {
-        return Err(ApiError::NotFound(format!("unknown actor type '{actor}'")));
-    }
+    state
+        .runs()
+        .check_startable(&RunTarget::named(&actor))
+        .await?;
     let permit = state.stream_permit()?;
     // A message is held whole to be parsed: it is bound like a request body.
     let limit = state.config().body_limit;

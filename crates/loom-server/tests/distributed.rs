@@ -341,6 +341,19 @@ async fn a_server_on_other_queue_shards_than_the_workers_says_so() {
         message.contains("live workers serve it with --queue-shards 1, this server uses 4"),
         "{message}"
     );
+    // The WebSocket upgrade is refused the same way, before its handshake.
+    let url = format!("{}/v1/actors/echo/ws", server.base.replace("http", "ws"));
+    match within(tokio_tungstenite::connect_async(url)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 404);
+            let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default());
+            assert!(
+                body.contains("--queue-shards 1, this server uses 4"),
+                "{body}"
+            );
+        }
+        other => panic!("expected a 404 handshake, got {other:?}"),
+    }
 }
 
 /// With no worker serving it, an actor type the server describes is a passing shortage (a
@@ -371,6 +384,14 @@ async fn an_actor_no_worker_serves_yet_is_503_and_an_unknown_one_404() {
         message.contains("no live worker serves actor type 'echo'"),
         "{message}"
     );
+    let url = format!("{}/v1/actors/echo/ws", server.base.replace("http", "ws"));
+    match within(tokio_tungstenite::connect_async(url)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503);
+            assert_eq!(response.headers()["retry-after"], "1");
+        }
+        other => panic!("expected a 503 handshake, got {other:?}"),
+    }
     let (status, code, message) = error_of(
         server
             .post("/v1/actors/nobody/stream", &json!({ "input": {} }))

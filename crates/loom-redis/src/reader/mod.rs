@@ -212,7 +212,7 @@ fn follow(
                         step = state.on_lease(now, pttl.map_err(|e| e.to_string()));
                     }
                     if let Step::EndRun(mut ending) = step {
-                        let terminal = match end_run(&client, &run_id, &ending).await {
+                        let terminal = match end_run(&client, &run_id, &ending, state.next_seq()).await {
                             Ok(Some(id)) => Some(id),
                             // A new attempt took the run since the lease was looked at.
                             Ok(None) => {
@@ -256,8 +256,14 @@ fn follow(
 /// chunk: marks it with the ending's reason in its cancel key (so a late worker does not run
 /// it), publishes the id, and appends the ending's error as the terminal chunk. Returns the id
 /// of the stream's terminal entry (the one written here or the one already there); `None`
-/// for a `worker_lost` that a new attempt's lease stopped (see [`script::end_run`]).
-async fn end_run(client: &Client, run_id: &str, ending: &Ending) -> Result<Option<EntryId>, Error> {
+/// for a `worker_lost` that a new attempt's lease stopped (see [`script::end_run`]). The
+/// terminal's `seq` is at least `next_seq`, the one this reader expects next.
+async fn end_run(
+    client: &Client,
+    run_id: &str,
+    ending: &Ending,
+    next_seq: u64,
+) -> Result<Option<EntryId>, Error> {
     let keys = client.keys();
     let mut conn = client.conn();
     let error = serde_json::to_string(&ending.error).unwrap_or_else(|_| "null".to_owned());
@@ -267,6 +273,7 @@ async fn end_run(client: &Client, run_id: &str, ending: &Ending) -> Result<Optio
         client.options().stream_ttl.as_secs(),
         ending.reason,
         &error,
+        next_seq,
     )
     .await?;
     if id.is_none() {

@@ -166,7 +166,8 @@ impl ReadState {
         self.watch.check_every
     }
 
-    fn next_seq(&self) -> u64 {
+    /// The `seq` this reader expects next.
+    pub(crate) fn next_seq(&self) -> u64 {
         self.last_seq.map_or(0, |s| s.saturating_add(1))
     }
 

@@ -31,7 +31,7 @@ use crate::error::Error;
 use crate::hub::Hub;
 use crate::keys::{bucket, check_name, CancelReason, Keys, BUCKETS, DEFAULT_PREFIX};
 use crate::script::{self, RunKeys};
-use crate::wire::{node_of, Wire, CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
+use crate::wire::{node_of, Reply, Wire, CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
 
 /// Timing and naming that workers and readers of one Redis must agree on.
 ///
@@ -269,12 +269,7 @@ impl Client {
                     )
                 }
             }
-            Err(nodes) => {
-                for node in &nodes {
-                    refuse_outside_cluster_mode(node).await?;
-                }
-                connect_cluster(nodes).await?
-            }
+            Err(nodes) => connect_cluster(answering(nodes).await?).await?,
         };
         Ok(Self {
             inner: Arc::new(Inner {
@@ -456,6 +451,40 @@ impl Client {
             .exec_async(&mut conn)
             .await?;
         Ok(())
+    }
+
+    /// `err`, or [`Error::ClusterDown`] when `err` is Redis not answering (see
+    /// [`Error::is_unreachable`]) on a cluster that reports itself down: on a cluster, commands
+    /// to slots no node serves are retried until they time out, which alone says nothing of
+    /// why. Asks the cluster's nodes in turn, each on a connection of its own, until one
+    /// answers `CLUSTER INFO`; for a message to a user, after a command failed.
+    pub async fn explain(&self, err: Error) -> Error {
+        let Topology::Cluster(nodes) = &self.inner.topology else {
+            return err;
+        };
+        if !err.is_unreachable() || matches!(err, Error::ClusterDown { .. }) {
+            return err;
+        }
+        for node in nodes {
+            let info = node.get_connection_info();
+            let Ok(mut wire) = Wire::connect(info, Duration::ZERO).await else {
+                continue;
+            };
+            let Ok(Reply::Text(text)) = wire.query(redis::cmd("CLUSTER").arg("INFO")).await else {
+                continue;
+            };
+            let down = String::from_utf8_lossy(&text)
+                .lines()
+                .any(|line| line.trim() == "cluster_state:fail");
+            return if down {
+                Error::ClusterDown {
+                    node: node_of(info),
+                }
+            } else {
+                err
+            };
+        }
+        err
     }
 
     /// Whether this client talks to a Redis Cluster.
@@ -733,24 +762,75 @@ async fn connect_cluster(
     Ok((Topology::Cluster(nodes), Conn::Cluster(conn), masters))
 }
 
-/// Refuses a node of a list of URLs that answers but is not in cluster mode: taken for a
-/// node of the cluster, it would be read from, and as it answers every key it does not hold
-/// with nothing (never `MOVED`), its readers would wait for chunks written elsewhere. A node
-/// that cannot be reached is left to the cluster client, which skips it.
-async fn refuse_outside_cluster_mode(node: &redis::Client) -> Result<(), Error> {
+/// How long, once one node of a list of URLs has answered, the others have to answer too.
+const ANSWER_GRACE: Duration = Duration::from_millis(250);
+
+/// Of the nodes a list of URLs names, those that answer, to connect through: a node down or
+/// silent (a host that takes connections and never answers) would slow every command that
+/// meets it, and the cluster's own listing names its live nodes anyway. All of them are
+/// asked at once; once one has answered, the others have [`ANSWER_GRACE`] more. When none
+/// answers, all are kept, for the cluster client to say why. A node that answers but is not
+/// a cluster node is refused ([`probe`]).
+async fn answering(nodes: Vec<redis::Client>) -> Result<Vec<redis::Client>, Error> {
+    let mut probes: futures::stream::FuturesUnordered<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| async move { (i, probe(node).await) })
+        .collect();
+    let mut answered = Vec::new();
+    let mut until = None;
+    loop {
+        let next = match until {
+            None => probes.next().await,
+            Some(at) => tokio::time::timeout_at(at, probes.next())
+                .await
+                .unwrap_or_default(),
+        };
+        let Some((i, answers)) = next else { break };
+        if answers? {
+            answered.push(i);
+            until.get_or_insert_with(|| tokio::time::Instant::now() + ANSWER_GRACE);
+        }
+    }
+    drop(probes);
+    if answered.is_empty() {
+        return Ok(nodes);
+    }
+    Ok(nodes
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| answered.contains(i))
+        .map(|(_, node)| node)
+        .collect())
+}
+
+/// Whether a node of a list of URLs answers `CLUSTER INFO` (an error reply, such as an ACL's
+/// `NOPERM`, is an answer). A node that answers but is not in cluster mode, or not Redis at
+/// all, is [`Error::InvalidOptions`]: taken for a node of the cluster, a server outside cluster
+/// mode would be read from, and as it answers every key it does not hold with nothing (never
+/// `MOVED`), its readers would wait for chunks written elsewhere.
+async fn probe(node: &redis::Client) -> Result<bool, Error> {
     let info = node.get_connection_info();
     let Ok(mut wire) = Wire::connect(info, Duration::ZERO).await else {
-        return Ok(());
+        return Ok(false);
+    };
+    let refused = |what: &str| {
+        Err(Error::InvalidOptions(format!(
+            "{} {what}: a list of Redis URLs must name nodes of one cluster (give a single \
+             server's URL alone)",
+            node_of(info)
+        )))
     };
     match wire.query(redis::cmd("CLUSTER").arg("INFO")).await {
+        Ok(_) => Ok(true),
         Err(Error::Redis(e)) if e.to_string().contains("cluster support disabled") => {
-            Err(Error::InvalidOptions(format!(
-                "{} is not in cluster mode: a list of Redis URLs must name nodes of one cluster \
-                 (give a single server's URL alone)",
-                node_of(info)
-            )))
+            refused("is not in cluster mode")
         }
-        _ => Ok(()),
+        Err(Error::UnexpectedReply(_)) => {
+            refused("does not speak Redis (its answer is no Redis reply)")
+        }
+        Err(Error::Redis(e)) => Ok(!(e.is_io_error() || e.is_timeout())),
+        Err(_) => Ok(false),
     }
 }
 

@@ -57,6 +57,17 @@ pub enum Error {
     /// The process's stream reader task is gone, so no stream can be read.
     #[error("the stream reader stopped")]
     ReaderStopped,
+    /// A Redis Cluster that is down: a node reports `cluster_state:fail` (a master and its
+    /// replicas cannot be reached, so some slots have no node to serve them) while commands
+    /// wait for it. Found by [`Client::explain`](crate::Client::explain).
+    #[error(
+        "the Redis cluster is down: node {node} reports cluster_state:fail (slots with no \
+         reachable master; `redis-cli -h <host> -p <port> cluster nodes` shows which)"
+    )]
+    ClusterDown {
+        /// The node that said so, `host:port`.
+        node: String,
+    },
     /// Redis refused or failed a command, or could not be reached.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
@@ -73,7 +84,8 @@ impl Error {
     /// (a connection refused or dropped, a timeout, `CLUSTERDOWN`, `TRYAGAIN`): not a refusal
     /// of the command itself.
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, Self::Redis(e) if e.is_io_error()
+        matches!(self, Self::ClusterDown { .. })
+            || matches!(self, Self::Redis(e) if e.is_io_error()
             || e.is_timeout()
             || e.is_connection_dropped()
             || e.is_connection_refusal()
@@ -99,6 +111,7 @@ impl Error {
             Self::QueueFull { .. }
             | Self::UnexpectedReply(_)
             | Self::ReaderStopped
+            | Self::ClusterDown { .. }
             | Self::Redis(_) => ErrorCode::Upstream,
         }
     }

@@ -24,6 +24,21 @@ async fn connect(url: &str, options: ClientOptions) -> Client {
     client
 }
 
+/// The address of a TCP server that answers anything with an HTTP error, as a web server does.
+async fn not_redis() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let answer = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut socket, answer).await;
+        }
+    });
+    addr
+}
+
 /// A cluster of 3 masters without replicas, and a client through its first node.
 async fn cluster(options: ClientOptions) -> (RedisCluster, Client) {
     let cluster = RedisCluster::start_with(3, 0);
@@ -45,6 +60,10 @@ async fn local_and_remote_runs_agree_and_runs_spread_over_the_masters() {
             "not in cluster mode",
         ),
         (format!("{},", cluster.url()), "entry 2 of 2"),
+        (
+            format!("redis://{},{}", not_redis().await, cluster.url()),
+            "does not speak Redis",
+        ),
     ] {
         let refused = within(15, Client::connect_with(&list, client.options().clone()))
             .await
@@ -55,13 +74,33 @@ async fn local_and_remote_runs_agree_and_runs_spread_over_the_masters() {
         );
         assert!(refused.to_string().contains(says), "{refused}");
     }
+    // A node that takes connections and never answers is left out of a list, not waited for
+    // (the 3 s response timeout) by every command that meets it.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let silent_addr = silent.local_addr().expect("addr");
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let started = std::time::Instant::now();
+    let with_silent = format!("redis://{},{}", silent_addr, cluster.url());
+    let with_silent = connect(&with_silent, client.options().clone()).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "connecting waited for the silent node: {:?}",
+        started.elapsed()
+    );
     let probe = Arc::new(Probe::default());
     let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
 
     let input = json!({ "count": 120, "batch_size": 40, "delay_ms": 0 });
     let local = Runtime::new(Registry::with_builtins(), Extensions::new());
     let mut masters = HashSet::new();
-    for caller in [&client, &listed, &client, &listed, &client, &listed] {
+    for caller in [&client, &listed, &with_silent, &listed, &client, &listed] {
         let run_id = loom_core::new_run_id();
         let options = || RunOptions {
             run_id: Some(run_id.clone()),
@@ -85,6 +124,7 @@ async fn local_and_remote_runs_agree_and_runs_spread_over_the_masters() {
     }
     assert_eq!(masters.len(), 3, "the buckets should reach every master");
     worker.stop().await;
+    held.abort();
 }
 
 #[tokio::test]

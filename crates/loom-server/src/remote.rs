@@ -306,7 +306,11 @@ impl RemoteRuns {
     }
 
     async fn served(&self) -> Result<BTreeSet<String>, ApiError> {
-        self.client.served_actors().await.map_err(unavailable)
+        match self.client.served_actors().await {
+            Ok(served) => Ok(served),
+            // A cluster that is down is named (its commands only time out).
+            Err(e) => Err(unavailable(self.client.explain(e).await)),
+        }
     }
 
     /// `GET /v1/actors`: the actor types live workers serve, described by this server's

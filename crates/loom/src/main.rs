@@ -459,11 +459,13 @@ where
         match op().await {
             Err(e) if e.is_unreachable() && tokio::time::Instant::now() < deadline => {
                 if !told {
+                    let e = client.explain(e).await;
                     eprintln!("loom: Redis does not answer ({e}); waiting up to {wait:?} for it");
                     told = true;
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
+            Err(e) => return Err(client.explain(e).await),
             done => return done,
         }
     }

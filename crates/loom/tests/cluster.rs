@@ -247,3 +247,48 @@ fn a_run_started_during_a_failover_waits_for_the_cluster() {
     assert_eq!(last["type"], "complete", "{last}");
     assert_eq!(last["data"], json!({ "a": 1 }));
 }
+
+/// A cluster that is down (a master with no replica gone: its slots have no node) is named as
+/// such, not left at "timed out": while a command waits for it, and in a server's `503`.
+#[test]
+fn a_command_on_a_cluster_that_is_down_says_so() {
+    let mut cluster = RedisCluster::start_with(3, 0);
+    let port = cluster.master_of("loom:actors");
+    cluster.bring_down(port);
+    let mut child = loom(&[
+        "actor",
+        "run",
+        "echo",
+        "--input",
+        "{}",
+        "--redis",
+        &cluster.url(),
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("loom starts");
+    let lines = lines_of(child.stderr.take().expect("stderr is piped"));
+    let line = lines.recv_timeout(Duration::from_secs(20));
+    signal(child.id(), "KILL");
+    wait(&mut child);
+    let line = line.expect("a notice on stderr while the command waits");
+    assert!(
+        line.contains("the Redis cluster is down") && line.contains("cluster_state:fail"),
+        "{line}"
+    );
+
+    let args = ["serve", "--redis", &cluster.url(), "--addr", "127.0.0.1:0"];
+    let (_server, banner) = start_ready(&args, &[], "loom: serving");
+    let body = r#"{"input":{}}"#;
+    let headers = ["Content-Type: application/json"];
+    let response = http(
+        &served_addr(&banner),
+        "POST",
+        "/v1/actors/echo/run",
+        &headers,
+        body,
+    );
+    assert!(response.starts_with("HTTP/1.1 503"), "{response}");
+    assert!(response.contains("the Redis cluster is down"), "{response}");
+}

@@ -219,6 +219,36 @@ impl RedisCluster {
         )
     }
 
+    /// SIGKILLs node `port`, a master with no replica, and waits (at most the node timeout
+    /// and 10 s) until another node reports `cluster_state:fail`: the cluster is down, its
+    /// slots having no master.
+    pub fn bring_down(&mut self, port: u16) {
+        let index = self
+            .nodes
+            .iter()
+            .position(|n| n.port == port && n.child.is_some())
+            .unwrap_or_else(|| panic!("no live node of the cluster on port {port}"));
+        let mut child = self.nodes[index].child.take().expect("a live node");
+        let _ = child.kill();
+        let _ = child.wait();
+        let observer = self.live_ports().next().expect("another live node");
+        let deadline = Instant::now() + Duration::from_millis(self.node_timeout_ms + 10_000);
+        loop {
+            let info: String = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query(&mut self.node(observer))
+                .unwrap_or_default();
+            if info.lines().any(|l| l.trim() == "cluster_state:fail") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {observer} never reported the cluster down:\n{info}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Moves `key`'s hash slot to another live master, as `redis-cli --cluster reshard` does:
     /// `SETSLOT … IMPORTING`/`MIGRATING`, `MIGRATE` of its keys (a few at a time, `pause`
     /// between, so clients meet `ASK` redirects meanwhile), then `SETSLOT … NODE` on every

@@ -113,7 +113,8 @@ fn type_name(value: &Value) -> &'static str {
 }
 
 impl InputSchema {
-    /// Checks the schema itself (called by the loader).
+    /// Checks the schema itself (called by the loader): it must be one some input can pass,
+    /// and its defaults must pass it.
     pub(crate) fn check(&self) -> Result<(), String> {
         if let Some(kind) = self.kind {
             if kind != JsonType::Object {
@@ -131,6 +132,38 @@ impl InputSchema {
                         kind.name()
                     ));
                 }
+            }
+            if let Some(allowed) = &property.allowed {
+                if let Some(kind) = property.kind {
+                    if let Some(other) = allowed.iter().find(|v| !kind.matches(v)) {
+                        return Err(format!(
+                            "`{name}` is of type {} but its `enum` holds {other}",
+                            kind.name()
+                        ));
+                    }
+                }
+                if let Some(default) = property.default.as_ref().filter(|d| !allowed.contains(d)) {
+                    return Err(format!(
+                        "the default of `{name}`, {default}, is not one of its `enum`"
+                    ));
+                }
+                if allowed.is_empty() && self.required.contains(name) {
+                    return Err(format!(
+                        "`{name}` is required but its `enum` is empty: no input can pass"
+                    ));
+                }
+            }
+        }
+        if !self.additional_properties {
+            if let Some(name) = self
+                .required
+                .iter()
+                .find(|name| !self.properties.contains_key(*name))
+            {
+                return Err(format!(
+                    "`{name}` is required but not among the `properties`, which \
+                     `additionalProperties: false` makes the only ones allowed: no input can pass"
+                ));
             }
         }
         Ok(())
@@ -206,16 +239,7 @@ mod tests {
     use super::*;
 
     fn schema() -> InputSchema {
-        serde_json::from_value(json!({
-            "required": ["topic"],
-            "properties": {
-                "topic": {"type": "string"},
-                "words": {"type": "integer", "default": 100},
-                "tone": {"enum": ["plain", "formal"]}
-            },
-            "additionalProperties": false
-        }))
-        .unwrap_or_default()
+        serde_json::from_value(schema_json()).unwrap_or_default()
     }
 
     #[test]
@@ -231,5 +255,51 @@ mod tests {
         assert!(err(json!({"topic": "a", "x": 1})).contains("unknown input `x`"));
         assert!(err(json!({"topic": "a", "tone": "loud"})).contains("one of"));
         assert!(err(json!([1])).contains("must be a JSON object"));
+    }
+
+    /// A schema no input could pass, or whose default it refuses, is refused at load time
+    /// rather than failing every run.
+    #[test]
+    fn a_schema_no_input_can_pass_is_refused() {
+        let check = |schema: Value| {
+            serde_json::from_value::<InputSchema>(schema)
+                .map_err(|e| e.to_string())
+                .and_then(|s| s.check())
+        };
+        assert_eq!(check(schema_json()), Ok(()));
+        let refused = [
+            (
+                json!({"required": ["x"], "additionalProperties": false}),
+                "`x` is required but not among the `properties`",
+            ),
+            (
+                json!({"properties": {"t": {"enum": ["a"], "default": "b"}}}),
+                "the default of `t`, \"b\", is not one of its `enum`",
+            ),
+            (
+                json!({"properties": {"t": {"type": "string", "enum": ["a", 1]}}}),
+                "`t` is of type string but its `enum` holds 1",
+            ),
+            (
+                json!({"required": ["t"], "properties": {"t": {"enum": []}}}),
+                "`t` is required but its `enum` is empty",
+            ),
+        ];
+        for (schema, says) in refused {
+            let err = check(schema.clone()).expect_err("refused");
+            assert!(err.contains(says), "{schema}: {err}");
+        }
+    }
+
+    fn schema_json() -> Value {
+        json!({
+            "required": ["topic"],
+            "properties": {
+                "topic": {"type": "string"},
+                "words": {"type": "integer", "default": 100},
+                "tone": {"enum": ["plain", "formal"]}
+            },
+            "additionalProperties": false
+        })
     }
 }

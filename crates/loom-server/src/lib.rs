@@ -131,7 +131,7 @@ pub use tokens::TOKEN_TTL;
 /// Serves `state` on `listener` until `shutdown` resolves, then shuts down gracefully: no new
 /// connections or runs; embedded runs are cancelled and open streams end with their terminal
 /// `error/cancelled` chunk; in distributed mode the runs go on on their workers, open
-/// streams close without a terminal chunk, and the server waits out the disconnect grace of the
+/// streams close without a terminal chunk (a dialect's with its error event), and the server waits out the disconnect grace of the
 /// direct runs whose clients it had ([`ServerState::drained`]). On a loopback address it answers only to loopback
 /// host names (`localhost`, `127.0.0.1`, `[::1]`) and those of
 /// [`ServerConfig::allowed_hosts`] and its CORS origins: a page that points its own name at

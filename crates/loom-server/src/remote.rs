@@ -20,7 +20,8 @@
 //! on until it ends or reaches its deadline.
 //!
 //! **Shutdown** closes this server's streams without a terminal chunk: their runs go on on
-//! the workers, and their clients resume through any server. The server then waits out the
+//! the workers, and their clients resume through any server (a dialect's stream ends with its
+//! error event instead, naming the run: its official clients do not resume). The server then waits out the
 //! graces its readers' leaving started ([`RemoteRuns::drained`]), so that a direct run whose
 //! client does not come back is still cancelled.
 

@@ -19,7 +19,7 @@ use axum::body::Body;
 use axum::http::{header, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
-use loom_core::{ActorError, StreamChunk};
+use loom_core::{ActorError, ErrorCode, StreamChunk};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
@@ -43,10 +43,12 @@ pub(crate) struct StreamGuards {
     pub(crate) _permit: OwnedSemaphorePermit,
 }
 
-/// What a stream whose reader fell behind the log (its cursor dropped) ends with.
+/// What a stream cut short ends with: one whose reader fell behind the log (its cursor
+/// dropped), or one a server in front of workers closed as it shut down (the run goes on).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Overtaken {
-    /// Nothing: the client resumes from its cursor and is told `410` (Loom's own frames).
+    /// Nothing: the client resumes from its cursor, through any server, and after a fall
+    /// behind is told `410` (Loom's own frames).
     Leave,
     /// An `error` chunk the log does not hold, rendered as the dialect renders errors, so a
     /// client that cannot resume never takes a cut stream for a whole one.
@@ -68,7 +70,9 @@ where
     F: FnMut(&[Arc<LoggedChunk>]) -> Bytes + Send + 'static,
 {
     let state = BodyState {
+        run_id: run_id.to_owned(),
         first,
+        last: None,
         feed,
         keep_alive: server.config().keep_alive,
         written: Instant::now(),
@@ -81,6 +85,7 @@ where
         let overtaken = state.overtaken?;
         if !state.first.is_empty() {
             let first = std::mem::take(&mut state.first);
+            state.last = first.last().cloned();
             state.metrics.chunks_sent(first.len());
             let bytes = (state.render)(&first);
             if !bytes.is_empty() {
@@ -93,13 +98,23 @@ where
             match tokio::time::timeout(quiet, state.feed.next()).await {
                 Err(_idle) => break Bytes::from_static(KEEP_ALIVE),
                 Ok(Ok(Some(chunks))) => {
+                    state.last = chunks.last().cloned().or(state.last);
                     state.metrics.chunks_sent(chunks.len());
                     let bytes = (state.render)(&chunks);
                     if !bytes.is_empty() {
                         break bytes;
                     }
                 }
-                Ok(Ok(None)) => return None,
+                // The end of the run, or a server in front of workers shutting down.
+                Ok(Ok(None)) => {
+                    let ended = state.last.as_ref().is_some_and(|c| c.kind.is_terminal());
+                    if ended || overtaken == Overtaken::Leave {
+                        return None;
+                    }
+                    state.overtaken = None;
+                    let seq = state.last.as_ref().map_or(0, |c| c.seq + 1);
+                    break (state.render)(&[shutting_down(seq, &state.run_id)]);
+                }
                 Ok(Err(expired)) => {
                     tracing::debug!(%expired, "reader fell behind the log: disconnecting it");
                     state.metrics.slow_reader_dropped();
@@ -131,7 +146,7 @@ where
     response
 }
 
-/// The `error` a [`Overtaken::Fail`] stream ends with.
+/// The `error` a [`Overtaken::Fail`] stream ends with when it fell behind the log.
 fn fell_behind(expired: CursorExpired) -> Arc<LoggedChunk> {
     let seq = expired.cursor.map_or(0, |c| c + 1);
     let error = ActorError::internal(format!(
@@ -139,7 +154,26 @@ fn fell_behind(expired: CursorExpired) -> Arc<LoggedChunk> {
          were sent: what was sent is incomplete (the run goes on; fetch its result)",
         expired.oldest.saturating_sub(1)
     ));
-    let chunk = StreamChunk::error(seq, &error);
+    not_logged(seq, &error)
+}
+
+/// The `error` a [`Overtaken::Fail`] stream ends with when the server in front of the run's
+/// worker shuts down: the run goes on, another server can hand it on.
+fn shutting_down(seq: u64, run_id: &str) -> Arc<LoggedChunk> {
+    let error = ActorError::new(
+        ErrorCode::Upstream,
+        format!(
+            "the server is shutting down: this stream ends incomplete; run {run_id} goes on on \
+             its worker (rejoin it through another server at GET /v1/runs/{run_id}/stream, \
+             before the disconnect grace cancels a run started by a streaming request)"
+        ),
+    );
+    not_logged(seq, &error)
+}
+
+/// `error` as a chunk of `seq` the log does not hold.
+fn not_logged(seq: u64, error: &ActorError) -> Arc<LoggedChunk> {
+    let chunk = StreamChunk::error(seq, error);
     Arc::new(LoggedChunk {
         seq,
         kind: chunk.kind,
@@ -149,13 +183,16 @@ fn fell_behind(expired: CursorExpired) -> Arc<LoggedChunk> {
 }
 
 struct BodyState<F> {
+    run_id: String,
     /// Chunks read before the response started, sent first.
     first: Vec<Arc<LoggedChunk>>,
+    /// The last chunk rendered.
+    last: Option<Arc<LoggedChunk>>,
     feed: Feed,
     keep_alive: Duration,
     /// When bytes were last written: the keep-alive is due a `keep_alive` after.
     written: Instant,
-    /// `None` once the stream said it fell behind: it ends.
+    /// `None` once the stream said it was cut short: it ends.
     overtaken: Option<Overtaken>,
     metrics: Arc<Metrics>,
     render: F,

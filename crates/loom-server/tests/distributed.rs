@@ -457,6 +457,10 @@ async fn a_server_that_shuts_down_closes_its_streams_without_a_terminal_and_the_
         .await;
     let mut reader = SseReader::new(a.get(&format!("/v1/runs/{id}/stream")).await);
     reader.next_chunk().await.expect("a chunk");
+    // A dialect's official clients cannot resume: its stream ends with its error event, so
+    // that a cut stream is never taken for a whole one.
+    let mut ag_ui = SseReader::new(a.get(&format!("/v1/runs/{id}/stream?format=ag-ui")).await);
+    within(ag_ui.next_frame()).await.expect("RUN_STARTED");
     a.shut_down().await;
     let rest = reader.rest().await;
     assert!(
@@ -465,6 +469,15 @@ async fn a_server_that_shuts_down_closes_its_streams_without_a_terminal_and_the_
         "{:?}",
         texts(&rest)
     );
+    let events = within(ag_ui.rest()).await;
+    let last = events
+        .last()
+        .and_then(|f| f.data.clone())
+        .expect("a last event");
+    assert_eq!(last["type"], "RUN_ERROR", "{last}");
+    let message = last["message"].as_str().unwrap_or_default();
+    assert!(message.contains("the server is shutting down"), "{last}");
+    assert!(message.contains(&format!("/v1/runs/{id}/stream")), "{last}");
     let status = b.finished(&id).await;
     assert_eq!(status["status"], "complete", "{status}");
 }

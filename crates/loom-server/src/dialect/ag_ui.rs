@@ -14,7 +14,8 @@
 //! - progress and any other data → `CUSTOM` (`loom.progress`, `loom.data`, with the chunk's
 //!   `actor`/`step`);
 //! - `complete` → every open message, tool call and step closed, then `RUN_FINISHED` with the
-//!   result; `error` (also a cancel, a deadline, a lost worker) → `RUN_ERROR` with the code.
+//!   result; `error` (also a cancel, a deadline, a lost worker) → every open message and tool
+//!   call closed, then `RUN_ERROR` with the code.
 //!
 //! **Superseded output.** A re-run (`start` with `attempt` ≥ 2) and a workflow's
 //! `action-retry` close the open messages and tool calls they supersede (tool calls are told
@@ -177,6 +178,10 @@ impl AgUiMapping {
                 events.push(finished);
             }
             (ChunkType::Error, _) => {
+                // What was said stays said, as after a complete run: the open messages and
+                // tool calls end before the error does.
+                self.close_messages(&mut events);
+                self.close_calls(&mut events);
                 let info = chunk.error_info();
                 events.push(json!({
                     "type": "RUN_ERROR", "message": info.message, "code": info.code.as_str(),
@@ -660,7 +665,7 @@ mod tests {
     }
 
     #[test]
-    fn an_error_or_a_cancel_ends_with_run_error_and_tool_calls_map() {
+    fn an_error_or_a_cancel_closes_what_is_open_then_ends_with_run_error() {
         let call = json!({ "index": 0, "id": "call_1", "name": "f", "arguments": "{}" });
         let events = events(&[
             StreamChunk::new(ChunkType::Start, 0),
@@ -676,9 +681,11 @@ mod tests {
                 "TOOL_CALL_ARGS",
                 "TEXT_MESSAGE_START",
                 "TEXT_MESSAGE_CONTENT",
+                "TEXT_MESSAGE_END",
+                "TOOL_CALL_END",
                 "RUN_ERROR"
             ]
         );
-        assert_eq!(events[5]["code"], "cancelled");
+        assert_eq!(events[7]["code"], "cancelled");
     }
 }

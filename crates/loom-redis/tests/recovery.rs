@@ -91,6 +91,34 @@ async fn a_dead_workers_run_is_rerun_by_another_as_attempt_2_gapless() {
     second.stop().await;
 }
 
+/// A run that has used up its attempts ends `error/worker_lost` right after the last
+/// attempt's output, with no `start` of an attempt that never ran (which readers, and the
+/// CLI, took for the run starting again).
+#[tokio::test]
+async fn a_run_past_its_attempts_ends_worker_lost_with_no_new_start() {
+    let server = RedisServer::start();
+    let client = client(&server, recovery_options()).await;
+    let probe = Arc::new(Probe::default());
+    let (chunks, _, mut seen) = a_run_whose_worker_died(&client, &probe).await;
+    let one_attempt = WorkerOptions {
+        max_attempts: 1,
+        ..WorkerOptions::default()
+    };
+    let second = RunningWorker::spawn(&client, runtime(&probe), one_attempt);
+    seen.extend(collect(20, chunks).await);
+    assert_contract(&seen);
+    assert_eq!(starts(&seen).len(), 1, "{seen:?}");
+    let last = seen.last().unwrap();
+    let error = last.error.as_ref().expect("an error chunk");
+    assert_eq!(error.code, ErrorCode::WorkerLost, "{last:?}");
+    assert!(
+        error.message.contains("gave up after its one attempt"),
+        "{last:?}"
+    );
+    assert_eq!(probe.starts.load(Ordering::SeqCst), 1, "not run again");
+    second.stop().await;
+}
+
 /// A caller cancels a run whose worker has just died, its lease not yet lapsed (so the
 /// cancel leaves the run to that worker): when the reader finds the worker lost, the run
 /// ends `cancelled`, as asked, not `worker_lost`, and its record says so.

@@ -26,12 +26,18 @@ use crate::script::{self, LastEntry};
 use crate::worker::lease::hand_back_late;
 use crate::worker::state::{Active, HeldRun, Shared, Work};
 
-/// The `start` and `error` chunks of a run that ends before its actor starts.
-fn refused(request: &Request, seq: u64, attempt: u32, err: &ActorError) -> [StreamChunk; 2] {
+/// The chunks of a run that ends before its actor starts: `start` and `error`, or only the
+/// `error` after an earlier attempt's output.
+fn refused(request: &Request, seq: u64, attempt: u32, err: &ActorError) -> Vec<StreamChunk> {
+    if seq > 0 {
+        // An earlier attempt started the stream: the refusal ends it, with no `start` of an
+        // attempt that never ran (readers take one for a new attempt superseding the output).
+        return vec![StreamChunk::error(seq, err)];
+    }
     let mut start = StreamChunk::new(ChunkType::Start, seq);
     start.data = Some(json!({ "run_id": request.run_id, "actor": request.actor }));
     start.attempt = (attempt > 1).then_some(attempt);
-    [start, StreamChunk::error(seq + 1, err)]
+    vec![start, StreamChunk::error(seq + 1, err)]
 }
 
 /// The `seq` a new attempt starts at after its stream's `last` entry: `None` when that entry
@@ -176,7 +182,10 @@ async fn run_request(
         None if unreadable.is_some() => unreadable,
         None if attempt > shared.max_attempts => Some(ActorError::new(
             ErrorCode::WorkerLost,
-            format!("gave up after {} attempts lost their worker", attempt - 1),
+            match attempt - 1 {
+                1 => "gave up after its one attempt lost its worker".to_owned(),
+                n => format!("gave up after {n} attempts lost their worker"),
+            },
         )),
         None if remaining.is_zero() => Some(ActorError::new(
             ErrorCode::Timeout,

@@ -532,7 +532,24 @@ async fn command(
                 .filter(|n| n.starts_with(loom_workflow::WORKFLOW_ACTOR_PREFIX))
                 .collect();
             served.extend(workflow_actors.iter().cloned());
-            let shutdown = shutdown_signal();
+            let first = shutdown_signal();
+            // A second signal hands the runs still going back to other workers at once.
+            let hand_back_now = loom_core::CancellationToken::new();
+            let now = hand_back_now.clone();
+            let grace = loom_redis::WorkerOptions::default().shutdown_grace;
+            let shutdown = async move {
+                first.await;
+                let again = shutdown_signal();
+                eprintln!(
+                    "loom: stopping; runs in progress get up to {grace:?} to finish, then go back \
+                     to the queue (Ctrl-C again: hand them back now)"
+                );
+                tokio::spawn(async move {
+                    again.await;
+                    eprintln!("loom: handing the runs in progress back to other workers");
+                    now.cancel();
+                });
+            };
             eprintln!(
                 "loom: worker serving {} (concurrency {}); Ctrl-C or SIGTERM stops it{}",
                 served.join(", "),
@@ -553,6 +570,7 @@ async fn command(
                 max_run_chunks: args.max_run_chunks,
                 max_run_bytes: args.max_run_bytes,
                 concurrency: usize::from(args.concurrency),
+                hand_back_now: Some(hand_back_now),
                 ..Default::default()
             };
             let worker_runtime = runtime.with_registry(registry);

@@ -425,6 +425,59 @@ fn sigterm_stops_a_worker_cleanly() {
     terminate(&mut worker.0);
 }
 
+/// A worker stopped while it runs something says what it waits for, and a second signal
+/// hands the run back at once instead of after the 30 s grace: another worker runs it again.
+#[test]
+fn a_second_signal_hands_a_stopping_workers_runs_back_at_once() {
+    let redis = RedisServer::start();
+    let mut first = loom(&["worker", "--redis", redis.url()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("loom worker starts");
+    let said = lines_of(first.stderr.take().expect("stderr is piped"));
+    let serving = said.recv_timeout(LIMIT).expect("the worker's banner");
+    assert!(serving.contains("worker serving"), "{serving}");
+    let (mut caller, lines) = remote_run(
+        &redis,
+        &[
+            "batch",
+            "--input",
+            r#"{"count":60,"batch_size":1,"delay_ms":100}"#,
+        ],
+    );
+    let mut seen = Vec::new();
+    read_until(&lines, &mut seen, |c| c["type"] == "progress");
+    signal(first.id(), "TERM");
+    let stopping = said.recv_timeout(LIMIT).expect("a word on stopping");
+    assert!(
+        stopping.contains("stopping") && stopping.contains("hand them back now"),
+        "{stopping}"
+    );
+    let _second = WorkerProcess::start(&redis);
+    let asked = Instant::now();
+    signal(first.id(), "INT");
+    assert_eq!(wait(&mut first).code(), Some(0));
+    assert!(
+        asked.elapsed() < Duration::from_secs(20),
+        "handed back at once, not after the grace: {:?}",
+        asked.elapsed()
+    );
+    read_until(&lines, &mut seen, is_terminal);
+    assert_eq!(wait(&mut caller).code(), Some(0));
+    assert_contract(&seen);
+    let attempts: Vec<_> = seen
+        .iter()
+        .filter(|c| c["type"] == "start")
+        .map(|c| c["attempt"].clone())
+        .collect();
+    assert_eq!(attempts, [Value::Null, json!(2)], "{seen:?}");
+    assert_eq!(
+        seen.last().map(|c| c["type"].clone()),
+        Some(json!("complete"))
+    );
+}
+
 #[test]
 fn bad_input_is_exit_2_at_once_even_with_redis_down() {
     let down = "redis://127.0.0.1:1";

@@ -87,6 +87,12 @@ pub struct WorkerOptions {
     /// How long runs may go on after the shutdown signal before they are handed back
     /// (default 30 s).
     pub shutdown_grace: Duration,
+    /// Once the worker is stopping, cancelling this cuts [`shutdown_grace`] short: the runs
+    /// still going are handed back at once (the CLI's second Ctrl-C). `None`: the grace is
+    /// waited out.
+    ///
+    /// [`shutdown_grace`]: Self::shutdown_grace
+    pub hand_back_now: Option<CancellationToken>,
     /// The attempt after which a request that keeps losing its worker ends with
     /// `error/worker_lost` instead of running again (default 3).
     pub max_attempts: u32,
@@ -113,6 +119,7 @@ impl Default for WorkerOptions {
             concurrency: 16,
             name: None,
             shutdown_grace: Duration::from_secs(30),
+            hand_back_now: None,
             max_attempts: 3,
             max_run_chunks: DEFAULT_MAX_RUN_CHUNKS,
             max_run_bytes: DEFAULT_MAX_RUN_BYTES,
@@ -247,7 +254,13 @@ impl Worker {
 
         tracing::info!(worker = %shared.name, running = runs.len(), "worker stopping");
         stopping.cancel();
-        let grace = tokio::time::sleep(self.options.shutdown_grace);
+        let now = self.options.hand_back_now.clone().unwrap_or_default();
+        let grace = async {
+            tokio::select! {
+                () = tokio::time::sleep(self.options.shutdown_grace) => {}
+                () = now.cancelled() => {}
+            }
+        };
         tokio::pin!(grace);
         loop {
             // Requests already taken are ours to run: start them as slots free up.

@@ -201,20 +201,40 @@ fn options() -> serde_saphyr::Options {
     }
 }
 
+/// What a workflow file is, for a file that is something else altogether.
+const SHAPE: &str =
+    "a workflow is a mapping with a `name` and its `actions` (see examples/workflows)";
+
 fn read_raw(text: &str) -> Result<RawWorkflow, SyntaxError> {
+    let blank = text
+        .lines()
+        .map(str::trim)
+        .all(|line| line.is_empty() || line.starts_with('#'));
+    if blank {
+        return Err(SyntaxError {
+            line: None,
+            action: None,
+            message: format!("the file is empty: {SHAPE}"),
+        });
+    }
     let mut track = serde_path_to_error::Track::new();
     let result = serde_saphyr::with_deserializer_from_str_with_options(text, options(), |de| {
         RawWorkflow::deserialize(serde_path_to_error::Deserializer::new(de, &mut track))
     });
     result.map_err(|error| {
         let error = error.without_snippet();
+        let path = track.path();
         SyntaxError {
             line: error
                 .location()
                 .and_then(|l| usize::try_from(l.line()).ok())
                 .filter(|line| *line > 0),
-            action: action_at(text, &track.path()),
-            message: message_of(error),
+            action: action_at(text, &path),
+            // Wrong at the top: the file is not a mapping at all.
+            message: match path.iter().next() {
+                None => format!("{}: {SHAPE}", message_of(error)),
+                Some(_) => message_of(error),
+            },
         }
     })
 }

@@ -113,6 +113,26 @@ fn a_yaml_syntax_error_gives_its_line() {
     assert!(err.to_string().starts_with("bad.yaml:"), "{err}");
 }
 
+/// A file that is not a workflow at all — empty, or not a mapping — says what one is.
+#[test]
+fn an_empty_file_or_one_that_is_no_mapping_says_what_a_workflow_is() {
+    for (text, says) in [
+        ("", "the file is empty"),
+        ("# only a comment\n\n", "the file is empty"),
+        ("- a\n- b\n", "expected mapping"),
+    ] {
+        let err = reject(text).to_string();
+        assert!(err.contains(says), "{text:?}: {err}");
+        assert!(
+            err.contains("a mapping with a `name` and its `actions`"),
+            "{err}"
+        );
+    }
+    // Deeper down, the parser's own words suffice.
+    let err = reject("name: w\nactions: 3\n").to_string();
+    assert!(!err.contains("a mapping with a `name`"), "{err}");
+}
+
 #[test]
 fn a_wrong_type_is_rejected() {
     let err = reject("name: w\nactions:\n  - name: a\n    actorType: echo\n    retries: many\n");

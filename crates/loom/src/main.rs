@@ -334,11 +334,12 @@ fn check(command: Command, runtime: &Runtime, distributed: bool) -> anyhow::Resu
         }
         Command::Workflow(WorkflowCommand::Validate { file }) => {
             let workflow = load_workflow(&file, runtime, distributed)?;
+            let steps = workflow.steps().count();
             println!(
-                "{}: ok (workflow '{}', {} steps)",
+                "{}: ok (workflow '{}', {steps} step{})",
                 file.display(),
                 workflow.name,
-                workflow.steps().count()
+                if steps == 1 { "" } else { "s" }
             );
             return Ok(None);
         }

@@ -236,9 +236,15 @@ impl Renderer {
             self.mid_line = false;
         }
         self.tokens = 0;
-        self.note(&format!(
+        let notice = format!(
             "↻ attempt {attempt}: the run started again on another worker; the output above is superseded"
-        ));
+        );
+        // Said in the output itself when it goes to a file or a pipe, where the notice on
+        // stderr is not next to it: the two attempts' text is never taken for one.
+        if self.mode.stream && !self.stdout.terminal && !stdout_is_stderr() {
+            self.stdout.write(&format!("{notice}\n"));
+        }
+        self.note(&notice);
     }
 
     /// A workflow marker: a spinner line per running step, then ✓/✗ and its duration.
@@ -580,6 +586,27 @@ impl LiveLine {
 /// then tokens on stdout and the live area on stderr share the screen.
 fn shares_a_terminal() -> bool {
     std::io::stdout().is_terminal() && std::io::stderr().is_terminal()
+}
+
+/// Whether stdout and stderr are one file (`> run.log 2>&1`): then what is said on stderr is
+/// next to the output already.
+fn stdout_is_stderr() -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsFd;
+        use std::os::unix::fs::MetadataExt;
+        let identity = |fd: std::os::fd::BorrowedFd<'_>| {
+            let file = std::fs::File::from(fd.try_clone_to_owned().ok()?);
+            let meta = file.metadata().ok()?;
+            Some((meta.dev(), meta.ino()))
+        };
+        let out = identity(std::io::stdout().as_fd());
+        out.is_some() && out == identity(std::io::stderr().as_fd())
+    }
+    #[cfg(not(unix))]
+    {
+        false
+    }
 }
 
 fn label(chunk: &StreamChunk) -> Option<String> {

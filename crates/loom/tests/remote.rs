@@ -387,6 +387,17 @@ fn a_worker_killed_mid_stream_is_replaced_by_another_and_seq_stays_gapless() {
         "{}",
         out.stderr
     );
+    // And in the output itself, which goes to a file or a pipe apart from stderr: the two
+    // attempts' output is never taken for one.
+    let (before, after) = out
+        .stdout
+        .split_once("↻ attempt 2")
+        .unwrap_or_else(|| panic!("the re-run said in stdout: {}", out.stdout));
+    assert!(
+        !before.is_empty() && after.contains("superseded"),
+        "{}",
+        out.stdout
+    );
 }
 
 #[test]

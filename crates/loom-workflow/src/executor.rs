@@ -61,6 +61,20 @@ pub struct WorkflowExecutor {
     invoker: Arc<dyn Invoker>,
 }
 
+/// How a workflow's error names the step that failed: `step '<name>' failed: <its error>`.
+const STEP_FAILED_PREFIX: &str = "step '";
+const STEP_FAILED_INFIX: &str = "' failed: ";
+
+/// The step a workflow's terminal error names as the one that failed (`None` when the
+/// workflow failed otherwise: its deadline, a cancel), for a display that tells the failed
+/// step from the siblings stopped with it.
+pub fn failed_step(message: &str) -> Option<&str> {
+    message
+        .strip_prefix(STEP_FAILED_PREFIX)?
+        .split_once(STEP_FAILED_INFIX)
+        .map(|(name, _)| name)
+}
+
 impl std::fmt::Debug for WorkflowExecutor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WorkflowExecutor").finish_non_exhaustive()
@@ -372,7 +386,10 @@ impl WorkflowRun {
                 Ok(())
             }
             Err(info) => {
-                let message = format!("step '{name}' failed: {}", info.message);
+                let message = format!(
+                    "{STEP_FAILED_PREFIX}{name}{STEP_FAILED_INFIX}{}",
+                    info.message
+                );
                 Err(ActorError::new(info.code, message).with_retryable(info.retryable))
             }
         }

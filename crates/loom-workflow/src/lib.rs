@@ -65,7 +65,7 @@ mod workflow;
 pub use duration::{parse_duration, parse_timeout, MAX_DURATION};
 pub use error::{DurationError, Problem, WorkflowError};
 pub use executor::{
-    default_timeout, WorkflowExecutor, DEFAULT_WORKFLOW_TIMEOUT, WORKFLOW_ACTOR_PREFIX,
+    default_timeout, failed_step, WorkflowExecutor, DEFAULT_WORKFLOW_TIMEOUT, WORKFLOW_ACTOR_PREFIX,
 };
 pub use load::{load, parse, MAX_DEFINITION_BYTES};
 pub use reference::{MAX_STEP_INPUT_BYTES, MAX_STEP_INPUT_DEPTH};

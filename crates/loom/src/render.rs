@@ -435,13 +435,23 @@ impl Renderer {
         while !self.pending.is_empty() {
             self.flush(0);
         }
-        let open_mark = if left && terminal.is_none() {
-            "…"
-        } else {
-            "✗"
+        // The steps still open: the one a workflow's error names failed, the others were
+        // stopped with it (or are still going, for a reader that left).
+        let failed = terminal
+            .and_then(|t| t.error.as_ref())
+            .and_then(|e| loom_workflow::failed_step(&e.message));
+        let open_mark = match (left && terminal.is_none(), failed) {
+            (true, _) => "…",
+            (false, Some(_)) => "■",
+            (false, None) => "✗",
         };
-        while let Some((step, _, _)) = self.steps.last().cloned() {
-            self.end_step(&step, open_mark, None);
+        let open: Vec<String> = self.steps.iter().map(|(step, _, _)| step.clone()).collect();
+        for step in open.iter().filter(|step| Some(step.as_str()) != failed) {
+            let stopped = failed.map(|f| format!("stopped as '{f}' failed"));
+            self.end_step(step, open_mark, stopped);
+        }
+        if let Some(failed) = failed {
+            self.end_step(failed, "✗", None);
         }
         if let Some(live) = self.live.take() {
             live.bar.finish_and_clear();

@@ -173,3 +173,40 @@ fn a_retried_team_steps_unfinished_lines_are_not_glued_to_the_next_attempt() {
         );
     }
 }
+
+/// A parallel group whose step fails: that step is shown failed, its siblings stopped with it
+/// (they were shown failed too, before it, and which one failed was to be read from the
+/// summary).
+#[test]
+fn a_failed_parallel_step_is_told_from_the_siblings_stopped_with_it() {
+    let dir = std::env::temp_dir().join(format!("loom-cli-parallel-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("par.yaml");
+    std::fs::write(
+        &file,
+        "name: par\nactions:\n  - name: group\n    type: parallel\n    actions:\n      \
+         - { name: slow, type: actor, actorType: batch, input: { count: 50, delay_ms: 100 } }\n      \
+         - { name: broken, type: actor, actorType: batch, input: { count: x } }\n",
+    )
+    .expect("write");
+    let out = run(&["workflow", "run", &file.display().to_string(), "--stream"]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let line = |start: &str| {
+        out.stderr
+            .lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("a line starting {start:?}: {}", out.stderr))
+            .to_owned()
+    };
+    assert!(
+        line("■ slow").contains("stopped as 'broken' failed"),
+        "{}",
+        out.stderr
+    );
+    assert!(!line("✗ broken").contains("stopped"), "{}", out.stderr);
+    assert!(
+        line("✗ error/bad_input").contains("step 'broken' failed"),
+        "{}",
+        out.stderr
+    );
+}

@@ -1049,13 +1049,9 @@ mod tests {
         (keys, conn)
     }
 
-    /// A reader's `worker_lost` verdict, written by `END_RUN`, is not written over a run a new
-    /// attempt took meanwhile (its lease is held), while a `timeout` is; and once the stream
-    /// has its terminal, ending it again writes nothing and answers that terminal's id.
-    #[tokio::test]
-    async fn end_run_leaves_a_held_run_alone_unless_its_deadline_passed() {
-        let server = RedisServer::start();
-        let (keys, mut conn) = run_keys(&server).await;
+    /// [`run_keys`] of a run whose stream holds its `start` chunk.
+    async fn started_run(server: &RedisServer) -> (RunKeys, redis::aio::MultiplexedConnection) {
+        let (keys, mut conn) = run_keys(server).await;
         let _: String = conn
             .xadd(
                 &keys.stream,
@@ -1064,6 +1060,16 @@ mod tests {
             )
             .await
             .expect("xadd");
+        (keys, conn)
+    }
+
+    /// A reader's `worker_lost` verdict, written by `END_RUN`, is not written over a run a new
+    /// attempt took meanwhile (its lease is held), while a `timeout` is; and once the stream
+    /// has its terminal, ending it again writes nothing and answers that terminal's id.
+    #[tokio::test]
+    async fn end_run_leaves_a_held_run_alone_unless_its_deadline_passed() {
+        let server = RedisServer::start();
+        let (keys, mut conn) = started_run(&server).await;
         let _: () = conn.set(&keys.lease, "attempt-2").await.expect("set");
         let error = r#"{"code":"worker_lost","message":"gone"}"#;
 
@@ -1115,15 +1121,7 @@ mod tests {
             .unwrap_or_default()
             .contains("Redis lost"));
 
-        let (keys, mut conn) = run_keys(&server).await;
-        let _: String = conn
-            .xadd(
-                &keys.stream,
-                "0-1",
-                &[("type", "start"), ("data", "null"), ("seq", "0")],
-            )
-            .await
-            .expect("xadd");
+        let (keys, mut conn) = started_run(&server).await;
         // The reader had the start chunk: it expects seq 1, which follows the stream's end.
         let ended = end_run(&mut conn, &keys, 60, CancelReason::WorkerLost, error, 1).await;
         assert_eq!(ended.expect("end_run"), Some(EntryId::of_seq(1)));

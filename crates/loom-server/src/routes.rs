@@ -109,7 +109,8 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
             // Whatever a page's client sends (`Last-Event-ID`, `traceparent`, the openai
             // SDK's `x-stainless-*`): the origins are what CORS restricts here.
             .allow_headers(AllowHeaders::mirror_request())
-            .expose_headers([RUN_ID_HEADER]),
+            // `Retry-After` too: a page's client honours it on a 429 or a 503.
+            .expose_headers([RUN_ID_HEADER, header::RETRY_AFTER]),
     )
 }
 

@@ -565,7 +565,7 @@ async fn cors_is_off_by_default_and_answers_only_the_configured_origins() {
     let response = within(stream).await.unwrap();
     assert_eq!(
         response.headers()["access-control-expose-headers"],
-        "loom-run-id"
+        "loom-run-id,retry-after"
     );
 }
 

@@ -584,8 +584,43 @@ impl Client {
     }
 
     /// Takes back a writer's connection with no reply outstanding, for the next batch.
-    pub(crate) fn idle_writer(&self, wire: WriterWire) {
+    fn idle_writer(&self, wire: WriterWire) {
         lock(&self.inner.idle_writers).push(wire);
+    }
+
+    /// Settles writer connection `own` after one command on it for `key` ended with
+    /// `result`: answered, it goes back among the idle ones (`Some`); a cluster's `MOVED`
+    /// (a whole reply: nothing is left outstanding) sends the slot's writers to the node it
+    /// names and it goes back too (`None`: try elsewhere); a failed connection is closed, and
+    /// on a cluster its node marked down. Only an answered connection is reused: one dropped
+    /// halfway (its future dropped) or failed never is, with a reply still to come.
+    pub(crate) fn settle_writer<T>(
+        &self,
+        key: &str,
+        own: WriterWire,
+        result: Result<T, Error>,
+    ) -> Result<Option<T>, Error> {
+        match result {
+            Ok(value) => {
+                self.idle_writer(own);
+                Ok(Some(value))
+            }
+            Err(e) => match crate::conn::redirect(&e) {
+                crate::conn::Redirect::MovedTo(node) if self.is_cluster() => {
+                    self.writer_moved(key, node);
+                    self.idle_writer(own);
+                    Ok(None)
+                }
+                _ => {
+                    // The connection failed, not the command (an `ASK`, out of memory…): the
+                    // node may be down.
+                    if matches!(&e, Error::Redis(r) if r.is_io_error()) {
+                        self.drop_idle_writers(Some(own.wire.node()));
+                    }
+                    Err(e)
+                }
+            },
+        }
     }
 
     /// A clone of the shared command connection.

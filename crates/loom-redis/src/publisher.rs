@@ -50,7 +50,6 @@ use tokio::time::Instant;
 
 use crate::backoff::Backoff;
 use crate::client::Client;
-use crate::conn::{redirect, Redirect};
 use crate::error::Error;
 use crate::keys::check_name;
 use crate::script::{self, RunKeys, Written};
@@ -353,28 +352,8 @@ impl Writer {
         let Some(mut own) = self.client.writer_wire(stream).await? else {
             return Ok(None);
         };
-        let wire = &mut own.wire;
-        match script::write_batch(wire, &self.keys, &self.owner, ttl, terminal, batch).await {
-            Ok(written) => {
-                self.client.idle_writer(own);
-                Ok(Some(written))
-            }
-            Err(e) => match redirect(&e) {
-                Redirect::MovedTo(node) if self.client.is_cluster() => {
-                    self.client.writer_moved(stream, node);
-                    // A `MOVED` is a whole reply: nothing is left outstanding.
-                    self.client.idle_writer(own);
-                    Ok(None)
-                }
-                _ => {
-                    // The connection failed, not the command (an `ASK`, out of memory…): the
-                    // node may be down.
-                    if matches!(&e, Error::Redis(r) if r.is_io_error()) {
-                        self.client.drop_idle_writers(Some(own.wire.node()));
-                    }
-                    Err(e)
-                }
-            },
-        }
+        let written =
+            script::write_batch(&mut own.wire, &self.keys, &self.owner, ttl, terminal, batch).await;
+        self.client.settle_writer(stream, own, written)
     }
 }

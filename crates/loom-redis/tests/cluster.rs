@@ -426,6 +426,63 @@ async fn a_master_killed_mid_stream_never_leaves_a_reader_hanging_or_repeats_a_s
     worker.stop().await;
 }
 
+/// The master of a queue — and of the workers' advertisement and the run index — fails over
+/// while runs whose keys are on live masters are in flight: those runs go on where they are.
+/// Regression test for every run in flight being re-run from its start: the heartbeat renewed
+/// the leases only after reading the queue's pending list, which waited out the dead node,
+/// on the command connection, which the failover held up meanwhile, and the leases lapsed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queues_master_failing_over_leaves_the_runs_on_live_masters_alone() {
+    // A failover of a few seconds (`cluster-node-timeout` 2 s), against Loom's default timings.
+    let mut cluster = RedisCluster::start_slow_to_fail_over(2000);
+    // A prefix that puts the queue, the advertisement and the run index on one master.
+    let mut prefix;
+    let victim = loop {
+        prefix = format!("t{}:", uuid::Uuid::new_v4().simple());
+        let keys = loom_redis::Keys::new(prefix.clone()).expect("prefix");
+        let queue = cluster.master_of(&keys.queue("ticker", 0));
+        if cluster.master_of(&keys.actors()) == queue && cluster.master_of(&keys.runs()) == queue {
+            break queue;
+        }
+    };
+    let options = ClientOptions {
+        prefix,
+        ..ClientOptions::default()
+    };
+    let client = connect(&cluster.url(), options).await;
+    let probe = Arc::new(Probe::default());
+    let workers: Vec<_> = (0..2)
+        .map(|_| RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default()))
+        .collect();
+    let mut runs = Vec::new();
+    while runs.len() < 8 {
+        let id = loom_core::new_run_id();
+        if cluster.master_of(&client.keys().stream(&id)) != victim {
+            runs.push(ticker_as(&client, &id, 200, 50).await);
+        }
+    }
+    let readers: Vec<_> = runs
+        .into_iter()
+        .map(|run| tokio::spawn(collect(90, run)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    tokio::task::block_in_place(|| cluster.kill_master(victim));
+    for reader in readers {
+        let chunks = reader.await.expect("a reader never hangs");
+        assert_contract(&chunks);
+        assert_completes(&chunks);
+        let starts = chunks.iter().filter(|c| c.kind == ChunkType::Start).count();
+        assert_eq!(
+            starts, 1,
+            "a run on a live master was run again: {chunks:?}"
+        );
+    }
+    assert_eq!(probe.starts.load(Ordering::SeqCst), 8, "none run twice");
+    for worker in workers {
+        worker.stop().await;
+    }
+}
+
 /// A failover that takes longer than a lease and the visibility timeout — as one on Redis's
 /// default `cluster-node-timeout` (15 s) does against the default leases — ended every reader
 /// of the dead master's runs `upstream` while the runs went on. Readers now wait out the outage

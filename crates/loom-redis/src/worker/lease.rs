@@ -157,11 +157,14 @@ async fn refresh(shared: &Shared) -> Result<(), Error> {
     // theirs is judged lost; only their claims wait for the next beat.
     let mut unread: HashSet<&str> = HashSet::new();
     // All queues at once: one that does not answer costs one timeout, not one per queue.
+    // The leases are renewed meanwhile, not after: a queue whose node is failing over must
+    // not hold up the renewal of runs on live nodes past their leases' expiry.
     let pending = futures::future::join_all(queues.into_iter().map(|queue| {
         let mut conn = shared.client.conn();
         async move { (queue, pending_of(shared, &mut conn, queue).await) }
-    }))
-    .await;
+    }));
+    let refreshed: Vec<&HeldRun> = held.iter().collect();
+    let (pending, renewals) = tokio::join!(pending, renew_all(shared, &refreshed));
     for (queue, entries) in pending {
         match entries {
             Ok(entries) => mine.extend(entries),
@@ -183,7 +186,6 @@ async fn refresh(shared: &Shared) -> Result<(), Error> {
     // over takes the lease before it writes, and this run's renewal then fails). A request
     // gone from every pending list (its queue deleted, a failover that lost the entry) is no
     // reason to kill a healthy run; only requests still this worker's are claimed again.
-    let refreshed: Vec<&HeldRun> = held.iter().collect();
     let lost: HashSet<&QueuedEntry> = waiting.iter().filter(|w| !mine.contains(w)).collect();
     if !lost.is_empty() {
         // Claimed by another worker while it waited here: that worker runs it.
@@ -199,7 +201,6 @@ async fn refresh(shared: &Shared) -> Result<(), Error> {
                 .push(waiting.entry.to_string());
         }
     }
-    let renewals = renew_all(shared, &refreshed).await;
     {
         let active = shared.active();
         for (run, renewal) in refreshed.into_iter().zip(renewals) {
@@ -275,7 +276,14 @@ async fn renew_all(shared: &Shared, runs: &[&HeldRun]) -> Vec<Option<script::Ren
             ]
         })
         .collect();
-    let renew = |ats: &[usize]| {
+    // `direct`: on a connection straight to the master of the runs' bucket, as their writers
+    // use, rather than the command connection, whose requests a cluster's failover holds up
+    // while it learns the slots again (which let live masters' leases lapse). Through the
+    // command connection when none is free, the master is not known or marked down, or a
+    // `MOVED` came back; and when not `direct`: for one run at a time while its bucket's slot
+    // is moving (the command connection follows `ASK`). A failure is not tried again at once
+    // (a node not answering would cost two timeouts, and the next beat's lateness).
+    let renew = |ats: &[usize], direct: bool| {
         let part: Vec<Renewing> = ats
             .iter()
             .map(|&at| {
@@ -289,8 +297,19 @@ async fn renew_all(shared: &Shared, runs: &[&HeldRun]) -> Vec<Option<script::Ren
                 }
             })
             .collect();
-        let mut conn = shared.client.conn();
-        async move { script::renew(&mut conn, &part, lease_ms, ttl).await }
+        async move {
+            let client = &shared.client;
+            let bucket_key = part.first().map_or("", |run| run.lease);
+            if direct {
+                if let Some(mut own) = client.writer_wire(bucket_key).await? {
+                    let renewed = script::renew(&mut own.wire, &part, lease_ms, ttl).await;
+                    if let Some(renewals) = client.settle_writer(bucket_key, own, renewed)? {
+                        return Ok(renewals);
+                    }
+                }
+            }
+            script::renew(&mut client.conn(), &part, lease_ms, ttl).await
+        }
     };
     let mut by_bucket: HashMap<usize, Vec<usize>> = HashMap::new();
     for (at, run) in runs.iter().enumerate() {
@@ -298,7 +317,7 @@ async fn renew_all(shared: &Shared, runs: &[&HeldRun]) -> Vec<Option<script::Ren
     }
     // One run alone: what it found, or `None` (logged) when it failed too.
     let one = |at: usize| async move {
-        match renew(&[at]).await {
+        match renew(&[at], false).await {
             Ok(mut renewal) => (at, renewal.pop()),
             Err(e) => {
                 tracing::warn!(run_id = %runs[at].run_id, error = %e, "could not renew the run's lease this beat");
@@ -310,7 +329,7 @@ async fn renew_all(shared: &Shared, runs: &[&HeldRun]) -> Vec<Option<script::Ren
         .values()
         .flat_map(|ats| ats.chunks(PER_CALL))
         .map(|ats| async move {
-            match renew(ats).await {
+            match renew(ats, true).await {
                 Ok(renewals) => ats.iter().copied().zip(renewals.into_iter().map(Some)).collect(),
                 Err(e) if ats.len() > 1 && is_misplaced(&e) => {
                     tracing::debug!(error = %e, runs = ats.len(), "a renewal call's keys are split; renewing its runs one by one");

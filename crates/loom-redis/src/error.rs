@@ -61,8 +61,9 @@ pub enum Error {
     /// replicas cannot be reached, so some slots have no node to serve them) while commands
     /// wait for it. Found by [`Client::explain`](crate::Client::explain).
     #[error(
-        "the Redis cluster is down: node {node} reports cluster_state:fail (slots with no \
-         reachable master; `redis-cli -h <host> -p <port> cluster nodes` shows which)"
+        "the Redis cluster is down: node {node} reports cluster_state:fail (a master is \
+         unreachable: a failover to its replica may be under way; with none, the cluster stays \
+         down until it is back; `redis-cli -h <host> -p <port> cluster nodes` shows which)"
     )]
     ClusterDown {
         /// The node that said so, `host:port`.

@@ -67,7 +67,7 @@ pub enum ApiError {
     /// 503 `unavailable`: the server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
-    /// 503 `unavailable`: Redis cannot be reached (distributed mode).
+    /// 503 `unavailable` with `Retry-After`: Redis cannot be reached (distributed mode).
     #[error("redis is unavailable: {0}")]
     Unavailable(String),
     /// 503 `unavailable` with `Retry-After`: no live worker serves an actor type or workflow
@@ -169,7 +169,11 @@ impl IntoResponse for ApiError {
         }
         let body = json!({ "error": { "code": self.code(), "message": self.message() } });
         let mut response = (status, Json(body)).into_response();
-        if status == StatusCode::TOO_MANY_REQUESTS || matches!(self, Self::NoWorker(_)) {
+        // What passes: a full queue or cap, no worker yet, Redis not answering (a restart, a
+        // cluster's failover). The official clients retry on it.
+        if status == StatusCode::TOO_MANY_REQUESTS
+            || matches!(self, Self::NoWorker(_) | Self::Unavailable(_))
+        {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

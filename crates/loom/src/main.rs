@@ -427,17 +427,22 @@ async fn check_served(client: &loom_redis::Client, job: &Job) -> anyhow::Result<
                 client.options().queue_shards
             )
         };
+        let elsewhere = elsewhere().await;
+        // A setting to change, not a worker still starting: said at once, as the server does.
+        if !elsewhere.is_empty() {
+            return Err(usage(format!(
+                "no live worker serves actor type '{missing}' on this caller's queues{elsewhere}"
+            )));
+        }
         if !told {
             eprintln!(
-                "loom: no live worker serves '{missing}' yet; waiting up to {wait:?} for one{}",
-                elsewhere().await
+                "loom: no live worker serves '{missing}' yet; waiting up to {wait:?} for one"
             );
             told = true;
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(usage(format!(
-                "no live worker serves actor type '{missing}' (start one: loom worker --redis URL){}",
-                elsewhere().await
+                "no live worker serves actor type '{missing}' (start one: loom worker --redis URL)"
             )));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

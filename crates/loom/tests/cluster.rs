@@ -291,4 +291,9 @@ fn a_command_on_a_cluster_that_is_down_says_so() {
     );
     assert!(response.starts_with("HTTP/1.1 503"), "{response}");
     assert!(response.contains("the Redis cluster is down"), "{response}");
+    // It passes (a failover, a master back): clients are told to try again.
+    assert!(
+        response.to_ascii_lowercase().contains("retry-after: 1"),
+        "{response}"
+    );
 }

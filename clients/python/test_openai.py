@@ -136,6 +136,10 @@ class ChatCompletions(WithServer):
             stream=True,
             stream_options={"include_usage": True},
             temperature=0.5,
+            stop=["\n\n"],
+            response_format={"type": "json_object"},
+            seed=7,
+            store=False,
         )
         chunks = list(stream)
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -148,6 +152,12 @@ class ChatCompletions(WithServer):
         sent = Upstream.requests[-1]
         self.assertEqual([m["role"] for m in sent["messages"]], ["system", "user"])
         self.assertEqual(sent["temperature"], 0.5)
+        # The server's own sampling and output fields go on to it; one Loom has no use for
+        # (`store`) does not.
+        self.assertEqual(sent["stop"], ["\n\n"])
+        self.assertEqual(sent["response_format"], {"type": "json_object"})
+        self.assertEqual(sent["seed"], 7)
+        self.assertNotIn("store", sent)
 
     def test_a_non_streaming_completion_is_the_whole_reply(self):
         completion = self.client.chat.completions.create(

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use futures::StreamExt;
 use loom_core::{async_trait, parse_input, Actor, ActorContext, ActorError, ActorStream, Output};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::event::{Completion, TokenEvent};
-use crate::request::{CompletionRequest, Message};
+use crate::request::{CompletionRequest, Message, PASSED_THROUGH};
 use crate::service::AiService;
 use crate::tools::{Tool, ToolChoice};
 
@@ -22,7 +22,9 @@ pub const CHAT_AGENT: &str = "chat-agent";
 ///
 /// Input: `{"prompt": "…"}` or `{"messages": [{"role": "user", "content": "…"}, …]}` (both:
 /// the prompt follows the messages), with optional `model`, `system`, `temperature`,
-/// `max_tokens`, and `tools` and `tool_choice` in the OpenAI Chat Completions shape. For a
+/// `max_tokens`, `tools` and `tool_choice`, and the fields of [`PASSED_THROUGH`] (`top_p`,
+/// `stop`, `seed`, `response_format`, …), in the OpenAI Chat Completions shape; any other field
+/// is `bad_input`. For a
 /// tool loop, `messages` carries the assistant's `tool_calls` (with `content` null) and a
 /// `{"role":"tool","tool_call_id":…,"content":…}` message per result, also as OpenAI takes
 /// them. Output, after the runtime's `start`:
@@ -55,10 +57,25 @@ struct Input {
     #[serde(default)]
     tools: Vec<Tool>,
     tool_choice: Option<ToolChoice>,
+    /// The [`PASSED_THROUGH`] fields; any other is refused (a misspelt `max_token` would
+    /// otherwise be run without its limit).
+    #[serde(flatten)]
+    options: Map<String, Value>,
 }
 
 impl Input {
     fn into_request(self) -> Result<CompletionRequest, ActorError> {
+        if let Some(unknown) = self
+            .options
+            .keys()
+            .find(|k| !PASSED_THROUGH.contains(&k.as_str()))
+        {
+            return Err(ActorError::bad_input(format!(
+                "unknown field \"{unknown}\" (chat-agent takes prompt, messages, model, system, \
+                 temperature, max_tokens, tools, tool_choice, {})",
+                PASSED_THROUGH.join(", ")
+            )));
+        }
         let mut messages = self.messages.unwrap_or_default();
         if let Some(prompt) = self.prompt {
             if prompt.trim().is_empty() {
@@ -85,6 +102,7 @@ impl Input {
             max_tokens: self.max_tokens,
             tools: self.tools,
             tool_choice: self.tool_choice,
+            options: self.options,
         })
     }
 }

@@ -83,7 +83,7 @@ pub use error::AiError;
 pub use event::{
     Completion, FinishReason, TokenEvent, ToolCall, ToolCallDelta, Usage, MAX_TOOL_CALLS,
 };
-pub use request::{CompletionRequest, Message, Role};
+pub use request::{CompletionRequest, Message, Role, PASSED_THROUGH};
 pub use service::AiService;
 pub use stream::TokenStream;
 pub use tools::{Tool, ToolChoice};

@@ -51,6 +51,9 @@ struct Body<'a> {
     tools: &'a [Tool],
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_choice: Option<&'a ToolChoice>,
+    /// The request's [`PASSED_THROUGH`](crate::request::PASSED_THROUGH) fields, as they are.
+    #[serde(flatten)]
+    options: &'a serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -340,6 +343,7 @@ fn body(request: &CompletionRequest, default_model: &str) -> Result<Bytes, AiErr
         max_tokens: request.max_tokens,
         tools: &request.tools,
         tool_choice: request.tool_choice.as_ref(),
+        options: &request.options,
     };
     serde_json::to_vec(&body)
         .map(Bytes::from)

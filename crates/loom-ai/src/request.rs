@@ -7,6 +7,7 @@
 //! unchanged.
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use crate::event::ToolCall;
 use crate::tools::{message_calls, Tool, ToolChoice};
@@ -165,7 +166,28 @@ pub struct CompletionRequest {
     pub tools: Vec<Tool>,
     /// Whether and which tool the model must call, overriding the server's default.
     pub tool_choice: Option<ToolChoice>,
+    /// The other Chat Completions fields to send as they are: only those named in
+    /// [`PASSED_THROUGH`] (`top_p`, `stop`, `seed`, `response_format`, …), whose shape the
+    /// server checks.
+    pub options: Map<String, Value>,
 }
+
+/// The Chat Completions request fields a [`CompletionRequest`] carries to the server as they
+/// are, in [`options`](CompletionRequest::options): sampling and output controls whose shape
+/// only the server knows. Fields Loom sets itself (`model`, `messages`, `stream`, …) are not
+/// among them.
+pub const PASSED_THROUGH: &[&str] = &[
+    "top_p",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "response_format",
+    "parallel_tool_calls",
+    "reasoning_effort",
+    "user",
+];
 
 impl CompletionRequest {
     /// One user message.
@@ -215,6 +237,19 @@ impl CompletionRequest {
     pub fn with_tool_choice(mut self, tool_choice: ToolChoice) -> Self {
         self.tool_choice = Some(tool_choice);
         self
+    }
+
+    /// Sets field `name` of [`PASSED_THROUGH`] to `value`; another name is refused
+    /// ([`AiError::BadRequest`](crate::AiError::BadRequest)).
+    pub fn with_option(mut self, name: &str, value: Value) -> Result<Self, crate::AiError> {
+        if !PASSED_THROUGH.contains(&name) {
+            return Err(crate::AiError::BadRequest(format!(
+                "\"{name}\" is not a field Loom sends on (those are: {})",
+                PASSED_THROUGH.join(", ")
+            )));
+        }
+        self.options.insert(name.to_owned(), value);
+        Ok(self)
     }
 
     /// The text of the last user message (what the offline provider answers).

@@ -86,7 +86,11 @@ async fn messages_and_options_reach_the_server() {
         "model": "qwen2.5",
         "system": "terse",
         "temperature": 0.5,
-        "max_tokens": 7
+        "max_tokens": 7,
+        "top_p": 0.9,
+        "stop": ["\n\n"],
+        "seed": 4,
+        "response_format": {"type": "json_object"}
     });
     let chunks = run(&runtime(server.service()), input).await;
     assert_eq!(chunks.last().expect("terminal").kind, ChunkType::Complete);
@@ -94,6 +98,11 @@ async fn messages_and_options_reach_the_server() {
     assert_eq!(body["model"], "qwen2.5");
     assert_eq!(body["temperature"], 0.5);
     assert_eq!(body["max_tokens"], 7);
+    // The server's own fields go on as they are (they were dropped without a word).
+    assert_eq!(body["top_p"], 0.9);
+    assert_eq!(body["stop"], json!(["\n\n"]));
+    assert_eq!(body["seed"], 4);
+    assert_eq!(body["response_format"], json!({"type": "json_object"}));
     let roles: Vec<&str> = body["messages"]
         .as_array()
         .expect("messages")
@@ -119,6 +128,9 @@ async fn bad_input_ends_with_bad_input_and_sends_nothing() {
         json!({"messages": [{"role": "assistant", "content": null}]}),
         json!({"prompt": "x", "tool_choice": "sometimes"}),
         json!({"prompt": "x", "tools": [{"type": "function"}]}),
+        // A misspelt field is refused, not run without the limit it meant.
+        json!({"prompt": "x", "max_token": 5}),
+        json!({"prompt": "x", "stream": false}),
     ] {
         let chunks = run(&runtime, input.clone()).await;
         let last = chunks.last().expect("terminal");

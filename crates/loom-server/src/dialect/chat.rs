@@ -44,8 +44,9 @@ use crate::sse::{self, Overtaken, StreamGuards};
 use crate::state::ServerState;
 use crate::store::DisconnectPolicy;
 
-/// The body of `POST /v1/chat/completions` (fields clients send that Loom has no use for are
-/// ignored, as OpenAI-compatible servers do).
+/// The body of `POST /v1/chat/completions`: the sampling and output fields an actor that takes
+/// messages reads go on to it (`chat-agent` sends them upstream); fields clients send that
+/// Loom has no use for (`store`, `metadata`, …) are ignored, as OpenAI-compatible servers do.
 #[derive(Debug, Deserialize)]
 pub(crate) struct ChatRequest {
     model: String,
@@ -61,6 +62,10 @@ pub(crate) struct ChatRequest {
     /// How many choices: Loom answers with one, so any other number is refused rather than
     /// answered with fewer than asked.
     n: Option<u64>,
+    /// The rest: those of [`loom_ai::PASSED_THROUGH`] (`top_p`, `stop`, `response_format`, …)
+    /// go on to the actor, which sends them upstream.
+    #[serde(flatten)]
+    rest: Map<String, Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -262,15 +267,23 @@ pub(crate) async fn completions(
         return Err(ApiError::BadRequest(format!("n is {n}: Loom answers with one choice")).into());
     }
     let target = RunTarget::named(&request.model);
-    let sampling = sampling([
-        ("temperature", request.temperature),
-        (
-            "max_tokens",
-            request.max_tokens.or(request.max_completion_tokens),
-        ),
-        ("tools", request.tools),
-        ("tool_choice", request.tool_choice),
-    ]);
+    let mut rest = request.rest;
+    let passed = loom_ai::PASSED_THROUGH
+        .iter()
+        .map(|name| (*name, rest.remove(*name)));
+    let sampling = sampling(
+        [
+            ("temperature", request.temperature),
+            (
+                "max_tokens",
+                request.max_tokens.or(request.max_completion_tokens),
+            ),
+            ("tools", request.tools),
+            ("tool_choice", request.tool_choice),
+        ]
+        .into_iter()
+        .chain(passed),
+    );
     let takes_messages = state.runs().takes_messages(&target);
     let input = conversation_input(takes_messages, request.messages, sampling)?;
     let permit = if request.stream {

@@ -61,8 +61,8 @@ pub struct RetryPolicy {
     pub max_retries: u32,
     /// The wait before the first retry; it doubles on each further retry.
     pub initial_backoff: Duration,
-    /// The longest wait, also for a server's `Retry-After`: a server asking for an hour
-    /// must not hang a user's run for an hour.
+    /// The longest wait; a server's `Retry-After` asking for longer ends the request with
+    /// its error at once: a server asking for an hour must not hang a user's run.
     pub max_backoff: Duration,
 }
 
@@ -83,6 +83,17 @@ impl RetryPolicy {
             max_retries: 0,
             ..Self::default()
         }
+    }
+
+    /// Whether `err`, after `retry` retries, is tried again: a retryable failure, retries
+    /// left, and no `Retry-After` longer than [`max_backoff`](Self::max_backoff) (a server
+    /// asking for an hour is not asked again sooner, and not waited for either).
+    pub fn retries(&self, err: &crate::AiError, retry: u32) -> bool {
+        err.is_retryable()
+            && retry < self.max_retries
+            && err
+                .retry_after()
+                .is_none_or(|wait| wait <= self.max_backoff)
     }
 
     /// The wait before retry number `retry` (0-based): the server's `Retry-After` when it

@@ -44,7 +44,7 @@ pub enum AiError {
     /// Connecting, or waiting for the next bytes, took longer than configured.
     #[error("the AI server did not answer within {after:?} ({phase})")]
     Timeout {
-        /// Which wait timed out: `"connect"` or `"idle"`.
+        /// Which wait timed out: `"connect"`, `"waiting for the response"` or `"idle"`.
         phase: &'static str,
         /// The configured limit.
         after: Duration,
@@ -101,7 +101,8 @@ impl AiError {
     ///
     /// HTTP 400/404/413/422 mean the request itself (model, limits, messages) was refused,
     /// so they are `bad_input`; every other status, and any failure of the server or of the
-    /// connection, is `upstream`.
+    /// connection — a server that stays silent too — is `upstream` (`timeout` is a run's
+    /// own deadline).
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::Status {
@@ -109,7 +110,6 @@ impl AiError {
                 ..
             } => ErrorCode::BadInput,
             Self::BadRequest(_) => ErrorCode::BadInput,
-            Self::Timeout { .. } => ErrorCode::Timeout,
             Self::Config(_) => ErrorCode::Internal,
             _ => ErrorCode::Upstream,
         }

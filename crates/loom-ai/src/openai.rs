@@ -61,6 +61,10 @@ struct StreamOptions {
     include_usage: bool,
 }
 
+/// How long, after the finish reason, the usage and `[DONE]` are waited for (at most the idle
+/// timeout).
+const FINISH_GRACE: Duration = Duration::from_secs(2);
+
 impl OpenAiClient {
     pub(crate) fn new(config: &AiConfig, base_url: &str) -> Result<Self, AiError> {
         let base = base_url.trim_end_matches('/');
@@ -76,6 +80,17 @@ impl OpenAiClient {
         // No `read_timeout`: reqwest's counts from the last data even while the caller is
         // not reading (a slow consumer is backpressure, not a silent server); the idle
         // timeout is applied around each read instead ([`Self::stream`]).
+        // A key that cannot be a header (a newline pasted with it) is said now, not by every
+        // run as it starts.
+        if let Some(key) = &config.api_key {
+            HeaderValue::from_str(&format!("Bearer {}", key.expose())).map_err(|_| {
+                AiError::Config(
+                    "the API key (OPENAI_API_KEY) is not a valid header value: it holds a \
+                     control character (a newline pasted with it?)"
+                        .into(),
+                )
+            })?;
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .build()
@@ -107,9 +122,18 @@ impl OpenAiClient {
                 let mut events = VecDeque::new();
                 let mut yielded = false;
                 let mut silent = false;
+                let mut finished_at: Option<tokio::time::Instant> = None;
                 let broke: Option<AiError> = 'read: loop {
-                    // Only the time spent waiting for the server counts as its silence.
-                    let bytes = match tokio::time::timeout(client.idle_timeout, response.chunk()).await {
+                    // Only the time spent waiting for the server counts as its silence. After
+                    // the finish reason only the usage and `[DONE]` can come: they are waited
+                    // for [`FINISH_GRACE`] in all, keep-alives or not (a server that never
+                    // sends them left a whole answer hanging for the idle timeout, or for
+                    // good while it sent keep-alives).
+                    let wait = match finished_at {
+                        Some(at) => FINISH_GRACE.min(client.idle_timeout).saturating_sub(at.elapsed()),
+                        None => client.idle_timeout,
+                    };
+                    let bytes = match tokio::time::timeout(wait, response.chunk()).await {
                         Ok(Ok(Some(bytes))) => bytes,
                         Ok(Ok(None)) => break 'read None,
                         // Cut after its finish reason (without `[DONE]`, maybe without the
@@ -141,6 +165,9 @@ impl OpenAiClient {
                         if decoder.is_answered() {
                             break 'read None;
                         }
+                        if finished_at.is_none() && decoder.is_finished() {
+                            finished_at = Some(tokio::time::Instant::now());
+                        }
                     }
                 };
                 let ended = match broke {
@@ -160,7 +187,7 @@ impl OpenAiClient {
                 match ended {
                     // A server silent for the whole idle timeout is not asked again: it
                     // would only multiply the wait.
-                    Err(err) if !yielded && !silent && err.is_retryable() && retry < client.retry.max_retries => {
+                    Err(err) if !yielded && !silent && client.retry.retries(&err, retry) => {
                         let delay = client.retry.delay(retry, err.retry_after());
                         tracing::warn!(retry = retry + 1, ?delay, "AI stream broke before its first token, retrying: {err}");
                         tokio::time::sleep(delay).await;
@@ -194,9 +221,8 @@ impl OpenAiClient {
             match self.send(body.clone()).await {
                 Ok(response) => return Ok(response),
                 Err(err)
-                    if err.is_retryable()
-                        && !matches!(err, AiError::Timeout { .. })
-                        && retry < self.retry.max_retries =>
+                    if !matches!(err, AiError::Timeout { .. })
+                        && self.retry.retries(&err, retry) =>
                 {
                     let delay = self.retry.delay(retry, err.retry_after());
                     tracing::warn!(
@@ -234,8 +260,8 @@ impl OpenAiClient {
             tokio::time::timeout(self.connect_timeout + self.idle_timeout, request.send())
                 .await
                 .map_err(|_| AiError::Timeout {
-                    phase: "idle",
-                    after: self.idle_timeout,
+                    phase: "waiting for the response",
+                    after: self.connect_timeout + self.idle_timeout,
                 })?
                 .map_err(|e| self.send_error(&e))?;
         let status = response.status();
@@ -265,6 +291,13 @@ impl OpenAiClient {
         } else {
             // Scrubbed before it is quoted, so a cut cannot fall inside the key.
             error_message(&self.scrub(text))
+        };
+        // A 404 is a model the server does not have, or a base URL that is not the API's
+        // (`/v1` left off): the URL says which.
+        let message = if status == reqwest::StatusCode::NOT_FOUND {
+            format!("{message} (at {})", self.url)
+        } else {
+            message
         };
         Err(AiError::Status {
             status: status.as_u16(),

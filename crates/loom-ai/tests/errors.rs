@@ -139,15 +139,20 @@ async fn a_429_is_retried_after_the_servers_retry_after() {
     assert!(gap >= Duration::from_millis(145), "retried after {gap:?}");
 }
 
+/// A server asking to be left alone for longer than the policy waits is not asked again
+/// sooner (which cost a minute of capped retries against a server that asked for an hour):
+/// its answer ends the request at once.
 #[tokio::test]
-async fn retry_after_is_capped_by_the_policy() {
+async fn a_retry_after_longer_than_the_policy_waits_ends_the_request_at_once() {
     let ok = Reply::sse(wire::openai_stream(&["fine"], None));
     let limited = Reply::error(429, "slow down").with_header("retry-after", "3600");
     let server = FakeServer::start(vec![limited, ok]).await;
-    // max_backoff is 200 ms in the fake server's config, so this does not wait an hour.
+    // max_backoff is 200 ms in the fake server's config.
     let (text, _, error) = drain_prompt(server.service()).await;
-    assert!(error.is_none(), "{error:?}");
-    assert_eq!(text, "fine");
+    let error = error.expect("the 429");
+    assert_eq!(error.status(), Some(429), "{error:?}");
+    assert!(text.is_empty());
+    assert_eq!(server.requests().len(), 1, "not asked again");
 }
 
 #[tokio::test]
@@ -249,7 +254,10 @@ async fn a_server_that_never_answers_hits_the_idle_timeout() {
     .expect("ai");
     let error = first_error(&ai).await;
     assert!(matches!(error, AiError::Timeout { .. }), "{error:?}");
-    assert_eq!(error.code(), ErrorCode::Timeout);
+    // A silent server is the upstream's failure; `timeout` is a run's own deadline.
+    assert_eq!(error.code(), ErrorCode::Upstream);
+    // The wait it says is the one it waited: connecting and the idle timeout.
+    assert!(error.to_string().contains("300ms"), "{error}");
 }
 
 #[tokio::test]
@@ -407,4 +415,36 @@ fn ai_errors_map_to_actor_errors_with_their_code() {
     assert_eq!(actor_error.code(), ErrorCode::Upstream);
     assert!(actor_error.is_retryable());
     assert!(actor_error.message().contains("boom"));
+}
+
+/// A server that sends the finish reason and then holds the connection open, with no usage and
+/// no `[DONE]`: the answer is whole, and it ends soon after (it waited the idle timeout).
+#[tokio::test]
+async fn an_answer_finished_but_left_open_ends_without_waiting_the_idle_timeout() {
+    let server = FakeServer::start(vec![Reply::hold_open(vec![
+        frame(&wire::text_chunk("whole")),
+        frame(&wire::finish_chunk("stop")),
+    ])])
+    .await;
+    let ai =
+        AiService::new(server.config().with_idle_timeout(Duration::from_secs(600))).expect("ai");
+    let (text, events, error) = within(drain_prompt(ai)).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(text, "whole");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, loom_ai::TokenEvent::Finish { .. })),
+        "{events:?}"
+    );
+}
+
+/// An API key that cannot be a header (a newline pasted with it) is a configuration error
+/// when the service is made, not a failure of every run (reported as `internal`).
+#[test]
+fn an_api_key_that_cannot_be_a_header_is_refused_when_the_service_is_made() {
+    let config = AiConfig::openai_compatible("http://127.0.0.1:9/v1").with_api_key("sk-abc\n");
+    let error = AiService::new(config).expect_err("refused");
+    assert!(matches!(error, AiError::Config(_)), "{error:?}");
+    assert!(error.to_string().contains("OPENAI_API_KEY"), "{error}");
 }

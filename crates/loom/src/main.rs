@@ -242,7 +242,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let ai = AiService::from_env().map_err(|e| usage(format!("invalid AI configuration: {e}")))?;
+    let ai = AiService::from_env().map_err(|e| usage(e.to_string()))?;
     let offline = ai.is_offline();
     let runtime = Arc::new(local_runtime(ai));
     // Validate before any work starts, connecting to Redis included.

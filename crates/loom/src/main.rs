@@ -5,6 +5,16 @@
 //! with an `error` chunk, 2 bad usage or input, 130 after Ctrl-C (which cancels the run and
 //! prints its terminal chunk first).
 
+/// `eprintln!` that leaves a stderr nobody reads any more alone (a closed pipe: `2>&1 | head`,
+/// a supervisor that stopped reading) instead of panicking: what it says is for people, and
+/// its loss must not change how the process ends.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod render;
 mod serve;
 mod telemetry;
@@ -231,7 +241,7 @@ fn main() -> ExitCode {
             let mut chain: Vec<String> = err.chain().map(ToString::to_string).collect();
             // An error that carries its cause's text (`upstream: <cause>`) names it once.
             chain.dedup_by(|cause, error| error.ends_with(cause.as_str()));
-            eprintln!("loom: {}", chain.join(": "));
+            say!("loom: {}", chain.join(": "));
             if err.is::<UsageError>() {
                 ExitCode::from(2)
             } else {
@@ -285,7 +295,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Some(client) = flush {
         let unsent = client.flush_cancels(CANCEL_FLUSH).await;
         if unsent > 0 {
-            eprintln!(
+            say!(
                 "loom: the cancel did not reach Redis; the worker cancels the run once it finds \
                  this caller gone (within two leases of Redis answering again)"
             );
@@ -435,9 +445,7 @@ async fn check_served(client: &loom_redis::Client, job: &Job) -> anyhow::Result<
             )));
         }
         if !told {
-            eprintln!(
-                "loom: no live worker serves '{missing}' yet; waiting up to {wait:?} for one"
-            );
+            say!("loom: no live worker serves '{missing}' yet; waiting up to {wait:?} for one");
             told = true;
         }
         if tokio::time::Instant::now() >= deadline {
@@ -466,7 +474,7 @@ where
             Err(e) if e.is_unreachable() && tokio::time::Instant::now() < deadline => {
                 if !told {
                     let e = client.explain(e).await;
-                    eprintln!("loom: Redis does not answer ({e}); waiting up to {wait:?} for it");
+                    say!("loom: Redis does not answer ({e}); waiting up to {wait:?} for it");
                     told = true;
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -546,17 +554,17 @@ async fn command(
             let shutdown = async move {
                 first.await;
                 let again = shutdown_signal();
-                eprintln!(
+                say!(
                     "loom: stopping; runs in progress get up to {grace:?} to finish, then go back \
                      to the queue (Ctrl-C again: hand them back now)"
                 );
                 tokio::spawn(async move {
                     again.await;
-                    eprintln!("loom: handing the runs in progress back to other workers");
+                    say!("loom: handing the runs in progress back to other workers");
                     now.cancel();
                 });
             };
-            eprintln!(
+            say!(
                 "loom: worker serving {} (concurrency {}); Ctrl-C or SIGTERM stops it{}",
                 served.join(", "),
                 args.concurrency,
@@ -582,7 +590,7 @@ async fn command(
             let worker_runtime = runtime.with_registry(registry);
             let worker = loom_redis::Worker::new(client, worker_runtime, options);
             worker.run(shutdown).await.map_err(redis_error)?;
-            eprintln!("loom: worker stopped");
+            say!("loom: worker stopped");
             Ok(ExitCode::SUCCESS)
         }
         Job::Serve(args, workflows) => {
@@ -593,7 +601,7 @@ async fn command(
                 let again = shutdown_signal();
                 tokio::spawn(async move {
                     again.await;
-                    eprintln!("loom: stopped without waiting for clients to resume");
+                    say!("loom: stopped without waiting for clients to resume");
                     std::process::exit(130);
                 });
             };
@@ -650,7 +658,7 @@ async fn ended_before(
         Some(error) => (format!("error/{}", error.code.as_str()), ExitCode::FAILURE),
         None => ("complete".to_owned(), ExitCode::SUCCESS),
     };
-    eprintln!(
+    say!(
         "loom: the run already ended ({outcome}) at seq {}: nothing follows that entry",
         terminal.seq
     );
@@ -783,7 +791,7 @@ fn local_runtime(ai: AiService) -> Runtime {
 }
 
 fn announce_offline() {
-    eprintln!(
+    say!(
         "loom: using the offline provider (set OPENAI_BASE_URL or OPENAI_API_KEY for a real model)"
     );
 }
@@ -962,7 +970,7 @@ fn stdout_failure() -> Option<u8> {
     if err.kind() == std::io::ErrorKind::BrokenPipe {
         return Some(SIGPIPE_EXIT);
     }
-    eprintln!("loom: cannot write the output to stdout: {err}");
+    say!("loom: cannot write the output to stdout: {err}");
     Some(1)
 }
 

@@ -301,7 +301,7 @@ impl Renderer {
     /// after what was printed on stdout before it).
     fn note(&mut self, text: &str) {
         if self.stdout.terminal {
-            self.multi.suspend(|| eprintln!("{text}"));
+            self.multi.suspend(|| say!("{text}"));
         } else {
             self.stdout.pending.push(Piece::Err, &format!("{text}\n"));
         }

@@ -67,7 +67,7 @@ pub(crate) async fn serve(
     } else {
         format!("{} workflows", workflows.len())
     };
-    eprintln!(
+    say!(
         "loom: serving on http://{addr} ({runs_on}{}{}); Ctrl-C or SIGTERM stops it",
         if api_key.is_some() {
             ", API key required"
@@ -95,7 +95,7 @@ pub(crate) async fn serve(
     loom_server::serve(listener, state, shutdown)
         .await
         .context("the server failed")?;
-    eprintln!("loom: server stopped");
+    say!("loom: server stopped");
     Ok(())
 }
 

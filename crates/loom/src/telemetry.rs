@@ -71,7 +71,7 @@ impl Telemetry {
     /// Exports what is still buffered (bounded by the exporter's timeout).
     pub(crate) fn shutdown(self) {
         if let Err(e) = self.provider.shutdown() {
-            eprintln!("loom: could not flush traces: {e}");
+            say!("loom: could not flush traces: {e}");
         }
     }
 }

@@ -489,6 +489,20 @@ fn a_second_signal_hands_a_stopping_workers_runs_back_at_once() {
     );
 }
 
+/// A worker whose stderr nobody reads any more (the pipe closed: `2>&1 | head`, a supervisor
+/// gone) still stops cleanly: what it says on stopping is lost, not a panic (exit 101).
+#[test]
+fn a_worker_whose_stderr_is_closed_still_stops_cleanly() {
+    let redis = RedisServer::start();
+    // The reader of its stderr stops at the first line after the banner.
+    let (mut worker, _) = start_ready(
+        &["worker", "--redis", redis.url()],
+        &[],
+        "loom: worker serving",
+    );
+    terminate(&mut worker.0);
+}
+
 #[test]
 fn bad_input_is_exit_2_at_once_even_with_redis_down() {
     let down = "redis://127.0.0.1:1";

@@ -554,9 +554,13 @@ impl Client {
     /// [`Masters`] says so; `None` while no live one is known.
     async fn writer_node(&self, slot: u16) -> Option<String> {
         if lock(&self.inner.masters).relearn_now() {
-            match list_nodes(&mut self.conn()).await {
-                Ok(listing) => lock(&self.inner.masters).learn(&listing),
-                Err(e) => tracing::debug!(error = %e, "CLUSTER NODES failed"),
+            // Bounded: during a failover the command connection may be held up, and a writer
+            // (or a lease renewal) on a live master must not wait for it.
+            let listed = tokio::time::timeout(RELEARN_WITHIN, list_nodes(&mut self.conn())).await;
+            match listed {
+                Ok(Ok(listing)) => lock(&self.inner.masters).learn(&listing),
+                Ok(Err(e)) => tracing::debug!(error = %e, "CLUSTER NODES failed"),
+                Err(_) => tracing::debug!("CLUSTER NODES not answered in time"),
             }
         }
         lock(&self.inner.masters).node(slot)
@@ -688,6 +692,10 @@ impl Client {
             .await
     }
 }
+
+/// The longest a writer waits for the cluster's listing of its masters before it goes on with
+/// what it knew.
+const RELEARN_WITHIN: Duration = Duration::from_millis(500);
 
 /// The oldest Redis Loom runs on: `XAUTOCLAIM` and `ZRANGE … BYSCORE` came in 6.2.
 pub const MIN_REDIS_VERSION: (u32, u32) = (6, 2);

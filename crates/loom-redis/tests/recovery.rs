@@ -91,6 +91,44 @@ async fn a_dead_workers_run_is_rerun_by_another_as_attempt_2_gapless() {
     second.stop().await;
 }
 
+/// The only reader of a run whose worker died waits at a cursor ahead of the run's end: it
+/// ends with nothing, and the verdict it writes follows the run's last entry. Regression
+/// test for a verdict written at the cursor's seq, a gap every other reader then met.
+#[tokio::test]
+async fn a_reader_ahead_of_a_dead_workers_run_writes_its_verdict_after_the_runs_end() {
+    let server = RedisServer::start();
+    let client = client(&server, fast_options()).await;
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+    let input = json!({ "count": 1000, "delay_ms": 20 });
+    let submitted = client
+        .invoker()
+        .submit("ticker", input, &RunOptions::default())
+        .await
+        .unwrap();
+    let run_id = submitted.run_id;
+    let mut live = client.invoker().attach(&run_id, None).await.unwrap();
+    for _ in 0..3 {
+        within(10, futures::StreamExt::next(&mut live))
+            .await
+            .expect("a chunk");
+    }
+    drop(live);
+    worker.kill().await;
+    let ahead = loom_redis::EntryId::of_seq(500);
+    let ahead = client.invoker().attach(&run_id, Some(ahead)).await.unwrap();
+    let read = within(10, futures::StreamExt::collect::<Vec<_>>(ahead)).await;
+    assert!(read.is_empty(), "{read:?}");
+    let all = collect(10, client.tail(&run_id, None).await.unwrap()).await;
+    assert_contract(&all);
+    let last = all.last().unwrap();
+    assert_eq!(
+        last.error.as_ref().unwrap().code,
+        ErrorCode::WorkerLost,
+        "{last:?}"
+    );
+}
+
 /// A run that has used up its attempts ends `error/worker_lost` right after the last
 /// attempt's output, with no `start` of an attempt that never ran (which readers, and the
 /// CLI, took for the run starting again).

@@ -212,7 +212,13 @@ fn follow(
                         step = state.on_lease(now, pttl.map_err(|e| e.to_string()));
                     }
                     if let Step::EndRun(mut ending) = step {
-                        let terminal = match end_run(&client, &run_id, &ending, state.next_seq()).await {
+                        // After what this reader was given; nothing, when it read nothing past
+                        // its cursor (a cursor ahead of a live run's end is no `seq` of the run).
+                        let least = match state.waiting_at_cursor() {
+                            Some(_) => 0,
+                            None => state.next_seq(),
+                        };
+                        let terminal = match end_run(&client, &run_id, &ending, least).await {
                             Ok(Some(id)) => Some(id),
                             // A new attempt took the run since the lease was looked at.
                             Ok(None) => {
@@ -257,7 +263,7 @@ fn follow(
 /// it), publishes the id, and appends the ending's error as the terminal chunk. Returns the id
 /// of the stream's terminal entry (the one written here or the one already there); `None`
 /// for a `worker_lost` that a new attempt's lease stopped (see [`script::end_run`]). The
-/// terminal's `seq` is at least `next_seq`, the one this reader expects next.
+/// terminal's `seq` is at least `next_seq`, the one after what this reader was given.
 async fn end_run(
     client: &Client,
     run_id: &str,

@@ -159,9 +159,20 @@ async fn refresh(shared: &Shared) -> Result<(), Error> {
     // All queues at once: one that does not answer costs one timeout, not one per queue.
     // The leases are renewed meanwhile, not after: a queue whose node is failing over must
     // not hold up the renewal of runs on live nodes past their leases' expiry.
+    // Each for at most a beat: a queue whose node is failing over must not hold the next
+    // beat's renewals back either (its claims wait for a beat that reads it).
+    let every = shared.client.options().lease_refresh;
     let pending = futures::future::join_all(queues.into_iter().map(|queue| {
         let mut conn = shared.client.conn();
-        async move { (queue, pending_of(shared, &mut conn, queue).await) }
+        async move {
+            let read = tokio::time::timeout(every, pending_of(shared, &mut conn, queue)).await;
+            (
+                queue,
+                read.unwrap_or(Err(Error::UnexpectedReply(format!(
+                    "no answer within {every:?}"
+                )))),
+            )
+        }
     }));
     let refreshed: Vec<&HeldRun> = held.iter().collect();
     let (pending, renewals) = tokio::join!(pending, renew_all(shared, &refreshed));
@@ -249,7 +260,14 @@ async fn refresh(shared: &Shared) -> Result<(), Error> {
     if shared.is_closing() {
         return Ok(());
     }
-    claim_to_self(shared, claims, None).await
+    // At most a beat, likewise: claims not done in time are made by the next beat.
+    tokio::time::timeout(every, claim_to_self(shared, claims, None))
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::UnexpectedReply(format!(
+                "claims not answered within {every:?}"
+            )))
+        })
 }
 
 /// Renews the leases and stream TTLs of `runs` and reads their cancel keys, [`PER_CALL`] runs
@@ -331,7 +349,7 @@ async fn renew_all(shared: &Shared, runs: &[&HeldRun]) -> Vec<Option<script::Ren
         .map(|ats| async move {
             match renew(ats, true).await {
                 Ok(renewals) => ats.iter().copied().zip(renewals.into_iter().map(Some)).collect(),
-                Err(e) if ats.len() > 1 && is_misplaced(&e) => {
+                Err(e) if is_misplaced(&e) => {
                     tracing::debug!(error = %e, runs = ats.len(), "a renewal call's keys are split; renewing its runs one by one");
                     futures::future::join_all(ats.iter().map(|&at| one(at))).await
                 }

@@ -578,7 +578,11 @@ fn bad_input_is_exit_2_at_once_even_with_redis_down() {
     assert!(!out.stderr.contains("hunter2"), "{}", out.stderr);
     let out = with_redis_down(&["actor", "list"], ("OPENAI_BASE_URL", "not a url"));
     assert_eq!(out.code, Some(2), "{}", out.stderr);
-    assert!(out.stderr.contains("AI configuration"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("invalid AI service configuration"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]

@@ -467,10 +467,7 @@ impl Client {
         }
         for node in nodes {
             let info = node.get_connection_info();
-            let Ok(mut wire) = Wire::connect(info, Duration::ZERO).await else {
-                continue;
-            };
-            let Ok(Reply::Text(text)) = wire.query(redis::cmd("CLUSTER").arg("INFO")).await else {
+            let Some(Ok(Reply::Text(text))) = cluster_info(info).await else {
                 continue;
             };
             let down = String::from_utf8_lossy(&text)
@@ -854,7 +851,7 @@ async fn answering(nodes: Vec<redis::Client>) -> Result<Vec<redis::Client>, Erro
 /// `MOVED`), its readers would wait for chunks written elsewhere.
 async fn probe(node: &redis::Client) -> Result<bool, Error> {
     let info = node.get_connection_info();
-    let Ok(mut wire) = Wire::connect(info, Duration::ZERO).await else {
+    let Some(answer) = cluster_info(info).await else {
         return Ok(false);
     };
     let refused = |what: &str| {
@@ -864,7 +861,7 @@ async fn probe(node: &redis::Client) -> Result<bool, Error> {
             node_of(info)
         )))
     };
-    match wire.query(redis::cmd("CLUSTER").arg("INFO")).await {
+    match answer {
         Ok(_) => Ok(true),
         Err(Error::Redis(e)) if e.to_string().contains("cluster support disabled") => {
             refused("is not in cluster mode")
@@ -875,6 +872,13 @@ async fn probe(node: &redis::Client) -> Result<bool, Error> {
         Err(Error::Redis(e)) => Ok(!(e.is_io_error() || e.is_timeout())),
         Err(_) => Ok(false),
     }
+}
+
+/// The answer of the node at `info` to `CLUSTER INFO`, on a connection of its own (the
+/// cluster connection's commands may be the ones waiting); `None` when it cannot be reached.
+async fn cluster_info(info: &redis::ConnectionInfo) -> Option<Result<Reply, Error>> {
+    let mut wire = Wire::connect(info, Duration::ZERO).await.ok()?;
+    Some(wire.query(redis::cmd("CLUSTER").arg("INFO")).await)
 }
 
 /// Now, in Unix milliseconds.

@@ -85,7 +85,7 @@ where
         let overtaken = state.overtaken?;
         if !state.first.is_empty() {
             let first = std::mem::take(&mut state.first);
-            state.last = first.last().cloned();
+            state.last = first.last().map(|c| (c.seq, c.kind.is_terminal()));
             state.metrics.chunks_sent(first.len());
             let bytes = (state.render)(&first);
             if !bytes.is_empty() {
@@ -98,7 +98,9 @@ where
             match tokio::time::timeout(quiet, state.feed.next()).await {
                 Err(_idle) => break Bytes::from_static(KEEP_ALIVE),
                 Ok(Ok(Some(chunks))) => {
-                    state.last = chunks.last().cloned().or(state.last);
+                    if let Some(c) = chunks.last() {
+                        state.last = Some((c.seq, c.kind.is_terminal()));
+                    }
                     state.metrics.chunks_sent(chunks.len());
                     let bytes = (state.render)(&chunks);
                     if !bytes.is_empty() {
@@ -107,12 +109,12 @@ where
                 }
                 // The end of the run, or a server in front of workers shutting down.
                 Ok(Ok(None)) => {
-                    let ended = state.last.as_ref().is_some_and(|c| c.kind.is_terminal());
+                    let ended = state.last.is_some_and(|(_, terminal)| terminal);
                     if ended || overtaken == Overtaken::Leave {
                         return None;
                     }
                     state.overtaken = None;
-                    let seq = state.last.as_ref().map_or(0, |c| c.seq + 1);
+                    let seq = state.last.map_or(0, |(seq, _)| seq + 1);
                     break (state.render)(&[shutting_down(seq, &state.run_id)]);
                 }
                 Ok(Err(expired)) => {
@@ -186,8 +188,8 @@ struct BodyState<F> {
     run_id: String,
     /// Chunks read before the response started, sent first.
     first: Vec<Arc<LoggedChunk>>,
-    /// The last chunk rendered.
-    last: Option<Arc<LoggedChunk>>,
+    /// The `seq` of the last chunk rendered, and whether it was the terminal one.
+    last: Option<(u64, bool)>,
     feed: Feed,
     keep_alive: Duration,
     /// When bytes were last written: the keep-alive is due a `keep_alive` after.

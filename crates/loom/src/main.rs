@@ -420,28 +420,20 @@ async fn check_served(client: &loom_redis::Client, job: &Job) -> anyhow::Result<
         let Some(missing) = needed.iter().find(|t| !served.contains(**t)) else {
             return Ok(());
         };
-        // Workers that serve it on other queues than this caller writes to.
-        let elsewhere = || async {
-            let shards = client
-                .queue_shards_served(missing)
-                .await
-                .unwrap_or_default();
-            if shards.is_empty() {
-                return String::new();
-            }
+        // Workers that serve it on other queues than this caller writes to: a setting to
+        // change, not a worker still starting, said at once, as the server does.
+        let shards = client
+            .queue_shards_served(missing)
+            .await
+            .unwrap_or_default();
+        if !shards.is_empty() {
             let shards: Vec<String> = shards.iter().map(u16::to_string).collect();
-            format!(
-                "; live workers serve it with --queue-shards {}, this caller uses {}: give them \
-                 the same number (or LOOM_QUEUE_SHARDS)",
+            return Err(usage(format!(
+                "no live worker serves actor type '{missing}' on this caller's queues; live \
+                 workers serve it with --queue-shards {}, this caller uses {}: give them the same \
+                 number (or LOOM_QUEUE_SHARDS)",
                 shards.join(" or "),
                 client.options().queue_shards
-            )
-        };
-        let elsewhere = elsewhere().await;
-        // A setting to change, not a worker still starting: said at once, as the server does.
-        if !elsewhere.is_empty() {
-            return Err(usage(format!(
-                "no live worker serves actor type '{missing}' on this caller's queues{elsewhere}"
             )));
         }
         if !told {
@@ -546,23 +538,20 @@ async fn command(
                 .filter(|n| n.starts_with(loom_workflow::WORKFLOW_ACTOR_PREFIX))
                 .collect();
             served.extend(workflow_actors.iter().cloned());
-            let first = shutdown_signal();
             // A second signal hands the runs still going back to other workers at once.
             let hand_back_now = loom_core::CancellationToken::new();
             let now = hand_back_now.clone();
             let grace = loom_redis::WorkerOptions::default().shutdown_grace;
+            let first = shutdown_then(move || {
+                say!("loom: handing the runs in progress back to other workers");
+                now.cancel();
+            });
             let shutdown = async move {
                 first.await;
-                let again = shutdown_signal();
                 say!(
                     "loom: stopping; runs in progress get up to {grace:?} to finish, then go back \
                      to the queue (Ctrl-C again: hand them back now)"
                 );
-                tokio::spawn(async move {
-                    again.await;
-                    say!("loom: handing the runs in progress back to other workers");
-                    now.cancel();
-                });
             };
             say!(
                 "loom: worker serving {} (concurrency {}); Ctrl-C or SIGTERM stops it{}",
@@ -594,17 +583,11 @@ async fn command(
             Ok(ExitCode::SUCCESS)
         }
         Job::Serve(args, workflows) => {
-            let shutdown = shutdown_signal();
             // A second signal stops at once, without waiting out the disconnect graces.
-            let shutdown = async move {
-                shutdown.await;
-                let again = shutdown_signal();
-                tokio::spawn(async move {
-                    again.await;
-                    say!("loom: stopped without waiting for clients to resume");
-                    std::process::exit(130);
-                });
-            };
+            let shutdown = shutdown_then(|| {
+                say!("loom: stopped without waiting for clients to resume");
+                std::process::exit(130);
+            });
             serve::serve(args, workflows, runtime, redis, offline, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -694,6 +677,20 @@ fn unreachable_redis(url: &str, err: loom_redis::Error) -> anyhow::Error {
         "cannot connect to Redis at {} (from --redis or LOOM_REDIS_URL; is redis-server running there?)",
         redacted.join(",")
     ))
+}
+
+/// A future that resolves on the first Ctrl-C or SIGTERM ([`shutdown_signal`]) and from then
+/// on runs `second` on the next one, while the graceful stop goes on.
+fn shutdown_then(second: impl FnOnce() + Send + 'static) -> impl std::future::Future<Output = ()> {
+    let first = shutdown_signal();
+    async move {
+        first.await;
+        let again = shutdown_signal();
+        tokio::spawn(async move {
+            again.await;
+            second();
+        });
+    }
 }
 
 /// A future that resolves on Ctrl-C or SIGTERM: what stops a worker. The handlers are

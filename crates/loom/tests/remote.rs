@@ -66,6 +66,15 @@ fn read_until(lines: &Receiver<String>, seen: &mut Vec<Value>, until: impl Fn(&V
     }
 }
 
+/// Asserts that the last of `seen` is a `complete` chunk.
+fn assert_ends_complete(seen: &[Value]) {
+    assert_eq!(
+        seen.last().map(|c| c["type"].clone()),
+        Some(json!("complete")),
+        "{seen:?}"
+    );
+}
+
 fn is_terminal(chunk: &Value) -> bool {
     chunk["type"] == "complete" || chunk["type"] == "error"
 }
@@ -346,10 +355,7 @@ fn ctrl_c_stops_stream_tail_at_once_and_leaves_the_run_going() {
     // The run was the other caller's: it goes on to its end.
     read_until(&owner_lines, &mut seen, is_terminal);
     assert_eq!(wait(&mut owner).code(), Some(0));
-    assert_eq!(
-        seen.last().map(|c| c["type"].clone()),
-        Some(json!("complete"))
-    );
+    assert_ends_complete(&seen);
 }
 
 #[test]
@@ -374,10 +380,7 @@ fn a_worker_killed_mid_stream_is_replaced_by_another_and_seq_stays_gapless() {
         restart.is_some(),
         "the second attempt's start carries attempt 2"
     );
-    assert_eq!(
-        seen.last().map(|c| c["type"].clone()),
-        Some(json!("complete"))
-    );
+    assert_ends_complete(&seen);
     // For a person, the re-run is said, not mixed silently into the first attempt's output.
     let id = seen[0]["data"]["run_id"].as_str().expect("a run id");
     let out = run(&["stream", "tail", id, "--redis", redis.url()]);
@@ -483,10 +486,7 @@ fn a_second_signal_hands_a_stopping_workers_runs_back_at_once() {
         .map(|c| c["attempt"].clone())
         .collect();
     assert_eq!(attempts, [Value::Null, json!(2)], "{seen:?}");
-    assert_eq!(
-        seen.last().map(|c| c["type"].clone()),
-        Some(json!("complete"))
-    );
+    assert_ends_complete(&seen);
 }
 
 /// A worker whose stderr nobody reads any more (the pipe closed: `2>&1 | head`, a supervisor

@@ -290,6 +290,10 @@ impl RemoteRuns {
             .queue_shards_served(&actor_type)
             .await
             .map_err(unavailable)?;
+        // Served on this server's number since the look above: a worker just advertised.
+        if shards.contains(&self.client.options().queue_shards) {
+            return Ok(());
+        }
         // A setting to change, not a shortage that passes: not to be retried.
         if let Some(theirs) = shards.first() {
             return Err(ApiError::NotFound(format!(

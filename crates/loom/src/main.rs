@@ -421,12 +421,13 @@ async fn check_served(client: &loom_redis::Client, job: &Job) -> anyhow::Result<
             return Ok(());
         };
         // Workers that serve it on other queues than this caller writes to: a setting to
-        // change, not a worker still starting, said at once, as the server does.
+        // change, not a worker still starting, said at once, as the server does. (One that
+        // serves it on this caller's own number advertised since the look above.)
         let shards = client
             .queue_shards_served(missing)
             .await
             .unwrap_or_default();
-        if !shards.is_empty() {
+        if !shards.is_empty() && !shards.contains(&client.options().queue_shards) {
             let shards: Vec<String> = shards.iter().map(u16::to_string).collect();
             return Err(usage(format!(
                 "no live worker serves actor type '{missing}' on this caller's queues; live \

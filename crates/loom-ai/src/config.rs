@@ -1,11 +1,13 @@
 //! [`AiConfig`]: where the AI service sends requests and how patiently.
 //!
 //! Read from the environment by [`AiConfig::from_env`] (`OPENAI_BASE_URL`, `OPENAI_API_KEY`,
-//! `LOOM_MODEL`) or built in code. The API key lives in an [`ApiKey`], whose `Debug` never
+//! `LOOM_MODEL`, `LOOM_AI_IDLE_TIMEOUT`) or built in code. The API key lives in an [`ApiKey`], whose `Debug` never
 //! shows it, so a config can be logged whole.
 
 use std::fmt;
 use std::time::Duration;
+
+use crate::AiError;
 
 /// The OpenAI API, used when only `OPENAI_API_KEY` is set.
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -88,7 +90,7 @@ impl RetryPolicy {
     /// Whether `err`, after `retry` retries, is tried again: a retryable failure, retries
     /// left, and no `Retry-After` longer than [`max_backoff`](Self::max_backoff) (a server
     /// asking for an hour is not asked again sooner, and not waited for either).
-    pub fn retries(&self, err: &crate::AiError, retry: u32) -> bool {
+    pub fn retries(&self, err: &AiError, retry: u32) -> bool {
         err.is_retryable()
             && retry < self.max_retries
             && err
@@ -169,13 +171,23 @@ impl AiConfig {
     /// - neither `OPENAI_BASE_URL` nor `OPENAI_API_KEY` set (or both empty): the offline
     ///   provider, so a fresh machine works with no setup;
     /// - otherwise `OPENAI_BASE_URL` (default [`DEFAULT_BASE_URL`]) with `OPENAI_API_KEY`;
-    /// - `LOOM_MODEL` names the default model either way.
-    pub fn from_env() -> Self {
+    /// - `LOOM_MODEL` names the default model either way;
+    /// - `LOOM_AI_IDLE_TIMEOUT` sets [`idle_timeout`](Self::idle_timeout), as `90s`, `5m` or
+    ///   `1m 30s` (a model on a CPU may think for minutes before its first token).
+    ///
+    /// # Errors
+    ///
+    /// [`AiError::Config`] for an `LOOM_AI_IDLE_TIMEOUT` that is no duration, or zero.
+    pub fn from_env() -> Result<Self, AiError> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
     /// Like [`from_env`](Self::from_env), reading variables through `lookup`.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
+    ///
+    /// # Errors
+    ///
+    /// As [`from_env`](Self::from_env).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, AiError> {
         let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         let base_url = var("OPENAI_BASE_URL");
         let api_key = var("OPENAI_API_KEY");
@@ -190,7 +202,18 @@ impl AiConfig {
         if let Some(model) = var("LOOM_MODEL") {
             config.model = model;
         }
-        config
+        if let Some(timeout) = var("LOOM_AI_IDLE_TIMEOUT") {
+            config.idle_timeout = humantime::parse_duration(timeout.trim())
+                .ok()
+                .filter(|t| !t.is_zero())
+                .ok_or_else(|| {
+                    AiError::Config(format!(
+                        "LOOM_AI_IDLE_TIMEOUT={timeout:?} is no duration: write one as 90s, 5m \
+                         or 1m 30s"
+                    ))
+                })?;
+        }
+        Ok(config)
     }
 
     /// Sets the API key.

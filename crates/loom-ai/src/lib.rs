@@ -8,7 +8,7 @@
 //!   [`TokenStream`] of [`TokenEvent`]s (text and tool-call deltas, then the finish reason and
 //!   the usage), [`complete`](AiService::complete) the whole [`Completion`]. It is configured
 //!   by an [`AiConfig`], usually [`AiService::from_env`] (`OPENAI_BASE_URL`, `OPENAI_API_KEY`,
-//!   `LOOM_MODEL`; neither of the first two set means offline).
+//!   `LOOM_MODEL`, `LOOM_AI_IDLE_TIMEOUT`; neither of the first two set means offline).
 //! - A [`CompletionRequest`] may offer [`Tool`]s (with a [`ToolChoice`]); the answer's tool
 //!   calls go back in the conversation as [`Message::assistant_tool_calls`] followed by one
 //!   [`Message::tool_result`] per call, all in the OpenAI Chat Completions shape.

@@ -69,7 +69,7 @@ impl AiService {
     /// The service the environment describes ([`AiConfig::from_env`]): the offline provider
     /// when neither `OPENAI_BASE_URL` nor `OPENAI_API_KEY` is set.
     pub fn from_env() -> Result<Self, AiError> {
-        Self::new(AiConfig::from_env())
+        Self::new(AiConfig::from_env()?)
     }
 
     /// The offline provider at its default pace.

@@ -15,10 +15,11 @@ fn fast() -> AiService {
 
 #[test]
 fn no_base_url_and_no_key_means_offline() {
-    let config = AiConfig::from_lookup(|_| None);
+    let config = AiConfig::from_lookup(|_| None).expect("config");
     assert!(config.is_offline());
     assert_eq!(config.model, OFFLINE_MODEL);
-    let config = AiConfig::from_lookup(|name| (name == "OPENAI_API_KEY").then(String::new));
+    let config =
+        AiConfig::from_lookup(|name| (name == "OPENAI_API_KEY").then(String::new)).expect("config");
     assert!(config.is_offline(), "an empty key counts as unset");
 }
 
@@ -28,7 +29,8 @@ fn a_key_alone_means_the_openai_api_and_loom_model_names_the_model() {
         "OPENAI_API_KEY" => Some("sk-x".into()),
         "LOOM_MODEL" => Some("gpt-4.1".into()),
         _ => None,
-    });
+    })
+    .expect("config");
     assert!(!config.is_offline());
     assert_eq!(
         config.endpoint,
@@ -45,9 +47,36 @@ fn a_key_alone_means_the_openai_api_and_loom_model_names_the_model() {
 fn a_base_url_alone_means_that_server_without_a_key() {
     let config = AiConfig::from_lookup(|name| {
         (name == "OPENAI_BASE_URL").then(|| "http://127.0.0.1:11434/v1".to_owned())
-    });
+    })
+    .expect("config");
     assert!(!config.is_offline());
     assert!(config.api_key.is_none());
+}
+
+#[test]
+fn loom_ai_idle_timeout_sets_the_idle_timeout_and_nonsense_is_refused() {
+    let with = |value: &'static str| {
+        AiConfig::from_lookup(move |name| (name == "LOOM_AI_IDLE_TIMEOUT").then(|| value.into()))
+    };
+    assert_eq!(
+        with("5m").expect("config").idle_timeout,
+        Duration::from_secs(300)
+    );
+    assert_eq!(
+        with(" 1m 30s ").expect("config").idle_timeout,
+        Duration::from_secs(90)
+    );
+    assert_eq!(
+        with("").expect("unset").idle_timeout,
+        AiConfig::offline().idle_timeout
+    );
+    for bad in ["90", "soon", "0s"] {
+        let err = with(bad).expect_err(bad).to_string();
+        assert!(
+            err.contains("LOOM_AI_IDLE_TIMEOUT") && err.contains("90s"),
+            "{bad}: {err}"
+        );
+    }
 }
 
 #[tokio::test]

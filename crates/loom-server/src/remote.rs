@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use futures::stream::ReadyChunks;
-use futures::StreamExt;
+use futures::{StreamExt, TryFutureExt};
 use loom_core::{ActorError, CancellationToken, ChunkType, Registry, RunOptions, StreamChunk};
 use loom_redis::{Client, EntryId, EntryStream, RemoteInvoker, RunRecord, StreamEntry};
 use loom_workflow::{default_timeout, Workflow, WORKFLOW_ACTOR_PREFIX};
@@ -194,8 +194,8 @@ impl RemoteRuns {
             .invoker
             .submit(&actor_type, input, &options)
             .instrument(span)
-            .await
-            .map_err(unavailable)?;
+            .or_else(|e| failed(&self.client, e))
+            .await?;
         self.watch(submitted.run_id.clone());
         let run = RemoteRun {
             unclaimed,
@@ -205,8 +205,8 @@ impl RemoteRuns {
             let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
             self.client
                 .set_disconnect_grace(&run.id, grace_ms)
-                .await
-                .map_err(unavailable)?;
+                .or_else(|e| failed(&self.client, e))
+                .await?;
         }
         Ok(run)
     }
@@ -234,13 +234,18 @@ impl RemoteRuns {
         let ttl = self.client.options().stream_ttl;
         self.client
             .name_run(name, id, ttl)
+            .or_else(|e| failed(&self.client, e))
             .await
-            .map_err(unavailable)
     }
 
     /// The run named `name`, if the name and the run are still known.
     pub(crate) async fn named(&self, name: &str) -> Result<Option<RemoteRun>, ApiError> {
-        let Some(id) = self.client.named_run(name).await.map_err(unavailable)? else {
+        let Some(id) = self
+            .client
+            .named_run(name)
+            .or_else(|e| failed(&self.client, e))
+            .await?
+        else {
             return Ok(None);
         };
         match self.find(&id).await {
@@ -255,8 +260,8 @@ impl RemoteRuns {
         let records = self
             .client
             .recent_runs(MAX_RECENT_RUNS)
-            .await
-            .map_err(unavailable)?;
+            .or_else(|e| failed(&self.client, e))
+            .await?;
         Ok(records.iter().map(info).collect())
     }
 
@@ -288,8 +293,8 @@ impl RemoteRuns {
         let shards = self
             .client
             .queue_shards_served(&actor_type)
-            .await
-            .map_err(unavailable)?;
+            .or_else(|e| failed(&self.client, e))
+            .await?;
         // Served on this server's number since the look above: a worker just advertised.
         if shards.contains(&self.client.options().queue_shards) {
             return Ok(());
@@ -311,11 +316,10 @@ impl RemoteRuns {
     }
 
     async fn served(&self) -> Result<BTreeSet<String>, ApiError> {
-        match self.client.served_actors().await {
-            Ok(served) => Ok(served),
-            // A cluster that is down is named (its commands only time out).
-            Err(e) => Err(unavailable(self.client.explain(e).await)),
-        }
+        self.client
+            .served_actors()
+            .or_else(|e| failed(&self.client, e))
+            .await
     }
 
     /// `GET /v1/actors`: the actor types live workers serve, described by this server's
@@ -405,8 +409,8 @@ impl RemoteRun {
         };
         self.client
             .reader_joined(&self.id, &attachment.reader)
-            .await
-            .map_err(unavailable)?;
+            .or_else(|e| failed(&self.client, e))
+            .await?;
         if let Some(unclaimed) = &self.unclaimed {
             unclaimed.claimed.store(true, Ordering::SeqCst);
         }
@@ -425,8 +429,8 @@ impl RemoteRun {
         let entries = self
             .invoker
             .attach(&self.id, cursor.map(EntryId::of_seq))
-            .await
-            .map_err(unavailable)?;
+            .or_else(|e| failed(&self.client, e))
+            .await?;
         Ok(Some(RemoteFeed {
             entries: entries.ready_chunks(BATCH),
             closing: self.closing.clone(),
@@ -441,7 +445,10 @@ impl RemoteRun {
 
     /// Cancels the run on its worker (idempotent).
     pub(crate) async fn cancel(&self) -> Result<(), ApiError> {
-        self.client.cancel(&self.id).await.map_err(unavailable)
+        self.client
+            .cancel(&self.id)
+            .or_else(|e| failed(&self.client, e))
+            .await
     }
 }
 
@@ -453,8 +460,8 @@ async fn record(client: &Client, id: &str) -> Result<RunRecord, ApiError> {
     }
     client
         .run_record(id)
-        .await
-        .map_err(unavailable)?
+        .or_else(|e| failed(client, e))
+        .await?
         .ok_or_else(not_found)
 }
 
@@ -638,16 +645,18 @@ fn info(record: &RunRecord) -> RunInfo {
     }
 }
 
-/// A Redis failure before a stream starts: `503 unavailable`, `429 queue_full`, or the
-/// client's own mistake.
-fn unavailable(err: loom_redis::Error) -> ApiError {
-    if err.is_bad_input() {
+/// A Redis failure before a stream starts: `503 unavailable` (a cluster that is down named:
+/// its commands only time out, see [`Client::explain`]), `429 queue_full`, or the client's
+/// own mistake.
+async fn failed<T>(client: &Client, err: loom_redis::Error) -> Result<T, ApiError> {
+    let err = client.explain(err).await;
+    Err(if err.is_bad_input() {
         ApiError::BadRequest(err.to_string())
     } else if matches!(err, loom_redis::Error::QueueFull { .. }) {
         ApiError::QueueFull(err.to_string())
     } else {
         ApiError::Unavailable(err.to_string())
-    }
+    })
 }
 
 /// `ms` since the Unix epoch as RFC 3339 with milliseconds; `None` past what RFC 3339 can

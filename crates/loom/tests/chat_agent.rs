@@ -152,3 +152,57 @@ fn control_characters_in_tokens_never_reach_the_terminal_but_json_keeps_them() {
     let token = chunks.iter().find_map(|c| c["data"]["token"].as_str());
     assert_eq!(token, Some(hostile));
 }
+
+/// `LOOM_AI_IDLE_TIMEOUT` sets how long a silent AI server is waited for (a model on a CPU
+/// may think for minutes); one that is no duration is refused before anything runs.
+#[test]
+fn loom_ai_idle_timeout_bounds_a_silent_server_and_nonsense_is_exit_2() {
+    use std::io::{Read, Write};
+    // Answers the headers and one token, then says nothing more for the test's whole limit.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let base_url = format!("http://{}/v1", listener.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        let Ok((mut socket, _)) = listener.accept() else {
+            return;
+        };
+        let mut buf = [0u8; 4096];
+        let _ = socket.read(&mut buf);
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n";
+        let _ = socket.write_all(format!("{head}data: {}\n\n", token_event("Hi")).as_bytes());
+        std::thread::sleep(LIMIT);
+    });
+    let started = std::time::Instant::now();
+    let out = finish(
+        loom(&["actor", "run", "chat-agent", "--json", "--prompt", "hi"])
+            .env("OPENAI_BASE_URL", &base_url)
+            .env("LOOM_AI_IDLE_TIMEOUT", "1s")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("loom starts"),
+    );
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let chunks = chunks(&out.stdout);
+    let last = chunks.last().expect("a terminal chunk");
+    assert_eq!(last["type"], "error", "{last}");
+    let message = last["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("for 1s"), "{last}");
+    // Not the default minute.
+    assert!(started.elapsed() < Duration::from_secs(30));
+
+    let mut bad = loom(&["actor", "run", "chat-agent", "--prompt", "hi"]);
+    bad.env("LOOM_AI_IDLE_TIMEOUT", "soon");
+    let out = finish(
+        bad.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("loom starts"),
+    );
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("LOOM_AI_IDLE_TIMEOUT"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stdout, "");
+}

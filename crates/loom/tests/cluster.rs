@@ -249,7 +249,7 @@ fn a_run_started_during_a_failover_waits_for_the_cluster() {
 }
 
 /// A cluster that is down (a master with no replica gone: its slots have no node) is named as
-/// such, not left at "timed out": while a command waits for it, and in a server's `503`.
+/// such, not left at "timed out": while a command waits for it, and in a server's `503`s.
 #[test]
 fn a_command_on_a_cluster_that_is_down_says_so() {
     let mut cluster = RedisCluster::start_with(3, 0);
@@ -296,4 +296,8 @@ fn a_command_on_a_cluster_that_is_down_says_so() {
         response.to_ascii_lowercase().contains("retry-after: 1"),
         "{response}"
     );
+    // Not only starting a run: every request that reads Redis names it.
+    let response = http(&served_addr(&banner), "GET", "/v1/runs", &[], "");
+    assert!(response.starts_with("HTTP/1.1 503"), "{response}");
+    assert!(response.contains("the Redis cluster is down"), "{response}");
 }

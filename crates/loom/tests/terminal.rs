@@ -39,6 +39,7 @@ fn run_in_terminal(args: &[&str], cols: u16, rows: u16) -> Screen {
         "OPENAI_BASE_URL",
         "OPENAI_API_KEY",
         "LOOM_MODEL",
+        "LOOM_AI_IDLE_TIMEOUT",
         "LOOM_REDIS_URL",
         "NO_COLOR",
     ] {

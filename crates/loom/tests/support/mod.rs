@@ -16,6 +16,7 @@ pub fn loom(args: &[&str]) -> Command {
         .env_remove("OPENAI_BASE_URL")
         .env_remove("OPENAI_API_KEY")
         .env_remove("LOOM_MODEL")
+        .env_remove("LOOM_AI_IDLE_TIMEOUT")
         .env_remove("LOOM_REDIS_URL")
         .stdin(Stdio::null());
     cmd

@@ -296,8 +296,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         let unsent = client.flush_cancels(CANCEL_FLUSH).await;
         if unsent > 0 {
             say!(
-                "loom: the cancel did not reach Redis; the worker cancels the run once it finds \
-                 this caller gone (within two leases of Redis answering again)"
+                "loom: the cancel did not reach Redis; if the run still goes on, its worker \
+                 cancels it once it finds this caller gone (within two leases of Redis \
+                 answering again)"
             );
         }
     }

@@ -114,7 +114,7 @@ pub enum Problem {
     Syntax(String),
     /// The workflow has no actions.
     NoActions,
-    /// A name is empty or has characters other than letters, digits, `_` and `-`.
+    /// A name is empty or has characters other than ASCII letters, digits, `_` and `-`.
     InvalidName(String),
     /// The workflow's name is longer than [`MAX_WORKFLOW_NAME_LEN`](crate::MAX_WORKFLOW_NAME_LEN)
     /// bytes.
@@ -205,7 +205,7 @@ impl fmt::Display for Problem {
             Self::NoActions => f.write_str("the workflow has no actions"),
             Self::InvalidName(name) => write!(
                 f,
-                "invalid name '{name}': use letters, digits, '_' and '-' only"
+                "invalid name '{name}': use ASCII letters, digits, '_' and '-' only"
             ),
             Self::NameTooLong { len } => write!(
                 f,
@@ -216,6 +216,11 @@ impl fmt::Display for Problem {
             ),
             Self::DuplicateName => f.write_str("duplicate action name"),
             Self::MissingActorType => f.write_str("missing field `actorType`"),
+            Self::UnknownActorType(t) if t.starts_with(crate::WORKFLOW_ACTOR_PREFIX) => write!(
+                f,
+                "unknown actor type '{t}' (a workflow that workers serve: it runs only through \
+                 Redis)"
+            ),
             Self::UnknownActorType(t) => write!(f, "unknown actor type '{t}'"),
             Self::FieldNotAllowed { field, on } => {
                 write!(f, "field `{field}` is not allowed on {on}")

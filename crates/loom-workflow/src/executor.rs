@@ -614,6 +614,18 @@ impl StepRun {
     /// with the step's end kept in `end`.
     fn ended(&mut self, outcome: Result<Value, ErrorInfo>) -> Option<Result<Output, ActorError>> {
         let attempts = self.step.retries.saturating_add(1);
+        // A step's run ends `timeout` at the deadline its step gave it (the workflow's own
+        // deadline cancels it instead): say whose, as "the run" alone reads as the workflow.
+        let outcome = outcome.map_err(|mut info| {
+            if let (ErrorCode::Timeout, Some(timeout)) = (info.code, self.step.timeout) {
+                info.message = format!(
+                    "{} (the step's timeout, {})",
+                    info.message,
+                    humantime::format_duration(timeout)
+                );
+            }
+            info
+        });
         match outcome {
             Err(info)
                 if info.retryable && self.attempt < attempts && !self.parent.is_cancelled() =>

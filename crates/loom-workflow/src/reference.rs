@@ -53,7 +53,7 @@ fn parse_reference(text: &str, inner: &str) -> Result<Reference, ParseError> {
     let segments: Vec<&str> = inner.trim().split('.').collect();
     if let Some(bad) = segments.iter().find(|s| !is_key(s)) {
         return fail(&format!(
-            "'{bad}' is not a key (use letters, digits, '_' and '-', separated by '.')"
+            "'{bad}' is not a key (use ASCII letters, digits, '_' and '-', separated by '.')"
         ));
     }
     let path = |from: usize| segments[from..].iter().map(|s| (*s).to_owned()).collect();

@@ -145,7 +145,7 @@ pub fn validate(workflow: &Workflow, knows: &dyn Fn(&str) -> bool) -> Result<(),
     Ok(())
 }
 
-/// Whether `name` can name a workflow: letters, digits, `_` and `-`, at most
+/// Whether `name` can name a workflow: ASCII letters, digits, `_` and `-`, at most
 /// [`MAX_WORKFLOW_NAME_LEN`] bytes (what [`validate`] asks of a definition's name), so
 /// `workflows/<name>` can be refused before it is looked for anywhere.
 pub fn is_workflow_name(name: &str) -> bool {

@@ -450,8 +450,13 @@ async fn check_served(client: &loom_redis::Client, job: &Job) -> anyhow::Result<
             told = true;
         }
         if tokio::time::Instant::now() >= deadline {
+            let start = if missing.starts_with(loom_workflow::WORKFLOW_ACTOR_PREFIX) {
+                "loom worker --redis URL --workflows DIR, DIR holding the workflow's file"
+            } else {
+                "loom worker --redis URL"
+            };
             return Err(usage(format!(
-                "no live worker serves actor type '{missing}' (start one: loom worker --redis URL)"
+                "no live worker serves actor type '{missing}' (start one: {start})"
             )));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -739,6 +744,8 @@ fn check_actor(runtime: &Runtime, actor: &str, distributed: bool) -> anyhow::Res
         let known = runtime.registry().names().join(", ");
         let remote = if distributed {
             ", or workflows/<name> of a worker's --workflows"
+        } else if actor.starts_with(loom_workflow::WORKFLOW_ACTOR_PREFIX) {
+            "; workflows/<name> runs on workers: add --redis URL"
         } else {
             ""
         };

@@ -263,9 +263,9 @@ impl Renderer {
                 self.steps.push((step.to_owned(), line, Instant::now()));
             }
             Event::ActionRetry => {
+                // The marker's message names its step already ("draft retrying: …").
                 let message = chunk.progress.as_ref().and_then(|p| p.message.clone());
-                let message = format!("↻ {step}: {}", message.unwrap_or_default());
-                self.note(&message);
+                self.note(&format!("↻ {}", message.as_deref().unwrap_or(step)));
             }
             Event::ActionComplete => self.end_step(step, "✓", None),
             _ => {

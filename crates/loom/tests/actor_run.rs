@@ -95,6 +95,10 @@ fn an_unknown_actor_is_one_line_on_stderr_and_exit_2() {
         out.stderr
     );
     assert!(out.stdout.is_empty());
+    // A workflow that workers serve is no type of this process: it needs Redis.
+    let out = run(&["actor", "run", "workflows/report"]);
+    assert_eq!(out.code, Some(2));
+    assert!(out.stderr.contains("add --redis"), "{}", out.stderr);
 }
 
 #[test]

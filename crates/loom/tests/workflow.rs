@@ -157,7 +157,13 @@ fn a_retried_team_steps_unfinished_lines_are_not_glued_to_the_next_attempt() {
     .expect("write");
     let out = run(&["workflow", "run", &file.display().to_string(), "--stream"]);
     assert_eq!(out.code, Some(1), "{}", out.stderr);
-    assert!(out.stderr.contains("↻ draft"), "{}", out.stderr);
+    assert!(out.stderr.contains("↻ draft retrying"), "{}", out.stderr);
+    // The step's own timeout is named as such, not as the run's (the workflow's) deadline.
+    assert!(
+        out.stderr.contains("the step's timeout, 400ms"),
+        "{}",
+        out.stderr
+    );
     let analyst: Vec<&str> = out
         .stdout
         .lines()

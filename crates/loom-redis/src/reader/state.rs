@@ -327,15 +327,20 @@ impl ReadState {
             // Nothing in the stream at all: no worker ever started the run (none served its
             // type on these queues, or none had room), which "lost" would misname.
             let message = if self.from == EntryId::ZERO && self.last_seq.is_none() {
-                "no worker took the run up (is one serving its type, with the same queue shards?)"
+                format!(
+                    "no worker took the run up in {}s: the workers serving its type were all \
+                     busy (every slot of their --concurrency holding a run, a workflow waiting \
+                     on this one included), or none serves it on the same queue shards",
+                    (self.watch.initial_grace + self.watch.visibility).as_secs()
+                )
             } else {
-                "the run's worker was lost and no other worker took it over"
+                "the run's worker was lost and no other worker took it over".to_owned()
             };
             Step::EndRun(Ending {
                 reason: CancelReason::WorkerLost,
                 error: ErrorInfo {
                     code: ErrorCode::WorkerLost,
-                    message: message.to_owned(),
+                    message,
                     retryable: true,
                 },
             })

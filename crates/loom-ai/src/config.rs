@@ -208,8 +208,8 @@ impl AiConfig {
                 .filter(|t| !t.is_zero())
                 .ok_or_else(|| {
                     AiError::Config(format!(
-                        "LOOM_AI_IDLE_TIMEOUT={timeout:?} is no duration: write one as 90s, 5m \
-                         or 1m 30s"
+                        "LOOM_AI_IDLE_TIMEOUT={timeout:?} is no duration above zero: write \
+                         one as 90s, 5m or 1m 30s"
                     ))
                 })?;
         }

@@ -457,7 +457,8 @@ impl Client {
     /// [`Error::is_unreachable`]) on a cluster that reports itself down: on a cluster, commands
     /// to slots no node serves are retried until they time out, which alone says nothing of
     /// why. Asks the cluster's nodes in turn, each on a connection of its own, until one
-    /// answers `CLUSTER INFO`; for a message to a user, after a command failed.
+    /// answers `CLUSTER INFO`, for at most [`EXPLAIN_WITHIN`] in all; for a message to a
+    /// user, after a command failed.
     pub async fn explain(&self, err: Error) -> Error {
         let Topology::Cluster(nodes) = &self.inner.topology else {
             return err;
@@ -465,23 +466,23 @@ impl Client {
         if !err.is_unreachable() || matches!(err, Error::ClusterDown { .. }) {
             return err;
         }
-        for node in nodes {
-            let info = node.get_connection_info();
-            let Some(Ok(Reply::Text(text))) = cluster_info(info).await else {
-                continue;
-            };
-            let down = String::from_utf8_lossy(&text)
-                .lines()
-                .any(|line| line.trim() == "cluster_state:fail");
-            return if down {
-                Error::ClusterDown {
-                    node: node_of(info),
-                }
-            } else {
-                err
-            };
+        let down = async {
+            for node in nodes {
+                let info = node.get_connection_info();
+                let Some(Ok(Reply::Text(text))) = cluster_info(info).await else {
+                    continue;
+                };
+                let down = String::from_utf8_lossy(&text)
+                    .lines()
+                    .any(|line| line.trim() == "cluster_state:fail");
+                return down.then(|| node_of(info));
+            }
+            None
+        };
+        match tokio::time::timeout(EXPLAIN_WITHIN, down).await {
+            Ok(Some(node)) => Error::ClusterDown { node },
+            _ => err,
         }
-        err
     }
 
     /// Whether this client talks to a Redis Cluster.
@@ -880,6 +881,10 @@ async fn cluster_info(info: &redis::ConnectionInfo) -> Option<Result<Reply, Erro
     let mut wire = Wire::connect(info, Duration::ZERO).await.ok()?;
     Some(wire.query(redis::cmd("CLUSTER").arg("INFO")).await)
 }
+
+/// The longest [`Client::explain`] asks a cluster's nodes whether it is down: on top of the
+/// failed command's own wait, before its error is given as it was.
+pub const EXPLAIN_WITHIN: Duration = Duration::from_secs(2);
 
 /// Now, in Unix milliseconds.
 pub(crate) fn unix_ms() -> u64 {

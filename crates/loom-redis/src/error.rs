@@ -69,16 +69,30 @@ pub enum Error {
         /// The node that said so, `host:port`.
         node: String,
     },
-    /// Redis refused or failed a command, or could not be reached.
-    #[error("redis: {0}")]
+    /// Redis refused or failed a command, or could not be reached. One refused because
+    /// Redis is out of memory says so first (see [`Error::is_out_of_memory`]).
+    #[error("{why}redis: {0}", why = if out_of_memory(.0) { OUT_OF_MEMORY } else { "" })]
     Redis(#[from] redis::RedisError),
+}
+
+/// How an [`Error::Redis`] that is Redis out of memory opens: its own words (`OOM command not
+/// allowed…`) say what, not what to do.
+const OUT_OF_MEMORY: &str = "Redis is out of memory (its maxmemory reached, with the \
+                             noeviction policy: free memory or raise maxmemory): ";
+
+/// Whether `e` is Redis's `OOM` error reply, alone or to one command of a pipeline.
+fn out_of_memory(e: &redis::RedisError) -> bool {
+    e.code() == Some("OOM")
+        || e.clone()
+            .into_server_errors()
+            .is_some_and(|refused| refused.iter().any(|(_, e)| e.code() == "OOM"))
 }
 
 impl Error {
     /// Whether Redis refused a write because it is out of memory (`maxmemory` reached under
-    /// the `noeviction` policy): an `OOM` error reply.
+    /// the `noeviction` policy): an `OOM` error reply, to a command or within a pipeline.
     pub fn is_out_of_memory(&self) -> bool {
-        matches!(self, Self::Redis(e) if e.code() == Some("OOM"))
+        matches!(self, Self::Redis(e) if out_of_memory(e))
     }
 
     /// Whether Redis could not be reached or answered late, or a cluster was moving the slot

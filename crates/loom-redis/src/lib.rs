@@ -90,7 +90,7 @@ mod script;
 mod wire;
 mod worker;
 
-pub use client::{Client, ClientOptions, MIN_REDIS_VERSION, WRITER_CONNECTIONS};
+pub use client::{Client, ClientOptions, EXPLAIN_WITHIN, MIN_REDIS_VERSION, WRITER_CONNECTIONS};
 pub use codec::EntryId;
 pub use error::Error;
 pub use keys::{validate_name, Keys, BELL_LEN, BUCKETS, DEFAULT_PREFIX, GROUP, MAX_NAME_LEN};

@@ -272,7 +272,7 @@ impl Writer {
         };
         let err = ActorError::new(
             ErrorCode::Upstream,
-            format!("Redis is out of memory: it refused this run's chunks ({refused})"),
+            format!("this run's chunks were refused: {refused}"),
         );
         let verdict = [StreamChunk::error(first.seq, &err)];
         match self.write_once(&verdict, self.ttl, true).await {

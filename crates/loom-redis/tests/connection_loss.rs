@@ -263,8 +263,27 @@ async fn a_redis_out_of_memory_ends_the_reader_with_a_clear_error_and_the_worker
         assert_eq!(chunk.seq, i as u64, "gapless until the end");
     }
     assert!(worker.is_running(), "the worker survives");
-    // Memory frees (the full stream goes): the worker serves runs again.
+    // A request queued while Redis is full (to the byte: no room at all) is refused, saying
+    // why, not in Redis's words alone (a pipeline's failure).
     let mut plain = server.plain();
+    let maxmemory = |bytes: &str| {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("SET").arg("maxmemory").arg(bytes);
+        cmd
+    };
+    let _: () = maxmemory("1").query(&mut plain).unwrap();
+    let refused = client
+        .invoker()
+        .submit("ticker", json!({ "count": 1 }), &RunOptions::default())
+        .await
+        .expect_err("no room for the request");
+    assert!(refused.is_out_of_memory(), "{refused}");
+    assert!(
+        refused.to_string().starts_with("Redis is out of memory"),
+        "{refused}"
+    );
+    let _: () = maxmemory("4mb").query(&mut plain).unwrap();
+    // Memory frees (the full stream goes): the worker serves runs again.
     let _: () = redis::cmd("FLUSHALL").query(&mut plain).unwrap();
     let again = collect(30, ticker(&client, 3, 0).await).await;
     assert_eq!(again.last().unwrap().kind, ChunkType::Complete, "{again:?}");

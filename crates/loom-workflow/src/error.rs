@@ -216,11 +216,17 @@ impl fmt::Display for Problem {
             ),
             Self::DuplicateName => f.write_str("duplicate action name"),
             Self::MissingActorType => f.write_str("missing field `actorType`"),
-            Self::UnknownActorType(t) if t.starts_with(crate::WORKFLOW_ACTOR_PREFIX) => write!(
-                f,
-                "unknown actor type '{t}' (a workflow that workers serve: it runs only through \
-                 Redis)"
-            ),
+            Self::UnknownActorType(t)
+                if t
+                    .strip_prefix(crate::WORKFLOW_ACTOR_PREFIX)
+                    .is_some_and(crate::is_workflow_name) =>
+            {
+                write!(
+                    f,
+                    "unknown actor type '{t}' (a workflow that workers serve: it runs only \
+                     through Redis)"
+                )
+            }
             Self::UnknownActorType(t) => write!(f, "unknown actor type '{t}'"),
             Self::FieldNotAllowed { field, on } => {
                 write!(f, "field `{field}` is not allowed on {on}")

@@ -562,6 +562,8 @@ struct StepRun {
     total: u64,
     /// The attempt running now (1-based).
     attempt: u32,
+    /// When the attempt running now started: whether its `timeout` was the step's own.
+    started: tokio::time::Instant,
     state: StepState,
     /// How the step ended, once it did.
     end: Option<Box<StepEnd>>,
@@ -604,6 +606,7 @@ impl StepRun {
             done,
             total,
             attempt: 1,
+            started: tokio::time::Instant::now(),
             state: StepState::Starting(starting),
             end: None,
             held: None,
@@ -614,10 +617,12 @@ impl StepRun {
     /// with the step's end kept in `end`.
     fn ended(&mut self, outcome: Result<Value, ErrorInfo>) -> Option<Result<Output, ActorError>> {
         let attempts = self.step.retries.saturating_add(1);
-        // A step's run ends `timeout` at the deadline its step gave it (the workflow's own
-        // deadline cancels it instead): say whose, as "the run" alone reads as the workflow.
+        // An attempt that ran the whole `timeout` its step gave it and ended `timeout` ran out
+        // of that (the workflow's own deadline cancels it instead; a called workflow's inner
+        // deadlines come sooner): say whose, as "the run" alone reads as the workflow.
         let outcome = outcome.map_err(|mut info| {
-            if let (ErrorCode::Timeout, Some(timeout)) = (info.code, self.step.timeout) {
+            let timeout = self.step.timeout.filter(|t| self.started.elapsed() >= *t);
+            if let (ErrorCode::Timeout, Some(timeout)) = (info.code, timeout) {
                 info.message = format!(
                     "{} (the step's timeout, {})",
                     info.message,
@@ -725,6 +730,7 @@ impl StepRun {
                         return;
                     }
                     let starting = start(&this.invoker, &this.step, &this.input, &this.parent);
+                    this.started = tokio::time::Instant::now();
                     this.state = StepState::Starting(starting);
                 }
             }

@@ -149,6 +149,9 @@ fn an_unknown_actor_type_is_rejected() {
         err.problem(),
         Some(&Problem::UnknownActorType("nope".into()))
     );
+    // A workflow that workers serve, named where none can be run: the message says why.
+    let err = reject("name: w\nactions:\n  - name: a\n    actorType: workflows/report\n");
+    assert_message(&err, Some(3), "a", "it runs only through Redis");
 }
 
 /// A key given twice in one mapping is named, without the parser's hint at an option of its

@@ -744,7 +744,10 @@ fn check_actor(runtime: &Runtime, actor: &str, distributed: bool) -> anyhow::Res
         let known = runtime.registry().names().join(", ");
         let remote = if distributed {
             ", or workflows/<name> of a worker's --workflows"
-        } else if actor.starts_with(loom_workflow::WORKFLOW_ACTOR_PREFIX) {
+        } else if actor
+            .strip_prefix(loom_workflow::WORKFLOW_ACTOR_PREFIX)
+            .is_some_and(loom_workflow::is_workflow_name)
+        {
             "; workflows/<name> runs on workers: add --redis URL"
         } else {
             ""

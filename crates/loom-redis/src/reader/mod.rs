@@ -233,7 +233,7 @@ fn follow(
                                     // passed stays `timeout`).
                                     ending.error = ErrorInfo {
                                         code: ErrorCode::Upstream,
-                                        message: format!("Redis is out of memory: it refused this run's writes ({e})"),
+                                        message: format!("this run's writes were refused: {e}"),
                                         retryable: true,
                                     };
                                 }

@@ -327,20 +327,17 @@ impl ReadState {
             // Nothing in the stream at all: no worker ever started the run (none served its
             // type on these queues, or none had room), which "lost" would misname.
             let message = if self.from == EntryId::ZERO && self.last_seq.is_none() {
-                format!(
-                    "no worker took the run up in {}s: the workers serving its type were all \
-                     busy (every slot of their --concurrency holding a run, a workflow waiting \
-                     on this one included), or none serves it on the same queue shards",
-                    (self.watch.initial_grace + self.watch.visibility).as_secs()
-                )
+                "no worker took the run up: every worker serving its type was busy (each of its \
+                 slots holding a run, maybe a workflow waiting on this one), none serves it on \
+                 the same queue shards, or Redis lost the request"
             } else {
-                "the run's worker was lost and no other worker took it over".to_owned()
+                "the run's worker was lost and no other worker took it over"
             };
             Step::EndRun(Ending {
                 reason: CancelReason::WorkerLost,
                 error: ErrorInfo {
                     code: ErrorCode::WorkerLost,
-                    message,
+                    message: message.to_owned(),
                     retryable: true,
                 },
             })

@@ -215,6 +215,14 @@ class ChatCompletions(WithServer):
                 model="workflows/batch-report",
                 messages=[{"role": "user", "content": '{"count": "many"}'}],
             )
+        # A misspelt field is refused as OpenAI refuses it, not run without its limit; one of
+        # OpenAI's that Loom has no use for is not.
+        with self.assertRaises(openai.BadRequestError) as caught:
+            self.client.chat.completions.create(
+                model="echo", messages=[{"role": "user", "content": "x"}], extra_body={"max_token": 5}
+            )
+        self.assertIn("max_token", caught.exception.message)
+        self.client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "x"}], store=False)
 
     def test_an_upstream_refusal_before_any_token_is_a_status_error_also_when_streaming(self):
         for stream in (False, True):

@@ -132,7 +132,8 @@ pub use tokens::TOKEN_TTL;
 /// connections or runs; embedded runs are cancelled and open streams end with their terminal
 /// `error/cancelled` chunk; in distributed mode the runs go on on their workers, open
 /// streams close without a terminal chunk (a dialect's with its error event), and the server waits out the disconnect grace of the
-/// direct runs whose clients it had ([`ServerState::drained`]). On a loopback address it answers only to loopback
+/// direct runs whose clients it had ([`ServerState::drained`]); a client that does not read
+/// its stream's end within [`SHUTDOWN_DRAIN`] is not waited for. On a loopback address it answers only to loopback
 /// host names (`localhost`, `127.0.0.1`, `[::1]`) and those of
 /// [`ServerConfig::allowed_hosts`] and its CORS origins: a page that points its own name at
 /// this machine (DNS rebinding) gets `403`. A connection that has not sent a request's
@@ -198,10 +199,27 @@ pub async fn serve(
     tracing::info!("shutting down: cancelling running runs");
     state.shutdown();
     closing.cancel();
-    connections.shutdown().await;
+    // The streams end (a WebSocket's too, which left its HTTP connection when it upgraded):
+    // a client that stopped reading cannot take its stream's end, and is not waited for.
+    let streams_ended = async {
+        connections.shutdown().await;
+        state.streams_closed().await;
+    };
+    if tokio::time::timeout(SHUTDOWN_DRAIN, streams_ended)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "stopped waiting for open streams after {SHUTDOWN_DRAIN:?}: their clients are not \
+             reading"
+        );
+    }
     state.drained().await;
     Ok(())
 }
+
+/// The longest a graceful shutdown waits for its open streams to take their end.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
 
 /// After a failed `accept`: a connection that failed before it was accepted is the peer's
 /// business; anything else (out of file descriptors) is logged, and accepting waits a

@@ -100,6 +100,13 @@ impl ServerState {
             })
     }
 
+    /// Once no stream is open (every stream permit is back): after
+    /// [`shutdown`](Self::shutdown), when each has sent its end.
+    pub(crate) async fn streams_closed(&self) {
+        let all = u32::try_from(self.inner.stream_cap).unwrap_or(u32::MAX);
+        let _ = self.inner.streams.acquire_many(all).await;
+    }
+
     /// The short-lived tokens of `POST /v1/tokens`.
     pub(crate) fn tokens(&self) -> &Tokens {
         &self.inner.tokens

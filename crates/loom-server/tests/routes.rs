@@ -244,6 +244,12 @@ async fn an_openai_route_rejects_a_bad_body_or_query_in_openais_error_shape() {
             json!({ "model": "chat-agent", "messages": [] }),
             "no messages",
         ),
+        // A misspelt field would run without what it asked for (here, a limit).
+        (
+            "/v1/chat/completions",
+            json!({ "model": "echo", "max_token": 5, "messages": user }),
+            "Unrecognized request argument supplied: max_token",
+        ),
         (
             "/v1/responses",
             json!({ "model": "echo", "input": "hi", "previous_response_id": "resp_x" }),
@@ -261,7 +267,8 @@ async fn an_openai_route_rejects_a_bad_body_or_query_in_openais_error_shape() {
         let message = error["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains(says), "{path} {body}: {error}");
     }
-    let one = json!({ "model": "echo", "n": 1, "messages": user });
+    // One of OpenAI's own fields that Loom has no use for is accepted.
+    let one = json!({ "model": "echo", "n": 1, "store": false, "messages": user });
     assert_eq!(
         server.post("/v1/chat/completions", &one).await.status(),
         200

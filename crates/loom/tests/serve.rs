@@ -271,3 +271,70 @@ fn no_secret_reaches_the_logs_even_at_rust_log_trace() {
     let coloured: Vec<&String> = logs.iter().filter(|l| l.contains('\u{1b}')).collect();
     assert!(coloured.is_empty(), "{coloured:?}");
 }
+
+/// A graceful shutdown ends a WebSocket's run with its terminal chunk and closes the socket
+/// with `1000` before the process exits: the socket left its HTTP connection when it
+/// upgraded, and the server used to exit without waiting for it (close `1006`, no terminal).
+#[test]
+fn sigterm_ends_a_websockets_run_with_its_terminal_and_a_close_frame() {
+    use tungstenite::Message;
+    let (mut server, banner) =
+        start_ready(&["serve", "--addr", "127.0.0.1:0"], &[], "loom: serving");
+    let url = format!("ws://{}/v1/actors/batch/ws", served_addr(&banner));
+    let (mut socket, _) = tungstenite::connect(url).expect("handshake");
+    let start = r#"{"action":"start","input":{"count":100000,"batch_size":1,"delay_ms":20}}"#;
+    socket.send(Message::text(start)).expect("send");
+    let first = socket.read().expect("the start chunk");
+    assert!(
+        first
+            .to_text()
+            .unwrap_or_default()
+            .contains(r#""type":"start""#),
+        "{first:?}"
+    );
+    signal(server.0.id(), "TERM");
+    let (mut last, mut close) = (None, None);
+    while let Ok(message) = socket.read() {
+        match message {
+            Message::Text(text) => last = Some(text.to_string()),
+            Message::Close(frame) => close = frame.map(|f| u16::from(f.code)),
+            _ => {}
+        }
+    }
+    let last = last.expect("chunks before the close");
+    assert!(
+        last.contains(r#""type":"error""#) && last.contains("cancelled"),
+        "{last}"
+    );
+    assert_eq!(close, Some(1000), "a close frame after the terminal");
+    assert_eq!(wait(&mut server.0).code(), Some(0));
+}
+
+/// A client that stopped reading its stream does not hold a graceful shutdown open: the
+/// server stops waiting for it after `SHUTDOWN_DRAIN` (10 s) and exits 0.
+#[test]
+fn sigterm_does_not_wait_forever_for_a_client_that_stopped_reading() {
+    use std::io::Write;
+    let (mut server, banner) =
+        start_ready(&["serve", "--addr", "127.0.0.1:0"], &[], "loom: serving");
+    let body = r#"{"input":{"count":10000000,"batch_size":1,"delay_ms":0}}"#;
+    let mut stalled = std::net::TcpStream::connect(served_addr(&banner)).expect("connect");
+    write!(
+        stalled,
+        "POST /v1/actors/batch/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: \
+         application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send the request");
+    // Long enough for the socket's buffers to fill: the stream's end cannot be sent now.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let stopped = std::time::Instant::now();
+    signal(server.0.id(), "TERM");
+    assert_eq!(wait(&mut server.0).code(), Some(0));
+    assert!(
+        stopped.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        stopped.elapsed()
+    );
+    drop(stalled);
+}

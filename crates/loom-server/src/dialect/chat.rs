@@ -45,8 +45,9 @@ use crate::state::ServerState;
 use crate::store::DisconnectPolicy;
 
 /// The body of `POST /v1/chat/completions`: the sampling and output fields an actor that takes
-/// messages reads go on to it (`chat-agent` sends them upstream); fields clients send that
-/// Loom has no use for (`store`, `metadata`, …) are ignored, as OpenAI-compatible servers do.
+/// messages reads go on to it (`chat-agent` sends them upstream); fields of OpenAI's API that
+/// Loom has no use for ([`IGNORED`]: `store`, `metadata`, …) are ignored, and any other is
+/// refused as OpenAI refuses it, so a misspelt `max_token` never runs without its limit.
 #[derive(Debug, Deserialize)]
 pub(crate) struct ChatRequest {
     model: String,
@@ -67,6 +68,22 @@ pub(crate) struct ChatRequest {
     #[serde(flatten)]
     rest: Map<String, Value>,
 }
+
+/// Fields of OpenAI's Chat Completions request that Loom accepts and does not act on: what they
+/// ask for (a stored completion, log probabilities, audio…) is OpenAI's own.
+const IGNORED: [&str; 11] = [
+    "store",
+    "metadata",
+    "service_tier",
+    "logprobs",
+    "top_logprobs",
+    "modalities",
+    "audio",
+    "prediction",
+    "prompt_cache_key",
+    "safety_identifier",
+    "verbosity",
+];
 
 #[derive(Debug, Deserialize)]
 struct StreamOptions {
@@ -268,9 +285,17 @@ pub(crate) async fn completions(
     }
     let target = RunTarget::named(&request.model);
     let mut rest = request.rest;
-    let passed = loom_ai::PASSED_THROUGH
+    let passed: Vec<_> = loom_ai::PASSED_THROUGH
         .iter()
-        .map(|name| (*name, rest.remove(*name)));
+        .map(|name| (*name, rest.remove(*name)))
+        .collect();
+    // OpenAI's own answer, in its words, to a field it does not define.
+    if let Some(unknown) = rest.keys().find(|k| !IGNORED.contains(&k.as_str())) {
+        return Err(ApiError::BadRequest(format!(
+            "Unrecognized request argument supplied: {unknown}"
+        ))
+        .into());
+    }
     let sampling = sampling(
         [
             ("temperature", request.temperature),

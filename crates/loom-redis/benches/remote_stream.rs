@@ -27,11 +27,6 @@ mod measure;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-/// The allocator the `loom` binary ships with (its workers, callers and servers), so the
-/// figures are the product's.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};

@@ -19,13 +19,6 @@ mod render;
 mod serve;
 mod telemetry;
 
-/// mimalloc, not the system's allocator: a chunk's path allocates small buffers by the
-/// million (a token's JSON, a reply's frame), and with mimalloc a remote stream's writer and
-/// reader spend about 15 % less CPU per chunk than with glibc's `malloc`
-/// (docs/performance.md, "An eighteenth machine of the kind").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;

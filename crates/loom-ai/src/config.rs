@@ -1,8 +1,8 @@
 //! [`AiConfig`]: where the AI service sends requests and how patiently.
 //!
 //! Read from the environment by [`AiConfig::from_env`] (`OPENAI_BASE_URL`, `OPENAI_API_KEY`,
-//! `LOOM_MODEL`, `LOOM_AI_IDLE_TIMEOUT`) or built in code. The API key lives in an [`ApiKey`], whose `Debug` never
-//! shows it, so a config can be logged whole.
+//! `LOOM_MODEL`, `LOOM_AI_IDLE_TIMEOUT`) or built in code. The API key lives in an [`ApiKey`],
+//! whose `Debug` never shows it, so a config can be logged whole.
 
 use std::fmt;
 use std::time::Duration;

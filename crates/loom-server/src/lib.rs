@@ -133,8 +133,8 @@ pub use tokens::TOKEN_TTL;
 /// `error/cancelled` chunk; in distributed mode the runs go on on their workers, open
 /// streams close without a terminal chunk (a dialect's with its error event), and the server waits out the disconnect grace of the
 /// direct runs whose clients it had ([`ServerState::drained`]); a client that does not read
-/// its stream's end within [`SHUTDOWN_DRAIN`] is not waited for. On a loopback address it answers only to loopback
-/// host names (`localhost`, `127.0.0.1`, `[::1]`) and those of
+/// its stream's end within [`SHUTDOWN_DRAIN`] is not waited for. On a loopback address it
+/// answers only to loopback host names (`localhost`, `127.0.0.1`, `[::1]`) and those of
 /// [`ServerConfig::allowed_hosts`] and its CORS origins: a page that points its own name at
 /// this machine (DNS rebinding) gets `403`. A connection that has not sent a request's
 /// headers within [`ServerConfig::header_timeout`], or no byte at all, is closed (hyper's

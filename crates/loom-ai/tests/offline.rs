@@ -66,11 +66,16 @@ fn loom_ai_idle_timeout_sets_the_idle_timeout_and_nonsense_is_refused() {
         with(" 1m 30s ").expect("config").idle_timeout,
         Duration::from_secs(90)
     );
+    // A bare number is seconds, as the CLI's `--timeout` reads it.
+    assert_eq!(
+        with("30").expect("config").idle_timeout,
+        Duration::from_secs(30)
+    );
     assert_eq!(
         with("").expect("unset").idle_timeout,
         AiConfig::offline().idle_timeout
     );
-    for bad in ["90", "soon", "0s"] {
+    for bad in ["soon", "0s", "0", "-5"] {
         let err = with(bad).expect_err(bad).to_string();
         assert!(
             err.contains("LOOM_AI_IDLE_TIMEOUT") && err.contains("90s"),

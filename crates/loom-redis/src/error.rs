@@ -47,7 +47,7 @@ pub enum Error {
     UnexpectedReply(String),
     /// The actor type's queue holds [`ClientOptions::max_queued`](crate::ClientOptions::max_queued)
     /// requests already (waiting or running): the request was not queued.
-    #[error("the queue of actor type '{actor}' is full ({limit} requests waiting or running); try again later")]
+    #[error("the queue of actor type '{actor}' is full (it holds {limit}, waiting or running); try again later")]
     QueueFull {
         /// The actor type.
         actor: String,

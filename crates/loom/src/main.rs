@@ -43,9 +43,22 @@ const CANCEL_GRACE: Duration = Duration::from_secs(5);
 /// stopped to reach Redis.
 const CANCEL_FLUSH: Duration = Duration::from_secs(3);
 
+/// What `--help` says of the environment `chat-agent` reads (where actors run: this process,
+/// or a worker).
+const AI_ENV: &str = "Environment of chat-agent: OPENAI_BASE_URL (an OpenAI-compatible server, \
+e.g. http://127.0.0.1:11434/v1), OPENAI_API_KEY (neither set: the offline provider), LOOM_MODEL \
+(the model to ask for), LOOM_AI_IDLE_TIMEOUT (how long a silent server is waited for: 90s, 5m; \
+default 1m).";
+
+/// What `loom serve --help` says of the environment besides [`AI_ENV`].
+const SERVE_ENV: &str = "Environment of chat-agent: OPENAI_BASE_URL, OPENAI_API_KEY, LOOM_MODEL, \
+LOOM_AI_IDLE_TIMEOUT (see loom --help). LOOM_API_KEY: callers must present this key \
+(Authorization: Bearer KEY); unset, the API is open to whoever reaches the address \
+(docs/security.md).";
+
 /// Loom: run actors and stream their work as it happens.
 #[derive(Parser, Debug)]
-#[command(name = "loom", version, about)]
+#[command(name = "loom", version, about, after_help = AI_ENV)]
 struct Cli {
     /// Run actors on workers through this Redis (e.g. redis://127.0.0.1:6379) instead of in
     /// this process. A Redis Cluster works too: the URL of any node, or a comma-separated list
@@ -81,11 +94,13 @@ enum Command {
     #[command(subcommand)]
     Workflow(WorkflowCommand),
     /// Run actors for callers, taking requests from the Redis queues (needs --redis).
+    #[command(after_help = AI_ENV)]
     Worker(WorkerArgs),
     /// Read chunk streams stored in Redis (needs --redis).
     #[command(subcommand)]
     Stream(StreamCommand),
     /// Serve actors and workflows over HTTP: JSON, SSE with resume, detached runs.
+    #[command(after_help = SERVE_ENV)]
     Serve(serve::ServeArgs),
 }
 
@@ -132,6 +147,7 @@ enum StreamCommand {
 #[derive(Subcommand, Debug)]
 enum WorkflowCommand {
     /// Run a workflow and show its steps (and, with --stream, their tokens) as they happen.
+    #[command(after_help = AI_ENV)]
     Run(WorkflowRunArgs),
     /// Check a workflow definition without running it; exit 2 with the problem when bad.
     Validate {
@@ -187,6 +203,7 @@ enum ActorCommand {
     /// List the registered actors.
     List,
     /// Run an actor and show its result (or, with --stream, its work as it happens).
+    #[command(after_help = AI_ENV)]
     Run(RunArgs),
 }
 
@@ -505,6 +522,13 @@ async fn command(
             options.timeout = options
                 .timeout
                 .or_else(|| loom_workflow::default_timeout(&args.actor));
+            // A run on a worker can be followed from elsewhere: a person is told its id (with
+            // `--json` the `start` chunk says it).
+            if redis.is_some() && !args.output.mode().json {
+                let id = loom_core::new_run_id();
+                say!("loom: run {id} (`loom stream tail {id}` follows it from elsewhere)");
+                options.run_id = Some(id);
+            }
             let stream = invoker.stream(&args.actor, input, options).await?;
             Ok(follow(stream, signals, args.output.mode(), Stop::Cancel).await)
         }

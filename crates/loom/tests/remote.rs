@@ -136,6 +136,26 @@ fn a_remote_run_streams_through_redis_and_can_be_replayed_with_stream_tail() {
             tail.stderr
         );
     }
+    // Without `--json` a person is told the run's id, to follow it from elsewhere.
+    let out = run(&[
+        "actor",
+        "run",
+        "echo",
+        "--input",
+        "{}",
+        "--redis",
+        redis.url(),
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let told = out
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("loom: run "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the run's id on stderr");
+    let tail = run(&["stream", "tail", told, "--json", "--redis", redis.url()]);
+    assert_eq!(tail.code, Some(0), "{}", tail.stderr);
+    assert_eq!(support::chunks(&tail.stdout)[0]["data"]["run_id"], told);
 }
 
 #[test]

@@ -75,6 +75,19 @@ fn assert_ends_complete(seen: &[Value]) {
     );
 }
 
+/// `loom actor run echo --input {} --redis URL`, to its end.
+fn run_echo(redis: &RedisServer) -> Output {
+    run(&[
+        "actor",
+        "run",
+        "echo",
+        "--input",
+        "{}",
+        "--redis",
+        redis.url(),
+    ])
+}
+
 fn is_terminal(chunk: &Value) -> bool {
     chunk["type"] == "complete" || chunk["type"] == "error"
 }
@@ -137,15 +150,7 @@ fn a_remote_run_streams_through_redis_and_can_be_replayed_with_stream_tail() {
         );
     }
     // Without `--json` a person is told the run's id, to follow it from elsewhere.
-    let out = run(&[
-        "actor",
-        "run",
-        "echo",
-        "--input",
-        "{}",
-        "--redis",
-        redis.url(),
-    ]);
+    let out = run_echo(&redis);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     let told = out
         .stderr
@@ -644,15 +649,7 @@ fn a_caller_with_other_queue_shards_than_the_workers_is_told_so() {
     let redis = RedisServer::start_own();
     let _worker = WorkerProcess::with(&redis, &["--actors", "echo"]);
     // A caller on the workers' number runs: the worker is serving.
-    let out = run(&[
-        "actor",
-        "run",
-        "echo",
-        "--input",
-        "{}",
-        "--redis",
-        redis.url(),
-    ]);
+    let out = run_echo(&redis);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     // One on another number is refused at once, exit 2: a setting to change, not a worker
     // still starting (it waited the 30 s pickup timeout first).

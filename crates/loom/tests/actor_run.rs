@@ -368,3 +368,27 @@ fn help_never_prints_the_redis_url_from_the_environment() {
     assert!(out.stdout.contains("LOOM_REDIS_URL"), "{}", out.stdout);
     assert!(!out.stdout.contains("hunter2"), "{}", out.stdout);
 }
+
+/// `--help` of what runs actors names the environment they read: the AI server's, and for
+/// `serve` the API key, which no flag sets.
+#[test]
+fn help_names_the_environment_each_command_reads() {
+    for (args, names) in [
+        (
+            &["actor", "run", "--help"][..],
+            &["OPENAI_BASE_URL", "LOOM_AI_IDLE_TIMEOUT"][..],
+        ),
+        (
+            &["workflow", "run", "--help"],
+            &["OPENAI_API_KEY", "LOOM_MODEL"],
+        ),
+        (&["worker", "--help"], &["OPENAI_BASE_URL"]),
+        (&["serve", "--help"], &["LOOM_API_KEY", "OPENAI_BASE_URL"]),
+    ] {
+        let out = run(args);
+        assert_eq!(out.code, Some(0), "{args:?}: {}", out.stderr);
+        for name in names {
+            assert!(out.stdout.contains(name), "{args:?} {name}: {}", out.stdout);
+        }
+    }
+}

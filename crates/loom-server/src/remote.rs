@@ -285,20 +285,17 @@ impl RemoteRuns {
     /// for now. A type nobody describes is `not_found`, and so is one that workers serve on
     /// another number of queue shards, with the setting to change.
     pub(crate) async fn check_served(&self, target: &RunTarget) -> Result<(), ApiError> {
-        let actor_type = target.actor_type();
-        if self.served().await?.contains(&actor_type) {
-            return Ok(());
-        }
-        let what = target.describe();
+        // The queue-shard counts live workers serve the type on: one look decides both
+        // whether it is served on this server's queues and, if not, why.
         let shards = self
             .client
-            .queue_shards_served(&actor_type)
+            .queue_shards_served(&target.actor_type())
             .or_else(|e| failed(&self.client, e))
             .await?;
-        // Served on this server's number since the look above: a worker just advertised.
         if shards.contains(&self.client.options().queue_shards) {
             return Ok(());
         }
+        let what = target.describe();
         // A setting to change, not a shortage that passes: not to be retried.
         if let Some(theirs) = shards.first() {
             return Err(ApiError::NotFound(format!(

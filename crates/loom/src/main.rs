@@ -431,28 +431,33 @@ async fn check_served(client: &loom_redis::Client, job: &Job) -> anyhow::Result<
     let wait = client.options().pickup_timeout;
     let deadline = tokio::time::Instant::now() + wait;
     let mut told = false;
+    let own = client.options().queue_shards;
     loop {
-        let served = through_outage(client, || client.served_actors())
-            .await
-            .map_err(redis_error)?;
-        let Some(missing) = needed.iter().find(|t| !served.contains(**t)) else {
+        // The queue-shard counts live workers serve each type on: one look decides both
+        // whether a type is served on this caller's queues and, if not, why.
+        let mut unserved = None;
+        for &actor in &needed {
+            let shards = through_outage(client, || client.queue_shards_served(actor))
+                .await
+                .map_err(redis_error)?;
+            if !shards.contains(&own) {
+                unserved = Some((actor, shards));
+                break;
+            }
+        }
+        let Some((missing, shards)) = unserved else {
             return Ok(());
         };
         // Workers that serve it on other queues than this caller writes to: a setting to
-        // change, not a worker still starting, said at once, as the server does. (One that
-        // serves it on this caller's own number advertised since the look above.)
-        let shards = client
-            .queue_shards_served(missing)
-            .await
-            .unwrap_or_default();
-        if !shards.is_empty() && !shards.contains(&client.options().queue_shards) {
+        // change, not a worker still starting, said at once, as the server does.
+        if !shards.is_empty() {
             let shards: Vec<String> = shards.iter().map(u16::to_string).collect();
             return Err(usage(format!(
                 "no live worker serves actor type '{missing}' on this caller's queues; live \
                  workers serve it with --queue-shards {}, this caller uses {}: give them the same \
                  number (or LOOM_QUEUE_SHARDS)",
                 shards.join(" or "),
-                client.options().queue_shards
+                own
             )));
         }
         if !told {

@@ -18,16 +18,6 @@ pub const DEFAULT_MODEL: &str = "gpt-4o-mini";
 /// The model name the offline provider reports.
 pub const OFFLINE_MODEL: &str = "loom-offline";
 
-/// `text` as a duration above zero: `90s`, `5m`, `1m 30s`, or a bare number of seconds, as
-/// the CLI's `--timeout` reads it.
-fn idle_timeout(text: &str) -> Option<Duration> {
-    let duration = match text.parse::<u64>() {
-        Ok(secs) => Duration::from_secs(secs),
-        Err(_) => humantime::parse_duration(text).ok()?,
-    };
-    (!duration.is_zero()).then_some(duration)
-}
-
 /// A secret API key. Its `Debug` prints `ApiKey(***)`; it has no `Display`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ApiKey(String);
@@ -187,7 +177,8 @@ impl AiConfig {
     ///
     /// # Errors
     ///
-    /// [`AiError::Config`] for an `LOOM_AI_IDLE_TIMEOUT` that is no duration, or zero.
+    /// [`AiError::Config`] for an `LOOM_AI_IDLE_TIMEOUT` that is no duration, zero or over a
+    /// week (read as [`loom_core::parse_timeout`] reads it).
     pub fn from_env() -> Result<Self, AiError> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -213,10 +204,10 @@ impl AiConfig {
             config.model = model;
         }
         if let Some(timeout) = var("LOOM_AI_IDLE_TIMEOUT") {
-            config.idle_timeout = idle_timeout(timeout.trim()).ok_or_else(|| {
+            // The syntax of `--timeout` and workflow files' `timeout:`.
+            config.idle_timeout = loom_core::parse_timeout(&timeout).map_err(|e| {
                 AiError::Config(format!(
-                    "LOOM_AI_IDLE_TIMEOUT={timeout:?} is no duration above zero: write one as \
-                     90s, 5m or 1m 30s (a bare number is seconds)"
+                    "LOOM_AI_IDLE_TIMEOUT={timeout:?}: {e} (e.g. 90s, 5m or 1m 30s)"
                 ))
             })?;
         }

@@ -267,35 +267,3 @@ impl fmt::Display for Problem {
         }
     }
 }
-
-/// The forms [`parse_duration`](crate::parse_duration) accepts, for its messages.
-const DURATION_FORMS: &str =
-    "write a number with a unit (500ms, 30s, 10m, 1h, 1h 30m) or a number of seconds (30, 1.5)";
-
-/// Text that [`parse_duration`](crate::parse_duration) cannot read as a duration. Its message
-/// says why and names the accepted forms; it does not repeat the text (callers show it).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum DurationError {
-    /// Nothing was written.
-    #[error("empty: {DURATION_FORMS}")]
-    Empty,
-    /// A negative number.
-    #[error("must not be negative")]
-    Negative,
-    /// A unit that is not one of humantime's (`ms`, `s`, `m`, `h`, `days`, …).
-    #[error("unknown unit '{0}': {DURATION_FORMS}")]
-    UnknownUnit(String),
-    /// A number too large for a [`Duration`](std::time::Duration).
-    #[error("too large")]
-    TooLarge,
-    /// Anything else that is not a number with or without a unit.
-    #[error("not a duration: {DURATION_FORMS}")]
-    Malformed,
-    /// Zero, where a deadline is meant ([`parse_timeout`](crate::parse_timeout)).
-    #[error("must be more than zero")]
-    Zero,
-    /// Over a week ([`parse_timeout`](crate::parse_timeout)).
-    #[error("must be at most a week")]
-    TooLong,
-}

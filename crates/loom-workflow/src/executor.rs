@@ -25,9 +25,9 @@ use loom_core::{
 use serde_json::{json, Map, Value};
 use tokio::time::Sleep;
 
-use crate::duration::MAX_DURATION;
 use crate::reference;
 use crate::workflow::{Action, ActorAction, Workflow, MAX_BACKOFF};
+use loom_core::MAX_DURATION;
 
 /// The deadline of a whole workflow when neither the definition nor the caller sets one:
 /// longer than one step's default, since a workflow chains several long LLM steps.

@@ -53,7 +53,6 @@
 //! # }
 //! ```
 
-mod duration;
 mod error;
 mod executor;
 mod load;
@@ -62,12 +61,14 @@ mod schema;
 mod validate;
 mod workflow;
 
-pub use duration::{parse_duration, parse_timeout, MAX_DURATION};
-pub use error::{DurationError, Problem, WorkflowError};
+pub use error::{Problem, WorkflowError};
 pub use executor::{
     default_timeout, failed_step, WorkflowExecutor, DEFAULT_WORKFLOW_TIMEOUT, WORKFLOW_ACTOR_PREFIX,
 };
 pub use load::{load, parse, MAX_DEFINITION_BYTES};
+/// Loom's one duration syntax, from `loom-core`, which workflow files' `timeout:` and
+/// `backoff:` take.
+pub use loom_core::{parse_duration, parse_timeout, DurationError, MAX_DURATION};
 pub use reference::{MAX_STEP_INPUT_BYTES, MAX_STEP_INPUT_DEPTH};
 pub use schema::{InputSchema, JsonType, PropertySchema};
 pub use validate::{is_workflow_name, validate, MAX_WORKFLOW_NAME_LEN};

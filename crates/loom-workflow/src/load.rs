@@ -18,11 +18,11 @@ use serde_json::Value;
 use serde_path_to_error::Segment;
 use serde_saphyr::Spanned;
 
-use crate::duration::parse_timeout;
-use crate::error::{DurationError, Problem, WorkflowError};
+use crate::error::{Problem, WorkflowError};
 use crate::schema::InputSchema;
 use crate::validate::validate;
 use crate::workflow::{Action, ActorAction, ParallelGroup, Workflow, DEFAULT_BACKOFF};
+use loom_core::{parse_timeout, DurationError};
 
 /// The largest workflow definition, in bytes (1 MiB): hundreds of times what a real one needs,
 /// and small enough that a hostile file is refused before it is read or parsed.

@@ -1,10 +1,40 @@
-//! The one duration syntax of Loom, shared by workflow files (`timeout:`, `backoff:`) and the
-//! CLI's duration flags: [`parse_duration`] turns text into a [`Duration`] or a
+//! The one duration syntax of Loom, shared by workflow files (`timeout:`, `backoff:`), the
+//! CLI's duration flags and `LOOM_AI_IDLE_TIMEOUT`: [`parse_duration`] turns text into a [`Duration`] or a
 //! [`DurationError`] that says which forms are accepted; [`parse_timeout`] also bounds it.
 
 use std::time::Duration;
 
-use crate::error::DurationError;
+/// The forms [`parse_duration`] accepts, for its messages.
+const DURATION_FORMS: &str =
+    "write a number with a unit (500ms, 30s, 10m, 1h, 1h 30m) or a number of seconds (30, 1.5)";
+
+/// Text that [`parse_duration`] cannot read as a duration. Its message
+/// says why and names the accepted forms; it does not repeat the text (callers show it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DurationError {
+    /// Nothing was written.
+    #[error("empty: {DURATION_FORMS}")]
+    Empty,
+    /// A negative number.
+    #[error("must not be negative")]
+    Negative,
+    /// A unit that is not one of humantime's (`ms`, `s`, `m`, `h`, `days`, …).
+    #[error("unknown unit '{0}': {DURATION_FORMS}")]
+    UnknownUnit(String),
+    /// A number too large for a [`Duration`](std::time::Duration).
+    #[error("too large")]
+    TooLarge,
+    /// Anything else that is not a number with or without a unit.
+    #[error("not a duration: {DURATION_FORMS}")]
+    Malformed,
+    /// Zero, where a deadline is meant ([`parse_timeout`](parse_timeout)).
+    #[error("must be more than zero")]
+    Zero,
+    /// Over a week ([`parse_timeout`](parse_timeout)).
+    #[error("must be at most a week")]
+    TooLong,
+}
 
 /// The longest `timeout` or `backoff` a definition may set, and the longest `--timeout`.
 pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -13,7 +43,7 @@ pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// [`parse_duration`] reads, more than zero and at most [`MAX_DURATION`] (a week).
 ///
 /// ```
-/// use loom_workflow::parse_timeout;
+/// use loom_core::parse_timeout;
 /// assert!(parse_timeout("30s").is_ok());
 /// assert!(parse_timeout("0").is_err());
 /// assert!(parse_timeout("8 days").is_err());
@@ -31,7 +61,7 @@ pub fn parse_timeout(text: &str) -> Result<Duration, DurationError> {
 ///
 /// ```
 /// use std::time::Duration;
-/// use loom_workflow::parse_duration;
+/// use loom_core::parse_duration;
 ///
 /// assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
 /// assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));

@@ -93,26 +93,10 @@ pub(crate) struct RawEntry {
     pub(crate) fields: Strings,
 }
 
-/// Appends `XADD <key> * <fields of chunk>` to `pipe`.
-#[cfg(test)]
-pub(crate) fn add_chunk(pipe: &mut redis::Pipeline, key: &str, chunk: &StreamChunk) {
-    pipe.add_command(chunk_command(key, chunk));
-}
-
-/// `XADD <key> * <fields of chunk>`, built in one allocation for the common (token) shape:
-/// the JSON values are written straight into the command's buffer.
-#[cfg(test)]
-fn chunk_command(key: &str, chunk: &StreamChunk) -> redis::Cmd {
-    // "XADD" key "*" and three field/value pairs; tokens are a few dozen bytes of JSON.
-    let mut cmd = redis::Cmd::with_capacity(9, key.len() + 64);
-    cmd.arg("XADD").arg(key).arg("*");
-    write_chunk_fields(&mut cmd, chunk);
-    cmd
-}
-
-/// How many arguments [`write_chunk_fields`] writes for `chunk` (fields and values).
-pub(crate) fn chunk_field_count(chunk: &StreamChunk) -> usize {
-    6 + 2 * [
+/// How many arguments [`write_chunk_args`] writes for `chunk` after its `seq`: the names and
+/// values of the fields only some chunks have.
+pub(crate) fn extra_field_count(chunk: &StreamChunk) -> usize {
+    2 * [
         chunk.progress.is_some(),
         chunk.error.is_some(),
         chunk.actor.is_some(),
@@ -125,17 +109,18 @@ pub(crate) fn chunk_field_count(chunk: &StreamChunk) -> usize {
     .count()
 }
 
-/// Appends the `field value …` list of `chunk` (DESIGN.md §3 order) to `out` (a command, or
-/// a script's arguments).
-pub(crate) fn write_chunk_fields<W: ?Sized + RedisWrite>(out: &mut W, chunk: &StreamChunk) {
-    out.write_arg(b"type");
+/// Appends `chunk` as the write script takes it (`script.rs`): the count of its other fields'
+/// arguments ([`extra_field_count`]), its entry id (`<seq>-1`), the values of `type`, `data`
+/// and `seq`, then its other fields present, `name value …` (DESIGN.md §3 order). The script
+/// adds the three names every entry has, so a token chunk is five short arguments.
+pub(crate) fn write_chunk_args<W: ?Sized + RedisWrite>(out: &mut W, chunk: &StreamChunk) {
+    write_number(out, extra_field_count(chunk) as u64);
+    write_entry_id(out, EntryId::of_seq(chunk.seq));
     out.write_arg(chunk.kind.as_str().as_bytes());
-    out.write_arg(b"data");
     match &chunk.data {
         Some(data) => write_json(out.writer_for_next_arg(), data),
         None => out.write_arg(b"null"),
     }
-    out.write_arg(b"seq");
     write_number(out, chunk.seq);
     if let Some(progress) = &chunk.progress {
         out.write_arg(b"progress");
@@ -165,7 +150,7 @@ pub(crate) fn write_chunk_fields<W: ?Sized + RedisWrite>(out: &mut W, chunk: &St
 
 /// Writes `id` as one command argument, formatted on the stack (`itoa`, not `fmt`: this runs
 /// for every chunk written).
-pub(crate) fn write_entry_id<W: ?Sized + RedisWrite>(out: &mut W, id: EntryId) {
+fn write_entry_id<W: ?Sized + RedisWrite>(out: &mut W, id: EntryId) {
     let (mut ms, mut seq) = (itoa::Buffer::new(), itoa::Buffer::new());
     let (ms, seq) = (ms.format(id.ms).as_bytes(), seq.format(id.seq).as_bytes());
     // Two `u64`s of at most 20 digits each and the dash.
@@ -476,26 +461,27 @@ pub(crate) struct Unreadable {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use loom_core::{ActorError, Event, Output};
     use serde_json::json;
 
     use super::*;
 
-    /// The fields the writer writes for `chunk`, as an `XREAD` reply carries them.
-    pub(super) fn fields_of(chunk: &StreamChunk) -> Strings {
-        let mut pipe = redis::pipe();
-        add_chunk(&mut pipe, "k", chunk);
-        let args: Vec<&[u8]> = pipe
-            .cmd_iter()
-            .flat_map(|c| c.args_iter().skip(3))
-            .filter_map(|arg| match arg {
-                redis::Arg::Simple(b) => Some(b),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(args.len(), chunk_field_count(chunk), "{chunk:?}");
-        Strings::encode(args)
+    /// The fields the write script writes for `chunk` (its `XADD` of the arguments
+    /// [`write_chunk_args`] gives it), as an `XREAD` reply carries them.
+    pub(crate) fn fields_of(chunk: &StreamChunk) -> Strings {
+        let mut args: Vec<Vec<u8>> = Vec::new();
+        write_chunk_args(&mut args, chunk);
+        assert_eq!(args.len(), 5 + extra_field_count(chunk), "{chunk:?}");
+        assert_eq!(args[0], extra_field_count(chunk).to_string().into_bytes());
+        assert_eq!(EntryId::parse(&args[1]), Some(EntryId::of_seq(chunk.seq)));
+        let (named, extra) = args[2..].split_at(3);
+        let mut fields: Vec<&[u8]> = Vec::new();
+        for (name, value) in [&b"type"[..], b"data", b"seq"].into_iter().zip(named) {
+            fields.extend([name, value.as_slice()]);
+        }
+        fields.extend(extra.iter().map(Vec::as_slice));
+        Strings::encode(fields)
     }
 
     /// `texts` as an entry's fields.

@@ -36,7 +36,7 @@ use loom_core::{ActorError, ErrorCode, ErrorInfo, StreamChunk};
 use redis::aio::ConnectionLike;
 use redis::{Cmd, FromRedisValue, Script};
 
-use crate::codec::{chunk_field_count, write_chunk_fields, write_entry_id, EntryId, Request};
+use crate::codec::{write_chunk_args, EntryId, Request};
 use crate::error::Error;
 use crate::keys::{CancelReason, Keys, BELL_LEN};
 
@@ -156,11 +156,15 @@ return ids
 });
 
 /// KEYS: stream, lease, bell. ARGV: owner token, stream TTL in seconds (`0`: leave it), `1`
-/// when the batch ends with the terminal chunk (the lease is then deleted), then per chunk the
-/// count of what follows, its entry id (`<seq>-1`) and its fields. The lease is read once per
-/// batch, so a chunk costs Redis one `XADD` and a little Lua (and the batch one ring:
-/// [`ring`]). The id comes ready-made: formatting it in Lua cost Redis more per chunk than
-/// passing it (about 0.5 µs of 4.4, `XADD` included).
+/// when the batch ends with the terminal chunk (the lease is then deleted), then each chunk as
+/// [`write_chunk_args`] gives it: the count of its other fields' arguments, its entry id
+/// (`<seq>-1`), the values of `type`, `data` and `seq`, and its other fields. The lease is
+/// read once per batch, so a chunk costs Redis one `XADD` and a little Lua (and the batch one
+/// ring: [`ring`]). What Redis does per chunk is kept small because it is most of what a
+/// stream costs it: the id comes ready-made (formatting it in Lua cost more than passing it),
+/// the three names every entry has are the script's own, and a token chunk's `XADD` is one call
+/// of fixed arity (no `unpack`) — five arguments a token where it took eight, and about a
+/// fifth less of Redis's time (docs/performance.md, "A nineteenth machine of the kind").
 ///
 /// A batch is refused when the lease is not its owner's or its first `XADD` finds the id (the
 /// `seq`) taken; then the stream's last entry says why. When that entry is the batch's own
@@ -177,13 +181,14 @@ local function refused()
   local at, i = 4, 4
   while i <= #ARGV do
     at = i
-    i = i + tonumber(ARGV[i]) + 1
+    i = i + tonumber(ARGV[i]) + 5
   end
-  local id, terminal, _, fields = last_entry(KEYS[1])
-  if id == ARGV[at + 1] and #fields == tonumber(ARGV[at]) - 1 then
-    local same = true
-    for k = 1, #fields do
-      if fields[k] ~= ARGV[at + 1 + k] then same = false break end
+  local id, terminal, _, f = last_entry(KEYS[1])
+  if id == ARGV[at + 1] and #f == tonumber(ARGV[at]) + 6 then
+    local same = f[1] == 'type' and f[2] == ARGV[at + 2] and f[3] == 'data'
+      and f[4] == ARGV[at + 3] and f[5] == 'seq' and f[6] == ARGV[at + 4]
+    for k = 7, #f do
+      if f[k] ~= ARGV[at + k - 2] then same = false break end
     end
     if same then return 'written' end
   end
@@ -191,17 +196,24 @@ local function refused()
   return 'fenced'
 end
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return refused() end
-local i = 4
-local argc = #ARGV
+local A, stream, xadd = ARGV, KEYS[1], redis.pcall
+local i, argc = 4, #ARGV
 while i <= argc do
-  local n = tonumber(ARGV[i])
-  local added = redis.pcall('XADD', KEYS[1], unpack(ARGV, i + 1, i + n))
+  local added, n
+  if A[i] == '0' then
+    n = 0
+    added = xadd('XADD', stream, A[i + 1], 'type', A[i + 2], 'data', A[i + 3], 'seq', A[i + 4])
+  else
+    n = tonumber(A[i])
+    added = xadd('XADD', stream, A[i + 1], 'type', A[i + 2], 'data', A[i + 3], 'seq', A[i + 4],
+      unpack(A, i + 5, i + 4 + n))
+  end
   if type(added) == 'table' and added.err then
     -- Any other refusal (out of memory, a wrong type) is the caller's error.
     if i > 4 or not string.find(added.err, 'equal or smaller', 1, true) then return added end
     return refused()
   end
-  i = i + n + 1
+  i = i + n + 5
 end
 if ARGV[2] ~= '0' then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 if ARGV[3] == '1' then
@@ -608,7 +620,7 @@ pub(crate) async fn write_batch(
     terminal: bool,
     batch: &[StreamChunk],
 ) -> Result<Written, Error> {
-    // A token chunk is three short fields: about 80 bytes with its count and its id.
+    // A token chunk is five short arguments: about 60 bytes.
     let mut cmd = WRITE.call(
         &[
             &keys.stream,
@@ -617,16 +629,14 @@ pub(crate) async fn write_batch(
             &keys.record,
             &keys.readers,
         ],
-        3 + batch.len() * 8,
-        32 + batch.len() * 80,
+        3 + batch.len() * 5,
+        32 + batch.len() * 60,
     );
     cmd.arg(owner)
         .arg(ttl_secs)
         .arg(if terminal { "1" } else { "0" });
     for chunk in batch {
-        cmd.arg(1 + chunk_field_count(chunk));
-        write_entry_id(&mut cmd, EntryId::of_seq(chunk.seq));
-        write_chunk_fields(&mut cmd, chunk);
+        write_chunk_args(&mut cmd, chunk);
     }
     let reply: String = WRITE.invoke(conn, &cmd).await?;
     match reply.as_str() {
@@ -1061,6 +1071,118 @@ mod tests {
             .await
             .expect("xadd");
         (keys, conn)
+    }
+
+    /// The write script writes each chunk as the entry DESIGN.md §3 gives (the three names it
+    /// adds itself, then the chunk's other fields), and tells a batch sent again after a lost
+    /// reply (`written`: its last chunk is the stream's last entry, every field the same) from
+    /// one another attempt wrote past (`fenced`: the same id, a field different) and from a
+    /// stream that ended (`ended`).
+    #[tokio::test]
+    async fn the_write_script_writes_entries_whole_and_knows_its_own_batch_again() {
+        use loom_core::{Event, Output};
+
+        let server = RedisServer::start();
+        let (keys, mut conn) = started_run(&server).await;
+        let _: () = conn.set(&keys.lease, "owner").await.expect("set");
+        let progress = |step: &str| {
+            Output::progress(1, Some(2), "half")
+                .with_actor("team")
+                .with_step(step)
+                .with_event(Event::ActionStart)
+                .into_chunk(1)
+        };
+        let batch = [progress("s1"), Output::token("t").into_chunk(2)];
+        let writer = conn.clone();
+        let write = |batch: Vec<StreamChunk>, terminal: bool| {
+            let (mut conn, keys) = (writer.clone(), keys.clone());
+            async move { write_batch(&mut conn, &keys, "owner", 60, terminal, &batch).await }
+        };
+        assert_eq!(
+            write(batch.to_vec(), false).await.expect("write"),
+            Written::Yes
+        );
+        let entries: redis::streams::StreamRangeReply =
+            conn.xrange_all(&keys.stream).await.expect("xrange");
+        let fields: Vec<Vec<(String, String)>> = entries
+            .ids
+            .iter()
+            .map(|e| {
+                let mut f: Vec<(String, String)> = e
+                    .map
+                    .iter()
+                    .map(|(k, v)| (k.clone(), redis::from_redis_value(v.clone()).expect("text")))
+                    .collect();
+                f.sort();
+                f
+            })
+            .collect();
+        let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        assert_eq!(
+            entries
+                .ids
+                .iter()
+                .map(|e| e.id.as_str())
+                .collect::<Vec<_>>(),
+            ["0-1", "1-1", "2-1"]
+        );
+        assert_eq!(
+            fields[1],
+            [
+                pair("actor", "\"team\""),
+                pair("data", "null"),
+                pair("event", "\"action-start\""),
+                pair("progress", r#"{"current":1,"total":2,"message":"half"}"#),
+                pair("seq", "1"),
+                pair("step", "\"s1\""),
+                pair("type", "progress"),
+            ]
+        );
+        assert_eq!(
+            fields[2],
+            [
+                pair("data", r#"{"token":"t"}"#),
+                pair("seq", "2"),
+                pair("type", "data")
+            ]
+        );
+
+        // The first chunk again, alone: the stream's last entry is not it (seq 1 is taken by a
+        // chunk that is not this batch's last), so it is another writer's: fenced.
+        assert_eq!(
+            write(vec![progress("s1")], false).await.expect("write"),
+            Written::NotOwner
+        );
+        // The whole batch again, as after a lost reply: recognised, nothing written twice.
+        assert_eq!(
+            write(batch.to_vec(), false).await.expect("write"),
+            Written::Yes
+        );
+        // A chunk at seq 2 that differs from the entry there in one field: not this batch.
+        let other = Output::token("t").with_actor("someone").into_chunk(2);
+        assert_eq!(
+            write(vec![other], false).await.expect("write"),
+            Written::NotOwner
+        );
+        let len: usize = conn.xlen(&keys.stream).await.expect("xlen");
+        assert_eq!(len, 3, "nothing written twice");
+
+        // A terminal with an error field, then the same again after a lost reply (the lease
+        // is gone with the terminal, so only the entry can tell), then a write past it.
+        let error = StreamChunk::error(3, &ActorError::bad_input("no"));
+        assert_eq!(
+            write(vec![error.clone()], true).await.expect("write"),
+            Written::Yes
+        );
+        assert_eq!(write(vec![error], true).await.expect("write"), Written::Yes);
+        let _: () = conn.set(&keys.lease, "owner").await.expect("set");
+        let late = Output::token("late").into_chunk(3);
+        assert_eq!(
+            write(vec![late], false).await.expect("write"),
+            Written::Ended
+        );
+        let len: usize = conn.xlen(&keys.stream).await.expect("xlen");
+        assert_eq!(len, 4);
     }
 
     /// A reader's `worker_lost` verdict, written by `END_RUN`, is not written over a run a new

@@ -5,7 +5,7 @@ use loom_core::Output;
 use serde_json::json;
 
 use super::*;
-use crate::codec::write_chunk_fields;
+use crate::codec::tests::fields_of;
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -26,11 +26,9 @@ fn id(n: u64) -> EntryId {
 }
 
 fn raw(n: u64, chunk: &StreamChunk) -> RawEntry {
-    let mut args: Vec<Vec<u8>> = Vec::new();
-    write_chunk_fields(&mut args, chunk);
     RawEntry {
         id: id(n),
-        fields: Strings::encode(args.iter().map(Vec::as_slice)),
+        fields: fields_of(chunk),
     }
 }
 

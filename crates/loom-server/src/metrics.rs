@@ -37,7 +37,7 @@ pub(crate) struct Gauges {
 }
 
 impl Metrics {
-    /// `n` chunks written to SSE clients.
+    /// `n` chunks written to SSE or WebSocket clients.
     pub(crate) fn chunks_sent(&self, n: usize) {
         self.chunks_sent.fetch_add(n as u64, Ordering::Relaxed);
     }
@@ -47,7 +47,8 @@ impl Metrics {
         self.resumes.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A reader overtaken by the log bound was disconnected.
+    /// A reader that fell behind was disconnected: overtaken by the log bound, or (WebSocket)
+    /// taking no frame for twice the keep-alive interval.
     pub(crate) fn slow_reader_dropped(&self) {
         self.slow_readers_dropped.fetch_add(1, Ordering::Relaxed);
     }
@@ -88,7 +89,7 @@ impl Metrics {
         metric(
             "loom_chunks_sent_total",
             "counter",
-            "Chunks written to SSE clients.",
+            "Chunks written to SSE and WebSocket clients.",
             self.chunks_sent.load(Ordering::Relaxed),
         );
         metric(
@@ -100,7 +101,8 @@ impl Metrics {
         metric(
             "loom_slow_readers_dropped_total",
             "counter",
-            "Readers disconnected because the log bound overtook them.",
+            "Readers disconnected for falling behind: overtaken by the log bound, or taking no \
+             WebSocket frame for twice the keep-alive interval.",
             self.slow_readers_dropped.load(Ordering::Relaxed),
         );
         let _ = writeln!(

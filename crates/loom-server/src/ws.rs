@@ -107,13 +107,30 @@ struct Socket {
     patience: Duration,
 }
 
+/// What became of a frame given to [`Socket::offer`].
+#[derive(Debug, PartialEq, Eq)]
+enum Sent {
+    /// The client's connection took it.
+    Taken,
+    /// The connection is gone.
+    Gone,
+    /// The client took no frame for the socket's patience: it stopped reading.
+    Stalled,
+}
+
 impl Socket {
+    /// Sends `message`, waiting at most the socket's patience for the client to take it.
+    async fn offer(&mut self, message: Message) -> Sent {
+        match tokio::time::timeout(self.patience, self.socket.send(message)).await {
+            Ok(Ok(())) => Sent::Taken,
+            Ok(Err(_)) => Sent::Gone,
+            Err(_) => Sent::Stalled,
+        }
+    }
+
     /// Sends `message`; `false` when the client is gone or stopped reading.
     async fn send(&mut self, message: Message) -> bool {
-        matches!(
-            tokio::time::timeout(self.patience, self.socket.send(message)).await,
-            Ok(Ok(()))
-        )
+        self.offer(message).await == Sent::Taken
     }
 
     /// Sends `err` as an error frame (see the module docs).
@@ -226,8 +243,11 @@ async fn session(
                     for chunk in chunks {
                         ended = chunk.kind.is_terminal();
                         let Ok(text) = String::from_utf8(chunk.json.to_vec()) else { return };
-                        if !socket.send(Message::Text(text.into())).await {
-                            return;
+                        match socket.offer(Message::Text(text.into())).await {
+                            Sent::Taken => state.metrics().chunks_sent(1),
+                            Sent::Gone => return,
+                            // It cannot take a close frame either: the connection just goes.
+                            Sent::Stalled => return state.metrics().slow_reader_dropped(),
                         }
                     }
                 }
@@ -241,6 +261,7 @@ async fn session(
                     return;
                 }
                 Err(_) => {
+                    state.metrics().slow_reader_dropped();
                     socket.close(FELL_BEHIND, "fell behind the run's log: rejoin with a cursor").await;
                     return;
                 }

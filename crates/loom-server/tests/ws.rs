@@ -89,7 +89,7 @@ async fn close_code(socket: &mut Socket) -> Option<u16> {
 }
 
 /// A client that starts a run and then reads nothing is dropped once the server's sends
-/// have waited two keep-alive intervals, and its stream is free again.
+/// have waited two keep-alive intervals, its stream is free again, and the metrics count it.
 #[tokio::test]
 async fn a_socket_that_stops_reading_is_dropped_and_gives_its_stream_back() {
     // 64 MB at once: more than loopback's buffers take (up to 32 MB received, 4 MB sent).
@@ -132,6 +132,17 @@ async fn a_socket_that_stops_reading_is_dropped_and_gives_its_stream_back() {
     send(&mut next, json!({ "action": "start", "input": { "b": 2 } })).await;
     let first = next_json(&mut next).await.expect("start");
     assert_eq!(first["type"], "start", "{first}");
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("\nloom_slow_readers_dropped_total 1\n"),
+        "{metrics}"
+    );
+    let sent = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("loom_chunks_sent_total "))
+        .and_then(|n| n.parse::<u64>().ok())
+        .expect("loom_chunks_sent_total");
+    assert!(sent >= 2, "the frames the sockets took are counted: {sent}");
     drop(deaf);
 }
 

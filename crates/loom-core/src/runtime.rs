@@ -91,6 +91,8 @@ pub struct ChunkStream {
     inner: Source,
     cancel: CancellationToken,
     _cancel_on_drop: DropGuard,
+    /// What [`hold`](ChunkStream::hold) keeps alive as long as the stream.
+    _held: Option<Box<dyn std::any::Any + Send>>,
 }
 
 /// Where a [`ChunkStream`]'s chunks come from. A local run is driven inline (no box, no
@@ -128,7 +130,17 @@ impl ChunkStream {
             inner,
             _cancel_on_drop: cancel.clone().drop_guard(),
             cancel,
+            _held: None,
         }
+    }
+
+    /// Keeps `guard` alive as long as the stream, and drops it with the stream: what a caller
+    /// holds only while it reads a run (a worker's slot lent while a run waits for another).
+    /// One guard: holding another drops the first.
+    #[must_use]
+    pub fn hold(mut self, guard: impl Send + 'static) -> Self {
+        self._held = Some(Box::new(guard));
+        self
     }
 
     /// The id of the run.

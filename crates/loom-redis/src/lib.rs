@@ -98,4 +98,6 @@ pub use publisher::{Publisher, MAX_PIPELINE, PUBLISH_BUFFER};
 pub use reader::{EntryStream, StreamEntry};
 pub use remote::{RemoteInvoker, Submitted};
 pub use runs::{ReaderTally, RunRecord, RECENT_RUNS};
-pub use worker::{Worker, WorkerOptions, DEFAULT_MAX_RUN_BYTES, DEFAULT_MAX_RUN_CHUNKS};
+pub use worker::{
+    SlotLoan, Slots, Worker, WorkerOptions, DEFAULT_MAX_RUN_BYTES, DEFAULT_MAX_RUN_CHUNKS,
+};

@@ -69,10 +69,11 @@
 //! share, the total over the number of running logs. So the logs hold about that budget
 //! together whatever the number of runs.
 //!
-//! In distributed mode the same holds with the Redis chunk stream as the log: a cursor is an
-//! entry id (the chunk of `seq` N is the entry with id `<N>-1`, e.g. `12-1`), found by Redis without reading from the
-//! stream's start, and the readers of a run are counted in Redis by every server (module
-//! `remote`).
+//! In distributed mode the same holds with the Redis chunk stream as the log: the cursor is
+//! still a `seq` over HTTP (`?from=12`, `Last-Event-ID: 12`), and the server reads from the
+//! entry that holds it (the chunk of `seq` N is the entry with id `<N>-1`, the form `loom
+//! stream tail --from` takes), which Redis finds without reading from the stream's start; the
+//! readers of a run are counted in Redis by every server (module `remote`).
 //!
 //! ## Layout
 //! - `backend` — the one interface the routes use: where runs happen (`Runs`), one run

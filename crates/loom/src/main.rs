@@ -21,7 +21,7 @@ mod telemetry;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -556,10 +556,12 @@ async fn command(
             // Workflow steps run on this worker's own runtime; a step that is a workflow
             // itself is queued like any caller's run.
             let mut registry = runtime.registry().clone();
-            let executor = WorkflowExecutor::new(Arc::new(WorkerSteps {
+            let steps = Arc::new(WorkerSteps {
                 local: runtime.clone(),
                 remote: client.invoker(),
-            }));
+                slots: OnceLock::new(),
+            });
+            let executor = WorkflowExecutor::new(Arc::clone(&steps) as Arc<dyn Invoker>);
             for workflow in workflows {
                 registry.register(executor.worker_actor(workflow));
             }
@@ -614,6 +616,8 @@ async fn command(
             };
             let worker_runtime = runtime.with_registry(registry);
             let worker = loom_redis::Worker::new(client, worker_runtime, options);
+            // Its workflows' runs, created before it, lend their slots while they wait.
+            let _ = steps.slots.set(worker.slots());
             worker.run(shutdown).await.map_err(redis_error)?;
             say!("loom: worker stopped");
             Ok(ExitCode::SUCCESS)
@@ -794,9 +798,13 @@ fn known(runtime: &Runtime, actor: &str, distributed: bool) -> bool {
 
 /// A worker's workflow steps: its own actors in-process, and a step that is a workflow
 /// (`workflows/<name>`) through Redis, served by whichever worker serves it (this one too).
+/// While a run waits for a workflow it called, it lends its slot to the worker (`slots`, set
+/// once the worker exists): workflows calling workflows never hold every slot while the runs
+/// they called wait for one.
 struct WorkerSteps {
     local: Arc<Runtime>,
     remote: loom_redis::RemoteInvoker,
+    slots: OnceLock<loom_redis::Slots>,
 }
 
 #[loom_core::async_trait]
@@ -808,7 +816,9 @@ impl Invoker for WorkerSteps {
         options: RunOptions,
     ) -> Result<ChunkStream, loom_core::ActorError> {
         if actor_type.starts_with(loom_workflow::WORKFLOW_ACTOR_PREFIX) {
-            Invoker::stream(&self.remote, actor_type, input, options).await
+            let loan = self.slots.get().map(loom_redis::Slots::lend);
+            let called = Invoker::stream(&self.remote, actor_type, input, options).await?;
+            Ok(called.hold(loan))
         } else {
             Invoker::stream(self.local.as_ref(), actor_type, input, options).await
         }

@@ -821,7 +821,9 @@ fn a_workflow_served_by_a_worker_runs_as_an_actor_type_and_as_a_step() {
 }
 
 /// A worker serves a workflow whose step is another workflow (`workflows/<name>`): that step
-/// is queued like any caller's run, to whichever worker serves it. Workflows that call each
+/// is queued like any caller's run, to whichever worker serves it — this one too, with a
+/// single slot, which the caller lends while it waits (it used to hold it, and the run it
+/// called waited for the pickup timeout, then ended `worker_lost`). Workflows that call each
 /// other in a loop are refused when the worker starts (exit 2).
 #[test]
 fn a_worker_serves_a_workflow_that_calls_another_and_refuses_a_loop() {
@@ -840,21 +842,38 @@ fn a_worker_serves_a_workflow_that_calls_another_and_refuses_a_loop() {
     )
     .unwrap();
     let served = dir.display().to_string();
-    let _worker = WorkerProcess::with(&redis, &["--workflows", &served]);
-    let out = run(&[
-        "actor",
-        "run",
-        "workflows/outer",
-        "--json",
+    let worker = loom(&[
+        "worker",
         "--redis",
         redis.url(),
-    ]);
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
-    let result = chunks(&out.stdout).pop().expect("the terminal chunk");
-    assert_eq!(
-        result["data"]["steps"]["inner"]["steps"]["report"]["processed"], 200,
-        "{result}"
-    );
+        "--concurrency",
+        "1",
+        "--workflows",
+        &served,
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("loom worker starts");
+    let _worker = WorkerProcess(worker);
+    // Two callers at once: the second waits for the slot, then lends it in turn.
+    let callers: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::spawn({
+                let url = redis.url().to_owned();
+                move || run(&["actor", "run", "workflows/outer", "--json", "--redis", &url])
+            })
+        })
+        .collect();
+    for caller in callers {
+        let out = caller.join().expect("caller");
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        let result = chunks(&out.stdout).pop().expect("the terminal chunk");
+        assert_eq!(
+            result["data"]["steps"]["inner"]["steps"]["report"]["processed"], 200,
+            "{result}"
+        );
+    }
 
     let looped = dir.join("loop");
     std::fs::create_dir_all(&looped).unwrap();

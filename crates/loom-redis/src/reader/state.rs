@@ -328,8 +328,8 @@ impl ReadState {
             // type on these queues, or none had room), which "lost" would misname.
             let message = if self.from == EntryId::ZERO && self.last_seq.is_none() {
                 "no worker took the run up: every worker serving its type was busy (each of its \
-                 slots holding a run, maybe a workflow waiting on this one), none serves it on \
-                 the same queue shards, or Redis lost the request"
+                 slots holding a run), none serves it on the same queue shards, or Redis lost \
+                 the request"
             } else {
                 "the run's worker was lost and no other worker took it over"
             };

@@ -45,12 +45,13 @@
 //! One file per concern: `fetch.rs` takes requests (`XREADGROUP`, the `XAUTOCLAIM` sweep),
 //! `run.rs` runs one request from its entry to its acknowledgement, `lease.rs` takes, renews
 //! and releases leases (the heartbeat, the hand-back), `cancel.rs` listens for cancels, and
-//! `state.rs` holds what they share. This file ties them together in [`Worker::run`].
+//! `slots.rs` the run slots a waiting run lends, `state.rs` holds what they share. This file ties them together in [`Worker::run`].
 
 mod cancel;
 mod fetch;
 mod lease;
 mod run;
+mod slots;
 mod state;
 
 use std::future::Future;
@@ -70,6 +71,8 @@ use crate::worker::fetch::Fetcher;
 use crate::worker::lease::{hand_back, heartbeat};
 use crate::worker::run::execute;
 use crate::worker::state::Shared;
+
+pub use slots::{SlotLoan, Slots};
 
 /// What a worker serves and how much at once.
 #[derive(Debug, Clone)]
@@ -144,6 +147,7 @@ impl Default for WorkerOptions {
 pub struct Worker {
     shared: Arc<Shared>,
     options: WorkerOptions,
+    slots: Slots,
 }
 
 impl Worker {
@@ -155,8 +159,16 @@ impl Worker {
             .unwrap_or_else(|| format!("worker-{}", uuid::Uuid::new_v4()));
         Self {
             shared: Arc::new(Shared::new(client, runtime, &options, name)),
+            slots: Slots::new(options.concurrency),
             options,
         }
+    }
+
+    /// The worker's run slots: a run that calls another run through Redis and waits for it
+    /// lends its slot meanwhile ([`Slots::lend`]), so that runs calling runs on the same
+    /// workers never hold every slot while the runs they called wait for one.
+    pub fn slots(&self) -> Slots {
+        self.slots.clone()
     }
 
     /// The worker's consumer name in the group.
@@ -227,7 +239,7 @@ impl Worker {
         let beat = heartbeat(Arc::clone(&shared), served, stopping.clone(), stop.clone());
         background.spawn(beat);
         let mut runs = JoinSet::new();
-        let slots = Arc::new(Semaphore::new(self.options.concurrency));
+        let slots = Arc::clone(self.slots.semaphore());
         tracing::info!(worker = %shared.name, "worker started");
         loop {
             while runs.try_join_next().is_some() {}
@@ -235,6 +247,8 @@ impl Worker {
                 tokio::select! {
                     _ = &mut shutdown => break,
                     _ = runs.join_next() => continue,
+                    // A slot lent, or one a run gave back.
+                    _ = slots.acquire() => continue,
                 }
             }
             let stopping = if shared.waiting().is_empty() {
@@ -265,8 +279,11 @@ impl Worker {
         loop {
             // Requests already taken are ours to run: start them as slots free up.
             start_waiting(&shared, &slots, &mut runs);
+            let waiting = !shared.waiting().is_empty();
             tokio::select! {
-                next = runs.join_next() => if next.is_none() && shared.waiting().is_empty() { break },
+                next = runs.join_next() => if next.is_none() && !waiting { break },
+                // A slot lent to a run waiting for one of those taken.
+                _ = slots.acquire(), if waiting => {}
                 _ = &mut grace => {
                     hand_back(&shared).await;
                     while runs.join_next().await.is_some() {}

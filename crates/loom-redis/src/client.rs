@@ -377,7 +377,9 @@ impl Client {
         Ok(served.remove(actor).unwrap_or_default())
     }
 
-    async fn served(&self) -> Result<BTreeMap<String, BTreeSet<u16>>, Error> {
+    /// Each actor type live workers serve, with the numbers of queue shards they serve it on
+    /// (see [`queue_shards_served`](Self::queue_shards_served)).
+    pub async fn served(&self) -> Result<BTreeMap<String, BTreeSet<u16>>, Error> {
         let key = self.keys().actors();
         self.retried(|| async { script::served(&mut self.conn(), &key).await })
             .await

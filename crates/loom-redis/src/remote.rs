@@ -171,10 +171,20 @@ impl RemoteInvoker {
             done.clone(),
         ));
         // Dropped while the request is being queued (a workflow cancelled as its step starts)
-        // or failing to queue it, this cancels the run, which may be queued already.
+        // or failing to queue it, this cancels the run, which may be queued already — unless
+        // the queue refused it: then nothing of it is in Redis, and a cancel would write some.
         let queueing = token.clone().drop_guard();
-        self.enqueue(&request).await?;
-        queueing.disarm();
+        match self.enqueue(&request).await {
+            Ok(_) => {
+                queueing.disarm();
+            }
+            Err(refused @ Error::QueueFull { .. }) => {
+                queueing.disarm();
+                done.cancel();
+                return Err(refused);
+            }
+            Err(err) => return Err(err),
+        }
         let chunks = entries.map(move |entry| {
             // Only a terminal from the stream ends the run; one the reader made itself (Redis
             // out of reach, a verdict it could not write) does not, and dropping the stream
@@ -275,8 +285,13 @@ impl RemoteInvoker {
             },
         )?;
         let Some(id) = id else {
-            // Refused: the record, which only the run's id finds, is taken back.
+            // Refused: the record, which only the run's id finds, is taken back, and so is
+            // the caller's presence.
             redis::cmd("DEL").arg(&record).exec_async(&mut a).await?;
+            if present.is_some() {
+                let caller = keys.caller(&request.run_id);
+                redis::cmd("DEL").arg(caller).exec_async(&mut a).await?;
+            }
             return Err(Error::QueueFull {
                 actor: request.actor.clone(),
                 limit,

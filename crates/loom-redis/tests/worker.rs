@@ -89,6 +89,34 @@ async fn a_full_queue_refuses_a_request_and_keeps_nothing_of_it() {
         "{refused:?}"
     );
     assert_eq!(refused.code(), loom_core::ErrorCode::Upstream);
+    // Nor does a caller that would have read the run: nothing of it is cancelled, so nothing
+    // of it is written (it left a `cancelled` stream and a cancel key for an hour).
+    let id = loom_core::new_run_id();
+    let streamed = invoker
+        .stream(
+            "echo",
+            json!({ "n": 2 }),
+            RunOptions {
+                run_id: Some(id.clone()),
+                ..RunOptions::default()
+            },
+        )
+        .await
+        .expect_err("the queue is full");
+    assert!(
+        matches!(&streamed, loom_redis::Error::QueueFull { .. }),
+        "{streamed:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut conn = redis::Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("*{id}*"))
+        .query(&mut conn)
+        .unwrap();
+    assert!(left.is_empty(), "keys of a refused run: {left:?}");
     let listed = recent_run_ids(&client).await;
     assert_eq!(
         listed.len(),

@@ -81,8 +81,24 @@ struct Cli {
     #[arg(long, global = true, env = "LOOM_MAX_QUEUED", value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..))]
     max_queued: Option<u64>,
+    /// How long a finished run stays in Redis, its chunks and its record (`30m`, `24h`, at
+    /// most a week; Redis only; default 1h). Workers set it as a run ends and callers on the
+    /// runs they queue: give them all the same.
+    #[arg(long, global = true, env = "LOOM_STREAM_TTL", value_name = "DURATION",
+          value_parser = parse_stream_ttl)]
+    stream_ttl: Option<Duration>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--stream-ttl`: Loom's duration syntax, a second to a week (Redis keeps keys for whole
+/// seconds).
+fn parse_stream_ttl(text: &str) -> Result<Duration, String> {
+    match loom_core::parse_timeout(text) {
+        Ok(short) if short < Duration::from_secs(1) => Err("at least 1s".to_owned()),
+        Ok(ttl) => Ok(ttl),
+        Err(err) => Err(err.to_string()),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -284,6 +300,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 loom_redis::ClientOptions {
                     queue_shards: cli.queue_shards,
                     max_queued: cli.max_queued,
+                    stream_ttl: cli
+                        .stream_ttl
+                        .unwrap_or(loom_redis::ClientOptions::default().stream_ttl),
                     ..Default::default()
                 },
             )
@@ -527,14 +546,16 @@ async fn command(
             options.timeout = options
                 .timeout
                 .or_else(|| loom_workflow::default_timeout(&args.actor));
-            // A run on a worker can be followed from elsewhere: a person is told its id (with
-            // `--json` the `start` chunk says it).
-            if redis.is_some() && !args.output.mode().json {
-                let id = loom_core::new_run_id();
-                say!("loom: run {id} (`loom stream tail {id}` follows it from elsewhere)");
-                options.run_id = Some(id);
+            // A run on a worker can be followed from elsewhere: a person is told its id once
+            // it is queued (with `--json` the `start` chunk says it).
+            let told = (redis.is_some() && !args.output.mode().json).then(loom_core::new_run_id);
+            if let Some(id) = &told {
+                options.run_id = Some(id.clone());
             }
             let stream = invoker.stream(&args.actor, input, options).await?;
+            if let Some(id) = told {
+                say!("loom: run {id} (`loom stream tail {id}` follows it from elsewhere)");
+            }
             Ok(follow(stream, signals, args.output.mode(), Stop::Cancel).await)
         }
         Job::WorkflowRun(args, workflow, input) => {

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use loom_core::{Invoker, Runtime};
@@ -88,6 +89,7 @@ pub(crate) async fn serve(
     };
     let state = match redis {
         Some(client) => {
+            tokio::spawn(warn_of_other_queue_shards(client.clone()));
             ServerState::distributed(client, runtime.registry().clone(), workflows, config)
         }
         None => ServerState::new(runtime.clone(), workflows, config),
@@ -191,4 +193,32 @@ pub(crate) fn load_workflows(
         workflows.push(workflow);
     }
     Ok(workflows)
+}
+
+/// Says on stderr when the live workers serve actor types only on other numbers of queue
+/// shards than `client`'s: every run this server starts of those types would be refused
+/// (`404`), while its health check says it is fine. Workers that start later are not seen
+/// here; a request then says the same. Redis failing or slow to answer (2 s) says nothing:
+/// the requests say it.
+async fn warn_of_other_queue_shards(client: loom_redis::Client) {
+    let own = client.options().queue_shards;
+    let Ok(Ok(served)) = tokio::time::timeout(Duration::from_secs(2), client.served()).await else {
+        return;
+    };
+    let (mut types, mut counts) = (Vec::new(), BTreeSet::new());
+    for (actor, shards) in served {
+        if !shards.contains(&own) {
+            types.push(actor);
+            counts.extend(shards);
+        }
+    }
+    if !types.is_empty() {
+        let counts: Vec<String> = counts.iter().map(u16::to_string).collect();
+        say!(
+            "loom: warning: live workers serve {} with --queue-shards {}, this server uses {own}: \
+             runs of those types are refused until both use the same number (or LOOM_QUEUE_SHARDS)",
+            types.join(", "),
+            counts.join(" or ")
+        );
+    }
 }

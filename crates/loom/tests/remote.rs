@@ -227,6 +227,95 @@ fn assert_ends_cancelled(redis: &RedisServer, run_id: &str) {
     );
 }
 
+/// A run refused by a full queue (`--max-queued`) is not announced, and leaves nothing in
+/// Redis: it used to print a run id to follow and leave a `cancelled` stream under it.
+#[test]
+fn a_run_refused_by_a_full_queue_exits_1_and_leaves_nothing_behind() {
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::with(&redis, &["--actors", "batch"]);
+    let (mut running, _) = a_minute_long_run(&redis);
+    let before = stream_count(&redis);
+    let refused = run(&[
+        "actor",
+        "run",
+        "batch",
+        "--max-queued",
+        "1",
+        "--redis",
+        redis.url(),
+    ]);
+    assert_eq!(refused.code, Some(1), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("is full") && !refused.stderr.contains("loom: run "),
+        "{}",
+        refused.stderr
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        stream_count(&redis),
+        before,
+        "no stream for the refused run"
+    );
+    let _ = running.kill();
+    let _ = running.wait();
+}
+
+/// `--stream-ttl` (or `LOOM_STREAM_TTL`) sets how long a finished run stays in Redis: the
+/// worker gives its stream that TTL as the run ends, the caller its record.
+#[test]
+fn stream_ttl_sets_how_long_a_finished_run_stays_in_redis() {
+    let redis = RedisServer::start();
+    let worker = loom(&["worker", "--redis", redis.url(), "--stream-ttl", "90s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("loom worker starts");
+    let _worker = WorkerProcess(worker);
+    let out = run(&[
+        "actor",
+        "run",
+        "echo",
+        "--redis",
+        redis.url(),
+        "--stream",
+        "--json",
+        "--stream-ttl",
+        "90s",
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let start = chunks(&out.stdout).remove(0);
+    let id = start["data"]["run_id"].as_str().expect("run id");
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    for kind in ["stream", "run"] {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("loom:{kind}:*{id}"))
+            .query(&mut conn)
+            .unwrap();
+        assert_eq!(keys.len(), 1, "{kind}: {keys:?}");
+        let ttl: i64 = redis::cmd("TTL").arg(&keys[0]).query(&mut conn).unwrap();
+        assert!((1..=90).contains(&ttl), "{kind} kept {ttl} s");
+    }
+    let refused = run(&["--stream-ttl", "500ms", "actor", "list"]);
+    assert_eq!(refused.code, Some(2), "{}", refused.stderr);
+    assert!(refused.stderr.contains("at least 1s"), "{}", refused.stderr);
+}
+
+/// The number of run streams in `redis`.
+fn stream_count(redis: &RedisServer) -> usize {
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("loom:stream:*")
+        .query(&mut conn)
+        .unwrap();
+    keys.len()
+}
+
 /// A caller killed outright (SIGKILL: no chance to send a cancel) leaves no run going on its
 /// worker: its presence lapses and the worker cancels the run within two leases (10 s),
 /// where it would otherwise run its whole minute.

@@ -74,6 +74,38 @@ fn worker_and_server(redis: &RedisServer, worker_args: &[&str]) -> (Process, Pro
     (worker, server, addr)
 }
 
+/// A server in front of workers that serve on another number of queue shards says so when
+/// it starts: its health check answers `ok`, while every run it starts would be refused.
+#[test]
+fn serve_warns_when_the_live_workers_use_other_queue_shards() {
+    let redis = RedisServer::start();
+    let (_worker, _) = start_ready(
+        &["worker", "--redis", redis.url(), "--actors", "echo"],
+        &[],
+        "loom: worker serving",
+    );
+    // Once a run went through, the worker has said what it serves.
+    let ran = run(&["actor", "run", "echo", "--redis", redis.url()]);
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    let (_server, warning) = start_ready(
+        &[
+            "serve",
+            "--redis",
+            redis.url(),
+            "--addr",
+            "127.0.0.1:0",
+            "--queue-shards",
+            "2",
+        ],
+        &[],
+        "loom: warning",
+    );
+    assert!(
+        warning.contains("echo with --queue-shards 1, this server uses 2"),
+        "{warning}"
+    );
+}
+
 const SLOW: &str = "name: slow\nactions:\n  - name: work\n    type: actor\n    actorType: batch\n    input: { count: 200, batch_size: 1, delay_ms: 50 }\n";
 
 #[test]

@@ -53,7 +53,10 @@ pub struct ClientOptions {
     /// worker re-runs it, and how long a reader waits after a lease expired for a new attempt
     /// to start (default 8 s).
     pub visibility_timeout: Duration,
-    /// How long a finished (or abandoned) chunk stream stays readable (default 3,600 s).
+    /// How long a finished (or abandoned) chunk stream stays readable (default 3,600 s), and
+    /// with it a run's record and its cancel mark. At least `pickup_timeout +
+    /// visibility_timeout`: a request no worker took up in time is ended and marked cancelled,
+    /// and the mark must outlast the request's wait, or a worker freed later would run it.
     pub stream_ttl: Duration,
     /// How long a request may wait in the queue for a worker before its reader gives up with
     /// `error/worker_lost` (default 30 s).
@@ -109,8 +112,10 @@ impl ClientOptions {
         if self.visibility_timeout < self.lease_refresh * 2 {
             return bad("visibility_timeout must be at least twice lease_refresh");
         }
-        if self.stream_ttl < Duration::from_secs(1) {
-            return bad("stream_ttl must be at least 1 s");
+        if self.stream_ttl < Duration::from_secs(1)
+            || self.stream_ttl < self.pickup_timeout + self.visibility_timeout
+        {
+            return bad("stream_ttl must be at least 1 s and pickup_timeout + visibility_timeout");
         }
         if self.read_block < Duration::from_millis(10) {
             return bad("read_block must be at least 10 ms");

@@ -163,11 +163,12 @@ impl RemoteInvoker {
             Some(parent) => parent.child_token(),
             None => CancellationToken::new(),
         };
-        let done = CancellationToken::new();
+        let (queued, done) = (CancellationToken::new(), CancellationToken::new());
         self.client.spawn_cancel(forward_cancel(
             self.client.clone(),
             request.run_id.clone(),
             token.clone(),
+            queued.clone(),
             done.clone(),
         ));
         // Dropped while the request is being queued (a workflow cancelled as its step starts)
@@ -177,6 +178,7 @@ impl RemoteInvoker {
         match self.enqueue(&request).await {
             Ok(_) => {
                 queueing.disarm();
+                queued.cancel();
             }
             Err(refused @ Error::QueueFull { .. }) => {
                 queueing.disarm();
@@ -286,11 +288,16 @@ impl RemoteInvoker {
         )?;
         let Some(id) = id else {
             // Refused: the record, which only the run's id finds, is taken back, and so is
-            // the caller's presence.
-            redis::cmd("DEL").arg(&record).exec_async(&mut a).await?;
+            // the caller's presence — as well as Redis lets it: the refusal is the answer
+            // (what stays expires).
+            let mut taken_back = vec![record.clone()];
             if present.is_some() {
-                let caller = keys.caller(&request.run_id);
-                redis::cmd("DEL").arg(caller).exec_async(&mut a).await?;
+                taken_back.push(keys.caller(&request.run_id));
+            }
+            for key in taken_back {
+                if let Err(e) = redis::cmd("DEL").arg(&key).exec_async(&mut a).await {
+                    tracing::debug!(key, error = %e, "could not take a refused run's key back");
+                }
             }
             return Err(Error::QueueFull {
                 actor: request.actor.clone(),
@@ -310,13 +317,22 @@ impl RemoteInvoker {
 /// Sends the cancel to the worker when the caller cancels (or drops) a stream that has not
 /// ended yet; meanwhile the client renews the caller's presence (`Keys::caller`), which
 /// tells the worker the caller is still there.
+///
+/// The renewing starts once the request is `queued` (the request itself sets the presence
+/// first): a request the queue refused leaves no presence behind, which a renewal landing
+/// after the refusal took it back would set again.
 async fn forward_cancel(
     client: Client,
     run_id: String,
     token: CancellationToken,
+    queued: CancellationToken,
     done: CancellationToken,
 ) {
-    let _present = client.present(&run_id);
+    let present = async {
+        queued.cancelled().await;
+        let _present = client.present(&run_id);
+        std::future::pending::<()>().await;
+    };
     tokio::select! {
         biased;
         _ = done.cancelled() => {}
@@ -326,6 +342,7 @@ async fn forward_cancel(
                 client.cancel_failed();
             }
         }
+        () = present => {}
     }
 }
 

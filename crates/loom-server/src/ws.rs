@@ -292,11 +292,11 @@ async fn session(
                 Some(Err(err)) => return socket.broken(&err).await,
                 None => return,
             },
-            _ = tokio::time::sleep(keep_alive) => {
-                if !socket.send(Message::Ping(Bytes::new())).await {
-                    return;
-                }
-            }
+            _ = tokio::time::sleep(keep_alive) => match socket.offer(Message::Ping(Bytes::new())).await {
+                Sent::Taken => {}
+                Sent::Gone => return,
+                Sent::Stalled => return state.metrics().slow_reader_dropped(),
+            },
         }
     }
 }

@@ -81,9 +81,9 @@ struct Cli {
     #[arg(long, global = true, env = "LOOM_MAX_QUEUED", value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..))]
     max_queued: Option<u64>,
-    /// How long a finished run stays in Redis, its chunks and its record (`30m`, `24h`, at
-    /// most a week; Redis only; default 1h). Workers set it as a run ends and callers on the
-    /// runs they queue: give them all the same.
+    /// How long a finished run stays in Redis, its chunks and its record (`30m`, `24h`, a
+    /// minute to a week; Redis only; default 1h). Workers set it as a run ends and callers on
+    /// the runs they queue: give them all the same.
     #[arg(long, global = true, env = "LOOM_STREAM_TTL", value_name = "DURATION",
           value_parser = parse_stream_ttl)]
     stream_ttl: Option<Duration>,
@@ -91,11 +91,11 @@ struct Cli {
     command: Command,
 }
 
-/// `--stream-ttl`: Loom's duration syntax, a second to a week (Redis keeps keys for whole
-/// seconds).
+/// `--stream-ttl`: Loom's duration syntax, a minute to a week. Less would let a run's cancel
+/// mark lapse before a request waiting for a worker gives up (`ClientOptions::stream_ttl`).
 fn parse_stream_ttl(text: &str) -> Result<Duration, String> {
     match loom_core::parse_timeout(text) {
-        Ok(short) if short < Duration::from_secs(1) => Err("at least 1s".to_owned()),
+        Ok(short) if short < Duration::from_secs(60) => Err("at least 1m".to_owned()),
         Ok(ttl) => Ok(ttl),
         Err(err) => Err(err.to_string()),
     }

@@ -243,6 +243,7 @@ impl Worker {
         tracing::info!(worker = %shared.name, "worker started");
         loop {
             while runs.try_join_next().is_some() {}
+            self.slots.take_back();
             if slots.available_permits() == 0 {
                 tokio::select! {
                     _ = &mut shutdown => break,
@@ -261,6 +262,9 @@ impl Worker {
                 false
             };
             start_waiting(&shared, &slots, &mut runs);
+            // After what was read is started: a loan that ended during the read does not keep
+            // a request it fetched from starting.
+            self.slots.take_back();
             if stopping {
                 break;
             }
@@ -279,6 +283,7 @@ impl Worker {
         loop {
             // Requests already taken are ours to run: start them as slots free up.
             start_waiting(&shared, &slots, &mut runs);
+            self.slots.take_back();
             let waiting = !shared.waiting().is_empty();
             tokio::select! {
                 next = runs.join_next() => if next.is_none() && !waiting { break },

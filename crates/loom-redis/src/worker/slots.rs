@@ -5,57 +5,125 @@
 //! slot while the run it called waits in the queue for one: with such callers in every slot,
 //! the runs they called could only wait, until the pickup timeout ended them `worker_lost`.
 //! So a caller lends its slot while it waits ([`Slots::lend`]): the worker has one slot more
-//! for as long as the loan lasts, and takes it back when the loan ends — at once when a slot
-//! is free, else when the next run ends. Runs that call runs thus never hold every slot while
-//! waiting, and the runs doing work stay within `concurrency` (plus, for a moment, a caller
-//! that resumed before its slot came back).
+//! for as long as the loan lasts. A run lends one slot however many runs it waits for at once
+//! (a workflow's parallel group): loans are counted per task, and a worker runs each run in a
+//! task of its own. When the last loan of a run ends, the worker takes a slot back — a free one,
+//! before it reads more requests, or the next one a run gives back. So runs that call runs
+//! never hold every slot while waiting, and the runs doing work stay within `concurrency`
+//! (plus, for a moment, a caller that resumed before its slot came back).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Semaphore;
+use tokio::task::Id;
 
 /// A worker's run slots (see the module docs). Cloning gives another handle on the same slots.
 #[derive(Debug, Clone)]
-pub struct Slots(Arc<Semaphore>);
+pub struct Slots(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    /// Its permits are the free slots.
+    semaphore: Arc<Semaphore>,
+    /// The loans of each task that lends, counted.
+    lent: Mutex<HashMap<Id, usize>>,
+    /// Slots lent and given back that the worker has not taken back yet.
+    owed: AtomicUsize,
+}
 
 impl Slots {
     /// `n` slots.
     pub(crate) fn new(n: usize) -> Self {
-        Self(Arc::new(Semaphore::new(n)))
+        Self(Arc::new(Inner {
+            semaphore: Arc::new(Semaphore::new(n)),
+            lent: Mutex::new(HashMap::new()),
+            owed: AtomicUsize::new(0),
+        }))
     }
 
-    /// The semaphore whose permits are the slots.
+    /// The semaphore whose permits are the free slots.
     pub(crate) fn semaphore(&self) -> &Arc<Semaphore> {
-        &self.0
+        &self.0.semaphore
     }
 
-    /// One slot more until the returned loan is dropped: what a run that waits for a run it
-    /// called lends (hold it as long as the called run's stream: `ChunkStream::hold`).
+    /// Takes back the slots given back since the last call, as far as free ones allow (the
+    /// rest on a later call, as runs end). The worker calls this before it reads requests for
+    /// its free slots, and after it has started those it read.
+    pub(crate) fn take_back(&self) {
+        let owed = &self.0.owed;
+        let mut due = owed.load(Ordering::Acquire);
+        while due > 0 {
+            let taken = self.0.semaphore.forget_permits(due);
+            if taken == 0 {
+                return;
+            }
+            due = owed.fetch_sub(taken, Ordering::AcqRel) - taken;
+        }
+    }
+
+    /// Lends the calling task's slot until the returned loan is dropped: what a run that waits
+    /// for a run it called does (hold the loan as long as the called run's stream:
+    /// `ChunkStream::hold`). A task with a loan already lends no second slot; outside a task,
+    /// every call lends one.
     pub fn lend(&self) -> SlotLoan {
-        self.0.add_permits(1);
-        SlotLoan(Arc::clone(&self.0))
+        let task = tokio::task::try_id();
+        let first = match task {
+            Some(id) => {
+                let mut lent = self.lent();
+                let count = lent.entry(id).or_insert(0);
+                *count += 1;
+                *count == 1
+            }
+            None => true,
+        };
+        if first {
+            self.0.semaphore.add_permits(1);
+        }
+        SlotLoan {
+            slots: self.clone(),
+            task,
+        }
+    }
+
+    fn lent(&self) -> MutexGuard<'_, HashMap<Id, usize>> {
+        // The map holds counts only: one left by a panic elsewhere is still right.
+        self.0
+            .lent
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
-/// A slot lent by [`Slots::lend`]; dropping it takes the slot back.
+/// A slot lent by [`Slots::lend`]; dropping the last of a task's loans gives the slot back.
 #[derive(Debug)]
-#[must_use = "the slot is taken back when the loan is dropped"]
-pub struct SlotLoan(Arc<Semaphore>);
+#[must_use = "the slot is given back when the loan is dropped"]
+pub struct SlotLoan {
+    slots: Slots,
+    task: Option<Id>,
+}
 
 impl Drop for SlotLoan {
     fn drop(&mut self) {
-        if self.0.forget_permits(1) == 1 {
-            return;
-        }
-        // Every slot is in use: the next one to come free is not given back to the worker.
-        // Outside a runtime (the worker is gone) there is nothing left to take back from.
-        let slots = Arc::clone(&self.0);
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                if let Ok(slot) = slots.acquire_owned().await {
-                    slot.forget();
+        let last = match self.task {
+            Some(id) => {
+                let mut lent = self.slots.lent();
+                match lent.get_mut(&id) {
+                    Some(count) if *count > 1 => {
+                        *count -= 1;
+                        false
+                    }
+                    _ => {
+                        lent.remove(&id);
+                        true
+                    }
                 }
-            });
+            }
+            None => true,
+        };
+        if last {
+            self.slots.0.owed.fetch_add(1, Ordering::AcqRel);
         }
     }
 }
@@ -64,8 +132,12 @@ impl Drop for SlotLoan {
 mod tests {
     use super::*;
 
+    fn free(slots: &Slots) -> usize {
+        slots.semaphore().available_permits()
+    }
+
     #[tokio::test]
-    async fn a_loan_adds_a_slot_and_its_end_takes_one_back_at_once_or_when_one_frees() {
+    async fn a_loan_adds_a_slot_that_the_worker_takes_back_once_it_is_free() {
         let slots = Slots::new(1);
         let held = Arc::clone(slots.semaphore())
             .try_acquire_owned()
@@ -75,22 +147,38 @@ mod tests {
             .try_acquire_owned()
             .expect("the lent slot");
         drop(loan);
-        // Both slots are in use: the next one to free up goes back.
-        assert_eq!(slots.semaphore().available_permits(), 0);
+        // Both slots are in use: nothing to take back yet.
+        slots.take_back();
+        assert_eq!(free(&slots), 0);
         drop(lent);
-        tokio::task::yield_now().await;
-        tokio::time::timeout(std::time::Duration::from_secs(5), async {
-            while slots.semaphore().available_permits() != 0 {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await
-        .expect("settled");
+        assert_eq!(free(&slots), 1, "the lent slot is free until taken back");
+        slots.take_back();
+        assert_eq!(free(&slots), 0, "taken back");
         drop(held);
-        assert_eq!(slots.semaphore().available_permits(), 1, "one slot again");
+        slots.take_back();
+        assert_eq!(free(&slots), 1, "one slot again, and nothing more owed");
+    }
 
-        // A loan that ends while its slot is free takes it back at once.
-        drop(slots.lend());
-        assert_eq!(slots.semaphore().available_permits(), 1);
+    #[tokio::test]
+    async fn a_task_lends_one_slot_however_many_runs_it_waits_for() {
+        let slots = Slots::new(1);
+        let task = {
+            let slots = slots.clone();
+            tokio::spawn(async move {
+                let loans: Vec<SlotLoan> = (0..3).map(|_| slots.lend()).collect();
+                let lent = free(&slots);
+                drop(loans);
+                lent
+            })
+        };
+        assert_eq!(task.await.expect("task"), 2, "one slot lent by the task");
+        slots.take_back();
+        assert_eq!(free(&slots), 1);
+        // Outside a task, each loan is one.
+        let (a, b) = (slots.lend(), slots.lend());
+        assert_eq!(free(&slots), 3);
+        drop((a, b));
+        slots.take_back();
+        assert_eq!(free(&slots), 1);
     }
 }

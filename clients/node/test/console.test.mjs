@@ -99,6 +99,39 @@ test("a workflow's steps tick with durations, and the run is listed to re-open",
   await page.close();
 });
 
+test("a refused start says so in the run panel instead of showing the run before", async () => {
+  const page = await open(loom.base);
+  await page.waitForSelector("#target option[value='actor:echo']", { state: "attached" });
+  await start(page, "actor:echo", '{"said": "before"}');
+  await page.waitForSelector("#run-state.complete");
+  await start(page, "workflow:batch-report", '{"count": "lots"}');
+  await page.waitForSelector("#run-state.refused");
+  assert.match(await page.textContent("#result"), /bad_input: .*count/);
+  assert.equal(await page.textContent("#run-id"), "–");
+  assert.equal(await page.$$eval(".lane", (els) => els.length), 0, "the run before is gone");
+  await start(page, "actor:echo", "{not json");
+  await page.waitForFunction(() => /not JSON/.test(document.getElementById("result").textContent));
+  await page.close();
+});
+
+test("a cancelled workflow's running step is marked failed, and a reload rejoins the run", async () => {
+  const page = await open(loom.base);
+  await page.waitForSelector("#target option[value='workflow:batch-report']", { state: "attached" });
+  await start(page, "workflow:batch-report", '{"count": 100000, "batch_size": 1}');
+  await page.waitForSelector("#steps li.running");
+  const id = await page.textContent("#run-id");
+  // The run goes on across a reload (it is detached), and the page follows it again.
+  await page.reload();
+  await page.waitForFunction((want) => document.getElementById("run-id").textContent === want, id);
+  await page.waitForSelector("#run-state.running");
+  await page.waitForSelector("#steps li.running");
+  await page.click("#cancel");
+  await page.waitForSelector("#run-state.cancelled");
+  const steps = await page.$$eval("#steps li", (items) => items.map((li) => [li.className, li.firstChild.textContent]));
+  assert.deepEqual(steps, [["failed", "process"]]);
+  await page.close();
+});
+
 test("a finished run whose log dropped its start still shows how it ended", async () => {
   const page = await open(loom.base);
   await page.waitForSelector("#target option[value='actor:batch']", { state: "attached" });

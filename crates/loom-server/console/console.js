@@ -25,6 +25,9 @@ async function load() {
     chosen();
     status("");
     await listRuns();
+    // After a reload, the run this tab showed: it went on (runs started here are detached).
+    const last = sessionStorage.getItem("loom-run");
+    if (last && !current && (await loom.runs.get(last).catch(() => undefined))) follow(last);
   } catch (error) {
     if (error instanceof LoomError && error.status === 401) {
       $("key-form").hidden = false;
@@ -78,6 +81,22 @@ function state(text) {
   $("run-state").className = `badge ${text}`;
 }
 
+/**
+ * A start the page or the server refused: the panel says so, rather than keep showing the run
+ * before as if it were this one's.
+ */
+function refused(message) {
+  current?.stop.abort();
+  current = null;
+  sessionStorage.removeItem("loom-run");
+  reset("–");
+  state("refused");
+  $("cancel").disabled = true;
+  $("result").hidden = false;
+  $("result").textContent = message;
+  status(message);
+}
+
 /** Takes back every step, bar and lane shown (a new attempt of the run supersedes them). */
 function clearOutput() {
   for (const box of ["steps", "bars", "lanes"]) $(box).replaceChildren();
@@ -99,6 +118,13 @@ function lane(name) {
     $("lanes").append(el);
   }
   return el.querySelector(".text");
+}
+
+/** Appends `token` to `text`, keeping the newest in view while the reader is at the end. */
+function append(text, token) {
+  const atEnd = text.scrollTop + text.clientHeight >= text.scrollHeight - 8;
+  text.textContent += token;
+  if (atEnd) text.scrollTop = text.scrollHeight;
 }
 
 function bar(name, progress) {
@@ -142,6 +168,7 @@ async function follow(id, { live = false } = {}) {
   const stop = new AbortController();
   const stream = loom.runs.stream(id, { signal: stop.signal });
   current = { id, stream, stop };
+  sessionStorage.setItem("loom-run", id);
   reset(id);
   $("cancel").disabled = false;
   const started = new Map();
@@ -177,13 +204,15 @@ async function follow(id, { live = false } = {}) {
       } else if (chunk.event === "action-complete" || chunk.event === "action-failed") {
         step(chunk.step, chunk.event === "action-complete" ? "done" : "failed", started.get(chunk.step));
       } else if (chunk.type === "data" && typeof chunk.data?.token === "string") {
-        lane(who).textContent += chunk.data.token;
+        append(lane(who), chunk.data.token);
         showing(chunk, who);
       } else if (chunk.type === "progress") {
         bar(who, chunk.progress);
         showing(chunk, who);
       } else if (chunk.type === "complete" || chunk.type === "error") {
         state(chunk.type === "complete" ? "complete" : chunk.error.code === "cancelled" ? "cancelled" : "error");
+        // A step the run's end cut short (cancelled, timed out) has no `action-failed` of its own.
+        for (const li of $("steps").querySelectorAll("li.running")) li.className = "failed";
         $("result").hidden = false;
         $("result").textContent = JSON.stringify(chunk.type === "complete" ? chunk.data : chunk.error, null, 2);
       }
@@ -221,7 +250,7 @@ $("start-form").onsubmit = async (event) => {
     try {
       input = JSON.parse($("input").value || "{}");
     } catch (error) {
-      status(`The input is not JSON: ${error.message}`);
+      refused(`The input is not JSON: ${error.message}`);
       return;
     }
   }
@@ -230,8 +259,9 @@ $("start-form").onsubmit = async (event) => {
     const { run_id } = await loom.runs.create({ [kind]: name, input });
     status("");
     follow(run_id, { live: true });
+    listRuns().catch(() => {});
   } catch (error) {
-    status(error instanceof LoomError ? `${error.code}: ${error.message}` : error.message);
+    refused(error instanceof LoomError ? `${error.code}: ${error.message}` : error.message);
   }
 };
 

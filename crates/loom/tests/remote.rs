@@ -985,6 +985,48 @@ fn a_worker_serves_a_workflow_that_calls_another_and_refuses_a_loop() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A worker stopping (SIGTERM) with no other worker left still finishes a workflow that calls
+/// another after the signal: the slot the caller lends while it waits takes that call's request
+/// (a stopping worker took none, so the call waited out the 30 s grace and ended `worker_lost`).
+#[test]
+fn a_stopping_worker_alone_finishes_a_workflow_that_calls_another_after_the_signal() {
+    let redis = RedisServer::start();
+    let dir = std::env::temp_dir().join(format!("loom-stop-calls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let examples = format!("{}/../../examples/workflows", env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(
+        format!("{examples}/batch-report.yaml"),
+        dir.join("batch-report.yaml"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("twice.yaml"),
+        "name: twice\nactions:\n  - name: first\n    actorType: workflows/batch-report\n    input: { count: 1000 }\n  - name: second\n    actorType: workflows/batch-report\n    input: { count: 200 }\n",
+    )
+    .unwrap();
+    let served = dir.display().to_string();
+    let mut worker = loom(&["worker", "--redis", redis.url(), "--workflows", &served])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("loom worker starts");
+    let (mut caller, lines) = remote_run(&redis, &["workflows/twice"]);
+    let mut seen = Vec::new();
+    read_until(&lines, &mut seen, |c| {
+        c["step"] == "first" && c["event"] == "action-start"
+    });
+    signal(worker.id(), "TERM");
+    read_until(&lines, &mut seen, is_terminal);
+    assert_eq!(wait(&mut caller).code(), Some(0), "{seen:?}");
+    assert_ends_complete(&seen);
+    assert_eq!(
+        seen.last().unwrap()["data"]["steps"]["second"]["steps"]["report"]["processed"],
+        200
+    );
+    assert_eq!(wait(&mut worker).code(), Some(0), "the worker exits 0");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A workflow's own `timeout:` ends it on the worker that serves it, whoever runs it and
 /// whatever deadline they give: regression test for `actor run workflows/<name>`, which
 /// does not have the definition and ran the workflow to its end (or to ten minutes).

@@ -36,7 +36,9 @@
 //!   starting a run; a cancel cancels the run's token, so the actor stops at once and the
 //!   runtime writes `error/cancelled`. Pub/sub delivers at most once, so the heartbeat also
 //!   reads the cancel keys of the runs it holds.
-//! - **Shutdown.** When the shutdown future resolves the worker stops taking requests, lets
+//! - **Shutdown.** When the shutdown future resolves the worker stops taking requests (but
+//!   into the slots its runs lend while they wait for runs they called, `slots.rs`: those runs
+//!   may be waiting for this worker alone), lets
 //!   the runs it holds finish for up to `shutdown_grace`, then hands the rest back (their
 //!   requests become claimable at once, and another worker continues their streams). It then
 //!   leaves the queues' groups, if nothing is pending under its name.
@@ -280,11 +282,26 @@ impl Worker {
             }
         };
         tokio::pin!(grace);
+        let grace_ends = tokio::time::Instant::now() + self.options.shutdown_grace;
         loop {
             // Requests already taken are ours to run: start them as slots free up.
             start_waiting(&shared, &slots, &mut runs);
             self.slots.take_back();
             let waiting = !shared.waiting().is_empty();
+            // A run waiting for a run it called lent its slot, and that run waits in a queue —
+            // maybe for this worker alone (the others stopping too, or none): the lent slot
+            // still takes requests, in short reads, so what ends meanwhile is seen soon.
+            let finishing = !now.is_cancelled() && tokio::time::Instant::now() < grace_ends;
+            if !waiting && finishing && self.slots.lending() && slots.available_permits() > 0 {
+                let mut never = std::future::pending::<()>();
+                let (work, _) = fetcher.fetch(slots.available_permits(), &mut never).await;
+                shared.waiting().extend(work);
+                while runs.try_join_next().is_some() {}
+                if runs.is_empty() && shared.waiting().is_empty() {
+                    break;
+                }
+                continue;
+            }
             tokio::select! {
                 next = runs.join_next() => if next.is_none() && !waiting { break },
                 // A slot lent to a run waiting for one of those taken.

@@ -31,6 +31,8 @@ struct Inner {
     lent: Mutex<HashMap<Id, usize>>,
     /// Slots lent and given back that the worker has not taken back yet.
     owed: AtomicUsize,
+    /// Slots lent now.
+    out: AtomicUsize,
 }
 
 impl Slots {
@@ -40,6 +42,7 @@ impl Slots {
             semaphore: Arc::new(Semaphore::new(n)),
             lent: Mutex::new(HashMap::new()),
             owed: AtomicUsize::new(0),
+            out: AtomicUsize::new(0),
         }))
     }
 
@@ -63,6 +66,12 @@ impl Slots {
         }
     }
 
+    /// Whether some run lends its slot now: it waits for a run it called, which waits in a
+    /// queue.
+    pub(crate) fn lending(&self) -> bool {
+        self.0.out.load(Ordering::Acquire) > 0
+    }
+
     /// Lends the calling task's slot until the returned loan is dropped: what a run that waits
     /// for a run it called does (hold the loan as long as the called run's stream:
     /// `ChunkStream::hold`). A task with a loan already lends no second slot; outside a task,
@@ -79,6 +88,7 @@ impl Slots {
             None => true,
         };
         if first {
+            self.0.out.fetch_add(1, Ordering::AcqRel);
             self.0.semaphore.add_permits(1);
         }
         SlotLoan {
@@ -123,6 +133,7 @@ impl Drop for SlotLoan {
             None => true,
         };
         if last {
+            self.slots.0.out.fetch_sub(1, Ordering::AcqRel);
             self.slots.0.owed.fetch_add(1, Ordering::AcqRel);
         }
     }
@@ -143,10 +154,12 @@ mod tests {
             .try_acquire_owned()
             .expect("the slot");
         let loan = slots.lend();
+        assert!(slots.lending());
         let lent = Arc::clone(slots.semaphore())
             .try_acquire_owned()
             .expect("the lent slot");
         drop(loan);
+        assert!(!slots.lending());
         // Both slots are in use: nothing to take back yet.
         slots.take_back();
         assert_eq!(free(&slots), 0);

@@ -231,6 +231,12 @@ impl Renderer {
             live.bar.finish_and_clear();
             self.multi.remove(&live.bar);
         }
+        // The attempt before's running steps are superseded too: the new attempt starts its
+        // own (they were left to be marked ✗ at the end, after the new attempt's ✓).
+        for (_, line, _) in self.steps.drain(..) {
+            line.finish_and_clear();
+            self.multi.remove(&line);
+        }
         if self.mid_line {
             self.stdout.write("\n");
             self.mid_line = false;

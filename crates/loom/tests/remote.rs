@@ -1066,6 +1066,67 @@ fn a_workflow_served_by_a_worker_ends_at_its_own_timeout_run_by_name_or_from_its
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A workflow run re-run after its worker was lost: the step the first attempt was running is
+/// superseded with the rest of its output, not marked `✗` after the new attempt's `✓`.
+#[test]
+fn a_rerun_workflows_superseded_step_is_not_reported_failed() {
+    let redis = RedisServer::start();
+    let id = "rerun-0123456789";
+    let mut conn = redis.plain();
+    let stream = loom_redis::Keys::default().stream(id);
+    let start = json!({ "run_id": id, "actor": "wf" }).to_string();
+    let entries: Vec<Vec<String>> = [
+        vec!["start", &start, "0"],
+        vec![
+            "progress",
+            "null",
+            "1",
+            "step",
+            "\"work\"",
+            "event",
+            "\"action-start\"",
+        ],
+        vec!["start", &start, "2", "attempt", "2"],
+        vec![
+            "progress",
+            "null",
+            "3",
+            "step",
+            "\"work\"",
+            "event",
+            "\"action-start\"",
+        ],
+        vec![
+            "data",
+            "{}",
+            "4",
+            "step",
+            "\"work\"",
+            "event",
+            "\"action-complete\"",
+        ],
+        vec!["complete", "{}", "5"],
+    ]
+    .iter()
+    .map(|e| e.iter().map(|s| s.to_string()).collect())
+    .collect();
+    for (seq, entry) in entries.iter().enumerate() {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&stream).arg(format!("{seq}-1"));
+        cmd.arg("type").arg(&entry[0]).arg("data").arg(&entry[1]);
+        cmd.arg("seq").arg(&entry[2]);
+        for pair in entry[3..].chunks(2) {
+            cmd.arg(&pair[0]).arg(&pair[1]);
+        }
+        let _: String = cmd.query(&mut conn).expect("XADD");
+    }
+    let out = run(&["stream", "tail", id, "--redis", redis.url()]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stderr.contains("↻ attempt 2"), "{}", out.stderr);
+    assert!(out.stderr.contains("✓ work"), "{}", out.stderr);
+    assert!(!out.stderr.contains("✗ work"), "{}", out.stderr);
+}
+
 /// The Ctrl-C grace period is counted from the Ctrl-C, not from the last chunk: a stream
 /// that keeps going after the cancel (here a `tail`, whose producer does not stop) does not
 /// keep the CLI alive.

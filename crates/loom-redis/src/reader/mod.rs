@@ -185,8 +185,8 @@ fn follow(
                         yield state.on_closed();
                         return;
                     };
-                    let delivery = state.on_batch(batch, Instant::now());
-                    for entry in delivery.entries {
+                    let mut delivery = state.on_batch(batch, Instant::now());
+                    while let Some(entry) = state.next_entry(&mut delivery) {
                         yield entry;
                     }
                     if delivery.done {

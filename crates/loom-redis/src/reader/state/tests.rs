@@ -40,7 +40,25 @@ fn tail(now: Instant) -> ReadState {
     ReadState::new("s".to_owned(), EntryId::ZERO, Watch::tail(&options()), now)
 }
 
-fn seqs(delivery: &Delivery) -> Vec<u64> {
+/// What a batch delivers, drained as the reader's stream drains it.
+struct Delivered {
+    entries: Vec<StreamEntry>,
+    done: bool,
+}
+
+fn deliver(state: &mut ReadState, batch: Vec<RawEntry>, now: Instant) -> Delivered {
+    let mut delivery = state.on_batch(batch, now);
+    let mut entries = Vec::new();
+    while let Some(entry) = state.next_entry(&mut delivery) {
+        entries.push(entry);
+    }
+    Delivered {
+        entries,
+        done: delivery.done,
+    }
+}
+
+fn seqs(delivery: &Delivered) -> Vec<u64> {
     delivery.entries.iter().map(|e| e.chunk.seq).collect()
 }
 
@@ -58,9 +76,9 @@ fn entries_pass_in_order_and_the_stream_ends_after_the_terminal() {
     let mut state = tail(now);
     let complete = Output::complete(json!(null)).into_chunk(2);
     let batch = vec![raw(1, &token(0)), raw(2, &token(1))];
-    let first = state.on_batch(batch, now);
+    let first = deliver(&mut state, batch, now);
     assert_eq!((seqs(&first), first.done), (vec![0, 1], false));
-    let last = state.on_batch(vec![raw(3, &complete), raw(4, &token(3))], now);
+    let last = deliver(&mut state, vec![raw(3, &complete), raw(4, &token(3))], now);
     assert_eq!((seqs(&last), last.done), (vec![2], true));
     assert_eq!(last.entries[0].id, Some(id(3)));
 }
@@ -70,7 +88,7 @@ fn a_repeated_seq_ends_with_internal_and_so_does_a_gap() {
     let now = Instant::now();
     let mut state = tail(now);
     let batch = vec![raw(1, &token(0)), raw(2, &token(0)), raw(3, &token(1))];
-    let delivery = state.on_batch(batch, now);
+    let delivery = deliver(&mut state, batch, now);
     assert_eq!((seqs(&delivery), delivery.done), (vec![0, 1], true));
     let info = delivery.entries[1].chunk.error.as_ref().expect("error");
     assert_eq!(delivery.entries[1].id, None);
@@ -78,10 +96,10 @@ fn a_repeated_seq_ends_with_internal_and_so_does_a_gap() {
 
     let mut state = tail(now);
     let batch = vec![raw(1, &token(0)), raw(3, &token(1))];
-    let delivery = state.on_batch(batch, now);
+    let delivery = deliver(&mut state, batch, now);
     assert_eq!((seqs(&delivery), delivery.done), (vec![0, 1], false));
 
-    let delivery = state.on_batch(vec![raw(4, &token(5))], now);
+    let delivery = deliver(&mut state, vec![raw(4, &token(5))], now);
     assert!(delivery.done);
     let error = &delivery.entries[0];
     assert_eq!(
@@ -99,7 +117,7 @@ fn an_entry_after_the_largest_seq_ends_with_internal() {
     let now = Instant::now();
     let mut state = tail(now);
     let batch = vec![raw(1, &token(u64::MAX)), raw(2, &token(0))];
-    let delivery = state.on_batch(batch, now);
+    let delivery = deliver(&mut state, batch, now);
     assert_eq!(
         (seqs(&delivery), delivery.done),
         (vec![u64::MAX, u64::MAX], true)
@@ -116,7 +134,7 @@ fn an_undecodable_entry_ends_with_internal_naming_it() {
         id: id(7),
         fields: Strings::encode([&b"type"[..]]),
     };
-    let delivery = state.on_batch(vec![raw(1, &token(0)), bad], now);
+    let delivery = deliver(&mut state, vec![raw(1, &token(0)), bad], now);
     assert!(delivery.done);
     assert_eq!(seqs(&delivery), vec![0, 1]);
     let info = delivery.entries[1].chunk.error.as_ref().expect("error");
@@ -128,7 +146,7 @@ fn an_undecodable_entry_ends_with_internal_naming_it() {
 fn a_producer_gone_past_lease_and_visibility_is_worker_lost() {
     let start = Instant::now();
     let mut state = tail(start);
-    state.on_batch(vec![raw(1, &token(0))], start);
+    deliver(&mut state, vec![raw(1, &token(0))], start);
     // The chunk counts as a sign of life from when it arrived: nothing to do yet.
     assert_eq!(state.on_tick(start + 200 * MS), Step::Wait);
     // From then on, the lease is asked; none is held.
@@ -148,7 +166,7 @@ fn a_producer_gone_past_lease_and_visibility_is_worker_lost() {
 fn a_chunk_read_long_before_a_late_tick_does_not_end_the_run_without_asking_the_lease() {
     let start = Instant::now();
     let mut state = tail(start);
-    state.on_batch(vec![raw(1, &token(0))], start);
+    deliver(&mut state, vec![raw(1, &token(0))], start);
     // The consumer did not poll for longer than lease and visibility together: the tick
     // that comes then asks the lease rather than take the old chunk's time for the last sign.
     let late = start + 3000 * MS;
@@ -166,7 +184,7 @@ fn a_chunk_read_long_before_a_late_tick_does_not_end_the_run_without_asking_the_
 fn entries_still_arriving_keep_a_found_terminal_awaited() {
     let start = Instant::now();
     let mut state = tail(start);
-    state.on_batch(vec![raw(1, &token(0))], start);
+    deliver(&mut state, vec![raw(1, &token(0))], start);
     let Step::EndRun(ending) = state.on_lease(start + 3000 * MS, Ok(-2)) else {
         panic!("expected the run to end")
     };
@@ -176,7 +194,7 @@ fn entries_still_arriving_keep_a_found_terminal_awaited() {
     );
     // A slow replay: entries keep coming towards the terminal, past the visibility timeout
     // counted from when the terminal was found.
-    state.on_batch(vec![raw(2, &token(1))], start + 4400 * MS);
+    deliver(&mut state, vec![raw(2, &token(1))], start + 4400 * MS);
     assert_eq!(state.on_tick(start + 4600 * MS), Step::Wait);
     // Once they stop, the visibility timeout runs from the last of them.
     let (_, code, message) = error_of(&state.on_lease(start + 5900 * MS, Ok(-2)));
@@ -193,7 +211,7 @@ fn a_gap_right_after_a_resumed_reader_cursor_ends_with_internal() {
         Watch::tail(&options()),
         now,
     );
-    let delivery = state.on_batch(vec![raw(8, &token(7))], now);
+    let delivery = deliver(&mut state, vec![raw(8, &token(7))], now);
     assert_eq!((seqs(&delivery), delivery.done), (vec![6], true));
     let info = delivery.entries[0].chunk.error.as_ref().expect("error");
     assert!(info.message.contains("seq jumps from 5 to 7"), "{info:?}");
@@ -204,7 +222,7 @@ fn a_gap_right_after_a_resumed_reader_cursor_ends_with_internal() {
         Watch::tail(&options()),
         now,
     );
-    let delivery = state.on_batch(vec![raw(7, &token(6))], now);
+    let delivery = deliver(&mut state, vec![raw(7, &token(6))], now);
     assert_eq!((seqs(&delivery), delivery.done), (vec![6], false));
 }
 
@@ -256,7 +274,7 @@ fn a_queued_run_gets_its_pickup_time_and_its_deadline_ends_it_with_timeout() {
 fn redis_unreachable_past_the_outage_timeout_ends_with_upstream() {
     let start = Instant::now();
     let mut state = tail(start);
-    state.on_batch(vec![raw(1, &token(0))], start);
+    deliver(&mut state, vec![raw(1, &token(0))], start);
     assert_eq!(
         state.on_lease(start + 2200 * MS, Err("down".into())),
         Step::Wait
@@ -274,7 +292,7 @@ fn redis_back_after_an_outage_gives_the_producer_a_lease_from_then() {
         ..options()
     };
     let mut state = ReadState::new("s".to_owned(), EntryId::ZERO, Watch::tail(&options), start);
-    state.on_batch(vec![raw(1, &token(0))], start);
+    deliver(&mut state, vec![raw(1, &token(0))], start);
     // Down for longer than a lease and the visibility timeout (a cluster's failover), not
     // for the outage timeout: the reader waits.
     for at in [1_000, 5_000, 19_900] {
@@ -298,7 +316,7 @@ fn redis_back_after_an_outage_gives_the_producer_a_lease_from_then() {
 fn the_written_ending_is_awaited_then_reported_missing() {
     let start = Instant::now();
     let mut state = tail(start);
-    state.on_batch(vec![raw(5, &token(0))], start);
+    deliver(&mut state, vec![raw(5, &token(0))], start);
     let Step::EndRun(ending) = state.on_lease(start + 3000 * MS, Ok(-2)) else {
         panic!("expected the run to end")
     };
@@ -329,7 +347,7 @@ fn the_written_ending_is_awaited_then_reported_missing() {
 fn a_stopped_hub_ends_with_internal() {
     let now = Instant::now();
     let mut state = tail(now);
-    state.on_batch(vec![raw(1, &token(0))], now);
+    deliver(&mut state, vec![raw(1, &token(0))], now);
     let entry = state.on_closed();
     assert_eq!(entry.chunk.seq, 1);
     assert_eq!(

@@ -111,6 +111,15 @@ test("a refused start says so in the run panel instead of showing the run before
   assert.equal(await page.$$eval(".lane", (els) => els.length), 0, "the run before is gone");
   await start(page, "actor:echo", "{not json");
   await page.waitForFunction(() => /not JSON/.test(document.getElementById("result").textContent));
+  // Refused while another run streams: that run's stream is let go without a script error.
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(String(e)));
+  await start(page, "actor:batch", '{"count": 2000, "batch_size": 10, "delay_ms": 50}');
+  await page.waitForSelector("#bars progress");
+  await start(page, "actor:echo", "{not json");
+  await page.waitForSelector("#run-state.refused");
+  await page.waitForTimeout(300);
+  assert.deepEqual(errors, []);
   await page.close();
 });
 

@@ -27,7 +27,10 @@ async function load() {
     await listRuns();
     // After a reload, the run this tab showed: it went on (runs started here are detached).
     const last = sessionStorage.getItem("loom-run");
-    if (last && !current && (await loom.runs.get(last).catch(() => undefined))) follow(last);
+    if (last && !current) {
+      if (await loom.runs.get(last).catch(() => undefined)) follow(last);
+      else sessionStorage.removeItem("loom-run");
+    }
   } catch (error) {
     if (error instanceof LoomError && error.status === 401) {
       $("key-form").hidden = false;
@@ -114,17 +117,34 @@ function lane(name) {
     title.textContent = name === "" ? "output" : name;
     const text = document.createElement("div");
     text.className = "text";
+    // Scrolled back from the end, the lane stays put; at its end, it follows the newest text.
+    text.onscroll = () => {
+      text.dataset.held = text.scrollTop + text.clientHeight < text.scrollHeight - 8 ? "1" : "";
+    };
     el.append(title, text);
     $("lanes").append(el);
   }
   return el.querySelector(".text");
 }
 
-/** Appends `token` to `text`, keeping the newest in view while the reader is at the end. */
+/** Lanes that grew since the last frame was drawn. */
+const grown = new Set();
+
+/**
+ * Appends `token` to `text` (one text node, added to in place), and once a frame scrolls the
+ * lanes that grew and were at their end to it: a replay of many tokens lays the page out once
+ * a frame, not once a token.
+ */
 function append(text, token) {
-  const atEnd = text.scrollTop + text.clientHeight >= text.scrollHeight - 8;
-  text.textContent += token;
-  if (atEnd) text.scrollTop = text.scrollHeight;
+  if (!text.firstChild) text.append(document.createTextNode(""));
+  text.firstChild.appendData(token);
+  if (grown.size === 0) {
+    requestAnimationFrame(() => {
+      for (const lane of grown) if (!lane.dataset.held) lane.scrollTop = lane.scrollHeight;
+      grown.clear();
+    });
+  }
+  grown.add(text);
 }
 
 function bar(name, progress) {
@@ -181,7 +201,7 @@ async function follow(id, { live = false } = {}) {
   };
   try {
     for await (const chunk of stream) {
-      if (current.stream !== stream) return;
+      if (current?.stream !== stream) return;
       const who = chunk.actor ?? chunk.step ?? "";
       if (chunk.type === "start" && chunk.attempt > 1) {
         // A re-run of the whole run (its worker was lost): what the attempt before showed is
@@ -212,7 +232,7 @@ async function follow(id, { live = false } = {}) {
       } else if (chunk.type === "complete" || chunk.type === "error") {
         state(chunk.type === "complete" ? "complete" : chunk.error.code === "cancelled" ? "cancelled" : "error");
         // A step the run's end cut short (cancelled, timed out) has no `action-failed` of its own.
-        for (const li of $("steps").querySelectorAll("li.running")) li.className = "failed";
+        if (chunk.type === "error") for (const li of $("steps").querySelectorAll("li.running")) li.className = "failed";
         $("result").hidden = false;
         $("result").textContent = JSON.stringify(chunk.type === "complete" ? chunk.data : chunk.error, null, 2);
       }
@@ -223,7 +243,7 @@ async function follow(id, { live = false } = {}) {
       // The page lost the stream, or the log no longer holds its start (410): a run that is
       // over still says how it ended; one that goes on is shown as lost, not as running.
       const info = await loom.runs.get(id).catch(() => undefined);
-      if (current.stream !== stream) return;
+      if (current?.stream !== stream) return;
       if (info && info.status !== "running") {
         state(info.status);
         status(`${why} — the run ended: ${info.status}${info.error_code ? ` (${info.error_code})` : ""}`);
@@ -233,7 +253,7 @@ async function follow(id, { live = false } = {}) {
       }
     }
   } finally {
-    if (current.stream === stream) $("cancel").disabled = true;
+    if (current?.stream === stream) $("cancel").disabled = true;
     listRuns().catch(() => {});
   }
 }

@@ -25,9 +25,16 @@ impl WorkerProcess {
 
     /// One started with `more` arguments too (`--actors a,b`).
     fn with(redis: &RedisServer, more: &[&str]) -> Self {
-        let mut args = vec!["worker", "--redis", redis.url(), "--concurrency", "4"];
+        let mut args = vec!["--concurrency", "4"];
         args.extend_from_slice(more);
-        let child = loom(&args)
+        Self::args(redis, &args)
+    }
+
+    /// `loom worker --redis URL <args>`, nothing else.
+    fn args(redis: &RedisServer, args: &[&str]) -> Self {
+        let mut all = vec!["worker", "--redis", redis.url()];
+        all.extend_from_slice(args);
+        let child = loom(&all)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -265,12 +272,7 @@ fn a_run_refused_by_a_full_queue_exits_1_and_leaves_nothing_behind() {
 #[test]
 fn stream_ttl_sets_how_long_a_finished_run_stays_in_redis() {
     let redis = RedisServer::start();
-    let worker = loom(&["worker", "--redis", redis.url(), "--stream-ttl", "90s"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("loom worker starts");
-    let _worker = WorkerProcess(worker);
+    let _worker = WorkerProcess::args(&redis, &["--stream-ttl", "90s"]);
     let out = run(&[
         "actor",
         "run",
@@ -909,15 +911,10 @@ fn a_workflow_served_by_a_worker_runs_as_an_actor_type_and_as_a_step() {
     }
 }
 
-/// A worker serves a workflow whose step is another workflow (`workflows/<name>`): that step
-/// is queued like any caller's run, to whichever worker serves it — this one too, with a
-/// single slot, which the caller lends while it waits (it used to hold it, and the run it
-/// called waited for the pickup timeout, then ended `worker_lost`). Workflows that call each
-/// other in a loop are refused when the worker starts (exit 2).
-#[test]
-fn a_worker_serves_a_workflow_that_calls_another_and_refuses_a_loop() {
-    let redis = RedisServer::start();
-    let dir = std::env::temp_dir().join(format!("loom-calls-{}", std::process::id()));
+/// A fresh directory of workflows for a worker's `--workflows`: the example `batch-report`, and
+/// `name`, whose `actions` are `actions` (YAML list items).
+fn calling_batch_report(tag: &str, name: &str, actions: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("loom-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let examples = format!("{}/../../examples/workflows", env!("CARGO_MANIFEST_DIR"));
     std::fs::copy(
@@ -926,25 +923,28 @@ fn a_worker_serves_a_workflow_that_calls_another_and_refuses_a_loop() {
     )
     .unwrap();
     std::fs::write(
-        dir.join("outer.yaml"),
-        "name: outer\nactions:\n  - name: inner\n    actorType: workflows/batch-report\n    input: { count: 200 }\n",
+        dir.join(format!("{name}.yaml")),
+        format!("name: {name}\nactions:\n{actions}"),
     )
     .unwrap();
+    dir
+}
+
+/// A worker serves a workflow whose step is another workflow (`workflows/<name>`): that step
+/// is queued like any caller's run, to whichever worker serves it — this one too, with a
+/// single slot, which the caller lends while it waits (it used to hold it, and the run it
+/// called waited for the pickup timeout, then ended `worker_lost`). Workflows that call each
+/// other in a loop are refused when the worker starts (exit 2).
+#[test]
+fn a_worker_serves_a_workflow_that_calls_another_and_refuses_a_loop() {
+    let redis = RedisServer::start();
+    let dir = calling_batch_report(
+        "calls",
+        "outer",
+        "  - name: inner\n    actorType: workflows/batch-report\n    input: { count: 200 }\n",
+    );
     let served = dir.display().to_string();
-    let worker = loom(&[
-        "worker",
-        "--redis",
-        redis.url(),
-        "--concurrency",
-        "1",
-        "--workflows",
-        &served,
-    ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .expect("loom worker starts");
-    let _worker = WorkerProcess(worker);
+    let _worker = WorkerProcess::args(&redis, &["--concurrency", "1", "--workflows", &served]);
     // Two callers at once: the second waits for the slot, then lends it in turn.
     let callers: Vec<_> = (0..2)
         .map(|_| {
@@ -991,31 +991,19 @@ fn a_worker_serves_a_workflow_that_calls_another_and_refuses_a_loop() {
 #[test]
 fn a_stopping_worker_alone_finishes_a_workflow_that_calls_another_after_the_signal() {
     let redis = RedisServer::start();
-    let dir = std::env::temp_dir().join(format!("loom-stop-calls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let examples = format!("{}/../../examples/workflows", env!("CARGO_MANIFEST_DIR"));
-    std::fs::copy(
-        format!("{examples}/batch-report.yaml"),
-        dir.join("batch-report.yaml"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("twice.yaml"),
-        "name: twice\nactions:\n  - name: first\n    actorType: workflows/batch-report\n    input: { count: 1000 }\n  - name: second\n    actorType: workflows/batch-report\n    input: { count: 200 }\n",
-    )
-    .unwrap();
+    let dir = calling_batch_report(
+        "stop-calls",
+        "twice",
+        "  - name: first\n    actorType: workflows/batch-report\n    input: { count: 1000 }\n  - name: second\n    actorType: workflows/batch-report\n    input: { count: 200 }\n",
+    );
     let served = dir.display().to_string();
-    let mut worker = loom(&["worker", "--redis", redis.url(), "--workflows", &served])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("loom worker starts");
+    let mut worker = WorkerProcess::args(&redis, &["--workflows", &served]);
     let (mut caller, lines) = remote_run(&redis, &["workflows/twice"]);
     let mut seen = Vec::new();
     read_until(&lines, &mut seen, |c| {
         c["step"] == "first" && c["event"] == "action-start"
     });
-    signal(worker.id(), "TERM");
+    signal(worker.0.id(), "TERM");
     read_until(&lines, &mut seen, is_terminal);
     assert_eq!(wait(&mut caller).code(), Some(0), "{seen:?}");
     assert_ends_complete(&seen);
@@ -1023,7 +1011,7 @@ fn a_stopping_worker_alone_finishes_a_workflow_that_calls_another_after_the_sign
         seen.last().unwrap()["data"]["steps"]["second"]["steps"]["report"]["processed"],
         200
     );
-    assert_eq!(wait(&mut worker).code(), Some(0), "the worker exits 0");
+    assert_eq!(wait(&mut worker.0).code(), Some(0), "the worker exits 0");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

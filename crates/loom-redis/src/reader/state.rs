@@ -89,7 +89,7 @@ impl Watch {
 /// A batch of entries being delivered: [`ReadState::next_entry`] decodes them one at a time,
 /// as the consumer takes them, so each chunk is made just before it is read and freed before
 /// the next is made (made all at once, a batch's hundreds of small allocations overflowed the
-/// allocator's per-thread cache, and cost the reader a fifth more CPU per chunk).
+/// allocator's per-thread cache, and cost about a tenth more CPU per chunk).
 #[derive(Debug)]
 pub(crate) struct Delivery {
     /// The entries not decoded yet, in order.

@@ -275,26 +275,31 @@ impl Worker {
         tracing::info!(worker = %shared.name, running = runs.len(), "worker stopping");
         stopping.cancel();
         let now = self.options.hand_back_now.clone().unwrap_or_default();
-        let grace = async {
+        let grace_ends = tokio::time::Instant::now() + self.options.shutdown_grace;
+        let grace = || async {
             tokio::select! {
-                () = tokio::time::sleep(self.options.shutdown_grace) => {}
+                () = tokio::time::sleep_until(grace_ends) => {}
                 () = now.cancelled() => {}
             }
         };
-        tokio::pin!(grace);
-        let grace_ends = tokio::time::Instant::now() + self.options.shutdown_grace;
+        let mut hand_back_due = Box::pin(grace());
         loop {
-            // Requests already taken are ours to run: start them as slots free up.
-            start_waiting(&shared, &slots, &mut runs);
+            let finishing = !now.is_cancelled() && tokio::time::Instant::now() < grace_ends;
+            // Requests already taken are ours to run: start them as slots free up — not once
+            // they are to be handed back.
+            if finishing {
+                start_waiting(&shared, &slots, &mut runs);
+            }
             self.slots.take_back();
             let waiting = !shared.waiting().is_empty();
-            // A run waiting for a run it called lent its slot, and that run waits in a queue —
-            // maybe for this worker alone (the others stopping too, or none): the lent slot
-            // still takes requests, in short reads, so what ends meanwhile is seen soon.
-            let finishing = !now.is_cancelled() && tokio::time::Instant::now() < grace_ends;
-            if !waiting && finishing && self.slots.lending() && slots.available_permits() > 0 {
-                let mut never = std::future::pending::<()>();
-                let (work, _) = fetcher.fetch(slots.available_permits(), &mut never).await;
+            // A run waiting for a run it called lent its slot, and that run may wait in a queue
+            // for this worker alone (the others stopping too, or none): the slots lent still
+            // take requests — no more than are lent — in reads that the grace's end or a second
+            // signal cuts short, so what ends meanwhile is seen soon.
+            let lent = self.slots.lent().min(slots.available_permits());
+            if !waiting && finishing && lent > 0 {
+                let mut stop_reading = Box::pin(grace());
+                let (work, _) = fetcher.fetch(lent, &mut stop_reading).await;
                 shared.waiting().extend(work);
                 while runs.try_join_next().is_some() {}
                 if runs.is_empty() && shared.waiting().is_empty() {
@@ -303,14 +308,15 @@ impl Worker {
                 continue;
             }
             tokio::select! {
-                next = runs.join_next() => if next.is_none() && !waiting { break },
-                // A slot lent to a run waiting for one of those taken.
-                _ = slots.acquire(), if waiting => {}
-                _ = &mut grace => {
+                biased;
+                _ = &mut hand_back_due => {
                     hand_back(&shared).await;
                     while runs.join_next().await.is_some() {}
                     break;
                 }
+                next = runs.join_next() => if next.is_none() && !waiting { break },
+                // A slot lent to a run waiting for one of those taken.
+                _ = slots.acquire(), if waiting => {}
             }
         }
         stop.cancel();

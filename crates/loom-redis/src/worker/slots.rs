@@ -66,10 +66,10 @@ impl Slots {
         }
     }
 
-    /// Whether some run lends its slot now: it waits for a run it called, which waits in a
-    /// queue.
-    pub(crate) fn lending(&self) -> bool {
-        self.0.out.load(Ordering::Acquire) > 0
+    /// How many slots are lent now: runs that wait for runs they called, from the call until
+    /// they have read the called run (which may be queued, or running anywhere).
+    pub(crate) fn lent(&self) -> usize {
+        self.0.out.load(Ordering::Acquire)
     }
 
     /// Lends the calling task's slot until the returned loan is dropped: what a run that waits
@@ -80,7 +80,7 @@ impl Slots {
         let task = tokio::task::try_id();
         let first = match task {
             Some(id) => {
-                let mut lent = self.lent();
+                let mut lent = self.loans();
                 let count = lent.entry(id).or_insert(0);
                 *count += 1;
                 *count == 1
@@ -97,7 +97,7 @@ impl Slots {
         }
     }
 
-    fn lent(&self) -> MutexGuard<'_, HashMap<Id, usize>> {
+    fn loans(&self) -> MutexGuard<'_, HashMap<Id, usize>> {
         // The map holds counts only: one left by a panic elsewhere is still right.
         self.0
             .lent
@@ -118,7 +118,7 @@ impl Drop for SlotLoan {
     fn drop(&mut self) {
         let last = match self.task {
             Some(id) => {
-                let mut lent = self.slots.lent();
+                let mut lent = self.slots.loans();
                 match lent.get_mut(&id) {
                     Some(count) if *count > 1 => {
                         *count -= 1;
@@ -154,12 +154,12 @@ mod tests {
             .try_acquire_owned()
             .expect("the slot");
         let loan = slots.lend();
-        assert!(slots.lending());
+        assert_eq!(slots.lent(), 1);
         let lent = Arc::clone(slots.semaphore())
             .try_acquire_owned()
             .expect("the lent slot");
         drop(loan);
-        assert!(!slots.lending());
+        assert_eq!(slots.lent(), 0);
         // Both slots are in use: nothing to take back yet.
         slots.take_back();
         assert_eq!(free(&slots), 0);

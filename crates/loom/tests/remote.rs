@@ -991,10 +991,12 @@ fn a_worker_serves_a_workflow_that_calls_another_and_refuses_a_loop() {
 #[test]
 fn a_stopping_worker_alone_finishes_a_workflow_that_calls_another_after_the_signal() {
     let redis = RedisServer::start();
+    // The signal comes while the first step runs in the workflow's own slot: no slot is lent
+    // yet, and the worker must learn of the one the call lends.
     let dir = calling_batch_report(
         "stop-calls",
         "twice",
-        "  - name: first\n    actorType: workflows/batch-report\n    input: { count: 1000 }\n  - name: second\n    actorType: workflows/batch-report\n    input: { count: 200 }\n",
+        "  - name: first\n    actorType: batch\n    input: { count: 10, batch_size: 1, delay_ms: 100 }\n  - name: second\n    actorType: workflows/batch-report\n    input: { count: 200 }\n",
     );
     let served = dir.display().to_string();
     let mut worker = WorkerProcess::args(&redis, &["--workflows", &served]);

@@ -317,6 +317,8 @@ impl Worker {
                 next = runs.join_next() => if next.is_none() && !waiting { break },
                 // A slot lent to a run waiting for one of those taken.
                 _ = slots.acquire(), if waiting => {}
+                // A run called another, and lent its slot to take that call.
+                () = self.slots.lent_one() => {}
             }
         }
         stop.cancel();

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::Id;
 
 /// A worker's run slots (see the module docs). Cloning gives another handle on the same slots.
@@ -33,6 +33,8 @@ struct Inner {
     owed: AtomicUsize,
     /// Slots lent now.
     out: AtomicUsize,
+    /// Told each time a slot is lent.
+    lending: Notify,
 }
 
 impl Slots {
@@ -43,6 +45,7 @@ impl Slots {
             lent: Mutex::new(HashMap::new()),
             owed: AtomicUsize::new(0),
             out: AtomicUsize::new(0),
+            lending: Notify::new(),
         }))
     }
 
@@ -72,6 +75,12 @@ impl Slots {
         self.0.out.load(Ordering::Acquire)
     }
 
+    /// Resolves once a slot is lent (at once if one was lent since the last time): how a
+    /// stopping worker, which reads no requests but into lent slots, learns of one.
+    pub(crate) async fn lent_one(&self) {
+        self.0.lending.notified().await;
+    }
+
     /// Lends the calling task's slot until the returned loan is dropped: what a run that waits
     /// for a run it called does (hold the loan as long as the called run's stream:
     /// `ChunkStream::hold`). A task with a loan already lends no second slot; outside a task,
@@ -90,6 +99,7 @@ impl Slots {
         if first {
             self.0.out.fetch_add(1, Ordering::AcqRel);
             self.0.semaphore.add_permits(1);
+            self.0.lending.notify_one();
         }
         SlotLoan {
             slots: self.clone(),

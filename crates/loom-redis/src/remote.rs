@@ -288,16 +288,15 @@ impl RemoteInvoker {
         )?;
         let Some(id) = id else {
             // Refused: the record, which only the run's id finds, is taken back, and so is
-            // the caller's presence — as well as Redis lets it: the refusal is the answer
-            // (what stays expires).
-            let mut taken_back = vec![record.clone()];
+            // the caller's presence (one bucket: one slot) — as well as Redis lets it: the
+            // refusal is the answer (what stays expires).
+            let mut taken_back = redis::cmd("DEL");
+            taken_back.arg(&record);
             if present.is_some() {
-                taken_back.push(keys.caller(&request.run_id));
+                taken_back.arg(keys.caller(&request.run_id));
             }
-            for key in taken_back {
-                if let Err(e) = redis::cmd("DEL").arg(&key).exec_async(&mut a).await {
-                    tracing::debug!(key, error = %e, "could not take a refused run's key back");
-                }
+            if let Err(e) = taken_back.exec_async(&mut a).await {
+                tracing::debug!(error = %e, "could not take a refused run's keys back");
             }
             return Err(Error::QueueFull {
                 actor: request.actor.clone(),

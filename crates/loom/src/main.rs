@@ -452,19 +452,16 @@ async fn check_served(client: &loom_redis::Client, job: &Job) -> anyhow::Result<
     let mut told = false;
     let own = client.options().queue_shards;
     loop {
-        // The queue-shard counts live workers serve each type on: one look decides both
-        // whether a type is served on this caller's queues and, if not, why.
-        let mut unserved = None;
-        for &actor in &needed {
-            let shards = through_outage(client, || client.queue_shards_served(actor))
-                .await
-                .map_err(redis_error)?;
-            if !shards.contains(&own) {
-                unserved = Some((actor, shards));
-                break;
-            }
-        }
-        let Some((missing, shards)) = unserved else {
+        // The queue-shard counts live workers serve each type on: one look decides, for every
+        // type the job needs, whether it is served on this caller's queues and, if not, why.
+        let mut served = through_outage(client, || client.served())
+            .await
+            .map_err(redis_error)?;
+        let Some((missing, shards)) = needed
+            .iter()
+            .map(|&actor| (actor, served.remove(actor).unwrap_or_default()))
+            .find(|(_, shards)| !shards.contains(&own))
+        else {
             return Ok(());
         };
         // Workers that serve it on other queues than this caller writes to: a setting to

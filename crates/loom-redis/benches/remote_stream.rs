@@ -5,8 +5,10 @@
 //!   against `redis-benchmark -P 16` XADD and a raw pipelined XADD loop (depth 16);
 //! - latency: actor yield → reader per chunk at 1,000 chunks/s, p50/p99, next to one bare
 //!   XADD round trip, and the floors a chunk's path is compared with: Redis's own hand-off
-//!   of an `XADD` to a blocked `XREAD`, and one loopback socket's hand-off to a thread
-//!   blocked in `read` (no Redis at all: the floor of any reader that waits);
+//!   of an `XADD` to a blocked `XREAD` (plain and fenced, on plain threads), the fenced one
+//!   on tokio tasks with a channel to a consumer (the floor of any reader on an async
+//!   runtime), and one loopback socket's hand-off to a thread blocked in `read` (no Redis at
+//!   all: the floor of any reader that waits);
 //! - scale: 10,000 concurrent remote streams read by one process: Redis connections it uses
 //!   and its memory (RSS delta); the worker runs in a subprocess (this binary, `--worker`);
 //! - soak: 10,000 concurrent remote streams at 2 chunks/s each for 5 minutes (20,000 chunks/s
@@ -650,8 +652,9 @@ async fn latency(server: &Target, count: u64) {
     // Per kind: the stream, the bare round trip back to back (the target's baseline), the
     // same at the stream's pace (one a millisecond, where every process and thread on the
     // way has gone idle between two chunks and must be woken, as for the stream's chunks),
-    // and a bare `XADD` read by a blocked `XREAD`, plain and fenced.
-    let mut all: [Vec<Duration>; 6] = Default::default();
+    // a bare `XADD` read by a blocked `XREAD`, plain and fenced, the fenced one again on tokio
+    // tasks, and a loopback socket with no Redis.
+    let mut all: [Vec<Duration>; 7] = Default::default();
     let mut round_ratios = Vec::new();
     for _ in 0..LATENCY_ROUNDS {
         let round = [
@@ -660,6 +663,7 @@ async fn latency(server: &Target, count: u64) {
             bare_round_trip(server, per_round, Some(Duration::from_millis(1))).await,
             tokio::task::block_in_place(|| bare_handoff(server, per_round, false)),
             tokio::task::block_in_place(|| bare_handoff(server, per_round, true)),
+            runtime_handoff(server, per_round).await,
             tokio::task::spawn_blocking(move || socket_handoff(per_round))
                 .await
                 .expect("socket hand-off"),
@@ -675,7 +679,7 @@ async fn latency(server: &Target, count: u64) {
     for sorted in &mut all {
         sorted.sort();
     }
-    let [lat, rtt, paced, handoff, fenced, socket] = &all;
+    let [lat, rtt, paced, handoff, fenced, runtime, socket] = &all;
     round_ratios.sort_by(f64::total_cmp);
     let ratio = |to: &[Duration], p: f64| {
         percentile(lat, p).as_secs_f64() / percentile(to, p).as_secs_f64().max(1e-9)
@@ -687,6 +691,11 @@ async fn latency(server: &Target, count: u64) {
         (
             "bare fenced XADD (GET + XADD script) -> blocked XREAD at 1,000/s",
             fenced,
+        ),
+        (
+            "bare fenced XADD -> blocked XREAD -> a consumer, tokio tasks on plain sockets, at \
+             1,000/s",
+            runtime,
         ),
         (
             "loopback socket -> a thread blocked in read at 1,000/s (no Redis)",
@@ -717,14 +726,17 @@ async fn latency(server: &Target, count: u64) {
         );
     }
     // Where the target stands against the floors: a floor above 1.5 × the round trip is one
-    // no reader that waits idle between chunks can go under, whatever it does.
+    // no reader that waits idle between chunks can go under, whatever it does; the one on
+    // tokio tasks, one no reader on an async runtime can.
     let floor_ratio = |sorted: &[Duration]| {
         percentile(sorted, 0.5).as_secs_f64() / percentile(rtt, 0.5).as_secs_f64().max(1e-9)
     };
     println!(
-        "the floors ÷ the bare round trip, p50: Redis's hand-off {:.2}, a loopback socket's {:.2} \
-         (the target asks a chunk for <= 1.5)",
+        "the floors ÷ the bare round trip, p50: Redis's hand-off {:.2}, fenced {:.2}, fenced on \
+         tokio {:.2}, a loopback socket's {:.2} (the target asks a chunk for <= 1.5)",
         floor_ratio(handoff),
+        floor_ratio(fenced),
+        floor_ratio(runtime),
         floor_ratio(socket)
     );
 }
@@ -874,10 +886,7 @@ fn bare_handoff(server: &Target, count: u64, fenced: bool) -> Vec<Duration> {
                 &writer,
                 &mut acks,
                 redis::cmd("EVAL")
-                    .arg(
-                        "if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 'fenced' end \
-                         redis.call('XADD', KEYS[1], '*', 't', ARGV[2]) return 'ok'",
-                    )
+                    .arg(FENCED_XADD)
                     .arg(2)
                     .arg(key)
                     .arg(lease)
@@ -895,6 +904,135 @@ fn bare_handoff(server: &Target, count: u64, fenced: bool) -> Vec<Duration> {
         assert!(written, "{reply:?}");
     }
     read.join().expect("reader thread")
+}
+
+/// The script [`bare_handoff`] writes each fenced `XADD` with.
+const FENCED_XADD: &str = "if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 'fenced' end \
+                           redis.call('XADD', KEYS[1], '*', 't', ARGV[2]) return 'ok'";
+
+/// [`bare_handoff`]'s fenced hand-off on this tokio runtime instead of plain threads, with the
+/// hops a remote stream's chunk makes and nothing else: a task writing each `EVAL` on a socket
+/// of its own, paced by the runtime's timer (as an actor is); a task blocked in `XREAD` on
+/// another, which hands each entry's stamp through a channel to a consumer task (as the hub
+/// hands a reader its entries); stamped when the consumer takes it. No client library, no
+/// chunk, no parsing past the stamp: the floor of any reader on an async runtime, so what a
+/// Loom chunk takes above it is Loom's own.
+async fn runtime_handoff(server: &Target, count: u64) -> Vec<Duration> {
+    use tokio::io::AsyncWriteExt;
+    let (key, lease) = ("{bench:rt-handoff}:stream", "{bench:rt-handoff}:lease");
+    let (reader, mut replies) = server.raw_socket(key);
+    raw_query(&reader, &mut replies, redis::cmd("DEL").arg(key));
+    raw_query(
+        &reader,
+        &mut replies,
+        redis::cmd("SET").arg(lease).arg("owner"),
+    );
+    let (writer, _) = server.raw_socket(key);
+    let async_socket = |socket: TcpStream| {
+        socket.set_nonblocking(true).expect("non-blocking");
+        tokio::net::TcpStream::from_std(socket).expect("tokio socket")
+    };
+    let (mut reader, mut writer) = (async_socket(reader), async_socket(writer));
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<u64>(16);
+    let read = tokio::spawn(async move {
+        let mut buf = Vec::with_capacity(4096);
+        let mut last = "0-0".to_owned();
+        loop {
+            let xread = redis::cmd("XREAD")
+                .arg("BLOCK")
+                .arg(1000)
+                .arg("STREAMS")
+                .arg(key)
+                .arg(&last)
+                .get_packed_command();
+            reader.write_all(&xread).await.expect("send");
+            // The key, then each entry's id, `t` and stamp.
+            let texts = async_reply(&mut reader, &mut buf).await;
+            for entry in texts.get(1..).unwrap_or_default().chunks_exact(3) {
+                let sent = std::str::from_utf8(&entry[2])
+                    .ok()
+                    .and_then(|t| t.parse().ok());
+                if tx.send(sent.unwrap_or(0)).await.is_err() {
+                    return;
+                }
+                last = String::from_utf8_lossy(&entry[0]).into_owned();
+            }
+        }
+    });
+    let consume = tokio::spawn(async move {
+        let mut took = Vec::with_capacity(count as usize);
+        while (took.len() as u64) < count {
+            let Some(sent) = rx.recv().await else { break };
+            took.push(Duration::from_nanos(wall_ns().saturating_sub(sent)));
+        }
+        took.sort();
+        took
+    });
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let mut buf = Vec::with_capacity(64);
+    for _ in 0..count {
+        tick.tick().await;
+        let sent = wall_ns();
+        let write = redis::cmd("EVAL")
+            .arg(FENCED_XADD)
+            .arg(2)
+            .arg(key)
+            .arg(lease)
+            .arg("owner")
+            .arg(sent)
+            .get_packed_command();
+        writer.write_all(&write).await.expect("send");
+        let reply = async_reply(&mut writer, &mut buf).await;
+        assert_eq!(reply, [b"ok"], "the fenced write");
+    }
+    let took = consume.await.expect("consumer");
+    read.abort();
+    took
+}
+
+/// The next reply on `socket`, read into `buf` (which keeps what follows it), as its strings
+/// in order, whatever arrays hold them: RESP read by hand, as a floor should (the redis
+/// crate's parser, cold once a millisecond, would add its own microseconds).
+async fn async_reply(socket: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Vec<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        let mut texts = Vec::new();
+        if let Some(used) = resp_texts(buf, &mut texts) {
+            buf.drain(..used);
+            return texts;
+        }
+        assert!(buf.len() < 1 << 20, "an unreadable reply");
+        if socket.read_buf(buf).await.expect("read") == 0 {
+            panic!("the server closed the connection");
+        }
+    }
+}
+
+/// The length of the RESP2 frame at the start of `buf`, its strings pushed to `texts`; `None`
+/// while it is incomplete.
+fn resp_texts(buf: &[u8], texts: &mut Vec<Vec<u8>>) -> Option<usize> {
+    let line_end = buf.windows(2).position(|w| w == b"\r\n")?;
+    let line = std::str::from_utf8(&buf[1..line_end]).expect("a RESP line");
+    let mut at = line_end + 2;
+    match buf.first() {
+        Some(b'*') => {
+            for _ in 0..line.parse::<i64>().expect("an array length").max(0) {
+                at += resp_texts(&buf[at..], texts)?;
+            }
+        }
+        Some(b'$') => {
+            if let Ok(len) = usize::try_from(line.parse::<i64>().expect("a string length")) {
+                texts.push(buf.get(at..at + len)?.to_vec());
+                at += len + 2;
+                if buf.len() < at {
+                    return None;
+                }
+            }
+        }
+        Some(b'-') => panic!("Redis answered an error: {line}"),
+        _ => texts.push(line.as_bytes().to_vec()),
+    }
+    Some(at)
 }
 
 async fn scale(server: &Target, streams: usize) {

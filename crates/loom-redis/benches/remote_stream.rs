@@ -834,7 +834,7 @@ fn raw_query(
 /// connection's blocked `XREAD`, sorted: the time its reply's first bytes reached the
 /// reading thread. Plain threads on plain sockets, as [`socket_handoff`] is: a client
 /// library's code on the way, cold after a millisecond idle, makes the figure larger, and
-/// that cost is the client's, not Redis's (docs/performance.md, "A twelfth machine").
+/// that cost is the client's, not Redis's (docs/performance-history.md, "A twelfth machine").
 /// `fenced`: each `XADD` is made by a script that first checks a lease key, as a fenced write
 /// must be (Loom's write script does that, and numbers the entry), so the figure is the floor
 /// of a fenced stream.

@@ -8,7 +8,7 @@
 //! No task or channel stands between the actor and the write: each batch goes out on a
 //! connection of the writer's own, taken from the client for that batch and given back when
 //! it is answered, so a chunk on its way from an actor's `yield` to Redis wakes no other task
-//! (docs/performance.md says what that saved). A client keeps at most
+//! (docs/performance-history.md says what that saved). A client keeps at most
 //! [`WRITER_CONNECTIONS`](crate::WRITER_CONNECTIONS) of them, however many runs it writes: a
 //! batch that finds them all busy goes through the writers' shared (multiplexed) connection,
 //! not the client's shared one, where a flood of writes would hold up the worker's heartbeat

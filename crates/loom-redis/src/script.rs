@@ -164,7 +164,7 @@ return ids
 /// stream costs it: the id comes ready-made (formatting it in Lua cost more than passing it),
 /// the three names every entry has are the script's own, and a token chunk's `XADD` is one call
 /// of fixed arity (no `unpack`) — five arguments a token where it took eight, and about a
-/// fifth less of Redis's time (docs/performance.md, "A nineteenth machine of the kind").
+/// fifth less of Redis's time (docs/performance-history.md, "A nineteenth machine of the kind").
 ///
 /// A batch is refused when the lease is not its owner's or its first `XADD` finds the id (the
 /// `seq`) taken; then the stream's last entry says why. When that entry is the batch's own

@@ -6,7 +6,7 @@
 //! Reading streams is Loom's hot path: an `XREAD` reply carries, per entry, an id and six or
 //! more field strings. The redis crate parses every reply into a tree of `Value`s with a
 //! `Vec<u8>` per string; profiled end to end, that parser and its allocations were the largest
-//! share of the reading process's CPU (docs/performance.md). A blocking read needs little of
+//! share of the reading process's CPU (docs/performance-history.md). A blocking read needs little of
 //! a connection's machinery — one command at a time, no pipelining, no pub/sub — so it speaks
 //! RESP2 itself: the command is packed by the redis crate ([`Cmd`]), the reply parsed here,
 //! and an error reply handed back to the redis crate to become a [`redis::RedisError`] with its

@@ -274,19 +274,60 @@ class Responses(WithServer):
             self.assertIn("401", caught.exception.message)
 
     def test_a_response_without_stream_is_the_finished_response(self):
+        schema = {"type": "object", "properties": {"a": {"type": "string"}}}
         response = self.client.responses.create(
-            model="chat-agent", instructions="be brief", input="hi", max_output_tokens=50
+            model="chat-agent",
+            instructions="be brief",
+            input=[{"role": "user", "content": [{"type": "input_text", "text": "hi"}]}],
+            max_output_tokens=50,
+            top_p=0.9,
+            text={"format": {"type": "json_schema", "name": "answer", "schema": schema, "strict": True}},
+            reasoning={"effort": "low"},
+            store=False,
+            truncation="auto",
         )
         self.assertEqual(response.status, "completed")
         self.assertEqual(response.output_text, "Hello world")
         sent = Upstream.requests[-1]
-        self.assertEqual([m["role"] for m in sent["messages"]], ["system", "user"])
+        self.assertEqual(sent["messages"], [
+            {"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+        ])
         self.assertEqual(sent["max_tokens"], 50)
+        # The output and sampling fields go on in Chat Completions' names; OpenAI's own that
+        # Loom has no use for (`store`, `truncation`) do not.
+        self.assertEqual(sent["top_p"], 0.9)
+        self.assertEqual(sent["response_format"], {
+            "type": "json_schema",
+            "json_schema": {"name": "answer", "schema": schema, "strict": True},
+        })
+        self.assertEqual(sent["reasoning_effort"], "low")
+        self.assertNotIn("store", sent)
+        self.assertNotIn("truncation", sent)
         # `stream=None` and `background=None`, sent as nulls, are neither (OpenAI's schema).
         also = self.client.responses.create(
             model="chat-agent", input="hi", stream=None, background=None
         )
         self.assertEqual(also.output_text, "Hello world")
+
+    def test_what_loom_cannot_honour_is_refused_not_dropped(self):
+        asked = len(Upstream.requests)
+        # A misspelt field would run without its limit; an image the model would never see; a
+        # conversation Loom does not keep.
+        for extra, says in [
+            ({"extra_body": {"max_output_token": 5}}, "max_output_token"),
+            ({"conversation": "conv_1"}, "conversation"),
+        ]:
+            with self.assertRaises(openai.BadRequestError) as caught:
+                self.client.responses.create(model="chat-agent", input="hi", **extra)
+            self.assertIn(says, caught.exception.message)
+        picture = [{"role": "user", "content": [
+            {"type": "input_text", "text": "what is in this picture?"},
+            {"type": "input_image", "image_url": "https://example.com/cat.png"},
+        ]}]
+        with self.assertRaises(openai.BadRequestError) as caught:
+            self.client.responses.create(model="chat-agent", input=picture)
+        self.assertIn("input_image", caught.exception.message)
+        self.assertEqual(len(Upstream.requests), asked, "nothing reached the model")
 
     def test_a_team_gives_one_output_item_per_member(self):
         response = self.client.responses.create(model="team-demo", input="Loom")

@@ -253,10 +253,14 @@ impl Client {
             .collect::<Result<Vec<_>, _>>()?;
         let (topology, conn, masters) = match <[redis::Client; 1]>::try_from(nodes) {
             Ok([redis]) => {
-                let mut conn = managed(&redis).await?;
+                let info = redis.get_connection_info();
+                let mut conn = managed(&redis).await.map_err(|e| not_redis(info, e))?;
                 // A server that wants a password answers commands, not the connection, with
                 // NOAUTH.
-                redis::cmd("PING").exec_async(&mut conn).await?;
+                redis::cmd("PING")
+                    .exec_async(&mut conn)
+                    .await
+                    .map_err(|e| not_redis(info, e.into()))?;
                 check_version(&mut conn).await?;
                 // A server without cluster support refuses `CLUSTER INFO`; an ACL user may
                 // too (it is not among the dangerous commands, `INFO` is).
@@ -850,6 +854,19 @@ async fn answering(nodes: Vec<redis::Client>) -> Result<Vec<redis::Client>, Erro
         .filter(|(i, _)| answered.contains(i))
         .map(|(_, node)| node)
         .collect())
+}
+
+/// `err` from the first exchange with the server at `info`; a reply that is no RESP at all
+/// means the URL names something else (a web server, another protocol): bad input, said so, as
+/// [`probe`] says it of a node in a list.
+fn not_redis(info: &redis::ConnectionInfo, err: Error) -> Error {
+    match err {
+        Error::Redis(e) if e.kind() == redis::ErrorKind::Parse => Error::InvalidOptions(format!(
+            "{} does not speak Redis (its answer is no Redis reply)",
+            node_of(info)
+        )),
+        other => other,
+    }
 }
 
 /// Whether a node of a list of URLs answers `CLUSTER INFO` (an error reply, such as an ACL's

@@ -83,6 +83,21 @@ async fn a_malformed_url_is_bad_input_and_an_unreachable_server_is_upstream() {
     .await
     .unwrap_err();
     assert_eq!(err.code(), ErrorCode::Upstream, "{err}");
+    // A URL naming something that answers, but not in RESP (a web server): bad input, named as
+    // such, not a parser's complaint about its bytes.
+    let web = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = web.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = web.accept().await {
+            let answer = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut socket, answer).await;
+        }
+    });
+    let err = within(20, loom_redis::Client::connect(&format!("redis://{addr}/")))
+        .await
+        .unwrap_err();
+    assert!(err.is_bad_input(), "{err}");
+    assert!(err.to_string().contains("does not speak Redis"), "{err}");
 }
 
 #[tokio::test]

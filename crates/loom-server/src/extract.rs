@@ -169,7 +169,9 @@ pub(crate) struct Envelope {
 
 /// A duration given as text (`"30s"`) or as a JSON number of seconds (`30`, `1.5`), as the
 /// text of that number: [`parse_timeout`] reads both.
-fn duration_text<'de, D: serde::Deserializer<'de>>(field: D) -> Result<Option<String>, D::Error> {
+pub(crate) fn duration_text<'de, D: serde::Deserializer<'de>>(
+    field: D,
+) -> Result<Option<String>, D::Error> {
     struct Text;
     impl serde::de::Visitor<'_> for Text {
         type Value = Option<String>;

@@ -44,6 +44,8 @@ use crate::store::DisconnectPolicy;
 enum ClientMessage {
     Start {
         input: Option<Value>,
+        /// As `POST /v1/runs` takes it: `"30s"`, or a number of seconds.
+        #[serde(default, deserialize_with = "crate::extract::duration_text")]
         timeout: Option<String>,
     },
     Cancel {},

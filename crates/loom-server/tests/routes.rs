@@ -260,6 +260,30 @@ async fn an_openai_route_rejects_a_bad_body_or_query_in_openais_error_shape() {
             json!({ "model": "chat-agent", "input": [] }),
             "no messages",
         ),
+        (
+            "/v1/responses",
+            json!({ "model": "echo", "input": "hi", "max_output_token": 5 }),
+            "Unrecognized request argument supplied: max_output_token",
+        ),
+        (
+            "/v1/responses",
+            json!({ "model": "echo", "input": "hi", "conversation": "conv_1" }),
+            "conversation",
+        ),
+        // What the model would never see is refused, not dropped.
+        (
+            "/v1/responses",
+            json!({ "model": "chat-agent", "input": [{ "role": "user", "content": [
+                { "type": "input_text", "text": "what is this?" },
+                { "type": "input_image", "image_url": "https://example.com/cat.png" },
+            ] }] }),
+            "content parts of type 'input_image' are not supported",
+        ),
+        (
+            "/v1/responses",
+            json!({ "model": "echo", "input": [{ "content": "hi" }] }),
+            "no \"role\"",
+        ),
     ] {
         let response = server.post(path, &body).await;
         assert_eq!(response.status(), 400, "{path} {body}");
@@ -273,6 +297,8 @@ async fn an_openai_route_rejects_a_bad_body_or_query_in_openais_error_shape() {
         server.post("/v1/chat/completions", &one).await.status(),
         200
     );
+    let one = json!({ "model": "echo", "input": "hi", "store": false, "truncation": "auto" });
+    assert_eq!(server.post("/v1/responses", &one).await.status(), 200);
     // A query it cannot read too.
     let response = server.get("/v1/responses/resp_x?starting_after=x").await;
     assert_eq!(response.status(), 400);

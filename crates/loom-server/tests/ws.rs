@@ -77,6 +77,25 @@ async fn a_run_streams_as_text_frames_then_the_server_closes() {
     );
 }
 
+/// A `start`'s `timeout` is a duration as `POST /v1/runs` takes it: text, or a number of
+/// seconds (a number was refused as "not a Loom message").
+#[tokio::test]
+async fn a_start_takes_its_timeout_as_text_or_a_number_of_seconds() {
+    let server = TestServer::default_config().await;
+    for timeout in [json!("200ms"), json!(0.2)] {
+        let mut socket = connect(&server, "batch").await;
+        let start = json!({ "action": "start", "input": slow_batch(100, 20), "timeout": timeout });
+        send(&mut socket, start).await;
+        let mut last = None;
+        while let Some(frame) = next_json(&mut socket).await {
+            last = Some(frame);
+        }
+        let last = last.expect("frames");
+        assert_eq!(last["type"], "error", "{timeout}: {last}");
+        assert_eq!(last["error"]["code"], "timeout", "{timeout}: {last}");
+    }
+}
+
 /// The code of the close frame that ends the socket (skipping anything before it).
 async fn close_code(socket: &mut Socket) -> Option<u16> {
     loop {

@@ -19,6 +19,7 @@ mod render;
 mod serve;
 mod telemetry;
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
@@ -293,41 +294,29 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(job) => job,
         None => return Ok(ExitCode::SUCCESS),
     };
-    let redis = match &cli.redis {
-        Some(url) => Some(
-            loom_redis::Client::connect_with(
-                url,
-                loom_redis::ClientOptions {
-                    queue_shards: cli.queue_shards,
-                    max_queued: cli.max_queued,
-                    stream_ttl: cli
-                        .stream_ttl
-                        .unwrap_or(loom_redis::ClientOptions::default().stream_ttl),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| unreachable_redis(url, e))?,
-        ),
-        None => None,
+    // From here a signal ends the command with 128 + its number, as it ends a run: also while
+    // it connects to Redis or waits for a worker, which can take seconds.
+    let mut signals = Signals::new();
+    let options = loom_redis::ClientOptions {
+        queue_shards: cli.queue_shards,
+        max_queued: cli.max_queued,
+        stream_ttl: cli
+            .stream_ttl
+            .unwrap_or(loom_redis::ClientOptions::default().stream_ttl),
+        ..Default::default()
     };
-    // Where runs happen: in this process, or on workers through Redis. The local registry
-    // names the actor types, so an unknown one is rejected before anything is queued.
-    let invoker: Arc<dyn Invoker> = match &redis {
-        Some(client) => {
-            let mut actors = runtime.registry().names();
-            actors.extend(job_types(&job).into_iter().map(str::to_owned));
-            Arc::new(client.invoker().with_actors(actors))
+    let prepared = prepare(cli.redis.as_deref(), options, &job, &runtime);
+    let (redis, invoker) = tokio::select! {
+        prepared = prepared => prepared?,
+        code = signals.recv() => {
+            say!("loom: stopped before anything started");
+            return Ok(ExitCode::from(code));
         }
-        None => runtime.clone(),
     };
-    if let Some(client) = &redis {
-        check_served(client, &job).await?;
-    }
     // The cancels of remote runs this process stops are sent by tasks of the client's: they
     // must reach Redis before the process exits, or those runs go on on their workers.
     let flush = redis.clone();
-    let code = command(job, &runtime, invoker, redis, offline).await;
+    let code = command(job, &runtime, invoker, redis, offline, signals).await;
     if let Some(client) = flush {
         let unsent = client.flush_cancels(CANCEL_FLUSH).await;
         if unsent > 0 {
@@ -339,6 +328,38 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     code
+}
+
+/// What `job` needs before it starts: with `--redis`, a client (connected) and the check that
+/// live workers serve what it runs; and where its runs happen (this process, or workers).
+async fn prepare(
+    redis: Option<&str>,
+    options: loom_redis::ClientOptions,
+    job: &Job,
+    runtime: &Arc<Runtime>,
+) -> anyhow::Result<(Option<loom_redis::Client>, Arc<dyn Invoker>)> {
+    let redis = match redis {
+        Some(url) => Some(
+            loom_redis::Client::connect_with(url, options)
+                .await
+                .map_err(|e| unreachable_redis(url, e))?,
+        ),
+        None => None,
+    };
+    // Where runs happen: in this process, or on workers through Redis. The local registry
+    // names the actor types, so an unknown one is rejected before anything is queued.
+    let invoker: Arc<dyn Invoker> = match &redis {
+        Some(client) => {
+            let mut actors = runtime.registry().names();
+            actors.extend(job_types(job).into_iter().map(str::to_owned));
+            Arc::new(client.invoker().with_actors(actors))
+        }
+        None => runtime.clone(),
+    };
+    if let Some(client) = &redis {
+        check_served(client, job).await?;
+    }
+    Ok((redis, invoker))
 }
 
 /// A command whose input and workflow are checked.
@@ -427,14 +448,14 @@ fn check(command: Command, runtime: &Runtime, distributed: bool) -> anyhow::Resu
     }))
 }
 
-/// The actor types `job` runs.
-fn job_types(job: &Job) -> Vec<&str> {
+/// The actor types `job` runs, each once (a workflow may run one type in several steps).
+fn job_types(job: &Job) -> BTreeSet<&str> {
     match job {
-        Job::ActorRun(args, _) => vec![args.actor.as_str()],
+        Job::ActorRun(args, _) => BTreeSet::from([args.actor.as_str()]),
         Job::WorkflowRun(_, workflow, _) => {
             workflow.steps().map(|s| s.actor_type.as_str()).collect()
         }
-        _ => Vec::new(),
+        _ => BTreeSet::new(),
     }
 }
 
@@ -454,12 +475,12 @@ async fn check_served(client: &loom_redis::Client, job: &Job) -> anyhow::Result<
     loop {
         // The queue-shard counts live workers serve each type on: one look decides, for every
         // type the job needs, whether it is served on this caller's queues and, if not, why.
-        let mut served = through_outage(client, || client.served())
+        let served = through_outage(client, || client.served())
             .await
             .map_err(redis_error)?;
         let Some((missing, shards)) = needed
             .iter()
-            .map(|&actor| (actor, served.remove(actor).unwrap_or_default()))
+            .map(|&actor| (actor, served.get(actor).cloned().unwrap_or_default()))
             .find(|(_, shards)| !shards.contains(&own))
         else {
             return Ok(());
@@ -522,13 +543,15 @@ where
     }
 }
 
-/// Runs `job`; `invoker` runs actors locally or, with `redis`, on workers.
+/// Runs `job`; `invoker` runs actors locally or, with `redis`, on workers. `signals` stop a
+/// run or a reader (a worker and a server hear their own).
 async fn command(
     job: Job,
     runtime: &Arc<Runtime>,
     invoker: Arc<dyn Invoker>,
     redis: Option<loom_redis::Client>,
     offline: bool,
+    signals: Signals,
 ) -> anyhow::Result<ExitCode> {
     match job {
         Job::ActorRun(args, input) => {
@@ -536,8 +559,6 @@ async fn command(
             if offline && redis.is_none() && args.actor == CHAT_AGENT && !args.output.mode().json {
                 announce_offline();
             }
-            // Before the run is queued: a signal from here on cancels it.
-            let signals = Signals::new();
             let mut options = args.output.options();
             // A workflow a worker serves ends itself at its own deadline.
             options.timeout = options
@@ -563,7 +584,6 @@ async fn command(
             {
                 announce_offline();
             }
-            let signals = Signals::new();
             let executor = WorkflowExecutor::new(invoker);
             let stream = executor.stream_with(workflow, input, args.output.options());
             Ok(follow(stream, signals, args.output.mode(), Stop::Cancel).await)
@@ -652,7 +672,6 @@ async fn command(
         Job::Tail { id, from, json } => {
             let client = redis
                 .ok_or_else(|| usage("loom stream tail needs --redis URL (or LOOM_REDIS_URL)"))?;
-            let signals = Signals::new();
             if let Some(code) = ended_before(&client, &id, from.as_deref()).await? {
                 return Ok(code);
             }

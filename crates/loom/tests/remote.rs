@@ -733,6 +733,35 @@ fn a_run_no_live_worker_serves_is_refused_with_exit_2_after_the_pickup_timeout()
     assert!(stream_ends(&redis).is_empty());
 }
 
+/// A signal while the caller still waits for a worker ends it with 128 + the signal's number,
+/// as a signal during its run does, and leaves nothing queued: it used to die of the signal
+/// itself, which a supervisor's `waitpid` sees as no exit code at all.
+#[test]
+fn a_signal_while_waiting_for_a_worker_exits_with_its_code_and_queues_nothing() {
+    let redis = RedisServer::start_own();
+    for (name, code) in [("INT", 130), ("TERM", 143)] {
+        let caller = loom(&[
+            "actor",
+            "run",
+            "echo",
+            "--input",
+            "{}",
+            "--redis",
+            redis.url(),
+        ]);
+        let (mut caller, _) = spawn_ready(caller, "loom: no live worker serves 'echo' yet");
+        let started = Instant::now();
+        signal(caller.0.id(), name);
+        assert_eq!(wait(&mut caller.0).code(), Some(code), "SIG{name}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert!(stream_ends(&redis).is_empty());
+}
+
 /// A caller whose `--queue-shards` differs from the workers' is told so at once: its
 /// requests would wait in queues no worker reads.
 #[test]
@@ -848,6 +877,39 @@ fn a_workflow_runs_its_actions_on_workers_with_the_same_stream() {
             .last()
             .map(|c| c["data"]["steps"]["report"]["processed"].clone()),
         Some(json!(300))
+    );
+}
+
+/// A workflow that runs one actor type in several steps runs through Redis: the check that a
+/// live worker serves each type the workflow needs once counted a type and then lost it, and
+/// refused the run after the pickup timeout (exit 2, "no live worker serves 'echo'").
+#[test]
+fn a_workflow_running_one_actor_type_in_several_steps_runs_on_workers() {
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(&redis);
+    let dir = calling_batch_report(
+        "twice",
+        "echo-twice",
+        "  - { name: first, actorType: echo, input: { n: 1 } }\n\
+         \x20 - { name: second, actorType: echo, input: { n: \"${{ steps.first.output.n }}\" } }\n",
+    );
+    let file = dir.join("echo-twice.yaml");
+    let started = Instant::now();
+    let out = run(&[
+        "workflow",
+        "run",
+        file.to_str().unwrap(),
+        "--json",
+        "--redis",
+        redis.url(),
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let last = chunks(&out.stdout).pop().unwrap();
+    assert_eq!(last["data"]["steps"]["second"]["n"], json!(1), "{last}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
     );
 }
 

@@ -33,8 +33,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{
-    conversation_input, null_as_false, openai_error_body, parse, result_text, sampling, speaker,
-    start_request, token, EarlyFailure, OpenAiError,
+    conversation_input, null_as_false, openai_error_body, parse, passed_through, result_text,
+    sampling, speaker, start_request, token, EarlyFailure, OpenAiError,
 };
 use crate::backend::Through;
 use crate::error::ApiError;
@@ -284,18 +284,7 @@ pub(crate) async fn completions(
         return Err(ApiError::BadRequest(format!("n is {n}: Loom answers with one choice")).into());
     }
     let target = RunTarget::named(&request.model);
-    let mut rest = request.rest;
-    let passed: Vec<_> = loom_ai::PASSED_THROUGH
-        .iter()
-        .map(|name| (*name, rest.remove(*name)))
-        .collect();
-    // OpenAI's own answer, in its words, to a field it does not define.
-    if let Some(unknown) = rest.keys().find(|k| !IGNORED.contains(&k.as_str())) {
-        return Err(ApiError::BadRequest(format!(
-            "Unrecognized request argument supplied: {unknown}"
-        ))
-        .into());
-    }
+    let passed = passed_through(request.rest, &IGNORED)?;
     let sampling = sampling(
         [
             ("temperature", request.temperature),

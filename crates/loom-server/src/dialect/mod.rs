@@ -73,6 +73,26 @@ pub(crate) fn conversation_input(
     })
 }
 
+/// The fields of an OpenAI request its dialect does not name (`rest`) that go on to the actor
+/// ([`loom_ai::PASSED_THROUGH`]: `top_p`, `stop`, …). Any other is refused as OpenAI refuses
+/// a field it does not define, unless `ignored` lists it (OpenAI's own, which Loom accepts and
+/// does not act on): so a misspelt `max_token` never runs without its limit.
+pub(crate) fn passed_through(
+    mut rest: Map<String, Value>,
+    ignored: &[&str],
+) -> Result<Vec<(&'static str, Option<Value>)>, ApiError> {
+    let passed = loom_ai::PASSED_THROUGH
+        .iter()
+        .map(|name| (*name, rest.remove(*name)))
+        .collect();
+    match rest.keys().find(|k| !ignored.contains(&k.as_str())) {
+        Some(unknown) => Err(ApiError::BadRequest(format!(
+            "Unrecognized request argument supplied: {unknown}"
+        ))),
+        None => Ok(passed),
+    }
+}
+
 /// The sampling fields a dialect's request carried, by the names actors read.
 pub(crate) fn sampling<'a>(
     fields: impl IntoIterator<Item = (&'a str, Option<Value>)>,

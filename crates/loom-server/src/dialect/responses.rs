@@ -36,11 +36,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use loom_core::{ActorError, ChunkType, ErrorCode, ErrorInfo, Event, StreamChunk};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::{
-    chat_tools, conversation_input, null_as_false, parse, result_text, sampling, serve_numbered,
-    speaker, start_request, token, EarlyFailure, Numbered, NumberedEvents, OpenAiError,
+    chat_tools, conversation_input, null_as_false, parse, passed_through, result_text, sampling,
+    serve_numbered, speaker, start_request, token, EarlyFailure, Numbered, NumberedEvents,
+    OpenAiError,
 };
 use crate::backend::{RunRef, Through};
 use crate::error::ApiError;
@@ -52,7 +53,11 @@ use crate::store::DisconnectPolicy;
 /// The prefix of a response id before its run id.
 const ID_PREFIX: &str = "resp_";
 
-/// The body of `POST /v1/responses` (fields Loom has no use for are ignored).
+/// The body of `POST /v1/responses`. As on `POST /v1/chat/completions`, the sampling and
+/// output fields go on to an actor that takes messages (`text.format` as `response_format`,
+/// `reasoning.effort` as `reasoning_effort`), fields of OpenAI's that Loom has no use for
+/// ([`IGNORED`]) are ignored, those that ask for what OpenAI keeps ([`KEPT_BY_OPENAI`]) are
+/// refused, and so is any other, as OpenAI refuses it.
 #[derive(Debug, Deserialize)]
 pub(crate) struct CreateResponse {
     model: String,
@@ -66,9 +71,48 @@ pub(crate) struct CreateResponse {
     max_output_tokens: Option<Value>,
     tools: Option<Vec<Value>>,
     tool_choice: Option<Value>,
-    /// A response to continue from: Loom keeps no conversations, so it is refused rather
-    /// than ignored (the model would answer without the context the client counts on).
-    previous_response_id: Option<String>,
+    /// The output's format (`text.format`).
+    text: Option<Value>,
+    /// The reasoning asked for (`reasoning.effort`).
+    reasoning: Option<Value>,
+    /// The rest: those of [`loom_ai::PASSED_THROUGH`] (`top_p`, …) go on to the actor.
+    #[serde(flatten)]
+    rest: Map<String, Value>,
+}
+
+/// Fields of OpenAI's Responses request that Loom accepts and does not act on: what they ask
+/// for (a stored response, log probabilities, a truncation strategy, …) is OpenAI's own.
+const IGNORED: [&str; 10] = [
+    "store",
+    "metadata",
+    "service_tier",
+    "include",
+    "prompt_cache_key",
+    "safety_identifier",
+    "truncation",
+    "top_logprobs",
+    "stream_options",
+    "max_tool_calls",
+];
+
+/// Fields of OpenAI's Responses request that continue what OpenAI keeps (a stored response or
+/// conversation, a stored prompt): Loom keeps none, so they are refused rather than ignored —
+/// the model would answer without the context the client counts on.
+const KEPT_BY_OPENAI: [&str; 3] = ["previous_response_id", "conversation", "prompt"];
+
+/// `text.format` as Chat Completions' `response_format`: a JSON schema or any JSON object;
+/// plain text (the default) is none.
+fn response_format(text: Option<&Value>) -> Option<Value> {
+    let format = text?.get("format")?;
+    match format["type"].as_str()? {
+        "json_schema" => {
+            let mut schema = format.as_object()?.clone();
+            schema.remove("type");
+            Some(json!({ "type": "json_schema", "json_schema": schema }))
+        }
+        "json_object" => Some(json!({ "type": "json_object" })),
+        _ => None,
+    }
 }
 
 /// The query of `GET /v1/responses/{id}`.
@@ -499,14 +543,23 @@ fn messages(instructions: Option<String>, input: Value) -> Result<Vec<Value>, Ap
                     .unwrap_or("message")
                 {
                     "message" => {
+                        let Some(role) = item["role"].as_str() else {
+                            return Err(ApiError::BadRequest(
+                                "an input message has no \"role\"".into(),
+                            ));
+                        };
                         let text = match &item["content"] {
                             Value::String(text) => text.clone(),
-                            Value::Array(parts) => {
-                                parts.iter().filter_map(|p| p["text"].as_str()).collect()
+                            Value::Array(parts) => text_of(parts)?,
+                            _ => {
+                                return Err(ApiError::BadRequest(
+                                    "an input message's \"content\" must be a string or a \
+                                     list of parts"
+                                        .into(),
+                                ))
                             }
-                            _ => String::new(),
                         };
-                        messages.push(json!({ "role": item["role"], "content": text }));
+                        messages.push(json!({ "role": role, "content": text }));
                     }
                     "function_call" => {
                         let call = json!({
@@ -545,26 +598,57 @@ fn messages(instructions: Option<String>, input: Value) -> Result<Vec<Value>, Ap
     Ok(messages)
 }
 
+/// The text of a message's content parts; a part that is not text (an image, a file) is
+/// refused, as on `POST /v1/chat/completions`, rather than dropped: the model would answer
+/// without it.
+fn text_of(parts: &[Value]) -> Result<String, ApiError> {
+    parts
+        .iter()
+        .map(
+            |part| match (part["type"].as_str(), part["text"].as_str()) {
+                (Some("input_text" | "output_text" | "text"), Some(text)) => Ok(text),
+                (kind, _) => Err(ApiError::BadRequest(format!(
+                    "content parts of type '{}' are not supported: only text",
+                    kind.unwrap_or("(none)")
+                ))),
+            },
+        )
+        .collect()
+}
+
 /// `POST /v1/responses`.
 pub(crate) async fn create(
     State(state): State<ServerState>,
     TraceParent(traceparent): TraceParent,
     LoomJson(request): LoomJson<CreateResponse>,
 ) -> Result<Response, OpenAiError> {
-    if request.previous_response_id.is_some() {
-        return Err(ApiError::BadRequest(
-            "previous_response_id: Loom keeps no conversations; send the whole conversation as input"
-                .into(),
-        )
+    if let Some(kept) = KEPT_BY_OPENAI
+        .iter()
+        .find(|k| request.rest.contains_key(**k))
+    {
+        return Err(ApiError::BadRequest(format!(
+            "{kept}: Loom keeps no conversations or stored prompts; send the whole conversation \
+             as input"
+        ))
         .into());
     }
     let target = RunTarget::named(&request.model);
-    let sampling = sampling([
-        ("temperature", request.temperature),
-        ("max_tokens", request.max_output_tokens),
-        ("tools", request.tools.as_deref().map(chat_tools)),
-        ("tool_choice", request.tool_choice),
-    ]);
+    let passed = passed_through(request.rest, &IGNORED)?;
+    let sampling = sampling(
+        [
+            ("temperature", request.temperature),
+            ("max_tokens", request.max_output_tokens),
+            ("tools", request.tools.as_deref().map(chat_tools)),
+            ("tool_choice", request.tool_choice),
+            ("response_format", response_format(request.text.as_ref())),
+            (
+                "reasoning_effort",
+                request.reasoning.and_then(|r| r.get("effort").cloned()),
+            ),
+        ]
+        .into_iter()
+        .chain(passed),
+    );
     let takes_messages = state.runs().takes_messages(&target);
     let conversation = messages(request.instructions, request.input)?;
     let input = conversation_input(takes_messages, conversation, sampling)?;

@@ -829,6 +829,20 @@ fn raw_query(
     redis::Parser::new().parse_value(replies).expect("reply")
 }
 
+/// A plain socket (see [`Target::raw_socket`]) to the node of `key`, a stream emptied for a
+/// floor's run (its reader reads from the start, so only that run's entries), and `lease`
+/// holding the owner token its fenced writes check.
+fn fresh_stream(server: &Target, key: &str, lease: &str) -> (TcpStream, BufReader<TcpStream>) {
+    let (socket, mut replies) = server.raw_socket(key);
+    raw_query(&socket, &mut replies, redis::cmd("DEL").arg(key));
+    raw_query(
+        &socket,
+        &mut replies,
+        redis::cmd("SET").arg(lease).arg("owner"),
+    );
+    (socket, replies)
+}
+
 /// The floor of any reader that waits on a blocking `XREAD`: `count` bare `XADD`s, one per
 /// millisecond, each stamped with its send time, and how long each took to reach another
 /// connection's blocked `XREAD`, sorted: the time its reply's first bytes reached the
@@ -841,14 +855,7 @@ fn raw_query(
 fn bare_handoff(server: &Target, count: u64, fenced: bool) -> Vec<Duration> {
     // One hash tag: the script's two keys share a cluster slot.
     let (key, lease) = ("{bench:handoff}:stream", "{bench:handoff}:lease");
-    let (reader, mut replies) = server.raw_socket(key);
-    // A fresh stream, so the reader reading from the start reads only this call's entries.
-    raw_query(&reader, &mut replies, redis::cmd("DEL").arg(key));
-    raw_query(
-        &reader,
-        &mut replies,
-        redis::cmd("SET").arg(lease).arg("owner"),
-    );
+    let (reader, mut replies) = fresh_stream(server, key, lease);
     let read = std::thread::spawn(move || {
         let mut took = Vec::with_capacity(count as usize);
         let mut last = "0-0".to_owned();
@@ -920,13 +927,7 @@ const FENCED_XADD: &str = "if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 
 async fn runtime_handoff(server: &Target, count: u64) -> Vec<Duration> {
     use tokio::io::AsyncWriteExt;
     let (key, lease) = ("{bench:rt-handoff}:stream", "{bench:rt-handoff}:lease");
-    let (reader, mut replies) = server.raw_socket(key);
-    raw_query(&reader, &mut replies, redis::cmd("DEL").arg(key));
-    raw_query(
-        &reader,
-        &mut replies,
-        redis::cmd("SET").arg(lease).arg("owner"),
-    );
+    let (reader, _) = fresh_stream(server, key, lease);
     let (writer, _) = server.raw_socket(key);
     let async_socket = |socket: TcpStream| {
         socket.set_nonblocking(true).expect("non-blocking");

@@ -82,9 +82,9 @@ fn assert_ends_complete(seen: &[Value]) {
     );
 }
 
-/// `loom actor run echo --input {} --redis URL`, to its end.
-fn run_echo(redis: &RedisServer) -> Output {
-    run(&[
+/// `loom actor run echo --input {} --redis URL`'s arguments.
+fn echo_args(redis: &RedisServer) -> [&str; 7] {
+    [
         "actor",
         "run",
         "echo",
@@ -92,7 +92,12 @@ fn run_echo(redis: &RedisServer) -> Output {
         "{}",
         "--redis",
         redis.url(),
-    ])
+    ]
+}
+
+/// `loom actor run echo --input {} --redis URL`, to its end.
+fn run_echo(redis: &RedisServer) -> Output {
+    run(&echo_args(redis))
 }
 
 fn is_terminal(chunk: &Value) -> bool {
@@ -740,15 +745,7 @@ fn a_run_no_live_worker_serves_is_refused_with_exit_2_after_the_pickup_timeout()
 fn a_signal_while_waiting_for_a_worker_exits_with_its_code_and_queues_nothing() {
     let redis = RedisServer::start_own();
     for (name, code) in [("INT", 130), ("TERM", 143)] {
-        let caller = loom(&[
-            "actor",
-            "run",
-            "echo",
-            "--input",
-            "{}",
-            "--redis",
-            redis.url(),
-        ]);
+        let caller = loom(&echo_args(&redis));
         let (mut caller, _) = spawn_ready(caller, "loom: no live worker serves 'echo' yet");
         let started = Instant::now();
         signal(caller.0.id(), name);

@@ -30,7 +30,8 @@ use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use loom_ai::{AiService, CHAT_AGENT};
 use loom_core::{
-    ChunkStream, ChunkType, Extensions, Invoker, Registry, RunOptions, Runtime, StreamChunk,
+    ActorError, ChunkStream, ChunkType, ErrorCode, Extensions, Invoker, Registry, RunOptions,
+    Runtime, StreamChunk,
 };
 use loom_workflow::WorkflowExecutor;
 use serde_json::Value;
@@ -464,20 +465,73 @@ fn job_types(job: &Job) -> BTreeSet<&str> {
 /// (exit 2) rather than queueing a request nobody takes and reporting `worker_lost` — so a
 /// worker started at the same time is waited for, and a forgotten one is named.
 async fn check_served(client: &loom_redis::Client, job: &Job) -> anyhow::Result<()> {
-    let needed = job_types(job);
+    let waiting = |missing: &str| {
+        let wait = client.options().pickup_timeout;
+        say!("loom: no live worker serves '{missing}' yet; waiting up to {wait:?} for one");
+    };
+    match await_served(client, &job_types(job), waiting).await {
+        Ok(()) => Ok(()),
+        Err(Unserved::Redis(e)) => Err(redis_error(e)),
+        Err(unserved) => Err(usage(unserved.to_string())),
+    }
+}
+
+/// Why a run through Redis is not queued: no live worker serves its type on the caller's
+/// queues, or Redis could not say.
+#[derive(Debug, thiserror::Error)]
+enum Unserved {
+    /// Workers serve it on other queues than this caller writes to: a setting to change, not
+    /// a worker still starting.
+    #[error(
+        "no live worker serves actor type '{actor}' on this caller's queues; live workers serve \
+         it with --queue-shards {}, this caller uses {own}: give them the same number (or \
+         LOOM_QUEUE_SHARDS)",
+        shards.iter().map(u16::to_string).collect::<Vec<_>>().join(" or ")
+    )]
+    OtherShards {
+        actor: String,
+        shards: BTreeSet<u16>,
+        own: u16,
+    },
+    /// None does, for the whole pickup timeout.
+    #[error(
+        "no live worker serves actor type '{actor}' (start one: {})",
+        start_one(actor)
+    )]
+    Nobody { actor: String },
+    /// Redis did not answer.
+    #[error(transparent)]
+    Redis(loom_redis::Error),
+}
+
+/// The command that starts a worker serving `actor`.
+fn start_one(actor: &str) -> &'static str {
+    if actor.starts_with(loom_workflow::WORKFLOW_ACTOR_PREFIX) {
+        "loom worker --redis URL --workflows DIR, DIR holding the workflow's file"
+    } else {
+        "loom worker --redis URL"
+    }
+}
+
+/// Waits, for at most the pickup timeout, until a live worker serves each of `needed` on
+/// `client`'s queues; `waiting` is told, once, of the first that is not served yet.
+async fn await_served(
+    client: &loom_redis::Client,
+    needed: &BTreeSet<&str>,
+    waiting: impl Fn(&str),
+) -> Result<(), Unserved> {
     if needed.is_empty() {
         return Ok(());
     }
-    let wait = client.options().pickup_timeout;
-    let deadline = tokio::time::Instant::now() + wait;
+    let deadline = tokio::time::Instant::now() + client.options().pickup_timeout;
     let mut told = false;
     let own = client.options().queue_shards;
     loop {
         // The queue-shard counts live workers serve each type on: one look decides, for every
-        // type the job needs, whether it is served on this caller's queues and, if not, why.
+        // type needed, whether it is served on this caller's queues and, if not, why.
         let served = through_outage(client, || client.served())
             .await
-            .map_err(redis_error)?;
+            .map_err(Unserved::Redis)?;
         let Some((missing, shards)) = needed
             .iter()
             .map(|&actor| (actor, served.get(actor).cloned().unwrap_or_default()))
@@ -485,31 +539,16 @@ async fn check_served(client: &loom_redis::Client, job: &Job) -> anyhow::Result<
         else {
             return Ok(());
         };
-        // Workers that serve it on other queues than this caller writes to: a setting to
-        // change, not a worker still starting, said at once, as the server does.
+        let actor = missing.to_owned();
         if !shards.is_empty() {
-            let shards: Vec<String> = shards.iter().map(u16::to_string).collect();
-            return Err(usage(format!(
-                "no live worker serves actor type '{missing}' on this caller's queues; live \
-                 workers serve it with --queue-shards {}, this caller uses {}: give them the same \
-                 number (or LOOM_QUEUE_SHARDS)",
-                shards.join(" or "),
-                own
-            )));
+            return Err(Unserved::OtherShards { actor, shards, own });
         }
         if !told {
-            say!("loom: no live worker serves '{missing}' yet; waiting up to {wait:?} for one");
+            waiting(missing);
             told = true;
         }
         if tokio::time::Instant::now() >= deadline {
-            let start = if missing.starts_with(loom_workflow::WORKFLOW_ACTOR_PREFIX) {
-                "loom worker --redis URL --workflows DIR, DIR holding the workflow's file"
-            } else {
-                "loom worker --redis URL"
-            };
-            return Err(usage(format!(
-                "no live worker serves actor type '{missing}' (start one: {start})"
-            )));
+            return Err(Unserved::Nobody { actor });
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -596,7 +635,11 @@ async fn command(
             let mut registry = runtime.registry().clone();
             let steps = Arc::new(WorkerSteps {
                 local: runtime.clone(),
-                remote: client.invoker(),
+                client: client.clone(),
+                serves: workflows
+                    .iter()
+                    .map(|w| format!("{}{}", loom_workflow::WORKFLOW_ACTOR_PREFIX, w.name))
+                    .collect(),
                 slots: OnceLock::new(),
             });
             let executor = WorkflowExecutor::new(Arc::clone(&steps) as Arc<dyn Invoker>);
@@ -727,7 +770,7 @@ async fn ended_before(
 
 /// Bad names, bad URLs and unknown streams are the user's to fix (exit 2); the rest is not.
 fn redis_error(err: loom_redis::Error) -> anyhow::Error {
-    if err.is_bad_input() || err.code() == loom_core::ErrorCode::NotFound {
+    if err.is_bad_input() || err.code() == ErrorCode::NotFound {
         usage(err.to_string())
     } else {
         anyhow::Error::new(err)
@@ -840,7 +883,10 @@ fn known(runtime: &Runtime, actor: &str, distributed: bool) -> bool {
 /// they called wait for one.
 struct WorkerSteps {
     local: Arc<Runtime>,
-    remote: loom_redis::RemoteInvoker,
+    client: loom_redis::Client,
+    /// The workflows this worker serves (`workflows/<name>`): a call of one needs no other
+    /// live worker, as this one takes it (into the slot the caller lends, also while it stops).
+    serves: BTreeSet<String>,
     slots: OnceLock<loom_redis::Slots>,
 }
 
@@ -851,10 +897,23 @@ impl Invoker for WorkerSteps {
         actor_type: &str,
         input: Value,
         options: RunOptions,
-    ) -> Result<ChunkStream, loom_core::ActorError> {
+    ) -> Result<ChunkStream, ActorError> {
         if actor_type.starts_with(loom_workflow::WORKFLOW_ACTOR_PREFIX) {
             let loan = self.slots.get().map(loom_redis::Slots::lend);
-            let called = Invoker::stream(&self.remote, actor_type, input, options).await?;
+            // As a caller's run is: refused when no live worker serves it (within the pickup
+            // timeout), not queued for nobody and ended `worker_lost`, which a retry repeats.
+            let needed = match self.serves.contains(actor_type) {
+                true => BTreeSet::new(),
+                false => BTreeSet::from([actor_type]),
+            };
+            await_served(&self.client, &needed, |_| {})
+                .await
+                .map_err(|e| match e {
+                    Unserved::Redis(e) => ActorError::from(e),
+                    unserved => ActorError::new(ErrorCode::NotFound, unserved.to_string()),
+                })?;
+            let called =
+                Invoker::stream(&self.client.invoker(), actor_type, input, options).await?;
             Ok(called.hold(loan))
         } else {
             Invoker::stream(self.local.as_ref(), actor_type, input, options).await

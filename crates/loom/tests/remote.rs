@@ -1047,6 +1047,56 @@ fn a_worker_serves_a_workflow_that_calls_another_and_refuses_a_loop() {
 /// A worker stopping (SIGTERM) with no other worker left still finishes a workflow that calls
 /// another after the signal: the slot the caller lends while it waits takes that call's request
 /// (a stopping worker took none, so the call waited out the 30 s grace and ended `worker_lost`).
+/// A served workflow whose step calls a workflow no live worker serves ends that step
+/// `not_found`, naming it and how to serve it, after the pickup timeout (a worker started
+/// meanwhile would be in time), as a caller's run is refused — and nothing is queued for
+/// nobody. It used to queue the request and end the step `worker_lost` (retryable: a step
+/// with `retries` waited the pickup timeout again each time).
+#[test]
+fn a_served_workflow_calling_a_workflow_nobody_serves_fails_not_found_and_queues_nothing() {
+    let redis = RedisServer::start_own();
+    let dir = calling_batch_report(
+        "unserved",
+        "calls-missing",
+        "  - { name: first, actorType: echo }\n  - { name: missing, actorType: workflows/zzz }\n",
+    );
+    let served = dir.display().to_string();
+    let _worker = WorkerProcess::args(&redis, &["--workflows", &served]);
+    let started = Instant::now();
+    let out = run(&[
+        "actor",
+        "run",
+        "workflows/calls-missing",
+        "--json",
+        "--redis",
+        redis.url(),
+    ]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let error = chunks(&out.stdout).pop().expect("the terminal chunk")["error"].clone();
+    assert_eq!(error["code"], "not_found", "{error}");
+    assert_eq!(error["retryable"], false, "{error}");
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(message.contains("step 'missing'"), "{message}");
+    assert!(
+        message.contains("no live worker serves actor type 'workflows/zzz'"),
+        "{message}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(45),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut conn = redis::Client::open(redis.url())
+        .and_then(|c| c.get_connection())
+        .expect("connect");
+    let queued: Vec<String> = redis::cmd("KEYS")
+        .arg("loom:queue:*zzz*")
+        .query(&mut conn)
+        .expect("KEYS");
+    assert!(queued.is_empty(), "{queued:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_stopping_worker_alone_finishes_a_workflow_that_calls_another_after_the_signal() {
     let redis = RedisServer::start();

@@ -70,6 +70,21 @@ test("a workflow's steps start and finish in order, progress comes as CUSTOM eve
   assert.equal(result.steps.process.processed, 300);
 });
 
+test("a team that is a workflow step: its members are steps inside it, finished before it", async () => {
+  const { events } = await run("workflows/team-review", '{"topic": "Loom"}');
+  const order = events
+    .filter((e) => e.type === "STEP_STARTED" || e.type === "STEP_FINISHED")
+    .map((e) => `${e.type}:${e.stepName}`);
+  for (const member of ["researcher", "analyst", "writer"]) {
+    const name = `team-draft/${member}`;
+    const started = order.indexOf(`STEP_STARTED:${name}`);
+    const finished = order.indexOf(`STEP_FINISHED:${name}`);
+    assert.ok(started >= 0 && started < finished, `${name}: ${order}`);
+    assert.ok(finished < order.indexOf("STEP_FINISHED:team-draft"), `${name}: ${order}`);
+  }
+  assert.ok(order.indexOf("STEP_FINISHED:team-draft") < order.indexOf("STEP_STARTED:edit"), order);
+});
+
 test("a failing run ends with RUN_ERROR carrying its code; an unknown agent is a 404", async () => {
   const events = [];
   const agent = new HttpAgent({ url: `${loom.base}/v1/ag-ui/batch`, threadId: "t" });

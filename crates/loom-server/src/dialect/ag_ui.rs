@@ -7,10 +7,14 @@
 //! - the run's `start` → `RUN_STARTED` (`threadId` from the input, `runId` = Loom's run id);
 //! - tokens → `TEXT_MESSAGE_START`/`CONTENT`/`END`, one message per speaker (a team member or a
 //!   workflow step, in the message's `name`), opened at its first token;
-//! - tool-call deltas → `TOOL_CALL_START`/`ARGS`/`END`;
+//! - tool-call deltas → `TOOL_CALL_START`/`ARGS`/`END`, the calls a speaker makes together
+//!   under one `parentMessageId` (its open text message, else one named for them), so the
+//!   client keeps them as one assistant message; coming back as input, calls a client split
+//!   into one message each are joined again;
 //! - a workflow's `action-start` → `STEP_STARTED`, its `action-complete`/`action-failed` →
 //!   `STEP_FINISHED` (after a `CUSTOM` `loom.step-failed` with the step's error when it
-//!   failed); a team member's first chunk → `STEP_STARTED` (named after it);
+//!   failed); a team member's first chunk → `STEP_STARTED` named after it (`<step>/<member>`
+//!   inside a workflow step, whose end finishes it);
 //! - progress and any other data → `CUSTOM` (`loom.progress`, `loom.data`, with the chunk's
 //!   `actor`/`step`);
 //! - `complete` → every open message, tool call and step closed, then `RUN_FINISHED` with the
@@ -76,8 +80,12 @@ pub(crate) struct AgUiMapping {
     /// and how many were opened (ids made here are numbered, never reused by a re-run).
     calls: BTreeMap<(Option<String>, u64), (String, Option<String>)>,
     calls_opened: usize,
-    /// Open steps, and the team members seen (whose steps close at the end).
-    steps: BTreeSet<String>,
+    /// The message each speaker's tool calls go in (its `parentMessageId`): its open text
+    /// message's, or one made for its calls, so calls made together are one assistant message.
+    parents: BTreeMap<Option<String>, String>,
+    /// Open steps — workflow steps, and team members (named `<step>/<member>` inside a
+    /// workflow step) — each with the workflow step it is inside, which closes it.
+    steps: BTreeMap<String, Option<String>>,
 }
 
 impl AgUiMapping {
@@ -91,7 +99,8 @@ impl AgUiMapping {
             opened: 0,
             calls: BTreeMap::new(),
             calls_opened: 0,
-            steps: BTreeSet::new(),
+            parents: BTreeMap::new(),
+            steps: BTreeMap::new(),
         }
     }
 
@@ -114,7 +123,7 @@ impl AgUiMapping {
             }
             (_, Some(Event::ActionStart)) => {
                 if let Some(step) = &chunk.step {
-                    self.step_started(step, &mut events);
+                    self.step_started(step.to_string(), None, &mut events);
                 }
             }
             (_, Some(Event::ActionComplete | Event::ActionFailed)) => {
@@ -129,7 +138,18 @@ impl AgUiMapping {
                         let value = json!({ "step": step, "error": error });
                         events.push(custom("loom.step-failed", value));
                     }
-                    if self.steps.remove(&**step) {
+                    // Its team members' steps end with it, before it.
+                    let inside: Vec<String> = self
+                        .steps
+                        .iter()
+                        .filter(|(_, of)| of.as_deref() == Some(&**step))
+                        .map(|(name, _)| name.clone())
+                        .collect();
+                    for name in inside {
+                        self.steps.remove(&name);
+                        events.push(json!({ "type": "STEP_FINISHED", "stepName": name }));
+                    }
+                    if self.steps.remove(&**step).is_some() {
                         events.push(json!({ "type": "STEP_FINISHED", "stepName": step }));
                     }
                 }
@@ -140,9 +160,7 @@ impl AgUiMapping {
                 events.push(custom("loom.superseded", json!({ "step": chunk.step })));
             }
             (ChunkType::Data, None) => {
-                if let Some(member) = &chunk.actor {
-                    self.step_started(member, &mut events);
-                }
+                self.member_started(chunk, &mut events);
                 if let Some(text) = token(chunk) {
                     let id = self.message(chunk, &mut events);
                     if !text.is_empty() {
@@ -157,16 +175,14 @@ impl AgUiMapping {
                 }
             }
             (ChunkType::Progress, None) => {
-                if let Some(member) = &chunk.actor {
-                    self.step_started(member, &mut events);
-                }
+                self.member_started(chunk, &mut events);
                 let progress = chunk.progress.as_ref().map(|p| json!(p));
                 events.push(custom("loom.progress", tagged(chunk, progress)));
             }
             (ChunkType::Complete, _) => {
                 self.close_messages(&mut events);
                 self.close_calls(&mut events);
-                for step in std::mem::take(&mut self.steps) {
+                for step in std::mem::take(&mut self.steps).into_keys() {
                     events.push(json!({ "type": "STEP_FINISHED", "stepName": step }));
                 }
                 let mut finished = json!({
@@ -193,10 +209,22 @@ impl AgUiMapping {
         events
     }
 
-    fn step_started(&mut self, name: &str, events: &mut Vec<Value>) {
-        if self.steps.insert(name.to_owned()) {
-            events.push(json!({ "type": "STEP_STARTED", "stepName": name }));
+    fn step_started(&mut self, name: String, inside: Option<String>, events: &mut Vec<Value>) {
+        if let std::collections::btree_map::Entry::Vacant(open) = self.steps.entry(name) {
+            events.push(json!({ "type": "STEP_STARTED", "stepName": open.key() }));
+            open.insert(inside);
         }
+    }
+
+    /// A team member's step, at its first chunk (in a workflow step, `<step>/<member>`: the
+    /// member of another team step, or one named like a workflow step, is another step).
+    fn member_started(&mut self, chunk: &StreamChunk, events: &mut Vec<Value>) {
+        let Some(member) = &chunk.actor else { return };
+        let name = match &chunk.step {
+            Some(step) => format!("{step}/{member}"),
+            None => member.to_string(),
+        };
+        self.step_started(name, chunk.step.as_deref().map(str::to_owned), events);
     }
 
     /// The open message of `chunk`'s speaker, started now if needed.
@@ -232,8 +260,19 @@ impl AgUiMapping {
                 );
                 self.calls_opened += 1;
                 let name = call.get("name").and_then(Value::as_str).unwrap_or("");
+                let parent = match (self.messages.get(&key.0), self.parents.get(&key.0)) {
+                    (Some((message, _)), _) => message.clone(),
+                    (None, Some(parent)) => parent.clone(),
+                    (None, None) => {
+                        let parent = format!("msg_{}_{}", self.run_id, self.opened);
+                        self.opened += 1;
+                        self.parents.insert(key.0.clone(), parent.clone());
+                        parent
+                    }
+                };
                 events.push(json!({
                     "type": "TOOL_CALL_START", "toolCallId": id, "toolCallName": name,
+                    "parentMessageId": parent,
                 }));
                 self.calls
                     .insert(key, (id.clone(), chunk.step.as_deref().map(str::to_owned)));
@@ -272,6 +311,7 @@ impl AgUiMapping {
         for (_, (id, _)) in std::mem::take(&mut self.calls) {
             events.push(json!({ "type": "TOOL_CALL_END", "toolCallId": id }));
         }
+        self.parents.clear();
     }
 
     /// Closes the open tool calls made inside workflow step `step` (by the step itself or a
@@ -285,6 +325,9 @@ impl AgUiMapping {
             }
             !closing
         });
+        // A speaker with no call open any more: its next calls go in a message of their own.
+        let calling: BTreeSet<&Option<String>> = self.calls.keys().map(|(who, _)| who).collect();
+        self.parents.retain(|who, _| calling.contains(who));
     }
 }
 
@@ -306,9 +349,13 @@ fn tagged(chunk: &StreamChunk, payload: Option<Value>) -> Value {
 
 /// AG-UI's messages in Chat Completions' shape (the shape actors that take a conversation
 /// read). `reasoning` and `activity` messages are the agent's own record, not conversation:
-/// left out. A tool message's `error` is what the model is told the tool answered.
+/// left out. A tool message's `error` is what the model is told the tool answered. Calls a
+/// client keeps as assistant messages of one call each (as it does for a server that names no
+/// `parentMessageId`) are one message again: a model answers calls made together with one
+/// assistant message, and OpenAI refuses a conversation that splits it.
 fn chat_messages(messages: Vec<Value>) -> Vec<Value> {
-    messages
+    let mut conversation: Vec<Value> = Vec::new();
+    for message in messages
         .into_iter()
         .filter(|m| !matches!(m["role"].as_str(), Some("reasoning" | "activity")))
         .map(|m| {
@@ -330,7 +377,19 @@ fn chat_messages(messages: Vec<Value>) -> Vec<Value> {
             }
             out
         })
-        .collect()
+    {
+        let calls_only = message["role"] == "assistant"
+            && (message["content"].is_null() || message["content"] == "");
+        let previous = conversation
+            .last_mut()
+            .filter(|m| m["role"] == "assistant")
+            .and_then(|m| m["tool_calls"].as_array_mut());
+        match (calls_only, previous, message["tool_calls"].as_array()) {
+            (true, Some(previous), Some(calls)) => previous.extend(calls.iter().cloned()),
+            _ => conversation.push(message),
+        }
+    }
+    conversation
 }
 
 /// `POST /v1/ag-ui/{agent}`.
@@ -575,6 +634,103 @@ mod tests {
         assert_eq!(
             (text_of(&messages[0]), text_of(&messages[1])),
             ("Old".into(), "New".into())
+        );
+    }
+
+    /// Calls made together name one parent message, so the client keeps them as one
+    /// assistant message; calls a client split into one message each are one message again
+    /// on the way to the model (OpenAI refuses two assistant messages between calls and
+    /// their results).
+    #[test]
+    fn calls_made_together_are_one_assistant_message_both_ways() {
+        let call = |seq, index, id: &str| {
+            let call = json!({ "tool_call": { "index": index, "id": id, "name": "f", "arguments": "{}" } });
+            data(seq, call)
+        };
+        let events = events(&[
+            StreamChunk::new(ChunkType::Start, 0),
+            call(1, 0, "call_1"),
+            call(2, 1, "call_2"),
+            complete(3),
+        ]);
+        let parents: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["type"] == "TOOL_CALL_START")
+            .map(|e| &e["parentMessageId"])
+            .collect();
+        assert_eq!(parents.len(), 2, "{events:#?}");
+        assert!(
+            parents[0].is_string() && parents[0] == parents[1],
+            "{parents:?}"
+        );
+
+        let one_call = |id: &str| json!([{ "id": id, "type": "function", "function": { "name": "f", "arguments": "{}" } }]);
+        let messages = chat_messages(vec![
+            json!({ "id": "u", "role": "user", "content": "weather and time?" }),
+            json!({ "id": "call_1", "role": "assistant", "toolCalls": one_call("call_1") }),
+            json!({ "id": "call_2", "role": "assistant", "toolCalls": one_call("call_2") }),
+            json!({ "id": "t1", "role": "tool", "toolCallId": "call_1", "content": "sunny" }),
+            json!({ "id": "t2", "role": "tool", "toolCallId": "call_2", "content": "noon" }),
+        ]);
+        let roles: Vec<&str> = messages
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            roles,
+            ["user", "assistant", "tool", "tool"],
+            "{messages:#?}"
+        );
+        let ids: Vec<&str> = messages[1]["tool_calls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["call_1", "call_2"]);
+    }
+
+    /// A team member's step inside a workflow step is `<step>/<member>` and ends with that
+    /// step: a second team step's members get steps of their own, and a step named like a
+    /// member is another step.
+    #[test]
+    fn team_members_steps_end_with_the_workflow_step_they_are_in() {
+        let said = |seq, member: &str, step: &str| {
+            by(data(seq, json!({ "token": "x" })), Some(member), Some(step))
+        };
+        let events = events(&[
+            StreamChunk::new(ChunkType::Start, 0),
+            marker(1, ChunkType::Progress, Event::ActionStart, "first"),
+            said(2, "writer", "first"),
+            marker(3, ChunkType::Data, Event::ActionComplete, "first"),
+            marker(4, ChunkType::Progress, Event::ActionStart, "writer"),
+            said(5, "writer", "writer"),
+            marker(6, ChunkType::Data, Event::ActionComplete, "writer"),
+            complete(7),
+        ]);
+        let steps: Vec<String> = events
+            .iter()
+            .filter(|e| e["type"] == "STEP_STARTED" || e["type"] == "STEP_FINISHED")
+            .map(|e| {
+                format!(
+                    "{}:{}",
+                    e["type"].as_str().unwrap(),
+                    e["stepName"].as_str().unwrap()
+                )
+            })
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                "STEP_STARTED:first",
+                "STEP_STARTED:first/writer",
+                "STEP_FINISHED:first/writer",
+                "STEP_FINISHED:first",
+                "STEP_STARTED:writer",
+                "STEP_STARTED:writer/writer",
+                "STEP_FINISHED:writer/writer",
+                "STEP_FINISHED:writer",
+            ]
         );
     }
 

@@ -61,17 +61,61 @@ struct RawAction {
     #[serde(default)]
     input: Option<Spanned<Value>>,
     #[serde(default)]
-    streaming: Option<Spanned<bool>>,
+    streaming: Option<Spanned<Plain<bool>>>,
     #[serde(default)]
     timeout: Option<Spanned<Value>>,
     #[serde(default)]
-    retries: Option<Spanned<u32>>,
+    retries: Option<Spanned<Plain<u32>>>,
     #[serde(default)]
     backoff: Option<Spanned<Value>>,
     #[serde(default)]
-    continue_on_error: Option<Spanned<bool>>,
+    continue_on_error: Option<Spanned<Plain<bool>>>,
     #[serde(default)]
     actions: Option<Spanned<Vec<Spanned<RawAction>>>>,
+}
+
+/// A boolean or a whole number written as one (`true`, `3`): the parser reads a quoted `"true"`
+/// or `"3"` as the scalar it spells, and a string is refused here as any other wrong type is.
+#[derive(Clone, Copy)]
+struct Plain<T>(T);
+
+impl<'de> Deserialize<'de> for Plain<bool> {
+    fn deserialize<D: serde::Deserializer<'de>>(field: D) -> Result<Self, D::Error> {
+        struct Flag;
+        impl serde::de::Visitor<'_> for Flag {
+            type Value = Plain<bool>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("true or false")
+            }
+            fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<Self::Value, E> {
+                Ok(Plain(b))
+            }
+        }
+        field.deserialize_any(Flag)
+    }
+}
+
+impl<'de> Deserialize<'de> for Plain<u32> {
+    fn deserialize<D: serde::Deserializer<'de>>(field: D) -> Result<Self, D::Error> {
+        struct Count;
+        impl serde::de::Visitor<'_> for Count {
+            type Value = Plain<u32>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "a whole number from 0 to {}", u32::MAX)
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Self::Value, E> {
+                u32::try_from(n)
+                    .map(Plain)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(n), &self))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Self::Value, E> {
+                u32::try_from(n)
+                    .map(Plain)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(n), &self))
+            }
+        }
+        field.deserialize_any(Count)
+    }
 }
 
 /// The 1-based line the parser recorded for a value (`None` where it could not).
@@ -231,9 +275,12 @@ fn read_raw(text: &str) -> Result<RawWorkflow, SyntaxError> {
                 .filter(|line| *line > 0),
             action: action_at(text, &path),
             // Wrong at the top: the file is not a mapping at all.
-            message: match path.iter().next() {
-                None => format!("{}: {SHAPE}", message_of(error)),
-                Some(_) => message_of(error),
+            message: match (path.iter().next(), field_at(&path)) {
+                (None, _) => format!("{}: {SHAPE}", message_of(error)),
+                (Some(_), Some(field)) if !message_of(error).contains(&field) => {
+                    format!("bad '{field}': {}", message_of(error))
+                }
+                (Some(_), _) => message_of(error),
             },
         }
     })
@@ -315,6 +362,19 @@ fn action_at(text: &str, path: &serde_path_to_error::Path) -> Option<String> {
         }
     }
     name
+}
+
+/// The field a serde path ends in (`retries` in `actions[0].value.retries.value`), when it
+/// ends in one rather than in a list's item; the `value` segments are the [`Spanned`]
+/// wrappers.
+fn field_at(path: &serde_path_to_error::Path) -> Option<String> {
+    match path
+        .iter()
+        .rfind(|s| !matches!(s, Segment::Map { key } if key == "value"))?
+    {
+        Segment::Map { key } => Some(key.clone()),
+        _ => None,
+    }
 }
 
 /// The lines of every action and group member, by name, in document order.
@@ -410,11 +470,11 @@ fn convert_actor(workflow: &Workflow, raw: RawAction) -> Result<ActorAction, Wor
         input: raw
             .input
             .map_or_else(|| Value::Object(Default::default()), |i| i.value),
-        streaming: raw.streaming.is_some_and(|s| s.value),
+        streaming: raw.streaming.is_some_and(|s| s.value.0),
         timeout,
-        retries: raw.retries.map_or(0, |r| r.value),
+        retries: raw.retries.map_or(0, |r| r.value.0),
         backoff,
-        continue_on_error: raw.continue_on_error.is_some_and(|c| c.value),
+        continue_on_error: raw.continue_on_error.is_some_and(|c| c.value.0),
         name,
     })
 }

@@ -92,7 +92,11 @@ impl JsonType {
         match self {
             Self::String => value.is_string(),
             Self::Number => value.is_number(),
-            Self::Integer => value.is_i64() || value.is_u64(),
+            // As JSON Schema counts it: `3.0` and `1e2` are integers (a client's float
+            // formatting writes them so), `3.5` is not.
+            Self::Integer => {
+                value.is_i64() || value.is_u64() || value.as_f64().is_some_and(|n| n.fract() == 0.0)
+            }
             Self::Boolean => value.is_boolean(),
             Self::Object => value.is_object(),
             Self::Array => value.is_array(),
@@ -255,6 +259,14 @@ mod tests {
         assert!(err(json!({"topic": "a", "x": 1})).contains("unknown input `x`"));
         assert!(err(json!({"topic": "a", "tone": "loud"})).contains("one of"));
         assert!(err(json!([1])).contains("must be a JSON object"));
+        // A whole number is an integer however it is written; a fraction is not.
+        for whole in [json!(3.0), json!(1e2)] {
+            let input = json!({"topic": "a", "words": whole});
+            assert_eq!(schema.apply(input.clone()), Ok(input));
+        }
+        assert!(
+            err(json!({"topic": "a", "words": 2.5})).contains("`words` must be of type integer")
+        );
     }
 
     /// A schema no input could pass, or whose default it refuses, is refused at load time

@@ -137,6 +137,28 @@ fn an_empty_file_or_one_that_is_no_mapping_says_what_a_workflow_is() {
 fn a_wrong_type_is_rejected() {
     let err = reject("name: w\nactions:\n  - name: a\n    actorType: echo\n    retries: many\n");
     assert_message(&err, Some(5), "a", "invalid type");
+    // The message names the field, also where the parser's words do not.
+    assert!(err.to_string().contains("bad 'retries'"), "{err}");
+    // A boolean or a count written as a string is a string: refused, not read as what it
+    // spells (YAML and JSON alike).
+    for (field, value) in [
+        ("continue_on_error", "\"true\""),
+        ("streaming", "\"false\""),
+        ("continue_on_error", "yes"),
+        ("retries", "\"2\""),
+        ("retries", "1.5"),
+        ("retries", "4294967296"),
+    ] {
+        let yaml =
+            format!("name: w\nactions:\n  - name: a\n    actorType: echo\n    {field}: {value}\n");
+        let err = reject(&yaml);
+        assert_message(&err, Some(5), "a", &format!("bad '{field}'"));
+    }
+    let json = r#"{"name": "w", "actions": [{"name": "a", "actorType": "echo", "continue_on_error": "false"}]}"#;
+    assert!(reject(json).to_string().contains("bad 'continue_on_error'"));
+    let written = "name: w\nactions:\n  - { name: a, actorType: echo, retries: 2, streaming: true, continue_on_error: false }\n";
+    let workflow = parse(written, "ok.yaml", &known).expect("plain scalars load");
+    assert_eq!(workflow.steps().count(), 1);
 }
 
 #[test]

@@ -15,7 +15,7 @@
 //! Reading streams ([`Client::tail`]) is added by `reader.rs` and starting runs
 //! ([`Client::invoker`]) by `remote.rs`, the layers above.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -247,8 +247,28 @@ impl Client {
                     1 => String::new(),
                     n => format!(" (entry {} of {n} in the list)", i + 1),
                 };
-                redis::Client::open(*u)
-                    .map_err(|e| Error::InvalidOptions(format!("invalid Redis URL{which}: {e}")))
+                let invalid =
+                    |why: String| Error::InvalidOptions(format!("invalid Redis URL{which}: {why}"));
+                if u.is_empty() {
+                    return Err(invalid("it is empty".into()));
+                }
+                // The redis crate's schemes; its own error for another says only that the URL
+                // did not parse.
+                let schemes = [
+                    "redis://",
+                    "rediss://",
+                    "unix://",
+                    "redis+unix://",
+                    "valkey://",
+                    "valkeys://",
+                    "valkey+unix://",
+                ];
+                if !schemes.iter().any(|scheme| u.starts_with(scheme)) {
+                    return Err(invalid(
+                        "it must start with redis://, rediss:// or unix://".into(),
+                    ));
+                }
+                redis::Client::open(*u).map_err(|e| invalid(e.to_string()))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let (topology, conn, masters) = match <[redis::Client; 1]>::try_from(nodes) {
@@ -480,7 +500,7 @@ impl Client {
         let down = async {
             for node in nodes {
                 let info = node.get_connection_info();
-                let Some(Ok(Reply::Text(text))) = cluster_info(info).await else {
+                let Some(Ok(Reply::Text(text))) = ask_cluster(info, "INFO").await else {
                     continue;
                 };
                 let down = String::from_utf8_lossy(&text)
@@ -830,6 +850,7 @@ async fn answering(nodes: Vec<redis::Client>) -> Result<Vec<redis::Client>, Erro
         .map(|(i, node)| async move { (i, probe(node).await) })
         .collect();
     let mut answered = Vec::new();
+    let mut views = Vec::new();
     let mut until = None;
     loop {
         let next = match until {
@@ -838,15 +859,36 @@ async fn answering(nodes: Vec<redis::Client>) -> Result<Vec<redis::Client>, Erro
                 .await
                 .unwrap_or_default(),
         };
-        let Some((i, answers)) = next else { break };
-        if answers? {
+        let Some((i, answer)) = next else { break };
+        if let Answer::Answered(membership) = answer? {
             answered.push(i);
+            views.push((i, membership));
             until.get_or_insert_with(|| tokio::time::Instant::now() + ANSWER_GRACE);
         }
     }
     drop(probes);
     if answered.is_empty() {
         return Ok(nodes);
+    }
+    // Nodes of two clusters: a worker would serve one and its callers wait on the other. Two
+    // nodes neither of which knows the other are of different clusters (one that knows the
+    // other is enough: a node just added may not have heard of everyone yet).
+    let views: Vec<(usize, Membership)> = views
+        .into_iter()
+        .filter_map(|(i, view)| Some((i, view?)))
+        .collect();
+    for (a, (i, one)) in views.iter().enumerate() {
+        for (j, other) in &views[a + 1..] {
+            if !one.known.contains(&other.me) && !other.known.contains(&one.me) {
+                let name = |k: usize| node_of(nodes[k].get_connection_info());
+                return Err(Error::InvalidOptions(format!(
+                    "{} and {} are nodes of different clusters: a list of Redis URLs must name \
+                     nodes of one cluster",
+                    name(*i),
+                    name(*j)
+                )));
+            }
+        }
     }
     Ok(nodes
         .into_iter()
@@ -869,15 +911,45 @@ fn not_redis(info: &redis::ConnectionInfo, err: Error) -> Error {
     }
 }
 
-/// Whether a node of a list of URLs answers `CLUSTER INFO` (an error reply, such as an ACL's
-/// `NOPERM`, is an answer). A node that answers but is not in cluster mode, or not Redis at
-/// all, is [`Error::InvalidOptions`]: taken for a node of the cluster, a server outside cluster
-/// mode would be read from, and as it answers every key it does not hold with nothing (never
-/// `MOVED`), its readers would wait for chunks written elsewhere.
-async fn probe(node: &redis::Client) -> Result<bool, Error> {
+/// What a node of a list of URLs answered `CLUSTER NODES` with: nothing (down, silent), or
+/// its view of its cluster (`None` when it would not say: an error reply, such as an ACL's
+/// `NOPERM`, is an answer all the same).
+enum Answer {
+    Silent,
+    Answered(Option<Membership>),
+}
+
+/// A cluster node's view of its cluster: its own id and every node id it knows.
+struct Membership {
+    me: String,
+    known: HashSet<String>,
+}
+
+impl Membership {
+    /// From `CLUSTER NODES`' text: a line a node, its id first, its flags third (`myself`).
+    fn of(text: &[u8]) -> Option<Self> {
+        let mut me = None;
+        let mut known = HashSet::new();
+        for line in std::str::from_utf8(text).ok()?.lines() {
+            let fields: Vec<&str> = line.split_whitespace().take(3).collect();
+            let [id, _, flags] = fields[..] else { continue };
+            if flags.split(',').any(|f| f == "myself") {
+                me = Some(id.to_owned());
+            }
+            known.insert(id.to_owned());
+        }
+        Some(Self { me: me?, known })
+    }
+}
+
+/// Asks a node of a list of URLs `CLUSTER NODES`. A node that answers but is not in cluster
+/// mode, or not Redis at all, is [`Error::InvalidOptions`]: taken for a node of the cluster, a
+/// server outside cluster mode would be read from, and as it answers every key it does not
+/// hold with nothing (never `MOVED`), its readers would wait for chunks written elsewhere.
+async fn probe(node: &redis::Client) -> Result<Answer, Error> {
     let info = node.get_connection_info();
-    let Some(answer) = cluster_info(info).await else {
-        return Ok(false);
+    let Some(answer) = ask_cluster(info, "NODES").await else {
+        return Ok(Answer::Silent);
     };
     let refused = |what: &str| {
         Err(Error::InvalidOptions(format!(
@@ -887,23 +959,24 @@ async fn probe(node: &redis::Client) -> Result<bool, Error> {
         )))
     };
     match answer {
-        Ok(_) => Ok(true),
+        Ok(Reply::Text(text)) => Ok(Answer::Answered(Membership::of(&text))),
+        Ok(_) => Ok(Answer::Answered(None)),
         Err(Error::Redis(e)) if e.to_string().contains("cluster support disabled") => {
             refused("is not in cluster mode")
         }
         Err(Error::UnexpectedReply(_)) => {
             refused("does not speak Redis (its answer is no Redis reply)")
         }
-        Err(Error::Redis(e)) => Ok(!(e.is_io_error() || e.is_timeout())),
-        Err(_) => Ok(false),
+        Err(Error::Redis(e)) if !(e.is_io_error() || e.is_timeout()) => Ok(Answer::Answered(None)),
+        Err(_) => Ok(Answer::Silent),
     }
 }
 
-/// The answer of the node at `info` to `CLUSTER INFO`, on a connection of its own (the
+/// The answer of the node at `info` to `CLUSTER <what>`, on a connection of its own (the
 /// cluster connection's commands may be the ones waiting); `None` when it cannot be reached.
-async fn cluster_info(info: &redis::ConnectionInfo) -> Option<Result<Reply, Error>> {
+async fn ask_cluster(info: &redis::ConnectionInfo, what: &str) -> Option<Result<Reply, Error>> {
     let mut wire = Wire::connect(info, Duration::ZERO).await.ok()?;
-    Some(wire.query(redis::cmd("CLUSTER").arg("INFO")).await)
+    Some(wire.query(redis::cmd("CLUSTER").arg(what)).await)
 }
 
 /// The longest [`Client::explain`] asks a cluster's nodes whether it is down: on top of the

@@ -54,10 +54,17 @@ async fn local_and_remote_runs_agree_and_runs_spread_over_the_masters() {
     // A server outside cluster mode in a list is refused, not read from as a node; a bad
     // entry is named by its place (not quoted: it may hold a password).
     let single = RedisServer::start_own();
+    // Nor are nodes of two clusters: a worker would serve one while its callers waited on
+    // the other.
+    let other = RedisCluster::start_with(3, 0);
     for (list, says) in [
         (
             format!("{},{}", single.url(), cluster.url()),
             "not in cluster mode",
+        ),
+        (
+            format!("{},{}", other.url(), cluster.url()),
+            "are nodes of different clusters",
         ),
         (format!("{},", cluster.url()), "entry 2 of 2"),
         (

@@ -71,6 +71,18 @@ async fn a_malformed_url_is_bad_input_and_an_unreachable_server_is_upstream() {
         .await
         .unwrap_err();
     assert!(err.is_bad_input(), "{err}");
+    assert!(
+        err.to_string().contains("must start with redis://"),
+        "{err}"
+    );
+    let err = loom_redis::Client::connect("redis://127.0.0.1:1,,redis://127.0.0.1:2")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("entry 2 of 3 in the list): it is empty"),
+        "{err}"
+    );
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -433,6 +433,30 @@ async fn a_master_killed_mid_stream_never_leaves_a_reader_hanging_or_repeats_a_s
     worker.stop().await;
 }
 
+/// A reader whose run's master goes down for good (no replica: the cluster is down) ends with
+/// an `upstream` error that says the cluster is down, not only that a read timed out.
+#[tokio::test]
+async fn a_reader_cut_off_by_a_cluster_that_is_down_is_told_so() {
+    let mut cluster = RedisCluster::start_with(3, 0);
+    let client = connect(&cluster.url(), fast_options()).await;
+    let probe = Arc::new(Probe::default());
+    let worker = RunningWorker::spawn(&client, runtime(&probe), WorkerOptions::default());
+    let mut run = ticker(&client, 400, 50).await;
+    let first = within(10, run.next()).await.expect("the start chunk");
+    let victim = cluster.master_of(&client.keys().stream(run.run_id()));
+    cluster.bring_down(victim);
+    let mut chunks = vec![first];
+    chunks.extend(collect(60, run).await);
+    let last = chunks.last().expect("a terminal chunk");
+    let error = last.error.as_ref().expect("an error chunk");
+    assert_eq!(error.code, ErrorCode::Upstream, "{error:?}");
+    assert!(
+        error.message.contains("the Redis cluster is down"),
+        "{error:?}"
+    );
+    worker.stop().await;
+}
+
 /// The master of a queue — and of the workers' advertisement and the run index — fails over
 /// while runs whose keys are on live masters are in flight: those runs go on where they are.
 /// Regression test for every run in flight being re-run from its start: the heartbeat renewed

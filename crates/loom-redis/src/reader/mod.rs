@@ -209,7 +209,16 @@ fn follow(
                         // Judged when Redis answered (or failed to): a lease check that
                         // waited out an outage must not be taken as made before it.
                         now = Instant::now();
-                        step = state.on_lease(now, pttl.map_err(|e| e.to_string()));
+                        let pttl = match pttl {
+                            Ok(ms) => Ok(ms),
+                            // About to give up on Redis: why it does not answer, when it can
+                            // be told (a cluster that is down, named as such).
+                            Err(e) if state.outage_over(now) => {
+                                Err(client.explain(e.into()).await.to_string())
+                            }
+                            Err(e) => Err(e.to_string()),
+                        };
+                        step = state.on_lease(now, pttl);
                     }
                     if let Step::EndRun(mut ending) = step {
                         // After what this reader was given; nothing, when it read nothing past

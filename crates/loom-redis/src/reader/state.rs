@@ -284,7 +284,7 @@ impl ReadState {
             }
             Err(why) => {
                 self.unreachable = true;
-                if now.duration_since(self.redis_ok_at) >= self.watch.outage {
+                if self.outage_over(now) {
                     let err = ActorError::new(
                         ErrorCode::Upstream,
                         format!(
@@ -345,6 +345,12 @@ impl ReadState {
     }
 
     /// The cursor the reader was asked to read after, while nothing past it was read.
+    /// Whether Redis has not answered for the whole outage timeout: the next failed lease
+    /// check ends the run.
+    pub(crate) fn outage_over(&self, now: Instant) -> bool {
+        now.duration_since(self.redis_ok_at) >= self.watch.outage
+    }
+
     pub(crate) fn waiting_at_cursor(&self) -> Option<EntryId> {
         (self.last_id == self.from && self.from != EntryId::ZERO).then_some(self.from)
     }

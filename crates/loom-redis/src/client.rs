@@ -263,10 +263,10 @@ impl Client {
                     "valkeys://",
                     "valkey+unix://",
                 ];
-                if !schemes.iter().any(|scheme| u.starts_with(scheme)) {
-                    return Err(invalid(
-                        "it must start with redis://, rediss:// or unix://".into(),
-                    ));
+                let scheme_of =
+                    |url: &str| url.get(..url.find("://")? + 3).map(str::to_ascii_lowercase);
+                if !scheme_of(u).is_some_and(|scheme| schemes.contains(&scheme.as_str())) {
+                    return Err(invalid("it must start with redis:// or unix://".into()));
                 }
                 redis::Client::open(*u).map_err(|e| invalid(e.to_string()))
             })

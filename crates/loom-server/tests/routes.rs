@@ -270,6 +270,12 @@ async fn an_openai_route_rejects_a_bad_body_or_query_in_openais_error_shape() {
             json!({ "model": "echo", "input": "hi", "conversation": "conv_1" }),
             "conversation",
         ),
+        // A Chat Completions field Responses does not define.
+        (
+            "/v1/responses",
+            json!({ "model": "echo", "input": "hi", "seed": 7 }),
+            "Unrecognized request argument supplied: seed",
+        ),
         // What the model would never see is refused, not dropped.
         (
             "/v1/responses",
@@ -299,6 +305,10 @@ async fn an_openai_route_rejects_a_bad_body_or_query_in_openais_error_shape() {
     );
     let one = json!({ "model": "echo", "input": "hi", "store": false, "truncation": "auto" });
     assert_eq!(server.post("/v1/responses", &one).await.status(), 200);
+    // A field a client sends as `null` is unset, as OpenAI reads it.
+    let unset =
+        json!({ "model": "echo", "input": "hi", "previous_response_id": null, "top_p": null });
+    assert_eq!(server.post("/v1/responses", &unset).await.status(), 200);
     // A query it cannot read too.
     let response = server.get("/v1/responses/resp_x?starting_after=x").await;
     assert_eq!(response.status(), 400);

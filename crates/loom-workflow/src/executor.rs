@@ -624,8 +624,7 @@ impl StepRun {
             let timeout = self.step.timeout.filter(|t| self.started.elapsed() >= *t);
             if let (ErrorCode::Timeout, Some(timeout)) = (info.code, timeout) {
                 info.message = format!(
-                    "{} (the step's timeout, {})",
-                    info.message,
+                    "the step passed its timeout ({})",
                     humantime::format_duration(timeout)
                 );
             }

@@ -92,16 +92,31 @@ impl JsonType {
         match self {
             Self::String => value.is_string(),
             Self::Number => value.is_number(),
-            // As JSON Schema counts it: `3.0` and `1e2` are integers (a client's float
-            // formatting writes them so), `3.5` is not.
-            Self::Integer => {
-                value.is_i64() || value.is_u64() || value.as_f64().is_some_and(|n| n.fract() == 0.0)
-            }
+            Self::Integer => value.is_i64() || value.is_u64() || as_integer(value).is_some(),
             Self::Boolean => value.is_boolean(),
             Self::Object => value.is_object(),
             Self::Array => value.is_array(),
             Self::Null => value.is_null(),
         }
+    }
+}
+
+/// A whole number written as a float (`3.0`, `1e2`: a client's float formatting writes them
+/// so), which JSON Schema counts as an integer, as the integer it is; `None` for a fraction,
+/// or one past what an `i64` or `u64` holds.
+fn as_integer(value: &Value) -> Option<Value> {
+    let n = value
+        .as_f64()
+        .filter(|n| value.is_f64() && n.fract() == 0.0)?;
+    // 2^63 and 2^64: the bounds, exactly, as floats.
+    const I64_END: f64 = 9_223_372_036_854_775_808.0;
+    const U64_END: f64 = 18_446_744_073_709_551_616.0;
+    if (-I64_END..I64_END).contains(&n) {
+        Some(Value::from(n as i64))
+    } else if (0.0..U64_END).contains(&n) {
+        Some(Value::from(n as u64))
+    } else {
+        None
     }
 }
 
@@ -207,7 +222,7 @@ impl InputSchema {
                     .join(", ")
             ));
         }
-        for (name, value) in &map {
+        for (name, value) in &mut map {
             let Some(property) = self.properties.get(name) else {
                 if self.additional_properties {
                     continue;
@@ -221,6 +236,10 @@ impl InputSchema {
                         kind.name(),
                         type_name(value)
                     ));
+                }
+                // The steps get the integer: an actor reading one refuses `3.0`.
+                if let (JsonType::Integer, Some(whole)) = (kind, as_integer(value)) {
+                    *value = whole;
                 }
             }
             if let Some(allowed) = &property.allowed {
@@ -260,10 +279,13 @@ mod tests {
         assert!(err(json!({"topic": "a", "tone": "loud"})).contains("one of"));
         assert!(err(json!([1])).contains("must be a JSON object"));
         // A whole number is an integer however it is written; a fraction is not.
-        for whole in [json!(3.0), json!(1e2)] {
-            let input = json!({"topic": "a", "words": whole});
-            assert_eq!(schema.apply(input.clone()), Ok(input));
+        for (written, whole) in [(json!(3.0), json!(3)), (json!(1e2), json!(100))] {
+            assert_eq!(
+                schema.apply(json!({"topic": "a", "words": written})),
+                Ok(json!({"topic": "a", "words": whole}))
+            );
         }
+        assert!(err(json!({"topic": "a", "words": 1e300})).contains("must be of type integer"));
         assert!(
             err(json!({"topic": "a", "words": 2.5})).contains("`words` must be of type integer")
         );

@@ -465,11 +465,11 @@ fn job_types(job: &Job) -> BTreeSet<&str> {
 /// (exit 2) rather than queueing a request nobody takes and reporting `worker_lost` — so a
 /// worker started at the same time is waited for, and a forgotten one is named.
 async fn check_served(client: &loom_redis::Client, job: &Job) -> anyhow::Result<()> {
+    let within = client.options().pickup_timeout;
     let waiting = |missing: &str| {
-        let wait = client.options().pickup_timeout;
-        say!("loom: no live worker serves '{missing}' yet; waiting up to {wait:?} for one");
+        say!("loom: no live worker serves '{missing}' yet; waiting up to {within:?} for one");
     };
-    match await_served(client, &job_types(job), waiting).await {
+    match await_served(client, &job_types(job), within, waiting).await {
         Ok(()) => Ok(()),
         Err(Unserved::Redis(e)) => Err(redis_error(e)),
         Err(unserved) => Err(usage(unserved.to_string())),
@@ -513,17 +513,18 @@ fn start_one(actor: &str) -> &'static str {
     }
 }
 
-/// Waits, for at most the pickup timeout, until a live worker serves each of `needed` on
-/// `client`'s queues; `waiting` is told, once, of the first that is not served yet.
+/// Waits, for at most `within`, until a live worker serves each of `needed` on `client`'s
+/// queues; `waiting` is told, once, of the first that is not served yet.
 async fn await_served(
     client: &loom_redis::Client,
     needed: &BTreeSet<&str>,
+    within: Duration,
     waiting: impl Fn(&str),
 ) -> Result<(), Unserved> {
     if needed.is_empty() {
         return Ok(());
     }
-    let deadline = tokio::time::Instant::now() + client.options().pickup_timeout;
+    let deadline = tokio::time::Instant::now() + within;
     let mut told = false;
     let own = client.options().queue_shards;
     loop {
@@ -906,7 +907,10 @@ impl Invoker for WorkerSteps {
                 true => BTreeSet::new(),
                 false => BTreeSet::from([actor_type]),
             };
-            await_served(&self.client, &needed, |_| {})
+            // No longer than the step may take.
+            let pickup = self.client.options().pickup_timeout;
+            let within = options.timeout.map_or(pickup, |t| t.min(pickup));
+            await_served(&self.client, &needed, within, |_| {})
                 .await
                 .map_err(|e| match e {
                     Unserved::Redis(e) => ActorError::from(e),

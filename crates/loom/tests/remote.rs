@@ -756,7 +756,18 @@ fn a_signal_while_waiting_for_a_worker_exits_with_its_code_and_queues_nothing() 
             started.elapsed()
         );
     }
-    assert!(stream_ends(&redis).is_empty());
+    assert!(queues(&redis, "*").is_empty());
+}
+
+/// The queue keys (`loom:queue:<pattern>`) in `redis`.
+fn queues(redis: &RedisServer, pattern: &str) -> Vec<String> {
+    let mut conn = redis::Client::open(redis.url())
+        .and_then(|c| c.get_connection())
+        .expect("connect");
+    redis::cmd("KEYS")
+        .arg(format!("loom:queue:{pattern}"))
+        .query(&mut conn)
+        .expect("KEYS")
 }
 
 /// A caller whose `--queue-shards` differs from the workers' is told so at once: its
@@ -1044,9 +1055,6 @@ fn a_worker_serves_a_workflow_that_calls_another_and_refuses_a_loop() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A worker stopping (SIGTERM) with no other worker left still finishes a workflow that calls
-/// another after the signal: the slot the caller lends while it waits takes that call's request
-/// (a stopping worker took none, so the call waited out the 30 s grace and ended `worker_lost`).
 /// A served workflow whose step calls a workflow no live worker serves ends that step
 /// `not_found`, naming it and how to serve it, after the pickup timeout (a worker started
 /// meanwhile would be in time), as a caller's run is refused — and nothing is queued for
@@ -1086,17 +1094,14 @@ fn a_served_workflow_calling_a_workflow_nobody_serves_fails_not_found_and_queues
         "{:?}",
         started.elapsed()
     );
-    let mut conn = redis::Client::open(redis.url())
-        .and_then(|c| c.get_connection())
-        .expect("connect");
-    let queued: Vec<String> = redis::cmd("KEYS")
-        .arg("loom:queue:*zzz*")
-        .query(&mut conn)
-        .expect("KEYS");
+    let queued = queues(&redis, "*zzz*");
     assert!(queued.is_empty(), "{queued:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A worker stopping (SIGTERM) with no other worker left still finishes a workflow that calls
+/// another after the signal: the slot the caller lends while it waits takes that call's request
+/// (a stopping worker took none, so the call waited out the 30 s grace and ended `worker_lost`).
 #[test]
 fn a_stopping_worker_alone_finishes_a_workflow_that_calls_another_after_the_signal() {
     let redis = RedisServer::start();

@@ -160,7 +160,7 @@ fn a_retried_team_steps_unfinished_lines_are_not_glued_to_the_next_attempt() {
     assert!(out.stderr.contains("↻ draft retrying"), "{}", out.stderr);
     // The step's own timeout is named as such, not as the run's (the workflow's) deadline.
     assert!(
-        out.stderr.contains("the step's timeout, 400ms"),
+        out.stderr.contains("the step passed its timeout (400ms)"),
         "{}",
         out.stderr
     );

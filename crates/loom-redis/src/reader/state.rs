@@ -344,13 +344,13 @@ impl ReadState {
         }
     }
 
-    /// The cursor the reader was asked to read after, while nothing past it was read.
     /// Whether Redis has not answered for the whole outage timeout: the next failed lease
     /// check ends the run.
     pub(crate) fn outage_over(&self, now: Instant) -> bool {
         now.duration_since(self.redis_ok_at) >= self.watch.outage
     }
 
+    /// The cursor the reader was asked to read after, while nothing past it was read.
     pub(crate) fn waiting_at_cursor(&self) -> Option<EntryId> {
         (self.last_id == self.from && self.from != EntryId::ZERO).then_some(self.from)
     }

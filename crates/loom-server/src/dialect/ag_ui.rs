@@ -66,23 +66,35 @@ pub(crate) struct RunAgentInput {
     forwarded_props: Option<Value>,
 }
 
+/// Who a chunk is from: its workflow step and its team member (either may be absent). A
+/// member of one team step is not the same member of another, nor a step of its name.
+type Who = (Option<String>, Option<String>);
+
+fn who(chunk: &StreamChunk) -> Who {
+    (
+        chunk.step.as_deref().map(str::to_owned),
+        chunk.actor.as_deref().map(str::to_owned),
+    )
+}
+
 /// The AG-UI view of one run, fed its chunks in order (see the module docs).
 #[derive(Debug)]
 pub(crate) struct AgUiMapping {
     thread_id: String,
     run_id: String,
     started: bool,
-    /// Open text messages by speaker (`None`: the run itself): the message's id and its
-    /// chunks' step; and how many were opened.
-    messages: BTreeMap<Option<String>, (String, Option<String>)>,
+    /// Open text messages by who speaks ([`Who`]; `(None, None)`: the run itself), and how
+    /// many were opened.
+    messages: BTreeMap<Who, String>,
     opened: usize,
-    /// Open tool calls by speaker and the call's index: the call's id and its chunks' step;
-    /// and how many were opened (ids made here are numbered, never reused by a re-run).
-    calls: BTreeMap<(Option<String>, u64), (String, Option<String>)>,
+    /// Open tool calls by who makes them and the call's index; and how many were opened (ids
+    /// made here are numbered, never reused by a re-run).
+    calls: BTreeMap<(Who, u64), String>,
     calls_opened: usize,
-    /// The message each speaker's tool calls go in (its `parentMessageId`): its open text
-    /// message's, or one made for its calls, so calls made together are one assistant message.
-    parents: BTreeMap<Option<String>, String>,
+    /// The message each speaker's tool calls go in (their `parentMessageId`), from its first
+    /// open call on: its open text message's, or one named for its calls, so calls made
+    /// together are one assistant message.
+    parents: BTreeMap<Who, String>,
     /// Open steps — workflow steps, and team members (named `<step>/<member>` inside a
     /// workflow step) — each with the workflow step it is inside, which closes it.
     steps: BTreeMap<String, Option<String>>,
@@ -229,30 +241,28 @@ impl AgUiMapping {
 
     /// The open message of `chunk`'s speaker, started now if needed.
     fn message(&mut self, chunk: &StreamChunk, events: &mut Vec<Value>) -> String {
-        let name = speaker(chunk);
-        let key = name.map(str::to_owned);
-        if let Some((id, _)) = self.messages.get(&key) {
+        let key = who(chunk);
+        if let Some(id) = self.messages.get(&key) {
             return id.clone();
         }
         let id = format!("msg_{}_{}", self.run_id, self.opened);
         self.opened += 1;
         let mut start =
             json!({ "type": "TEXT_MESSAGE_START", "messageId": id, "role": "assistant" });
-        if let Some(name) = name {
+        if let Some(name) = speaker(chunk) {
             start["name"] = json!(name);
         }
         events.push(start);
-        let step = chunk.step.as_deref().map(str::to_owned);
-        self.messages.insert(key, (id.clone(), step));
+        self.messages.insert(key, id.clone());
         id
     }
 
     /// A tool-call delta of `chunk`'s speaker: calls are told apart by speaker and index.
     fn call(&mut self, chunk: &StreamChunk, call: &Value, events: &mut Vec<Value>) {
         let index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
-        let key = (speaker(chunk).map(str::to_owned), index);
+        let key = (who(chunk), index);
         let id = match self.calls.get(&key) {
-            Some((id, _)) => id.clone(),
+            Some(id) => id.clone(),
             None => {
                 let id = call.get("id").and_then(Value::as_str).map_or_else(
                     || format!("call_{}_{}", self.run_id, self.calls_opened),
@@ -260,12 +270,13 @@ impl AgUiMapping {
                 );
                 self.calls_opened += 1;
                 let name = call.get("name").and_then(Value::as_str).unwrap_or("");
-                let parent = match (self.messages.get(&key.0), self.parents.get(&key.0)) {
-                    (Some((message, _)), _) => message.clone(),
-                    (None, Some(parent)) => parent.clone(),
-                    (None, None) => {
-                        let parent = format!("msg_{}_{}", self.run_id, self.opened);
-                        self.opened += 1;
+                let parent = match self.parents.get(&key.0) {
+                    Some(parent) => parent.clone(),
+                    None => {
+                        let parent = self.messages.get(&key.0).cloned().unwrap_or_else(|| {
+                            self.opened += 1;
+                            format!("msg_{}_{}", self.run_id, self.opened - 1)
+                        });
                         self.parents.insert(key.0.clone(), parent.clone());
                         parent
                     }
@@ -274,8 +285,7 @@ impl AgUiMapping {
                     "type": "TOOL_CALL_START", "toolCallId": id, "toolCallName": name,
                     "parentMessageId": parent,
                 }));
-                self.calls
-                    .insert(key, (id.clone(), chunk.step.as_deref().map(str::to_owned)));
+                self.calls.insert(key, id.clone());
                 id
             }
         };
@@ -289,10 +299,10 @@ impl AgUiMapping {
     /// Closes the open messages of workflow step `step` — its own and its team members' —
     /// or, for `None`, the run's own.
     fn close_messages_of(&mut self, step: Option<&str>, events: &mut Vec<Value>) {
-        self.messages.retain(|name, (id, of)| {
+        self.messages.retain(|(of, member), id| {
             let closing = match step {
-                Some(step) => of.as_deref() == Some(step) || name.as_deref() == Some(step),
-                None => name.is_none(),
+                Some(step) => of.as_deref() == Some(step),
+                None => of.is_none() && member.is_none(),
             };
             if closing {
                 events.push(json!({ "type": "TEXT_MESSAGE_END", "messageId": id }));
@@ -302,13 +312,13 @@ impl AgUiMapping {
     }
 
     fn close_messages(&mut self, events: &mut Vec<Value>) {
-        for (_, (id, _)) in std::mem::take(&mut self.messages) {
+        for id in std::mem::take(&mut self.messages).into_values() {
             events.push(json!({ "type": "TEXT_MESSAGE_END", "messageId": id }));
         }
     }
 
     fn close_calls(&mut self, events: &mut Vec<Value>) {
-        for (_, (id, _)) in std::mem::take(&mut self.calls) {
+        for id in std::mem::take(&mut self.calls).into_values() {
             events.push(json!({ "type": "TOOL_CALL_END", "toolCallId": id }));
         }
         self.parents.clear();
@@ -318,7 +328,7 @@ impl AgUiMapping {
     /// team member in it).
     fn close_calls_of(&mut self, step: Option<&str>, events: &mut Vec<Value>) {
         let Some(step) = step else { return };
-        self.calls.retain(|_, (id, of)| {
+        self.calls.retain(|((of, _), _), id| {
             let closing = of.as_deref() == Some(step);
             if closing {
                 events.push(json!({ "type": "TOOL_CALL_END", "toolCallId": id }));
@@ -326,7 +336,7 @@ impl AgUiMapping {
             !closing
         });
         // A speaker with no call open any more: its next calls go in a message of their own.
-        let calling: BTreeSet<&Option<String>> = self.calls.keys().map(|(who, _)| who).collect();
+        let calling: BTreeSet<&Who> = self.calls.keys().map(|(who, _)| who).collect();
         self.parents.retain(|who, _| calling.contains(who));
     }
 }
@@ -647,11 +657,13 @@ mod tests {
             let call = json!({ "tool_call": { "index": index, "id": id, "name": "f", "arguments": "{}" } });
             data(seq, call)
         };
+        // Text between the calls does not split them either.
         let events = events(&[
             StreamChunk::new(ChunkType::Start, 0),
             call(1, 0, "call_1"),
-            call(2, 1, "call_2"),
-            complete(3),
+            data(2, json!({ "token": "and" })),
+            call(3, 1, "call_2"),
+            complete(4),
         ]);
         let parents: Vec<&Value> = events
             .iter()
@@ -731,6 +743,38 @@ mod tests {
                 "STEP_FINISHED:writer/writer",
                 "STEP_FINISHED:writer",
             ]
+        );
+    }
+
+    /// A step and a team member of another step, of the same name, speaking at once (a
+    /// parallel group) have a message each.
+    #[test]
+    fn a_step_and_a_member_of_its_name_have_their_own_messages() {
+        let events = events(&[
+            StreamChunk::new(ChunkType::Start, 0),
+            marker(1, ChunkType::Progress, Event::ActionStart, "writer"),
+            marker(2, ChunkType::Progress, Event::ActionStart, "draft"),
+            by(data(3, json!({ "token": "A" })), None, Some("writer")),
+            by(
+                data(4, json!({ "token": "B" })),
+                Some("writer"),
+                Some("draft"),
+            ),
+            by(data(5, json!({ "token": "C" })), None, Some("writer")),
+            marker(6, ChunkType::Data, Event::ActionComplete, "writer"),
+            marker(7, ChunkType::Data, Event::ActionComplete, "draft"),
+            complete(8),
+        ]);
+        let started: Vec<&str> = events
+            .iter()
+            .filter(|e| e["type"] == "TEXT_MESSAGE_START")
+            .map(|e| e["messageId"].as_str().unwrap())
+            .collect();
+        assert_eq!(started.len(), 2, "{events:#?}");
+        let text_of = |id: &str| joined(&events, "TEXT_MESSAGE_CONTENT", "messageId", id);
+        assert_eq!(
+            (text_of(started[0]), text_of(started[1])),
+            ("AC".into(), "B".into())
         );
     }
 

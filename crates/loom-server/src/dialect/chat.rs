@@ -284,7 +284,7 @@ pub(crate) async fn completions(
         return Err(ApiError::BadRequest(format!("n is {n}: Loom answers with one choice")).into());
     }
     let target = RunTarget::named(&request.model);
-    let passed = passed_through(request.rest, &IGNORED)?;
+    let passed = passed_through(request.rest, loom_ai::PASSED_THROUGH, &IGNORED)?;
     let sampling = sampling(
         [
             ("temperature", request.temperature),

@@ -73,17 +73,19 @@ pub(crate) fn conversation_input(
     })
 }
 
-/// The fields of an OpenAI request its dialect does not name (`rest`) that go on to the actor
-/// ([`loom_ai::PASSED_THROUGH`]: `top_p`, `stop`, …). Any other is refused as OpenAI refuses
-/// a field it does not define, unless `ignored` lists it (OpenAI's own, which Loom accepts and
-/// does not act on): so a misspelt `max_token` never runs without its limit.
+/// The fields of an OpenAI request its dialect does not name (`rest`) that go on to the actor:
+/// those of `passed` (of [`loom_ai::PASSED_THROUGH`]: `top_p`, `stop`, …) that are not
+/// `null` (unset, as OpenAI reads it). Any other is refused as OpenAI refuses a field it does
+/// not define, unless `ignored` lists it (OpenAI's own, which Loom accepts and does not act
+/// on): so a misspelt `max_token` never runs without its limit.
 pub(crate) fn passed_through(
     mut rest: Map<String, Value>,
+    passed: &[&'static str],
     ignored: &[&str],
 ) -> Result<Vec<(&'static str, Option<Value>)>, ApiError> {
-    let passed = loom_ai::PASSED_THROUGH
+    let passed = passed
         .iter()
-        .map(|name| (*name, rest.remove(*name)))
+        .map(|name| (*name, rest.remove(*name).filter(|v| !v.is_null())))
         .collect();
     match rest.keys().find(|k| !ignored.contains(&k.as_str())) {
         Some(unknown) => Err(ApiError::BadRequest(format!(

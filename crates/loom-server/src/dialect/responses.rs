@@ -75,10 +75,14 @@ pub(crate) struct CreateResponse {
     text: Option<Value>,
     /// The reasoning asked for (`reasoning.effort`).
     reasoning: Option<Value>,
-    /// The rest: those of [`loom_ai::PASSED_THROUGH`] (`top_p`, …) go on to the actor.
+    /// The rest: those of [`PASSED`] (`top_p`, …) go on to the actor.
     #[serde(flatten)]
     rest: Map<String, Value>,
 }
+
+/// Fields of OpenAI's Responses request that go on to the actor as they are (Chat Completions
+/// has them under the same names).
+const PASSED: [&str; 3] = ["top_p", "parallel_tool_calls", "user"];
 
 /// Fields of OpenAI's Responses request that Loom accepts and does not act on: what they ask
 /// for (a stored response, log probabilities, a truncation strategy, …) is OpenAI's own.
@@ -622,18 +626,20 @@ pub(crate) async fn create(
     TraceParent(traceparent): TraceParent,
     LoomJson(request): LoomJson<CreateResponse>,
 ) -> Result<Response, OpenAiError> {
-    if let Some(kept) = KEPT_BY_OPENAI
-        .iter()
-        .find(|k| request.rest.contains_key(**k))
-    {
+    let given = |field: &str| request.rest.get(field).is_some_and(|v| !v.is_null());
+    if let Some(kept) = KEPT_BY_OPENAI.into_iter().find(|k| given(k)) {
         return Err(ApiError::BadRequest(format!(
             "{kept}: Loom keeps no conversations or stored prompts; send the whole conversation \
              as input"
         ))
         .into());
     }
+    let mut rest = request.rest;
+    for unset in KEPT_BY_OPENAI {
+        rest.remove(unset);
+    }
     let target = RunTarget::named(&request.model);
-    let passed = passed_through(request.rest, &IGNORED)?;
+    let passed = passed_through(rest, &PASSED, &IGNORED)?;
     let sampling = sampling(
         [
             ("temperature", request.temperature),

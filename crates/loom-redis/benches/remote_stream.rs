@@ -860,14 +860,7 @@ fn bare_handoff(server: &Target, count: u64, fenced: bool) -> Vec<Duration> {
         let mut took = Vec::with_capacity(count as usize);
         let mut last = "0-0".to_owned();
         while (took.len() as u64) < count {
-            let xread = redis::cmd("XREAD")
-                .arg("BLOCK")
-                .arg(1000)
-                .arg("STREAMS")
-                .arg(key)
-                .arg(&last)
-                .get_packed_command();
-            (&reader).write_all(&xread).expect("send");
+            (&reader).write_all(&xread_after(key, &last)).expect("send");
             replies.fill_buf().expect("read");
             let now = wall_ns();
             let reply = redis::Parser::new()
@@ -913,6 +906,17 @@ fn bare_handoff(server: &Target, count: u64, fenced: bool) -> Vec<Duration> {
     read.join().expect("reader thread")
 }
 
+/// A floor's blocking read of `key`'s entries after `last`, packed.
+fn xread_after(key: &str, last: &str) -> Vec<u8> {
+    redis::cmd("XREAD")
+        .arg("BLOCK")
+        .arg(1000)
+        .arg("STREAMS")
+        .arg(key)
+        .arg(last)
+        .get_packed_command()
+}
+
 /// The script [`bare_handoff`] writes each fenced `XADD` with.
 const FENCED_XADD: &str = "if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 'fenced' end \
                            redis.call('XADD', KEYS[1], '*', 't', ARGV[2]) return 'ok'";
@@ -939,14 +943,10 @@ async fn runtime_handoff(server: &Target, count: u64) -> Vec<Duration> {
         let mut buf = Vec::with_capacity(4096);
         let mut last = "0-0".to_owned();
         loop {
-            let xread = redis::cmd("XREAD")
-                .arg("BLOCK")
-                .arg(1000)
-                .arg("STREAMS")
-                .arg(key)
-                .arg(&last)
-                .get_packed_command();
-            reader.write_all(&xread).await.expect("send");
+            reader
+                .write_all(&xread_after(key, &last))
+                .await
+                .expect("send");
             // The key, then each entry's id, `t` and stamp.
             let texts = async_reply(&mut reader, &mut buf).await;
             for entry in texts.get(1..).unwrap_or_default().chunks_exact(3) {

@@ -684,22 +684,7 @@ mod tests {
             json!({ "id": "t1", "role": "tool", "toolCallId": "call_1", "content": "sunny" }),
             json!({ "id": "t2", "role": "tool", "toolCallId": "call_2", "content": "noon" }),
         ]);
-        let roles: Vec<&str> = messages
-            .iter()
-            .map(|m| m["role"].as_str().unwrap())
-            .collect();
-        assert_eq!(
-            roles,
-            ["user", "assistant", "tool", "tool"],
-            "{messages:#?}"
-        );
-        let ids: Vec<&str> = messages[1]["tool_calls"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["id"].as_str().unwrap())
-            .collect();
-        assert_eq!(ids, ["call_1", "call_2"]);
+        fixtures::assert_calls_in_one_message(&messages, &["call_1", "call_2"]);
     }
 
     /// A team member's step inside a workflow step is `<step>/<member>` and ends with that

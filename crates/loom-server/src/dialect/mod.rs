@@ -440,6 +440,25 @@ pub(crate) mod fixtures {
 
     use crate::runlog::LoggedChunk;
 
+    /// Asserts a conversation in Chat Completions' shape is a user message, one assistant
+    /// message holding the tool calls `ids` in order, and their results.
+    pub(crate) fn assert_calls_in_one_message(messages: &[Value], ids: &[&str]) {
+        let roles: Vec<&str> = messages
+            .iter()
+            .map(|m| m["role"].as_str().unwrap_or_default())
+            .collect();
+        let mut expected = vec!["user", "assistant"];
+        expected.extend(ids.iter().map(|_| "tool"));
+        assert_eq!(roles, expected, "{messages:#?}");
+        let called: Vec<&str> = messages[1]["tool_calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| c["id"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(called, ids, "{messages:#?}");
+    }
+
     /// A `data` chunk, said by `actor` when given.
     pub(crate) fn data(seq: u64, data: Value, actor: Option<&str>) -> StreamChunk {
         let mut chunk = StreamChunk::new(ChunkType::Data, seq);

@@ -858,22 +858,7 @@ mod tests {
             call("c1"), call("c2"), output("c1"), output("c2"),
         ]);
         let messages = messages(None, input).unwrap();
-        let roles: Vec<&str> = messages
-            .iter()
-            .map(|m| m["role"].as_str().unwrap())
-            .collect();
-        assert_eq!(
-            roles,
-            ["user", "assistant", "tool", "tool"],
-            "{messages:#?}"
-        );
-        let ids: Vec<&str> = messages[1]["tool_calls"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["id"].as_str().unwrap())
-            .collect();
-        assert_eq!(ids, ["c1", "c2"]);
+        crate::dialect::fixtures::assert_calls_in_one_message(&messages, &["c1", "c2"]);
     }
 
     /// Clients tell function calls apart by `call_id`: a call the provider gave no id gets

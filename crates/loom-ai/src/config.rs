@@ -121,11 +121,14 @@ pub struct AiConfig {
     pub model: String,
     /// The longest wait for a TCP (and TLS) connection.
     pub connect_timeout: Duration,
-    /// The longest wait for the response headers and then for each next piece of the body.
+    /// The longest wait for the response headers (after the connection's own
+    /// [`connect_timeout`](Self::connect_timeout)) and then for each next piece of the body.
     /// A generating model sends a token every few tens of milliseconds, so a minute of
     /// silence means the server is stuck, while a slow first token on a loaded server still
     /// fits. Only waiting for the server counts: a caller that reads slowly (a pager, a slow
-    /// client) is backpressure, not silence.
+    /// client) is backpressure, not silence. A keep-alive comment is a piece of the body: a
+    /// server that sends them while its model thinks (a proxy such as OpenRouter) is not
+    /// silent, and the run's own deadline bounds it.
     pub idle_timeout: Duration,
     /// Retries of 429 and 5xx answers and of connection failures, before the first token.
     pub retry: RetryPolicy,

@@ -119,7 +119,10 @@ impl From<Tool> for ToolWire {
 }
 
 #[derive(Serialize, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "a tool_choice: \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": …}}"
+)]
 enum ToolChoiceWire {
     Mode(Mode),
     Function {
@@ -240,6 +243,15 @@ mod tests {
                 Some(choice)
             );
         }
+        // Anything else is refused with the shapes it may take, not an internal type's name.
+        let refused = serde_json::from_value::<ToolChoice>(json!("sometimes"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            refused.contains("\"none\", \"auto\", \"required\""),
+            "{refused}"
+        );
     }
 
     #[test]

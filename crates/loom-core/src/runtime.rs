@@ -438,8 +438,7 @@ pub(crate) fn drive(
     let mut start = StreamChunk::new(ChunkType::Start, first_seq);
     start.data = Some(json!({ "run_id": &*run_id, "actor": actor.name() }));
     start.attempt = attempt.map(|a| a.number).filter(|&n| n > 1);
-    let timeout = options.timeout.unwrap_or(DEFAULT_TIMEOUT);
-    let deadline = deadline_after(timeout);
+    let deadline = deadline_after(options.timeout.unwrap_or(DEFAULT_TIMEOUT));
     let drive = Drive {
         start: Some(Box::new(start)),
         actor: Some(open(actor, input, ctx)),
@@ -447,7 +446,6 @@ pub(crate) fn drive(
         token: token.clone(),
         cancelled: None,
         deadline,
-        timeout,
         sleep: None,
         since_check: 0,
     };
@@ -475,8 +473,6 @@ struct Drive {
     /// Created on the first `Pending`, so a busy actor never pays for waker registration.
     cancelled: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     deadline: Instant,
-    /// The timeout the deadline is, for the error that says it passed.
-    timeout: Duration,
     /// Created on the first `Pending`, like `cancelled`.
     sleep: Option<Pin<Box<Sleep>>>,
     /// Outputs since the last [`Drive::periodic_stop`] check.
@@ -485,13 +481,7 @@ struct Drive {
 
 impl Drive {
     fn timeout_error(&self) -> ActorError {
-        ActorError::new(
-            ErrorCode::Timeout,
-            format!(
-                "the run passed its deadline ({})",
-                humantime::format_duration(self.timeout)
-            ),
-        )
+        ActorError::new(ErrorCode::Timeout, "the run passed its deadline")
     }
 
     /// The cheap, periodic check for an actor that keeps yielding without awaiting.

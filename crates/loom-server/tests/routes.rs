@@ -276,7 +276,15 @@ async fn an_openai_route_rejects_a_bad_body_or_query_in_openais_error_shape() {
             json!({ "model": "echo", "input": "hi", "seed": 7 }),
             "Unrecognized request argument supplied: seed",
         ),
-        // What the model would never see is refused, not dropped.
+        // What the model would never see is refused, not dropped, whichever actor answers.
+        (
+            "/v1/chat/completions",
+            json!({ "model": "echo", "messages": [{ "role": "user", "content": [
+                { "type": "text", "text": "{}" },
+                { "type": "image_url", "image_url": { "url": "https://example.com/cat.png" } },
+            ] }] }),
+            "content parts of type 'image_url' are not supported",
+        ),
         (
             "/v1/responses",
             json!({ "model": "chat-agent", "input": [{ "role": "user", "content": [

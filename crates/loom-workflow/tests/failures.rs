@@ -169,7 +169,7 @@ async fn a_workflows_own_timeout_ends_it_however_it_is_run_and_a_callers_shorter
     let chunks = collect(executor.stream_with(workflow, json!({}), short)).await;
     let error = terminal(&chunks).error.as_ref().expect("error");
     assert_eq!(error.code, ErrorCode::Timeout);
-    assert_eq!(error.message, "the run passed its deadline (20ms)");
+    assert_eq!(error.message, "the run passed its deadline");
 }
 
 /// A step that streams without ever waiting is cut at the workflow's own deadline too (its

@@ -34,7 +34,7 @@ use serde_json::{json, Map, Value};
 
 use super::{
     conversation_input, null_as_false, openai_error_body, parse, passed_through, result_text,
-    sampling, speaker, start_request, token, EarlyFailure, OpenAiError,
+    sampling, speaker, start_request, text_of, token, EarlyFailure, OpenAiError,
 };
 use crate::backend::Through;
 use crate::error::ApiError;
@@ -285,6 +285,14 @@ pub(crate) async fn completions(
     }
     let target = RunTarget::named(&request.model);
     let passed = passed_through(request.rest, loom_ai::PASSED_THROUGH, &IGNORED)?;
+    // What the model would never see is refused, whichever actor answers.
+    for parts in request
+        .messages
+        .iter()
+        .filter_map(|m| m["content"].as_array())
+    {
+        text_of(parts)?;
+    }
     let sampling = sampling(
         [
             ("temperature", request.temperature),

@@ -156,6 +156,23 @@ pub(crate) fn parts_text<'a>(parts: impl Iterator<Item = &'a Value>) -> Option<S
     (!texts.is_empty()).then(|| texts.concat())
 }
 
+/// The text of an OpenAI message's content parts, joined; a part that is not text (an image,
+/// a file, audio) is refused rather than dropped: the model would answer without it.
+pub(crate) fn text_of(parts: &[Value]) -> Result<String, ApiError> {
+    parts
+        .iter()
+        .map(
+            |part| match (part["type"].as_str(), part["text"].as_str()) {
+                (Some("text" | "input_text" | "output_text"), Some(text)) => Ok(text),
+                (kind, _) => Err(ApiError::BadRequest(format!(
+                    "content parts of type '{}' are not supported: only text",
+                    kind.unwrap_or("(none)")
+                ))),
+            },
+        )
+        .collect()
+}
+
 /// A boolean field that may also be `null` (OpenAI's schemas allow it, and its Python client
 /// sends `null` for a `None`): `null` is `false`.
 pub(crate) fn null_as_false<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {

@@ -40,7 +40,7 @@ use serde_json::{json, Map, Value};
 
 use super::{
     chat_tools, conversation_input, null_as_false, parse, passed_through, result_text, sampling,
-    serve_numbered, speaker, start_request, token, EarlyFailure, Numbered, NumberedEvents,
+    serve_numbered, speaker, start_request, text_of, token, EarlyFailure, Numbered, NumberedEvents,
     OpenAiError,
 };
 use crate::backend::{RunRef, Through};
@@ -602,24 +602,6 @@ fn messages(instructions: Option<String>, input: Value) -> Result<Vec<Value>, Ap
     Ok(messages)
 }
 
-/// The text of a message's content parts; a part that is not text (an image, a file) is
-/// refused, as on `POST /v1/chat/completions`, rather than dropped: the model would answer
-/// without it.
-fn text_of(parts: &[Value]) -> Result<String, ApiError> {
-    parts
-        .iter()
-        .map(
-            |part| match (part["type"].as_str(), part["text"].as_str()) {
-                (Some("input_text" | "output_text" | "text"), Some(text)) => Ok(text),
-                (kind, _) => Err(ApiError::BadRequest(format!(
-                    "content parts of type '{}' are not supported: only text",
-                    kind.unwrap_or("(none)")
-                ))),
-            },
-        )
-        .collect()
-}
-
 /// `POST /v1/responses`.
 pub(crate) async fn create(
     State(state): State<ServerState>,
@@ -649,7 +631,10 @@ pub(crate) async fn create(
             ("response_format", response_format(request.text.as_ref())),
             (
                 "reasoning_effort",
-                request.reasoning.and_then(|r| r.get("effort").cloned()),
+                request
+                    .reasoning
+                    .and_then(|r| r.get("effort").cloned())
+                    .filter(|effort| !effort.is_null()),
             ),
         ]
         .into_iter()

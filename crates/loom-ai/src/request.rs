@@ -47,6 +47,9 @@ pub struct Message {
     /// The call a `tool` message answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_call_id: Option<String>,
+    /// Who, of several participants of one role, wrote it (OpenAI's `name`): sent on as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// A message's `content`: a string, `null`, or a list of content parts.
@@ -95,6 +98,7 @@ impl Message {
             content: Some(content.into()),
             tool_calls: Vec::new(),
             tool_call_id: None,
+            name: None,
         }
     }
 
@@ -120,6 +124,7 @@ impl Message {
             content: None,
             tool_calls: calls,
             tool_call_id: None,
+            name: None,
         }
     }
 
@@ -287,6 +292,17 @@ mod tests {
         assert_eq!(
             serde_json::to_value(Message::tool_result("call_1", "42")).ok(),
             Some(json!({"role": "tool", "content": "42", "tool_call_id": "call_1"}))
+        );
+        // A participant's `name` is kept both ways (it was dropped).
+        let named = json!({"role": "user", "content": "hi", "name": "bob"});
+        let message = serde_json::from_value::<Message>(named.clone()).ok();
+        assert_eq!(
+            message.as_ref().and_then(|m| m.name.as_deref()),
+            Some("bob")
+        );
+        assert_eq!(
+            message.and_then(|m| serde_json::to_value(m).ok()),
+            Some(named)
         );
     }
 }

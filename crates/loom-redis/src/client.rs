@@ -849,8 +849,8 @@ async fn answering(nodes: Vec<redis::Client>) -> Result<Vec<redis::Client>, Erro
         .enumerate()
         .map(|(i, node)| async move { (i, probe(node).await) })
         .collect();
-    let mut answered = Vec::new();
-    let mut views = Vec::new();
+    // The nodes that answered, each with its view of its cluster when it gave one.
+    let mut answered: Vec<(usize, Option<Membership>)> = Vec::new();
     let mut until = None;
     loop {
         let next = match until {
@@ -861,8 +861,7 @@ async fn answering(nodes: Vec<redis::Client>) -> Result<Vec<redis::Client>, Erro
         };
         let Some((i, answer)) = next else { break };
         if let Answer::Answered(membership) = answer? {
-            answered.push(i);
-            views.push((i, membership));
+            answered.push((i, membership));
             until.get_or_insert_with(|| tokio::time::Instant::now() + ANSWER_GRACE);
         }
     }
@@ -873,9 +872,9 @@ async fn answering(nodes: Vec<redis::Client>) -> Result<Vec<redis::Client>, Erro
     // Nodes of two clusters: a worker would serve one and its callers wait on the other. Two
     // nodes neither of which knows the other are of different clusters (one that knows the
     // other is enough: a node just added may not have heard of everyone yet).
-    let views: Vec<(usize, Membership)> = views
-        .into_iter()
-        .filter_map(|(i, view)| Some((i, view?)))
+    let views: Vec<(usize, &Membership)> = answered
+        .iter()
+        .filter_map(|(i, view)| Some((*i, view.as_ref()?)))
         .collect();
     for (a, (i, one)) in views.iter().enumerate() {
         for (j, other) in &views[a + 1..] {
@@ -893,7 +892,7 @@ async fn answering(nodes: Vec<redis::Client>) -> Result<Vec<redis::Client>, Erro
     Ok(nodes
         .into_iter()
         .enumerate()
-        .filter(|(i, _)| answered.contains(i))
+        .filter(|(i, _)| answered.iter().any(|(answering, _)| answering == i))
         .map(|(_, node)| node)
         .collect())
 }

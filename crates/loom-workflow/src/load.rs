@@ -275,12 +275,15 @@ fn read_raw(text: &str) -> Result<RawWorkflow, SyntaxError> {
                 .filter(|line| *line > 0),
             action: action_at(text, &path),
             // Wrong at the top: the file is not a mapping at all.
-            message: match (path.iter().next(), field_at(&path)) {
-                (None, _) => format!("{}: {SHAPE}", message_of(error)),
-                (Some(_), Some(field)) if !message_of(error).contains(&field) => {
-                    format!("bad '{field}': {}", message_of(error))
+            message: {
+                let message = message_of(error);
+                match (path.iter().next(), field_at(&path)) {
+                    (None, _) => format!("{message}: {SHAPE}"),
+                    (Some(_), Some(field)) if !message.contains(&field) => {
+                        format!("bad '{field}': {message}")
+                    }
+                    (Some(_), _) => message,
                 }
-                (Some(_), _) => message_of(error),
             },
         }
     })

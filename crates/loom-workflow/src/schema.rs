@@ -230,16 +230,16 @@ impl InputSchema {
                 return Err(format!("unknown input `{name}`"));
             };
             if let Some(kind) = property.kind {
+                // The steps get the integer: an actor reading one refuses `3.0`.
+                if let (JsonType::Integer, Some(whole)) = (kind, as_integer(value)) {
+                    *value = whole;
+                }
                 if !kind.matches(value) {
                     return Err(format!(
                         "input `{name}` must be of type {}, not {}",
                         kind.name(),
                         type_name(value)
                     ));
-                }
-                // The steps get the integer: an actor reading one refuses `3.0`.
-                if let (JsonType::Integer, Some(whole)) = (kind, as_integer(value)) {
-                    *value = whole;
                 }
             }
             if let Some(allowed) = &property.allowed {

@@ -634,13 +634,14 @@ async fn command(
             // Workflow steps run on this worker's own runtime; a step that is a workflow
             // itself is queued like any caller's run.
             let mut registry = runtime.registry().clone();
+            let workflow_actors: BTreeSet<String> = workflows
+                .iter()
+                .map(|w| format!("{}{}", loom_workflow::WORKFLOW_ACTOR_PREFIX, w.name))
+                .collect();
             let steps = Arc::new(WorkerSteps {
                 local: runtime.clone(),
                 client: client.clone(),
-                serves: workflows
-                    .iter()
-                    .map(|w| format!("{}{}", loom_workflow::WORKFLOW_ACTOR_PREFIX, w.name))
-                    .collect(),
+                serves: workflow_actors.clone(),
                 slots: OnceLock::new(),
             });
             let executor = WorkflowExecutor::new(Arc::clone(&steps) as Arc<dyn Invoker>);
@@ -652,12 +653,7 @@ async fn command(
             } else {
                 args.actors.clone()
             };
-            let workflow_actors: Vec<String> = registry
-                .names()
-                .into_iter()
-                .filter(|n| n.starts_with(loom_workflow::WORKFLOW_ACTOR_PREFIX))
-                .collect();
-            served.extend(workflow_actors.iter().cloned());
+            served.extend(workflow_actors);
             // A second signal hands the runs still going back to other workers at once.
             let hand_back_now = loom_core::CancellationToken::new();
             let now = hand_back_now.clone();
